@@ -1,0 +1,16 @@
+//! renkei's domain: identifiers, events, members, durations and the clock.
+//!
+//! Everything here is pure: no I/O, no global time. Parsing functions turn
+//! untrusted input into types that cannot hold a bad value.
+
+pub mod clock;
+pub mod duration;
+pub mod event;
+pub mod ids;
+pub mod member;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use duration::{DurationParseError, SpanDuration};
+pub use event::{FieldError, ItemError, NewEvent, parse_event_batch};
+pub use ids::{EventId, EventType, IdError, LineUserId, LinkMethod, MemberId};
+pub use member::{MemberPatch, merge_attributes};
