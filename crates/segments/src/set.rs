@@ -1,0 +1,245 @@
+//! A validated set of segments: unique ids, known references, no cycles,
+//! kept in dependency order (a segment comes after every segment it uses).
+
+use crate::ast::{Condition, Segment};
+use crate::diagnostic::Diagnostic;
+use crate::parse::{ParsedFile, parse_file};
+use crate::yaml::Pos;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SegmentSet {
+    /// Dependency order: every segment after the segments it references.
+    pub(crate) segments: Vec<Segment>,
+    /// id → index in `segments`.
+    pub(crate) index: BTreeMap<String, usize>,
+}
+
+impl SegmentSet {
+    /// Loads every `*.yaml` / `*.yml` file of `dir` (not recursive). Returns
+    /// every problem found, sorted by file and position, and nothing else if
+    /// there is any.
+    pub fn load_dir(dir: impl AsRef<Path>) -> Result<SegmentSet, Vec<Diagnostic>> {
+        let dir = dir.as_ref();
+        let io_error =
+            |path: &Path, error: std::io::Error| Diagnostic::new(path, Pos::START, format!("cannot read: {error}"));
+        let entries = std::fs::read_dir(dir).map_err(|e| vec![io_error(dir, e)])?;
+        let mut paths = Vec::new();
+        let mut diagnostics = Vec::new();
+        for entry in entries {
+            match entry {
+                Ok(entry) => {
+                    let path = entry.path();
+                    let is_yaml = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e == "yaml" || e == "yml");
+                    if is_yaml && path.is_file() {
+                        paths.push(path);
+                    }
+                }
+                Err(error) => diagnostics.push(io_error(dir, error)),
+            }
+        }
+        paths.sort();
+        let mut sources = Vec::with_capacity(paths.len());
+        for path in paths {
+            match std::fs::read(&path) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(text) => sources.push((path, text)),
+                    Err(_) => diagnostics.push(Diagnostic::new(&path, Pos::START, "not valid UTF-8")),
+                },
+                Err(error) => diagnostics.push(io_error(&path, error)),
+            }
+        }
+        match Self::from_sources(sources) {
+            Ok(set) if diagnostics.is_empty() => Ok(set),
+            Ok(_) => Err(diagnostics),
+            Err(more) => {
+                diagnostics.extend(more);
+                diagnostics.sort();
+                Err(diagnostics)
+            }
+        }
+    }
+
+    /// One file's text as a whole set (handy in tests and `renkei check`).
+    pub fn parse_str(file_name: impl Into<PathBuf>, text: &str) -> Result<SegmentSet, Vec<Diagnostic>> {
+        Self::from_sources([(file_name.into(), text.to_string())])
+    }
+
+    /// Several files' texts, as if they were one directory.
+    pub fn from_sources(sources: impl IntoIterator<Item = (PathBuf, String)>) -> Result<SegmentSet, Vec<Diagnostic>> {
+        let mut diagnostics = Vec::new();
+        let mut segments: Vec<Segment> = Vec::new();
+        // Every id a file declares, even an invalid file, so references to it are not also reported.
+        let mut declared: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
+        for (path, text) in sources {
+            let ParsedFile { id, segment } = parse_file(&path, &text, &mut diagnostics);
+            if let Some((id, pos)) = id {
+                if let Some((first_file, first_pos)) = declared.get(&id) {
+                    let message = format!(
+                        "duplicate segment id `{id}` (already defined at {}:{}:{})",
+                        first_file.display(),
+                        first_pos.line,
+                        first_pos.col
+                    );
+                    diagnostics.push(Diagnostic::new(&path, pos, message));
+                    continue;
+                }
+                declared.insert(id, (path.clone(), pos));
+                segments.extend(segment);
+            }
+        }
+        for segment in &segments {
+            for (reference, pos) in segment.rule.segment_references() {
+                if !declared.contains_key(reference) {
+                    diagnostics.push(Diagnostic::new(&segment.file, pos, format!("unknown segment `{reference}`")));
+                }
+            }
+        }
+        let order = dependency_order(&segments);
+        if order.len() < segments.len() {
+            diagnostics.extend(cycle_diagnostics(&segments, &order));
+        }
+        if !diagnostics.is_empty() {
+            diagnostics.sort();
+            diagnostics.dedup();
+            return Err(diagnostics);
+        }
+        let mut slots: Vec<Option<Segment>> = segments.into_iter().map(Some).collect();
+        let ordered: Vec<Segment> = order.iter().filter_map(|&i| slots.get_mut(i).and_then(Option::take)).collect();
+        let index = ordered.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+        Ok(SegmentSet { segments: ordered, index })
+    }
+
+    /// All segment ids, sorted.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    pub fn segment(&self, id: &str) -> Option<&Segment> {
+        self.index.get(id).and_then(|&i| self.segments.get(i))
+    }
+
+    /// Segments in dependency order: each after every segment it references.
+    pub fn in_dependency_order(&self) -> impl Iterator<Item = &Segment> {
+        self.segments.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Every event type some segment looks at (directly or as a follow-up),
+    /// so that callers load only the events that matter.
+    pub fn referenced_event_types(&self) -> BTreeSet<String> {
+        let mut types = BTreeSet::new();
+        for segment in &self.segments {
+            segment.rule.visit(&mut |condition| {
+                if let Condition::Event(event) = condition {
+                    types.insert(event.event_type.as_str().to_string());
+                    if let Some(follow) = &event.follow {
+                        types.insert(follow.event_type.as_str().to_string());
+                    }
+                }
+            });
+        }
+        types
+    }
+
+    /// Ids of the segments `id` uses, directly or through others (sorted).
+    pub fn dependencies(&self, id: &str) -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        let mut queue: VecDeque<&str> = VecDeque::from([id]);
+        while let Some(current) = queue.pop_front() {
+            let Some(segment) = self.segment(current) else { continue };
+            for (reference, _) in segment.rule.segment_references() {
+                if found.insert(reference.to_string()) {
+                    queue.push_back(reference);
+                }
+            }
+        }
+        found
+    }
+}
+
+/// Kahn's algorithm over segment references; segments on or behind a cycle
+/// are left out. Ties go by id so the order is stable.
+fn dependency_order(segments: &[Segment]) -> Vec<usize> {
+    let by_id: BTreeMap<&str, usize> = segments.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+    let mut missing_dependencies = vec![0usize; segments.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); segments.len()];
+    for (i, segment) in segments.iter().enumerate() {
+        let targets: BTreeSet<usize> =
+            segment.rule.segment_references().iter().filter_map(|(r, _)| by_id.get(r).copied()).collect();
+        missing_dependencies[i] = targets.len();
+        for target in targets {
+            dependents[target].push(i);
+        }
+    }
+    let mut ready: BTreeSet<(&str, usize)> =
+        (0..segments.len()).filter(|&i| missing_dependencies[i] == 0).map(|i| (segments[i].id.as_str(), i)).collect();
+    let mut order = Vec::with_capacity(segments.len());
+    while let Some(next) = ready.pop_first() {
+        let i = next.1;
+        order.push(i);
+        for &dependent in &dependents[i] {
+            missing_dependencies[dependent] -= 1;
+            if missing_dependencies[dependent] == 0 {
+                ready.insert((segments[dependent].id.as_str(), dependent));
+            }
+        }
+    }
+    order
+}
+
+/// One diagnostic per segment that lies on a reference cycle, at the
+/// reference that leads back to it, naming the whole loop.
+fn cycle_diagnostics(segments: &[Segment], ordered: &[usize]) -> Vec<Diagnostic> {
+    let done: BTreeSet<usize> = ordered.iter().copied().collect();
+    let by_id: BTreeMap<&str, usize> = segments.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+    let references = |i: usize| -> Vec<(usize, Pos)> {
+        segments[i].rule.segment_references().into_iter().filter_map(|(r, p)| by_id.get(r).map(|&t| (t, p))).collect()
+    };
+    let mut out = Vec::new();
+    for start in (0..segments.len()).filter(|i| !done.contains(i)) {
+        for (target, pos) in references(start) {
+            if let Some(path) = shortest_path(target, start, &references) {
+                let names: Vec<&str> = std::iter::once(start).chain(path).map(|i| segments[i].id.as_str()).collect();
+                let message = format!("segment reference cycle: {}", names.join(" -> "));
+                out.push(Diagnostic::new(&segments[start].file, pos, message));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Breadth-first path `from` → … → `to` (both included) along references.
+fn shortest_path(from: usize, to: usize, references: &impl Fn(usize) -> Vec<(usize, Pos)>) -> Option<Vec<usize>> {
+    let mut previous: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut queue = VecDeque::from([from]);
+    let mut seen = BTreeSet::from([from]);
+    while let Some(current) = queue.pop_front() {
+        if current == to {
+            let mut path = vec![to];
+            let mut at = to;
+            while let Some(&before) = previous.get(&at) {
+                path.push(before);
+                at = before;
+            }
+            path.reverse();
+            return Some(path);
+        }
+        for (next, _) in references(current) {
+            if seen.insert(next) {
+                previous.insert(next, current);
+                queue.push_back(next);
+            }
+        }
+    }
+    None
+}
