@@ -14,3 +14,7 @@ pub use ast::{
 };
 pub use diagnostic::Diagnostic;
 pub use set::SegmentSet;
+pub mod calendar;
+mod eval;
+pub use eval::{EventFact, UserFacts};
+mod next_change;

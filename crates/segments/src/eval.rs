@@ -1,0 +1,249 @@
+//! Evaluation of segments for one user at one instant. Pure: the caller
+//! passes the facts, `now` and the configured timezone.
+
+use crate::ast::{
+    Aggregate, AggregateKind, Comparator, Condition, EventCondition, FieldPath, FollowUp, PropertyFilter,
+};
+use crate::calendar::{anniversary_matches, local_date, parse_date_only, parse_time};
+use crate::set::SegmentSet;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use renkei_core::LineUserId;
+use serde_json::{Map, Number, Value};
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+/// One event of the user, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventFact {
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub properties: Map<String, Value>,
+}
+
+/// Everything a segment can look at for one LINE user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserFacts {
+    pub line_user_id: LineUserId,
+    pub linked: bool,
+    pub following: bool,
+    /// The linked member's attributes; `None` when not linked to a member.
+    pub attributes: Option<Map<String, Value>>,
+    /// In any order; events after `now` are ignored.
+    pub events: Vec<EventFact>,
+}
+
+/// Time context of one evaluation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At {
+    pub now: DateTime<Utc>,
+    pub tz: Tz,
+}
+
+impl SegmentSet {
+    /// Every segment's answer for this user at `now`, evaluated in dependency
+    /// order so that `segment: id` sees the same user at the same instant.
+    pub fn evaluate(&self, facts: &UserFacts, now: DateTime<Utc>, tz: Tz) -> BTreeMap<String, bool> {
+        let at = At { now, tz };
+        let mut results = BTreeMap::new();
+        for segment in &self.segments {
+            let answer = eval_condition(&segment.rule, facts, at, &results);
+            results.insert(segment.id.clone(), answer);
+        }
+        results
+    }
+
+    /// One segment's answer (with the segments it uses); `None` for an unknown id.
+    pub fn evaluate_segment(&self, id: &str, facts: &UserFacts, now: DateTime<Utc>, tz: Tz) -> Option<bool> {
+        self.segment(id)?;
+        let at = At { now, tz };
+        let needed = self.dependencies(id);
+        let mut results = BTreeMap::new();
+        for segment in self.segments.iter().filter(|s| s.id == id || needed.contains(&s.id)) {
+            let answer = eval_condition(&segment.rule, facts, at, &results);
+            results.insert(segment.id.clone(), answer);
+        }
+        results.get(id).copied()
+    }
+}
+
+fn eval_condition(condition: &Condition, facts: &UserFacts, at: At, results: &BTreeMap<String, bool>) -> bool {
+    match condition {
+        Condition::All(items) => items.iter().all(|c| eval_condition(c, facts, at, results)),
+        Condition::Any(items) => items.iter().any(|c| eval_condition(c, facts, at, results)),
+        Condition::Not(inner) => !eval_condition(inner, facts, at, results),
+        Condition::Attribute { path, comparator } => {
+            let value = facts.attributes.as_ref().and_then(|a| lookup(a, path));
+            compare(value, comparator, at)
+        }
+        Condition::Anniversary { path, when } => {
+            let birth = facts
+                .attributes
+                .as_ref()
+                .and_then(|a| lookup(a, path))
+                .and_then(Value::as_str)
+                .and_then(parse_date_only);
+            birth.is_some_and(|birth| anniversary_matches(birth, local_date(at.now, at.tz), *when))
+        }
+        Condition::Linked(expected) => facts.linked == *expected,
+        Condition::Following(expected) => facts.following == *expected,
+        // Dependency order guarantees the referenced answer is already there.
+        Condition::Segment { id, .. } => results.get(id).copied().unwrap_or(false),
+        Condition::Event(event) => eval_event(event, facts, at),
+    }
+}
+
+/// The value at a dotted path; JSON `null` counts as missing.
+pub(crate) fn lookup<'a>(root: &'a Map<String, Value>, path: &FieldPath) -> Option<&'a Value> {
+    let (first, rest) = path.parts.split_first()?;
+    let mut value = root.get(first)?;
+    for part in rest {
+        value = value.as_object()?.get(part)?;
+    }
+    (!value.is_null()).then_some(value)
+}
+
+/// The time a value denotes: an RFC 3339 or `YYYY-MM-DD` string.
+pub(crate) fn time_of(value: Option<&Value>, tz: Tz) -> Option<DateTime<Utc>> {
+    value.and_then(Value::as_str).and_then(|text| parse_time(text, tz))
+}
+
+pub(crate) fn compare(value: Option<&Value>, comparator: &Comparator, at: At) -> bool {
+    let Some(value) = value else {
+        return matches!(comparator, Comparator::Exists(false));
+    };
+    match comparator {
+        Comparator::Exists(expected) => *expected,
+        Comparator::Eq(operand) => values_equal(value, operand),
+        Comparator::Ne(operand) => same_kind(value, operand) && !values_equal(value, operand),
+        Comparator::In(operands) => operands.iter().any(|o| values_equal(value, o)),
+        Comparator::NotIn(operands) => operands.iter().all(|o| same_kind(value, o) && !values_equal(value, o)),
+        Comparator::Gt(operand) => order(value, operand) == Some(Ordering::Greater),
+        Comparator::Gte(operand) => matches!(order(value, operand), Some(Ordering::Greater | Ordering::Equal)),
+        Comparator::Lt(operand) => order(value, operand) == Some(Ordering::Less),
+        Comparator::Lte(operand) => matches!(order(value, operand), Some(Ordering::Less | Ordering::Equal)),
+        Comparator::Contains(operand) => match value {
+            Value::String(text) => operand.as_str().is_some_and(|needle| text.contains(needle)),
+            Value::Array(items) => items.iter().any(|item| values_equal(item, operand)),
+            _ => false,
+        },
+        Comparator::Within(span) => time_of(Some(value), at.tz)
+            .is_some_and(|t| t <= at.now && at.now.checked_sub_signed(span.to_chrono()).is_none_or(|start| t > start)),
+        Comparator::OlderThan(span) => time_of(Some(value), at.tz)
+            .is_some_and(|t| at.now.checked_sub_signed(span.to_chrono()).is_some_and(|limit| t <= limit)),
+    }
+}
+
+/// Same JSON type; numbers are one type whatever their representation.
+fn same_kind(a: &Value, b: &Value) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+fn values_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y) == Some(Ordering::Equal),
+        (Value::Array(xs), Value::Array(ys)) => {
+            xs.len() == ys.len() && xs.iter().zip(ys).all(|(x, y)| values_equal(x, y))
+        }
+        (Value::Object(xs), Value::Object(ys)) => {
+            xs.len() == ys.len() && xs.iter().all(|(k, x)| ys.get(k).is_some_and(|y| values_equal(x, y)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Numbers with numbers, strings with strings; anything else is unordered.
+fn order(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        _ => None,
+    }
+}
+
+/// Exact for integers (any mix of i64 and u64), else as f64.
+fn compare_numbers(a: &Number, b: &Number) -> Option<Ordering> {
+    let integer = |n: &Number| n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
+    match (integer(a), integer(b)) {
+        (Some(x), Some(y)) => Some(x.cmp(&y)),
+        _ => a.as_f64()?.partial_cmp(&b.as_f64()?),
+    }
+}
+
+fn filters_match(filters: &[PropertyFilter], properties: &Map<String, Value>, at: At) -> bool {
+    filters.iter().all(|filter| {
+        let value = lookup(properties, &filter.path);
+        filter.comparators.iter().all(|c| compare(value, c, at))
+    })
+}
+
+/// Whether `event` is in the window `(now - within, now - older_than]`.
+pub(crate) fn in_window(occurred_at: DateTime<Utc>, condition: &EventCondition, now: DateTime<Utc>) -> bool {
+    let older_than = condition.older_than.map(|d| d.to_chrono()).unwrap_or_default();
+    let Some(upper) = now.checked_sub_signed(older_than) else { return false };
+    let after_lower = match condition.within {
+        Some(within) => now.checked_sub_signed(within.to_chrono()).is_none_or(|lower| occurred_at > lower),
+        None => true,
+    };
+    occurred_at <= upper && after_lower
+}
+
+fn eval_event(condition: &EventCondition, facts: &UserFacts, at: At) -> bool {
+    let selected = facts.events.iter().filter(|event| {
+        event.event_type == condition.event_type.as_str()
+            && in_window(event.occurred_at, condition, at.now)
+            && filters_match(&condition.filters, &event.properties, at)
+    });
+    let kept: Vec<&EventFact> = match &condition.follow {
+        None => selected.collect(),
+        Some(follow) => selected.filter(|first| is_followed(first, follow, facts, at) != follow.negated).collect(),
+    };
+    aggregate_holds(&condition.aggregate, &kept, at)
+}
+
+/// Whether a matching follow-up occurred strictly after `first`, at or
+/// before `now`, and (when `within` is given) at most `within` after `first`.
+fn is_followed(first: &EventFact, follow: &FollowUp, facts: &UserFacts, at: At) -> bool {
+    let deadline = follow.within.and_then(|w| first.occurred_at.checked_add_signed(w.to_chrono()));
+    facts.events.iter().any(|next| {
+        next.event_type == follow.event_type.as_str()
+            && next.occurred_at > first.occurred_at
+            && next.occurred_at <= at.now
+            && (follow.within.is_none() || deadline.is_none_or(|d| next.occurred_at <= d))
+            && follow.match_properties.iter().all(|path| {
+                match (lookup(&first.properties, path), lookup(&next.properties, path)) {
+                    (Some(a), Some(b)) => values_equal(a, b),
+                    _ => false,
+                }
+            })
+            && filters_match(&follow.filters, &next.properties, at)
+    })
+}
+
+fn aggregate_holds(aggregate: &Aggregate, events: &[&EventFact], at: At) -> bool {
+    let numbers = |path: &FieldPath| -> Vec<&Number> {
+        events.iter().filter_map(|e| lookup(&e.properties, path)).filter_map(|v| v.as_number()).collect()
+    };
+    let result: Option<Value> = match &aggregate.kind {
+        AggregateKind::Count => Some(Value::from(events.len() as u64)),
+        AggregateKind::Sum(path) => {
+            let sum: f64 = numbers(path).iter().filter_map(|n| n.as_f64()).sum();
+            Number::from_f64(sum).map(Value::Number)
+        }
+        AggregateKind::Avg(path) => {
+            let values = numbers(path);
+            let sum: f64 = values.iter().filter_map(|n| n.as_f64()).sum();
+            (!values.is_empty()).then(|| Number::from_f64(sum / values.len() as f64)).flatten().map(Value::Number)
+        }
+        AggregateKind::Min(path) => numbers(path)
+            .into_iter()
+            .min_by(|a, b| compare_numbers(a, b).unwrap_or(Ordering::Equal))
+            .map(|n| Value::Number(n.clone())),
+        AggregateKind::Max(path) => numbers(path)
+            .into_iter()
+            .max_by(|a, b| compare_numbers(a, b).unwrap_or(Ordering::Equal))
+            .map(|n| Value::Number(n.clone())),
+    };
+    // Over no events avg/min/max have no value, and every comparison is false.
+    result.is_some_and(|value| aggregate.comparators.iter().all(|c| compare(Some(&value), c, at)))
+}

@@ -1,0 +1,208 @@
+//! Hand-checked examples of evaluation and next-change times.
+#![allow(clippy::unwrap_used)]
+
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::{Asia, Tz, UTC};
+use renkei_core::LineUserId;
+use renkei_segments::{EventFact, SegmentSet, UserFacts};
+use serde_json::{Map, Value, json};
+
+const TOKYO: Tz = Asia::Tokyo;
+
+fn t(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    value.as_object().cloned().unwrap()
+}
+
+fn user(attributes: Option<Value>, events: &[(&str, &str, Value)]) -> UserFacts {
+    UserFacts {
+        line_user_id: LineUserId::parse("U4af4980629a0b7a1fd4a3c1bb0d7d9c0").unwrap(),
+        linked: attributes.is_some(),
+        following: true,
+        attributes: attributes.map(object),
+        events: events
+            .iter()
+            .map(|(kind, at, props)| EventFact {
+                event_type: kind.to_string(),
+                occurred_at: t(at),
+                properties: object(props.clone()),
+            })
+            .collect(),
+    }
+}
+
+fn set(rule: &str) -> SegmentSet {
+    let text = format!("id: s\nname: S\nrule:\n{}", rule.lines().map(|l| format!("  {l}\n")).collect::<String>());
+    SegmentSet::parse_str("s.yaml", &text).unwrap_or_else(|d| panic!("{d:?}"))
+}
+
+fn eval(rule: &str, facts: &UserFacts, now: &str) -> bool {
+    set(rule).evaluate(facts, t(now), TOKYO)["s"]
+}
+
+#[test]
+fn cart_abandonment_follows_the_spec_example() {
+    let rule = "all:\n  - linked: true\n  - event: cart_add\n    within: 24h\n    older_than: 1h\n    not_followed_by:\n      event: purchase\n      match: [cart_id]";
+    let facts = user(
+        Some(json!({})),
+        &[
+            ("cart_add", "2026-03-01T10:00:00Z", json!({"cart_id": "c1"})),
+            ("purchase", "2026-03-01T10:30:00Z", json!({"cart_id": "c2"})),
+        ],
+    );
+    assert!(!eval(rule, &facts, "2026-03-01T10:59:59Z"), "not older than 1h yet");
+    assert!(eval(rule, &facts, "2026-03-01T11:00:00Z"), "older_than boundary is inclusive");
+    assert!(!eval(rule, &facts, "2026-03-02T10:00:00Z"), "within boundary is exclusive");
+    let paid = user(
+        Some(json!({})),
+        &[
+            ("cart_add", "2026-03-01T10:00:00Z", json!({"cart_id": "c1"})),
+            ("purchase", "2026-03-01T12:00:00Z", json!({"cart_id": "c1"})),
+        ],
+    );
+    assert!(eval(rule, &paid, "2026-03-01T11:30:00Z"), "the purchase has not happened yet at 11:30");
+    assert!(!eval(rule, &paid, "2026-03-01T12:00:00Z"));
+    let next = set(rule).next_change(&paid, t("2026-03-01T11:30:00Z"), TOKYO);
+    assert_eq!(next, Some(t("2026-03-01T12:00:00Z")));
+}
+
+#[test]
+fn aggregates() {
+    let facts = user(
+        None,
+        &[
+            ("purchase", "2026-03-01T00:00:00Z", json!({"amount": 1000})),
+            ("purchase", "2026-03-02T00:00:00Z", json!({"amount": "2000"})),
+            ("purchase", "2026-03-03T00:00:00Z", json!({"amount": 2500.5})),
+        ],
+    );
+    let now = "2026-03-10T00:00:00Z";
+    assert!(eval("event: purchase\ncount: {eq: 3}", &facts, now));
+    assert!(eval("event: purchase\nsum: {property: amount, eq: 3500.5}", &facts, now), "a string amount is ignored");
+    assert!(eval("event: purchase\navg: {property: amount, gt: 1750, lt: 1751}", &facts, now));
+    assert!(eval("event: purchase\nmin: {property: amount, eq: 1000}", &facts, now));
+    assert!(eval("event: purchase\nmax: {property: amount, eq: 2500.5}", &facts, now));
+    assert!(eval("event: refund\nsum: {property: amount, eq: 0}", &facts, now), "sum over none is 0");
+    assert!(!eval("event: refund\navg: {property: amount, gte: 0}", &facts, now), "avg over none is false");
+    assert!(!eval("event: refund\nmax: {property: amount, lte: 0}", &facts, now));
+    assert!(eval("event: refund\ncount: {eq: 0}", &facts, now));
+    assert!(!eval("event: purchase\nwithin: 1d", &facts, now), "default count >= 1");
+    assert!(
+        eval("event: purchase\nwhere: {amount: {gte: 1000}}\ncount: {eq: 2}", &facts, now),
+        "no coercion of \"2000\""
+    );
+    assert!(!eval("event: purchase", &facts, "2026-02-28T00:00:00Z"), "events after now never count");
+}
+
+#[test]
+fn attributes_compare_without_coercion() {
+    let facts = user(
+        Some(json!({"rank": "gold", "points": 120, "tags": ["vip", 3], "address": {"pref": "東京都"}, "gone": null})),
+        &[],
+    );
+    let now = "2026-03-10T00:00:00Z";
+    assert!(eval("attribute: rank\neq: gold", &facts, now));
+    assert!(eval("attribute: address.pref\ncontains: 東京", &facts, now));
+    assert!(eval("attribute: tags\ncontains: vip", &facts, now));
+    assert!(eval("attribute: tags\ncontains: 3", &facts, now));
+    assert!(!eval("attribute: points\neq: \"120\"", &facts, now));
+    assert!(!eval("attribute: points\nne: \"120\"", &facts, now), "mismatched types compare false, ne too");
+    assert!(eval("attribute: points\ngte: 120.0", &facts, now));
+    assert!(!eval("attribute: rank\ngt: 1", &facts, now));
+    assert!(eval("attribute: rank\nnot_in: [silver, bronze]", &facts, now));
+    assert!(eval("attribute: gone\nexists: false", &facts, now), "null is missing");
+    assert!(!eval("attribute: gone\nne: x", &facts, now));
+    assert!(!eval("attribute: missing\nnot_in: [x]", &facts, now));
+    let unlinked = user(None, &[]);
+    assert!(eval("attribute: rank\nexists: false", &unlinked, now));
+    assert!(!eval("attribute: rank\nne: gold", &unlinked, now));
+}
+
+#[test]
+fn attribute_times_and_bare_dates_in_tokyo() {
+    let facts = user(
+        Some(json!({"registered_at": "2026-03-01", "visited_at": "2026-03-01T09:00:00+09:00", "bad": "yesterday"})),
+        &[],
+    );
+    // 2026-03-01 means 2026-02-28T15:00:00Z in Tokyo.
+    assert!(eval("attribute: registered_at\nwithin: 1d", &facts, "2026-03-01T14:59:59Z"));
+    assert!(!eval("attribute: registered_at\nwithin: 1d", &facts, "2026-03-01T15:00:00Z"));
+    assert!(
+        !eval("attribute: registered_at\nwithin: 1d", &facts, "2026-02-28T14:59:59Z"),
+        "a future time is not within"
+    );
+    assert!(eval("attribute: visited_at\nolder_than: 1h", &facts, "2026-03-01T01:00:00Z"));
+    assert!(!eval("attribute: visited_at\nolder_than: 1h", &facts, "2026-03-01T00:59:59Z"));
+    assert!(!eval("attribute: bad\nolder_than: 1s", &facts, "2026-03-10T00:00:00Z"));
+    let s = set("attribute: registered_at\nwithin: 1d");
+    assert_eq!(s.next_change(&facts, t("2026-03-01T00:00:00Z"), TOKYO), Some(t("2026-03-01T15:00:00Z")));
+    assert_eq!(s.next_change(&facts, t("2026-03-01T00:00:00Z"), UTC), Some(t("2026-03-02T00:00:00Z")));
+}
+
+#[test]
+fn anniversary_uses_the_configured_timezone() {
+    let facts = user(Some(json!({"birthday": "1990-03-02", "leap": "2000-02-29", "odd": "1990-03-02T00:00:00Z"})), &[]);
+    let today = set("anniversary: birthday\ntoday: true");
+    // 2026-03-01T15:00Z is already 2 March in Tokyo but still 1 March in UTC.
+    let now = t("2026-03-01T15:00:00Z");
+    assert!(today.evaluate(&facts, now, TOKYO)["s"]);
+    assert!(!today.evaluate(&facts, now, UTC)["s"]);
+    assert_eq!(today.next_change(&facts, now - Duration::seconds(1), TOKYO), Some(now));
+    assert_eq!(today.next_change(&facts, now, UTC), Some(t("2026-03-02T00:00:00Z")));
+    assert!(eval("anniversary: leap\ntoday: true", &facts, "2027-02-28T03:00:00Z"));
+    assert!(!eval("anniversary: leap\ntoday: true", &facts, "2028-02-28T03:00:00Z"));
+    assert!(eval("anniversary: leap\nthis_month: true", &facts, "2027-02-01T03:00:00Z"));
+    assert!(
+        eval("anniversary: birthday\nwithin_days: 3", &facts, "2026-02-27T15:00:00Z"),
+        "28 Feb + 3 days covers 2 Mar"
+    );
+    assert!(!eval("anniversary: birthday\nwithin_days: 3", &facts, "2026-02-26T15:00:00Z"));
+    assert!(!eval("anniversary: odd\nthis_month: true", &facts, "2026-03-05T00:00:00Z"), "not a bare date");
+    assert!(!eval("anniversary: missing\nthis_month: true", &facts, "2026-03-05T00:00:00Z"));
+}
+
+#[test]
+fn followed_by_within_and_where() {
+    let rule =
+        "event: reservation\nfollowed_by:\n  event: visit\n  within: 2h\n  where: {store: {in: [shibuya, shinjuku]}}";
+    let facts = user(
+        None,
+        &[
+            ("reservation", "2026-03-01T10:00:00Z", json!({})),
+            ("visit", "2026-03-01T10:00:00Z", json!({"store": "shibuya"})),
+            ("visit", "2026-03-01T12:00:00Z", json!({"store": "shinjuku"})),
+        ],
+    );
+    assert!(!eval(rule, &facts, "2026-03-01T11:00:00Z"), "same instant is not later");
+    assert!(eval(rule, &facts, "2026-03-01T12:00:00Z"), "exactly within 2h of the first counts");
+}
+
+#[test]
+fn segment_references_use_the_same_user_and_instant() {
+    let sources = [
+        ("a.yaml", "id: gold\nname: ゴールド\nrule: {attribute: rank, eq: gold}\n"),
+        (
+            "b.yaml",
+            "id: gold_recent\nname: 最近のゴールド\nrule:\n  all:\n    - segment: gold\n    - event: visit\n      within: 1d\n",
+        ),
+        ("c.yaml", "id: not_gold\nname: ゴールド以外\nrule: {not: {segment: gold}}\n"),
+    ];
+    let s = SegmentSet::from_sources(sources.iter().map(|(f, x)| (f.into(), x.to_string()))).unwrap();
+    let order: Vec<&str> = s.in_dependency_order().map(|x| x.id.as_str()).collect();
+    assert_eq!(order, ["gold", "gold_recent", "not_gold"]);
+    let facts = user(Some(json!({"rank": "gold"})), &[("visit", "2026-03-01T00:00:00Z", json!({}))]);
+    let answers = s.evaluate(&facts, t("2026-03-01T12:00:00Z"), TOKYO);
+    assert_eq!(
+        answers.into_iter().collect::<Vec<_>>(),
+        [("gold".into(), true), ("gold_recent".into(), true), ("not_gold".into(), false)]
+    );
+    assert_eq!(s.evaluate_segment("gold_recent", &facts, t("2026-03-02T00:00:00Z"), TOKYO), Some(false));
+    assert_eq!(s.next_change_for("not_gold", &facts, t("2026-03-01T12:00:00Z"), TOKYO), None);
+    assert_eq!(
+        s.next_change_for("gold_recent", &facts, t("2026-03-01T12:00:00Z"), TOKYO),
+        Some(t("2026-03-02T00:00:00Z"))
+    );
+}
