@@ -73,9 +73,9 @@ fn string_field<'a>(object: &'a Map<String, Value>, field: &str, errors: &mut Ve
 
 /// Parses an RFC 3339 timestamp that must carry an explicit offset (`Z` or `+09:00`).
 pub fn parse_rfc3339_with_offset(text: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| format!("expected an RFC 3339 timestamp with offset, like 2026-11-23T10:00:00+09:00 (got {text:?})"))
+    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|_| {
+        format!("expected an RFC 3339 timestamp with offset, like 2026-11-23T10:00:00+09:00 (got {text:?})")
+    })
 }
 
 impl NewEvent {
@@ -104,8 +104,9 @@ impl NewEvent {
                 None
             }
         };
-        let member_id = string_field(object, "member_id", &mut errors)
-            .and_then(|t| MemberId::parse(t).map_err(|e| errors.push(FieldError::new("member_id", e.to_string()))).ok());
+        let member_id = string_field(object, "member_id", &mut errors).and_then(|t| {
+            MemberId::parse(t).map_err(|e| errors.push(FieldError::new("member_id", e.to_string()))).ok()
+        });
         let line_user_id = string_field(object, "line_user_id", &mut errors).and_then(|t| {
             LineUserId::parse(t).map_err(|e| errors.push(FieldError::new("line_user_id", e.to_string()))).ok()
         });
@@ -178,7 +179,10 @@ mod tests {
     fn reports_each_bad_field() {
         assert_eq!(fields(json!({"member_id": "m", "occurred_at": "2026-11-23T10:00:00Z"})), ["type"]);
         assert_eq!(fields(json!({"type": "x", "member_id": "m"})), ["occurred_at"]);
-        assert_eq!(fields(json!({"type": "x", "member_id": "m", "occurred_at": "2026-11-23T10:00:00"})), ["occurred_at"]);
+        assert_eq!(
+            fields(json!({"type": "x", "member_id": "m", "occurred_at": "2026-11-23T10:00:00"})),
+            ["occurred_at"]
+        );
         assert_eq!(fields(json!({"type": "x", "occurred_at": "2026-11-23T10:00:00Z"})), ["member_id"]);
         assert_eq!(fields(json!({"type": 5, "member_id": "m", "occurred_at": "2026-11-23T10:00:00Z"})), ["type"]);
         assert_eq!(

@@ -117,11 +117,7 @@ impl LineUserId {
         let valid = text.len() == 33
             && text.starts_with('U')
             && text[1..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if valid {
-            Ok(Self(text.to_string()))
-        } else {
-            Err(IdError::LineUserId(truncate_for_message(text)))
-        }
+        if valid { Ok(Self(text.to_string())) } else { Err(IdError::LineUserId(truncate_for_message(text))) }
     }
 }
 
@@ -133,11 +129,7 @@ impl EventType {
         let valid = text.len() <= Self::MAX_CHARS
             && bytes.next().is_some_and(|b| b.is_ascii_lowercase())
             && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if valid {
-            Ok(Self(text.to_string()))
-        } else {
-            Err(IdError::EventType(truncate_for_message(text)))
-        }
+        if valid { Ok(Self(text.to_string())) } else { Err(IdError::EventType(truncate_for_message(text))) }
     }
 }
 

@@ -100,8 +100,9 @@ mod tests {
         assert_eq!(fields, ["attrs", "member_id"]);
         let errors = MemberPatch::parse(&json!({"member_id": "m", "line_user_id": "U0"}), false).expect_err("bad");
         assert_eq!(errors[0].field, "line_user_id");
-        let ok = MemberPatch::parse(&json!({"member_id": "m", "line_user_id": "U4af4980629a0b7a1fd4a3c1bb0d7d9c0"}), true)
-            .expect("valid");
+        let ok =
+            MemberPatch::parse(&json!({"member_id": "m", "line_user_id": "U4af4980629a0b7a1fd4a3c1bb0d7d9c0"}), true)
+                .expect("valid");
         assert!(ok.line_user_id.is_some());
     }
 }

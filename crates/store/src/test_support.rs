@@ -1,0 +1,82 @@
+//! Throwaway stores for tests: a temporary SQLite file, or a fresh database
+//! on the PostgreSQL server named by `RENKEI_TEST_POSTGRES_URL`.
+//!
+//! Without that variable PostgreSQL tests are skipped with a message, except
+//! when `CI=true`, where a missing server is a failure: CI must test both.
+
+use crate::{PgStore, SqliteStore, Store, StoreResult};
+use sqlx::Connection;
+use std::sync::Arc;
+
+pub const POSTGRES_URL_VAR: &str = "RENKEI_TEST_POSTGRES_URL";
+
+/// A store plus whatever keeps it alive (the temp dir for SQLite).
+pub struct TestStore {
+    pub store: Arc<dyn Store>,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub async fn sqlite() -> StoreResult<TestStore> {
+    let dir = tempfile::tempdir().map_err(|e| crate::StoreError::Corrupt(format!("tempdir: {e}")))?;
+    let url = format!("sqlite://{}", dir.path().join("renkei.db").display());
+    let store = SqliteStore::connect(&url).await?;
+    store.migrate().await?;
+    Ok(TestStore { store: Arc::new(store), url, _dir: Some(dir) })
+}
+
+/// The PostgreSQL server URL for tests, or `None` to skip (never in CI).
+pub fn postgres_server_url() -> Option<String> {
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            let in_ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
+            assert!(!in_ci, "CI=true but {POSTGRES_URL_VAR} is not set: PostgreSQL tests must run in CI");
+            eprintln!("skipping PostgreSQL test: set {POSTGRES_URL_VAR}=postgres://user:pass@host/db to run it");
+            None
+        }
+    }
+}
+
+/// Creates a fresh, migrated database named `renkei_test_<uuid>` on the server.
+pub async fn postgres() -> StoreResult<Option<TestStore>> {
+    let Some(server) = postgres_server_url() else { return Ok(None) };
+    let url = create_database(&server).await?;
+    let store = PgStore::connect(&url).await?;
+    store.migrate().await?;
+    Ok(Some(TestStore { store: Arc::new(store), url, _dir: None }))
+}
+
+/// Creates an empty database beside the one in `server_url` and returns its URL.
+pub async fn create_database(server_url: &str) -> StoreResult<String> {
+    let name = format!("renkei_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(server_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+    conn.close().await?;
+    Ok(replace_database(server_url, &name))
+}
+
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    format!("{host_part}/{name}{query}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_database;
+
+    #[test]
+    fn replaces_the_database_name_only() {
+        assert_eq!(replace_database("postgres://u:p@localhost:5432/postgres", "x"), "postgres://u:p@localhost:5432/x");
+        assert_eq!(replace_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(replace_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+}
