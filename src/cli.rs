@@ -1,0 +1,136 @@
+//! The command line: `serve`, `migrate`, `check`, `import`, `demo`.
+
+use crate::app::Application;
+use crate::config::Config;
+use crate::progress::BarProgress;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use renkei_core::{Clock, SystemClock};
+use renkei_ingest::import::{self, ImportError};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(name = "renkei", version, about = "Segment-driven messaging engine for LINE Official Accounts")]
+pub struct Cli {
+    /// Config file (default: ./renkei.toml when present, else built-in defaults).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: API, webhook, evaluator, scheduler, dispatcher (roles in config).
+    Serve {
+        /// Do not apply migrations on start (overrides database.migrate_on_start).
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply pending database migrations.
+    Migrate,
+    /// Validate the configuration (exit 1 with one line per problem).
+    Check,
+    /// Import members or events from a file.
+    Import {
+        #[command(subcommand)]
+        what: ImportWhat,
+    },
+    /// A self-contained tour on a temporary SQLite database.
+    Demo {
+        /// Keep serving after the tour until Ctrl-C, to try the API by hand.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportWhat {
+    /// Members from .csv (typed headers like points:number) or .ndjson.
+    Members { file: PathBuf },
+    /// Events from .ndjson, one event per line as in POST /v1/events.
+    Events { file: PathBuf },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut log = config.log.clone();
+    if matches!(cli.command, Command::Demo { .. }) {
+        // The tour prints its own story; only problems belong in between.
+        log.level = "warn".to_string();
+    }
+    crate::telemetry::init(&log);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    match cli.command {
+        Command::Serve { no_migrate } => serve(config, clock, !no_migrate).await,
+        Command::Migrate => {
+            let store = renkei_store::connect(&config.database.url).await.context("connecting to the database")?;
+            store.migrate().await?;
+            println!("migrations applied ({:?})", store.backend());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => {
+            println!("config ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import { what } => run_import(config, clock, what).await,
+        Command::Demo { keep } => crate::demo::run(keep).await,
+    }
+}
+
+async fn serve(config: Config, clock: Arc<dyn Clock>, migrate: bool) -> anyhow::Result<ExitCode> {
+    let store = renkei_store::connect(&config.database.url).await.context("connecting to the database")?;
+    if migrate && config.database.migrate_on_start {
+        store.migrate().await.context("applying migrations")?;
+    }
+    if config.server.api_keys.is_empty() {
+        tracing::warn!("server.api_keys is empty: every /v1 request will be refused");
+    }
+    let app = Application::build(&config, store, clock).await?;
+    tracing::info!(addr = %app.local_addr(), "renkei listening");
+    app.run_until_stopped().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_import(config: Config, clock: Arc<dyn Clock>, what: ImportWhat) -> anyhow::Result<ExitCode> {
+    let store = renkei_store::connect(&config.database.url).await.context("connecting to the database")?;
+    store.migrate().await.context("applying migrations")?;
+    let progress = Arc::new(BarProgress::new());
+    let result = match &what {
+        ImportWhat::Members { file } => import::import_members(store, file, progress, clock.now()).await.map(|o| {
+            format!(
+                "{}: {} created, {} updated, {} unchanged, {} linked",
+                file.display(),
+                o.created,
+                o.updated,
+                o.unchanged,
+                o.linked
+            )
+        }),
+        ImportWhat::Events { file } => import::import_events(store, file, progress, clock.now())
+            .await
+            .map(|o| format!("{}: {} accepted, {} duplicates", file.display(), o.accepted, o.duplicates)),
+    };
+    match result {
+        Ok(summary) => {
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ImportError::Invalid(lines)) => {
+            eprintln!("{lines}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(other) => {
+            eprintln!("error: {other}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

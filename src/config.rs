@@ -1,0 +1,245 @@
+//! Configuration: built-in documented defaults (`config/defaults.toml`), then
+//! a TOML file, then `RENKEI_*` environment variables. A bad key or value is
+//! an error that names the key, where it came from, and what was expected.
+
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULTS_TOML: &str = include_str!("../config/defaults.toml");
+pub const ENV_PREFIX: &str = "RENKEI_";
+const SECTIONS: [&str; 7] = ["timezone", "database", "server", "line", "paths", "roles", "log"];
+
+/// A secret string: deserialized like a string, never printed.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(text: &str) -> Self {
+        Self(text.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub timezone: Timezone,
+    pub database: DatabaseConfig,
+    pub server: ServerConfig,
+    pub line: LineConfig,
+    pub paths: PathsConfig,
+    pub roles: RolesConfig,
+    pub log: LogConfig,
+}
+
+/// An IANA timezone name, checked when the config loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timezone(pub chrono_tz::Tz);
+
+impl<'de> Deserialize<'de> for Timezone {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse::<chrono_tz::Tz>().map(Timezone).map_err(|_| {
+            serde::de::Error::custom(format!("unknown timezone {name:?}; expected an IANA name like \"Asia/Tokyo\""))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    pub api_keys: Vec<Secret>,
+    pub public_base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineConfig {
+    pub channel_secret: Secret,
+    pub channel_access_token: Secret,
+    pub api_base_url: String,
+    pub login_channel_id: String,
+    pub link_login_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathsConfig {
+    pub segments: PathBuf,
+    pub campaigns: PathBuf,
+    pub templates: PathBuf,
+    pub rich_menus: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolesConfig {
+    pub api: bool,
+    pub webhook: bool,
+    pub evaluator: bool,
+    pub scheduler: bool,
+    pub dispatcher: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads defaults, then `file` (or `./renkei.toml` when `file` is None and it
+    /// exists), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(file, &env)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let file = match file {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError(format!("{}: config file not found", path.display())));
+            }
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from("renkei.toml")).filter(|p| p.exists()),
+        };
+        let mut figment = Figment::from(Toml::string(DEFAULTS_TOML));
+        if let Some(path) = &file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // figment's Env provider reads the process environment; this reads the
+        // given pairs the same way, so tests need not mutate the process.
+        figment = figment.merge(figment::providers::Serialized::defaults(env_to_dict(env)));
+        figment.extract::<Config>().map_err(|e| ConfigError(describe(e, file.as_deref())))
+    }
+}
+
+/// Turns `RENKEI_A__B=v` pairs into a nested dictionary, parsing values the
+/// way figment's `Env` does (so `["a","b"]` is an array and `true` a bool).
+fn env_to_dict(vars: &[(String, String)]) -> figment::value::Dict {
+    use figment::value::{Dict, Value};
+    let mut root = Dict::new();
+    for (name, raw) in vars {
+        let Some(stripped) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let key = stripped.to_ascii_lowercase().replace("__", ".");
+        // Other RENKEI_* variables (RENKEI_TEST_POSTGRES_URL, …) are not config.
+        if !SECTIONS.iter().any(|s| key.split('.').next() == Some(s)) {
+            continue;
+        }
+        let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
+        let parts: Vec<&str> = key.split('.').collect();
+        insert_path(&mut root, &parts, value);
+    }
+    root
+}
+
+fn insert_path(dict: &mut figment::value::Dict, parts: &[&str], value: figment::value::Value) {
+    use figment::value::{Dict, Value};
+    match parts {
+        [] => {}
+        [last] => {
+            dict.insert(last.to_string(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict.entry(first.to_string()).or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            } else {
+                let mut inner = Dict::new();
+                insert_path(&mut inner, rest, value);
+                *entry = Value::from(inner);
+            }
+        }
+    }
+}
+
+/// Formats figment errors as `file:line:col: key: problem`, or names the
+/// environment variable when that is where the value came from.
+fn describe(error: figment::Error, file: Option<&Path>) -> String {
+    let mut lines = Vec::new();
+    for e in error {
+        let mut path = e.path.clone();
+        if let figment::error::Kind::UnknownField(name, _) = &e.kind {
+            path.push(name.clone());
+        }
+        let key = path.join(".");
+        let origin = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+        let kind = e.kind.to_string();
+        let located = match (file, origin.contains("TOML file")) {
+            (Some(file), true) => locate_key(file, &path)
+                .map(|(line, col)| format!("{}:{line}:{col}: {key}: {kind}", file.display()))
+                .unwrap_or_else(|| format!("{}: {key}: {kind}", file.display())),
+            _ if origin.contains("Serialized") => {
+                let var = format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase());
+                format!("environment {var}: {kind}")
+            }
+            _ => format!("config key {key}: {kind}"),
+        };
+        lines.push(located);
+    }
+    lines.join("\n")
+}
+
+/// Finds the line and column of `path` (section…, key) in a TOML file by
+/// tracking `[section]` headers: enough for renkei's flat two-level config.
+fn locate_key(file: &Path, path: &[String]) -> Option<(usize, usize)> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let (key, sections) = path.split_last()?;
+    let want_section = sections.join(".");
+    let mut section = String::new();
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if let Some(header) = trimmed.strip_prefix('[') {
+            section = header.split(']').next().unwrap_or("").trim().to_string();
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        let name = trimmed.split(['=', ' ', '\t']).next().unwrap_or("").trim_matches('"');
+        if section == want_section && name == key.as_str() {
+            return Some((index + 1, indent + 1));
+        }
+    }
+    // An unknown section or key with no line of its own: point at the section.
+    None
+}
