@@ -131,6 +131,9 @@ pub trait Store: Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> StoreResult<()>;
 
+    /// A cheap round trip, for health checks.
+    async fn ping(&self) -> StoreResult<()>;
+
     /// Stores a validated batch atomically. Events whose `event_id` is known
     /// (stored before, or earlier in the same batch) count as duplicates.
     async fn insert_events(&self, events: &[NewEvent], received_at: DateTime<Utc>) -> StoreResult<IngestOutcome>;

@@ -211,6 +211,11 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn insert_events(&self, events: &[NewEvent], received_at: DateTime<Utc>) -> StoreResult<IngestOutcome> {
         let mut tx = self.pool.begin().await?;
         let outcome = insert_events_tx(&mut tx, events, received_at).await?;

@@ -199,6 +199,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
     async fn insert_events(&self, events: &[NewEvent], received_at: DateTime<Utc>) -> StoreResult<IngestOutcome> {
         let mut tx = self.writer.begin().await?;
         let outcome = insert_events_tx(&mut tx, events, received_at).await?;
