@@ -206,3 +206,57 @@ fn segment_references_use_the_same_user_and_instant() {
         Some(t("2026-03-02T00:00:00Z"))
     );
 }
+
+#[test]
+fn the_example_segments_load_and_behave() {
+    let set = SegmentSet::load_dir("../../config/segments")
+        .unwrap_or_else(|d| panic!("{}", d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")));
+    for id in [
+        "gold_members",
+        "frequent_buyers",
+        "big_spenders",
+        "campaign_participants",
+        "store_visitors",
+        "new_members",
+        "birthday_this_month",
+        "birthday_today",
+        "cart_abandoners",
+        "lapsed_visitors",
+        "unlinked_followers",
+    ] {
+        assert!(set.segment(id).is_some(), "{id} missing");
+    }
+    let now = "2026-03-10T03:00:00Z";
+    let member = user(
+        Some(json!({"rank": "gold", "birthday": "1990-03-10", "registered_at": "2026-03-01T10:00:00+09:00"})),
+        &[
+            ("purchase", "2026-02-01T00:00:00Z", json!({"amount": 12000})),
+            ("purchase", "2026-02-15T00:00:00Z", json!({"amount": 9000, "cart_id": "c0"})),
+            ("purchase", "2026-03-01T00:00:00Z", json!({"amount": 10000})),
+            ("store_visit", "2025-12-01T00:00:00Z", json!({})),
+            ("cart_add", "2026-03-10T01:00:00Z", json!({"cart_id": "c1"})),
+        ],
+    );
+    let answers = set.evaluate(&member, t(now), TOKYO);
+    let members: Vec<&str> = answers.iter().filter(|(_, v)| **v).map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        members,
+        [
+            "big_spenders",
+            "birthday_this_month",
+            "birthday_today",
+            "cart_abandoners",
+            "frequent_buyers",
+            "gold_frequent_buyers",
+            "gold_members",
+            "lapsed_visitors",
+            "new_members",
+        ]
+    );
+    let mut follower = user(None, &[]);
+    follower.following = true;
+    assert!(set.evaluate(&follower, t(now), TOKYO)["unlinked_followers"]);
+    // The cart leaves the 24h window first.
+    assert_eq!(set.next_change_for("cart_abandoners", &member, t(now), TOKYO), Some(t("2026-03-11T01:00:00Z")));
+    assert_eq!(set.next_change(&member, t(now), TOKYO), Some(t("2026-03-10T15:00:00Z")), "Tokyo midnight");
+}
