@@ -50,8 +50,7 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
     );
 
     // 2. Events through POST /v1/events in batches of 1,000.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     let events: Vec<Value> =
         SAMPLE_EVENTS.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?;
     let (mut accepted, mut duplicates) = (0, 0);

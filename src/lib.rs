@@ -7,3 +7,10 @@ pub mod config;
 pub mod demo;
 pub mod progress;
 pub mod telemetry;
+
+/// An HTTP client for renkei's own calls (demo, bench, tests). reqwest is
+/// built without a default TLS provider; this installs ring once.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}

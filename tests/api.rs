@@ -1,0 +1,199 @@
+//! The ingestion HTTP API over real HTTP, on SQLite and PostgreSQL.
+
+mod common;
+
+use common::{API_KEY, TestApp};
+use renkei_core::LineUserId;
+use serde_json::{Value, json};
+
+const USER_1: &str = "U00000000000000000000000000000001";
+
+fn purchase(id: &str, member: &str) -> Value {
+    json!({"event_id": id, "type": "purchase", "member_id": member,
+           "occurred_at": "2026-11-23T10:00:00+09:00", "properties": {"amount": 1200, "sku": "A-1"}})
+}
+
+async fn health_and_auth(app: TestApp) {
+    let (status, body) = app.send(app.http.get(format!("{}/healthz", app.base))).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = app.send(app.http.post(format!("{}/v1/events", app.base)).json(&json!({"events": []}))).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let wrong = app
+        .http
+        .post(format!("{}/v1/events", app.base))
+        .bearer_auth(format!("{API_KEY}x"))
+        .json(&json!({"events": []}));
+    assert_eq!(app.send(wrong).await.0, 401);
+    let (status, body) = app.get("/v1/nothing-here").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+}
+
+async fn events_are_accepted_and_repeats_counted(app: TestApp) {
+    let (status, body) = app
+        .post("/v1/events", &json!({"events": [purchase("o1", "m1"), purchase("o2", "m1"), purchase("o1", "m1")]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"accepted": 2, "duplicates": 1}));
+    let (_, body) = app.post("/v1/events", &json!({"events": [purchase("o2", "m1")]})).await;
+    assert_eq!(body, json!({"accepted": 0, "duplicates": 1}));
+    assert_eq!(app.store.counts().await.expect("counts").events, 2);
+    let metrics = app.send(app.http.get(format!("{}/metrics", app.base))).await.1;
+    let metrics = metrics.as_str().expect("text").to_string();
+    assert!(metrics.contains("renkei_events_accepted_total 2"), "{metrics}");
+    assert!(metrics.contains("renkei_events_duplicate_total 2"), "{metrics}");
+}
+
+/// Each bad batch gets its 4xx and leaves the store as it was.
+async fn bad_input_is_refused_and_nothing_is_stored(app: TestApp) {
+    app.post("/v1/events", &json!({"events": [purchase("seed", "m1")]})).await;
+    let before = app.store.counts().await.expect("counts");
+    let long_member = "m".repeat(10_000);
+    let cases: Vec<(&str, Value, u16, usize, &str)> = vec![
+        ("wrong type", json!({"type": 3, "member_id": "m1", "occurred_at": "2026-11-23T10:00:00Z"}), 422, 1, "type"),
+        ("missing type", json!({"member_id": "m1", "occurred_at": "2026-11-23T10:00:00Z"}), 422, 1, "type"),
+        ("missing occurred_at", json!({"type": "purchase", "member_id": "m1"}), 422, 1, "occurred_at"),
+        (
+            "no offset",
+            json!({"type": "purchase", "member_id": "m1", "occurred_at": "2026-11-23T10:00:00"}),
+            422,
+            1,
+            "occurred_at",
+        ),
+        (
+            "unknown field",
+            json!({"type": "purchase", "member_id": "m1", "occurred_at": "2026-11-23T10:00:00Z", "amount": 5}),
+            422,
+            1,
+            "amount",
+        ),
+        (
+            "bad line_user_id",
+            json!({"type": "purchase", "line_user_id": "U123", "occurred_at": "2026-11-23T10:00:00Z"}),
+            422,
+            1,
+            "line_user_id",
+        ),
+        (
+            "long member_id",
+            json!({"type": "purchase", "member_id": long_member, "occurred_at": "2026-11-23T10:00:00Z"}),
+            422,
+            1,
+            "member_id",
+        ),
+    ];
+    for (what, bad, status, index, field) in cases {
+        let (got, body) = app.post("/v1/events", &json!({"events": [purchase("fine", "m2"), bad]})).await;
+        assert_eq!(got, status, "{what}: {body}");
+        let errors = body["errors"].as_array().unwrap_or_else(|| panic!("{what}: no errors in {body}"));
+        assert!(
+            errors.iter().any(|e| e["index"] == index
+                && e["field"] == field
+                && e["message"].as_str().is_some_and(|m| !m.is_empty())),
+            "{what}: {body}"
+        );
+        assert_eq!(app.store.counts().await.expect("counts"), before, "{what}: nothing stored");
+    }
+
+    let (status, body) = app.post_raw("/v1/events", b"{\"events\": [ {\"type\": ".to_vec()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_json")), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("line 1")), "{body}");
+
+    let mut huge = b"{\"events\": [".to_vec();
+    let one = serde_json::to_vec(&purchase("big", "m1")).expect("json");
+    while huge.len() < 10 * 1024 * 1024 {
+        huge.extend_from_slice(&one);
+        huge.push(b',');
+    }
+    huge.extend_from_slice(&one);
+    huge.extend_from_slice(b"]}");
+    let (status, body) = app.post_raw("/v1/events", huge).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("body_too_large")), "{body}");
+
+    let many: Vec<Value> = (0..10_001)
+        .map(|i| json!({"type": "x", "member_id": "m", "occurred_at": format!("2026-11-23T10:00:{:02}Z", i % 60)}))
+        .collect();
+    let (status, body) = app.post("/v1/events", &json!({"events": many})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("batch_too_large")), "{body}");
+
+    let (status, _) = app.post("/v1/events", &json!([purchase("x", "m")])).await;
+    assert_eq!(status, 400, "the body must be an object");
+    let (status, _) = app.post("/v1/events", &json!({"events": [], "extra": 1})).await;
+    assert_eq!(status, 422);
+    assert_eq!(app.store.counts().await.expect("counts"), before, "nothing stored by any bad request");
+}
+
+async fn members_merge_and_null_deletes(app: TestApp) {
+    let (status, body) = app
+        .post(
+            "/v1/members",
+            &json!({"members": [{"member_id": "m1", "attributes": {"rank": "silver", "name": "花子"}}]}),
+        )
+        .await;
+    assert_eq!((status, body["created"].as_u64()), (200, Some(1)), "{body}");
+    let (status, body) = app
+        .post("/v1/members", &json!({"members": [{"member_id": "m1", "attributes": {"rank": "gold", "name": null}}]}))
+        .await;
+    assert_eq!((status, body["updated"].as_u64()), (200, Some(1)), "{body}");
+    let member = app.store.get_member(&"m1".parse().expect("id")).await.expect("get").expect("exists");
+    assert_eq!(Value::Object(member.attributes), json!({"rank": "gold"}));
+    let before = app.store.counts().await.expect("counts");
+    let (status, body) =
+        app.post("/v1/members", &json!({"members": [{"member_id": "m2"}, {"member_id": "", "attributes": []}]})).await;
+    assert_eq!(status, 422, "{body}");
+    let fields: Vec<&str> =
+        body["errors"].as_array().expect("errors").iter().filter_map(|e| e["field"].as_str()).collect();
+    assert_eq!(fields, ["member_id", "attributes"]);
+    assert_eq!(app.store.counts().await.expect("counts"), before);
+}
+
+async fn links_lifecycle(app: TestApp) {
+    let link = json!({"member_id": "m1", "line_user_id": USER_1});
+    let (status, body) = app.post("/v1/links", &link).await;
+    assert_eq!((status, body["method"].as_str()), (201, Some("api")), "{body}");
+    let (status, _) = app.post("/v1/links", &link).await;
+    assert_eq!(status, 200, "linking the same pair again is a no-op");
+    let (status, body) = app.get("/v1/links/m1").await;
+    assert_eq!((status, body["line_user_id"].as_str()), (200, Some(USER_1)));
+    assert!(body["linked_at"].as_str().is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()), "{body}");
+
+    let before = app.store.counts().await.expect("counts");
+    let (status, body) = app.post("/v1/links", &json!({"member_id": "m2", "line_user_id": USER_1})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "a claimed LINE user: {body}");
+    let (status, _) =
+        app.post("/v1/links", &json!({"member_id": "m3", "line_user_id": "u00000000000000000000000000000001"})).await;
+    assert_eq!(status, 422);
+    let (status, _) = app.post("/v1/links", &json!({"member_id": "m3"})).await;
+    assert_eq!(status, 422);
+    assert_eq!(app.store.counts().await.expect("counts"), before);
+
+    let (status, body) = app.delete("/v1/links/m1").await;
+    assert_eq!((status, body["unlinked"]["line_user_id"].as_str()), (200, Some(USER_1)));
+    assert_eq!(app.get("/v1/links/m1").await.0, 404);
+    assert_eq!(app.delete("/v1/links/m1").await.0, 404);
+    let long = "x".repeat(200);
+    assert_eq!(app.get(&format!("/v1/links/{long}")).await.0, 400);
+}
+
+async fn events_resolve_through_links(app: TestApp) {
+    let events = json!({"events": [
+        purchase("before-link", "m1"),
+        {"event_id": "by-user", "type": "message", "line_user_id": USER_1, "occurred_at": "2026-11-23T11:00:00+09:00"}
+    ]});
+    assert_eq!(app.post("/v1/events", &events).await.0, 200);
+    let user = LineUserId::parse(USER_1).expect("id");
+    assert_eq!(app.store.user_events(&user).await.expect("events").len(), 1);
+    app.post("/v1/links", &json!({"member_id": "m1", "line_user_id": USER_1})).await;
+    let ids: Vec<Option<String>> =
+        app.store.user_events(&user).await.expect("events").into_iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, [Some("before-link".to_string()), Some("by-user".to_string())]);
+}
+
+on_both_backends!(
+    health_and_auth,
+    events_are_accepted_and_repeats_counted,
+    bad_input_is_refused_and_nothing_is_stored,
+    members_merge_and_null_deletes,
+    links_lifecycle,
+    events_resolve_through_links,
+);

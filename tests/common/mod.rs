@@ -1,0 +1,111 @@
+//! `spawn_app`: the real server on port 0 over a fresh store, per test.
+
+#![allow(dead_code)]
+
+use renkei::app::Application;
+use renkei::config::{Config, Secret};
+use renkei_core::{Clock, SystemClock};
+use renkei_store::Store;
+use renkei_store::test_support::{self, TestStore};
+use serde_json::Value;
+use std::sync::Arc;
+
+pub const API_KEY: &str = "test-key-0123456789";
+
+pub struct TestApp {
+    pub base: String,
+    pub store: Arc<dyn Store>,
+    pub http: reqwest::Client,
+    _store_guard: TestStore,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Starts the server on a new store; `None` when PostgreSQL is not configured
+/// (which `test_support` refuses in CI).
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    let test_store = match backend {
+        Backend::Sqlite => test_support::sqlite().await.expect("sqlite store"),
+        Backend::Postgres => test_support::postgres().await.expect("postgres store")?,
+    };
+    let mut config = Config::load_with_env(None, &[]).expect("default config");
+    config.server.bind = ([127, 0, 0, 1], 0).into();
+    config.server.api_keys = vec![Secret::from(API_KEY)];
+    config.database.url = test_store.url.clone();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let app = Application::build(&config, test_store.store.clone(), clock).await.expect("build app");
+    let base = format!("http://{}", app.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    Some(TestApp {
+        base,
+        store: test_store.store.clone(),
+        http: renkei::http_client(),
+        _store_guard: test_store,
+        _stop: stop,
+    })
+}
+
+impl TestApp {
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.http.post(format!("{}{path}", self.base)).bearer_auth(API_KEY).json(body)).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(API_KEY)
+            .header("content-type", "application/json")
+            .body(body);
+        self.send(request).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.http.get(format!("{}{path}", self.base)).bearer_auth(API_KEY)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(self.http.delete(format!("{}{path}", self.base)).bearer_auth(API_KEY)).await
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+}
+
+/// Declares each listed async test fn once per backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let app = crate::common::spawn_app(crate::common::Backend::Sqlite).await.expect("sqlite app");
+                    super::$name(app).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(app) = crate::common::spawn_app(crate::common::Backend::Postgres).await else { return };
+                    super::$name(app).await;
+                }
+            )*
+        }
+    };
+}
