@@ -151,7 +151,7 @@ impl Config {
         // figment's Env provider reads the process environment; this reads the
         // given pairs the same way, so tests need not mutate the process.
         figment = figment.merge(figment::providers::Serialized::defaults(env_to_dict(env)));
-        figment.extract::<Config>().map_err(|e| ConfigError(describe(e, file.as_deref())))
+        figment.extract::<Config>().map_err(|e| ConfigError(describe(e, file.as_deref(), env)))
     }
 }
 
@@ -196,24 +196,20 @@ fn insert_path(dict: &mut figment::value::Dict, parts: &[&str], value: figment::
 
 /// Formats figment errors as `file:line:col: key: problem`, or names the
 /// environment variable when that is where the value came from.
-fn describe(error: figment::Error, file: Option<&Path>) -> String {
+fn describe(error: figment::Error, file: Option<&Path>, env: &[(String, String)]) -> String {
     let mut lines = Vec::new();
     for e in error {
-        let mut path = e.path.clone();
-        if let figment::error::Kind::UnknownField(name, _) = &e.kind {
-            path.push(name.clone());
-        }
+        let path = e.path.clone();
         let key = path.join(".");
+        let var = format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase());
         let origin = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
         let kind = e.kind.to_string();
-        let located = match (file, origin.contains("TOML file")) {
-            (Some(file), true) => locate_key(file, &path)
+        let from_env = env.iter().any(|(name, _)| name.eq_ignore_ascii_case(&var));
+        let located = match file {
+            _ if from_env => format!("environment {var}: {key}: {kind}"),
+            Some(file) if origin.contains("TOML") => locate_key(file, &path)
                 .map(|(line, col)| format!("{}:{line}:{col}: {key}: {kind}", file.display()))
                 .unwrap_or_else(|| format!("{}: {key}: {kind}", file.display())),
-            _ if origin.contains("Serialized") => {
-                let var = format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase());
-                format!("environment {var}: {kind}")
-            }
             _ => format!("config key {key}: {kind}"),
         };
         lines.push(located);

@@ -1,0 +1,153 @@
+//! `renkei import` and `renkei migrate` as a user runs them: the real binary,
+//! a config in the environment, files on disk.
+
+use serde_json::json;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn renkei(db_url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_renkei"))
+        .args(args)
+        .env("RENKEI_DATABASE__URL", db_url)
+        .env("RENKEI_LOG__LEVEL", "warn")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run renkei")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn events_file(dir: &Path, lines: usize, broken_line: Option<usize>) -> std::path::PathBuf {
+    let path = dir.join("events.ndjson");
+    let mut body = String::new();
+    for n in 1..=lines {
+        if Some(n) == broken_line {
+            body.push_str("{\"type\": \"purchase\", \"member_id\": \"m1\", \"occurred_at\": \"yesterday\"}\n");
+        } else {
+            let event = json!({"event_id": format!("e{n}"), "type": "purchase", "member_id": format!("m{}", n % 7),
+                               "occurred_at": "2026-11-23T10:00:00+09:00", "properties": {"amount": n}});
+            body.push_str(&event.to_string());
+            body.push('\n');
+        }
+    }
+    std::fs::write(&path, body).expect("write events");
+    path
+}
+
+async fn event_count(db_url: &str) -> u64 {
+    let store = renkei_store::connect(db_url).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    store.counts().await.expect("counts").events
+}
+
+#[tokio::test]
+async fn a_broken_line_7_of_100_names_file_and_line_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let file = events_file(dir.path(), 100, Some(7));
+    let out = renkei(&db, &["import", "events", file.to_str().expect("path")]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("{}:7: occurred_at:", file.display())), "{stderr}");
+    assert!(stderr.contains("nothing was imported"), "{stderr}");
+    assert_eq!(event_count(&db).await, 0);
+
+    let file = events_file(dir.path(), 100, None);
+    let out = renkei(&db, &["import", "events", file.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("100 accepted, 0 duplicates"), "{}", text(&out.stdout));
+    let out = renkei(&db, &["import", "events", file.to_str().expect("path")]);
+    assert!(text(&out.stdout).contains("0 accepted, 100 duplicates"), "importing twice changes nothing");
+    assert_eq!(event_count(&db).await, 100);
+}
+
+#[tokio::test]
+async fn many_bad_lines_show_the_first_twenty_and_a_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let path = dir.path().join("bad.ndjson");
+    std::fs::write(&path, "not json\n".repeat(25)).expect("write");
+    let out = renkei(&db, &["import", "events", path.to_str().expect("path")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.matches("invalid JSON").count(), 20, "{stderr}");
+    assert!(stderr.contains("and 5 more invalid lines"), "{stderr}");
+    assert!(stderr.contains("25 invalid line(s)"), "{stderr}");
+}
+
+#[tokio::test]
+async fn members_csv_with_typed_headers_and_links() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let csv = dir.path().join("members.csv");
+    std::fs::write(
+        &csv,
+        "member_id,line_user_id,rank,points:number,birthday:date,vip:bool,tags:json\n\
+         m1,U00000000000000000000000000000001,gold,1200,1992-02-29,true,\"[\"\"a\"\"]\"\n\
+         m2,,silver,,,false,\n",
+    )
+    .expect("write csv");
+    let out = renkei(&db, &["import", "members", csv.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("2 created, 0 updated, 0 unchanged, 1 linked"), "{}", text(&out.stdout));
+    let store = renkei_store::connect(&db).await.expect("connect");
+    let m1 = store.get_member(&"m1".parse().expect("id")).await.expect("get").expect("m1");
+    assert_eq!(
+        serde_json::Value::Object(m1.attributes),
+        json!({"rank": "gold", "points": 1200, "birthday": "1992-02-29", "vip": true, "tags": ["a"]})
+    );
+    let m2 = store.get_member(&"m2".parse().expect("id")).await.expect("get").expect("m2");
+    assert_eq!(
+        serde_json::Value::Object(m2.attributes),
+        json!({"rank": "silver", "vip": false}),
+        "empty cells are absent"
+    );
+    let link = store.get_link(&"m1".parse().expect("id")).await.expect("get").expect("linked");
+    assert_eq!(link.method, renkei_core::LinkMethod::Import);
+    drop(store);
+
+    let out = renkei(&db, &["import", "members", csv.to_str().expect("path")]);
+    assert!(text(&out.stdout).contains("0 created, 0 updated, 2 unchanged, 0 linked"), "{}", text(&out.stdout));
+
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "member_id,points:number\nm3,12\nm4,lots\n").expect("write");
+    let out = renkei(&db, &["import", "members", bad.to_str().expect("path")]);
+    assert!(
+        text(&out.stderr).contains(&format!("{}:3: points: \"lots\" is not a number", bad.display())),
+        "{}",
+        text(&out.stderr)
+    );
+    let store = renkei_store::connect(&db).await.expect("connect");
+    assert!(store.get_member(&"m3".parse().expect("id")).await.expect("get").is_none(), "nothing written");
+}
+
+#[tokio::test]
+async fn a_claimed_line_user_in_an_import_aborts_it_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let path = dir.path().join("members.ndjson");
+    std::fs::write(
+        &path,
+        "{\"member_id\":\"a\",\"line_user_id\":\"U00000000000000000000000000000001\"}\n\
+         {\"member_id\":\"b\",\"attributes\":{\"rank\":\"gold\"}}\n\
+         {\"member_id\":\"c\",\"line_user_id\":\"U00000000000000000000000000000001\"}\n",
+    )
+    .expect("write");
+    let out = renkei(&db, &["import", "members", path.to_str().expect("path")]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("already linked to another member"), "{}", text(&out.stderr));
+    let store = renkei_store::connect(&db).await.expect("connect");
+    assert_eq!(store.counts().await.expect("counts").members, 0, "nothing written");
+}
+
+#[test]
+fn unsupported_file_type_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let path = dir.path().join("events.csv");
+    std::fs::write(&path, "x\n").expect("write");
+    let out = renkei(&db, &["import", "events", path.to_str().expect("path")]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("unsupported file type; expected .ndjson"), "{}", text(&out.stderr));
+}
