@@ -72,9 +72,34 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// Deepest nesting accepted. Real rules stay far below; the limit keeps
+/// hostile files from exhausting the stack.
+pub const MAX_DEPTH: usize = 48;
+
+/// Serde recursion costs tens of KB of stack per level in debug builds, so
+/// parsing runs on its own thread with a stack sized for [`MAX_DEPTH`].
+const PARSER_STACK_BYTES: usize = 64 * 1024 * 1024;
+
 /// Parses one YAML document into a positioned tree.
 pub fn parse_document(text: &str) -> Result<Node, SyntaxError> {
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("segment-yaml".into())
+            .stack_size(PARSER_STACK_BYTES)
+            .spawn_scoped(scope, || parse_on_this_thread(text));
+        match worker {
+            Ok(handle) => handle.join().unwrap_or_else(|_| {
+                Err(SyntaxError { pos: Pos::START, message: "invalid YAML: the parser failed on this input".into() })
+            }),
+            // No thread available: parse here, the depth budget still applies.
+            Err(_) => parse_on_this_thread(text),
+        }
+    })
+}
+
+fn parse_on_this_thread(text: &str) -> Result<Node, SyntaxError> {
     let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! { max_depth: MAX_DEPTH },
         // Keep repeated keys so validation reports them with the rest.
         duplicate_keys: DuplicateKeyPolicy::PassThrough,
         // YAML 1.2 booleans only: `no`, `n` or `off` stay strings (a rank may be "no").
@@ -88,7 +113,12 @@ pub fn parse_document(text: &str) -> Result<Node, SyntaxError> {
             let pos = error.location().map(|l| pos_of(&l)).unwrap_or(Pos::START);
             let render = serde_saphyr::render_options! { snippets: serde_saphyr::SnippetMode::Off };
             let rendered = error.render_with_options(render);
-            Err(SyntaxError { pos, message: format!("invalid YAML: {}", strip_position_suffix(&rendered)) })
+            let message = if rendered.contains("Depth {") {
+                format!("invalid YAML: nested deeper than {MAX_DEPTH} levels")
+            } else {
+                format!("invalid YAML: {}", strip_position_suffix(&rendered))
+            };
+            Err(SyntaxError { pos, message })
         }
     }
 }

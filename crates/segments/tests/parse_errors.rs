@@ -230,3 +230,39 @@ fn a_one_megabyte_file_is_handled_quickly() {
     assert!(SegmentSet::parse_str("garbage.yaml", &garbage).is_err());
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+fn errors_of(file: &str, text: &str) -> Vec<String> {
+    SegmentSet::parse_str(file, text).expect_err("invalid").iter().map(Diagnostic::to_string).collect()
+}
+
+#[test]
+fn hostile_inputs_are_rejected_without_panicking() {
+    let deep = format!("id: a\nname: A\nrule: {}{}\n", "{not: ".repeat(5000), "}".repeat(5000));
+    assert_eq!(errors_of("deep.yaml", &deep), ["deep.yaml:3:289: invalid YAML: nested deeper than 48 levels"]);
+    let deep_block: String = (0..3000).map(|i| format!("{}- all:\n", "  ".repeat(i))).collect();
+    assert!(SegmentSet::parse_str("deep_block.yaml", &format!("id: a\nname: A\nrule:\n{deep_block}")).is_err());
+    let bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\n";
+    assert!(SegmentSet::parse_str("bomb.yaml", bomb).is_err());
+    // A nested condition reached through an alias is still validated.
+    let aliased = "id: a\nname: A\nrule:\n  all:\n    - &c {linked: true}\n    - *c\n";
+    assert!(SegmentSet::parse_str("alias.yaml", aliased).is_ok());
+}
+
+mod fuzz {
+    use proptest::prelude::*;
+    use renkei_segments::SegmentSet;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_text_gives_a_set_or_positioned_diagnostics(text in "(id: a\nname: A\nrule:\n)?[-:{}\\[\\],&*!|>'\" \n\tabnotlikedvyqu0-9]{0,200}") {
+            if let Err(diagnostics) = SegmentSet::parse_str("f.yaml", &text) {
+                prop_assert!(!diagnostics.is_empty());
+                for d in diagnostics {
+                    prop_assert!(d.line >= 1 && d.col >= 1, "{}", d);
+                }
+            }
+        }
+    }
+}
