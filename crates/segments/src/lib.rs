@@ -1,9 +1,32 @@
-//! The segment YAML language of renkei (SPEC §5): parsing with positioned
-//! diagnostics, evaluation of one user's facts at an instant, and the next
-//! instant at which an answer could change with no new data.
+//! The segment YAML language of renkei (SPEC §5).
+//!
+//! - [`SegmentSet::load_dir`] reads every `*.yaml` / `*.yml` file of a
+//!   directory (one segment each) and returns either a valid set or every
+//!   problem found, each a [`Diagnostic`] shown as `file:line:col: message`.
+//! - [`SegmentSet::evaluate`] answers every segment for one user's
+//!   [`UserFacts`] at an instant, in a timezone (for `anniversary` and for
+//!   bare `YYYY-MM-DD` values, which mean the start of that day there).
+//! - [`SegmentSet::next_change`] gives the earliest instant after `now` at
+//!   which an answer could change with no new data.
+//!
+//! Time windows are half-open: an event condition selects events with
+//! `occurred_at` in `(now - within, now - older_than]`, never after `now`;
+//! attribute `within: d` holds for a time in `(now - d, now]` and
+//! `older_than: d` for a time at or before `now - d`. A follow-up must be
+//! strictly later than the first event, at or before `now`, and at most
+//! `within` after the first event (inclusive). Comparisons never coerce
+//! types: a comparison between different JSON types is false, `ne` and
+//! `not_in` included; a missing or null value fails every comparison except
+//! `exists: false`. `match` requires the property to be present and equal
+//! on both events.
+//!
+//! Everything is pure except [`SegmentSet::load_dir`], which reads files.
 
 pub mod ast;
+pub mod calendar;
 pub mod diagnostic;
+mod eval;
+mod next_change;
 mod parse;
 pub mod set;
 pub mod yaml;
@@ -13,8 +36,6 @@ pub use ast::{
     PropertyFilter, Segment,
 };
 pub use diagnostic::Diagnostic;
-pub use set::SegmentSet;
-pub mod calendar;
-mod eval;
 pub use eval::{EventFact, UserFacts};
-mod next_change;
+pub use set::SegmentSet;
+pub use yaml::Pos;
