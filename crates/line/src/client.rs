@@ -21,10 +21,7 @@ use uuid::Uuid;
 pub const MONTHLY_LIMIT_MESSAGE: &str = "You have reached your monthly limit.";
 /// LINE's body for a 429 caused by the per-endpoint rate limit.
 pub const RATE_LIMIT_MESSAGE: &str = "The API rate limit has been exceeded. Try again later.";
-/// The most recipients one multicast (or bulk rich-menu call) accepts.
-pub const MAX_RECIPIENTS: usize = 500;
-/// The most messages one request accepts.
-pub const MAX_MESSAGES: usize = 5;
+use crate::limits::{MAX_MESSAGES, MAX_RECIPIENTS};
 pub const DEFAULT_BASE_URL: &str = "https://api.line.me";
 
 /// A channel access token. `Debug` and `Display` never show it.

@@ -3,6 +3,7 @@
 //! quota) and LINE Login ID token verification.
 
 pub mod client;
+pub mod limits;
 pub mod webhook;
 
 pub use client::{
