@@ -35,6 +35,7 @@ impl Endpoint {
 /// token bucket refilled at this rate whose burst is one second's worth, so
 /// a client pacing itself at the rate never sees a 429.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RateLimits {
     pub push: Option<u32>,
     pub multicast: Option<u32>,
@@ -105,6 +106,7 @@ impl RateLimits {
 
 /// Injected failures, applied to every API endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Faults {
     /// Share of requests answered 500 (0.0–1.0); such a request is not
     /// accepted and not recorded.
@@ -117,6 +119,7 @@ pub struct Faults {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SimConfig {
     /// Tokens accepted in `Authorization: Bearer …`.
     pub channel_access_tokens: Vec<String>,
@@ -132,6 +135,10 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Rich menu IDs that exist from the start.
     pub rich_menus: Vec<String>,
+    /// Keep every accepted request for [`requests`](crate::SimHandle::requests).
+    /// Turn off for long benchmarks so memory stays flat; counters, retry
+    /// keys and quota still work.
+    pub record_requests: bool,
 }
 
 impl Default for SimConfig {
@@ -145,6 +152,27 @@ impl Default for SimConfig {
             monthly_quota: None,
             faults: Faults::default(),
             rich_menus: Vec::new(),
+            record_requests: true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn partial_config_fills_in_line_defaults() {
+        let config: SimConfig =
+            serde_json::from_str(r#"{"monthly_quota": 10, "rate_limits": {"push": 5}, "faults": {"error_rate": 0.1}}"#)
+                .unwrap();
+        assert_eq!(config.monthly_quota, Some(10));
+        assert_eq!(config.rate_limits.push, Some(5));
+        assert_eq!(config.rate_limits.multicast, Some(200));
+        assert_eq!(config.faults.error_rate, 0.1);
+        assert!(config.record_requests);
+        assert_eq!(RateLimits::unlimited().for_endpoint(Endpoint::Push), None);
+        assert!(Endpoint::Push.accepts_retry_key() && !Endpoint::Reply.accepts_retry_key());
     }
 }

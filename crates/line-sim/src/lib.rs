@@ -236,6 +236,11 @@ impl SimHandle {
         self.shared.lock().user_menus.clone()
     }
 
+    /// Turns request recording on or off (see [`SimConfig::record_requests`]).
+    pub fn set_record_requests(&self, record: bool) {
+        self.shared.lock().record_requests = record;
+    }
+
     pub fn set_webhook_url(&self, url: Option<String>) {
         self.shared.lock().webhook_url = url;
     }

@@ -80,7 +80,7 @@ async fn not_found(State(state): State<AppState>) -> Response {
 
 /// A parsed retry key, checked by [`gate`].
 struct Gate {
-    retry_key: Option<String>,
+    retry_key: Option<uuid::Uuid>,
 }
 
 /// What every API request goes through before its own logic: latency,
@@ -132,7 +132,7 @@ async fn gate(state: &Shared, endpoint: Endpoint, headers: &HeaderMap, bearer: b
             ));
         }
         Some(value) => match value.to_str().ok().and_then(|v| uuid::Uuid::try_parse(v.trim()).ok()) {
-            Some(key) => Some(key.hyphenated().to_string()),
+            Some(key) => Some(key),
             None => {
                 state.lock().counters.bad_request += 1;
                 return Err(error_response(
@@ -283,7 +283,8 @@ async fn send(state: AppState, conn: DropConnection, headers: HeaderMap, body: B
         return invalid_body(&state, details);
     }
     let messages = body.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
-    let request_id = new_request_id();
+    let request_uuid = uuid::Uuid::new_v4();
+    let request_id = request_uuid.to_string();
     let now = Instant::now();
     let dropped = {
         let mut inner = state.lock();
@@ -327,7 +328,7 @@ async fn send(state: AppState, conn: DropConnection, headers: HeaderMap, body: B
             inner.usage = inner.usage.saturating_add(cost);
         }
         if let Some(key) = &gate.retry_key {
-            inner.retry_keys.insert(key.clone(), (request_id.clone(), now));
+            inner.retry_keys.insert(*key, (request_uuid, now));
         }
         let dropped = chance(inner.faults.drop_rate);
         if dropped {
@@ -335,10 +336,10 @@ async fn send(state: AppState, conn: DropConnection, headers: HeaderMap, body: B
         } else {
             inner.counters.accepted += 1;
         }
-        inner.requests.push(RecordedRequest {
+        inner.record(RecordedRequest {
             endpoint,
             request_id: request_id.clone(),
-            retry_key: gate.retry_key.clone(),
+            retry_key: gate.retry_key.map(|k| k.hyphenated().to_string()),
             recipients,
             messages: messages.clone(),
             rich_menu_id: None,
@@ -397,7 +398,7 @@ fn accept(
     {
         let mut inner = state.lock();
         inner.counters.accepted += 1;
-        inner.requests.push(RecordedRequest {
+        inner.record(RecordedRequest {
             endpoint,
             request_id: request_id.clone(),
             retry_key: None,

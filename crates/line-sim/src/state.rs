@@ -81,7 +81,8 @@ pub(crate) struct LinkTokenInfo {
 
 pub(crate) struct Inner {
     pub requests: Vec<RecordedRequest>,
-    pub retry_keys: HashMap<String, (String, Instant)>,
+    /// Accepted retry key → request ID; `Uuid`s keep a million keys small.
+    pub retry_keys: HashMap<uuid::Uuid, (uuid::Uuid, Instant)>,
     pub buckets: HashMap<Endpoint, Bucket>,
     pub rate_limits: RateLimits,
     pub counters: SimCounters,
@@ -94,6 +95,7 @@ pub(crate) struct Inner {
     /// Reply tokens the webhook sender issued → the user they reply to.
     pub reply_tokens: HashMap<String, Option<String>>,
     pub webhook_url: Option<String>,
+    pub record_requests: bool,
 }
 
 impl Inner {
@@ -112,6 +114,7 @@ impl Inner {
             link_tokens: HashMap::new(),
             reply_tokens: HashMap::new(),
             webhook_url: config.webhook_url.clone(),
+            record_requests: config.record_requests,
         }
     }
 
@@ -123,10 +126,16 @@ impl Inner {
         self.buckets.entry(endpoint).or_insert_with(|| Bucket::new(rate, now)).take(now)
     }
 
+    pub fn record(&mut self, request: RecordedRequest) {
+        if self.record_requests {
+            self.requests.push(request);
+        }
+    }
+
     /// The request ID that accepted `key`, if within 24 h.
-    pub fn accepted_key(&mut self, key: &str, now: Instant) -> Option<String> {
+    pub fn accepted_key(&mut self, key: &uuid::Uuid, now: Instant) -> Option<String> {
         match self.retry_keys.get(key) {
-            Some((id, at)) if now.saturating_duration_since(*at) < RETRY_KEY_TTL => Some(id.clone()),
+            Some((id, at)) if now.saturating_duration_since(*at) < RETRY_KEY_TTL => Some(id.to_string()),
             Some(_) => {
                 self.retry_keys.remove(key);
                 None
