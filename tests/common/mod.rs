@@ -93,7 +93,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let app = crate::common::spawn_app(crate::common::Backend::Sqlite).await.expect("sqlite app");
+                    let app = $crate::common::spawn_app($crate::common::Backend::Sqlite).await.expect("sqlite app");
                     super::$name(app).await;
                 }
             )*
@@ -102,7 +102,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let Some(app) = crate::common::spawn_app(crate::common::Backend::Postgres).await else { return };
+                    let Some(app) = $crate::common::spawn_app($crate::common::Backend::Postgres).await else { return };
                     super::$name(app).await;
                 }
             )*

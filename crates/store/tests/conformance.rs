@@ -131,7 +131,7 @@ async fn following_is_recorded(store: Arc<dyn Store>) {
 
 async fn timestamps_keep_microseconds(store: Arc<dyn Store>) {
     let e = event(json!({"type": "x", "member_id": "m1", "occurred_at": "2026-11-23T10:00:00.123456+09:00"}));
-    store.insert_events(&[e.clone()], at(1)).await.expect("insert");
+    store.insert_events(std::slice::from_ref(&e), at(1)).await.expect("insert");
     store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
     let stored = store.user_events(&user(1)).await.expect("events");
     assert_eq!(stored[0].occurred_at, e.occurred_at);
