@@ -41,6 +41,7 @@ impl Application {
                 clock,
                 api_keys: Arc::new(api_keys),
                 metrics: ingest_metrics,
+                changes: Arc::new(renkei_core::NoChangeListener),
             }));
         }
         let router = router

@@ -3,12 +3,14 @@
 //! Everything here is pure: no I/O, no global time. Parsing functions turn
 //! untrusted input into types that cannot hold a bad value.
 
+pub mod change;
 pub mod clock;
 pub mod duration;
 pub mod event;
 pub mod ids;
 pub mod member;
 
+pub use change::{ChangeListener, NoChangeListener, UserRef};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use duration::{DurationParseError, SpanDuration};
 pub use event::{FieldError, ItemError, NewEvent, parse_event_batch};

@@ -29,6 +29,8 @@ pub struct IngestState {
     pub clock: Arc<dyn Clock>,
     pub api_keys: Arc<Vec<String>>,
     pub metrics: Arc<IngestMetrics>,
+    /// Told about every user whose data a request changed, after it is durable.
+    pub changes: Arc<dyn ChangeListener>,
 }
 
 /// The `/v1` ingestion routes, behind bearer-key auth.
@@ -107,9 +109,27 @@ async fn post_events(
         ApiError::invalid_items("events", errors)
     })?;
     let outcome = state.store.insert_events(&events, state.clock.now()).await?;
+    if outcome.accepted > 0 {
+        state.changes.users_changed(&users_of(&events));
+    }
     IngestMetrics::add(&state.metrics.events_accepted, outcome.accepted);
     IngestMetrics::add(&state.metrics.events_duplicate, outcome.duplicates);
     Ok(Json(json!({"accepted": outcome.accepted, "duplicates": outcome.duplicates})))
+}
+
+/// The distinct users a batch of events touches, by every key it carries.
+fn users_of(events: &[renkei_core::NewEvent]) -> Vec<UserRef> {
+    let mut users: Vec<UserRef> = events
+        .iter()
+        .flat_map(|e| {
+            let by_user = e.line_user_id.clone().map(UserRef::LineUser);
+            let by_member = e.member_id.clone().map(UserRef::Member);
+            by_user.into_iter().chain(by_member)
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    users.retain(|u| seen.insert(u.clone()));
+    users
 }
 
 fn parse_member_batch(items: &[Value]) -> Result<Vec<MemberPatch>, Vec<ItemError>> {
@@ -134,6 +154,10 @@ async fn post_members(
         ApiError::invalid_items("members", errors)
     })?;
     let outcome = state.store.upsert_members(&patches, state.clock.now()).await?;
+    if outcome.created + outcome.updated > 0 {
+        let users: Vec<UserRef> = patches.iter().map(|p| UserRef::Member(p.member_id.clone())).collect();
+        state.changes.users_changed(&users);
+    }
     IngestMetrics::add(&state.metrics.members_upserted, outcome.created + outcome.updated);
     Ok(Json(json!({"created": outcome.created, "updated": outcome.updated, "unchanged": outcome.unchanged})))
 }
@@ -189,6 +213,7 @@ async fn post_link(
     match state.store.link(&member_id, &line_user_id, LinkMethod::Api, state.clock.now()).await? {
         LinkOutcome::Created(link) => {
             IngestMetrics::add(&state.metrics.links_created, 1);
+            state.changes.users_changed(&[UserRef::LineUser(link.line_user_id.clone())]);
             tracing::info!(member_id = %link.member_id, line_user_id = %link.line_user_id, "linked");
             Ok((StatusCode::CREATED, Json(link_json(&link))).into_response())
         }
@@ -214,6 +239,7 @@ async fn delete_link(State(state): State<IngestState>, Path(member_id): Path<Str
     match state.store.unlink(&member_id).await? {
         Some(link) => {
             IngestMetrics::add(&state.metrics.links_removed, 1);
+            state.changes.users_changed(&[UserRef::LineUser(link.line_user_id.clone())]);
             tracing::info!(member_id = %link.member_id, line_user_id = %link.line_user_id, "unlinked");
             Ok(Json(json!({"unlinked": link_json(&link)})))
         }

@@ -4,12 +4,16 @@
 //! Every write that the API acknowledges is committed before the call
 //! returns, so a 2xx always means "durable".
 
+pub mod membership;
 mod postgres;
-mod sqlite;
+pub(crate) mod sqlite;
 pub mod test_support;
+pub mod webhook;
 
+pub use membership::MembershipStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use webhook::WebhookStore;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -124,8 +128,10 @@ pub struct StoreCounts {
 /// Batches streamed into an import. An `Err` aborts the import and rolls it back.
 pub type ImportReceiver<T> = mpsc::Receiver<Result<Vec<T>, String>>;
 
+/// Everything renkei stores. The webhook and membership parts are traits of
+/// their own (in `webhook.rs`, `membership.rs`) so each area keeps its SQL together.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: WebhookStore + MembershipStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Applies pending migrations.
