@@ -10,7 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use renkei_core::{Clock, FieldError, ItemError, LineUserId, LinkMethod, MemberId, MemberPatch, parse_event_batch};
+use renkei_core::{
+    ChangeListener, Clock, FieldError, ItemError, LineUserId, LinkMethod, MemberId, MemberPatch, UserRef,
+    parse_event_batch,
+};
 use renkei_store::{Link, LinkOutcome, Store};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
