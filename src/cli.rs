@@ -38,6 +38,12 @@ pub enum Command {
         #[command(subcommand)]
         what: ImportWhat,
     },
+    /// The LINE platform simulator on its own (for tests and local development).
+    LineSim {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        bind: std::net::SocketAddr,
+    },
     /// A self-contained tour on a temporary SQLite database.
     Demo {
         /// Keep serving after the tour until Ctrl-C, to try the API by hand.
@@ -77,13 +83,49 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrations applied ({:?})", store.backend());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check => {
-            println!("config ok");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Check => Ok(check(&config)),
+        Command::LineSim { bind } => line_sim(&config, bind).await,
         Command::Import { what } => run_import(config, clock, what).await,
         Command::Demo { keep } => crate::demo::run(keep).await,
     }
+}
+
+/// Validates everything renkei loads; prints one `file:line:col: message` per problem.
+fn check(config: &Config) -> ExitCode {
+    match renkei_segments::SegmentSet::load_dir(&config.paths.segments) {
+        Ok(segments) => {
+            println!("config ok; {} segments in {}", segments.len(), config.paths.segments.display());
+            ExitCode::SUCCESS
+        }
+        Err(diagnostics) => {
+            for diagnostic in &diagnostics {
+                eprintln!("{diagnostic}");
+            }
+            eprintln!("{} problem(s); nothing loaded", diagnostics.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn line_sim(config: &Config, bind: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
+    let token = match config.line.channel_access_token.expose() {
+        "" => "sim-channel-access-token".to_string(),
+        token => token.to_string(),
+    };
+    let secret = match config.line.channel_secret.expose() {
+        "" => "sim-channel-secret".to_string(),
+        secret => secret.to_string(),
+    };
+    let sim_config = renkei_line_sim::SimConfig {
+        channel_access_tokens: vec![token],
+        channel_secret: secret,
+        webhook_url: Some(format!("{}/webhook/line", config.server.public_base_url.trim_end_matches('/'))),
+        ..Default::default()
+    };
+    println!("LINE simulator on http://{bind}; webhooks go to {}/webhook/line", config.server.public_base_url);
+    println!("point renkei at it with RENKEI_LINE__API_BASE_URL=http://{bind}");
+    renkei_line_sim::run(bind, sim_config).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(config: Config, clock: Arc<dyn Clock>, migrate: bool) -> anyhow::Result<ExitCode> {
