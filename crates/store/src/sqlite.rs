@@ -54,6 +54,10 @@ impl SqliteStore {
     }
 }
 
+/// Rows per INSERT statement: 7 parameters each stays far below SQLite's
+/// 32,766-parameter limit while saving most per-statement overhead.
+const EVENT_ROWS_PER_STATEMENT: usize = 500;
+
 async fn insert_events_tx(
     conn: &mut SqliteConnection,
     events: &[NewEvent],
@@ -61,26 +65,24 @@ async fn insert_events_tx(
 ) -> StoreResult<IngestOutcome> {
     let mut outcome = IngestOutcome::default();
     let received = to_micros(received_at);
-    for event in events {
-        let properties = Value::Object(event.properties.clone()).to_string();
-        let result = sqlx::query(
-            "INSERT INTO events (event_id, type, member_id, line_user_id, occurred_at, properties, received_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(event.event_id.as_ref().map(|id| id.as_str()))
-        .bind(event.event_type.as_str())
-        .bind(event.member_id.as_ref().map(|id| id.as_str()))
-        .bind(event.line_user_id.as_ref().map(|id| id.as_str()))
-        .bind(to_micros(event.occurred_at))
-        .bind(properties)
-        .bind(received)
-        .execute(&mut *conn)
-        .await?;
-        if result.rows_affected() == 1 {
-            outcome.accepted += 1;
-        } else {
-            outcome.duplicates += 1;
-        }
+    for chunk in events.chunks(EVENT_ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO events (event_id, type, member_id, line_user_id, occurred_at, properties, received_at) ",
+        );
+        insert.push_values(chunk, |mut row, event| {
+            row.push_bind(event.event_id.as_ref().map(|id| id.as_str()))
+                .push_bind(event.event_type.as_str())
+                .push_bind(event.member_id.as_ref().map(|id| id.as_str()))
+                .push_bind(event.line_user_id.as_ref().map(|id| id.as_str()))
+                .push_bind(to_micros(event.occurred_at))
+                .push_bind(Value::Object(event.properties.clone()).to_string())
+                .push_bind(received);
+        });
+        // DO NOTHING also skips repeats inside the same statement.
+        insert.push(" ON CONFLICT (event_id) DO NOTHING");
+        let accepted = insert.build().execute(&mut *conn).await?.rows_affected();
+        outcome.accepted += accepted;
+        outcome.duplicates += chunk.len() as u64 - accepted;
     }
     Ok(outcome)
 }
