@@ -1,14 +1,902 @@
 //! Storage for segment memberships, transitions and evaluation schedule.
 //! Both backends' implementations live in this file.
+//!
+//! The segment engine reads users' facts in pages (one query per page of
+//! users, not one per user), diffs memberships and writes the new state,
+//! its transitions and the next time-driven evaluation in one transaction.
 
-use crate::{PgStore, SqliteStore};
+use crate::sqlite::{from_micros, to_micros};
+use crate::{PgStore, SqliteStore, StoreError, StoreResult};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use renkei_core::{LineUserId, MemberId};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::Row;
+use sqlx::types::Json;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Why a user was (re-)evaluated; stored with every transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    Event,
+    Member,
+    Link,
+    Follow,
+    /// A change reported without a more precise reason.
+    Change,
+    /// A time boundary (window, `older_than`, midnight) passed.
+    Time,
+    Recompute,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Event => "event",
+            Cause::Member => "member",
+            Cause::Link => "link",
+            Cause::Follow => "follow",
+            Cause::Change => "change",
+            Cause::Time => "time",
+            Cause::Recompute => "recompute",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "event" => Cause::Event,
+            "member" => Cause::Member,
+            "link" => Cause::Link,
+            "follow" => Cause::Follow,
+            "change" => Cause::Change,
+            "time" => Cause::Time,
+            "recompute" => Cause::Recompute,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransitionKind {
+    Entered,
+    Exited,
+}
+
+impl TransitionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitionKind::Entered => "entered",
+            TransitionKind::Exited => "exited",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "entered" => Some(TransitionKind::Entered),
+            "exited" => Some(TransitionKind::Exited),
+            _ => None,
+        }
+    }
+}
+
+/// A user entering or leaving a segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Transition {
+    pub segment_id: String,
+    pub line_user_id: LineUserId,
+    pub kind: TransitionKind,
+    pub at: DateTime<Utc>,
+    pub cause: Cause,
+}
+
+/// A transition as stored, with its row id (increasing in commit order per backend sequence).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredTransition {
+    pub id: i64,
+    #[serde(flatten)]
+    pub transition: Transition,
+}
+
+/// One event of a user, as the segment engine sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserEventRecord {
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub properties: Map<String, Value>,
+}
+
+/// Everything stored about one LINE user that segments can look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRecord {
+    pub line_user_id: LineUserId,
+    pub member_id: Option<MemberId>,
+    /// The linked member's attributes; `None` when not linked.
+    pub attributes: Option<Map<String, Value>>,
+    /// A linked user counts as following until an unfollow is seen.
+    pub following: bool,
+    /// Oldest first.
+    pub events: Vec<UserEventRecord>,
+}
+
+/// A user's complete new membership set and next time-driven evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipUpdate {
+    pub line_user_id: LineUserId,
+    pub segments: BTreeSet<String>,
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+/// Size of a segment and when its membership last changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SegmentStats {
+    pub segment_id: String,
+    pub size: u64,
+    pub updated_at: Option<DateTime<Utc>>,
+}
 
 #[async_trait]
-pub trait MembershipStore: Send + Sync + 'static {}
+pub trait MembershipStore: Send + Sync + 'static {
+    /// Facts of each given user, in the given order. Events resolve as in
+    /// `Store::user_events`: those with the user's `line_user_id` and those of
+    /// the member linked to it. `event_types: Some(..)` loads only those types.
+    async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>>;
+
+    /// The LINE user linked to a member, if any.
+    async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>>;
+
+    /// The audience universe (friendships, links, events' `line_user_id`),
+    /// sorted, strictly after `after`, at most `limit`.
+    async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<Vec<LineUserId>>;
+
+    /// Segment ids the user is currently in.
+    async fn user_memberships(&self, line_user_id: &LineUserId) -> StoreResult<BTreeSet<String>>;
+
+    /// Replaces each user's memberships with `segments`, recording a
+    /// transition for every difference (at `at`, with `cause`), and sets or
+    /// clears the user's next due time. Atomic for the whole batch.
+    async fn apply_memberships(
+        &self,
+        updates: &[MembershipUpdate],
+        at: DateTime<Utc>,
+        cause: Cause,
+    ) -> StoreResult<Vec<Transition>>;
+
+    /// Sets (`Some`) or clears (`None`) when the user must be re-evaluated.
+    async fn set_due(&self, line_user_id: &LineUserId, due_at: Option<DateTime<Utc>>) -> StoreResult<()>;
+
+    /// Users due at `now` (`due_at <= now`), earliest first.
+    async fn due_users(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<LineUserId>>;
+
+    /// The earliest scheduled due time.
+    async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
+
+    /// Sizes of segments that have members or a history, sorted by id.
+    async fn segment_stats(&self) -> StoreResult<Vec<SegmentStats>>;
+
+    /// Members of a segment sorted by `line_user_id`, strictly after `after`.
+    async fn segment_members(&self, segment_id: &str, after: Option<&str>, limit: u32) -> StoreResult<Vec<LineUserId>>;
+
+    /// Transitions with `id > after_id`, oldest first.
+    async fn transitions_after(&self, after_id: i64, limit: u32) -> StoreResult<Vec<StoredTransition>>;
+}
+
+fn parse_user(text: &str) -> StoreResult<LineUserId> {
+    LineUserId::parse(text).map_err(|e| StoreError::Corrupt(format!("line_user_id {text:?}: {e}")))
+}
+
+fn parse_member(text: &str) -> StoreResult<MemberId> {
+    MemberId::parse(text).map_err(|e| StoreError::Corrupt(format!("member_id {text:?}: {e}")))
+}
+
+/// Event properties that are not an object (never written by renkei, but
+/// possible in a hand-edited database) count as no properties.
+fn properties_of(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        other => {
+            tracing::warn!(kind = %json_kind(&other), "event properties are not a JSON object; treated as empty");
+            Map::new()
+        }
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn attributes_of(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// Assembles records from the per-user row and the event rows of one page.
+struct PageBuilder {
+    records: Vec<UserRecord>,
+    index: HashMap<String, usize>,
+}
+
+impl PageBuilder {
+    fn new(users: &[LineUserId]) -> Self {
+        let records = users
+            .iter()
+            .map(|u| UserRecord {
+                line_user_id: u.clone(),
+                member_id: None,
+                attributes: None,
+                following: false,
+                events: Vec::new(),
+            })
+            .collect();
+        let index = users.iter().enumerate().map(|(i, u)| (u.as_str().to_string(), i)).collect();
+        Self { records, index }
+    }
+
+    fn set_user(&mut self, id: &str, member_id: Option<String>, attributes: Option<Value>, following: Option<bool>) {
+        let Some(&i) = self.index.get(id) else { return };
+        let record = &mut self.records[i];
+        match member_id.map(|m| parse_member(&m)) {
+            Some(Ok(member)) => {
+                record.member_id = Some(member);
+                record.attributes = Some(attributes.map(attributes_of).unwrap_or_default());
+            }
+            Some(Err(error)) => tracing::warn!(%error, "ignoring a link with a bad member_id"),
+            None => {}
+        }
+        record.following = following.unwrap_or(record.member_id.is_some());
+    }
+
+    fn push_event(&mut self, owner: &str, event: UserEventRecord) {
+        if let Some(&i) = self.index.get(owner) {
+            self.records[i].events.push(event);
+        }
+    }
+
+    fn finish(mut self) -> Vec<UserRecord> {
+        for record in &mut self.records {
+            record.events.sort_by_key(|e| e.occurred_at);
+        }
+        self.records
+    }
+}
+
+/// What one user's update changes, given the current memberships.
+struct Diff<'a> {
+    user: &'a LineUserId,
+    entered: Vec<&'a str>,
+    exited: Vec<String>,
+}
+
+fn diff<'a>(update: &'a MembershipUpdate, current: &BTreeSet<String>) -> Diff<'a> {
+    Diff {
+        user: &update.line_user_id,
+        entered: update.segments.iter().filter(|s| !current.contains(*s)).map(String::as_str).collect(),
+        exited: current.iter().filter(|s| !update.segments.contains(*s)).cloned().collect(),
+    }
+}
+
+fn transitions_of(diffs: &[Diff<'_>], at: DateTime<Utc>, cause: Cause) -> Vec<Transition> {
+    let mut out = Vec::new();
+    for d in diffs {
+        for s in &d.exited {
+            out.push(Transition {
+                segment_id: s.clone(),
+                line_user_id: d.user.clone(),
+                kind: TransitionKind::Exited,
+                at,
+                cause,
+            });
+        }
+        for s in &d.entered {
+            out.push(Transition {
+                segment_id: (*s).to_string(),
+                line_user_id: d.user.clone(),
+                kind: TransitionKind::Entered,
+                at,
+                cause,
+            });
+        }
+    }
+    out
+}
+
+fn stored_transition(
+    id: i64,
+    segment_id: String,
+    line_user_id: String,
+    kind: String,
+    at: DateTime<Utc>,
+    cause: String,
+) -> StoreResult<StoredTransition> {
+    Ok(StoredTransition {
+        id,
+        transition: Transition {
+            segment_id,
+            line_user_id: parse_user(&line_user_id)?,
+            kind: TransitionKind::parse(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("transition kind {kind:?}")))?,
+            at,
+            cause: Cause::parse(&cause).ok_or_else(|| StoreError::Corrupt(format!("transition cause {cause:?}")))?,
+        },
+    })
+}
+
+fn merge_stats(sizes: Vec<(String, i64)>, last: Vec<(String, DateTime<Utc>)>) -> Vec<SegmentStats> {
+    let mut stats: BTreeMap<String, SegmentStats> = BTreeMap::new();
+    for (segment_id, size) in sizes {
+        stats.insert(segment_id.clone(), SegmentStats { segment_id, size: size.max(0) as u64, updated_at: None });
+    }
+    for (segment_id, at) in last {
+        stats.entry(segment_id.clone()).or_insert(SegmentStats { segment_id, size: 0, updated_at: None }).updated_at =
+            Some(at);
+    }
+    stats.into_values().collect()
+}
+
+fn ids_json(users: &[LineUserId]) -> String {
+    Value::Array(users.iter().map(|u| Value::String(u.as_str().to_string())).collect()).to_string()
+}
+
+// ---------------------------------------------------------------- SQLite
 
 #[async_trait]
-impl MembershipStore for SqliteStore {}
+impl MembershipStore for SqliteStore {
+    async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Id lists travel as JSON arrays: SQLite has no array parameters.
+        let ids = ids_json(users);
+        let types = event_types.map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".to_string()));
+        let mut page = PageBuilder::new(users);
+        let mut conn = self.reader.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT u.value AS id, l.member_id, m.attributes, f.following
+             FROM json_each(?1) u
+             LEFT JOIN links l ON l.line_user_id = u.value
+             LEFT JOIN members m ON m.member_id = l.member_id
+             LEFT JOIN friendships f ON f.line_user_id = u.value",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let attributes: Option<String> = row.try_get("attributes")?;
+            let attributes = attributes.map(|text| serde_json::from_str(&text).unwrap_or(Value::Null));
+            page.set_user(&id, row.try_get("member_id")?, attributes, row.try_get("following")?);
+        }
+        let rows = sqlx::query(
+            "SELECT u.value AS owner, e.type, e.occurred_at, e.properties
+             FROM json_each(?1) u JOIN events e ON e.line_user_id = u.value
+             WHERE ?2 IS NULL OR e.type IN (SELECT value FROM json_each(?2))
+             UNION ALL
+             SELECT l.line_user_id AS owner, e.type, e.occurred_at, e.properties
+             FROM json_each(?1) u
+             JOIN links l ON l.line_user_id = u.value
+             JOIN events e ON e.member_id = l.member_id
+             WHERE e.line_user_id IS NOT l.line_user_id
+               AND (?2 IS NULL OR e.type IN (SELECT value FROM json_each(?2)))",
+        )
+        .bind(&ids)
+        .bind(types)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let owner: String = row.try_get("owner")?;
+            let properties: String = row.try_get("properties")?;
+            let event = UserEventRecord {
+                event_type: row.try_get("type")?,
+                occurred_at: from_micros(row.try_get("occurred_at")?)?,
+                properties: properties_of(serde_json::from_str(&properties).unwrap_or(Value::Null)),
+            };
+            page.push_event(&owner, event);
+        }
+        Ok(page.finish())
+    }
+
+    async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>> {
+        let id: Option<String> = sqlx::query_scalar("SELECT line_user_id FROM links WHERE member_id = ?")
+            .bind(member_id.as_str())
+            .fetch_optional(&self.reader)
+            .await?;
+        id.map(|id| parse_user(&id)).transpose()
+    }
+
+    async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<Vec<LineUserId>> {
+        // Each source is cut at `limit` first, so a page costs O(limit), not O(universe).
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT u FROM (
+                 SELECT u FROM (SELECT line_user_id AS u FROM friendships WHERE line_user_id > ?1
+                                ORDER BY line_user_id LIMIT ?2)
+                 UNION
+                 SELECT u FROM (SELECT line_user_id AS u FROM links WHERE line_user_id > ?1
+                                ORDER BY line_user_id LIMIT ?2)
+                 UNION
+                 SELECT u FROM (SELECT DISTINCT line_user_id AS u FROM events
+                                WHERE line_user_id IS NOT NULL AND line_user_id > ?1
+                                ORDER BY line_user_id LIMIT ?2)
+             ) ORDER BY u LIMIT ?2",
+        )
+        .bind(after.map(|a| a.as_str()).unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        ids.iter().map(|id| parse_user(id)).collect()
+    }
+
+    async fn user_memberships(&self, line_user_id: &LineUserId) -> StoreResult<BTreeSet<String>> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT segment_id FROM segment_memberships WHERE line_user_id = ?")
+            .bind(line_user_id.as_str())
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(ids.into_iter().collect())
+    }
+
+    async fn apply_memberships(
+        &self,
+        updates: &[MembershipUpdate],
+        at: DateTime<Utc>,
+        cause: Cause,
+    ) -> StoreResult<Vec<Transition>> {
+        let at_micros = to_micros(at);
+        let mut tx = self.writer.begin().await?;
+        let mut diffs = Vec::with_capacity(updates.len());
+        for update in updates {
+            let user = update.line_user_id.as_str();
+            let current: Vec<String> =
+                sqlx::query_scalar("SELECT segment_id FROM segment_memberships WHERE line_user_id = ?")
+                    .bind(user)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let current: BTreeSet<String> = current.into_iter().collect();
+            let d = diff(update, &current);
+            for segment in &d.exited {
+                sqlx::query("DELETE FROM segment_memberships WHERE segment_id = ? AND line_user_id = ?")
+                    .bind(segment)
+                    .bind(user)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for segment in &d.entered {
+                sqlx::query("INSERT INTO segment_memberships (segment_id, line_user_id, entered_at) VALUES (?, ?, ?)")
+                    .bind(*segment)
+                    .bind(user)
+                    .bind(at_micros)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            match update.next_due {
+                Some(due) => {
+                    sqlx::query(
+                        "INSERT INTO evaluation_schedule (line_user_id, due_at) VALUES (?, ?)
+                         ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at",
+                    )
+                    .bind(user)
+                    .bind(to_micros(due))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM evaluation_schedule WHERE line_user_id = ?")
+                        .bind(user)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            diffs.push(d);
+        }
+        let transitions = transitions_of(&diffs, at, cause);
+        for t in &transitions {
+            sqlx::query(
+                "INSERT INTO segment_transitions (segment_id, line_user_id, kind, at, cause) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&t.segment_id)
+            .bind(t.line_user_id.as_str())
+            .bind(t.kind.as_str())
+            .bind(at_micros)
+            .bind(cause.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(transitions)
+    }
+
+    async fn set_due(&self, line_user_id: &LineUserId, due_at: Option<DateTime<Utc>>) -> StoreResult<()> {
+        match due_at {
+            Some(due) => {
+                sqlx::query(
+                    "INSERT INTO evaluation_schedule (line_user_id, due_at) VALUES (?, ?)
+                     ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at",
+                )
+                .bind(line_user_id.as_str())
+                .bind(to_micros(due))
+                .execute(&self.writer)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM evaluation_schedule WHERE line_user_id = ?")
+                    .bind(line_user_id.as_str())
+                    .execute(&self.writer)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn due_users(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<LineUserId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT line_user_id FROM evaluation_schedule WHERE due_at <= ? ORDER BY due_at, line_user_id LIMIT ?",
+        )
+        .bind(to_micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        ids.iter().map(|id| parse_user(id)).collect()
+    }
+
+    async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        let due: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(due_at) FROM evaluation_schedule").fetch_one(&self.reader).await?;
+        due.map(from_micros).transpose()
+    }
+
+    async fn segment_stats(&self) -> StoreResult<Vec<SegmentStats>> {
+        let sizes = sqlx::query("SELECT segment_id, COUNT(*) AS size FROM segment_memberships GROUP BY segment_id")
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("segment_id")?, row.try_get("size")?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let last = sqlx::query("SELECT segment_id, MAX(at) AS last FROM segment_transitions GROUP BY segment_id")
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("segment_id")?, from_micros(row.try_get("last")?)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(merge_stats(sizes, last))
+    }
+
+    async fn segment_members(&self, segment_id: &str, after: Option<&str>, limit: u32) -> StoreResult<Vec<LineUserId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT line_user_id FROM segment_memberships WHERE segment_id = ? AND line_user_id > ?
+             ORDER BY line_user_id LIMIT ?",
+        )
+        .bind(segment_id)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        ids.iter().map(|id| parse_user(id)).collect()
+    }
+
+    async fn transitions_after(&self, after_id: i64, limit: u32) -> StoreResult<Vec<StoredTransition>> {
+        sqlx::query(
+            "SELECT id, segment_id, line_user_id, kind, at, cause FROM segment_transitions WHERE id > ?
+             ORDER BY id LIMIT ?",
+        )
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?
+        .into_iter()
+        .map(|row| {
+            stored_transition(
+                row.try_get("id")?,
+                row.try_get("segment_id")?,
+                row.try_get("line_user_id")?,
+                row.try_get("kind")?,
+                from_micros(row.try_get("at")?)?,
+                row.try_get("cause")?,
+            )
+        })
+        .collect()
+    }
+}
+
+// ------------------------------------------------------------ PostgreSQL
+
+/// Users are locked in 256 buckets: enough to keep a real-time evaluation
+/// and a recompute of the same user from interleaving their diffs, without
+/// a page of thousands of users exhausting the shared lock table.
+const PG_LOCK_BUCKETS: &str = "SELECT pg_advisory_xact_lock(4242, k)
+     FROM (SELECT DISTINCT (hashtext(u) & 255) AS k FROM UNNEST($1::text[]) AS u) s ORDER BY k";
 
 #[async_trait]
-impl MembershipStore for PgStore {}
+impl MembershipStore for PgStore {
+    async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+        let mut page = PageBuilder::new(users);
+        let rows = sqlx::query(
+            "SELECT u.id, l.member_id, m.attributes, f.following
+             FROM UNNEST($1::text[]) AS u (id)
+             LEFT JOIN links l ON l.line_user_id = u.id
+             LEFT JOIN members m ON m.member_id = l.member_id
+             LEFT JOIN friendships f ON f.line_user_id = u.id",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let attributes: Option<Json<Value>> = row.try_get("attributes")?;
+            page.set_user(&id, row.try_get("member_id")?, attributes.map(|a| a.0), row.try_get("following")?);
+        }
+        let rows = sqlx::query(
+            "SELECT e.line_user_id AS owner, e.type, e.occurred_at, e.properties
+             FROM events e
+             WHERE e.line_user_id = ANY($1::text[]) AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))
+             UNION ALL
+             SELECT l.line_user_id AS owner, e.type, e.occurred_at, e.properties
+             FROM links l JOIN events e ON e.member_id = l.member_id
+             WHERE l.line_user_id = ANY($1::text[])
+               AND e.line_user_id IS DISTINCT FROM l.line_user_id
+               AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))",
+        )
+        .bind(&ids)
+        .bind(event_types)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let owner: String = row.try_get("owner")?;
+            let Json(properties): Json<Value> = row.try_get("properties")?;
+            let event = UserEventRecord {
+                event_type: row.try_get("type")?,
+                occurred_at: row.try_get("occurred_at")?,
+                properties: properties_of(properties),
+            };
+            page.push_event(&owner, event);
+        }
+        Ok(page.finish())
+    }
+
+    async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>> {
+        let id: Option<String> = sqlx::query_scalar("SELECT line_user_id FROM links WHERE member_id = $1")
+            .bind(member_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        id.map(|id| parse_user(&id)).transpose()
+    }
+
+    async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<Vec<LineUserId>> {
+        // Each source is cut at `limit` first (index order), so a page costs O(limit).
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT u FROM (
+                 (SELECT line_user_id AS u FROM friendships WHERE line_user_id > $1 ORDER BY line_user_id LIMIT $2)
+                 UNION ALL
+                 (SELECT line_user_id AS u FROM links WHERE line_user_id > $1 ORDER BY line_user_id LIMIT $2)
+                 UNION ALL
+                 (SELECT DISTINCT line_user_id AS u FROM events WHERE line_user_id IS NOT NULL AND line_user_id > $1
+                  ORDER BY line_user_id LIMIT $2)
+             ) s ORDER BY u LIMIT $2",
+        )
+        .bind(after.map(|a| a.as_str()).unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter().map(|id| parse_user(id)).collect()
+    }
+
+    async fn user_memberships(&self, line_user_id: &LineUserId) -> StoreResult<BTreeSet<String>> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT segment_id FROM segment_memberships WHERE line_user_id = $1")
+            .bind(line_user_id.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids.into_iter().collect())
+    }
+
+    async fn apply_memberships(
+        &self,
+        updates: &[MembershipUpdate],
+        at: DateTime<Utc>,
+        cause: Cause,
+    ) -> StoreResult<Vec<Transition>> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let users: Vec<&str> = updates.iter().map(|u| u.line_user_id.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(PG_LOCK_BUCKETS).bind(&users).execute(&mut *tx).await?;
+        let rows = sqlx::query("SELECT line_user_id, segment_id FROM segment_memberships WHERE line_user_id = ANY($1)")
+            .bind(&users)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut current: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for row in rows {
+            current.entry(row.try_get("line_user_id")?).or_default().insert(row.try_get("segment_id")?);
+        }
+        let empty = BTreeSet::new();
+        let diffs: Vec<Diff<'_>> =
+            updates.iter().map(|u| diff(u, current.get(u.line_user_id.as_str()).unwrap_or(&empty))).collect();
+
+        let (mut out_users, mut out_segments) = (Vec::new(), Vec::new());
+        let (mut in_users, mut in_segments) = (Vec::new(), Vec::new());
+        for d in &diffs {
+            for s in &d.exited {
+                out_users.push(d.user.as_str());
+                out_segments.push(s.as_str());
+            }
+            for s in &d.entered {
+                in_users.push(d.user.as_str());
+                in_segments.push(*s);
+            }
+        }
+        if !out_users.is_empty() {
+            sqlx::query(
+                "DELETE FROM segment_memberships m USING UNNEST($1::text[], $2::text[]) AS d (u, s)
+                 WHERE m.line_user_id = d.u AND m.segment_id = d.s",
+            )
+            .bind(&out_users)
+            .bind(&out_segments)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !in_users.is_empty() {
+            sqlx::query(
+                "INSERT INTO segment_memberships (segment_id, line_user_id, entered_at)
+                 SELECT s, u, $3 FROM UNNEST($1::text[], $2::text[]) AS d (u, s)",
+            )
+            .bind(&in_users)
+            .bind(&in_segments)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let transitions = transitions_of(&diffs, at, cause);
+        if !transitions.is_empty() {
+            let segments: Vec<&str> = transitions.iter().map(|t| t.segment_id.as_str()).collect();
+            let t_users: Vec<&str> = transitions.iter().map(|t| t.line_user_id.as_str()).collect();
+            let kinds: Vec<&str> = transitions.iter().map(|t| t.kind.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO segment_transitions (segment_id, line_user_id, kind, at, cause)
+                 SELECT s, u, k, $4, $5 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t (s, u, k)",
+            )
+            .bind(&segments)
+            .bind(&t_users)
+            .bind(&kinds)
+            .bind(at)
+            .bind(cause.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let (mut due_users, mut due_at, mut clear) = (Vec::new(), Vec::new(), Vec::new());
+        for update in updates {
+            match update.next_due {
+                Some(due) => {
+                    due_users.push(update.line_user_id.as_str());
+                    due_at.push(due);
+                }
+                None => clear.push(update.line_user_id.as_str()),
+            }
+        }
+        if !clear.is_empty() {
+            sqlx::query("DELETE FROM evaluation_schedule WHERE line_user_id = ANY($1)")
+                .bind(&clear)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !due_users.is_empty() {
+            // A batch may name a user twice; the last update wins, as on SQLite.
+            let mut last: HashMap<&str, DateTime<Utc>> = HashMap::new();
+            for (u, d) in due_users.iter().zip(&due_at) {
+                last.insert(u, *d);
+            }
+            let (due_users, due_at): (Vec<&str>, Vec<DateTime<Utc>>) = last.into_iter().unzip();
+            sqlx::query(
+                "INSERT INTO evaluation_schedule (line_user_id, due_at)
+                 SELECT u, d FROM UNNEST($1::text[], $2::timestamptz[]) AS s (u, d)
+                 ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at",
+            )
+            .bind(&due_users)
+            .bind(&due_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(transitions)
+    }
+
+    async fn set_due(&self, line_user_id: &LineUserId, due_at: Option<DateTime<Utc>>) -> StoreResult<()> {
+        match due_at {
+            Some(due) => {
+                sqlx::query(
+                    "INSERT INTO evaluation_schedule (line_user_id, due_at) VALUES ($1, $2)
+                     ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at",
+                )
+                .bind(line_user_id.as_str())
+                .bind(due)
+                .execute(&self.pool)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM evaluation_schedule WHERE line_user_id = $1")
+                    .bind(line_user_id.as_str())
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn due_users(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<LineUserId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT line_user_id FROM evaluation_schedule WHERE due_at <= $1 ORDER BY due_at, line_user_id LIMIT $2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter().map(|id| parse_user(id)).collect()
+    }
+
+    async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        Ok(sqlx::query_scalar("SELECT MIN(due_at) FROM evaluation_schedule").fetch_one(&self.pool).await?)
+    }
+
+    async fn segment_stats(&self) -> StoreResult<Vec<SegmentStats>> {
+        let sizes = sqlx::query("SELECT segment_id, COUNT(*) AS size FROM segment_memberships GROUP BY segment_id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("segment_id")?, row.try_get("size")?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let last = sqlx::query("SELECT segment_id, MAX(at) AS last FROM segment_transitions GROUP BY segment_id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("segment_id")?, row.try_get("last")?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(merge_stats(sizes, last))
+    }
+
+    async fn segment_members(&self, segment_id: &str, after: Option<&str>, limit: u32) -> StoreResult<Vec<LineUserId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT line_user_id FROM segment_memberships WHERE segment_id = $1 AND line_user_id > $2
+             ORDER BY line_user_id LIMIT $3",
+        )
+        .bind(segment_id)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter().map(|id| parse_user(id)).collect()
+    }
+
+    async fn transitions_after(&self, after_id: i64, limit: u32) -> StoreResult<Vec<StoredTransition>> {
+        sqlx::query(
+            "SELECT id, segment_id, line_user_id, kind, at, cause FROM segment_transitions WHERE id > $1
+             ORDER BY id LIMIT $2",
+        )
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|row| {
+            stored_transition(
+                row.try_get("id")?,
+                row.try_get("segment_id")?,
+                row.try_get("line_user_id")?,
+                row.try_get("kind")?,
+                row.try_get("at")?,
+                row.try_get("cause")?,
+            )
+        })
+        .collect()
+    }
+}

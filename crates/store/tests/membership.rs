@@ -1,0 +1,219 @@
+//! Membership storage, run against every backend: SQLite always, PostgreSQL
+//! when `RENKEI_TEST_POSTGRES_URL` is set (and always in CI).
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use renkei_core::{LineUserId, LinkMethod, MemberId, MemberPatch, NewEvent};
+use renkei_store::Store;
+use renkei_store::membership::{Cause, MembershipUpdate, TransitionKind};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+fn at(hour: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, hour, 0, 0).single().expect("valid time")
+}
+
+fn user(n: u8) -> LineUserId {
+    LineUserId::parse(&format!("U{:032x}", n)).expect("valid user id")
+}
+
+fn member(id: &str) -> MemberId {
+    MemberId::parse(id).expect("valid member id")
+}
+
+fn event(value: Value) -> NewEvent {
+    NewEvent::parse(&value).expect("valid event")
+}
+
+fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+fn update(u: &LineUserId, ids: &[&str], next_due: Option<DateTime<Utc>>) -> MembershipUpdate {
+    MembershipUpdate { line_user_id: u.clone(), segments: set(ids), next_due }
+}
+
+async fn load_users_resolves_links_following_and_events(store: Arc<dyn Store>) {
+    let patch = MemberPatch {
+        member_id: member("m1"),
+        attributes: json!({"rank": "gold"}).as_object().cloned().expect("object"),
+        line_user_id: None,
+    };
+    store.upsert_members(&[patch], at(1)).await.expect("member");
+    store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
+    store.set_following(&user(2), true, at(1)).await.expect("follow");
+    store.link(&member("m3"), &user(3), LinkMethod::Api, at(1)).await.expect("link 3");
+    store.set_following(&user(3), false, at(2)).await.expect("unfollow 3");
+    store
+        .insert_events(
+            &[
+                event(json!({"type": "purchase", "member_id": "m1", "occurred_at": "2026-11-23T03:00:00Z",
+                             "properties": {"amount": 100}})),
+                event(
+                    json!({"type": "visit", "line_user_id": user(1).as_str(), "occurred_at": "2026-11-23T02:00:00Z"}),
+                ),
+                // Both keys pointing at the same user: counted once.
+                event(json!({"type": "purchase", "member_id": "m1", "line_user_id": user(1).as_str(),
+                             "occurred_at": "2026-11-23T04:00:00Z"})),
+                event(json!({"type": "purchase", "member_id": "unlinked", "occurred_at": "2026-11-23T04:00:00Z"})),
+                event(
+                    json!({"type": "visit", "line_user_id": user(2).as_str(), "occurred_at": "2026-11-23T05:00:00Z"}),
+                ),
+            ],
+            at(6),
+        )
+        .await
+        .expect("events");
+
+    let records = store.load_users(&[user(1), user(2), user(3), user(9)], None).await.expect("load");
+    assert_eq!(records.len(), 4);
+    let one = &records[0];
+    assert_eq!(one.line_user_id, user(1));
+    assert_eq!(one.member_id, Some(member("m1")));
+    assert_eq!(one.attributes.as_ref().and_then(|a| a.get("rank")), Some(&json!("gold")));
+    assert!(one.following, "a linked user counts as following until an unfollow is seen");
+    let times: Vec<_> = one.events.iter().map(|e| (e.event_type.as_str(), e.occurred_at)).collect();
+    assert_eq!(times, vec![("visit", at(2)), ("purchase", at(3)), ("purchase", at(4)),]);
+    assert_eq!(one.events[1].properties.get("amount"), Some(&json!(100)));
+    assert_eq!(store.user_events(&user(1)).await.expect("user events").len(), one.events.len());
+
+    let two = &records[1];
+    assert!(two.following && two.member_id.is_none() && two.attributes.is_none());
+    assert_eq!(two.events.len(), 1);
+    assert!(!records[2].following, "an unfollow beats the link");
+    assert!(!records[3].following && records[3].events.is_empty());
+
+    let only = store.load_users(&[user(1)], Some(&["visit".to_string()])).await.expect("filtered");
+    assert_eq!(only[0].events.len(), 1);
+    assert!(store.load_users(&[], None).await.expect("empty").is_empty());
+}
+
+async fn member_resolves_to_its_line_user(store: Arc<dyn Store>) {
+    store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
+    assert_eq!(store.member_line_user(&member("m1")).await.expect("resolve"), Some(user(1)));
+    assert_eq!(store.member_line_user(&member("m2")).await.expect("resolve"), None);
+    store.unlink(&member("m1")).await.expect("unlink");
+    assert_eq!(store.member_line_user(&member("m1")).await.expect("resolve"), None);
+}
+
+async fn audience_is_every_known_line_user_in_pages(store: Arc<dyn Store>) {
+    store.set_following(&user(5), true, at(1)).await.expect("follow");
+    store.set_following(&user(2), false, at(1)).await.expect("unfollow");
+    store.link(&member("m1"), &user(3), LinkMethod::Api, at(1)).await.expect("link");
+    store.link(&member("m2"), &user(5), LinkMethod::Api, at(1)).await.expect("link");
+    let events: Vec<NewEvent> = [1u8, 4, 4, 6]
+        .iter()
+        .map(|n| {
+            event(json!({"type": "visit", "line_user_id": user(*n).as_str(), "occurred_at": "2026-11-23T01:00:00Z"}))
+        })
+        .chain([event(json!({"type": "visit", "member_id": "m9", "occurred_at": "2026-11-23T01:00:00Z"}))])
+        .collect();
+    store.insert_events(&events, at(2)).await.expect("events");
+    let mut all = Vec::new();
+    let mut after: Option<LineUserId> = None;
+    loop {
+        let page = store.audience_page(after.as_ref(), 2).await.expect("page");
+        assert!(page.len() <= 2);
+        let Some(last) = page.last().cloned() else { break };
+        all.extend(page);
+        after = Some(last);
+    }
+    assert_eq!(all, vec![user(1), user(2), user(3), user(4), user(5), user(6)]);
+}
+
+async fn apply_memberships_records_transitions(store: Arc<dyn Store>) {
+    let (a, b) = (user(1), user(2));
+    let transitions = store
+        .apply_memberships(
+            &[update(&a, &["gold", "vip"], Some(at(5))), update(&b, &["gold"], None)],
+            at(1),
+            Cause::Event,
+        )
+        .await
+        .expect("apply");
+    assert_eq!(transitions.len(), 3);
+    assert!(transitions.iter().all(|t| t.kind == TransitionKind::Entered && t.at == at(1) && t.cause == Cause::Event));
+    assert_eq!(store.user_memberships(&a).await.expect("current"), set(&["gold", "vip"]));
+
+    let transitions =
+        store.apply_memberships(&[update(&a, &["gold", "new"], None)], at(2), Cause::Time).await.expect("apply");
+    let summary: Vec<_> = transitions.iter().map(|t| (t.segment_id.as_str(), t.kind)).collect();
+    assert_eq!(summary, vec![("vip", TransitionKind::Exited), ("new", TransitionKind::Entered)]);
+    assert_eq!(store.user_memberships(&a).await.expect("current"), set(&["gold", "new"]));
+
+    // The same state again changes nothing.
+    let transitions =
+        store.apply_memberships(&[update(&a, &["gold", "new"], None)], at(3), Cause::Recompute).await.expect("apply");
+    assert!(transitions.is_empty());
+
+    let stored = store.transitions_after(0, 100).await.expect("history");
+    assert_eq!(stored.len(), 5);
+    assert!(stored.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(stored[4].transition.cause, Cause::Time);
+    let later = store.transitions_after(stored[2].id, 100).await.expect("later");
+    assert_eq!(later.len(), 2);
+
+    let stats = store.segment_stats().await.expect("stats");
+    let summary: Vec<_> = stats.iter().map(|s| (s.segment_id.as_str(), s.size, s.updated_at)).collect();
+    assert_eq!(summary, vec![("gold", 2, Some(at(1))), ("new", 1, Some(at(2))), ("vip", 0, Some(at(2)))]);
+}
+
+async fn schedule_is_set_cleared_and_due(store: Arc<dyn Store>) {
+    let (a, b, c) = (user(1), user(2), user(3));
+    assert_eq!(store.next_due().await.expect("none"), None);
+    store.apply_memberships(&[update(&a, &[], Some(at(5)))], at(1), Cause::Event).await.expect("apply");
+    store.set_due(&b, Some(at(3))).await.expect("due b");
+    store.set_due(&c, Some(at(4))).await.expect("due c");
+    assert_eq!(store.next_due().await.expect("next"), Some(at(3)));
+    assert_eq!(store.due_users(at(3) - Duration::microseconds(1), 10).await.expect("due"), Vec::<LineUserId>::new());
+    assert_eq!(store.due_users(at(3), 10).await.expect("due"), vec![b.clone()]);
+    assert_eq!(store.due_users(at(9), 2).await.expect("due"), vec![b.clone(), c.clone()]);
+    store.set_due(&b, None).await.expect("clear");
+    store.set_due(&c, Some(at(6))).await.expect("move");
+    assert_eq!(store.due_users(at(5), 10).await.expect("due"), vec![a.clone()]);
+    store.apply_memberships(&[update(&a, &[], None)], at(5), Cause::Time).await.expect("apply");
+    assert_eq!(store.next_due().await.expect("next"), Some(at(6)));
+}
+
+async fn segment_members_are_paged_by_line_user_id(store: Arc<dyn Store>) {
+    let updates: Vec<_> = [4u8, 1, 3, 2].iter().map(|n| update(&user(*n), &["s"], None)).collect();
+    store.apply_memberships(&updates, at(1), Cause::Recompute).await.expect("apply");
+    store.apply_memberships(&[update(&user(9), &["other"], None)], at(1), Cause::Recompute).await.expect("apply");
+    let first = store.segment_members("s", None, 3).await.expect("first");
+    assert_eq!(first, vec![user(1), user(2), user(3)]);
+    let rest = store.segment_members("s", Some(user(3).as_str()), 3).await.expect("rest");
+    assert_eq!(rest, vec![user(4)]);
+    assert!(store.segment_members("nope", None, 3).await.expect("none").is_empty());
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let test = renkei_store::test_support::sqlite().await.expect("sqlite store");
+                    super::$name(test.store.clone()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(test) = renkei_store::test_support::postgres().await.expect("postgres store") else { return };
+                    super::$name(test.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    load_users_resolves_links_following_and_events,
+    member_resolves_to_its_line_user,
+    audience_is_every_known_line_user_in_pages,
+    apply_memberships_records_transitions,
+    schedule_is_set_cleared_and_due,
+    segment_members_are_paged_by_line_user_id,
+);
