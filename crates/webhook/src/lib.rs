@@ -1,0 +1,135 @@
+//! The LINE side of renkei's HTTP surface: the webhook endpoint LINE posts
+//! to, and the ID連携 flows (account link with nonces, LINE Login ID token).
+//!
+//! The webhook answers 200 only once the events are committed, and never
+//! processes them inside the request: a background worker
+//! ([`spawn_worker`]) drains unprocessed rows, so events that arrived just
+//! before a crash are picked up again at the next start.
+
+pub mod error;
+pub mod process;
+pub mod routes;
+
+pub use error::ApiError;
+pub use process::{ProcessError, WorkerHandle, WorkerOptions, process_pending, spawn_worker};
+pub use routes::{api_router, public_router};
+
+use renkei_core::{ChangeListener, Clock};
+use renkei_line::LineClient;
+use renkei_store::Store;
+use std::fmt;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// Where LINE's account-link dialog lives; the nonce route redirects there.
+pub const ACCOUNT_LINK_DIALOG_URL: &str = "https://access.line.me/dialog/bot/accountLink";
+/// How long an account-link nonce may be used (LINE's link token lives as long).
+pub const NONCE_TTL: chrono::Duration = chrono::Duration::minutes(10);
+/// Largest webhook body accepted.
+pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
+/// Largest body of the `/v1` routes here.
+pub const MAX_API_BYTES: usize = 64 * 1024;
+/// The placeholder in [`WebhookConfig::link_login_url`].
+pub const LINK_TOKEN_PLACEHOLDER: &str = "{linkToken}";
+
+/// Channel settings. `Debug` never shows the channel secret.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    /// Signs the webhook (`x-line-signature`).
+    pub channel_secret: String,
+    /// The LINE Login channel ID: the audience of ID tokens.
+    pub login_channel_id: String,
+    /// The company's login page, with `{linkToken}` where the link token goes.
+    pub link_login_url: String,
+    /// LINE's account-link dialog ([`ACCOUNT_LINK_DIALOG_URL`]).
+    pub account_link_url: String,
+}
+
+impl WebhookConfig {
+    pub fn new(
+        channel_secret: impl Into<String>,
+        login_channel_id: impl Into<String>,
+        link_login_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            channel_secret: channel_secret.into(),
+            login_channel_id: login_channel_id.into(),
+            link_login_url: link_login_url.into(),
+            account_link_url: ACCOUNT_LINK_DIALOG_URL.to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("channel_secret", &"***")
+            .field("login_channel_id", &self.login_channel_id)
+            .field("link_login_url", &self.link_login_url)
+            .field("account_link_url", &self.account_link_url)
+            .finish()
+    }
+}
+
+/// Everything the routes and the worker share. Cheap to clone.
+#[derive(Clone)]
+pub struct WebhookState {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    /// Told about every user a webhook or link changed, once it is durable.
+    pub changes: Arc<dyn ChangeListener>,
+    /// `None` when no channel access token is configured: events are still
+    /// stored and processed, but nothing is sent to LINE.
+    pub line: Option<LineClient>,
+    pub config: Arc<WebhookConfig>,
+    /// Wakes the worker when new events are committed.
+    wake: Arc<Notify>,
+}
+
+impl WebhookState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        changes: Arc<dyn ChangeListener>,
+        line: Option<LineClient>,
+        config: WebhookConfig,
+    ) -> Self {
+        Self { store, clock, changes, line, config: Arc::new(config), wake: Arc::new(Notify::new()) }
+    }
+
+    /// Tells the worker there is work (the webhook route does this itself).
+    pub fn wake_worker(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, for
+/// query values.
+pub fn url_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_encoding_keeps_unreserved_only() {
+        assert_eq!(url_encode("aZ09-._~"), "aZ09-._~");
+        assert_eq!(url_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let config = WebhookConfig::new("very-secret", "123", "https://x/?t={linkToken}");
+        assert!(!format!("{config:?}").contains("very-secret"));
+    }
+}
