@@ -1,0 +1,331 @@
+//! Evaluating users and writing their memberships: the one path shared by
+//! real-time, time-driven and full-recompute evaluation.
+
+use crate::{MembershipError, MembershipResult};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use renkei_core::{Clock, LineUserId, UserRef};
+use renkei_segments::{EventFact, SegmentSet, UserFacts};
+use renkei_store::Store;
+use renkei_store::membership::{Cause, MembershipUpdate, SegmentStats, Transition, UserRecord};
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc};
+
+/// Users per page in recompute, preview and `run_due`.
+const DEFAULT_PAGE_SIZE: u32 = 5_000;
+
+/// Where a running recompute is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecomputeProgress {
+    pub users: u64,
+    pub events: u64,
+    pub transitions: u64,
+}
+
+/// What a finished recompute did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecomputeReport {
+    pub users: u64,
+    pub events: u64,
+    pub transitions: u64,
+    pub elapsed: Duration,
+}
+
+pub struct MembershipEngine {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) segments: Arc<SegmentSet>,
+    pub(crate) clock: Arc<dyn Clock>,
+    tz: Tz,
+    /// Only the event types some segment looks at are loaded.
+    event_types: Arc<Vec<String>>,
+    page_size: u32,
+    /// Wakes the timer task when a schedule may have moved earlier.
+    pub(crate) schedule_changed: Notify,
+    /// When the timer task will next wake (µs since the epoch), so that only
+    /// an earlier due time needs to wake it.
+    pub(crate) timer_target: AtomicI64,
+}
+
+/// A stored user as the segment language sees it.
+pub fn facts_of(record: UserRecord) -> UserFacts {
+    UserFacts {
+        line_user_id: record.line_user_id,
+        linked: record.member_id.is_some(),
+        following: record.following,
+        attributes: record.attributes,
+        events: record
+            .events
+            .into_iter()
+            .map(|e| EventFact { event_type: e.event_type, occurred_at: e.occurred_at, properties: e.properties })
+            .collect(),
+    }
+}
+
+/// The user's complete answer at `now` and when it may next change by time alone.
+fn evaluate_record(segments: &SegmentSet, record: UserRecord, now: DateTime<Utc>, tz: Tz) -> MembershipUpdate {
+    let facts = facts_of(record);
+    let answers = segments.evaluate(&facts, now, tz);
+    let next_due = segments.next_change(&facts, now, tz).filter(|due| *due > now);
+    MembershipUpdate {
+        line_user_id: facts.line_user_id,
+        segments: answers.into_iter().filter(|(_, inside)| *inside).map(|(id, _)| id).collect(),
+        next_due,
+    }
+}
+
+fn evaluate_page(
+    segments: &SegmentSet,
+    records: Vec<UserRecord>,
+    now: DateTime<Utc>,
+    tz: Tz,
+) -> (Vec<MembershipUpdate>, u64) {
+    let events = records.iter().map(|r| r.events.len() as u64).sum();
+    let updates = records.into_iter().map(|r| evaluate_record(segments, r, now, tz)).collect();
+    (updates, events)
+}
+
+impl MembershipEngine {
+    pub fn new(store: Arc<dyn Store>, segments: Arc<SegmentSet>, clock: Arc<dyn Clock>, tz: Tz) -> Self {
+        let event_types = Arc::new(segments.referenced_event_types().into_iter().collect());
+        Self {
+            store,
+            segments,
+            clock,
+            tz,
+            event_types,
+            page_size: DEFAULT_PAGE_SIZE,
+            schedule_changed: Notify::new(),
+            timer_target: AtomicI64::new(i64::MAX),
+        }
+    }
+
+    /// Users per page for recompute, preview and due processing (at least 1).
+    pub fn with_page_size(mut self, page_size: u32) -> Self {
+        self.page_size = page_size.max(1);
+        self
+    }
+
+    pub fn segments(&self) -> &SegmentSet {
+        &self.segments
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn timezone(&self) -> Tz {
+        self.tz
+    }
+
+    /// Re-evaluates one user now; returns the transitions it caused.
+    pub async fn evaluate_user(&self, line_user_id: &LineUserId, cause: Cause) -> MembershipResult<Vec<Transition>> {
+        self.evaluate_users(std::slice::from_ref(line_user_id), cause).await
+    }
+
+    /// Re-evaluates users at `clock.now()`: loads their facts, diffs with the
+    /// stored memberships, records transitions and their next due times.
+    pub async fn evaluate_users(&self, users: &[LineUserId], cause: Cause) -> MembershipResult<Vec<Transition>> {
+        let mut seen = HashSet::new();
+        let users: Vec<LineUserId> = users.iter().filter(|u| seen.insert(*u)).cloned().collect();
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records = self.store.load_users(&users, Some(&self.event_types)).await?;
+        let now = self.clock.now();
+        let (updates, _) = evaluate_page(&self.segments, records, now, self.tz);
+        let transitions = self.store.apply_memberships(&updates, now, cause).await?;
+        let earliest = updates.iter().filter_map(|u| u.next_due).min();
+        if earliest.is_some_and(|due| due.timestamp_micros() < self.timer_target.load(Ordering::SeqCst)) {
+            self.schedule_changed.notify_one();
+        }
+        for user in &users {
+            tracing::debug!(line_user_id = %user, cause = cause.as_str(), "user evaluated");
+        }
+        for t in &transitions {
+            tracing::debug!(
+                segment = %t.segment_id, line_user_id = %t.line_user_id, kind = t.kind.as_str(),
+                cause = cause.as_str(), "segment transition"
+            );
+        }
+        Ok(transitions)
+    }
+
+    /// The LINE user a change refers to; `None` for a member not linked yet
+    /// (its events count once linked, and the link reports the user).
+    pub async fn resolve(&self, user: &UserRef) -> MembershipResult<Option<LineUserId>> {
+        match user {
+            UserRef::LineUser(id) => Ok(Some(id.clone())),
+            UserRef::Member(member_id) => Ok(self.store.member_line_user(member_id).await?),
+        }
+    }
+
+    /// The real-time path: resolves the changed users and re-evaluates them.
+    pub async fn process_changes(&self, users: &[UserRef], cause: Cause) -> MembershipResult<Vec<Transition>> {
+        let mut resolved = Vec::with_capacity(users.len());
+        for user in users {
+            match self.resolve(user).await? {
+                Some(id) => resolved.push(id),
+                None => tracing::debug!(?user, "change of an unlinked member: nobody to re-evaluate"),
+            }
+        }
+        self.evaluate_users(&resolved, cause).await
+    }
+
+    /// The time-driven path, one round: re-evaluates every user due at
+    /// `clock.now()`. Returns how many users were evaluated.
+    pub async fn run_due(&self) -> MembershipResult<u64> {
+        let mut evaluated = 0u64;
+        let now = self.clock.now();
+        loop {
+            let due = self.store.due_users(now, self.page_size).await?;
+            if due.is_empty() {
+                return Ok(evaluated);
+            }
+            evaluated += due.len() as u64;
+            // Every evaluation moves the user's due time past `now`, so this terminates.
+            self.evaluate_users(&due, Cause::Time).await?;
+        }
+    }
+
+    /// Re-evaluates the whole audience universe, page by page (facts of one
+    /// page in memory at a time), recording transitions with cause
+    /// `recompute`. Loading, evaluating and writing run as a pipeline.
+    pub async fn recompute_all(
+        &self,
+        mut progress: impl FnMut(&RecomputeProgress) + Send,
+    ) -> MembershipResult<RecomputeReport> {
+        let started = Instant::now();
+        tracing::info!(segments = self.segments.len(), "full recompute started");
+        let (page_tx, mut page_rx) = mpsc::channel::<MembershipResult<Vec<UserRecord>>>(2);
+        let loader = {
+            let store = self.store.clone();
+            let types = self.event_types.clone();
+            let page_size = self.page_size;
+            tokio::spawn(async move {
+                let mut after: Option<LineUserId> = None;
+                loop {
+                    let page = match store.audience_page(after.as_ref(), page_size).await {
+                        Ok(page) => page,
+                        Err(error) => {
+                            let _ = page_tx.send(Err(error.into())).await;
+                            return;
+                        }
+                    };
+                    let Some(last) = page.last().cloned() else { return };
+                    let records = store.load_users(&page, Some(&types)).await.map_err(MembershipError::from);
+                    let failed = records.is_err();
+                    if page_tx.send(records).await.is_err() || failed {
+                        return;
+                    }
+                    after = Some(last);
+                }
+            })
+        };
+        let (write_tx, mut write_rx) = mpsc::channel::<(Vec<MembershipUpdate>, DateTime<Utc>)>(2);
+        let writer = {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                let mut transitions = 0u64;
+                while let Some((updates, now)) = write_rx.recv().await {
+                    transitions += store.apply_memberships(&updates, now, Cause::Recompute).await?.len() as u64;
+                }
+                Ok::<u64, MembershipError>(transitions)
+            })
+        };
+        let mut done = RecomputeProgress { users: 0, events: 0, transitions: 0 };
+        let mut failure = None;
+        while let Some(records) = page_rx.recv().await {
+            let records = match records {
+                Ok(records) => records,
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            };
+            let now = self.clock.now();
+            let users = records.len() as u64;
+            let segments = self.segments.clone();
+            let tz = self.tz;
+            // Evaluation is CPU work: keep it off the async workers.
+            let (updates, events) = tokio::task::spawn_blocking(move || evaluate_page(&segments, records, now, tz))
+                .await
+                .map_err(|e| MembershipError::Task(e.to_string()))?;
+            if write_tx.send((updates, now)).await.is_err() {
+                break; // the writer failed; its error is returned below
+            }
+            done.users += users;
+            done.events += events;
+            progress(&done);
+            tracing::info!(users = done.users, events = done.events, "recompute progress");
+        }
+        drop(write_tx);
+        loader.abort();
+        let written = writer.await.map_err(|e| MembershipError::Task(e.to_string()))?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        done.transitions = written?;
+        self.schedule_changed.notify_one();
+        let report = RecomputeReport {
+            users: done.users,
+            events: done.events,
+            transitions: done.transitions,
+            elapsed: started.elapsed(),
+        };
+        tracing::info!(
+            users = report.users,
+            events = report.events,
+            transitions = report.transitions,
+            seconds = report.elapsed.as_secs_f64(),
+            "full recompute finished"
+        );
+        Ok(report)
+    }
+
+    /// Members of one segment at `at`, computed on the fly from the stored
+    /// facts (nothing is written), sorted.
+    pub async fn preview(&self, segment_id: &str, at: DateTime<Utc>) -> MembershipResult<Vec<LineUserId>> {
+        if self.segments.segment(segment_id).is_none() {
+            return Err(MembershipError::UnknownSegment(segment_id.to_string()));
+        }
+        let mut members = Vec::new();
+        let mut after: Option<LineUserId> = None;
+        loop {
+            let page = self.store.audience_page(after.as_ref(), self.page_size).await?;
+            let Some(last) = page.last().cloned() else { break };
+            for record in self.store.load_users(&page, Some(&self.event_types)).await? {
+                let facts = facts_of(record);
+                if self.segments.evaluate_segment(segment_id, &facts, at, self.tz) == Some(true) {
+                    members.push(facts.line_user_id);
+                }
+            }
+            after = Some(last);
+        }
+        members.sort();
+        Ok(members)
+    }
+
+    /// Stored memberships of a user (segment ids).
+    pub async fn memberships(&self, line_user_id: &LineUserId) -> MembershipResult<BTreeSet<String>> {
+        Ok(self.store.user_memberships(line_user_id).await?)
+    }
+
+    /// Every configured segment's size and last change, in id order.
+    pub async fn segment_stats(&self) -> MembershipResult<Vec<SegmentStats>> {
+        let stored = self.store.segment_stats().await?;
+        Ok(self
+            .segments
+            .ids()
+            .map(|id| {
+                stored.iter().find(|s| s.segment_id == id).cloned().unwrap_or(SegmentStats {
+                    segment_id: id.to_string(),
+                    size: 0,
+                    updated_at: None,
+                })
+            })
+            .collect())
+    }
+}
