@@ -197,6 +197,15 @@ async fn measure(name: &str, store: Arc<dyn Store>, config: &Config) -> Result<(
         peak_rss_mb(),
         rss_before,
     );
+    // Again with nothing to change: the cost of reading and evaluating alone.
+    let again = engine.recompute_all(|_| {}).await?;
+    let secs = again.elapsed.as_secs_f64();
+    println!(
+        "{name}: second recompute (no changes to write) {secs:.2} s = {:.0} users/s, {:.0} events/s; {} transitions",
+        again.users as f64 / secs,
+        again.events as f64 / secs,
+        again.transitions
+    );
     // Per-event cost: one real-time re-evaluation of a random user.
     let mut rng = Rng(7);
     let samples = 500;
