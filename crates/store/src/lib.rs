@@ -4,6 +4,7 @@
 //! Every write that the API acknowledges is committed before the call
 //! returns, so a 2xx always means "durable".
 
+pub mod dispatch;
 pub mod membership;
 mod postgres;
 pub(crate) mod sqlite;
