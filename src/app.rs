@@ -1,69 +1,242 @@
 //! The `renkei serve` process: one axum server carrying the roles that are
-//! switched on. `Application::build` binds (port 0 works for tests) and
-//! `run_until_stopped` serves until Ctrl-C / SIGTERM.
+//! switched on, and the background tasks those roles run.
+//!
+//! `Application::build` loads the segments, starts each role's tasks (in one
+//! place, [`Application::build`]'s "roles" section) and binds (port 0 works
+//! for tests); `run_until_stopped` serves until Ctrl-C / SIGTERM, then stops
+//! the tasks: the server first (no new work), then the role tasks, then the
+//! segment engine (which finishes the changes already reported).
+//!
+//! | role | routes | background tasks |
+//! |---|---|---|
+//! | `api` | `/v1/events`, `/v1/members`, `/v1/links…`, `/v1/account-link/nonce`, `/v1/links/id-token`, `/v1/segments…` | – |
+//! | `webhook` | `POST /webhook/line` | webhook worker |
+//! | `evaluator` | – | segment engine (change worker, timer), start-up recompute |
 
+use crate::auth::require_api_key;
 use crate::config::Config;
+use crate::evaluator::Evaluator;
+use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use renkei_core::Clock;
+use renkei_core::{ChangeListener, Clock};
 use renkei_ingest::{ApiError, IngestMetrics, IngestState};
+use renkei_line::{ClientOptions, LineClient};
+use renkei_membership::MembershipEngine;
+use renkei_segments::SegmentSet;
 use renkei_store::Store;
+use renkei_webhook::{WebhookConfig, WebhookState, WorkerHandle, WorkerOptions};
+use std::fmt::Write as _;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long role tasks get to finish after shutdown is requested.
+const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the process-wide routes (`/healthz`, `/metrics`) read.
 #[derive(Clone)]
 struct AppState {
     store: Arc<dyn Store>,
     ingest_metrics: Arc<IngestMetrics>,
+    segments: usize,
+    evaluator: Option<Evaluator>,
+    webhook: bool,
 }
 
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    background: Background,
+}
+
+/// The background work of the roles switched on, stopped after the server.
+///
+/// A role's task takes a [`CancellationToken`] (cancelled at shutdown) via
+/// [`Background::spawn`]; shutdown waits for it (up to
+/// [`TASK_STOP_TIMEOUT`]) before stopping the segment engine, so a task may
+/// still report changes while it winds down.
+pub struct Background {
+    stop: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+    webhook_worker: Option<WorkerHandle>,
+    evaluator: Option<Evaluator>,
+}
+
+impl Background {
+    fn new() -> Self {
+        Self { stop: CancellationToken::new(), tasks: Vec::new(), webhook_worker: None, evaluator: None }
+    }
+
+    /// Runs `task(stop)` on the runtime; it should return soon after `stop` is cancelled.
+    pub fn spawn<F, Fut>(&mut self, name: &'static str, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(task(self.stop.child_token()));
+        self.tasks.push((name, handle));
+    }
+
+    /// Stops every task: role tasks, then the webhook worker, then the engine.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for (name, mut handle) in self.tasks {
+            match tokio::time::timeout(TASK_STOP_TIMEOUT, &mut handle).await {
+                Ok(Ok(())) => tracing::debug!(task = name, "stopped"),
+                Ok(Err(error)) => tracing::error!(task = name, %error, "task failed"),
+                Err(_) => {
+                    tracing::warn!(task = name, "task did not stop in time; aborted");
+                    handle.abort();
+                }
+            }
+        }
+        if let Some(worker) = self.webhook_worker {
+            // Rows it was handling come back after their lease; handling is idempotent.
+            worker.abort();
+            tracing::info!("webhook worker stopped");
+        }
+        if let Some(evaluator) = self.evaluator {
+            evaluator.stop().await;
+        }
+    }
+}
+
+/// Loads every segment file, or fails with one `file:line:col: message` line per problem.
+pub fn load_segments(dir: &Path) -> anyhow::Result<SegmentSet> {
+    SegmentSet::load_dir(dir).map_err(|diagnostics| {
+        let mut message = format!("invalid segments in {} (paths.segments); nothing loaded:", dir.display());
+        for diagnostic in &diagnostics {
+            let _ = write!(message, "\n{diagnostic}");
+        }
+        anyhow::anyhow!(message)
+    })
+}
+
+/// A Messaging API client when `line.channel_access_token` is set. LINE Login
+/// (ID token verification) lives on the same host as the Messaging API.
+pub fn line_client(config: &Config) -> anyhow::Result<Option<LineClient>> {
+    let token = config.line.channel_access_token.expose();
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let base = config.line.api_base_url.as_str();
+    let options = ClientOptions { login_base_url: base.to_string(), ..ClientOptions::default() };
+    LineClient::with_options(base, token, options).map(Some).map_err(|e| anyhow::anyhow!("line.api_base_url: {e}"))
 }
 
 impl Application {
-    /// Builds the router over an already migrated store and binds `config.server.bind`.
+    /// Loads the segments, starts the roles' background tasks, builds the
+    /// router over an already migrated store and binds `config.server.bind`.
     pub async fn build(config: &Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let segments = Arc::new(load_segments(&config.paths.segments)?);
+        tracing::info!(segments = segments.len(), dir = %config.paths.segments.display(), "segments loaded");
+        let line = line_client(config)?;
+        let listener = TcpListener::bind(config.server.bind)
+            .await
+            .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
+
+        // The engine answers reads (GET /v1/segments) on every instance; only
+        // the evaluator role runs it.
+        let engine = Arc::new(MembershipEngine::new(store.clone(), segments.clone(), clock.clone(), config.timezone.0));
+
+        // ---- roles: every background task starts here ----
+        let mut background = Background::new();
+        let changes: Arc<dyn ChangeListener> = if config.roles.evaluator {
+            let evaluator = Evaluator::start(engine.clone());
+            background.spawn("start-up recompute", {
+                let evaluator = evaluator.clone();
+                move |stop| evaluator.startup_recompute(stop)
+            });
+            background.evaluator = Some(evaluator.clone());
+            Arc::new(evaluator)
+        } else {
+            tracing::info!("evaluator role off: segment memberships are kept by another instance");
+            Arc::new(renkei_core::NoChangeListener)
+        };
+        let webhook_state = WebhookState::new(
+            store.clone(),
+            clock.clone(),
+            changes.clone(),
+            line,
+            WebhookConfig::new(
+                config.line.channel_secret.expose(),
+                config.line.login_channel_id.clone(),
+                config.line.link_login_url.clone(),
+            ),
+        );
+        if config.roles.webhook {
+            if config.line.channel_secret.is_empty() {
+                tracing::warn!("line.channel_secret is empty: POST /webhook/line refuses every delivery (503)");
+            }
+            background.webhook_worker =
+                Some(renkei_webhook::spawn_worker(webhook_state.clone(), WorkerOptions::default()));
+        }
+        // (scheduler and dispatcher roles: campaigns add their tasks here.)
+
+        // ---- routes ----
         let ingest_metrics = Arc::new(IngestMetrics::default());
-        let app_state = AppState { store: store.clone(), ingest_metrics: ingest_metrics.clone() };
+        let app_state = AppState {
+            store: store.clone(),
+            ingest_metrics: ingest_metrics.clone(),
+            segments: segments.len(),
+            evaluator: background.evaluator.clone(),
+            webhook: config.roles.webhook,
+        };
         let mut router =
             Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(app_state);
+        if config.roles.webhook {
+            // Signed by LINE: no bearer key.
+            router = router.merge(renkei_webhook::public_router(webhook_state.clone()));
+        }
         if config.roles.api {
-            let api_keys = config.server.api_keys.iter().map(|k| k.expose().to_string()).collect();
-            router = router.merge(renkei_ingest::router(IngestState {
-                store,
-                clock,
-                api_keys: Arc::new(api_keys),
-                metrics: ingest_metrics,
-                changes: Arc::new(renkei_core::NoChangeListener),
-            }));
+            let api_keys: Arc<Vec<String>> =
+                Arc::new(config.server.api_keys.iter().map(|k| k.expose().to_string()).collect());
+            router = router
+                .merge(renkei_ingest::router(IngestState {
+                    store,
+                    clock,
+                    api_keys: api_keys.clone(),
+                    metrics: ingest_metrics,
+                    changes,
+                }))
+                .merge(require_api_key(renkei_webhook::api_router(webhook_state), api_keys.clone()))
+                .merge(require_api_key(renkei_membership::router(engine), api_keys));
         }
         let router = router
             .fallback(|| async { ApiError::not_found("no such route") })
             .layer(tower_http::trace::TraceLayer::new_for_http());
-        let listener = TcpListener::bind(config.server.bind)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.bind): {e}", config.server.bind))?;
-        Ok(Self { listener, router })
+        Ok(Self { listener, router, background })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown_signal()).await
+    /// The running segment engine (evaluator role), e.g. to wait until
+    /// reported changes are evaluated.
+    pub fn evaluator(&self) -> Option<Evaluator> {
+        self.background.evaluator.clone()
     }
 
-    /// Serves until `stop` resolves (tests and the demo).
-    pub async fn run_until(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(stop).await
+    /// Serves until Ctrl-C / SIGTERM, then stops the background tasks.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` resolves (tests and the demo), then stops the background tasks.
+    pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(stop).await;
+        self.background.shutdown().await;
+        served
     }
 }
 
@@ -105,5 +278,27 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut out = String::new();
     state.ingest_metrics.render(&mut out);
+    let name = "renkei_segments_configured";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Segments loaded from paths.segments.\n# TYPE {name} gauge\n{name} {}",
+        state.segments
+    );
+    if let Some(evaluator) = &state.evaluator {
+        evaluator.render_metrics(&mut out);
+    }
+    if state.webhook {
+        // A cheap count (partial index); left out when the store is unreachable.
+        match state.store.pending_webhook_events().await {
+            Ok(pending) => {
+                let name = "renkei_webhook_events_pending";
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} Stored LINE webhook events not processed yet.\n# TYPE {name} gauge\n{name} {pending}"
+                );
+            }
+            Err(error) => tracing::warn!(%error, "metrics: cannot count pending webhook events"),
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

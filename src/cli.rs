@@ -1,7 +1,8 @@
-//! The command line: `serve`, `migrate`, `check`, `import`, `demo`.
+//! The command line: `serve`, `migrate`, `check`, `import`, `segments`, `demo`.
 
 use crate::app::Application;
 use crate::config::Config;
+use crate::preview::{self, PreviewFormat};
 use crate::progress::BarProgress;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -38,6 +39,11 @@ pub enum Command {
         #[command(subcommand)]
         what: ImportWhat,
     },
+    /// Inspect segments.
+    Segments {
+        #[command(subcommand)]
+        what: SegmentsCommand,
+    },
     /// The LINE platform simulator on its own (for tests and local development).
     LineSim {
         /// Address to listen on.
@@ -58,6 +64,21 @@ pub enum ImportWhat {
     Members { file: PathBuf },
     /// Events from .ndjson, one event per line as in POST /v1/events.
     Events { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SegmentsCommand {
+    /// A segment's members at an instant, evaluated from the stored facts
+    /// (stored memberships are not read; nothing is written).
+    Preview {
+        /// Segment id, as in its YAML file.
+        id: String,
+        /// The instant to evaluate at, RFC 3339 with an offset (default: now).
+        #[arg(long, value_name = "RFC3339", value_parser = preview::parse_at)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, value_enum, default_value_t = PreviewFormat::Table)]
+        format: PreviewFormat,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -84,6 +105,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => Ok(check(&config)),
+        Command::Segments { what: SegmentsCommand::Preview { id, at, format } } => {
+            let at = at.unwrap_or_else(|| clock.now());
+            segments_preview(&config, clock, &id, at, format).await
+        }
         Command::LineSim { bind } => line_sim(&config, bind).await,
         Command::Import { what } => run_import(config, clock, what).await,
         Command::Demo { keep } => crate::demo::run(keep).await,
@@ -105,6 +130,35 @@ fn check(config: &Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn segments_preview(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    id: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    format: PreviewFormat,
+) -> anyhow::Result<ExitCode> {
+    let segments = match crate::app::load_segments(&config.paths.segments) {
+        Ok(segments) => Arc::new(segments),
+        Err(error) => {
+            eprintln!("{error}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let Some(segment) = segments.segment(id) else {
+        let known: Vec<&str> = segments.ids().collect();
+        let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+        eprintln!("error: unknown segment `{id}` in {} (known: {known})", config.paths.segments.display());
+        return Ok(ExitCode::FAILURE);
+    };
+    let name = segment.name.clone();
+    let store = renkei_store::connect(&config.database.url).await.context("connecting to the database")?;
+    store.migrate().await.context("applying migrations")?;
+    let engine = renkei_membership::MembershipEngine::new(store, segments, clock, config.timezone.0);
+    let members = engine.preview(id, at).await.context("evaluating the segment")?;
+    print!("{}", preview::render(id, &name, at, &members, format));
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn line_sim(config: &Config, bind: std::net::SocketAddr) -> anyhow::Result<ExitCode> {

@@ -2,9 +2,12 @@
 //! the CLI commands, and the demo. Integration tests drive these directly.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod evaluator;
+pub mod preview;
 pub mod progress;
 pub mod telemetry;
 

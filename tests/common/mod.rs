@@ -4,6 +4,7 @@
 
 use renkei::app::Application;
 use renkei::config::{Config, Secret};
+use renkei::evaluator::Evaluator;
 use renkei_core::{Clock, SystemClock};
 use renkei_store::Store;
 use renkei_store::test_support::{self, TestStore};
@@ -16,6 +17,8 @@ pub struct TestApp {
     pub base: String,
     pub store: Arc<dyn Store>,
     pub http: reqwest::Client,
+    /// The running segment engine (the evaluator role is on by default).
+    pub evaluator: Option<Evaluator>,
     _store_guard: TestStore,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -29,6 +32,11 @@ pub enum Backend {
 /// Starts the server on a new store; `None` when PostgreSQL is not configured
 /// (which `test_support` refuses in CI).
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// As [`spawn_app`], with the test's changes to the config applied last.
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Option<TestApp> {
     let test_store = match backend {
         Backend::Sqlite => test_support::sqlite().await.expect("sqlite store"),
         Backend::Postgres => test_support::postgres().await.expect("postgres store")?,
@@ -37,9 +45,11 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
     config.server.bind = ([127, 0, 0, 1], 0).into();
     config.server.api_keys = vec![Secret::from(API_KEY)];
     config.database.url = test_store.url.clone();
+    configure(&mut config);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = Application::build(&config, test_store.store.clone(), clock).await.expect("build app");
     let base = format!("http://{}", app.local_addr());
+    let evaluator = app.evaluator();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until(async {
         let _ = stopped.await;
@@ -48,6 +58,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         base,
         store: test_store.store.clone(),
         http: renkei::http_client(),
+        evaluator,
         _store_guard: test_store,
         _stop: stop,
     })
