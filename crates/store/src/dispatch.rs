@@ -11,13 +11,17 @@
 //! - rows are claimed with leases (`FOR UPDATE SKIP LOCKED` on PostgreSQL),
 //!   so several instances share the work without doing any of it twice.
 
-use crate::StoreResult;
+use crate::membership::{parse_member, parse_user};
+use crate::sqlite::{from_micros, json_object, to_micros};
+use crate::{PgStore, SqliteStore, StoreError, StoreResult, StoredEvent, parse_object};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renkei_core::{LineUserId, MemberId};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use sqlx::Row;
+use sqlx::types::Json;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use uuid::Uuid;
 
 /// Where a delivery is in its life.
@@ -324,12 +328,7 @@ pub trait DispatchStore: Send + Sync + 'static {
     async fn set_cursor(&self, name: &str, value: i64) -> StoreResult<()>;
 
     /// Events with row id `> after_id` whose type is one of `types`, oldest first.
-    async fn events_after(
-        &self,
-        after_id: i64,
-        types: &[String],
-        limit: u32,
-    ) -> StoreResult<Vec<crate::StoredEvent>>;
+    async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<crate::StoredEvent>>;
 
     /// The largest event row id (0 when none).
     async fn max_event_id(&self) -> StoreResult<i64>;
@@ -340,7 +339,11 @@ pub trait DispatchStore: Send + Sync + 'static {
     // ---- rich menus ----
 
     /// Sets each user's desired menu (`None` = no per-user menu).
-    async fn set_desired_rich_menus(&self, desired: &[(LineUserId, Option<String>)], now: DateTime<Utc>) -> StoreResult<()>;
+    async fn set_desired_rich_menus(
+        &self,
+        desired: &[(LineUserId, Option<String>)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
 
     /// Leases up to `limit` users whose desired menu differs from the linked one.
     async fn claim_rich_menu_changes(
@@ -352,11 +355,1494 @@ pub trait DispatchStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<RichMenuChange>>;
 
     /// Records that LINE now has `linked` for these users and releases them.
-    async fn mark_rich_menus_linked(&self, done: &[(LineUserId, Option<String>)], now: DateTime<Utc>) -> StoreResult<()>;
+    async fn mark_rich_menus_linked(
+        &self,
+        done: &[(LineUserId, Option<String>)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
 
     /// Releases users after a failed attempt, to retry at `retry_at`.
-    async fn release_rich_menu_changes(&self, users: &[LineUserId], retry_at: DateTime<Utc>, error: &str) -> StoreResult<()>;
+    async fn release_rich_menu_changes(
+        &self,
+        users: &[LineUserId],
+        retry_at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<()>;
 
     /// The menu LINE has for a user, as far as renkei knows.
     async fn linked_rich_menu(&self, line_user_id: &LineUserId) -> StoreResult<Option<String>>;
+}
+
+// ------------------------------------------------------------ shared
+
+/// The columns every delivery query returns, in the order the row readers expect.
+macro_rules! delivery_columns {
+    () => {
+        "id, campaign_id, trigger_key, recipient_key, line_user_id, member_id, due_at, messages, context, status, \
+         skip_reason, request_id, created_at, requested_at"
+    };
+}
+
+macro_rules! request_columns {
+    () => {
+        "id, kind, retry_key, messages, recipients, status, attempts, next_attempt_at, last_error, \
+         accepted_request_id, created_at, sent_at"
+    };
+}
+
+fn count(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn attempts(value: i64) -> u32 {
+    u32::try_from(value.max(0)).unwrap_or(u32::MAX)
+}
+
+fn delivery_status(text: &str) -> StoreResult<DeliveryStatus> {
+    DeliveryStatus::parse(text).ok_or_else(|| StoreError::Corrupt(format!("delivery status {text:?}")))
+}
+
+fn request_kind(text: &str) -> StoreResult<RequestKind> {
+    RequestKind::parse(text).ok_or_else(|| StoreError::Corrupt(format!("request kind {text:?}")))
+}
+
+fn request_status(text: &str) -> StoreResult<RequestStatus> {
+    RequestStatus::parse(text).ok_or_else(|| StoreError::Corrupt(format!("request status {text:?}")))
+}
+
+fn recipients_of(value: Value) -> StoreResult<Vec<LineUserId>> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(text) => parse_user(text),
+                _ => Err(StoreError::Corrupt("request recipient is not a string".into())),
+            })
+            .collect(),
+        _ => Err(StoreError::Corrupt("request recipients are not a JSON array".into())),
+    }
+}
+
+fn recipients_json(recipients: &[LineUserId]) -> Value {
+    Value::Array(recipients.iter().map(|u| Value::String(u.as_str().to_string())).collect())
+}
+
+fn parse_json(text: &str, what: &str) -> StoreResult<Value> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn opt_user(text: Option<String>) -> StoreResult<Option<LineUserId>> {
+    text.as_deref().map(parse_user).transpose()
+}
+
+fn opt_member(text: Option<String>) -> StoreResult<Option<MemberId>> {
+    text.as_deref().map(parse_member).transpose()
+}
+
+/// Checks a batch of requests before anything is written; returns every delivery id.
+fn request_delivery_ids(requests: &[NewRequest]) -> StoreResult<Vec<i64>> {
+    let mut ids = Vec::new();
+    for request in requests {
+        if request.delivery_ids.is_empty() || request.delivery_ids.len() != request.recipients.len() {
+            return Err(StoreError::Conflict(format!(
+                "request {} carries {} deliveries for {} recipients",
+                request.retry_key,
+                request.delivery_ids.len(),
+                request.recipients.len()
+            )));
+        }
+        ids.extend_from_slice(&request.delivery_ids);
+    }
+    let distinct: BTreeSet<i64> = ids.iter().copied().collect();
+    if distinct.len() != ids.len() {
+        return Err(StoreError::Conflict("a delivery is assigned to more than one request".into()));
+    }
+    Ok(ids)
+}
+
+fn lease_lost(owner: &str, expected: usize, held: usize) -> StoreError {
+    StoreError::Conflict(format!(
+        "{} of {expected} deliveries are no longer pending under a lease held by {owner:?}; nothing was requested",
+        expected - held.min(expected)
+    ))
+}
+
+fn retry_key_conflict(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict("a request with this retry key exists already".into())
+        }
+        _ => StoreError::Database(error),
+    }
+}
+
+fn unknown_request(id: i64) -> StoreError {
+    StoreError::Conflict(format!("unknown request {id}"))
+}
+
+fn add_count(counts: &mut CampaignCounts, status: &str, reason: Option<String>, n: u64) -> StoreResult<()> {
+    match delivery_status(status)? {
+        DeliveryStatus::Pending => counts.pending += n,
+        DeliveryStatus::Requested => counts.requested += n,
+        DeliveryStatus::Sent => counts.sent += n,
+        DeliveryStatus::Failed => counts.failed += n,
+        DeliveryStatus::Skipped => {
+            *counts.skipped.entry(reason.unwrap_or_else(|| "unspecified".to_string())).or_default() += n;
+        }
+    }
+    Ok(())
+}
+
+/// The last value given for each key, in first-seen order (a batch naming a
+/// user twice behaves as two updates in a row).
+fn last_per_user(items: &[(LineUserId, Option<String>)]) -> Vec<(&str, Option<&str>)> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut out: Vec<(&str, Option<&str>)> = Vec::new();
+    for (user, value) in items {
+        match index.get(user.as_str()) {
+            Some(&i) => out[i].1 = value.as_deref(),
+            None => {
+                index.insert(user.as_str(), out.len());
+                out.push((user.as_str(), value.as_deref()));
+            }
+        }
+    }
+    out
+}
+
+fn ids_json(ids: &[i64]) -> String {
+    Value::Array(ids.iter().map(|id| Value::from(*id)).collect()).to_string()
+}
+
+fn users_json(users: &[LineUserId]) -> String {
+    recipients_json(users).to_string()
+}
+
+// ---------------------------------------------------------------- SQLite
+
+/// Rows per INSERT statement: 10 parameters each, far below SQLite's limit.
+const DELIVERY_ROWS_PER_STATEMENT: usize = 500;
+
+fn sqlite_delivery(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Delivery> {
+    let messages: String = row.try_get("messages")?;
+    let context: String = row.try_get("context")?;
+    let status: String = row.try_get("status")?;
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        campaign_id: row.try_get("campaign_id")?,
+        trigger_key: row.try_get("trigger_key")?,
+        recipient_key: row.try_get("recipient_key")?,
+        line_user_id: opt_user(row.try_get("line_user_id")?)?,
+        member_id: opt_member(row.try_get("member_id")?)?,
+        due_at: from_micros(row.try_get("due_at")?)?,
+        messages: parse_json(&messages, "delivery messages")?,
+        context: parse_json(&context, "delivery context")?,
+        status: delivery_status(&status)?,
+        skip_reason: row.try_get("skip_reason")?,
+        request_id: row.try_get("request_id")?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        requested_at: row.try_get::<Option<i64>, _>("requested_at")?.map(from_micros).transpose()?,
+    })
+}
+
+fn sqlite_request(row: &sqlx::sqlite::SqliteRow) -> StoreResult<SendRequest> {
+    let kind: String = row.try_get("kind")?;
+    let retry_key: String = row.try_get("retry_key")?;
+    let messages: String = row.try_get("messages")?;
+    let recipients: String = row.try_get("recipients")?;
+    let status: String = row.try_get("status")?;
+    Ok(SendRequest {
+        id: row.try_get("id")?,
+        kind: request_kind(&kind)?,
+        retry_key: Uuid::parse_str(&retry_key).map_err(|e| StoreError::Corrupt(format!("retry key: {e}")))?,
+        messages: parse_json(&messages, "request messages")?,
+        recipients: recipients_of(parse_json(&recipients, "request recipients")?)?,
+        status: request_status(&status)?,
+        attempts: attempts(row.try_get("attempts")?),
+        next_attempt_at: from_micros(row.try_get("next_attempt_at")?)?,
+        last_error: row.try_get("last_error")?,
+        accepted_request_id: row.try_get("accepted_request_id")?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        sent_at: row.try_get::<Option<i64>, _>("sent_at")?.map(from_micros).transpose()?,
+    })
+}
+
+fn sqlite_fire(row: &sqlx::sqlite::SqliteRow) -> StoreResult<CronFire> {
+    Ok(CronFire {
+        campaign_id: row.try_get("campaign_id")?,
+        fire_at: from_micros(row.try_get("fire_at")?)?,
+        state: row.try_get("state")?,
+    })
+}
+
+fn sqlite_change(row: &sqlx::sqlite::SqliteRow) -> StoreResult<RichMenuChange> {
+    let user: String = row.try_get("line_user_id")?;
+    Ok(RichMenuChange {
+        line_user_id: parse_user(&user)?,
+        desired: row.try_get("desired")?,
+        linked: row.try_get("linked")?,
+    })
+}
+
+#[async_trait]
+impl DispatchStore for SqliteStore {
+    async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64> {
+        let created = to_micros(now);
+        let mut tx = self.writer.begin().await?;
+        let mut inserted = 0;
+        for chunk in deliveries.chunks(DELIVERY_ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO deliveries (campaign_id, trigger_key, recipient_key, line_user_id, member_id, due_at, \
+                 messages, context, status, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, d| {
+                row.push_bind(d.campaign_id.as_str())
+                    .push_bind(d.trigger_key.as_str())
+                    .push_bind(d.recipient_key.as_str())
+                    .push_bind(d.line_user_id.as_ref().map(|u| u.as_str()))
+                    .push_bind(d.member_id.as_ref().map(|m| m.as_str()))
+                    .push_bind(to_micros(d.due_at))
+                    .push_bind(d.messages.to_string())
+                    .push_bind(d.context.to_string())
+                    .push_bind("pending")
+                    .push_bind(created);
+            });
+            // DO NOTHING also skips repeats inside the same statement.
+            insert.push(" ON CONFLICT (campaign_id, trigger_key, recipient_key) DO NOTHING");
+            inserted += insert.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<Vec<Delivery>> {
+        // One writer connection: the UPDATE is the claim, nothing can interleave.
+        let rows = sqlx::query(concat!(
+            "UPDATE deliveries SET lease_owner = ?1, lease_until = ?2
+             WHERE id IN (SELECT id FROM deliveries
+                          WHERE status = 'pending' AND due_at <= ?3
+                            AND (lease_until IS NULL OR lease_until <= ?3)
+                            AND campaign_id NOT IN (SELECT campaign_id FROM campaign_state WHERE paused)
+                          ORDER BY due_at, id LIMIT ?4)
+             RETURNING ",
+            delivery_columns!()
+        ))
+        .bind(owner)
+        .bind(to_micros(lease_until))
+        .bind(to_micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await?;
+        let mut claimed = rows.iter().map(sqlite_delivery).collect::<StoreResult<Vec<_>>>()?;
+        claimed.sort_by_key(|d| (d.due_at, d.id));
+        Ok(claimed)
+    }
+
+    async fn skip_deliveries(&self, skips: &[(i64, String)], at: DateTime<Utc>) -> StoreResult<()> {
+        let at = to_micros(at);
+        let mut tx = self.writer.begin().await?;
+        for (id, reason) in skips {
+            sqlx::query(
+                "UPDATE deliveries SET status = 'skipped', skip_reason = ?, finished_at = ?, lease_owner = NULL,
+                 lease_until = NULL WHERE id = ? AND status = 'pending'",
+            )
+            .bind(reason)
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn defer_deliveries(&self, ids: &[i64], until: DateTime<Utc>) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE deliveries SET due_at = ?, lease_owner = NULL, lease_until = NULL
+             WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'",
+        )
+        .bind(to_micros(until))
+        .bind(ids_json(ids))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn resolve_delivery_user(&self, id: i64, line_user_id: &LineUserId) -> StoreResult<()> {
+        sqlx::query("UPDATE deliveries SET line_user_id = ? WHERE id = ?")
+            .bind(line_user_id.as_str())
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_requests(&self, requests: &[NewRequest], owner: &str, now: DateTime<Utc>) -> StoreResult<Vec<i64>> {
+        let all = request_delivery_ids(requests)?;
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = to_micros(now);
+        // IMMEDIATE: the lease check and the writes happen under one write lock.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let held: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries
+             WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending' AND lease_owner = ?",
+        )
+        .bind(ids_json(&all))
+        .bind(owner)
+        .fetch_one(&mut *tx)
+        .await?;
+        let held = usize::try_from(held).unwrap_or(0);
+        if held != all.len() {
+            return Err(lease_lost(owner, all.len(), held));
+        }
+        let mut ids = Vec::with_capacity(requests.len());
+        for request in requests {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO send_requests (kind, retry_key, messages, recipients, status, attempts, next_attempt_at,
+                 created_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?) RETURNING id",
+            )
+            .bind(request.kind.as_str())
+            .bind(request.retry_key.to_string())
+            .bind(request.messages.to_string())
+            .bind(recipients_json(&request.recipients).to_string())
+            .bind(now)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(retry_key_conflict)?;
+            sqlx::query(
+                "UPDATE deliveries SET status = 'requested', request_id = ?, requested_at = ?, lease_owner = NULL,
+                 lease_until = NULL WHERE id IN (SELECT value FROM json_each(?))",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(ids_json(&request.delivery_ids))
+            .execute(&mut *tx)
+            .await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn count_sent_since(
+        &self,
+        line_user_id: &LineUserId,
+        campaign_id: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries
+             WHERE line_user_id = ?1 AND requested_at >= ?2 AND status IN ('requested', 'sent')
+               AND (?3 IS NULL OR campaign_id = ?3)",
+        )
+        .bind(line_user_id.as_str())
+        .bind(to_micros(since))
+        .bind(campaign_id)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(count(n))
+    }
+
+    async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>> {
+        let row = sqlx::query(concat!("SELECT ", delivery_columns!(), " FROM deliveries WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(sqlite_delivery).transpose()
+    }
+
+    async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " FROM deliveries WHERE campaign_id = ? AND id > ? ORDER BY id LIMIT ?"
+        ))
+        .bind(campaign_id)
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(sqlite_delivery).collect()
+    }
+
+    async fn campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts> {
+        let rows = sqlx::query(
+            "SELECT status, skip_reason, COUNT(*) AS n FROM deliveries WHERE campaign_id = ?
+             GROUP BY status, skip_reason",
+        )
+        .bind(campaign_id)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut counts = CampaignCounts::default();
+        for row in rows {
+            let status: String = row.try_get("status")?;
+            add_count(&mut counts, &status, row.try_get("skip_reason")?, count(row.try_get("n")?))?;
+        }
+        Ok(counts)
+    }
+
+    async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        // When a pending delivery can next be claimed: its due time, or the
+        // end of a lease that outlives it (leased rows are the few in flight).
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(t) FROM (
+                 SELECT * FROM (SELECT due_at AS t FROM deliveries
+                                WHERE status = 'pending' AND lease_until IS NULL
+                                  AND campaign_id NOT IN (SELECT campaign_id FROM campaign_state WHERE paused)
+                                ORDER BY due_at LIMIT 1)
+                 UNION ALL
+                 SELECT MIN(MAX(due_at, lease_until)) AS t FROM deliveries
+                 WHERE lease_until IS NOT NULL AND status = 'pending'
+                   AND campaign_id NOT IN (SELECT campaign_id FROM campaign_state WHERE paused)
+             )",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        due.map(from_micros).transpose()
+    }
+
+    async fn claim_requests(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<Vec<SendRequest>> {
+        let rows = sqlx::query(concat!(
+            "UPDATE send_requests SET lease_owner = ?1, lease_until = ?2, attempts = attempts + 1
+             WHERE id IN (SELECT id FROM send_requests
+                          WHERE status = 'pending' AND next_attempt_at <= ?3
+                            AND (lease_until IS NULL OR lease_until <= ?3)
+                          ORDER BY next_attempt_at, id LIMIT ?4)
+             RETURNING ",
+            request_columns!()
+        ))
+        .bind(owner)
+        .bind(to_micros(lease_until))
+        .bind(to_micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await?;
+        let mut claimed = rows.iter().map(sqlite_request).collect::<StoreResult<Vec<_>>>()?;
+        claimed.sort_by_key(|r| (r.next_attempt_at, r.id));
+        Ok(claimed)
+    }
+
+    async fn complete_request(&self, id: i64, accepted_request_id: Option<&str>, at: DateTime<Utc>) -> StoreResult<()> {
+        let at = to_micros(at);
+        let mut tx = self.writer.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE send_requests SET status = 'sent', accepted_request_id = COALESCE(?1, accepted_request_id),
+             sent_at = ?2, finished_at = ?2, lease_owner = NULL, lease_until = NULL WHERE id = ?3",
+        )
+        .bind(accepted_request_id)
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(unknown_request(id));
+        }
+        sqlx::query("UPDATE deliveries SET status = 'sent', finished_at = ? WHERE request_id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn retry_request(&self, id: i64, next_attempt_at: DateTime<Utc>, error: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE send_requests SET next_attempt_at = ?, last_error = ?, lease_owner = NULL, lease_until = NULL
+             WHERE id = ? AND status = 'pending'",
+        )
+        .bind(to_micros(next_attempt_at))
+        .bind(error)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn fail_request(&self, id: i64, error: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        let at = to_micros(at);
+        let mut tx = self.writer.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE send_requests SET status = 'failed', last_error = ?, finished_at = ?, lease_owner = NULL,
+             lease_until = NULL WHERE id = ? AND status <> 'sent'",
+        )
+        .bind(error)
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            let known: Option<i64> = sqlx::query_scalar("SELECT id FROM send_requests WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if known.is_none() {
+                return Err(unknown_request(id));
+            }
+            // Already sent: LINE accepted it, a late failure changes nothing.
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE deliveries SET status = 'failed', error = ?, finished_at = ? WHERE request_id = ? AND status <> 'sent'",
+        )
+        .bind(error)
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_request(&self, id: i64) -> StoreResult<Option<SendRequest>> {
+        let row = sqlx::query(concat!("SELECT ", request_columns!(), " FROM send_requests WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(sqlite_request).transpose()
+    }
+
+    async fn next_request_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, next_attempt_at))) FROM send_requests
+             WHERE status = 'pending'",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        due.map(from_micros).transpose()
+    }
+
+    async fn set_campaign_paused(&self, campaign_id: &str, paused: bool, at: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO campaign_state (campaign_id, paused, updated_at) VALUES (?, ?, ?)
+             ON CONFLICT (campaign_id) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+        )
+        .bind(campaign_id)
+        .bind(paused)
+        .bind(to_micros(at))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn paused_campaigns(&self) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT campaign_id FROM campaign_state WHERE paused ORDER BY campaign_id")
+            .fetch_all(&self.reader)
+            .await?)
+    }
+
+    async fn campaign_enabled_at(&self, campaign_id: &str, at: DateTime<Utc>) -> StoreResult<DateTime<Utc>> {
+        let stored: i64 = sqlx::query_scalar(
+            "INSERT INTO campaign_state (campaign_id, paused, enabled_at, updated_at) VALUES (?1, 0, ?2, ?2)
+             ON CONFLICT (campaign_id) DO UPDATE SET enabled_at = COALESCE(campaign_state.enabled_at, excluded.enabled_at)
+             RETURNING enabled_at",
+        )
+        .bind(campaign_id)
+        .bind(to_micros(at))
+        .fetch_one(&self.writer)
+        .await?;
+        from_micros(stored)
+    }
+
+    async fn record_fire(&self, campaign_id: &str, fire_at: DateTime<Utc>, state: &str) -> StoreResult<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO cron_fires (campaign_id, fire_at, state) VALUES (?, ?, ?)
+             ON CONFLICT (campaign_id, fire_at) DO NOTHING",
+        )
+        .bind(campaign_id)
+        .bind(to_micros(fire_at))
+        .bind(state)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn set_fire_state(&self, campaign_id: &str, fire_at: DateTime<Utc>, state: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO cron_fires (campaign_id, fire_at, state) VALUES (?, ?, ?)
+             ON CONFLICT (campaign_id, fire_at) DO UPDATE SET state = excluded.state",
+        )
+        .bind(campaign_id)
+        .bind(to_micros(fire_at))
+        .bind(state)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn last_fire(&self, campaign_id: &str) -> StoreResult<Option<CronFire>> {
+        let row = sqlx::query(
+            "SELECT campaign_id, fire_at, state FROM cron_fires WHERE campaign_id = ? ORDER BY fire_at DESC LIMIT 1",
+        )
+        .bind(campaign_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(sqlite_fire).transpose()
+    }
+
+    async fn unfinished_fires(&self) -> StoreResult<Vec<CronFire>> {
+        let rows = sqlx::query(
+            "SELECT campaign_id, fire_at, state FROM cron_fires WHERE state = 'started' ORDER BY fire_at, campaign_id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(sqlite_fire).collect()
+    }
+
+    async fn get_cursor(&self, name: &str) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT value FROM cursors WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?)
+    }
+
+    async fn set_cursor(&self, name: &str, value: i64) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>> {
+        if types.is_empty() {
+            return Ok(Vec::new());
+        }
+        let types = serde_json::to_string(types).map_err(|e| StoreError::Corrupt(format!("event types: {e}")))?;
+        let rows = sqlx::query(
+            "SELECT id, event_id, type, member_id, line_user_id, occurred_at, properties FROM events
+             WHERE id > ? AND type IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
+        )
+        .bind(after_id)
+        .bind(types)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredEvent {
+                    id: row.try_get("id")?,
+                    event_id: row.try_get("event_id")?,
+                    event_type: row.try_get("type")?,
+                    member_id: row.try_get("member_id")?,
+                    line_user_id: row.try_get("line_user_id")?,
+                    occurred_at: from_micros(row.try_get("occurred_at")?)?,
+                    properties: json_object(row.try_get("properties")?, "event properties")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn max_event_id(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM events").fetch_one(&self.reader).await?)
+    }
+
+    async fn max_transition_id(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM segment_transitions").fetch_one(&self.reader).await?)
+    }
+
+    async fn set_desired_rich_menus(
+        &self,
+        desired: &[(LineUserId, Option<String>)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let now = to_micros(now);
+        let mut tx = self.writer.begin().await?;
+        for (user, menu) in last_per_user(desired) {
+            // A new wish clears the back-off of the previous one.
+            sqlx::query(
+                "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at) VALUES (?, ?, NULL, ?)
+                 ON CONFLICT (line_user_id) DO UPDATE SET desired = excluded.desired, retry_at = NULL,
+                     updated_at = excluded.updated_at
+                 WHERE rich_menu_state.desired IS NOT excluded.desired",
+            )
+            .bind(user)
+            .bind(menu)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_rich_menu_changes(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<Vec<RichMenuChange>> {
+        let rows = sqlx::query(
+            "UPDATE rich_menu_state SET lease_owner = ?1, lease_until = ?2
+             WHERE line_user_id IN (SELECT line_user_id FROM rich_menu_state
+                                    WHERE desired IS NOT linked
+                                      AND (lease_until IS NULL OR lease_until <= ?3)
+                                      AND (retry_at IS NULL OR retry_at <= ?3)
+                                    ORDER BY line_user_id LIMIT ?4)
+             RETURNING line_user_id, desired, linked",
+        )
+        .bind(owner)
+        .bind(to_micros(lease_until))
+        .bind(to_micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await?;
+        let mut claimed = rows.iter().map(sqlite_change).collect::<StoreResult<Vec<_>>>()?;
+        claimed.sort_by(|a, b| a.line_user_id.as_str().cmp(b.line_user_id.as_str()));
+        Ok(claimed)
+    }
+
+    async fn mark_rich_menus_linked(
+        &self,
+        done: &[(LineUserId, Option<String>)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let now = to_micros(now);
+        let mut tx = self.writer.begin().await?;
+        for (user, menu) in last_per_user(done) {
+            // A user never given a wish is taken to want what it has.
+            sqlx::query(
+                "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at) VALUES (?1, ?2, ?2, ?3)
+                 ON CONFLICT (line_user_id) DO UPDATE SET linked = excluded.linked, lease_owner = NULL,
+                     lease_until = NULL, retry_at = NULL, last_error = NULL, updated_at = excluded.updated_at",
+            )
+            .bind(user)
+            .bind(menu)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_rich_menu_changes(
+        &self,
+        users: &[LineUserId],
+        retry_at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<()> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE rich_menu_state SET lease_owner = NULL, lease_until = NULL, retry_at = ?, last_error = ?
+             WHERE line_user_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(to_micros(retry_at))
+        .bind(error)
+        .bind(users_json(users))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn linked_rich_menu(&self, line_user_id: &LineUserId) -> StoreResult<Option<String>> {
+        let linked: Option<Option<String>> =
+            sqlx::query_scalar("SELECT linked FROM rich_menu_state WHERE line_user_id = ?")
+                .bind(line_user_id.as_str())
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(linked.flatten())
+    }
+}
+
+// ------------------------------------------------------------ PostgreSQL
+
+fn pg_delivery(row: &sqlx::postgres::PgRow) -> StoreResult<Delivery> {
+    let Json(messages): Json<Value> = row.try_get("messages")?;
+    let Json(context): Json<Value> = row.try_get("context")?;
+    let status: String = row.try_get("status")?;
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        campaign_id: row.try_get("campaign_id")?,
+        trigger_key: row.try_get("trigger_key")?,
+        recipient_key: row.try_get("recipient_key")?,
+        line_user_id: opt_user(row.try_get("line_user_id")?)?,
+        member_id: opt_member(row.try_get("member_id")?)?,
+        due_at: row.try_get("due_at")?,
+        messages,
+        context,
+        status: delivery_status(&status)?,
+        skip_reason: row.try_get("skip_reason")?,
+        request_id: row.try_get("request_id")?,
+        created_at: row.try_get("created_at")?,
+        requested_at: row.try_get("requested_at")?,
+    })
+}
+
+fn pg_request(row: &sqlx::postgres::PgRow) -> StoreResult<SendRequest> {
+    let kind: String = row.try_get("kind")?;
+    let Json(messages): Json<Value> = row.try_get("messages")?;
+    let Json(recipients): Json<Value> = row.try_get("recipients")?;
+    let status: String = row.try_get("status")?;
+    Ok(SendRequest {
+        id: row.try_get("id")?,
+        kind: request_kind(&kind)?,
+        retry_key: row.try_get("retry_key")?,
+        messages,
+        recipients: recipients_of(recipients)?,
+        status: request_status(&status)?,
+        attempts: attempts(i64::from(row.try_get::<i32, _>("attempts")?)),
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        last_error: row.try_get("last_error")?,
+        accepted_request_id: row.try_get("accepted_request_id")?,
+        created_at: row.try_get("created_at")?,
+        sent_at: row.try_get("sent_at")?,
+    })
+}
+
+fn pg_fire(row: &sqlx::postgres::PgRow) -> StoreResult<CronFire> {
+    Ok(CronFire {
+        campaign_id: row.try_get("campaign_id")?,
+        fire_at: row.try_get("fire_at")?,
+        state: row.try_get("state")?,
+    })
+}
+
+fn pg_change(row: &sqlx::postgres::PgRow) -> StoreResult<RichMenuChange> {
+    let user: String = row.try_get("line_user_id")?;
+    Ok(RichMenuChange {
+        line_user_id: parse_user(&user)?,
+        desired: row.try_get("desired")?,
+        linked: row.try_get("linked")?,
+    })
+}
+
+/// Per-user values deduplicated (last wins) and sorted, so concurrent
+/// batches lock rows in the same order.
+fn pg_user_values(items: &[(LineUserId, Option<String>)]) -> (Vec<&str>, Vec<Option<&str>>) {
+    let mut values = last_per_user(items);
+    values.sort_by(|a, b| a.0.cmp(b.0));
+    values.into_iter().unzip()
+}
+
+#[async_trait]
+impl DispatchStore for PgStore {
+    async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64> {
+        if deliveries.is_empty() {
+            return Ok(0);
+        }
+        let n = deliveries.len();
+        let (mut campaigns, mut triggers, mut recipients) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut users, mut members, mut due) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut messages, mut contexts) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for d in deliveries {
+            campaigns.push(d.campaign_id.as_str());
+            triggers.push(d.trigger_key.as_str());
+            recipients.push(d.recipient_key.as_str());
+            users.push(d.line_user_id.as_ref().map(|u| u.as_str()));
+            members.push(d.member_id.as_ref().map(|m| m.as_str()));
+            due.push(d.due_at);
+            messages.push(Json(&d.messages));
+            contexts.push(Json(&d.context));
+        }
+        // DO NOTHING also skips repeats inside the same statement.
+        let inserted = sqlx::query(
+            "INSERT INTO deliveries (campaign_id, trigger_key, recipient_key, line_user_id, member_id, due_at,
+                                     messages, context, status, created_at)
+             SELECT c, t, r, u, m, d, msg, ctx, 'pending', $9
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                         $7::jsonb[], $8::jsonb[]) AS s (c, t, r, u, m, d, msg, ctx)
+             ON CONFLICT (campaign_id, trigger_key, recipient_key) DO NOTHING",
+        )
+        .bind(&campaigns)
+        .bind(&triggers)
+        .bind(&recipients)
+        .bind(&users)
+        .bind(&members)
+        .bind(&due)
+        .bind(&messages)
+        .bind(&contexts)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<Vec<Delivery>> {
+        // SKIP LOCKED: instances sharing the database claim disjoint rows.
+        let rows = sqlx::query(concat!(
+            "UPDATE deliveries SET lease_owner = $1, lease_until = $2
+             WHERE id IN (SELECT d.id FROM deliveries d
+                          WHERE d.status = 'pending' AND d.due_at <= $3
+                            AND (d.lease_until IS NULL OR d.lease_until <= $3)
+                            AND NOT EXISTS (SELECT 1 FROM campaign_state c
+                                            WHERE c.campaign_id = d.campaign_id AND c.paused)
+                          ORDER BY d.due_at, d.id LIMIT $4
+                          FOR UPDATE OF d SKIP LOCKED)
+             RETURNING ",
+            delivery_columns!()
+        ))
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = rows.iter().map(pg_delivery).collect::<StoreResult<Vec<_>>>()?;
+        claimed.sort_by_key(|d| (d.due_at, d.id));
+        Ok(claimed)
+    }
+
+    async fn skip_deliveries(&self, skips: &[(i64, String)], at: DateTime<Utc>) -> StoreResult<()> {
+        if skips.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = skips.iter().map(|(id, _)| *id).collect();
+        let reasons: Vec<&str> = skips.iter().map(|(_, reason)| reason.as_str()).collect();
+        sqlx::query(
+            "UPDATE deliveries d SET status = 'skipped', skip_reason = s.reason, finished_at = $3,
+                 lease_owner = NULL, lease_until = NULL
+             FROM UNNEST($1::bigint[], $2::text[]) AS s (id, reason)
+             WHERE d.id = s.id AND d.status = 'pending'",
+        )
+        .bind(&ids)
+        .bind(&reasons)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn defer_deliveries(&self, ids: &[i64], until: DateTime<Utc>) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE deliveries SET due_at = $1, lease_owner = NULL, lease_until = NULL
+             WHERE id = ANY($2) AND status = 'pending'",
+        )
+        .bind(until)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn resolve_delivery_user(&self, id: i64, line_user_id: &LineUserId) -> StoreResult<()> {
+        sqlx::query("UPDATE deliveries SET line_user_id = $1 WHERE id = $2")
+            .bind(line_user_id.as_str())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_requests(&self, requests: &[NewRequest], owner: &str, now: DateTime<Utc>) -> StoreResult<Vec<i64>> {
+        let mut all = request_delivery_ids(requests)?;
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
+        all.sort_unstable();
+        let mut tx = self.pool.begin().await?;
+        // Locks the deliveries (in id order) so no claim can take them between
+        // this check and the writes; a lost lease shows as a changed owner.
+        let held: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM deliveries WHERE id = ANY($1) AND status = 'pending' AND lease_owner = $2
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(&all)
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?;
+        if held.len() != all.len() {
+            return Err(lease_lost(owner, all.len(), held.len()));
+        }
+        let mut ids = Vec::with_capacity(requests.len());
+        for request in requests {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO send_requests (kind, retry_key, messages, recipients, status, attempts, next_attempt_at,
+                 created_at) VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) RETURNING id",
+            )
+            .bind(request.kind.as_str())
+            .bind(request.retry_key)
+            .bind(Json(&request.messages))
+            .bind(Json(recipients_json(&request.recipients)))
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(retry_key_conflict)?;
+            sqlx::query(
+                "UPDATE deliveries SET status = 'requested', request_id = $1, requested_at = $2, lease_owner = NULL,
+                 lease_until = NULL WHERE id = ANY($3)",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(&request.delivery_ids)
+            .execute(&mut *tx)
+            .await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn count_sent_since(
+        &self,
+        line_user_id: &LineUserId,
+        campaign_id: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries
+             WHERE line_user_id = $1 AND requested_at >= $2 AND status IN ('requested', 'sent')
+               AND ($3::text IS NULL OR campaign_id = $3)",
+        )
+        .bind(line_user_id.as_str())
+        .bind(since)
+        .bind(campaign_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count(n))
+    }
+
+    async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>> {
+        let row = sqlx::query(concat!("SELECT ", delivery_columns!(), " FROM deliveries WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(pg_delivery).transpose()
+    }
+
+    async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " FROM deliveries WHERE campaign_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        ))
+        .bind(campaign_id)
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(pg_delivery).collect()
+    }
+
+    async fn campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts> {
+        let rows = sqlx::query(
+            "SELECT status, skip_reason, COUNT(*) AS n FROM deliveries WHERE campaign_id = $1
+             GROUP BY status, skip_reason",
+        )
+        .bind(campaign_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = CampaignCounts::default();
+        for row in rows {
+            let status: String = row.try_get("status")?;
+            add_count(&mut counts, &status, row.try_get("skip_reason")?, count(row.try_get("n")?))?;
+        }
+        Ok(counts)
+    }
+
+    async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        // When a pending delivery can next be claimed: its due time, or the
+        // end of a lease that outlives it (leased rows are the few in flight).
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(t) FROM (
+                 (SELECT d.due_at AS t FROM deliveries d
+                  WHERE d.status = 'pending' AND d.lease_until IS NULL
+                    AND NOT EXISTS (SELECT 1 FROM campaign_state c WHERE c.campaign_id = d.campaign_id AND c.paused)
+                  ORDER BY d.due_at LIMIT 1)
+                 UNION ALL
+                 (SELECT MIN(GREATEST(d.due_at, d.lease_until)) AS t FROM deliveries d
+                  WHERE d.lease_until IS NOT NULL AND d.status = 'pending'
+                    AND NOT EXISTS (SELECT 1 FROM campaign_state c WHERE c.campaign_id = d.campaign_id AND c.paused))
+             ) s",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn claim_requests(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<Vec<SendRequest>> {
+        let rows = sqlx::query(concat!(
+            "UPDATE send_requests SET lease_owner = $1, lease_until = $2, attempts = attempts + 1
+             WHERE id IN (SELECT id FROM send_requests
+                          WHERE status = 'pending' AND next_attempt_at <= $3
+                            AND (lease_until IS NULL OR lease_until <= $3)
+                          ORDER BY next_attempt_at, id LIMIT $4
+                          FOR UPDATE SKIP LOCKED)
+             RETURNING ",
+            request_columns!()
+        ))
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = rows.iter().map(pg_request).collect::<StoreResult<Vec<_>>>()?;
+        claimed.sort_by_key(|r| (r.next_attempt_at, r.id));
+        Ok(claimed)
+    }
+
+    async fn complete_request(&self, id: i64, accepted_request_id: Option<&str>, at: DateTime<Utc>) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE send_requests SET status = 'sent', accepted_request_id = COALESCE($1, accepted_request_id),
+             sent_at = $2, finished_at = $2, lease_owner = NULL, lease_until = NULL WHERE id = $3",
+        )
+        .bind(accepted_request_id)
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(unknown_request(id));
+        }
+        sqlx::query("UPDATE deliveries SET status = 'sent', finished_at = $1 WHERE request_id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn retry_request(&self, id: i64, next_attempt_at: DateTime<Utc>, error: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE send_requests SET next_attempt_at = $1, last_error = $2, lease_owner = NULL, lease_until = NULL
+             WHERE id = $3 AND status = 'pending'",
+        )
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn fail_request(&self, id: i64, error: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE send_requests SET status = 'failed', last_error = $1, finished_at = $2, lease_owner = NULL,
+             lease_until = NULL WHERE id = $3 AND status <> 'sent'",
+        )
+        .bind(error)
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            let known: Option<i64> = sqlx::query_scalar("SELECT id FROM send_requests WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if known.is_none() {
+                return Err(unknown_request(id));
+            }
+            // Already sent: LINE accepted it, a late failure changes nothing.
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE deliveries SET status = 'failed', error = $1, finished_at = $2
+             WHERE request_id = $3 AND status <> 'sent'",
+        )
+        .bind(error)
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_request(&self, id: i64) -> StoreResult<Option<SendRequest>> {
+        let row = sqlx::query(concat!("SELECT ", request_columns!(), " FROM send_requests WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(pg_request).transpose()
+    }
+
+    async fn next_request_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(GREATEST(next_attempt_at, lease_until)) FROM send_requests WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn set_campaign_paused(&self, campaign_id: &str, paused: bool, at: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO campaign_state (campaign_id, paused, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (campaign_id) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+        )
+        .bind(campaign_id)
+        .bind(paused)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn paused_campaigns(&self) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT campaign_id FROM campaign_state WHERE paused ORDER BY campaign_id")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn campaign_enabled_at(&self, campaign_id: &str, at: DateTime<Utc>) -> StoreResult<DateTime<Utc>> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO campaign_state (campaign_id, paused, enabled_at, updated_at) VALUES ($1, FALSE, $2, $2)
+             ON CONFLICT (campaign_id) DO UPDATE SET enabled_at = COALESCE(campaign_state.enabled_at, excluded.enabled_at)
+             RETURNING enabled_at",
+        )
+        .bind(campaign_id)
+        .bind(at)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn record_fire(&self, campaign_id: &str, fire_at: DateTime<Utc>, state: &str) -> StoreResult<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO cron_fires (campaign_id, fire_at, state) VALUES ($1, $2, $3)
+             ON CONFLICT (campaign_id, fire_at) DO NOTHING",
+        )
+        .bind(campaign_id)
+        .bind(fire_at)
+        .bind(state)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn set_fire_state(&self, campaign_id: &str, fire_at: DateTime<Utc>, state: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO cron_fires (campaign_id, fire_at, state) VALUES ($1, $2, $3)
+             ON CONFLICT (campaign_id, fire_at) DO UPDATE SET state = excluded.state",
+        )
+        .bind(campaign_id)
+        .bind(fire_at)
+        .bind(state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn last_fire(&self, campaign_id: &str) -> StoreResult<Option<CronFire>> {
+        let row = sqlx::query(
+            "SELECT campaign_id, fire_at, state FROM cron_fires WHERE campaign_id = $1 ORDER BY fire_at DESC LIMIT 1",
+        )
+        .bind(campaign_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(pg_fire).transpose()
+    }
+
+    async fn unfinished_fires(&self) -> StoreResult<Vec<CronFire>> {
+        let rows = sqlx::query(
+            "SELECT campaign_id, fire_at, state FROM cron_fires WHERE state = 'started' ORDER BY fire_at, campaign_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(pg_fire).collect()
+    }
+
+    async fn get_cursor(&self, name: &str) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT value FROM cursors WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn set_cursor(&self, name: &str, value: i64) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>> {
+        if types.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT id, event_id, type, member_id, line_user_id, occurred_at, properties FROM events
+             WHERE id > $1 AND type = ANY($2) ORDER BY id LIMIT $3",
+        )
+        .bind(after_id)
+        .bind(types)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let Json(properties): Json<Value> = row.try_get("properties")?;
+                Ok(StoredEvent {
+                    id: row.try_get("id")?,
+                    event_id: row.try_get("event_id")?,
+                    event_type: row.try_get("type")?,
+                    member_id: row.try_get("member_id")?,
+                    line_user_id: row.try_get("line_user_id")?,
+                    occurred_at: row.try_get("occurred_at")?,
+                    properties: parse_object(properties, "event properties")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn max_event_id(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0)::bigint FROM events").fetch_one(&self.pool).await?)
+    }
+
+    async fn max_transition_id(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0)::bigint FROM segment_transitions")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn set_desired_rich_menus(
+        &self,
+        desired: &[(LineUserId, Option<String>)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        if desired.is_empty() {
+            return Ok(());
+        }
+        let (users, menus) = pg_user_values(desired);
+        // A new wish clears the back-off of the previous one.
+        sqlx::query(
+            "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at)
+             SELECT u, m, NULL, $3 FROM UNNEST($1::text[], $2::text[]) AS s (u, m)
+             ON CONFLICT (line_user_id) DO UPDATE SET desired = excluded.desired, retry_at = NULL,
+                 updated_at = excluded.updated_at
+             WHERE rich_menu_state.desired IS DISTINCT FROM excluded.desired",
+        )
+        .bind(&users)
+        .bind(&menus)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim_rich_menu_changes(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<Vec<RichMenuChange>> {
+        let rows = sqlx::query(
+            "UPDATE rich_menu_state SET lease_owner = $1, lease_until = $2
+             WHERE line_user_id IN (SELECT line_user_id FROM rich_menu_state
+                                    WHERE desired IS DISTINCT FROM linked
+                                      AND (lease_until IS NULL OR lease_until <= $3)
+                                      AND (retry_at IS NULL OR retry_at <= $3)
+                                    ORDER BY line_user_id LIMIT $4
+                                    FOR UPDATE SKIP LOCKED)
+             RETURNING line_user_id, desired, linked",
+        )
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = rows.iter().map(pg_change).collect::<StoreResult<Vec<_>>>()?;
+        claimed.sort_by(|a, b| a.line_user_id.as_str().cmp(b.line_user_id.as_str()));
+        Ok(claimed)
+    }
+
+    async fn mark_rich_menus_linked(
+        &self,
+        done: &[(LineUserId, Option<String>)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let (users, menus) = pg_user_values(done);
+        // A user never given a wish is taken to want what it has.
+        sqlx::query(
+            "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at)
+             SELECT u, m, m, $3 FROM UNNEST($1::text[], $2::text[]) AS s (u, m)
+             ON CONFLICT (line_user_id) DO UPDATE SET linked = excluded.linked, lease_owner = NULL,
+                 lease_until = NULL, retry_at = NULL, last_error = NULL, updated_at = excluded.updated_at",
+        )
+        .bind(&users)
+        .bind(&menus)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_rich_menu_changes(
+        &self,
+        users: &[LineUserId],
+        retry_at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<()> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+        sqlx::query(
+            "UPDATE rich_menu_state SET lease_owner = NULL, lease_until = NULL, retry_at = $1, last_error = $2
+             WHERE line_user_id = ANY($3)",
+        )
+        .bind(retry_at)
+        .bind(error)
+        .bind(&ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn linked_rich_menu(&self, line_user_id: &LineUserId) -> StoreResult<Option<String>> {
+        let linked: Option<Option<String>> =
+            sqlx::query_scalar("SELECT linked FROM rich_menu_state WHERE line_user_id = $1")
+                .bind(line_user_id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(linked.flatten())
+    }
 }

@@ -11,6 +11,7 @@ pub(crate) mod sqlite;
 pub mod test_support;
 pub mod webhook;
 
+pub use dispatch::DispatchStore;
 pub use membership::MembershipStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -129,10 +130,11 @@ pub struct StoreCounts {
 /// Batches streamed into an import. An `Err` aborts the import and rolls it back.
 pub type ImportReceiver<T> = mpsc::Receiver<Result<Vec<T>, String>>;
 
-/// Everything renkei stores. The webhook and membership parts are traits of
-/// their own (in `webhook.rs`, `membership.rs`) so each area keeps its SQL together.
+/// Everything renkei stores. The webhook, membership and dispatch parts are
+/// traits of their own (in `webhook.rs`, `membership.rs`, `dispatch.rs`) so
+/// each area keeps its SQL together.
 #[async_trait]
-pub trait Store: WebhookStore + MembershipStore + Send + Sync + 'static {
+pub trait Store: WebhookStore + MembershipStore + DispatchStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Applies pending migrations.

@@ -183,11 +183,11 @@ pub trait MembershipStore: Send + Sync + 'static {
     async fn transitions_after(&self, after_id: i64, limit: u32) -> StoreResult<Vec<StoredTransition>>;
 }
 
-fn parse_user(text: &str) -> StoreResult<LineUserId> {
+pub(crate) fn parse_user(text: &str) -> StoreResult<LineUserId> {
     LineUserId::parse(text).map_err(|e| StoreError::Corrupt(format!("line_user_id {text:?}: {e}")))
 }
 
-fn parse_member(text: &str) -> StoreResult<MemberId> {
+pub(crate) fn parse_member(text: &str) -> StoreResult<MemberId> {
     MemberId::parse(text).map_err(|e| StoreError::Corrupt(format!("member_id {text:?}: {e}")))
 }
 

@@ -31,7 +31,7 @@ pub(crate) fn from_micros(micros: i64) -> StoreResult<DateTime<Utc>> {
     DateTime::from_timestamp_micros(micros).ok_or_else(|| StoreError::Corrupt(format!("timestamp {micros}")))
 }
 
-fn json_object(text: &str, what: &str) -> StoreResult<Map<String, Value>> {
+pub(crate) fn json_object(text: &str, what: &str) -> StoreResult<Map<String, Value>> {
     let value: Value = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
     parse_object(value, what)
 }

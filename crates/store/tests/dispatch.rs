@@ -1,0 +1,570 @@
+//! Dispatch storage (outbox, requests, campaign state, cron fires, cursors,
+//! rich menus), run against every backend: SQLite always, PostgreSQL when
+//! `RENKEI_TEST_POSTGRES_URL` is set (and always in CI).
+
+use chrono::{DateTime, TimeZone, Utc};
+use renkei_core::{LineUserId, LinkMethod, MemberId, NewEvent};
+use renkei_store::dispatch::{
+    CampaignCounts, CronFire, DeliveryStatus, NewDelivery, NewRequest, RequestKind, RequestStatus, RichMenuChange,
+};
+use renkei_store::membership::{Cause, MembershipUpdate};
+use renkei_store::{Store, StoreError};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use uuid::Uuid;
+
+fn at(hour: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, hour, 0, 0).single().expect("valid time")
+}
+
+fn user(n: u32) -> LineUserId {
+    LineUserId::parse(&format!("U{:032x}", n)).expect("valid user id")
+}
+
+fn member(id: &str) -> MemberId {
+    MemberId::parse(id).expect("valid member id")
+}
+
+fn messages(text: &str) -> Value {
+    json!([{"type": "text", "text": text}])
+}
+
+fn delivery(campaign: &str, trigger: &str, n: u32, due: DateTime<Utc>) -> NewDelivery {
+    NewDelivery {
+        campaign_id: campaign.to_string(),
+        trigger_key: trigger.to_string(),
+        recipient_key: user(n).as_str().to_string(),
+        line_user_id: Some(user(n)),
+        member_id: None,
+        due_at: due,
+        messages: messages("hello"),
+        context: json!({"n": n}),
+    }
+}
+
+fn push(delivery_id: i64, n: u32) -> NewRequest {
+    NewRequest {
+        kind: RequestKind::Push,
+        retry_key: Uuid::new_v4(),
+        messages: messages("hello"),
+        recipients: vec![user(n)],
+        delivery_ids: vec![delivery_id],
+    }
+}
+
+fn ids_of<T>(items: &[T], id: impl Fn(&T) -> i64) -> Vec<i64> {
+    items.iter().map(id).collect()
+}
+
+async fn deliveries_are_deduplicated_by_campaign_trigger_and_recipient(store: Arc<dyn Store>) {
+    let mut by_member = delivery("c1", "entered:7", 1, at(2));
+    by_member.recipient_key = "member:m1".to_string();
+    by_member.line_user_id = None;
+    by_member.member_id = Some(member("m1"));
+    let batch = vec![
+        delivery("c1", "entered:7", 1, at(2)),
+        delivery("c1", "entered:7", 2, at(2)),
+        // A repeat inside the same batch counts once.
+        delivery("c1", "entered:7", 2, at(3)),
+        // Same user, other trigger or other campaign: distinct deliveries.
+        delivery("c1", "entered:8", 1, at(2)),
+        delivery("c2", "entered:7", 1, at(2)),
+        by_member.clone(),
+    ];
+    assert_eq!(store.insert_deliveries(&batch, at(1)).await.expect("insert"), 5);
+    assert_eq!(store.insert_deliveries(&batch, at(1)).await.expect("insert again"), 0);
+    assert_eq!(store.insert_deliveries(&batch[..1], at(5)).await.expect("insert one again"), 0);
+    assert_eq!(store.insert_deliveries(&[], at(5)).await.expect("insert none"), 0);
+
+    let all = store.campaign_deliveries("c1", 0, 100).await.expect("c1 deliveries");
+    assert_eq!(all.len(), 4);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ordered by id");
+    let first = &all[0];
+    assert_eq!(first.trigger_key, "entered:7");
+    assert_eq!(first.line_user_id, Some(user(1)));
+    assert_eq!(first.status, DeliveryStatus::Pending);
+    assert_eq!(first.due_at, at(2));
+    assert_eq!(first.created_at, at(1));
+    assert_eq!(first.messages, messages("hello"));
+    assert_eq!(first.context, json!({"n": 1}));
+    assert_eq!((first.skip_reason.clone(), first.request_id, first.requested_at), (None, None, None));
+    // The kept copy of the in-batch repeat is the first one.
+    assert_eq!(all[1].due_at, at(2));
+    let member_row = all.iter().find(|d| d.recipient_key == "member:m1").expect("member delivery");
+    assert_eq!((member_row.line_user_id.clone(), member_row.member_id.clone()), (None, Some(member("m1"))));
+    assert_eq!(store.get_delivery(member_row.id).await.expect("get").as_ref(), Some(member_row));
+    assert_eq!(store.get_delivery(9_999).await.expect("get missing"), None);
+
+    let page = store.campaign_deliveries("c1", all[1].id, 2).await.expect("page");
+    assert_eq!(ids_of(&page, |d| d.id), vec![all[2].id, all[3].id]);
+    assert_eq!(store.campaign_deliveries("c2", 0, 100).await.expect("c2").len(), 1);
+    assert_eq!(store.campaign_counts("c1").await.expect("counts").pending, 4);
+
+    store.resolve_delivery_user(member_row.id, &user(9)).await.expect("resolve");
+    let resolved = store.get_delivery(member_row.id).await.expect("get").expect("exists");
+    assert_eq!(resolved.line_user_id, Some(user(9)));
+    assert_eq!(resolved.recipient_key, "member:m1", "the dedupe key does not change");
+}
+
+async fn claims_respect_due_at_and_come_earliest_first(store: Arc<dyn Store>) {
+    let batch = vec![delivery("c", "t", 1, at(5)), delivery("c", "t", 2, at(3)), delivery("c", "t", 3, at(4))];
+    store.insert_deliveries(&batch, at(1)).await.expect("insert");
+    assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(3)));
+    assert!(store.claim_deliveries(at(2), 10, "a", at(9)).await.expect("too early").is_empty());
+
+    let claimed = store.claim_deliveries(at(4), 10, "a", at(9)).await.expect("claim");
+    let users: Vec<_> = claimed.iter().map(|d| d.line_user_id.clone().expect("user")).collect();
+    assert_eq!(users, vec![user(2), user(3)], "due ones only, earliest first");
+    assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(5)));
+
+    let one = store.claim_deliveries(at(6), 1, "b", at(9)).await.expect("limit");
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].line_user_id, Some(user(1)));
+    assert!(store.claim_deliveries(at(6), 10, "b", at(9)).await.expect("none left").is_empty());
+}
+
+async fn a_lease_keeps_other_owners_out_until_it_expires(store: Arc<dyn Store>) {
+    store.insert_deliveries(&[delivery("c", "t", 1, at(1)), delivery("c", "t", 2, at(1))], at(1)).await.expect("ins");
+    let a = store.claim_deliveries(at(2), 10, "a", at(4)).await.expect("a claims");
+    assert_eq!(a.len(), 2);
+    assert!(store.claim_deliveries(at(3), 10, "b", at(6)).await.expect("b waits").is_empty());
+    assert!(store.claim_deliveries(at(3), 10, "a", at(6)).await.expect("a itself waits").is_empty());
+    // The sleeper wakes when the lease can run out, not in a busy loop.
+    assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(4)));
+
+    let b = store.claim_deliveries(at(4), 10, "b", at(9)).await.expect("b after expiry");
+    assert_eq!(ids_of(&b, |d| d.id), ids_of(&a, |d| d.id));
+
+    // Deferred deliveries are released and wait for their new due time.
+    store.defer_deliveries(&[b[0].id], at(8)).await.expect("defer");
+    let deferred = store.get_delivery(b[0].id).await.expect("get").expect("exists");
+    assert_eq!((deferred.status, deferred.due_at), (DeliveryStatus::Pending, at(8)));
+    assert!(store.claim_deliveries(at(7), 10, "c", at(9)).await.expect("not yet").is_empty());
+    let due = store.claim_deliveries(at(8), 10, "c", at(9)).await.expect("due");
+    assert_eq!(ids_of(&due, |d| d.id), vec![b[0].id], "the other one is still leased by b");
+}
+
+async fn paused_campaigns_are_not_claimed(store: Arc<dyn Store>) {
+    store
+        .insert_deliveries(&[delivery("paused", "t", 1, at(1)), delivery("live", "t", 2, at(2))], at(1))
+        .await
+        .expect("insert");
+    store.set_campaign_paused("paused", true, at(1)).await.expect("pause");
+    store.set_campaign_paused("other", false, at(1)).await.expect("unpaused row");
+    assert_eq!(store.paused_campaigns().await.expect("paused"), vec!["paused".to_string()]);
+    assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(2)), "paused campaigns do not wake anyone");
+
+    let claimed = store.claim_deliveries(at(3), 10, "a", at(9)).await.expect("claim");
+    assert_eq!(claimed.iter().map(|d| d.campaign_id.as_str()).collect::<Vec<_>>(), vec!["live"]);
+
+    store.set_campaign_paused("paused", false, at(5)).await.expect("resume");
+    assert!(store.paused_campaigns().await.expect("paused").is_empty());
+    let resumed = store.claim_deliveries(at(5), 10, "a", at(6)).await.expect("claim resumed");
+    assert_eq!(resumed.iter().map(|d| d.campaign_id.as_str()).collect::<Vec<_>>(), vec!["paused"]);
+}
+
+async fn create_requests_fails_whole_when_a_lease_was_lost(store: Arc<dyn Store>) {
+    store
+        .insert_deliveries(&[delivery("c", "t", 1, at(1)), delivery("c", "t", 2, at(1))], at(1))
+        .await
+        .expect("insert");
+    let claimed = store.claim_deliveries(at(1), 10, "a", at(2)).await.expect("a claims");
+    let (d1, d2) = (claimed[0].id, claimed[1].id);
+    // a stalls; its lease runs out and b takes one of the deliveries.
+    store.defer_deliveries(&[d2], at(1)).await.expect("release d2");
+    let stolen = store.claim_deliveries(at(1), 10, "b", at(5)).await.expect("b claims");
+    assert_eq!(ids_of(&stolen, |d| d.id), vec![d2]);
+
+    let lost = store.create_requests(&[push(d1, 1), push(d2, 2)], "a", at(3)).await;
+    assert!(matches!(lost, Err(StoreError::Conflict(_))), "expected a conflict, got {lost:?}");
+    // Nothing changed: d1 still pending (a's lease), no request exists.
+    let one = store.get_delivery(d1).await.expect("get").expect("d1");
+    assert_eq!((one.status, one.request_id, one.requested_at), (DeliveryStatus::Pending, None, None));
+    assert_eq!(store.next_request_due().await.expect("next request"), None);
+    assert!(store.claim_requests(at(9), 10, "a", at(10)).await.expect("no requests").is_empty());
+    assert_eq!(store.count_sent_since(&user(1), None, at(0)).await.expect("count"), 0);
+
+    // Skipped deliveries are no longer pending: also a conflict.
+    store.skip_deliveries(&[(d1, "unfollowed".to_string())], at(3)).await.expect("skip");
+    let skipped = store.create_requests(&[push(d1, 1)], "a", at(3)).await;
+    assert!(matches!(skipped, Err(StoreError::Conflict(_))), "expected a conflict, got {skipped:?}");
+
+    // The holder of the lease succeeds.
+    let ids = store.create_requests(&[push(d2, 2)], "b", at(3)).await.expect("b requests");
+    assert_eq!(ids.len(), 1);
+    let two = store.get_delivery(d2).await.expect("get").expect("d2");
+    assert_eq!((two.status, two.request_id, two.requested_at), (DeliveryStatus::Requested, Some(ids[0]), Some(at(3))));
+    // Requested deliveries are not claimable any more, even after the lease time.
+    assert!(store.claim_deliveries(at(9), 10, "c", at(10)).await.expect("claim").is_empty());
+    // Mismatched recipients and deliveries are refused.
+    let mut bad = push(d2, 2);
+    bad.recipients.push(user(3));
+    assert!(matches!(store.create_requests(&[bad], "b", at(3)).await, Err(StoreError::Conflict(_))));
+}
+
+async fn requests_complete_retry_and_fail_with_their_deliveries(store: Arc<dyn Store>) {
+    let batch: Vec<_> = (1..=5).map(|n| delivery("c", "t", n, at(1))).collect();
+    store.insert_deliveries(&batch, at(1)).await.expect("insert");
+    let claimed = store.claim_deliveries(at(1), 10, "a", at(2)).await.expect("claim");
+    let id = |n: usize| claimed[n].id;
+    store
+        .skip_deliveries(&[(id(3), "frequency_cap".to_string()), (id(4), "unfollowed".to_string())], at(1))
+        .await
+        .expect("skip");
+    let multicast = NewRequest {
+        kind: RequestKind::Multicast,
+        retry_key: Uuid::new_v4(),
+        messages: messages("hello"),
+        recipients: vec![user(1), user(2)],
+        delivery_ids: vec![id(0), id(1)],
+    };
+    let single = push(id(2), 3);
+    let ids = store.create_requests(&[multicast.clone(), single.clone()], "a", at(1)).await.expect("create");
+    let (m, p) = (ids[0], ids[1]);
+
+    let stored = store.get_request(m).await.expect("get").expect("multicast");
+    assert_eq!(stored.kind, RequestKind::Multicast);
+    assert_eq!(stored.retry_key, multicast.retry_key);
+    assert_eq!(stored.recipients, vec![user(1), user(2)]);
+    assert_eq!(stored.messages, messages("hello"));
+    assert_eq!((stored.status, stored.attempts, stored.next_attempt_at), (RequestStatus::Pending, 0, at(1)));
+    assert_eq!((stored.created_at, stored.sent_at), (at(1), None));
+    // Reusing a retry key is refused and changes nothing.
+    store.insert_deliveries(&[delivery("c", "t", 6, at(1))], at(1)).await.expect("insert 6");
+    let six = store.claim_deliveries(at(1), 10, "a", at(2)).await.expect("claim 6")[0].id;
+    let mut dup = push(six, 6);
+    dup.retry_key = single.retry_key;
+    assert!(matches!(store.create_requests(&[dup], "a", at(1)).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.get_delivery(six).await.expect("get").expect("6").status, DeliveryStatus::Pending);
+
+    assert_eq!(store.next_request_due().await.expect("next"), Some(at(1)));
+    let first = store.claim_requests(at(1), 10, "a", at(2)).await.expect("claim requests");
+    assert_eq!(ids_of(&first, |r| r.id), vec![m, p]);
+    assert!(first.iter().all(|r| r.attempts == 1));
+    assert!(store.claim_requests(at(1), 10, "b", at(2)).await.expect("leased").is_empty());
+
+    store.retry_request(m, at(3), "HTTP 500").await.expect("retry");
+    let retried = store.get_request(m).await.expect("get").expect("m");
+    assert_eq!((retried.next_attempt_at, retried.last_error.as_deref()), (at(3), Some("HTTP 500")));
+    assert_eq!(retried.status, RequestStatus::Pending);
+    // At 2, m waits for its retry time while p's lease (until 2) has run out.
+    let early = store.claim_requests(at(2), 10, "b", at(4)).await.expect("early");
+    assert_eq!(early.iter().map(|r| (r.id, r.attempts)).collect::<Vec<_>>(), vec![(p, 2)]);
+    let again = store.claim_requests(at(3), 10, "b", at(4)).await.expect("again");
+    assert_eq!(again.iter().map(|r| (r.id, r.attempts)).collect::<Vec<_>>(), vec![(m, 2)]);
+
+    store.complete_request(m, Some("req-123"), at(3)).await.expect("complete");
+    store.fail_request(p, "400 invalid message", at(3)).await.expect("fail");
+    let done = store.get_request(m).await.expect("get").expect("m");
+    assert_eq!(
+        (done.status, done.accepted_request_id.as_deref(), done.sent_at),
+        (RequestStatus::Sent, Some("req-123"), Some(at(3)))
+    );
+    let failed = store.get_request(p).await.expect("get").expect("p");
+    assert_eq!((failed.status, failed.last_error.as_deref()), (RequestStatus::Failed, Some("400 invalid message")));
+    for n in [0, 1] {
+        assert_eq!(store.get_delivery(id(n)).await.expect("get").expect("d").status, DeliveryStatus::Sent);
+    }
+    assert_eq!(store.get_delivery(id(2)).await.expect("get").expect("d").status, DeliveryStatus::Failed);
+    assert_eq!(store.next_request_due().await.expect("next"), None);
+    assert!(store.claim_requests(at(9), 10, "b", at(10)).await.expect("finished").is_empty());
+    // A late failure of an accepted request changes nothing.
+    store.fail_request(m, "late", at(4)).await.expect("late fail");
+    assert_eq!(store.get_request(m).await.expect("get").expect("m").status, RequestStatus::Sent);
+    assert!(matches!(store.complete_request(9_999, None, at(4)).await, Err(StoreError::Conflict(_))));
+
+    let counts = store.campaign_counts("c").await.expect("counts");
+    let expected = CampaignCounts {
+        pending: 1,
+        requested: 0,
+        sent: 2,
+        failed: 1,
+        skipped: BTreeMap::from([("frequency_cap".to_string(), 1), ("unfollowed".to_string(), 1)]),
+    };
+    assert_eq!(counts, expected);
+    assert_eq!(store.campaign_counts("none").await.expect("empty"), CampaignCounts::default());
+}
+
+async fn a_request_lease_is_released_by_retry_and_comes_back_after_expiry(store: Arc<dyn Store>) {
+    store.insert_deliveries(&[delivery("c", "t", 1, at(1))], at(1)).await.expect("insert");
+    let d = store.claim_deliveries(at(1), 1, "a", at(2)).await.expect("claim")[0].id;
+    let r = store.create_requests(&[push(d, 1)], "a", at(1)).await.expect("create")[0];
+    assert_eq!(store.claim_requests(at(1), 10, "a", at(3)).await.expect("claim").len(), 1);
+    // A crashed sender: the request is leased until 3, then claimable again.
+    assert_eq!(store.next_request_due().await.expect("next"), Some(at(3)));
+    assert!(store.claim_requests(at(2), 10, "b", at(5)).await.expect("leased").is_empty());
+    let again = store.claim_requests(at(3), 10, "b", at(5)).await.expect("expired");
+    assert_eq!(again.iter().map(|x| (x.id, x.attempts)).collect::<Vec<_>>(), vec![(r, 2)]);
+    // Retry releases the lease at once: claimable at next_attempt_at, not at the lease end.
+    store.retry_request(r, at(4), "timeout").await.expect("retry");
+    assert_eq!(store.next_request_due().await.expect("next"), Some(at(4)));
+    assert!(store.claim_requests(at(3), 10, "c", at(9)).await.expect("too early").is_empty());
+    assert_eq!(store.claim_requests(at(4), 10, "c", at(9)).await.expect("due")[0].attempts, 3);
+}
+
+async fn sends_are_counted_per_user_campaign_and_window(store: Arc<dyn Store>) {
+    let batch = vec![
+        delivery("c1", "t1", 1, at(1)),
+        delivery("c1", "t2", 1, at(1)),
+        delivery("c2", "t1", 1, at(1)),
+        delivery("c1", "t1", 2, at(1)),
+        delivery("c1", "t3", 1, at(1)),
+    ];
+    store.insert_deliveries(&batch, at(1)).await.expect("insert");
+    let claimed = store.claim_deliveries(at(1), 10, "a", at(9)).await.expect("claim");
+    let find = |c: &str, t: &str, n: u32| {
+        claimed
+            .iter()
+            .find(|d| d.campaign_id == c && d.trigger_key == t && d.line_user_id == Some(user(n)))
+            .expect("delivery")
+            .id
+    };
+    store.create_requests(&[push(find("c1", "t1", 1), 1)], "a", at(2)).await.expect("c1 t1 at 2");
+    let later = store.create_requests(&[push(find("c1", "t2", 1), 1)], "a", at(4)).await.expect("c1 t2 at 4");
+    store.create_requests(&[push(find("c2", "t1", 1), 1)], "a", at(4)).await.expect("c2 t1 at 4");
+    store.create_requests(&[push(find("c1", "t1", 2), 2)], "a", at(4)).await.expect("other user");
+    // Skipped deliveries never count.
+    store.skip_deliveries(&[(find("c1", "t3", 1), "quiet".to_string())], at(4)).await.expect("skip");
+    store.complete_request(later[0], None, at(5)).await.expect("sent still counts");
+
+    let u = user(1);
+    assert_eq!(store.count_sent_since(&u, None, at(1)).await.expect("all"), 3);
+    assert_eq!(store.count_sent_since(&u, Some("c1"), at(1)).await.expect("c1"), 2);
+    assert_eq!(store.count_sent_since(&u, Some("c2"), at(1)).await.expect("c2"), 1);
+    assert_eq!(store.count_sent_since(&u, Some("c1"), at(3)).await.expect("c1 since 3"), 1);
+    assert_eq!(store.count_sent_since(&u, None, at(4)).await.expect("since is inclusive"), 2);
+    assert_eq!(store.count_sent_since(&u, None, at(5)).await.expect("since 5"), 0);
+    assert_eq!(store.count_sent_since(&user(2), None, at(1)).await.expect("user 2"), 1);
+    assert_eq!(store.count_sent_since(&user(3), None, at(1)).await.expect("nobody"), 0);
+}
+
+async fn campaign_enabled_at_keeps_the_first_instant(store: Arc<dyn Store>) {
+    assert_eq!(store.campaign_enabled_at("c", at(3)).await.expect("first"), at(3));
+    assert_eq!(store.campaign_enabled_at("c", at(5)).await.expect("again"), at(3));
+    assert_eq!(store.campaign_enabled_at("d", at(5)).await.expect("other"), at(5));
+    // A campaign paused before it was first enabled still records the instant, and stays paused.
+    store.set_campaign_paused("e", true, at(1)).await.expect("pause");
+    assert_eq!(store.campaign_enabled_at("e", at(6)).await.expect("paused"), at(6));
+    assert_eq!(store.campaign_enabled_at("e", at(7)).await.expect("paused again"), at(6));
+    assert_eq!(store.paused_campaigns().await.expect("paused"), vec!["e".to_string()]);
+}
+
+async fn cron_fires_are_recorded_once(store: Arc<dyn Store>) {
+    assert_eq!(store.last_fire("daily").await.expect("none"), None);
+    assert!(store.record_fire("daily", at(9), "started").await.expect("first"));
+    assert!(!store.record_fire("daily", at(9), "started").await.expect("second"), "recorded before");
+    assert!(store.record_fire("weekly", at(9), "started").await.expect("other campaign"));
+    assert!(store.record_fire("daily", at(8), "missed").await.expect("older fire"));
+
+    let fire = |c: &str, t, s: &str| CronFire { campaign_id: c.to_string(), fire_at: t, state: s.to_string() };
+    assert_eq!(store.last_fire("daily").await.expect("last"), Some(fire("daily", at(9), "started")));
+    assert_eq!(
+        store.unfinished_fires().await.expect("unfinished"),
+        vec![fire("daily", at(9), "started"), fire("weekly", at(9), "started")]
+    );
+    store.set_fire_state("daily", at(9), "done").await.expect("done");
+    assert_eq!(store.unfinished_fires().await.expect("unfinished"), vec![fire("weekly", at(9), "started")]);
+    assert_eq!(store.last_fire("daily").await.expect("last"), Some(fire("daily", at(9), "done")));
+    assert!(!store.record_fire("daily", at(9), "started").await.expect("done stays done"));
+    assert_eq!(store.last_fire("daily").await.expect("last").map(|f| f.state), Some("done".to_string()));
+}
+
+async fn cursors_are_stored_by_name(store: Arc<dyn Store>) {
+    assert_eq!(store.get_cursor("transitions").await.expect("none"), None);
+    store.set_cursor("transitions", 42).await.expect("set");
+    store.set_cursor("events", 7).await.expect("set other");
+    assert_eq!(store.get_cursor("transitions").await.expect("get"), Some(42));
+    store.set_cursor("transitions", 43).await.expect("move");
+    assert_eq!(store.get_cursor("transitions").await.expect("get"), Some(43));
+    assert_eq!(store.get_cursor("events").await.expect("get"), Some(7));
+}
+
+async fn events_after_filters_by_type_and_id(store: Arc<dyn Store>) {
+    assert_eq!(store.max_event_id().await.expect("empty"), 0);
+    assert_eq!(store.max_transition_id().await.expect("empty"), 0);
+    let events: Vec<NewEvent> = [
+        json!({"type": "purchase", "line_user_id": user(1).as_str(), "occurred_at": "2026-11-23T01:00:00Z",
+               "properties": {"amount": 100}}),
+        json!({"type": "visit", "line_user_id": user(1).as_str(), "occurred_at": "2026-11-23T02:00:00Z"}),
+        json!({"type": "reservation", "member_id": "m1", "occurred_at": "2026-11-23T03:00:00Z"}),
+        json!({"type": "purchase", "member_id": "m2", "occurred_at": "2026-11-23T00:00:00Z"}),
+    ]
+    .iter()
+    .map(|v| NewEvent::parse(v).expect("valid event"))
+    .collect();
+    store.insert_events(&events, at(5)).await.expect("events");
+    let max = store.max_event_id().await.expect("max");
+    let wanted = vec!["purchase".to_string(), "reservation".to_string()];
+
+    let all = store.events_after(0, &wanted, 100).await.expect("after 0");
+    assert_eq!(
+        all.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(),
+        vec!["purchase", "reservation", "purchase"]
+    );
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "oldest (by row id) first");
+    assert_eq!(all.last().map(|e| e.id), Some(max));
+    assert_eq!(all[0].properties.get("amount"), Some(&json!(100)));
+    assert_eq!(all[0].line_user_id.as_deref(), Some(user(1).as_str()));
+    assert_eq!(all[1].member_id.as_deref(), Some("m1"));
+    assert_eq!(all[0].occurred_at, at(1));
+
+    let rest = store.events_after(all[0].id, &wanted, 1).await.expect("page");
+    assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), vec![all[1].id]);
+    assert!(store.events_after(max, &wanted, 10).await.expect("none after max").is_empty());
+    assert!(store.events_after(0, &[], 10).await.expect("no types").is_empty());
+    let visits = store.events_after(0, &["visit".to_string()], 10).await.expect("visits");
+    assert_eq!(visits.len(), 1);
+
+    store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
+    let update =
+        MembershipUpdate { line_user_id: user(1), segments: BTreeSet::from(["s".to_string()]), next_due: None };
+    store.apply_memberships(&[update], at(6), Cause::Event).await.expect("apply");
+    let transitions = store.transitions_after(0, 10).await.expect("transitions");
+    assert_eq!(store.max_transition_id().await.expect("max transition"), transitions.last().expect("one").id);
+}
+
+async fn rich_menu_changes_are_claimed_until_linked(store: Arc<dyn Store>) {
+    let menu = |s: &str| Some(s.to_string());
+    store
+        .set_desired_rich_menus(
+            &[(user(1), menu("gold")), (user(2), None), (user(3), menu("silver")), (user(3), menu("gold"))],
+            at(1),
+        )
+        .await
+        .expect("desired");
+    assert_eq!(store.linked_rich_menu(&user(1)).await.expect("linked"), None);
+
+    // user 2 wants no menu and has none: nothing to do. user 3: the last wish wins.
+    let change =
+        |n, desired: Option<String>, linked: Option<String>| RichMenuChange { line_user_id: user(n), desired, linked };
+    let claimed = store.claim_rich_menu_changes(at(1), 10, "a", at(3)).await.expect("claim");
+    assert_eq!(claimed, vec![change(1, menu("gold"), None), change(3, menu("gold"), None)]);
+    assert!(store.claim_rich_menu_changes(at(2), 10, "b", at(3)).await.expect("leased").is_empty());
+
+    store.mark_rich_menus_linked(&[(user(1), menu("gold"))], at(2)).await.expect("linked 1");
+    store.release_rich_menu_changes(&[user(3)], at(5), "HTTP 500").await.expect("release 3");
+    assert_eq!(store.linked_rich_menu(&user(1)).await.expect("linked"), menu("gold"));
+    // user 3 waits for its retry time; user 1 is done.
+    assert!(store.claim_rich_menu_changes(at(4), 10, "b", at(6)).await.expect("backing off").is_empty());
+    let retried = store.claim_rich_menu_changes(at(5), 10, "b", at(6)).await.expect("retry");
+    assert_eq!(retried, vec![change(3, menu("gold"), None)]);
+    store.mark_rich_menus_linked(&[(user(3), menu("gold"))], at(5)).await.expect("linked 3");
+    assert!(store.claim_rich_menu_changes(at(9), 10, "b", at(10)).await.expect("all done").is_empty());
+
+    // A new wish (including "no menu") makes the user a change again; a repeat does not.
+    store.set_desired_rich_menus(&[(user(1), None), (user(3), menu("gold"))], at(6)).await.expect("desired");
+    let unlink = store.claim_rich_menu_changes(at(6), 10, "b", at(7)).await.expect("unlink");
+    assert_eq!(unlink, vec![change(1, None, menu("gold"))]);
+    store.mark_rich_menus_linked(&[(user(1), None)], at(6)).await.expect("unlinked");
+    assert_eq!(store.linked_rich_menu(&user(1)).await.expect("linked"), None);
+    // An expired lease makes the user claimable again.
+    store.set_desired_rich_menus(&[(user(4), menu("silver"))], at(6)).await.expect("desired 4");
+    assert_eq!(store.claim_rich_menu_changes(at(6), 10, "a", at(7)).await.expect("a").len(), 1);
+    assert_eq!(
+        store.claim_rich_menu_changes(at(7), 10, "b", at(8)).await.expect("b after expiry"),
+        vec![change(4, menu("silver"), None)]
+    );
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let test = renkei_store::test_support::sqlite().await.expect("sqlite store");
+                    super::$name(test.store.clone()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(test) = renkei_store::test_support::postgres().await.expect("postgres store") else { return };
+                    super::$name(test.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    deliveries_are_deduplicated_by_campaign_trigger_and_recipient,
+    claims_respect_due_at_and_come_earliest_first,
+    a_lease_keeps_other_owners_out_until_it_expires,
+    paused_campaigns_are_not_claimed,
+    create_requests_fails_whole_when_a_lease_was_lost,
+    requests_complete_retry_and_fail_with_their_deliveries,
+    a_request_lease_is_released_by_retry_and_comes_back_after_expiry,
+    sends_are_counted_per_user_campaign_and_window,
+    campaign_enabled_at_keeps_the_first_instant,
+    cron_fires_are_recorded_once,
+    cursors_are_stored_by_name,
+    events_after_filters_by_type_and_id,
+    rich_menu_changes_are_claimed_until_linked,
+);
+
+/// Two instances claiming at once from the same outbox never share a delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_claims_never_overlap() {
+    let Some(test) = renkei_store::test_support::postgres().await.expect("postgres store") else { return };
+    let store = test.store.clone();
+    let batch: Vec<_> = (1..=200).map(|n| delivery("c", "t", n, at(1))).collect();
+    assert_eq!(store.insert_deliveries(&batch, at(1)).await.expect("insert"), 200);
+
+    let worker = |owner: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claimed = store.claim_deliveries(at(2), 7, owner, at(3)).await.expect("claim");
+                if claimed.is_empty() {
+                    break;
+                }
+                mine.extend(claimed.iter().map(|d| d.id));
+                tokio::task::yield_now().await;
+            }
+            mine
+        })
+    };
+    let (a, b) = (worker("a"), worker("b"));
+    let (a, b) = (a.await.expect("task a"), b.await.expect("task b"));
+    let a_set: BTreeSet<i64> = a.iter().copied().collect();
+    let b_set: BTreeSet<i64> = b.iter().copied().collect();
+    assert_eq!(a_set.len(), a.len(), "a never claims the same delivery twice");
+    assert_eq!(b_set.len(), b.len(), "b never claims the same delivery twice");
+    assert!(a_set.is_disjoint(&b_set), "a and b shared {:?}", a_set.intersection(&b_set).collect::<Vec<_>>());
+    assert_eq!(a.len() + b.len(), 200, "every delivery claimed exactly once");
+    eprintln!("a claimed {}, b claimed {}", a.len(), b.len());
+}
+
+/// A claim skips rows another transaction holds locked instead of waiting for them.
+#[tokio::test]
+async fn postgres_claim_skips_rows_locked_elsewhere() {
+    use sqlx::Connection;
+    let Some(test) = renkei_store::test_support::postgres().await.expect("postgres store") else { return };
+    let store = test.store.clone();
+    let batch: Vec<_> = (1..=5).map(|n| delivery("c", "t", n, at(1))).collect();
+    store.insert_deliveries(&batch, at(1)).await.expect("insert");
+
+    let mut other = sqlx::PgConnection::connect(&test.url).await.expect("connect");
+    let mut tx = other.begin().await.expect("begin");
+    let locked: Vec<i64> = sqlx::query_scalar("SELECT id FROM deliveries ORDER BY id LIMIT 3 FOR UPDATE")
+        .fetch_all(&mut *tx)
+        .await
+        .expect("lock");
+    let claim = store.claim_deliveries(at(2), 10, "a", at(3));
+    let claimed = tokio::time::timeout(std::time::Duration::from_secs(10), claim)
+        .await
+        .expect("a claim must not wait for locked rows")
+        .expect("claim");
+    let claimed: BTreeSet<i64> = claimed.iter().map(|d| d.id).collect();
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|id| !locked.contains(id)), "claimed {claimed:?}, locked {locked:?}");
+    tx.rollback().await.expect("rollback");
+    let rest: Vec<i64> =
+        store.claim_deliveries(at(2), 10, "b", at(3)).await.expect("claim rest").iter().map(|d| d.id).collect();
+    assert_eq!(rest, locked);
+}
