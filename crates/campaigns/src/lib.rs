@@ -1,0 +1,27 @@
+//! Campaigns of renkei (SPEC §6): campaign YAML, rich-menu rules, Flex
+//! template rendering and the time rules (cron, quiet hours, event timing).
+//!
+//! - [`CampaignSet::load`] reads every campaign file and the templates they
+//!   name, validated against the segments; every problem is a [`Diagnostic`]
+//!   shown as `file:line:col: message`, and any problem means nothing loads.
+//! - [`CampaignSet::render`] renders a campaign's Flex messages for one
+//!   recipient ([`RenderContext`]); values are JSON-escaped so any member data
+//!   renders valid JSON (see [`template`]).
+//! - [`Timing::send_at`], [`Unless::cancels`], [`QuietHours::release_at`] and
+//!   [`schedule`] are the time rules; [`RichMenuRules`] picks a user's menu.
+//!
+//! Everything is pure (no network, no database, no clock: time is always
+//! passed in) except the `load` functions, which read files.
+
+pub mod model;
+mod parse;
+pub mod rich_menu;
+pub mod schedule;
+mod set;
+pub mod template;
+
+pub use model::{Campaign, FrequencyCap, MessageSpec, QuietHours, Timing, Trigger, Unless};
+pub use renkei_segments::Diagnostic;
+pub use rich_menu::{RichMenuRule, RichMenuRules, is_rich_menu_id};
+pub use set::{CampaignSet, TEMPLATE_EXTENSION};
+pub use template::{RenderContext, RenderError};

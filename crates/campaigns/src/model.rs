@@ -1,0 +1,275 @@
+//! What a campaign file means once validated, and the time rules that go
+//! with it: event timing, `unless` cancellation and quiet hours.
+
+use chrono::{DateTime, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use renkei_segments::calendar::parse_time;
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+
+/// One campaign (one YAML file), validated against the segments and templates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Campaign {
+    /// `[a-z0-9_]{1,64}`, unique across files.
+    pub id: String,
+    pub name: String,
+    /// Optional free text.
+    pub description: Option<String>,
+    /// The file the campaign was read from.
+    pub file: PathBuf,
+    pub trigger: Trigger,
+    /// Optional extra filter: the user must also be in this segment at send time.
+    pub audience: Option<String>,
+    /// 1 to 5 messages, sent together in one request.
+    pub messages: Vec<MessageSpec>,
+    /// Per user, this campaign.
+    pub frequency_cap: Option<FrequencyCap>,
+    /// Due sends inside these hours are deferred to their end, never dropped.
+    pub quiet_hours: Option<QuietHours>,
+}
+
+/// One Flex message: `templates/<template>.json.hbs` renders the `contents`,
+/// `alt_text` (a Handlebars template too, not JSON-escaped) the `altText`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageSpec {
+    pub template: String,
+    pub alt_text: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    /// On entering a segment (entries after the campaign is enabled only).
+    SegmentEntered { segment: String },
+    /// At each fire of a cron expression (with seconds, in the configured
+    /// timezone), to the members of `audience` at that time.
+    Schedule { expr: String, schedule: cron::Schedule, audience: String },
+    /// On an event of `event_type`, at a time relative to it, unless a
+    /// cancelling event has arrived by send time.
+    Event { event_type: String, timing: Timing, unless: Option<Unless> },
+}
+
+impl Trigger {
+    /// The segments this trigger names (entry segment or schedule audience).
+    pub fn segment(&self) -> Option<&str> {
+        match self {
+            Trigger::SegmentEntered { segment } => Some(segment),
+            Trigger::Schedule { audience, .. } => Some(audience),
+            Trigger::Event { .. } => None,
+        }
+    }
+}
+
+/// When an event-triggered campaign sends, relative to its event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Timing {
+    /// As soon as the event arrives.
+    Immediately,
+    /// `occurred_at` + this (never negative).
+    Delay(Duration),
+    /// The time in the event's `property` + `offset` (may be negative: `-1d`
+    /// is the day before).
+    At { property: String, offset: Duration },
+}
+
+impl Timing {
+    /// When to send for an event: `occurred_at` (+ delay), or the property's
+    /// time + offset. The property is RFC 3339, or `YYYY-MM-DD` meaning local
+    /// midnight in `tz`; a dotted name reaches into nested objects. `Err` with
+    /// a message when the property is missing or not a time.
+    pub fn send_at(
+        &self,
+        occurred_at: DateTime<Utc>,
+        properties: &Map<String, Value>,
+        tz: Tz,
+    ) -> Result<DateTime<Utc>, String> {
+        match self {
+            Timing::Immediately => Ok(occurred_at),
+            Timing::Delay(delay) => {
+                occurred_at.checked_add_signed(*delay).ok_or_else(|| "send time out of range".to_string())
+            }
+            Timing::At { property, offset } => {
+                let value =
+                    lookup(properties, property).ok_or_else(|| format!("event property `{property}` is missing"))?;
+                let text = value.as_str().ok_or_else(|| {
+                    format!("event property `{property}` is not a time (expected RFC 3339 or YYYY-MM-DD)")
+                })?;
+                let at = parse_time(text, tz).ok_or_else(|| {
+                    format!("event property `{property}` = {text:?} is not a time (expected RFC 3339 or YYYY-MM-DD)")
+                })?;
+                at.checked_add_signed(*offset).ok_or_else(|| "send time out of range".to_string())
+            }
+        }
+    }
+}
+
+/// Cancels a pending event-triggered send: `unless: {event, match: [..]}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unless {
+    pub event: String,
+    /// Property names (dotted for nested) that must be present and equal on
+    /// both events.
+    pub match_props: Vec<String>,
+}
+
+impl Unless {
+    /// Whether `candidate` cancels the send for the trigger event: of type
+    /// `self.event`, occurred at or after the trigger event and at or before
+    /// `now`, and carrying, for every match property, a value present on both
+    /// events and equal (no type coercion: `"1"` ≠ `1`).
+    pub fn cancels(
+        &self,
+        trigger_occurred_at: DateTime<Utc>,
+        trigger_props: &Map<String, Value>,
+        candidate_type: &str,
+        candidate_at: DateTime<Utc>,
+        candidate_props: &Map<String, Value>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        candidate_type == self.event
+            && candidate_at >= trigger_occurred_at
+            && candidate_at <= now
+            && self.match_props.iter().all(|name| match (lookup(trigger_props, name), lookup(candidate_props, name)) {
+                (Some(a), Some(b)) => !a.is_null() && a == b,
+                _ => false,
+            })
+    }
+}
+
+/// A property by name; `a.b` reaches into nested objects.
+pub(crate) fn lookup<'v>(properties: &'v Map<String, Value>, name: &str) -> Option<&'v Value> {
+    if let Some(value) = properties.get(name) {
+        return Some(value);
+    }
+    let mut parts = name.split('.');
+    let mut current = properties.get(parts.next()?)?;
+    for part in parts {
+        current = current.as_object()?.get(part)?;
+    }
+    Some(current)
+}
+
+/// At most `max` sends of this campaign per user in any window of `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrequencyCap {
+    pub max: u32,
+    pub per: Duration,
+}
+
+/// Local hours `[from, to)` in which nothing is sent; the window wraps
+/// midnight when `from > to` (`21:00`–`09:00`). `from == to` is refused at
+/// load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietHours {
+    pub from: NaiveTime,
+    pub to: NaiveTime,
+}
+
+impl QuietHours {
+    /// Whether `at` falls inside the quiet hours, in `tz`.
+    pub fn contains(&self, at: DateTime<Utc>, tz: Tz) -> bool {
+        self.release_at(at, tz).is_some()
+    }
+
+    /// `None` when `at` is outside the quiet hours; else the instant they end:
+    /// local `to` that day, or the next day when the window wraps midnight and
+    /// `at` is before midnight. DST-safe: a `to` that a clock change skips
+    /// becomes the first local time after the gap; a repeated one, its first
+    /// occurrence after `at`.
+    pub fn release_at(&self, at: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        let local = at.with_timezone(&tz);
+        let time = local.time();
+        let date = local.date_naive();
+        let release_date = if self.from < self.to {
+            (self.from <= time && time < self.to).then_some(date)?
+        } else if self.from > self.to {
+            if time >= self.from {
+                date.succ_opt()?
+            } else if time < self.to {
+                date
+            } else {
+                return None;
+            }
+        } else {
+            return None;
+        };
+        local_instant_at_or_after(release_date, self.to, tz, at)
+    }
+}
+
+/// The instant local wall time `date` `time` happens in `tz`: when DST
+/// repeats it, the first occurrence after `not_before`; when DST skips it,
+/// the end of the gap (the first instant whose local time is past it).
+fn local_instant_at_or_after(
+    date: NaiveDate,
+    time: NaiveTime,
+    tz: Tz,
+    not_before: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let wall = date.and_time(time);
+    match tz.from_local_datetime(&wall) {
+        LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
+        LocalResult::Ambiguous(earlier, later) => {
+            let (earlier, later) = (earlier.with_timezone(&Utc), later.with_timezone(&Utc));
+            Some(if earlier > not_before { earlier } else { later })
+        }
+        LocalResult::None => gap_end(wall, tz),
+    }
+}
+
+/// The first instant whose local time in `tz` is at or after `wall`, found by
+/// bisection (local time only moves forward within two days of a gap).
+fn gap_end(wall: NaiveDateTime, tz: Tz) -> Option<DateTime<Utc>> {
+    let as_utc = Utc.from_utc_datetime(&wall);
+    // No offset exceeds ±26h, so local time is before `wall` at `lo` and after it at `hi`.
+    let mut lo = as_utc.checked_sub_signed(Duration::hours(26))?;
+    let mut hi = as_utc.checked_add_signed(Duration::hours(26))?;
+    while hi - lo > Duration::seconds(1) {
+        let mid = lo + (hi - lo) / 2;
+        if mid.with_timezone(&tz).naive_local() >= wall {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Some(hi)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use chrono_tz::{America, Asia};
+    use serde_json::json;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    fn hm(h: u32, m: u32) -> NaiveTime {
+        NaiveTime::from_hms_opt(h, m, 0).unwrap()
+    }
+
+    #[test]
+    fn lookup_reaches_nested_properties() {
+        let props = json!({"a": {"b": 1}, "c.d": 2}).as_object().unwrap().clone();
+        assert_eq!(lookup(&props, "a.b"), Some(&json!(1)));
+        assert_eq!(lookup(&props, "c.d"), Some(&json!(2)));
+        assert_eq!(lookup(&props, "a.x"), None);
+    }
+
+    #[test]
+    fn quiet_hours_release_skips_a_dst_gap() {
+        // New York: 2026-03-08 02:00 local does not exist (clocks go 02:00 -> 03:00).
+        let quiet = QuietHours { from: hm(22, 0), to: hm(2, 30) };
+        let at = utc("2026-03-08T06:00:00Z"); // 01:00 EST
+        let release = quiet.release_at(at, America::New_York).unwrap();
+        assert_eq!(release, utc("2026-03-08T07:00:00Z")); // 03:00 EDT, the end of the gap
+    }
+
+    #[test]
+    fn quiet_hours_in_tokyo_wrap_midnight() {
+        let quiet = QuietHours { from: hm(21, 0), to: hm(9, 0) };
+        // 23:00 JST on 1 Aug -> 09:00 JST on 2 Aug.
+        assert_eq!(quiet.release_at(utc("2026-08-01T14:00:00Z"), Asia::Tokyo), Some(utc("2026-08-02T00:00:00Z")));
+    }
+}

@@ -1,0 +1,464 @@
+//! A validated set of campaigns with their compiled templates.
+
+use crate::model::{Campaign, Trigger};
+use crate::parse::{MessagePositions, ParsedFile, parse_file};
+use crate::template::{RenderContext, RenderError, context_json, forbidden_constructs, line_col, registry};
+use chrono::{DateTime, Utc};
+use handlebars::{Context, Handlebars};
+use renkei_segments::yaml::Pos;
+use renkei_segments::{Diagnostic, SegmentSet};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The extension of template files: `templates/<name>.json.hbs`.
+pub const TEMPLATE_EXTENSION: &str = ".json.hbs";
+
+/// Every campaign of the campaigns directory, valid as a whole.
+#[derive(Clone)]
+pub struct CampaignSet {
+    campaigns: BTreeMap<String, Campaign>,
+    /// Flex templates by name, `{{values}}` JSON-escaped.
+    flex: Handlebars<'static>,
+    /// Each message's alt_text, named `<campaign id>#<index>`, not escaped.
+    alt: Handlebars<'static>,
+    /// Template name → file.
+    template_files: BTreeMap<String, PathBuf>,
+}
+
+impl fmt::Debug for CampaignSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CampaignSet").field("campaigns", &self.campaigns).finish_non_exhaustive()
+    }
+}
+
+impl Default for CampaignSet {
+    fn default() -> Self {
+        CampaignSet {
+            campaigns: BTreeMap::new(),
+            flex: registry(true),
+            alt: registry(false),
+            template_files: BTreeMap::new(),
+        }
+    }
+}
+
+fn io_error(path: &Path, error: &std::io::Error) -> Diagnostic {
+    Diagnostic::new(path, Pos::START, format!("cannot read: {error}"))
+}
+
+fn read_text(path: &Path) -> Result<String, Diagnostic> {
+    let bytes = std::fs::read(path).map_err(|e| io_error(path, &e))?;
+    String::from_utf8(bytes).map_err(|_| Diagnostic::new(path, Pos::START, "not valid UTF-8"))
+}
+
+fn alt_name(campaign_id: &str, index: usize) -> String {
+    format!("{campaign_id}#{index}")
+}
+
+/// The fixed sample the load-time check renders every template with.
+fn sample_time() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_785_567_600, 0).unwrap_or_default() // 2026-08-01T07:00:00Z
+}
+
+impl CampaignSet {
+    /// Loads every `*.yaml` / `*.yml` file of `campaigns_dir` (not recursive;
+    /// a missing directory is an empty set) and the templates they name
+    /// (`templates_dir/<name>.json.hbs`). Returns every problem found, sorted,
+    /// and nothing else if there is any.
+    pub fn load(
+        campaigns_dir: &Path,
+        templates_dir: &Path,
+        segments: &SegmentSet,
+    ) -> Result<CampaignSet, Vec<Diagnostic>> {
+        let mut diagnostics = Vec::new();
+        let mut sources = Vec::new();
+        match std::fs::read_dir(campaigns_dir) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(vec![io_error(campaigns_dir, &error)]),
+            Ok(entries) => {
+                let mut paths = Vec::new();
+                for entry in entries {
+                    match entry {
+                        Ok(entry) => {
+                            let path = entry.path();
+                            let is_yaml =
+                                path.extension().and_then(|e| e.to_str()).is_some_and(|e| e == "yaml" || e == "yml");
+                            if is_yaml && path.is_file() {
+                                paths.push(path);
+                            }
+                        }
+                        Err(error) => diagnostics.push(io_error(campaigns_dir, &error)),
+                    }
+                }
+                paths.sort();
+                for path in paths {
+                    match read_text(&path) {
+                        Ok(text) => sources.push((path, text)),
+                        Err(diagnostic) => diagnostics.push(diagnostic),
+                    }
+                }
+            }
+        }
+        // Read the templates the campaigns name (a cheap scan; validation happens in from_sources).
+        let mut names = BTreeSet::new();
+        for (_, text) in &sources {
+            names.extend(template_names(text));
+        }
+        let mut templates = Vec::new();
+        for name in names {
+            let path = templates_dir.join(format!("{name}{TEMPLATE_EXTENSION}"));
+            match std::fs::read(&path) {
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {} // reported at the reference
+                Err(error) => diagnostics.push(io_error(&path, &error)),
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(text) => templates.push((name, path, text)),
+                    Err(_) => diagnostics.push(Diagnostic::new(&path, Pos::START, "not valid UTF-8")),
+                },
+            }
+        }
+        let result = Self::from_sources_in(sources, templates, segments, Some(templates_dir));
+        match result {
+            Ok(set) if diagnostics.is_empty() => Ok(set),
+            Ok(_) => {
+                diagnostics.sort();
+                Err(diagnostics)
+            }
+            Err(more) => {
+                diagnostics.extend(more);
+                diagnostics.sort();
+                diagnostics.dedup();
+                Err(diagnostics)
+            }
+        }
+    }
+
+    /// Campaign files' texts and templates `(name, file, text)`, as if they
+    /// were the two directories.
+    pub fn from_sources(
+        campaigns: Vec<(PathBuf, String)>,
+        templates: Vec<(String, PathBuf, String)>,
+        segments: &SegmentSet,
+    ) -> Result<CampaignSet, Vec<Diagnostic>> {
+        Self::from_sources_in(campaigns, templates, segments, None)
+    }
+
+    fn from_sources_in(
+        campaigns: Vec<(PathBuf, String)>,
+        templates: Vec<(String, PathBuf, String)>,
+        segments: &SegmentSet,
+        templates_dir: Option<&Path>,
+    ) -> Result<CampaignSet, Vec<Diagnostic>> {
+        let mut diagnostics = Vec::new();
+        let mut set = CampaignSet::default();
+        let mut declared: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
+        let mut parsed: Vec<(Campaign, Vec<MessagePositions>)> = Vec::new();
+        for (path, text) in campaigns {
+            let ParsedFile { id, campaign } = parse_file(&path, &text, segments, &mut diagnostics);
+            let Some((id, pos)) = id else { continue };
+            if let Some((first_file, first_pos)) = declared.get(&id) {
+                let message = format!(
+                    "duplicate campaign id `{id}` (already defined at {}:{}:{})",
+                    first_file.display(),
+                    first_pos.line,
+                    first_pos.col
+                );
+                diagnostics.push(Diagnostic::new(&path, pos, message));
+                continue;
+            }
+            declared.insert(id, (path.clone(), pos));
+            parsed.extend(campaign);
+        }
+
+        // Compile every template given, then check the referenced ones render JSON.
+        let mut template_sources: BTreeMap<String, (PathBuf, String)> = BTreeMap::new();
+        let mut compiled: BTreeSet<String> = BTreeSet::new();
+        for (name, path, text) in templates {
+            let before = diagnostics.len();
+            for (offset, message) in forbidden_constructs(&text) {
+                let (line, col) = line_col(&text, offset);
+                diagnostics.push(Diagnostic::new(&path, Pos { line, col }, message));
+            }
+            if let Err(error) = set.flex.register_template_string(&name, &text) {
+                let (line, col) = error.pos().unwrap_or((1, 1));
+                let pos = Pos { line: to_u32(line), col: to_u32(col) };
+                diagnostics.push(Diagnostic::new(&path, pos, format!("template error: {}", error.reason())));
+            } else if diagnostics.len() == before {
+                compiled.insert(name.clone());
+            }
+            set.template_files.insert(name.clone(), path.clone());
+            template_sources.insert(name, (path, text));
+        }
+
+        let mut checked: BTreeSet<String> = BTreeSet::new();
+        for (campaign, positions) in &parsed {
+            for (index, (message, pos)) in campaign.messages.iter().zip(positions).enumerate() {
+                if let Err(error) = set.alt.register_template_string(&alt_name(&campaign.id, index), &message.alt_text)
+                {
+                    diagnostics.push(Diagnostic::new(
+                        &campaign.file,
+                        pos.alt_text,
+                        format!("invalid alt_text template: {}", error.reason()),
+                    ));
+                }
+                if !template_sources.contains_key(&message.template) {
+                    let expected = match templates_dir {
+                        Some(dir) => {
+                            dir.join(format!("{}{TEMPLATE_EXTENSION}", message.template)).display().to_string()
+                        }
+                        None => format!("{}{TEMPLATE_EXTENSION}", message.template),
+                    };
+                    diagnostics.push(Diagnostic::new(
+                        &campaign.file,
+                        pos.template,
+                        format!("unknown template `{}` (no file {expected})", message.template),
+                    ));
+                    continue;
+                }
+                if compiled.contains(&message.template) && checked.insert(message.template.clone()) {
+                    if let Some((path, text)) = template_sources.get(&message.template) {
+                        if let Some(diagnostic) = set.check_template(&message.template, path, text, campaign) {
+                            diagnostics.push(diagnostic);
+                        }
+                    }
+                }
+            }
+        }
+        // alt_text that compiles must also render with sample data (bad helper use, bad date format…).
+        for (campaign, positions) in &parsed {
+            for (index, pos) in positions.iter().enumerate() {
+                let name = alt_name(&campaign.id, index);
+                if set.alt.has_template(&name) {
+                    let context = Context::from(sample_context(campaign));
+                    if let Err(error) = set.alt.render_with_context(&name, &context) {
+                        diagnostics.push(Diagnostic::new(
+                            &campaign.file,
+                            pos.alt_text,
+                            format!("alt_text does not render: {}", render_message(&error)),
+                        ));
+                    }
+                }
+            }
+        }
+
+        if !diagnostics.is_empty() {
+            diagnostics.sort();
+            diagnostics.dedup();
+            return Err(diagnostics);
+        }
+        set.campaigns = parsed.into_iter().map(|(c, _)| (c.id.clone(), c)).collect();
+        Ok(set)
+    }
+
+    /// Renders a template with sample data; a problem is reported at the template file.
+    fn check_template(&self, name: &str, path: &Path, text: &str, campaign: &Campaign) -> Option<Diagnostic> {
+        let context = Context::from(sample_context(campaign));
+        let rendered = match self.flex.render_with_context(name, &context) {
+            Ok(rendered) => rendered,
+            Err(error) => {
+                let pos = match (error.line_no, error.column_no) {
+                    (Some(line), Some(col)) => Pos { line: to_u32(line), col: to_u32(col) },
+                    _ => Pos::START,
+                };
+                return Some(Diagnostic::new(
+                    path,
+                    pos,
+                    format!("template does not render: {}", render_message(&error)),
+                ));
+            }
+        };
+        let contents: Value = match serde_json::from_str(&rendered) {
+            Ok(contents) => contents,
+            Err(error) => {
+                // Sample values hold no newlines, so output lines are template lines
+                // unless a block repeats or drops some.
+                let same_shape = rendered.lines().count() == text.lines().count();
+                let pos = if same_shape { Pos { line: to_u32(error.line()), col: 1 } } else { Pos::START };
+                return Some(Diagnostic::new(
+                    path,
+                    pos,
+                    format!(
+                        "template does not render valid JSON with sample data: {error} (in the rendered output, line {} column {})",
+                        error.line(),
+                        error.column()
+                    ),
+                ));
+            }
+        };
+        let message = json!([{"type": "flex", "altText": "sample", "contents": contents}]);
+        let details = renkei_line::limits::validate_messages(Some(&message));
+        if details.is_empty() {
+            return None;
+        }
+        let text = details
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}: {}",
+                    d.property.as_deref().unwrap_or("contents").replacen("messages[0].", "", 1),
+                    d.message.as_deref().unwrap_or("invalid")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Some(Diagnostic::new(
+            path,
+            Pos::START,
+            format!("not a valid Flex message `contents` (bubble or carousel): {text}"),
+        ))
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Campaign> {
+        self.campaigns.get(id)
+    }
+
+    /// Every campaign, sorted by id.
+    pub fn iter(&self) -> impl Iterator<Item = &Campaign> {
+        self.campaigns.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.campaigns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.campaigns.is_empty()
+    }
+
+    /// Campaigns that fire on entering `segment`.
+    pub fn entering(&self, segment: &str) -> impl Iterator<Item = &Campaign> + '_ {
+        let segment = segment.to_string();
+        self.iter().filter(move |c| matches!(&c.trigger, Trigger::SegmentEntered { segment: s } if *s == segment))
+    }
+
+    /// Campaigns triggered by events of `event_type`.
+    pub fn on_event(&self, event_type: &str) -> impl Iterator<Item = &Campaign> + '_ {
+        let event_type = event_type.to_string();
+        self.iter().filter(move |c| matches!(&c.trigger, Trigger::Event { event_type: t, .. } if *t == event_type))
+    }
+
+    /// Event types whose arrival can cancel a pending send (`unless.event`).
+    pub fn cancelling_event_types(&self) -> BTreeSet<String> {
+        self.iter()
+            .filter_map(|c| match &c.trigger {
+                Trigger::Event { unless: Some(unless), .. } => Some(unless.event.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The file a template was read from.
+    pub fn template_file(&self, name: &str) -> Option<&Path> {
+        self.template_files.get(name).map(PathBuf::as_path)
+    }
+
+    /// Renders the campaign's messages as LINE message objects
+    /// `{"type":"flex","altText":…,"contents":…}` and checks them against
+    /// LINE's limits (altText ≤ 1,500 characters, bubble ≤ 30 KB, carousel ≤
+    /// 12 bubbles and 50 KB).
+    pub fn render(&self, campaign: &Campaign, ctx: &RenderContext<'_>) -> Result<Vec<Value>, RenderError> {
+        let context = Context::from(context_json(&campaign.id, &campaign.name, ctx, false));
+        let mut messages = Vec::with_capacity(campaign.messages.len());
+        for (index, message) in campaign.messages.iter().enumerate() {
+            let rendered = self.flex.render_with_context(&message.template, &context).map_err(|error| {
+                RenderError::Template { template: message.template.clone(), message: render_message(&error) }
+            })?;
+            let contents: Value = serde_json::from_str(&rendered).map_err(|error| RenderError::InvalidJson {
+                template: message.template.clone(),
+                message: error.to_string(),
+            })?;
+            let alt_template = alt_name(&campaign.id, index);
+            let alt_text =
+                self.alt.render_with_context(&alt_template, &context).map_err(|error| RenderError::Template {
+                    template: format!("{} messages[{index}].alt_text", campaign.id),
+                    message: render_message(&error),
+                })?;
+            messages.push(json!({"type": "flex", "altText": alt_text, "contents": contents}));
+        }
+        let array = Value::Array(messages);
+        let details = renkei_line::limits::validate_messages(Some(&array));
+        if !details.is_empty() {
+            let text = details
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{}: {}",
+                        d.property.as_deref().unwrap_or("messages"),
+                        d.message.as_deref().unwrap_or("invalid")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(RenderError::Limits(text));
+        }
+        match array {
+            Value::Array(messages) => Ok(messages),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The sample recipient of the load-time check.
+fn sample_context(campaign: &Campaign) -> Value {
+    let mut member = Map::new();
+    member.insert("name".into(), json!("山田 太郎"));
+    let event_type = match &campaign.trigger {
+        Trigger::Event { event_type, .. } => event_type.as_str(),
+        _ => "sample",
+    };
+    let event = json!({"type": event_type, "occurred_at": "2026-08-01T16:00:00+09:00", "properties": {}});
+    let ctx = RenderContext {
+        member_id: Some("M00001"),
+        member: Some(&member),
+        line_user_id: Some("U00000000000000000000000000000000"),
+        event: Some(&event),
+        now: sample_time(),
+        timezone: chrono_tz::Asia::Tokyo,
+        public_base_url: "https://renkei.example",
+    };
+    context_json(&campaign.id, &campaign.name, &ctx, true)
+}
+
+/// The reason of a Handlebars render error, with where it happened.
+fn render_message(error: &handlebars::RenderError) -> String {
+    let reason = match error.reason() {
+        handlebars::RenderErrorReason::Other(message) => message.clone(),
+        other => other.to_string(),
+    };
+    match (error.line_no, error.column_no) {
+        (Some(line), Some(col)) => format!("{reason} (line {line}, column {col})"),
+        _ => reason,
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX).max(1)
+}
+
+/// Template names a campaign file mentions (`template: NAME` lines), so
+/// that `load` reads only those files. Validation is from_sources' job.
+fn template_names(text: &str) -> Vec<String> {
+    let Ok(root) = renkei_segments::yaml::parse_document(text) else { return Vec::new() };
+    let renkei_segments::yaml::NodeKind::Map(entries) = &root.kind else { return Vec::new() };
+    let mut out = Vec::new();
+    for (key, value) in entries {
+        if key.key_text().as_deref() != Some("messages") {
+            continue;
+        }
+        let renkei_segments::yaml::NodeKind::Seq(items) = &value.kind else { continue };
+        for item in items {
+            let renkei_segments::yaml::NodeKind::Map(fields) = &item.kind else { continue };
+            for (k, v) in fields {
+                if let (Some("template"), renkei_segments::yaml::NodeKind::Str(name)) =
+                    (k.key_text().as_deref(), &v.kind)
+                {
+                    if crate::parse::is_valid_template_name(name) {
+                        out.push(name.clone());
+                    }
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,141 @@
+//! The shipped examples (config/campaigns, templates, config/rich_menus.yaml)
+//! load against the shipped segments and render.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use chrono::{DateTime, Utc};
+use common::{config_dir, shipped_segments, templates_dir};
+use renkei_campaigns::{CampaignSet, RenderContext, RichMenuRules, Timing, Trigger};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeSet;
+
+fn utc(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+}
+
+fn shipped() -> CampaignSet {
+    let segments = shipped_segments();
+    match CampaignSet::load(&config_dir().join("campaigns"), &templates_dir(), &segments) {
+        Ok(set) => set,
+        Err(errors) => panic!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")),
+    }
+}
+
+#[test]
+fn shipped_campaigns_load() {
+    let set = shipped();
+    let ids: Vec<&str> = set.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![
+            "birthday_coupon",
+            "cart_reminder",
+            "gold_members_news",
+            "gold_welcome",
+            "link_promotion",
+            "reservation_reminder"
+        ]
+    );
+    let cart = set.get("cart_reminder").unwrap();
+    assert_eq!(cart.trigger, Trigger::SegmentEntered { segment: "cart_abandoners".into() });
+    assert!(cart.quiet_hours.is_some() && cart.frequency_cap.is_some());
+    let Trigger::Event { timing, unless, .. } = &set.get("reservation_reminder").unwrap().trigger else {
+        panic!("event trigger")
+    };
+    assert_eq!(timing, &Timing::At { property: "reserved_at".into(), offset: chrono::Duration::days(-1) });
+    assert_eq!(unless.as_ref().unwrap().match_props, vec!["reservation_id".to_string()]);
+    let Trigger::Schedule { expr, audience, .. } = &set.get("birthday_coupon").unwrap().trigger else {
+        panic!("schedule trigger")
+    };
+    assert_eq!((expr.as_str(), audience.as_str()), ("0 0 9 * * *", "birthday_today"));
+    assert!(
+        matches!(&set.get("gold_members_news").unwrap().trigger, Trigger::Schedule { audience, .. } if audience == "gold_members")
+    );
+}
+
+#[test]
+fn shipped_rich_menus_load() {
+    let rules = RichMenuRules::load(&config_dir().join("rich_menus.yaml"), &shipped_segments()).unwrap();
+    assert_eq!(rules.rules[0].segment, "gold_members");
+    assert!(rules.default.is_some());
+    let gold: BTreeSet<String> = ["gold_members".to_string(), "unlinked_followers".to_string()].into();
+    assert_eq!(rules.menu_for(&gold), Some(rules.rules[0].rich_menu.as_str()));
+    assert_eq!(rules.menu_for(&BTreeSet::new()), rules.default.as_deref());
+}
+
+fn member() -> Map<String, Value> {
+    json!({"name": "渡辺 美咲", "rank": "gold", "birthday": "1963-02-27"}).as_object().unwrap().clone()
+}
+
+#[test]
+fn every_shipped_campaign_renders_for_a_typical_member() {
+    let set = shipped();
+    let member = member();
+    let event = json!({"type": "reservation_created", "occurred_at": "2026-08-01T13:13:20+09:00",
+        "properties": {"reservation_id": "R002197", "reserved_at": "2026-08-12T13:13:20+09:00", "store": "umeda"}});
+    for campaign in set.iter() {
+        let ctx = RenderContext {
+            member_id: Some("M00001"),
+            member: Some(&member),
+            line_user_id: Some("U7db3d96b0f76480d94a7ded5f234fb96"),
+            event: matches!(campaign.trigger, Trigger::Event { .. }).then_some(&event),
+            now: utc("2026-08-01T00:00:00Z"),
+            timezone: chrono_tz::Asia::Tokyo,
+            public_base_url: "https://renkei.example/",
+        };
+        let messages = set.render(campaign, &ctx).unwrap_or_else(|e| panic!("{}: {e}", campaign.id));
+        assert_eq!(messages.len(), campaign.messages.len());
+        assert_eq!(messages[0]["type"], "flex", "{}", campaign.id);
+        assert_eq!(messages[0]["contents"]["type"], "bubble", "{}", campaign.id);
+        assert!(!messages[0]["altText"].as_str().unwrap().is_empty());
+    }
+    let ctx = |event| RenderContext {
+        member_id: Some("M00001"),
+        member: Some(&member),
+        line_user_id: Some("U7db3d96b0f76480d94a7ded5f234fb96"),
+        event,
+        now: utc("2026-08-01T00:00:00Z"),
+        timezone: chrono_tz::Asia::Tokyo,
+        public_base_url: "https://renkei.example/",
+    };
+    let reservation = set.render(set.get("reservation_reminder").unwrap(), &ctx(Some(&event))).unwrap();
+    assert_eq!(reservation[0]["altText"], "ご予約のお知らせ: 08月12日 13:13から");
+    let text = serde_json::to_string(&reservation[0]["contents"]).unwrap();
+    assert!(text.contains("2026年08月12日 13:13") && text.contains("R002197"), "{text}");
+    assert!(
+        text.contains("https://renkei.example/t/reservation_reminder?u=U7db3d96b0f76480d94a7ded5f234fb96&to=https%3A%2F%2Fshop.example%2Freservations"),
+        "{text}"
+    );
+    let cart = set.render(set.get("cart_reminder").unwrap(), &ctx(None)).unwrap();
+    assert_eq!(cart[0]["altText"], "渡辺 美咲さん、カートに商品が残っています");
+    let coupon = serde_json::to_string(&set.render(set.get("birthday_coupon").unwrap(), &ctx(None)).unwrap()).unwrap();
+    assert!(coupon.contains("¥1,000 OFF") && coupon.contains("2026年08月01日"), "{coupon}");
+}
+
+#[test]
+fn the_gold_news_is_identical_for_every_member_so_it_can_be_multicast() {
+    let set = shipped();
+    let news = set.get("gold_members_news").unwrap();
+    let a = member();
+    let b = json!({"name": "小林 健太"}).as_object().unwrap().clone();
+    let render = |member: &Map<String, Value>, id: &str, user: &str| {
+        set.render(
+            news,
+            &RenderContext {
+                member_id: Some(id),
+                member: Some(member),
+                line_user_id: Some(user),
+                event: None,
+                now: utc("2026-08-01T01:00:00Z"),
+                timezone: chrono_tz::Asia::Tokyo,
+                public_base_url: "https://renkei.example",
+            },
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        render(&a, "M00001", "U7db3d96b0f76480d94a7ded5f234fb96"),
+        render(&b, "M00002", "U8b9f6668758c4fe7e8d334d84fc06722")
+    );
+}
