@@ -125,6 +125,8 @@ pub struct StoreCounts {
     pub friendships: u64,
     pub events: u64,
     pub webhook_events: u64,
+    pub deliveries: u64,
+    pub send_requests: u64,
 }
 
 /// Batches streamed into an import. An `Err` aborts the import and rolls it back.

@@ -323,7 +323,8 @@ impl Store for SqliteStore {
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM members) AS members, (SELECT COUNT(*) FROM links) AS links,
                     (SELECT COUNT(*) FROM friendships) AS friendships, (SELECT COUNT(*) FROM events) AS events,
-                    (SELECT COUNT(*) FROM webhook_events) AS webhook_events",
+                    (SELECT COUNT(*) FROM webhook_events) AS webhook_events,
+                    (SELECT COUNT(*) FROM deliveries) AS deliveries, (SELECT COUNT(*) FROM send_requests) AS send_requests",
         )
         .fetch_one(&self.reader)
         .await?;
@@ -334,6 +335,8 @@ impl Store for SqliteStore {
             friendships: count("friendships")?,
             events: count("events")?,
             webhook_events: count("webhook_events")?,
+            deliveries: count("deliveries")?,
+            send_requests: count("send_requests")?,
         })
     }
 

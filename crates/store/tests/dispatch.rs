@@ -184,6 +184,8 @@ async fn create_requests_fails_whole_when_a_lease_was_lost(store: Arc<dyn Store>
     assert_eq!(store.next_request_due().await.expect("next request"), None);
     assert!(store.claim_requests(at(9), 10, "a", at(10)).await.expect("no requests").is_empty());
     assert_eq!(store.count_sent_since(&user(1), None, at(0)).await.expect("count"), 0);
+    let counts = store.counts().await.expect("counts");
+    assert_eq!((counts.deliveries, counts.send_requests), (2, 0));
 
     // Skipped deliveries are no longer pending: also a conflict.
     store.skip_deliveries(&[(d1, "unfollowed".to_string())], at(3)).await.expect("skip");
@@ -222,6 +224,7 @@ async fn requests_complete_retry_and_fail_with_their_deliveries(store: Arc<dyn S
     let single = push(id(2), 3);
     let ids = store.create_requests(&[multicast.clone(), single.clone()], "a", at(1)).await.expect("create");
     let (m, p) = (ids[0], ids[1]);
+    assert_eq!(store.counts().await.expect("counts").send_requests, 2);
 
     let stored = store.get_request(m).await.expect("get").expect("multicast");
     assert_eq!(stored.kind, RequestKind::Multicast);
