@@ -1,7 +1,8 @@
 //! `renkei demo`: a tour on a temporary SQLite database. It starts the server,
 //! imports bundled members, sends bundled events through the HTTP API the way
 //! a company's systems would, links a member, shows how bad input is refused,
-//! and prints what is stored.
+//! prints what is stored, and lets the LINE simulator send a follow webhook
+//! that moves a new friend into a segment.
 
 use crate::app::Application;
 use crate::config::{Config, Secret};
@@ -26,17 +27,20 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
     config.server.bind = ([127, 0, 0, 1], 0).into();
     config.server.api_keys = vec![Secret::from(api_key.as_str())];
 
+    if !config.paths.segments.is_dir() {
+        // Run from outside the source tree: use the example segments it was built from.
+        config.paths.segments = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/segments");
+    }
+    // The built-in LINE simulator plays LINE: it signs webhooks and answers the Messaging API.
+    let sim = renkei_line_sim::LineSim::spawn(renkei_line_sim::SimConfig::default()).await?;
+    config.line.channel_secret = Secret::from(sim.channel_secret());
+    config.line.channel_access_token = Secret::from(sim.access_token());
+    config.line.api_base_url = sim.base_url();
+
     println!("renkei demo: a temporary SQLite database at {}", db.display());
     let store = renkei_store::connect(&config.database.url).await?;
     store.migrate().await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let app = Application::build(&config, store.clone(), clock.clone()).await?;
-    let base = format!("http://{}", app.local_addr());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async {
-        let _ = stop_rx.await;
-    }));
-    println!("server listening on {base} (API key {api_key})\n");
 
     // 1. Members from the company's CRM export, with typed CSV columns.
     let members_file = dir.path().join("members.csv");
@@ -48,6 +52,18 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
         "1. imported members.csv: {} members created, {} of them linked to LINE users (ID連携)",
         outcome.created, outcome.linked
     );
+
+    let app = Application::build(&config, store.clone(), clock.clone()).await?;
+    let evaluator = app.evaluator().context("the demo runs the evaluator role")?;
+    let base = format!("http://{}", app.local_addr());
+    sim.set_webhook_url(Some(format!("{base}/webhook/line")));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stop_rx.await;
+    }));
+    println!("   server listening on {base} (API key {api_key}); LINE simulator on {}", sim.base_url());
+    evaluator.recomputed().await;
+    println!("   segments evaluated for every known LINE user at start ({})", config.paths.segments.display());
 
     // 2. Events through POST /v1/events in batches of 1,000.
     let http = crate::http_client();
@@ -104,6 +120,35 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
             Value::Object(event.properties.clone())
         );
     }
+
+    // 6. A new friend: the simulator sends a signed follow webhook; the segment engine reacts.
+    let newcomer = renkei_core::LineUserId::parse("U0000000000000000000000000000f011").context("demo user id")?;
+    let delivery = sim.send_follow(&newcomer).await?;
+    println!("6. LINE sends a signed follow webhook for {newcomer} → {}", delivery.status);
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    let members_path = "/v1/segments/unlinked_followers/members";
+    loop {
+        evaluator.idle().await;
+        let members = get(&http, &base, &api_key, members_path).await?;
+        let found =
+            members.1["line_user_ids"].as_array().is_some_and(|ids| ids.iter().any(|id| id == newcomer.as_str()));
+        if found || Instant::now() > deadline {
+            println!("   GET {members_path} lists the newcomer: {found}");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let segments = get(&http, &base, &api_key, "/v1/segments").await?;
+    println!("   GET /v1/segments:");
+    for segment in segments.1["segments"].as_array().into_iter().flatten() {
+        println!(
+            "     {:<24} {:>4}  {}",
+            segment["id"].as_str().unwrap_or(""),
+            segment["size"].as_u64().unwrap_or(0),
+            segment["name"].as_str().unwrap_or("")
+        );
+    }
+    println!("   try: renkei segments preview gold_members --format json (on your own database)");
     println!("\ndone in {:.1} s", started.elapsed().as_secs_f64());
 
     if keep {
@@ -115,6 +160,12 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
     let _ = stop_tx.send(());
     server.await.context("server task")??;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn get(http: &reqwest::Client, base: &str, key: &str, path: &str) -> anyhow::Result<(u16, Value)> {
+    let response = http.get(format!("{base}{path}")).bearer_auth(key).send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await?))
 }
 
 async fn post(http: &reqwest::Client, base: &str, key: &str, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {

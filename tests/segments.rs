@@ -208,3 +208,19 @@ async fn a_signed_follow_webhook_changes_following_segments(backend: Backend) {
     assert_eq!(body["segments"][0]["size"], 0);
     assert!(body["segments"][0]["updated_at"].is_string(), "two transitions were recorded: {body}");
 }
+
+#[tokio::test]
+async fn invalid_segments_stop_start_up_with_file_line_col() {
+    let dir =
+        segments_dir(&[("friends.yaml", FRIENDS), ("broken.yaml", "id: broken\nname: x\nrule:\n  folowing: true\n")]);
+    let test = renkei_store::test_support::sqlite().await.expect("sqlite");
+    let mut config = renkei::config::Config::load_with_env(None, &[]).expect("defaults");
+    config.server.bind = ([127, 0, 0, 1], 0).into();
+    config.paths.segments = dir.path().to_path_buf();
+    let clock: std::sync::Arc<dyn renkei_core::Clock> = std::sync::Arc::new(renkei_core::SystemClock);
+    let Err(error) = renkei::app::Application::build(&config, test.store.clone(), clock).await else {
+        panic!("start-up must fail on an invalid segment file");
+    };
+    let message = format!("{error:#}");
+    assert!(message.contains(&format!("{}:4:3:", dir.path().join("broken.yaml").display())), "{message}");
+}
