@@ -1,0 +1,254 @@
+//! Dispatch throughput against the LINE simulator at LINE's real limits
+//! (SPEC §9): personalised pushes (2,000 req/s) and multicast (200 req/s ×
+//! 500 recipients). Prints the achieved rate as a share of the limit, the
+//! 429 count and the process's peak RSS.
+//!
+//! ```text
+//! eval "$(bash .ci/pg-start)"
+//! RENKEI_BENCH_POSTGRES_URL=$RENKEI_TEST_POSTGRES_URL cargo bench -p renkei-dispatch --bench dispatch
+//! ```
+//! Env: `RENKEI_BENCH_PUSH_USERS` (default 100000), `RENKEI_BENCH_MULTICAST_USERS`
+//! (default 1000000), `RENKEI_BENCH_POSTGRES_URL` (else SQLite in a temp dir).
+
+use chrono::Utc;
+use renkei_campaigns::{CampaignSet, RichMenuRules};
+use renkei_core::{Clock, LineUserId, MemberId, MemberPatch, SystemClock};
+use renkei_dispatch::{CampaignRunner, DispatchMetrics, DispatchSettings, Dispatcher, QuotaGuard, RunnerSettings};
+use renkei_line::LineClient;
+use renkei_line_sim::{LineSim, SimConfig};
+use renkei_membership::Cause;
+use renkei_segments::SegmentSet;
+use renkei_store::Store;
+use renkei_store::membership::MembershipUpdate;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const SEGMENT: &str = "id: everyone\nname: Everyone\nrule:\n  linked: true\n";
+const PERSONAL: &str = r#"{"type":"bubble","body":{"type":"box","layout":"vertical","contents":[{"type":"text","text":"{{member.name}}さん、ポイントは{{member.points}}点です"}]}}"#;
+const SAME: &str = r#"{"type":"bubble","body":{"type":"box","layout":"vertical","contents":[{"type":"text","text":"週末セール開催中"}]}}"#;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn current_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn open_store() -> Result<(Arc<dyn Store>, Option<tempfile::TempDir>, &'static str), BoxError> {
+    match std::env::var("RENKEI_BENCH_POSTGRES_URL") {
+        Ok(server) if !server.is_empty() => {
+            let url = renkei_store::test_support::create_database(&server).await?;
+            let store = renkei_store::connect(&url).await?;
+            store.migrate().await?;
+            Ok((store, None, "postgres"))
+        }
+        _ => {
+            let dir = tempfile::tempdir()?;
+            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+            let store = renkei_store::connect(&url).await?;
+            store.migrate().await?;
+            Ok((store, Some(dir), "sqlite"))
+        }
+    }
+}
+
+/// Members m0..m{n} linked to U…, in the `everyone` segment.
+async fn load_users(store: &Arc<dyn Store>, n: u64) -> Result<(), BoxError> {
+    let now = Utc::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + 10_000).min(n);
+        let patches: Vec<MemberPatch> = (i..end)
+            .map(|k| MemberPatch {
+                member_id: MemberId::parse(&format!("m{k}")).expect("member id"),
+                attributes: json!({"name": format!("会員{k}"), "points": k % 5000})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                line_user_id: Some(LineUserId::parse(&format!("U{k:032x}")).expect("user id")),
+            })
+            .collect();
+        store.upsert_members(&patches, now).await?;
+        let updates: Vec<MembershipUpdate> = patches
+            .iter()
+            .filter_map(|p| p.line_user_id.clone())
+            .map(|u| MembershipUpdate {
+                line_user_id: u,
+                segments: BTreeSet::from(["everyone".to_string()]),
+                next_due: None,
+            })
+            .collect();
+        store.apply_memberships(&updates, now, Cause::Recompute).await?;
+        i = end;
+    }
+    Ok(())
+}
+
+struct Outcome {
+    requests: u64,
+    recipients: u64,
+    seconds: f64,
+    rate_limited: u64,
+}
+
+async fn run_campaign(
+    store: Arc<dyn Store>,
+    campaign_yaml: &str,
+    template: &str,
+    users: u64,
+) -> Result<(Outcome, f64), BoxError> {
+    let segments = SegmentSet::from_sources([(PathBuf::from("everyone.yaml"), SEGMENT.to_string())])
+        .map_err(|d| format!("{d:?}"))?;
+    let campaigns = Arc::new(
+        CampaignSet::from_sources(
+            vec![(PathBuf::from("bench.yaml"), campaign_yaml.to_string())],
+            vec![("bench".to_string(), PathBuf::from("bench.json.hbs"), template.to_string())],
+            &segments,
+        )
+        .map_err(|d| format!("{d:?}"))?,
+    );
+    let rules = Arc::new(RichMenuRules::default());
+    // LINE's real limits; no request log so the simulator's memory stays flat.
+    let sim = LineSim::spawn(SimConfig { record_requests: false, ..SimConfig::default() }).await?;
+    let line = LineClient::new(&sim.base_url(), sim.access_token())?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metrics = Arc::new(DispatchMetrics::default());
+    let quota = Arc::new(QuotaGuard::new(false, metrics.clone()));
+    let settings = DispatchSettings { batch: 2_000, max_in_flight: 64, ..DispatchSettings::default() };
+    let dispatcher = Arc::new(Dispatcher::new(
+        store.clone(),
+        line,
+        campaigns.clone(),
+        clock.clone(),
+        settings,
+        metrics.clone(),
+        quota,
+    ));
+    let runner = CampaignRunner::new(
+        store.clone(),
+        campaigns.clone(),
+        rules,
+        clock,
+        RunnerSettings::default(),
+        metrics.clone(),
+        dispatcher.waker(),
+    )
+    .await?;
+    let campaign = campaigns.get("bench").ok_or("no campaign")?;
+    let fire_at = Utc::now();
+    let start = Instant::now();
+    store.record_fire("bench", fire_at, "started").await?;
+    let enqueued = runner.fire(campaign, fire_at).await?;
+    let enqueue_seconds = start.elapsed().as_secs_f64();
+    println!("  enqueued {enqueued} deliveries in {enqueue_seconds:.1} s ({:.0}/s)", enqueued as f64 / enqueue_seconds);
+    assert_eq!(enqueued, users);
+
+    let token = CancellationToken::new();
+    let tasks = dispatcher.clone().spawn(token.clone());
+    let start = Instant::now();
+    let mut first_request: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let sent = metrics.recipients_sent.load(std::sync::atomic::Ordering::Relaxed);
+        if first_request.is_none() && metrics.requests_created.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            first_request = Some(Instant::now());
+        }
+        if sent >= users {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(1_800) {
+            return Err("dispatch did not finish in 30 minutes".into());
+        }
+    }
+    let seconds = first_request.map(|f| f.elapsed()).unwrap_or_else(|| start.elapsed()).as_secs_f64();
+    let rss_while_sending = current_rss_mb();
+    token.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let counters = sim.counters();
+    Ok((
+        Outcome {
+            requests: metrics.requests_sent.load(std::sync::atomic::Ordering::Relaxed),
+            recipients: metrics.recipients_sent.load(std::sync::atomic::Ordering::Relaxed),
+            seconds,
+            rate_limited: counters.rate_limited,
+        },
+        rss_while_sending,
+    ))
+}
+
+fn main() -> Result<(), BoxError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let push_users = env_u64("RENKEI_BENCH_PUSH_USERS", 100_000);
+        let multicast_users = env_u64("RENKEI_BENCH_MULTICAST_USERS", 1_000_000);
+
+        if push_users > 0 {
+            let (store, _dir, backend) = open_store().await?;
+            println!("personalised push to {push_users} users ({backend}, simulator at 2,000 req/s)");
+            let t = Instant::now();
+            load_users(&store, push_users).await?;
+            println!("  loaded users in {:.1} s", t.elapsed().as_secs_f64());
+            let yaml = "id: bench\nname: bench\ntrigger:\n  schedule: \"0 0 9 * * *\"\n  audience: everyone\nmessages:\n  - template: bench\n    alt_text: \"{{member.name}}さんへ\"\n";
+            let (o, rss) = run_campaign(store, yaml, PERSONAL, push_users).await?;
+            let rate = o.requests as f64 / o.seconds;
+            println!(
+                "  push: {} requests in {:.2} s = {:.0} req/s = {:.1} % of 2,000; 429s: {}; RSS while sending {:.0} MB",
+                o.requests,
+                o.seconds,
+                rate,
+                rate / 20.0,
+                o.rate_limited,
+                rss
+            );
+        }
+        if multicast_users > 0 {
+            let (store, _dir, backend) = open_store().await?;
+            println!("multicast to {multicast_users} users ({backend}, simulator at 200 req/s × 500)");
+            let t = Instant::now();
+            load_users(&store, multicast_users).await?;
+            println!("  loaded users in {:.1} s", t.elapsed().as_secs_f64());
+            let yaml = "id: bench\nname: bench\ntrigger:\n  schedule: \"0 0 9 * * *\"\n  audience: everyone\nmessages:\n  - template: bench\n    alt_text: 週末セール\n";
+            let (o, rss) = run_campaign(store, yaml, SAME, multicast_users).await?;
+            let rate = o.requests as f64 / o.seconds;
+            println!(
+                "  multicast: {} requests ({} recipients) in {:.2} s = {:.1} req/s = {:.1} % of 200; 429s: {}; RSS while sending {:.0} MB",
+                o.requests,
+                o.recipients,
+                o.seconds,
+                rate,
+                rate / 2.0,
+                o.rate_limited,
+                rss
+            );
+        }
+        println!("peak RSS of the whole run (setup, simulator and dispatch in one process): {:.0} MB", peak_rss_mb());
+        Ok(())
+    })
+}

@@ -1,0 +1,664 @@
+//! The dispatcher: turns due deliveries into LINE requests and sends them.
+//!
+//! Two stages, both crash-safe because every step is a committed state change:
+//! 1. planning: claim due deliveries (leased), apply the policies, group
+//!    identical messages into multicasts (≤ 500) and personalised ones into
+//!    pushes, and commit the requests with their retry keys;
+//! 2. sending: claim due requests, send each at the endpoint's rate with its
+//!    fixed retry key, and record the outcome. A crash between sending and
+//!    recording means the lease expires and the same request (same key, same
+//!    recipients) is sent again: LINE answers 409, which counts as sent.
+
+use crate::limits::{Limiters, Rates, RetrySchedule};
+use crate::metrics::DispatchMetrics;
+use crate::policy::{CampaignRules, Decision, GlobalPolicy, SendFacts, SkipReason, decide};
+use crate::quota::QuotaGuard;
+use crate::{DispatchError, DispatchResult};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use renkei_campaigns::{CampaignSet, Trigger};
+use renkei_core::{Clock, LineUserId};
+use renkei_line::{LineClient, LineError, Message, MulticastRequest, PushRequest};
+use renkei_store::dispatch::{Delivery, NewRequest, RequestKind, SendRequest};
+use renkei_store::membership::UserRecord;
+use renkei_store::{Store, StoreError};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// How the dispatcher works; `[dispatch]` in the configuration.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    pub timezone: Tz,
+    pub rates: Rates,
+    /// How long a claimed delivery or request stays ours; after a crash,
+    /// another instance (or the restarted one) takes it over after this.
+    pub lease: Duration,
+    /// Deliveries or requests claimed per round.
+    pub batch: u32,
+    /// Requests in flight to LINE at once.
+    pub max_in_flight: usize,
+    pub retry: RetrySchedule,
+    pub global: GlobalPolicy,
+    /// How often to look for due work when nothing wakes us.
+    pub poll: Duration,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        Self {
+            timezone: chrono_tz::Asia::Tokyo,
+            rates: Rates::default(),
+            lease: Duration::from_secs(60),
+            batch: 500,
+            max_in_flight: 64,
+            retry: RetrySchedule::default(),
+            global: GlobalPolicy::default(),
+            poll: Duration::from_millis(200),
+        }
+    }
+}
+
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    line: LineClient,
+    campaigns: Arc<CampaignSet>,
+    clock: Arc<dyn Clock>,
+    settings: DispatchSettings,
+    owner: String,
+    limiters: Arc<Limiters>,
+    metrics: Arc<DispatchMetrics>,
+    quota: Arc<QuotaGuard>,
+    wake: Arc<Notify>,
+}
+
+/// What happened to one request at LINE.
+enum Outcome {
+    Sent { accepted: Option<String>, already: bool },
+    Retry { error: String, rate_limited: bool },
+    MonthlyLimit { error: String },
+    Failed { error: String },
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<dyn Store>,
+        line: LineClient,
+        campaigns: Arc<CampaignSet>,
+        clock: Arc<dyn Clock>,
+        settings: DispatchSettings,
+        metrics: Arc<DispatchMetrics>,
+        quota: Arc<QuotaGuard>,
+    ) -> Self {
+        let limiters = Arc::new(Limiters::new(settings.rates));
+        let owner = format!("dispatch-{}", Uuid::new_v4().simple());
+        Self { store, line, campaigns, clock, settings, owner, limiters, metrics, quota, wake: Arc::new(Notify::new()) }
+    }
+
+    /// Wakes the planner and the sender (new deliveries were enqueued).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    pub fn limiters(&self) -> Arc<Limiters> {
+        self.limiters.clone()
+    }
+
+    /// One planning round: returns how many deliveries it claimed.
+    pub async fn plan_once(&self) -> DispatchResult<usize> {
+        let now = self.clock.now();
+        let lease_until =
+            now + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::seconds(60));
+        let deliveries = self.store.claim_deliveries(now, self.settings.batch, &self.owner, lease_until).await?;
+        if deliveries.is_empty() {
+            return Ok(0);
+        }
+        let claimed = deliveries.len();
+        if let Some(until) = self.quota.paused_until(now) {
+            let ids: Vec<i64> = deliveries.iter().map(|d| d.id).collect();
+            self.store.defer_deliveries(&ids, until).await?;
+            DispatchMetrics::add(&self.metrics.deliveries_deferred, ids.len() as u64);
+            return Ok(claimed);
+        }
+        let mut plan = self.plan(deliveries, now).await?;
+        if !plan.skips.is_empty() {
+            DispatchMetrics::add(&self.metrics.deliveries_skipped, plan.skips.len() as u64);
+            self.store.skip_deliveries(&plan.skips, now).await?;
+        }
+        for (until, ids) in &plan.defers {
+            DispatchMetrics::add(&self.metrics.deliveries_deferred, ids.len() as u64);
+            self.store.defer_deliveries(ids, *until).await?;
+        }
+        // Send what fits in the month's quota; hold the rest (nothing dropped).
+        if let Some(room) = self.quota.room() {
+            let mut fits = 0u64;
+            let mut held = Vec::new();
+            plan.requests.retain(|r| {
+                let n = r.recipients.len() as u64;
+                if fits + n <= room {
+                    fits += n;
+                    true
+                } else {
+                    held.extend(r.delivery_ids.iter().copied());
+                    false
+                }
+            });
+            if !held.is_empty() {
+                // Later rounds hold everything until a refresh shows room.
+                let until = self.quota.hold(now);
+                DispatchMetrics::add(&self.metrics.deliveries_deferred, held.len() as u64);
+                self.store.defer_deliveries(&held, until).await?;
+            }
+        }
+        let recipients: u64 = plan.requests.iter().map(|r| r.recipients.len() as u64).sum();
+        if recipients > 0 && !self.quota.reserve(recipients, now) {
+            let until = self.quota.paused_until(now).unwrap_or(now + chrono::Duration::minutes(1));
+            let ids: Vec<i64> = plan.requests.iter().flat_map(|r| r.delivery_ids.iter().copied()).collect();
+            self.store.defer_deliveries(&ids, until).await?;
+            DispatchMetrics::add(&self.metrics.deliveries_deferred, ids.len() as u64);
+            return Ok(claimed);
+        }
+        if !plan.requests.is_empty() {
+            match self.store.create_requests(&plan.requests, &self.owner, now).await {
+                Ok(ids) => {
+                    DispatchMetrics::add(&self.metrics.requests_created, ids.len() as u64);
+                    self.wake.notify_waiters();
+                }
+                Err(StoreError::Conflict(message)) => {
+                    // Our lease ran out and another instance took the deliveries over.
+                    tracing::warn!(%message, "deliveries were taken over by another dispatcher; not sending them here");
+                    self.quota.release(recipients);
+                }
+                Err(other) => {
+                    self.quota.release(recipients);
+                    return Err(other.into());
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn plan(&self, mut deliveries: Vec<Delivery>, now: DateTime<Utc>) -> DispatchResult<Plan> {
+        let mut plan = Plan::default();
+        let context = PolicyContext {
+            store: self.store.as_ref(),
+            campaigns: &self.campaigns,
+            timezone: self.settings.timezone,
+            global: &self.settings.global,
+        };
+        let decisions = decide_deliveries(&context, &mut deliveries, now, true).await?;
+        let mut sends: BTreeMap<(String, String), Vec<(i64, LineUserId)>> = BTreeMap::new();
+        for (delivery, decision) in deliveries.into_iter().zip(decisions) {
+            match decision {
+                Decision::Skip(reason) => plan.skips.push((delivery.id, reason.as_str().to_string())),
+                Decision::Defer(until) => plan.defers.entry(until).or_default().push(delivery.id),
+                Decision::Send => {
+                    let Some(user) = delivery.line_user_id else { continue };
+                    let key = (delivery.campaign_id, delivery.messages.to_string());
+                    sends.entry(key).or_default().push((delivery.id, user));
+                }
+            }
+        }
+        for ((_, messages_text), recipients) in sends {
+            let messages: Value = serde_json::from_str(&messages_text).unwrap_or(Value::Null);
+            plan.requests.extend(group_requests(messages, recipients));
+        }
+        Ok(plan)
+    }
+
+    /// Claims due requests and sends them; returns how many were claimed.
+    /// (The long-running loop pipelines this; tests and the demo can call it directly.)
+    pub async fn send_once(&self) -> DispatchResult<usize> {
+        let requests = self.claim_requests().await?;
+        let n = requests.len();
+        let mut handles = Vec::with_capacity(n);
+        let semaphore = Arc::new(Semaphore::new(self.settings.max_in_flight.max(1)));
+        for request in requests {
+            let permit = semaphore.clone().acquire_owned().await.map_err(|e| DispatchError::Task(e.to_string()))?;
+            let line = self.line.clone();
+            let limiters = self.limiters.clone();
+            handles.push(tokio::spawn(async move {
+                let outcome = attempt(&line, &limiters, &request).await;
+                drop(permit);
+                (request, outcome)
+            }));
+        }
+        for handle in handles {
+            let (request, outcome) = handle.await.map_err(|e| DispatchError::Task(e.to_string()))?;
+            self.record(&request, outcome).await?;
+        }
+        Ok(n)
+    }
+
+    async fn claim_requests(&self) -> DispatchResult<Vec<SendRequest>> {
+        let now = self.clock.now();
+        let lease_until =
+            now + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::seconds(60));
+        Ok(self.store.claim_requests(now, self.settings.batch, &self.owner, lease_until).await?)
+    }
+
+    async fn record(&self, request: &SendRequest, outcome: Outcome) -> DispatchResult<()> {
+        let now = self.clock.now();
+        match outcome {
+            Outcome::Sent { accepted, already } => {
+                if already {
+                    DispatchMetrics::add(&self.metrics.requests_already_accepted, 1);
+                }
+                DispatchMetrics::add(&self.metrics.requests_sent, 1);
+                DispatchMetrics::add(&self.metrics.recipients_sent, request.recipients.len() as u64);
+                self.store.complete_request(request.id, accepted.as_deref(), now).await?;
+            }
+            Outcome::Retry { error, rate_limited } => {
+                if rate_limited {
+                    DispatchMetrics::add(&self.metrics.rate_limited, 1);
+                }
+                if self.settings.retry.exhausted(request.attempts) {
+                    DispatchMetrics::add(&self.metrics.requests_failed, 1);
+                    let error = format!("gave up after {} attempts: {error}", request.attempts);
+                    tracing::error!(request = request.id, %error, "LINE request failed");
+                    self.store.fail_request(request.id, &error, now).await?;
+                } else {
+                    DispatchMetrics::add(&self.metrics.requests_retried, 1);
+                    let wait = self.settings.retry.delay(request.attempts, rand::random::<f64>());
+                    let next = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(1));
+                    tracing::debug!(request = request.id, attempts = request.attempts, %error, ?wait, "LINE request will be retried");
+                    self.store.retry_request(request.id, next, &error).await?;
+                }
+            }
+            Outcome::MonthlyLimit { error } => {
+                // Not the request's fault: hold it (same key) until the quota allows again.
+                let until = self.quota.exhausted(now);
+                tracing::warn!(request = request.id, %error, resume_check = %until, "monthly message limit reached; sending paused");
+                self.store.retry_request(request.id, until, &error).await?;
+            }
+            Outcome::Failed { error } => {
+                DispatchMetrics::add(&self.metrics.requests_failed, 1);
+                tracing::warn!(request = request.id, %error, "LINE refused the request; not retried");
+                self.store.fail_request(request.id, &error, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The dispatcher's tasks: planning and a pipelined sender. Stops when `token` is cancelled.
+    pub fn spawn(self: Arc<Self>, token: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![tokio::spawn(self.clone().planner(token.clone())), tokio::spawn(self.sender(token))]
+    }
+
+    async fn planner(self: Arc<Self>, token: CancellationToken) {
+        while !token.is_cancelled() {
+            let claimed = match self.plan_once().await {
+                Ok(n) => n,
+                Err(error) => {
+                    tracing::warn!(%error, "planning deliveries failed; retrying");
+                    0
+                }
+            };
+            if claimed > 0 {
+                continue;
+            }
+            let wait = self.idle_wait(self.store.next_delivery_due().await).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = token.cancelled() => {}
+            }
+        }
+    }
+
+    async fn idle_wait(&self, next: Result<Option<DateTime<Utc>>, StoreError>) -> Duration {
+        match next {
+            Ok(Some(due)) => (due - self.clock.now()).to_std().unwrap_or(Duration::ZERO).min(self.settings.poll),
+            _ => self.settings.poll,
+        }
+    }
+
+    /// Claims batches ahead (one in reserve) so LINE is never kept waiting on the database.
+    async fn sender(self: Arc<Self>, token: CancellationToken) {
+        let (batches, mut receiver) = mpsc::channel::<Vec<SendRequest>>(1);
+        let (outcomes, outcome_receiver) = mpsc::channel::<(SendRequest, Outcome)>(self.settings.batch as usize * 2);
+        let fetcher = {
+            let this = self.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                while !token.is_cancelled() {
+                    match this.claim_requests().await {
+                        Ok(batch) if !batch.is_empty() => {
+                            if batches.send(batch).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {
+                            let wait = this.idle_wait(this.store.next_request_due().await).await;
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = this.wake.notified() => {}
+                                _ = token.cancelled() => {}
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "claiming LINE requests failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            })
+        };
+        let recorder = tokio::spawn(self.clone().recorder(outcome_receiver));
+        let semaphore = Arc::new(Semaphore::new(self.settings.max_in_flight.max(1)));
+        while let Some(batch) = receiver.recv().await {
+            for request in batch {
+                let Ok(permit) = semaphore.clone().acquire_owned().await else { break };
+                let line = self.line.clone();
+                let limiters = self.limiters.clone();
+                let outcomes = outcomes.clone();
+                tokio::spawn(async move {
+                    let outcome = attempt(&line, &limiters, &request).await;
+                    drop(permit);
+                    let _ = outcomes.send((request, outcome)).await;
+                });
+            }
+        }
+        let _ = fetcher.await;
+        // Let requests in flight finish and be recorded before stopping.
+        let _ = semaphore.acquire_many(self.settings.max_in_flight.max(1) as u32).await;
+        drop(outcomes);
+        let _ = recorder.await;
+    }
+
+    async fn recorder(self: Arc<Self>, mut outcomes: mpsc::Receiver<(SendRequest, Outcome)>) {
+        while let Some((request, outcome)) = outcomes.recv().await {
+            let mut attempt_no = 0;
+            loop {
+                match self.record(&request, outcome_clone(&outcome)).await {
+                    Ok(()) => break,
+                    Err(error) if attempt_no < 5 => {
+                        attempt_no += 1;
+                        tracing::warn!(%error, request = request.id, "recording a LINE outcome failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200 * attempt_no)).await;
+                    }
+                    Err(error) => {
+                        // The lease will expire and the request go again with its key: LINE answers 409.
+                        tracing::error!(%error, request = request.id, "could not record a LINE outcome");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<DispatchMetrics> {
+        &self.metrics
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn quota_paused(&self) -> bool {
+        self.metrics.quota_paused.load(Ordering::Relaxed) == 1
+    }
+}
+
+/// What the policy layer needs to look at.
+pub struct PolicyContext<'a> {
+    pub store: &'a dyn Store,
+    pub campaigns: &'a CampaignSet,
+    pub timezone: Tz,
+    pub global: &'a GlobalPolicy,
+}
+
+/// The policy decision for each delivery at `now`, gathering the facts in a
+/// few queries per batch. Deliveries made for a member whose LINE user was
+/// unknown are resolved through the link (and the resolution stored when
+/// `persist` is set). Sends decided earlier in the batch count towards caps.
+pub async fn decide_deliveries(
+    context: &PolicyContext<'_>,
+    deliveries: &mut [Delivery],
+    now: DateTime<Utc>,
+    persist: bool,
+) -> DispatchResult<Vec<Decision>> {
+    let store = context.store;
+    for delivery in deliveries.iter_mut().filter(|d| d.line_user_id.is_none()) {
+        if let Some(member) = &delivery.member_id
+            && let Some(user) = store.member_line_user(member).await?
+        {
+            if persist {
+                store.resolve_delivery_user(delivery.id, &user).await?;
+            }
+            delivery.line_user_id = Some(user);
+        }
+    }
+    let users: Vec<LineUserId> = {
+        let mut seen = HashSet::new();
+        deliveries.iter().filter_map(|d| d.line_user_id.clone()).filter(|u| seen.insert(u.clone())).collect()
+    };
+    let unless_types: Vec<String> = {
+        let mut types: Vec<String> = context
+            .campaigns
+            .iter()
+            .filter_map(|c| match &c.trigger {
+                Trigger::Event { unless: Some(unless), .. } => Some(unless.event.clone()),
+                _ => None,
+            })
+            .collect();
+        types.sort();
+        types.dedup();
+        types
+    };
+    let records: HashMap<LineUserId, UserRecord> =
+        store.load_users(&users, Some(&unless_types)).await?.into_iter().map(|r| (r.line_user_id.clone(), r)).collect();
+    let mut memberships: HashMap<LineUserId, std::collections::BTreeSet<String>> = HashMap::new();
+    let mut batch_by_campaign: HashMap<(String, LineUserId), u64> = HashMap::new();
+    let mut batch_overall: HashMap<LineUserId, u64> = HashMap::new();
+    let mut decisions = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries.iter() {
+        let Some(campaign) = context.campaigns.get(&delivery.campaign_id) else {
+            decisions.push(Decision::Skip(SkipReason::CampaignRemoved));
+            continue;
+        };
+        let mut facts = SendFacts {
+            invalid: delivery.context.get("error").is_some()
+                || delivery.messages.as_array().is_none_or(|m| m.is_empty()),
+            has_line_user: delivery.line_user_id.is_some(),
+            in_audience: true,
+            ..SendFacts::default()
+        };
+        if let Some(user) = &delivery.line_user_id
+            && !facts.invalid
+        {
+            let record = records.get(user);
+            facts.following = record.is_some_and(|r| r.following);
+            let current_member = record.and_then(|r| r.member_id.as_ref());
+            facts.link_lost = delivery.member_id.is_some() && current_member != delivery.member_id.as_ref();
+            if let Some(audience) = &campaign.audience {
+                if !memberships.contains_key(user) {
+                    let current = store.user_memberships(user).await?;
+                    memberships.insert(user.clone(), current);
+                }
+                facts.in_audience = memberships.get(user).is_some_and(|m| m.contains(audience));
+            }
+            if let Trigger::Event { unless: Some(unless), .. } = &campaign.trigger {
+                facts.cancelled = cancelled_by(unless, &delivery.context, record, now);
+            }
+            if let Some(cap) = &campaign.frequency_cap {
+                let stored = store.count_sent_since(user, Some(&campaign.id), now - cap.per).await?;
+                facts.sent_by_campaign =
+                    stored + batch_by_campaign.get(&(campaign.id.clone(), user.clone())).copied().unwrap_or(0);
+            }
+            if let Some(cap) = &context.global.per_user_cap {
+                let stored = store.count_sent_since(user, None, now - cap.per).await?;
+                facts.sent_overall = stored + batch_overall.get(user).copied().unwrap_or(0);
+            }
+        }
+        let rules = CampaignRules {
+            frequency_cap: campaign.frequency_cap.as_ref(),
+            quiet_hours: campaign.quiet_hours.as_ref(),
+        };
+        let decision = decide(&facts, rules, context.global, now, context.timezone);
+        if decision == Decision::Send
+            && let Some(user) = &delivery.line_user_id
+        {
+            *batch_by_campaign.entry((campaign.id.clone(), user.clone())).or_default() += 1;
+            *batch_overall.entry(user.clone()).or_default() += 1;
+        }
+        decisions.push(decision);
+    }
+    Ok(decisions)
+}
+
+fn outcome_clone(outcome: &Outcome) -> Outcome {
+    match outcome {
+        Outcome::Sent { accepted, already } => Outcome::Sent { accepted: accepted.clone(), already: *already },
+        Outcome::Retry { error, rate_limited } => Outcome::Retry { error: error.clone(), rate_limited: *rate_limited },
+        Outcome::MonthlyLimit { error } => Outcome::MonthlyLimit { error: error.clone() },
+        Outcome::Failed { error } => Outcome::Failed { error: error.clone() },
+    }
+}
+
+/// Whether the campaign's `unless` event happened for this delivery's trigger event.
+fn cancelled_by(
+    unless: &renkei_campaigns::Unless,
+    context: &Value,
+    record: Option<&UserRecord>,
+    now: DateTime<Utc>,
+) -> bool {
+    let Some(event) = context.get("event") else { return false };
+    let Some(occurred_at) =
+        event.get("occurred_at").and_then(Value::as_str).and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+    else {
+        return false;
+    };
+    let empty = serde_json::Map::new();
+    let props = event.get("properties").and_then(Value::as_object).unwrap_or(&empty);
+    record.is_some_and(|r| {
+        r.events.iter().any(|e| {
+            unless.cancels(occurred_at.with_timezone(&Utc), props, &e.event_type, e.occurred_at, &e.properties, now)
+        })
+    })
+}
+
+/// Identical messages: one push for a single recipient, else multicasts of
+/// ≤ 500 distinct users (a user twice goes in a later request).
+fn group_requests(messages: Value, recipients: Vec<(i64, LineUserId)>) -> Vec<NewRequest> {
+    let mut out = Vec::new();
+    let mut remaining = recipients;
+    while !remaining.is_empty() {
+        let mut seen = HashSet::new();
+        let mut chunk = Vec::new();
+        let mut later = Vec::new();
+        for (id, user) in remaining {
+            if chunk.len() < renkei_line::limits::MAX_RECIPIENTS && seen.insert(user.clone()) {
+                chunk.push((id, user));
+            } else {
+                later.push((id, user));
+            }
+        }
+        let kind = if chunk.len() == 1 { RequestKind::Push } else { RequestKind::Multicast };
+        out.push(NewRequest {
+            kind,
+            retry_key: Uuid::new_v4(),
+            messages: messages.clone(),
+            recipients: chunk.iter().map(|(_, u)| u.clone()).collect(),
+            delivery_ids: chunk.iter().map(|(id, _)| *id).collect(),
+        });
+        remaining = later;
+    }
+    out
+}
+
+/// One attempt at LINE, waiting for the endpoint's rate limiter first.
+async fn attempt(line: &LineClient, limiters: &Limiters, request: &SendRequest) -> Outcome {
+    let messages: Vec<Message> = match &request.messages {
+        Value::Array(items) => items.iter().cloned().map(Message).collect(),
+        _ => return Outcome::Failed { error: "stored messages are not a JSON array".to_string() },
+    };
+    let result = match request.kind {
+        RequestKind::Push => {
+            let Some(to) = request.recipients.first() else {
+                return Outcome::Failed { error: "push request without a recipient".to_string() };
+            };
+            limiters.push.until_ready().await;
+            let body = PushRequest {
+                to: to.as_str().to_string(),
+                messages,
+                notification_disabled: None,
+                custom_aggregation_units: None,
+            };
+            line.push(&body, Some(request.retry_key)).await
+        }
+        RequestKind::Multicast => {
+            limiters.multicast.until_ready().await;
+            let body = MulticastRequest {
+                to: request.recipients.iter().map(|u| u.as_str().to_string()).collect(),
+                messages,
+                notification_disabled: None,
+                custom_aggregation_units: None,
+            };
+            line.multicast(&body, Some(request.retry_key)).await
+        }
+    };
+    match result {
+        Ok(sent) => {
+            let already = sent.accepted_request_id.is_some();
+            let accepted =
+                sent.accepted_request_id.or_else(|| (!sent.request_id.is_empty()).then_some(sent.request_id));
+            Outcome::Sent { accepted, already }
+        }
+        Err(error @ LineError::RateLimited { .. }) => Outcome::Retry { error: error.to_string(), rate_limited: true },
+        Err(error @ LineError::Transient { .. }) => Outcome::Retry { error: error.to_string(), rate_limited: false },
+        Err(error @ LineError::MonthlyLimit { .. }) => Outcome::MonthlyLimit { error: error.to_string() },
+        // A 2xx we could not read: LINE took it. Recording it as sent is what
+        // keeps it from going twice.
+        Err(LineError::InvalidResponse(error)) => {
+            tracing::warn!(%error, "LINE accepted a request with an unreadable answer; counted as sent");
+            Outcome::Sent { accepted: None, already: false }
+        }
+        Err(error @ (LineError::Rejected { .. } | LineError::InvalidRequest(_))) => {
+            Outcome::Failed { error: error.to_string() }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Plan {
+    skips: Vec<(i64, String)>,
+    defers: BTreeMap<DateTime<Utc>, Vec<i64>>,
+    requests: Vec<NewRequest>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(n: u32) -> LineUserId {
+        LineUserId::parse(&format!("U{n:032x}")).expect("valid id")
+    }
+
+    #[test]
+    fn one_recipient_is_a_push_and_many_are_multicasts_of_at_most_500_distinct_users() {
+        let messages = serde_json::json!([{"type": "text", "text": "hi"}]);
+        let single = group_requests(messages.clone(), vec![(1, user(1))]);
+        assert_eq!(single.len(), 1);
+        assert_eq!(single[0].kind, RequestKind::Push);
+
+        let many: Vec<(i64, LineUserId)> = (0..1_201).map(|i| (i64::from(i), user(i))).collect();
+        let requests = group_requests(messages.clone(), many);
+        assert_eq!(requests.iter().map(|r| r.recipients.len()).collect::<Vec<_>>(), vec![500, 500, 201]);
+        assert!(requests.iter().all(|r| r.kind == RequestKind::Multicast));
+        let keys: HashSet<Uuid> = requests.iter().map(|r| r.retry_key).collect();
+        assert_eq!(keys.len(), 3, "each request has its own retry key");
+
+        let twice = vec![(1, user(7)), (2, user(7)), (3, user(8))];
+        let requests = group_requests(messages, twice);
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[0].recipients, vec![user(7), user(8)]);
+        assert_eq!(requests[1].recipients, vec![user(7)]);
+        assert_eq!(requests[1].kind, RequestKind::Push);
+    }
+}
