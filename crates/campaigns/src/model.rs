@@ -219,19 +219,19 @@ fn local_instant_at_or_after(
 /// The first instant whose local time in `tz` is at or after `wall`, found by
 /// bisection (local time only moves forward within two days of a gap).
 fn gap_end(wall: NaiveDateTime, tz: Tz) -> Option<DateTime<Utc>> {
-    let as_utc = Utc.from_utc_datetime(&wall);
+    let as_utc = Utc.from_utc_datetime(&wall).timestamp();
     // No offset exceeds ±26h, so local time is before `wall` at `lo` and after it at `hi`.
-    let mut lo = as_utc.checked_sub_signed(Duration::hours(26))?;
-    let mut hi = as_utc.checked_add_signed(Duration::hours(26))?;
-    while hi - lo > Duration::seconds(1) {
+    let (mut lo, mut hi) = (as_utc - 26 * 3_600, as_utc + 26 * 3_600);
+    let local_at = |seconds: i64| DateTime::from_timestamp(seconds, 0).map(|t| t.with_timezone(&tz).naive_local());
+    while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if mid.with_timezone(&tz).naive_local() >= wall {
+        if local_at(mid)? >= wall {
             hi = mid;
         } else {
             lo = mid;
         }
     }
-    Some(hi)
+    DateTime::from_timestamp(hi, 0)
 }
 
 #[cfg(test)]

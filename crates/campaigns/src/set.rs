@@ -278,11 +278,7 @@ impl CampaignSet {
                 return Some(Diagnostic::new(
                     path,
                     pos,
-                    format!(
-                        "template does not render valid JSON with sample data: {error} (in the rendered output, line {} column {})",
-                        error.line(),
-                        error.column()
-                    ),
+                    format!("template does not render valid JSON with sample data: {error} (of the rendered output)"),
                 ));
             }
         };

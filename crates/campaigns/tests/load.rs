@@ -404,3 +404,11 @@ fn load_reads_named_templates_from_the_templates_dir() {
         ]
     );
 }
+
+#[test]
+fn a_bad_date_format_is_refused_at_load() {
+    let found = errors(
+        "id: c\nname: n\ntrigger:\n  segment_entered: gold_members\nmessages:\n  - template: t\n    alt_text: \"{{date now \\\"%Q\\\"}}\"\n",
+    );
+    assert_eq!(found, vec![r#"c.yaml:7:15: alt_text does not render: `date`: invalid format "%Q" (line 1, column 1)"#]);
+}

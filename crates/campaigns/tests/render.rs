@@ -1,0 +1,188 @@
+//! Rendering: hostile member data always yields valid JSON, helpers, limits.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use chrono::{DateTime, Utc};
+use common::{BUBBLE, segments, template};
+use proptest::prelude::*;
+use renkei_campaigns::{CampaignSet, RenderContext, RenderError};
+use serde_json::{Map, Value, json};
+use std::path::PathBuf;
+
+fn utc(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+}
+
+/// One campaign `c` (event trigger on `purchase`) with one message.
+fn set_with(template_text: &str, alt_text: &str) -> CampaignSet {
+    let yaml = format!(
+        "id: c\nname: \"キャンペーン\"\ntrigger:\n  event: purchase\nmessages:\n  - template: t\n    alt_text: {}\n",
+        serde_json::to_string(alt_text).unwrap()
+    );
+    CampaignSet::from_sources(vec![(PathBuf::from("c.yaml"), yaml)], vec![template("t", template_text)], &segments())
+        .unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+fn ctx<'a>(member: &'a Map<String, Value>, event: Option<&'a Value>) -> RenderContext<'a> {
+    RenderContext {
+        member_id: Some("M\"1"),
+        member: Some(member),
+        line_user_id: Some("U7db3d96b0f76480d94a7ded5f234fb96"),
+        event,
+        now: utc("2026-08-01T00:30:00Z"),
+        timezone: chrono_tz::Asia::Tokyo,
+        public_base_url: "https://renkei.example",
+    }
+}
+
+const ECHO: &str = r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [
+  {"type": "text", "text": "{{member.name}}"},
+  {"type": "text", "text": "{{member.member_id}}"},
+  {"type": "text", "text": "{{member.nested.city}}/{{member.missing}}"}
+]}}"#;
+
+fn texts(messages: &[Value]) -> Vec<String> {
+    messages[0]["contents"]["body"]["contents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn hostile_member_data_renders_valid_json_and_round_trips() {
+    let set = set_with(ECHO, "{{member.name}}さんへ");
+    let hostile =
+        "\"}], \"x\": {\"y\": \"\\\\ \n\r\t\u{0}\u{1b} <script>alert('x')</script> &amp; 🎉 {{member.name}} \u{2028}";
+    let member = json!({"name": hostile, "nested": {"city": "大阪\"市"}}).as_object().unwrap().clone();
+    let messages = set.render(set.get("c").unwrap(), &ctx(&member, None)).unwrap();
+    assert_eq!(texts(&messages), vec![hostile.to_string(), "M\"1".to_string(), "大阪\"市/".to_string()]);
+    // alt_text is not JSON-escaped: it is the raw text, which serde makes a JSON string.
+    assert_eq!(messages[0]["altText"], format!("{hostile}さんへ"));
+}
+
+#[test]
+fn context_has_event_campaign_now_and_line_user_id() {
+    let template = r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [
+      {"type": "text", "text": "{{event.type}} {{event.properties.order_id}}"},
+      {"type": "text", "text": "{{campaign.id}} {{campaign.name}}"},
+      {"type": "text", "text": "{{now}}"},
+      {"type": "text", "text": "{{line_user_id}}"}
+    ]}}"#;
+    let set = set_with(template, "a");
+    let event =
+        json!({"type": "purchase", "occurred_at": "2026-08-01T09:00:00+09:00", "properties": {"order_id": "O\"1"}});
+    let messages = set.render(set.get("c").unwrap(), &ctx(&Map::new(), Some(&event))).unwrap();
+    assert_eq!(
+        texts(&messages),
+        vec!["purchase O\"1", "c キャンペーン", "2026-08-01T09:30:00+09:00", "U7db3d96b0f76480d94a7ded5f234fb96"]
+    );
+}
+
+#[test]
+fn helpers_yen_date_and_track() {
+    let template = r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [
+      {"type": "text", "text": "{{yen event.properties.amount}} / {{yen event.properties.refund}} / {{yen event.properties.text_amount}}"},
+      {"type": "text", "text": "{{date event.properties.reserved_at "%m月%d日 %H:%M"}} / {{date event.properties.day "%Y-%m-%d %H:%M %Z"}}"},
+      {"type": "text", "text": "{{track "https://shop.example/cart?item=1&q=\"x\""}}"}
+    ]}}"#;
+    let set = set_with(template, "{{yen event.properties.amount}}のお買い物");
+    let event = json!({"type": "purchase", "occurred_at": "2026-08-01T09:00:00+09:00", "properties": {
+        "amount": 3200, "refund": -1234.5, "text_amount": "1000000",
+        "reserved_at": "2026-08-12T04:13:20Z", "day": "2026-08-12"}});
+    let messages = set.render(set.get("c").unwrap(), &ctx(&Map::new(), Some(&event))).unwrap();
+    let texts = texts(&messages);
+    assert_eq!(texts[0], "¥3,200 / -¥1,235 / ¥1,000,000");
+    assert_eq!(texts[1], "08月12日 13:13 / 2026-08-12 00:00 JST");
+    assert_eq!(
+        texts[2],
+        "https://renkei.example/t/c?u=U7db3d96b0f76480d94a7ded5f234fb96&to=https%3A%2F%2Fshop.example%2Fcart%3Fitem%3D1%26q%3D%22x%22"
+    );
+    assert_eq!(messages[0]["altText"], "¥3,200のお買い物");
+}
+
+#[test]
+fn a_missing_helper_argument_is_a_render_error() {
+    let template = r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [
+      {"type": "text", "text": "{{yen event.properties.amount}}"}]}}"#;
+    let set = set_with(template, "a");
+    let event = json!({"type": "purchase", "occurred_at": "2026-08-01T09:00:00+09:00", "properties": {}});
+    let error = set.render(set.get("c").unwrap(), &ctx(&Map::new(), Some(&event))).unwrap_err();
+    let RenderError::Template { template, message } = &error else { panic!("{error:?}") };
+    assert_eq!(template, "t");
+    assert!(message.contains("`yen`: argument `event.properties.amount` is missing"), "{message}");
+    // Without an event at all: the same, not a panic.
+    assert!(matches!(set.render(set.get("c").unwrap(), &ctx(&Map::new(), None)), Err(RenderError::Template { .. })));
+}
+
+#[test]
+fn bad_helper_values_are_render_errors() {
+    let template = r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [
+      {"type": "text", "text": "{{yen member.points}} {{date member.birthday}}"}]}}"#;
+    let set = set_with(template, "a");
+    let c = set.get("c").unwrap();
+    let member = json!({"points": "lots", "birthday": "1990-01-01"}).as_object().unwrap().clone();
+    assert!(
+        matches!(set.render(c, &ctx(&member, None)), Err(RenderError::Template { message, .. }) if message.contains("\"lots\" is not a number"))
+    );
+    let member = json!({"points": 5, "birthday": "yesterday"}).as_object().unwrap().clone();
+    assert!(
+        matches!(set.render(c, &ctx(&member, None)), Err(RenderError::Template { message, .. }) if message.contains("is not a time"))
+    );
+}
+
+#[test]
+fn an_unquoted_value_that_breaks_json_is_invalid_json() {
+    // `0` keeps the sample render (no size) valid JSON.
+    let template = r#"{"type": "bubble", "size": {{member.size}}0}"#;
+    let set = set_with(template, "a");
+    let member = json!({"size": "1, \"x\": 2"}).as_object().unwrap().clone();
+    assert!(matches!(
+        set.render(set.get("c").unwrap(), &ctx(&member, None)),
+        Err(RenderError::InvalidJson { template, .. }) if template == "t"
+    ));
+}
+
+#[test]
+fn limits_are_checked() {
+    let set = set_with(BUBBLE, "{{member.name}}");
+    let member = json!({"name": "あ".repeat(1_501)}).as_object().unwrap().clone();
+    let error = set.render(set.get("c").unwrap(), &ctx(&member, None)).unwrap_err();
+    assert!(matches!(&error, RenderError::Limits(text) if text.contains("messages[0].altText")), "{error:?}");
+    let member = json!({"name": "x".repeat(31 * 1024)}).as_object().unwrap().clone();
+    let error = set.render(set.get("c").unwrap(), &ctx(&member, None)).unwrap_err();
+    assert!(matches!(&error, RenderError::Limits(text) if text.contains("messages[0].contents")), "{error:?}");
+    // An alt_text that renders empty is refused too.
+    let member = json!({"name": ""}).as_object().unwrap().clone();
+    assert!(matches!(set.render(set.get("c").unwrap(), &ctx(&member, None)), Err(RenderError::Limits(_))));
+}
+
+proptest! {
+    #[test]
+    fn any_member_strings_render_valid_json_that_round_trips(
+        name in any::<String>(),
+        city in "\\PC*",
+        key in "[a-z]{1,8}",
+        raw in prop::collection::vec(any::<char>(), 0..40),
+    ) {
+        let raw: String = raw.into_iter().collect();
+        let set = set_with(ECHO, "{{member.name}}");
+        let mut member = Map::new();
+        member.insert("name".into(), Value::String(name.clone()));
+        member.insert("nested".into(), json!({"city": city.clone()}));
+        member.insert(key, Value::String(raw));
+        match set.render(set.get("c").unwrap(), &ctx(&member, None)) {
+            Ok(messages) => {
+                let texts = texts(&messages);
+                prop_assert_eq!(&texts[0], &name);
+                prop_assert_eq!(&texts[2], &format!("{city}/"));
+                prop_assert_eq!(messages[0]["altText"].as_str().unwrap(), name.as_str());
+            }
+            // Only LINE's limits may refuse (an empty or over-long altText), never the JSON.
+            Err(RenderError::Limits(_)) => prop_assert!(name.is_empty() || name.chars().count() > 1_500),
+            Err(other) => prop_assert!(false, "unexpected {other:?}"),
+        }
+    }
+}
