@@ -25,3 +25,18 @@ pub use renkei_segments::Diagnostic;
 pub use rich_menu::{RichMenuRule, RichMenuRules, is_rich_menu_id};
 pub use set::{CampaignSet, TEMPLATE_EXTENSION};
 pub use template::{RenderContext, RenderError};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_set_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync + 'static>(_: &T) {}
+        let set = CampaignSet::default();
+        shared(&set);
+        assert!(set.is_empty());
+        assert_eq!(set.len(), 0);
+        assert!(set.get("anything").is_none());
+    }
+}
