@@ -12,6 +12,9 @@
 //! | `api` | `/v1/events`, `/v1/members`, `/v1/links…`, `/v1/account-link/nonce`, `/v1/links/id-token`, `/v1/segments…` | – |
 //! | `webhook` | `POST /webhook/line` | webhook worker |
 //! | `evaluator` | – | segment engine (change worker, timer), start-up recompute |
+//! | `scheduler` | – | campaign triggers (segment entries, events, cron fires), desired rich menus |
+//! | `dispatcher` | – | outbox planner and sender, rich-menu linker, quota guard |
+//! | `api` (campaigns) | `/v1/campaigns…` | – |
 
 use crate::auth::require_api_key;
 use crate::config::Config;
@@ -50,12 +53,14 @@ struct AppState {
     segments: usize,
     evaluator: Option<Evaluator>,
     webhook: bool,
+    dispatch_metrics: Arc<renkei_dispatch::DispatchMetrics>,
 }
 
 pub struct Application {
     listener: TcpListener,
     router: Router,
     background: Background,
+    dispatcher: Option<Arc<renkei_dispatch::Dispatcher>>,
 }
 
 /// The background work of the roles switched on, stopped after the server.
@@ -180,7 +185,98 @@ impl Application {
             background.webhook_worker =
                 Some(renkei_webhook::spawn_worker(webhook_state.clone(), WorkerOptions::default()));
         }
-        // (scheduler and dispatcher roles: campaigns add their tasks here.)
+        let (campaigns, rich_menus) = crate::campaigns::load_or_explain(config, &segments)?;
+        let campaigns = Arc::new(campaigns);
+        let rich_menus = Arc::new(rich_menus);
+        tracing::info!(campaigns = campaigns.len(), dir = %config.paths.campaigns.display(), "campaigns loaded");
+        let dispatch_metrics = Arc::new(renkei_dispatch::DispatchMetrics::default());
+        let settings = crate::campaigns::dispatch_settings(config)?;
+        let mut dispatch_wake = Arc::new(tokio::sync::Notify::new());
+        let mut dispatcher = None;
+        if config.roles.dispatcher {
+            match line_client(config)? {
+                Some(line) => {
+                    let quota = Arc::new(renkei_dispatch::QuotaGuard::new(
+                        config.dispatch.quota_guard,
+                        dispatch_metrics.clone(),
+                    ));
+                    let d = Arc::new(renkei_dispatch::Dispatcher::new(
+                        store.clone(),
+                        line.clone(),
+                        campaigns.clone(),
+                        clock.clone(),
+                        settings.clone(),
+                        dispatch_metrics.clone(),
+                        quota.clone(),
+                    ));
+                    dispatch_wake = d.waker();
+                    let linker = Arc::new(renkei_dispatch::RichMenuLinker::new(
+                        store.clone(),
+                        line.clone(),
+                        clock.clone(),
+                        d.limiters(),
+                        dispatch_metrics.clone(),
+                        settings.lease,
+                        settings.poll,
+                    ));
+                    let refresh = Duration::from_secs(config.dispatch.quota_refresh.seconds().max(1) as u64);
+                    background.spawn("quota guard", {
+                        let clock = clock.clone();
+                        move |stop| async move {
+                            let _ = quota.spawn_refresh(line, clock, refresh, stop).await;
+                        }
+                    });
+                    background.spawn("dispatcher", {
+                        let d = d.clone();
+                        move |stop| async move {
+                            for task in d.spawn(stop) {
+                                let _ = task.await;
+                            }
+                        }
+                    });
+                    background.spawn("rich-menu linker", {
+                        let wake = d.waker();
+                        move |stop| async move {
+                            let _ = linker.spawn(wake, stop).await;
+                        }
+                    });
+                    tracing::info!("dispatcher started");
+                    dispatcher = Some(d);
+                }
+                None => tracing::warn!(
+                    "dispatcher role on but line.channel_access_token is empty: deliveries wait in the outbox unsent"
+                ),
+            }
+        }
+        if config.roles.scheduler {
+            let runner = Arc::new(
+                renkei_dispatch::CampaignRunner::new(
+                    store.clone(),
+                    campaigns.clone(),
+                    rich_menus.clone(),
+                    clock.clone(),
+                    crate::campaigns::runner_settings(config),
+                    dispatch_metrics.clone(),
+                    dispatch_wake,
+                )
+                .await
+                .context("starting the campaign scheduler")?,
+            );
+            background.spawn("rich-menu sync", {
+                let runner = runner.clone();
+                move |_stop| async move {
+                    match runner.sync_rich_menus().await {
+                        Ok(n) => tracing::info!(users = n, "desired rich menus synced for rule segments"),
+                        Err(error) => tracing::warn!(%error, "syncing desired rich menus failed"),
+                    }
+                }
+            });
+            background.spawn("campaign scheduler", move |stop| async move {
+                for task in runner.spawn(stop) {
+                    let _ = task.await;
+                }
+            });
+        }
 
         // ---- routes ----
         let ingest_metrics = Arc::new(IngestMetrics::default());
@@ -190,6 +286,7 @@ impl Application {
             segments: segments.len(),
             evaluator: background.evaluator.clone(),
             webhook: config.roles.webhook,
+            dispatch_metrics,
         };
         let mut router =
             Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(app_state);
@@ -197,6 +294,8 @@ impl Application {
             // Signed by LINE: no bearer key.
             router = router.merge(renkei_webhook::public_router(webhook_state.clone()));
         }
+        let store_for_api = store.clone();
+        let clock_for_api = clock.clone();
         if config.roles.api {
             let api_keys: Arc<Vec<String>> =
                 Arc::new(config.server.api_keys.iter().map(|k| k.expose().to_string()).collect());
@@ -209,12 +308,20 @@ impl Application {
                     changes,
                 }))
                 .merge(require_api_key(renkei_webhook::api_router(webhook_state), api_keys.clone()))
-                .merge(require_api_key(renkei_membership::router(engine), api_keys));
+                .merge(require_api_key(renkei_membership::router(engine), api_keys.clone()))
+                .merge(require_api_key(
+                    renkei_dispatch::http::router(renkei_dispatch::http::CampaignsApi {
+                        store: store_for_api,
+                        campaigns: campaigns.clone(),
+                        clock: clock_for_api,
+                    }),
+                    api_keys,
+                ));
         }
         let router = router
             .fallback(|| async { ApiError::not_found("no such route") })
             .layer(tower_http::trace::TraceLayer::new_for_http());
-        Ok(Self { listener, router, background })
+        Ok(Self { listener, router, background, dispatcher })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -225,6 +332,11 @@ impl Application {
     /// reported changes are evaluated.
     pub fn evaluator(&self) -> Option<Evaluator> {
         self.background.evaluator.clone()
+    }
+
+    /// The dispatcher (dispatcher role with a channel access token).
+    pub fn dispatcher(&self) -> Option<Arc<renkei_dispatch::Dispatcher>> {
+        self.dispatcher.clone()
     }
 
     /// Serves until Ctrl-C / SIGTERM, then stops the background tasks.
@@ -287,6 +399,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(evaluator) = &state.evaluator {
         evaluator.render_metrics(&mut out);
     }
+    state.dispatch_metrics.render(&mut out);
     if state.webhook {
         // A cheap count (partial index); left out when the store is unreachable.
         match state.store.pending_webhook_events().await {

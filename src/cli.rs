@@ -44,6 +44,11 @@ pub enum Command {
         #[command(subcommand)]
         what: SegmentsCommand,
     },
+    /// Inspect campaigns.
+    Campaigns {
+        #[command(subcommand)]
+        what: CampaignsCommand,
+    },
     /// The LINE platform simulator on its own (for tests and local development).
     LineSim {
         /// Address to listen on.
@@ -81,6 +86,22 @@ pub enum SegmentsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum CampaignsCommand {
+    /// Who would get what at an instant, rendered, with skip reasons; sends
+    /// and stores nothing. Segment-entry and scheduled campaigns: the members
+    /// of their segment then; event campaigns: their queued reminders.
+    DryRun {
+        /// Campaign id, as in its YAML file.
+        id: String,
+        /// The instant to judge at, RFC 3339 with an offset (default: now).
+        #[arg(long, value_name = "RFC3339", value_parser = preview::parse_at)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, value_enum, default_value_t = PreviewFormat::Table)]
+        format: PreviewFormat,
+    },
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -109,17 +130,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let at = at.unwrap_or_else(|| clock.now());
             segments_preview(&config, clock, &id, at, format).await
         }
+        Command::Campaigns { what: CampaignsCommand::DryRun { id, at, format } } => {
+            let at = at.unwrap_or_else(|| clock.now());
+            campaigns_dry_run(&config, clock, &id, at, format).await
+        }
         Command::LineSim { bind } => line_sim(&config, bind).await,
         Command::Import { what } => run_import(config, clock, what).await,
         Command::Demo { keep } => crate::demo::run(keep).await,
     }
 }
 
-/// Validates everything renkei loads; prints one `file:line:col: message` per problem.
+/// Validates everything renkei loads (config, segments, campaigns,
+/// templates, rich menus); prints one `file:line:col: message` per problem.
 fn check(config: &Config) -> ExitCode {
-    match renkei_segments::SegmentSet::load_dir(&config.paths.segments) {
-        Ok(segments) => {
-            println!("config ok; {} segments in {}", segments.len(), config.paths.segments.display());
+    let segments = match renkei_segments::SegmentSet::load_dir(&config.paths.segments) {
+        Ok(segments) => segments,
+        Err(diagnostics) => {
+            for diagnostic in &diagnostics {
+                eprintln!("{diagnostic}");
+            }
+            eprintln!("{} problem(s) in segments; nothing loaded", diagnostics.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(error) = crate::campaigns::global_policy(config) {
+        eprintln!("{error}");
+        return ExitCode::FAILURE;
+    }
+    match crate::campaigns::load(config, &segments) {
+        Ok((campaigns, rich_menus)) => {
+            println!(
+                "config ok; {} segments in {}, {} campaigns in {}, {} rich-menu rules in {}",
+                segments.len(),
+                config.paths.segments.display(),
+                campaigns.len(),
+                config.paths.campaigns.display(),
+                rich_menus.rules.len(),
+                config.paths.rich_menus.display()
+            );
             ExitCode::SUCCESS
         }
         Err(diagnostics) => {
@@ -130,6 +178,78 @@ fn check(config: &Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn campaigns_dry_run(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    id: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    format: PreviewFormat,
+) -> anyhow::Result<ExitCode> {
+    let loaded = crate::app::load_segments(&config.paths.segments)
+        .and_then(|segments| crate::campaigns::load_or_explain(config, &segments).map(|c| (segments, c)));
+    let (segments, (campaigns, _rich_menus)) = match loaded {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("{error}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if campaigns.get(id).is_none() {
+        let known: Vec<&str> = campaigns.iter().map(|c| c.id.as_str()).collect();
+        let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+        eprintln!("error: unknown campaign `{id}` in {} (known: {known})", config.paths.campaigns.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    let global = match crate::campaigns::global_policy(config) {
+        Ok(global) => global,
+        Err(error) => {
+            eprintln!("{error}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let store = renkei_store::connect(&config.database.url).await.context("connecting to the database")?;
+    store.migrate().await.context("applying migrations")?;
+    let engine = renkei_membership::MembershipEngine::new(store, Arc::new(segments), clock, config.timezone.0);
+    let rows = renkei_dispatch::dry_run(&engine, &campaigns, id, at, &global, &config.server.public_base_url)
+        .await
+        .context("dry run")?;
+    let send = rows.iter().filter(|r| r.decision == "send").count();
+    let defer = rows.iter().filter(|r| r.decision == "defer").count();
+    let mut skips: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for row in rows.iter().filter(|r| r.decision == "skip") {
+        *skips.entry(row.detail.as_deref().unwrap_or("unknown")).or_default() += 1;
+    }
+    match format {
+        PreviewFormat::Json => {
+            let body = serde_json::json!({
+                "campaign": id,
+                "at": at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                "send": send,
+                "defer": defer,
+                "skip": skips,
+                "recipients": rows,
+            });
+            println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+        }
+        PreviewFormat::Table => {
+            println!(
+                "campaign {id} at {}: {} recipient(s): {send} send, {defer} deferred, {} skipped {skips:?}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                rows.len(),
+                rows.len() - send - defer
+            );
+            for row in &rows {
+                let who = row.line_user_id.as_deref().unwrap_or("-");
+                let member = row.member_id.as_deref().unwrap_or("-");
+                let detail = row.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+                let alt = row.messages.get(0).and_then(|m| m.get("altText")).and_then(|a| a.as_str()).unwrap_or("");
+                println!("{who}  {member:<12} {}{detail}  {alt}", row.decision);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn segments_preview(

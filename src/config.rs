@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULTS_TOML: &str = include_str!("../config/defaults.toml");
 pub const ENV_PREFIX: &str = "RENKEI_";
-const SECTIONS: [&str; 7] = ["timezone", "database", "server", "line", "paths", "roles", "log"];
+const SECTIONS: [&str; 9] = ["timezone", "database", "server", "line", "paths", "roles", "log", "dispatch", "policy"];
 
 /// A secret string: deserialized like a string, never printed.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
@@ -50,6 +50,35 @@ pub struct Config {
     pub paths: PathsConfig,
     pub roles: RolesConfig,
     pub log: LogConfig,
+    pub dispatch: DispatchConfig,
+    pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchConfig {
+    pub push_per_second: u32,
+    pub multicast_per_second: u32,
+    pub rich_menu_link_per_second: u32,
+    pub rich_menu_bulk_per_second: u32,
+    pub lease: renkei_core::SpanDuration,
+    pub batch: u32,
+    pub max_in_flight: usize,
+    pub retry_base_ms: u64,
+    pub retry_max: renkei_core::SpanDuration,
+    pub max_attempts: u32,
+    pub misfire_grace: renkei_core::SpanDuration,
+    pub quota_guard: bool,
+    pub quota_refresh: renkei_core::SpanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub per_user_cap_max: u32,
+    pub per_user_cap_per: renkei_core::SpanDuration,
+    pub quiet_hours_from: String,
+    pub quiet_hours_to: String,
 }
 
 /// An IANA timezone name, checked when the config loads.
