@@ -1,0 +1,264 @@
+//! `/v1/campaigns…` over real HTTP on the in-process server, with a campaign
+//! driven end to end (ingested event → segment entry → outbox → LINE
+//! simulator): listing with state, stats after a send, pause and resume, 404
+//! and 401; on SQLite and PostgreSQL.
+
+mod common;
+
+use common::{Backend, TestApp, spawn_app_with};
+use renkei_line_sim::{LineSim, SimConfig, SimHandle};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+const USER_1: &str = "U00000000000000000000000000000001";
+const USER_2: &str = "U00000000000000000000000000000002";
+
+/// Linked members who bought within 30 days.
+const BUYERS: &str =
+    "id: buyers\nname: 購入者\nrule:\n  all:\n    - linked: true\n    - event: purchase\n      within: 30d\n";
+const THANKS: &str = "id: thanks\nname: ご購入のお礼\ntrigger:\n  segment_entered: buyers\nmessages:\n  - template: thanks\n    alt_text: \"{{member.name}}さん、ご購入ありがとうございます\"\n";
+const REVIEW: &str = "id: review_request\nname: レビューのお願い\ntrigger:\n  event: delivered\n  delay: 3d\naudience: buyers\nmessages:\n  - template: thanks\n    alt_text: レビューをお願いします\n";
+const TEMPLATE: &str = r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [
+  {"type": "text", "text": "{{member.name}}さん、ありがとうございます", "wrap": true}]}}"#;
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::common::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if renkei_store::test_support::postgres_server_url().is_some() {
+                        super::$name(crate::common::Backend::Postgres).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    campaigns_are_listed_with_their_state,
+    stats_count_a_send_driven_end_to_end,
+    a_paused_campaign_holds_new_triggers_until_resumed,
+    unknown_campaigns_are_404_and_keys_are_required,
+);
+
+/// Segment, campaign and template directories, kept alive with the app.
+struct Files {
+    segments: TempDir,
+    campaigns: TempDir,
+    templates: TempDir,
+}
+
+fn files() -> Files {
+    let files = Files {
+        segments: tempfile::tempdir().expect("tempdir"),
+        campaigns: tempfile::tempdir().expect("tempdir"),
+        templates: tempfile::tempdir().expect("tempdir"),
+    };
+    std::fs::write(files.segments.path().join("buyers.yaml"), BUYERS).expect("segment");
+    std::fs::write(files.campaigns.path().join("thanks.yaml"), THANKS).expect("campaign");
+    std::fs::write(files.campaigns.path().join("review_request.yaml"), REVIEW).expect("campaign");
+    std::fs::write(files.templates.path().join("thanks.json.hbs"), TEMPLATE).expect("template");
+    files
+}
+
+/// The server with these campaigns, sending to a fresh LINE simulator.
+async fn spawn(backend: Backend, files: &Files) -> Option<(TestApp, SimHandle)> {
+    let sim = LineSim::spawn(SimConfig::default()).await.expect("simulator");
+    let app = spawn_app_with(backend, |c| {
+        c.paths.segments = files.segments.path().to_path_buf();
+        c.paths.campaigns = files.campaigns.path().to_path_buf();
+        c.paths.templates = files.templates.path().to_path_buf();
+        c.paths.rich_menus = files.segments.path().join("no_rich_menus.yaml");
+        c.line.channel_secret = sim.channel_secret().into();
+        c.line.channel_access_token = sim.access_token().into();
+        c.line.api_base_url = sim.base_url();
+    })
+    .await?;
+    Some((app, sim))
+}
+
+/// Polls `check` every 25 ms until it returns `Some`, failing after 20 s.
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Segment-entry campaigns react to entries after their first start: wait
+/// until the scheduler has recorded where that is.
+async fn scheduler_started(app: &TestApp) {
+    eventually("the segment-entry trigger to start", async || {
+        app.store.get_cursor("campaigns.transitions").await.ok().flatten()
+    })
+    .await;
+}
+
+/// Links `member` to `user` and records a purchase 1 h ago: `buyers` entered.
+async fn buy(app: &TestApp, member: &str, user: &str) {
+    let (status, body) = app
+        .post(
+            "/v1/members",
+            &json!({"members": [{"member_id": member, "attributes": {"name": format!("{member}様")}}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app.post("/v1/links", &json!({"member_id": member, "line_user_id": user})).await;
+    assert_eq!(status, 201, "{body}");
+    let at = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let event =
+        json!({"event_id": format!("order-{member}"), "type": "purchase", "member_id": member, "occurred_at": at});
+    let (status, body) = app.post("/v1/events", &json!({"events": [event]})).await;
+    assert_eq!((status, body), (200, json!({"accepted": 1, "duplicates": 0})));
+}
+
+async fn stats(app: &TestApp, id: &str) -> Value {
+    let (status, body) = app.get(&format!("/v1/campaigns/{id}/stats")).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn state_of(app: &TestApp, id: &str) -> Value {
+    let (status, body) = app.get("/v1/campaigns").await;
+    assert_eq!(status, 200, "{body}");
+    body["campaigns"].as_array().expect("campaigns").iter().find(|c| c["id"] == id).expect("listed")["state"].clone()
+}
+
+async fn campaigns_are_listed_with_their_state(backend: Backend) {
+    let files = files();
+    let Some((app, _sim)) = spawn(backend, &files).await else { return };
+    let (status, body) = app.get("/v1/campaigns").await;
+    assert_eq!(status, 200, "{body}");
+    let mut listed = body["campaigns"].as_array().expect("campaigns array").clone();
+    listed.sort_by_key(|c| c["id"].as_str().unwrap_or_default().to_string());
+    assert_eq!(
+        listed,
+        vec![
+            json!({"id": "review_request", "name": "レビューのお願い", "trigger": {"event": "delivered"},
+                   "audience": "buyers", "state": "active"}),
+            json!({"id": "thanks", "name": "ご購入のお礼", "trigger": {"segment_entered": "buyers"},
+                   "audience": null, "state": "active"}),
+        ]
+    );
+
+    let (status, body) = app.post("/v1/campaigns/review_request/pause", &json!({})).await;
+    assert_eq!((status, body), (200, json!({"campaign": "review_request", "state": "paused"})));
+    assert_eq!(state_of(&app, "review_request").await, "paused");
+    assert_eq!(state_of(&app, "thanks").await, "active", "only the paused campaign changes");
+    assert_eq!(stats(&app, "review_request").await["state"], "paused");
+    let (status, body) = app.post("/v1/campaigns/review_request/resume", &json!({})).await;
+    assert_eq!((status, body), (200, json!({"campaign": "review_request", "state": "active"})));
+    assert_eq!(state_of(&app, "review_request").await, "active");
+}
+
+async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
+    let files = files();
+    let Some((app, sim)) = spawn(backend, &files).await else { return };
+    scheduler_started(&app).await;
+    assert_eq!(
+        stats(&app, "thanks").await,
+        json!({"campaign": "thanks", "state": "active", "sent": 0, "pending": 0, "failed": 0, "skipped": 0,
+               "skipped_by_reason": {}})
+    );
+
+    buy(&app, "m1", USER_1).await;
+    let messages = eventually("the thank-you push to reach LINE", async || {
+        let messages = sim.messages_to(USER_1);
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["altText"], "m1様さん、ご購入ありがとうございます");
+    assert_eq!(messages[0]["contents"]["body"]["contents"][0]["text"], "m1様さん、ありがとうございます");
+
+    let body = eventually("the send to be recorded", async || {
+        let body = stats(&app, "thanks").await;
+        (body["sent"] == 1).then_some(body)
+    })
+    .await;
+    assert_eq!(
+        body,
+        json!({"campaign": "thanks", "state": "active", "sent": 1, "pending": 0, "failed": 0, "skipped": 0,
+               "skipped_by_reason": {}})
+    );
+    // The event campaign was not triggered by a purchase.
+    assert_eq!(stats(&app, "review_request").await["sent"], 0);
+    assert_eq!(sim.requests().iter().filter(|r| !r.recipients.is_empty()).count(), 1, "one request with a recipient");
+}
+
+async fn a_paused_campaign_holds_new_triggers_until_resumed(backend: Backend) {
+    let files = files();
+    let Some((app, sim)) = spawn(backend, &files).await else { return };
+    scheduler_started(&app).await;
+
+    let (status, body) = app.post("/v1/campaigns/thanks/pause", &json!({})).await;
+    assert_eq!((status, body), (200, json!({"campaign": "thanks", "state": "paused"})));
+    buy(&app, "m2", USER_2).await;
+    // The trigger is queued…
+    let body = eventually("the trigger to be queued", async || {
+        let body = stats(&app, "thanks").await;
+        (body["pending"] == 1).then_some(body)
+    })
+    .await;
+    assert_eq!((body["state"].clone(), body["sent"].clone()), (json!("paused"), json!(0)), "{body}");
+    // …and held: nothing reaches LINE for 2 s (ten dispatcher polls).
+    let held_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < held_until {
+        assert!(sim.messages_to(USER_2).is_empty(), "a paused campaign sent a message");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stats(&app, "thanks").await["pending"], 1);
+
+    let (status, body) = app.post("/v1/campaigns/thanks/resume", &json!({})).await;
+    assert_eq!((status, body), (200, json!({"campaign": "thanks", "state": "active"})));
+    eventually("the held push to be sent after resume", async || (sim.messages_to(USER_2).len() == 1).then_some(()))
+        .await;
+    let body = eventually("the send to be recorded", async || {
+        let body = stats(&app, "thanks").await;
+        (body["sent"] == 1).then_some(body)
+    })
+    .await;
+    assert_eq!((body["state"].clone(), body["pending"].clone()), (json!("active"), json!(0)), "{body}");
+    assert_eq!(sim.messages_to(USER_2).len(), 1, "sent once");
+}
+
+async fn unknown_campaigns_are_404_and_keys_are_required(backend: Backend) {
+    let files = files();
+    let Some((app, _sim)) = spawn(backend, &files).await else { return };
+    let not_found = |(status, body): (u16, Value)| {
+        assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+        let message = body["error"]["message"].as_str().expect("message").to_string();
+        assert!(message.contains("nope"), "{message}");
+    };
+    not_found(app.get("/v1/campaigns/nope/stats").await);
+    not_found(app.post("/v1/campaigns/nope/pause", &json!({})).await);
+    not_found(app.post("/v1/campaigns/nope/resume", &json!({})).await);
+
+    let anonymous = [
+        app.http.get(format!("{}/v1/campaigns", app.base)),
+        app.http.get(format!("{}/v1/campaigns/thanks/stats", app.base)),
+        app.http.post(format!("{}/v1/campaigns/thanks/pause", app.base)),
+        app.http.post(format!("{}/v1/campaigns/thanks/resume", app.base)),
+        app.http.post(format!("{}/v1/campaigns/thanks/pause", app.base)).bearer_auth("wrong-key"),
+    ];
+    for request in anonymous {
+        let (status, body) = app.send(request).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{body}");
+    }
+    assert_eq!(state_of(&app, "thanks").await, "active", "refused requests changed nothing");
+}
