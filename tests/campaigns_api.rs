@@ -13,6 +13,7 @@ use tempfile::TempDir;
 
 const USER_1: &str = "U00000000000000000000000000000001";
 const USER_2: &str = "U00000000000000000000000000000002";
+const USER_3: &str = "U00000000000000000000000000000003";
 
 /// Linked members who bought within 30 days.
 const BUYERS: &str =
@@ -198,6 +199,24 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
     );
     // The event campaign was not triggered by a purchase.
     assert_eq!(stats(&app, "review_request").await["sent"], 0);
+
+    // A buyer who blocked the account enters the segment too, but is never messaged; the skip is counted.
+    app.store
+        .set_following(&renkei_core::LineUserId::parse(USER_3).expect("user"), false, chrono::Utc::now())
+        .await
+        .expect("unfollow");
+    buy(&app, "m3", USER_3).await;
+    let body = eventually("the skip to be recorded", async || {
+        let body = stats(&app, "thanks").await;
+        (body["skipped"] == 1).then_some(body)
+    })
+    .await;
+    assert_eq!(
+        body,
+        json!({"campaign": "thanks", "state": "active", "sent": 1, "pending": 0, "failed": 0, "skipped": 1,
+               "skipped_by_reason": {"unfollowed": 1}})
+    );
+    assert!(sim.messages_to(USER_3).is_empty());
     assert_eq!(sim.requests().iter().filter(|r| !r.recipients.is_empty()).count(), 1, "one request with a recipient");
 }
 
