@@ -287,7 +287,15 @@ impl Dispatcher {
 
     /// The dispatcher's tasks: planning and a pipelined sender. Stops when `token` is cancelled.
     pub fn spawn(self: Arc<Self>, token: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![tokio::spawn(self.clone().planner(token.clone())), tokio::spawn(self.sender(token))]
+        // PostgreSQL claims with SKIP LOCKED, so planners work side by side;
+        // SQLite has one writer, where a second planner would only wait.
+        let planners = match self.store.backend() {
+            renkei_store::Backend::Postgres => 3,
+            renkei_store::Backend::Sqlite => 1,
+        };
+        let mut tasks: Vec<_> = (0..planners).map(|_| tokio::spawn(self.clone().planner(token.clone()))).collect();
+        tasks.push(tokio::spawn(self.sender(token)));
+        tasks
     }
 
     async fn planner(self: Arc<Self>, token: CancellationToken) {
@@ -371,25 +379,66 @@ impl Dispatcher {
         let _ = recorder.await;
     }
 
+    /// Records outcomes; accepted requests are written in batches (one
+    /// transaction for up to a batch), so the database keeps up with LINE's rate.
     async fn recorder(self: Arc<Self>, mut outcomes: mpsc::Receiver<(SendRequest, Outcome)>) {
-        while let Some((request, outcome)) = outcomes.recv().await {
-            let mut attempt_no = 0;
-            loop {
-                match self.record(&request, outcome_clone(&outcome)).await {
-                    Ok(()) => break,
-                    Err(error) if attempt_no < 5 => {
-                        attempt_no += 1;
-                        tracing::warn!(%error, request = request.id, "recording a LINE outcome failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200 * attempt_no)).await;
-                    }
-                    Err(error) => {
-                        // The lease will expire and the request go again with its key: LINE answers 409.
-                        tracing::error!(%error, request = request.id, "could not record a LINE outcome");
-                        break;
-                    }
+        let max = self.settings.batch.max(1) as usize;
+        while let Some(first) = outcomes.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < max {
+                match outcomes.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            let (sent, other): (Vec<_>, Vec<_>) =
+                batch.into_iter().partition(|(_, outcome)| matches!(outcome, Outcome::Sent { .. }));
+            self.with_retries("recording accepted LINE requests", || self.record_sent(&sent)).await;
+            for (request, outcome) in other {
+                self.with_retries("recording a LINE outcome", || self.record(&request, outcome_clone(&outcome))).await;
+            }
+        }
+    }
+
+    async fn with_retries<F, Fut>(&self, what: &str, mut write: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = DispatchResult<()>>,
+    {
+        for attempt in 1..=6u64 {
+            match write().await {
+                Ok(()) => return,
+                Err(error) if attempt < 6 => {
+                    tracing::warn!(%error, attempt, "{what} failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(error) => {
+                    // The lease expires and the request goes again with its key: LINE answers 409.
+                    tracing::error!(%error, "{what} failed; the request will be re-sent with its retry key");
                 }
             }
         }
+    }
+
+    async fn record_sent(&self, sent: &[(SendRequest, Outcome)]) -> DispatchResult<()> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let mut done = Vec::with_capacity(sent.len());
+        let mut recipients = 0u64;
+        let mut already = 0u64;
+        for (request, outcome) in sent {
+            if let Outcome::Sent { accepted, already: was } = outcome {
+                done.push((request.id, accepted.clone()));
+                recipients += request.recipients.len() as u64;
+                already += u64::from(*was);
+            }
+        }
+        self.store.complete_requests(&done, self.clock.now()).await?;
+        DispatchMetrics::add(&self.metrics.requests_sent, done.len() as u64);
+        DispatchMetrics::add(&self.metrics.recipients_sent, recipients);
+        DispatchMetrics::add(&self.metrics.requests_already_accepted, already);
+        Ok(())
     }
 
     pub fn metrics(&self) -> &Arc<DispatchMetrics> {

@@ -286,6 +286,10 @@ pub trait DispatchStore: Send + Sync + 'static {
     /// LINE accepted it: the request and its deliveries become `sent`.
     async fn complete_request(&self, id: i64, accepted_request_id: Option<&str>, at: DateTime<Utc>) -> StoreResult<()>;
 
+    /// [`complete_request`](Self::complete_request) for many requests in one
+    /// transaction (the sender records outcomes in batches). Unknown ids are skipped.
+    async fn complete_requests(&self, done: &[(i64, Option<String>)], at: DateTime<Utc>) -> StoreResult<()>;
+
     /// A retryable failure: release the lease, try again at `next_attempt_at`.
     async fn retry_request(&self, id: i64, next_attempt_at: DateTime<Utc>, error: &str) -> StoreResult<()>;
 
@@ -861,6 +865,32 @@ impl DispatchStore for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn complete_requests(&self, done: &[(i64, Option<String>)], at: DateTime<Utc>) -> StoreResult<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let at = to_micros(at);
+        let mut tx = self.writer.begin().await?;
+        for (id, accepted_request_id) in done {
+            sqlx::query(
+                "UPDATE send_requests SET status = 'sent', accepted_request_id = COALESCE(?1, accepted_request_id),
+                 sent_at = ?2, finished_at = ?2, lease_owner = NULL, lease_until = NULL WHERE id = ?3",
+            )
+            .bind(accepted_request_id.as_deref())
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE deliveries SET status = 'sent', finished_at = ? WHERE request_id = ?")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -1533,6 +1563,32 @@ impl DispatchStore for PgStore {
         sqlx::query("UPDATE deliveries SET status = 'sent', finished_at = $1 WHERE request_id = $2")
             .bind(at)
             .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn complete_requests(&self, done: &[(i64, Option<String>)], at: DateTime<Utc>) -> StoreResult<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = done.iter().map(|(id, _)| *id).collect();
+        let accepted: Vec<Option<String>> = done.iter().map(|(_, a)| a.clone()).collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE send_requests r SET status = 'sent', accepted_request_id = COALESCE(d.accepted, r.accepted_request_id),
+             sent_at = $3, finished_at = $3, lease_owner = NULL, lease_until = NULL
+             FROM unnest($1::bigint[], $2::text[]) AS d(id, accepted) WHERE r.id = d.id",
+        )
+        .bind(&ids)
+        .bind(&accepted)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE deliveries SET status = 'sent', finished_at = $2 WHERE request_id = ANY($1)")
+            .bind(&ids)
+            .bind(at)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
