@@ -39,6 +39,9 @@ pub enum SkipReason {
     GlobalCap,
     /// The campaign was removed from the configuration before sending.
     CampaignRemoved,
+    /// The send time had passed by more than the catch-up grace when the
+    /// trigger arrived (e.g. a reminder for a reservation posted too late).
+    Expired,
 }
 
 impl SkipReason {
@@ -52,6 +55,7 @@ impl SkipReason {
             SkipReason::FrequencyCap => "frequency_cap",
             SkipReason::GlobalCap => "global_cap",
             SkipReason::CampaignRemoved => "campaign_removed",
+            SkipReason::Expired => "expired",
         }
     }
 }
@@ -67,6 +71,8 @@ impl fmt::Display for SkipReason {
 pub struct SendFacts {
     /// The trigger failed to produce a message.
     pub invalid: bool,
+    /// The send time passed long before the trigger arrived.
+    pub expired: bool,
     /// A LINE user is known for the delivery.
     pub has_line_user: bool,
     /// The user follows the account (a linked user counts as following until an unfollow).
@@ -108,6 +114,9 @@ pub fn decide(
 ) -> Decision {
     if facts.invalid {
         return Decision::Skip(SkipReason::InvalidTrigger);
+    }
+    if facts.expired {
+        return Decision::Skip(SkipReason::Expired);
     }
     if !facts.has_line_user || facts.link_lost {
         return Decision::Skip(SkipReason::Unlinked);
@@ -182,6 +191,7 @@ mod tests {
         let r = CampaignRules::default();
         let cases = [
             (SendFacts { invalid: true, ..ok_facts() }, SkipReason::InvalidTrigger),
+            (SendFacts { expired: true, ..ok_facts() }, SkipReason::Expired),
             (SendFacts { has_line_user: false, ..ok_facts() }, SkipReason::Unlinked),
             (SendFacts { link_lost: true, ..ok_facts() }, SkipReason::Unlinked),
             (SendFacts { following: false, ..ok_facts() }, SkipReason::Unfollowed),

@@ -18,7 +18,7 @@ use chrono_tz::Tz;
 use renkei_campaigns::{Campaign, CampaignSet, RenderContext, RichMenuRules, Trigger, schedule};
 use renkei_core::{Clock, LineUserId, MemberId};
 use renkei_store::dispatch::NewDelivery;
-use renkei_store::membership::{StoredTransition, TransitionKind, UserRecord};
+use renkei_store::membership::{Cause, StoredTransition, TransitionKind, UserRecord};
 use renkei_store::{Store, StoredEvent};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -241,8 +241,12 @@ impl CampaignRunner {
     pub async fn on_transitions(&self, transitions: &[StoredTransition]) -> DispatchResult<()> {
         let now = self.clock.now();
         let mut deliveries = Vec::new();
-        let entered: Vec<&StoredTransition> =
-            transitions.iter().filter(|t| t.transition.kind == TransitionKind::Entered).collect();
+        // A full recompute (start-up, a new or edited segment) establishes
+        // membership; campaigns react to entries caused by data or time.
+        let entered: Vec<&StoredTransition> = transitions
+            .iter()
+            .filter(|t| t.transition.kind == TransitionKind::Entered && t.transition.cause != Cause::Recompute)
+            .collect();
         let users: Vec<LineUserId> = unique(entered.iter().map(|t| t.transition.line_user_id.clone()));
         let records = self.records(&users).await?;
         for t in &entered {
@@ -368,36 +372,61 @@ impl CampaignRunner {
         Ok(n)
     }
 
-    /// Enqueues event-triggered campaigns for these events.
+    /// Enqueues event-triggered campaigns for these events. A send time
+    /// already past by more than the catch-up grace (a reminder for a
+    /// reservation posted too late) is recorded as `expired`, not sent.
     pub async fn on_events(&self, events: &[StoredEvent]) -> DispatchResult<()> {
         let now = self.clock.now();
         let tz = self.settings.timezone;
-        let mut deliveries = Vec::new();
-        for event in events {
-            let campaigns: Vec<&Campaign> = self
-                .campaigns
-                .iter()
-                .filter(|c| matches!(&c.trigger, Trigger::Event { event_type, .. } if *event_type == event.event_type))
-                .collect();
-            if campaigns.is_empty() {
-                continue;
-            }
-            let member_id = event.member_id.as_deref().and_then(|m| MemberId::parse(m).ok());
-            let mut line_user = event.line_user_id.as_deref().and_then(|u| LineUserId::parse(u).ok());
-            if line_user.is_none()
-                && let Some(member) = &member_id
+        let relevant: Vec<&StoredEvent> = events
+            .iter()
+            .filter(|e| {
+                self.campaigns
+                    .iter()
+                    .any(|c| matches!(&c.trigger, Trigger::Event { event_type, .. } if *event_type == e.event_type))
+            })
+            .collect();
+        // Resolve every member and user of the page once.
+        let mut links: HashMap<MemberId, Option<LineUserId>> = HashMap::new();
+        for event in &relevant {
+            if event.line_user_id.is_none()
+                && let Some(member) = event.member_id.as_deref().and_then(|m| MemberId::parse(m).ok())
+                && !links.contains_key(&member)
             {
-                line_user = self.store.member_line_user(member).await?;
+                let user = self.store.member_line_user(&member).await?;
+                links.insert(member, user);
             }
+        }
+        let users = unique(relevant.iter().filter_map(|e| {
+            e.line_user_id.as_deref().and_then(|u| LineUserId::parse(u).ok()).or_else(|| {
+                e.member_id
+                    .as_deref()
+                    .and_then(|m| MemberId::parse(m).ok())
+                    .and_then(|m| links.get(&m).cloned().flatten())
+            })
+        }));
+        let records = self.records(&users).await?;
+        let mut unlinked_members: HashMap<MemberId, Option<Map<String, Value>>> = HashMap::new();
+        let mut deliveries = Vec::new();
+        for event in relevant {
+            let member_id = event.member_id.as_deref().and_then(|m| MemberId::parse(m).ok());
+            let line_user = event
+                .line_user_id
+                .as_deref()
+                .and_then(|u| LineUserId::parse(u).ok())
+                .or_else(|| member_id.as_ref().and_then(|m| links.get(m).cloned().flatten()));
             let (member_id, attributes) = match (&line_user, &member_id) {
                 (Some(user), _) => {
-                    let record = self.records(std::slice::from_ref(user)).await?.remove(user);
-                    let member = record.as_ref().and_then(|r| r.member_id.clone()).or(member_id.clone());
-                    (member, record.and_then(|r| r.attributes))
+                    let record = records.get(user);
+                    let member = record.and_then(|r| r.member_id.clone()).or(member_id.clone());
+                    (member, record.and_then(|r| r.attributes.clone()))
                 }
                 (None, Some(member)) => {
-                    let stored = self.store.get_member(member).await?;
-                    (Some(member.clone()), stored.map(|m| m.attributes))
+                    if !unlinked_members.contains_key(member) {
+                        let stored = self.store.get_member(member).await?.map(|m| m.attributes);
+                        unlinked_members.insert(member.clone(), stored);
+                    }
+                    (Some(member.clone()), unlinked_members.get(member).cloned().flatten())
                 }
                 (None, None) => (None, None),
             };
@@ -406,10 +435,17 @@ impl CampaignRunner {
                 "occurred_at": rfc3339(event.occurred_at),
                 "properties": Value::Object(event.properties.clone()),
             });
-            for campaign in campaigns {
-                let Trigger::Event { timing, .. } = &campaign.trigger else { continue };
+            for campaign in self.campaigns.iter() {
+                let Trigger::Event { event_type, timing, .. } = &campaign.trigger else { continue };
+                if *event_type != event.event_type {
+                    continue;
+                }
                 let mut context = json!({"event": event_json.clone()});
                 let due = match timing.send_at(event.occurred_at, &event.properties, tz) {
+                    Ok(due) if due < now - self.settings.misfire_grace => {
+                        context["expired"] = Value::String(rfc3339(due));
+                        now
+                    }
                     Ok(due) => due,
                     Err(error) => {
                         context["error"] = Value::String(format!("event {}: {error}", event.id));

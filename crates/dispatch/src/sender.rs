@@ -514,6 +514,7 @@ pub async fn decide_deliveries(
         let mut facts = SendFacts {
             invalid: delivery.context.get("error").is_some()
                 || delivery.messages.as_array().is_none_or(|m| m.is_empty()),
+            expired: delivery.context.get("expired").is_some(),
             has_line_user: delivery.line_user_id.is_some(),
             in_audience: true,
             ..SendFacts::default()

@@ -295,3 +295,36 @@ async fn two_dispatchers_share_one_outbox_without_doubles(backend: Backend) {
     assert!(accepted.values().all(|n| *n == 1));
     assert_eq!(h.sim.counters().conflicts, 0, "no request was even attempted twice");
 }
+
+both_backends!(entries_found_by_a_full_recompute_do_not_trigger_and_late_reminders_expire);
+async fn entries_found_by_a_full_recompute_do_not_trigger_and_late_reminders_expire(backend: Backend) {
+    let welcome = "id: welcome_gold\nname: Welcome\ntrigger:\n  segment_entered: gold\nmessages:\n  - template: personal\n    alt_text: ようこそ\n";
+    let reminder = "id: reminder\nname: Reminder\ntrigger:\n  event: reservation_created\n  at: { property: reserved_at, offset: -1d }\nmessages:\n  - template: personal\n    alt_text: 明日\n";
+    let spec = Spec { segments: &[GOLD], campaigns: &[welcome, reminder], ..Spec::default() };
+    let Some(h) = harness(backend, spec).await else { return };
+    // Members loaded before a recompute (e.g. a new segment): their entries establish membership.
+    let patches = vec![renkei_core::MemberPatch {
+        member_id: common::member(1),
+        attributes: personal_attrs(1, "gold").as_object().cloned().unwrap(),
+        line_user_id: Some(user(1)),
+    }];
+    h.test.store.upsert_members(&patches, t0()).await.unwrap();
+    h.engine.evaluate_users(&[user(1)], renkei_membership::Cause::Recompute).await.unwrap();
+    // A member who becomes gold through data: that entry triggers.
+    h.add_members(&[(2, personal_attrs(2, "gold"))]).await;
+    let transitions = h.test.store.transitions_after(0, 100).await.unwrap();
+    assert_eq!(transitions.len(), 2);
+    h.runner.on_transitions(&transitions).await.unwrap();
+    // A reservation posted after its reminder time had long passed.
+    let late = json!({"event_id": "r-late", "type": "reservation_created", "member_id": "m2", "occurred_at": t0().to_rfc3339(),
+        "properties": {"reserved_at": (t0() - chrono::Duration::days(3)).to_rfc3339()}});
+    h.test.store.insert_events(&[NewEvent::parse(&late).unwrap()], t0()).await.unwrap();
+    let stored = h.test.store.events_after(0, &["reservation_created".to_string()], 10).await.unwrap();
+    h.runner.on_events(&stored).await.unwrap();
+    h.drain().await;
+    let accepted = h.accepted_per_user();
+    assert_eq!(accepted.get(user(1).as_str()), None, "found by a recompute: no welcome");
+    assert_eq!(accepted.get(user(2).as_str()), Some(&1), "entered through data: welcomed once");
+    let counts = h.test.store.campaign_counts("reminder").await.unwrap();
+    assert_eq!((counts.sent, counts.skipped.get("expired").copied()), (0, Some(1)));
+}

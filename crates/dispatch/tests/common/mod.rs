@@ -166,7 +166,7 @@ impl Harness {
             self.test.store.set_following(&user(*n), true, self.clock.now()).await.unwrap();
         }
         let users: Vec<LineUserId> = members.iter().map(|(n, _)| user(*n)).collect();
-        self.engine.evaluate_users(&users, Cause::Recompute).await.unwrap();
+        self.engine.evaluate_users(&users, Cause::Member).await.unwrap();
     }
 
     /// Plans and sends until nothing is due at the current (manual) time.
