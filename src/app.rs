@@ -290,6 +290,15 @@ impl Application {
         };
         let mut router =
             Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(app_state);
+        if config.roles.api {
+            // Tracked links are opened by people on their phones: no bearer key.
+            router = router.merge(renkei_dispatch::http::track_router(renkei_dispatch::http::TrackApi {
+                store: store.clone(),
+                campaigns: campaigns.clone(),
+                clock: clock.clone(),
+                changes: changes.clone(),
+            }));
+        }
         if config.roles.webhook {
             // Signed by LINE: no bearer key.
             router = router.merge(renkei_webhook::public_router(webhook_state.clone()));

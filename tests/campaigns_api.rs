@@ -51,6 +51,7 @@ on_both_backends!(
     stats_count_a_send_driven_end_to_end,
     a_paused_campaign_holds_new_triggers_until_resumed,
     unknown_campaigns_are_404_and_keys_are_required,
+    tracked_links_record_a_click_and_redirect,
 );
 
 /// Segment, campaign and template directories, kept alive with the app.
@@ -174,7 +175,7 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
     assert_eq!(
         stats(&app, "thanks").await,
         json!({"campaign": "thanks", "state": "active", "sent": 0, "pending": 0, "failed": 0, "skipped": 0,
-               "skipped_by_reason": {}})
+               "skipped_by_reason": {}, "clicked": 0, "clicked_users": 0})
     );
 
     buy(&app, "m1", USER_1).await;
@@ -195,7 +196,7 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
     assert_eq!(
         body,
         json!({"campaign": "thanks", "state": "active", "sent": 1, "pending": 0, "failed": 0, "skipped": 0,
-               "skipped_by_reason": {}})
+               "skipped_by_reason": {}, "clicked": 0, "clicked_users": 0})
     );
     // The event campaign was not triggered by a purchase.
     assert_eq!(stats(&app, "review_request").await["sent"], 0);
@@ -214,7 +215,7 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
     assert_eq!(
         body,
         json!({"campaign": "thanks", "state": "active", "sent": 1, "pending": 0, "failed": 0, "skipped": 1,
-               "skipped_by_reason": {"unfollowed": 1}})
+               "skipped_by_reason": {"unfollowed": 1}, "clicked": 0, "clicked_users": 0})
     );
     assert!(sim.messages_to(USER_3).is_empty());
     assert_eq!(sim.requests().iter().filter(|r| !r.recipients.is_empty()).count(), 1, "one request with a recipient");
@@ -280,4 +281,27 @@ async fn unknown_campaigns_are_404_and_keys_are_required(backend: Backend) {
         assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{body}");
     }
     assert_eq!(state_of(&app, "thanks").await, "active", "refused requests changed nothing");
+}
+
+async fn tracked_links_record_a_click_and_redirect(backend: Backend) {
+    let files = files();
+    let Some((app, _sim)) = spawn(backend, &files).await else { return };
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let target = "https://shop.example/cart?id=1&x=%E3%81%82";
+    let url = format!("{}/t/thanks?u={USER_1}&to={}", app.base, renkei_campaigns::template::percent_encode(target));
+    // No API key: people open these on their phones.
+    let response = client.get(&url).send().await.expect("click");
+    assert_eq!(response.status(), 302);
+    assert_eq!(response.headers()["location"], target);
+    client.get(&url).send().await.expect("second click");
+    let body = stats(&app, "thanks").await;
+    assert_eq!((body["clicked"].clone(), body["clicked_users"].clone()), (json!(2), json!(1)));
+    let events = app.store.counts().await.expect("counts").events;
+    assert_eq!(events, 2, "each click is an event usable in segments");
+
+    let bad = client.get(format!("{}/t/thanks?u={USER_1}&to=javascript:alert(1)", app.base)).send().await.expect("bad");
+    assert_eq!(bad.status(), 400);
+    let unknown = client.get(format!("{}/t/nope?to=https://x.example/", app.base)).send().await.expect("unknown");
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(app.store.counts().await.expect("counts").events, 2, "refused clicks record nothing");
 }

@@ -337,6 +337,9 @@ pub trait DispatchStore: Send + Sync + 'static {
     /// The largest event row id (0 when none).
     async fn max_event_id(&self) -> StoreResult<i64>;
 
+    /// `link_click` events of a campaign's tracked links: (clicks, distinct users).
+    async fn campaign_clicks(&self, campaign_id: &str) -> StoreResult<(u64, u64)>;
+
     /// The largest transition row id (0 when none).
     async fn max_transition_id(&self) -> StoreResult<i64>;
 
@@ -1091,6 +1094,17 @@ impl DispatchStore for SqliteStore {
         Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM events").fetch_one(&self.reader).await?)
     }
 
+    async fn campaign_clicks(&self, campaign_id: &str) -> StoreResult<(u64, u64)> {
+        let (clicks, users): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(DISTINCT line_user_id) FROM events
+             WHERE type = 'link_click' AND json_extract(properties, '$.campaign_id') = ?",
+        )
+        .bind(campaign_id)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok((clicks.max(0) as u64, users.max(0) as u64))
+    }
+
     async fn max_transition_id(&self) -> StoreResult<i64> {
         Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM segment_transitions").fetch_one(&self.reader).await?)
     }
@@ -1786,6 +1800,17 @@ impl DispatchStore for PgStore {
 
     async fn max_event_id(&self) -> StoreResult<i64> {
         Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0)::bigint FROM events").fetch_one(&self.pool).await?)
+    }
+
+    async fn campaign_clicks(&self, campaign_id: &str) -> StoreResult<(u64, u64)> {
+        let (clicks, users): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(DISTINCT line_user_id) FROM events
+             WHERE type = 'link_click' AND properties->>'campaign_id' = $1",
+        )
+        .bind(campaign_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((clicks.max(0) as u64, users.max(0) as u64))
     }
 
     async fn max_transition_id(&self) -> StoreResult<i64> {
