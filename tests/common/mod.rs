@@ -45,6 +45,12 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
     config.server.bind = ([127, 0, 0, 1], 0).into();
     config.server.api_keys = vec![Secret::from(API_KEY)];
     config.database.url = test_store.url.clone();
+    // No campaigns or rich menus unless a test configures them (a missing
+    // folder or file means none): the shipped examples name the shipped
+    // segments, which tests often replace.
+    let nowhere = std::env::temp_dir().join(format!("renkei-test-none-{}", uuid::Uuid::new_v4().simple()));
+    config.paths.campaigns = nowhere.join("campaigns");
+    config.paths.rich_menus = nowhere.join("rich_menus.yaml");
     configure(&mut config);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = Application::build(&config, test_store.store.clone(), clock).await.expect("build app");

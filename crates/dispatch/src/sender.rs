@@ -310,10 +310,14 @@ impl Dispatcher {
             if claimed > 0 {
                 continue;
             }
+            // Listen before looking, so a wake during the query is not lost.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let wait = self.idle_wait(self.store.next_delivery_due().await).await;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.wake.notified() => {}
+                _ = woken => {}
                 _ = token.cancelled() => {}
             }
         }
@@ -335,6 +339,10 @@ impl Dispatcher {
             let token = token.clone();
             tokio::spawn(async move {
                 while !token.is_cancelled() {
+                    // Listen before looking, so a wake during the claim is not lost.
+                    let woken = this.wake.notified();
+                    tokio::pin!(woken);
+                    woken.as_mut().enable();
                     match this.claim_requests().await {
                         Ok(batch) if !batch.is_empty() => {
                             if batches.send(batch).await.is_err() {
@@ -345,7 +353,7 @@ impl Dispatcher {
                             let wait = this.idle_wait(this.store.next_request_due().await).await;
                             tokio::select! {
                                 _ = tokio::time::sleep(wait) => {}
-                                _ = this.wake.notified() => {}
+                                _ = woken => {}
                                 _ = token.cancelled() => {}
                             }
                         }
