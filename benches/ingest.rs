@@ -151,10 +151,19 @@ async fn copy_baseline(server: &str, events: &[Value]) -> f64 {
     events.len() as f64 / started.elapsed().as_secs_f64()
 }
 
+/// A full run under `cargo bench`; a small smoke run under `cargo test` (CI).
+fn smoke_run() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let count = env_number("RENKEI_BENCH_EVENTS", 300_000);
+        let smoke = smoke_run();
+        if smoke {
+            println!("smoke run (cargo test): tiny sizes; `cargo bench` runs the real sizes");
+        }
+        let count = if smoke { 5_000 } else { env_number("RENKEI_BENCH_EVENTS", 300_000) };
         let concurrency = env_number("RENKEI_BENCH_CONCURRENCY", 4);
         println!("ingest benchmark: {count} events, batches of {BATCH}, {concurrency} requests in flight");
         let events = make_events(count);

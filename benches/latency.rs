@@ -512,15 +512,20 @@ async fn drop_database(server: &str, url: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// A full run under `cargo bench`; a small smoke run under `cargo test` (CI).
+fn smoke_run() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
 fn main() -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let params = LatencyParams {
-            linked: env_number("RENKEI_BENCH_LINKED", 2_000),
-            samples: env_number("RENKEI_BENCH_SAMPLES", 500).max(1),
-            rate: env_number("RENKEI_BENCH_RATE", 25).max(1) as f64,
+            linked: if smoke_run() { 50 } else { env_number("RENKEI_BENCH_LINKED", 2_000) },
+            samples: if smoke_run() { 10 } else { env_number("RENKEI_BENCH_SAMPLES", 500).max(1) },
+            rate: if smoke_run() { 50.0 } else { env_number("RENKEI_BENCH_RATE", 25).max(1) as f64 },
         };
-        let eval_users = env_number("RENKEI_BENCH_EVAL_USERS", 2_000).max(1);
+        let eval_users = if smoke_run() { 50 } else { env_number("RENKEI_BENCH_EVAL_USERS", 2_000).max(1) };
         if params.linked < WARM_UP + params.samples {
             return Err(format!("RENKEI_BENCH_LINKED must be at least {}", WARM_UP + params.samples).into());
         }

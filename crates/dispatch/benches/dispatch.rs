@@ -203,11 +203,20 @@ async fn run_campaign(
     ))
 }
 
+/// A full run under `cargo bench`; a small smoke run under `cargo test` (CI).
+fn smoke_run() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
 fn main() -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let push_users = env_u64("RENKEI_BENCH_PUSH_USERS", 100_000);
-        let multicast_users = env_u64("RENKEI_BENCH_MULTICAST_USERS", 1_000_000);
+        let smoke = smoke_run();
+        if smoke {
+            println!("smoke run (cargo test): tiny sizes; `cargo bench` runs the real sizes");
+        }
+        let push_users = if smoke { 200 } else { env_u64("RENKEI_BENCH_PUSH_USERS", 100_000) };
+        let multicast_users = if smoke { 2_000 } else { env_u64("RENKEI_BENCH_MULTICAST_USERS", 1_000_000) };
 
         if push_users > 0 {
             let (store, _dir, backend) = open_store().await?;

@@ -223,11 +223,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// A full run under `cargo bench`; a small smoke run under `cargo test` (CI).
+fn smoke_run() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let config = Config {
-        users: env_u64("RENKEI_BENCH_USERS", 100_000).max(1),
-        events: env_u64("RENKEI_BENCH_EVENTS", 2_000_000),
+        users: if smoke_run() { 300 } else { env_u64("RENKEI_BENCH_USERS", 100_000).max(1) },
+        events: if smoke_run() { 6_000 } else { env_u64("RENKEI_BENCH_EVENTS", 2_000_000) },
         page: env_u64("RENKEI_BENCH_PAGE", 5_000) as u32,
     };
     let backends = std::env::var("RENKEI_BENCH_BACKENDS").unwrap_or_else(|_| "postgres,sqlite".to_string());
