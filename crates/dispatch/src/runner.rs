@@ -19,7 +19,7 @@ use renkei_campaigns::{Campaign, CampaignSet, RenderContext, RichMenuRules, Trig
 use renkei_core::{Clock, LineUserId, MemberId};
 use renkei_store::dispatch::NewDelivery;
 use renkei_store::membership::{Cause, StoredTransition, TransitionKind, UserRecord};
-use renkei_store::{Store, StoredEvent};
+use renkei_store::{Store, StoreResult, StoredEvent};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -65,6 +65,36 @@ pub struct CampaignRunner {
     /// Wakes the dispatcher when deliveries were enqueued.
     dispatch_wake: Arc<Notify>,
     enabled_at: HashMap<String, DateTime<Utc>>,
+}
+
+/// A table whose new rows trigger campaigns.
+enum Table {
+    Transitions,
+    /// Events of these types.
+    Events(Vec<String>),
+}
+
+impl Table {
+    fn cursor(&self) -> &'static str {
+        match self {
+            Table::Transitions => TRANSITIONS_CURSOR,
+            Table::Events(_) => EVENTS_CURSOR,
+        }
+    }
+}
+
+enum Row {
+    Transition(StoredTransition),
+    Event(StoredEvent),
+}
+
+impl Row {
+    fn id(&self) -> i64 {
+        match self {
+            Row::Transition(t) => t.id,
+            Row::Event(e) => e.id,
+        }
+    }
 }
 
 /// Tailing state of one table.
@@ -175,10 +205,11 @@ impl CampaignRunner {
     pub fn spawn(self: Arc<Self>, token: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         if self.watches_transitions() {
-            tasks.push(tokio::spawn(self.clone().transitions_loop(token.clone())));
+            tasks.push(tokio::spawn(self.clone().tail_loop(Table::Transitions, token.clone())));
         }
-        if !self.event_types().is_empty() {
-            tasks.push(tokio::spawn(self.clone().events_loop(token.clone())));
+        let types = self.event_types();
+        if !types.is_empty() {
+            tasks.push(tokio::spawn(self.clone().tail_loop(Table::Events(types), token.clone())));
         }
         if self.campaigns.iter().any(|c| matches!(c.trigger, Trigger::Schedule { .. })) {
             tasks.push(tokio::spawn(self.schedule_loop(token)));
@@ -186,14 +217,19 @@ impl CampaignRunner {
         tasks
     }
 
-    async fn transitions_loop(self: Arc<Self>, token: CancellationToken) {
+    /// Tails one table by row id until cancelled: opens its cursor (at the
+    /// newest row on a first start), then handles new rows every `poll`.
+    async fn tail_loop(self: Arc<Self>, table: Table, token: CancellationToken) {
         let mut tail = loop {
-            match self.store.max_transition_id().await {
-                Ok(max) => match self.start_tail(TRANSITIONS_CURSOR, max).await {
-                    Ok(tail) => break tail,
-                    Err(error) => tracing::warn!(%error, "reading the transitions cursor failed"),
-                },
-                Err(error) => tracing::warn!(%error, "reading transitions failed"),
+            let opened = match self.max_id(&table).await {
+                Ok(max) => self.start_tail(table.cursor(), max).await,
+                Err(error) => Err(error.into()),
+            };
+            match opened {
+                Ok(tail) => break tail,
+                Err(error) => {
+                    tracing::warn!(%error, table = table.cursor(), "opening a trigger cursor failed; retrying")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -201,10 +237,10 @@ impl CampaignRunner {
             }
         };
         while !token.is_cancelled() {
-            match self.poll_transitions(&mut tail).await {
+            match self.tail_round(&table, &mut tail).await {
                 Ok(n) if n > 0 => continue,
                 Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "processing segment transitions failed; retrying"),
+                Err(error) => tracing::warn!(%error, table = table.cursor(), "processing triggers failed; retrying"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.poll) => {}
@@ -213,26 +249,57 @@ impl CampaignRunner {
         }
     }
 
-    /// One round over new transitions; returns how many rows were read.
-    async fn poll_transitions(&self, tail: &mut Tail) -> DispatchResult<usize> {
-        let rows = self.store.transitions_after(tail.last_seen, PAGE).await?;
+    async fn max_id(&self, table: &Table) -> StoreResult<i64> {
+        match table {
+            Table::Transitions => self.store.max_transition_id().await,
+            Table::Events(_) => self.store.max_event_id().await,
+        }
+    }
+
+    async fn fetch(&self, table: &Table, after: i64, limit: u32) -> StoreResult<Vec<Row>> {
+        Ok(match table {
+            Table::Transitions => {
+                self.store.transitions_after(after, limit).await?.into_iter().map(Row::Transition).collect()
+            }
+            Table::Events(types) => {
+                self.store.events_after(after, types, limit).await?.into_iter().map(Row::Event).collect()
+            }
+        })
+    }
+
+    /// One round: rows after the last seen, plus (every few seconds) rows that
+    /// committed late below it; returns how many new rows were read.
+    async fn tail_round(&self, table: &Table, tail: &mut Tail) -> DispatchResult<usize> {
+        let rows = self.fetch(table, tail.last_seen, PAGE).await?;
         let n = rows.len();
-        let mut fresh: Vec<StoredTransition> = rows.into_iter().filter(|t| !tail.seen(t.id)).collect();
-        if let Some(last) = fresh.iter().map(|t| t.id).max() {
+        let mut fresh: Vec<Row> = rows.into_iter().filter(|r| !tail.seen(r.id())).collect();
+        if let Some(last) = fresh.iter().map(Row::id).max() {
             tail.last_seen = tail.last_seen.max(last);
         }
         let now = Instant::now();
         if tail.sweep_due(now) {
-            let late = self.store.transitions_after(tail.settled, 10 * PAGE).await?;
+            let late = self.fetch(table, tail.settled, 10 * PAGE).await?;
             let last_seen = tail.last_seen;
-            fresh.extend(late.into_iter().filter(|t| t.id <= last_seen && !tail.seen(t.id)));
+            fresh.extend(late.into_iter().filter(|r| r.id() <= last_seen && !tail.seen(r.id())));
         }
         if !fresh.is_empty() {
-            self.on_transitions(&fresh).await?;
+            let (mut transitions, mut events) = (Vec::new(), Vec::new());
+            for row in fresh {
+                match row {
+                    Row::Transition(t) => transitions.push(t),
+                    Row::Event(e) => events.push(e),
+                }
+            }
+            if !transitions.is_empty() {
+                self.on_transitions(&transitions).await?;
+            }
+            if !events.is_empty() {
+                self.on_events(&events).await?;
+            }
         }
         tail.mark(now);
         if tail.settle(now) {
-            self.store.set_cursor(TRANSITIONS_CURSOR, tail.settled).await?;
+            self.store.set_cursor(table.cursor(), tail.settled).await?;
         }
         Ok(n)
     }
@@ -250,11 +317,8 @@ impl CampaignRunner {
         let users: Vec<LineUserId> = unique(entered.iter().map(|t| t.transition.line_user_id.clone()));
         let records = self.records(&users).await?;
         for t in &entered {
-            for campaign in self.campaigns.iter() {
-                let Trigger::SegmentEntered { segment } = &campaign.trigger else { continue };
-                if *segment != t.transition.segment_id {
-                    continue;
-                }
+            let segment = &t.transition.segment_id;
+            for campaign in self.campaigns.entering(segment) {
                 if self.enabled_at.get(&campaign.id).is_some_and(|enabled| t.transition.at < *enabled) {
                     continue;
                 }
@@ -321,71 +385,14 @@ impl CampaignRunner {
         Ok(total)
     }
 
-    async fn events_loop(self: Arc<Self>, token: CancellationToken) {
-        let types = self.event_types();
-        let mut tail = loop {
-            match self.store.max_event_id().await {
-                Ok(max) => match self.start_tail(EVENTS_CURSOR, max).await {
-                    Ok(tail) => break tail,
-                    Err(error) => tracing::warn!(%error, "reading the events cursor failed"),
-                },
-                Err(error) => tracing::warn!(%error, "reading events failed"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = token.cancelled() => return,
-            }
-        };
-        while !token.is_cancelled() {
-            match self.poll_events(&mut tail, &types).await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "processing trigger events failed; retrying"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.settings.poll) => {}
-                _ = token.cancelled() => {}
-            }
-        }
-    }
-
-    async fn poll_events(&self, tail: &mut Tail, types: &[String]) -> DispatchResult<usize> {
-        let rows = self.store.events_after(tail.last_seen, types, PAGE).await?;
-        let n = rows.len();
-        let mut fresh: Vec<StoredEvent> = rows.into_iter().filter(|e| !tail.seen(e.id)).collect();
-        if let Some(last) = fresh.iter().map(|e| e.id).max() {
-            tail.last_seen = tail.last_seen.max(last);
-        }
-        let now = Instant::now();
-        if tail.sweep_due(now) {
-            let late = self.store.events_after(tail.settled, types, 10 * PAGE).await?;
-            let last_seen = tail.last_seen;
-            fresh.extend(late.into_iter().filter(|e| e.id <= last_seen && !tail.seen(e.id)));
-        }
-        if !fresh.is_empty() {
-            self.on_events(&fresh).await?;
-        }
-        tail.mark(now);
-        if tail.settle(now) {
-            self.store.set_cursor(EVENTS_CURSOR, tail.settled).await?;
-        }
-        Ok(n)
-    }
-
     /// Enqueues event-triggered campaigns for these events. A send time
     /// already past by more than the catch-up grace (a reminder for a
     /// reservation posted too late) is recorded as `expired`, not sent.
     pub async fn on_events(&self, events: &[StoredEvent]) -> DispatchResult<()> {
         let now = self.clock.now();
         let tz = self.settings.timezone;
-        let relevant: Vec<&StoredEvent> = events
-            .iter()
-            .filter(|e| {
-                self.campaigns
-                    .iter()
-                    .any(|c| matches!(&c.trigger, Trigger::Event { event_type, .. } if *event_type == e.event_type))
-            })
-            .collect();
+        let relevant: Vec<&StoredEvent> =
+            events.iter().filter(|e| self.campaigns.on_event(&e.event_type).next().is_some()).collect();
         // Resolve every member and user of the page once.
         let mut links: HashMap<MemberId, Option<LineUserId>> = HashMap::new();
         for event in &relevant {
@@ -435,11 +442,8 @@ impl CampaignRunner {
                 "occurred_at": rfc3339(event.occurred_at),
                 "properties": Value::Object(event.properties.clone()),
             });
-            for campaign in self.campaigns.iter() {
-                let Trigger::Event { event_type, timing, .. } = &campaign.trigger else { continue };
-                if *event_type != event.event_type {
-                    continue;
-                }
+            for campaign in self.campaigns.on_event(&event.event_type) {
+                let Trigger::Event { timing, .. } = &campaign.trigger else { continue };
                 let mut context = json!({"event": event_json.clone()});
                 let due = match timing.send_at(event.occurred_at, &event.properties, tz) {
                     Ok(due) if due < now - self.settings.misfire_grace => {

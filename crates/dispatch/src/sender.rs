@@ -78,6 +78,7 @@ pub struct Dispatcher {
 }
 
 /// What happened to one request at LINE.
+#[derive(Clone)]
 enum Outcome {
     Sent { accepted: Option<String>, already: bool },
     Retry { error: String, rate_limited: bool },
@@ -403,7 +404,7 @@ impl Dispatcher {
                 batch.into_iter().partition(|(_, outcome)| matches!(outcome, Outcome::Sent { .. }));
             self.with_retries("recording accepted LINE requests", || self.record_sent(&sent)).await;
             for (request, outcome) in other {
-                self.with_retries("recording a LINE outcome", || self.record(&request, outcome_clone(&outcome))).await;
+                self.with_retries("recording a LINE outcome", || self.record(&request, outcome.clone())).await;
             }
         }
     }
@@ -495,19 +496,7 @@ pub async fn decide_deliveries(
         let mut seen = HashSet::new();
         deliveries.iter().filter_map(|d| d.line_user_id.clone()).filter(|u| seen.insert(u.clone())).collect()
     };
-    let unless_types: Vec<String> = {
-        let mut types: Vec<String> = context
-            .campaigns
-            .iter()
-            .filter_map(|c| match &c.trigger {
-                Trigger::Event { unless: Some(unless), .. } => Some(unless.event.clone()),
-                _ => None,
-            })
-            .collect();
-        types.sort();
-        types.dedup();
-        types
-    };
+    let unless_types: Vec<String> = context.campaigns.cancelling_event_types().into_iter().collect();
     let records: HashMap<LineUserId, UserRecord> =
         store.load_users(&users, Some(&unless_types)).await?.into_iter().map(|r| (r.line_user_id.clone(), r)).collect();
     let mut memberships: HashMap<LineUserId, std::collections::BTreeSet<String>> = HashMap::new();
@@ -568,15 +557,6 @@ pub async fn decide_deliveries(
         decisions.push(decision);
     }
     Ok(decisions)
-}
-
-fn outcome_clone(outcome: &Outcome) -> Outcome {
-    match outcome {
-        Outcome::Sent { accepted, already } => Outcome::Sent { accepted: accepted.clone(), already: *already },
-        Outcome::Retry { error, rate_limited } => Outcome::Retry { error: error.clone(), rate_limited: *rate_limited },
-        Outcome::MonthlyLimit { error } => Outcome::MonthlyLimit { error: error.clone() },
-        Outcome::Failed { error } => Outcome::Failed { error: error.clone() },
-    }
 }
 
 /// Whether the campaign's `unless` event happened for this delivery's trigger event.

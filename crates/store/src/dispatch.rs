@@ -12,8 +12,8 @@
 //!   so several instances share the work without doing any of it twice.
 
 use crate::membership::{parse_member, parse_user};
-use crate::sqlite::{from_micros, json_object, to_micros};
-use crate::{PgStore, SqliteStore, StoreError, StoreResult, StoredEvent, parse_object};
+use crate::sqlite::{from_micros, to_micros};
+use crate::{PgStore, SqliteStore, StoreError, StoreResult, StoredEvent};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renkei_core::{LineUserId, MemberId};
@@ -1075,19 +1075,7 @@ impl DispatchStore for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredEvent {
-                    id: row.try_get("id")?,
-                    event_id: row.try_get("event_id")?,
-                    event_type: row.try_get("type")?,
-                    member_id: row.try_get("member_id")?,
-                    line_user_id: row.try_get("line_user_id")?,
-                    occurred_at: from_micros(row.try_get("occurred_at")?)?,
-                    properties: json_object(row.try_get("properties")?, "event properties")?,
-                })
-            })
-            .collect()
+        rows.iter().map(crate::sqlite::stored_event).collect()
     }
 
     async fn max_event_id(&self) -> StoreResult<i64> {
@@ -1782,20 +1770,7 @@ impl DispatchStore for PgStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let Json(properties): Json<Value> = row.try_get("properties")?;
-                Ok(StoredEvent {
-                    id: row.try_get("id")?,
-                    event_id: row.try_get("event_id")?,
-                    event_type: row.try_get("type")?,
-                    member_id: row.try_get("member_id")?,
-                    line_user_id: row.try_get("line_user_id")?,
-                    occurred_at: row.try_get("occurred_at")?,
-                    properties: parse_object(properties, "event properties")?,
-                })
-            })
-            .collect()
+        rows.iter().map(crate::postgres::stored_event).collect()
     }
 
     async fn max_event_id(&self) -> StoreResult<i64> {

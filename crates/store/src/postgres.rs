@@ -200,6 +200,20 @@ fn link_from_row(row: &PgRow) -> StoreResult<Link> {
     )
 }
 
+/// An `events` row (`id, event_id, type, member_id, line_user_id, occurred_at, properties`).
+pub(crate) fn stored_event(row: &PgRow) -> StoreResult<StoredEvent> {
+    let Json(properties): Json<Value> = row.try_get("properties")?;
+    Ok(StoredEvent {
+        id: row.try_get("id")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("type")?,
+        member_id: row.try_get("member_id")?,
+        line_user_id: row.try_get("line_user_id")?,
+        occurred_at: row.try_get("occurred_at")?,
+        properties: parse_object(properties, "event properties")?,
+    })
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> Backend {
@@ -315,20 +329,7 @@ impl Store for PgStore {
         .bind(line_user_id.as_str())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let Json(properties): Json<Value> = row.try_get("properties")?;
-                Ok(StoredEvent {
-                    id: row.try_get("id")?,
-                    event_id: row.try_get("event_id")?,
-                    event_type: row.try_get("type")?,
-                    member_id: row.try_get("member_id")?,
-                    line_user_id: row.try_get("line_user_id")?,
-                    occurred_at: row.try_get("occurred_at")?,
-                    properties: parse_object(properties, "event properties")?,
-                })
-            })
-            .collect()
+        rows.iter().map(crate::postgres::stored_event).collect()
     }
 
     async fn counts(&self) -> StoreResult<StoreCounts> {

@@ -31,6 +31,19 @@ pub(crate) fn from_micros(micros: i64) -> StoreResult<DateTime<Utc>> {
     DateTime::from_timestamp_micros(micros).ok_or_else(|| StoreError::Corrupt(format!("timestamp {micros}")))
 }
 
+/// An `events` row (`id, event_id, type, member_id, line_user_id, occurred_at, properties`).
+pub(crate) fn stored_event(row: &sqlx::sqlite::SqliteRow) -> StoreResult<StoredEvent> {
+    Ok(StoredEvent {
+        id: row.try_get("id")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("type")?,
+        member_id: row.try_get("member_id")?,
+        line_user_id: row.try_get("line_user_id")?,
+        occurred_at: from_micros(row.try_get("occurred_at")?)?,
+        properties: json_object(row.try_get("properties")?, "event properties")?,
+    })
+}
+
 pub(crate) fn json_object(text: &str, what: &str) -> StoreResult<Map<String, Value>> {
     let value: Value = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
     parse_object(value, what)
@@ -304,19 +317,7 @@ impl Store for SqliteStore {
         .bind(line_user_id.as_str())
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredEvent {
-                    id: row.try_get("id")?,
-                    event_id: row.try_get("event_id")?,
-                    event_type: row.try_get("type")?,
-                    member_id: row.try_get("member_id")?,
-                    line_user_id: row.try_get("line_user_id")?,
-                    occurred_at: from_micros(row.try_get("occurred_at")?)?,
-                    properties: json_object(row.try_get("properties")?, "event properties")?,
-                })
-            })
-            .collect()
+        rows.iter().map(crate::sqlite::stored_event).collect()
     }
 
     async fn counts(&self) -> StoreResult<StoreCounts> {
