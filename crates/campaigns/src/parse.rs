@@ -5,6 +5,7 @@
 use crate::model::{Campaign, FrequencyCap, MessageSpec, QuietHours, Timing, Trigger, Unless};
 use chrono::{Duration, NaiveTime};
 use renkei_core::{EventType, SpanDuration};
+use renkei_segments::diagnostic::{Entries, NodeReader};
 use renkei_segments::yaml::{Node, NodeKind, Pos, parse_document};
 use renkei_segments::{Diagnostic, SegmentSet};
 use std::path::Path;
@@ -48,66 +49,31 @@ pub(crate) fn parse_file(
     segments: &SegmentSet,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> ParsedFile {
-    let mut parser = Parser { file, segments, diagnostics, errors: 0 };
+    let mut parser = Parser { r: NodeReader::new(file, diagnostics), segments };
     match parse_document(text) {
         Ok(root) => parser.campaign(&root),
         Err(error) => {
-            parser.error(error.pos, error.message);
+            parser.r.error(error.pos, error.message);
             ParsedFile { id: None, campaign: None }
         }
     }
 }
 
 pub(crate) struct Parser<'a> {
-    pub file: &'a Path,
+    pub r: NodeReader<'a>,
     pub segments: &'a SegmentSet,
-    pub diagnostics: &'a mut Vec<Diagnostic>,
-    pub errors: usize,
 }
-
-/// A map's entries with string keys; other keys were reported.
-pub(crate) type Entries<'n> = Vec<(&'n str, &'n Node, &'n Node)>;
 
 pub(crate) fn has(entries: &Entries<'_>, key: &str) -> bool {
     entries.iter().any(|(k, _, _)| *k == key)
 }
 
 impl Parser<'_> {
-    pub fn error(&mut self, pos: Pos, message: impl Into<String>) {
-        self.errors += 1;
-        self.diagnostics.push(Diagnostic::new(self.file, pos, message));
-    }
-
-    pub fn wrong_type(&mut self, node: &Node, expected: &str) {
-        self.error(node.pos, format!("expected {expected}, got {}", node.kind.describe()));
-    }
-
-    /// The entries of a map node, reporting non-string and duplicate keys.
-    pub fn entries<'n>(&mut self, node: &'n Node, expected: &str) -> Option<Entries<'n>> {
-        let NodeKind::Map(pairs) = &node.kind else {
-            self.wrong_type(node, expected);
-            return None;
-        };
-        let mut out: Entries<'n> = Vec::with_capacity(pairs.len());
-        for (key, value) in pairs {
-            let NodeKind::Str(name) = &key.kind else {
-                self.error(key.pos, format!("expected a key name, got {}", key.kind.describe()));
-                continue;
-            };
-            if out.iter().any(|(seen, _, _)| seen == name) {
-                self.error(key.pos, format!("duplicate key `{name}`"));
-                continue;
-            }
-            out.push((name.as_str(), key, value));
-        }
-        Some(out)
-    }
-
     /// Reports every key not in `allowed`, naming `place`.
     pub fn unknown_keys(&mut self, entries: &Entries<'_>, allowed: &[&str], place: &str) {
         for &(key, key_node, _) in entries {
             if !allowed.contains(&key) {
-                self.error(
+                self.r.error(
                     key_node.pos,
                     format!("unknown key `{key}` in {place} (expected one of: {})", allowed.join(", ")),
                 );
@@ -118,26 +84,16 @@ impl Parser<'_> {
     pub fn require(&mut self, entries: &Entries<'_>, node: &Node, keys: &[&str], place: &str) {
         for key in keys {
             if !has(entries, key) {
-                self.error(node.pos, format!("missing required key `{key}` in {place}"));
-            }
-        }
-    }
-
-    pub fn string(&mut self, node: &Node) -> Option<String> {
-        match &node.kind {
-            NodeKind::Str(text) => Some(text.clone()),
-            _ => {
-                self.wrong_type(node, "a string");
-                None
+                self.r.error(node.pos, format!("missing required key `{key}` in {place}"));
             }
         }
     }
 
     /// A known segment id.
     pub fn segment_ref(&mut self, node: &Node) -> Option<String> {
-        let id = self.string(node)?;
+        let id = self.r.string(node)?;
         if self.segments.segment(&id).is_none() {
-            self.error(node.pos, format!("unknown segment `{}`", shorten(&id)));
+            self.r.error(node.pos, format!("unknown segment `{}`", shorten(&id)));
             return None;
         }
         Some(id)
@@ -148,7 +104,7 @@ impl Parser<'_> {
             NodeKind::Str(text) => Some(text.clone()),
             NodeKind::Int(_) | NodeKind::UInt(_) | NodeKind::Float(_) => node.key_text(),
             _ => {
-                self.wrong_type(node, "a duration like 90d, 1h or 30s");
+                self.r.wrong_type(node, "a duration like 90d, 1h or 30s");
                 None
             }
         }
@@ -160,7 +116,7 @@ impl Parser<'_> {
         match text.parse::<SpanDuration>() {
             Ok(duration) => Some(duration.to_chrono()),
             Err(error) => {
-                self.error(node.pos, error.to_string());
+                self.r.error(node.pos, error.to_string());
                 None
             }
         }
@@ -176,7 +132,7 @@ impl Parser<'_> {
         match magnitude.parse::<SpanDuration>() {
             Ok(duration) => Some(if negative { -duration.to_chrono() } else { duration.to_chrono() }),
             Err(_) => {
-                self.error(
+                self.r.error(
                     node.pos,
                     format!(
                         "invalid offset {:?}: expected an optional sign, an integer and a unit s, m, h, d or w (e.g. -1d, 2h)",
@@ -189,28 +145,28 @@ impl Parser<'_> {
     }
 
     fn event_type(&mut self, node: &Node) -> Option<String> {
-        let text = self.string(node)?;
+        let text = self.r.string(node)?;
         match EventType::parse(&text) {
             Ok(event_type) => Some(event_type.as_str().to_string()),
             Err(error) => {
-                self.error(node.pos, format!("invalid event type: {error}"));
+                self.r.error(node.pos, format!("invalid event type: {error}"));
                 None
             }
         }
     }
 
     fn property_name(&mut self, node: &Node) -> Option<String> {
-        let text = self.string(node)?;
+        let text = self.r.string(node)?;
         if text.is_empty() || text.split('.').any(str::is_empty) {
-            self.error(node.pos, format!("invalid property name {:?}: empty path segment", shorten(&text)));
+            self.r.error(node.pos, format!("invalid property name {:?}: empty path segment", shorten(&text)));
             return None;
         }
         Some(text)
     }
 
     fn campaign(&mut self, root: &Node) -> ParsedFile {
-        let errors_before = self.errors;
-        let Some(entries) = self.entries(root, "a campaign (a map with id, name, trigger, messages)") else {
+        let errors_before = self.r.errors;
+        let Some(entries) = self.r.entries(root, "a campaign (a map with id, name, trigger, messages)") else {
             return ParsedFile { id: None, campaign: None };
         };
         self.unknown_keys(&entries, &CAMPAIGN_KEYS, "a campaign");
@@ -221,7 +177,7 @@ impl Parser<'_> {
             match key {
                 "id" => id = self.id(value),
                 "name" => name = self.non_empty_string(value, "name"),
-                "description" => description = self.string(value),
+                "description" => description = self.r.string(value),
                 "trigger" => trigger = self.trigger(value),
                 "audience" => audience = self.segment_ref(value),
                 "messages" => messages = self.messages(value),
@@ -231,13 +187,15 @@ impl Parser<'_> {
             }
         }
         let campaign = match (&id, name, trigger, messages) {
-            (Some((id, _)), Some(name), Some(trigger), Some((messages, positions))) if self.errors == errors_before => {
+            (Some((id, _)), Some(name), Some(trigger), Some((messages, positions)))
+                if self.r.errors == errors_before =>
+            {
                 Some((
                     Campaign {
                         id: id.clone(),
                         name,
                         description,
-                        file: self.file.to_path_buf(),
+                        file: self.r.file.to_path_buf(),
                         trigger,
                         audience,
                         messages,
@@ -253,27 +211,27 @@ impl Parser<'_> {
     }
 
     fn id(&mut self, node: &Node) -> Option<(String, Pos)> {
-        let text = self.string(node)?;
+        let text = self.r.string(node)?;
         if is_valid_id(&text) {
             Some((text, node.pos))
         } else {
-            self.error(node.pos, format!("invalid campaign id {:?}: must match [a-z0-9_]{{1,64}}", shorten(&text)));
+            self.r.error(node.pos, format!("invalid campaign id {:?}: must match [a-z0-9_]{{1,64}}", shorten(&text)));
             None
         }
     }
 
     fn non_empty_string(&mut self, node: &Node, what: &str) -> Option<String> {
-        let text = self.string(node)?;
+        let text = self.r.string(node)?;
         if text.trim().is_empty() {
-            self.error(node.pos, format!("`{what}` must not be empty"));
+            self.r.error(node.pos, format!("`{what}` must not be empty"));
             return None;
         }
         Some(text)
     }
 
     fn trigger(&mut self, node: &Node) -> Option<Trigger> {
-        let errors_before = self.errors;
-        let entries = self.entries(node, "a trigger (a map with one of segment_entered, schedule, event)")?;
+        let errors_before = self.r.errors;
+        let entries = self.r.entries(node, "a trigger (a map with one of segment_entered, schedule, event)")?;
         let mut kind: Option<(&str, &Node)> = None;
         for &(key, key_node, value) in &entries {
             if !TRIGGER_KINDS.contains(&key) {
@@ -281,7 +239,7 @@ impl Parser<'_> {
             }
             match kind {
                 None => kind = Some((key, value)),
-                Some((first, _)) => self.error(
+                Some((first, _)) => self.r.error(
                     key_node.pos,
                     format!(
                         "a trigger has exactly one of segment_entered, schedule, event; found `{first}` and `{key}`"
@@ -295,7 +253,7 @@ impl Parser<'_> {
                 &["segment_entered", "schedule", "event", "audience", "at", "delay", "unless"],
                 "a trigger",
             );
-            self.error(node.pos, "a trigger needs exactly one of: segment_entered, schedule, event");
+            self.r.error(node.pos, "a trigger needs exactly one of: segment_entered, schedule, event");
             return None;
         };
         let allowed: &[&str] = match kind {
@@ -312,7 +270,7 @@ impl Parser<'_> {
                 "at" | "delay" | "unless" => format!("`{key}` belongs to an event trigger"),
                 _ => format!("unknown key `{key}` in a {kind} trigger (expected one of: {})", allowed.join(", ")),
             };
-            self.error(key_node.pos, message);
+            self.r.error(key_node.pos, message);
         }
         let get = |key: &str| entries.iter().find(|(k, _, _)| *k == key).map(|&(_, key_node, value)| (key_node, value));
         let trigger = match kind {
@@ -322,7 +280,7 @@ impl Parser<'_> {
                 let audience = match get("audience") {
                     Some((_, audience)) => self.segment_ref(audience),
                     None => {
-                        self.error(
+                        self.r.error(
                             node.pos,
                             "a schedule trigger needs `audience: SEGMENT` (who receives it at each fire)",
                         );
@@ -338,7 +296,7 @@ impl Parser<'_> {
                 let event_type = self.event_type(value);
                 let timing = match (get("delay"), get("at")) {
                     (Some(_), Some((at_key, _))) => {
-                        self.error(at_key.pos, "`delay` and `at` are mutually exclusive: use one");
+                        self.r.error(at_key.pos, "`delay` and `at` are mutually exclusive: use one");
                         None
                     }
                     (Some((_, delay)), None) => self.duration(delay).map(Timing::Delay),
@@ -357,14 +315,14 @@ impl Parser<'_> {
                 }
             }
         };
-        if self.errors != errors_before {
+        if self.r.errors != errors_before {
             return None;
         }
         trigger
     }
 
     fn cron(&mut self, node: &Node) -> Option<(String, cron::Schedule)> {
-        let expr = self.string(node)?;
+        let expr = self.r.string(node)?;
         match cron::Schedule::from_str(&expr) {
             Ok(schedule) => Some((expr, schedule)),
             Err(error) => {
@@ -374,15 +332,15 @@ impl Parser<'_> {
                 } else {
                     " (6 or 7 fields `sec min hour day month weekday [year]`; weekdays are 1-7 from Sunday, or names like Mon)"
                 };
-                self.error(node.pos, format!("invalid cron expression {:?}: {error}{hint}", shorten(&expr)));
+                self.r.error(node.pos, format!("invalid cron expression {:?}: {error}{hint}", shorten(&expr)));
                 None
             }
         }
     }
 
     fn at(&mut self, node: &Node) -> Option<Timing> {
-        let errors_before = self.errors;
-        let entries = self.entries(node, "a map {property: NAME, offset: DURATION}")?;
+        let errors_before = self.r.errors;
+        let entries = self.r.entries(node, "a map {property: NAME, offset: DURATION}")?;
         self.unknown_keys(&entries, &["property", "offset"], "`at`");
         self.require(&entries, node, &["property"], "`at`");
         let (mut property, mut offset) = (None, Some(Duration::zero()));
@@ -393,15 +351,15 @@ impl Parser<'_> {
                 _ => {}
             }
         }
-        if self.errors != errors_before {
+        if self.r.errors != errors_before {
             return None;
         }
         Some(Timing::At { property: property?, offset: offset? })
     }
 
     fn unless(&mut self, node: &Node) -> Option<Unless> {
-        let errors_before = self.errors;
-        let entries = self.entries(node, "a map {event: TYPE, match: [PROPERTY, …]}")?;
+        let errors_before = self.r.errors;
+        let entries = self.r.entries(node, "a map {event: TYPE, match: [PROPERTY, …]}")?;
         self.unknown_keys(&entries, &["event", "match"], "`unless`");
         self.require(&entries, node, &["event"], "`unless`");
         let (mut event, mut match_props) = (None, Vec::new());
@@ -412,12 +370,12 @@ impl Parser<'_> {
                     NodeKind::Seq(items) => {
                         match_props = items.iter().filter_map(|item| self.property_name(item)).collect();
                     }
-                    _ => self.wrong_type(value, "a list of property names"),
+                    _ => self.r.wrong_type(value, "a list of property names"),
                 },
                 _ => {}
             }
         }
-        if self.errors != errors_before {
+        if self.r.errors != errors_before {
             return None;
         }
         Some(Unless { event: event?, match_props })
@@ -425,18 +383,18 @@ impl Parser<'_> {
 
     fn messages(&mut self, node: &Node) -> Option<(Vec<MessageSpec>, Vec<MessagePositions>)> {
         let NodeKind::Seq(items) = &node.kind else {
-            self.wrong_type(node, "a list of 1 to 5 messages");
+            self.r.wrong_type(node, "a list of 1 to 5 messages");
             return None;
         };
         if items.is_empty() || items.len() > MAX_MESSAGES {
-            self.error(node.pos, format!("a campaign has 1 to {MAX_MESSAGES} messages, found {}", items.len()));
+            self.r.error(node.pos, format!("a campaign has 1 to {MAX_MESSAGES} messages, found {}", items.len()));
             return None;
         }
-        let errors_before = self.errors;
+        let errors_before = self.r.errors;
         let mut specs = Vec::with_capacity(items.len());
         let mut positions = Vec::with_capacity(items.len());
         for item in items {
-            let Some(entries) = self.entries(item, "a message (a map with template, alt_text)") else { continue };
+            let Some(entries) = self.r.entries(item, "a message (a map with template, alt_text)") else { continue };
             self.unknown_keys(&entries, &["template", "alt_text"], "a message");
             self.require(&entries, item, &["template", "alt_text"], "a message");
             let (mut template, mut alt_text) = (None, None);
@@ -445,11 +403,11 @@ impl Parser<'_> {
                 match key {
                     "template" => {
                         template_pos = value.pos;
-                        template = self.string(value).and_then(|name| {
+                        template = self.r.string(value).and_then(|name| {
                             if is_valid_template_name(&name) {
                                 Some(name)
                             } else {
-                                self.error(
+                                self.r.error(
                                     value.pos,
                                     format!("invalid template name {:?}: letters, digits, `_` and `-` only (the file is templates/NAME.json.hbs)", shorten(&name)),
                                 );
@@ -469,12 +427,12 @@ impl Parser<'_> {
                 positions.push(MessagePositions { template: template_pos, alt_text: alt_text_pos });
             }
         }
-        (self.errors == errors_before).then_some((specs, positions))
+        (self.r.errors == errors_before).then_some((specs, positions))
     }
 
     fn frequency_cap(&mut self, node: &Node) -> Option<FrequencyCap> {
-        let errors_before = self.errors;
-        let entries = self.entries(node, "a map {max: N, per: DURATION}")?;
+        let errors_before = self.r.errors;
+        let entries = self.r.entries(node, "a map {max: N, per: DURATION}")?;
         self.unknown_keys(&entries, &["max", "per"], "`frequency_cap`");
         self.require(&entries, node, &["max", "per"], "`frequency_cap`");
         let (mut max, mut per) = (None, None);
@@ -487,27 +445,27 @@ impl Parser<'_> {
                         _ => None,
                     };
                     if max.is_none() {
-                        self.error(value.pos, "`max` must be an integer of at least 1");
+                        self.r.error(value.pos, "`max` must be an integer of at least 1");
                     }
                 }
                 "per" => {
                     per = self.duration(value);
                     if per.is_some_and(|d| d <= Duration::zero()) {
-                        self.error(value.pos, "`per` must be longer than 0s");
+                        self.r.error(value.pos, "`per` must be longer than 0s");
                     }
                 }
                 _ => {}
             }
         }
-        if self.errors != errors_before {
+        if self.r.errors != errors_before {
             return None;
         }
         Some(FrequencyCap { max: max?, per: per? })
     }
 
     fn quiet_hours(&mut self, node: &Node) -> Option<QuietHours> {
-        let errors_before = self.errors;
-        let entries = self.entries(node, "a map {from: \"HH:MM\", to: \"HH:MM\"}")?;
+        let errors_before = self.r.errors;
+        let entries = self.r.entries(node, "a map {from: \"HH:MM\", to: \"HH:MM\"}")?;
         self.unknown_keys(&entries, &["from", "to"], "`quiet_hours`");
         self.require(&entries, node, &["from", "to"], "`quiet_hours`");
         let (mut from, mut to) = (None, None);
@@ -524,10 +482,10 @@ impl Parser<'_> {
         }
         if let (Some(from), Some(to)) = (from, to) {
             if from == to {
-                self.error(to_pos, "quiet hours `from` and `to` must differ");
+                self.r.error(to_pos, "quiet hours `from` and `to` must differ");
             }
         }
-        if self.errors != errors_before {
+        if self.r.errors != errors_before {
             return None;
         }
         Some(QuietHours { from: from?, to: to? })
@@ -536,7 +494,7 @@ impl Parser<'_> {
     /// A local time of day written `"HH:MM"` (00:00–23:59).
     fn clock_time(&mut self, node: &Node) -> Option<NaiveTime> {
         let NodeKind::Str(text) = &node.kind else {
-            self.error(node.pos, format!("expected a time \"HH:MM\" (quoted), got {}", node.kind.describe()));
+            self.r.error(node.pos, format!("expected a time \"HH:MM\" (quoted), got {}", node.kind.describe()));
             return None;
         };
         let bytes = text.as_bytes();
@@ -544,7 +502,7 @@ impl Parser<'_> {
             bytes.len() == 5 && bytes[2] == b':' && bytes.iter().enumerate().all(|(i, b)| i == 2 || b.is_ascii_digit());
         let parsed = if shaped { NaiveTime::parse_from_str(text, "%H:%M").ok() } else { None };
         if parsed.is_none() {
-            self.error(node.pos, format!("invalid time {:?}: expected \"HH:MM\" from 00:00 to 23:59", shorten(text)));
+            self.r.error(node.pos, format!("invalid time {:?}: expected \"HH:MM\" from 00:00 to 23:59", shorten(text)));
         }
         parsed
     }

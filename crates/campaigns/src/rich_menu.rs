@@ -9,6 +9,7 @@
 //! ```
 
 use crate::parse::{Parser, has};
+use renkei_segments::diagnostic::NodeReader;
 use renkei_segments::yaml::{Node, NodeKind, Pos, parse_document};
 use renkei_segments::{Diagnostic, SegmentSet};
 use std::collections::BTreeSet;
@@ -50,12 +51,12 @@ impl RichMenuRules {
     /// The rules in `text` (read from `path`); an empty document has none.
     pub fn from_source(path: PathBuf, text: &str, segments: &SegmentSet) -> Result<RichMenuRules, Vec<Diagnostic>> {
         let mut diagnostics = Vec::new();
-        let mut parser = Parser { file: &path, segments, diagnostics: &mut diagnostics, errors: 0 };
+        let mut parser = Parser { r: NodeReader::new(&path, &mut diagnostics), segments };
         let rules = match parse_document(text) {
             Ok(Node { kind: NodeKind::Null, .. }) => Some(RichMenuRules::default()),
             Ok(root) => parser.rich_menus(&root),
             Err(error) => {
-                parser.error(error.pos, error.message);
+                parser.r.error(error.pos, error.message);
                 None
             }
         };
@@ -86,7 +87,7 @@ impl RichMenuRules {
 
 impl Parser<'_> {
     fn rich_menus(&mut self, root: &Node) -> Option<RichMenuRules> {
-        let entries = self.entries(root, "a map with rules and default")?;
+        let entries = self.r.entries(root, "a map with rules and default")?;
         self.unknown_keys(&entries, &["rules", "default"], "the rich menu file");
         let mut out = RichMenuRules::default();
         for &(key, _, value) in &entries {
@@ -100,7 +101,7 @@ impl Parser<'_> {
                         }
                     }
                     NodeKind::Null => {}
-                    _ => self.wrong_type(value, "a list of {segment, rich_menu}"),
+                    _ => self.r.wrong_type(value, "a list of {segment, rich_menu}"),
                 },
                 "default" => match &value.kind {
                     NodeKind::Null => {}
@@ -113,8 +114,8 @@ impl Parser<'_> {
     }
 
     fn rich_menu_rule(&mut self, node: &Node) -> Option<RichMenuRule> {
-        let errors_before = self.errors;
-        let entries = self.entries(node, "a rule {segment: ID, rich_menu: ID}")?;
+        let errors_before = self.r.errors;
+        let entries = self.r.entries(node, "a rule {segment: ID, rich_menu: ID}")?;
         self.unknown_keys(&entries, &["segment", "rich_menu"], "a rich menu rule");
         self.require(&entries, node, &["segment", "rich_menu"], "a rich menu rule");
         let (mut segment, mut rich_menu) = (None, None);
@@ -125,18 +126,18 @@ impl Parser<'_> {
                 _ => {}
             }
         }
-        if self.errors != errors_before || !has(&entries, "segment") {
+        if self.r.errors != errors_before || !has(&entries, "segment") {
             return None;
         }
         Some(RichMenuRule { segment: segment?, rich_menu: rich_menu? })
     }
 
     fn rich_menu_id(&mut self, node: &Node) -> Option<String> {
-        let id = self.string(node)?;
+        let id = self.r.string(node)?;
         if is_rich_menu_id(&id) {
             Some(id)
         } else {
-            self.error(
+            self.r.error(
                 node.pos,
                 format!(
                     "invalid rich menu id {:?}: expected `richmenu-` and 32 lowercase hex digits",

@@ -5,7 +5,7 @@ use crate::ast::{
     Aggregate, AggregateKind, AnniversaryWhen, Comparator, Condition, EventCondition, FieldPath, FollowUp,
     PropertyFilter, Segment,
 };
-use crate::diagnostic::Diagnostic;
+use crate::diagnostic::{Diagnostic, Entries, NodeReader};
 use crate::yaml::{Node, NodeKind, Pos, parse_document};
 use renkei_core::{EventType, SpanDuration};
 use serde_json::{Number, Value};
@@ -45,59 +45,24 @@ enum ComparatorContext {
 }
 
 pub(crate) fn parse_file(file: &Path, text: &str, diagnostics: &mut Vec<Diagnostic>) -> ParsedFile {
-    let mut parser = Parser { file, diagnostics, errors: 0 };
+    let mut parser = Parser { r: NodeReader::new(file, diagnostics) };
     match parse_document(text) {
         Ok(root) => parser.segment(&root),
         Err(error) => {
-            parser.error(error.pos, error.message);
+            parser.r.error(error.pos, error.message);
             ParsedFile { id: None, segment: None }
         }
     }
 }
 
 struct Parser<'a> {
-    file: &'a Path,
-    diagnostics: &'a mut Vec<Diagnostic>,
-    errors: usize,
+    r: NodeReader<'a>,
 }
 
-/// A map's entries with string keys; other keys were reported.
-type Entries<'n> = Vec<(&'n str, &'n Node, &'n Node)>;
-
 impl Parser<'_> {
-    fn error(&mut self, pos: Pos, message: impl Into<String>) {
-        self.errors += 1;
-        self.diagnostics.push(Diagnostic::new(self.file, pos, message));
-    }
-
-    fn wrong_type(&mut self, node: &Node, expected: &str) {
-        self.error(node.pos, format!("expected {expected}, got {}", node.kind.describe()));
-    }
-
-    /// The entries of a map node, reporting non-string and duplicate keys.
-    fn entries<'n>(&mut self, node: &'n Node, expected: &str) -> Option<Entries<'n>> {
-        let NodeKind::Map(pairs) = &node.kind else {
-            self.wrong_type(node, expected);
-            return None;
-        };
-        let mut out: Entries<'n> = Vec::with_capacity(pairs.len());
-        for (key, value) in pairs {
-            let NodeKind::Str(name) = &key.kind else {
-                self.error(key.pos, format!("expected a key name, got {}", key.kind.describe()));
-                continue;
-            };
-            if out.iter().any(|(seen, _, _)| seen == name) {
-                self.error(key.pos, format!("duplicate key `{name}`"));
-                continue;
-            }
-            out.push((name.as_str(), key, value));
-        }
-        Some(out)
-    }
-
     fn segment(&mut self, root: &Node) -> ParsedFile {
-        let errors_before = self.errors;
-        let Some(entries) = self.entries(root, "a segment (a map with id, name, rule)") else {
+        let errors_before = self.r.errors;
+        let Some(entries) = self.r.entries(root, "a segment (a map with id, name, rule)") else {
             return ParsedFile { id: None, segment: None };
         };
         let (mut id, mut name, mut description, mut rule) = (None, None, None, None);
@@ -105,24 +70,25 @@ impl Parser<'_> {
         for (key, key_node, value) in &entries {
             match *key {
                 "id" => id = self.id(value),
-                "name" => name = self.string(value),
-                "description" => description = self.string(value),
+                "name" => name = self.r.string(value),
+                "description" => description = self.r.string(value),
                 "rule" => {
                     seen_rule = true;
                     rule = self.condition(value);
                 }
                 other => self
+                    .r
                     .error(key_node.pos, format!("unknown key `{other}` (a segment has id, name, description, rule)")),
             }
         }
         for (required, present) in [("id", has(&entries, "id")), ("name", has(&entries, "name")), ("rule", seen_rule)] {
             if !present {
-                self.error(root.pos, format!("missing required key `{required}`"));
+                self.r.error(root.pos, format!("missing required key `{required}`"));
             }
         }
         let segment = match (&id, name, rule) {
-            (Some((id, _)), Some(name), Some(rule)) if self.errors == errors_before => {
-                Some(Segment { id: id.clone(), name, description, rule, file: self.file.to_path_buf() })
+            (Some((id, _)), Some(name), Some(rule)) if self.r.errors == errors_before => {
+                Some(Segment { id: id.clone(), name, description, rule, file: self.r.file.to_path_buf() })
             }
             _ => None,
         };
@@ -130,22 +96,12 @@ impl Parser<'_> {
     }
 
     fn id(&mut self, node: &Node) -> Option<(String, Pos)> {
-        let text = self.string(node)?;
+        let text = self.r.string(node)?;
         if is_valid_id(&text) {
             Some((text, node.pos))
         } else {
-            self.error(node.pos, format!("invalid segment id {:?}: must match [a-z0-9_]{{1,64}}", shorten(&text)));
+            self.r.error(node.pos, format!("invalid segment id {:?}: must match [a-z0-9_]{{1,64}}", shorten(&text)));
             None
-        }
-    }
-
-    fn string(&mut self, node: &Node) -> Option<String> {
-        match &node.kind {
-            NodeKind::Str(text) => Some(text.clone()),
-            _ => {
-                self.wrong_type(node, "a string");
-                None
-            }
         }
     }
 
@@ -153,7 +109,7 @@ impl Parser<'_> {
         match node.kind {
             NodeKind::Bool(value) => Some(value),
             _ => {
-                self.wrong_type(node, "true or false");
+                self.r.wrong_type(node, "true or false");
                 None
             }
         }
@@ -164,41 +120,41 @@ impl Parser<'_> {
             NodeKind::Str(text) => text.clone(),
             NodeKind::Int(_) | NodeKind::UInt(_) | NodeKind::Float(_) => node.key_text().unwrap_or_default(),
             _ => {
-                self.wrong_type(node, "a duration like 90d, 1h or 30s");
+                self.r.wrong_type(node, "a duration like 90d, 1h or 30s");
                 return None;
             }
         };
         match text.parse::<SpanDuration>() {
             Ok(duration) => Some(duration),
             Err(error) => {
-                self.error(node.pos, error.to_string());
+                self.r.error(node.pos, error.to_string());
                 None
             }
         }
     }
 
     fn event_type(&mut self, node: &Node) -> Option<EventType> {
-        let text = self.string(node)?;
+        let text = self.r.string(node)?;
         match EventType::parse(&text) {
             Ok(event_type) => Some(event_type),
             Err(error) => {
-                self.error(node.pos, format!("invalid event type: {error}"));
+                self.r.error(node.pos, format!("invalid event type: {error}"));
                 None
             }
         }
     }
 
     fn field_path(&mut self, node: &Node, what: &str) -> Option<FieldPath> {
-        let text = self.string(node)?;
+        let text = self.r.string(node)?;
         if text.is_empty() || text.split('.').any(str::is_empty) {
-            self.error(node.pos, format!("invalid {what} name {:?}: empty path segment", shorten(&text)));
+            self.r.error(node.pos, format!("invalid {what} name {:?}: empty path segment", shorten(&text)));
             return None;
         }
         Some(FieldPath::new(&text))
     }
 
     fn condition(&mut self, node: &Node) -> Option<Condition> {
-        let entries = self.entries(
+        let entries = self.r.entries(
             node,
             "a condition (a map with one of all, any, not, attribute, anniversary, linked, following, segment, event)",
         )?;
@@ -212,7 +168,7 @@ impl Parser<'_> {
                 None => chosen = Some((key, key_node, value)),
                 Some((first, _, _)) => {
                     ambiguous = true;
-                    self.error(
+                    self.r.error(
                         key_node.pos,
                         format!("a condition has exactly one condition key, found `{first}` and `{key}` (combine them with `all` or `any`)"),
                     );
@@ -223,7 +179,7 @@ impl Parser<'_> {
             for &(key, key_node, _) in &entries {
                 self.unknown_key(key_node, key, "a condition");
             }
-            self.error(node.pos, format!("a condition needs exactly one of: {}", CONDITION_KEYS.join(", ")));
+            self.r.error(node.pos, format!("a condition needs exactly one of: {}", CONDITION_KEYS.join(", ")));
             return None;
         };
         let options: Entries<'_> =
@@ -245,9 +201,9 @@ impl Parser<'_> {
             }
             "segment" => {
                 self.no_options(&options, kind);
-                let id = self.string(value)?;
+                let id = self.r.string(value)?;
                 if !is_valid_id(&id) {
-                    self.error(
+                    self.r.error(
                         value.pos,
                         format!("invalid segment id {:?}: must match [a-z0-9_]{{1,64}}", shorten(&id)),
                     );
@@ -263,18 +219,18 @@ impl Parser<'_> {
     }
 
     fn unknown_key(&mut self, key_node: &Node, key: &str, place: &str) {
-        self.error(key_node.pos, format!("unknown key `{key}` in {place}"));
+        self.r.error(key_node.pos, format!("unknown key `{key}` in {place}"));
     }
 
     fn no_options(&mut self, options: &Entries<'_>, kind: &str) {
         for &(key, key_node, _) in options {
-            self.error(key_node.pos, format!("unknown key `{key}`: `{kind}` takes no options"));
+            self.r.error(key_node.pos, format!("unknown key `{key}`: `{kind}` takes no options"));
         }
     }
 
     fn condition_list(&mut self, node: &Node) -> Option<Vec<Condition>> {
         let NodeKind::Seq(items) = &node.kind else {
-            self.wrong_type(node, "a list of conditions");
+            self.r.wrong_type(node, "a list of conditions");
             return None;
         };
         let mut out = Vec::with_capacity(items.len());
@@ -294,7 +250,7 @@ impl Parser<'_> {
         let mut ok = true;
         for &(key, option_key, option_value) in options {
             if !COMPARATOR_KEYS.contains(&key) {
-                self.error(
+                self.r.error(
                     option_key.pos,
                     format!(
                         "unknown key `{key}` in an attribute condition (expected one of: {})",
@@ -305,7 +261,7 @@ impl Parser<'_> {
                 continue;
             }
             if comparator.is_some() {
-                self.error(
+                self.r.error(
                     option_key.pos,
                     format!(
                         "an attribute condition takes one comparator; `{key}` is a second one (combine with `all`)"
@@ -317,7 +273,7 @@ impl Parser<'_> {
             comparator = Some(self.comparator(key, option_value, ComparatorContext::Value));
         }
         let Some(comparator) = comparator else {
-            self.error(
+            self.r.error(
                 key_node.pos,
                 format!("an attribute condition needs one comparator: {}", COMPARATOR_KEYS.join(", ")),
             );
@@ -336,7 +292,7 @@ impl Parser<'_> {
         let mut ok = true;
         for &(key, option_key, option_value) in options {
             if !ANNIVERSARY_KEYS.contains(&key) {
-                self.error(
+                self.r.error(
                     option_key.pos,
                     format!(
                         "unknown key `{key}` in an anniversary condition (expected one of: {})",
@@ -347,7 +303,7 @@ impl Parser<'_> {
                 continue;
             }
             if seen {
-                self.error(
+                self.r.error(
                     option_key.pos,
                     format!(
                         "an anniversary condition takes one of today, this_month, within_days; `{key}` is a second one"
@@ -363,7 +319,7 @@ impl Parser<'_> {
                         u32::try_from(days).ok().map(AnniversaryWhen::WithinDays)
                     }
                     _ => {
-                        self.error(
+                        self.r.error(
                             option_value.pos,
                             format!("within_days must be an integer from 1 to {MAX_WITHIN_DAYS}"),
                         );
@@ -375,14 +331,14 @@ impl Parser<'_> {
                         Some(if key == "today" { AnniversaryWhen::Today } else { AnniversaryWhen::ThisMonth })
                     }
                     _ => {
-                        self.error(option_value.pos, format!("`{key}` must be true"));
+                        self.r.error(option_value.pos, format!("`{key}` must be true"));
                         None
                     }
                 },
             };
         }
         if !seen {
-            self.error(
+            self.r.error(
                 key_node.pos,
                 "an anniversary condition needs one of: today: true, this_month: true, within_days: N",
             );
@@ -395,7 +351,7 @@ impl Parser<'_> {
     }
 
     fn event(&mut self, value: &Node, options: &Entries<'_>) -> Option<EventCondition> {
-        let errors_before = self.errors;
+        let errors_before = self.r.errors;
         let event_type = self.event_type(value);
         let mut filters = Vec::new();
         let (mut within, mut older_than) = (None, None);
@@ -414,7 +370,7 @@ impl Parser<'_> {
                 }
                 "followed_by" | "not_followed_by" => {
                     if let Some(first) = follow_key {
-                        self.error(option_key.pos, format!("an event condition takes one of followed_by / not_followed_by; found `{first}` and `{key}`"));
+                        self.r.error(option_key.pos, format!("an event condition takes one of followed_by / not_followed_by; found `{first}` and `{key}`"));
                         continue;
                     }
                     follow_key = Some(key);
@@ -422,7 +378,7 @@ impl Parser<'_> {
                 }
                 _ if AGGREGATE_KEYS.contains(&key) => {
                     if let Some(first) = aggregate_key {
-                        self.error(
+                        self.r.error(
                             option_key.pos,
                             format!("an event condition takes at most one aggregate; found `{first}` and `{key}`"),
                         );
@@ -434,7 +390,7 @@ impl Parser<'_> {
                 _ => {
                     let mut expected: Vec<&str> = EVENT_OPTION_KEYS.to_vec();
                     expected.extend(AGGREGATE_KEYS);
-                    self.error(
+                    self.r.error(
                         option_key.pos,
                         format!("unknown key `{key}` in an event condition (expected one of: {})", expected.join(", ")),
                     );
@@ -443,13 +399,13 @@ impl Parser<'_> {
         }
         if let (Some(within), Some(older_than)) = (within, older_than) {
             if within.seconds() <= older_than.seconds() {
-                self.error(
+                self.r.error(
                     older_than_pos,
                     format!("older_than ({older_than}) must be shorter than within ({within}), or no event can match"),
                 );
             }
         }
-        if self.errors != errors_before {
+        if self.r.errors != errors_before {
             return None;
         }
         Some(EventCondition {
@@ -466,17 +422,17 @@ impl Parser<'_> {
     }
 
     fn filters(&mut self, node: &Node) -> Option<Vec<PropertyFilter>> {
-        let entries = self.entries(node, "a map of property: value or property: {comparator: value}")?;
+        let entries = self.r.entries(node, "a map of property: value or property: {comparator: value}")?;
         let mut out = Vec::with_capacity(entries.len());
         for (key, key_node, value) in entries {
             if key.is_empty() || key.split('.').any(str::is_empty) {
-                self.error(key_node.pos, format!("invalid property name {:?}: empty path segment", shorten(key)));
+                self.r.error(key_node.pos, format!("invalid property name {:?}: empty path segment", shorten(key)));
                 continue;
             }
             let comparators = match &value.kind {
                 NodeKind::Map(_) => self.comparator_map(value, ComparatorContext::Value, &[]),
                 NodeKind::Seq(_) | NodeKind::Null => {
-                    self.error(value.pos, format!("expected a value or a map of comparators, got {} (use `in:` for a list of values, `exists: false` for absence)", value.kind.describe()));
+                    self.r.error(value.pos, format!("expected a value or a map of comparators, got {} (use `in:` for a list of values, `exists: false` for absence)", value.kind.describe()));
                     None
                 }
                 _ => scalar_value(value).map(|v| vec![Comparator::Eq(v)]),
@@ -490,7 +446,7 @@ impl Parser<'_> {
 
     /// A map of comparators (all must hold). `extra` keys are left to the caller.
     fn comparator_map(&mut self, node: &Node, context: ComparatorContext, extra: &[&str]) -> Option<Vec<Comparator>> {
-        let entries = self.entries(node, "a map of comparators")?;
+        let entries = self.r.entries(node, "a map of comparators")?;
         let allowed: &[&str] = match context {
             ComparatorContext::Value => &COMPARATOR_KEYS,
             ComparatorContext::Aggregate => &["eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte"],
@@ -504,7 +460,7 @@ impl Parser<'_> {
             if !allowed.contains(&key) {
                 let mut expected: Vec<&str> = extra.to_vec();
                 expected.extend(allowed);
-                self.error(key_node.pos, format!("unknown key `{key}` (expected one of: {})", expected.join(", ")));
+                self.r.error(key_node.pos, format!("unknown key `{key}` (expected one of: {})", expected.join(", ")));
                 ok = false;
                 continue;
             }
@@ -514,7 +470,7 @@ impl Parser<'_> {
             }
         }
         if out.is_empty() && ok {
-            self.error(node.pos, format!("expected at least one comparator: {}", allowed.join(", ")));
+            self.r.error(node.pos, format!("expected at least one comparator: {}", allowed.join(", ")));
             return None;
         }
         ok.then_some(out)
@@ -538,13 +494,13 @@ impl Parser<'_> {
                     (false, true) => "a number or a string",
                     (false, false) => "a string, a number or a boolean",
                 };
-                parser.wrong_type(node, expected);
+                parser.r.wrong_type(node, expected);
                 None
             }
         };
         let list = |parser: &mut Self, node: &Node| -> Option<Vec<Value>> {
             let NodeKind::Seq(items) = &node.kind else {
-                parser.wrong_type(node, "a list of values");
+                parser.r.wrong_type(node, "a list of values");
                 return None;
             };
             let values: Vec<Option<Value>> = items.iter().map(|item| operand(parser, item, false)).collect();
@@ -576,7 +532,7 @@ impl Parser<'_> {
                     match found {
                         Some((_, value)) => self.field_path(value, "property"),
                         None => {
-                            self.error(
+                            self.r.error(
                                 key_node.pos,
                                 format!("`{key}` needs `property: NAME` (the numeric event property)"),
                             );
@@ -601,8 +557,8 @@ impl Parser<'_> {
     }
 
     fn follow_up(&mut self, node: &Node, negated: bool) -> Option<FollowUp> {
-        let errors_before = self.errors;
-        let entries = self.entries(node, "a map with event and optional where, within, match")?;
+        let errors_before = self.r.errors;
+        let entries = self.r.entries(node, "a map with event and optional where, within, match")?;
         let mut event_type = None;
         let mut filters = Vec::new();
         let mut within = None;
@@ -616,16 +572,17 @@ impl Parser<'_> {
                     NodeKind::Seq(items) => {
                         match_properties = items.iter().filter_map(|item| self.field_path(item, "property")).collect();
                     }
-                    _ => self.wrong_type(value, "a list of property names"),
+                    _ => self.r.wrong_type(value, "a list of property names"),
                 },
                 _ => self
+                    .r
                     .error(key_node.pos, format!("unknown key `{key}` (expected one of: event, where, within, match)")),
             }
         }
         if !has(&entries, "event") {
-            self.error(node.pos, "missing required key `event`");
+            self.r.error(node.pos, "missing required key `event`");
         }
-        if self.errors != errors_before {
+        if self.r.errors != errors_before {
             return None;
         }
         Some(FollowUp { negated, event_type: event_type?, filters, within, match_properties })
