@@ -16,14 +16,14 @@ use crate::quota::QuotaGuard;
 use crate::{DispatchError, DispatchResult};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use renkei_campaigns::{CampaignSet, Trigger};
-use renkei_core::{Clock, LineUserId};
+use renkei_campaigns::{Campaign, CampaignSet, Trigger};
+use renkei_core::{Clock, LineUserId, MemberId};
 use renkei_line::{LineClient, LineError, Message, MulticastRequest, PushRequest};
-use renkei_store::dispatch::{Delivery, NewRequest, RequestKind, SendRequest};
+use renkei_store::dispatch::{Delivery, NewRequest, RequestKind, SendRequest, UserSendFacts};
 use renkei_store::membership::UserRecord;
 use renkei_store::{Store, StoreError};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -472,9 +472,10 @@ pub struct PolicyContext<'a> {
 }
 
 /// The policy decision for each delivery at `now`, gathering the facts in a
-/// few queries per batch. Deliveries made for a member whose LINE user was
-/// unknown are resolved through the link (and the resolution stored when
-/// `persist` is set). Sends decided earlier in the batch count towards caps.
+/// few queries per batch (never one per delivery). Deliveries made for a
+/// member whose LINE user was unknown are resolved through the link (and the
+/// resolution stored when `persist` is set). Sends decided earlier in the
+/// batch count towards caps.
 pub async fn decide_deliveries(
     context: &PolicyContext<'_>,
     deliveries: &mut [Delivery],
@@ -482,33 +483,32 @@ pub async fn decide_deliveries(
     persist: bool,
 ) -> DispatchResult<Vec<Decision>> {
     let store = context.store;
+    let unresolved: Vec<MemberId> = deliveries
+        .iter()
+        .filter(|d| d.line_user_id.is_none())
+        .filter_map(|d| d.member_id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let linked = store.member_line_users(&unresolved).await?;
     for delivery in deliveries.iter_mut().filter(|d| d.line_user_id.is_none()) {
-        if let Some(member) = &delivery.member_id
-            && let Some(user) = store.member_line_user(member).await?
-        {
+        if let Some(user) = delivery.member_id.as_ref().and_then(|m| linked.get(m)) {
             if persist {
-                store.resolve_delivery_user(delivery.id, &user).await?;
+                store.resolve_delivery_user(delivery.id, user).await?;
             }
-            delivery.line_user_id = Some(user);
+            delivery.line_user_id = Some(user.clone());
         }
     }
-    let users: Vec<LineUserId> = {
-        let mut seen = HashSet::new();
-        deliveries.iter().filter_map(|d| d.line_user_id.clone()).filter(|u| seen.insert(u.clone())).collect()
-    };
-    let unless_types: Vec<String> = context.campaigns.cancelling_event_types().into_iter().collect();
-    let records: HashMap<LineUserId, UserRecord> =
-        store.load_users(&users, Some(&unless_types)).await?.into_iter().map(|r| (r.line_user_id.clone(), r)).collect();
-    let mut memberships: HashMap<LineUserId, std::collections::BTreeSet<String>> = HashMap::new();
-    let mut batch_by_campaign: HashMap<(String, LineUserId), u64> = HashMap::new();
-    let mut batch_overall: HashMap<LineUserId, u64> = HashMap::new();
+    let facts = BatchFacts::load(context, deliveries, now).await?;
+    let mut batch_by_campaign: HashMap<(&str, &LineUserId), u64> = HashMap::new();
+    let mut batch_overall: HashMap<&LineUserId, u64> = HashMap::new();
     let mut decisions = Vec::with_capacity(deliveries.len());
     for delivery in deliveries.iter() {
         let Some(campaign) = context.campaigns.get(&delivery.campaign_id) else {
             decisions.push(Decision::Skip(SkipReason::CampaignRemoved));
             continue;
         };
-        let mut facts = SendFacts {
+        let mut send = SendFacts {
             invalid: delivery.context.get("error").is_some()
                 || delivery.messages.as_array().is_none_or(|m| m.is_empty()),
             expired: delivery.context.get("expired").is_some(),
@@ -517,46 +517,112 @@ pub async fn decide_deliveries(
             ..SendFacts::default()
         };
         if let Some(user) = &delivery.line_user_id
-            && !facts.invalid
+            && !send.invalid
         {
-            let record = records.get(user);
-            facts.following = record.is_some_and(|r| r.following);
-            let current_member = record.and_then(|r| r.member_id.as_ref());
-            facts.link_lost = delivery.member_id.is_some() && current_member != delivery.member_id.as_ref();
+            let user_facts = facts.users.get(user);
+            send.following = user_facts.is_some_and(|f| f.following);
+            let current_member = user_facts.and_then(|f| f.member_id.as_ref());
+            send.link_lost = delivery.member_id.is_some() && current_member != delivery.member_id.as_ref();
             if let Some(audience) = &campaign.audience {
-                if !memberships.contains_key(user) {
-                    let current = store.user_memberships(user).await?;
-                    memberships.insert(user.clone(), current);
-                }
-                facts.in_audience = memberships.get(user).is_some_and(|m| m.contains(audience));
+                send.in_audience = user_facts.is_some_and(|f| f.segments.contains(audience));
             }
             if let Trigger::Event { unless: Some(unless), .. } = &campaign.trigger {
-                facts.cancelled = cancelled_by(unless, &delivery.context, record, now);
+                send.cancelled = cancelled_by(unless, &delivery.context, facts.events.get(user), now);
             }
-            if let Some(cap) = &campaign.frequency_cap {
-                let stored = store.count_sent_since(user, Some(&campaign.id), now - cap.per).await?;
-                facts.sent_by_campaign =
-                    stored + batch_by_campaign.get(&(campaign.id.clone(), user.clone())).copied().unwrap_or(0);
+            if campaign.frequency_cap.is_some() {
+                let stored = facts.by_campaign.get(&(campaign.id.as_str(), user)).copied().unwrap_or(0);
+                send.sent_by_campaign =
+                    stored + batch_by_campaign.get(&(campaign.id.as_str(), user)).copied().unwrap_or(0);
             }
-            if let Some(cap) = &context.global.per_user_cap {
-                let stored = store.count_sent_since(user, None, now - cap.per).await?;
-                facts.sent_overall = stored + batch_overall.get(user).copied().unwrap_or(0);
+            if context.global.per_user_cap.is_some() {
+                send.sent_overall =
+                    facts.overall.get(user).copied().unwrap_or(0) + batch_overall.get(user).copied().unwrap_or(0);
             }
         }
         let rules = CampaignRules {
             frequency_cap: campaign.frequency_cap.as_ref(),
             quiet_hours: campaign.quiet_hours.as_ref(),
         };
-        let decision = decide(&facts, rules, context.global, now, context.timezone);
+        let decision = decide(&send, rules, context.global, now, context.timezone);
         if decision == Decision::Send
             && let Some(user) = &delivery.line_user_id
         {
-            *batch_by_campaign.entry((campaign.id.clone(), user.clone())).or_default() += 1;
-            *batch_overall.entry(user.clone()).or_default() += 1;
+            *batch_by_campaign.entry((campaign.id.as_str(), user)).or_default() += 1;
+            *batch_overall.entry(user).or_default() += 1;
         }
         decisions.push(decision);
     }
     Ok(decisions)
+}
+
+/// The stored facts the policies need for one batch of deliveries.
+struct BatchFacts<'a> {
+    users: HashMap<LineUserId, UserSendFacts>,
+    /// Users with a delivery of a campaign that has `unless`, and their events of those types.
+    events: HashMap<LineUserId, UserRecord>,
+    /// Stored sends within each capped campaign's window.
+    by_campaign: HashMap<(&'a str, &'a LineUserId), u64>,
+    /// Stored sends within the global cap's window.
+    overall: HashMap<LineUserId, u64>,
+}
+
+impl<'a> BatchFacts<'a> {
+    async fn load(context: &PolicyContext<'_>, deliveries: &'a [Delivery], now: DateTime<Utc>) -> DispatchResult<Self> {
+        let store = context.store;
+        // Each (known) campaign of the batch with its distinct users.
+        let mut users_of: BTreeMap<&'a str, Vec<&'a LineUserId>> = BTreeMap::new();
+        let mut pairs = HashSet::new();
+        for delivery in deliveries {
+            if let Some(user) = &delivery.line_user_id
+                && pairs.insert((delivery.campaign_id.as_str(), user))
+            {
+                users_of.entry(delivery.campaign_id.as_str()).or_default().push(user);
+            }
+        }
+        let batch: Vec<(&'a str, &Campaign, Vec<LineUserId>)> = users_of
+            .iter()
+            .filter_map(|(id, users)| {
+                let campaign = context.campaigns.get(id)?;
+                Some((*id, campaign, users.iter().map(|u| (*u).clone()).collect()))
+            })
+            .collect();
+        let all: Vec<LineUserId> =
+            pairs.into_iter().map(|(_, u)| u.clone()).collect::<HashSet<_>>().into_iter().collect();
+
+        let segments: BTreeSet<String> = batch.iter().filter_map(|(_, c, _)| c.audience.clone()).collect();
+        let users = store.send_facts(&all, &Vec::from_iter(segments)).await?;
+
+        let mut unless_types = BTreeSet::new();
+        let mut unless_users = HashSet::new();
+        for (_, campaign, list) in &batch {
+            if let Trigger::Event { unless: Some(unless), .. } = &campaign.trigger {
+                unless_types.insert(unless.event.clone());
+                unless_users.extend(list.iter().cloned());
+            }
+        }
+        let events = if unless_users.is_empty() {
+            HashMap::new()
+        } else {
+            let records = store.load_users(&Vec::from_iter(unless_users), Some(&Vec::from_iter(unless_types))).await?;
+            records.into_iter().map(|r| (r.line_user_id.clone(), r)).collect()
+        };
+
+        let mut by_campaign = HashMap::new();
+        for (id, campaign, list) in &batch {
+            let Some(cap) = &campaign.frequency_cap else { continue };
+            let counts = store.sent_counts(list, Some(id), now - cap.per).await?;
+            for user in &users_of[id] {
+                if let Some(n) = counts.get(*user) {
+                    by_campaign.insert((*id, *user), *n);
+                }
+            }
+        }
+        let overall = match &context.global.per_user_cap {
+            Some(cap) => store.sent_counts(&all, None, now - cap.per).await?,
+            None => HashMap::new(),
+        };
+        Ok(Self { users, events, by_campaign, overall })
+    }
 }
 
 /// Whether the campaign's `unless` event happened for this delivery's trigger event.

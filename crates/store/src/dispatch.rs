@@ -188,6 +188,17 @@ pub struct SendRequest {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
+/// A user as the send-time policies see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserSendFacts {
+    pub member_id: Option<MemberId>,
+    /// A linked user counts as following until an unfollow is seen (as in
+    /// [`UserRecord`](crate::membership::UserRecord)).
+    pub following: bool,
+    /// The asked-for segments the user is in now.
+    pub segments: BTreeSet<String>,
+}
+
 /// Counts of one campaign's deliveries by state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CampaignCounts {
@@ -252,14 +263,27 @@ pub trait DispatchStore: Send + Sync + 'static {
     /// `owner` make the whole call fail with `StoreError::Conflict` and change nothing.
     async fn create_requests(&self, requests: &[NewRequest], owner: &str, now: DateTime<Utc>) -> StoreResult<Vec<i64>>;
 
-    /// How many deliveries were `requested` or `sent` to the user since `since`
-    /// (by `requested_at`), for one campaign or across all (`None`).
-    async fn count_sent_since(
+    /// How many deliveries were `requested` or `sent` to each user since
+    /// `since` (by `requested_at`), for one campaign or across all (`None`).
+    /// Users with none are absent.
+    async fn sent_counts(
         &self,
-        line_user_id: &LineUserId,
+        users: &[LineUserId],
         campaign_id: Option<&str>,
         since: DateTime<Utc>,
-    ) -> StoreResult<u64>;
+    ) -> StoreResult<HashMap<LineUserId, u64>>;
+
+    /// The LINE users linked to these members; members without a link are absent.
+    async fn member_line_users(&self, members: &[MemberId]) -> StoreResult<HashMap<MemberId, LineUserId>>;
+
+    /// What the policies need about each user at send time, for a whole
+    /// batch at once: the linked member, whether they follow, and which of
+    /// `segments` they are in. Every given user is in the answer.
+    async fn send_facts(
+        &self,
+        users: &[LineUserId],
+        segments: &[String],
+    ) -> StoreResult<HashMap<LineUserId, UserSendFacts>>;
 
     async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>>;
 
@@ -517,6 +541,45 @@ fn last_per_user(items: &[(LineUserId, Option<String>)]) -> Vec<(&str, Option<&s
     out
 }
 
+/// Builds [`UserSendFacts`] from `(user, linked member, friendship)` rows and
+/// `(user, segment)` rows.
+fn send_facts_of(
+    users: &[LineUserId],
+    links: Vec<(String, Option<String>, Option<bool>)>,
+    memberships: Vec<(String, String)>,
+) -> HashMap<LineUserId, UserSendFacts> {
+    let mut facts: HashMap<&str, UserSendFacts> =
+        users.iter().map(|u| (u.as_str(), UserSendFacts::default())).collect();
+    for (user, member, following) in links {
+        let Some(entry) = facts.get_mut(user.as_str()) else { continue };
+        entry.member_id = member.as_deref().and_then(|m| {
+            parse_member(m).map_err(|error| tracing::warn!(%error, "ignoring a link with a bad member_id")).ok()
+        });
+        entry.following = following.unwrap_or(entry.member_id.is_some());
+    }
+    for (user, segment) in memberships {
+        if let Some(entry) = facts.get_mut(user.as_str()) {
+            entry.segments.insert(segment);
+        }
+    }
+    users.iter().filter_map(|u| facts.remove(u.as_str()).map(|f| (u.clone(), f))).collect()
+}
+
+/// `(user, count)` rows keyed by user.
+fn counts_by_user(rows: Vec<(String, i64)>) -> StoreResult<HashMap<LineUserId, u64>> {
+    rows.into_iter().map(|(user, n)| Ok((parse_user(&user)?, count(n)))).collect()
+}
+
+/// `(member, user)` rows keyed by member.
+fn users_by_member(rows: Vec<(String, String)>) -> StoreResult<HashMap<MemberId, LineUserId>> {
+    rows.into_iter().map(|(member, user)| Ok((parse_member(&member)?, parse_user(&user)?))).collect()
+}
+
+/// A JSON array parameter (SQLite has no array parameters).
+fn json_text<T: Serialize>(items: &[T], what: &str) -> StoreResult<String> {
+    serde_json::to_string(items).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
 fn ids_json(ids: &[i64]) -> String {
     Value::Array(ids.iter().map(|id| Value::from(*id)).collect()).to_string()
 }
@@ -743,23 +806,75 @@ impl DispatchStore for SqliteStore {
         Ok(ids)
     }
 
-    async fn count_sent_since(
+    async fn sent_counts(
         &self,
-        line_user_id: &LineUserId,
+        users: &[LineUserId],
         campaign_id: Option<&str>,
         since: DateTime<Utc>,
-    ) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries
-             WHERE line_user_id = ?1 AND requested_at >= ?2 AND status IN ('requested', 'sent')
-               AND (?3 IS NULL OR campaign_id = ?3)",
+    ) -> StoreResult<HashMap<LineUserId, u64>> {
+        if users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT line_user_id, COUNT(*) FROM deliveries
+             WHERE line_user_id IN (SELECT value FROM json_each(?1)) AND requested_at >= ?2
+               AND status IN ('requested', 'sent') AND (?3 IS NULL OR campaign_id = ?3)
+             GROUP BY line_user_id",
         )
-        .bind(line_user_id.as_str())
+        .bind(users_json(users))
         .bind(to_micros(since))
         .bind(campaign_id)
-        .fetch_one(&self.reader)
+        .fetch_all(&self.reader)
         .await?;
-        Ok(count(n))
+        counts_by_user(rows)
+    }
+
+    async fn member_line_users(&self, members: &[MemberId]) -> StoreResult<HashMap<MemberId, LineUserId>> {
+        if members.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids = json_text(members, "member ids")?;
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT member_id, line_user_id FROM links WHERE member_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(ids)
+        .fetch_all(&self.reader)
+        .await?;
+        users_by_member(rows)
+    }
+
+    async fn send_facts(
+        &self,
+        users: &[LineUserId],
+        segments: &[String],
+    ) -> StoreResult<HashMap<LineUserId, UserSendFacts>> {
+        if users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids = users_json(users);
+        let links: Vec<(String, Option<String>, Option<bool>)> = sqlx::query_as(
+            "SELECT u.value, l.member_id, f.following FROM json_each(?) u
+             LEFT JOIN links l ON l.line_user_id = u.value
+             LEFT JOIN friendships f ON f.line_user_id = u.value",
+        )
+        .bind(&ids)
+        .fetch_all(&self.reader)
+        .await?;
+        let memberships: Vec<(String, String)> = if segments.is_empty() {
+            Vec::new()
+        } else {
+            let segments = json_text(segments, "segment ids")?;
+            sqlx::query_as(
+                "SELECT line_user_id, segment_id FROM segment_memberships
+                 WHERE line_user_id IN (SELECT value FROM json_each(?1))
+                   AND segment_id IN (SELECT value FROM json_each(?2))",
+            )
+            .bind(&ids)
+            .bind(segments)
+            .fetch_all(&self.reader)
+            .await?
+        };
+        Ok(send_facts_of(users, links, memberships))
     }
 
     async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>> {
@@ -1065,7 +1180,7 @@ impl DispatchStore for SqliteStore {
         if types.is_empty() {
             return Ok(Vec::new());
         }
-        let types = serde_json::to_string(types).map_err(|e| StoreError::Corrupt(format!("event types: {e}")))?;
+        let types = json_text(types, "event types")?;
         let rows = sqlx::query(
             "SELECT id, event_id, type, member_id, line_user_id, occurred_at, properties FROM events
              WHERE id > ? AND type IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
@@ -1443,23 +1558,73 @@ impl DispatchStore for PgStore {
         Ok(ids)
     }
 
-    async fn count_sent_since(
+    async fn sent_counts(
         &self,
-        line_user_id: &LineUserId,
+        users: &[LineUserId],
         campaign_id: Option<&str>,
         since: DateTime<Utc>,
-    ) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries
-             WHERE line_user_id = $1 AND requested_at >= $2 AND status IN ('requested', 'sent')
-               AND ($3::text IS NULL OR campaign_id = $3)",
+    ) -> StoreResult<HashMap<LineUserId, u64>> {
+        if users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT line_user_id, COUNT(*) FROM deliveries
+             WHERE line_user_id = ANY($1) AND requested_at >= $2 AND status IN ('requested', 'sent')
+               AND ($3::text IS NULL OR campaign_id = $3)
+             GROUP BY line_user_id",
         )
-        .bind(line_user_id.as_str())
+        .bind(&ids)
         .bind(since)
         .bind(campaign_id)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(count(n))
+        counts_by_user(rows)
+    }
+
+    async fn member_line_users(&self, members: &[MemberId]) -> StoreResult<HashMap<MemberId, LineUserId>> {
+        if members.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<&str> = members.iter().map(|m| m.as_str()).collect();
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT member_id, line_user_id FROM links WHERE member_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await?;
+        users_by_member(rows)
+    }
+
+    async fn send_facts(
+        &self,
+        users: &[LineUserId],
+        segments: &[String],
+    ) -> StoreResult<HashMap<LineUserId, UserSendFacts>> {
+        if users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+        let links: Vec<(String, Option<String>, Option<bool>)> = sqlx::query_as(
+            "SELECT u.id, l.member_id, f.following FROM UNNEST($1::text[]) AS u (id)
+             LEFT JOIN links l ON l.line_user_id = u.id
+             LEFT JOIN friendships f ON f.line_user_id = u.id",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let memberships: Vec<(String, String)> = if segments.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "SELECT line_user_id, segment_id FROM segment_memberships
+                 WHERE line_user_id = ANY($1) AND segment_id = ANY($2)",
+            )
+            .bind(&ids)
+            .bind(segments)
+            .fetch_all(&self.pool)
+            .await?
+        };
+        Ok(send_facts_of(users, links, memberships))
     }
 
     async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>> {

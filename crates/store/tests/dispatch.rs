@@ -10,7 +10,7 @@ use renkei_store::dispatch::{
 use renkei_store::membership::{Cause, MembershipUpdate};
 use renkei_store::{Store, StoreError};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -183,7 +183,7 @@ async fn create_requests_fails_whole_when_a_lease_was_lost(store: Arc<dyn Store>
     assert_eq!((one.status, one.request_id, one.requested_at), (DeliveryStatus::Pending, None, None));
     assert_eq!(store.next_request_due().await.expect("next request"), None);
     assert!(store.claim_requests(at(9), 10, "a", at(10)).await.expect("no requests").is_empty());
-    assert_eq!(store.count_sent_since(&user(1), None, at(0)).await.expect("count"), 0);
+    assert!(store.sent_counts(&[user(1)], None, at(0)).await.expect("count").is_empty());
     let counts = store.counts().await.expect("counts");
     assert_eq!((counts.deliveries, counts.send_requests), (2, 0));
 
@@ -331,15 +331,63 @@ async fn sends_are_counted_per_user_campaign_and_window(store: Arc<dyn Store>) {
     store.skip_deliveries(&[(find("c1", "t3", 1), "quiet".to_string())], at(4)).await.expect("skip");
     store.complete_request(later[0], None, at(5)).await.expect("sent still counts");
 
-    let u = user(1);
-    assert_eq!(store.count_sent_since(&u, None, at(1)).await.expect("all"), 3);
-    assert_eq!(store.count_sent_since(&u, Some("c1"), at(1)).await.expect("c1"), 2);
-    assert_eq!(store.count_sent_since(&u, Some("c2"), at(1)).await.expect("c2"), 1);
-    assert_eq!(store.count_sent_since(&u, Some("c1"), at(3)).await.expect("c1 since 3"), 1);
-    assert_eq!(store.count_sent_since(&u, None, at(4)).await.expect("since is inclusive"), 2);
-    assert_eq!(store.count_sent_since(&u, None, at(5)).await.expect("since 5"), 0);
-    assert_eq!(store.count_sent_since(&user(2), None, at(1)).await.expect("user 2"), 1);
-    assert_eq!(store.count_sent_since(&user(3), None, at(1)).await.expect("nobody"), 0);
+    let (u1, u2, u3) = (user(1), user(2), user(3));
+    let everyone = [u1.clone(), u2.clone(), u3.clone()];
+    let counts = |pairs: &[(&LineUserId, u64)]| -> HashMap<LineUserId, u64> {
+        pairs.iter().map(|(u, n)| ((*u).clone(), *n)).collect()
+    };
+    assert_eq!(store.sent_counts(&everyone, None, at(1)).await.expect("all"), counts(&[(&u1, 3), (&u2, 1)]));
+    assert_eq!(store.sent_counts(&everyone, Some("c1"), at(1)).await.expect("c1"), counts(&[(&u1, 2), (&u2, 1)]));
+    assert_eq!(store.sent_counts(&everyone, Some("c2"), at(1)).await.expect("c2"), counts(&[(&u1, 1)]));
+    assert_eq!(
+        store.sent_counts(&everyone, Some("c1"), at(3)).await.expect("c1 since 3"),
+        counts(&[(&u1, 1), (&u2, 1)])
+    );
+    assert_eq!(
+        store.sent_counts(std::slice::from_ref(&u1), None, at(4)).await.expect("since is inclusive"),
+        counts(&[(&u1, 2)])
+    );
+    assert_eq!(store.sent_counts(&everyone, None, at(5)).await.expect("since 5"), counts(&[]));
+    assert_eq!(store.sent_counts(&[u3], None, at(1)).await.expect("nobody"), counts(&[]));
+    assert_eq!(store.sent_counts(&[], None, at(1)).await.expect("no users"), counts(&[]));
+}
+
+async fn send_facts_cover_links_following_and_asked_segments(store: Arc<dyn Store>) {
+    let now = at(1);
+    for (m, n) in [("m1", 1), ("m2", 2)] {
+        store.link(&member(m), &user(n), LinkMethod::Api, now).await.expect("link");
+    }
+    // 2 blocked the account; 3 follows without a link; 4 is unknown.
+    store.set_following(&user(2), false, now).await.expect("unfollow");
+    store.set_following(&user(3), true, now).await.expect("follow");
+    let update = |n: u32, segments: &[&str]| MembershipUpdate {
+        line_user_id: user(n),
+        segments: segments.iter().map(|s| s.to_string()).collect(),
+        next_due: None,
+    };
+    store
+        .apply_memberships(&[update(1, &["gold", "vip"]), update(3, &["gold"])], now, Cause::Recompute)
+        .await
+        .expect("m");
+
+    let users = [user(1), user(2), user(3), user(4)];
+    let facts = store.send_facts(&users, &["gold".to_string()]).await.expect("facts");
+    let got = |n: u32| {
+        let f = &facts[&user(n)];
+        (
+            f.member_id.as_ref().map(|m| m.as_str().to_string()),
+            f.following,
+            f.segments.iter().cloned().collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(got(1), (Some("m1".to_string()), true, vec!["gold".to_string()]), "only the asked segments");
+    assert_eq!(got(2), (Some("m2".to_string()), false, vec![]));
+    assert_eq!(got(3), (None, true, vec!["gold".to_string()]));
+    assert_eq!(got(4), (None, false, vec![]));
+    assert!(store.send_facts(&users, &[]).await.expect("no segments").values().all(|f| f.segments.is_empty()));
+
+    let linked = store.member_line_users(&[member("m1"), member("m2"), member("m9")]).await.expect("links");
+    assert_eq!(linked, HashMap::from([(member("m1"), user(1)), (member("m2"), user(2))]));
 }
 
 async fn campaign_enabled_at_keeps_the_first_instant(store: Arc<dyn Store>) {
@@ -502,6 +550,7 @@ conformance!(
     requests_complete_retry_and_fail_with_their_deliveries,
     a_request_lease_is_released_by_retry_and_comes_back_after_expiry,
     sends_are_counted_per_user_campaign_and_window,
+    send_facts_cover_links_following_and_asked_segments,
     campaign_enabled_at_keeps_the_first_instant,
     cron_fires_are_recorded_once,
     cursors_are_stored_by_name,
