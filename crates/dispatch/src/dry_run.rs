@@ -94,7 +94,7 @@ pub async fn dry_run(
         }
     }
     let context = PolicyContext { store, campaigns, timezone: tz, global };
-    let decisions = decide_deliveries(&context, &mut deliveries, at, false).await?;
+    let decisions = decide_deliveries(&context, &mut deliveries, at).await?;
     Ok(deliveries
         .into_iter()
         .zip(decisions)

@@ -1,9 +1,10 @@
 //! The dispatcher: turns due deliveries into LINE requests and sends them.
 //!
 //! Two stages, both crash-safe because every step is a committed state change:
-//! 1. planning: claim due deliveries (leased), apply the policies, group
-//!    identical messages into multicasts (≤ 500) and personalised ones into
-//!    pushes, and commit the requests with their retry keys;
+//! 1. planning: claim due deliveries (held by the planner's transaction),
+//!    apply the policies, group identical messages into multicasts (≤ 500)
+//!    and personalised ones into pushes, and commit the requests with their
+//!    retry keys together with every skip and deferral;
 //! 2. sending: claim due requests, send each at the endpoint's rate with its
 //!    fixed retry key, and record the outcome. A crash between sending and
 //!    recording means the lease expires and the same request (same key, same
@@ -19,7 +20,7 @@ use chrono_tz::Tz;
 use renkei_campaigns::{Campaign, CampaignSet, Trigger};
 use renkei_core::{Clock, LineUserId, MemberId};
 use renkei_line::{LineClient, LineError, Message, MulticastRequest, PushRequest};
-use renkei_store::dispatch::{Delivery, NewRequest, RequestKind, SendRequest, UserSendFacts};
+use renkei_store::dispatch::{ClaimOutcome, Delivery, NewRequest, RequestKind, SendRequest, UserSendFacts};
 use renkei_store::membership::UserRecord;
 use renkei_store::{Store, StoreError};
 use serde_json::Value;
@@ -36,8 +37,8 @@ use uuid::Uuid;
 pub struct DispatchSettings {
     pub timezone: Tz,
     pub rates: Rates,
-    /// How long a claimed delivery or request stays ours; after a crash,
-    /// another instance (or the restarted one) takes it over after this.
+    /// How long a claimed request stays ours; after a crash, another
+    /// instance (or the restarted one) takes it over after this.
     pub lease: Duration,
     /// Deliveries or requests claimed per round.
     pub batch: u32,
@@ -63,6 +64,9 @@ impl Default for DispatchSettings {
         }
     }
 }
+
+/// How soon a planner looks again for due deliveries that another claim holds.
+const HELD_ELSEWHERE: Duration = Duration::from_millis(20);
 
 pub struct Dispatcher {
     store: Arc<dyn Store>,
@@ -113,33 +117,73 @@ impl Dispatcher {
     /// One planning round: returns how many deliveries it claimed.
     pub async fn plan_once(&self) -> DispatchResult<usize> {
         let now = self.clock.now();
-        let lease_until =
-            now + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::seconds(60));
-        let deliveries = self.store.claim_deliveries(now, self.settings.batch, &self.owner, lease_until).await?;
-        if deliveries.is_empty() {
+        let mut claim = self.store.claim_deliveries(now, self.settings.batch).await?;
+        if claim.is_empty() {
             return Ok(0);
         }
-        let claimed = deliveries.len();
+        let claimed = claim.len();
+        let (outcome, reserved) = self.plan(std::mem::take(&mut claim.deliveries), now).await?;
+        // Nothing is sent before this commit; if it fails, the claim rolls back.
+        let ids = match claim.commit(&outcome, now).await {
+            Ok(ids) => ids,
+            Err(error) => {
+                self.quota.release(reserved);
+                return Err(error.into());
+            }
+        };
+        DispatchMetrics::add(&self.metrics.deliveries_skipped, outcome.skips.len() as u64);
+        DispatchMetrics::add(&self.metrics.deliveries_deferred, outcome.defers.len() as u64);
+        if !ids.is_empty() {
+            DispatchMetrics::add(&self.metrics.requests_created, ids.len() as u64);
+            self.wake.notify_waiters();
+        }
+        Ok(claimed)
+    }
+
+    /// What to do with each claimed delivery, and how many recipients were
+    /// reserved in the month's quota for the requests.
+    async fn plan(&self, mut deliveries: Vec<Delivery>, now: DateTime<Utc>) -> DispatchResult<(ClaimOutcome, u64)> {
+        let mut outcome = ClaimOutcome::default();
         if let Some(until) = self.quota.paused_until(now) {
-            let ids: Vec<i64> = deliveries.iter().map(|d| d.id).collect();
-            self.store.defer_deliveries(&ids, until).await?;
-            DispatchMetrics::add(&self.metrics.deliveries_deferred, ids.len() as u64);
-            return Ok(claimed);
+            outcome.defers = deliveries.iter().map(|d| (d.id, until)).collect();
+            return Ok((outcome, 0));
         }
-        let mut plan = self.plan(deliveries, now).await?;
-        if !plan.skips.is_empty() {
-            DispatchMetrics::add(&self.metrics.deliveries_skipped, plan.skips.len() as u64);
-            self.store.skip_deliveries(&plan.skips, now).await?;
+        let context = PolicyContext {
+            store: self.store.as_ref(),
+            campaigns: &self.campaigns,
+            timezone: self.settings.timezone,
+            global: &self.settings.global,
+        };
+        let unresolved: HashSet<i64> = deliveries.iter().filter(|d| d.line_user_id.is_none()).map(|d| d.id).collect();
+        let decisions = decide_deliveries(&context, &mut deliveries, now).await?;
+        let mut sends: BTreeMap<(String, String), Vec<(i64, LineUserId)>> = BTreeMap::new();
+        for (delivery, decision) in deliveries.into_iter().zip(decisions) {
+            if unresolved.contains(&delivery.id)
+                && let Some(user) = &delivery.line_user_id
+            {
+                outcome.resolved.push((delivery.id, user.clone()));
+            }
+            match decision {
+                Decision::Skip(reason) => outcome.skips.push((delivery.id, reason.as_str().to_string())),
+                Decision::Defer(until) => outcome.defers.push((delivery.id, until)),
+                // `decide` sends only to a known user.
+                Decision::Send => {
+                    if let Some(user) = delivery.line_user_id {
+                        let key = (delivery.campaign_id, delivery.messages.to_string());
+                        sends.entry(key).or_default().push((delivery.id, user));
+                    }
+                }
+            }
         }
-        for (until, ids) in &plan.defers {
-            DispatchMetrics::add(&self.metrics.deliveries_deferred, ids.len() as u64);
-            self.store.defer_deliveries(ids, *until).await?;
+        for ((_, messages_text), recipients) in sends {
+            let messages: Value = serde_json::from_str(&messages_text).unwrap_or(Value::Null);
+            outcome.requests.extend(group_requests(messages, recipients));
         }
         // Send what fits in the month's quota; hold the rest (nothing dropped).
         if let Some(room) = self.quota.room() {
             let mut fits = 0u64;
             let mut held = Vec::new();
-            plan.requests.retain(|r| {
+            outcome.requests.retain(|r| {
                 let n = r.recipients.len() as u64;
                 if fits + n <= room {
                     fits += n;
@@ -152,64 +196,17 @@ impl Dispatcher {
             if !held.is_empty() {
                 // Later rounds hold everything until a refresh shows room.
                 let until = self.quota.hold(now);
-                DispatchMetrics::add(&self.metrics.deliveries_deferred, held.len() as u64);
-                self.store.defer_deliveries(&held, until).await?;
+                outcome.defers.extend(held.into_iter().map(|id| (id, until)));
             }
         }
-        let recipients: u64 = plan.requests.iter().map(|r| r.recipients.len() as u64).sum();
+        let recipients: u64 = outcome.requests.iter().map(|r| r.recipients.len() as u64).sum();
         if recipients > 0 && !self.quota.reserve(recipients, now) {
             let until = self.quota.paused_until(now).unwrap_or(now + chrono::Duration::minutes(1));
-            let ids: Vec<i64> = plan.requests.iter().flat_map(|r| r.delivery_ids.iter().copied()).collect();
-            self.store.defer_deliveries(&ids, until).await?;
-            DispatchMetrics::add(&self.metrics.deliveries_deferred, ids.len() as u64);
-            return Ok(claimed);
+            let requests = std::mem::take(&mut outcome.requests);
+            outcome.defers.extend(requests.iter().flat_map(|r| r.delivery_ids.iter().map(|id| (*id, until))));
+            return Ok((outcome, 0));
         }
-        if !plan.requests.is_empty() {
-            match self.store.create_requests(&plan.requests, &self.owner, now).await {
-                Ok(ids) => {
-                    DispatchMetrics::add(&self.metrics.requests_created, ids.len() as u64);
-                    self.wake.notify_waiters();
-                }
-                Err(StoreError::Conflict(message)) => {
-                    // Our lease ran out and another instance took the deliveries over.
-                    tracing::warn!(%message, "deliveries were taken over by another dispatcher; not sending them here");
-                    self.quota.release(recipients);
-                }
-                Err(other) => {
-                    self.quota.release(recipients);
-                    return Err(other.into());
-                }
-            }
-        }
-        Ok(claimed)
-    }
-
-    async fn plan(&self, mut deliveries: Vec<Delivery>, now: DateTime<Utc>) -> DispatchResult<Plan> {
-        let mut plan = Plan::default();
-        let context = PolicyContext {
-            store: self.store.as_ref(),
-            campaigns: &self.campaigns,
-            timezone: self.settings.timezone,
-            global: &self.settings.global,
-        };
-        let decisions = decide_deliveries(&context, &mut deliveries, now, true).await?;
-        let mut sends: BTreeMap<(String, String), Vec<(i64, LineUserId)>> = BTreeMap::new();
-        for (delivery, decision) in deliveries.into_iter().zip(decisions) {
-            match decision {
-                Decision::Skip(reason) => plan.skips.push((delivery.id, reason.as_str().to_string())),
-                Decision::Defer(until) => plan.defers.entry(until).or_default().push(delivery.id),
-                Decision::Send => {
-                    let Some(user) = delivery.line_user_id else { continue };
-                    let key = (delivery.campaign_id, delivery.messages.to_string());
-                    sends.entry(key).or_default().push((delivery.id, user));
-                }
-            }
-        }
-        for ((_, messages_text), recipients) in sends {
-            let messages: Value = serde_json::from_str(&messages_text).unwrap_or(Value::Null);
-            plan.requests.extend(group_requests(messages, recipients));
-        }
-        Ok(plan)
+        Ok((outcome, recipients))
     }
 
     /// Claims due requests and sends them; returns how many were claimed.
@@ -326,6 +323,8 @@ impl Dispatcher {
 
     async fn idle_wait(&self, next: Result<Option<DateTime<Utc>>, StoreError>) -> Duration {
         match next {
+            // Due yet not claimed: another planner holds it and commits or rolls back soon.
+            Ok(Some(due)) if due < self.clock.now() => HELD_ELSEWHERE.min(self.settings.poll),
             Ok(Some(due)) => (due - self.clock.now()).to_std().unwrap_or(Duration::ZERO).min(self.settings.poll),
             _ => self.settings.poll,
         }
@@ -473,14 +472,13 @@ pub struct PolicyContext<'a> {
 
 /// The policy decision for each delivery at `now`, gathering the facts in a
 /// few queries per batch (never one per delivery). Deliveries made for a
-/// member whose LINE user was unknown are resolved through the link (and the
-/// resolution stored when `persist` is set). Sends decided earlier in the
-/// batch count towards caps.
+/// member whose LINE user was unknown are resolved through the link (in
+/// place; nothing is written). Sends decided earlier in the batch count
+/// towards caps.
 pub async fn decide_deliveries(
     context: &PolicyContext<'_>,
     deliveries: &mut [Delivery],
     now: DateTime<Utc>,
-    persist: bool,
 ) -> DispatchResult<Vec<Decision>> {
     let store = context.store;
     let unresolved: Vec<MemberId> = deliveries
@@ -493,9 +491,6 @@ pub async fn decide_deliveries(
     let linked = store.member_line_users(&unresolved).await?;
     for delivery in deliveries.iter_mut().filter(|d| d.line_user_id.is_none()) {
         if let Some(user) = delivery.member_id.as_ref().and_then(|m| linked.get(m)) {
-            if persist {
-                store.resolve_delivery_user(delivery.id, user).await?;
-            }
             delivery.line_user_id = Some(user.clone());
         }
     }
@@ -727,13 +722,6 @@ async fn attempt(line: &LineClient, limiters: &Limiters, request: &SendRequest) 
             Outcome::Failed { error: error.to_string() }
         }
     }
-}
-
-#[derive(Default)]
-struct Plan {
-    skips: Vec<(i64, String)>,
-    defers: BTreeMap<DateTime<Utc>, Vec<i64>>,
-    requests: Vec<NewRequest>,
 }
 
 #[cfg(test)]

@@ -8,8 +8,16 @@
 //! - a request's `retry_key` (`X-Line-Retry-Key`) and its recipients are
 //!   committed before the first attempt and never change, so a retry after
 //!   a crash is recognised by LINE (409 = already accepted);
-//! - rows are claimed with leases (`FOR UPDATE SKIP LOCKED` on PostgreSQL),
-//!   so several instances share the work without doing any of it twice.
+//! - work is claimed so that several instances share it without doing any
+//!   of it twice: due deliveries are held by the planner's open transaction
+//!   ([`Claim`]), requests with leases.
+//!
+//! The outbox is laid out for LINE's multicast rate (~100,000 deliveries/s):
+//! a delivery row is written once and is not rewritten on its way out.
+//! Pending deliveries wait in the narrow `delivery_queue`; assigning one to
+//! a request inserts a narrow `delivery_sends` row (which also serves the
+//! frequency caps); whether it was sent or failed is its request's state, so
+//! completing a 500-recipient multicast writes one row, not 501.
 
 use crate::membership::{parse_member, parse_user};
 use crate::sqlite::{from_micros, to_micros};
@@ -24,7 +32,9 @@ use sqlx::types::Json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use uuid::Uuid;
 
-/// Where a delivery is in its life.
+/// Where a delivery is in its life. Stored on the delivery while it is
+/// pending or skipped; once in a request, its request's state decides
+/// (pending → `Requested`, sent → `Sent`, failed → `Failed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
@@ -188,6 +198,100 @@ pub struct SendRequest {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
+/// What a planner decided for the deliveries of a [`Claim`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClaimOutcome {
+    /// Requests to create; their deliveries become `requested` (with `requested_at` = the commit's `now`).
+    pub requests: Vec<NewRequest>,
+    /// Deliveries a policy refused, with the reason (e.g. `unfollowed`, `frequency_cap`).
+    pub skips: Vec<(i64, String)>,
+    /// Deliveries that wait until a later instant (quiet hours, quota).
+    pub defers: Vec<(i64, DateTime<Utc>)>,
+    /// LINE users found through the member's link for deliveries enqueued with a member only.
+    pub resolved: Vec<(i64, LineUserId)>,
+}
+
+/// Due deliveries held by one planner until it commits what it decided.
+///
+/// PostgreSQL holds them with row locks (`FOR UPDATE SKIP LOCKED`) in an
+/// open transaction, so other claims pass them by; SQLite holds its single
+/// writer. Nothing is written to claim: dropping the claim, a failed commit or
+/// a crash rolls back and leaves them due as they were.
+pub struct Claim {
+    /// The held deliveries, earliest due first; the planner may take them out.
+    pub deliveries: Vec<Delivery>,
+    /// The campaign of each held delivery.
+    held: BTreeMap<i64, String>,
+    lock: Option<Box<dyn ClaimLock>>,
+}
+
+impl Claim {
+    fn new(mut deliveries: Vec<Delivery>, lock: Box<dyn ClaimLock>) -> Self {
+        deliveries.sort_by_key(|d| (d.due_at, d.id));
+        let held = deliveries.iter().map(|d| (d.id, d.campaign_id.clone())).collect();
+        Self { deliveries, held, lock: Some(lock) }
+    }
+
+    fn empty() -> Self {
+        Self { deliveries: Vec::new(), held: BTreeMap::new(), lock: None }
+    }
+
+    /// How many deliveries are held (also after they were taken out).
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Commits `outcome` atomically and releases the claim. Every held
+    /// delivery must be in exactly one request, skip or defer; anything else
+    /// is a [`StoreError::Conflict`] and changes nothing. Returns the new
+    /// request ids, in the order of `outcome.requests`.
+    pub async fn commit(self, outcome: &ClaimOutcome, now: DateTime<Utc>) -> StoreResult<Vec<i64>> {
+        let Claim { held, lock, .. } = self;
+        let checked = check_outcome(&held, outcome);
+        let Some(mut lock) = lock else { return checked.map(|()| Vec::new()) };
+        // Released at once on failure, not when the connection is next used.
+        let written = match checked {
+            Ok(()) => lock.write(&held, outcome, now).await,
+            Err(error) => Err(error),
+        };
+        match written {
+            Ok(ids) => lock.commit().await.map(|()| ids),
+            Err(error) => {
+                if let Err(rollback) = lock.rollback().await {
+                    tracing::warn!(%rollback, "rolling back a refused claim failed; it is released with its connection");
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim").field("held", &self.held.keys()).finish_non_exhaustive()
+    }
+}
+
+/// A backend's hold on claimed deliveries.
+#[async_trait]
+trait ClaimLock: Send {
+    /// Writes a checked outcome in the claim's transaction; returns the request ids.
+    async fn write(
+        &mut self,
+        held: &BTreeMap<i64, String>,
+        outcome: &ClaimOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<i64>>;
+
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
+
+    async fn rollback(self: Box<Self>) -> StoreResult<()>;
+}
+
 /// A user as the send-time policies see it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserSendFacts {
@@ -234,34 +338,16 @@ pub struct RichMenuChange {
 pub trait DispatchStore: Send + Sync + 'static {
     // ---- deliveries (the outbox) ----
 
-    /// Inserts deliveries atomically, ignoring any whose
+    /// Inserts deliveries atomically (pending, queued for `due_at`), ignoring any whose
     /// `(campaign_id, trigger_key, recipient_key)` exists. Returns how many were new.
     async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64>;
 
-    /// Leases up to `limit` pending deliveries with `due_at <= now` whose
-    /// lease is free or expired (earliest due first), for `owner` until `lease_until`.
-    /// Deliveries of paused campaigns are not claimed.
-    async fn claim_deliveries(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Vec<Delivery>>;
-
-    /// Marks leased deliveries skipped with a reason (e.g. `unfollowed`, `frequency_cap`).
-    async fn skip_deliveries(&self, skips: &[(i64, String)], at: DateTime<Utc>) -> StoreResult<()>;
-
-    /// Releases leased deliveries with a new `due_at` (quiet hours, quota pause).
-    async fn defer_deliveries(&self, ids: &[i64], until: DateTime<Utc>) -> StoreResult<()>;
-
-    /// Sets the resolved `line_user_id` of deliveries enqueued with a member only.
-    async fn resolve_delivery_user(&self, id: i64, line_user_id: &LineUserId) -> StoreResult<()>;
-
-    /// Creates the requests and marks their deliveries `requested` (with
-    /// `requested_at = now`), in one transaction. Deliveries no longer leased by
-    /// `owner` make the whole call fail with `StoreError::Conflict` and change nothing.
-    async fn create_requests(&self, requests: &[NewRequest], owner: &str, now: DateTime<Utc>) -> StoreResult<Vec<i64>>;
+    /// Holds up to `limit` pending deliveries with `due_at <= now` that no
+    /// other claim holds, earliest due first, until the claim is committed or
+    /// dropped. Deliveries of paused campaigns are not claimed. On SQLite the
+    /// claim holds the only writer: no other write of this store may be
+    /// awaited while it is open.
+    async fn claim_deliveries(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Claim>;
 
     /// How many deliveries were `requested` or `sent` to each user since
     /// `since` (by `requested_at`), for one campaign or across all (`None`).
@@ -292,7 +378,8 @@ pub trait DispatchStore: Send + Sync + 'static {
 
     async fn campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts>;
 
-    /// The earliest `due_at` of a pending delivery, to sleep until.
+    /// The earliest `due_at` of a pending delivery of a running campaign, to
+    /// sleep until (also when another claim holds it).
     async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
 
     // ---- requests ----
@@ -307,7 +394,7 @@ pub trait DispatchStore: Send + Sync + 'static {
         lease_until: DateTime<Utc>,
     ) -> StoreResult<Vec<SendRequest>>;
 
-    /// LINE accepted it: the request and its deliveries become `sent`.
+    /// LINE accepted it: the request (and so its deliveries) become `sent`.
     async fn complete_request(&self, id: i64, accepted_request_id: Option<&str>, at: DateTime<Utc>) -> StoreResult<()>;
 
     /// [`complete_request`](Self::complete_request) for many requests in one
@@ -317,7 +404,7 @@ pub trait DispatchStore: Send + Sync + 'static {
     /// A retryable failure: release the lease, try again at `next_attempt_at`.
     async fn retry_request(&self, id: i64, next_attempt_at: DateTime<Utc>, error: &str) -> StoreResult<()>;
 
-    /// A permanent failure: the request and its deliveries become `failed` with `error`.
+    /// A permanent failure: the request (and so its deliveries) become `failed` with `error`.
     async fn fail_request(&self, id: i64, error: &str, at: DateTime<Utc>) -> StoreResult<()>;
 
     async fn get_request(&self, id: i64) -> StoreResult<Option<SendRequest>>;
@@ -406,11 +493,54 @@ pub trait DispatchStore: Send + Sync + 'static {
 
 // ------------------------------------------------------------ shared
 
-/// The columns every delivery query returns, in the order the row readers expect.
-macro_rules! delivery_columns {
+/// A delivery's own columns, as the row readers expect them with the
+/// request-derived ones (`status`, `request_id`, `requested_at`) around them.
+macro_rules! delivery_own_columns {
     () => {
-        "id, campaign_id, trigger_key, recipient_key, line_user_id, member_id, due_at, messages, context, status, \
-         skip_reason, request_id, created_at, requested_at"
+        "d.id, d.campaign_id, d.trigger_key, d.recipient_key, d.line_user_id, d.member_id, d.due_at, d.messages, \
+         d.context, d.skip_reason, d.created_at"
+    };
+}
+
+/// Deliveries as stored (`d`), with their state taken from their request
+/// (`s`, `r`) once they are in one. Standard SQL for both backends.
+macro_rules! select_deliveries {
+    () => {
+        concat!(
+            "SELECT ",
+            delivery_own_columns!(),
+            ", ",
+            delivery_status!(),
+            " AS status, s.request_id, s.requested_at FROM ",
+            deliveries_with_requests!()
+        )
+    };
+}
+
+/// One campaign's deliveries counted by state and skip reason; `$campaign` is the placeholder.
+macro_rules! count_deliveries {
+    ($campaign:literal) => {
+        concat!(
+            "SELECT ",
+            delivery_status!(),
+            " AS status, d.skip_reason, COUNT(*) AS n FROM ",
+            deliveries_with_requests!(),
+            " WHERE d.campaign_id = ",
+            $campaign,
+            " GROUP BY 1, 2"
+        )
+    };
+}
+
+macro_rules! deliveries_with_requests {
+    () => {
+        "deliveries d LEFT JOIN delivery_sends s ON s.delivery_id = d.id LEFT JOIN send_requests r ON r.id = s.request_id"
+    };
+}
+
+macro_rules! delivery_status {
+    () => {
+        "CASE WHEN s.request_id IS NULL THEN d.status WHEN r.status = 'pending' THEN 'requested' ELSE r.status END"
     };
 }
 
@@ -484,18 +614,55 @@ fn request_delivery_ids(requests: &[NewRequest]) -> StoreResult<Vec<i64>> {
         }
         ids.extend_from_slice(&request.delivery_ids);
     }
-    let distinct: BTreeSet<i64> = ids.iter().copied().collect();
-    if distinct.len() != ids.len() {
-        return Err(StoreError::Conflict("a delivery is assigned to more than one request".into()));
-    }
     Ok(ids)
 }
 
-fn lease_lost(owner: &str, expected: usize, held: usize) -> StoreError {
-    StoreError::Conflict(format!(
-        "{} of {expected} deliveries are no longer pending under a lease held by {owner:?}; nothing was requested",
-        expected - held.min(expected)
-    ))
+/// Every held delivery goes into exactly one request, skip or defer, and
+/// nothing else is touched; a lost delivery or a double send is refused.
+fn check_outcome(held: &BTreeMap<i64, String>, outcome: &ClaimOutcome) -> StoreResult<()> {
+    let requested = request_delivery_ids(&outcome.requests)?;
+    let skipped = outcome.skips.iter().map(|(id, _)| *id);
+    let deferred = outcome.defers.iter().map(|(id, _)| *id);
+    let resolved = outcome.resolved.iter().map(|(id, _)| *id);
+    let mut seen = BTreeSet::new();
+    for id in requested.into_iter().chain(skipped).chain(deferred) {
+        if !held.contains_key(&id) {
+            return Err(StoreError::Conflict(format!("delivery {id} is not held by this claim")));
+        }
+        if !seen.insert(id) {
+            return Err(StoreError::Conflict(format!("delivery {id} is given more than one outcome")));
+        }
+    }
+    if seen.len() != held.len() {
+        return Err(StoreError::Conflict(format!(
+            "{} of {} claimed deliveries were given no outcome",
+            held.len() - seen.len(),
+            held.len()
+        )));
+    }
+    if let Some(id) = resolved.into_iter().find(|id| !held.contains_key(id)) {
+        return Err(StoreError::Conflict(format!("delivery {id} is not held by this claim")));
+    }
+    Ok(())
+}
+
+/// Each request's deliveries as `(delivery, request, campaign, user)` rows of `delivery_sends`.
+fn sends_of<'a>(
+    held: &'a BTreeMap<i64, String>,
+    requests: &'a [NewRequest],
+    ids: &'a [i64],
+) -> impl Iterator<Item = (i64, i64, &'a str, &'a str)> {
+    requests.iter().zip(ids).flat_map(move |(request, &request_id)| {
+        request.delivery_ids.iter().zip(&request.recipients).map(move |(&delivery, user)| {
+            (delivery, request_id, held.get(&delivery).map_or("", String::as_str), user.as_str())
+        })
+    })
+}
+
+/// Deliveries that leave the queue: requested or skipped.
+fn dequeued(outcome: &ClaimOutcome) -> Vec<i64> {
+    let requested = outcome.requests.iter().flat_map(|r| r.delivery_ids.iter().copied());
+    requested.chain(outcome.skips.iter().map(|(id, _)| *id)).collect()
 }
 
 fn retry_key_conflict(error: sqlx::Error) -> StoreError {
@@ -541,38 +708,34 @@ fn last_per_user(items: &[(LineUserId, Option<String>)]) -> Vec<(&str, Option<&s
     out
 }
 
-/// Builds [`UserSendFacts`] from `(user, linked member, friendship)` rows and
-/// `(user, segment)` rows.
-fn send_facts_of(
-    users: &[LineUserId],
-    links: Vec<(String, Option<String>, Option<bool>)>,
-    memberships: Vec<(String, String)>,
-) -> HashMap<LineUserId, UserSendFacts> {
-    let mut facts: HashMap<&str, UserSendFacts> =
-        users.iter().map(|u| (u.as_str(), UserSendFacts::default())).collect();
-    for (user, member, following) in links {
-        let Some(entry) = facts.get_mut(user.as_str()) else { continue };
-        entry.member_id = member.as_deref().and_then(|m| {
-            parse_member(m).map_err(|error| tracing::warn!(%error, "ignoring a link with a bad member_id")).ok()
-        });
-        entry.following = following.unwrap_or(entry.member_id.is_some());
-    }
-    for (user, segment) in memberships {
-        if let Some(entry) = facts.get_mut(user.as_str()) {
-            entry.segments.insert(segment);
-        }
-    }
-    users.iter().filter_map(|u| facts.remove(u.as_str()).map(|f| (u.clone(), f))).collect()
+/// One `(user, linked member, following, segments)` row per asked user.
+type SendFactsRow = (String, Option<String>, Option<bool>, Vec<String>);
+
+fn send_facts_of(users: &[LineUserId], rows: Vec<SendFactsRow>) -> HashMap<LineUserId, UserSendFacts> {
+    let by_text: HashMap<&str, &LineUserId> = users.iter().map(|u| (u.as_str(), u)).collect();
+    rows.into_iter()
+        .filter_map(|(user, member, following, segments)| {
+            let user = by_text.get(user.as_str())?;
+            let member_id = member.and_then(|m| {
+                parse_member(&m).map_err(|error| tracing::warn!(%error, "ignoring a link with a bad member_id")).ok()
+            });
+            let following = following.unwrap_or(member_id.is_some());
+            Some(((*user).clone(), UserSendFacts { member_id, following, segments: segments.into_iter().collect() }))
+        })
+        .collect()
 }
 
-/// `(user, count)` rows keyed by user.
+/// `(user, count)` rows keyed by user, without the zeros.
 fn counts_by_user(rows: Vec<(String, i64)>) -> StoreResult<HashMap<LineUserId, u64>> {
-    rows.into_iter().map(|(user, n)| Ok((parse_user(&user)?, count(n)))).collect()
+    rows.into_iter().filter(|(_, n)| *n > 0).map(|(user, n)| Ok((parse_user(&user)?, count(n)))).collect()
 }
 
-/// `(member, user)` rows keyed by member.
-fn users_by_member(rows: Vec<(String, String)>) -> StoreResult<HashMap<MemberId, LineUserId>> {
-    rows.into_iter().map(|(member, user)| Ok((parse_member(&member)?, parse_user(&user)?))).collect()
+/// `(member, user)` rows keyed by member, without the unlinked.
+fn users_by_member(rows: Vec<(String, Option<String>)>) -> StoreResult<HashMap<MemberId, LineUserId>> {
+    rows.into_iter()
+        .filter_map(|(member, user)| user.map(|user| (member, user)))
+        .map(|(member, user)| Ok((parse_member(&member)?, parse_user(&user)?)))
+        .collect()
 }
 
 /// A JSON array parameter (SQLite has no array parameters).
@@ -654,6 +817,87 @@ fn sqlite_change(row: &sqlx::sqlite::SqliteRow) -> StoreResult<RichMenuChange> {
     })
 }
 
+/// SQLite's hold on claimed deliveries: an IMMEDIATE transaction on the single writer.
+struct SqliteClaim {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+}
+
+#[async_trait]
+impl ClaimLock for SqliteClaim {
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        Ok(self.tx.commit().await?)
+    }
+
+    async fn rollback(self: Box<Self>) -> StoreResult<()> {
+        Ok(self.tx.rollback().await?)
+    }
+
+    async fn write(
+        &mut self,
+        held: &BTreeMap<i64, String>,
+        outcome: &ClaimOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<i64>> {
+        let tx: &mut sqlx::SqliteConnection = &mut self.tx;
+        let now = to_micros(now);
+        let mut ids = Vec::with_capacity(outcome.requests.len());
+        for request in &outcome.requests {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO send_requests (kind, retry_key, messages, recipients, status, attempts, next_attempt_at,
+                 created_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?) RETURNING id",
+            )
+            .bind(request.kind.as_str())
+            .bind(request.retry_key.to_string())
+            .bind(request.messages.to_string())
+            .bind(recipients_json(&request.recipients).to_string())
+            .bind(now)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(retry_key_conflict)?;
+            ids.push(id);
+        }
+        let sends: Vec<_> = sends_of(held, &outcome.requests, &ids).collect();
+        for chunk in sends.chunks(DELIVERY_ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO delivery_sends (delivery_id, request_id, campaign_id, line_user_id, requested_at) ",
+            );
+            insert.push_values(chunk, |mut row, (delivery, request, campaign, user)| {
+                row.push_bind(*delivery).push_bind(*request).push_bind(*campaign).push_bind(*user).push_bind(now);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM delivery_queue WHERE delivery_id IN (SELECT value FROM json_each(?))")
+            .bind(ids_json(&dequeued(outcome)))
+            .execute(&mut *tx)
+            .await?;
+        for (id, reason) in &outcome.skips {
+            sqlx::query("UPDATE deliveries SET status = 'skipped', skip_reason = ?, finished_at = ? WHERE id = ?")
+                .bind(reason)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (id, until) in &outcome.defers {
+            for update in [
+                "UPDATE delivery_queue SET due_at = ? WHERE delivery_id = ?",
+                "UPDATE deliveries SET due_at = ? WHERE id = ?",
+            ] {
+                sqlx::query(update).bind(to_micros(*until)).bind(id).execute(&mut *tx).await?;
+            }
+        }
+        for (id, user) in &outcome.resolved {
+            sqlx::query("UPDATE deliveries SET line_user_id = ? WHERE id = ?")
+                .bind(user.as_str())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(ids)
+    }
+}
+
 #[async_trait]
 impl DispatchStore for SqliteStore {
     async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64> {
@@ -677,133 +921,49 @@ impl DispatchStore for SqliteStore {
                     .push_bind("pending")
                     .push_bind(created);
             });
-            // DO NOTHING also skips repeats inside the same statement.
-            insert.push(" ON CONFLICT (campaign_id, trigger_key, recipient_key) DO NOTHING");
-            inserted += insert.build().execute(&mut *tx).await?.rows_affected();
+            // DO NOTHING also skips repeats inside the same statement; RETURNING names the new rows only.
+            insert.push(
+                " ON CONFLICT (campaign_id, trigger_key, recipient_key) DO NOTHING RETURNING id, campaign_id, due_at",
+            );
+            let new: Vec<(i64, String, i64)> = insert.build_query_as().fetch_all(&mut *tx).await?;
+            if new.is_empty() {
+                continue;
+            }
+            inserted += new.len() as u64;
+            let mut queue = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO delivery_queue (delivery_id, campaign_id, due_at) ",
+            );
+            queue.push_values(&new, |mut row, (id, campaign, due)| {
+                row.push_bind(*id).push_bind(campaign.as_str()).push_bind(*due);
+            });
+            queue.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(inserted)
     }
 
-    async fn claim_deliveries(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Vec<Delivery>> {
-        // One writer connection: the UPDATE is the claim, nothing can interleave.
+    async fn claim_deliveries(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Claim> {
+        // IMMEDIATE: the single writer is the claim's until it ends, so nothing can interleave.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query(concat!(
-            "UPDATE deliveries SET lease_owner = ?1, lease_until = ?2
-             WHERE id IN (SELECT id FROM deliveries
-                          WHERE status = 'pending' AND due_at <= ?3
-                            AND (lease_until IS NULL OR lease_until <= ?3)
-                            AND campaign_id NOT IN (SELECT campaign_id FROM campaign_state WHERE paused)
-                          ORDER BY due_at, id LIMIT ?4)
-             RETURNING ",
-            delivery_columns!()
+            "SELECT ",
+            delivery_own_columns!(),
+            ", d.status, NULL AS request_id, NULL AS requested_at FROM deliveries d
+             WHERE d.id IN (SELECT q.delivery_id FROM delivery_queue q
+                            WHERE q.due_at <= ?1
+                              AND q.campaign_id NOT IN (SELECT campaign_id FROM campaign_state WHERE paused)
+                            ORDER BY q.due_at, q.delivery_id LIMIT ?2)"
         ))
-        .bind(owner)
-        .bind(to_micros(lease_until))
         .bind(to_micros(now))
         .bind(i64::from(limit))
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *tx)
         .await?;
-        let mut claimed = rows.iter().map(sqlite_delivery).collect::<StoreResult<Vec<_>>>()?;
-        claimed.sort_by_key(|d| (d.due_at, d.id));
-        Ok(claimed)
-    }
-
-    async fn skip_deliveries(&self, skips: &[(i64, String)], at: DateTime<Utc>) -> StoreResult<()> {
-        let at = to_micros(at);
-        let mut tx = self.writer.begin().await?;
-        for (id, reason) in skips {
-            sqlx::query(
-                "UPDATE deliveries SET status = 'skipped', skip_reason = ?, finished_at = ?, lease_owner = NULL,
-                 lease_until = NULL WHERE id = ? AND status = 'pending'",
-            )
-            .bind(reason)
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(Claim::empty());
         }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn defer_deliveries(&self, ids: &[i64], until: DateTime<Utc>) -> StoreResult<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "UPDATE deliveries SET due_at = ?, lease_owner = NULL, lease_until = NULL
-             WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'",
-        )
-        .bind(to_micros(until))
-        .bind(ids_json(ids))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn resolve_delivery_user(&self, id: i64, line_user_id: &LineUserId) -> StoreResult<()> {
-        sqlx::query("UPDATE deliveries SET line_user_id = ? WHERE id = ?")
-            .bind(line_user_id.as_str())
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    async fn create_requests(&self, requests: &[NewRequest], owner: &str, now: DateTime<Utc>) -> StoreResult<Vec<i64>> {
-        let all = request_delivery_ids(requests)?;
-        if all.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = to_micros(now);
-        // IMMEDIATE: the lease check and the writes happen under one write lock.
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let held: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries
-             WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending' AND lease_owner = ?",
-        )
-        .bind(ids_json(&all))
-        .bind(owner)
-        .fetch_one(&mut *tx)
-        .await?;
-        let held = usize::try_from(held).unwrap_or(0);
-        if held != all.len() {
-            return Err(lease_lost(owner, all.len(), held));
-        }
-        let mut ids = Vec::with_capacity(requests.len());
-        for request in requests {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO send_requests (kind, retry_key, messages, recipients, status, attempts, next_attempt_at,
-                 created_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?) RETURNING id",
-            )
-            .bind(request.kind.as_str())
-            .bind(request.retry_key.to_string())
-            .bind(request.messages.to_string())
-            .bind(recipients_json(&request.recipients).to_string())
-            .bind(now)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(retry_key_conflict)?;
-            sqlx::query(
-                "UPDATE deliveries SET status = 'requested', request_id = ?, requested_at = ?, lease_owner = NULL,
-                 lease_until = NULL WHERE id IN (SELECT value FROM json_each(?))",
-            )
-            .bind(id)
-            .bind(now)
-            .bind(ids_json(&request.delivery_ids))
-            .execute(&mut *tx)
-            .await?;
-            ids.push(id);
-        }
-        tx.commit().await?;
-        Ok(ids)
+        let deliveries = rows.iter().map(sqlite_delivery).collect::<StoreResult<Vec<_>>>()?;
+        Ok(Claim::new(deliveries, Box::new(SqliteClaim { tx })))
     }
 
     async fn sent_counts(
@@ -816,10 +976,10 @@ impl DispatchStore for SqliteStore {
             return Ok(HashMap::new());
         }
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT line_user_id, COUNT(*) FROM deliveries
-             WHERE line_user_id IN (SELECT value FROM json_each(?1)) AND requested_at >= ?2
-               AND status IN ('requested', 'sent') AND (?3 IS NULL OR campaign_id = ?3)
-             GROUP BY line_user_id",
+            "SELECT u.value, (SELECT COUNT(*) FROM delivery_sends s JOIN send_requests r ON r.id = s.request_id
+                              WHERE s.line_user_id = u.value AND s.requested_at >= ?2 AND r.status <> 'failed'
+                                AND (?3 IS NULL OR s.campaign_id = ?3))
+             FROM json_each(?1) u",
         )
         .bind(users_json(users))
         .bind(to_micros(since))
@@ -833,11 +993,10 @@ impl DispatchStore for SqliteStore {
         if members.is_empty() {
             return Ok(HashMap::new());
         }
-        let ids = json_text(members, "member ids")?;
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT member_id, line_user_id FROM links WHERE member_id IN (SELECT value FROM json_each(?))",
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT m.value, (SELECT l.line_user_id FROM links l WHERE l.member_id = m.value) FROM json_each(?) m",
         )
-        .bind(ids)
+        .bind(json_text(members, "member ids")?)
         .fetch_all(&self.reader)
         .await?;
         users_by_member(rows)
@@ -851,62 +1010,48 @@ impl DispatchStore for SqliteStore {
         if users.is_empty() {
             return Ok(HashMap::new());
         }
-        let ids = users_json(users);
-        let links: Vec<(String, Option<String>, Option<bool>)> = sqlx::query_as(
-            "SELECT u.value, l.member_id, f.following FROM json_each(?) u
-             LEFT JOIN links l ON l.line_user_id = u.value
-             LEFT JOIN friendships f ON f.line_user_id = u.value",
+        let rows: Vec<(String, Option<String>, Option<bool>, String)> = sqlx::query_as(
+            "SELECT u.value,
+                    (SELECT l.member_id FROM links l WHERE l.line_user_id = u.value),
+                    (SELECT f.following FROM friendships f WHERE f.line_user_id = u.value),
+                    (SELECT json_group_array(m.segment_id) FROM segment_memberships m
+                     WHERE m.line_user_id = u.value AND m.segment_id IN (SELECT value FROM json_each(?2)))
+             FROM json_each(?1) u",
         )
-        .bind(&ids)
+        .bind(users_json(users))
+        .bind(json_text(segments, "segment ids")?)
         .fetch_all(&self.reader)
         .await?;
-        let memberships: Vec<(String, String)> = if segments.is_empty() {
-            Vec::new()
-        } else {
-            let segments = json_text(segments, "segment ids")?;
-            sqlx::query_as(
-                "SELECT line_user_id, segment_id FROM segment_memberships
-                 WHERE line_user_id IN (SELECT value FROM json_each(?1))
-                   AND segment_id IN (SELECT value FROM json_each(?2))",
-            )
-            .bind(&ids)
-            .bind(segments)
-            .fetch_all(&self.reader)
-            .await?
-        };
-        Ok(send_facts_of(users, links, memberships))
+        let rows = rows
+            .into_iter()
+            .map(|(user, member, following, segments)| {
+                let segments =
+                    serde_json::from_str(&segments).map_err(|e| StoreError::Corrupt(format!("segments: {e}")))?;
+                Ok((user, member, following, segments))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(send_facts_of(users, rows))
     }
 
     async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>> {
-        let row = sqlx::query(concat!("SELECT ", delivery_columns!(), " FROM deliveries WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
+        let row =
+            sqlx::query(concat!(select_deliveries!(), " WHERE d.id = ?")).bind(id).fetch_optional(&self.reader).await?;
         row.as_ref().map(sqlite_delivery).transpose()
     }
 
     async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            delivery_columns!(),
-            " FROM deliveries WHERE campaign_id = ? AND id > ? ORDER BY id LIMIT ?"
-        ))
-        .bind(campaign_id)
-        .bind(after_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
+        let rows =
+            sqlx::query(concat!(select_deliveries!(), " WHERE d.campaign_id = ? AND d.id > ? ORDER BY d.id LIMIT ?"))
+                .bind(campaign_id)
+                .bind(after_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
         rows.iter().map(sqlite_delivery).collect()
     }
 
     async fn campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts> {
-        let rows = sqlx::query(
-            "SELECT status, skip_reason, COUNT(*) AS n FROM deliveries WHERE campaign_id = ?
-             GROUP BY status, skip_reason",
-        )
-        .bind(campaign_id)
-        .fetch_all(&self.reader)
-        .await?;
+        let rows = sqlx::query(count_deliveries!("?")).bind(campaign_id).fetch_all(&self.reader).await?;
         let mut counts = CampaignCounts::default();
         for row in rows {
             let status: String = row.try_get("status")?;
@@ -916,21 +1061,12 @@ impl DispatchStore for SqliteStore {
     }
 
     async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
-        // When a pending delivery can next be claimed: its due time, or the
-        // end of a lease that outlives it (leased rows are the few in flight).
         let due: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(t) FROM (
-                 SELECT * FROM (SELECT due_at AS t FROM deliveries
-                                WHERE status = 'pending' AND lease_until IS NULL
-                                  AND campaign_id NOT IN (SELECT campaign_id FROM campaign_state WHERE paused)
-                                ORDER BY due_at LIMIT 1)
-                 UNION ALL
-                 SELECT MIN(MAX(due_at, lease_until)) AS t FROM deliveries
-                 WHERE lease_until IS NOT NULL AND status = 'pending'
-                   AND campaign_id NOT IN (SELECT campaign_id FROM campaign_state WHERE paused)
-             )",
+            "SELECT due_at FROM delivery_queue
+             WHERE campaign_id NOT IN (SELECT campaign_id FROM campaign_state WHERE paused)
+             ORDER BY due_at LIMIT 1",
         )
-        .fetch_one(&self.reader)
+        .fetch_optional(&self.reader)
         .await?;
         due.map(from_micros).transpose()
     }
@@ -963,27 +1099,19 @@ impl DispatchStore for SqliteStore {
     }
 
     async fn complete_request(&self, id: i64, accepted_request_id: Option<&str>, at: DateTime<Utc>) -> StoreResult<()> {
-        let at = to_micros(at);
-        let mut tx = self.writer.begin().await?;
         let updated = sqlx::query(
             "UPDATE send_requests SET status = 'sent', accepted_request_id = COALESCE(?1, accepted_request_id),
              sent_at = ?2, finished_at = ?2, lease_owner = NULL, lease_until = NULL WHERE id = ?3",
         )
         .bind(accepted_request_id)
-        .bind(at)
+        .bind(to_micros(at))
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         if updated == 0 {
             return Err(unknown_request(id));
         }
-        sqlx::query("UPDATE deliveries SET status = 'sent', finished_at = ? WHERE request_id = ?")
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -1003,11 +1131,6 @@ impl DispatchStore for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE deliveries SET status = 'sent', finished_at = ? WHERE request_id = ?")
-                .bind(at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -1027,38 +1150,26 @@ impl DispatchStore for SqliteStore {
     }
 
     async fn fail_request(&self, id: i64, error: &str, at: DateTime<Utc>) -> StoreResult<()> {
-        let at = to_micros(at);
-        let mut tx = self.writer.begin().await?;
         let updated = sqlx::query(
             "UPDATE send_requests SET status = 'failed', last_error = ?, finished_at = ?, lease_owner = NULL,
              lease_until = NULL WHERE id = ? AND status <> 'sent'",
         )
         .bind(error)
-        .bind(at)
+        .bind(to_micros(at))
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         if updated == 0 {
             let known: Option<i64> = sqlx::query_scalar("SELECT id FROM send_requests WHERE id = ?")
                 .bind(id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.writer)
                 .await?;
             if known.is_none() {
                 return Err(unknown_request(id));
             }
             // Already sent: LINE accepted it, a late failure changes nothing.
-            return Ok(());
         }
-        sqlx::query(
-            "UPDATE deliveries SET status = 'failed', error = ?, finished_at = ? WHERE request_id = ? AND status <> 'sent'",
-        )
-        .bind(error)
-        .bind(at)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -1389,6 +1500,125 @@ fn pg_user_values(items: &[(LineUserId, Option<String>)]) -> (Vec<&str>, Vec<Opt
     values.into_iter().unzip()
 }
 
+/// PostgreSQL's hold on claimed deliveries: the open transaction holding their queue rows' locks.
+struct PgClaim {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+#[async_trait]
+impl ClaimLock for PgClaim {
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        Ok(self.tx.commit().await?)
+    }
+
+    async fn rollback(self: Box<Self>) -> StoreResult<()> {
+        Ok(self.tx.rollback().await?)
+    }
+
+    async fn write(
+        &mut self,
+        held: &BTreeMap<i64, String>,
+        outcome: &ClaimOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<i64>> {
+        let tx: &mut sqlx::PgConnection = &mut self.tx;
+        let ids = pg_insert_requests(&mut *tx, &outcome.requests, now).await?;
+        let (mut deliveries, mut requests, mut campaigns, mut users) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (delivery, request, campaign, user) in sends_of(held, &outcome.requests, &ids) {
+            deliveries.push(delivery);
+            requests.push(request);
+            campaigns.push(campaign);
+            users.push(user);
+        }
+        if !deliveries.is_empty() {
+            sqlx::query(
+                "INSERT INTO delivery_sends (delivery_id, request_id, campaign_id, line_user_id, requested_at)
+                 SELECT d, r, c, u, $5 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS s (d, r, c, u)",
+            )
+            .bind(&deliveries)
+            .bind(&requests)
+            .bind(&campaigns)
+            .bind(&users)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM delivery_queue WHERE delivery_id = ANY($1)")
+            .bind(dequeued(outcome))
+            .execute(&mut *tx)
+            .await?;
+        if !outcome.skips.is_empty() {
+            let (ids, reasons): (Vec<i64>, Vec<&str>) = outcome.skips.iter().map(|(id, r)| (*id, r.as_str())).unzip();
+            sqlx::query(
+                "UPDATE deliveries d SET status = 'skipped', skip_reason = s.reason, finished_at = $3
+                 FROM UNNEST($1::bigint[], $2::text[]) AS s (id, reason) WHERE d.id = s.id",
+            )
+            .bind(&ids)
+            .bind(&reasons)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !outcome.defers.is_empty() {
+            let (ids, until): (Vec<i64>, Vec<DateTime<Utc>>) = outcome.defers.iter().copied().unzip();
+            sqlx::query(
+                "WITH s AS (SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[]) AS s (id, until)),
+                      q AS (UPDATE delivery_queue q SET due_at = s.until FROM s WHERE q.delivery_id = s.id)
+                 UPDATE deliveries d SET due_at = s.until FROM s WHERE d.id = s.id",
+            )
+            .bind(&ids)
+            .bind(&until)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !outcome.resolved.is_empty() {
+            let (ids, users): (Vec<i64>, Vec<&str>) = outcome.resolved.iter().map(|(id, u)| (*id, u.as_str())).unzip();
+            sqlx::query(
+                "UPDATE deliveries d SET line_user_id = s.u FROM UNNEST($1::bigint[], $2::text[]) AS s (id, u)
+                 WHERE d.id = s.id",
+            )
+            .bind(&ids)
+            .bind(&users)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(ids)
+    }
+}
+
+/// Inserts requests in one statement; returns their ids in the given order.
+async fn pg_insert_requests(
+    tx: &mut sqlx::PgConnection,
+    requests: &[NewRequest],
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<i64>> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let kinds: Vec<&str> = requests.iter().map(|r| r.kind.as_str()).collect();
+    let keys: Vec<Uuid> = requests.iter().map(|r| r.retry_key).collect();
+    let messages: Vec<Json<&Value>> = requests.iter().map(|r| Json(&r.messages)).collect();
+    let recipients: Vec<Json<Value>> = requests.iter().map(|r| Json(recipients_json(&r.recipients))).collect();
+    let rows: Vec<(i64, Uuid)> = sqlx::query_as(
+        "INSERT INTO send_requests (kind, retry_key, messages, recipients, status, attempts, next_attempt_at, created_at)
+         SELECT k, key, m, r, 'pending', 0, $5, $5
+         FROM UNNEST($1::text[], $2::uuid[], $3::jsonb[], $4::jsonb[]) AS s (k, key, m, r)
+         RETURNING id, retry_key",
+    )
+    .bind(&kinds)
+    .bind(&keys)
+    .bind(&messages)
+    .bind(&recipients)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(retry_key_conflict)?;
+    let by_key: HashMap<Uuid, i64> = rows.into_iter().map(|(id, key)| (key, id)).collect();
+    keys.iter()
+        .map(|key| by_key.get(key).copied().ok_or_else(|| StoreError::Corrupt(format!("request {key} was not stored"))))
+        .collect()
+}
+
 #[async_trait]
 impl DispatchStore for PgStore {
     async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64> {
@@ -1410,14 +1640,17 @@ impl DispatchStore for PgStore {
             messages.push(Json(&d.messages));
             contexts.push(Json(&d.context));
         }
-        // DO NOTHING also skips repeats inside the same statement.
+        // DO NOTHING also skips repeats inside the same statement; only new rows are queued.
         let inserted = sqlx::query(
-            "INSERT INTO deliveries (campaign_id, trigger_key, recipient_key, line_user_id, member_id, due_at,
-                                     messages, context, status, created_at)
-             SELECT c, t, r, u, m, d, msg, ctx, 'pending', $9
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-                         $7::jsonb[], $8::jsonb[]) AS s (c, t, r, u, m, d, msg, ctx)
-             ON CONFLICT (campaign_id, trigger_key, recipient_key) DO NOTHING",
+            "WITH new AS (
+                 INSERT INTO deliveries (campaign_id, trigger_key, recipient_key, line_user_id, member_id, due_at,
+                                         messages, context, status, created_at)
+                 SELECT c, t, r, u, m, d, msg, ctx, 'pending', $9
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                             $7::jsonb[], $8::jsonb[]) AS s (c, t, r, u, m, d, msg, ctx)
+                 ON CONFLICT (campaign_id, trigger_key, recipient_key) DO NOTHING
+                 RETURNING id, campaign_id, due_at)
+             INSERT INTO delivery_queue (delivery_id, campaign_id, due_at) SELECT id, campaign_id, due_at FROM new",
         )
         .bind(&campaigns)
         .bind(&triggers)
@@ -1434,128 +1667,30 @@ impl DispatchStore for PgStore {
         Ok(inserted)
     }
 
-    async fn claim_deliveries(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Vec<Delivery>> {
-        // SKIP LOCKED: instances sharing the database claim disjoint rows.
+    async fn claim_deliveries(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Claim> {
+        let mut tx = self.pool.begin().await?;
+        // SKIP LOCKED: concurrent claims (other planners, other instances) take disjoint rows.
         let rows = sqlx::query(concat!(
-            "UPDATE deliveries SET lease_owner = $1, lease_until = $2
-             WHERE id IN (SELECT d.id FROM deliveries d
-                          WHERE d.status = 'pending' AND d.due_at <= $3
-                            AND (d.lease_until IS NULL OR d.lease_until <= $3)
-                            AND NOT EXISTS (SELECT 1 FROM campaign_state c
-                                            WHERE c.campaign_id = d.campaign_id AND c.paused)
-                          ORDER BY d.due_at, d.id LIMIT $4
-                          FOR UPDATE OF d SKIP LOCKED)
-             RETURNING ",
-            delivery_columns!()
+            "SELECT ",
+            delivery_own_columns!(),
+            ", d.status, NULL::bigint AS request_id, NULL::timestamptz AS requested_at FROM deliveries d
+             WHERE d.id = ANY(ARRAY(
+                 SELECT q.delivery_id FROM delivery_queue q
+                 WHERE q.due_at <= $1
+                   AND q.campaign_id <> ALL(ARRAY(SELECT campaign_id FROM campaign_state WHERE paused))
+                 ORDER BY q.due_at, q.delivery_id LIMIT $2
+                 FOR UPDATE OF q SKIP LOCKED))"
         ))
-        .bind(owner)
-        .bind(lease_until)
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut claimed = rows.iter().map(pg_delivery).collect::<StoreResult<Vec<_>>>()?;
-        claimed.sort_by_key(|d| (d.due_at, d.id));
-        Ok(claimed)
-    }
-
-    async fn skip_deliveries(&self, skips: &[(i64, String)], at: DateTime<Utc>) -> StoreResult<()> {
-        if skips.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<i64> = skips.iter().map(|(id, _)| *id).collect();
-        let reasons: Vec<&str> = skips.iter().map(|(_, reason)| reason.as_str()).collect();
-        sqlx::query(
-            "UPDATE deliveries d SET status = 'skipped', skip_reason = s.reason, finished_at = $3,
-                 lease_owner = NULL, lease_until = NULL
-             FROM UNNEST($1::bigint[], $2::text[]) AS s (id, reason)
-             WHERE d.id = s.id AND d.status = 'pending'",
-        )
-        .bind(&ids)
-        .bind(&reasons)
-        .bind(at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn defer_deliveries(&self, ids: &[i64], until: DateTime<Utc>) -> StoreResult<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "UPDATE deliveries SET due_at = $1, lease_owner = NULL, lease_until = NULL
-             WHERE id = ANY($2) AND status = 'pending'",
-        )
-        .bind(until)
-        .bind(ids)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn resolve_delivery_user(&self, id: i64, line_user_id: &LineUserId) -> StoreResult<()> {
-        sqlx::query("UPDATE deliveries SET line_user_id = $1 WHERE id = $2")
-            .bind(line_user_id.as_str())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn create_requests(&self, requests: &[NewRequest], owner: &str, now: DateTime<Utc>) -> StoreResult<Vec<i64>> {
-        let mut all = request_delivery_ids(requests)?;
-        if all.is_empty() {
-            return Ok(Vec::new());
-        }
-        all.sort_unstable();
-        let mut tx = self.pool.begin().await?;
-        // Locks the deliveries (in id order) so no claim can take them between
-        // this check and the writes; a lost lease shows as a changed owner.
-        let held: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM deliveries WHERE id = ANY($1) AND status = 'pending' AND lease_owner = $2
-             ORDER BY id FOR UPDATE",
-        )
-        .bind(&all)
-        .bind(owner)
         .fetch_all(&mut *tx)
         .await?;
-        if held.len() != all.len() {
-            return Err(lease_lost(owner, all.len(), held.len()));
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(Claim::empty());
         }
-        let mut ids = Vec::with_capacity(requests.len());
-        for request in requests {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO send_requests (kind, retry_key, messages, recipients, status, attempts, next_attempt_at,
-                 created_at) VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) RETURNING id",
-            )
-            .bind(request.kind.as_str())
-            .bind(request.retry_key)
-            .bind(Json(&request.messages))
-            .bind(Json(recipients_json(&request.recipients)))
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(retry_key_conflict)?;
-            sqlx::query(
-                "UPDATE deliveries SET status = 'requested', request_id = $1, requested_at = $2, lease_owner = NULL,
-                 lease_until = NULL WHERE id = ANY($3)",
-            )
-            .bind(id)
-            .bind(now)
-            .bind(&request.delivery_ids)
-            .execute(&mut *tx)
-            .await?;
-            ids.push(id);
-        }
-        tx.commit().await?;
-        Ok(ids)
+        let deliveries = rows.iter().map(pg_delivery).collect::<StoreResult<Vec<_>>>()?;
+        Ok(Claim::new(deliveries, Box::new(PgClaim { tx })))
     }
 
     async fn sent_counts(
@@ -1568,11 +1703,13 @@ impl DispatchStore for PgStore {
             return Ok(HashMap::new());
         }
         let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+        // Per-user subqueries: index probes, where a join would make the
+        // planner hash the whole table for a few thousand users.
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT line_user_id, COUNT(*) FROM deliveries
-             WHERE line_user_id = ANY($1) AND requested_at >= $2 AND status IN ('requested', 'sent')
-               AND ($3::text IS NULL OR campaign_id = $3)
-             GROUP BY line_user_id",
+            "SELECT u.id, (SELECT COUNT(*) FROM delivery_sends s JOIN send_requests r ON r.id = s.request_id
+                           WHERE s.line_user_id = u.id AND s.requested_at >= $2 AND r.status <> 'failed'
+                             AND ($3::text IS NULL OR s.campaign_id = $3))
+             FROM UNNEST($1::text[]) AS u (id)",
         )
         .bind(&ids)
         .bind(since)
@@ -1587,11 +1724,12 @@ impl DispatchStore for PgStore {
             return Ok(HashMap::new());
         }
         let ids: Vec<&str> = members.iter().map(|m| m.as_str()).collect();
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT member_id, line_user_id FROM links WHERE member_id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT m.id, (SELECT l.line_user_id FROM links l WHERE l.member_id = m.id) FROM UNNEST($1::text[]) AS m (id)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
         users_by_member(rows)
     }
 
@@ -1604,42 +1742,34 @@ impl DispatchStore for PgStore {
             return Ok(HashMap::new());
         }
         let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
-        let links: Vec<(String, Option<String>, Option<bool>)> = sqlx::query_as(
-            "SELECT u.id, l.member_id, f.following FROM UNNEST($1::text[]) AS u (id)
-             LEFT JOIN links l ON l.line_user_id = u.id
-             LEFT JOIN friendships f ON f.line_user_id = u.id",
+        // Per-user subqueries: index probes, where joins would make the
+        // planner hash the whole of links for a few thousand users.
+        let rows: Vec<SendFactsRow> = sqlx::query_as(
+            "SELECT u.id,
+                    (SELECT l.member_id FROM links l WHERE l.line_user_id = u.id),
+                    (SELECT f.following FROM friendships f WHERE f.line_user_id = u.id),
+                    CASE WHEN cardinality($2::text[]) = 0 THEN '{}'::text[]
+                         ELSE ARRAY(SELECT m.segment_id FROM segment_memberships m
+                                    WHERE m.line_user_id = u.id AND m.segment_id = ANY($2)) END
+             FROM UNNEST($1::text[]) AS u (id)",
         )
         .bind(&ids)
+        .bind(segments)
         .fetch_all(&self.pool)
         .await?;
-        let memberships: Vec<(String, String)> = if segments.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as(
-                "SELECT line_user_id, segment_id FROM segment_memberships
-                 WHERE line_user_id = ANY($1) AND segment_id = ANY($2)",
-            )
-            .bind(&ids)
-            .bind(segments)
-            .fetch_all(&self.pool)
-            .await?
-        };
-        Ok(send_facts_of(users, links, memberships))
+        Ok(send_facts_of(users, rows))
     }
 
     async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>> {
-        let row = sqlx::query(concat!("SELECT ", delivery_columns!(), " FROM deliveries WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query(concat!(select_deliveries!(), " WHERE d.id = $1")).bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(pg_delivery).transpose()
     }
 
     async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>> {
         let rows = sqlx::query(concat!(
-            "SELECT ",
-            delivery_columns!(),
-            " FROM deliveries WHERE campaign_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+            select_deliveries!(),
+            " WHERE d.campaign_id = $1 AND d.id > $2 ORDER BY d.id LIMIT $3"
         ))
         .bind(campaign_id)
         .bind(after_id)
@@ -1650,13 +1780,7 @@ impl DispatchStore for PgStore {
     }
 
     async fn campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts> {
-        let rows = sqlx::query(
-            "SELECT status, skip_reason, COUNT(*) AS n FROM deliveries WHERE campaign_id = $1
-             GROUP BY status, skip_reason",
-        )
-        .bind(campaign_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(count_deliveries!("$1")).bind(campaign_id).fetch_all(&self.pool).await?;
         let mut counts = CampaignCounts::default();
         for row in rows {
             let status: String = row.try_get("status")?;
@@ -1666,21 +1790,12 @@ impl DispatchStore for PgStore {
     }
 
     async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
-        // When a pending delivery can next be claimed: its due time, or the
-        // end of a lease that outlives it (leased rows are the few in flight).
         Ok(sqlx::query_scalar(
-            "SELECT MIN(t) FROM (
-                 (SELECT d.due_at AS t FROM deliveries d
-                  WHERE d.status = 'pending' AND d.lease_until IS NULL
-                    AND NOT EXISTS (SELECT 1 FROM campaign_state c WHERE c.campaign_id = d.campaign_id AND c.paused)
-                  ORDER BY d.due_at LIMIT 1)
-                 UNION ALL
-                 (SELECT MIN(GREATEST(d.due_at, d.lease_until)) AS t FROM deliveries d
-                  WHERE d.lease_until IS NOT NULL AND d.status = 'pending'
-                    AND NOT EXISTS (SELECT 1 FROM campaign_state c WHERE c.campaign_id = d.campaign_id AND c.paused))
-             ) s",
+            "SELECT q.due_at FROM delivery_queue q
+             WHERE NOT EXISTS (SELECT 1 FROM campaign_state c WHERE c.campaign_id = q.campaign_id AND c.paused)
+             ORDER BY q.due_at LIMIT 1",
         )
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?)
     }
 
@@ -1713,7 +1828,6 @@ impl DispatchStore for PgStore {
     }
 
     async fn complete_request(&self, id: i64, accepted_request_id: Option<&str>, at: DateTime<Utc>) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE send_requests SET status = 'sent', accepted_request_id = COALESCE($1, accepted_request_id),
              sent_at = $2, finished_at = $2, lease_owner = NULL, lease_until = NULL WHERE id = $3",
@@ -1721,18 +1835,12 @@ impl DispatchStore for PgStore {
         .bind(accepted_request_id)
         .bind(at)
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?
         .rows_affected();
         if updated == 0 {
             return Err(unknown_request(id));
         }
-        sqlx::query("UPDATE deliveries SET status = 'sent', finished_at = $1 WHERE request_id = $2")
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -1742,7 +1850,6 @@ impl DispatchStore for PgStore {
         }
         let ids: Vec<i64> = done.iter().map(|(id, _)| *id).collect();
         let accepted: Vec<Option<String>> = done.iter().map(|(_, a)| a.clone()).collect();
-        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE send_requests r SET status = 'sent', accepted_request_id = COALESCE(d.accepted, r.accepted_request_id),
              sent_at = $3, finished_at = $3, lease_owner = NULL, lease_until = NULL
@@ -1751,14 +1858,8 @@ impl DispatchStore for PgStore {
         .bind(&ids)
         .bind(&accepted)
         .bind(at)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        sqlx::query("UPDATE deliveries SET status = 'sent', finished_at = $2 WHERE request_id = ANY($1)")
-            .bind(&ids)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -1776,7 +1877,6 @@ impl DispatchStore for PgStore {
     }
 
     async fn fail_request(&self, id: i64, error: &str, at: DateTime<Utc>) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE send_requests SET status = 'failed', last_error = $1, finished_at = $2, lease_owner = NULL,
              lease_until = NULL WHERE id = $3 AND status <> 'sent'",
@@ -1784,30 +1884,19 @@ impl DispatchStore for PgStore {
         .bind(error)
         .bind(at)
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?
         .rows_affected();
         if updated == 0 {
             let known: Option<i64> = sqlx::query_scalar("SELECT id FROM send_requests WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.pool)
                 .await?;
             if known.is_none() {
                 return Err(unknown_request(id));
             }
             // Already sent: LINE accepted it, a late failure changes nothing.
-            return Ok(());
         }
-        sqlx::query(
-            "UPDATE deliveries SET status = 'failed', error = $1, finished_at = $2
-             WHERE request_id = $3 AND status <> 'sent'",
-        )
-        .bind(error)
-        .bind(at)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
         Ok(())
     }
 

@@ -5,7 +5,8 @@
 use chrono::{DateTime, TimeZone, Utc};
 use renkei_core::{LineUserId, LinkMethod, MemberId, NewEvent};
 use renkei_store::dispatch::{
-    CampaignCounts, CronFire, DeliveryStatus, NewDelivery, NewRequest, RequestKind, RequestStatus, RichMenuChange,
+    CampaignCounts, ClaimOutcome, CronFire, DeliveryStatus, NewDelivery, NewRequest, RequestKind, RequestStatus,
+    RichMenuChange,
 };
 use renkei_store::membership::{Cause, MembershipUpdate};
 use renkei_store::{Store, StoreError};
@@ -101,9 +102,19 @@ async fn deliveries_are_deduplicated_by_campaign_trigger_and_recipient(store: Ar
     assert_eq!(store.campaign_deliveries("c2", 0, 100).await.expect("c2").len(), 1);
     assert_eq!(store.campaign_counts("c1").await.expect("counts").pending, 4);
 
-    store.resolve_delivery_user(member_row.id, &user(9)).await.expect("resolve");
+    // A resolved user is stored with the claim's commit.
+    let claim = store.claim_deliveries(at(2), 100).await.expect("claim");
+    let outcome = ClaimOutcome {
+        defers: claim.deliveries.iter().map(|d| (d.id, at(9))).collect(),
+        resolved: vec![(member_row.id, user(9))],
+        ..ClaimOutcome::default()
+    };
+    claim.commit(&outcome, at(2)).await.expect("commit");
     let resolved = store.get_delivery(member_row.id).await.expect("get").expect("exists");
-    assert_eq!(resolved.line_user_id, Some(user(9)));
+    assert_eq!(
+        (resolved.line_user_id, resolved.status, resolved.due_at),
+        (Some(user(9)), DeliveryStatus::Pending, at(9))
+    );
     assert_eq!(resolved.recipient_key, "member:m1", "the dedupe key does not change");
 }
 
@@ -111,38 +122,104 @@ async fn claims_respect_due_at_and_come_earliest_first(store: Arc<dyn Store>) {
     let batch = vec![delivery("c", "t", 1, at(5)), delivery("c", "t", 2, at(3)), delivery("c", "t", 3, at(4))];
     store.insert_deliveries(&batch, at(1)).await.expect("insert");
     assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(3)));
-    assert!(store.claim_deliveries(at(2), 10, "a", at(9)).await.expect("too early").is_empty());
+    assert!(store.claim_deliveries(at(2), 10).await.expect("too early").is_empty());
 
-    let claimed = store.claim_deliveries(at(4), 10, "a", at(9)).await.expect("claim");
-    let users: Vec<_> = claimed.iter().map(|d| d.line_user_id.clone().expect("user")).collect();
+    let claim = store.claim_deliveries(at(4), 10).await.expect("claim");
+    let users: Vec<_> = claim.deliveries.iter().map(|d| d.line_user_id.clone().expect("user")).collect();
     assert_eq!(users, vec![user(2), user(3)], "due ones only, earliest first");
+    assert!(claim.deliveries.iter().all(|d| d.status == DeliveryStatus::Pending && d.request_id.is_none()));
+    let skips = claim.deliveries.iter().map(|d| (d.id, "unfollowed".to_string())).collect();
+    claim.commit(&ClaimOutcome { skips, ..ClaimOutcome::default() }, at(4)).await.expect("skip them");
     assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(5)));
 
-    let one = store.claim_deliveries(at(6), 1, "b", at(9)).await.expect("limit");
-    assert_eq!(one.len(), 1);
-    assert_eq!(one[0].line_user_id, Some(user(1)));
-    assert!(store.claim_deliveries(at(6), 10, "b", at(9)).await.expect("none left").is_empty());
+    let one = store.claim_deliveries(at(6), 1).await.expect("limit");
+    assert_eq!((one.len(), one.deliveries[0].line_user_id.clone()), (1, Some(user(1))));
+    // Deferred deliveries wait for their new due time.
+    let id = one.deliveries[0].id;
+    one.commit(&ClaimOutcome { defers: vec![(id, at(8))], ..ClaimOutcome::default() }, at(6)).await.expect("defer");
+    assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(8)));
+    assert!(store.claim_deliveries(at(7), 10).await.expect("not yet").is_empty());
+    let due = store.claim_deliveries(at(8), 10).await.expect("due");
+    assert_eq!((ids_of(&due.deliveries, |d| d.id), due.deliveries[0].due_at), (vec![id], at(8)));
 }
 
-async fn a_lease_keeps_other_owners_out_until_it_expires(store: Arc<dyn Store>) {
-    store.insert_deliveries(&[delivery("c", "t", 1, at(1)), delivery("c", "t", 2, at(1))], at(1)).await.expect("ins");
-    let a = store.claim_deliveries(at(2), 10, "a", at(4)).await.expect("a claims");
-    assert_eq!(a.len(), 2);
-    assert!(store.claim_deliveries(at(3), 10, "b", at(6)).await.expect("b waits").is_empty());
-    assert!(store.claim_deliveries(at(3), 10, "a", at(6)).await.expect("a itself waits").is_empty());
-    // The sleeper wakes when the lease can run out, not in a busy loop.
-    assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(4)));
+async fn a_claim_commits_all_of_its_outcome_or_nothing(store: Arc<dyn Store>) {
+    store
+        .insert_deliveries(&[delivery("c", "t", 1, at(1)), delivery("c", "t", 2, at(1))], at(1))
+        .await
+        .expect("insert");
+    let claim = store.claim_deliveries(at(2), 10).await.expect("claim");
+    let (d1, d2) = (claim.deliveries[0].id, claim.deliveries[1].id);
+    // Dropped unfinished (a planner failed or crashed): nothing was written.
+    drop(claim);
+    assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(1)));
 
-    let b = store.claim_deliveries(at(4), 10, "b", at(9)).await.expect("b after expiry");
-    assert_eq!(ids_of(&b, |d| d.id), ids_of(&a, |d| d.id));
+    let requests = |ids: &[(i64, u32)]| ids.iter().map(|&(d, n)| push(d, n)).collect::<Vec<_>>();
+    let mut mismatched = push(d2, 2);
+    mismatched.recipients.push(user(3));
+    let refused = [
+        ("a delivery left out", ClaimOutcome { requests: requests(&[(d1, 1)]), ..ClaimOutcome::default() }),
+        (
+            "two outcomes for one delivery",
+            ClaimOutcome {
+                requests: requests(&[(d1, 1), (d2, 2)]),
+                skips: vec![(d1, "unfollowed".to_string())],
+                ..ClaimOutcome::default()
+            },
+        ),
+        (
+            "a delivery in two requests",
+            ClaimOutcome { requests: requests(&[(d1, 1), (d1, 1), (d2, 2)]), ..ClaimOutcome::default() },
+        ),
+        (
+            "a delivery the claim does not hold",
+            ClaimOutcome {
+                requests: requests(&[(d1, 1), (d2, 2)]),
+                defers: vec![(9_999, at(5))],
+                ..ClaimOutcome::default()
+            },
+        ),
+        (
+            "recipients that do not match the deliveries",
+            ClaimOutcome { requests: vec![push(d1, 1), mismatched], ..ClaimOutcome::default() },
+        ),
+        (
+            "a resolution for a delivery the claim does not hold",
+            ClaimOutcome {
+                requests: requests(&[(d1, 1), (d2, 2)]),
+                resolved: vec![(9_999, user(9))],
+                ..ClaimOutcome::default()
+            },
+        ),
+    ];
+    for (what, outcome) in refused {
+        let claim = store.claim_deliveries(at(2), 10).await.expect("claim");
+        assert_eq!(claim.len(), 2, "{what}: both are claimable again");
+        let result = claim.commit(&outcome, at(3)).await;
+        assert!(matches!(result, Err(StoreError::Conflict(_))), "{what}: expected a conflict, got {result:?}");
+        let one = store.get_delivery(d1).await.expect("get").expect("d1");
+        assert_eq!((one.status, one.request_id, one.requested_at), (DeliveryStatus::Pending, None, None), "{what}");
+        assert_eq!(store.next_request_due().await.expect("next request"), None, "{what}");
+        assert!(store.sent_counts(&[user(1)], None, at(0)).await.expect("count").is_empty(), "{what}");
+    }
+    let counts = store.counts().await.expect("counts");
+    assert_eq!((counts.deliveries, counts.send_requests), (2, 0));
 
-    // Deferred deliveries are released and wait for their new due time.
-    store.defer_deliveries(&[b[0].id], at(8)).await.expect("defer");
-    let deferred = store.get_delivery(b[0].id).await.expect("get").expect("exists");
-    assert_eq!((deferred.status, deferred.due_at), (DeliveryStatus::Pending, at(8)));
-    assert!(store.claim_deliveries(at(7), 10, "c", at(9)).await.expect("not yet").is_empty());
-    let due = store.claim_deliveries(at(8), 10, "c", at(9)).await.expect("due");
-    assert_eq!(ids_of(&due, |d| d.id), vec![b[0].id], "the other one is still leased by b");
+    let claim = store.claim_deliveries(at(2), 10).await.expect("claim");
+    let outcome = ClaimOutcome {
+        requests: requests(&[(d2, 2)]),
+        skips: vec![(d1, "unfollowed".to_string())],
+        ..ClaimOutcome::default()
+    };
+    let ids = claim.commit(&outcome, at(3)).await.expect("commit");
+    assert_eq!(ids.len(), 1);
+    let two = store.get_delivery(d2).await.expect("get").expect("d2");
+    assert_eq!((two.status, two.request_id, two.requested_at), (DeliveryStatus::Requested, Some(ids[0]), Some(at(3))));
+    let one = store.get_delivery(d1).await.expect("get").expect("d1");
+    assert_eq!((one.status, one.skip_reason.as_deref()), (DeliveryStatus::Skipped, Some("unfollowed")));
+    // Requested and skipped deliveries are not claimable any more.
+    assert!(store.claim_deliveries(at(9), 10).await.expect("claim").is_empty());
+    assert_eq!(store.next_delivery_due().await.expect("next"), None);
 }
 
 async fn paused_campaigns_are_not_claimed(store: Arc<dyn Store>) {
@@ -155,65 +232,22 @@ async fn paused_campaigns_are_not_claimed(store: Arc<dyn Store>) {
     assert_eq!(store.paused_campaigns().await.expect("paused"), vec!["paused".to_string()]);
     assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(2)), "paused campaigns do not wake anyone");
 
-    let claimed = store.claim_deliveries(at(3), 10, "a", at(9)).await.expect("claim");
-    assert_eq!(claimed.iter().map(|d| d.campaign_id.as_str()).collect::<Vec<_>>(), vec!["live"]);
+    let claim = store.claim_deliveries(at(3), 10).await.expect("claim");
+    assert_eq!(claim.deliveries.iter().map(|d| d.campaign_id.as_str()).collect::<Vec<_>>(), vec!["live"]);
+    drop(claim);
 
     store.set_campaign_paused("paused", false, at(5)).await.expect("resume");
     assert!(store.paused_campaigns().await.expect("paused").is_empty());
-    let resumed = store.claim_deliveries(at(5), 10, "a", at(6)).await.expect("claim resumed");
-    assert_eq!(resumed.iter().map(|d| d.campaign_id.as_str()).collect::<Vec<_>>(), vec!["paused"]);
-}
-
-async fn create_requests_fails_whole_when_a_lease_was_lost(store: Arc<dyn Store>) {
-    store
-        .insert_deliveries(&[delivery("c", "t", 1, at(1)), delivery("c", "t", 2, at(1))], at(1))
-        .await
-        .expect("insert");
-    let claimed = store.claim_deliveries(at(1), 10, "a", at(2)).await.expect("a claims");
-    let (d1, d2) = (claimed[0].id, claimed[1].id);
-    // a stalls; its lease runs out and b takes one of the deliveries.
-    store.defer_deliveries(&[d2], at(1)).await.expect("release d2");
-    let stolen = store.claim_deliveries(at(1), 10, "b", at(5)).await.expect("b claims");
-    assert_eq!(ids_of(&stolen, |d| d.id), vec![d2]);
-
-    let lost = store.create_requests(&[push(d1, 1), push(d2, 2)], "a", at(3)).await;
-    assert!(matches!(lost, Err(StoreError::Conflict(_))), "expected a conflict, got {lost:?}");
-    // Nothing changed: d1 still pending (a's lease), no request exists.
-    let one = store.get_delivery(d1).await.expect("get").expect("d1");
-    assert_eq!((one.status, one.request_id, one.requested_at), (DeliveryStatus::Pending, None, None));
-    assert_eq!(store.next_request_due().await.expect("next request"), None);
-    assert!(store.claim_requests(at(9), 10, "a", at(10)).await.expect("no requests").is_empty());
-    assert!(store.sent_counts(&[user(1)], None, at(0)).await.expect("count").is_empty());
-    let counts = store.counts().await.expect("counts");
-    assert_eq!((counts.deliveries, counts.send_requests), (2, 0));
-
-    // Skipped deliveries are no longer pending: also a conflict.
-    store.skip_deliveries(&[(d1, "unfollowed".to_string())], at(3)).await.expect("skip");
-    let skipped = store.create_requests(&[push(d1, 1)], "a", at(3)).await;
-    assert!(matches!(skipped, Err(StoreError::Conflict(_))), "expected a conflict, got {skipped:?}");
-
-    // The holder of the lease succeeds.
-    let ids = store.create_requests(&[push(d2, 2)], "b", at(3)).await.expect("b requests");
-    assert_eq!(ids.len(), 1);
-    let two = store.get_delivery(d2).await.expect("get").expect("d2");
-    assert_eq!((two.status, two.request_id, two.requested_at), (DeliveryStatus::Requested, Some(ids[0]), Some(at(3))));
-    // Requested deliveries are not claimable any more, even after the lease time.
-    assert!(store.claim_deliveries(at(9), 10, "c", at(10)).await.expect("claim").is_empty());
-    // Mismatched recipients and deliveries are refused.
-    let mut bad = push(d2, 2);
-    bad.recipients.push(user(3));
-    assert!(matches!(store.create_requests(&[bad], "b", at(3)).await, Err(StoreError::Conflict(_))));
+    let resumed = store.claim_deliveries(at(5), 10).await.expect("claim resumed");
+    assert_eq!(resumed.deliveries.iter().map(|d| d.campaign_id.as_str()).collect::<Vec<_>>(), vec!["paused", "live"]);
 }
 
 async fn requests_complete_retry_and_fail_with_their_deliveries(store: Arc<dyn Store>) {
     let batch: Vec<_> = (1..=5).map(|n| delivery("c", "t", n, at(1))).collect();
     store.insert_deliveries(&batch, at(1)).await.expect("insert");
-    let claimed = store.claim_deliveries(at(1), 10, "a", at(2)).await.expect("claim");
+    let claim = store.claim_deliveries(at(1), 10).await.expect("claim");
+    let claimed = claim.deliveries.clone();
     let id = |n: usize| claimed[n].id;
-    store
-        .skip_deliveries(&[(id(3), "frequency_cap".to_string()), (id(4), "unfollowed".to_string())], at(1))
-        .await
-        .expect("skip");
     let multicast = NewRequest {
         kind: RequestKind::Multicast,
         retry_key: Uuid::new_v4(),
@@ -222,7 +256,12 @@ async fn requests_complete_retry_and_fail_with_their_deliveries(store: Arc<dyn S
         delivery_ids: vec![id(0), id(1)],
     };
     let single = push(id(2), 3);
-    let ids = store.create_requests(&[multicast.clone(), single.clone()], "a", at(1)).await.expect("create");
+    let outcome = ClaimOutcome {
+        requests: vec![multicast.clone(), single.clone()],
+        skips: vec![(id(3), "frequency_cap".to_string()), (id(4), "unfollowed".to_string())],
+        ..ClaimOutcome::default()
+    };
+    let ids = claim.commit(&outcome, at(1)).await.expect("create");
     let (m, p) = (ids[0], ids[1]);
     assert_eq!(store.counts().await.expect("counts").send_requests, 2);
 
@@ -233,13 +272,17 @@ async fn requests_complete_retry_and_fail_with_their_deliveries(store: Arc<dyn S
     assert_eq!(stored.messages, messages("hello"));
     assert_eq!((stored.status, stored.attempts, stored.next_attempt_at), (RequestStatus::Pending, 0, at(1)));
     assert_eq!((stored.created_at, stored.sent_at), (at(1), None));
+    assert_eq!(store.get_delivery(id(0)).await.expect("get").expect("d").status, DeliveryStatus::Requested);
     // Reusing a retry key is refused and changes nothing.
     store.insert_deliveries(&[delivery("c", "t", 6, at(1))], at(1)).await.expect("insert 6");
-    let six = store.claim_deliveries(at(1), 10, "a", at(2)).await.expect("claim 6")[0].id;
+    let claim = store.claim_deliveries(at(1), 10).await.expect("claim 6");
+    let six = claim.deliveries[0].id;
     let mut dup = push(six, 6);
     dup.retry_key = single.retry_key;
-    assert!(matches!(store.create_requests(&[dup], "a", at(1)).await, Err(StoreError::Conflict(_))));
+    let refused = claim.commit(&ClaimOutcome { requests: vec![dup], ..ClaimOutcome::default() }, at(1)).await;
+    assert!(matches!(refused, Err(StoreError::Conflict(_))), "expected a conflict, got {refused:?}");
     assert_eq!(store.get_delivery(six).await.expect("get").expect("6").status, DeliveryStatus::Pending);
+    assert_eq!(store.claim_deliveries(at(1), 10).await.expect("claim 6 again").len(), 1);
 
     assert_eq!(store.next_request_due().await.expect("next"), Some(at(1)));
     let first = store.claim_requests(at(1), 10, "a", at(2)).await.expect("claim requests");
@@ -291,8 +334,9 @@ async fn requests_complete_retry_and_fail_with_their_deliveries(store: Arc<dyn S
 
 async fn a_request_lease_is_released_by_retry_and_comes_back_after_expiry(store: Arc<dyn Store>) {
     store.insert_deliveries(&[delivery("c", "t", 1, at(1))], at(1)).await.expect("insert");
-    let d = store.claim_deliveries(at(1), 1, "a", at(2)).await.expect("claim")[0].id;
-    let r = store.create_requests(&[push(d, 1)], "a", at(1)).await.expect("create")[0];
+    let claim = store.claim_deliveries(at(1), 1).await.expect("claim");
+    let requests = vec![push(claim.deliveries[0].id, 1)];
+    let r = claim.commit(&ClaimOutcome { requests, ..ClaimOutcome::default() }, at(1)).await.expect("create")[0];
     assert_eq!(store.claim_requests(at(1), 10, "a", at(3)).await.expect("claim").len(), 1);
     // A crashed sender: the request is leased until 3, then claimable again.
     assert_eq!(store.next_request_due().await.expect("next"), Some(at(3)));
@@ -313,23 +357,38 @@ async fn sends_are_counted_per_user_campaign_and_window(store: Arc<dyn Store>) {
         delivery("c2", "t1", 1, at(1)),
         delivery("c1", "t1", 2, at(1)),
         delivery("c1", "t3", 1, at(1)),
+        delivery("c1", "t4", 1, at(1)),
     ];
     store.insert_deliveries(&batch, at(1)).await.expect("insert");
-    let claimed = store.claim_deliveries(at(1), 10, "a", at(9)).await.expect("claim");
+    let mut stored = store.campaign_deliveries("c1", 0, 10).await.expect("c1");
+    stored.extend(store.campaign_deliveries("c2", 0, 10).await.expect("c2"));
     let find = |c: &str, t: &str, n: u32| {
-        claimed
+        stored
             .iter()
             .find(|d| d.campaign_id == c && d.trigger_key == t && d.line_user_id == Some(user(n)))
             .expect("delivery")
             .id
     };
-    store.create_requests(&[push(find("c1", "t1", 1), 1)], "a", at(2)).await.expect("c1 t1 at 2");
-    let later = store.create_requests(&[push(find("c1", "t2", 1), 1)], "a", at(4)).await.expect("c1 t2 at 4");
-    store.create_requests(&[push(find("c2", "t1", 1), 1)], "a", at(4)).await.expect("c2 t1 at 4");
-    store.create_requests(&[push(find("c1", "t1", 2), 2)], "a", at(4)).await.expect("other user");
-    // Skipped deliveries never count.
-    store.skip_deliveries(&[(find("c1", "t3", 1), "quiet".to_string())], at(4)).await.expect("skip");
-    store.complete_request(later[0], None, at(5)).await.expect("sent still counts");
+    // Requested at 2: c1 t1 → 1; at 4: c1 t2 → 1, c2 t1 → 1, c1 t1 → 2.
+    let first = store.claim_deliveries(at(1), 10).await.expect("claim");
+    let requests = vec![push(find("c1", "t1", 1), 1)];
+    let defers = first.deliveries.iter().filter(|d| d.id != find("c1", "t1", 1)).map(|d| (d.id, at(4))).collect();
+    first.commit(&ClaimOutcome { requests, defers, ..ClaimOutcome::default() }, at(2)).await.expect("at 2");
+    let second = store.claim_deliveries(at(4), 10).await.expect("claim");
+    let outcome = ClaimOutcome {
+        requests: vec![
+            push(find("c1", "t2", 1), 1),
+            push(find("c2", "t1", 1), 1),
+            push(find("c1", "t1", 2), 2),
+            push(find("c1", "t4", 1), 1),
+        ],
+        // Skipped deliveries never count, nor do failed ones (t4, below).
+        skips: vec![(find("c1", "t3", 1), "quiet".to_string())],
+        ..ClaimOutcome::default()
+    };
+    let ids = second.commit(&outcome, at(4)).await.expect("at 4");
+    store.complete_request(ids[0], None, at(5)).await.expect("sent still counts");
+    store.fail_request(ids[3], "400 invalid message", at(5)).await.expect("failed does not count");
 
     let (u1, u2, u3) = (user(1), user(2), user(3));
     let everyone = [u1.clone(), u2.clone(), u3.clone()];
@@ -544,9 +603,8 @@ macro_rules! conformance {
 conformance!(
     deliveries_are_deduplicated_by_campaign_trigger_and_recipient,
     claims_respect_due_at_and_come_earliest_first,
-    a_lease_keeps_other_owners_out_until_it_expires,
+    a_claim_commits_all_of_its_outcome_or_nothing,
     paused_campaigns_are_not_claimed,
-    create_requests_fails_whole_when_a_lease_was_lost,
     requests_complete_retry_and_fail_with_their_deliveries,
     a_request_lease_is_released_by_retry_and_comes_back_after_expiry,
     sends_are_counted_per_user_campaign_and_window,
@@ -566,22 +624,25 @@ async fn postgres_concurrent_claims_never_overlap() {
     let batch: Vec<_> = (1..=200).map(|n| delivery("c", "t", n, at(1))).collect();
     assert_eq!(store.insert_deliveries(&batch, at(1)).await.expect("insert"), 200);
 
-    let worker = |owner: &'static str| {
+    let worker = || {
         let store = store.clone();
         tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let claimed = store.claim_deliveries(at(2), 7, owner, at(3)).await.expect("claim");
-                if claimed.is_empty() {
+                let claim = store.claim_deliveries(at(2), 7).await.expect("claim");
+                if claim.is_empty() {
                     break;
                 }
-                mine.extend(claimed.iter().map(|d| d.id));
+                let ids: Vec<i64> = claim.deliveries.iter().map(|d| d.id).collect();
                 tokio::task::yield_now().await;
+                let skips = ids.iter().map(|id| (*id, "unfollowed".to_string())).collect();
+                claim.commit(&ClaimOutcome { skips, ..ClaimOutcome::default() }, at(2)).await.expect("commit");
+                mine.extend(ids);
             }
             mine
         })
     };
-    let (a, b) = (worker("a"), worker("b"));
+    let (a, b) = (worker(), worker());
     let (a, b) = (a.await.expect("task a"), b.await.expect("task b"));
     let a_set: BTreeSet<i64> = a.iter().copied().collect();
     let b_set: BTreeSet<i64> = b.iter().copied().collect();
@@ -592,31 +653,51 @@ async fn postgres_concurrent_claims_never_overlap() {
     eprintln!("a claimed {}, b claimed {}", a.len(), b.len());
 }
 
-/// A claim skips rows another transaction holds locked instead of waiting for them.
+/// A claim passes by deliveries another claim (or any transaction) holds
+/// instead of waiting for them; they come back when that one rolls back.
 #[tokio::test]
-async fn postgres_claim_skips_rows_locked_elsewhere() {
+async fn postgres_claim_skips_rows_held_elsewhere() {
     use sqlx::Connection;
     let Some(test) = renkei_store::test_support::postgres().await.expect("postgres store") else { return };
     let store = test.store.clone();
-    let batch: Vec<_> = (1..=5).map(|n| delivery("c", "t", n, at(1))).collect();
+    let batch: Vec<_> = (1..=6).map(|n| delivery("c", "t", n, at(1))).collect();
     store.insert_deliveries(&batch, at(1)).await.expect("insert");
 
     let mut other = sqlx::PgConnection::connect(&test.url).await.expect("connect");
     let mut tx = other.begin().await.expect("begin");
-    let locked: Vec<i64> = sqlx::query_scalar("SELECT id FROM deliveries ORDER BY id LIMIT 3 FOR UPDATE")
-        .fetch_all(&mut *tx)
-        .await
-        .expect("lock");
-    let claim = store.claim_deliveries(at(2), 10, "a", at(3));
-    let claimed = tokio::time::timeout(std::time::Duration::from_secs(10), claim)
+    let locked: Vec<i64> =
+        sqlx::query_scalar("SELECT delivery_id FROM delivery_queue ORDER BY delivery_id LIMIT 3 FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await
+            .expect("lock");
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), store.claim_deliveries(at(2), 2))
         .await
         .expect("a claim must not wait for locked rows")
         .expect("claim");
-    let claimed: BTreeSet<i64> = claimed.iter().map(|d| d.id).collect();
-    assert_eq!(claimed.len(), 2);
-    assert!(claimed.iter().all(|id| !locked.contains(id)), "claimed {claimed:?}, locked {locked:?}");
+    let second = store.claim_deliveries(at(2), 10).await.expect("claim the rest");
+    let ids = |claim: &renkei_store::dispatch::Claim| claim.deliveries.iter().map(|d| d.id).collect::<BTreeSet<_>>();
+    let (first_ids, second_ids) = (ids(&first), ids(&second));
+    assert_eq!((first_ids.len(), second_ids.len()), (2, 1));
+    assert!(first_ids.is_disjoint(&second_ids));
+    assert!(first_ids.iter().chain(&second_ids).all(|id| !locked.contains(id)), "locked {locked:?}");
+    assert!(store.claim_deliveries(at(2), 10).await.expect("nothing free").is_empty());
+    assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(1)), "held ones are still due");
+
     tx.rollback().await.expect("rollback");
-    let rest: Vec<i64> =
-        store.claim_deliveries(at(2), 10, "b", at(3)).await.expect("claim rest").iter().map(|d| d.id).collect();
-    assert_eq!(rest, locked);
+    drop(second);
+    // A dropped claim rolls back as its connection goes back to the pool, a moment later.
+    drop(first);
+    let mut expected: BTreeSet<i64> = locked.into_iter().collect();
+    expected.extend(first_ids);
+    expected.extend(second_ids);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let back = store.claim_deliveries(at(2), 10).await.expect("claim released");
+        if ids(&back) == expected {
+            break;
+        }
+        drop(back);
+        assert!(std::time::Instant::now() < deadline, "held deliveries did not come back");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
