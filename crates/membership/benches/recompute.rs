@@ -11,7 +11,8 @@
 //! ```
 //! Env: `RENKEI_BENCH_USERS` (default 100000), `RENKEI_BENCH_EVENTS` (default
 //! 2000000), `RENKEI_BENCH_BACKENDS` (default `postgres,sqlite`),
-//! `RENKEI_BENCH_PAGE` (users per page, default 5000).
+//! `RENKEI_BENCH_PAGE` (users per page, default 5000), `RENKEI_BENCH_KEEP_DATABASE`
+//! (a PostgreSQL database URL: loaded on the first run and kept, reused after).
 
 use chrono::{DateTime, Duration, Utc};
 use renkei_core::{LineUserId, SystemClock};
@@ -20,6 +21,9 @@ use renkei_segments::SegmentSet;
 use renkei_store::{PgStore, SqliteStore, Store, test_support};
 use std::sync::Arc;
 use std::time::Instant;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -178,17 +182,29 @@ fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU seconds (user + system) this process has used: on a shared 2-core
+/// machine a steadier figure than wall time for comparing read paths.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 async fn measure(name: &str, store: Arc<dyn Store>, config: &Config) -> Result<(), BoxError> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/segments");
     let segments = SegmentSet::load_dir(dir).map_err(|d| format!("{} segment problems in {dir}", d.len()))?;
     let engine = MembershipEngine::new(store, Arc::new(segments), Arc::new(SystemClock), chrono_tz::Asia::Tokyo)
         .with_page_size(config.page);
     let rss_before = peak_rss_mb();
+    let cpu_before = cpu_seconds();
     let report = engine.recompute_all(|_| {}).await?;
     let secs = report.elapsed.as_secs_f64();
     println!(
         "{name}: recompute {} users, {} events in {secs:.2} s = {:.0} users/s, {:.0} events/s; {} transitions; \
-         peak RSS {:.0} MB (before recompute {:.0} MB)",
+         peak RSS {:.0} MB (before recompute {:.0} MB); renkei CPU {:.1} s",
         report.users,
         report.events,
         report.users as f64 / secs,
@@ -196,15 +212,19 @@ async fn measure(name: &str, store: Arc<dyn Store>, config: &Config) -> Result<(
         report.transitions,
         peak_rss_mb(),
         rss_before,
+        cpu_seconds() - cpu_before,
     );
     // Again with nothing to change: the cost of reading and evaluating alone.
+    let cpu_before = cpu_seconds();
     let again = engine.recompute_all(|_| {}).await?;
     let secs = again.elapsed.as_secs_f64();
     println!(
-        "{name}: second recompute (no changes to write) {secs:.2} s = {:.0} users/s, {:.0} events/s; {} transitions",
+        "{name}: second recompute (no changes to write) {secs:.2} s = {:.0} users/s, {:.0} events/s; {} transitions; \
+         renkei CPU {:.1} s",
         again.users as f64 / secs,
         again.events as f64 / secs,
-        again.transitions
+        again.transitions,
+        cpu_seconds() - cpu_before,
     );
     // Per-event cost: one real-time re-evaluation of a random user.
     let mut rng = Rng(7);
@@ -249,18 +269,31 @@ async fn main() -> Result<(), BoxError> {
             .filter(|u| !u.is_empty());
         match server {
             Some(server) => {
-                let url = test_support::create_database(&server).await?;
+                // RENKEI_BENCH_KEEP_DATABASE=URL: load into that database once and
+                // keep it, so later runs measure the recompute alone.
+                let kept = std::env::var("RENKEI_BENCH_KEEP_DATABASE").ok().filter(|u| !u.is_empty());
+                let url = match &kept {
+                    Some(url) => url.clone(),
+                    None => test_support::create_database(&server).await?,
+                };
                 let store = PgStore::connect(&url).await?;
                 store.migrate().await?;
-                let started = Instant::now();
-                load_postgres(&store, &config, now).await?;
-                println!("postgres: loaded in {:.1} s (COPY)", started.elapsed().as_secs_f64());
+                let loaded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM links").fetch_one(store.pool()).await?;
+                if loaded == 0 {
+                    let started = Instant::now();
+                    load_postgres(&store, &config, now).await?;
+                    println!("postgres: loaded in {:.1} s (COPY)", started.elapsed().as_secs_f64());
+                } else {
+                    println!("postgres: reusing {loaded} linked users already in {url}");
+                }
                 measure("postgres", Arc::new(store), &config).await?;
-                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await?;
-                let name = url.rsplit('/').next().unwrap_or_default().to_string();
-                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                    .execute(&mut conn)
-                    .await?;
+                if kept.is_none() {
+                    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await?;
+                    let name = url.rsplit('/').next().unwrap_or_default().to_string();
+                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&mut conn)
+                        .await?;
+                }
             }
             None => println!("postgres: skipped (set RENKEI_BENCH_POSTGRES_URL or RENKEI_TEST_POSTGRES_URL)"),
         }

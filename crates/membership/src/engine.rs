@@ -4,6 +4,7 @@
 use crate::{MembershipError, MembershipResult};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use futures::StreamExt;
 use renkei_core::{Clock, LineUserId, UserRef};
 use renkei_segments::{EventFact, SegmentSet, UserFacts};
 use renkei_store::Store;
@@ -16,6 +17,40 @@ use tokio::sync::{Notify, mpsc};
 
 /// Users per page in recompute, preview and `run_due`.
 const DEFAULT_PAGE_SIZE: u32 = 5_000;
+
+/// Recompute pages loaded and evaluated at once.
+const PAGES_IN_FLIGHT: usize = 3;
+
+/// What loading and evaluating a recompute page needs, owned so that each
+/// page can run as its own task.
+#[derive(Clone)]
+struct PageContext {
+    store: Arc<dyn Store>,
+    segments: Arc<SegmentSet>,
+    clock: Arc<dyn Clock>,
+    tz: Tz,
+    event_types: Arc<Vec<String>>,
+}
+
+impl PageContext {
+    /// One recompute page: its users' facts loaded and evaluated at the
+    /// clock's `now` (evaluation is CPU work, kept off the async workers).
+    async fn load_and_evaluate(self, page: MembershipResult<Vec<LineUserId>>) -> MembershipResult<EvaluatedPage> {
+        let records = self.store.load_users(&page?, Some(&self.event_types)).await?;
+        let now = self.clock.now();
+        let (segments, tz) = (self.segments, self.tz);
+        let (updates, events) = tokio::task::spawn_blocking(move || evaluate_page(&segments, records, now, tz))
+            .await
+            .map_err(|e| MembershipError::Task(e.to_string()))?;
+        Ok(EvaluatedPage { updates, events, now })
+    }
+}
+
+struct EvaluatedPage {
+    updates: Vec<MembershipUpdate>,
+    events: u64,
+    now: DateTime<Utc>,
+}
 
 /// Where a running recompute is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,37 +225,38 @@ impl MembershipEngine {
         }
     }
 
-    /// Re-evaluates the whole audience universe, page by page (facts of one
-    /// page in memory at a time), recording transitions with cause
-    /// `recompute`. Loading, evaluating and writing run as a pipeline.
+    /// Re-evaluates the whole audience universe, page by page (facts of a few
+    /// pages in memory at a time), recording transitions with cause
+    /// `recompute`. Paging, loading, evaluating and writing run as a
+    /// pipeline, with `PAGES_IN_FLIGHT` pages loading and evaluating at once
+    /// so that the database and the evaluator keep both cores busy.
     pub async fn recompute_all(
         &self,
         mut progress: impl FnMut(&RecomputeProgress) + Send,
     ) -> MembershipResult<RecomputeReport> {
         let started = Instant::now();
         tracing::info!(segments = self.segments.len(), "full recompute started");
-        let (page_tx, mut page_rx) = mpsc::channel::<MembershipResult<Vec<UserRecord>>>(2);
-        let loader = {
+        // Paging is an index-only walk, far cheaper than loading: it runs ahead.
+        let (ids_tx, ids_rx) = mpsc::channel::<MembershipResult<Vec<LineUserId>>>(PAGES_IN_FLIGHT * 2);
+        let pager = {
             let store = self.store.clone();
-            let types = self.event_types.clone();
             let page_size = self.page_size;
             tokio::spawn(async move {
                 let mut after: Option<LineUserId> = None;
                 loop {
-                    let page = match store.audience_page(after.as_ref(), page_size).await {
-                        Ok(page) => page,
+                    match store.audience_page(after.as_ref(), page_size).await {
+                        Ok(page) => {
+                            let Some(last) = page.last().cloned() else { return };
+                            if ids_tx.send(Ok(page)).await.is_err() {
+                                return;
+                            }
+                            after = Some(last);
+                        }
                         Err(error) => {
-                            let _ = page_tx.send(Err(error.into())).await;
+                            let _ = ids_tx.send(Err(error.into())).await;
                             return;
                         }
-                    };
-                    let Some(last) = page.last().cloned() else { return };
-                    let records = store.load_users(&page, Some(&types)).await.map_err(MembershipError::from);
-                    let failed = records.is_err();
-                    if page_tx.send(records).await.is_err() || failed {
-                        return;
                     }
-                    after = Some(last);
                 }
             })
         };
@@ -235,34 +271,48 @@ impl MembershipEngine {
                 Ok::<u64, MembershipError>(transitions)
             })
         };
+        let context = PageContext {
+            store: self.store.clone(),
+            segments: self.segments.clone(),
+            clock: self.clock.clone(),
+            tz: self.tz,
+            event_types: self.event_types.clone(),
+        };
+        // Each page is its own task: decoding rows is CPU work too, and
+        // tasks spread over the runtime's threads.
+        let pages = futures::stream::unfold(ids_rx, |mut rx| async move { rx.recv().await.map(|page| (page, rx)) })
+            .map(|page| {
+                let context = context.clone();
+                async move {
+                    tokio::spawn(context.load_and_evaluate(page))
+                        .await
+                        .map_err(|e| MembershipError::Task(e.to_string()))?
+                }
+            })
+            .buffered(PAGES_IN_FLIGHT);
+        futures::pin_mut!(pages);
         let mut done = RecomputeProgress { users: 0, events: 0, transitions: 0 };
         let mut failure = None;
-        while let Some(records) = page_rx.recv().await {
-            let records = match records {
-                Ok(records) => records,
+        while let Some(page) = pages.next().await {
+            let evaluated = match page {
+                Ok(evaluated) => evaluated,
                 Err(error) => {
                     failure = Some(error);
                     break;
                 }
             };
-            let now = self.clock.now();
-            let users = records.len() as u64;
-            let segments = self.segments.clone();
-            let tz = self.tz;
-            // Evaluation is CPU work: keep it off the async workers.
-            let (updates, events) = tokio::task::spawn_blocking(move || evaluate_page(&segments, records, now, tz))
-                .await
-                .map_err(|e| MembershipError::Task(e.to_string()))?;
-            if write_tx.send((updates, now)).await.is_err() {
+            let users = evaluated.updates.len() as u64;
+            if write_tx.send((evaluated.updates, evaluated.now)).await.is_err() {
                 break; // the writer failed; its error is returned below
             }
             done.users += users;
-            done.events += events;
+            done.events += evaluated.events;
             progress(&done);
             tracing::info!(users = done.users, events = done.events, "recompute progress");
         }
+        drop(pages);
         drop(write_tx);
-        loader.abort();
+        pager.abort();
         let written = writer.await.map_err(|e| MembershipError::Task(e.to_string()))?;
         if let Some(error) = failure {
             return Err(error);

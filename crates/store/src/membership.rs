@@ -9,6 +9,7 @@ use crate::sqlite::{from_micros, to_micros};
 use crate::{PgStore, SqliteStore, StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use renkei_core::{LineUserId, MemberId};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -481,7 +482,8 @@ impl MembershipStore for SqliteStore {
                 Some(due) => {
                     sqlx::query(
                         "INSERT INTO evaluation_schedule (line_user_id, due_at) VALUES (?, ?)
-                         ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at",
+                         ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at
+                         WHERE evaluation_schedule.due_at IS NOT excluded.due_at",
                     )
                     .bind(user)
                     .bind(to_micros(due))
@@ -637,30 +639,49 @@ impl MembershipStore for PgStore {
             let attributes: Option<Json<Value>> = row.try_get("attributes")?;
             page.set_user(&id, row.try_get("member_id")?, attributes.map(|a| a.0), row.try_get("following")?);
         }
+        // Each source twice: events whose properties fit in an index entry come
+        // from the covering `*_facts` indexes (index-only: a user's events are
+        // adjacent there, while in the heap each is on its own page), the rest
+        // through the small `*_large` indexes. The size predicates must match
+        // the indexes' (migration 0006) for the planner to use them.
         let rows = sqlx::query(
             "SELECT e.line_user_id AS owner, e.type, e.occurred_at, e.properties
              FROM events e
              WHERE e.line_user_id = ANY($1::text[]) AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))
+               AND octet_length(e.properties::text) <= 2000
+             UNION ALL
+             SELECT e.line_user_id AS owner, e.type, e.occurred_at, e.properties
+             FROM events e
+             WHERE e.line_user_id = ANY($1::text[]) AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))
+               AND octet_length(e.properties::text) > 2000
              UNION ALL
              SELECT l.line_user_id AS owner, e.type, e.occurred_at, e.properties
              FROM links l JOIN events e ON e.member_id = l.member_id
              WHERE l.line_user_id = ANY($1::text[])
                AND e.line_user_id IS DISTINCT FROM l.line_user_id
-               AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))",
+               AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))
+               AND octet_length(e.properties::text) <= 2000
+             UNION ALL
+             SELECT l.line_user_id AS owner, e.type, e.occurred_at, e.properties
+             FROM links l JOIN events e ON e.member_id = l.member_id
+             WHERE l.line_user_id = ANY($1::text[])
+               AND e.line_user_id IS DISTINCT FROM l.line_user_id
+               AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))
+               AND octet_length(e.properties::text) > 2000",
         )
         .bind(&ids)
         .bind(event_types)
-        .fetch_all(&self.pool)
-        .await?;
-        for row in rows {
-            let owner: String = row.try_get("owner")?;
-            let Json(properties): Json<Value> = row.try_get("properties")?;
+        .fetch(&self.pool);
+        // Streamed and read by position: a recompute reads millions of rows here.
+        futures::pin_mut!(rows);
+        while let Some(row) = rows.try_next().await? {
+            let Json(properties): Json<Value> = row.try_get(3)?;
             let event = UserEventRecord {
-                event_type: row.try_get("type")?,
-                occurred_at: row.try_get("occurred_at")?,
+                event_type: row.try_get(1)?,
+                occurred_at: row.try_get(2)?,
                 properties: properties_of(properties),
             };
-            page.push_event(&owner, event);
+            page.push_event(row.try_get(0)?, event);
         }
         Ok(page.finish())
     }
@@ -800,7 +821,8 @@ impl MembershipStore for PgStore {
             sqlx::query(
                 "INSERT INTO evaluation_schedule (line_user_id, due_at)
                  SELECT u, d FROM UNNEST($1::text[], $2::timestamptz[]) AS s (u, d)
-                 ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at",
+                 ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at
+                 WHERE evaluation_schedule.due_at IS DISTINCT FROM excluded.due_at",
             )
             .bind(&due_users)
             .bind(&due_at)
