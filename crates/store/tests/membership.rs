@@ -88,6 +88,44 @@ async fn load_users_resolves_links_following_and_events(store: Arc<dyn Store>) {
     assert!(store.load_users(&[], None).await.expect("empty").is_empty());
 }
 
+/// PostgreSQL reads small and large properties through different indexes
+/// (migration 0006); every event must come back once, whatever its size.
+async fn load_users_reads_events_of_every_size(store: Arc<dyn Store>) {
+    store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
+    // ~6 kB that does not compress: larger than any index entry may be.
+    let big: String = (0..6_000u32).map(|i| char::from(b'a' + ((i * 7919 + i / 13) % 26) as u8)).collect();
+    let events: Vec<NewEvent> = [
+        ("member_small", json!({"member_id": "m1", "properties": {"note": "small"}})),
+        ("member_big", json!({"member_id": "m1", "properties": {"note": big}})),
+        ("user_small", json!({"line_user_id": user(1).as_str(), "properties": {"note": "small"}})),
+        ("user_big", json!({"line_user_id": user(1).as_str(), "properties": {"note": big}})),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (kind, mut value))| {
+        value["type"] = json!(kind);
+        value["occurred_at"] = json!(format!("2026-11-23T0{i}:00:00Z"));
+        event(value)
+    })
+    .collect();
+    store.insert_events(&events, at(6)).await.expect("events");
+
+    for types in [None, Some(vec!["member_big".to_string(), "user_small".to_string()])] {
+        let records = store.load_users(&[user(1)], types.as_deref()).await.expect("load");
+        let loaded: Vec<(&str, usize)> = records[0]
+            .events
+            .iter()
+            .map(|e| (e.event_type.as_str(), e.properties["note"].as_str().map_or(0, str::len)))
+            .collect();
+        let expected: Vec<(&str, usize)> =
+            vec![("member_small", 5), ("member_big", 6_000), ("user_small", 5), ("user_big", 6_000)]
+                .into_iter()
+                .filter(|(kind, _)| types.as_ref().is_none_or(|t| t.iter().any(|k| k == kind)))
+                .collect();
+        assert_eq!(loaded, expected, "types {types:?}");
+    }
+}
+
 async fn member_resolves_to_its_line_user(store: Arc<dyn Store>) {
     store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
     assert_eq!(store.member_line_user(&member("m1")).await.expect("resolve"), Some(user(1)));
@@ -211,6 +249,7 @@ macro_rules! conformance {
 
 conformance!(
     load_users_resolves_links_following_and_events,
+    load_users_reads_events_of_every_size,
     member_resolves_to_its_line_user,
     audience_is_every_known_line_user_in_pages,
     apply_memberships_records_transitions,
