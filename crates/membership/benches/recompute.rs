@@ -22,6 +22,7 @@ use renkei_store::{PgStore, SqliteStore, Store, test_support};
 use std::sync::Arc;
 use std::time::Instant;
 
+// The allocator the renkei binary uses.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
