@@ -280,17 +280,18 @@ impl MembershipEngine {
         };
         // Each page is its own task: decoding rows is CPU work too, and
         // tasks spread over the runtime's threads.
-        let pages = futures::stream::unfold(ids_rx, |mut rx| async move { rx.recv().await.map(|page| (page, rx)) })
-            .map(|page| {
-                let context = context.clone();
-                async move {
-                    tokio::spawn(context.load_and_evaluate(page))
-                        .await
-                        .map_err(|e| MembershipError::Task(e.to_string()))?
-                }
-            })
-            .buffered(PAGES_IN_FLIGHT);
-        futures::pin_mut!(pages);
+        let mut pages = Box::pin(
+            futures::stream::unfold(ids_rx, |mut rx| async move { rx.recv().await.map(|page| (page, rx)) })
+                .map(|page| {
+                    let context = context.clone();
+                    async move {
+                        tokio::spawn(context.load_and_evaluate(page))
+                            .await
+                            .map_err(|e| MembershipError::Task(e.to_string()))?
+                    }
+                })
+                .buffered(PAGES_IN_FLIGHT),
+        );
         let mut done = RecomputeProgress { users: 0, events: 0, transitions: 0 };
         let mut failure = None;
         while let Some(page) = pages.next().await {
