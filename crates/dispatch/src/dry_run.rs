@@ -12,6 +12,7 @@ use renkei_membership::MembershipEngine;
 use renkei_store::dispatch::{Delivery, DeliveryStatus};
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// One recipient of a dry run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -72,7 +73,7 @@ pub async fn dry_run(
                         line_user_id: Some(record.line_user_id.clone()),
                         member_id: record.member_id.clone(),
                         due_at: at,
-                        messages,
+                        messages: Arc::new(messages),
                         context,
                         status: DeliveryStatus::Pending,
                         skip_reason: None,
@@ -111,7 +112,7 @@ pub async fn dry_run(
                 detail,
                 due_at: rfc3339(delivery.due_at),
                 error: delivery.context.get("error").and_then(Value::as_str).map(str::to_string),
-                messages: delivery.messages,
+                messages: Arc::unwrap_or_clone(delivery.messages),
             }
         })
         .collect())

@@ -156,7 +156,9 @@ impl Dispatcher {
         };
         let unresolved: HashSet<i64> = deliveries.iter().filter(|d| d.line_user_id.is_none()).map(|d| d.id).collect();
         let decisions = decide_deliveries(&context, &mut deliveries, now).await?;
-        let mut sends: BTreeMap<(String, String), Vec<(i64, LineUserId)>> = BTreeMap::new();
+        // Keyed by campaign and payload: the deliveries of one claim that carry
+        // the same messages share one decoded payload (see `Delivery::messages`).
+        let mut sends: BTreeMap<(String, usize), (Arc<Value>, Recipients)> = BTreeMap::new();
         for (delivery, decision) in deliveries.into_iter().zip(decisions) {
             if unresolved.contains(&delivery.id)
                 && let Some(user) = &delivery.line_user_id
@@ -169,15 +171,15 @@ impl Dispatcher {
                 // `decide` sends only to a known user.
                 Decision::Send => {
                     if let Some(user) = delivery.line_user_id {
-                        let key = (delivery.campaign_id, delivery.messages.to_string());
-                        sends.entry(key).or_default().push((delivery.id, user));
+                        let key = (delivery.campaign_id, Arc::as_ptr(&delivery.messages) as usize);
+                        let (_, recipients) = sends.entry(key).or_insert_with(|| (delivery.messages, Vec::new()));
+                        recipients.push((delivery.id, user));
                     }
                 }
             }
         }
-        for ((_, messages_text), recipients) in sends {
-            let messages: Value = serde_json::from_str(&messages_text).unwrap_or(Value::Null);
-            outcome.requests.extend(group_requests(messages, recipients));
+        for (messages, recipients) in sends.into_values() {
+            outcome.requests.extend(group_requests(&messages, recipients));
         }
         // Send what fits in the month's quota; hold the rest (nothing dropped).
         if let Some(room) = self.quota.room() {
@@ -288,7 +290,9 @@ impl Dispatcher {
         // PostgreSQL claims with SKIP LOCKED, so planners work side by side;
         // SQLite has one writer, where a second planner would only wait.
         let planners = match self.store.backend() {
-            renkei_store::Backend::Postgres => 3,
+            renkei_store::Backend::Postgres => {
+                std::env::var("XPLANNERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3)
+            }
             renkei_store::Backend::Sqlite => 1,
         };
         let mut tasks: Vec<_> = (0..planners).map(|_| tokio::spawn(self.clone().planner(token.clone()))).collect();
@@ -642,9 +646,12 @@ fn cancelled_by(
     })
 }
 
+/// Deliveries and their users, in the order they go out.
+type Recipients = Vec<(i64, LineUserId)>;
+
 /// Identical messages: one push for a single recipient, else multicasts of
 /// ≤ 500 distinct users (a user twice goes in a later request).
-fn group_requests(messages: Value, recipients: Vec<(i64, LineUserId)>) -> Vec<NewRequest> {
+fn group_requests(messages: &Value, recipients: Recipients) -> Vec<NewRequest> {
     let mut out = Vec::new();
     let mut remaining = recipients;
     while !remaining.is_empty() {
@@ -735,19 +742,19 @@ mod tests {
     #[test]
     fn one_recipient_is_a_push_and_many_are_multicasts_of_at_most_500_distinct_users() {
         let messages = serde_json::json!([{"type": "text", "text": "hi"}]);
-        let single = group_requests(messages.clone(), vec![(1, user(1))]);
+        let single = group_requests(&messages, vec![(1, user(1))]);
         assert_eq!(single.len(), 1);
         assert_eq!(single[0].kind, RequestKind::Push);
 
         let many: Vec<(i64, LineUserId)> = (0..1_201).map(|i| (i64::from(i), user(i))).collect();
-        let requests = group_requests(messages.clone(), many);
+        let requests = group_requests(&messages, many);
         assert_eq!(requests.iter().map(|r| r.recipients.len()).collect::<Vec<_>>(), vec![500, 500, 201]);
         assert!(requests.iter().all(|r| r.kind == RequestKind::Multicast));
         let keys: HashSet<Uuid> = requests.iter().map(|r| r.retry_key).collect();
         assert_eq!(keys.len(), 3, "each request has its own retry key");
 
         let twice = vec![(1, user(7)), (2, user(7)), (3, user(8))];
-        let requests = group_requests(messages, twice);
+        let requests = group_requests(&messages, twice);
         assert_eq!(requests.len(), 2);
         assert_eq!(requests[0].recipients, vec![user(7), user(8)]);
         assert_eq!(requests[1].recipients, vec![user(7)]);

@@ -30,6 +30,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::types::Json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Where a delivery is in its life. Stored on the delivery while it is
@@ -104,7 +105,9 @@ pub struct Delivery {
     pub line_user_id: Option<LineUserId>,
     pub member_id: Option<MemberId>,
     pub due_at: DateTime<Utc>,
-    pub messages: Value,
+    /// Shared by the deliveries of one read that carry the same messages
+    /// (a campaign's usually do), so they are decoded once.
+    pub messages: Arc<Value>,
     pub context: Value,
     pub status: DeliveryStatus,
     pub skip_reason: Option<String>,
@@ -497,8 +500,8 @@ pub trait DispatchStore: Send + Sync + 'static {
 /// request-derived ones (`status`, `request_id`, `requested_at`) around them.
 macro_rules! delivery_own_columns {
     () => {
-        "d.id, d.campaign_id, d.trigger_key, d.recipient_key, d.line_user_id, d.member_id, d.due_at, d.messages, \
-         d.context, d.skip_reason, d.created_at"
+        "d.id, d.campaign_id, d.trigger_key, d.recipient_key, d.line_user_id, d.member_id, d.due_at, \
+         CAST(d.messages AS TEXT) AS messages, CAST(d.context AS TEXT) AS context, d.skip_reason, d.created_at"
     };
 }
 
@@ -756,9 +759,24 @@ fn users_json(users: &[LineUserId]) -> String {
 /// Rows per INSERT statement: 10 parameters each, far below SQLite's limit.
 const DELIVERY_ROWS_PER_STATEMENT: usize = 500;
 
-fn sqlite_delivery(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Delivery> {
-    let messages: String = row.try_get("messages")?;
-    let context: String = row.try_get("context")?;
+/// Decodes each distinct messages payload of a read once and shares it.
+#[derive(Default)]
+struct SharedMessages(HashMap<String, Arc<Value>>);
+
+impl SharedMessages {
+    fn get(&mut self, text: &str) -> StoreResult<Arc<Value>> {
+        if let Some(messages) = self.0.get(text) {
+            return Ok(messages.clone());
+        }
+        let messages = Arc::new(parse_json(text, "delivery messages")?);
+        self.0.insert(text.to_string(), messages.clone());
+        Ok(messages)
+    }
+}
+
+fn sqlite_delivery(row: &sqlx::sqlite::SqliteRow, shared: &mut SharedMessages) -> StoreResult<Delivery> {
+    let messages: &str = row.try_get("messages")?;
+    let context: &str = row.try_get("context")?;
     let status: String = row.try_get("status")?;
     Ok(Delivery {
         id: row.try_get("id")?,
@@ -768,8 +786,8 @@ fn sqlite_delivery(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Delivery> {
         line_user_id: opt_user(row.try_get("line_user_id")?)?,
         member_id: opt_member(row.try_get("member_id")?)?,
         due_at: from_micros(row.try_get("due_at")?)?,
-        messages: parse_json(&messages, "delivery messages")?,
-        context: parse_json(&context, "delivery context")?,
+        messages: shared.get(messages)?,
+        context: parse_json(context, "delivery context")?,
         status: delivery_status(&status)?,
         skip_reason: row.try_get("skip_reason")?,
         request_id: row.try_get("request_id")?,
@@ -962,7 +980,8 @@ impl DispatchStore for SqliteStore {
             tx.rollback().await?;
             return Ok(Claim::empty());
         }
-        let deliveries = rows.iter().map(sqlite_delivery).collect::<StoreResult<Vec<_>>>()?;
+        let mut shared = SharedMessages::default();
+        let deliveries = rows.iter().map(|row| sqlite_delivery(row, &mut shared)).collect::<StoreResult<Vec<_>>>()?;
         Ok(Claim::new(deliveries, Box::new(SqliteClaim { tx })))
     }
 
@@ -1036,7 +1055,7 @@ impl DispatchStore for SqliteStore {
     async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>> {
         let row =
             sqlx::query(concat!(select_deliveries!(), " WHERE d.id = ?")).bind(id).fetch_optional(&self.reader).await?;
-        row.as_ref().map(sqlite_delivery).transpose()
+        row.as_ref().map(|row| sqlite_delivery(row, &mut SharedMessages::default())).transpose()
     }
 
     async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>> {
@@ -1047,7 +1066,8 @@ impl DispatchStore for SqliteStore {
                 .bind(i64::from(limit))
                 .fetch_all(&self.reader)
                 .await?;
-        rows.iter().map(sqlite_delivery).collect()
+        let mut shared = SharedMessages::default();
+        rows.iter().map(|row| sqlite_delivery(row, &mut shared)).collect()
     }
 
     async fn campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts> {
@@ -1432,9 +1452,9 @@ impl DispatchStore for SqliteStore {
 
 // ------------------------------------------------------------ PostgreSQL
 
-fn pg_delivery(row: &sqlx::postgres::PgRow) -> StoreResult<Delivery> {
-    let Json(messages): Json<Value> = row.try_get("messages")?;
-    let Json(context): Json<Value> = row.try_get("context")?;
+fn pg_delivery(row: &sqlx::postgres::PgRow, shared: &mut SharedMessages) -> StoreResult<Delivery> {
+    let messages: &str = row.try_get("messages")?;
+    let context: &str = row.try_get("context")?;
     let status: String = row.try_get("status")?;
     Ok(Delivery {
         id: row.try_get("id")?,
@@ -1444,8 +1464,8 @@ fn pg_delivery(row: &sqlx::postgres::PgRow) -> StoreResult<Delivery> {
         line_user_id: opt_user(row.try_get("line_user_id")?)?,
         member_id: opt_member(row.try_get("member_id")?)?,
         due_at: row.try_get("due_at")?,
-        messages,
-        context,
+        messages: shared.get(messages)?,
+        context: parse_json(context, "delivery context")?,
         status: delivery_status(&status)?,
         skip_reason: row.try_get("skip_reason")?,
         request_id: row.try_get("request_id")?,
@@ -1669,6 +1689,10 @@ impl DispatchStore for PgStore {
 
     async fn claim_deliveries(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Claim> {
         let mut tx = self.pool.begin().await?;
+        // The queue swings between empty and millions of rows, so its
+        // statistics are mostly stale; one that predicts few due rows makes
+        // the planner read and sort the whole queue. Due rows come in index order.
+        sqlx::query("SET LOCAL enable_sort = off").execute(&mut *tx).await?;
         // SKIP LOCKED: concurrent claims (other planners, other instances) take disjoint rows.
         let rows = sqlx::query(concat!(
             "SELECT ",
@@ -1689,7 +1713,8 @@ impl DispatchStore for PgStore {
             tx.rollback().await?;
             return Ok(Claim::empty());
         }
-        let deliveries = rows.iter().map(pg_delivery).collect::<StoreResult<Vec<_>>>()?;
+        let mut shared = SharedMessages::default();
+        let deliveries = rows.iter().map(|row| pg_delivery(row, &mut shared)).collect::<StoreResult<Vec<_>>>()?;
         Ok(Claim::new(deliveries, Box::new(PgClaim { tx })))
     }
 
@@ -1763,7 +1788,7 @@ impl DispatchStore for PgStore {
     async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>> {
         let row =
             sqlx::query(concat!(select_deliveries!(), " WHERE d.id = $1")).bind(id).fetch_optional(&self.pool).await?;
-        row.as_ref().map(pg_delivery).transpose()
+        row.as_ref().map(|row| pg_delivery(row, &mut SharedMessages::default())).transpose()
     }
 
     async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>> {
@@ -1776,7 +1801,8 @@ impl DispatchStore for PgStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(pg_delivery).collect()
+        let mut shared = SharedMessages::default();
+        rows.iter().map(|row| pg_delivery(row, &mut shared)).collect()
     }
 
     async fn campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts> {

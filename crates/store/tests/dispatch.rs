@@ -87,9 +87,10 @@ async fn deliveries_are_deduplicated_by_campaign_trigger_and_recipient(store: Ar
     assert_eq!(first.status, DeliveryStatus::Pending);
     assert_eq!(first.due_at, at(2));
     assert_eq!(first.created_at, at(1));
-    assert_eq!(first.messages, messages("hello"));
+    assert_eq!(*first.messages, messages("hello"));
     assert_eq!(first.context, json!({"n": 1}));
     assert_eq!((first.skip_reason.clone(), first.request_id, first.requested_at), (None, None, None));
+    assert!(all.iter().all(|d| std::sync::Arc::ptr_eq(&d.messages, &first.messages)), "one payload, decoded once");
     // The kept copy of the in-batch repeat is the first one.
     assert_eq!(all[1].due_at, at(2));
     let member_row = all.iter().find(|d| d.recipient_key == "member:m1").expect("member delivery");
