@@ -795,14 +795,29 @@ impl MembershipStore for PgStore {
             .execute(&mut *tx)
             .await?;
         }
+        // Only due times that change are written: a recompute of a settled
+        // audience then writes nothing at all.
+        let scheduled: HashMap<String, DateTime<Utc>> =
+            sqlx::query_as("SELECT line_user_id, due_at FROM evaluation_schedule WHERE line_user_id = ANY($1)")
+                .bind(&users)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+        // A batch may name a user twice; the last update wins, as on SQLite.
+        let next_due: HashMap<&str, Option<DateTime<Utc>>> =
+            updates.iter().map(|u| (u.line_user_id.as_str(), u.next_due)).collect();
         let (mut due_users, mut due_at, mut clear) = (Vec::new(), Vec::new(), Vec::new());
-        for update in updates {
-            match update.next_due {
-                Some(due) => {
-                    due_users.push(update.line_user_id.as_str());
+        for (user, next) in next_due {
+            let current = scheduled.get(user);
+            match next {
+                // Compared at the column's precision (µs).
+                Some(due) if current.map(|c| c.timestamp_micros()) != Some(due.timestamp_micros()) => {
+                    due_users.push(user);
                     due_at.push(due);
                 }
-                None => clear.push(update.line_user_id.as_str()),
+                None if current.is_some() => clear.push(user),
+                _ => {}
             }
         }
         if !clear.is_empty() {
@@ -812,17 +827,10 @@ impl MembershipStore for PgStore {
                 .await?;
         }
         if !due_users.is_empty() {
-            // A batch may name a user twice; the last update wins, as on SQLite.
-            let mut last: HashMap<&str, DateTime<Utc>> = HashMap::new();
-            for (u, d) in due_users.iter().zip(&due_at) {
-                last.insert(u, *d);
-            }
-            let (due_users, due_at): (Vec<&str>, Vec<DateTime<Utc>>) = last.into_iter().unzip();
             sqlx::query(
                 "INSERT INTO evaluation_schedule (line_user_id, due_at)
                  SELECT u, d FROM UNNEST($1::text[], $2::timestamptz[]) AS s (u, d)
-                 ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at
-                 WHERE evaluation_schedule.due_at IS DISTINCT FROM excluded.due_at",
+                 ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at",
             )
             .bind(&due_users)
             .bind(&due_at)
