@@ -13,6 +13,9 @@
 --   one row, not 501.
 -- `deliveries.status` now only moves from 'pending' to 'skipped'; a delivery
 -- with a `delivery_sends` row takes its state from the request.
+-- Messages, contexts and recipients are only stored and read back whole,
+-- never queried into: `json` keeps their text, where `jsonb` rebuilt it on
+-- every read (the largest cost of a claim).
 
 CREATE TABLE delivery_queue (
     delivery_id  BIGINT PRIMARY KEY,
@@ -44,3 +47,12 @@ ALTER TABLE deliveries
     DROP COLUMN lease_until,
     DROP COLUMN error;
 DROP INDEX deliveries_pending_due;
+
+ALTER TABLE deliveries ALTER COLUMN context DROP DEFAULT;
+ALTER TABLE deliveries
+    ALTER COLUMN messages TYPE json USING messages::json,
+    ALTER COLUMN context TYPE json USING context::json;
+ALTER TABLE deliveries ALTER COLUMN context SET DEFAULT '{}'::json;
+ALTER TABLE send_requests
+    ALTER COLUMN messages TYPE json USING messages::json,
+    ALTER COLUMN recipients TYPE json USING recipients::json;

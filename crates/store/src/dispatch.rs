@@ -1617,12 +1617,12 @@ async fn pg_insert_requests(
     }
     let kinds: Vec<&str> = requests.iter().map(|r| r.kind.as_str()).collect();
     let keys: Vec<Uuid> = requests.iter().map(|r| r.retry_key).collect();
-    let messages: Vec<Json<&Value>> = requests.iter().map(|r| Json(&r.messages)).collect();
-    let recipients: Vec<Json<Value>> = requests.iter().map(|r| Json(recipients_json(&r.recipients))).collect();
+    let messages: Vec<String> = requests.iter().map(|r| r.messages.to_string()).collect();
+    let recipients: Vec<String> = requests.iter().map(|r| recipients_json(&r.recipients).to_string()).collect();
     let rows: Vec<(i64, Uuid)> = sqlx::query_as(
         "INSERT INTO send_requests (kind, retry_key, messages, recipients, status, attempts, next_attempt_at, created_at)
-         SELECT k, key, m, r, 'pending', 0, $5, $5
-         FROM UNNEST($1::text[], $2::uuid[], $3::jsonb[], $4::jsonb[]) AS s (k, key, m, r)
+         SELECT k, key, m::json, r::json, 'pending', 0, $5, $5
+         FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[]) AS s (k, key, m, r)
          RETURNING id, retry_key",
     )
     .bind(&kinds)
@@ -1657,17 +1657,17 @@ impl DispatchStore for PgStore {
             users.push(d.line_user_id.as_ref().map(|u| u.as_str()));
             members.push(d.member_id.as_ref().map(|m| m.as_str()));
             due.push(d.due_at);
-            messages.push(Json(&d.messages));
-            contexts.push(Json(&d.context));
+            messages.push(d.messages.to_string());
+            contexts.push(d.context.to_string());
         }
         // DO NOTHING also skips repeats inside the same statement; only new rows are queued.
         let inserted = sqlx::query(
             "WITH new AS (
                  INSERT INTO deliveries (campaign_id, trigger_key, recipient_key, line_user_id, member_id, due_at,
                                          messages, context, status, created_at)
-                 SELECT c, t, r, u, m, d, msg, ctx, 'pending', $9
+                 SELECT c, t, r, u, m, d, msg::json, ctx::json, 'pending', $9
                  FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-                             $7::jsonb[], $8::jsonb[]) AS s (c, t, r, u, m, d, msg, ctx)
+                             $7::text[], $8::text[]) AS s (c, t, r, u, m, d, msg, ctx)
                  ON CONFLICT (campaign_id, trigger_key, recipient_key) DO NOTHING
                  RETURNING id, campaign_id, due_at)
              INSERT INTO delivery_queue (delivery_id, campaign_id, due_at) SELECT id, campaign_id, due_at FROM new",
