@@ -656,22 +656,26 @@ fn group_requests(messages: &Value, recipients: Recipients) -> Vec<NewRequest> {
     let mut remaining = recipients;
     while !remaining.is_empty() {
         let mut seen = HashSet::new();
-        let mut chunk = Vec::new();
-        let mut later = Vec::new();
-        for (id, user) in remaining {
-            if chunk.len() < renkei_line::limits::MAX_RECIPIENTS && seen.insert(user.clone()) {
-                chunk.push((id, user));
+        let goes_now: Vec<bool> = remaining
+            .iter()
+            .map(|(_, user)| seen.len() < renkei_line::limits::MAX_RECIPIENTS && seen.insert(user.as_str()))
+            .collect();
+        let (mut delivery_ids, mut users, mut later) = (Vec::new(), Vec::new(), Vec::new());
+        for ((id, user), now) in remaining.into_iter().zip(goes_now) {
+            if now {
+                delivery_ids.push(id);
+                users.push(user);
             } else {
                 later.push((id, user));
             }
         }
-        let kind = if chunk.len() == 1 { RequestKind::Push } else { RequestKind::Multicast };
+        let kind = if users.len() == 1 { RequestKind::Push } else { RequestKind::Multicast };
         out.push(NewRequest {
             kind,
             retry_key: Uuid::new_v4(),
             messages: messages.clone(),
-            recipients: chunk.iter().map(|(_, u)| u.clone()).collect(),
-            delivery_ids: chunk.iter().map(|(id, _)| *id).collect(),
+            recipients: users,
+            delivery_ids,
         });
         remaining = later;
     }

@@ -761,15 +761,28 @@ const DELIVERY_ROWS_PER_STATEMENT: usize = 500;
 
 /// Decodes each distinct messages payload of a read once and shares it.
 #[derive(Default)]
-struct SharedMessages(HashMap<String, Arc<Value>>);
+struct SharedMessages {
+    decoded: HashMap<String, Arc<Value>>,
+    /// The previous row's: runs of rows carry the same messages.
+    last: Option<(String, Arc<Value>)>,
+}
 
 impl SharedMessages {
     fn get(&mut self, text: &str) -> StoreResult<Arc<Value>> {
-        if let Some(messages) = self.0.get(text) {
+        if let Some((last, messages)) = &self.last
+            && last == text
+        {
             return Ok(messages.clone());
         }
-        let messages = Arc::new(parse_json(text, "delivery messages")?);
-        self.0.insert(text.to_string(), messages.clone());
+        let messages = match self.decoded.get(text) {
+            Some(messages) => messages.clone(),
+            None => {
+                let messages = Arc::new(parse_json(text, "delivery messages")?);
+                self.decoded.insert(text.to_string(), messages.clone());
+                messages
+            }
+        };
+        self.last = Some((text.to_string(), messages.clone()));
         Ok(messages)
     }
 }
