@@ -1706,8 +1706,15 @@ impl DispatchStore for PgStore {
         // statistics are mostly stale: planned from them, a claim reads and
         // sorts the whole queue and the commit's writes scan whole tables for
         // a batch's rows. This transaction goes by key: due rows in index
-        // order, and the pages it reads are hot, so priced as such.
-        sqlx::raw_sql("SET LOCAL enable_sort = off; SET LOCAL random_page_cost = 1.1").execute(&mut *tx).await?;
+        // order, and the pages it reads are hot, so priced as such. A planner
+        // that stops answering (hung, or cut off without the connection
+        // closing) loses its claim after a minute instead of holding it forever.
+        sqlx::raw_sql(
+            "SET LOCAL enable_sort = off; SET LOCAL random_page_cost = 1.1;
+             SET LOCAL idle_in_transaction_session_timeout = '60s'",
+        )
+        .execute(&mut *tx)
+        .await?;
         // SKIP LOCKED: concurrent claims (other planners, other instances) take disjoint rows.
         let rows = sqlx::query(concat!(
             "SELECT ",
