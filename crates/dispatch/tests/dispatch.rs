@@ -1,6 +1,7 @@
 //! Campaigns end to end against the LINE simulator over HTTP, on SQLite and
-//! PostgreSQL: exactly once under faults, blocked users never, quiet hours
-//! defer, caps hold, `unless` cancels, the quota guard pauses, rich menus
+//! PostgreSQL: exactly once under faults, blocked users never, the send-time
+//! audience and lost links skip, quiet hours defer, caps hold, `unless`
+//! cancels, the quota guard pauses, rich menus
 //! follow segments, and two dispatchers share one outbox without doubles.
 #![allow(clippy::unwrap_used)]
 
@@ -168,6 +169,25 @@ async fn frequency_and_global_caps_hold(backend: Backend) {
     assert_eq!(accepted.get(user(2).as_str()), Some(&2));
     let other = h.test.store.campaign_counts("other").await.unwrap();
     assert_eq!(other.skipped.get("global_cap"), Some(&1));
+}
+
+both_backends!(send_time_audience_and_lost_links_are_skipped_with_their_reason);
+async fn send_time_audience_and_lost_links_are_skipped_with_their_reason(backend: Backend) {
+    let campaign = "id: gold_only\nname: Gold only\ntrigger:\n  schedule: \"0 0 9 * * *\"\n  audience: linked\naudience: gold\nmessages:\n  - template: same\n    alt_text: g\n";
+    let spec = Spec { segments: &[GOLD, LINKED], campaigns: &[campaign], ..Spec::default() };
+    let Some(h) = harness(backend, spec).await else { return };
+    let members: Vec<(u32, serde_json::Value)> =
+        vec![(1, personal_attrs(1, "gold")), (2, personal_attrs(2, "gold")), (3, personal_attrs(3, "silver"))];
+    h.add_members(&members).await;
+    assert_eq!(fire(&h, "gold_only", t0()).await, 3);
+    // Between enqueueing and sending, member 2's link goes.
+    h.test.store.unlink(&common::member(2)).await.unwrap();
+    h.drain().await;
+    let counts = h.test.store.campaign_counts("gold_only").await.unwrap();
+    assert_eq!(counts.sent, 1);
+    assert_eq!(counts.skipped.get("not_in_audience"), Some(&1), "{counts:?}");
+    assert_eq!(counts.skipped.get("unlinked"), Some(&1), "{counts:?}");
+    assert_eq!(h.accepted_per_user().keys().collect::<Vec<_>>(), vec![user(1).as_str()]);
 }
 
 both_backends!(reminders_go_a_day_before_unless_cancelled);
