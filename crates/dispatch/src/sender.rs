@@ -290,9 +290,7 @@ impl Dispatcher {
         // PostgreSQL claims with SKIP LOCKED, so planners work side by side;
         // SQLite has one writer, where a second planner would only wait.
         let planners = match self.store.backend() {
-            renkei_store::Backend::Postgres => {
-                std::env::var("XPLANNERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3)
-            }
+            renkei_store::Backend::Postgres => 3,
             renkei_store::Backend::Sqlite => 1,
         };
         let mut tasks: Vec<_> = (0..planners).map(|_| tokio::spawn(self.clone().planner(token.clone()))).collect();
