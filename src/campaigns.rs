@@ -80,6 +80,7 @@ pub fn dispatch_settings(config: &Config) -> anyhow::Result<DispatchSettings> {
         lease: seconds(d.lease),
         batch: d.batch.max(1),
         max_in_flight: d.max_in_flight.max(1),
+        planners: d.planners.max(1),
         retry: RetrySchedule {
             base: Duration::from_millis(d.retry_base_ms.max(1)),
             max_delay: seconds(d.retry_max),

@@ -64,6 +64,7 @@ pub struct DispatchConfig {
     pub lease: renkei_core::SpanDuration,
     pub batch: u32,
     pub max_in_flight: usize,
+    pub planners: usize,
     pub retry_base_ms: u64,
     pub retry_max: renkei_core::SpanDuration,
     pub max_attempts: u32,

@@ -8,7 +8,10 @@
 //! RENKEI_BENCH_POSTGRES_URL=$RENKEI_TEST_POSTGRES_URL cargo bench -p renkei-dispatch --bench dispatch
 //! ```
 //! Env: `RENKEI_BENCH_PUSH_USERS` (default 100000), `RENKEI_BENCH_MULTICAST_USERS`
-//! (default 1000000), `RENKEI_BENCH_POSTGRES_URL` (else SQLite in a temp dir).
+//! (default 1000000), `RENKEI_BENCH_POSTGRES_URL` (else SQLite in a temp dir),
+//! `RENKEI_BENCH_BATCH` (deliveries per planning round, default 2000),
+//! `RENKEI_BENCH_PLANNERS` (default: the dispatcher's), `RENKEI_BENCH_KEEP_DATABASE` (a database name on that server: users loaded
+//! once and reused; each run adds its deliveries), `RENKEI_BENCH_POSTMASTER_PID` (a local server's postmaster: prints its CPU too).
 
 use chrono::Utc;
 use renkei_campaigns::{CampaignSet, RichMenuRules};
@@ -59,20 +62,73 @@ fn current_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn open_store() -> Result<(Arc<dyn Store>, Option<tempfile::TempDir>, &'static str), BoxError> {
+/// CPU seconds (user + system) of a process from /proc/PID/stat: its own
+/// and, with `children`, those of its reaped children too.
+fn cpu_seconds_of(pid: &str, children: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: utime, stime are the 12th and 13th, cutime, cstime next.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let own = ticks(11) + ticks(12);
+    (if children { own + ticks(13) + ticks(14) } else { own }) / 100.0
+}
+
+/// CPU seconds of a local PostgreSQL server, when `RENKEI_BENCH_POSTMASTER_PID`
+/// names its postmaster: (the bench's connections, everything else: autovacuum,
+/// checkpoints, WAL writer, ended processes).
+fn postgres_cpu_seconds() -> Option<(f64, f64)> {
+    let pid = std::env::var("RENKEI_BENCH_POSTMASTER_PID").ok()?;
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    let (mut clients, mut other) = (0.0, cpu_seconds_of(&pid, true));
+    for child in children.split_whitespace() {
+        let cmdline = std::fs::read_to_string(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        // A client backend names itself "postgres: USER DATABASE HOST ...".
+        if cmdline.starts_with("postgres: renkei ") {
+            clients += cpu_seconds_of(child, false);
+        } else {
+            other += cpu_seconds_of(child, false);
+        }
+    }
+    Some((clients, other))
+}
+
+/// The store to send from, and whether its users are already loaded.
+async fn open_store(users: u64) -> Result<(Arc<dyn Store>, Option<tempfile::TempDir>, &'static str, bool), BoxError> {
     match std::env::var("RENKEI_BENCH_POSTGRES_URL") {
         Ok(server) if !server.is_empty() => {
-            let url = renkei_store::test_support::create_database(&server).await?;
+            // RENKEI_BENCH_KEEP_DATABASE=NAME: load the users into that database once and reuse them.
+            let url = match std::env::var("RENKEI_BENCH_KEEP_DATABASE").ok().filter(|n| !n.is_empty()) {
+                Some(name) => {
+                    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await?;
+                    let exists: bool =
+                        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                            .bind(&name)
+                            .fetch_one(&mut conn)
+                            .await?;
+                    if !exists {
+                        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                            .execute(&mut conn)
+                            .await?;
+                    }
+                    let (base, _) = server.rsplit_once('/').ok_or("RENKEI_BENCH_POSTGRES_URL has no database")?;
+                    format!("{base}/{name}")
+                }
+                None => renkei_store::test_support::create_database(&server).await?,
+            };
             let store = renkei_store::connect(&url).await?;
             store.migrate().await?;
-            Ok((store, None, "postgres"))
+            let pg = renkei_store::PgStore::connect(&url).await?;
+            let linked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM links").fetch_one(pg.pool()).await?;
+            pg.pool().close().await;
+            Ok((store, None, "postgres", linked >= i64::try_from(users)?))
         }
         _ => {
             let dir = tempfile::tempdir()?;
             let url = format!("sqlite://{}", dir.path().join("bench.db").display());
             let store = renkei_store::connect(&url).await?;
             store.migrate().await?;
-            Ok((store, Some(dir), "sqlite"))
+            Ok((store, Some(dir), "sqlite", false))
         }
     }
 }
@@ -139,7 +195,12 @@ async fn run_campaign(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Arc::new(DispatchMetrics::default());
     let quota = Arc::new(QuotaGuard::new(false, metrics.clone()));
-    let settings = DispatchSettings { batch: 2_000, max_in_flight: 64, ..DispatchSettings::default() };
+    let defaults = DispatchSettings::default();
+    let settings = DispatchSettings {
+        batch: env_u64("RENKEI_BENCH_BATCH", 2_000) as u32,
+        planners: env_u64("RENKEI_BENCH_PLANNERS", defaults.planners as u64) as usize,
+        ..defaults
+    };
     let dispatcher = Arc::new(Dispatcher::new(
         store.clone(),
         line,
@@ -171,6 +232,7 @@ async fn run_campaign(
     let token = CancellationToken::new();
     let tasks = dispatcher.clone().spawn(token.clone());
     let start = Instant::now();
+    let (cpu_before, pg_before) = (cpu_seconds_of("self", false), postgres_cpu_seconds());
     let mut first_request: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -187,11 +249,27 @@ async fn run_campaign(
     }
     let seconds = first_request.map(|f| f.elapsed()).unwrap_or_else(|| start.elapsed()).as_secs_f64();
     let rss_while_sending = current_rss_mb();
+    let cpu = cpu_seconds_of("self", false) - cpu_before;
+    match (pg_before, postgres_cpu_seconds()) {
+        (Some(before), Some(after)) => println!(
+            "  CPU while dispatching: renkei (with the simulator) {cpu:.1} s, PostgreSQL {:.1} s in the bench's connections + {:.1} s in its other processes",
+            after.0 - before.0,
+            after.1 - before.1
+        ),
+        _ => println!("  CPU while dispatching: renkei (with the simulator) {cpu:.1} s"),
+    }
     token.cancel();
     for task in tasks {
         let _ = task.await;
     }
     let counters = sim.counters();
+    let seconds_of = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
+    println!(
+        "  planner time (summed over planners): claim {:.2} s, policy {:.2} s, commit {:.2} s",
+        seconds_of(&metrics.planning_claim_micros),
+        seconds_of(&metrics.planning_policy_micros),
+        seconds_of(&metrics.planning_commit_micros)
+    );
     Ok((
         Outcome {
             requests: metrics.requests_sent.load(std::sync::atomic::Ordering::Relaxed),
@@ -219,11 +297,13 @@ fn main() -> Result<(), BoxError> {
         let multicast_users = if smoke { 2_000 } else { env_u64("RENKEI_BENCH_MULTICAST_USERS", 1_000_000) };
 
         if push_users > 0 {
-            let (store, _dir, backend) = open_store().await?;
+            let (store, _dir, backend, loaded) = open_store(push_users).await?;
             println!("personalised push to {push_users} users ({backend}, simulator at 2,000 req/s)");
-            let t = Instant::now();
-            load_users(&store, push_users).await?;
-            println!("  loaded users in {:.1} s", t.elapsed().as_secs_f64());
+            if !loaded {
+                let t = Instant::now();
+                load_users(&store, push_users).await?;
+                println!("  loaded users in {:.1} s", t.elapsed().as_secs_f64());
+            }
             let yaml = "id: bench\nname: bench\ntrigger:\n  schedule: \"0 0 9 * * *\"\n  audience: everyone\nmessages:\n  - template: bench\n    alt_text: \"{{member.name}}さんへ\"\n";
             let (o, rss) = run_campaign(store, yaml, PERSONAL, push_users).await?;
             let rate = o.requests as f64 / o.seconds;
@@ -238,11 +318,13 @@ fn main() -> Result<(), BoxError> {
             );
         }
         if multicast_users > 0 {
-            let (store, _dir, backend) = open_store().await?;
+            let (store, _dir, backend, loaded) = open_store(multicast_users).await?;
             println!("multicast to {multicast_users} users ({backend}, simulator at 200 req/s × 500)");
-            let t = Instant::now();
-            load_users(&store, multicast_users).await?;
-            println!("  loaded users in {:.1} s", t.elapsed().as_secs_f64());
+            if !loaded {
+                let t = Instant::now();
+                load_users(&store, multicast_users).await?;
+                println!("  loaded users in {:.1} s", t.elapsed().as_secs_f64());
+            }
             let yaml = "id: bench\nname: bench\ntrigger:\n  schedule: \"0 0 9 * * *\"\n  audience: everyone\nmessages:\n  - template: bench\n    alt_text: 週末セール\n";
             let (o, rss) = run_campaign(store, yaml, SAME, multicast_users).await?;
             let rate = o.requests as f64 / o.seconds;

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use renkei_campaigns::{CampaignSet, RenderContext, Trigger};
 use renkei_membership::MembershipEngine;
-use renkei_store::dispatch::{Delivery, DeliveryStatus};
+use renkei_store::dispatch::{DeliveryStatus, PendingDelivery};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -46,7 +46,7 @@ pub async fn dry_run(
     let campaign = campaigns.get(campaign_id).ok_or_else(|| DispatchError::UnknownCampaign(campaign_id.to_string()))?;
     let store = engine.store().as_ref();
     let tz: Tz = engine.timezone();
-    let mut deliveries: Vec<Delivery> = Vec::new();
+    let mut deliveries: Vec<PendingDelivery> = Vec::new();
     match &campaign.trigger {
         Trigger::SegmentEntered { segment } | Trigger::Schedule { audience: segment, .. } => {
             let users = engine.preview(segment, at).await?;
@@ -65,21 +65,14 @@ pub async fn dry_run(
                         Ok(messages) => (Value::Array(messages), json!({})),
                         Err(error) => (Value::Array(Vec::new()), json!({"error": error.to_string()})),
                     };
-                    deliveries.push(Delivery {
+                    deliveries.push(PendingDelivery {
                         id: 0,
                         campaign_id: campaign.id.clone(),
-                        trigger_key: "dry-run".to_string(),
-                        recipient_key: record.line_user_id.as_str().to_string(),
                         line_user_id: Some(record.line_user_id.clone()),
                         member_id: record.member_id.clone(),
                         due_at: at,
                         messages: Arc::new(messages),
-                        context,
-                        status: DeliveryStatus::Pending,
-                        skip_reason: None,
-                        request_id: None,
-                        created_at: at,
-                        requested_at: None,
+                        context: Arc::new(context),
                     });
                 }
             }
@@ -90,7 +83,9 @@ pub async fn dry_run(
                 let page = store.campaign_deliveries(&campaign.id, after, 1_000).await?;
                 let Some(last) = page.last() else { break };
                 after = last.id;
-                deliveries.extend(page.into_iter().filter(|d| d.status == DeliveryStatus::Pending));
+                deliveries.extend(
+                    page.into_iter().filter(|d| d.status == DeliveryStatus::Pending).map(PendingDelivery::from),
+                );
             }
         }
     }

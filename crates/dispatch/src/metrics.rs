@@ -19,6 +19,12 @@ pub struct DispatchMetrics {
     pub rich_menu_links: AtomicU64,
     /// 1 while the monthly-quota guard holds sending.
     pub quota_paused: AtomicU64,
+    /// Time planners spent, in microseconds, per phase: claiming deliveries,
+    /// gathering policy facts and deciding, committing requests. Tells an
+    /// operator whether the database or LINE sets the pace.
+    pub planning_claim_micros: AtomicU64,
+    pub planning_policy_micros: AtomicU64,
+    pub planning_commit_micros: AtomicU64,
 }
 
 impl DispatchMetrics {
@@ -84,6 +90,15 @@ impl DispatchMetrics {
         for (name, kind, value, help) in rows {
             let _ =
                 writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", value.load(Ordering::Relaxed));
+        }
+        let name = "renkei_dispatch_planning_seconds_total";
+        let _ = writeln!(out, "# HELP {name} time planners spent per phase\n# TYPE {name} counter");
+        for (phase, value) in [
+            ("claim", &self.planning_claim_micros),
+            ("policy", &self.planning_policy_micros),
+            ("commit", &self.planning_commit_micros),
+        ] {
+            let _ = writeln!(out, "{name}{{phase=\"{phase}\"}} {}", value.load(Ordering::Relaxed) as f64 / 1e6);
         }
     }
 }

@@ -20,7 +20,7 @@ use chrono_tz::Tz;
 use renkei_campaigns::{Campaign, CampaignSet, Trigger};
 use renkei_core::{Clock, LineUserId, MemberId};
 use renkei_line::{LineClient, LineError, Message, MulticastRequest, PushRequest};
-use renkei_store::dispatch::{ClaimOutcome, Delivery, NewRequest, RequestKind, SendRequest, UserSendFacts};
+use renkei_store::dispatch::{ClaimOutcome, NewRequest, PendingDelivery, RequestKind, SendRequest, UserSendFacts};
 use renkei_store::membership::UserRecord;
 use renkei_store::{Store, StoreError};
 use serde_json::Value;
@@ -44,6 +44,8 @@ pub struct DispatchSettings {
     pub batch: u32,
     /// Requests in flight to LINE at once.
     pub max_in_flight: usize,
+    /// Planning tasks on PostgreSQL (SQLite plans with one).
+    pub planners: usize,
     pub retry: RetrySchedule,
     pub global: GlobalPolicy,
     /// How often to look for due work when nothing wakes us.
@@ -58,6 +60,7 @@ impl Default for DispatchSettings {
             lease: Duration::from_secs(60),
             batch: 500,
             max_in_flight: 64,
+            planners: 3,
             retry: RetrySchedule::default(),
             global: GlobalPolicy::default(),
             poll: Duration::from_millis(200),
@@ -117,14 +120,21 @@ impl Dispatcher {
     /// One planning round: returns how many deliveries it claimed.
     pub async fn plan_once(&self) -> DispatchResult<usize> {
         let now = self.clock.now();
+        let started = std::time::Instant::now();
         let mut claim = self.store.claim_deliveries(now, self.settings.batch).await?;
         if claim.is_empty() {
             return Ok(0);
         }
         let claimed = claim.len();
+        let claimed_at = std::time::Instant::now();
+        DispatchMetrics::add(&self.metrics.planning_claim_micros, micros(claimed_at - started));
         let (outcome, reserved) = self.plan(std::mem::take(&mut claim.deliveries), now).await?;
+        let planned_at = std::time::Instant::now();
+        DispatchMetrics::add(&self.metrics.planning_policy_micros, micros(planned_at - claimed_at));
         // Nothing is sent before this commit; if it fails, the claim rolls back.
-        let ids = match claim.commit(&outcome, now).await {
+        let committed = claim.commit(&outcome, now).await;
+        DispatchMetrics::add(&self.metrics.planning_commit_micros, micros(planned_at.elapsed()));
+        let ids = match committed {
             Ok(ids) => ids,
             Err(error) => {
                 self.quota.release(reserved);
@@ -142,7 +152,11 @@ impl Dispatcher {
 
     /// What to do with each claimed delivery, and how many recipients were
     /// reserved in the month's quota for the requests.
-    async fn plan(&self, mut deliveries: Vec<Delivery>, now: DateTime<Utc>) -> DispatchResult<(ClaimOutcome, u64)> {
+    async fn plan(
+        &self,
+        mut deliveries: Vec<PendingDelivery>,
+        now: DateTime<Utc>,
+    ) -> DispatchResult<(ClaimOutcome, u64)> {
         let mut outcome = ClaimOutcome::default();
         if let Some(until) = self.quota.paused_until(now) {
             outcome.defers = deliveries.iter().map(|d| (d.id, until)).collect();
@@ -290,7 +304,7 @@ impl Dispatcher {
         // PostgreSQL claims with SKIP LOCKED, so planners work side by side;
         // SQLite has one writer, where a second planner would only wait.
         let planners = match self.store.backend() {
-            renkei_store::Backend::Postgres => 3,
+            renkei_store::Backend::Postgres => self.settings.planners.max(1),
             renkei_store::Backend::Sqlite => 1,
         };
         let mut tasks: Vec<_> = (0..planners).map(|_| tokio::spawn(self.clone().planner(token.clone()))).collect();
@@ -479,7 +493,7 @@ pub struct PolicyContext<'a> {
 /// towards caps.
 pub async fn decide_deliveries(
     context: &PolicyContext<'_>,
-    deliveries: &mut [Delivery],
+    deliveries: &mut [PendingDelivery],
     now: DateTime<Utc>,
 ) -> DispatchResult<Vec<Decision>> {
     let store = context.store;
@@ -564,7 +578,11 @@ struct BatchFacts<'a> {
 }
 
 impl<'a> BatchFacts<'a> {
-    async fn load(context: &PolicyContext<'_>, deliveries: &'a [Delivery], now: DateTime<Utc>) -> DispatchResult<Self> {
+    async fn load(
+        context: &PolicyContext<'_>,
+        deliveries: &'a [PendingDelivery],
+        now: DateTime<Utc>,
+    ) -> DispatchResult<Self> {
         let store = context.store;
         // Each (known) campaign of the batch with its distinct users.
         let mut users_of: BTreeMap<&'a str, Vec<&'a LineUserId>> = BTreeMap::new();
@@ -642,6 +660,10 @@ fn cancelled_by(
             unless.cancels(occurred_at.with_timezone(&Utc), props, &e.event_type, e.occurred_at, &e.properties, now)
         })
     })
+}
+
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Deliveries and their users, in the order they go out.

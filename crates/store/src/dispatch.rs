@@ -117,6 +117,36 @@ pub struct Delivery {
     pub requested_at: Option<DateTime<Utc>>,
 }
 
+/// A pending delivery as a planner claims it: what the policies and the
+/// request grouping need, nothing more.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingDelivery {
+    pub id: i64,
+    pub campaign_id: String,
+    pub line_user_id: Option<LineUserId>,
+    pub member_id: Option<MemberId>,
+    pub due_at: DateTime<Utc>,
+    /// Shared by the deliveries of one read that carry the same messages
+    /// (a campaign's usually do), so they are decoded once.
+    pub messages: Arc<Value>,
+    /// Shared like `messages` by deliveries with the same context.
+    pub context: Arc<Value>,
+}
+
+impl From<Delivery> for PendingDelivery {
+    fn from(d: Delivery) -> Self {
+        Self {
+            id: d.id,
+            campaign_id: d.campaign_id,
+            line_user_id: d.line_user_id,
+            member_id: d.member_id,
+            due_at: d.due_at,
+            messages: d.messages,
+            context: Arc::new(d.context),
+        }
+    }
+}
+
 /// Which LINE endpoint a request goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -222,14 +252,14 @@ pub struct ClaimOutcome {
 /// a crash rolls back and leaves them due as they were.
 pub struct Claim {
     /// The held deliveries, earliest due first; the planner may take them out.
-    pub deliveries: Vec<Delivery>,
+    pub deliveries: Vec<PendingDelivery>,
     /// The campaign of each held delivery.
     held: BTreeMap<i64, String>,
     lock: Option<Box<dyn ClaimLock>>,
 }
 
 impl Claim {
-    fn new(mut deliveries: Vec<Delivery>, lock: Box<dyn ClaimLock>) -> Self {
+    fn new(mut deliveries: Vec<PendingDelivery>, lock: Box<dyn ClaimLock>) -> Self {
         deliveries.sort_by_key(|d| (d.due_at, d.id));
         let held = deliveries.iter().map(|d| (d.id, d.campaign_id.clone())).collect();
         Self { deliveries, held, lock: Some(lock) }
@@ -994,7 +1024,10 @@ impl DispatchStore for SqliteStore {
             return Ok(Claim::empty());
         }
         let mut shared = SharedMessages::default();
-        let deliveries = rows.iter().map(|row| sqlite_delivery(row, &mut shared)).collect::<StoreResult<Vec<_>>>()?;
+        let deliveries = rows
+            .iter()
+            .map(|row| sqlite_delivery(row, &mut shared).map(PendingDelivery::from))
+            .collect::<StoreResult<Vec<_>>>()?;
         Ok(Claim::new(deliveries, Box::new(SqliteClaim { tx })))
     }
 
@@ -1533,6 +1566,10 @@ fn pg_user_values(items: &[(LineUserId, Option<String>)]) -> (Vec<&str>, Vec<Opt
     values.into_iter().unzip()
 }
 
+/// A `delivery_queue` row: id, campaign, due, LINE user, member, and the
+/// delivery whose messages and context it shares.
+type QueueRow = (i64, String, DateTime<Utc>, Option<String>, Option<String>, i64);
+
 /// PostgreSQL's hold on claimed deliveries: the open transaction holding their queue rows' locks.
 struct PgClaim {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
@@ -1606,9 +1643,11 @@ impl ClaimLock for PgClaim {
         }
         if !outcome.resolved.is_empty() {
             let (ids, users): (Vec<i64>, Vec<&str>) = outcome.resolved.iter().map(|(id, u)| (*id, u.as_str())).unzip();
+            // The queue row too, for a deferred one: its next claim sees the user found now.
             sqlx::query(
-                "UPDATE deliveries d SET line_user_id = s.u FROM UNNEST($1::bigint[], $2::text[]) AS s (id, u)
-                 WHERE d.id = s.id",
+                "WITH s AS (SELECT * FROM UNNEST($1::bigint[], $2::text[]) AS s (id, u)),
+                      q AS (UPDATE delivery_queue q SET line_user_id = s.u FROM s WHERE q.delivery_id = s.id)
+                 UPDATE deliveries d SET line_user_id = s.u FROM s WHERE d.id = s.id",
             )
             .bind(&ids)
             .bind(&users)
@@ -1682,8 +1721,10 @@ impl DispatchStore for PgStore {
                  FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
                              $7::text[], $8::text[]) AS s (c, t, r, u, m, d, msg, ctx)
                  ON CONFLICT (campaign_id, trigger_key, recipient_key) DO NOTHING
-                 RETURNING id, campaign_id, due_at)
-             INSERT INTO delivery_queue (delivery_id, campaign_id, due_at) SELECT id, campaign_id, due_at FROM new",
+                 RETURNING id, campaign_id, due_at, line_user_id, member_id, CAST(messages AS TEXT) AS m,
+                           CAST(context AS TEXT) AS ctx)
+             INSERT INTO delivery_queue (delivery_id, campaign_id, due_at, line_user_id, member_id, payload_of)
+             SELECT id, campaign_id, due_at, line_user_id, member_id, MIN(id) OVER (PARTITION BY m, ctx) FROM new",
         )
         .bind(&campaigns)
         .bind(&triggers)
@@ -1715,18 +1756,18 @@ impl DispatchStore for PgStore {
         )
         .execute(&mut *tx)
         .await?;
-        // SKIP LOCKED: concurrent claims (other planners, other instances) take disjoint rows.
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            delivery_own_columns!(),
-            ", d.status, NULL::bigint AS request_id, NULL::timestamptz AS requested_at FROM deliveries d
-             WHERE d.id = ANY(ARRAY(
-                 SELECT q.delivery_id FROM delivery_queue q
-                 WHERE q.due_at <= $1
-                   AND q.campaign_id <> ALL(ARRAY(SELECT campaign_id FROM campaign_state WHERE paused))
-                 ORDER BY q.due_at, q.delivery_id LIMIT $2
-                 FOR UPDATE OF q SKIP LOCKED))"
-        ))
+        // SKIP LOCKED: concurrent claims (other planners, other instances)
+        // take disjoint rows. The queue row carries what the policies need,
+        // so a claim reads the wide deliveries only for their distinct
+        // payloads: one row for a campaign's 2,000 identical messages.
+        let rows: Vec<QueueRow> = sqlx::query_as(
+            "SELECT q.delivery_id, q.campaign_id, q.due_at, q.line_user_id, q.member_id, q.payload_of
+             FROM delivery_queue q
+             WHERE q.due_at <= $1
+               AND q.campaign_id <> ALL(ARRAY(SELECT campaign_id FROM campaign_state WHERE paused))
+             ORDER BY q.due_at, q.delivery_id LIMIT $2
+             FOR UPDATE OF q SKIP LOCKED",
+        )
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
@@ -1735,8 +1776,36 @@ impl DispatchStore for PgStore {
             tx.rollback().await?;
             return Ok(Claim::empty());
         }
+        let payload_ids: Vec<i64> = rows.iter().map(|r| r.5).collect::<BTreeSet<_>>().into_iter().collect();
+        let payload_rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT id, CAST(messages AS TEXT), CAST(context AS TEXT) FROM deliveries WHERE id = ANY($1)",
+        )
+        .bind(&payload_ids)
+        .fetch_all(&mut *tx)
+        .await?;
         let mut shared = SharedMessages::default();
-        let deliveries = rows.iter().map(|row| pg_delivery(row, &mut shared)).collect::<StoreResult<Vec<_>>>()?;
+        let mut payloads = HashMap::with_capacity(payload_rows.len());
+        for (id, messages, context) in payload_rows {
+            let context = Arc::new(parse_json(&context, "delivery context")?);
+            payloads.insert(id, (shared.get(&messages)?, context));
+        }
+        let deliveries =
+            rows.into_iter()
+                .map(|(id, campaign_id, due_at, user, member, payload_of)| {
+                    let (messages, context) = payloads.get(&payload_of).cloned().ok_or_else(|| {
+                        StoreError::Corrupt(format!("delivery {id}: payload {payload_of} is missing"))
+                    })?;
+                    Ok(PendingDelivery {
+                        id,
+                        campaign_id,
+                        line_user_id: opt_user(user)?,
+                        member_id: opt_member(member)?,
+                        due_at,
+                        messages,
+                        context,
+                    })
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
         Ok(Claim::new(deliveries, Box::new(PgClaim { tx })))
     }
 

@@ -128,7 +128,7 @@ async fn claims_respect_due_at_and_come_earliest_first(store: Arc<dyn Store>) {
     let claim = store.claim_deliveries(at(4), 10).await.expect("claim");
     let users: Vec<_> = claim.deliveries.iter().map(|d| d.line_user_id.clone().expect("user")).collect();
     assert_eq!(users, vec![user(2), user(3)], "due ones only, earliest first");
-    assert!(claim.deliveries.iter().all(|d| d.status == DeliveryStatus::Pending && d.request_id.is_none()));
+    assert!(claim.deliveries.iter().all(|d| *d.messages == messages("hello") && d.due_at <= at(4)));
     let skips = claim.deliveries.iter().map(|d| (d.id, "unfollowed".to_string())).collect();
     claim.commit(&ClaimOutcome { skips, ..ClaimOutcome::default() }, at(4)).await.expect("skip them");
     assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(5)));
@@ -142,6 +142,53 @@ async fn claims_respect_due_at_and_come_earliest_first(store: Arc<dyn Store>) {
     assert!(store.claim_deliveries(at(7), 10).await.expect("not yet").is_empty());
     let due = store.claim_deliveries(at(8), 10).await.expect("due");
     assert_eq!((ids_of(&due.deliveries, |d| d.id), due.deliveries[0].due_at), (vec![id], at(8)));
+}
+
+/// A claim gives each delivery its own messages and context, also when one
+/// batch mixes shared and distinct payloads, and the member-only ones come
+/// back resolved after a deferral.
+async fn claimed_deliveries_carry_their_own_payload(store: Arc<dyn Store>) {
+    let mut batch = Vec::new();
+    for n in 1..=12u32 {
+        let mut d = delivery("c", "t", n, at(1));
+        // Three messages, two contexts, interleaved: six distinct payloads.
+        d.messages = messages(&format!("text {}", n % 3));
+        d.context = json!({"part": n % 2});
+        if n == 12 {
+            d.recipient_key = "member:m12".to_string();
+            d.line_user_id = None;
+            d.member_id = Some(member("m12"));
+        }
+        batch.push(d);
+    }
+    store.insert_deliveries(&batch, at(1)).await.expect("insert");
+    // A second batch repeating a payload of the first.
+    let mut later = delivery("c", "t", 13, at(1));
+    later.messages = messages("text 1");
+    later.context = json!({"part": 1});
+    store.insert_deliveries(&[later.clone()], at(1)).await.expect("insert later");
+    batch.push(later);
+
+    let claim = store.claim_deliveries(at(2), 100).await.expect("claim");
+    assert_eq!(claim.len(), 13);
+    for d in &claim.deliveries {
+        let stored = store.get_delivery(d.id).await.expect("get").expect("stored");
+        let inserted = batch.iter().find(|n| n.recipient_key == stored.recipient_key).expect("inserted");
+        assert_eq!((&*d.messages, &*d.context), (&inserted.messages, &inserted.context), "delivery {}", d.id);
+        assert_eq!((&d.line_user_id, &d.member_id), (&inserted.line_user_id, &inserted.member_id));
+        assert_eq!((d.campaign_id.as_str(), d.due_at), ("c", at(1)));
+    }
+    let held = claim.deliveries.iter().find(|d| d.line_user_id.is_none()).map(|d| d.id).expect("member-only");
+    let outcome = ClaimOutcome {
+        defers: claim.deliveries.iter().map(|d| (d.id, at(3))).collect(),
+        resolved: vec![(held, user(12))],
+        ..ClaimOutcome::default()
+    };
+    claim.commit(&outcome, at(2)).await.expect("defer all");
+    let again = store.claim_deliveries(at(3), 100).await.expect("claim again");
+    let resolved = again.deliveries.iter().find(|d| d.id == held).expect("held again");
+    assert_eq!((resolved.line_user_id.clone(), resolved.member_id.clone()), (Some(user(12)), Some(member("m12"))));
+    assert_eq!(*resolved.messages, messages("text 0"));
 }
 
 async fn a_claim_commits_all_of_its_outcome_or_nothing(store: Arc<dyn Store>) {
@@ -604,6 +651,7 @@ macro_rules! conformance {
 conformance!(
     deliveries_are_deduplicated_by_campaign_trigger_and_recipient,
     claims_respect_due_at_and_come_earliest_first,
+    claimed_deliveries_carry_their_own_payload,
     a_claim_commits_all_of_its_outcome_or_nothing,
     paused_campaigns_are_not_claimed,
     requests_complete_retry_and_fail_with_their_deliveries,
