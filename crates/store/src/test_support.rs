@@ -10,11 +10,46 @@ use std::sync::Arc;
 
 pub const POSTGRES_URL_VAR: &str = "RENKEI_TEST_POSTGRES_URL";
 
-/// A store plus whatever keeps it alive (the temp dir for SQLite).
+/// A store plus whatever keeps it alive (the temp dir for SQLite). A
+/// PostgreSQL test database is dropped with it, so test runs do not pile
+/// databases up on the server until its disk is full.
 pub struct TestStore {
     pub store: Arc<dyn Store>,
     pub url: String,
     _dir: Option<tempfile::TempDir>,
+    /// The server to drop the database from (PostgreSQL only).
+    server: Option<String>,
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let Some(server) = self.server.take() else { return };
+        let Some(name) = database_name(&self.url) else { return };
+        // Drop cannot await, and the test's runtime may be a single thread
+        // that is busy right here: drop the database from a thread of its own.
+        let statement = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        let dropper = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&server).await.ok()?;
+                // FORCE: the store's own pool (and a test's server) may still hold connections.
+                let dropped = sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await;
+                let _ = conn.close().await;
+                dropped.ok()
+            })
+        });
+        if dropper.join().ok().flatten().is_none() {
+            eprintln!("could not drop the test database {name}; drop it by hand");
+        }
+    }
+}
+
+/// The database a `create_database` URL names, if it is one of ours.
+fn database_name(url: &str) -> Option<String> {
+    let base = url.split_once('?').map_or(url, |(base, _)| base);
+    let name = base.rsplit_once('/')?.1;
+    let ours = name.starts_with("renkei_test_") && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    ours.then(|| name.to_string())
 }
 
 pub async fn sqlite() -> StoreResult<TestStore> {
@@ -22,7 +57,7 @@ pub async fn sqlite() -> StoreResult<TestStore> {
     let url = format!("sqlite://{}", dir.path().join("renkei.db").display());
     let store = SqliteStore::connect(&url).await?;
     store.migrate().await?;
-    Ok(TestStore { store: Arc::new(store), url, _dir: Some(dir) })
+    Ok(TestStore { store: Arc::new(store), url, _dir: Some(dir), server: None })
 }
 
 /// The PostgreSQL server URL for tests, or `None` to skip (never in CI).
@@ -44,7 +79,7 @@ pub async fn postgres() -> StoreResult<Option<TestStore>> {
     let url = create_database(&server).await?;
     let store = PgStore::connect(&url).await?;
     store.migrate().await?;
-    Ok(Some(TestStore { store: Arc::new(store), url, _dir: None }))
+    Ok(Some(TestStore { store: Arc::new(store), url, _dir: None, server: Some(server) }))
 }
 
 /// Creates an empty database beside the one in `server_url` and returns its URL.
@@ -71,12 +106,19 @@ fn replace_database(url: &str, name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::replace_database;
+    use super::{database_name, replace_database};
 
     #[test]
     fn replaces_the_database_name_only() {
         assert_eq!(replace_database("postgres://u:p@localhost:5432/postgres", "x"), "postgres://u:p@localhost:5432/x");
         assert_eq!(replace_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
         assert_eq!(replace_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+
+    #[test]
+    fn only_test_databases_are_dropped() {
+        assert_eq!(database_name("postgres://u@h:5/renkei_test_ab12?x=y").as_deref(), Some("renkei_test_ab12"));
+        assert_eq!(database_name("postgres://u@h:5/postgres"), None);
+        assert_eq!(database_name("postgres://u@h:5/renkei_test_a;drop"), None);
     }
 }
