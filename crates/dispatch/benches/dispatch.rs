@@ -234,11 +234,17 @@ async fn run_campaign(
     let start = Instant::now();
     let (cpu_before, pg_before) = (cpu_seconds_of("self", false), postgres_cpu_seconds());
     let mut first_request: Option<Instant> = None;
+    // When planning stopped adding requests: well before the last send means LINE's rate set the pace.
+    let (mut created, mut last_created) = (0, Instant::now());
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let sent = metrics.recipients_sent.load(std::sync::atomic::Ordering::Relaxed);
-        if first_request.is_none() && metrics.requests_created.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        let now_created = metrics.requests_created.load(std::sync::atomic::Ordering::Relaxed);
+        if first_request.is_none() && now_created > 0 {
             first_request = Some(Instant::now());
+        }
+        if now_created > created {
+            (created, last_created) = (now_created, Instant::now());
         }
         if sent >= users {
             break;
@@ -248,6 +254,8 @@ async fn run_campaign(
         }
     }
     let seconds = first_request.map(|f| f.elapsed()).unwrap_or_else(|| start.elapsed()).as_secs_f64();
+    let planning = first_request.map(|f| last_created.saturating_duration_since(f)).unwrap_or_default();
+    println!("  planning created the last request {:.2} s after the first", planning.as_secs_f64());
     let rss_while_sending = current_rss_mb();
     let cpu = cpu_seconds_of("self", false) - cpu_before;
     match (pg_before, postgres_cpu_seconds()) {

@@ -1573,6 +1573,8 @@ type QueueRow = (i64, String, DateTime<Utc>, Option<String>, Option<String>, i64
 /// PostgreSQL's hold on claimed deliveries: the open transaction holding their queue rows' locks.
 struct PgClaim {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// The queue rows the claim took out, to put the deferred ones back.
+    queued: HashMap<i64, QueueRow>,
 }
 
 #[async_trait]
@@ -1613,10 +1615,6 @@ impl ClaimLock for PgClaim {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("DELETE FROM delivery_queue WHERE delivery_id = ANY($1)")
-            .bind(dequeued(outcome))
-            .execute(&mut *tx)
-            .await?;
         if !outcome.skips.is_empty() {
             let (ids, reasons): (Vec<i64>, Vec<&str>) = outcome.skips.iter().map(|(id, r)| (*id, r.as_str())).unzip();
             sqlx::query(
@@ -1629,28 +1627,49 @@ impl ClaimLock for PgClaim {
             .execute(&mut *tx)
             .await?;
         }
-        if !outcome.defers.is_empty() {
-            let (ids, until): (Vec<i64>, Vec<DateTime<Utc>>) = outcome.defers.iter().copied().unzip();
+        if !outcome.resolved.is_empty() {
+            let (ids, users): (Vec<i64>, Vec<&str>) = outcome.resolved.iter().map(|(id, u)| (*id, u.as_str())).unzip();
             sqlx::query(
-                "WITH s AS (SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[]) AS s (id, until)),
-                      q AS (UPDATE delivery_queue q SET due_at = s.until FROM s WHERE q.delivery_id = s.id)
+                "UPDATE deliveries d SET line_user_id = s.u FROM UNNEST($1::bigint[], $2::text[]) AS s (id, u)
+                 WHERE d.id = s.id",
+            )
+            .bind(&ids)
+            .bind(&users)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !outcome.defers.is_empty() {
+            // Back in the queue at their new time, with the LINE user found now (if any).
+            let resolved: HashMap<i64, &str> = outcome.resolved.iter().map(|(id, u)| (*id, u.as_str())).collect();
+            let n = outcome.defers.len();
+            let (mut ids, mut until, mut campaigns) =
+                (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut users, mut members, mut payloads) =
+                (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+            for (id, at) in &outcome.defers {
+                let Some((_, campaign, _, user, member, payload_of)) = self.queued.get(id) else {
+                    return Err(StoreError::Conflict(format!("delivery {id} is not held by this claim")));
+                };
+                ids.push(*id);
+                until.push(*at);
+                campaigns.push(campaign.as_str());
+                users.push(resolved.get(id).copied().or(user.as_deref()));
+                members.push(member.as_deref());
+                payloads.push(*payload_of);
+            }
+            sqlx::query(
+                "WITH s AS (SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+                                                 $6::bigint[]) AS s (id, until, c, u, m, p)),
+                      q AS (INSERT INTO delivery_queue (delivery_id, campaign_id, due_at, line_user_id, member_id, payload_of)
+                            SELECT id, c, until, u, m, p FROM s)
                  UPDATE deliveries d SET due_at = s.until FROM s WHERE d.id = s.id",
             )
             .bind(&ids)
             .bind(&until)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !outcome.resolved.is_empty() {
-            let (ids, users): (Vec<i64>, Vec<&str>) = outcome.resolved.iter().map(|(id, u)| (*id, u.as_str())).unzip();
-            // The queue row too, for a deferred one: its next claim sees the user found now.
-            sqlx::query(
-                "WITH s AS (SELECT * FROM UNNEST($1::bigint[], $2::text[]) AS s (id, u)),
-                      q AS (UPDATE delivery_queue q SET line_user_id = s.u FROM s WHERE q.delivery_id = s.id)
-                 UPDATE deliveries d SET line_user_id = s.u FROM s WHERE d.id = s.id",
-            )
-            .bind(&ids)
+            .bind(&campaigns)
             .bind(&users)
+            .bind(&members)
+            .bind(&payloads)
             .execute(&mut *tx)
             .await?;
         }
@@ -1760,13 +1779,19 @@ impl DispatchStore for PgStore {
         // take disjoint rows. The queue row carries what the policies need,
         // so a claim reads the wide deliveries only for their distinct
         // payloads: one row for a campaign's 2,000 identical messages.
+        // The held rows leave the queue in the claim itself (by their row
+        // address, no index probe); a rollback or a crash puts them back,
+        // and the commit puts back the deferred ones.
         let rows: Vec<QueueRow> = sqlx::query_as(
-            "SELECT q.delivery_id, q.campaign_id, q.due_at, q.line_user_id, q.member_id, q.payload_of
-             FROM delivery_queue q
-             WHERE q.due_at <= $1
-               AND q.campaign_id <> ALL(ARRAY(SELECT campaign_id FROM campaign_state WHERE paused))
-             ORDER BY q.due_at, q.delivery_id LIMIT $2
-             FOR UPDATE OF q SKIP LOCKED",
+            "WITH claimed AS (
+                 SELECT q.ctid AS row, q.delivery_id, q.campaign_id, q.due_at, q.line_user_id, q.member_id, q.payload_of
+                 FROM delivery_queue q
+                 WHERE q.due_at <= $1
+                   AND q.campaign_id <> ALL(ARRAY(SELECT campaign_id FROM campaign_state WHERE paused))
+                 ORDER BY q.due_at, q.delivery_id LIMIT $2
+                 FOR UPDATE OF q SKIP LOCKED),
+             gone AS (DELETE FROM delivery_queue WHERE ctid = ANY(ARRAY(SELECT row FROM claimed)))
+             SELECT delivery_id, campaign_id, due_at, line_user_id, member_id, payload_of FROM claimed",
         )
         .bind(now)
         .bind(i64::from(limit))
@@ -1789,6 +1814,7 @@ impl DispatchStore for PgStore {
             let context = Arc::new(parse_json(&context, "delivery context")?);
             payloads.insert(id, (shared.get(&messages)?, context));
         }
+        let queued: HashMap<i64, QueueRow> = rows.iter().map(|row| (row.0, row.clone())).collect();
         let deliveries =
             rows.into_iter()
                 .map(|(id, campaign_id, due_at, user, member, payload_of)| {
@@ -1806,7 +1832,7 @@ impl DispatchStore for PgStore {
                     })
                 })
                 .collect::<StoreResult<Vec<_>>>()?;
-        Ok(Claim::new(deliveries, Box::new(PgClaim { tx })))
+        Ok(Claim::new(deliveries, Box::new(PgClaim { tx, queued })))
     }
 
     async fn sent_counts(
