@@ -29,7 +29,9 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::types::Json;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+// foldhash: dispatch hashes every user id of a batch; SipHash cost more than the work around it.
+use foldhash::{HashMap, HashMapExt};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use uuid::Uuid;
 

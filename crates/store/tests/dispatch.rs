@@ -11,7 +11,7 @@ use renkei_store::dispatch::{
 use renkei_store::membership::{Cause, MembershipUpdate};
 use renkei_store::{Store, StoreError};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -440,7 +440,7 @@ async fn sends_are_counted_per_user_campaign_and_window(store: Arc<dyn Store>) {
 
     let (u1, u2, u3) = (user(1), user(2), user(3));
     let everyone = [u1.clone(), u2.clone(), u3.clone()];
-    let counts = |pairs: &[(&LineUserId, u64)]| -> HashMap<LineUserId, u64> {
+    let counts = |pairs: &[(&LineUserId, u64)]| -> foldhash::HashMap<LineUserId, u64> {
         pairs.iter().map(|(u, n)| ((*u).clone(), *n)).collect()
     };
     assert_eq!(store.sent_counts(&everyone, None, at(1)).await.expect("all"), counts(&[(&u1, 3), (&u2, 1)]));
@@ -494,7 +494,10 @@ async fn send_facts_cover_links_following_and_asked_segments(store: Arc<dyn Stor
     assert!(store.send_facts(&users, &[]).await.expect("no segments").values().all(|f| f.segments.is_empty()));
 
     let linked = store.member_line_users(&[member("m1"), member("m2"), member("m9")]).await.expect("links");
-    assert_eq!(linked, HashMap::from([(member("m1"), user(1)), (member("m2"), user(2))]));
+    assert_eq!(
+        linked,
+        [(member("m1"), user(1)), (member("m2"), user(2))].into_iter().collect::<foldhash::HashMap<_, _>>()
+    );
 }
 
 async fn campaign_enabled_at_keeps_the_first_instant(store: Arc<dyn Store>) {
