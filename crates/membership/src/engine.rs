@@ -8,8 +8,8 @@ use futures::StreamExt;
 use renkei_core::{Clock, LineUserId, UserRef};
 use renkei_segments::{EventFact, SegmentSet, UserFacts};
 use renkei_store::Store;
-use renkei_store::membership::{Cause, MembershipUpdate, SegmentStats, Transition, UserRecord};
-use std::collections::{BTreeSet, HashSet};
+use renkei_store::membership::{Cause, EventSelection, MembershipUpdate, SegmentStats, Transition, UserRecord};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,15 +29,15 @@ struct PageContext {
     segments: Arc<SegmentSet>,
     clock: Arc<dyn Clock>,
     tz: Tz,
-    event_types: Arc<Vec<String>>,
+    selection: Arc<Selection>,
 }
 
 impl PageContext {
     /// One recompute page: its users' facts loaded and evaluated at the
     /// clock's `now` (evaluation is CPU work, kept off the async workers).
     async fn load_and_evaluate(self, page: MembershipResult<Vec<LineUserId>>) -> MembershipResult<EvaluatedPage> {
-        let records = self.store.load_users(&page?, Some(&self.event_types)).await?;
         let now = self.clock.now();
+        let records = self.store.load_user_facts(&page?, &self.selection.at(now)).await?;
         let (segments, tz) = (self.segments, self.tz);
         let (updates, events) = tokio::task::spawn_blocking(move || evaluate_page(&segments, records, now, tz))
             .await
@@ -69,13 +69,42 @@ pub struct RecomputeReport {
     pub elapsed: Duration,
 }
 
+/// What evaluation reads of events, from the segment set: the types, their
+/// properties, and how far back each type matters.
+struct Selection {
+    base: EventSelection,
+    horizons: BTreeMap<String, chrono::Duration>,
+}
+
+impl Selection {
+    fn of(segments: &SegmentSet) -> Self {
+        let keys = segments.property_reads();
+        let base = EventSelection { types: keys.keys().cloned().collect(), keys, since: BTreeMap::new() };
+        let horizons = segments
+            .event_horizons()
+            .into_iter()
+            .filter_map(|(t, horizon)| horizon.map(|d| (t, d.to_chrono())))
+            .collect();
+        Self { base, horizons }
+    }
+
+    /// The events to load for an evaluation at `now` (or later): those at or
+    /// before `now - horizon` can no longer change any answer.
+    fn at(&self, now: DateTime<Utc>) -> EventSelection {
+        let since =
+            self.horizons.iter().filter_map(|(t, d)| now.checked_sub_signed(*d).map(|at| (t.clone(), at))).collect();
+        EventSelection { since, ..self.base.clone() }
+    }
+}
+
 pub struct MembershipEngine {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) segments: Arc<SegmentSet>,
     pub(crate) clock: Arc<dyn Clock>,
     tz: Tz,
-    /// Only the event types some segment looks at are loaded.
-    event_types: Arc<Vec<String>>,
+    /// Only the events that can still matter are loaded, with only the
+    /// properties segments read.
+    selection: Arc<Selection>,
     page_size: u32,
     /// Wakes the timer task when a schedule may have moved earlier.
     pub(crate) schedule_changed: Notify,
@@ -124,13 +153,13 @@ fn evaluate_page(
 
 impl MembershipEngine {
     pub fn new(store: Arc<dyn Store>, segments: Arc<SegmentSet>, clock: Arc<dyn Clock>, tz: Tz) -> Self {
-        let event_types = Arc::new(segments.referenced_event_types().into_iter().collect());
+        let selection = Arc::new(Selection::of(&segments));
         Self {
             store,
             segments,
             clock,
             tz,
-            event_types,
+            selection,
             page_size: DEFAULT_PAGE_SIZE,
             schedule_changed: Notify::new(),
             timer_target: AtomicI64::new(i64::MAX),
@@ -168,8 +197,8 @@ impl MembershipEngine {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let records = self.store.load_users(&users, Some(&self.event_types)).await?;
         let now = self.clock.now();
+        let records = self.store.load_user_facts(&users, &self.selection.at(now)).await?;
         let (updates, _) = evaluate_page(&self.segments, records, now, self.tz);
         let transitions = self.store.apply_memberships(&updates, now, cause).await?;
         let earliest = updates.iter().filter_map(|u| u.next_due).min();
@@ -276,7 +305,7 @@ impl MembershipEngine {
             segments: self.segments.clone(),
             clock: self.clock.clone(),
             tz: self.tz,
-            event_types: self.event_types.clone(),
+            selection: self.selection.clone(),
         };
         // Each page is its own task: decoding rows is CPU work too, and
         // tasks spread over the runtime's threads.
@@ -347,7 +376,7 @@ impl MembershipEngine {
         loop {
             let page = self.store.audience_page(after.as_ref(), self.page_size).await?;
             let Some(last) = page.last().cloned() else { break };
-            for record in self.store.load_users(&page, Some(&self.event_types)).await? {
+            for record in self.store.load_user_facts(&page, &self.selection.at(at)).await? {
                 let facts = facts_of(record);
                 if self.segments.evaluate_segment(segment_id, &facts, at, self.tz) == Some(true) {
                     members.push(facts.line_user_id);

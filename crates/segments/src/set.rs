@@ -1,10 +1,11 @@
 //! A validated set of segments: unique ids, known references, no cycles,
 //! kept in dependency order (a segment comes after every segment it uses).
 
-use crate::ast::{Condition, Segment};
+use crate::ast::{AggregateKind, Condition, FieldPath, Segment};
 use crate::diagnostic::Diagnostic;
 use crate::parse::{ParsedFile, parse_file};
 use crate::yaml::Pos;
+use renkei_core::SpanDuration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
@@ -148,6 +149,72 @@ impl SegmentSet {
             });
         }
         types
+    }
+
+    /// For every event type some segment looks at, the top-level property
+    /// keys some segment reads on events of that type (`where` filters,
+    /// aggregated properties, `match`ed properties, on the first event or the
+    /// follow-up). A type with an empty set is only counted or timed, never
+    /// looked into, so its properties need not be loaded at all; keys not
+    /// listed are never read. Keys of the returned map are exactly
+    /// [`SegmentSet::referenced_event_types`].
+    pub fn property_reads(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut reads: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let top = |path: &FieldPath| path.parts.first().cloned().unwrap_or_default();
+        for segment in &self.segments {
+            segment.rule.visit(&mut |condition| {
+                let Condition::Event(event) = condition else { return };
+                let own = reads.entry(event.event_type.as_str().to_string()).or_default();
+                own.extend(event.filters.iter().map(|f| top(&f.path)));
+                match &event.aggregate.kind {
+                    AggregateKind::Count => {}
+                    AggregateKind::Sum(path)
+                    | AggregateKind::Avg(path)
+                    | AggregateKind::Min(path)
+                    | AggregateKind::Max(path) => {
+                        own.insert(top(path));
+                    }
+                }
+                if let Some(follow) = &event.follow {
+                    own.extend(follow.match_properties.iter().map(top));
+                    let next = reads.entry(follow.event_type.as_str().to_string()).or_default();
+                    next.extend(follow.match_properties.iter().map(top));
+                    next.extend(follow.filters.iter().map(|f| top(&f.path)));
+                }
+            });
+        }
+        reads
+    }
+
+    /// For every event type some segment looks at, how far back its events
+    /// still matter: `Some(d)` when every condition on the type has a window
+    /// `within` of at most `d` (and every follow-up of the type follows such a
+    /// first event), `None` when some condition reads the type's whole
+    /// history. An event at or before `now - d` is outside every window at
+    /// `now` and at every later instant: it can change no answer from `now`
+    /// on (the next-change times it suggests are never real changes), so it
+    /// need not be loaded. Keys are exactly
+    /// [`SegmentSet::referenced_event_types`].
+    pub fn event_horizons(&self) -> BTreeMap<String, Option<SpanDuration>> {
+        fn widen(slot: &mut Option<Option<SpanDuration>>, within: Option<SpanDuration>) {
+            *slot = Some(match (*slot, within) {
+                (None, within) => within,
+                (Some(Some(a)), Some(b)) => Some(if b.seconds() > a.seconds() { b } else { a }),
+                _ => None,
+            });
+        }
+        let mut horizons: BTreeMap<String, Option<Option<SpanDuration>>> = BTreeMap::new();
+        for segment in &self.segments {
+            segment.rule.visit(&mut |condition| {
+                let Condition::Event(event) = condition else { return };
+                // A follow-up counts only after a first event in the window.
+                widen(horizons.entry(event.event_type.as_str().to_string()).or_default(), event.within);
+                if let Some(follow) = &event.follow {
+                    widen(horizons.entry(follow.event_type.as_str().to_string()).or_default(), event.within);
+                }
+            });
+        }
+        horizons.into_iter().map(|(t, h)| (t, h.flatten())).collect()
     }
 
     /// Ids of the segments `id` uses, directly or through others (sorted).

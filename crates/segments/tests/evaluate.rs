@@ -260,3 +260,78 @@ fn the_example_segments_load_and_behave() {
     assert_eq!(set.next_change_for("cart_abandoners", &member, t(now), TOKYO), Some(t("2026-03-11T01:00:00Z")));
     assert_eq!(set.next_change(&member, t(now), TOKYO), Some(t("2026-03-10T15:00:00Z")), "Tokyo midnight");
 }
+
+#[test]
+fn property_reads_name_the_keys_each_event_type_needs() {
+    let sources = [
+        (
+            "a.yaml",
+            "id: a\nname: A\nrule:\n  event: purchase\n  within: 90d\n  sum:\n    property: amount.yen\n    gte: 3\n",
+        ),
+        (
+            "b.yaml",
+            "id: b\nname: B\nrule:\n  all:\n    - event: cart_add\n      where: {channel: web}\n      not_followed_by:\n        event: purchase\n        match: [cart_id]\n        where: {paid: true}\n    - not:\n        event: store_visit\n        within: 60d\n",
+        ),
+        (
+            "c.yaml",
+            "id: c\nname: C\nrule:\n  any:\n    - event: page_view\n      count: {gte: 2}\n    - attribute: rank\n      eq: gold\n",
+        ),
+    ];
+    let set = SegmentSet::from_sources(sources.iter().map(|(f, t)| (std::path::PathBuf::from(f), t.to_string())))
+        .unwrap_or_else(|d| panic!("{d:?}"));
+    let reads: Vec<(String, Vec<String>)> =
+        set.property_reads().into_iter().map(|(t, keys)| (t, keys.into_iter().collect())).collect();
+    let expected: Vec<(String, Vec<String>)> = [
+        ("cart_add", vec!["cart_id", "channel"]),
+        ("page_view", vec![]),
+        ("purchase", vec!["amount", "cart_id", "paid"]),
+        ("store_visit", vec![]),
+    ]
+    .iter()
+    .map(|(t, keys)| (t.to_string(), keys.iter().map(|k| k.to_string()).collect()))
+    .collect();
+    assert_eq!(reads, expected);
+    assert_eq!(
+        set.property_reads().into_keys().collect::<std::collections::BTreeSet<_>>(),
+        set.referenced_event_types()
+    );
+}
+
+#[test]
+fn event_horizons_are_the_widest_window_per_type() {
+    let sources = [
+        ("a.yaml", "id: a\nname: A\nrule:\n  event: purchase\n  within: 90d\n  count: {gte: 3}\n"),
+        (
+            "b.yaml",
+            "id: b\nname: B\nrule:\n  event: cart_add\n  within: 24h\n  older_than: 1h\n  not_followed_by:\n    event: purchase\n    match: [cart_id]\n",
+        ),
+        (
+            "c.yaml",
+            "id: c\nname: C\nrule:\n  all:\n    - event: store_visit\n    - not:\n        event: store_visit\n        within: 60d\n",
+        ),
+        ("d.yaml", "id: d\nname: D\nrule:\n  event: review\n  followed_by:\n    event: refund\n    within: 1h\n"),
+        ("e.yaml", "id: e\nname: E\nrule:\n  event: page_view\n  within: 7d\n"),
+        ("f.yaml", "id: f\nname: F\nrule:\n  event: page_view\n  within: 30d\n"),
+    ];
+    let set = SegmentSet::from_sources(sources.iter().map(|(f, t)| (std::path::PathBuf::from(f), t.to_string())))
+        .unwrap_or_else(|d| panic!("{d:?}"));
+    let horizons: Vec<(String, Option<i64>)> =
+        set.event_horizons().into_iter().map(|(t, h)| (t, h.map(|d| d.seconds()))).collect();
+    let day = 86_400;
+    let expected: Vec<(String, Option<i64>)> = [
+        ("cart_add", Some(day)),
+        ("page_view", Some(30 * day)),
+        ("purchase", Some(90 * day)),
+        ("refund", None),
+        ("review", None),
+        ("store_visit", None),
+    ]
+    .iter()
+    .map(|(t, h)| (t.to_string(), *h))
+    .collect();
+    assert_eq!(horizons, expected);
+    assert_eq!(
+        set.event_horizons().into_keys().collect::<std::collections::BTreeSet<_>>(),
+        set.referenced_event_types()
+    );
+}

@@ -122,6 +122,33 @@ pub struct UserRecord {
     pub events: Vec<UserEventRecord>,
 }
 
+/// Which events [`MembershipStore::load_user_facts`] loads, and which of
+/// their properties.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventSelection {
+    /// Event types to load.
+    pub types: Vec<String>,
+    /// Per type, the top-level property keys to keep; the others are
+    /// dropped. A type not listed (or with no keys) loads with empty
+    /// properties, which the database then does not even send.
+    pub keys: BTreeMap<String, BTreeSet<String>>,
+    /// Per type, only events strictly after this instant are loaded (types
+    /// not listed: all of them).
+    pub since: BTreeMap<String, DateTime<Utc>>,
+}
+
+impl EventSelection {
+    /// Types whose properties are needed at all.
+    fn types_with_properties(&self) -> Vec<&str> {
+        self.keys.iter().filter(|(_, keys)| !keys.is_empty()).map(|(t, _)| t.as_str()).collect()
+    }
+
+    /// `since` aligned with `types` (`None`: no bound).
+    fn since_by_type(&self) -> Vec<Option<DateTime<Utc>>> {
+        self.types.iter().map(|t| self.since.get(t).copied()).collect()
+    }
+}
+
 /// A user's complete new membership set and next time-driven evaluation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MembershipUpdate {
@@ -144,6 +171,11 @@ pub trait MembershipStore: Send + Sync + 'static {
     /// `Store::user_events`: those with the user's `line_user_id` and those of
     /// the member linked to it. `event_types: Some(..)` loads only those types.
     async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>>;
+
+    /// Like `load_users` with `Some(&selection.types)`, except that each
+    /// event keeps only the properties `selection` names: what segment
+    /// evaluation reads, at a fraction of the decoding cost.
+    async fn load_user_facts(&self, users: &[LineUserId], selection: &EventSelection) -> StoreResult<Vec<UserRecord>>;
 
     /// The LINE user linked to a member, if any.
     async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>>;
@@ -222,10 +254,82 @@ fn attributes_of(value: Value) -> Map<String, Value> {
     }
 }
 
-/// Assembles records from the per-user row and the event rows of one page.
+/// Event properties (JSON text) keeping only `keys`, parsed without building
+/// the values of the other keys. Not an object (or not JSON): empty, as in
+/// [`properties_of`].
+fn thin_properties(text: &str, keys: &BTreeSet<String>) -> Map<String, Value> {
+    use serde::de::DeserializeSeed;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    match Thin(keys).deserialize(&mut deserializer).and_then(|map| deserializer.end().map(|()| map)) {
+        Ok(map) => map,
+        Err(error) => {
+            tracing::warn!(%error, "event properties are not a JSON object; treated as empty");
+            Map::new()
+        }
+    }
+}
+
+/// Deserializes a JSON object into a map of the listed keys only.
+struct Thin<'k>(&'k BTreeSet<String>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Thin<'_> {
+    type Value = Map<String, Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Thin<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let key = key.0;
+            if self.0.contains(key.as_ref()) {
+                out.insert(key.into_owned(), map.next_value()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An object key, borrowed from the input when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(std::borrow::Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Assembles records from the per-user rows and the event rows of one page;
+/// rows name their user by position in the page.
 struct PageBuilder {
     records: Vec<UserRecord>,
-    index: HashMap<String, usize>,
 }
 
 impl PageBuilder {
@@ -240,13 +344,22 @@ impl PageBuilder {
                 events: Vec::new(),
             })
             .collect();
-        let index = users.iter().enumerate().map(|(i, u)| (u.as_str().to_string(), i)).collect();
-        Self { records, index }
+        Self { records }
     }
 
-    fn set_user(&mut self, id: &str, member_id: Option<String>, attributes: Option<Value>, following: Option<bool>) {
-        let Some(&i) = self.index.get(id) else { return };
-        let record = &mut self.records[i];
+    /// The record at a position the database sent back, if it is one.
+    fn record(&mut self, position: i64) -> Option<&mut UserRecord> {
+        usize::try_from(position).ok().and_then(|i| self.records.get_mut(i))
+    }
+
+    fn set_user(
+        &mut self,
+        position: i64,
+        member_id: Option<String>,
+        attributes: Option<Value>,
+        following: Option<bool>,
+    ) {
+        let Some(record) = self.record(position) else { return };
         match member_id.map(|m| parse_member(&m)) {
             Some(Ok(member)) => {
                 record.member_id = Some(member);
@@ -258,10 +371,15 @@ impl PageBuilder {
         record.following = following.unwrap_or(record.member_id.is_some());
     }
 
-    fn push_event(&mut self, owner: &str, event: UserEventRecord) {
-        if let Some(&i) = self.index.get(owner) {
-            self.records[i].events.push(event);
+    fn push_event(&mut self, position: i64, event: UserEventRecord) {
+        if let Some(record) = self.record(position) {
+            record.events.push(event);
         }
+    }
+
+    /// Each user's linked member, in page order.
+    fn member_ids(&self) -> Vec<Option<&str>> {
+        self.records.iter().map(|r| r.member_id.as_ref().map(|m| m.as_str())).collect()
     }
 
     fn finish(mut self) -> Vec<UserRecord> {
@@ -351,19 +469,31 @@ fn ids_json(users: &[LineUserId]) -> String {
 
 // ---------------------------------------------------------------- SQLite
 
-#[async_trait]
-impl MembershipStore for SqliteStore {
-    async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {
+impl SqliteStore {
+    /// `load_users` and `load_user_facts`: with a selection, properties are
+    /// read only for the types that need them, and thinned to their keys.
+    async fn load_records(
+        &self,
+        users: &[LineUserId],
+        event_types: Option<&[String]>,
+        selection: Option<&EventSelection>,
+    ) -> StoreResult<Vec<UserRecord>> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
         // Id lists travel as JSON arrays: SQLite has no array parameters.
         let ids = ids_json(users);
         let types = event_types.map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".to_string()));
+        let with_properties =
+            selection.map(|s| serde_json::to_string(&s.types_with_properties()).unwrap_or_else(|_| "[]".to_string()));
+        let since = selection.map(|s| {
+            let bounds: BTreeMap<&str, i64> = s.since.iter().map(|(t, at)| (t.as_str(), to_micros(*at))).collect();
+            serde_json::to_string(&bounds).unwrap_or_else(|_| "{}".to_string())
+        });
         let mut page = PageBuilder::new(users);
         let mut conn = self.reader.acquire().await?;
         let rows = sqlx::query(
-            "SELECT u.value AS id, l.member_id, m.attributes, f.following
+            "SELECT u.key AS position, l.member_id, m.attributes, f.following
              FROM json_each(?1) u
              LEFT JOIN links l ON l.line_user_id = u.value
              LEFT JOIN members m ON m.member_id = l.member_id
@@ -373,38 +503,62 @@ impl MembershipStore for SqliteStore {
         .fetch_all(&mut *conn)
         .await?;
         for row in rows {
-            let id: String = row.try_get("id")?;
             let attributes: Option<String> = row.try_get("attributes")?;
             let attributes = attributes.map(|text| serde_json::from_str(&text).unwrap_or(Value::Null));
-            page.set_user(&id, row.try_get("member_id")?, attributes, row.try_get("following")?);
+            page.set_user(row.try_get("position")?, row.try_get("member_id")?, attributes, row.try_get("following")?);
         }
         let rows = sqlx::query(
-            "SELECT u.value AS owner, e.type, e.occurred_at, e.properties
+            "SELECT u.key AS position, e.type, e.occurred_at,
+                    CASE WHEN ?3 IS NULL OR e.type IN (SELECT value FROM json_each(?3)) THEN e.properties END
+                        AS properties
              FROM json_each(?1) u JOIN events e ON e.line_user_id = u.value
-             WHERE ?2 IS NULL OR e.type IN (SELECT value FROM json_each(?2))
+             WHERE (?2 IS NULL OR e.type IN (SELECT value FROM json_each(?2)))
+               AND (?4 IS NULL OR e.occurred_at > COALESCE(?4 ->> e.type, -9223372036854775808))
              UNION ALL
-             SELECT l.line_user_id AS owner, e.type, e.occurred_at, e.properties
+             SELECT u.key AS position, e.type, e.occurred_at,
+                    CASE WHEN ?3 IS NULL OR e.type IN (SELECT value FROM json_each(?3)) THEN e.properties END
+                        AS properties
              FROM json_each(?1) u
              JOIN links l ON l.line_user_id = u.value
              JOIN events e ON e.member_id = l.member_id
              WHERE e.line_user_id IS NOT l.line_user_id
-               AND (?2 IS NULL OR e.type IN (SELECT value FROM json_each(?2)))",
+               AND (?2 IS NULL OR e.type IN (SELECT value FROM json_each(?2)))
+               AND (?4 IS NULL OR e.occurred_at > COALESCE(?4 ->> e.type, -9223372036854775808))",
         )
         .bind(&ids)
         .bind(types)
+        .bind(with_properties)
+        .bind(since)
         .fetch_all(&mut *conn)
         .await?;
         for row in rows {
-            let owner: String = row.try_get("owner")?;
-            let properties: String = row.try_get("properties")?;
-            let event = UserEventRecord {
-                event_type: row.try_get("type")?,
-                occurred_at: from_micros(row.try_get("occurred_at")?)?,
-                properties: properties_of(serde_json::from_str(&properties).unwrap_or(Value::Null)),
+            let position: i64 = row.try_get("position")?;
+            let event_type: String = row.try_get("type")?;
+            let properties: Option<&str> = row.try_get("properties")?;
+            let properties = match (properties, selection) {
+                (None, _) => Map::new(),
+                (Some(text), None) => properties_of(serde_json::from_str(text).unwrap_or(Value::Null)),
+                (Some(text), Some(selection)) => match selection.keys.get(&event_type) {
+                    Some(keys) => thin_properties(text, keys),
+                    None => Map::new(),
+                },
             };
-            page.push_event(&owner, event);
+            let event =
+                UserEventRecord { event_type, occurred_at: from_micros(row.try_get("occurred_at")?)?, properties };
+            page.push_event(position, event);
         }
         Ok(page.finish())
+    }
+}
+
+#[async_trait]
+impl MembershipStore for SqliteStore {
+    async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {
+        self.load_records(users, event_types, None).await
+    }
+
+    async fn load_user_facts(&self, users: &[LineUserId], selection: &EventSelection) -> StoreResult<Vec<UserRecord>> {
+        self.load_records(users, Some(&selection.types), Some(selection)).await
     }
 
     async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>> {
@@ -616,74 +770,126 @@ impl MembershipStore for SqliteStore {
 const PG_LOCK_BUCKETS: &str = "SELECT pg_advisory_xact_lock(4242, k)
      FROM (SELECT DISTINCT (hashtext(u) & 255) AS k FROM UNNEST($1::text[]) AS u) s ORDER BY k";
 
-#[async_trait]
-impl MembershipStore for PgStore {
-    async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {
+impl PgStore {
+    /// `load_users` and `load_user_facts`: with a selection, properties are
+    /// sent only for the types that need them, and thinned to their keys.
+    async fn load_records(
+        &self,
+        users: &[LineUserId],
+        event_types: Option<&[String]>,
+        selection: Option<&EventSelection>,
+    ) -> StoreResult<Vec<UserRecord>> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
         let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+        let with_properties = selection.map(EventSelection::types_with_properties);
+        let since = selection.map(EventSelection::since_by_type);
         let mut page = PageBuilder::new(users);
+        // Both queries are written to be one index probe per user, which is
+        // the generic plan; a custom plan, made for a page of known size,
+        // hashes whole tables and starts parallel workers instead (2-3x the
+        // database's work). Hence generic plans, for this transaction only.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan").execute(&mut *tx).await?;
+        // Rows name their user by position in the page (1-based ordinality).
         let rows = sqlx::query(
-            "SELECT u.id, l.member_id, m.attributes, f.following
-             FROM UNNEST($1::text[]) AS u (id)
+            "SELECT u.i, l.member_id, m.attributes, f.following
+             FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i)
              LEFT JOIN links l ON l.line_user_id = u.id
              LEFT JOIN members m ON m.member_id = l.member_id
              LEFT JOIN friendships f ON f.line_user_id = u.id",
         )
         .bind(&ids)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         for row in rows {
-            let id: String = row.try_get("id")?;
-            let attributes: Option<Json<Value>> = row.try_get("attributes")?;
-            page.set_user(&id, row.try_get("member_id")?, attributes.map(|a| a.0), row.try_get("following")?);
+            let position: i64 = row.try_get(0)?;
+            let attributes: Option<Json<Value>> = row.try_get(2)?;
+            page.set_user(position - 1, row.try_get(1)?, attributes.map(|a| a.0), row.try_get(3)?);
         }
-        // Each source twice: events whose properties fit in an index entry come
-        // from the covering `*_facts` indexes (index-only: a user's events are
-        // adjacent there, while in the heap each is on its own page), the rest
-        // through the small `*_large` indexes. The size predicates must match
-        // the indexes' (migration 0006) for the planner to use them.
-        let rows = sqlx::query(
-            "SELECT e.line_user_id AS owner, e.type, e.occurred_at, e.properties
-             FROM events e
-             WHERE e.line_user_id = ANY($1::text[]) AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))
-               AND octet_length(e.properties::text) <= 2000
-             UNION ALL
-             SELECT e.line_user_id AS owner, e.type, e.occurred_at, e.properties
-             FROM events e
-             WHERE e.line_user_id = ANY($1::text[]) AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))
-               AND octet_length(e.properties::text) > 2000
-             UNION ALL
-             SELECT l.line_user_id AS owner, e.type, e.occurred_at, e.properties
-             FROM links l JOIN events e ON e.member_id = l.member_id
-             WHERE l.line_user_id = ANY($1::text[])
-               AND e.line_user_id IS DISTINCT FROM l.line_user_id
-               AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))
-               AND octet_length(e.properties::text) <= 2000
-             UNION ALL
-             SELECT l.line_user_id AS owner, e.type, e.occurred_at, e.properties
-             FROM links l JOIN events e ON e.member_id = l.member_id
-             WHERE l.line_user_id = ANY($1::text[])
-               AND e.line_user_id IS DISTINCT FROM l.line_user_id
-               AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))
-               AND octet_length(e.properties::text) > 2000",
-        )
-        .bind(&ids)
-        .bind(event_types)
-        .fetch(&self.pool);
-        // Streamed and read by position: a recompute reads millions of rows here.
-        futures::pin_mut!(rows);
-        while let Some(row) = rows.try_next().await? {
-            let Json(properties): Json<Value> = row.try_get(3)?;
-            let event = UserEventRecord {
-                event_type: row.try_get(1)?,
-                occurred_at: row.try_get(2)?,
-                properties: properties_of(properties),
-            };
-            page.push_event(row.try_get(0)?, event);
+        // A user's events: those with its line_user_id, and those of the
+        // member it is linked to (as just read: $4, aligned with $1) that do
+        // not name it already. Each source twice: events whose properties fit
+        // in an index entry come from the covering `*_facts` indexes
+        // (index-only: a user's events are adjacent there, while in the heap
+        // each is on its own page), the rest through the small `*_large`
+        // indexes. The size predicates must match the indexes' (migration
+        // 0006) for the planner to use them. Driving each branch from the page's
+        // list makes it one index probe per user.
+        // Properties travel as text, and only for the types in $3 (all when
+        // NULL): rendering JSON is most of the database's work per event.
+        // $5 (aligned with $2) bounds each type's events from below.
+        let members = page.member_ids();
+        {
+            let rows = sqlx::query(
+                "SELECT u.i, e.type, e.occurred_at,
+                        CASE WHEN $3::text[] IS NULL OR e.type = ANY($3::text[]) THEN e.properties::text END
+                 FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i) JOIN events e ON e.line_user_id = u.id
+                 WHERE ($2::text[] IS NULL OR e.type = ANY($2::text[])) AND octet_length(e.properties::text) <= 2000
+                   AND e.occurred_at > COALESCE(($5::timestamptz[])[array_position($2::text[], e.type)], '-infinity')
+                 UNION ALL
+                 SELECT u.i, e.type, e.occurred_at,
+                        CASE WHEN $3::text[] IS NULL OR e.type = ANY($3::text[]) THEN e.properties::text END
+                 FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i) JOIN events e ON e.line_user_id = u.id
+                 WHERE ($2::text[] IS NULL OR e.type = ANY($2::text[])) AND octet_length(e.properties::text) > 2000
+                   AND e.occurred_at > COALESCE(($5::timestamptz[])[array_position($2::text[], e.type)], '-infinity')
+                 UNION ALL
+                 SELECT u.i, e.type, e.occurred_at,
+                        CASE WHEN $3::text[] IS NULL OR e.type = ANY($3::text[]) THEN e.properties::text END
+                 FROM UNNEST($1::text[], $4::text[]) WITH ORDINALITY AS u (id, member_id, i)
+                 JOIN events e ON e.member_id = u.member_id
+                 WHERE e.line_user_id IS DISTINCT FROM u.id
+                   AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))
+                   AND e.occurred_at > COALESCE(($5::timestamptz[])[array_position($2::text[], e.type)], '-infinity')
+                   AND octet_length(e.properties::text) <= 2000
+                 UNION ALL
+                 SELECT u.i, e.type, e.occurred_at,
+                        CASE WHEN $3::text[] IS NULL OR e.type = ANY($3::text[]) THEN e.properties::text END
+                 FROM UNNEST($1::text[], $4::text[]) WITH ORDINALITY AS u (id, member_id, i)
+                 JOIN events e ON e.member_id = u.member_id
+                 WHERE e.line_user_id IS DISTINCT FROM u.id
+                   AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))
+                   AND e.occurred_at > COALESCE(($5::timestamptz[])[array_position($2::text[], e.type)], '-infinity')
+                   AND octet_length(e.properties::text) > 2000",
+            )
+            .bind(&ids)
+            .bind(event_types)
+            .bind(with_properties)
+            .bind(&members)
+            .bind(since)
+            .fetch(&mut *tx);
+            // Streamed and read by position: a recompute reads millions of rows here.
+            futures::pin_mut!(rows);
+            while let Some(row) = rows.try_next().await? {
+                let event_type: String = row.try_get(1)?;
+                let properties: Option<&str> = row.try_get(3)?;
+                let properties = match (properties, selection) {
+                    (None, _) => Map::new(),
+                    (Some(text), None) => properties_of(serde_json::from_str(text).unwrap_or(Value::Null)),
+                    (Some(text), Some(selection)) => match selection.keys.get(&event_type) {
+                        Some(keys) => thin_properties(text, keys),
+                        None => Map::new(),
+                    },
+                };
+                let event = UserEventRecord { event_type, occurred_at: row.try_get(2)?, properties };
+                let position: i64 = row.try_get(0)?;
+                page.push_event(position - 1, event);
+            }
         }
+        tx.commit().await?;
         Ok(page.finish())
+    }
+}
+
+#[async_trait]
+impl MembershipStore for PgStore {
+    async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {
+        self.load_records(users, event_types, None).await
+    }
+
+    async fn load_user_facts(&self, users: &[LineUserId], selection: &EventSelection) -> StoreResult<Vec<UserRecord>> {
+        self.load_records(users, Some(&selection.types), Some(selection)).await
     }
 
     async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>> {
@@ -695,9 +901,11 @@ impl MembershipStore for PgStore {
     }
 
     async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<Vec<LineUserId>> {
-        // Each source is cut at `limit` first (index order), so a page costs O(limit).
+        // Each source is cut at `limit` first (index order), so a page costs
+        // O(limit); `DISTINCT ON` merges the three sorted lists (plain
+        // `DISTINCT` is planned as hashing and sorting again, 10x the cost).
         let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT u FROM (
+            "SELECT DISTINCT ON (u) u FROM (
                  (SELECT line_user_id AS u FROM friendships WHERE line_user_id > $1 ORDER BY line_user_id LIMIT $2)
                  UNION ALL
                  (SELECT line_user_id AS u FROM links WHERE line_user_id > $1 ORDER BY line_user_id LIMIT $2)
@@ -797,13 +1005,18 @@ impl MembershipStore for PgStore {
         }
         // Only due times that change are written: a recompute of a settled
         // audience then writes nothing at all.
-        let scheduled: HashMap<String, DateTime<Utc>> =
-            sqlx::query_as("SELECT line_user_id, due_at FROM evaluation_schedule WHERE line_user_id = ANY($1)")
-                .bind(&users)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect();
+        // One index probe per user (a subquery per row: `= ANY` of a page's
+        // ids is planned as a scan of the whole table).
+        let scheduled: HashMap<String, DateTime<Utc>> = sqlx::query_as::<_, (String, Option<DateTime<Utc>>)>(
+            "SELECT u.id, (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = u.id)
+             FROM UNNEST($1::text[]) AS u (id)",
+        )
+        .bind(&users)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .filter_map(|(user, due)| due.map(|due| (user, due)))
+        .collect();
         // A batch may name a user twice; the last update wins, as on SQLite.
         let next_due: HashMap<&str, Option<DateTime<Utc>>> =
             updates.iter().map(|u| (u.line_user_id.as_str(), u.next_due)).collect();

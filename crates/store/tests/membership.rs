@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use renkei_core::{LineUserId, LinkMethod, MemberId, MemberPatch, NewEvent};
 use renkei_store::Store;
-use renkei_store::membership::{Cause, MembershipUpdate, TransitionKind};
+use renkei_store::membership::{Cause, EventSelection, MembershipUpdate, TransitionKind};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -124,6 +124,62 @@ async fn load_users_reads_events_of_every_size(store: Arc<dyn Store>) {
                 .collect();
         assert_eq!(loaded, expected, "types {types:?}");
     }
+}
+
+/// What segment evaluation loads: only the listed types, each event with
+/// only the listed property keys, and per type only events after `since`.
+async fn load_user_facts_thins_properties_and_old_events(store: Arc<dyn Store>) {
+    store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
+    let big: String = (0..6_000u32).map(|i| char::from(b'a' + ((i * 7919 + i / 13) % 26) as u8)).collect();
+    store
+        .insert_events(
+            &[
+                event(json!({"type": "purchase", "member_id": "m1", "occurred_at": "2026-11-23T01:00:00Z",
+                             "properties": {"amount": 1, "cart_id": "c1", "sku": "s1"}})),
+                event(json!({"type": "purchase", "member_id": "m1", "occurred_at": "2026-11-23T03:00:00Z",
+                             "properties": {"amount": 3, "note": big, "nested": {"a": [1, 2]}}})),
+                event(json!({"type": "visit", "line_user_id": user(1).as_str(), "occurred_at": "2026-11-23T02:00:00Z",
+                             "properties": {"store": "st1"}})),
+                event(json!({"type": "visit", "member_id": "m1", "occurred_at": "2026-11-23T00:30:00Z",
+                             "properties": {"store": "st2"}})),
+                event(json!({"type": "page_view", "member_id": "m1", "occurred_at": "2026-11-23T02:30:00Z",
+                             "properties": {"path": "/"}})),
+            ],
+            at(6),
+        )
+        .await
+        .expect("events");
+    let keys = [("purchase".to_string(), set(&["amount", "nested"])), ("visit".to_string(), set(&[]))];
+    let selection = EventSelection {
+        types: vec!["purchase".to_string(), "visit".to_string()],
+        keys: keys.into_iter().collect(),
+        since: [("visit".to_string(), at(0) + Duration::minutes(45))].into_iter().collect(),
+    };
+    // A user twice in one page gets its facts twice.
+    let records = store.load_user_facts(&[user(1), user(2), user(1)], &selection).await.expect("load");
+    assert_eq!(records.len(), 3);
+    assert!(records[1].events.is_empty() && records[1].member_id.is_none());
+    assert_eq!(records[0], records[2]);
+    let one = &records[0];
+    assert_eq!(one.member_id, Some(member("m1")));
+    let loaded: Vec<(&str, DateTime<Utc>, Value)> = one
+        .events
+        .iter()
+        .map(|e| (e.event_type.as_str(), e.occurred_at, Value::Object(e.properties.clone())))
+        .collect();
+    assert_eq!(
+        loaded,
+        vec![
+            ("purchase", at(1), json!({"amount": 1})),
+            ("visit", at(2), json!({})),
+            ("purchase", at(3), json!({"amount": 3, "nested": {"a": [1, 2]}})),
+        ]
+    );
+    // With no `since`, every event of the types.
+    let all = EventSelection { since: Default::default(), ..selection };
+    let records = store.load_user_facts(&[user(1)], &all).await.expect("load all");
+    assert_eq!(records[0].events.len(), 4);
+    assert!(store.load_user_facts(&[], &all).await.expect("empty").is_empty());
 }
 
 async fn member_resolves_to_its_line_user(store: Arc<dyn Store>) {
@@ -250,6 +306,7 @@ macro_rules! conformance {
 conformance!(
     load_users_resolves_links_following_and_events,
     load_users_reads_events_of_every_size,
+    load_user_facts_thins_properties_and_old_events,
     member_resolves_to_its_line_user,
     audience_is_every_known_line_user_in_pages,
     apply_memberships_records_transitions,
