@@ -131,11 +131,16 @@ pub fn facts_of(record: UserRecord) -> UserFacts {
 /// The user's complete answer at `now` and when it may next change by time alone.
 fn evaluate_record(segments: &SegmentSet, record: UserRecord, now: DateTime<Utc>, tz: Tz) -> MembershipUpdate {
     let facts = facts_of(record);
-    let answers = segments.evaluate(&facts, now, tz);
+    let answers = segments.evaluate_in_order(&facts, now, tz);
     let next_due = segments.next_change(&facts, now, tz).filter(|due| *due > now);
     MembershipUpdate {
         line_user_id: facts.line_user_id,
-        segments: answers.into_iter().filter(|(_, inside)| *inside).map(|(id, _)| id).collect(),
+        segments: segments
+            .in_dependency_order()
+            .zip(answers)
+            .filter(|(_, inside)| *inside)
+            .map(|(segment, _)| segment.id.clone())
+            .collect(),
         next_due,
     }
 }

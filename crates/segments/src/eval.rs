@@ -44,30 +44,51 @@ impl SegmentSet {
     /// Every segment's answer for this user at `now`, evaluated in dependency
     /// order so that `segment: id` sees the same user at the same instant.
     pub fn evaluate(&self, facts: &UserFacts, now: DateTime<Utc>, tz: Tz) -> BTreeMap<String, bool> {
+        let answers = self.evaluate_in_order(facts, now, tz);
+        self.segments.iter().zip(answers).map(|(segment, answer)| (segment.id.clone(), answer)).collect()
+    }
+
+    /// Like [`SegmentSet::evaluate`], as one answer per segment in
+    /// [`SegmentSet::in_dependency_order`] order.
+    pub fn evaluate_in_order(&self, facts: &UserFacts, now: DateTime<Utc>, tz: Tz) -> Vec<bool> {
         let at = At { now, tz };
-        let mut results = BTreeMap::new();
+        let mut results = Results { set: self, answers: Vec::with_capacity(self.segments.len()) };
         for segment in &self.segments {
             let answer = eval_condition(&segment.rule, facts, at, &results);
-            results.insert(segment.id.clone(), answer);
+            results.answers.push(answer);
         }
-        results
+        results.answers
     }
 
     /// One segment's answer (with the segments it uses); `None` for an unknown id.
     pub fn evaluate_segment(&self, id: &str, facts: &UserFacts, now: DateTime<Utc>, tz: Tz) -> Option<bool> {
-        self.segment(id)?;
+        let target = *self.index.get(id)?;
         let at = At { now, tz };
         let needed = self.dependencies(id);
-        let mut results = BTreeMap::new();
-        for segment in self.segments.iter().filter(|s| s.id == id || needed.contains(&s.id)) {
-            let answer = eval_condition(&segment.rule, facts, at, &results);
-            results.insert(segment.id.clone(), answer);
+        // Segments not needed are never referenced by those that are: they stay false.
+        let mut results = Results { set: self, answers: Vec::with_capacity(target + 1) };
+        for segment in &self.segments[..=target] {
+            let answer = (segment.id == id || needed.contains(&segment.id))
+                && eval_condition(&segment.rule, facts, at, &results);
+            results.answers.push(answer);
         }
-        results.get(id).copied()
+        results.answers.get(target).copied()
     }
 }
 
-fn eval_condition(condition: &Condition, facts: &UserFacts, at: At, results: &BTreeMap<String, bool>) -> bool {
+/// Answers of the segments evaluated so far, in dependency order.
+struct Results<'s> {
+    set: &'s SegmentSet,
+    answers: Vec<bool>,
+}
+
+impl Results<'_> {
+    fn get(&self, id: &str) -> Option<bool> {
+        self.set.index.get(id).and_then(|&i| self.answers.get(i)).copied()
+    }
+}
+
+fn eval_condition(condition: &Condition, facts: &UserFacts, at: At, results: &Results<'_>) -> bool {
     match condition {
         Condition::All(items) => items.iter().all(|c| eval_condition(c, facts, at, results)),
         Condition::Any(items) => items.iter().any(|c| eval_condition(c, facts, at, results)),
@@ -88,7 +109,7 @@ fn eval_condition(condition: &Condition, facts: &UserFacts, at: At, results: &BT
         Condition::Linked(expected) => facts.linked == *expected,
         Condition::Following(expected) => facts.following == *expected,
         // Dependency order guarantees the referenced answer is already there.
-        Condition::Segment { id, .. } => results.get(id).copied().unwrap_or(false),
+        Condition::Segment { id, .. } => results.get(id).unwrap_or(false),
         Condition::Event(event) => eval_event(event, facts, at),
     }
 }
@@ -194,11 +215,14 @@ fn eval_event(condition: &EventCondition, facts: &UserFacts, at: At) -> bool {
             && in_window(event.occurred_at, condition, at.now)
             && filters_match(&condition.filters, &event.properties, at)
     });
-    let kept: Vec<&EventFact> = match &condition.follow {
-        None => selected.collect(),
-        Some(follow) => selected.filter(|first| is_followed(first, follow, facts, at) != follow.negated).collect(),
-    };
-    aggregate_holds(&condition.aggregate, &kept, at)
+    match &condition.follow {
+        None => aggregate_holds(&condition.aggregate, selected, at),
+        Some(follow) => aggregate_holds(
+            &condition.aggregate,
+            selected.filter(|first| is_followed(first, follow, facts, at) != follow.negated),
+            at,
+        ),
+    }
 }
 
 /// Whether a matching follow-up occurred strictly after `first`, at or
@@ -220,27 +244,28 @@ fn is_followed(first: &EventFact, follow: &FollowUp, facts: &UserFacts, at: At) 
     })
 }
 
-fn aggregate_holds(aggregate: &Aggregate, events: &[&EventFact], at: At) -> bool {
-    let numbers = |path: &FieldPath| -> Vec<&Number> {
-        events.iter().filter_map(|e| lookup(&e.properties, path)).filter_map(|v| v.as_number()).collect()
-    };
+/// The numbers at `path` among `events`, in order.
+fn numbers<'a>(events: impl Iterator<Item = &'a EventFact>, path: &FieldPath) -> impl Iterator<Item = &'a Number> {
+    events.filter_map(move |e| lookup(&e.properties, path)).filter_map(Value::as_number)
+}
+
+/// Streams over the kept events (no list of them is built).
+fn aggregate_holds<'a>(aggregate: &Aggregate, events: impl Iterator<Item = &'a EventFact>, at: At) -> bool {
     let result: Option<Value> = match &aggregate.kind {
-        AggregateKind::Count => Some(Value::from(events.len() as u64)),
+        AggregateKind::Count => Some(Value::from(events.count() as u64)),
         AggregateKind::Sum(path) => {
-            let sum: f64 = numbers(path).iter().filter_map(|n| n.as_f64()).sum();
+            let sum: f64 = numbers(events, path).filter_map(|n| n.as_f64()).sum();
             Number::from_f64(sum).map(Value::Number)
         }
         AggregateKind::Avg(path) => {
-            let values = numbers(path);
-            let sum: f64 = values.iter().filter_map(|n| n.as_f64()).sum();
-            (!values.is_empty()).then(|| Number::from_f64(sum / values.len() as f64)).flatten().map(Value::Number)
+            let mut count = 0usize;
+            let sum: f64 = numbers(events, path).inspect(|_| count += 1).filter_map(|n| n.as_f64()).sum();
+            (count > 0).then(|| Number::from_f64(sum / count as f64)).flatten().map(Value::Number)
         }
-        AggregateKind::Min(path) => numbers(path)
-            .into_iter()
+        AggregateKind::Min(path) => numbers(events, path)
             .min_by(|a, b| compare_numbers(a, b).unwrap_or(Ordering::Equal))
             .map(|n| Value::Number(n.clone())),
-        AggregateKind::Max(path) => numbers(path)
-            .into_iter()
+        AggregateKind::Max(path) => numbers(events, path)
             .max_by(|a, b| compare_numbers(a, b).unwrap_or(Ordering::Equal))
             .map(|n| Value::Number(n.clone())),
     };

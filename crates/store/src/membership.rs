@@ -941,17 +941,41 @@ impl MembershipStore for PgStore {
         let users: Vec<&str> = updates.iter().map(|u| u.line_user_id.as_str()).collect();
         let mut tx = self.pool.begin().await?;
         sqlx::query(PG_LOCK_BUCKETS).bind(&users).execute(&mut *tx).await?;
-        let rows = sqlx::query("SELECT line_user_id, segment_id FROM segment_memberships WHERE line_user_id = ANY($1)")
-            .bind(&users)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut current: HashMap<String, BTreeSet<String>> = HashMap::new();
+        // The comparison with the stored state runs where that state is: a
+        // user whose memberships and due time are as stored (every user of a
+        // settled audience) sends back no row. Sets travel joined by `,`,
+        // which segment ids ([a-z0-9_]) never contain.
+        let new_sets: Vec<String> =
+            updates.iter().map(|u| u.segments.iter().map(String::as_str).collect::<Vec<_>>().join(",")).collect();
+        let new_due: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.next_due).collect();
+        let rows = sqlx::query(
+            "SELECT p.i, c.segments, c.due_at
+             FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS p (id, segments, due_at, i)
+             CROSS JOIN LATERAL (SELECT
+                 ARRAY(SELECT m.segment_id FROM segment_memberships m WHERE m.line_user_id = p.id) AS segments,
+                 (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id) AS due_at) c
+             WHERE NOT (c.segments @> string_to_array(p.segments, ',') AND c.segments <@ string_to_array(p.segments, ','))
+                OR c.due_at IS DISTINCT FROM p.due_at",
+        )
+        .bind(&users)
+        .bind(&new_sets)
+        .bind(&new_due)
+        .fetch_all(&mut *tx)
+        .await?;
+        // Position in `updates` → stored memberships and due time.
+        let mut stored: HashMap<usize, (BTreeSet<String>, Option<DateTime<Utc>>)> = HashMap::new();
         for row in rows {
-            current.entry(row.try_get("line_user_id")?).or_default().insert(row.try_get("segment_id")?);
+            let position: i64 = row.try_get(0)?;
+            let segments: Vec<String> = row.try_get(1)?;
+            if let Ok(i) = usize::try_from(position - 1) {
+                stored.insert(i, (segments.into_iter().collect(), row.try_get(2)?));
+            }
         }
-        let empty = BTreeSet::new();
-        let diffs: Vec<Diff<'_>> =
-            updates.iter().map(|u| diff(u, current.get(u.line_user_id.as_str()).unwrap_or(&empty))).collect();
+        let diffs: Vec<Diff<'_>> = updates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| stored.get(&i).map(|(current, _)| diff(u, current)))
+            .collect();
 
         let (mut out_users, mut out_segments) = (Vec::new(), Vec::new());
         let (mut in_users, mut in_segments) = (Vec::new(), Vec::new());
@@ -1004,26 +1028,15 @@ impl MembershipStore for PgStore {
             .await?;
         }
         // Only due times that change are written: a recompute of a settled
-        // audience then writes nothing at all.
-        // One index probe per user (a subquery per row: `= ANY` of a page's
-        // ids is planned as a scan of the whole table).
-        let scheduled: HashMap<String, DateTime<Utc>> = sqlx::query_as::<_, (String, Option<DateTime<Utc>>)>(
-            "SELECT u.id, (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = u.id)
-             FROM UNNEST($1::text[]) AS u (id)",
-        )
-        .bind(&users)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .filter_map(|(user, due)| due.map(|due| (user, due)))
-        .collect();
-        // A batch may name a user twice; the last update wins, as on SQLite.
-        let next_due: HashMap<&str, Option<DateTime<Utc>>> =
-            updates.iter().map(|u| (u.line_user_id.as_str(), u.next_due)).collect();
+        // audience then writes nothing at all. A batch may name a user twice;
+        // the last update wins, as on SQLite.
+        let last: HashMap<&str, usize> =
+            updates.iter().enumerate().map(|(i, u)| (u.line_user_id.as_str(), i)).collect();
         let (mut due_users, mut due_at, mut clear) = (Vec::new(), Vec::new(), Vec::new());
-        for (user, next) in next_due {
-            let current = scheduled.get(user);
-            match next {
+        for (user, i) in last {
+            // Not sent back: the same as stored.
+            let Some((_, current)) = stored.get(&i) else { continue };
+            match updates[i].next_due {
                 // Compared at the column's precision (µs).
                 Some(due) if current.map(|c| c.timestamp_micros()) != Some(due.timestamp_micros()) => {
                     due_users.push(user);

@@ -252,6 +252,29 @@ async fn apply_memberships_records_transitions(store: Arc<dyn Store>) {
     assert_eq!(summary, vec![("gold", 2, Some(at(1))), ("new", 1, Some(at(2))), ("vip", 0, Some(at(2)))]);
 }
 
+/// Only what differs from the stored state is written: the same memberships
+/// with a new due time move the due time alone; a user named twice in a
+/// batch ends with the last update's due time.
+async fn apply_memberships_writes_only_differences(store: Arc<dyn Store>) {
+    let (a, b, c) = (user(1), user(2), user(3));
+    let first = [update(&a, &["gold"], Some(at(5))), update(&b, &[], Some(at(6))), update(&c, &["vip"], None)];
+    assert_eq!(store.apply_memberships(&first, at(1), Cause::Event).await.expect("apply").len(), 2);
+    assert!(store.apply_memberships(&first, at(2), Cause::Recompute).await.expect("again").is_empty());
+    assert_eq!(store.due_users(at(23), 10).await.expect("due"), vec![a.clone(), b.clone()]);
+
+    let moved = [
+        update(&a, &["gold"], Some(at(7))),
+        update(&b, &[], None),
+        update(&c, &["vip"], Some(at(4))),
+        update(&c, &["vip"], Some(at(8))),
+    ];
+    assert!(store.apply_memberships(&moved, at(3), Cause::Time).await.expect("moved").is_empty());
+    assert_eq!(store.due_users(at(23), 10).await.expect("due"), vec![a.clone(), c.clone()]);
+    assert_eq!(store.next_due().await.expect("next"), Some(at(7)));
+    assert_eq!(store.user_memberships(&c).await.expect("c"), set(&["vip"]));
+    assert_eq!(store.transitions_after(0, 100).await.expect("history").len(), 2);
+}
+
 async fn schedule_is_set_cleared_and_due(store: Arc<dyn Store>) {
     let (a, b, c) = (user(1), user(2), user(3));
     assert_eq!(store.next_due().await.expect("none"), None);
@@ -310,6 +333,7 @@ conformance!(
     member_resolves_to_its_line_user,
     audience_is_every_known_line_user_in_pages,
     apply_memberships_records_transitions,
+    apply_memberships_writes_only_differences,
     schedule_is_set_cleared_and_due,
     segment_members_are_paged_by_line_user_id,
 );
