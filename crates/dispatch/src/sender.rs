@@ -20,7 +20,9 @@ use chrono_tz::Tz;
 use renkei_campaigns::{Campaign, CampaignSet, Trigger};
 use renkei_core::{Clock, LineUserId, MemberId};
 use renkei_line::{LineClient, LineError, Message, MulticastRequest, PushRequest};
-use renkei_store::dispatch::{ClaimOutcome, NewRequest, PendingDelivery, RequestKind, SendRequest, UserSendFacts};
+use renkei_store::dispatch::{
+    ClaimOutcome, NewRequest, PendingDelivery, QueueKey, RequestKind, SendRequest, UserSendFacts,
+};
 use renkei_store::membership::UserRecord;
 use renkei_store::{Store, StoreError};
 use serde_json::Value;
@@ -73,6 +75,18 @@ impl Default for DispatchSettings {
 /// How soon a planner looks again for due deliveries that another claim holds.
 const HELD_ELSEWHERE: Duration = Duration::from_millis(20);
 
+/// Planners look past what they took (see `claim_deliveries_after`), and
+/// from the start of the queue again at least this often: a claim that
+/// another instance rolled back, or a delivery enqueued with an earlier due
+/// time, waits at most this long more.
+const FULL_SCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// Where this process's planners start looking in the queue.
+struct ScanHint {
+    after: Option<QueueKey>,
+    last_full: std::time::Instant,
+}
+
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     line: LineClient,
@@ -84,6 +98,7 @@ pub struct Dispatcher {
     metrics: Arc<DispatchMetrics>,
     quota: Arc<QuotaGuard>,
     wake: Arc<Notify>,
+    scan: std::sync::Mutex<ScanHint>,
 }
 
 /// What happened to one request at LINE.
@@ -107,7 +122,20 @@ impl Dispatcher {
     ) -> Self {
         let limiters = Arc::new(Limiters::new(settings.rates));
         let owner = format!("dispatch-{}", Uuid::new_v4().simple());
-        Self { store, line, campaigns, clock, settings, owner, limiters, metrics, quota, wake: Arc::new(Notify::new()) }
+        let scan = std::sync::Mutex::new(ScanHint { after: None, last_full: std::time::Instant::now() });
+        Self {
+            store,
+            line,
+            campaigns,
+            clock,
+            settings,
+            owner,
+            limiters,
+            metrics,
+            quota,
+            wake: Arc::new(Notify::new()),
+            scan,
+        }
     }
 
     /// Wakes the planner and the sender (new deliveries were enqueued).
@@ -123,9 +151,23 @@ impl Dispatcher {
     pub async fn plan_once(&self) -> DispatchResult<usize> {
         let now = self.clock.now();
         let started = std::time::Instant::now();
-        let mut claim = self.store.claim_deliveries(now, self.settings.batch).await?;
+        let mut after = self.scan_from();
+        let mut claim = self.store.claim_deliveries_after(now, self.settings.batch, after).await?;
+        if after.is_some() && claim.len() < self.settings.batch as usize {
+            // The queue past the hint is running dry: what is left may be behind it.
+            self.reset_scan();
+            if claim.is_empty() {
+                after = None;
+                claim = self.store.claim_deliveries_after(now, self.settings.batch, None).await?;
+            }
+        }
         if claim.is_empty() {
             return Ok(0);
+        }
+        // Everything before a claim's last row is taken or held, unless a
+        // hinted claim came up short (then the next one looks from the start).
+        if after.is_none() || claim.len() == self.settings.batch as usize {
+            self.advance_scan(claim.deliveries.last().map(|d| (d.due_at, d.id)));
         }
         let claimed = claim.len();
         let claimed_at = std::time::Instant::now();
@@ -140,6 +182,8 @@ impl Dispatcher {
             Ok(ids) => ids,
             Err(error) => {
                 self.quota.release(reserved);
+                // Its deliveries are back in the queue, behind the hint.
+                self.reset_scan();
                 return Err(error.into());
             }
         };
@@ -150,6 +194,27 @@ impl Dispatcher {
             self.wake.notify_waiters();
         }
         Ok(claimed)
+    }
+
+    /// Where the next claim starts: past the hint, or from the start when a
+    /// full look is due.
+    fn scan_from(&self) -> Option<QueueKey> {
+        let mut scan = self.scan.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if scan.last_full.elapsed() >= FULL_SCAN_EVERY {
+            scan.last_full = std::time::Instant::now();
+            return None;
+        }
+        scan.after
+    }
+
+    fn advance_scan(&self, last: Option<QueueKey>) {
+        let mut scan = self.scan.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        scan.after = scan.after.max(last);
+    }
+
+    fn reset_scan(&self) {
+        let mut scan = self.scan.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        scan.after = None;
     }
 
     /// What to do with each claimed delivery, and how many recipients were

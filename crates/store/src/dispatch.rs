@@ -119,6 +119,9 @@ pub struct Delivery {
     pub requested_at: Option<DateTime<Utc>>,
 }
 
+/// A delivery's place in the queue: due first, then id.
+pub type QueueKey = (DateTime<Utc>, i64);
+
 /// A pending delivery as a planner claims it: what the policies and the
 /// request grouping need, nothing more.
 #[derive(Debug, Clone, PartialEq)]
@@ -382,7 +385,21 @@ pub trait DispatchStore: Send + Sync + 'static {
     /// dropped. Deliveries of paused campaigns are not claimed. On SQLite the
     /// claim holds the only writer: no other write of this store may be
     /// awaited while it is open.
-    async fn claim_deliveries(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Claim>;
+    async fn claim_deliveries(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Claim> {
+        self.claim_deliveries_after(now, limit, None).await
+    }
+
+    /// [`claim_deliveries`](Self::claim_deliveries) looking only past `after`
+    /// (a `(due_at, id)` in queue order). A planner that took everything up
+    /// to there (or saw it taken) starts past it: on PostgreSQL the head of
+    /// the queue is a trail of deleted rows until vacuum comes, and every
+    /// claim from the start would walk all of it.
+    async fn claim_deliveries_after(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        after: Option<QueueKey>,
+    ) -> StoreResult<Claim>;
 
     /// How many deliveries were `requested` or `sent` to each user since
     /// `since` (by `requested_at`), for one campaign or across all (`None`).
@@ -1005,7 +1022,12 @@ impl DispatchStore for SqliteStore {
         Ok(inserted)
     }
 
-    async fn claim_deliveries(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Claim> {
+    async fn claim_deliveries_after(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        after: Option<QueueKey>,
+    ) -> StoreResult<Claim> {
         // IMMEDIATE: the single writer is the claim's until it ends, so nothing can interleave.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query(concat!(
@@ -1014,11 +1036,14 @@ impl DispatchStore for SqliteStore {
             ", d.status, NULL AS request_id, NULL AS requested_at FROM deliveries d
              WHERE d.id IN (SELECT q.delivery_id FROM delivery_queue q
                             WHERE q.due_at <= ?1
+                              AND (?3 IS NULL OR q.due_at > ?3 OR (q.due_at = ?3 AND q.delivery_id > ?4))
                               AND q.campaign_id NOT IN (SELECT campaign_id FROM campaign_state WHERE paused)
                             ORDER BY q.due_at, q.delivery_id LIMIT ?2)"
         ))
         .bind(to_micros(now))
         .bind(i64::from(limit))
+        .bind(after.map(|(due, _)| to_micros(due)))
+        .bind(after.map(|(_, id)| id))
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
@@ -1568,6 +1593,9 @@ fn pg_user_values(items: &[(LineUserId, Option<String>)]) -> (Vec<&str>, Vec<Opt
     values.into_iter().unzip()
 }
 
+/// 1677-09-21: earlier than any due time, and inside PostgreSQL's range.
+const BEFORE_ANY_DUE: DateTime<Utc> = DateTime::from_timestamp_nanos(i64::MIN);
+
 /// A `delivery_queue` row: id, campaign, due, LINE user, member, and the
 /// delivery whose messages and context it shares.
 type QueueRow = (i64, String, DateTime<Utc>, Option<String>, Option<String>, i64);
@@ -1762,7 +1790,12 @@ impl DispatchStore for PgStore {
         Ok(inserted)
     }
 
-    async fn claim_deliveries(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Claim> {
+    async fn claim_deliveries_after(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        after: Option<QueueKey>,
+    ) -> StoreResult<Claim> {
         let mut tx = self.pool.begin().await?;
         // The queue swings between empty and millions of rows, so its
         // statistics are mostly stale: planned from them, a claim reads and
@@ -1789,6 +1822,7 @@ impl DispatchStore for PgStore {
                  SELECT q.ctid AS row, q.delivery_id, q.campaign_id, q.due_at, q.line_user_id, q.member_id, q.payload_of
                  FROM delivery_queue q
                  WHERE q.due_at <= $1
+                   AND (q.due_at, q.delivery_id) > ($3, $4)
                    AND q.campaign_id <> ALL(ARRAY(SELECT campaign_id FROM campaign_state WHERE paused))
                  ORDER BY q.due_at, q.delivery_id LIMIT $2
                  FOR UPDATE OF q SKIP LOCKED),
@@ -1797,6 +1831,9 @@ impl DispatchStore for PgStore {
         )
         .bind(now)
         .bind(i64::from(limit))
+        // No `after`: from before any key, so the row comparison stays an index condition.
+        .bind(after.map_or(BEFORE_ANY_DUE, |(due, _)| due))
+        .bind(after.map_or(i64::MIN, |(_, id)| id))
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {

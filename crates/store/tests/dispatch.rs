@@ -191,6 +191,28 @@ async fn claimed_deliveries_carry_their_own_payload(store: Arc<dyn Store>) {
     assert_eq!(*resolved.messages, messages("text 0"));
 }
 
+/// A claim past a queue key sees only what comes after it in queue order
+/// (due time, then id); without one, everything due.
+async fn claims_can_start_past_a_queue_key(store: Arc<dyn Store>) {
+    let batch = vec![
+        delivery("c", "t", 1, at(1)),
+        delivery("c", "t", 2, at(1)),
+        delivery("c", "t", 3, at(2)),
+        delivery("c", "t", 4, at(1)),
+    ];
+    store.insert_deliveries(&batch, at(1)).await.expect("insert");
+    let all = store.claim_deliveries_after(at(3), 10, None).await.expect("claim all");
+    let keys: Vec<(DateTime<Utc>, i64)> = all.deliveries.iter().map(|d| (d.due_at, d.id)).collect();
+    assert_eq!(keys.len(), 4);
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "queue order: {keys:?}");
+    drop(all);
+    let past_second = store.claim_deliveries_after(at(3), 10, Some(keys[1])).await.expect("claim past");
+    assert_eq!(ids_of(&past_second.deliveries, |d| d.id), vec![keys[2].1, keys[3].1]);
+    drop(past_second);
+    let past_last = store.claim_deliveries_after(at(3), 10, Some(keys[3])).await.expect("claim past the end");
+    assert!(past_last.is_empty());
+}
+
 async fn a_claim_commits_all_of_its_outcome_or_nothing(store: Arc<dyn Store>) {
     store
         .insert_deliveries(&[delivery("c", "t", 1, at(1)), delivery("c", "t", 2, at(1))], at(1))
@@ -655,6 +677,7 @@ conformance!(
     deliveries_are_deduplicated_by_campaign_trigger_and_recipient,
     claims_respect_due_at_and_come_earliest_first,
     claimed_deliveries_carry_their_own_payload,
+    claims_can_start_past_a_queue_key,
     a_claim_commits_all_of_its_outcome_or_nothing,
     paused_campaigns_are_not_claimed,
     requests_complete_retry_and_fail_with_their_deliveries,
