@@ -948,14 +948,15 @@ impl MembershipStore for PgStore {
         let new_sets: Vec<String> =
             updates.iter().map(|u| u.segments.iter().map(String::as_str).collect::<Vec<_>>().join(",")).collect();
         let new_due: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.next_due).collect();
+        // Both sides sorted bytewise (a BTreeSet's order is `COLLATE "C"`).
         let rows = sqlx::query(
-            "SELECT p.i, c.segments, c.due_at
-             FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS p (id, segments, due_at, i)
-             CROSS JOIN LATERAL (SELECT
-                 ARRAY(SELECT m.segment_id FROM segment_memberships m WHERE m.line_user_id = p.id) AS segments,
-                 (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id) AS due_at) c
-             WHERE NOT (c.segments @> string_to_array(p.segments, ',') AND c.segments <@ string_to_array(p.segments, ','))
-                OR c.due_at IS DISTINCT FROM p.due_at",
+            r#"SELECT p.i, ARRAY(SELECT m.segment_id FROM segment_memberships m WHERE m.line_user_id = p.id),
+                      (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id)
+               FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS p (id, segments, due_at, i)
+               WHERE COALESCE((SELECT string_agg(m.segment_id, ',' ORDER BY m.segment_id COLLATE "C")
+                               FROM segment_memberships m WHERE m.line_user_id = p.id), '') <> p.segments
+                  OR (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id)
+                     IS DISTINCT FROM p.due_at"#,
         )
         .bind(&users)
         .bind(&new_sets)
