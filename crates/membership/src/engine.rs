@@ -8,7 +8,9 @@ use futures::StreamExt;
 use renkei_core::{Clock, LineUserId, UserRef};
 use renkei_segments::{EventFact, SegmentSet, UserFacts};
 use renkei_store::Store;
-use renkei_store::membership::{Cause, EventSelection, MembershipUpdate, SegmentStats, Transition, UserRecord};
+use renkei_store::membership::{
+    Cause, EventSelection, FactEventRecord, MembershipUpdate, SegmentStats, Transition, UserRecord,
+};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -123,14 +125,42 @@ pub fn facts_of(record: UserRecord) -> UserFacts {
         events: record
             .events
             .into_iter()
-            .map(|e| EventFact { event_type: e.event_type, occurred_at: e.occurred_at, properties: e.properties })
+            .map(|e| EventFact {
+                event_type: e.event_type,
+                occurred_at: e.occurred_at,
+                properties: e.properties.into(),
+            })
+            .collect(),
+    }
+}
+
+/// A user loaded for evaluation (`load_user_facts`) as the segment language sees it.
+fn selected_facts_of(record: UserRecord<FactEventRecord>) -> UserFacts {
+    UserFacts {
+        line_user_id: record.line_user_id,
+        linked: record.member_id.is_some(),
+        following: record.following,
+        attributes: record.attributes,
+        events: record
+            .events
+            .into_iter()
+            .map(|e| EventFact {
+                event_type: e.event_type,
+                occurred_at: e.occurred_at,
+                properties: e.properties.into_iter().collect(),
+            })
             .collect(),
     }
 }
 
 /// The user's complete answer at `now` and when it may next change by time alone.
-fn evaluate_record(segments: &SegmentSet, record: UserRecord, now: DateTime<Utc>, tz: Tz) -> MembershipUpdate {
-    let facts = facts_of(record);
+fn evaluate_record(
+    segments: &SegmentSet,
+    record: UserRecord<FactEventRecord>,
+    now: DateTime<Utc>,
+    tz: Tz,
+) -> MembershipUpdate {
+    let facts = selected_facts_of(record);
     let answers = segments.evaluate_in_order(&facts, now, tz);
     let next_due = segments.next_change(&facts, now, tz).filter(|due| *due > now);
     MembershipUpdate {
@@ -147,7 +177,7 @@ fn evaluate_record(segments: &SegmentSet, record: UserRecord, now: DateTime<Utc>
 
 fn evaluate_page(
     segments: &SegmentSet,
-    records: Vec<UserRecord>,
+    records: Vec<UserRecord<FactEventRecord>>,
     now: DateTime<Utc>,
     tz: Tz,
 ) -> (Vec<MembershipUpdate>, u64) {
@@ -382,7 +412,7 @@ impl MembershipEngine {
             let page = self.store.audience_page(after.as_ref(), self.page_size).await?;
             let Some(last) = page.last().cloned() else { break };
             for record in self.store.load_user_facts(&page, &self.selection.at(at)).await? {
-                let facts = facts_of(record);
+                let facts = selected_facts_of(record);
                 if self.segments.evaluate_segment(segment_id, &facts, at, self.tz) == Some(true) {
                     members.push(facts.line_user_id);
                 }

@@ -18,7 +18,80 @@ use std::collections::BTreeMap;
 pub struct EventFact {
     pub event_type: String,
     pub occurred_at: DateTime<Utc>,
-    pub properties: Map<String, Value>,
+    pub properties: Properties,
+}
+
+/// An event's top-level properties: a few keys, each once, kept in a plain
+/// list (a map per event costs more than the few comparisons a lookup makes).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Properties(Vec<(String, Value)>);
+
+impl Properties {
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Sets `key`, replacing an earlier value.
+    pub fn insert(&mut self, key: String, value: Value) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// As a JSON object.
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+impl From<Map<String, Value>> for Properties {
+    fn from(map: Map<String, Value>) -> Self {
+        Self(map.into_iter().collect())
+    }
+}
+
+impl FromIterator<(String, Value)> for Properties {
+    fn from_iter<I: IntoIterator<Item = (String, Value)>>(items: I) -> Self {
+        let mut properties = Properties::new();
+        for (key, value) in items {
+            properties.insert(key, value);
+        }
+        properties
+    }
+}
+
+/// Objects whose fields a path can start from.
+pub(crate) trait Fields {
+    fn field(&self, key: &str) -> Option<&Value>;
+}
+
+impl Fields for Map<String, Value> {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
+impl Fields for Properties {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
 }
 
 /// Everything a segment can look at for one LINE user.
@@ -115,9 +188,9 @@ fn eval_condition(condition: &Condition, facts: &UserFacts, at: At, results: &Re
 }
 
 /// The value at a dotted path; JSON `null` counts as missing.
-pub(crate) fn lookup<'a>(root: &'a Map<String, Value>, path: &FieldPath) -> Option<&'a Value> {
+pub(crate) fn lookup<'a>(root: &'a impl Fields, path: &FieldPath) -> Option<&'a Value> {
     let (first, rest) = path.parts.split_first()?;
-    let mut value = root.get(first)?;
+    let mut value = root.field(first)?;
     for part in rest {
         value = value.as_object()?.get(part)?;
     }
@@ -191,7 +264,7 @@ fn compare_numbers(a: &Number, b: &Number) -> Option<Ordering> {
     }
 }
 
-fn filters_match(filters: &[PropertyFilter], properties: &Map<String, Value>, at: At) -> bool {
+fn filters_match(filters: &[PropertyFilter], properties: &Properties, at: At) -> bool {
     filters.iter().all(|filter| {
         let value = lookup(properties, &filter.path);
         filter.comparators.iter().all(|c| compare(value, c, at))

@@ -16,11 +16,11 @@
 
 use crate::ast::{Comparator, Condition, EventCondition, PropertyFilter};
 use crate::calendar::next_local_midnight;
-use crate::eval::{At, UserFacts, lookup, time_of};
+use crate::eval::{At, Properties, UserFacts, lookup, time_of};
 use crate::set::SegmentSet;
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeSet;
 
 impl SegmentSet {
@@ -93,7 +93,7 @@ impl Earliest {
         }
     }
 
-    fn filters(&mut self, filters: &[PropertyFilter], properties: &Map<String, Value>) {
+    fn filters(&mut self, filters: &[PropertyFilter], properties: &Properties) {
         for filter in filters {
             let value = lookup(properties, &filter.path);
             for comparator in &filter.comparators {

@@ -28,7 +28,7 @@ fn user(attributes: Option<Value>, events: &[(&str, &str, Value)]) -> UserFacts 
             .map(|(kind, at, props)| EventFact {
                 event_type: kind.to_string(),
                 occurred_at: t(at),
-                properties: object(props.clone()),
+                properties: object(props.clone()).into(),
             })
             .collect(),
     }

@@ -455,7 +455,7 @@ fn scenario_of(rules: BoxedStrategy<Vec<Rule>>, tight: bool) -> impl Strategy<Va
                     EventFact {
                         event_type: kind.to_string(),
                         occurred_at: now + Duration::minutes(30 * half_hours) + Duration::seconds(jitter_seconds),
-                        properties,
+                        properties: properties.into(),
                     }
                 })
                 .collect();
@@ -652,7 +652,7 @@ fn reference_event(e: &EventRule, facts: &UserFacts, now: DateTime<Utc>, tz: Tz)
                 continue;
             }
         }
-        if !reference_filters(&e.filters, &event.properties, now, tz) {
+        if !reference_filters(&e.filters, &event.properties.to_map(), now, tz) {
             continue;
         }
         if let Some(f) = &e.follow {
@@ -664,12 +664,15 @@ fn reference_event(e: &EventRule, facts: &UserFacts, now: DateTime<Utc>, tz: Tz)
                     ok = ok && next.occurred_at - event.occurred_at <= Duration::seconds(w);
                 }
                 for p in &f.match_properties {
-                    match (reference_lookup(&event.properties, p), reference_lookup(&next.properties, p)) {
+                    match (
+                        reference_lookup(&event.properties.to_map(), p),
+                        reference_lookup(&next.properties.to_map(), p),
+                    ) {
                         (Some(a), Some(b)) => ok = ok && reference_equal(a, b),
                         _ => ok = false,
                     }
                 }
-                ok = ok && reference_filters(&f.filters, &next.properties, now, tz);
+                ok = ok && reference_filters(&f.filters, &next.properties.to_map(), now, tz);
                 if ok {
                     followed = true;
                 }
@@ -686,7 +689,7 @@ fn reference_event(e: &EventRule, facts: &UserFacts, now: DateTime<Utc>, tz: Tz)
     };
     let mut numbers = Vec::new();
     for event in &kept {
-        if let Some(n) = reference_lookup(&event.properties, property).and_then(Value::as_f64) {
+        if let Some(n) = reference_lookup(&event.properties.to_map(), property).and_then(Value::as_f64) {
             numbers.push(n);
         }
     }

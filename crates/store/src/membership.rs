@@ -109,9 +109,36 @@ pub struct UserEventRecord {
     pub properties: Map<String, Value>,
 }
 
+/// One event of a user as segment evaluation reads it: only the properties
+/// segments look at (see [`EventSelection`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactEventRecord {
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    /// The top-level keys kept, each once.
+    pub properties: Vec<(String, Value)>,
+}
+
+/// Events in a page, sorted by time when the page is assembled.
+trait Timed {
+    fn occurred_at(&self) -> DateTime<Utc>;
+}
+
+impl Timed for UserEventRecord {
+    fn occurred_at(&self) -> DateTime<Utc> {
+        self.occurred_at
+    }
+}
+
+impl Timed for FactEventRecord {
+    fn occurred_at(&self) -> DateTime<Utc> {
+        self.occurred_at
+    }
+}
+
 /// Everything stored about one LINE user that segments can look at.
 #[derive(Debug, Clone, PartialEq)]
-pub struct UserRecord {
+pub struct UserRecord<E = UserEventRecord> {
     pub line_user_id: LineUserId,
     pub member_id: Option<MemberId>,
     /// The linked member's attributes; `None` when not linked.
@@ -119,7 +146,7 @@ pub struct UserRecord {
     /// A linked user counts as following until an unfollow is seen.
     pub following: bool,
     /// Oldest first.
-    pub events: Vec<UserEventRecord>,
+    pub events: Vec<E>,
 }
 
 /// Which events [`MembershipStore::load_user_facts`] loads, and which of
@@ -175,7 +202,11 @@ pub trait MembershipStore: Send + Sync + 'static {
     /// Like `load_users` with `Some(&selection.types)`, except that each
     /// event keeps only the properties `selection` names: what segment
     /// evaluation reads, at a fraction of the decoding cost.
-    async fn load_user_facts(&self, users: &[LineUserId], selection: &EventSelection) -> StoreResult<Vec<UserRecord>>;
+    async fn load_user_facts(
+        &self,
+        users: &[LineUserId],
+        selection: &EventSelection,
+    ) -> StoreResult<Vec<UserRecord<FactEventRecord>>>;
 
     /// The LINE user linked to a member, if any.
     async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>>;
@@ -257,14 +288,14 @@ fn attributes_of(value: Value) -> Map<String, Value> {
 /// Event properties (JSON text) keeping only `keys`, parsed without building
 /// the values of the other keys. Not an object (or not JSON): empty, as in
 /// [`properties_of`].
-fn thin_properties(text: &str, keys: &BTreeSet<String>) -> Map<String, Value> {
+fn thin_properties(text: &str, keys: &BTreeSet<String>) -> Vec<(String, Value)> {
     use serde::de::DeserializeSeed;
     let mut deserializer = serde_json::Deserializer::from_str(text);
     match Thin(keys).deserialize(&mut deserializer).and_then(|map| deserializer.end().map(|()| map)) {
         Ok(map) => map,
         Err(error) => {
             tracing::warn!(%error, "event properties are not a JSON object; treated as empty");
-            Map::new()
+            Vec::new()
         }
     }
 }
@@ -273,7 +304,7 @@ fn thin_properties(text: &str, keys: &BTreeSet<String>) -> Map<String, Value> {
 struct Thin<'k>(&'k BTreeSet<String>);
 
 impl<'de> serde::de::DeserializeSeed<'de> for Thin<'_> {
-    type Value = Map<String, Value>;
+    type Value = Vec<(String, Value)>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_map(self)
@@ -281,18 +312,23 @@ impl<'de> serde::de::DeserializeSeed<'de> for Thin<'_> {
 }
 
 impl<'de> serde::de::Visitor<'de> for Thin<'_> {
-    type Value = Map<String, Value>;
+    type Value = Vec<(String, Value)>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = Map::new();
+        let mut out: Vec<(String, Value)> = Vec::new();
         while let Some(key) = map.next_key::<Key<'de>>()? {
             let key = key.0;
             if self.0.contains(key.as_ref()) {
-                out.insert(key.into_owned(), map.next_value()?);
+                let value = map.next_value()?;
+                // A key given twice keeps its last value, as in a JSON map.
+                match out.iter_mut().find(|(k, _)| *k == key) {
+                    Some(slot) => slot.1 = value,
+                    None => out.push((key.into_owned(), value)),
+                }
             } else {
                 map.next_value::<serde::de::IgnoredAny>()?;
             }
@@ -326,13 +362,44 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
     }
 }
 
-/// Assembles records from the per-user rows and the event rows of one page;
-/// rows name their user by position in the page.
-struct PageBuilder {
-    records: Vec<UserRecord>,
+/// How event rows become records: with all their properties (`load_users`)
+/// or only those selected (`load_user_facts`).
+trait EventMaker: Sync {
+    type Event: Timed + Send;
+    fn make(&self, event_type: String, occurred_at: DateTime<Utc>, properties: Option<&str>) -> Self::Event;
 }
 
-impl PageBuilder {
+struct AllProperties;
+
+impl EventMaker for AllProperties {
+    type Event = UserEventRecord;
+
+    fn make(&self, event_type: String, occurred_at: DateTime<Utc>, properties: Option<&str>) -> UserEventRecord {
+        let properties =
+            properties.map(|text| properties_of(serde_json::from_str(text).unwrap_or(Value::Null))).unwrap_or_default();
+        UserEventRecord { event_type, occurred_at, properties }
+    }
+}
+
+impl EventMaker for EventSelection {
+    type Event = FactEventRecord;
+
+    fn make(&self, event_type: String, occurred_at: DateTime<Utc>, properties: Option<&str>) -> FactEventRecord {
+        let properties = match (properties, self.keys.get(&event_type)) {
+            (Some(text), Some(keys)) => thin_properties(text, keys),
+            _ => Vec::new(),
+        };
+        FactEventRecord { event_type, occurred_at, properties }
+    }
+}
+
+/// Assembles records from the per-user rows and the event rows of one page;
+/// rows name their user by position in the page.
+struct PageBuilder<E> {
+    records: Vec<UserRecord<E>>,
+}
+
+impl<E: Timed> PageBuilder<E> {
     fn new(users: &[LineUserId]) -> Self {
         let records = users
             .iter()
@@ -348,7 +415,7 @@ impl PageBuilder {
     }
 
     /// The record at a position the database sent back, if it is one.
-    fn record(&mut self, position: i64) -> Option<&mut UserRecord> {
+    fn record(&mut self, position: i64) -> Option<&mut UserRecord<E>> {
         usize::try_from(position).ok().and_then(|i| self.records.get_mut(i))
     }
 
@@ -371,7 +438,7 @@ impl PageBuilder {
         record.following = following.unwrap_or(record.member_id.is_some());
     }
 
-    fn push_event(&mut self, position: i64, event: UserEventRecord) {
+    fn push_event(&mut self, position: i64, event: E) {
         if let Some(record) = self.record(position) {
             record.events.push(event);
         }
@@ -382,9 +449,9 @@ impl PageBuilder {
         self.records.iter().map(|r| r.member_id.as_ref().map(|m| m.as_str())).collect()
     }
 
-    fn finish(mut self) -> Vec<UserRecord> {
+    fn finish(mut self) -> Vec<UserRecord<E>> {
         for record in &mut self.records {
-            record.events.sort_by_key(|e| e.occurred_at);
+            record.events.sort_by_key(Timed::occurred_at);
         }
         self.records
     }
@@ -472,12 +539,13 @@ fn ids_json(users: &[LineUserId]) -> String {
 impl SqliteStore {
     /// `load_users` and `load_user_facts`: with a selection, properties are
     /// read only for the types that need them, and thinned to their keys.
-    async fn load_records(
+    async fn load_records<M: EventMaker>(
         &self,
         users: &[LineUserId],
         event_types: Option<&[String]>,
         selection: Option<&EventSelection>,
-    ) -> StoreResult<Vec<UserRecord>> {
+        maker: &M,
+    ) -> StoreResult<Vec<UserRecord<M::Event>>> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
@@ -535,16 +603,7 @@ impl SqliteStore {
             let position: i64 = row.try_get("position")?;
             let event_type: String = row.try_get("type")?;
             let properties: Option<&str> = row.try_get("properties")?;
-            let properties = match (properties, selection) {
-                (None, _) => Map::new(),
-                (Some(text), None) => properties_of(serde_json::from_str(text).unwrap_or(Value::Null)),
-                (Some(text), Some(selection)) => match selection.keys.get(&event_type) {
-                    Some(keys) => thin_properties(text, keys),
-                    None => Map::new(),
-                },
-            };
-            let event =
-                UserEventRecord { event_type, occurred_at: from_micros(row.try_get("occurred_at")?)?, properties };
+            let event = maker.make(event_type, from_micros(row.try_get("occurred_at")?)?, properties);
             page.push_event(position, event);
         }
         Ok(page.finish())
@@ -554,11 +613,15 @@ impl SqliteStore {
 #[async_trait]
 impl MembershipStore for SqliteStore {
     async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {
-        self.load_records(users, event_types, None).await
+        self.load_records(users, event_types, None, &AllProperties).await
     }
 
-    async fn load_user_facts(&self, users: &[LineUserId], selection: &EventSelection) -> StoreResult<Vec<UserRecord>> {
-        self.load_records(users, Some(&selection.types), Some(selection)).await
+    async fn load_user_facts(
+        &self,
+        users: &[LineUserId],
+        selection: &EventSelection,
+    ) -> StoreResult<Vec<UserRecord<FactEventRecord>>> {
+        self.load_records(users, Some(&selection.types), Some(selection), selection).await
     }
 
     async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>> {
@@ -773,12 +836,13 @@ const PG_LOCK_BUCKETS: &str = "SELECT pg_advisory_xact_lock(4242, k)
 impl PgStore {
     /// `load_users` and `load_user_facts`: with a selection, properties are
     /// sent only for the types that need them, and thinned to their keys.
-    async fn load_records(
+    async fn load_records<M: EventMaker>(
         &self,
         users: &[LineUserId],
         event_types: Option<&[String]>,
         selection: Option<&EventSelection>,
-    ) -> StoreResult<Vec<UserRecord>> {
+        maker: &M,
+    ) -> StoreResult<Vec<UserRecord<M::Event>>> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
@@ -864,15 +928,7 @@ impl PgStore {
             while let Some(row) = rows.try_next().await? {
                 let event_type: String = row.try_get(1)?;
                 let properties: Option<&str> = row.try_get(3)?;
-                let properties = match (properties, selection) {
-                    (None, _) => Map::new(),
-                    (Some(text), None) => properties_of(serde_json::from_str(text).unwrap_or(Value::Null)),
-                    (Some(text), Some(selection)) => match selection.keys.get(&event_type) {
-                        Some(keys) => thin_properties(text, keys),
-                        None => Map::new(),
-                    },
-                };
-                let event = UserEventRecord { event_type, occurred_at: row.try_get(2)?, properties };
+                let event = maker.make(event_type, row.try_get(2)?, properties);
                 let position: i64 = row.try_get(0)?;
                 page.push_event(position - 1, event);
             }
@@ -885,11 +941,15 @@ impl PgStore {
 #[async_trait]
 impl MembershipStore for PgStore {
     async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {
-        self.load_records(users, event_types, None).await
+        self.load_records(users, event_types, None, &AllProperties).await
     }
 
-    async fn load_user_facts(&self, users: &[LineUserId], selection: &EventSelection) -> StoreResult<Vec<UserRecord>> {
-        self.load_records(users, Some(&selection.types), Some(selection)).await
+    async fn load_user_facts(
+        &self,
+        users: &[LineUserId],
+        selection: &EventSelection,
+    ) -> StoreResult<Vec<UserRecord<FactEventRecord>>> {
+        self.load_records(users, Some(&selection.types), Some(selection), selection).await
     }
 
     async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>> {

@@ -165,7 +165,7 @@ async fn load_user_facts_thins_properties_and_old_events(store: Arc<dyn Store>) 
     let loaded: Vec<(&str, DateTime<Utc>, Value)> = one
         .events
         .iter()
-        .map(|e| (e.event_type.as_str(), e.occurred_at, Value::Object(e.properties.clone())))
+        .map(|e| (e.event_type.as_str(), e.occurred_at, Value::Object(e.properties.iter().cloned().collect())))
         .collect();
     assert_eq!(
         loaded,
