@@ -172,7 +172,16 @@ impl Dispatcher {
         let claimed = claim.len();
         let claimed_at = std::time::Instant::now();
         DispatchMetrics::add(&self.metrics.planning_claim_micros, micros(claimed_at - started));
-        let (outcome, reserved) = self.plan(std::mem::take(&mut claim.deliveries), now).await?;
+        let (outcome, reserved) = match self.plan(std::mem::take(&mut claim.deliveries), now).await {
+            Ok(planned) => planned,
+            Err(error) => {
+                // Give the deliveries back at once, not when the connection is next used.
+                if let Err(release) = claim.release().await {
+                    tracing::warn!(%release, "releasing a claim failed; its connection ends it");
+                }
+                return Err(error);
+            }
+        };
         let planned_at = std::time::Instant::now();
         DispatchMetrics::add(&self.metrics.planning_policy_micros, micros(planned_at - claimed_at));
         // Nothing is sent before this commit; if it fails, the claim rolls back.

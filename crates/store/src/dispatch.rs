@@ -287,6 +287,16 @@ impl Claim {
     /// delivery must be in exactly one request, skip or defer; anything else
     /// is a [`StoreError::Conflict`] and changes nothing. Returns the new
     /// request ids, in the order of `outcome.requests`.
+    /// Gives the held deliveries back unchanged, now. (Dropping a claim
+    /// does too, but PostgreSQL's rollback then waits until its connection
+    /// is next used, and the rows stay held until then.)
+    pub async fn release(self) -> StoreResult<()> {
+        match self.lock {
+            Some(lock) => lock.rollback().await,
+            None => Ok(()),
+        }
+    }
+
     pub async fn commit(self, outcome: &ClaimOutcome, now: DateTime<Utc>) -> StoreResult<Vec<i64>> {
         let Claim { held, lock, .. } = self;
         let checked = check_outcome(&held, outcome);

@@ -205,10 +205,10 @@ async fn claims_can_start_past_a_queue_key(store: Arc<dyn Store>) {
     let keys: Vec<(DateTime<Utc>, i64)> = all.deliveries.iter().map(|d| (d.due_at, d.id)).collect();
     assert_eq!(keys.len(), 4);
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "queue order: {keys:?}");
-    drop(all);
+    all.release().await.expect("release");
     let past_second = store.claim_deliveries_after(at(3), 10, Some(keys[1])).await.expect("claim past");
     assert_eq!(ids_of(&past_second.deliveries, |d| d.id), vec![keys[2].1, keys[3].1]);
-    drop(past_second);
+    past_second.release().await.expect("release");
     let past_last = store.claim_deliveries_after(at(3), 10, Some(keys[3])).await.expect("claim past the end");
     assert!(past_last.is_empty());
 }
@@ -304,7 +304,7 @@ async fn paused_campaigns_are_not_claimed(store: Arc<dyn Store>) {
 
     let claim = store.claim_deliveries(at(3), 10).await.expect("claim");
     assert_eq!(claim.deliveries.iter().map(|d| d.campaign_id.as_str()).collect::<Vec<_>>(), vec!["live"]);
-    drop(claim);
+    claim.release().await.expect("release");
 
     store.set_campaign_paused("paused", false, at(5)).await.expect("resume");
     assert!(store.paused_campaigns().await.expect("paused").is_empty());
