@@ -9,7 +9,7 @@ use renkei_core::{Clock, LineUserId, UserRef};
 use renkei_segments::{EventFact, SegmentSet, UserFacts};
 use renkei_store::Store;
 use renkei_store::membership::{
-    Cause, EventSelection, FactEventRecord, MembershipUpdate, SegmentStats, Transition, UserRecord,
+    Cause, EventSelection, FactEventRecord, MembershipUpdate, SegmentStats, Transition, UserEventRecord, UserRecord,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -115,41 +115,36 @@ pub struct MembershipEngine {
     pub(crate) timer_target: AtomicI64,
 }
 
-/// A stored user as the segment language sees it.
-pub fn facts_of(record: UserRecord) -> UserFacts {
-    UserFacts {
-        line_user_id: record.line_user_id,
-        linked: record.member_id.is_some(),
-        following: record.following,
-        attributes: record.attributes,
-        events: record
-            .events
-            .into_iter()
-            .map(|e| EventFact {
-                event_type: e.event_type,
-                occurred_at: e.occurred_at,
-                properties: e.properties.into(),
-            })
-            .collect(),
+/// A stored event as the segment language sees it: a full record (`load_users`)
+/// or one thinned for evaluation (`load_user_facts`).
+pub trait IntoEventFact {
+    fn into_event_fact(self) -> EventFact;
+}
+
+impl IntoEventFact for UserEventRecord {
+    fn into_event_fact(self) -> EventFact {
+        EventFact { event_type: self.event_type, occurred_at: self.occurred_at, properties: self.properties.into() }
     }
 }
 
-/// A user loaded for evaluation (`load_user_facts`) as the segment language sees it.
-fn selected_facts_of(record: UserRecord<FactEventRecord>) -> UserFacts {
+impl IntoEventFact for FactEventRecord {
+    fn into_event_fact(self) -> EventFact {
+        EventFact {
+            event_type: self.event_type,
+            occurred_at: self.occurred_at,
+            properties: self.properties.into_iter().collect(),
+        }
+    }
+}
+
+/// A stored user as the segment language sees it.
+pub fn facts_of<E: IntoEventFact>(record: UserRecord<E>) -> UserFacts {
     UserFacts {
         line_user_id: record.line_user_id,
         linked: record.member_id.is_some(),
         following: record.following,
         attributes: record.attributes,
-        events: record
-            .events
-            .into_iter()
-            .map(|e| EventFact {
-                event_type: e.event_type,
-                occurred_at: e.occurred_at,
-                properties: e.properties.into_iter().collect(),
-            })
-            .collect(),
+        events: record.events.into_iter().map(IntoEventFact::into_event_fact).collect(),
     }
 }
 
@@ -160,7 +155,7 @@ fn evaluate_record(
     now: DateTime<Utc>,
     tz: Tz,
 ) -> MembershipUpdate {
-    let facts = selected_facts_of(record);
+    let facts = facts_of(record);
     let answers = segments.evaluate_in_order(&facts, now, tz);
     let next_due = segments.next_change(&facts, now, tz).filter(|due| *due > now);
     MembershipUpdate {
@@ -412,7 +407,7 @@ impl MembershipEngine {
             let page = self.store.audience_page(after.as_ref(), self.page_size).await?;
             let Some(last) = page.last().cloned() else { break };
             for record in self.store.load_user_facts(&page, &self.selection.at(at)).await? {
-                let facts = selected_facts_of(record);
+                let facts = facts_of(record);
                 if self.segments.evaluate_segment(segment_id, &facts, at, self.tz) == Some(true) {
                     members.push(facts.line_user_id);
                 }
