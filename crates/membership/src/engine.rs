@@ -9,7 +9,8 @@ use renkei_core::{Clock, LineUserId, UserRef};
 use renkei_segments::{EventFact, SegmentSet, UserFacts};
 use renkei_store::Store;
 use renkei_store::membership::{
-    Cause, EventSelection, FactEventRecord, MembershipUpdate, SegmentStats, Transition, UserEventRecord, UserRecord,
+    AudiencePage, Cause, EventSelection, FactEventRecord, MembershipUpdate, SegmentStats, Transition, UserEventRecord,
+    UserRecord,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -37,18 +38,20 @@ struct PageContext {
 impl PageContext {
     /// One recompute page: its users' facts loaded and evaluated at the
     /// clock's `now` (evaluation is CPU work, kept off the async workers).
-    async fn load_and_evaluate(self, page: MembershipResult<Vec<LineUserId>>) -> MembershipResult<EvaluatedPage> {
+    async fn load_and_evaluate(self, page: MembershipResult<AudiencePage>) -> MembershipResult<EvaluatedPage> {
+        let page = page?;
         let now = self.clock.now();
-        let records = self.store.load_user_facts(&page?, &self.selection.at(now)).await?;
+        let records = self.store.load_page_facts(&page, &self.selection.at(now)).await?;
         let (segments, tz) = (self.segments, self.tz);
         let (updates, events) = tokio::task::spawn_blocking(move || evaluate_page(&segments, records, now, tz))
             .await
             .map_err(|e| MembershipError::Task(e.to_string()))?;
-        Ok(EvaluatedPage { updates, events, now })
+        Ok(EvaluatedPage { page, updates, events, now })
     }
 }
 
 struct EvaluatedPage {
+    page: AudiencePage,
     updates: Vec<MembershipUpdate>,
     events: u64,
     now: DateTime<Utc>,
@@ -296,7 +299,7 @@ impl MembershipEngine {
         let started = Instant::now();
         tracing::info!(segments = self.segments.len(), "full recompute started");
         // Paging is an index-only walk, far cheaper than loading: it runs ahead.
-        let (ids_tx, ids_rx) = mpsc::channel::<MembershipResult<Vec<LineUserId>>>(PAGES_IN_FLIGHT * 2);
+        let (ids_tx, ids_rx) = mpsc::channel::<MembershipResult<AudiencePage>>(PAGES_IN_FLIGHT * 2);
         let pager = {
             let store = self.store.clone();
             let page_size = self.page_size;
@@ -319,13 +322,14 @@ impl MembershipEngine {
                 }
             })
         };
-        let (write_tx, mut write_rx) = mpsc::channel::<(Vec<MembershipUpdate>, DateTime<Utc>)>(2);
+        let (write_tx, mut write_rx) = mpsc::channel::<EvaluatedPage>(2);
         let writer = {
             let store = self.store.clone();
             tokio::spawn(async move {
                 let mut transitions = 0u64;
-                while let Some((updates, now)) = write_rx.recv().await {
-                    transitions += store.apply_memberships(&updates, now, Cause::Recompute).await?.len() as u64;
+                while let Some(page) = write_rx.recv().await {
+                    let applied = store.apply_page_memberships(&page.page, &page.updates, page.now, Cause::Recompute);
+                    transitions += applied.await?.len() as u64;
                 }
                 Ok::<u64, MembershipError>(transitions)
             })
@@ -361,12 +365,12 @@ impl MembershipEngine {
                     break;
                 }
             };
-            let users = evaluated.updates.len() as u64;
-            if write_tx.send((evaluated.updates, evaluated.now)).await.is_err() {
+            let (users, events) = (evaluated.updates.len() as u64, evaluated.events);
+            if write_tx.send(evaluated).await.is_err() {
                 break; // the writer failed; its error is returned below
             }
             done.users += users;
-            done.events += evaluated.events;
+            done.events += events;
             progress(&done);
             tracing::info!(users = done.users, events = done.events, "recompute progress");
         }
@@ -406,7 +410,7 @@ impl MembershipEngine {
         loop {
             let page = self.store.audience_page(after.as_ref(), self.page_size).await?;
             let Some(last) = page.last().cloned() else { break };
-            for record in self.store.load_user_facts(&page, &self.selection.at(at)).await? {
+            for record in self.store.load_page_facts(&page, &self.selection.at(at)).await? {
                 let facts = facts_of(record);
                 if self.segments.evaluate_segment(segment_id, &facts, at, self.tz) == Some(true) {
                     members.push(facts.line_user_id);

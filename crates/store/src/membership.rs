@@ -176,6 +176,38 @@ impl EventSelection {
     }
 }
 
+/// A page of the audience: every audience user strictly after `after` up to
+/// and including the last of `users`, sorted in the store's order (what
+/// [`MembershipStore::audience_page`] returns). Because a page is a whole key
+/// range, a store may read it as ranges rather than user by user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AudiencePage {
+    pub after: Option<LineUserId>,
+    pub users: Vec<LineUserId>,
+}
+
+impl AudiencePage {
+    /// The last user, where the next page starts after.
+    pub fn last(&self) -> Option<&LineUserId> {
+        self.users.last()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// The page's key range `(after, last]`, `after` empty for the first
+    /// page; `None` for an empty page.
+    fn key_range(&self) -> Option<(&str, &str)> {
+        let last = self.users.last()?;
+        Some((self.after.as_ref().map_or("", |a| a.as_str()), last.as_str()))
+    }
+}
+
 /// A user's complete new membership set and next time-driven evaluation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MembershipUpdate {
@@ -208,12 +240,21 @@ pub trait MembershipStore: Send + Sync + 'static {
         selection: &EventSelection,
     ) -> StoreResult<Vec<UserRecord<FactEventRecord>>>;
 
+    /// `load_user_facts` for the users of an audience page.
+    async fn load_page_facts(
+        &self,
+        page: &AudiencePage,
+        selection: &EventSelection,
+    ) -> StoreResult<Vec<UserRecord<FactEventRecord>>> {
+        self.load_user_facts(&page.users, selection).await
+    }
+
     /// The LINE user linked to a member, if any.
     async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>>;
 
     /// The audience universe (friendships, links, events' `line_user_id`),
     /// sorted, strictly after `after`, at most `limit`.
-    async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<Vec<LineUserId>>;
+    async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<AudiencePage>;
 
     /// Segment ids the user is currently in.
     async fn user_memberships(&self, line_user_id: &LineUserId) -> StoreResult<BTreeSet<String>>;
@@ -227,6 +268,19 @@ pub trait MembershipStore: Send + Sync + 'static {
         at: DateTime<Utc>,
         cause: Cause,
     ) -> StoreResult<Vec<Transition>>;
+
+    /// `apply_memberships` for users of an audience page (`updates` name no
+    /// one outside it).
+    async fn apply_page_memberships(
+        &self,
+        page: &AudiencePage,
+        updates: &[MembershipUpdate],
+        at: DateTime<Utc>,
+        cause: Cause,
+    ) -> StoreResult<Vec<Transition>> {
+        let _ = page;
+        self.apply_memberships(updates, at, cause).await
+    }
 
     /// Sets (`Some`) or clears (`None`) when the user must be re-evaluated.
     async fn set_due(&self, line_user_id: &LineUserId, due_at: Option<DateTime<Utc>>) -> StoreResult<()>;
@@ -632,7 +686,7 @@ impl MembershipStore for SqliteStore {
         id.map(|id| parse_user(&id)).transpose()
     }
 
-    async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<Vec<LineUserId>> {
+    async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<AudiencePage> {
         // Each source is cut at `limit` first, so a page costs O(limit), not O(universe).
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT u FROM (
@@ -651,7 +705,8 @@ impl MembershipStore for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        ids.iter().map(|id| parse_user(id)).collect()
+        let users = ids.iter().map(|id| parse_user(id)).collect::<StoreResult<_>>()?;
+        Ok(AudiencePage { after: after.cloned(), users })
     }
 
     async fn user_memberships(&self, line_user_id: &LineUserId) -> StoreResult<BTreeSet<String>> {
@@ -833,164 +888,182 @@ impl MembershipStore for SqliteStore {
 const PG_LOCK_BUCKETS: &str = "SELECT pg_advisory_xact_lock(4242, k)
      FROM (SELECT DISTINCT (hashtext(u) & 255) AS k FROM UNNEST($1::text[]) AS u) s ORDER BY k";
 
+/// Which users a PostgreSQL read is for: a list, read user by user (one
+/// index probe each), or a whole audience page, read as key ranges.
+#[derive(Clone, Copy)]
+enum PgUsers<'a> {
+    Listed(&'a [LineUserId]),
+    Page(&'a AudiencePage),
+}
+
+impl<'a> PgUsers<'a> {
+    fn users(self) -> &'a [LineUserId] {
+        match self {
+            PgUsers::Listed(users) => users,
+            PgUsers::Page(page) => &page.users,
+        }
+    }
+}
+
+/// The columns every source of a user's events sends: properties as text,
+/// and only for the types in $3 (all when NULL), since rendering JSON is most
+/// of the database's work per event.
+const PG_FACT_COLUMNS: &str = "e.type, e.occurred_at,
+        CASE WHEN $3::text[] IS NULL OR e.type = ANY($3::text[]) THEN e.properties::text END";
+
+/// The event filters every source shares: the types in $2 (all when NULL),
+/// each bounded from below by $5 (aligned with $2).
+const PG_FACT_FILTERS: &str = "($2::text[] IS NULL OR e.type = ANY($2::text[]))
+        AND e.occurred_at > COALESCE(($5::timestamptz[])[array_position($2::text[], e.type)], '-infinity')";
+
+/// A user's events: those with its line_user_id, and those of the member it
+/// is linked to (as just read: $4, aligned with $1) that do not name it
+/// already. Each source twice: events whose properties fit in an index entry
+/// come from the covering `*_facts` indexes (index-only: a user's events are
+/// adjacent there, while in the heap each is on its own page), the rest
+/// through the small `*_large` indexes. The size predicates must match the
+/// indexes' (migration 0006) for the planner to use them. Rows name their
+/// user by position in $1 (1-based) or, from a key range, by id.
+///
+/// `line_user` and `line_source` are how events with a line_user_id are
+/// found: probing per listed user, or for a page one scan of its key range
+/// ($6, $7].
+fn pg_events_sql(line_user: &str, line_source: &str) -> String {
+    let (member_user, member_source) = (
+        "u.i, NULL::text",
+        "FROM UNNEST($1::text[], $4::text[]) WITH ORDINALITY AS u (id, member_id, i)
+         JOIN events e ON e.member_id = u.member_id
+         WHERE e.line_user_id IS DISTINCT FROM u.id AND",
+    );
+    [(line_user, line_source), (member_user, member_source)]
+        .iter()
+        .flat_map(|source| [(source, "<="), (source, ">")])
+        .map(|((user, source), size)| {
+            format!(
+                "SELECT {user}, {PG_FACT_COLUMNS} {source} {PG_FACT_FILTERS} AND octet_length(e.properties::text) {size} 2000"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\nUNION ALL\n")
+}
+
+static PG_EVENTS_LISTED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    pg_events_sql(
+        "u.i, NULL::text",
+        "FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i) JOIN events e ON e.line_user_id = u.id WHERE",
+    )
+});
+
+static PG_EVENTS_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    pg_events_sql(
+        "NULL::bigint, e.line_user_id",
+        "FROM events e WHERE e.line_user_id > $6 AND e.line_user_id <= $7 AND",
+    )
+});
+
 impl PgStore {
-    /// `load_users` and `load_user_facts`: with a selection, properties are
-    /// sent only for the types that need them, and thinned to their keys.
+    /// `load_users`, `load_user_facts` and `load_page_facts`: with a
+    /// selection, properties are sent only for the types that need them, and
+    /// thinned to their keys.
     async fn load_records<M: EventMaker>(
         &self,
-        users: &[LineUserId],
+        users: PgUsers<'_>,
         event_types: Option<&[String]>,
         selection: Option<&EventSelection>,
         maker: &M,
     ) -> StoreResult<Vec<UserRecord<M::Event>>> {
-        if users.is_empty() {
+        let listed = users.users();
+        if listed.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+        let ids: Vec<&str> = listed.iter().map(|u| u.as_str()).collect();
         let with_properties = selection.map(EventSelection::types_with_properties);
         let since = selection.map(EventSelection::since_by_type);
-        let mut page = PageBuilder::new(users);
-        // Both queries are written to be one index probe per user, which is
-        // the generic plan; a custom plan, made for a page of known size,
-        // hashes whole tables and starts parallel workers instead (2-3x the
-        // database's work). Hence generic plans, for this transaction only.
+        let mut page = PageBuilder::new(listed);
+        // Rows read by key range name their user by id.
+        let positions: HashMap<&str, i64> = match users {
+            PgUsers::Page(_) => ids.iter().enumerate().map(|(i, id)| (*id, i as i64)).collect(),
+            PgUsers::Listed(_) => HashMap::new(),
+        };
+        let position_of = |position: Option<i64>, id: Option<&str>| match position {
+            Some(position) => Some(position - 1),
+            None => id.and_then(|id| positions.get(id).copied()),
+        };
+        // The queries are written to be one index probe per user or one scan
+        // per range, which is the generic plan; a custom plan, made for a
+        // page of known size, hashes whole tables and starts parallel workers
+        // instead (2-3x the database's work). Hence generic plans, for this
+        // transaction only.
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan").execute(&mut *tx).await?;
-        // Rows name their user by position in the page (1-based ordinality).
-        let rows = sqlx::query(
-            "SELECT u.i, l.member_id, m.attributes, f.following
-             FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i)
-             LEFT JOIN links l ON l.line_user_id = u.id
-             LEFT JOIN members m ON m.member_id = l.member_id
-             LEFT JOIN friendships f ON f.line_user_id = u.id",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = match users {
+            // Rows name their user by position in the list (1-based ordinality).
+            PgUsers::Listed(_) => {
+                sqlx::query(
+                    "SELECT u.i, NULL::text, l.member_id, m.attributes, f.following
+                     FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i)
+                     LEFT JOIN links l ON l.line_user_id = u.id
+                     LEFT JOIN members m ON m.member_id = l.member_id
+                     LEFT JOIN friendships f ON f.line_user_id = u.id",
+                )
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            // A page's links and friendships are two range scans, merged.
+            PgUsers::Page(audience) => {
+                let Some((after, last)) = audience.key_range() else { return Ok(Vec::new()) };
+                sqlx::query(
+                    "SELECT NULL::bigint, COALESCE(l.line_user_id, f.line_user_id), l.member_id, m.attributes,
+                            f.following
+                     FROM (SELECT line_user_id, member_id FROM links WHERE line_user_id > $1 AND line_user_id <= $2) l
+                     FULL JOIN (SELECT line_user_id, following FROM friendships
+                                WHERE line_user_id > $1 AND line_user_id <= $2) f
+                       ON f.line_user_id = l.line_user_id
+                     LEFT JOIN members m ON m.member_id = l.member_id",
+                )
+                .bind(after)
+                .bind(last)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        };
         for row in rows {
-            let position: i64 = row.try_get(0)?;
-            let attributes: Option<Json<Value>> = row.try_get(2)?;
-            page.set_user(position - 1, row.try_get(1)?, attributes.map(|a| a.0), row.try_get(3)?);
+            let Some(position) = position_of(row.try_get(0)?, row.try_get(1)?) else { continue };
+            let attributes: Option<Json<Value>> = row.try_get(3)?;
+            page.set_user(position, row.try_get(2)?, attributes.map(|a| a.0), row.try_get(4)?);
         }
-        // A user's events: those with its line_user_id, and those of the
-        // member it is linked to (as just read: $4, aligned with $1) that do
-        // not name it already. Each source twice: events whose properties fit
-        // in an index entry come from the covering `*_facts` indexes
-        // (index-only: a user's events are adjacent there, while in the heap
-        // each is on its own page), the rest through the small `*_large`
-        // indexes. The size predicates must match the indexes' (migration
-        // 0006) for the planner to use them. Driving each branch from the page's
-        // list makes it one index probe per user.
-        // Properties travel as text, and only for the types in $3 (all when
-        // NULL): rendering JSON is most of the database's work per event.
-        // $5 (aligned with $2) bounds each type's events from below.
         let members = page.member_ids();
         {
-            let rows = sqlx::query(
-                "SELECT u.i, e.type, e.occurred_at,
-                        CASE WHEN $3::text[] IS NULL OR e.type = ANY($3::text[]) THEN e.properties::text END
-                 FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i) JOIN events e ON e.line_user_id = u.id
-                 WHERE ($2::text[] IS NULL OR e.type = ANY($2::text[])) AND octet_length(e.properties::text) <= 2000
-                   AND e.occurred_at > COALESCE(($5::timestamptz[])[array_position($2::text[], e.type)], '-infinity')
-                 UNION ALL
-                 SELECT u.i, e.type, e.occurred_at,
-                        CASE WHEN $3::text[] IS NULL OR e.type = ANY($3::text[]) THEN e.properties::text END
-                 FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i) JOIN events e ON e.line_user_id = u.id
-                 WHERE ($2::text[] IS NULL OR e.type = ANY($2::text[])) AND octet_length(e.properties::text) > 2000
-                   AND e.occurred_at > COALESCE(($5::timestamptz[])[array_position($2::text[], e.type)], '-infinity')
-                 UNION ALL
-                 SELECT u.i, e.type, e.occurred_at,
-                        CASE WHEN $3::text[] IS NULL OR e.type = ANY($3::text[]) THEN e.properties::text END
-                 FROM UNNEST($1::text[], $4::text[]) WITH ORDINALITY AS u (id, member_id, i)
-                 JOIN events e ON e.member_id = u.member_id
-                 WHERE e.line_user_id IS DISTINCT FROM u.id
-                   AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))
-                   AND e.occurred_at > COALESCE(($5::timestamptz[])[array_position($2::text[], e.type)], '-infinity')
-                   AND octet_length(e.properties::text) <= 2000
-                 UNION ALL
-                 SELECT u.i, e.type, e.occurred_at,
-                        CASE WHEN $3::text[] IS NULL OR e.type = ANY($3::text[]) THEN e.properties::text END
-                 FROM UNNEST($1::text[], $4::text[]) WITH ORDINALITY AS u (id, member_id, i)
-                 JOIN events e ON e.member_id = u.member_id
-                 WHERE e.line_user_id IS DISTINCT FROM u.id
-                   AND ($2::text[] IS NULL OR e.type = ANY($2::text[]))
-                   AND e.occurred_at > COALESCE(($5::timestamptz[])[array_position($2::text[], e.type)], '-infinity')
-                   AND octet_length(e.properties::text) > 2000",
-            )
-            .bind(&ids)
-            .bind(event_types)
-            .bind(with_properties)
-            .bind(&members)
-            .bind(since)
-            .fetch(&mut *tx);
+            let query = match users {
+                PgUsers::Listed(_) => sqlx::query(PG_EVENTS_LISTED.as_str()),
+                PgUsers::Page(_) => sqlx::query(PG_EVENTS_PAGE.as_str()),
+            };
+            let mut query = query.bind(&ids).bind(event_types).bind(with_properties).bind(&members).bind(since);
+            if let PgUsers::Page(audience) = users {
+                let (after, last) = audience.key_range().unwrap_or_default();
+                query = query.bind(after).bind(last);
+            }
+            let rows = query.fetch(&mut *tx);
             // Streamed and read by position: a recompute reads millions of rows here.
             futures::pin_mut!(rows);
             while let Some(row) = rows.try_next().await? {
-                let event_type: String = row.try_get(1)?;
-                let properties: Option<&str> = row.try_get(3)?;
-                let event = maker.make(event_type, row.try_get(2)?, properties);
-                let position: i64 = row.try_get(0)?;
-                page.push_event(position - 1, event);
+                let Some(position) = position_of(row.try_get(0)?, row.try_get(1)?) else { continue };
+                let event_type: String = row.try_get(2)?;
+                let properties: Option<&str> = row.try_get(4)?;
+                let event = maker.make(event_type, row.try_get(3)?, properties);
+                page.push_event(position, event);
             }
         }
         tx.commit().await?;
         Ok(page.finish())
     }
-}
 
-#[async_trait]
-impl MembershipStore for PgStore {
-    async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {
-        self.load_records(users, event_types, None, &AllProperties).await
-    }
-
-    async fn load_user_facts(
+    /// `apply_memberships`; with `page`, the stored state is read as key
+    /// ranges rather than user by user.
+    async fn apply_memberships_to(
         &self,
-        users: &[LineUserId],
-        selection: &EventSelection,
-    ) -> StoreResult<Vec<UserRecord<FactEventRecord>>> {
-        self.load_records(users, Some(&selection.types), Some(selection), selection).await
-    }
-
-    async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>> {
-        let id: Option<String> = sqlx::query_scalar("SELECT line_user_id FROM links WHERE member_id = $1")
-            .bind(member_id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        id.map(|id| parse_user(&id)).transpose()
-    }
-
-    async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<Vec<LineUserId>> {
-        // Each source is cut at `limit` first (index order), so a page costs
-        // O(limit); `DISTINCT ON` merges the three sorted lists (plain
-        // `DISTINCT` is planned as hashing and sorting again, 10x the cost).
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT ON (u) u FROM (
-                 (SELECT line_user_id AS u FROM friendships WHERE line_user_id > $1 ORDER BY line_user_id LIMIT $2)
-                 UNION ALL
-                 (SELECT line_user_id AS u FROM links WHERE line_user_id > $1 ORDER BY line_user_id LIMIT $2)
-                 UNION ALL
-                 (SELECT DISTINCT line_user_id AS u FROM events WHERE line_user_id IS NOT NULL AND line_user_id > $1
-                  ORDER BY line_user_id LIMIT $2)
-             ) s ORDER BY u LIMIT $2",
-        )
-        .bind(after.map(|a| a.as_str()).unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        ids.iter().map(|id| parse_user(id)).collect()
-    }
-
-    async fn user_memberships(&self, line_user_id: &LineUserId) -> StoreResult<BTreeSet<String>> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT segment_id FROM segment_memberships WHERE line_user_id = $1")
-            .bind(line_user_id.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(ids.into_iter().collect())
-    }
-
-    async fn apply_memberships(
-        &self,
+        page: Option<&AudiencePage>,
         updates: &[MembershipUpdate],
         at: DateTime<Utc>,
         cause: Cause,
@@ -1009,20 +1082,45 @@ impl MembershipStore for PgStore {
             updates.iter().map(|u| u.segments.iter().map(String::as_str).collect::<Vec<_>>().join(",")).collect();
         let new_due: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.next_due).collect();
         // Both sides sorted bytewise (a BTreeSet's order is `COLLATE "C"`).
-        let rows = sqlx::query(
-            r#"SELECT p.i, ARRAY(SELECT m.segment_id FROM segment_memberships m WHERE m.line_user_id = p.id),
-                      (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id)
-               FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS p (id, segments, due_at, i)
-               WHERE COALESCE((SELECT string_agg(m.segment_id, ',' ORDER BY m.segment_id COLLATE "C")
-                               FROM segment_memberships m WHERE m.line_user_id = p.id), '') <> p.segments
-                  OR (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id)
-                     IS DISTINCT FROM p.due_at"#,
-        )
-        .bind(&users)
-        .bind(&new_sets)
-        .bind(&new_due)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = match page.and_then(AudiencePage::key_range) {
+            None => {
+                sqlx::query(
+                    r#"SELECT p.i, ARRAY(SELECT m.segment_id FROM segment_memberships m WHERE m.line_user_id = p.id),
+                              (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id)
+                       FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS p (id, segments, due_at, i)
+                       WHERE COALESCE((SELECT string_agg(m.segment_id, ',' ORDER BY m.segment_id COLLATE "C")
+                                       FROM segment_memberships m WHERE m.line_user_id = p.id), '') <> p.segments
+                          OR (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id)
+                             IS DISTINCT FROM p.due_at"#,
+                )
+                .bind(&users)
+                .bind(&new_sets)
+                .bind(&new_due)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            // A page's stored state is two range scans, hashed against the page.
+            Some((after, last)) => {
+                sqlx::query(
+                    r#"SELECT p.i, ARRAY(SELECT m.segment_id FROM segment_memberships m WHERE m.line_user_id = p.id),
+                              d.due_at
+                       FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS p (id, segments, due_at, i)
+                       LEFT JOIN (SELECT line_user_id, string_agg(segment_id, ',' ORDER BY segment_id COLLATE "C") AS segments
+                                  FROM segment_memberships WHERE line_user_id > $4 AND line_user_id <= $5
+                                  GROUP BY line_user_id) s ON s.line_user_id = p.id
+                       LEFT JOIN (SELECT line_user_id, due_at FROM evaluation_schedule
+                                  WHERE line_user_id > $4 AND line_user_id <= $5) d ON d.line_user_id = p.id
+                       WHERE COALESCE(s.segments, '') <> p.segments OR d.due_at IS DISTINCT FROM p.due_at"#,
+                )
+                .bind(&users)
+                .bind(&new_sets)
+                .bind(&new_due)
+                .bind(after)
+                .bind(last)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        };
         // Position in `updates` → stored memberships and due time.
         let mut stored: HashMap<usize, (BTreeSet<String>, Option<DateTime<Utc>>)> = HashMap::new();
         for row in rows {
@@ -1126,6 +1224,86 @@ impl MembershipStore for PgStore {
         }
         tx.commit().await?;
         Ok(transitions)
+    }
+}
+
+#[async_trait]
+impl MembershipStore for PgStore {
+    async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {
+        self.load_records(PgUsers::Listed(users), event_types, None, &AllProperties).await
+    }
+
+    async fn load_user_facts(
+        &self,
+        users: &[LineUserId],
+        selection: &EventSelection,
+    ) -> StoreResult<Vec<UserRecord<FactEventRecord>>> {
+        self.load_records(PgUsers::Listed(users), Some(&selection.types), Some(selection), selection).await
+    }
+
+    async fn load_page_facts(
+        &self,
+        page: &AudiencePage,
+        selection: &EventSelection,
+    ) -> StoreResult<Vec<UserRecord<FactEventRecord>>> {
+        self.load_records(PgUsers::Page(page), Some(&selection.types), Some(selection), selection).await
+    }
+
+    async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>> {
+        let id: Option<String> = sqlx::query_scalar("SELECT line_user_id FROM links WHERE member_id = $1")
+            .bind(member_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        id.map(|id| parse_user(&id)).transpose()
+    }
+
+    async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<AudiencePage> {
+        // Each source is cut at `limit` first (index order), so a page costs
+        // O(limit); `DISTINCT ON` merges the three sorted lists (plain
+        // `DISTINCT` is planned as hashing and sorting again, 10x the cost).
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT ON (u) u FROM (
+                 (SELECT line_user_id AS u FROM friendships WHERE line_user_id > $1 ORDER BY line_user_id LIMIT $2)
+                 UNION ALL
+                 (SELECT line_user_id AS u FROM links WHERE line_user_id > $1 ORDER BY line_user_id LIMIT $2)
+                 UNION ALL
+                 (SELECT DISTINCT line_user_id AS u FROM events WHERE line_user_id IS NOT NULL AND line_user_id > $1
+                  ORDER BY line_user_id LIMIT $2)
+             ) s ORDER BY u LIMIT $2",
+        )
+        .bind(after.map(|a| a.as_str()).unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let users = ids.iter().map(|id| parse_user(id)).collect::<StoreResult<_>>()?;
+        Ok(AudiencePage { after: after.cloned(), users })
+    }
+
+    async fn user_memberships(&self, line_user_id: &LineUserId) -> StoreResult<BTreeSet<String>> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT segment_id FROM segment_memberships WHERE line_user_id = $1")
+            .bind(line_user_id.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids.into_iter().collect())
+    }
+
+    async fn apply_memberships(
+        &self,
+        updates: &[MembershipUpdate],
+        at: DateTime<Utc>,
+        cause: Cause,
+    ) -> StoreResult<Vec<Transition>> {
+        self.apply_memberships_to(None, updates, at, cause).await
+    }
+
+    async fn apply_page_memberships(
+        &self,
+        page: &AudiencePage,
+        updates: &[MembershipUpdate],
+        at: DateTime<Utc>,
+        cause: Cause,
+    ) -> StoreResult<Vec<Transition>> {
+        self.apply_memberships_to(Some(page), updates, at, cause).await
     }
 
     async fn set_due(&self, line_user_id: &LineUserId, due_at: Option<DateTime<Utc>>) -> StoreResult<()> {

@@ -209,10 +209,84 @@ async fn audience_is_every_known_line_user_in_pages(store: Arc<dyn Store>) {
         let page = store.audience_page(after.as_ref(), 2).await.expect("page");
         assert!(page.len() <= 2);
         let Some(last) = page.last().cloned() else { break };
-        all.extend(page);
+        all.extend(page.users);
         after = Some(last);
     }
     assert_eq!(all, vec![user(1), user(2), user(3), user(4), user(5), user(6)]);
+}
+
+/// A recompute reads whole audience pages, which a store may read as key
+/// ranges: a page's facts are exactly those of its users read one by one,
+/// and a user that joined the range after paging is left to the next read.
+async fn page_reads_agree_with_listed_reads(store: Arc<dyn Store>) {
+    let big: String = (0..6_000u32).map(|i| char::from(b'a' + ((i * 7919 + i / 13) % 26) as u8)).collect();
+    store.link(&member("m2"), &user(2), LinkMethod::Api, at(1)).await.expect("link 2");
+    store.link(&member("m6"), &user(6), LinkMethod::Api, at(1)).await.expect("link 6");
+    store.link(&member("m10"), &user(10), LinkMethod::Api, at(1)).await.expect("link 10");
+    store.set_following(&user(6), false, at(1)).await.expect("unfollow 6");
+    store.set_following(&user(4), true, at(1)).await.expect("follow 4");
+    let events: Vec<NewEvent> = [
+        json!({"type": "purchase", "member_id": "m2", "properties": {"amount": 1, "sku": "s"}}),
+        json!({"type": "purchase", "member_id": "m2", "properties": {"amount": 2, "note": big}}),
+        json!({"type": "purchase", "line_user_id": user(2).as_str(), "properties": {"amount": 3}}),
+        json!({"type": "visit", "line_user_id": user(2).as_str(), "properties": {"note": big}}),
+        json!({"type": "visit", "line_user_id": user(8).as_str()}),
+        // m10's event naming another user counts for both.
+        json!({"type": "visit", "member_id": "m10", "line_user_id": user(4).as_str()}),
+        json!({"type": "purchase", "member_id": "m6", "line_user_id": user(6).as_str(), "properties": {"amount": 6}}),
+        json!({"type": "purchase", "member_id": "unlinked", "properties": {"amount": 9}}),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, mut value)| {
+        value["occurred_at"] = json!(format!("2026-11-23T0{i}:00:00Z"));
+        event(value)
+    })
+    .collect();
+    store.insert_events(&events, at(9)).await.expect("events");
+    let keys = [("purchase".to_string(), set(&["amount", "note"])), ("visit".to_string(), set(&[]))];
+    let selection = EventSelection {
+        types: vec!["purchase".to_string(), "visit".to_string()],
+        keys: keys.into_iter().collect(),
+        since: [("purchase".to_string(), at(0) + Duration::minutes(30))].into_iter().collect(),
+    };
+    for size in [1, 2, 3, 10] {
+        let (mut after, mut seen, mut events) = (None, Vec::new(), 0);
+        loop {
+            let page = store.audience_page(after.as_ref(), size).await.expect("page");
+            let Some(last) = page.last().cloned() else { break };
+            let by_page = store.load_page_facts(&page, &selection).await.expect("page facts");
+            let by_list = store.load_user_facts(&page.users, &selection).await.expect("listed facts");
+            assert_eq!(by_page, by_list, "page of {size} after {after:?}");
+            events += by_page.iter().map(|r| r.events.len()).sum::<usize>();
+            seen.extend(page.users);
+            after = Some(last);
+        }
+        assert_eq!(seen, vec![user(2), user(4), user(6), user(8), user(10)], "pages of {size}");
+        assert_eq!(events, 7, "pages of {size}: every loadable event once per user it counts for");
+    }
+
+    // Paged, then a user joins inside the page's range: the page keeps to its users.
+    let page = store.audience_page(None, 2).await.expect("page");
+    assert_eq!(page.users, vec![user(2), user(4)]);
+    store.set_following(&user(3), true, at(9)).await.expect("follow 3");
+    let records = store.load_page_facts(&page, &selection).await.expect("stale page");
+    assert_eq!(records.iter().map(|r| r.line_user_id.clone()).collect::<Vec<_>>(), page.users);
+
+    // Applying a page's memberships: the same outcome as applying a list.
+    let updates = [update(&user(2), &["gold", "vip"], Some(at(20))), update(&user(4), &[], Some(at(21)))];
+    let applied = store.apply_page_memberships(&page, &updates, at(10), Cause::Recompute).await.expect("apply page");
+    assert_eq!(applied.len(), 2);
+    store.apply_memberships(&[update(&user(3), &["gold"], None)], at(10), Cause::Event).await.expect("apply 3");
+    assert!(store.apply_page_memberships(&page, &updates, at(11), Cause::Recompute).await.expect("again").is_empty());
+    let moved = [update(&user(2), &["vip"], None), update(&user(4), &[], Some(at(22)))];
+    let applied = store.apply_page_memberships(&page, &moved, at(12), Cause::Recompute).await.expect("moved");
+    let summary: Vec<_> = applied.iter().map(|t| (t.segment_id.as_str(), t.kind)).collect();
+    assert_eq!(summary, vec![("gold", TransitionKind::Exited)]);
+    assert_eq!(store.user_memberships(&user(2)).await.expect("2"), set(&["vip"]));
+    assert_eq!(store.user_memberships(&user(3)).await.expect("3"), set(&["gold"]), "outside the updates: untouched");
+    assert_eq!(store.due_users(at(23), 10).await.expect("due"), vec![user(4)]);
+    assert_eq!(store.next_due().await.expect("next"), Some(at(22)));
 }
 
 async fn apply_memberships_records_transitions(store: Arc<dyn Store>) {
@@ -332,6 +406,7 @@ conformance!(
     load_user_facts_thins_properties_and_old_events,
     member_resolves_to_its_line_user,
     audience_is_every_known_line_user_in_pages,
+    page_reads_agree_with_listed_reads,
     apply_memberships_records_transitions,
     apply_memberships_writes_only_differences,
     schedule_is_set_cleared_and_due,
