@@ -201,7 +201,7 @@ async fn measure(name: &str, store: Arc<dyn Store>, config: &Config) -> Result<(
         .with_page_size(config.page);
     let rss_before = peak_rss_mb();
     let cpu_before = cpu_seconds();
-    let report = engine.recompute_all(|_| {}).await?;
+    let report = engine.recompute_all(progress_printer()).await?;
     let secs = report.elapsed.as_secs_f64();
     println!(
         "{name}: recompute {} users, {} events in {secs:.2} s = {:.0} users/s, {:.0} events/s; {} transitions; \
@@ -217,7 +217,7 @@ async fn measure(name: &str, store: Arc<dyn Store>, config: &Config) -> Result<(
     );
     // Again with nothing to change: the cost of reading and evaluating alone.
     let cpu_before = cpu_seconds();
-    let again = engine.recompute_all(|_| {}).await?;
+    let again = engine.recompute_all(progress_printer()).await?;
     let secs = again.elapsed.as_secs_f64();
     println!(
         "{name}: second recompute (no changes to write) {secs:.2} s = {:.0} users/s, {:.0} events/s; {} transitions; \
@@ -238,6 +238,19 @@ async fn measure(name: &str, store: Arc<dyn Store>, config: &Config) -> Result<(
     let per = started.elapsed().as_secs_f64() / samples as f64;
     println!("{name}: evaluate_user (real-time path, one user) {:.3} ms average over {samples}", per * 1000.0);
     Ok(())
+}
+
+/// With `RENKEI_BENCH_PROGRESS` set, prints time and renkei CPU every 100,000 users.
+fn progress_printer() -> impl FnMut(&renkei_membership::RecomputeProgress) + Send {
+    let (verbose, started, cpu) = (std::env::var_os("RENKEI_BENCH_PROGRESS").is_some(), Instant::now(), cpu_seconds());
+    let mut next = 100_000;
+    move |done| {
+        if verbose && done.users >= next {
+            next += 100_000;
+            let (secs, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+            println!("  {} users at {secs:.1} s, renkei CPU {cpu:.1} s", done.users);
+        }
+    }
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -211,3 +211,14 @@ fn the_suite_knows_where_postgres_is() {
         assert!(std::env::var(test_support::POSTGRES_URL_VAR).is_ok());
     }
 }
+
+/// Every query renkei runs is short: JIT compilation (redone on every
+/// execution) would cost more than it saves, so the store's sessions run
+/// without it, whatever the server's default.
+#[tokio::test]
+async fn postgres_sessions_run_without_jit() {
+    let Some(test) = test_support::postgres().await.expect("postgres store") else { return };
+    let store = renkei_store::PgStore::connect(&test.url).await.expect("connect");
+    let jit: String = sqlx::query_scalar("SHOW jit").fetch_one(store.pool()).await.expect("show jit");
+    assert_eq!(jit, "off");
+}
