@@ -32,6 +32,7 @@ use renkei_core::{Clock, LineUserId, MemberId, MemberPatch, NewEvent, SystemCloc
 use renkei_line_sim::{Endpoint, LineSim, SimConfig};
 use renkei_membership::{Cause, MembershipEngine, TransitionKind};
 use renkei_segments::SegmentSet;
+use renkei_store::test_support::measure::peak_rss_mb;
 use renkei_store::{PgStore, Store, test_support};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
@@ -50,16 +51,6 @@ const EVENTS_PER_USER: usize = 50;
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 fn line_user(i: usize) -> String {

@@ -23,6 +23,7 @@ use renkei_membership::Cause;
 use renkei_segments::SegmentSet;
 use renkei_store::Store;
 use renkei_store::membership::MembershipUpdate;
+use renkei_store::test_support::measure::{cpu_seconds_of, current_rss_mb, peak_rss_mb, postgres_cpu_seconds};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -42,59 +43,6 @@ const SAME: &str = r#"{"type":"bubble","body":{"type":"box","layout":"vertical",
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-fn current_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-/// CPU seconds (user + system) of a process from /proc/PID/stat: its own
-/// and, with `children`, those of its reaped children too.
-fn cpu_seconds_of(pid: &str, children: bool) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name: utime, stime are the 12th and 13th, cutime, cstime next.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let own = ticks(11) + ticks(12);
-    (if children { own + ticks(13) + ticks(14) } else { own }) / 100.0
-}
-
-/// CPU seconds of a local PostgreSQL server, when `RENKEI_BENCH_POSTMASTER_PID`
-/// names its postmaster: (the bench's connections, everything else: autovacuum,
-/// checkpoints, WAL writer, ended processes).
-fn postgres_cpu_seconds() -> Option<(f64, f64)> {
-    let pid = std::env::var("RENKEI_BENCH_POSTMASTER_PID").ok()?;
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    let (mut clients, mut other) = (0.0, cpu_seconds_of(&pid, true));
-    for child in children.split_whitespace() {
-        let cmdline = std::fs::read_to_string(format!("/proc/{child}/cmdline")).unwrap_or_default();
-        // A client backend names itself "postgres: USER DATABASE HOST ...".
-        if cmdline.starts_with("postgres: renkei ") {
-            clients += cpu_seconds_of(child, false);
-        } else {
-            other += cpu_seconds_of(child, false);
-        }
-    }
-    Some((clients, other))
 }
 
 /// The store to send from, and whether its users are already loaded.

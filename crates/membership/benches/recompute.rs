@@ -12,12 +12,15 @@
 //! Env: `RENKEI_BENCH_USERS` (default 100000), `RENKEI_BENCH_EVENTS` (default
 //! 2000000), `RENKEI_BENCH_BACKENDS` (default `postgres,sqlite`),
 //! `RENKEI_BENCH_PAGE` (users per page, default 5000), `RENKEI_BENCH_KEEP_DATABASE`
-//! (a PostgreSQL database URL: loaded on the first run and kept, reused after).
+//! (a PostgreSQL database URL: loaded on the first run and kept, reused after),
+//! `RENKEI_BENCH_POSTMASTER_PID` (a local server's postmaster: prints its CPU
+//! too), `RENKEI_BENCH_PROGRESS` (prints time and CPU every 100,000 users).
 
 use chrono::{DateTime, Duration, Utc};
 use renkei_core::{LineUserId, SystemClock};
 use renkei_membership::{Cause, MembershipEngine};
 use renkei_segments::SegmentSet;
+use renkei_store::test_support::measure::{cpu_seconds, peak_rss_mb, postgres_cpu_seconds};
 use renkei_store::{PgStore, SqliteStore, Store, test_support};
 use std::sync::Arc;
 use std::time::Instant;
@@ -173,34 +176,13 @@ async fn load_sqlite(store: &SqliteStore, config: &Config, now: DateTime<Utc>) -
     Ok(())
 }
 
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-/// CPU seconds (user + system) this process has used: on a shared 2-core
-/// machine a steadier figure than wall time for comparing read paths.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 async fn measure(name: &str, store: Arc<dyn Store>, config: &Config) -> Result<(), BoxError> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/segments");
     let segments = SegmentSet::load_dir(dir).map_err(|d| format!("{} segment problems in {dir}", d.len()))?;
     let engine = MembershipEngine::new(store, Arc::new(segments), Arc::new(SystemClock), chrono_tz::Asia::Tokyo)
         .with_page_size(config.page);
     let rss_before = peak_rss_mb();
-    let cpu_before = cpu_seconds();
+    let (cpu_before, pg_before) = (cpu_seconds(), postgres_cpu_seconds());
     let report = engine.recompute_all(progress_printer()).await?;
     let secs = report.elapsed.as_secs_f64();
     println!(
@@ -215,8 +197,9 @@ async fn measure(name: &str, store: Arc<dyn Store>, config: &Config) -> Result<(
         rss_before,
         cpu_seconds() - cpu_before,
     );
+    print_postgres_cpu(name, pg_before);
     // Again with nothing to change: the cost of reading and evaluating alone.
-    let cpu_before = cpu_seconds();
+    let (cpu_before, pg_before) = (cpu_seconds(), postgres_cpu_seconds());
     let again = engine.recompute_all(progress_printer()).await?;
     let secs = again.elapsed.as_secs_f64();
     println!(
@@ -227,6 +210,7 @@ async fn measure(name: &str, store: Arc<dyn Store>, config: &Config) -> Result<(
         again.transitions,
         cpu_seconds() - cpu_before,
     );
+    print_postgres_cpu(name, pg_before);
     // Per-event cost: one real-time re-evaluation of a random user.
     let mut rng = Rng(7);
     let samples = 500;
@@ -238,6 +222,18 @@ async fn measure(name: &str, store: Arc<dyn Store>, config: &Config) -> Result<(
     let per = started.elapsed().as_secs_f64() / samples as f64;
     println!("{name}: evaluate_user (real-time path, one user) {:.3} ms average over {samples}", per * 1000.0);
     Ok(())
+}
+
+/// The database's CPU since `before`, when `RENKEI_BENCH_POSTMASTER_PID`
+/// names a local server's postmaster.
+fn print_postgres_cpu(name: &str, before: Option<(f64, f64)>) {
+    if let (Some((clients, other)), Some((clients_now, other_now))) = (before, postgres_cpu_seconds()) {
+        println!(
+            "{name}:   PostgreSQL CPU {:.1} s in the bench's connections, {:.1} s in its other processes",
+            clients_now - clients,
+            other_now - other
+        );
+    }
 }
 
 /// With `RENKEI_BENCH_PROGRESS` set, prints time and renkei CPU every 100,000 users.
