@@ -271,21 +271,37 @@ fn filters_match(filters: &[PropertyFilter], properties: &Properties, at: At) ->
     })
 }
 
-/// Whether `event` is in the window `(now - within, now - older_than]`.
-pub(crate) fn in_window(occurred_at: DateTime<Utc>, condition: &EventCondition, now: DateTime<Utc>) -> bool {
-    let older_than = condition.older_than.map(|d| d.to_chrono()).unwrap_or_default();
-    let Some(upper) = now.checked_sub_signed(older_than) else { return false };
-    let after_lower = match condition.within {
-        Some(within) => now.checked_sub_signed(within.to_chrono()).is_none_or(|lower| occurred_at > lower),
-        None => true,
-    };
-    occurred_at <= upper && after_lower
+/// The event window `(now - within, now - older_than]` of one condition at
+/// one instant, computed once per evaluation rather than once per event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Window {
+    /// Exclusive; `None` without `within` or when `now - within` overflows
+    /// (then nothing is too old).
+    lower: Option<DateTime<Utc>>,
+    /// Inclusive; `None` when `now - older_than` overflows (then nothing is in
+    /// the window).
+    upper: Option<DateTime<Utc>>,
+}
+
+impl Window {
+    pub(crate) fn new(condition: &EventCondition, now: DateTime<Utc>) -> Self {
+        let older_than = condition.older_than.map(|d| d.to_chrono()).unwrap_or_default();
+        Self {
+            lower: condition.within.and_then(|within| now.checked_sub_signed(within.to_chrono())),
+            upper: now.checked_sub_signed(older_than),
+        }
+    }
+
+    pub(crate) fn contains(&self, occurred_at: DateTime<Utc>) -> bool {
+        self.upper.is_some_and(|upper| occurred_at <= upper) && self.lower.is_none_or(|lower| occurred_at > lower)
+    }
 }
 
 fn eval_event(condition: &EventCondition, facts: &UserFacts, at: At) -> bool {
+    let window = Window::new(condition, at.now);
     let selected = facts.events.iter().filter(|event| {
         event.event_type == condition.event_type.as_str()
-            && in_window(event.occurred_at, condition, at.now)
+            && window.contains(event.occurred_at)
             && filters_match(&condition.filters, &event.properties, at)
     });
     match &condition.follow {
@@ -344,4 +360,87 @@ fn aggregate_holds<'a>(aggregate: &Aggregate, events: impl Iterator<Item = &'a E
     };
     // Over no events avg/min/max have no value, and every comparison is false.
     result.is_some_and(|value| aggregate.comparators.iter().all(|c| compare(Some(&value), c, at)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ast::Aggregate;
+    use chrono::{Duration, TimeZone};
+    use proptest::prelude::*;
+    use renkei_core::{EventType, SpanDuration};
+
+    /// The per-event window test `Window` replaced, kept as the reference.
+    fn in_window_reference(occurred_at: DateTime<Utc>, condition: &EventCondition, now: DateTime<Utc>) -> bool {
+        let older_than = condition.older_than.map(|d| d.to_chrono()).unwrap_or_default();
+        let Some(upper) = now.checked_sub_signed(older_than) else { return false };
+        let after_lower = match condition.within {
+            Some(within) => now.checked_sub_signed(within.to_chrono()).is_none_or(|lower| occurred_at > lower),
+            None => true,
+        };
+        occurred_at <= upper && after_lower
+    }
+
+    fn condition(within: Option<i64>, older_than: Option<i64>) -> EventCondition {
+        EventCondition {
+            event_type: EventType::parse("purchase").expect("valid event type"),
+            filters: vec![],
+            within: within.map(SpanDuration::from_seconds),
+            older_than: older_than.map(SpanDuration::from_seconds),
+            follow: None,
+            aggregate: Aggregate::at_least_one(),
+        }
+    }
+
+    fn instant(nanos: i64) -> DateTime<Utc> {
+        Utc.timestamp_nanos(nanos)
+    }
+
+    // Near the edges of chrono's range the subtractions overflow.
+    fn extreme_instant() -> impl Strategy<Value = DateTime<Utc>> {
+        prop_oneof![
+            Just(DateTime::<Utc>::MIN_UTC),
+            Just(DateTime::<Utc>::MAX_UTC),
+            (0i64..1_000_000_000_000).prop_map(|n| DateTime::<Utc>::MIN_UTC + Duration::nanoseconds(n)),
+            (0i64..1_000_000_000_000).prop_map(|n| DateTime::<Utc>::MAX_UTC - Duration::nanoseconds(n)),
+        ]
+    }
+
+    fn span() -> impl Strategy<Value = Option<i64>> {
+        prop::option::of(prop_oneof![0i64..10, 0i64..200_000, Just(3600), Just(86_400), Just(7_776_000)])
+    }
+
+    proptest! {
+        #[test]
+        fn window_agrees_with_the_per_event_test(
+            now in 0i64..1_000_000_000_000_000,
+            offsets in prop::collection::vec(-10_000_000_000_000_000i64..1_000_000_000, 1..20),
+            within in span(),
+            older_than in span(),
+        ) {
+            let (condition, now) = (condition(within, older_than), instant(now));
+            let window = Window::new(&condition, now);
+            for t in offsets.iter().map(|o| now + Duration::nanoseconds(*o)) {
+                prop_assert_eq!(window.contains(t), in_window_reference(t, &condition, now), "t {}", t);
+            }
+            // Exactly on and next to each bound.
+            for bound in [within, older_than].into_iter().flatten() {
+                let edge = now - Duration::seconds(bound);
+                for t in [edge - Duration::nanoseconds(1), edge, edge + Duration::nanoseconds(1)] {
+                    prop_assert_eq!(window.contains(t), in_window_reference(t, &condition, now), "t {}", t);
+                }
+            }
+        }
+
+        #[test]
+        fn window_agrees_when_the_bounds_overflow(
+            now in extreme_instant(),
+            t in extreme_instant(),
+            within in span(),
+            older_than in span(),
+        ) {
+            let condition = condition(within, older_than);
+            prop_assert_eq!(Window::new(&condition, now).contains(t), in_window_reference(t, &condition, now));
+        }
+    }
 }
