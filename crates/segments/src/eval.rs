@@ -106,6 +106,68 @@ pub struct UserFacts {
     pub events: Vec<EventFact>,
 }
 
+/// The user's events grouped by their type among the set's referenced event
+/// types. Built once per call, so that each event condition visits only the
+/// events of its type instead of comparing every event's type string.
+pub(crate) struct TypedEvents<'a> {
+    known_types: &'a [String],
+    events: &'a [EventFact],
+    /// Indices into `events`: those of `known_types[0]`, then of
+    /// `known_types[1]`, …, then of other types; each group in event order.
+    grouped: Vec<usize>,
+    /// Group `k` is `grouped[starts[k]..starts[k + 1]]`.
+    starts: Vec<usize>,
+}
+
+impl<'a> TypedEvents<'a> {
+    pub(crate) fn new(known_types: &'a [String], events: &'a [EventFact]) -> Self {
+        let other = known_types.len();
+        let group_of =
+            |event: &EventFact| known_types.iter().position(|t| same_text(t, &event.event_type)).unwrap_or(other);
+        let groups: Vec<usize> = events.iter().map(group_of).collect();
+        // Counting sort: group ends, then each event placed backwards from its group's end.
+        let mut starts = vec![0; other + 2];
+        for &group in &groups {
+            starts[group] += 1;
+        }
+        let mut end = 0;
+        for slot in &mut starts {
+            end += *slot;
+            *slot = end;
+        }
+        let mut grouped = vec![0; events.len()];
+        for (index, &group) in groups.iter().enumerate().rev() {
+            starts[group] -= 1;
+            grouped[starts[group]] = index;
+        }
+        Self { known_types, events, grouped, starts }
+    }
+
+    /// The events of type `event_type`, in their order.
+    pub(crate) fn of_type<'s>(&'s self, event_type: &'s str) -> impl Iterator<Item = &'a EventFact> + 's {
+        let known = self.known_types.iter().position(|t| same_text(t, event_type));
+        let group = known.map(|k| &self.grouped[self.starts[k]..self.starts[k + 1]]).unwrap_or_default();
+        // A type the set does not reference (never so for its own conditions): compare strings.
+        let unknown = known.is_none().then(|| self.events.iter().filter(move |e| e.event_type == event_type));
+        let events = self.events;
+        group.iter().map(move |&index| &events[index]).chain(unknown.into_iter().flatten())
+    }
+}
+
+/// `a == b`, inlined for the lengths event types usually have (8 to 16
+/// bytes: two overlapping 8-byte words) instead of a call to `memcmp`.
+fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let words = |s: &[u8]| Some((u64::from_ne_bytes(*s.first_chunk()?), u64::from_ne_bytes(*s.last_chunk()?)));
+    match (a.len(), words(a), words(b)) {
+        (8..=16, Some(a), Some(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 /// Time context of one evaluation.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct At {
@@ -125,9 +187,10 @@ impl SegmentSet {
     /// [`SegmentSet::in_dependency_order`] order.
     pub fn evaluate_in_order(&self, facts: &UserFacts, now: DateTime<Utc>, tz: Tz) -> Vec<bool> {
         let at = At { now, tz };
+        let events = TypedEvents::new(&self.event_types, &facts.events);
         let mut results = Results { set: self, answers: Vec::with_capacity(self.segments.len()) };
         for segment in &self.segments {
-            let answer = eval_condition(&segment.rule, facts, at, &results);
+            let answer = eval_condition(&segment.rule, facts, &events, at, &results);
             results.answers.push(answer);
         }
         results.answers
@@ -138,11 +201,12 @@ impl SegmentSet {
         let target = *self.index.get(id)?;
         let at = At { now, tz };
         let needed = self.dependencies(id);
+        let events = TypedEvents::new(&self.event_types, &facts.events);
         // Segments not needed are never referenced by those that are: they stay false.
         let mut results = Results { set: self, answers: Vec::with_capacity(target + 1) };
         for segment in &self.segments[..=target] {
             let answer = (segment.id == id || needed.contains(&segment.id))
-                && eval_condition(&segment.rule, facts, at, &results);
+                && eval_condition(&segment.rule, facts, &events, at, &results);
             results.answers.push(answer);
         }
         results.answers.get(target).copied()
@@ -161,11 +225,17 @@ impl Results<'_> {
     }
 }
 
-fn eval_condition(condition: &Condition, facts: &UserFacts, at: At, results: &Results<'_>) -> bool {
+fn eval_condition(
+    condition: &Condition,
+    facts: &UserFacts,
+    events: &TypedEvents<'_>,
+    at: At,
+    results: &Results<'_>,
+) -> bool {
     match condition {
-        Condition::All(items) => items.iter().all(|c| eval_condition(c, facts, at, results)),
-        Condition::Any(items) => items.iter().any(|c| eval_condition(c, facts, at, results)),
-        Condition::Not(inner) => !eval_condition(inner, facts, at, results),
+        Condition::All(items) => items.iter().all(|c| eval_condition(c, facts, events, at, results)),
+        Condition::Any(items) => items.iter().any(|c| eval_condition(c, facts, events, at, results)),
+        Condition::Not(inner) => !eval_condition(inner, facts, events, at, results),
         Condition::Attribute { path, comparator } => {
             let value = facts.attributes.as_ref().and_then(|a| lookup(a, path));
             compare(value, comparator, at)
@@ -183,7 +253,7 @@ fn eval_condition(condition: &Condition, facts: &UserFacts, at: At, results: &Re
         Condition::Following(expected) => facts.following == *expected,
         // Dependency order guarantees the referenced answer is already there.
         Condition::Segment { id, .. } => results.get(id).unwrap_or(false),
-        Condition::Event(event) => eval_event(event, facts, at),
+        Condition::Event(event) => eval_event(event, events, at),
     }
 }
 
@@ -297,18 +367,16 @@ impl Window {
     }
 }
 
-fn eval_event(condition: &EventCondition, facts: &UserFacts, at: At) -> bool {
+fn eval_event(condition: &EventCondition, events: &TypedEvents<'_>, at: At) -> bool {
     let window = Window::new(condition, at.now);
-    let selected = facts.events.iter().filter(|event| {
-        event.event_type == condition.event_type.as_str()
-            && window.contains(event.occurred_at)
-            && filters_match(&condition.filters, &event.properties, at)
-    });
+    let selected = events
+        .of_type(condition.event_type.as_str())
+        .filter(|event| window.contains(event.occurred_at) && filters_match(&condition.filters, &event.properties, at));
     match &condition.follow {
         None => aggregate_holds(&condition.aggregate, selected, at),
         Some(follow) => aggregate_holds(
             &condition.aggregate,
-            selected.filter(|first| is_followed(first, follow, facts, at) != follow.negated),
+            selected.filter(|first| is_followed(first, follow, events, at) != follow.negated),
             at,
         ),
     }
@@ -316,11 +384,10 @@ fn eval_event(condition: &EventCondition, facts: &UserFacts, at: At) -> bool {
 
 /// Whether a matching follow-up occurred strictly after `first`, at or
 /// before `now`, and (when `within` is given) at most `within` after `first`.
-fn is_followed(first: &EventFact, follow: &FollowUp, facts: &UserFacts, at: At) -> bool {
+fn is_followed(first: &EventFact, follow: &FollowUp, events: &TypedEvents<'_>, at: At) -> bool {
     let deadline = follow.within.and_then(|w| first.occurred_at.checked_add_signed(w.to_chrono()));
-    facts.events.iter().any(|next| {
-        next.event_type == follow.event_type.as_str()
-            && next.occurred_at > first.occurred_at
+    events.of_type(follow.event_type.as_str()).any(|next| {
+        next.occurred_at > first.occurred_at
             && next.occurred_at <= at.now
             && (follow.within.is_none() || deadline.is_none_or(|d| next.occurred_at <= d))
             && follow.match_properties.iter().all(|path| {
@@ -410,7 +477,37 @@ mod tests {
         prop::option::of(prop_oneof![0i64..10, 0i64..200_000, Just(3600), Just(86_400), Just(7_776_000)])
     }
 
+    // Short, long, and 8 to 16 bytes (the inlined comparison), some sharing first or last bytes.
+    const TYPES: [&str; 9] =
+        ["a", "visit", "purchase", "cart_add", "store_visit", "store_visix", "xtore_visit", "campaign_entry_2026", ""];
+
     proptest! {
+        #[test]
+        fn same_text_is_string_equality(a in prop::sample::select(&TYPES[..]), b in prop::sample::select(&TYPES[..])) {
+            prop_assert_eq!(same_text(a, b), a == b);
+        }
+
+        #[test]
+        fn typed_events_of_type_are_the_events_of_that_type_in_order(
+            known in prop::sample::subsequence(&TYPES[..], 0..TYPES.len()),
+            types in prop::collection::vec(prop::sample::select(&TYPES[..]), 0..30),
+            wanted in prop::sample::select(&TYPES[..]),
+        ) {
+            let known: Vec<String> = known.into_iter().map(str::to_string).collect();
+            let events: Vec<EventFact> = types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| EventFact {
+                    event_type: t.to_string(),
+                    occurred_at: instant(i as i64),
+                    properties: Properties::new(),
+                })
+                .collect();
+            let typed = TypedEvents::new(&known, &events);
+            let expected: Vec<&EventFact> = events.iter().filter(|e| e.event_type == wanted).collect();
+            prop_assert_eq!(typed.of_type(wanted).collect::<Vec<_>>(), expected);
+        }
+
         #[test]
         fn window_agrees_with_the_per_event_test(
             now in 0i64..1_000_000_000_000_000,

@@ -16,7 +16,7 @@
 
 use crate::ast::{Comparator, Condition, EventCondition, PropertyFilter};
 use crate::calendar::next_local_midnight;
-use crate::eval::{At, Properties, UserFacts, lookup, time_of};
+use crate::eval::{At, Properties, TypedEvents, UserFacts, lookup, time_of};
 use crate::set::SegmentSet;
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
@@ -28,8 +28,9 @@ impl SegmentSet {
     /// answer for this user could change without new data; `None` if never.
     pub fn next_change(&self, facts: &UserFacts, now: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         let mut earliest = Earliest::new(At { now, tz });
+        let events = TypedEvents::new(&self.event_types, &facts.events);
         for segment in &self.segments {
-            earliest.condition(&segment.rule, facts);
+            earliest.condition(&segment.rule, facts, &events);
         }
         earliest.best
     }
@@ -40,9 +41,10 @@ impl SegmentSet {
         let mut ids: BTreeSet<String> = self.dependencies(id);
         ids.insert(id.to_string());
         let mut earliest = Earliest::new(At { now, tz });
+        let events = TypedEvents::new(&self.event_types, &facts.events);
         for segment_id in &ids {
             if let Some(segment) = self.segment(segment_id) {
-                earliest.condition(&segment.rule, facts);
+                earliest.condition(&segment.rule, facts, &events);
             }
         }
         earliest.best
@@ -89,10 +91,12 @@ impl Earliest {
         self.offer(base.checked_add_signed(span));
     }
 
-    fn condition(&mut self, condition: &Condition, facts: &UserFacts) {
+    fn condition(&mut self, condition: &Condition, facts: &UserFacts, events: &TypedEvents<'_>) {
         match condition {
-            Condition::All(items) | Condition::Any(items) => items.iter().for_each(|c| self.condition(c, facts)),
-            Condition::Not(inner) => self.condition(inner, facts),
+            Condition::All(items) | Condition::Any(items) => {
+                items.iter().for_each(|c| self.condition(c, facts, events))
+            }
+            Condition::Not(inner) => self.condition(inner, facts, events),
             Condition::Attribute { path, comparator } => {
                 let value = facts.attributes.as_ref().and_then(|a| lookup(a, path));
                 self.comparator(value, comparator);
@@ -100,7 +104,7 @@ impl Earliest {
             Condition::Anniversary { .. } => self.offer(next_local_midnight(self.at.now, self.at.tz)),
             // Other segments are visited by the caller; flags do not move with time.
             Condition::Linked(_) | Condition::Following(_) | Condition::Segment { .. } => {}
-            Condition::Event(event) => self.event(event, facts),
+            Condition::Event(event) => self.event(event, events),
         }
     }
 
@@ -126,9 +130,9 @@ impl Earliest {
         }
     }
 
-    fn event(&mut self, condition: &EventCondition, facts: &UserFacts) {
+    fn event(&mut self, condition: &EventCondition, events: &TypedEvents<'_>) {
         let older_than = condition.older_than.map(|d| d.to_chrono()).unwrap_or_default();
-        for event in facts.events.iter().filter(|e| e.event_type == condition.event_type.as_str()) {
+        for event in events.of_type(condition.event_type.as_str()) {
             let nanos = event.occurred_at.timestamp_nanos_opt();
             // Enters the window (or starts to count, if in the future)…
             self.offer_after(event.occurred_at, nanos, older_than);
@@ -142,7 +146,7 @@ impl Earliest {
             }
         }
         if let Some(follow) = &condition.follow {
-            for next in facts.events.iter().filter(|e| e.event_type == follow.event_type.as_str()) {
+            for next in events.of_type(follow.event_type.as_str()) {
                 // A follow-up counts from the instant it occurred.
                 self.offer(Some(next.occurred_at));
                 self.filters(&follow.filters, &next.properties);
