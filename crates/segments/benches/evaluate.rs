@@ -162,6 +162,28 @@ fn totals_in_batch(segments: &SegmentSet, batch: &[UserFacts], now: DateTime<Utc
         .sum()
 }
 
+/// Building events' `Properties` from the store's key/value lists (what
+/// `facts_of` does per event): collected one key at a time, and taken whole.
+fn properties_construction(event_count: u64, now: DateTime<Utc>) {
+    let mut rng = Rng(2);
+    let lists: Vec<Vec<(String, Value)>> =
+        (0..event_count).map(|_| event(&mut rng, now).properties.to_map().into_iter().collect()).collect();
+    let copies = lists.clone();
+    let started = Instant::now();
+    let collected: Vec<Properties> = lists.into_iter().map(|list| list.into_iter().collect()).collect();
+    let collect_time = started.elapsed();
+    let started = Instant::now();
+    let converted: Vec<Properties> = copies.into_iter().map(Properties::from).collect();
+    let from_time = started.elapsed();
+    assert_eq!(collected.len(), converted.len());
+    let keys: usize = converted.iter().map(Properties::len).sum();
+    println!(
+        "properties of {event_count} events ({keys} keys): collect {:.1} ns/event, Properties::from {:.1} ns/event",
+        collect_time.as_nanos() as f64 / event_count as f64,
+        from_time.as_nanos() as f64 / event_count as f64,
+    );
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -183,6 +205,7 @@ fn main() {
     let now = Utc.with_ymd_and_hms(2026, 3, 15, 3, 4, 5).single().expect("valid instant")
         + Duration::nanoseconds(123_456_789);
     println!("evaluate bench: {user_count} users, {} segments, now {now}, {rounds} rounds", segments.len());
+    properties_construction(if smoke_run() { 1_000 } else { 1_000_000 }, now);
     for r in 1..=rounds {
         let totals = round(&segments, user_count, now);
         let per_user = |d: std::time::Duration| d.as_nanos() as f64 / totals.users as f64;

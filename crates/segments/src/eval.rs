@@ -67,6 +67,16 @@ impl From<Map<String, Value>> for Properties {
     }
 }
 
+impl From<Vec<(String, Value)>> for Properties {
+    /// Takes the list as it is when its keys are distinct (the store hands
+    /// them so); otherwise like collecting it: a repeated key keeps its first
+    /// place and its last value.
+    fn from(items: Vec<(String, Value)>) -> Self {
+        let distinct = items.iter().enumerate().all(|(i, (key, _))| items[..i].iter().all(|(k, _)| k != key));
+        if distinct { Self(items) } else { items.into_iter().collect() }
+    }
+}
+
 impl FromIterator<(String, Value)> for Properties {
     fn from_iter<I: IntoIterator<Item = (String, Value)>>(items: I) -> Self {
         let mut properties = Properties::new();
@@ -506,6 +516,15 @@ mod tests {
             let typed = TypedEvents::new(&known, &events);
             let expected: Vec<&EventFact> = events.iter().filter(|e| e.event_type == wanted).collect();
             prop_assert_eq!(typed.of_type(wanted).collect::<Vec<_>>(), expected);
+        }
+
+        #[test]
+        fn properties_from_a_list_are_the_collected_list(
+            items in prop::collection::vec((prop::sample::select(&TYPES[..]), 0u8..4), 0..6),
+        ) {
+            let items: Vec<(String, Value)> = items.into_iter().map(|(k, v)| (k.to_string(), Value::from(v))).collect();
+            let collected: Properties = items.clone().into_iter().collect();
+            prop_assert_eq!(Properties::from(items), collected);
         }
 
         #[test]
