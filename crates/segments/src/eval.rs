@@ -6,10 +6,11 @@ use crate::ast::{
 };
 use crate::calendar::{anniversary_matches, local_date, parse_date_only, parse_time};
 use crate::set::SegmentSet;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use renkei_core::LineUserId;
 use serde_json::{Map, Number, Value};
+use std::cell::OnceCell;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -198,7 +199,7 @@ impl SegmentSet {
     pub fn evaluate_in_order(&self, facts: &UserFacts, now: DateTime<Utc>, tz: Tz) -> Vec<bool> {
         let at = At { now, tz };
         let events = TypedEvents::new(&self.event_types, &facts.events);
-        let mut results = Results { set: self, answers: Vec::with_capacity(self.segments.len()) };
+        let mut results = Results::new(self, self.segments.len());
         for segment in &self.segments {
             let answer = eval_condition(&segment.rule, facts, &events, at, &results);
             results.answers.push(answer);
@@ -213,7 +214,7 @@ impl SegmentSet {
         let needed = self.dependencies(id);
         let events = TypedEvents::new(&self.event_types, &facts.events);
         // Segments not needed are never referenced by those that are: they stay false.
-        let mut results = Results { set: self, answers: Vec::with_capacity(target + 1) };
+        let mut results = Results::new(self, target + 1);
         for segment in &self.segments[..=target] {
             let answer = (segment.id == id || needed.contains(&segment.id))
                 && eval_condition(&segment.rule, facts, &events, at, &results);
@@ -227,9 +228,15 @@ impl SegmentSet {
 struct Results<'s> {
     set: &'s SegmentSet,
     answers: Vec<bool>,
+    /// The local date of `now`, worked out once per call on first use.
+    today: OnceCell<NaiveDate>,
 }
 
-impl Results<'_> {
+impl<'s> Results<'s> {
+    fn new(set: &'s SegmentSet, capacity: usize) -> Self {
+        Self { set, answers: Vec::with_capacity(capacity), today: OnceCell::new() }
+    }
+
     fn get(&self, id: &str) -> Option<bool> {
         self.set.index.get(id).and_then(|&i| self.answers.get(i)).copied()
     }
@@ -257,7 +264,8 @@ fn eval_condition(
                 .and_then(|a| lookup(a, path))
                 .and_then(Value::as_str)
                 .and_then(parse_date_only);
-            birth.is_some_and(|birth| anniversary_matches(birth, local_date(at.now, at.tz), *when))
+            let today = || *results.today.get_or_init(|| local_date(at.now, at.tz));
+            birth.is_some_and(|birth| anniversary_matches(birth, today(), *when))
         }
         Condition::Linked(expected) => facts.linked == *expected,
         Condition::Following(expected) => facts.following == *expected,

@@ -59,11 +59,13 @@ struct Earliest {
     /// `best` in nanoseconds, when there is one and an i64 holds it. As `best`
     /// is after `now`, `None` with a `best` means it lies after 2262.
     best_nanos: Option<i64>,
+    /// The next local midnight was offered (once is enough for every anniversary).
+    midnight_offered: bool,
 }
 
 impl Earliest {
     fn new(at: At) -> Self {
-        Self { at, best: None, now_nanos: at.now.timestamp_nanos_opt(), best_nanos: None }
+        Self { at, best: None, now_nanos: at.now.timestamp_nanos_opt(), best_nanos: None, midnight_offered: false }
     }
 
     fn offer(&mut self, candidate: Option<DateTime<Utc>>) {
@@ -101,7 +103,11 @@ impl Earliest {
                 let value = facts.attributes.as_ref().and_then(|a| lookup(a, path));
                 self.comparator(value, comparator);
             }
-            Condition::Anniversary { .. } => self.offer(next_local_midnight(self.at.now, self.at.tz)),
+            Condition::Anniversary { .. } if !self.midnight_offered => {
+                self.midnight_offered = true;
+                self.offer(next_local_midnight(self.at.now, self.at.tz));
+            }
+            Condition::Anniversary { .. } => {}
             // Other segments are visited by the caller; flags do not move with time.
             Condition::Linked(_) | Condition::Following(_) | Condition::Segment { .. } => {}
             Condition::Event(event) => self.event(event, events),
