@@ -132,11 +132,7 @@ impl IntoEventFact for UserEventRecord {
 
 impl IntoEventFact for FactEventRecord {
     fn into_event_fact(self) -> EventFact {
-        EventFact {
-            event_type: self.event_type,
-            occurred_at: self.occurred_at,
-            properties: self.properties.into_iter().collect(),
-        }
+        EventFact { event_type: self.event_type, occurred_at: self.occurred_at, properties: self.properties.into() }
     }
 }
 

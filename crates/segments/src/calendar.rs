@@ -13,7 +13,11 @@ pub fn parse_date_only(text: &str) -> Option<NaiveDate> {
     if !shaped {
         return None;
     }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
+    // The shape is checked, so the digits are read directly (a format string
+    // is parsed on every call of `NaiveDate::parse_from_str`).
+    let number = |digits: &[u8]| digits.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    let year = i32::try_from(number(&bytes[0..4])).ok()?;
+    NaiveDate::from_ymd_opt(year, number(&bytes[5..7]), number(&bytes[8..10]))
 }
 
 /// An RFC 3339 timestamp, or a bare `YYYY-MM-DD` meaning the start of that
@@ -94,6 +98,19 @@ mod tests {
 
     fn utc(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 4000, ..Default::default() })]
+        #[test]
+        fn date_only_agrees_with_chrono_format_parsing(
+            year in proptest::prop_oneof![0u32..10_000, 1999u32..2002],
+            month in proptest::prop_oneof![0u32..14, 0u32..100],
+            day in proptest::prop_oneof![0u32..33, 27u32..31, 0u32..100],
+        ) {
+            let text = format!("{year:04}-{month:02}-{day:02}");
+            proptest::prop_assert_eq!(parse_date_only(&text), NaiveDate::parse_from_str(&text, "%Y-%m-%d").ok(), "{}", text);
+        }
     }
 
     #[test]

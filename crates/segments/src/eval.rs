@@ -6,10 +6,11 @@ use crate::ast::{
 };
 use crate::calendar::{anniversary_matches, local_date, parse_date_only, parse_time};
 use crate::set::SegmentSet;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use renkei_core::LineUserId;
 use serde_json::{Map, Number, Value};
+use std::cell::OnceCell;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -67,6 +68,16 @@ impl From<Map<String, Value>> for Properties {
     }
 }
 
+impl From<Vec<(String, Value)>> for Properties {
+    /// Takes the list as it is when its keys are distinct (the store hands
+    /// them so); otherwise like collecting it: a repeated key keeps its first
+    /// place and its last value.
+    fn from(items: Vec<(String, Value)>) -> Self {
+        let distinct = items.iter().enumerate().all(|(i, (key, _))| items[..i].iter().all(|(k, _)| k != key));
+        if distinct { Self(items) } else { items.into_iter().collect() }
+    }
+}
+
 impl FromIterator<(String, Value)> for Properties {
     fn from_iter<I: IntoIterator<Item = (String, Value)>>(items: I) -> Self {
         let mut properties = Properties::new();
@@ -106,6 +117,68 @@ pub struct UserFacts {
     pub events: Vec<EventFact>,
 }
 
+/// The user's events grouped by their type among the set's referenced event
+/// types. Built once per call, so that each event condition visits only the
+/// events of its type instead of comparing every event's type string.
+pub(crate) struct TypedEvents<'a> {
+    known_types: &'a [String],
+    events: &'a [EventFact],
+    /// Indices into `events`: those of `known_types[0]`, then of
+    /// `known_types[1]`, …, then of other types; each group in event order.
+    grouped: Vec<usize>,
+    /// Group `k` is `grouped[starts[k]..starts[k + 1]]`.
+    starts: Vec<usize>,
+}
+
+impl<'a> TypedEvents<'a> {
+    pub(crate) fn new(known_types: &'a [String], events: &'a [EventFact]) -> Self {
+        let other = known_types.len();
+        let group_of =
+            |event: &EventFact| known_types.iter().position(|t| same_text(t, &event.event_type)).unwrap_or(other);
+        let groups: Vec<usize> = events.iter().map(group_of).collect();
+        // Counting sort: group ends, then each event placed backwards from its group's end.
+        let mut starts = vec![0; other + 2];
+        for &group in &groups {
+            starts[group] += 1;
+        }
+        let mut end = 0;
+        for slot in &mut starts {
+            end += *slot;
+            *slot = end;
+        }
+        let mut grouped = vec![0; events.len()];
+        for (index, &group) in groups.iter().enumerate().rev() {
+            starts[group] -= 1;
+            grouped[starts[group]] = index;
+        }
+        Self { known_types, events, grouped, starts }
+    }
+
+    /// The events of type `event_type`, in their order.
+    pub(crate) fn of_type<'s>(&'s self, event_type: &'s str) -> impl Iterator<Item = &'a EventFact> + 's {
+        let known = self.known_types.iter().position(|t| same_text(t, event_type));
+        let group = known.map(|k| &self.grouped[self.starts[k]..self.starts[k + 1]]).unwrap_or_default();
+        // A type the set does not reference (never so for its own conditions): compare strings.
+        let unknown = known.is_none().then(|| self.events.iter().filter(move |e| e.event_type == event_type));
+        let events = self.events;
+        group.iter().map(move |&index| &events[index]).chain(unknown.into_iter().flatten())
+    }
+}
+
+/// `a == b`, inlined for the lengths event types usually have (8 to 16
+/// bytes: two overlapping 8-byte words) instead of a call to `memcmp`.
+fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let words = |s: &[u8]| Some((u64::from_ne_bytes(*s.first_chunk()?), u64::from_ne_bytes(*s.last_chunk()?)));
+    match (a.len(), words(a), words(b)) {
+        (8..=16, Some(a), Some(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 /// Time context of one evaluation.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct At {
@@ -125,9 +198,10 @@ impl SegmentSet {
     /// [`SegmentSet::in_dependency_order`] order.
     pub fn evaluate_in_order(&self, facts: &UserFacts, now: DateTime<Utc>, tz: Tz) -> Vec<bool> {
         let at = At { now, tz };
-        let mut results = Results { set: self, answers: Vec::with_capacity(self.segments.len()) };
+        let events = TypedEvents::new(&self.event_types, &facts.events);
+        let mut results = Results::new(self, self.segments.len());
         for segment in &self.segments {
-            let answer = eval_condition(&segment.rule, facts, at, &results);
+            let answer = eval_condition(&segment.rule, facts, &events, at, &results);
             results.answers.push(answer);
         }
         results.answers
@@ -138,11 +212,12 @@ impl SegmentSet {
         let target = *self.index.get(id)?;
         let at = At { now, tz };
         let needed = self.dependencies(id);
+        let events = TypedEvents::new(&self.event_types, &facts.events);
         // Segments not needed are never referenced by those that are: they stay false.
-        let mut results = Results { set: self, answers: Vec::with_capacity(target + 1) };
+        let mut results = Results::new(self, target + 1);
         for segment in &self.segments[..=target] {
             let answer = (segment.id == id || needed.contains(&segment.id))
-                && eval_condition(&segment.rule, facts, at, &results);
+                && eval_condition(&segment.rule, facts, &events, at, &results);
             results.answers.push(answer);
         }
         results.answers.get(target).copied()
@@ -153,19 +228,31 @@ impl SegmentSet {
 struct Results<'s> {
     set: &'s SegmentSet,
     answers: Vec<bool>,
+    /// The local date of `now`, worked out once per call on first use.
+    today: OnceCell<NaiveDate>,
 }
 
-impl Results<'_> {
+impl<'s> Results<'s> {
+    fn new(set: &'s SegmentSet, capacity: usize) -> Self {
+        Self { set, answers: Vec::with_capacity(capacity), today: OnceCell::new() }
+    }
+
     fn get(&self, id: &str) -> Option<bool> {
         self.set.index.get(id).and_then(|&i| self.answers.get(i)).copied()
     }
 }
 
-fn eval_condition(condition: &Condition, facts: &UserFacts, at: At, results: &Results<'_>) -> bool {
+fn eval_condition(
+    condition: &Condition,
+    facts: &UserFacts,
+    events: &TypedEvents<'_>,
+    at: At,
+    results: &Results<'_>,
+) -> bool {
     match condition {
-        Condition::All(items) => items.iter().all(|c| eval_condition(c, facts, at, results)),
-        Condition::Any(items) => items.iter().any(|c| eval_condition(c, facts, at, results)),
-        Condition::Not(inner) => !eval_condition(inner, facts, at, results),
+        Condition::All(items) => items.iter().all(|c| eval_condition(c, facts, events, at, results)),
+        Condition::Any(items) => items.iter().any(|c| eval_condition(c, facts, events, at, results)),
+        Condition::Not(inner) => !eval_condition(inner, facts, events, at, results),
         Condition::Attribute { path, comparator } => {
             let value = facts.attributes.as_ref().and_then(|a| lookup(a, path));
             compare(value, comparator, at)
@@ -177,13 +264,14 @@ fn eval_condition(condition: &Condition, facts: &UserFacts, at: At, results: &Re
                 .and_then(|a| lookup(a, path))
                 .and_then(Value::as_str)
                 .and_then(parse_date_only);
-            birth.is_some_and(|birth| anniversary_matches(birth, local_date(at.now, at.tz), *when))
+            let today = || *results.today.get_or_init(|| local_date(at.now, at.tz));
+            birth.is_some_and(|birth| anniversary_matches(birth, today(), *when))
         }
         Condition::Linked(expected) => facts.linked == *expected,
         Condition::Following(expected) => facts.following == *expected,
         // Dependency order guarantees the referenced answer is already there.
         Condition::Segment { id, .. } => results.get(id).unwrap_or(false),
-        Condition::Event(event) => eval_event(event, facts, at),
+        Condition::Event(event) => eval_event(event, events, at),
     }
 }
 
@@ -271,28 +359,42 @@ fn filters_match(filters: &[PropertyFilter], properties: &Properties, at: At) ->
     })
 }
 
-/// Whether `event` is in the window `(now - within, now - older_than]`.
-pub(crate) fn in_window(occurred_at: DateTime<Utc>, condition: &EventCondition, now: DateTime<Utc>) -> bool {
-    let older_than = condition.older_than.map(|d| d.to_chrono()).unwrap_or_default();
-    let Some(upper) = now.checked_sub_signed(older_than) else { return false };
-    let after_lower = match condition.within {
-        Some(within) => now.checked_sub_signed(within.to_chrono()).is_none_or(|lower| occurred_at > lower),
-        None => true,
-    };
-    occurred_at <= upper && after_lower
+/// The event window `(now - within, now - older_than]` of one condition at
+/// one instant, computed once per evaluation rather than once per event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Window {
+    /// Exclusive; `None` without `within` or when `now - within` overflows
+    /// (then nothing is too old).
+    lower: Option<DateTime<Utc>>,
+    /// Inclusive; `None` when `now - older_than` overflows (then nothing is in
+    /// the window).
+    upper: Option<DateTime<Utc>>,
 }
 
-fn eval_event(condition: &EventCondition, facts: &UserFacts, at: At) -> bool {
-    let selected = facts.events.iter().filter(|event| {
-        event.event_type == condition.event_type.as_str()
-            && in_window(event.occurred_at, condition, at.now)
-            && filters_match(&condition.filters, &event.properties, at)
-    });
+impl Window {
+    pub(crate) fn new(condition: &EventCondition, now: DateTime<Utc>) -> Self {
+        let older_than = condition.older_than.map(|d| d.to_chrono()).unwrap_or_default();
+        Self {
+            lower: condition.within.and_then(|within| now.checked_sub_signed(within.to_chrono())),
+            upper: now.checked_sub_signed(older_than),
+        }
+    }
+
+    pub(crate) fn contains(&self, occurred_at: DateTime<Utc>) -> bool {
+        self.upper.is_some_and(|upper| occurred_at <= upper) && self.lower.is_none_or(|lower| occurred_at > lower)
+    }
+}
+
+fn eval_event(condition: &EventCondition, events: &TypedEvents<'_>, at: At) -> bool {
+    let window = Window::new(condition, at.now);
+    let selected = events
+        .of_type(condition.event_type.as_str())
+        .filter(|event| window.contains(event.occurred_at) && filters_match(&condition.filters, &event.properties, at));
     match &condition.follow {
         None => aggregate_holds(&condition.aggregate, selected, at),
         Some(follow) => aggregate_holds(
             &condition.aggregate,
-            selected.filter(|first| is_followed(first, follow, facts, at) != follow.negated),
+            selected.filter(|first| is_followed(first, follow, events, at) != follow.negated),
             at,
         ),
     }
@@ -300,11 +402,10 @@ fn eval_event(condition: &EventCondition, facts: &UserFacts, at: At) -> bool {
 
 /// Whether a matching follow-up occurred strictly after `first`, at or
 /// before `now`, and (when `within` is given) at most `within` after `first`.
-fn is_followed(first: &EventFact, follow: &FollowUp, facts: &UserFacts, at: At) -> bool {
+fn is_followed(first: &EventFact, follow: &FollowUp, events: &TypedEvents<'_>, at: At) -> bool {
     let deadline = follow.within.and_then(|w| first.occurred_at.checked_add_signed(w.to_chrono()));
-    facts.events.iter().any(|next| {
-        next.event_type == follow.event_type.as_str()
-            && next.occurred_at > first.occurred_at
+    events.of_type(follow.event_type.as_str()).any(|next| {
+        next.occurred_at > first.occurred_at
             && next.occurred_at <= at.now
             && (follow.within.is_none() || deadline.is_none_or(|d| next.occurred_at <= d))
             && follow.match_properties.iter().all(|path| {
@@ -344,4 +445,126 @@ fn aggregate_holds<'a>(aggregate: &Aggregate, events: impl Iterator<Item = &'a E
     };
     // Over no events avg/min/max have no value, and every comparison is false.
     result.is_some_and(|value| aggregate.comparators.iter().all(|c| compare(Some(&value), c, at)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ast::Aggregate;
+    use chrono::{Duration, TimeZone};
+    use proptest::prelude::*;
+    use renkei_core::{EventType, SpanDuration};
+
+    /// The per-event window test `Window` replaced, kept as the reference.
+    fn in_window_reference(occurred_at: DateTime<Utc>, condition: &EventCondition, now: DateTime<Utc>) -> bool {
+        let older_than = condition.older_than.map(|d| d.to_chrono()).unwrap_or_default();
+        let Some(upper) = now.checked_sub_signed(older_than) else { return false };
+        let after_lower = match condition.within {
+            Some(within) => now.checked_sub_signed(within.to_chrono()).is_none_or(|lower| occurred_at > lower),
+            None => true,
+        };
+        occurred_at <= upper && after_lower
+    }
+
+    fn condition(within: Option<i64>, older_than: Option<i64>) -> EventCondition {
+        EventCondition {
+            event_type: EventType::parse("purchase").expect("valid event type"),
+            filters: vec![],
+            within: within.map(SpanDuration::from_seconds),
+            older_than: older_than.map(SpanDuration::from_seconds),
+            follow: None,
+            aggregate: Aggregate::at_least_one(),
+        }
+    }
+
+    fn instant(nanos: i64) -> DateTime<Utc> {
+        Utc.timestamp_nanos(nanos)
+    }
+
+    // Near the edges of chrono's range the subtractions overflow.
+    fn extreme_instant() -> impl Strategy<Value = DateTime<Utc>> {
+        prop_oneof![
+            Just(DateTime::<Utc>::MIN_UTC),
+            Just(DateTime::<Utc>::MAX_UTC),
+            (0i64..1_000_000_000_000).prop_map(|n| DateTime::<Utc>::MIN_UTC + Duration::nanoseconds(n)),
+            (0i64..1_000_000_000_000).prop_map(|n| DateTime::<Utc>::MAX_UTC - Duration::nanoseconds(n)),
+        ]
+    }
+
+    fn span() -> impl Strategy<Value = Option<i64>> {
+        prop::option::of(prop_oneof![0i64..10, 0i64..200_000, Just(3600), Just(86_400), Just(7_776_000)])
+    }
+
+    // Short, long, and 8 to 16 bytes (the inlined comparison), some sharing first or last bytes.
+    const TYPES: [&str; 9] =
+        ["a", "visit", "purchase", "cart_add", "store_visit", "store_visix", "xtore_visit", "campaign_entry_2026", ""];
+
+    proptest! {
+        #[test]
+        fn same_text_is_string_equality(a in prop::sample::select(&TYPES[..]), b in prop::sample::select(&TYPES[..])) {
+            prop_assert_eq!(same_text(a, b), a == b);
+        }
+
+        #[test]
+        fn typed_events_of_type_are_the_events_of_that_type_in_order(
+            known in prop::sample::subsequence(&TYPES[..], 0..TYPES.len()),
+            types in prop::collection::vec(prop::sample::select(&TYPES[..]), 0..30),
+            wanted in prop::sample::select(&TYPES[..]),
+        ) {
+            let known: Vec<String> = known.into_iter().map(str::to_string).collect();
+            let events: Vec<EventFact> = types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| EventFact {
+                    event_type: t.to_string(),
+                    occurred_at: instant(i as i64),
+                    properties: Properties::new(),
+                })
+                .collect();
+            let typed = TypedEvents::new(&known, &events);
+            let expected: Vec<&EventFact> = events.iter().filter(|e| e.event_type == wanted).collect();
+            prop_assert_eq!(typed.of_type(wanted).collect::<Vec<_>>(), expected);
+        }
+
+        #[test]
+        fn properties_from_a_list_are_the_collected_list(
+            items in prop::collection::vec((prop::sample::select(&TYPES[..]), 0u8..4), 0..6),
+        ) {
+            let items: Vec<(String, Value)> = items.into_iter().map(|(k, v)| (k.to_string(), Value::from(v))).collect();
+            let collected: Properties = items.clone().into_iter().collect();
+            prop_assert_eq!(Properties::from(items), collected);
+        }
+
+        #[test]
+        fn window_agrees_with_the_per_event_test(
+            now in 0i64..1_000_000_000_000_000,
+            offsets in prop::collection::vec(-10_000_000_000_000_000i64..1_000_000_000, 1..20),
+            within in span(),
+            older_than in span(),
+        ) {
+            let (condition, now) = (condition(within, older_than), instant(now));
+            let window = Window::new(&condition, now);
+            for t in offsets.iter().map(|o| now + Duration::nanoseconds(*o)) {
+                prop_assert_eq!(window.contains(t), in_window_reference(t, &condition, now), "t {}", t);
+            }
+            // Exactly on and next to each bound.
+            for bound in [within, older_than].into_iter().flatten() {
+                let edge = now - Duration::seconds(bound);
+                for t in [edge - Duration::nanoseconds(1), edge, edge + Duration::nanoseconds(1)] {
+                    prop_assert_eq!(window.contains(t), in_window_reference(t, &condition, now), "t {}", t);
+                }
+            }
+        }
+
+        #[test]
+        fn window_agrees_when_the_bounds_overflow(
+            now in extreme_instant(),
+            t in extreme_instant(),
+            within in span(),
+            older_than in span(),
+        ) {
+            let condition = condition(within, older_than);
+            prop_assert_eq!(Window::new(&condition, now).contains(t), in_window_reference(t, &condition, now));
+        }
+    }
 }

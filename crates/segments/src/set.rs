@@ -15,6 +15,8 @@ pub struct SegmentSet {
     pub(crate) segments: Vec<Segment>,
     /// id → index in `segments`.
     pub(crate) index: BTreeMap<String, usize>,
+    /// [`SegmentSet::referenced_event_types`], for [`crate::eval::TypedEvents`].
+    pub(crate) event_types: Vec<String>,
 }
 
 impl SegmentSet {
@@ -109,7 +111,9 @@ impl SegmentSet {
         let mut slots: Vec<Option<Segment>> = segments.into_iter().map(Some).collect();
         let ordered: Vec<Segment> = order.iter().filter_map(|&i| slots.get_mut(i).and_then(Option::take)).collect();
         let index = ordered.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
-        Ok(SegmentSet { segments: ordered, index })
+        let mut set = SegmentSet { segments: ordered, index, event_types: Vec::new() };
+        set.event_types = set.referenced_event_types().into_iter().collect();
+        Ok(set)
     }
 
     /// All segment ids, sorted.
