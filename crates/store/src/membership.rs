@@ -273,12 +273,11 @@ pub trait MembershipStore: Send + Sync + 'static {
     /// one outside it).
     async fn apply_page_memberships(
         &self,
-        page: &AudiencePage,
+        _page: &AudiencePage,
         updates: &[MembershipUpdate],
         at: DateTime<Utc>,
         cause: Cause,
     ) -> StoreResult<Vec<Transition>> {
-        let _ = page;
         self.apply_memberships(updates, at, cause).await
     }
 
@@ -893,14 +892,25 @@ const PG_LOCK_BUCKETS: &str = "SELECT pg_advisory_xact_lock(4242, k)
 #[derive(Clone, Copy)]
 enum PgUsers<'a> {
     Listed(&'a [LineUserId]),
-    Page(&'a AudiencePage),
+    /// A page's users and its key range `(after, last]`.
+    Page {
+        users: &'a [LineUserId],
+        after: &'a str,
+        last: &'a str,
+    },
 }
 
 impl<'a> PgUsers<'a> {
+    fn of_page(page: &'a AudiencePage) -> Self {
+        match page.key_range() {
+            Some((after, last)) => PgUsers::Page { users: &page.users, after, last },
+            None => PgUsers::Listed(&[]),
+        }
+    }
+
     fn users(self) -> &'a [LineUserId] {
         match self {
-            PgUsers::Listed(users) => users,
-            PgUsers::Page(page) => &page.users,
+            PgUsers::Listed(users) | PgUsers::Page { users, .. } => users,
         }
     }
 }
@@ -937,7 +947,7 @@ fn pg_events_sql(line_user: &str, line_source: &str) -> String {
         "u.i, NULL::text",
         "FROM UNNEST($1::text[], $4::text[]) WITH ORDINALITY AS u (id, member_id, i)
          JOIN events e ON e.member_id = u.member_id
-         WHERE e.line_user_id COLLATE \"C\" IS DISTINCT FROM u.id AND",
+         WHERE e.line_user_id IS DISTINCT FROM u.id AND",
     );
     [(line_user, line_source), (member_user, member_source)]
         .iter()
@@ -986,7 +996,7 @@ impl PgStore {
         let mut page = PageBuilder::new(listed);
         // Rows read by key range name their user by id.
         let positions: HashMap<&str, i64> = match users {
-            PgUsers::Page(_) => ids.iter().enumerate().map(|(i, id)| (*id, i as i64)).collect(),
+            PgUsers::Page { .. } => ids.iter().enumerate().map(|(i, id)| (*id, i as i64)).collect(),
             PgUsers::Listed(_) => HashMap::new(),
         };
         let position_of = |position: Option<i64>, id: Option<&str>| match position {
@@ -1015,8 +1025,7 @@ impl PgStore {
                 .await?
             }
             // A page's links and friendships are two range scans, merged.
-            PgUsers::Page(audience) => {
-                let Some((after, last)) = audience.key_range() else { return Ok(Vec::new()) };
+            PgUsers::Page { after, last, .. } => {
                 sqlx::query(
                     "SELECT NULL::bigint, COALESCE(l.line_user_id, f.line_user_id), l.member_id, m.attributes,
                             f.following
@@ -1041,11 +1050,10 @@ impl PgStore {
         {
             let query = match users {
                 PgUsers::Listed(_) => sqlx::query(PG_EVENTS_LISTED.as_str()),
-                PgUsers::Page(_) => sqlx::query(PG_EVENTS_PAGE.as_str()),
+                PgUsers::Page { .. } => sqlx::query(PG_EVENTS_PAGE.as_str()),
             };
             let mut query = query.bind(&ids).bind(event_types).bind(with_properties).bind(&members).bind(since);
-            if let PgUsers::Page(audience) = users {
-                let (after, last) = audience.key_range().unwrap_or_default();
+            if let PgUsers::Page { after, last, .. } = users {
                 query = query.bind(after).bind(last);
             }
             let rows = query.fetch(&mut *tx);
@@ -1260,7 +1268,7 @@ impl MembershipStore for PgStore {
         page: &AudiencePage,
         selection: &EventSelection,
     ) -> StoreResult<Vec<UserRecord<FactEventRecord>>> {
-        self.load_records(PgUsers::Page(page), Some(&selection.types), Some(selection), selection).await
+        self.load_records(PgUsers::of_page(page), Some(&selection.types), Some(selection), selection).await
     }
 
     async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>> {
