@@ -16,7 +16,6 @@
 //! | `dispatcher` | – | outbox planner and sender, rich-menu linker, quota guard |
 //! | `api` (campaigns) | `/v1/campaigns…` | – |
 
-use crate::auth::require_api_key;
 use crate::config::Config;
 use crate::evaluator::Evaluator;
 use anyhow::Context;
@@ -25,8 +24,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use renkei_api::{ApiError, ApiState, IngestMetrics};
 use renkei_core::{ChangeListener, Clock};
-use renkei_ingest::{ApiError, IngestMetrics, IngestState};
 use renkei_line::{ClientOptions, LineClient};
 use renkei_membership::MembershipEngine;
 use renkei_segments::SegmentSet;
@@ -290,42 +289,23 @@ impl Application {
         };
         let mut router =
             Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(app_state);
-        if config.roles.api {
-            // Tracked links are opened by people on their phones: no bearer key.
-            router = router.merge(renkei_dispatch::http::track_router(renkei_dispatch::http::TrackApi {
-                store: store.clone(),
-                campaigns: campaigns.clone(),
-                clock: clock.clone(),
-                changes: changes.clone(),
-            }));
-        }
         if config.roles.webhook {
             // Signed by LINE: no bearer key.
             router = router.merge(renkei_webhook::public_router(webhook_state.clone()));
         }
-        let store_for_api = store.clone();
-        let clock_for_api = clock.clone();
         if config.roles.api {
             let api_keys: Arc<Vec<String>> =
                 Arc::new(config.server.api_keys.iter().map(|k| k.expose().to_string()).collect());
-            router = router
-                .merge(renkei_ingest::router(IngestState {
-                    store,
-                    clock,
-                    api_keys: api_keys.clone(),
-                    metrics: ingest_metrics,
-                    changes,
-                }))
-                .merge(require_api_key(renkei_webhook::api_router(webhook_state), api_keys.clone()))
-                .merge(require_api_key(renkei_membership::router(engine), api_keys.clone()))
-                .merge(require_api_key(
-                    renkei_dispatch::http::router(renkei_dispatch::http::CampaignsApi {
-                        store: store_for_api,
-                        campaigns: campaigns.clone(),
-                        clock: clock_for_api,
-                    }),
-                    api_keys,
-                ));
+            let state = ApiState {
+                store,
+                clock,
+                changes,
+                metrics: ingest_metrics,
+                engine,
+                campaigns: campaigns.clone(),
+                api_keys,
+            };
+            router = router.merge(renkei_api::router(state, renkei_webhook::api_router(webhook_state)));
         }
         let router = router
             .fallback(|| async { ApiError::not_found("no such route") })

@@ -2,7 +2,6 @@
 //! the CLI commands, and the demo. Integration tests drive these directly.
 
 pub mod app;
-pub mod auth;
 pub mod campaigns;
 pub mod cli;
 pub mod config;

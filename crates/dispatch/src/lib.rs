@@ -14,7 +14,6 @@
 //! a crash at any point resumes without losing or doubling a message.
 
 pub mod dry_run;
-pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod policy;

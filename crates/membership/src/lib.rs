@@ -15,11 +15,9 @@
 //! they give identical memberships; every difference is a transition.
 
 mod engine;
-mod http;
 mod runtime;
 
 pub use engine::{MembershipEngine, RecomputeProgress, RecomputeReport, facts_of};
-pub use http::router;
 pub use renkei_store::membership::{Cause, Transition, TransitionKind};
 pub use runtime::EngineHandle;
 

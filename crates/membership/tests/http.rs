@@ -29,7 +29,7 @@ async fn segments_list_sizes_and_paged_members() {
         f.test.store.link(&member, &user(n), LinkMethod::Api, t0()).await.expect("link");
     }
     f.engine.recompute_all(|_| {}).await.expect("recompute");
-    let app = renkei_membership::router(f.engine.clone());
+    let app = renkei_api::segments::router(f.engine.clone());
 
     let (status, body) = get(&app, "/v1/segments").await;
     assert_eq!(status, StatusCode::OK);
@@ -53,7 +53,7 @@ async fn segments_list_sizes_and_paged_members() {
 #[tokio::test]
 async fn unknown_segments_and_bad_limits_are_json_errors() {
     let f = fixture(&[LINKED]).await;
-    let app = renkei_membership::router(f.engine.clone());
+    let app = renkei_api::segments::router(f.engine.clone());
     let (status, body) = get(&app, "/v1/segments/nope/members").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "not_found");

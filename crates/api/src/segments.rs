@@ -1,13 +1,12 @@
 //! `GET /v1/segments` and `GET /v1/segments/{id}/members`. No auth here: the
 //! application wraps the router in its bearer-key layer.
 
-use crate::{MembershipEngine, MembershipError};
+use crate::error::{ApiError, ErrorCode};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use renkei_membership::{MembershipEngine, MembershipError};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::HashMap;
@@ -23,41 +22,16 @@ pub fn router(engine: Arc<MembershipEngine>) -> Router {
         .with_state(engine)
 }
 
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
-    }
-}
-
 impl From<MembershipError> for ApiError {
     fn from(error: MembershipError) -> Self {
         match error {
-            MembershipError::UnknownSegment(id) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unknown segment `{id}`"))
-            }
+            MembershipError::UnknownSegment(id) => ApiError::not_found(format!("unknown segment `{id}`")),
+            MembershipError::Store(error) => ApiError::store_unavailable(&error),
             other => {
                 tracing::error!(error = %other, "segment API failed");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the segment store is unavailable")
+                ApiError::new(ErrorCode::StoreUnavailable, "the segment store is unavailable")
             }
         }
-    }
-}
-
-impl From<renkei_store::StoreError> for ApiError {
-    fn from(error: renkei_store::StoreError) -> Self {
-        MembershipError::from(error).into()
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
     }
 }
 
@@ -97,15 +71,15 @@ async fn segment_members(
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
             _ => {
                 return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
+                    ErrorCode::BadRequest,
                     format!("limit must be an integer from 1 to {MAX_LIMIT}"),
                 ));
             }
         },
     };
     let after = query.get("after").map(String::as_str).filter(|a| !a.is_empty());
-    let members = engine.store().segment_members(&id, after, limit).await?;
+    let members =
+        engine.store().segment_members(&id, after, limit).await.map_err(|e| ApiError::store_unavailable(&e))?;
     let next_after = if members.len() == limit as usize { members.last().map(|m| m.to_string()) } else { None };
     Ok(Json(json!({ "segment": id, "line_user_ids": members, "next_after": next_after })))
 }

@@ -1,11 +1,11 @@
-//! `/v1` ingestion routes: events, members and links.
+//! `/v1` ingestion routes: events, members and links (ID連携 by the company's
+//! own IDs). Bearer auth is [`crate::router`]'s layer.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::metrics::IngestMetrics;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,7 +17,6 @@ use renkei_core::{
 use renkei_store::{Link, LinkOutcome, Store};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 /// Most events or members one request may carry.
 pub const MAX_BATCH_ITEMS: usize = 10_000;
@@ -30,13 +29,12 @@ pub const MAX_SMALL_BYTES: usize = 64 * 1024;
 pub struct IngestState {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
-    pub api_keys: Arc<Vec<String>>,
     pub metrics: Arc<IngestMetrics>,
     /// Told about every user whose data a request changed, after it is durable.
     pub changes: Arc<dyn ChangeListener>,
 }
 
-/// The `/v1` ingestion routes, behind bearer-key auth.
+/// The `/v1` ingestion routes (the caller adds bearer-key auth).
 pub fn router(state: IngestState) -> Router {
     let batches = Router::new()
         .route("/v1/events", post(post_events))
@@ -46,42 +44,16 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/links", post(post_link))
         .route("/v1/links/{member_id}", get(get_link).delete(delete_link))
         .layer(DefaultBodyLimit::max(MAX_SMALL_BYTES));
-    batches.merge(small).route_layer(middleware::from_fn_with_state(state.clone(), require_api_key)).with_state(state)
-}
-
-/// True when `presented` equals one of `keys`, comparing in constant time.
-pub fn key_matches(keys: &[String], presented: &str) -> bool {
-    let mut matched = subtle::Choice::from(0u8);
-    for key in keys {
-        matched |= key.as_bytes().ct_eq(presented.as_bytes());
-    }
-    bool::from(matched)
-}
-
-async fn require_api_key(State(state): State<IngestState>, request: Request, next: Next) -> Response {
-    if state.api_keys.is_empty() {
-        return ApiError::unauthorized("no API keys are configured (server.api_keys / RENKEI_SERVER__API_KEYS)")
-            .into_response();
-    }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(key) if key_matches(&state.api_keys, key) => next.run(request).await,
-        Some(_) => ApiError::unauthorized("unknown API key").into_response(),
-        None => ApiError::unauthorized("missing header Authorization: Bearer <api key>").into_response(),
-    }
+    batches.merge(small).with_state(state)
 }
 
 /// Parses a JSON object body, naming where it is malformed.
-fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
+pub fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
     let body = body.map_err(ApiError::from_body_rejection)?;
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "the body must be a JSON object")),
-        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("malformed JSON: {e}"))),
+        Ok(_) => Err(ApiError::bad_json("the body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_json(format!("malformed JSON: {e}"))),
     }
 }
 
@@ -93,8 +65,7 @@ fn batch_items(mut body: Map<String, Value>, field: &'static str) -> Result<Vec<
     match body.remove(field) {
         Some(Value::Array(items)) if items.len() <= MAX_BATCH_ITEMS => Ok(items),
         Some(Value::Array(items)) => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
+            ErrorCode::BatchTooLarge,
             format!("{} {field} in one request; at most {MAX_BATCH_ITEMS}", items.len()),
         )),
         Some(_) => Err(ApiError::invalid(format!("{field:?} must be an array"))),
@@ -165,7 +136,7 @@ async fn post_members(
     Ok(Json(json!({"created": outcome.created, "updated": outcome.updated, "unchanged": outcome.unchanged})))
 }
 
-fn link_json(link: &Link) -> Value {
+pub fn link_json(link: &Link) -> Value {
     json!({
         "member_id": link.member_id,
         "line_user_id": link.line_user_id,
@@ -225,8 +196,7 @@ async fn post_link(
 }
 
 fn path_member_id(raw: &str) -> Result<MemberId, ApiError> {
-    MemberId::parse(raw)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_member_id", format!("member_id {e}")))
+    MemberId::parse(raw).map_err(|e| ApiError::new(ErrorCode::InvalidMemberId, format!("member_id {e}")))
 }
 
 async fn get_link(State(state): State<IngestState>, Path(member_id): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -247,19 +217,5 @@ async fn delete_link(State(state): State<IngestState>, Path(member_id): Path<Str
             Ok(Json(json!({"unlinked": link_json(&link)})))
         }
         None => Err(ApiError::not_found(format!("member {member_id} is not linked"))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::key_matches;
-
-    #[test]
-    fn api_keys_match_exactly() {
-        let keys = vec!["alpha-key".to_string(), "beta-key".to_string()];
-        assert!(key_matches(&keys, "beta-key"));
-        assert!(!key_matches(&keys, "beta-ke"));
-        assert!(!key_matches(&keys, "beta-key2"));
-        assert!(!key_matches(&[], "anything"));
     }
 }
