@@ -7,17 +7,15 @@
 //! the tasks: the server first (no new work), then the role tasks, then the
 //! segment engine (which finishes the changes already reported).
 //!
-//! | role | routes | background tasks |
-//! |---|---|---|
-//! | `api` | `/v1/events`, `/v1/members`, `/v1/links…`, `/v1/account-link/nonce`, `/v1/links/id-token`, `/v1/segments…` | – |
-//! | `webhook` | `POST /webhook/line` | webhook worker |
-//! | `evaluator` | – | segment engine (change worker, timer), start-up recompute |
-//! | `scheduler` | – | campaign triggers (segment entries, events, cron fires), desired rich menus |
-//! | `dispatcher` | – | outbox planner and sender, rich-menu linker, quota guard |
-//! | `api` (campaigns) | `/v1/campaigns…` | – |
+//! | role | crate | routes | background tasks |
+//! |---|---|---|---|
+//! | `api` | `renkei-api` | `/v1/events`, `/v1/members`, `/v1/links…`, `/v1/segments…`, `/v1/campaigns…`, `/t/…`; with `renkei-webhook`'s `/v1/account-link/nonce`, `/v1/links/id-token` | – |
+//! | `webhook` | `renkei-webhook` | `POST /webhook/line` | webhook worker |
+//! | `evaluator` | `renkei-evaluator` | – | segment engine (change worker, timer), start-up recompute |
+//! | `scheduler` | `renkei-scheduler` | – | campaign triggers (segment entries, events, cron fires), desired rich menus |
+//! | `dispatcher` | `renkei-dispatcher` | – | outbox planner, sender and recorder, rich-menu linker, quota guard |
 
 use crate::config::Config;
-use crate::evaluator::Evaluator;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
@@ -26,8 +24,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use renkei_api::{ApiError, ApiState, IngestMetrics};
 use renkei_core::{ChangeListener, Clock};
+use renkei_evaluator::Evaluator;
+use renkei_evaluator::MembershipEngine;
 use renkei_line::{ClientOptions, LineClient};
-use renkei_membership::MembershipEngine;
 use renkei_segments::SegmentSet;
 use renkei_store::Store;
 use renkei_webhook::{WebhookConfig, WebhookState, WorkerHandle, WorkerOptions};
@@ -52,14 +51,14 @@ struct AppState {
     segments: usize,
     evaluator: Option<Evaluator>,
     webhook: bool,
-    dispatch_metrics: Arc<renkei_dispatch::DispatchMetrics>,
+    dispatch_metrics: Arc<renkei_dispatcher::DispatchMetrics>,
 }
 
 pub struct Application {
     listener: TcpListener,
     router: Router,
     background: Background,
-    dispatcher: Option<Arc<renkei_dispatch::Dispatcher>>,
+    dispatcher: Option<Arc<renkei_dispatcher::Dispatcher>>,
 }
 
 /// The background work of the roles switched on, stopped after the server.
@@ -188,18 +187,18 @@ impl Application {
         let campaigns = Arc::new(campaigns);
         let rich_menus = Arc::new(rich_menus);
         tracing::info!(campaigns = campaigns.len(), dir = %config.paths.campaigns.display(), "campaigns loaded");
-        let dispatch_metrics = Arc::new(renkei_dispatch::DispatchMetrics::default());
+        let dispatch_metrics = Arc::new(renkei_dispatcher::DispatchMetrics::default());
         let settings = crate::campaigns::dispatch_settings(config)?;
         let mut dispatch_wake = Arc::new(tokio::sync::Notify::new());
         let mut dispatcher = None;
         if config.roles.dispatcher {
             match line_client(config)? {
                 Some(line) => {
-                    let quota = Arc::new(renkei_dispatch::QuotaGuard::new(
+                    let quota = Arc::new(renkei_dispatcher::QuotaGuard::new(
                         config.dispatch.quota_guard,
                         dispatch_metrics.clone(),
                     ));
-                    let d = Arc::new(renkei_dispatch::Dispatcher::new(
+                    let d = Arc::new(renkei_dispatcher::Dispatcher::new(
                         store.clone(),
                         line.clone(),
                         campaigns.clone(),
@@ -209,7 +208,7 @@ impl Application {
                         quota.clone(),
                     ));
                     dispatch_wake = d.waker();
-                    let linker = Arc::new(renkei_dispatch::RichMenuLinker::new(
+                    let linker = Arc::new(renkei_dispatcher::RichMenuLinker::new(
                         store.clone(),
                         line.clone(),
                         clock.clone(),
@@ -249,7 +248,7 @@ impl Application {
         }
         if config.roles.scheduler {
             let runner = Arc::new(
-                renkei_dispatch::CampaignRunner::new(
+                renkei_scheduler::CampaignRunner::new(
                     store.clone(),
                     campaigns.clone(),
                     rich_menus.clone(),
@@ -324,7 +323,7 @@ impl Application {
     }
 
     /// The dispatcher (dispatcher role with a channel access token).
-    pub fn dispatcher(&self) -> Option<Arc<renkei_dispatch::Dispatcher>> {
+    pub fn dispatcher(&self) -> Option<Arc<renkei_dispatcher::Dispatcher>> {
         self.dispatcher.clone()
     }
 

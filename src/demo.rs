@@ -163,7 +163,7 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
     // Memberships as a running renkei would already have them. (On a first
     // start the server's own recompute would find them; computing them first
     // keeps the tour's story exact: entries happen live, below.)
-    let engine = renkei_membership::MembershipEngine::new(store.clone(), segments.clone(), clock.clone(), tz);
+    let engine = renkei_evaluator::MembershipEngine::new(store.clone(), segments.clone(), clock.clone(), tz);
     let computed = engine.recompute_all(|_| {}).await?;
     println!("   segment memberships computed: {} users, {} segment entries", computed.users, computed.transitions);
 
@@ -435,7 +435,7 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
                 continue;
             };
             let release = campaign.quiet_hours.and_then(|q| q.release_at(at, tz));
-            let rows = renkei_dispatch::dry_run(
+            let rows = renkei_scheduler::dry_run(
                 &engine,
                 &real_campaigns,
                 id,

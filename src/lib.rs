@@ -6,7 +6,6 @@ pub mod campaigns;
 pub mod cli;
 pub mod config;
 pub mod demo;
-pub mod evaluator;
 pub mod preview;
 pub mod progress;
 pub mod telemetry;

@@ -32,7 +32,7 @@ pub use metrics::IngestMetrics;
 use axum::Router;
 use renkei_campaigns::CampaignSet;
 use renkei_core::{ChangeListener, Clock};
-use renkei_membership::MembershipEngine;
+use renkei_evaluator::MembershipEngine;
 use renkei_store::Store;
 use std::sync::Arc;
 

@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use renkei_membership::{MembershipEngine, MembershipError};
+use renkei_evaluator::{MembershipEngine, MembershipError};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::HashMap;

@@ -1,4 +1,5 @@
-//! The evaluator role: the segment engine running inside `renkei serve`.
+//! The evaluator role: the segment engine running inside `renkei serve`
+//! (the role's handle; [`MembershipEngine`] is the engine).
 //!
 //! [`Evaluator`] is what the rest of the process holds: it is the
 //! [`ChangeListener`] the ingestion API and the webhook worker report to, it
@@ -12,8 +13,8 @@
 //! re-evaluated once more after the recompute, so a page the recompute read
 //! before a change cannot leave a stale answer behind.
 
+use crate::{EngineHandle, MembershipEngine, RecomputeReport};
 use renkei_core::{ChangeListener, UserRef};
-use renkei_membership::{EngineHandle, MembershipEngine, RecomputeReport};
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -98,7 +99,7 @@ impl Evaluator {
     /// The full recompute `renkei serve` runs at start; stops early when
     /// `stop` is cancelled (each page is written atomically, so an
     /// interrupted recompute leaves nothing half-written).
-    pub(crate) async fn startup_recompute(self, stop: CancellationToken) {
+    pub async fn startup_recompute(self, stop: CancellationToken) {
         let segments = self.engine().segments().len();
         tracing::info!(
             segments,
@@ -182,7 +183,7 @@ impl Evaluator {
     }
 
     /// Stops the worker and the timer; changes already reported are processed first.
-    pub(crate) async fn stop(&self) {
+    pub async fn stop(&self) {
         let handle = self.inner.handle.write().await.take();
         if let Some(handle) = handle {
             handle.shutdown().await;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use common::{event, fixture, member, user};
 use proptest::prelude::*;
 use renkei_core::{LinkMethod, MemberPatch, UserRef};
-use renkei_membership::{Cause, MembershipEngine};
+use renkei_evaluator::{Cause, MembershipEngine};
 use renkei_store::Store;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};

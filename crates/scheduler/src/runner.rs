@@ -11,12 +11,12 @@
 //! first passed (already handled rows are skipped in memory); the stored
 //! cursor only moves past ids that have settled.
 
-use crate::DispatchResult;
-use crate::metrics::DispatchMetrics;
+use crate::SchedulerResult;
 use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
 use renkei_campaigns::{Campaign, CampaignSet, RenderContext, RichMenuRules, Trigger, schedule};
 use renkei_core::{Clock, LineUserId, MemberId};
+use renkei_dispatcher::DispatchMetrics;
 use renkei_store::dispatch::NewDelivery;
 use renkei_store::membership::{Cause, StoredTransition, TransitionKind, UserRecord};
 use renkei_store::{Store, StoreResult, StoredEvent};
@@ -161,7 +161,7 @@ impl CampaignRunner {
         settings: RunnerSettings,
         metrics: Arc<DispatchMetrics>,
         dispatch_wake: Arc<Notify>,
-    ) -> DispatchResult<Self> {
+    ) -> SchedulerResult<Self> {
         let now = clock.now();
         let mut enabled_at = HashMap::new();
         for campaign in campaigns.iter() {
@@ -189,7 +189,7 @@ impl CampaignRunner {
             || has_rich_menus(&self.rich_menus)
     }
 
-    async fn start_tail(&self, cursor: &str, max: i64) -> DispatchResult<Tail> {
+    async fn start_tail(&self, cursor: &str, max: i64) -> SchedulerResult<Tail> {
         let start = match self.store.get_cursor(cursor).await? {
             Some(value) => value,
             None => {
@@ -269,7 +269,7 @@ impl CampaignRunner {
 
     /// One round: rows after the last seen, plus (every few seconds) rows that
     /// committed late below it; returns how many new rows were read.
-    async fn tail_round(&self, table: &Table, tail: &mut Tail) -> DispatchResult<usize> {
+    async fn tail_round(&self, table: &Table, tail: &mut Tail) -> SchedulerResult<usize> {
         let rows = self.fetch(table, tail.last_seen, PAGE).await?;
         let n = rows.len();
         let mut fresh: Vec<Row> = rows.into_iter().filter(|r| !tail.seen(r.id())).collect();
@@ -305,7 +305,7 @@ impl CampaignRunner {
     }
 
     /// Enqueues segment-entry campaigns and updates desired rich menus.
-    pub async fn on_transitions(&self, transitions: &[StoredTransition]) -> DispatchResult<()> {
+    pub async fn on_transitions(&self, transitions: &[StoredTransition]) -> SchedulerResult<()> {
         let now = self.clock.now();
         let mut deliveries = Vec::new();
         // A full recompute (start-up, a new or edited segment) establishes
@@ -353,7 +353,7 @@ impl CampaignRunner {
     }
 
     /// Sets the desired rich menu of these users from their memberships.
-    pub async fn update_rich_menus(&self, users: &[LineUserId]) -> DispatchResult<()> {
+    pub async fn update_rich_menus(&self, users: &[LineUserId]) -> SchedulerResult<()> {
         if users.is_empty() {
             return Ok(());
         }
@@ -369,7 +369,7 @@ impl CampaignRunner {
 
     /// At start: the desired menu of every member of a rule segment (others
     /// keep the default the channel shows, or get it when they leave a rule segment).
-    pub async fn sync_rich_menus(&self) -> DispatchResult<u64> {
+    pub async fn sync_rich_menus(&self) -> SchedulerResult<u64> {
         let mut total = 0;
         let segments: BTreeSet<String> = self.rich_menus.rules.iter().map(|r| r.segment.clone()).collect();
         for segment in segments {
@@ -388,7 +388,7 @@ impl CampaignRunner {
     /// Enqueues event-triggered campaigns for these events. A send time
     /// already past by more than the catch-up grace (a reminder for a
     /// reservation posted too late) is recorded as `expired`, not sent.
-    pub async fn on_events(&self, events: &[StoredEvent]) -> DispatchResult<()> {
+    pub async fn on_events(&self, events: &[StoredEvent]) -> SchedulerResult<()> {
         let now = self.clock.now();
         let tz = self.settings.timezone;
         let relevant: Vec<&StoredEvent> =
@@ -513,7 +513,7 @@ impl CampaignRunner {
         &self,
         campaign: &Campaign,
         now: DateTime<Utc>,
-    ) -> DispatchResult<Option<DateTime<Utc>>> {
+    ) -> SchedulerResult<Option<DateTime<Utc>>> {
         let Trigger::Schedule { schedule: cron, .. } = &campaign.trigger else { return Ok(None) };
         let tz = self.settings.timezone;
         let enabled = self.enabled_at.get(&campaign.id).copied().unwrap_or(now);
@@ -537,7 +537,7 @@ impl CampaignRunner {
     }
 
     /// Enqueues one fire of a scheduled campaign for its audience's current members.
-    pub async fn fire(&self, campaign: &Campaign, fire_at: DateTime<Utc>) -> DispatchResult<u64> {
+    pub async fn fire(&self, campaign: &Campaign, fire_at: DateTime<Utc>) -> SchedulerResult<u64> {
         let Trigger::Schedule { audience, .. } = &campaign.trigger else { return Ok(0) };
         let trigger_key = format!("schedule:{}", rfc3339(fire_at));
         let mut after: Option<String> = None;
@@ -572,14 +572,14 @@ impl CampaignRunner {
         Ok(total)
     }
 
-    async fn records(&self, users: &[LineUserId]) -> DispatchResult<HashMap<LineUserId, UserRecord>> {
+    async fn records(&self, users: &[LineUserId]) -> SchedulerResult<HashMap<LineUserId, UserRecord>> {
         if users.is_empty() {
             return Ok(HashMap::new());
         }
         Ok(self.store.load_users(users, Some(&[])).await?.into_iter().map(|r| (r.line_user_id.clone(), r)).collect())
     }
 
-    async fn enqueue(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> DispatchResult<()> {
+    async fn enqueue(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> SchedulerResult<()> {
         if deliveries.is_empty() {
             return Ok(());
         }

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use renkei_core::{LineUserId, ManualClock, MemberId, NewEvent};
-use renkei_membership::MembershipEngine;
+use renkei_evaluator::MembershipEngine;
 use renkei_segments::SegmentSet;
 use renkei_store::test_support::{self, TestStore};
 use serde_json::Value;

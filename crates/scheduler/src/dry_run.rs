@@ -1,14 +1,14 @@
 //! `renkei campaigns dry-run`: who would get what at an instant, rendered,
 //! with the policy decision for each, and nothing sent or stored.
 
-use crate::policy::{Decision, GlobalPolicy};
 use crate::runner::rfc3339;
-use crate::sender::{PolicyContext, decide_deliveries};
-use crate::{DispatchError, DispatchResult};
+use crate::{SchedulerError, SchedulerResult};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use renkei_campaigns::{CampaignSet, RenderContext, Trigger};
-use renkei_membership::MembershipEngine;
+use renkei_dispatcher::policy::{Decision, GlobalPolicy};
+use renkei_dispatcher::{PolicyContext, decide_deliveries};
+use renkei_evaluator::MembershipEngine;
 use renkei_store::dispatch::{DeliveryStatus, PendingDelivery};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -42,8 +42,9 @@ pub async fn dry_run(
     at: DateTime<Utc>,
     global: &GlobalPolicy,
     public_base_url: &str,
-) -> DispatchResult<Vec<DryRunRow>> {
-    let campaign = campaigns.get(campaign_id).ok_or_else(|| DispatchError::UnknownCampaign(campaign_id.to_string()))?;
+) -> SchedulerResult<Vec<DryRunRow>> {
+    let campaign =
+        campaigns.get(campaign_id).ok_or_else(|| SchedulerError::UnknownCampaign(campaign_id.to_string()))?;
     let store = engine.store().as_ref();
     let tz: Tz = engine.timezone();
     let mut deliveries: Vec<PendingDelivery> = Vec::new();

@@ -1,4 +1,5 @@
-//! The segment engine's runtime: keeps every segment's membership current.
+//! The evaluator role: the segment engine's runtime, keeping every segment's
+//! membership current, and [`Evaluator`], the handle `renkei serve` runs it by.
 //!
 //! Segment semantics live in `renkei-segments` (pure); this crate feeds it
 //! stored facts and writes the answers back:
@@ -15,9 +16,11 @@
 //! they give identical memberships; every difference is a transition.
 
 mod engine;
+mod evaluator;
 mod runtime;
 
 pub use engine::{MembershipEngine, RecomputeProgress, RecomputeReport, facts_of};
+pub use evaluator::Evaluator;
 pub use renkei_store::membership::{Cause, Transition, TransitionKind};
 pub use runtime::EngineHandle;
 

@@ -9,7 +9,7 @@ mod common;
 
 use common::{Backend, GOLD, Harness, LINKED, Spec, harness, personal_attrs, t0, user};
 use renkei_core::{Clock, NewEvent};
-use renkei_dispatch::{DispatchSettings, Dispatcher, GlobalPolicy};
+use renkei_dispatcher::{DispatchSettings, Dispatcher, GlobalPolicy};
 use renkei_line_sim::{Faults, SimConfig};
 use serde_json::json;
 use std::sync::Arc;
@@ -271,7 +271,7 @@ async fn rich_menus_follow_segment_changes(backend: Backend) {
         line_user_id: None,
     };
     h.test.store.upsert_members(&[patch], h.clock.now()).await.unwrap();
-    h.engine.evaluate_users(&[user(2)], renkei_membership::Cause::Member).await.unwrap();
+    h.engine.evaluate_users(&[user(2)], renkei_evaluator::Cause::Member).await.unwrap();
     let last = transitions.last().map(|t| t.id).unwrap_or(0);
     let more = h.test.store.transitions_after(last, 100).await.unwrap();
     assert_eq!(more.len(), 1);
@@ -329,7 +329,7 @@ async fn entries_found_by_a_full_recompute_do_not_trigger_and_late_reminders_exp
         line_user_id: Some(user(1)),
     }];
     h.test.store.upsert_members(&patches, t0()).await.unwrap();
-    h.engine.evaluate_users(&[user(1)], renkei_membership::Cause::Recompute).await.unwrap();
+    h.engine.evaluate_users(&[user(1)], renkei_evaluator::Cause::Recompute).await.unwrap();
     // A member who becomes gold through data: that entry triggers.
     h.add_members(&[(2, personal_attrs(2, "gold"))]).await;
     let transitions = h.test.store.transitions_after(0, 100).await.unwrap();

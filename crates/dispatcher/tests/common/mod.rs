@@ -6,12 +6,11 @@
 use chrono::{DateTime, TimeZone, Utc};
 use renkei_campaigns::{CampaignSet, RichMenuRules};
 use renkei_core::{Clock, LineUserId, ManualClock, MemberId, MemberPatch};
-use renkei_dispatch::{
-    CampaignRunner, DispatchMetrics, DispatchSettings, Dispatcher, QuotaGuard, RichMenuLinker, RunnerSettings,
-};
+use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, QuotaGuard, RichMenuLinker};
+use renkei_evaluator::{Cause, MembershipEngine};
 use renkei_line::LineClient;
 use renkei_line_sim::{LineSim, SimConfig, SimHandle};
-use renkei_membership::{Cause, MembershipEngine};
+use renkei_scheduler::{CampaignRunner, RunnerSettings};
 use renkei_segments::SegmentSet;
 use renkei_store::test_support::{self, TestStore};
 use serde_json::{Value, json};

@@ -5,7 +5,7 @@ mod common;
 use chrono::Duration;
 use common::{event, fixture, member, t0, user};
 use renkei_core::{ChangeListener, LinkMethod, MemberPatch, UserRef};
-use renkei_membership::{Cause, MembershipEngine, TransitionKind};
+use renkei_evaluator::{Cause, MembershipEngine, TransitionKind};
 use renkei_store::SqliteStore;
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -149,7 +149,7 @@ async fn recompute_records_transitions_and_preview_writes_nothing() {
     assert_eq!(preview, vec![user(2), user(3)]);
     assert_eq!(f.engine.preview("buyers", t0()).await.expect("preview"), vec![user(1), user(8)]);
     assert!(store.transitions_after(0, 10).await.expect("none").is_empty(), "preview writes nothing");
-    assert!(matches!(f.engine.preview("nope", t0()).await, Err(renkei_membership::MembershipError::UnknownSegment(_))));
+    assert!(matches!(f.engine.preview("nope", t0()).await, Err(renkei_evaluator::MembershipError::UnknownSegment(_))));
 
     let mut calls = 0;
     let report = f.engine.recompute_all(|_| calls += 1).await.expect("recompute");

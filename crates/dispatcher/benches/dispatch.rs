@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! eval "$(bash .ci/pg-start)"
-//! RENKEI_BENCH_POSTGRES_URL=$RENKEI_TEST_POSTGRES_URL cargo bench -p renkei-dispatch --bench dispatch
+//! RENKEI_BENCH_POSTGRES_URL=$RENKEI_TEST_POSTGRES_URL cargo bench -p renkei-dispatcher --bench dispatch
 //! ```
 //! Env: `RENKEI_BENCH_PUSH_USERS` (default 100000), `RENKEI_BENCH_MULTICAST_USERS`
 //! (default 1000000), `RENKEI_BENCH_POSTGRES_URL` (else SQLite in a temp dir),
@@ -16,10 +16,11 @@
 use chrono::Utc;
 use renkei_campaigns::{CampaignSet, RichMenuRules};
 use renkei_core::{Clock, LineUserId, MemberId, MemberPatch, SystemClock};
-use renkei_dispatch::{CampaignRunner, DispatchMetrics, DispatchSettings, Dispatcher, QuotaGuard, RunnerSettings};
+use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, QuotaGuard};
+use renkei_evaluator::Cause;
 use renkei_line::LineClient;
 use renkei_line_sim::{LineSim, SimConfig};
-use renkei_membership::Cause;
+use renkei_scheduler::{CampaignRunner, RunnerSettings};
 use renkei_segments::SegmentSet;
 use renkei_store::Store;
 use renkei_store::membership::MembershipUpdate;

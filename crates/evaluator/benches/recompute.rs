@@ -3,11 +3,11 @@
 //!
 //! ```text
 //! RENKEI_TEST_POSTGRES_URL=postgres://renkei@127.0.0.1:55432/postgres \
-//!   cargo bench -p renkei-membership --bench recompute
+//!   cargo bench -p renkei-evaluator --bench recompute
 //! # the SPEC's size (PostgreSQL only; loading takes a few minutes):
 //! RENKEI_BENCH_USERS=1000000 RENKEI_BENCH_EVENTS=20000000 RENKEI_BENCH_BACKENDS=postgres \
 //!   RENKEI_BENCH_POSTGRES_URL=postgres://renkei@127.0.0.1:55432/postgres \
-//!   cargo bench -p renkei-membership --bench recompute
+//!   cargo bench -p renkei-evaluator --bench recompute
 //! ```
 //! Env: `RENKEI_BENCH_USERS` (default 100000), `RENKEI_BENCH_EVENTS` (default
 //! 2000000), `RENKEI_BENCH_BACKENDS` (default `postgres,sqlite`),
@@ -18,7 +18,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use renkei_core::{LineUserId, SystemClock};
-use renkei_membership::{Cause, MembershipEngine};
+use renkei_evaluator::{Cause, MembershipEngine};
 use renkei_segments::SegmentSet;
 use renkei_store::test_support::measure::{cpu_seconds, peak_rss_mb, postgres_cpu_seconds};
 use renkei_store::{PgStore, SqliteStore, Store, test_support};
@@ -237,7 +237,7 @@ fn print_postgres_cpu(name: &str, before: Option<(f64, f64)>) {
 }
 
 /// With `RENKEI_BENCH_PROGRESS` set, prints time and renkei CPU every 100,000 users.
-fn progress_printer() -> impl FnMut(&renkei_membership::RecomputeProgress) + Send {
+fn progress_printer() -> impl FnMut(&renkei_evaluator::RecomputeProgress) + Send {
     let (verbose, started, cpu) = (std::env::var_os("RENKEI_BENCH_PROGRESS").is_some(), Instant::now(), cpu_seconds());
     let mut next = 100_000;
     move |done| {
