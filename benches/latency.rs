@@ -32,8 +32,10 @@ use renkei_core::{Clock, LineUserId, MemberId, MemberPatch, NewEvent, SystemCloc
 use renkei_evaluator::{Cause, MembershipEngine, TransitionKind};
 use renkei_line_sim::{Endpoint, LineSim, SimConfig};
 use renkei_segments::SegmentSet;
-use renkei_store::test_support::measure::peak_rss_mb;
-use renkei_store::{PgStore, Store, test_support};
+use renkei_store::{PgStore, Store};
+use renkei_test_support as test_support;
+use renkei_test_support::Rng;
+use renkei_test_support::measure::peak_rss_mb;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::path::Path;
@@ -59,19 +61,6 @@ fn line_user(i: usize) -> String {
 
 fn member(i: usize) -> String {
     format!("M{i:07}")
-}
-
-/// splitmix64: deterministic data without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
 }
 
 fn attributes(i: usize, rng: &mut Rng, now: DateTime<Utc>) -> Map<String, Value> {

@@ -8,7 +8,6 @@ pub mod dispatch;
 pub mod membership;
 mod postgres;
 pub(crate) mod sqlite;
-pub mod test_support;
 pub mod webhook;
 
 pub use dispatch::DispatchStore;

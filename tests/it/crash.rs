@@ -11,7 +11,7 @@
 //! LINE answers 409 for the ones it had already accepted.
 
 use renkei_line_sim::{Endpoint, Faults, LineSim, SimConfig, SimHandle};
-use renkei_store::test_support;
+use renkei_test_support as test_support;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::fmt::Write as _;
