@@ -6,14 +6,12 @@
 use crate::DispatchResult;
 use crate::dispatcher::{Dispatcher, micros};
 use crate::facts::{PolicyContext, decide_deliveries};
-use crate::grouping::{Recipients, group_requests};
+use crate::grouping::Sends;
 use crate::metrics::DispatchMetrics;
 use crate::policy::Decision;
 use chrono::{DateTime, Utc};
 use foldhash::HashSet;
 use renkei_store::dispatch::{ClaimOutcome, PendingDelivery, QueueKey};
-use serde_json::Value;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -130,9 +128,8 @@ impl Dispatcher {
         };
         let unresolved: HashSet<i64> = deliveries.iter().filter(|d| d.line_user_id.is_none()).map(|d| d.id).collect();
         let decisions = decide_deliveries(&context, &mut deliveries, now).await?;
-        // Keyed by campaign and payload: the deliveries of one claim that carry
-        // the same messages share one decoded payload (see `Delivery::messages`).
-        let mut sends: BTreeMap<(String, usize), (Arc<Value>, Recipients)> = BTreeMap::new();
+        // Grouped by campaign and payload (by the messages themselves, see `PayloadKey`).
+        let mut sends = Sends::default();
         for (delivery, decision) in deliveries.into_iter().zip(decisions) {
             if unresolved.contains(&delivery.id)
                 && let Some(user) = &delivery.line_user_id
@@ -145,16 +142,12 @@ impl Dispatcher {
                 // `decide` sends only to a known user.
                 Decision::Send => {
                     if let Some(user) = delivery.line_user_id {
-                        let key = (delivery.campaign_id, Arc::as_ptr(&delivery.messages) as usize);
-                        let (_, recipients) = sends.entry(key).or_insert_with(|| (delivery.messages, Vec::new()));
-                        recipients.push((delivery.id, user));
+                        sends.add(delivery.campaign_id, delivery.messages, delivery.id, user);
                     }
                 }
             }
         }
-        for (messages, recipients) in sends.into_values() {
-            outcome.requests.extend(group_requests(&messages, recipients));
-        }
+        outcome.requests.extend(sends.into_requests());
         // Send what fits in the month's quota; hold the rest (nothing dropped).
         if let Some(room) = self.quota.room() {
             let mut fits = 0u64;
