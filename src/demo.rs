@@ -263,7 +263,7 @@ async fn serve(
     menu_names: HashMap<String, String>,
 ) -> anyhow::Result<Live> {
     let (config, api_key, tz, clock) = (&setup.config, &setup.api_key, setup.tz, &setup.clock);
-    let app = Application::build(&config, store.clone(), clock.clone()).await?;
+    let app = Application::build(config, store.clone(), clock.clone()).await?;
     let evaluator = app.evaluator().context("the demo runs the evaluator role")?;
     app.dispatcher().context("the demo runs the dispatcher role")?;
     let base = format!("http://{}", app.local_addr());
@@ -299,7 +299,7 @@ async fn list_campaigns_and_menus(live: &Live, rich_menus: &RichMenuRules) -> an
     if let Some(gold) = &gold_menu {
         let linked = wait_until("gold members' rich menus linked", WAIT, async || {
             let n = sim.user_rich_menus().values().filter(|m| *m == gold).count();
-            let expected = segment_size(&tour, "gold_members").await?;
+            let expected = segment_size(tour, "gold_members").await?;
             Ok((n > 0 && n as u64 >= expected).then_some(n))
         })
         .await?;
@@ -375,7 +375,7 @@ async fn shop_events(live: &Live) -> anyhow::Result<Moments> {
 /// 4. A member blocks the account: renkei must never message them again.
 async fn block_account(live: &Live) -> anyhow::Result<()> {
     let (store, sim) = (&live.store, &live.sim);
-    let blocked = member_user(&store, BIRTHDAY_BLOCKED).await?;
+    let blocked = member_user(store, BIRTHDAY_BLOCKED).await?;
     if let Some(user) = &blocked {
         let delivery = sim.send_unfollow(user).await?;
         println!(
@@ -494,7 +494,7 @@ async fn account_link(
 async fn time_passes(live: &Live, moments: &Moments, birthday_at: DateTime<Utc>) -> anyhow::Result<()> {
     let (tour, store, sim, clock) = (&live.tour, &live.store, &live.sim, &live.clock);
     let Moments { cart_due, reminder_due } = *moments;
-    let abandoner = member_user(&store, CART_ABANDONER).await?;
+    let abandoner = member_user(store, CART_ABANDONER).await?;
     println!("6. waiting for the moments set up above (a few seconds each)…");
     if let Some(user) = &abandoner {
         let limit = until(cart_due, clock.now()) + WAIT;
@@ -510,7 +510,7 @@ async fn time_passes(live: &Live, moments: &Moments, birthday_at: DateTime<Utc>)
             );
         }
     }
-    let reserver = member_user(&store, RESERVATION).await?;
+    let reserver = member_user(store, RESERVATION).await?;
     if let Some(user) = &reserver {
         let limit = until(reminder_due, clock.now()) + WAIT;
         let reminder = wait_until("the reservation reminder", limit, async || {
@@ -525,7 +525,7 @@ async fn time_passes(live: &Live, moments: &Moments, birthday_at: DateTime<Utc>)
             );
         }
     }
-    let birthday_user = member_user(&store, BIRTHDAY).await?;
+    let birthday_user = member_user(store, BIRTHDAY).await?;
     if let Some(user) = &birthday_user {
         let limit = until(birthday_at, clock.now()) + WAIT;
         let coupon = wait_until("the birthday coupon", limit, async || {
@@ -581,11 +581,11 @@ async fn quiet_hours_as_written(
             };
             let release = campaign.quiet_hours.and_then(|q| q.release_at(at, tz));
             let rows = renkei_scheduler::dry_run(
-                &engine,
-                &real_campaigns,
+                engine,
+                real_campaigns,
                 id,
                 at,
-                &written_policy,
+                written_policy,
                 &config.server.public_base_url,
             )
             .await?;

@@ -47,10 +47,14 @@ impl std::io::Write for HashWriter<'_> {
     }
 }
 
+/// One payload and the deliveries that carry it.
+type Payload = (Arc<Value>, Recipients);
+
 /// The sends a planning round decided, grouped by campaign and payload.
 #[derive(Default)]
 pub(crate) struct Sends {
-    groups: BTreeMap<(String, PayloadKey), Vec<(Arc<Value>, Recipients)>>,
+    /// Per campaign and payload key, each distinct payload with that key and its recipients.
+    groups: BTreeMap<(String, PayloadKey), Vec<Payload>>,
     /// The previous delivery's payload and key: runs of deliveries usually
     /// carry the same decoded payload, whose key need not be worked out again.
     last: Option<(Arc<Value>, PayloadKey)>,
