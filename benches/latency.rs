@@ -1,4 +1,4 @@
-//! Latency benchmark (SPEC §9): event ingested → segment transition →
+//! Latency benchmark (a performance target: p99 ≤ 250 ms): event ingested → segment transition →
 //! message accepted by the LINE simulator, p99 ≤ 250 ms; plus the per-event
 //! re-evaluation cost with the example segments and the peak RSS.
 //!
@@ -338,7 +338,7 @@ async fn latency(name: &str, store: Arc<dyn Store>, url: &str, params: &LatencyP
     println!("{}", summary("  enqueued → request planned (dispatcher)", to_planned));
     println!("{}", summary("  planned → push recorded by the simulator", to_sim));
     println!(
-        "{name}: {within}/{} within 250 ms; {missing} never arrived{}; target (SPEC §9): p99 ≤ 250 ms",
+        "{name}: {within}/{} within 250 ms; {missing} never arrived{}; target: p99 ≤ 250 ms",
         end_to_end.len(),
         if complete { "" } else { " (gave up waiting after 60 s)" }
     );
@@ -514,7 +514,7 @@ fn main() -> Result<(), BoxError> {
             .ok()
             .filter(|u| !u.is_empty());
         println!(
-            "latency benchmark (SPEC §9): event ingested → segment transition → message accepted by the LINE simulator"
+            "latency benchmark (target p99 ≤ 250 ms): event ingested → segment transition → message accepted by the LINE simulator"
         );
 
         let parts = std::env::var("RENKEI_BENCH_PARTS").unwrap_or_else(|_| "latency,eval".to_string());

@@ -1,4 +1,5 @@
-//! The crash test (SPEC §8 "Nothing twice"): `renkei serve` is killed with
+//! The crash test ("nothing twice": a user never gets the same campaign
+//! message twice for one trigger, across restarts): `renkei serve` is killed with
 //! SIGKILL in the middle of a 10,000-recipient campaign, restarted on the same
 //! database, and every recipient is accepted by LINE exactly once.
 //!
