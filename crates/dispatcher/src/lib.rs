@@ -1,4 +1,4 @@
-//! The dispatcher role (SPEC §8: the outbox to LINE).
+//! The dispatcher role: the outbox to LINE, never twice, never to the blocked.
 //!
 //! [`Dispatcher`] works the outbox in stages, each its own module and each
 //! ending in a committed state change, so a crash at any point resumes

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-/// Requests per second per endpoint (SPEC §2 defaults).
+/// Requests per second per endpoint (defaults: LINE's limits per channel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Rates {

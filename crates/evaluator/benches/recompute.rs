@@ -1,10 +1,10 @@
-//! Full segment recompute benchmark (SPEC §9: 1M linked users, 20M events,
+//! Full segment recompute benchmark (a performance target: 1M linked users, 20M events,
 //! the example segments, ≤ 20 s on PostgreSQL).
 //!
 //! ```text
 //! RENKEI_TEST_POSTGRES_URL=postgres://renkei@127.0.0.1:55432/postgres \
 //!   cargo bench -p renkei-evaluator --bench recompute
-//! # the SPEC's size (PostgreSQL only; loading takes a few minutes):
+//! # the performance target's size (PostgreSQL only; loading takes a few minutes):
 //! RENKEI_BENCH_USERS=1000000 RENKEI_BENCH_EVENTS=20000000 RENKEI_BENCH_BACKENDS=postgres \
 //!   RENKEI_BENCH_POSTGRES_URL=postgres://renkei@127.0.0.1:55432/postgres \
 //!   cargo bench -p renkei-evaluator --bench recompute
@@ -252,7 +252,7 @@ async fn main() -> Result<(), BoxError> {
     };
     let backends = std::env::var("RENKEI_BENCH_BACKENDS").unwrap_or_else(|_| "postgres,sqlite".to_string());
     println!(
-        "recompute bench: {} linked users, {} events, page {} (SPEC size: RENKEI_BENCH_USERS=1000000 \
+        "recompute bench: {} linked users, {} events, page {} (target size: RENKEI_BENCH_USERS=1000000 \
          RENKEI_BENCH_EVENTS=20000000 RENKEI_BENCH_BACKENDS=postgres)",
         config.users, config.events, config.page
     );

@@ -1,4 +1,4 @@
-//! The differential proof (SPEC §3): memberships kept by the real-time and
+//! The differential proof (memberships do not depend on the path): memberships kept by the real-time and
 //! time-driven paths equal a fresh full recompute's at the same instant.
 
 mod common;

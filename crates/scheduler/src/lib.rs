@@ -1,4 +1,4 @@
-//! The scheduler role (SPEC §6): [`CampaignRunner`] turns campaign triggers
+//! The scheduler role: [`CampaignRunner`] turns campaign triggers
 //! (segment entries, events with a delay or a time property, cron fires)
 //! into deliveries in the outbox, once per trigger, wakes the dispatcher, and
 //! keeps each user's desired rich menu. [`dry_run`] answers who a campaign
