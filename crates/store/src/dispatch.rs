@@ -19,11 +19,13 @@
 //! frequency caps); whether it was sent or failed is its request's state, so
 //! completing a 500-recipient multicast writes one row, not 501.
 
-use crate::membership::{parse_member, parse_user};
 use crate::sqlite::{from_micros, to_micros};
-use crate::{PgStore, SqliteStore, StoreError, StoreResult, StoredEvent};
+pub use crate::requests::{NewRequest, RequestKind, RequestStatus, SendRequest};
+use crate::requests::{recipients_json, retry_key_conflict};
+use crate::{PgStore, SqliteStore, StoreError, StoreResult, StoredEvent, parse_member, parse_user};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+pub use renkei_core::DeliveryStatus;
 use renkei_core::{LineUserId, MemberId};
 use serde::Serialize;
 use serde_json::Value;
@@ -34,47 +36,6 @@ use foldhash::{HashMap, HashMapExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use uuid::Uuid;
-
-/// Where a delivery is in its life. Stored on the delivery while it is
-/// pending or skipped; once in a request, its request's state decides
-/// (pending → `Requested`, sent → `Sent`, failed → `Failed`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryStatus {
-    /// Waiting for `due_at` (and for a lease).
-    Pending,
-    /// Passed the policies and assigned to a request (counts as sent for caps).
-    Requested,
-    /// LINE accepted the request (2xx or 409 for its retry key).
-    Sent,
-    /// A policy said no; `skip_reason` says which.
-    Skipped,
-    /// LINE refused the request permanently (a 4xx other than 409/429).
-    Failed,
-}
-
-impl DeliveryStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::Pending => "pending",
-            DeliveryStatus::Requested => "requested",
-            DeliveryStatus::Sent => "sent",
-            DeliveryStatus::Skipped => "skipped",
-            DeliveryStatus::Failed => "failed",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "pending" => DeliveryStatus::Pending,
-            "requested" => DeliveryStatus::Requested,
-            "sent" => DeliveryStatus::Sent,
-            "skipped" => DeliveryStatus::Skipped,
-            "failed" => DeliveryStatus::Failed,
-            _ => return None,
-        })
-    }
-}
 
 /// A message to one user for one trigger instance of a campaign.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,90 +111,6 @@ impl From<Delivery> for PendingDelivery {
             context: Arc::new(d.context),
         }
     }
-}
-
-/// Which LINE endpoint a request goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RequestKind {
-    Push,
-    Multicast,
-}
-
-impl RequestKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RequestKind::Push => "push",
-            RequestKind::Multicast => "multicast",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "push" => Some(RequestKind::Push),
-            "multicast" => Some(RequestKind::Multicast),
-            _ => None,
-        }
-    }
-}
-
-/// A LINE request to create, carrying deliveries that share the same messages.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewRequest {
-    pub kind: RequestKind,
-    /// Fixed now, reused on every attempt.
-    pub retry_key: Uuid,
-    /// The `messages` array sent.
-    pub messages: Value,
-    /// The recipients, in the order sent (one for push, ≤ 500 for multicast).
-    pub recipients: Vec<LineUserId>,
-    /// The deliveries it carries (same length as `recipients`).
-    pub delivery_ids: Vec<i64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RequestStatus {
-    Pending,
-    Sent,
-    Failed,
-}
-
-impl RequestStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RequestStatus::Pending => "pending",
-            RequestStatus::Sent => "sent",
-            RequestStatus::Failed => "failed",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "pending" => Some(RequestStatus::Pending),
-            "sent" => Some(RequestStatus::Sent),
-            "failed" => Some(RequestStatus::Failed),
-            _ => None,
-        }
-    }
-}
-
-/// A LINE request as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SendRequest {
-    pub id: i64,
-    pub kind: RequestKind,
-    pub retry_key: Uuid,
-    pub messages: Value,
-    pub recipients: Vec<LineUserId>,
-    pub status: RequestStatus,
-    /// Attempts made so far (incremented by `claim_requests`).
-    pub attempts: u32,
-    pub next_attempt_at: DateTime<Utc>,
-    pub last_error: Option<String>,
-    pub accepted_request_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub sent_at: Option<DateTime<Utc>>,
 }
 
 /// What a planner decided for the deliveries of a [`Claim`].
@@ -444,36 +321,6 @@ pub trait DispatchStore: Send + Sync + 'static {
     /// sleep until (also when another claim holds it).
     async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
 
-    // ---- requests ----
-
-    /// Leases up to `limit` pending requests with `next_attempt_at <= now` and
-    /// a free or expired lease, incrementing `attempts`.
-    async fn claim_requests(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Vec<SendRequest>>;
-
-    /// LINE accepted it: the request (and so its deliveries) become `sent`.
-    async fn complete_request(&self, id: i64, accepted_request_id: Option<&str>, at: DateTime<Utc>) -> StoreResult<()>;
-
-    /// [`complete_request`](Self::complete_request) for many requests in one
-    /// transaction (the sender records outcomes in batches). Unknown ids are skipped.
-    async fn complete_requests(&self, done: &[(i64, Option<String>)], at: DateTime<Utc>) -> StoreResult<()>;
-
-    /// A retryable failure: release the lease, try again at `next_attempt_at`.
-    async fn retry_request(&self, id: i64, next_attempt_at: DateTime<Utc>, error: &str) -> StoreResult<()>;
-
-    /// A permanent failure: the request (and so its deliveries) become `failed` with `error`.
-    async fn fail_request(&self, id: i64, error: &str, at: DateTime<Utc>) -> StoreResult<()>;
-
-    async fn get_request(&self, id: i64) -> StoreResult<Option<SendRequest>>;
-
-    /// The earliest `next_attempt_at` of a pending request.
-    async fn next_request_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
-
     // ---- campaigns ----
 
     async fn set_campaign_paused(&self, campaign_id: &str, paused: bool, at: DateTime<Utc>) -> StoreResult<()>;
@@ -606,48 +453,12 @@ macro_rules! delivery_status {
     };
 }
 
-macro_rules! request_columns {
-    () => {
-        "id, kind, retry_key, messages, recipients, status, attempts, next_attempt_at, last_error, \
-         accepted_request_id, created_at, sent_at"
-    };
-}
-
 fn count(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-fn attempts(value: i64) -> u32 {
-    u32::try_from(value.max(0)).unwrap_or(u32::MAX)
-}
-
 fn delivery_status(text: &str) -> StoreResult<DeliveryStatus> {
     DeliveryStatus::parse(text).ok_or_else(|| StoreError::Corrupt(format!("delivery status {text:?}")))
-}
-
-fn request_kind(text: &str) -> StoreResult<RequestKind> {
-    RequestKind::parse(text).ok_or_else(|| StoreError::Corrupt(format!("request kind {text:?}")))
-}
-
-fn request_status(text: &str) -> StoreResult<RequestStatus> {
-    RequestStatus::parse(text).ok_or_else(|| StoreError::Corrupt(format!("request status {text:?}")))
-}
-
-fn recipients_of(value: Value) -> StoreResult<Vec<LineUserId>> {
-    match value {
-        Value::Array(items) => items
-            .iter()
-            .map(|item| match item {
-                Value::String(text) => parse_user(text),
-                _ => Err(StoreError::Corrupt("request recipient is not a string".into())),
-            })
-            .collect(),
-        _ => Err(StoreError::Corrupt("request recipients are not a JSON array".into())),
-    }
-}
-
-fn recipients_json(recipients: &[LineUserId]) -> Value {
-    Value::Array(recipients.iter().map(|u| Value::String(u.as_str().to_string())).collect())
 }
 
 fn parse_json(text: &str, what: &str) -> StoreResult<Value> {
@@ -725,19 +536,6 @@ fn sends_of<'a>(
 fn dequeued(outcome: &ClaimOutcome) -> Vec<i64> {
     let requested = outcome.requests.iter().flat_map(|r| r.delivery_ids.iter().copied());
     requested.chain(outcome.skips.iter().map(|(id, _)| *id)).collect()
-}
-
-fn retry_key_conflict(error: sqlx::Error) -> StoreError {
-    match &error {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            StoreError::Conflict("a request with this retry key exists already".into())
-        }
-        _ => StoreError::Database(error),
-    }
-}
-
-fn unknown_request(id: i64) -> StoreError {
-    StoreError::Conflict(format!("unknown request {id}"))
 }
 
 fn add_count(counts: &mut CampaignCounts, status: &str, reason: Option<String>, n: u64) -> StoreResult<()> {
@@ -865,28 +663,6 @@ fn sqlite_delivery(row: &sqlx::sqlite::SqliteRow, shared: &mut SharedMessages) -
         request_id: row.try_get("request_id")?,
         created_at: from_micros(row.try_get("created_at")?)?,
         requested_at: row.try_get::<Option<i64>, _>("requested_at")?.map(from_micros).transpose()?,
-    })
-}
-
-fn sqlite_request(row: &sqlx::sqlite::SqliteRow) -> StoreResult<SendRequest> {
-    let kind: String = row.try_get("kind")?;
-    let retry_key: String = row.try_get("retry_key")?;
-    let messages: String = row.try_get("messages")?;
-    let recipients: String = row.try_get("recipients")?;
-    let status: String = row.try_get("status")?;
-    Ok(SendRequest {
-        id: row.try_get("id")?,
-        kind: request_kind(&kind)?,
-        retry_key: Uuid::parse_str(&retry_key).map_err(|e| StoreError::Corrupt(format!("retry key: {e}")))?,
-        messages: parse_json(&messages, "request messages")?,
-        recipients: recipients_of(parse_json(&recipients, "request recipients")?)?,
-        status: request_status(&status)?,
-        attempts: attempts(row.try_get("attempts")?),
-        next_attempt_at: from_micros(row.try_get("next_attempt_at")?)?,
-        last_error: row.try_get("last_error")?,
-        accepted_request_id: row.try_get("accepted_request_id")?,
-        created_at: from_micros(row.try_get("created_at")?)?,
-        sent_at: row.try_get::<Option<i64>, _>("sent_at")?.map(from_micros).transpose()?,
     })
 }
 
@@ -1174,126 +950,6 @@ impl DispatchStore for SqliteStore {
         due.map(from_micros).transpose()
     }
 
-    async fn claim_requests(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Vec<SendRequest>> {
-        let rows = sqlx::query(concat!(
-            "UPDATE send_requests SET lease_owner = ?1, lease_until = ?2, attempts = attempts + 1
-             WHERE id IN (SELECT id FROM send_requests
-                          WHERE status = 'pending' AND next_attempt_at <= ?3
-                            AND (lease_until IS NULL OR lease_until <= ?3)
-                          ORDER BY next_attempt_at, id LIMIT ?4)
-             RETURNING ",
-            request_columns!()
-        ))
-        .bind(owner)
-        .bind(to_micros(lease_until))
-        .bind(to_micros(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.writer)
-        .await?;
-        let mut claimed = rows.iter().map(sqlite_request).collect::<StoreResult<Vec<_>>>()?;
-        claimed.sort_by_key(|r| (r.next_attempt_at, r.id));
-        Ok(claimed)
-    }
-
-    async fn complete_request(&self, id: i64, accepted_request_id: Option<&str>, at: DateTime<Utc>) -> StoreResult<()> {
-        let updated = sqlx::query(
-            "UPDATE send_requests SET status = 'sent', accepted_request_id = COALESCE(?1, accepted_request_id),
-             sent_at = ?2, finished_at = ?2, lease_owner = NULL, lease_until = NULL WHERE id = ?3",
-        )
-        .bind(accepted_request_id)
-        .bind(to_micros(at))
-        .bind(id)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            return Err(unknown_request(id));
-        }
-        Ok(())
-    }
-
-    async fn complete_requests(&self, done: &[(i64, Option<String>)], at: DateTime<Utc>) -> StoreResult<()> {
-        if done.is_empty() {
-            return Ok(());
-        }
-        let at = to_micros(at);
-        let mut tx = self.writer.begin().await?;
-        for (id, accepted_request_id) in done {
-            sqlx::query(
-                "UPDATE send_requests SET status = 'sent', accepted_request_id = COALESCE(?1, accepted_request_id),
-                 sent_at = ?2, finished_at = ?2, lease_owner = NULL, lease_until = NULL WHERE id = ?3",
-            )
-            .bind(accepted_request_id.as_deref())
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn retry_request(&self, id: i64, next_attempt_at: DateTime<Utc>, error: &str) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE send_requests SET next_attempt_at = ?, last_error = ?, lease_owner = NULL, lease_until = NULL
-             WHERE id = ? AND status = 'pending'",
-        )
-        .bind(to_micros(next_attempt_at))
-        .bind(error)
-        .bind(id)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn fail_request(&self, id: i64, error: &str, at: DateTime<Utc>) -> StoreResult<()> {
-        let updated = sqlx::query(
-            "UPDATE send_requests SET status = 'failed', last_error = ?, finished_at = ?, lease_owner = NULL,
-             lease_until = NULL WHERE id = ? AND status <> 'sent'",
-        )
-        .bind(error)
-        .bind(to_micros(at))
-        .bind(id)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            let known: Option<i64> = sqlx::query_scalar("SELECT id FROM send_requests WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&self.writer)
-                .await?;
-            if known.is_none() {
-                return Err(unknown_request(id));
-            }
-            // Already sent: LINE accepted it, a late failure changes nothing.
-        }
-        Ok(())
-    }
-
-    async fn get_request(&self, id: i64) -> StoreResult<Option<SendRequest>> {
-        let row = sqlx::query(concat!("SELECT ", request_columns!(), " FROM send_requests WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.as_ref().map(sqlite_request).transpose()
-    }
-
-    async fn next_request_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
-        let due: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, next_attempt_at))) FROM send_requests
-             WHERE status = 'pending'",
-        )
-        .fetch_one(&self.reader)
-        .await?;
-        due.map(from_micros).transpose()
-    }
-
     async fn set_campaign_paused(&self, campaign_id: &str, paused: bool, at: DateTime<Utc>) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO campaign_state (campaign_id, paused, updated_at) VALUES (?, ?, ?)
@@ -1554,27 +1210,6 @@ fn pg_delivery(row: &sqlx::postgres::PgRow, shared: &mut SharedMessages) -> Stor
         request_id: row.try_get("request_id")?,
         created_at: row.try_get("created_at")?,
         requested_at: row.try_get("requested_at")?,
-    })
-}
-
-fn pg_request(row: &sqlx::postgres::PgRow) -> StoreResult<SendRequest> {
-    let kind: String = row.try_get("kind")?;
-    let Json(messages): Json<Value> = row.try_get("messages")?;
-    let Json(recipients): Json<Value> = row.try_get("recipients")?;
-    let status: String = row.try_get("status")?;
-    Ok(SendRequest {
-        id: row.try_get("id")?,
-        kind: request_kind(&kind)?,
-        retry_key: row.try_get("retry_key")?,
-        messages,
-        recipients: recipients_of(recipients)?,
-        status: request_status(&status)?,
-        attempts: attempts(i64::from(row.try_get::<i32, _>("attempts")?)),
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        last_error: row.try_get("last_error")?,
-        accepted_request_id: row.try_get("accepted_request_id")?,
-        created_at: row.try_get("created_at")?,
-        sent_at: row.try_get("sent_at")?,
     })
 }
 
@@ -1988,126 +1623,6 @@ impl DispatchStore for PgStore {
              ORDER BY q.due_at LIMIT 1",
         )
         .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn claim_requests(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Vec<SendRequest>> {
-        // `= ANY(ARRAY(..))`: the claimed ids drive the update (`IN` lets the
-        // planner scan every request ever sent to join them).
-        let rows = sqlx::query(concat!(
-            "UPDATE send_requests SET lease_owner = $1, lease_until = $2, attempts = attempts + 1
-             WHERE id = ANY(ARRAY(SELECT id FROM send_requests
-                                  WHERE status = 'pending' AND next_attempt_at <= $3
-                                    AND (lease_until IS NULL OR lease_until <= $3)
-                                  ORDER BY next_attempt_at, id LIMIT $4
-                                  FOR UPDATE SKIP LOCKED))
-             RETURNING ",
-            request_columns!()
-        ))
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut claimed = rows.iter().map(pg_request).collect::<StoreResult<Vec<_>>>()?;
-        claimed.sort_by_key(|r| (r.next_attempt_at, r.id));
-        Ok(claimed)
-    }
-
-    async fn complete_request(&self, id: i64, accepted_request_id: Option<&str>, at: DateTime<Utc>) -> StoreResult<()> {
-        let updated = sqlx::query(
-            "UPDATE send_requests SET status = 'sent', accepted_request_id = COALESCE($1, accepted_request_id),
-             sent_at = $2, finished_at = $2, lease_owner = NULL, lease_until = NULL WHERE id = $3",
-        )
-        .bind(accepted_request_id)
-        .bind(at)
-        .bind(id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            return Err(unknown_request(id));
-        }
-        Ok(())
-    }
-
-    async fn complete_requests(&self, done: &[(i64, Option<String>)], at: DateTime<Utc>) -> StoreResult<()> {
-        if done.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<i64> = done.iter().map(|(id, _)| *id).collect();
-        let accepted: Vec<Option<String>> = done.iter().map(|(_, a)| a.clone()).collect();
-        // `r.id = ANY($1)` finds the requests by key, not by joining all of them.
-        sqlx::query(
-            "UPDATE send_requests r SET status = 'sent', accepted_request_id = COALESCE(d.accepted, r.accepted_request_id),
-             sent_at = $3, finished_at = $3, lease_owner = NULL, lease_until = NULL
-             FROM unnest($1::bigint[], $2::text[]) AS d(id, accepted) WHERE r.id = d.id AND r.id = ANY($1)",
-        )
-        .bind(&ids)
-        .bind(&accepted)
-        .bind(at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn retry_request(&self, id: i64, next_attempt_at: DateTime<Utc>, error: &str) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE send_requests SET next_attempt_at = $1, last_error = $2, lease_owner = NULL, lease_until = NULL
-             WHERE id = $3 AND status = 'pending'",
-        )
-        .bind(next_attempt_at)
-        .bind(error)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn fail_request(&self, id: i64, error: &str, at: DateTime<Utc>) -> StoreResult<()> {
-        let updated = sqlx::query(
-            "UPDATE send_requests SET status = 'failed', last_error = $1, finished_at = $2, lease_owner = NULL,
-             lease_until = NULL WHERE id = $3 AND status <> 'sent'",
-        )
-        .bind(error)
-        .bind(at)
-        .bind(id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            let known: Option<i64> = sqlx::query_scalar("SELECT id FROM send_requests WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-            if known.is_none() {
-                return Err(unknown_request(id));
-            }
-            // Already sent: LINE accepted it, a late failure changes nothing.
-        }
-        Ok(())
-    }
-
-    async fn get_request(&self, id: i64) -> StoreResult<Option<SendRequest>> {
-        let row = sqlx::query(concat!("SELECT ", request_columns!(), " FROM send_requests WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(pg_request).transpose()
-    }
-
-    async fn next_request_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
-        Ok(sqlx::query_scalar(
-            "SELECT MIN(GREATEST(next_attempt_at, lease_until)) FROM send_requests WHERE status = 'pending'",
-        )
-        .fetch_one(&self.pool)
         .await?)
     }
 

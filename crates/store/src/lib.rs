@@ -8,12 +8,15 @@ pub mod dispatch;
 pub mod membership;
 mod postgres;
 pub(crate) mod sqlite;
+mod requests;
+mod sql;
 pub mod test_support;
 pub mod webhook;
 
 pub use dispatch::DispatchStore;
 pub use membership::MembershipStore;
 pub use postgres::PgStore;
+pub use requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest};
 pub use sqlite::SqliteStore;
 pub use webhook::WebhookStore;
 
@@ -136,7 +139,7 @@ pub type ImportReceiver<T> = mpsc::Receiver<Result<Vec<T>, String>>;
 /// traits of their own (in `webhook.rs`, `membership.rs`, `dispatch.rs`) so
 /// each area keeps its SQL together.
 #[async_trait]
-pub trait Store: WebhookStore + MembershipStore + DispatchStore + Send + Sync + 'static {
+pub trait Store: WebhookStore + MembershipStore + DispatchStore + RequestStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Applies pending migrations.
@@ -243,4 +246,12 @@ fn merged(current: Option<&Map<String, Value>>, patch: &Map<String, Value>) -> (
     renkei_core::merge_attributes(&mut next, patch);
     let changed = current != Some(&next);
     (next, changed)
+}
+
+pub(crate) fn parse_user(text: &str) -> StoreResult<LineUserId> {
+    LineUserId::parse(text).map_err(|e| StoreError::Corrupt(format!("line_user_id {text:?}: {e}")))
+}
+
+pub(crate) fn parse_member(text: &str) -> StoreResult<MemberId> {
+    MemberId::parse(text).map_err(|e| StoreError::Corrupt(format!("member_id {text:?}: {e}")))
 }

@@ -6,82 +6,17 @@
 //! its transitions and the next time-driven evaluation in one transaction.
 
 use crate::sqlite::{from_micros, to_micros};
-use crate::{PgStore, SqliteStore, StoreError, StoreResult};
+use crate::{PgStore, SqliteStore, StoreError, StoreResult, parse_member, parse_user};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+pub use renkei_core::{Cause, TransitionKind};
 use renkei_core::{LineUserId, MemberId};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::Row;
 use sqlx::types::Json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-/// Why a user was (re-)evaluated; stored with every transition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Cause {
-    Event,
-    Member,
-    Link,
-    Follow,
-    /// A change reported without a more precise reason.
-    Change,
-    /// A time boundary (window, `older_than`, midnight) passed.
-    Time,
-    Recompute,
-}
-
-impl Cause {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::Event => "event",
-            Cause::Member => "member",
-            Cause::Link => "link",
-            Cause::Follow => "follow",
-            Cause::Change => "change",
-            Cause::Time => "time",
-            Cause::Recompute => "recompute",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "event" => Cause::Event,
-            "member" => Cause::Member,
-            "link" => Cause::Link,
-            "follow" => Cause::Follow,
-            "change" => Cause::Change,
-            "time" => Cause::Time,
-            "recompute" => Cause::Recompute,
-            _ => return None,
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TransitionKind {
-    Entered,
-    Exited,
-}
-
-impl TransitionKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TransitionKind::Entered => "entered",
-            TransitionKind::Exited => "exited",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "entered" => Some(TransitionKind::Entered),
-            "exited" => Some(TransitionKind::Exited),
-            _ => None,
-        }
-    }
-}
 
 /// A user entering or leaving a segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -298,14 +233,6 @@ pub trait MembershipStore: Send + Sync + 'static {
 
     /// Transitions with `id > after_id`, oldest first.
     async fn transitions_after(&self, after_id: i64, limit: u32) -> StoreResult<Vec<StoredTransition>>;
-}
-
-pub(crate) fn parse_user(text: &str) -> StoreResult<LineUserId> {
-    LineUserId::parse(text).map_err(|e| StoreError::Corrupt(format!("line_user_id {text:?}: {e}")))
-}
-
-pub(crate) fn parse_member(text: &str) -> StoreResult<MemberId> {
-    MemberId::parse(text).map_err(|e| StoreError::Corrupt(format!("member_id {text:?}: {e}")))
 }
 
 /// Event properties that are not an object (never written by renkei, but

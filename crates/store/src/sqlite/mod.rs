@@ -16,6 +16,8 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod requests;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 pub struct SqliteStore {
@@ -47,6 +49,18 @@ pub(crate) fn stored_event(row: &sqlx::sqlite::SqliteRow) -> StoreResult<StoredE
 pub(crate) fn json_object(text: &str, what: &str) -> StoreResult<Map<String, Value>> {
     let value: Value = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
     parse_object(value, what)
+}
+
+impl crate::sql::Sql for SqliteStore {
+    type Db = sqlx::Sqlite;
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
 }
 
 impl SqliteStore {

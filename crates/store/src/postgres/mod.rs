@@ -15,10 +15,24 @@ use sqlx::{PgConnection, PgPool, Row};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod requests;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
 pub struct PgStore {
     pub(crate) pool: PgPool,
+}
+
+impl crate::sql::Sql for PgStore {
+    type Db = sqlx::Postgres;
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
 }
 
 impl PgStore {
