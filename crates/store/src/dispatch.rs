@@ -20,8 +20,11 @@
 //! completing a 500-recipient multicast writes one row, not 501.
 
 use crate::sqlite::{from_micros, to_micros};
+pub use crate::schedule::{CronFire, FireState};
+pub use crate::rich_menus::RichMenuChange;
 pub use crate::requests::{NewRequest, RequestKind, RequestStatus, SendRequest};
 use crate::requests::{recipients_json, retry_key_conflict};
+use crate::sqlite::{ids_json, json_text, users_json};
 use crate::{PgStore, SqliteStore, StoreError, StoreResult, StoredEvent, parse_member, parse_user};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -30,7 +33,6 @@ use renkei_core::{LineUserId, MemberId};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
-use sqlx::types::Json;
 // foldhash: dispatch hashes every user id of a batch; SipHash cost more than the work around it.
 use foldhash::{HashMap, HashMapExt};
 use std::collections::{BTreeMap, BTreeSet};
@@ -240,25 +242,6 @@ pub struct CampaignCounts {
     pub skipped: BTreeMap<String, u64>,
 }
 
-/// A recorded cron fire of a scheduled campaign.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CronFire {
-    pub campaign_id: String,
-    pub fire_at: DateTime<Utc>,
-    /// `started` (enqueueing), `done`, or `missed` (skipped by the catch-up rule).
-    pub state: String,
-}
-
-/// A user whose rich menu must change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RichMenuChange {
-    pub line_user_id: LineUserId,
-    /// The menu to link; `None` means unlink.
-    pub desired: Option<String>,
-    /// The menu LINE has now (as far as renkei knows).
-    pub linked: Option<String>,
-}
-
 #[async_trait]
 pub trait DispatchStore: Send + Sync + 'static {
     // ---- deliveries (the outbox) ----
@@ -321,36 +304,6 @@ pub trait DispatchStore: Send + Sync + 'static {
     /// sleep until (also when another claim holds it).
     async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
 
-    // ---- campaigns ----
-
-    async fn set_campaign_paused(&self, campaign_id: &str, paused: bool, at: DateTime<Utc>) -> StoreResult<()>;
-
-    async fn paused_campaigns(&self) -> StoreResult<Vec<String>>;
-
-    /// Records that a campaign was first seen enabled at `at` (kept if already
-    /// recorded). Returns the stored instant: segment entries before it do not trigger.
-    async fn campaign_enabled_at(&self, campaign_id: &str, at: DateTime<Utc>) -> StoreResult<DateTime<Utc>>;
-
-    // ---- cron fires ----
-
-    /// Records a fire as `started`. `true` when this call recorded it, `false`
-    /// when it was recorded before (by this or another instance).
-    async fn record_fire(&self, campaign_id: &str, fire_at: DateTime<Utc>, state: &str) -> StoreResult<bool>;
-
-    async fn set_fire_state(&self, campaign_id: &str, fire_at: DateTime<Utc>, state: &str) -> StoreResult<()>;
-
-    /// The latest recorded fire of a campaign.
-    async fn last_fire(&self, campaign_id: &str) -> StoreResult<Option<CronFire>>;
-
-    /// Fires left `started` (a crash while enqueueing), to finish.
-    async fn unfinished_fires(&self) -> StoreResult<Vec<CronFire>>;
-
-    // ---- cursors (tailing transitions and events) ----
-
-    async fn get_cursor(&self, name: &str) -> StoreResult<Option<i64>>;
-
-    async fn set_cursor(&self, name: &str, value: i64) -> StoreResult<()>;
-
     /// Events with row id `> after_id` whose type is one of `types`, oldest first.
     async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<crate::StoredEvent>>;
 
@@ -360,44 +313,6 @@ pub trait DispatchStore: Send + Sync + 'static {
     /// `link_click` events of a campaign's tracked links: (clicks, distinct users).
     async fn campaign_clicks(&self, campaign_id: &str) -> StoreResult<(u64, u64)>;
 
-    /// The largest transition row id (0 when none).
-    async fn max_transition_id(&self) -> StoreResult<i64>;
-
-    // ---- rich menus ----
-
-    /// Sets each user's desired menu (`None` = no per-user menu).
-    async fn set_desired_rich_menus(
-        &self,
-        desired: &[(LineUserId, Option<String>)],
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
-
-    /// Leases up to `limit` users whose desired menu differs from the linked one.
-    async fn claim_rich_menu_changes(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Vec<RichMenuChange>>;
-
-    /// Records that LINE now has `linked` for these users and releases them.
-    async fn mark_rich_menus_linked(
-        &self,
-        done: &[(LineUserId, Option<String>)],
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
-
-    /// Releases users after a failed attempt, to retry at `retry_at`.
-    async fn release_rich_menu_changes(
-        &self,
-        users: &[LineUserId],
-        retry_at: DateTime<Utc>,
-        error: &str,
-    ) -> StoreResult<()>;
-
-    /// The menu LINE has for a user, as far as renkei knows.
-    async fn linked_rich_menu(&self, line_user_id: &LineUserId) -> StoreResult<Option<String>>;
 }
 
 // ------------------------------------------------------------ shared
@@ -551,23 +466,6 @@ fn add_count(counts: &mut CampaignCounts, status: &str, reason: Option<String>, 
     Ok(())
 }
 
-/// The last value given for each key, in first-seen order (a batch naming a
-/// user twice behaves as two updates in a row).
-fn last_per_user(items: &[(LineUserId, Option<String>)]) -> Vec<(&str, Option<&str>)> {
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    let mut out: Vec<(&str, Option<&str>)> = Vec::new();
-    for (user, value) in items {
-        match index.get(user.as_str()) {
-            Some(&i) => out[i].1 = value.as_deref(),
-            None => {
-                index.insert(user.as_str(), out.len());
-                out.push((user.as_str(), value.as_deref()));
-            }
-        }
-    }
-    out
-}
-
 /// One `(user, linked member, following, segments)` row per asked user.
 type SendFactsRow = (String, Option<String>, Option<bool>, Vec<String>);
 
@@ -596,19 +494,6 @@ fn users_by_member(rows: Vec<(String, Option<String>)>) -> StoreResult<HashMap<M
         .filter_map(|(member, user)| user.map(|user| (member, user)))
         .map(|(member, user)| Ok((parse_member(&member)?, parse_user(&user)?)))
         .collect()
-}
-
-/// A JSON array parameter (SQLite has no array parameters).
-fn json_text<T: Serialize>(items: &[T], what: &str) -> StoreResult<String> {
-    serde_json::to_string(items).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
-}
-
-fn ids_json(ids: &[i64]) -> String {
-    Value::Array(ids.iter().map(|id| Value::from(*id)).collect()).to_string()
-}
-
-fn users_json(users: &[LineUserId]) -> String {
-    recipients_json(users).to_string()
 }
 
 // ---------------------------------------------------------------- SQLite
@@ -663,23 +548,6 @@ fn sqlite_delivery(row: &sqlx::sqlite::SqliteRow, shared: &mut SharedMessages) -
         request_id: row.try_get("request_id")?,
         created_at: from_micros(row.try_get("created_at")?)?,
         requested_at: row.try_get::<Option<i64>, _>("requested_at")?.map(from_micros).transpose()?,
-    })
-}
-
-fn sqlite_fire(row: &sqlx::sqlite::SqliteRow) -> StoreResult<CronFire> {
-    Ok(CronFire {
-        campaign_id: row.try_get("campaign_id")?,
-        fire_at: from_micros(row.try_get("fire_at")?)?,
-        state: row.try_get("state")?,
-    })
-}
-
-fn sqlite_change(row: &sqlx::sqlite::SqliteRow) -> StoreResult<RichMenuChange> {
-    let user: String = row.try_get("line_user_id")?;
-    Ok(RichMenuChange {
-        line_user_id: parse_user(&user)?,
-        desired: row.try_get("desired")?,
-        linked: row.try_get("linked")?,
     })
 }
 
@@ -950,102 +818,6 @@ impl DispatchStore for SqliteStore {
         due.map(from_micros).transpose()
     }
 
-    async fn set_campaign_paused(&self, campaign_id: &str, paused: bool, at: DateTime<Utc>) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO campaign_state (campaign_id, paused, updated_at) VALUES (?, ?, ?)
-             ON CONFLICT (campaign_id) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
-        )
-        .bind(campaign_id)
-        .bind(paused)
-        .bind(to_micros(at))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn paused_campaigns(&self) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT campaign_id FROM campaign_state WHERE paused ORDER BY campaign_id")
-            .fetch_all(&self.reader)
-            .await?)
-    }
-
-    async fn campaign_enabled_at(&self, campaign_id: &str, at: DateTime<Utc>) -> StoreResult<DateTime<Utc>> {
-        let stored: i64 = sqlx::query_scalar(
-            "INSERT INTO campaign_state (campaign_id, paused, enabled_at, updated_at) VALUES (?1, 0, ?2, ?2)
-             ON CONFLICT (campaign_id) DO UPDATE SET enabled_at = COALESCE(campaign_state.enabled_at, excluded.enabled_at)
-             RETURNING enabled_at",
-        )
-        .bind(campaign_id)
-        .bind(to_micros(at))
-        .fetch_one(&self.writer)
-        .await?;
-        from_micros(stored)
-    }
-
-    async fn record_fire(&self, campaign_id: &str, fire_at: DateTime<Utc>, state: &str) -> StoreResult<bool> {
-        let inserted = sqlx::query(
-            "INSERT INTO cron_fires (campaign_id, fire_at, state) VALUES (?, ?, ?)
-             ON CONFLICT (campaign_id, fire_at) DO NOTHING",
-        )
-        .bind(campaign_id)
-        .bind(to_micros(fire_at))
-        .bind(state)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
-    }
-
-    async fn set_fire_state(&self, campaign_id: &str, fire_at: DateTime<Utc>, state: &str) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO cron_fires (campaign_id, fire_at, state) VALUES (?, ?, ?)
-             ON CONFLICT (campaign_id, fire_at) DO UPDATE SET state = excluded.state",
-        )
-        .bind(campaign_id)
-        .bind(to_micros(fire_at))
-        .bind(state)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn last_fire(&self, campaign_id: &str) -> StoreResult<Option<CronFire>> {
-        let row = sqlx::query(
-            "SELECT campaign_id, fire_at, state FROM cron_fires WHERE campaign_id = ? ORDER BY fire_at DESC LIMIT 1",
-        )
-        .bind(campaign_id)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(sqlite_fire).transpose()
-    }
-
-    async fn unfinished_fires(&self) -> StoreResult<Vec<CronFire>> {
-        let rows = sqlx::query(
-            "SELECT campaign_id, fire_at, state FROM cron_fires WHERE state = 'started' ORDER BY fire_at, campaign_id",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(sqlite_fire).collect()
-    }
-
-    async fn get_cursor(&self, name: &str) -> StoreResult<Option<i64>> {
-        Ok(sqlx::query_scalar("SELECT value FROM cursors WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.reader)
-            .await?)
-    }
-
-    async fn set_cursor(&self, name: &str, value: i64) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        )
-        .bind(name)
-        .bind(value)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
     async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>> {
         if types.is_empty() {
             return Ok(Vec::new());
@@ -1077,116 +849,6 @@ impl DispatchStore for SqliteStore {
         .await?;
         Ok((clicks.max(0) as u64, users.max(0) as u64))
     }
-
-    async fn max_transition_id(&self) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM segment_transitions").fetch_one(&self.reader).await?)
-    }
-
-    async fn set_desired_rich_menus(
-        &self,
-        desired: &[(LineUserId, Option<String>)],
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        let now = to_micros(now);
-        let mut tx = self.writer.begin().await?;
-        for (user, menu) in last_per_user(desired) {
-            // A new wish clears the back-off of the previous one.
-            sqlx::query(
-                "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at) VALUES (?, ?, NULL, ?)
-                 ON CONFLICT (line_user_id) DO UPDATE SET desired = excluded.desired, retry_at = NULL,
-                     updated_at = excluded.updated_at
-                 WHERE rich_menu_state.desired IS NOT excluded.desired",
-            )
-            .bind(user)
-            .bind(menu)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn claim_rich_menu_changes(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Vec<RichMenuChange>> {
-        let rows = sqlx::query(
-            "UPDATE rich_menu_state SET lease_owner = ?1, lease_until = ?2
-             WHERE line_user_id IN (SELECT line_user_id FROM rich_menu_state
-                                    WHERE desired IS NOT linked
-                                      AND (lease_until IS NULL OR lease_until <= ?3)
-                                      AND (retry_at IS NULL OR retry_at <= ?3)
-                                    ORDER BY line_user_id LIMIT ?4)
-             RETURNING line_user_id, desired, linked",
-        )
-        .bind(owner)
-        .bind(to_micros(lease_until))
-        .bind(to_micros(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.writer)
-        .await?;
-        let mut claimed = rows.iter().map(sqlite_change).collect::<StoreResult<Vec<_>>>()?;
-        claimed.sort_by(|a, b| a.line_user_id.as_str().cmp(b.line_user_id.as_str()));
-        Ok(claimed)
-    }
-
-    async fn mark_rich_menus_linked(
-        &self,
-        done: &[(LineUserId, Option<String>)],
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        let now = to_micros(now);
-        let mut tx = self.writer.begin().await?;
-        for (user, menu) in last_per_user(done) {
-            // A user never given a wish is taken to want what it has.
-            sqlx::query(
-                "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at) VALUES (?1, ?2, ?2, ?3)
-                 ON CONFLICT (line_user_id) DO UPDATE SET linked = excluded.linked, lease_owner = NULL,
-                     lease_until = NULL, retry_at = NULL, last_error = NULL, updated_at = excluded.updated_at",
-            )
-            .bind(user)
-            .bind(menu)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn release_rich_menu_changes(
-        &self,
-        users: &[LineUserId],
-        retry_at: DateTime<Utc>,
-        error: &str,
-    ) -> StoreResult<()> {
-        if users.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "UPDATE rich_menu_state SET lease_owner = NULL, lease_until = NULL, retry_at = ?, last_error = ?
-             WHERE line_user_id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(to_micros(retry_at))
-        .bind(error)
-        .bind(users_json(users))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn linked_rich_menu(&self, line_user_id: &LineUserId) -> StoreResult<Option<String>> {
-        let linked: Option<Option<String>> =
-            sqlx::query_scalar("SELECT linked FROM rich_menu_state WHERE line_user_id = ?")
-                .bind(line_user_id.as_str())
-                .fetch_optional(&self.reader)
-                .await?;
-        Ok(linked.flatten())
-    }
 }
 
 // ------------------------------------------------------------ PostgreSQL
@@ -1211,31 +873,6 @@ fn pg_delivery(row: &sqlx::postgres::PgRow, shared: &mut SharedMessages) -> Stor
         created_at: row.try_get("created_at")?,
         requested_at: row.try_get("requested_at")?,
     })
-}
-
-fn pg_fire(row: &sqlx::postgres::PgRow) -> StoreResult<CronFire> {
-    Ok(CronFire {
-        campaign_id: row.try_get("campaign_id")?,
-        fire_at: row.try_get("fire_at")?,
-        state: row.try_get("state")?,
-    })
-}
-
-fn pg_change(row: &sqlx::postgres::PgRow) -> StoreResult<RichMenuChange> {
-    let user: String = row.try_get("line_user_id")?;
-    Ok(RichMenuChange {
-        line_user_id: parse_user(&user)?,
-        desired: row.try_get("desired")?,
-        linked: row.try_get("linked")?,
-    })
-}
-
-/// Per-user values deduplicated (last wins) and sorted, so concurrent
-/// batches lock rows in the same order.
-fn pg_user_values(items: &[(LineUserId, Option<String>)]) -> (Vec<&str>, Vec<Option<&str>>) {
-    let mut values = last_per_user(items);
-    values.sort_by(|a, b| a.0.cmp(b.0));
-    values.into_iter().unzip()
 }
 
 /// 1677-09-21: earlier than any due time, and inside PostgreSQL's range.
@@ -1626,101 +1263,6 @@ impl DispatchStore for PgStore {
         .await?)
     }
 
-    async fn set_campaign_paused(&self, campaign_id: &str, paused: bool, at: DateTime<Utc>) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO campaign_state (campaign_id, paused, updated_at) VALUES ($1, $2, $3)
-             ON CONFLICT (campaign_id) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
-        )
-        .bind(campaign_id)
-        .bind(paused)
-        .bind(at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn paused_campaigns(&self) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT campaign_id FROM campaign_state WHERE paused ORDER BY campaign_id")
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    async fn campaign_enabled_at(&self, campaign_id: &str, at: DateTime<Utc>) -> StoreResult<DateTime<Utc>> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO campaign_state (campaign_id, paused, enabled_at, updated_at) VALUES ($1, FALSE, $2, $2)
-             ON CONFLICT (campaign_id) DO UPDATE SET enabled_at = COALESCE(campaign_state.enabled_at, excluded.enabled_at)
-             RETURNING enabled_at",
-        )
-        .bind(campaign_id)
-        .bind(at)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    async fn record_fire(&self, campaign_id: &str, fire_at: DateTime<Utc>, state: &str) -> StoreResult<bool> {
-        let inserted = sqlx::query(
-            "INSERT INTO cron_fires (campaign_id, fire_at, state) VALUES ($1, $2, $3)
-             ON CONFLICT (campaign_id, fire_at) DO NOTHING",
-        )
-        .bind(campaign_id)
-        .bind(fire_at)
-        .bind(state)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
-    }
-
-    async fn set_fire_state(&self, campaign_id: &str, fire_at: DateTime<Utc>, state: &str) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO cron_fires (campaign_id, fire_at, state) VALUES ($1, $2, $3)
-             ON CONFLICT (campaign_id, fire_at) DO UPDATE SET state = excluded.state",
-        )
-        .bind(campaign_id)
-        .bind(fire_at)
-        .bind(state)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn last_fire(&self, campaign_id: &str) -> StoreResult<Option<CronFire>> {
-        let row = sqlx::query(
-            "SELECT campaign_id, fire_at, state FROM cron_fires WHERE campaign_id = $1 ORDER BY fire_at DESC LIMIT 1",
-        )
-        .bind(campaign_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(pg_fire).transpose()
-    }
-
-    async fn unfinished_fires(&self) -> StoreResult<Vec<CronFire>> {
-        let rows = sqlx::query(
-            "SELECT campaign_id, fire_at, state FROM cron_fires WHERE state = 'started' ORDER BY fire_at, campaign_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(pg_fire).collect()
-    }
-
-    async fn get_cursor(&self, name: &str) -> StoreResult<Option<i64>> {
-        Ok(sqlx::query_scalar("SELECT value FROM cursors WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn set_cursor(&self, name: &str, value: i64) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        )
-        .bind(name)
-        .bind(value)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>> {
         if types.is_empty() {
             return Ok(Vec::new());
@@ -1750,119 +1292,5 @@ impl DispatchStore for PgStore {
         .fetch_one(&self.pool)
         .await?;
         Ok((clicks.max(0) as u64, users.max(0) as u64))
-    }
-
-    async fn max_transition_id(&self) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0)::bigint FROM segment_transitions")
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
-    async fn set_desired_rich_menus(
-        &self,
-        desired: &[(LineUserId, Option<String>)],
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        if desired.is_empty() {
-            return Ok(());
-        }
-        let (users, menus) = pg_user_values(desired);
-        // A new wish clears the back-off of the previous one.
-        sqlx::query(
-            "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at)
-             SELECT u, m, NULL, $3 FROM UNNEST($1::text[], $2::text[]) AS s (u, m)
-             ON CONFLICT (line_user_id) DO UPDATE SET desired = excluded.desired, retry_at = NULL,
-                 updated_at = excluded.updated_at
-             WHERE rich_menu_state.desired IS DISTINCT FROM excluded.desired",
-        )
-        .bind(&users)
-        .bind(&menus)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn claim_rich_menu_changes(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Vec<RichMenuChange>> {
-        let rows = sqlx::query(
-            "UPDATE rich_menu_state SET lease_owner = $1, lease_until = $2
-             WHERE line_user_id IN (SELECT line_user_id FROM rich_menu_state
-                                    WHERE desired IS DISTINCT FROM linked
-                                      AND (lease_until IS NULL OR lease_until <= $3)
-                                      AND (retry_at IS NULL OR retry_at <= $3)
-                                    ORDER BY line_user_id LIMIT $4
-                                    FOR UPDATE SKIP LOCKED)
-             RETURNING line_user_id, desired, linked",
-        )
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut claimed = rows.iter().map(pg_change).collect::<StoreResult<Vec<_>>>()?;
-        claimed.sort_by(|a, b| a.line_user_id.as_str().cmp(b.line_user_id.as_str()));
-        Ok(claimed)
-    }
-
-    async fn mark_rich_menus_linked(
-        &self,
-        done: &[(LineUserId, Option<String>)],
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        if done.is_empty() {
-            return Ok(());
-        }
-        let (users, menus) = pg_user_values(done);
-        // A user never given a wish is taken to want what it has.
-        sqlx::query(
-            "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at)
-             SELECT u, m, m, $3 FROM UNNEST($1::text[], $2::text[]) AS s (u, m)
-             ON CONFLICT (line_user_id) DO UPDATE SET linked = excluded.linked, lease_owner = NULL,
-                 lease_until = NULL, retry_at = NULL, last_error = NULL, updated_at = excluded.updated_at",
-        )
-        .bind(&users)
-        .bind(&menus)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn release_rich_menu_changes(
-        &self,
-        users: &[LineUserId],
-        retry_at: DateTime<Utc>,
-        error: &str,
-    ) -> StoreResult<()> {
-        if users.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
-        sqlx::query(
-            "UPDATE rich_menu_state SET lease_owner = NULL, lease_until = NULL, retry_at = $1, last_error = $2
-             WHERE line_user_id = ANY($3)",
-        )
-        .bind(retry_at)
-        .bind(error)
-        .bind(&ids)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn linked_rich_menu(&self, line_user_id: &LineUserId) -> StoreResult<Option<String>> {
-        let linked: Option<Option<String>> =
-            sqlx::query_scalar("SELECT linked FROM rich_menu_state WHERE line_user_id = $1")
-                .bind(line_user_id.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(linked.flatten())
     }
 }

@@ -9,6 +9,8 @@ pub mod membership;
 mod postgres;
 pub(crate) mod sqlite;
 mod requests;
+mod rich_menus;
+mod schedule;
 mod sql;
 pub mod test_support;
 pub mod webhook;
@@ -16,6 +18,8 @@ pub mod webhook;
 pub use dispatch::DispatchStore;
 pub use membership::MembershipStore;
 pub use postgres::PgStore;
+pub use schedule::{CronFire, FireState, ScheduleStore};
+pub use rich_menus::{RichMenuChange, RichMenuStore};
 pub use requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest};
 pub use sqlite::SqliteStore;
 pub use webhook::WebhookStore;
@@ -139,7 +143,7 @@ pub type ImportReceiver<T> = mpsc::Receiver<Result<Vec<T>, String>>;
 /// traits of their own (in `webhook.rs`, `membership.rs`, `dispatch.rs`) so
 /// each area keeps its SQL together.
 #[async_trait]
-pub trait Store: WebhookStore + MembershipStore + DispatchStore + RequestStore + Send + Sync + 'static {
+pub trait Store: WebhookStore + MembershipStore + DispatchStore + RequestStore + ScheduleStore + RichMenuStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Applies pending migrations.

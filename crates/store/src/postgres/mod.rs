@@ -16,6 +16,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod requests;
+mod rich_menus;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 

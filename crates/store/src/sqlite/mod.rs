@@ -17,6 +17,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod requests;
+mod rich_menus;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
@@ -395,4 +396,17 @@ fn link_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Link> {
         row.try_get("method")?,
         from_micros(row.try_get("linked_at")?)?,
     )
+}
+
+/// A JSON array parameter (SQLite has no array parameters).
+pub(crate) fn json_text<T: serde::Serialize>(items: &[T], what: &str) -> StoreResult<String> {
+    serde_json::to_string(items).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+pub(crate) fn ids_json(ids: &[i64]) -> String {
+    Value::Array(ids.iter().map(|id| Value::from(*id)).collect()).to_string()
+}
+
+pub(crate) fn users_json(users: &[LineUserId]) -> String {
+    crate::requests::recipients_json(users).to_string()
 }
