@@ -5,6 +5,8 @@
 //! returns, so a 2xx always means "durable".
 
 pub mod dispatch;
+mod events;
+mod outbox;
 pub mod membership;
 mod postgres;
 pub(crate) mod sqlite;
@@ -15,7 +17,11 @@ mod sql;
 pub mod test_support;
 pub mod webhook;
 
-pub use dispatch::DispatchStore;
+pub use events::EventStore;
+pub use outbox::{
+    CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxStore, PendingDelivery, QueueKey,
+    UserSendFacts,
+};
 pub use membership::MembershipStore;
 pub use postgres::PgStore;
 pub use schedule::{CronFire, FireState, ScheduleStore};
@@ -143,7 +149,7 @@ pub type ImportReceiver<T> = mpsc::Receiver<Result<Vec<T>, String>>;
 /// traits of their own (in `webhook.rs`, `membership.rs`, `dispatch.rs`) so
 /// each area keeps its SQL together.
 #[async_trait]
-pub trait Store: WebhookStore + MembershipStore + DispatchStore + RequestStore + ScheduleStore + RichMenuStore + Send + Sync + 'static {
+pub trait Store: WebhookStore + MembershipStore + OutboxStore + EventStore + RequestStore + ScheduleStore + RichMenuStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Applies pending migrations.

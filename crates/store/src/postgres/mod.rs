@@ -15,6 +15,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod events;
+mod outbox;
 mod requests;
 mod rich_menus;
 

@@ -16,6 +16,8 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod events;
+mod outbox;
 mod requests;
 mod rich_menus;
 
