@@ -7,7 +7,6 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use renkei_campaigns::{FrequencyCap, QuietHours};
-use serde::Serialize;
 
 
 /// Policies from the configuration that apply across campaigns.

@@ -3,7 +3,7 @@
 
 pub use crate::outbox::{
     CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxStore, PendingDelivery, QueueKey,
-    UserSendFacts,
+    SkipReason, UserSendFacts,
 };
 pub use crate::requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest};
 pub use crate::rich_menus::{RichMenuChange, RichMenuStore};

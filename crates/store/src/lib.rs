@@ -20,7 +20,7 @@ pub mod webhook;
 pub use events::EventStore;
 pub use outbox::{
     CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxStore, PendingDelivery, QueueKey,
-    UserSendFacts,
+    SkipReason, UserSendFacts,
 };
 pub use membership::MembershipStore;
 pub use postgres::PgStore;

@@ -24,7 +24,7 @@ use crate::sql::{Dialect, Row, Sql, stmt};
 use crate::{StoreError, StoreResult, parse_member, parse_user};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-pub use renkei_core::DeliveryStatus;
+pub use renkei_core::{DeliveryStatus, SkipReason};
 use renkei_core::{LineUserId, MemberId};
 use serde::Serialize;
 use serde_json::Value;
@@ -115,7 +115,7 @@ pub struct ClaimOutcome {
     /// Requests to create; their deliveries become `requested` (with `requested_at` = the commit's `now`).
     pub requests: Vec<NewRequest>,
     /// Deliveries a policy refused, with the reason (e.g. `unfollowed`, `frequency_cap`).
-    pub skips: Vec<(i64, String)>,
+    pub skips: Vec<(i64, SkipReason)>,
     /// Deliveries that wait until a later instant (quiet hours, quota).
     pub defers: Vec<(i64, DateTime<Utc>)>,
     /// LINE users found through the member's link for deliveries enqueued with a member only.

@@ -75,7 +75,7 @@ impl ClaimLock for SqliteClaim {
             .await?;
         for (id, reason) in &outcome.skips {
             sqlx::query("UPDATE deliveries SET status = 'skipped', skip_reason = ?, finished_at = ? WHERE id = ?")
-                .bind(reason)
+                .bind(reason.as_str())
                 .bind(now)
                 .bind(id)
                 .execute(&mut *tx)
