@@ -17,6 +17,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod events;
+mod membership;
 mod outbox;
 mod requests;
 mod rich_menus;
