@@ -17,7 +17,7 @@ use crate::{StoreError, StoreResult};
 use chrono::{DateTime, Utc};
 use renkei_core::{LineUserId, MemberId};
 use serde_json::Value;
-use sqlx::{Database, Pool};
+use sqlx::{Database, Pool, Transaction};
 use std::future::Future;
 use uuid::Uuid;
 
@@ -126,6 +126,8 @@ pub trait Dialect: Database {
         query: Query<Self>,
     ) -> impl Future<Output = StoreResult<Option<Self::Row>>> + Send;
     fn fetch_one(pool: &Pool<Self>, query: Query<Self>) -> impl Future<Output = StoreResult<Self::Row>> + Send;
+    fn begin(pool: &Pool<Self>) -> impl Future<Output = StoreResult<Transaction<'static, Self>>> + Send;
+    fn commit(tx: Transaction<'static, Self>) -> impl Future<Output = StoreResult<()>> + Send;
     /// The same in an open transaction.
     fn execute_in(conn: &mut Self::Connection, query: Query<Self>) -> impl Future<Output = StoreResult<u64>> + Send;
     fn fetch_optional_in(
@@ -213,6 +215,15 @@ impl<DB: Dialect> Stmt<DB> {
 
     pub async fn fetch_optional_in(self, conn: &mut DB::Connection) -> StoreResult<Option<DB::Row>> {
         DB::fetch_optional_in(conn, self.0).await
+    }
+
+    /// The row, if any, read with `read`, in an open transaction.
+    pub async fn optional_in<T>(
+        self,
+        conn: &mut DB::Connection,
+        read: impl FnOnce(Row<'_, DB>) -> StoreResult<T>,
+    ) -> StoreResult<Option<T>> {
+        row(DB::fetch_optional_in(conn, self.0).await?.as_ref(), read)
     }
 }
 
@@ -328,6 +339,14 @@ impl Dialect for sqlx::Sqlite {
         Ok(query.fetch_one(pool).await?)
     }
 
+    async fn begin(pool: &Pool<Self>) -> StoreResult<Transaction<'static, Self>> {
+        Ok(pool.begin().await?)
+    }
+
+    async fn commit(tx: Transaction<'static, Self>) -> StoreResult<()> {
+        Ok(tx.commit().await?)
+    }
+
     async fn execute_in(conn: &mut Self::Connection, query: Query<Self>) -> StoreResult<u64> {
         Ok(query.execute(conn).await?.rows_affected())
     }
@@ -411,6 +430,14 @@ impl Dialect for sqlx::Postgres {
 
     async fn fetch_one(pool: &Pool<Self>, query: Query<Self>) -> StoreResult<Self::Row> {
         Ok(query.fetch_one(pool).await?)
+    }
+
+    async fn begin(pool: &Pool<Self>) -> StoreResult<Transaction<'static, Self>> {
+        Ok(pool.begin().await?)
+    }
+
+    async fn commit(tx: Transaction<'static, Self>) -> StoreResult<()> {
+        Ok(tx.commit().await?)
     }
 
     async fn execute_in(conn: &mut Self::Connection, query: Query<Self>) -> StoreResult<u64> {

@@ -20,6 +20,7 @@ mod membership;
 mod outbox;
 mod requests;
 mod rich_menus;
+mod webhook;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
