@@ -1,13 +1,54 @@
-//! Events as the scheduler tails them (by row id) and counts them (clicks).
-//! Ingest writes (`insert_events`, `import_events`) stay with the core
-//! [`Store`](crate::Store) for now.
+//! Events: ingest (batches and streamed imports, deduplicated by
+//! `event_id`), and reads by row id (the scheduler tails them) and clicks.
 
 use crate::sql::{Dialect, Row, Sql, stmt};
-use crate::{StoreResult, StoredEvent, parse_object};
+use crate::{ImportReceiver, StoreError, StoreResult, parse_object};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use renkei_core::NewEvent;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::Database;
+
+/// How a batch of events went: new rows, and repeats of a known `event_id`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct IngestOutcome {
+    pub accepted: u64,
+    pub duplicates: u64,
+}
+
+
+impl IngestOutcome {
+    pub fn add(&mut self, other: IngestOutcome) {
+        self.accepted += other.accepted;
+        self.duplicates += other.duplicates;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub event_id: Option<String>,
+    pub event_type: String,
+    pub member_id: Option<String>,
+    pub line_user_id: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub properties: Map<String, Value>,
+}
 
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
+    /// Stores a validated batch atomically. Events whose `event_id` is known
+    /// (stored before, or earlier in the same batch) count as duplicates.
+    async fn insert_events(&self, events: &[NewEvent], received_at: DateTime<Utc>) -> StoreResult<IngestOutcome>;
+
+    /// Streams batches into one transaction: all of them or, on any error, none.
+    async fn import_events(
+        &self,
+        batches: ImportReceiver<NewEvent>,
+        received_at: DateTime<Utc>,
+    ) -> StoreResult<IngestOutcome>;
+
     /// Events with row id `> after_id` whose type is one of `types`, oldest first.
     async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>>;
 
@@ -21,6 +62,13 @@ pub trait EventStore: Send + Sync + 'static {
 /// What differs per backend (`sqlite/events.rs`, `postgres/events.rs`).
 #[async_trait]
 pub trait EventsSql: Sql {
+    /// Inserts a batch inside a transaction (chunked VALUES vs UNNEST).
+    async fn insert_events_tx(
+        conn: &mut <Self::Db as Database>::Connection,
+        events: &[NewEvent],
+        received_at: DateTime<Utc>,
+    ) -> StoreResult<IngestOutcome>;
+
     /// Counts `link_click`s of campaign `$1` (columns `clicks`, `users`): the JSON path syntax differs.
     const CAMPAIGN_CLICKS: &'static str;
 
@@ -30,6 +78,28 @@ pub trait EventsSql: Sql {
 
 #[async_trait]
 impl<S: EventsSql> EventStore for S {
+    async fn insert_events(&self, events: &[NewEvent], received_at: DateTime<Utc>) -> StoreResult<IngestOutcome> {
+        let mut tx = S::Db::begin(self.writer()).await?;
+        let outcome = S::insert_events_tx(&mut tx, events, received_at).await?;
+        S::Db::commit(tx).await?;
+        Ok(outcome)
+    }
+
+    async fn import_events(
+        &self,
+        mut batches: ImportReceiver<NewEvent>,
+        received_at: DateTime<Utc>,
+    ) -> StoreResult<IngestOutcome> {
+        let mut tx = S::Db::begin(self.writer()).await?;
+        let mut outcome = IngestOutcome::default();
+        while let Some(batch) = batches.recv().await {
+            let batch = batch.map_err(StoreError::ImportAborted)?;
+            outcome.add(S::insert_events_tx(&mut tx, &batch, received_at).await?);
+        }
+        S::Db::commit(tx).await?;
+        Ok(outcome)
+    }
+
     async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>> {
         if types.is_empty() {
             return Ok(Vec::new());

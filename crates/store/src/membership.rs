@@ -214,9 +214,6 @@ pub trait MembershipStore: Send + Sync + 'static {
         self.apply_memberships(updates, at, cause).await
     }
 
-    /// Sets (`Some`) or clears (`None`) when the user must be re-evaluated.
-    async fn set_due(&self, line_user_id: &LineUserId, due_at: Option<DateTime<Utc>>) -> StoreResult<()>;
-
     /// Users due at `now` (`due_at <= now`), earliest first.
     async fn due_users(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<LineUserId>>;
 
@@ -593,28 +590,6 @@ impl<S: MembershipSql> MembershipStore for S {
         cause: Cause,
     ) -> StoreResult<Vec<Transition>> {
         MembershipSql::apply_page_memberships(self, page, updates, at, cause).await
-    }
-
-    async fn set_due(&self, line_user_id: &LineUserId, due_at: Option<DateTime<Utc>>) -> StoreResult<()> {
-        match due_at {
-            Some(due) => {
-                stmt::<S::Db>(
-                    "INSERT INTO evaluation_schedule (line_user_id, due_at) VALUES ($1, $2)
-                     ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at",
-                )
-                .bind(line_user_id)
-                .bind(Ts(due))
-                .execute(self.writer())
-                .await?;
-            }
-            None => {
-                stmt::<S::Db>("DELETE FROM evaluation_schedule WHERE line_user_id = $1")
-                    .bind(line_user_id)
-                    .execute(self.writer())
-                    .await?;
-            }
-        }
-        Ok(())
     }
 
     async fn due_users(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<LineUserId>> {

@@ -285,8 +285,6 @@ pub trait OutboxStore: Send + Sync + 'static {
         segments: &[String],
     ) -> StoreResult<HashMap<LineUserId, UserSendFacts>>;
 
-    async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>>;
-
     /// Deliveries of a campaign (all states), by id, strictly after `after_id`.
     async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>>;
 
@@ -315,23 +313,25 @@ macro_rules! select_deliveries {
     () => {
         concat!(
             "SELECT ",
-            delivery_own_columns!(),
+            $crate::outbox::delivery_own_columns!(),
             ", ",
-            delivery_status!(),
+            $crate::outbox::delivery_status!(),
             " AS status, s.request_id, s.requested_at FROM ",
-            deliveries_with_requests!()
+            $crate::outbox::deliveries_with_requests!()
         )
     };
 }
+#[cfg(feature = "test-support")]
+pub(crate) use select_deliveries;
 
 /// One campaign's deliveries counted by state and skip reason; `$campaign` is the placeholder.
 macro_rules! count_deliveries {
     ($campaign:literal) => {
         concat!(
             "SELECT ",
-            delivery_status!(),
+            $crate::outbox::delivery_status!(),
             " AS status, d.skip_reason, COUNT(*) AS n FROM ",
-            deliveries_with_requests!(),
+            $crate::outbox::deliveries_with_requests!(),
             " WHERE d.campaign_id = ",
             $campaign,
             " GROUP BY 1, 2"
@@ -344,18 +344,20 @@ macro_rules! deliveries_with_requests {
         "deliveries d LEFT JOIN delivery_sends s ON s.delivery_id = d.id LEFT JOIN send_requests r ON r.id = s.request_id"
     };
 }
+pub(crate) use deliveries_with_requests;
 
 macro_rules! delivery_status {
     () => {
         "CASE WHEN s.request_id IS NULL THEN d.status WHEN r.status = 'pending' THEN 'requested' ELSE r.status END"
     };
 }
+pub(crate) use delivery_status;
 
 pub(crate) fn count(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-fn delivery_status(text: &str) -> StoreResult<DeliveryStatus> {
+fn status_of(text: &str) -> StoreResult<DeliveryStatus> {
     DeliveryStatus::parse(text).ok_or_else(|| StoreError::Corrupt(format!("delivery status {text:?}")))
 }
 
@@ -437,7 +439,7 @@ pub(crate) fn dequeued(outcome: &ClaimOutcome) -> Vec<i64> {
 }
 
 fn add_count(counts: &mut CampaignCounts, status: &str, reason: Option<String>, n: u64) -> StoreResult<()> {
-    match delivery_status(status)? {
+    match status_of(status)? {
         DeliveryStatus::Pending => counts.pending += n,
         DeliveryStatus::Requested => counts.requested += n,
         DeliveryStatus::Sent => counts.sent += n,
@@ -486,7 +488,6 @@ pub(crate) struct SharedMessages {
     /// The previous row's: runs of rows carry the same messages.
     last: Option<(String, Arc<Value>)>,
 }
-
 
 impl SharedMessages {
     pub(crate) fn get(&mut self, text: &str) -> StoreResult<Arc<Value>> {
@@ -576,14 +577,6 @@ impl<S: OutboxSql> OutboxStore for S {
         segments: &[String],
     ) -> StoreResult<HashMap<LineUserId, UserSendFacts>> {
         OutboxSql::send_facts(self, users, segments).await
-    }
-
-    async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>> {
-        let mut shared = SharedMessages::default();
-        stmt::<S::Db>(concat!(select_deliveries!(), " WHERE d.id = $1"))
-            .bind(id)
-            .optional(self.reader(), |row| delivery_of(row, &mut shared))
-            .await
     }
 
     async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>> {

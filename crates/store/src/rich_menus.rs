@@ -49,8 +49,6 @@ pub trait RichMenuStore: Send + Sync + 'static {
         retry_at: DateTime<Utc>,
         error: &str,
     ) -> StoreResult<()>;
-    /// The menu LINE has for a user, as far as renkei knows.
-    async fn linked_rich_menu(&self, line_user_id: &LineUserId) -> StoreResult<Option<String>>;
 }
 
 /// What differs per backend (`sqlite/rich_menus.rs`, `postgres/rich_menus.rs`).
@@ -121,14 +119,6 @@ impl<S: RichMenusSql> RichMenuStore for S {
             return Ok(());
         }
         self.release(users, retry_at, error).await
-    }
-
-    async fn linked_rich_menu(&self, line_user_id: &LineUserId) -> StoreResult<Option<String>> {
-        let linked = stmt::<S::Db>("SELECT linked FROM rich_menu_state WHERE line_user_id = $1")
-            .bind(line_user_id)
-            .optional(self.reader(), |row| row.opt_string("linked"))
-            .await?;
-        Ok(linked.flatten())
     }
 }
 

@@ -141,7 +141,6 @@ pub trait Dialect: Database {
     fn int(row: &Self::Row, column: &str) -> StoreResult<i64>;
     fn opt_int(row: &Self::Row, column: &str) -> StoreResult<Option<i64>>;
     fn boolean(row: &Self::Row, column: &str) -> StoreResult<bool>;
-    fn opt_boolean(row: &Self::Row, column: &str) -> StoreResult<Option<bool>>;
     fn ts(row: &Self::Row, column: &str) -> StoreResult<DateTime<Utc>>;
     fn opt_ts(row: &Self::Row, column: &str) -> StoreResult<Option<DateTime<Utc>>>;
     /// A JSON column (TEXT on SQLite).
@@ -186,10 +185,6 @@ impl<DB: Dialect> Stmt<DB> {
         DB::fetch_optional(pool, self.0).await
     }
 
-    pub async fn fetch_one(self, pool: &Pool<DB>) -> StoreResult<DB::Row> {
-        DB::fetch_one(pool, self.0).await
-    }
-
     /// Every row, read with `read`.
     pub async fn all<T>(self, pool: &Pool<DB>, read: impl Fn(Row<'_, DB>) -> StoreResult<T>) -> StoreResult<Vec<T>> {
         rows(&DB::fetch_all(pool, self.0).await?, read)
@@ -211,10 +206,6 @@ impl<DB: Dialect> Stmt<DB> {
 
     pub async fn execute_in(self, conn: &mut DB::Connection) -> StoreResult<u64> {
         DB::execute_in(conn, self.0).await
-    }
-
-    pub async fn fetch_optional_in(self, conn: &mut DB::Connection) -> StoreResult<Option<DB::Row>> {
-        DB::fetch_optional_in(conn, self.0).await
     }
 
     /// The row, if any, read with `read`, in an open transaction.
@@ -247,12 +238,9 @@ impl<DB: Dialect> Row<'_, DB> {
         DB::opt_int(self.0, column)
     }
 
+    #[cfg(feature = "test-support")]
     pub fn boolean(&self, column: &str) -> StoreResult<bool> {
         DB::boolean(self.0, column)
-    }
-
-    pub fn opt_boolean(&self, column: &str) -> StoreResult<Option<bool>> {
-        DB::opt_boolean(self.0, column)
     }
 
     pub fn ts(&self, column: &str) -> StoreResult<DateTime<Utc>> {
@@ -375,10 +363,6 @@ impl Dialect for sqlx::Sqlite {
         Ok(sqlx::Row::try_get(row, column)?)
     }
 
-    fn opt_boolean(row: &Self::Row, column: &str) -> StoreResult<Option<bool>> {
-        Ok(sqlx::Row::try_get(row, column)?)
-    }
-
     fn ts(row: &Self::Row, column: &str) -> StoreResult<DateTime<Utc>> {
         let micros: i64 = sqlx::Row::try_get(row, column)?;
         DateTime::from_timestamp_micros(micros).ok_or_else(|| corrupt_time(micros))
@@ -475,10 +459,6 @@ impl Dialect for sqlx::Postgres {
     }
 
     fn boolean(row: &Self::Row, column: &str) -> StoreResult<bool> {
-        Ok(sqlx::Row::try_get(row, column)?)
-    }
-
-    fn opt_boolean(row: &Self::Row, column: &str) -> StoreResult<Option<bool>> {
         Ok(sqlx::Row::try_get(row, column)?)
     }
 

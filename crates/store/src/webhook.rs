@@ -89,8 +89,6 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// again when its lease runs out.
     async fn record_webhook_error(&self, id: i64, error: &str) -> StoreResult<()>;
 
-    async fn get_webhook_event(&self, webhook_event_id: &str) -> StoreResult<Option<WebhookEventRow>>;
-
     /// How many stored events are not processed yet.
     async fn pending_webhook_events(&self) -> StoreResult<u64>;
 
@@ -119,8 +117,6 @@ pub trait WebhookStore: Send + Sync + 'static {
 
     /// Overwrites the result of a consumed nonce (e.g. `conflict`).
     async fn set_link_nonce_result(&self, nonce: &str, result: &str) -> StoreResult<()>;
-
-    async fn get_link_nonce(&self, nonce: &str) -> StoreResult<Option<LinkNonce>>;
 }
 
 fn attempts(value: i64) -> u32 {
@@ -234,13 +230,6 @@ impl<S: WebhookSql> WebhookStore for S {
         Ok(())
     }
 
-    async fn get_webhook_event(&self, webhook_event_id: &str) -> StoreResult<Option<WebhookEventRow>> {
-        stmt::<S::Db>(concat!("SELECT ", webhook_columns!(), " FROM webhook_events WHERE webhook_event_id = $1"))
-            .bind(webhook_event_id)
-            .optional(self.reader(), webhook_event_of)
-            .await
-    }
-
     async fn pending_webhook_events(&self) -> StoreResult<u64> {
         let count = stmt::<S::Db>("SELECT COUNT(*) AS n FROM webhook_events WHERE processed_at IS NULL")
             .one(self.reader(), |row| row.int("n"))
@@ -316,30 +305,10 @@ impl<S: WebhookSql> WebhookStore for S {
             .await?;
         Ok(())
     }
-
-    async fn get_link_nonce(&self, nonce: &str) -> StoreResult<Option<LinkNonce>> {
-        stmt::<S::Db>(
-            "SELECT nonce, member_id, created_at, expires_at, used_at, result, line_user_id
-             FROM link_nonces WHERE nonce = $1",
-        )
-        .bind(nonce)
-        .optional(self.reader(), |row| {
-            Ok(LinkNonce {
-                nonce: row.string("nonce")?,
-                member_id: member(row.string("member_id")?)?,
-                created_at: row.ts("created_at")?,
-                expires_at: row.ts("expires_at")?,
-                used_at: row.opt_ts("used_at")?,
-                result: row.opt_string("result")?,
-                line_user_id: row.opt_string("line_user_id")?,
-            })
-        })
-        .await
-    }
 }
 
 /// A `webhook_events` row (`webhook_columns!()`).
-fn webhook_event_of<DB: Dialect>(row: Row<'_, DB>) -> StoreResult<WebhookEventRow> {
+pub(crate) fn webhook_event_of<DB: Dialect>(row: Row<'_, DB>) -> StoreResult<WebhookEventRow> {
     Ok(WebhookEventRow {
         id: row.int("id")?,
         webhook_event_id: row.opt_string("webhook_event_id")?,
@@ -349,5 +318,19 @@ fn webhook_event_of<DB: Dialect>(row: Row<'_, DB>) -> StoreResult<WebhookEventRo
         processed_at: row.opt_ts("processed_at")?,
         attempts: attempts(row.int("attempts")?),
         last_error: row.opt_string("last_error")?,
+    })
+}
+
+/// A `link_nonces` row.
+#[cfg(feature = "test-support")]
+pub(crate) fn link_nonce_of<DB: Dialect>(row: Row<'_, DB>) -> StoreResult<LinkNonce> {
+    Ok(LinkNonce {
+        nonce: row.string("nonce")?,
+        member_id: member(row.string("member_id")?)?,
+        created_at: row.ts("created_at")?,
+        expires_at: row.ts("expires_at")?,
+        used_at: row.opt_ts("used_at")?,
+        result: row.opt_string("result")?,
+        line_user_id: row.opt_string("line_user_id")?,
     })
 }
