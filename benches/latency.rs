@@ -1,4 +1,4 @@
-//! Latency benchmark (SPEC §9): event ingested → segment transition →
+//! Latency benchmark (a performance target: p99 ≤ 250 ms): event ingested → segment transition →
 //! message accepted by the LINE simulator, p99 ≤ 250 ms; plus the per-event
 //! re-evaluation cost with the example segments and the peak RSS.
 //!
@@ -32,8 +32,10 @@ use renkei_core::{Clock, LineUserId, MemberId, MemberPatch, NewEvent, SystemCloc
 use renkei_line_sim::{Endpoint, LineSim, SimConfig};
 use renkei_membership::{Cause, MembershipEngine, TransitionKind};
 use renkei_segments::SegmentSet;
-use renkei_store::test_support::measure::peak_rss_mb;
-use renkei_store::{PgStore, Store, test_support};
+use renkei_store::{PgStore, Store};
+use renkei_test_support as test_support;
+use renkei_test_support::Rng;
+use renkei_test_support::measure::peak_rss_mb;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::path::Path;
@@ -59,19 +61,6 @@ fn line_user(i: usize) -> String {
 
 fn member(i: usize) -> String {
     format!("M{i:07}")
-}
-
-/// splitmix64: deterministic data without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
 }
 
 fn attributes(i: usize, rng: &mut Rng, now: DateTime<Utc>) -> Map<String, Value> {
@@ -349,7 +338,7 @@ async fn latency(name: &str, store: Arc<dyn Store>, url: &str, params: &LatencyP
     println!("{}", summary("  enqueued → request planned (dispatcher)", to_planned));
     println!("{}", summary("  planned → push recorded by the simulator", to_sim));
     println!(
-        "{name}: {within}/{} within 250 ms; {missing} never arrived{}; target (SPEC §9): p99 ≤ 250 ms",
+        "{name}: {within}/{} within 250 ms; {missing} never arrived{}; target: p99 ≤ 250 ms",
         end_to_end.len(),
         if complete { "" } else { " (gave up waiting after 60 s)" }
     );
@@ -525,7 +514,7 @@ fn main() -> Result<(), BoxError> {
             .ok()
             .filter(|u| !u.is_empty());
         println!(
-            "latency benchmark (SPEC §9): event ingested → segment transition → message accepted by the LINE simulator"
+            "latency benchmark (target p99 ≤ 250 ms): event ingested → segment transition → message accepted by the LINE simulator"
         );
 
         let parts = std::env::var("RENKEI_BENCH_PARTS").unwrap_or_else(|_| "latency,eval".to_string());

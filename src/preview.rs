@@ -22,7 +22,8 @@ pub fn parse_at(text: &str) -> Result<DateTime<Utc>, String> {
     })
 }
 
-/// The JSON shape SPEC §7 pins (field order included).
+/// The JSON shape of `renkei segments preview --format json` that the product
+/// spec pins for scripts (field order included).
 #[derive(Serialize)]
 struct PreviewJson<'a> {
     segment: &'a str,

@@ -1,4 +1,4 @@
-//! Campaigns of renkei (SPEC §6): campaign YAML, rich-menu rules, Flex
+//! Campaigns of renkei: campaign YAML, rich-menu rules, Flex
 //! template rendering and the time rules (cron, quiet hours, event timing).
 //!
 //! - [`CampaignSet::load`] reads every campaign file and the templates they

@@ -23,7 +23,7 @@ use renkei_membership::Cause;
 use renkei_segments::SegmentSet;
 use renkei_store::Store;
 use renkei_store::membership::MembershipUpdate;
-use renkei_store::test_support::measure::{cpu_seconds_of, current_rss_mb, peak_rss_mb, postgres_cpu_seconds};
+use renkei_test_support::measure::{cpu_seconds_of, current_rss_mb, peak_rss_mb, postgres_cpu_seconds};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -66,7 +66,7 @@ async fn open_store(users: u64) -> Result<(Arc<dyn Store>, Option<tempfile::Temp
                     let (base, _) = server.rsplit_once('/').ok_or("RENKEI_BENCH_POSTGRES_URL has no database")?;
                     format!("{base}/{name}")
                 }
-                None => renkei_store::test_support::create_database(&server).await?,
+                None => renkei_test_support::create_database(&server).await?,
             };
             let store = renkei_store::connect(&url).await?;
             store.migrate().await?;

@@ -19,21 +19,6 @@ use std::time::Duration;
 const GOLD_PERSONAL_9AM: &str = "id: gold_hello\nname: Gold hello\ntrigger:\n  schedule: \"0 0 9 * * *\"\n  audience: gold\nmessages:\n  - template: personal\n    alt_text: \"{{member.name}}さんへ\"\n";
 const GOLD_SAME_9AM: &str = "id: gold_sale\nname: Gold sale\ntrigger:\n  schedule: \"0 0 9 * * *\"\n  audience: gold\nmessages:\n  - template: same\n    alt_text: セールのお知らせ\n";
 
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres).await;
-            }
-        }
-    };
-}
-
 fn faulty() -> SimConfig {
     SimConfig {
         faults: Faults { error_rate: 0.2, latency: Duration::from_millis(2), drop_rate: 0.2 },
@@ -47,7 +32,6 @@ async fn fire(h: &Harness, campaign: &str, at: chrono::DateTime<chrono::Utc>) ->
     h.runner.fire(campaign, at).await.unwrap()
 }
 
-both_backends!(personalised_pushes_reach_each_member_once_under_faults_and_never_blocked_users);
 async fn personalised_pushes_reach_each_member_once_under_faults_and_never_blocked_users(backend: Backend) {
     let spec = Spec { segments: &[GOLD], campaigns: &[GOLD_PERSONAL_9AM], sim: faulty(), ..Spec::default() };
     let Some(h) = harness(backend, spec).await else { return };
@@ -78,7 +62,6 @@ async fn personalised_pushes_reach_each_member_once_under_faults_and_never_block
     assert!(faults.injected_errors + faults.dropped > 0, "faults were injected: {faults:?}");
 }
 
-both_backends!(identical_messages_go_by_multicast_once_per_member_under_faults);
 async fn identical_messages_go_by_multicast_once_per_member_under_faults(backend: Backend) {
     let spec = Spec { segments: &[GOLD], campaigns: &[GOLD_SAME_9AM], sim: faulty(), ..Spec::default() };
     let Some(h) = harness(backend, spec).await else { return };
@@ -96,7 +79,6 @@ async fn identical_messages_go_by_multicast_once_per_member_under_faults(backend
     assert_eq!(h.sim.requests_for(renkei_line_sim::Endpoint::Push).len(), 0);
 }
 
-both_backends!(a_lost_response_is_retried_with_the_same_key_and_counted_once);
 async fn a_lost_response_is_retried_with_the_same_key_and_counted_once(backend: Backend) {
     let sim = SimConfig { faults: Faults { drop_rate: 1.0, ..Faults::default() }, ..SimConfig::default() };
     let spec = Spec { segments: &[GOLD], campaigns: &[GOLD_PERSONAL_9AM], sim, ..Spec::default() };
@@ -116,7 +98,6 @@ async fn a_lost_response_is_retried_with_the_same_key_and_counted_once(backend: 
     assert_eq!(h.test.store.campaign_counts("gold_hello").await.unwrap().sent, 1);
 }
 
-both_backends!(quiet_hours_defer_to_their_end_and_never_drop);
 async fn quiet_hours_defer_to_their_end_and_never_drop(backend: Backend) {
     let campaign = "id: welcome_gold\nname: Welcome\ntrigger:\n  segment_entered: gold\nmessages:\n  - template: personal\n    alt_text: ようこそ\nquiet_hours: { from: \"21:00\", to: \"09:00\" }\n";
     let spec = Spec { segments: &[GOLD], campaigns: &[campaign], ..Spec::default() };
@@ -137,7 +118,6 @@ async fn quiet_hours_defer_to_their_end_and_never_drop(backend: Backend) {
     assert_eq!(h.accepted_per_user().get(user(1).as_str()), Some(&1));
 }
 
-both_backends!(frequency_and_global_caps_hold);
 async fn frequency_and_global_caps_hold(backend: Backend) {
     let capped = "id: capped\nname: Capped\ntrigger:\n  schedule: \"0 0 9 * * *\"\n  audience: gold\nmessages:\n  - template: personal\n    alt_text: a\nfrequency_cap: { max: 1, per: 7d }\n";
     let other = "id: other\nname: Other\ntrigger:\n  schedule: \"0 0 10 * * *\"\n  audience: linked\nmessages:\n  - template: same\n    alt_text: b\n";
@@ -171,7 +151,6 @@ async fn frequency_and_global_caps_hold(backend: Backend) {
     assert_eq!(other.skipped.get("global_cap"), Some(&1));
 }
 
-both_backends!(send_time_audience_and_lost_links_are_skipped_with_their_reason);
 async fn send_time_audience_and_lost_links_are_skipped_with_their_reason(backend: Backend) {
     let campaign = "id: gold_only\nname: Gold only\ntrigger:\n  schedule: \"0 0 9 * * *\"\n  audience: linked\naudience: gold\nmessages:\n  - template: same\n    alt_text: g\n";
     let spec = Spec { segments: &[GOLD, LINKED], campaigns: &[campaign], ..Spec::default() };
@@ -190,7 +169,6 @@ async fn send_time_audience_and_lost_links_are_skipped_with_their_reason(backend
     assert_eq!(h.accepted_per_user().keys().collect::<Vec<_>>(), vec![user(1).as_str()]);
 }
 
-both_backends!(reminders_go_a_day_before_unless_cancelled);
 async fn reminders_go_a_day_before_unless_cancelled(backend: Backend) {
     let campaign = "id: reservation_reminder\nname: 予約リマインド\ntrigger:\n  event: reservation_created\n  at: { property: reserved_at, offset: -1d }\n  unless: { event: reservation_cancelled, match: [reservation_id] }\nmessages:\n  - template: personal\n    alt_text: 明日はご予約日です\n";
     let spec = Spec { segments: &[GOLD], campaigns: &[campaign], ..Spec::default() };
@@ -221,7 +199,6 @@ async fn reminders_go_a_day_before_unless_cancelled(backend: Backend) {
     assert_eq!((counts.sent, counts.skipped.get("cancelled").copied()), (1, Some(1)));
 }
 
-both_backends!(the_quota_guard_pauses_before_line_refuses_and_resumes_when_raised);
 async fn the_quota_guard_pauses_before_line_refuses_and_resumes_when_raised(backend: Backend) {
     let sim = SimConfig { monthly_quota: Some(5), ..SimConfig::default() };
     let spec = Spec { segments: &[GOLD], campaigns: &[GOLD_PERSONAL_9AM], sim, ..Spec::default() };
@@ -243,7 +220,6 @@ async fn the_quota_guard_pauses_before_line_refuses_and_resumes_when_raised(back
     assert!(!h.dispatcher.quota_paused());
 }
 
-both_backends!(rich_menus_follow_segment_changes);
 async fn rich_menus_follow_segment_changes(backend: Backend) {
     let gold_menu = "richmenu-0123456789abcdef0123456789abcdef";
     let default_menu = "richmenu-fedcba9876543210fedcba9876543210";
@@ -281,7 +257,6 @@ async fn rich_menus_follow_segment_changes(backend: Backend) {
     assert_eq!(h.sim.user_rich_menu(user(1).as_str()).as_deref(), Some(gold_menu));
 }
 
-both_backends!(two_dispatchers_share_one_outbox_without_doubles);
 async fn two_dispatchers_share_one_outbox_without_doubles(backend: Backend) {
     let spec = Spec { segments: &[GOLD], campaigns: &[GOLD_PERSONAL_9AM], ..Spec::default() };
     let Some(h) = harness(backend, spec).await else { return };
@@ -316,7 +291,6 @@ async fn two_dispatchers_share_one_outbox_without_doubles(backend: Backend) {
     assert_eq!(h.sim.counters().conflicts, 0, "no request was even attempted twice");
 }
 
-both_backends!(entries_found_by_a_full_recompute_do_not_trigger_and_late_reminders_expire);
 async fn entries_found_by_a_full_recompute_do_not_trigger_and_late_reminders_expire(backend: Backend) {
     let welcome = "id: welcome_gold\nname: Welcome\ntrigger:\n  segment_entered: gold\nmessages:\n  - template: personal\n    alt_text: ようこそ\n";
     let reminder = "id: reminder\nname: Reminder\ntrigger:\n  event: reservation_created\n  at: { property: reserved_at, offset: -1d }\nmessages:\n  - template: personal\n    alt_text: 明日\n";
@@ -348,3 +322,18 @@ async fn entries_found_by_a_full_recompute_do_not_trigger_and_late_reminders_exp
     let counts = h.test.store.campaign_counts("reminder").await.unwrap();
     assert_eq!((counts.sent, counts.skipped.get("expired").copied()), (0, Some(1)));
 }
+
+renkei_test_support::on_both_backends!(
+    multi_thread, renkei_test_support::available =>
+    personalised_pushes_reach_each_member_once_under_faults_and_never_blocked_users,
+    identical_messages_go_by_multicast_once_per_member_under_faults,
+    a_lost_response_is_retried_with_the_same_key_and_counted_once,
+    quiet_hours_defer_to_their_end_and_never_drop,
+    frequency_and_global_caps_hold,
+    send_time_audience_and_lost_links_are_skipped_with_their_reason,
+    reminders_go_a_day_before_unless_cancelled,
+    the_quota_guard_pauses_before_line_refuses_and_resumes_when_raised,
+    rich_menus_follow_segment_changes,
+    two_dispatchers_share_one_outbox_without_doubles,
+    entries_found_by_a_full_recompute_do_not_trigger_and_late_reminders_expire,
+);

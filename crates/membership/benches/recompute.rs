@@ -20,8 +20,10 @@ use chrono::{DateTime, Duration, Utc};
 use renkei_core::{LineUserId, SystemClock};
 use renkei_membership::{Cause, MembershipEngine};
 use renkei_segments::SegmentSet;
-use renkei_store::test_support::measure::{cpu_seconds, peak_rss_mb, postgres_cpu_seconds};
-use renkei_store::{PgStore, SqliteStore, Store, test_support};
+use renkei_store::{PgStore, SqliteStore, Store};
+use renkei_test_support as test_support;
+use renkei_test_support::Rng;
+use renkei_test_support::measure::{cpu_seconds, peak_rss_mb, postgres_cpu_seconds};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,23 +37,6 @@ struct Config {
     users: u64,
     events: u64,
     page: u32,
-}
-
-/// splitmix64: deterministic data without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 fn line_user(i: u64) -> String {

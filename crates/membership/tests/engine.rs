@@ -190,7 +190,7 @@ async fn odd_stored_properties_do_not_break_evaluation() {
 
 #[tokio::test]
 async fn the_running_engine_processes_reported_changes_and_time() {
-    let test = renkei_store::test_support::sqlite().await.expect("store");
+    let test = renkei_test_support::sqlite().await.expect("store");
     let segments = common::segments(&[BUYERS, "id: settled\nname: S\nrule:\n  event: purchase\n  older_than: 1s\n"]);
     let engine = Arc::new(MembershipEngine::new(
         test.store.clone(),

@@ -16,6 +16,7 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use renkei_core::LineUserId;
 use renkei_segments::{EventFact, Properties, SegmentSet, UserFacts};
+use renkei_test_support::Rng;
 use serde_json::{Map, Value};
 use std::time::Instant;
 
@@ -24,23 +25,6 @@ use std::time::Instant;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BATCH: u64 = 1000;
-
-/// splitmix64: deterministic data without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn member_attributes(rng: &mut Rng, now: DateTime<Utc>) -> Map<String, Value> {
     let rank = ["bronze", "silver", "gold", "platinum"][rng.below(4) as usize];

@@ -21,7 +21,7 @@ pub fn parse_date_only(text: &str) -> Option<NaiveDate> {
 }
 
 /// An RFC 3339 timestamp, or a bare `YYYY-MM-DD` meaning the start of that
-/// day in `tz` (SPEC §4).
+/// day in `tz` (how member attributes such as `birthday` read as times).
 pub fn parse_time(text: &str, tz: Tz) -> Option<DateTime<Utc>> {
     if let Some(date) = parse_date_only(text) {
         return start_of_day(date, tz);

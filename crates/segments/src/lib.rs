@@ -1,4 +1,4 @@
-//! The segment YAML language of renkei (SPEC §5).
+//! The segment YAML language of renkei (see `config/segments/` and the README).
 //!
 //! - [`SegmentSet::load_dir`] reads every `*.yaml` / `*.yml` file of a
 //!   directory (one segment each) and returns either a valid set or every

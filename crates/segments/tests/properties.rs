@@ -1,5 +1,6 @@
 //! Property tests: (a) the evaluator agrees with a deliberately naive
-//! reference written here from SPEC §5, sharing no code with the crate;
+//! reference written here from the segment language as documented (`rule`
+//! conditions and their combinators), sharing no code with the crate;
 //! (b) `next_change` is sound: nothing changes strictly before it.
 #![allow(clippy::unwrap_used)]
 

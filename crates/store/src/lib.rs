@@ -17,8 +17,6 @@ mod sql;
 mod sqlite;
 #[cfg(feature = "test-support")]
 mod test_reads;
-#[cfg(feature = "test-support")]
-pub mod test_support;
 pub mod webhook;
 
 pub use events::{EventStore, IngestOutcome, StoredEvent};

@@ -3,9 +3,9 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use renkei_core::{LineUserId, LinkMethod, MemberId, MemberPatch, NewEvent};
-use renkei_store::{LinkOutcome, Store, StoreCounts, StoreError, test_support};
+use renkei_store::{LinkOutcome, StoreCounts, StoreError};
+use renkei_test_support::TestStore;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use tokio::sync::mpsc;
 
 fn at(hour: u32) -> DateTime<Utc> {
@@ -32,7 +32,7 @@ fn patch(id: &str, attributes: Value) -> MemberPatch {
     }
 }
 
-async fn events_are_idempotent_on_event_id(store: Arc<dyn Store>) {
+async fn events_are_idempotent_on_event_id(store: TestStore) {
     let a = event(
         json!({"event_id": "e1", "type": "purchase", "member_id": "m1", "occurred_at": "2026-11-23T10:00:00+09:00"}),
     );
@@ -46,13 +46,13 @@ async fn events_are_idempotent_on_event_id(store: Arc<dyn Store>) {
     assert_eq!(store.counts().await.expect("counts").events, 2);
 }
 
-async fn events_without_event_id_are_all_kept(store: Arc<dyn Store>) {
+async fn events_without_event_id_are_all_kept(store: TestStore) {
     let a = event(json!({"type": "store_visit", "member_id": "m1", "occurred_at": "2026-11-23T10:00:00Z"}));
     let outcome = store.insert_events(&[a.clone(), a], at(3)).await.expect("insert");
     assert_eq!((outcome.accepted, outcome.duplicates), (2, 0));
 }
 
-async fn members_merge_and_null_deletes(store: Arc<dyn Store>) {
+async fn members_merge_and_null_deletes(store: TestStore) {
     let outcome =
         store.upsert_members(&[patch("m1", json!({"rank": "silver", "name": "花子"}))], at(1)).await.expect("create");
     assert_eq!(outcome.created, 1);
@@ -70,7 +70,7 @@ async fn members_merge_and_null_deletes(store: Arc<dyn Store>) {
     assert!(store.get_member(&member("nobody")).await.expect("get").is_none());
 }
 
-async fn links_are_one_to_one(store: Arc<dyn Store>) {
+async fn links_are_one_to_one(store: TestStore) {
     let created = store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
     let LinkOutcome::Created(link) = created else { panic!("expected a new link, got {created:?}") };
     assert_eq!((link.method, link.linked_at), (LinkMethod::Api, at(1)));
@@ -88,7 +88,7 @@ async fn links_are_one_to_one(store: Arc<dyn Store>) {
     assert_eq!(store.get_link_by_line_user(&user(1)).await.expect("get").map(|l| l.member_id), Some(member("m1")));
 }
 
-async fn unlink_then_relink(store: Arc<dyn Store>) {
+async fn unlink_then_relink(store: TestStore) {
     store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
     let removed = store.unlink(&member("m1")).await.expect("unlink").expect("was linked");
     assert_eq!(removed.line_user_id, user(1));
@@ -98,7 +98,7 @@ async fn unlink_then_relink(store: Arc<dyn Store>) {
     assert!(matches!(again, LinkOutcome::Created(_)));
 }
 
-async fn user_events_resolve_through_links(store: Arc<dyn Store>) {
+async fn user_events_resolve_through_links(store: TestStore) {
     let events = [
         event(json!({"type": "purchase", "member_id": "m1", "occurred_at": "2026-11-20T10:00:00Z"})),
         event(
@@ -121,7 +121,7 @@ async fn user_events_resolve_through_links(store: Arc<dyn Store>) {
     assert_eq!(types(store.user_events(&user(1)).await.expect("events")), ["message"]);
 }
 
-async fn following_is_recorded(store: Arc<dyn Store>) {
+async fn following_is_recorded(store: TestStore) {
     assert_eq!(store.get_following(&user(1)).await.expect("get"), None);
     store.set_following(&user(1), true, at(1)).await.expect("follow");
     store.set_following(&user(1), false, at(2)).await.expect("unfollow");
@@ -129,7 +129,7 @@ async fn following_is_recorded(store: Arc<dyn Store>) {
     assert_eq!(store.counts().await.expect("counts").friendships, 1);
 }
 
-async fn timestamps_keep_microseconds(store: Arc<dyn Store>) {
+async fn timestamps_keep_microseconds(store: TestStore) {
     let e = event(json!({"type": "x", "member_id": "m1", "occurred_at": "2026-11-23T10:00:00.123456+09:00"}));
     store.insert_events(std::slice::from_ref(&e), at(1)).await.expect("insert");
     store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
@@ -137,7 +137,7 @@ async fn timestamps_keep_microseconds(store: Arc<dyn Store>) {
     assert_eq!(stored[0].occurred_at, e.occurred_at);
 }
 
-async fn member_batch_is_atomic(store: Arc<dyn Store>) {
+async fn member_batch_is_atomic(store: TestStore) {
     store.link(&member("owner"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
     let before = store.counts().await.expect("counts");
     let mut claiming = patch("m2", json!({"rank": "gold"}));
@@ -147,7 +147,7 @@ async fn member_batch_is_atomic(store: Arc<dyn Store>) {
     assert_eq!(store.counts().await.expect("counts"), before, "the first member of the refused batch is not written");
 }
 
-async fn import_is_all_or_nothing(store: Arc<dyn Store>) {
+async fn import_is_all_or_nothing(store: TestStore) {
     let (tx, rx) = mpsc::channel(4);
     tx.send(Ok(vec![patch("m1", json!({"a": 1})), patch("m2", json!({"a": 2}))])).await.expect("send");
     tx.send(Err("members.csv:7: broken".to_string())).await.expect("send");
@@ -168,30 +168,8 @@ async fn import_is_all_or_nothing(store: Arc<dyn Store>) {
     assert_eq!((outcome.accepted, outcome.duplicates), (2000, 500));
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let test = renkei_store::test_support::sqlite().await.expect("sqlite store");
-                    super::$name(test.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(test) = renkei_store::test_support::postgres().await.expect("postgres store") else { return };
-                    super::$name(test.store.clone()).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+renkei_test_support::on_both_backends!(
+    renkei_test_support::store =>
     events_are_idempotent_on_event_id,
     events_without_event_id_are_all_kept,
     members_merge_and_null_deletes,
@@ -208,7 +186,7 @@ conformance!(
 fn the_suite_knows_where_postgres_is() {
     // Keeps the skip rule visible: in CI the variable must be set.
     if std::env::var("CI").as_deref() == Ok("true") {
-        assert!(std::env::var(test_support::POSTGRES_URL_VAR).is_ok());
+        assert!(std::env::var(renkei_test_support::POSTGRES_URL_VAR).is_ok());
     }
 }
 
@@ -217,7 +195,7 @@ fn the_suite_knows_where_postgres_is() {
 /// without it, whatever the server's default.
 #[tokio::test]
 async fn postgres_sessions_run_without_jit() {
-    let Some(test) = test_support::postgres().await.expect("postgres store") else { return };
+    let Some(test) = renkei_test_support::postgres().await.expect("postgres store") else { return };
     let store = renkei_store::PgStore::connect(&test.url).await.expect("connect");
     let jit: String = sqlx::query_scalar("SHOW jit").fetch_one(store.pool()).await.expect("show jit");
     assert_eq!(jit, "off");

@@ -4,15 +4,15 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use renkei_core::{LineUserId, LinkMethod, MemberId, NewEvent};
+use renkei_store::StoreError;
 use renkei_store::dispatch::{
     CampaignCounts, ClaimOutcome, CronFire, DeliveryStatus, FireState, NewDelivery, NewRequest, RequestKind, RequestStatus,
     RichMenuChange, SkipReason,
 };
 use renkei_store::membership::{Cause, MembershipUpdate};
-use renkei_store::{Store, StoreError};
+use renkei_test_support::TestStore;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use uuid::Uuid;
 
 fn at(hour: u32) -> DateTime<Utc> {
@@ -58,7 +58,7 @@ fn ids_of<T>(items: &[T], id: impl Fn(&T) -> i64) -> Vec<i64> {
     items.iter().map(id).collect()
 }
 
-async fn deliveries_are_deduplicated_by_campaign_trigger_and_recipient(store: Arc<dyn Store>) {
+async fn deliveries_are_deduplicated_by_campaign_trigger_and_recipient(store: TestStore) {
     let mut by_member = delivery("c1", "entered:7", 1, at(2));
     by_member.recipient_key = "member:m1".to_string();
     by_member.line_user_id = None;
@@ -119,7 +119,7 @@ async fn deliveries_are_deduplicated_by_campaign_trigger_and_recipient(store: Ar
     assert_eq!(resolved.recipient_key, "member:m1", "the dedupe key does not change");
 }
 
-async fn claims_respect_due_at_and_come_earliest_first(store: Arc<dyn Store>) {
+async fn claims_respect_due_at_and_come_earliest_first(store: TestStore) {
     let batch = vec![delivery("c", "t", 1, at(5)), delivery("c", "t", 2, at(3)), delivery("c", "t", 3, at(4))];
     store.insert_deliveries(&batch, at(1)).await.expect("insert");
     assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(3)));
@@ -147,7 +147,7 @@ async fn claims_respect_due_at_and_come_earliest_first(store: Arc<dyn Store>) {
 /// A claim gives each delivery its own messages and context, also when one
 /// batch mixes shared and distinct payloads, and the member-only ones come
 /// back resolved after a deferral.
-async fn claimed_deliveries_carry_their_own_payload(store: Arc<dyn Store>) {
+async fn claimed_deliveries_carry_their_own_payload(store: TestStore) {
     let mut batch = Vec::new();
     for n in 1..=12u32 {
         let mut d = delivery("c", "t", n, at(1));
@@ -193,7 +193,7 @@ async fn claimed_deliveries_carry_their_own_payload(store: Arc<dyn Store>) {
 
 /// A claim past a queue key sees only what comes after it in queue order
 /// (due time, then id); without one, everything due.
-async fn claims_can_start_past_a_queue_key(store: Arc<dyn Store>) {
+async fn claims_can_start_past_a_queue_key(store: TestStore) {
     let batch = vec![
         delivery("c", "t", 1, at(1)),
         delivery("c", "t", 2, at(1)),
@@ -213,7 +213,7 @@ async fn claims_can_start_past_a_queue_key(store: Arc<dyn Store>) {
     assert!(past_last.is_empty());
 }
 
-async fn a_claim_commits_all_of_its_outcome_or_nothing(store: Arc<dyn Store>) {
+async fn a_claim_commits_all_of_its_outcome_or_nothing(store: TestStore) {
     store
         .insert_deliveries(&[delivery("c", "t", 1, at(1)), delivery("c", "t", 2, at(1))], at(1))
         .await
@@ -292,7 +292,7 @@ async fn a_claim_commits_all_of_its_outcome_or_nothing(store: Arc<dyn Store>) {
     assert_eq!(store.next_delivery_due().await.expect("next"), None);
 }
 
-async fn paused_campaigns_are_not_claimed(store: Arc<dyn Store>) {
+async fn paused_campaigns_are_not_claimed(store: TestStore) {
     store
         .insert_deliveries(&[delivery("paused", "t", 1, at(1)), delivery("live", "t", 2, at(2))], at(1))
         .await
@@ -312,7 +312,7 @@ async fn paused_campaigns_are_not_claimed(store: Arc<dyn Store>) {
     assert_eq!(resumed.deliveries.iter().map(|d| d.campaign_id.as_str()).collect::<Vec<_>>(), vec!["paused", "live"]);
 }
 
-async fn requests_complete_retry_and_fail_with_their_deliveries(store: Arc<dyn Store>) {
+async fn requests_complete_retry_and_fail_with_their_deliveries(store: TestStore) {
     let batch: Vec<_> = (1..=5).map(|n| delivery("c", "t", n, at(1))).collect();
     store.insert_deliveries(&batch, at(1)).await.expect("insert");
     let claim = store.claim_deliveries(at(1), 10).await.expect("claim");
@@ -402,7 +402,7 @@ async fn requests_complete_retry_and_fail_with_their_deliveries(store: Arc<dyn S
     assert_eq!(store.campaign_counts("none").await.expect("empty"), CampaignCounts::default());
 }
 
-async fn a_request_lease_is_released_by_retry_and_comes_back_after_expiry(store: Arc<dyn Store>) {
+async fn a_request_lease_is_released_by_retry_and_comes_back_after_expiry(store: TestStore) {
     store.insert_deliveries(&[delivery("c", "t", 1, at(1))], at(1)).await.expect("insert");
     let claim = store.claim_deliveries(at(1), 1).await.expect("claim");
     let requests = vec![push(claim.deliveries[0].id, 1)];
@@ -420,7 +420,7 @@ async fn a_request_lease_is_released_by_retry_and_comes_back_after_expiry(store:
     assert_eq!(store.claim_requests(at(4), 10, "c", at(9)).await.expect("due")[0].attempts, 3);
 }
 
-async fn sends_are_counted_per_user_campaign_and_window(store: Arc<dyn Store>) {
+async fn sends_are_counted_per_user_campaign_and_window(store: TestStore) {
     let batch = vec![
         delivery("c1", "t1", 1, at(1)),
         delivery("c1", "t2", 1, at(1)),
@@ -481,7 +481,7 @@ async fn sends_are_counted_per_user_campaign_and_window(store: Arc<dyn Store>) {
     assert_eq!(store.sent_counts(&[], None, at(1)).await.expect("no users"), counts(&[]));
 }
 
-async fn send_facts_cover_links_following_and_asked_segments(store: Arc<dyn Store>) {
+async fn send_facts_cover_links_following_and_asked_segments(store: TestStore) {
     let now = at(1);
     for (m, n) in [("m1", 1), ("m2", 2)] {
         store.link(&member(m), &user(n), LinkMethod::Api, now).await.expect("link");
@@ -522,7 +522,7 @@ async fn send_facts_cover_links_following_and_asked_segments(store: Arc<dyn Stor
     );
 }
 
-async fn campaign_enabled_at_keeps_the_first_instant(store: Arc<dyn Store>) {
+async fn campaign_enabled_at_keeps_the_first_instant(store: TestStore) {
     assert_eq!(store.campaign_enabled_at("c", at(3)).await.expect("first"), at(3));
     assert_eq!(store.campaign_enabled_at("c", at(5)).await.expect("again"), at(3));
     assert_eq!(store.campaign_enabled_at("d", at(5)).await.expect("other"), at(5));
@@ -533,7 +533,7 @@ async fn campaign_enabled_at_keeps_the_first_instant(store: Arc<dyn Store>) {
     assert_eq!(store.paused_campaigns().await.expect("paused"), vec!["e".to_string()]);
 }
 
-async fn cron_fires_are_recorded_once(store: Arc<dyn Store>) {
+async fn cron_fires_are_recorded_once(store: TestStore) {
     assert_eq!(store.last_fire("daily").await.expect("none"), None);
     assert!(store.record_fire("daily", at(9), FireState::Started).await.expect("first"));
     assert!(!store.record_fire("daily", at(9), FireState::Started).await.expect("second"), "recorded before");
@@ -553,7 +553,7 @@ async fn cron_fires_are_recorded_once(store: Arc<dyn Store>) {
     assert_eq!(store.last_fire("daily").await.expect("last").map(|f| f.state), Some(FireState::Done));
 }
 
-async fn cursors_are_stored_by_name(store: Arc<dyn Store>) {
+async fn cursors_are_stored_by_name(store: TestStore) {
     assert_eq!(store.get_cursor("transitions").await.expect("none"), None);
     store.set_cursor("transitions", 42).await.expect("set");
     store.set_cursor("events", 7).await.expect("set other");
@@ -563,7 +563,7 @@ async fn cursors_are_stored_by_name(store: Arc<dyn Store>) {
     assert_eq!(store.get_cursor("events").await.expect("get"), Some(7));
 }
 
-async fn events_after_filters_by_type_and_id(store: Arc<dyn Store>) {
+async fn events_after_filters_by_type_and_id(store: TestStore) {
     assert_eq!(store.max_event_id().await.expect("empty"), 0);
     assert_eq!(store.max_transition_id().await.expect("empty"), 0);
     let events: Vec<NewEvent> = [
@@ -607,7 +607,7 @@ async fn events_after_filters_by_type_and_id(store: Arc<dyn Store>) {
     assert_eq!(store.max_transition_id().await.expect("max transition"), transitions.last().expect("one").id);
 }
 
-async fn rich_menu_changes_are_claimed_until_linked(store: Arc<dyn Store>) {
+async fn rich_menu_changes_are_claimed_until_linked(store: TestStore) {
     let menu = |s: &str| Some(s.to_string());
     store
         .set_desired_rich_menus(
@@ -650,30 +650,8 @@ async fn rich_menu_changes_are_claimed_until_linked(store: Arc<dyn Store>) {
     );
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let test = renkei_store::test_support::sqlite().await.expect("sqlite store");
-                    super::$name(test.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(test) = renkei_store::test_support::postgres().await.expect("postgres store") else { return };
-                    super::$name(test.store.clone()).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+renkei_test_support::on_both_backends!(
+    renkei_test_support::store =>
     deliveries_are_deduplicated_by_campaign_trigger_and_recipient,
     claims_respect_due_at_and_come_earliest_first,
     claimed_deliveries_carry_their_own_payload,
@@ -694,7 +672,7 @@ conformance!(
 /// Two instances claiming at once from the same outbox never share a delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_concurrent_claims_never_overlap() {
-    let Some(test) = renkei_store::test_support::postgres().await.expect("postgres store") else { return };
+    let Some(test) = renkei_test_support::postgres().await.expect("postgres store") else { return };
     let store = test.store.clone();
     let batch: Vec<_> = (1..=200).map(|n| delivery("c", "t", n, at(1))).collect();
     assert_eq!(store.insert_deliveries(&batch, at(1)).await.expect("insert"), 200);
@@ -733,7 +711,7 @@ async fn postgres_concurrent_claims_never_overlap() {
 #[tokio::test]
 async fn postgres_claim_skips_rows_held_elsewhere() {
     use sqlx::Connection;
-    let Some(test) = renkei_store::test_support::postgres().await.expect("postgres store") else { return };
+    let Some(test) = renkei_test_support::postgres().await.expect("postgres store") else { return };
     let store = test.store.clone();
     let batch: Vec<_> = (1..=6).map(|n| delivery("c", "t", n, at(1))).collect();
     store.insert_deliveries(&batch, at(1)).await.expect("insert");

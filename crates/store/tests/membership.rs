@@ -3,11 +3,10 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use renkei_core::{LineUserId, LinkMethod, MemberId, MemberPatch, NewEvent};
-use renkei_store::Store;
 use renkei_store::membership::{Cause, EventSelection, MembershipUpdate, TransitionKind};
+use renkei_test_support::TestStore;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 fn at(hour: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, hour, 0, 0).single().expect("valid time")
@@ -33,7 +32,7 @@ fn update(u: &LineUserId, ids: &[&str], next_due: Option<DateTime<Utc>>) -> Memb
     MembershipUpdate { line_user_id: u.clone(), segments: set(ids), next_due }
 }
 
-async fn load_users_resolves_links_following_and_events(store: Arc<dyn Store>) {
+async fn load_users_resolves_links_following_and_events(store: TestStore) {
     let patch = MemberPatch {
         member_id: member("m1"),
         attributes: json!({"rank": "gold"}).as_object().cloned().expect("object"),
@@ -90,7 +89,7 @@ async fn load_users_resolves_links_following_and_events(store: Arc<dyn Store>) {
 
 /// PostgreSQL reads small and large properties through different indexes
 /// (migration 0006); every event must come back once, whatever its size.
-async fn load_users_reads_events_of_every_size(store: Arc<dyn Store>) {
+async fn load_users_reads_events_of_every_size(store: TestStore) {
     store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
     // ~6 kB that does not compress: larger than any index entry may be.
     let big: String = (0..6_000u32).map(|i| char::from(b'a' + ((i * 7919 + i / 13) % 26) as u8)).collect();
@@ -128,7 +127,7 @@ async fn load_users_reads_events_of_every_size(store: Arc<dyn Store>) {
 
 /// What segment evaluation loads: only the listed types, each event with
 /// only the listed property keys, and per type only events after `since`.
-async fn load_user_facts_thins_properties_and_old_events(store: Arc<dyn Store>) {
+async fn load_user_facts_thins_properties_and_old_events(store: TestStore) {
     store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
     let big: String = (0..6_000u32).map(|i| char::from(b'a' + ((i * 7919 + i / 13) % 26) as u8)).collect();
     store
@@ -182,7 +181,7 @@ async fn load_user_facts_thins_properties_and_old_events(store: Arc<dyn Store>) 
     assert!(store.load_user_facts(&[], &all).await.expect("empty").is_empty());
 }
 
-async fn member_resolves_to_its_line_user(store: Arc<dyn Store>) {
+async fn member_resolves_to_its_line_user(store: TestStore) {
     store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
     assert_eq!(store.member_line_user(&member("m1")).await.expect("resolve"), Some(user(1)));
     assert_eq!(store.member_line_user(&member("m2")).await.expect("resolve"), None);
@@ -190,7 +189,7 @@ async fn member_resolves_to_its_line_user(store: Arc<dyn Store>) {
     assert_eq!(store.member_line_user(&member("m1")).await.expect("resolve"), None);
 }
 
-async fn audience_is_every_known_line_user_in_pages(store: Arc<dyn Store>) {
+async fn audience_is_every_known_line_user_in_pages(store: TestStore) {
     store.set_following(&user(5), true, at(1)).await.expect("follow");
     store.set_following(&user(2), false, at(1)).await.expect("unfollow");
     store.link(&member("m1"), &user(3), LinkMethod::Api, at(1)).await.expect("link");
@@ -218,7 +217,7 @@ async fn audience_is_every_known_line_user_in_pages(store: Arc<dyn Store>) {
 /// A recompute reads whole audience pages, which a store may read as key
 /// ranges: a page's facts are exactly those of its users read one by one,
 /// and a user that joined the range after paging is left to the next read.
-async fn page_reads_agree_with_listed_reads(store: Arc<dyn Store>) {
+async fn page_reads_agree_with_listed_reads(store: TestStore) {
     let big: String = (0..6_000u32).map(|i| char::from(b'a' + ((i * 7919 + i / 13) % 26) as u8)).collect();
     store.link(&member("m2"), &user(2), LinkMethod::Api, at(1)).await.expect("link 2");
     store.link(&member("m6"), &user(6), LinkMethod::Api, at(1)).await.expect("link 6");
@@ -289,7 +288,7 @@ async fn page_reads_agree_with_listed_reads(store: Arc<dyn Store>) {
     assert_eq!(store.next_due().await.expect("next"), Some(at(22)));
 }
 
-async fn apply_memberships_records_transitions(store: Arc<dyn Store>) {
+async fn apply_memberships_records_transitions(store: TestStore) {
     let (a, b) = (user(1), user(2));
     let transitions = store
         .apply_memberships(
@@ -329,7 +328,7 @@ async fn apply_memberships_records_transitions(store: Arc<dyn Store>) {
 /// Only what differs from the stored state is written: the same memberships
 /// with a new due time move the due time alone; a user named twice in a
 /// batch ends with the last update's due time.
-async fn apply_memberships_writes_only_differences(store: Arc<dyn Store>) {
+async fn apply_memberships_writes_only_differences(store: TestStore) {
     let (a, b, c) = (user(1), user(2), user(3));
     let first = [update(&a, &["gold"], Some(at(5))), update(&b, &[], Some(at(6))), update(&c, &["vip"], None)];
     assert_eq!(store.apply_memberships(&first, at(1), Cause::Event).await.expect("apply").len(), 2);
@@ -349,7 +348,7 @@ async fn apply_memberships_writes_only_differences(store: Arc<dyn Store>) {
     assert_eq!(store.transitions_after(0, 100).await.expect("history").len(), 2);
 }
 
-async fn schedule_is_set_cleared_and_due(store: Arc<dyn Store>) {
+async fn schedule_is_set_cleared_and_due(store: TestStore) {
     let (a, b, c) = (user(1), user(2), user(3));
     assert_eq!(store.next_due().await.expect("none"), None);
     store.apply_memberships(&[update(&a, &[], Some(at(5)))], at(1), Cause::Event).await.expect("apply");
@@ -366,7 +365,7 @@ async fn schedule_is_set_cleared_and_due(store: Arc<dyn Store>) {
     assert_eq!(store.next_due().await.expect("next"), Some(at(6)));
 }
 
-async fn segment_members_are_paged_by_line_user_id(store: Arc<dyn Store>) {
+async fn segment_members_are_paged_by_line_user_id(store: TestStore) {
     let updates: Vec<_> = [4u8, 1, 3, 2].iter().map(|n| update(&user(*n), &["s"], None)).collect();
     store.apply_memberships(&updates, at(1), Cause::Recompute).await.expect("apply");
     store.apply_memberships(&[update(&user(9), &["other"], None)], at(1), Cause::Recompute).await.expect("apply");
@@ -377,30 +376,8 @@ async fn segment_members_are_paged_by_line_user_id(store: Arc<dyn Store>) {
     assert!(store.segment_members("nope", None, 3).await.expect("none").is_empty());
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let test = renkei_store::test_support::sqlite().await.expect("sqlite store");
-                    super::$name(test.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(test) = renkei_store::test_support::postgres().await.expect("postgres store") else { return };
-                    super::$name(test.store.clone()).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+renkei_test_support::on_both_backends!(
+    renkei_test_support::store =>
     load_users_resolves_links_following_and_events,
     load_users_reads_events_of_every_size,
     load_user_facts_thins_properties_and_old_events,

@@ -3,10 +3,9 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use renkei_core::{LineUserId, MemberId};
-use renkei_store::Store;
 use renkei_store::webhook::{NewWebhookEvent, NonceUse};
+use renkei_test_support::TestStore;
 use serde_json::json;
-use std::sync::Arc;
 
 fn at(minute: u32, second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 10, minute, second).single().expect("valid time")
@@ -28,7 +27,7 @@ fn event(id: Option<&str>, event_type: &str) -> NewWebhookEvent {
     NewWebhookEvent { webhook_event_id: id.map(str::to_string), event_type: event_type.to_string(), body }
 }
 
-async fn webhook_events_dedupe_on_webhook_event_id(store: Arc<dyn Store>) {
+async fn webhook_events_dedupe_on_webhook_event_id(store: TestStore) {
     let ids = store
         .insert_webhook_events(
             &[event(Some("A"), "follow"), event(Some("B"), "unknownType"), event(Some("A"), "follow")],
@@ -52,7 +51,7 @@ async fn webhook_events_dedupe_on_webhook_event_id(store: Arc<dyn Store>) {
     assert_eq!(store.pending_webhook_events().await.expect("pending"), 4);
 }
 
-async fn claims_are_leased_and_survive_a_crash(store: Arc<dyn Store>) {
+async fn claims_are_leased_and_survive_a_crash(store: TestStore) {
     let inserted = store
         .insert_webhook_events(
             &[event(Some("A"), "follow"), event(Some("B"), "message"), event(Some("C"), "x")],
@@ -87,7 +86,7 @@ async fn claims_are_leased_and_survive_a_crash(store: Arc<dyn Store>) {
     assert_eq!(store.get_webhook_event("C").await.expect("get").expect("row").last_error.as_deref(), Some("gave up"));
 }
 
-async fn nonces_are_single_use_and_expire(store: Arc<dyn Store>) {
+async fn nonces_are_single_use_and_expire(store: TestStore) {
     let expires = at(10, 0);
     store.create_link_nonce("n1", &member("m1"), at(0, 0), expires).await.expect("create");
     let duplicate = store.create_link_nonce("n1", &member("m2"), at(0, 0), expires).await;
@@ -119,30 +118,8 @@ async fn nonces_are_single_use_and_expire(store: Arc<dyn Store>) {
     assert_eq!(store.consume_link_nonce("n3", &user(3), 2, at(1, 2)).await.expect("after fail"), NonceUse::AlreadyUsed);
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let test = renkei_store::test_support::sqlite().await.expect("sqlite store");
-                    super::$name(test.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(test) = renkei_store::test_support::postgres().await.expect("postgres store") else { return };
-                    super::$name(test.store.clone()).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+renkei_test_support::on_both_backends!(
+    renkei_test_support::store =>
     webhook_events_dedupe_on_webhook_event_id,
     claims_are_leased_and_survive_a_crash,
     nonces_are_single_use_and_expire,

@@ -5,8 +5,8 @@ use chrono::Utc;
 use renkei_core::{ChangeListener, LineUserId, LinkMethod, ManualClock, MemberId, UserRef};
 use renkei_line::{ClientOptions, LineClient, LinkResult, sign};
 use renkei_line_sim::{LineSim, SimConfig, SimHandle};
-use renkei_store::test_support::{self, TestStore};
 use renkei_store::{Store, StoreCounts};
+use renkei_test_support::{self as test_support, TestStore};
 use renkei_webhook::{
     WebhookConfig, WebhookState, WorkerHandle, WorkerOptions, api_router, public_router, spawn_worker,
 };

@@ -13,7 +13,7 @@ use renkei_line::LineClient;
 use renkei_line_sim::{LineSim, SimConfig, SimHandle};
 use renkei_membership::{Cause, MembershipEngine};
 use renkei_segments::SegmentSet;
-use renkei_store::test_support::{self, TestStore};
+use renkei_test_support::{self as test_support, TestStore};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,10 +39,7 @@ pub fn member(n: u32) -> MemberId {
     MemberId::parse(&format!("m{n}")).unwrap()
 }
 
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+pub use renkei_test_support::Backend;
 
 pub struct Harness {
     pub test: TestStore,

@@ -5,7 +5,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use renkei_core::{LineUserId, ManualClock, MemberId, NewEvent};
 use renkei_membership::MembershipEngine;
 use renkei_segments::SegmentSet;
-use renkei_store::test_support::{self, TestStore};
+use renkei_test_support::{self as test_support, TestStore};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;

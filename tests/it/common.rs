@@ -7,7 +7,7 @@ use renkei::config::{Config, Secret};
 use renkei::evaluator::Evaluator;
 use renkei_core::{Clock, SystemClock};
 use renkei_store::Store;
-use renkei_store::test_support::{self, TestStore};
+use renkei_test_support::{self as test_support, TestStore};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -23,11 +23,7 @@ pub struct TestApp {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+pub use renkei_test_support::Backend;
 
 /// Starts the server on a new store; `None` when PostgreSQL is not configured
 /// (which `test_support` refuses in CI).
@@ -100,29 +96,4 @@ impl TestApp {
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, body)
     }
-}
-
-/// Declares each listed async test fn once per backend.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let app = $crate::common::spawn_app($crate::common::Backend::Sqlite).await.expect("sqlite app");
-                    super::$name(app).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(app) = $crate::common::spawn_app($crate::common::Backend::Postgres).await else { return };
-                    super::$name(app).await;
-                }
-            )*
-        }
-    };
 }

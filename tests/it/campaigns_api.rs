@@ -3,9 +3,7 @@
 //! simulator): listing with state, stats after a send, pause and resume, 404
 //! and 401; on SQLite and PostgreSQL.
 
-mod common;
-
-use common::{Backend, TestApp, spawn_app_with};
+use crate::common::{Backend, TestApp, spawn_app_with};
 use renkei_line_sim::{LineSim, SimConfig, SimHandle};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -23,30 +21,8 @@ const REVIEW: &str = "id: review_request\nname: レビューのお願い\ntrigge
 const TEMPLATE: &str = r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [
   {"type": "text", "text": "{{member.name}}さん、ありがとうございます", "wrap": true}]}}"#;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(crate::common::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    if renkei_store::test_support::postgres_server_url().is_some() {
-                        super::$name(crate::common::Backend::Postgres).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+renkei_test_support::on_both_backends!(
+    renkei_test_support::available =>
     campaigns_are_listed_with_their_state,
     stats_count_a_send_driven_end_to_end,
     a_paused_campaign_holds_new_triggers_until_resumed,

@@ -2,9 +2,7 @@
 //! ingested events and signed follow / unfollow webhooks move users in and
 //! out of segments, visible on `GET /v1/segments…`; on SQLite and PostgreSQL.
 
-mod common;
-
-use common::{Backend, TestApp, spawn_app_with};
+use crate::common::{Backend, TestApp, spawn_app_with};
 use renkei_core::LineUserId;
 use renkei_line_sim::{LineSim, SimConfig, SimHandle};
 use serde_json::{Value, json};
@@ -19,31 +17,8 @@ const USER_3: &str = "U0000000000000000000000000000000a";
 const RECENT_BUYERS: &str = "id: recent_buyers\nname: 最近の購入者\nrule:\n  all:\n    - linked: true\n    - event: purchase\n      within: 30d\n";
 const FRIENDS: &str = "id: friends\nname: 友だち\nrule:\n  following: true\n";
 
-/// Declares `$name` once per backend; each takes the `Backend`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(crate::common::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    if renkei_store::test_support::postgres_server_url().is_some() {
-                        super::$name(crate::common::Backend::Postgres).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+renkei_test_support::on_both_backends!(
+    renkei_test_support::available =>
     an_ingested_event_moves_a_user_into_a_segment,
     without_the_evaluator_role_nothing_is_evaluated,
     a_signed_follow_webhook_changes_following_segments,
@@ -213,7 +188,7 @@ async fn a_signed_follow_webhook_changes_following_segments(backend: Backend) {
 async fn invalid_segments_stop_start_up_with_file_line_col() {
     let dir =
         segments_dir(&[("friends.yaml", FRIENDS), ("broken.yaml", "id: broken\nname: x\nrule:\n  folowing: true\n")]);
-    let test = renkei_store::test_support::sqlite().await.expect("sqlite");
+    let test = renkei_test_support::sqlite().await.expect("sqlite");
     let mut config = renkei::config::Config::load_with_env(None, &[]).expect("defaults");
     config.server.bind = ([127, 0, 0, 1], 0).into();
     config.paths.segments = dir.path().to_path_buf();

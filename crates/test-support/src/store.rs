@@ -4,7 +4,7 @@
 //! Without that variable PostgreSQL tests are skipped with a message, except
 //! when `CI=true`, where a missing server is a failure: CI must test both.
 
-use crate::{PgStore, SqliteStore, Store, StoreResult};
+use renkei_store::{Backend, PgStore, SqliteStore, Store, StoreError, StoreResult};
 use sqlx::Connection;
 use std::sync::Arc;
 
@@ -19,6 +19,15 @@ pub struct TestStore {
     _dir: Option<tempfile::TempDir>,
     /// The server to drop the database from (PostgreSQL only).
     server: Option<String>,
+}
+
+/// A test uses its store as the store itself.
+impl std::ops::Deref for TestStore {
+    type Target = Arc<dyn Store>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.store
+    }
 }
 
 impl Drop for TestStore {
@@ -53,7 +62,7 @@ fn database_name(url: &str) -> Option<String> {
 }
 
 pub async fn sqlite() -> StoreResult<TestStore> {
-    let dir = tempfile::tempdir().map_err(|e| crate::StoreError::Corrupt(format!("tempdir: {e}")))?;
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Corrupt(format!("tempdir: {e}")))?;
     let url = format!("sqlite://{}", dir.path().join("renkei.db").display());
     let store = SqliteStore::connect(&url).await?;
     store.migrate().await?;
@@ -80,6 +89,24 @@ pub async fn postgres() -> StoreResult<Option<TestStore>> {
     let store = PgStore::connect(&url).await?;
     store.migrate().await?;
     Ok(Some(TestStore { store: Arc::new(store), url, _dir: None, server: Some(server) }))
+}
+
+/// A fresh store on `backend`; `None` for PostgreSQL when no server is
+/// configured (refused in CI, see [`postgres_server_url`]).
+pub async fn store(backend: Backend) -> Option<TestStore> {
+    match backend {
+        Backend::Sqlite => Some(sqlite().await.expect("sqlite store")),
+        Backend::Postgres => postgres().await.expect("postgres store"),
+    }
+}
+
+/// `backend` itself when tests can run on it: for fixtures that build their
+/// own store from the [`Backend`].
+pub async fn available(backend: Backend) -> Option<Backend> {
+    match backend {
+        Backend::Sqlite => Some(backend),
+        Backend::Postgres => postgres_server_url().map(|_| backend),
+    }
 }
 
 /// Creates an empty database beside the one in `server_url` and returns its URL.
@@ -120,68 +147,5 @@ mod tests {
         assert_eq!(database_name("postgres://u@h:5/renkei_test_ab12?x=y").as_deref(), Some("renkei_test_ab12"));
         assert_eq!(database_name("postgres://u@h:5/postgres"), None);
         assert_eq!(database_name("postgres://u@h:5/renkei_test_a;drop"), None);
-    }
-}
-
-/// What benchmarks report of the machine: memory and CPU time, from `/proc`
-/// (Linux; elsewhere the figures read as NaN or zero).
-pub mod measure {
-    /// Peak resident memory of this process (VmHWM), in MB.
-    pub fn peak_rss_mb() -> f64 {
-        status_mb("VmHWM:")
-    }
-
-    /// Resident memory of this process now (VmRSS), in MB.
-    pub fn current_rss_mb() -> f64 {
-        status_mb("VmRSS:")
-    }
-
-    fn status_mb(field: &str) -> f64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(f64::NAN)
-    }
-
-    /// CPU seconds (user + system) this process has used: on a shared
-    /// 2-core machine a steadier figure than wall time.
-    pub fn cpu_seconds() -> f64 {
-        cpu_seconds_of("self", false)
-    }
-
-    /// CPU seconds (user + system) of a process from /proc/PID/stat: its own
-    /// and, with `children`, those of its reaped children too.
-    pub fn cpu_seconds_of(pid: &str, children: bool) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the parenthesised command name: utime and stime are
-        // the 12th and 13th, cutime and cstime next.
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        let own = ticks(11) + ticks(12);
-        (if children { own + ticks(13) + ticks(14) } else { own }) / 100.0
-    }
-
-    /// CPU seconds of a local PostgreSQL server, when
-    /// `RENKEI_BENCH_POSTMASTER_PID` names its postmaster: (client
-    /// connections, everything else: autovacuum, checkpoints, WAL writer,
-    /// ended processes).
-    pub fn postgres_cpu_seconds() -> Option<(f64, f64)> {
-        let pid = std::env::var("RENKEI_BENCH_POSTMASTER_PID").ok()?;
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-        let (mut clients, mut other) = (0.0, cpu_seconds_of(&pid, true));
-        for child in children.split_whitespace() {
-            let cmdline = std::fs::read_to_string(format!("/proc/{child}/cmdline")).unwrap_or_default();
-            // A client backend names itself "postgres: USER DATABASE HOST ...".
-            if cmdline.starts_with("postgres: renkei ") {
-                clients += cpu_seconds_of(child, false);
-            } else {
-                other += cpu_seconds_of(child, false);
-            }
-        }
-        Some((clients, other))
     }
 }

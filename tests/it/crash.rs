@@ -1,4 +1,5 @@
-//! The crash test (SPEC §8 "Nothing twice"): `renkei serve` is killed with
+//! The crash test ("nothing twice": a user never gets the same campaign
+//! message twice for one trigger, across restarts): `renkei serve` is killed with
 //! SIGKILL in the middle of a 10,000-recipient campaign, restarted on the same
 //! database, and every recipient is accepted by LINE exactly once.
 //!
@@ -11,7 +12,7 @@
 //! LINE answers 409 for the ones it had already accepted.
 
 use renkei_line_sim::{Endpoint, Faults, LineSim, SimConfig, SimHandle};
-use renkei_store::test_support;
+use renkei_test_support as test_support;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::fmt::Write as _;

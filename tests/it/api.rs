@@ -1,8 +1,6 @@
 //! The ingestion HTTP API over real HTTP, on SQLite and PostgreSQL.
 
-mod common;
-
-use common::{API_KEY, TestApp};
+use crate::common::{API_KEY, TestApp};
 use renkei_core::LineUserId;
 use serde_json::{Value, json};
 
@@ -189,7 +187,8 @@ async fn events_resolve_through_links(app: TestApp) {
     assert_eq!(ids, [Some("before-link".to_string()), Some("by-user".to_string())]);
 }
 
-on_both_backends!(
+renkei_test_support::on_both_backends!(
+    crate::common::spawn_app =>
     health_and_auth,
     events_are_accepted_and_repeats_counted,
     bad_input_is_refused_and_nothing_is_stored,

@@ -3,7 +3,7 @@
 
 use chrono::{TimeZone, Utc};
 use renkei_core::{LineUserId, LinkMethod, MemberId, NewEvent};
-use renkei_store::test_support::{self, TestStore};
+use renkei_test_support::TestStore;
 use serde_json::json;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -122,29 +122,8 @@ async fn preview_refuses_unknown_segments_and_bad_times(test: TestStore) {
     assert!(stderr.contains(&format!("{}:4:3:", dir.path().join("broken.yaml").display())), "{stderr}");
 }
 
-mod sqlite {
-    #[tokio::test]
-    async fn preview_prints_membership_at_the_instant() {
-        super::preview_prints_membership_at_the_instant(super::test_support::sqlite().await.expect("sqlite")).await;
-    }
-
-    #[tokio::test]
-    async fn preview_refuses_unknown_segments_and_bad_times() {
-        super::preview_refuses_unknown_segments_and_bad_times(super::test_support::sqlite().await.expect("sqlite"))
-            .await;
-    }
-}
-
-mod postgres {
-    #[tokio::test]
-    async fn preview_prints_membership_at_the_instant() {
-        let Some(test) = super::test_support::postgres().await.expect("postgres") else { return };
-        super::preview_prints_membership_at_the_instant(test).await;
-    }
-
-    #[tokio::test]
-    async fn preview_refuses_unknown_segments_and_bad_times() {
-        let Some(test) = super::test_support::postgres().await.expect("postgres") else { return };
-        super::preview_refuses_unknown_segments_and_bad_times(test).await;
-    }
-}
+renkei_test_support::on_both_backends!(
+    renkei_test_support::store =>
+    preview_prints_membership_at_the_instant,
+    preview_refuses_unknown_segments_and_bad_times,
+);

@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use renkei_core::LineUserId;
-use renkei_store::test_support::{self, TestStore};
+use renkei_test_support::TestStore;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -180,29 +180,8 @@ async fn dry_run_of_an_unknown_campaign_exits_1(test: TestStore) {
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
 }
 
-mod sqlite {
-    #[tokio::test]
-    async fn dry_run_shows_each_recipient_with_its_decision() {
-        super::dry_run_shows_each_recipient_with_its_decision(super::test_support::sqlite().await.expect("sqlite"))
-            .await;
-    }
-
-    #[tokio::test]
-    async fn dry_run_of_an_unknown_campaign_exits_1() {
-        super::dry_run_of_an_unknown_campaign_exits_1(super::test_support::sqlite().await.expect("sqlite")).await;
-    }
-}
-
-mod postgres {
-    #[tokio::test]
-    async fn dry_run_shows_each_recipient_with_its_decision() {
-        let Some(test) = super::test_support::postgres().await.expect("postgres") else { return };
-        super::dry_run_shows_each_recipient_with_its_decision(test).await;
-    }
-
-    #[tokio::test]
-    async fn dry_run_of_an_unknown_campaign_exits_1() {
-        let Some(test) = super::test_support::postgres().await.expect("postgres") else { return };
-        super::dry_run_of_an_unknown_campaign_exits_1(test).await;
-    }
-}
+renkei_test_support::on_both_backends!(
+    renkei_test_support::store =>
+    dry_run_shows_each_recipient_with_its_decision,
+    dry_run_of_an_unknown_campaign_exits_1,
+);

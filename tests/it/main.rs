@@ -1,0 +1,14 @@
+//! renkei's integration tests as one binary (one link, one process, as
+//! zero2prod's `tests/api/`): the server over HTTP on both backends, the CLI
+//! as an operator runs it, configuration, and the crash test.
+
+mod api;
+mod campaigns_api;
+mod cli_campaigns;
+mod cli_check;
+mod cli_import;
+mod cli_segments;
+mod common;
+mod config;
+mod crash;
+mod segments;
