@@ -26,8 +26,8 @@ pub use membership::{
     StoredTransition, Transition, TransitionKind, UserEventRecord, UserRecord,
 };
 pub use outbox::{
-    CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxStore, PendingDelivery, QueueKey,
-    SkipReason, UserSendFacts,
+    CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxReads, OutboxStore, PendingDelivery,
+    QueueKey, SkipReason, UserSendFacts,
 };
 pub use postgres::PgStore;
 pub use requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest};
@@ -89,7 +89,7 @@ pub trait Store: AllAreas + Send + Sync + 'static {
 
 /// Every area trait (and, with the `test-support` feature, [`TestReads`]).
 pub trait AllAreas:
-    MemberStore + EventStore + WebhookStore + MembershipStore + OutboxStore + RequestStore + ScheduleStore + RichMenuStore
+    MemberStore + EventStore + WebhookStore + MembershipStore + OutboxStore + OutboxReads + RequestStore + ScheduleStore + RichMenuStore
     + TestReadsIfEnabled
 {
 }
@@ -100,6 +100,7 @@ impl<T> AllAreas for T where
         + WebhookStore
         + MembershipStore
         + OutboxStore
+        + OutboxReads
         + RequestStore
         + ScheduleStore
         + RichMenuStore

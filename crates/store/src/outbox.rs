@@ -126,7 +126,8 @@ pub struct ClaimOutcome {
 ///
 /// PostgreSQL holds them with row locks (`FOR UPDATE SKIP LOCKED`) in an
 /// open transaction, so other claims pass them by; SQLite holds its single
-/// writer. Nothing is written to claim: dropping the claim, a failed commit or
+/// writer and the store's one claim slot, so a second claim waits for this
+/// one to end rather than failing on the busy writer. Nothing is written to claim: dropping the claim, a failed commit or
 /// a crash rolls back and leaves them due as they were.
 pub struct Claim {
     /// The held deliveries, earliest due first; the planner may take them out.
@@ -245,8 +246,9 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Holds up to `limit` pending deliveries with `due_at <= now` that no
     /// other claim holds, earliest due first, until the claim is committed or
     /// dropped. Deliveries of paused campaigns are not claimed. On SQLite the
-    /// claim holds the only writer: no other write of this store may be
-    /// awaited while it is open.
+    /// claim holds the only writer, and the store lets one claim be open at a
+    /// time: another claim waits until it ends (planners may run side by side
+    /// and take turns); other writes wait for the writer as they always do.
     async fn claim_deliveries(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Claim> {
         self.claim_deliveries_after(now, limit, None).await
     }
@@ -285,17 +287,17 @@ pub trait OutboxStore: Send + Sync + 'static {
         segments: &[String],
     ) -> StoreResult<HashMap<LineUserId, UserSendFacts>>;
 
-    /// Deliveries of a campaign (all states), by id, strictly after `after_id`.
-    async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>>;
-
-    async fn campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts>;
-
     /// The earliest `due_at` of a pending delivery of a running campaign, to
     /// sleep until (also when another claim holds it).
     async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
 }
 
 // ------------------------------------------------------------ shared
+
+// Backend code (`sqlite/outbox.rs`, `postgres/outbox.rs`) implements
+// [`OutboxStore`]: the claims (`BEGIN IMMEDIATE` on the single writer vs
+// `FOR UPDATE SKIP LOCKED`), batch inserts (chunked `VALUES` vs `UNNEST`)
+// and set reads (`json_each` vs arrays) differ.
 
 /// A delivery's own columns, as the row readers expect them with the
 /// request-derived ones (`status`, `request_id`, `requested_at`) around them.
@@ -509,75 +511,16 @@ impl SharedMessages {
     }
 }
 
-/// What differs per backend (`sqlite/outbox.rs`, `postgres/outbox.rs`): the
-/// claims (`BEGIN IMMEDIATE` on the single writer vs `FOR UPDATE SKIP
-/// LOCKED`), batch inserts (chunked `VALUES` vs `UNNEST`) and set reads
-/// (`json_each` vs arrays).
+/// A campaign's deliveries as the API reports them: the same SQL on both backends.
 #[async_trait]
-pub trait OutboxSql: Sql {
-    /// The earliest `due_at` in the queue of a running campaign.
-    const NEXT_DELIVERY_DUE: &'static str;
-
-    async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64>;
-
-    async fn claim_deliveries_after(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        after: Option<QueueKey>,
-    ) -> StoreResult<Claim>;
-
-    async fn sent_counts(
-        &self,
-        users: &[LineUserId],
-        campaign_id: Option<&str>,
-        since: DateTime<Utc>,
-    ) -> StoreResult<HashMap<LineUserId, u64>>;
-
-    async fn member_line_users(&self, members: &[MemberId]) -> StoreResult<HashMap<MemberId, LineUserId>>;
-
-    async fn send_facts(
-        &self,
-        users: &[LineUserId],
-        segments: &[String],
-    ) -> StoreResult<HashMap<LineUserId, UserSendFacts>>;
+pub trait OutboxReads: Send + Sync + 'static {
+    /// Deliveries of a campaign (all states), by id, strictly after `after_id`.
+    async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>>;
+    async fn campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts>;
 }
 
 #[async_trait]
-impl<S: OutboxSql> OutboxStore for S {
-    async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64> {
-        OutboxSql::insert_deliveries(self, deliveries, now).await
-    }
-
-    async fn claim_deliveries_after(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        after: Option<QueueKey>,
-    ) -> StoreResult<Claim> {
-        OutboxSql::claim_deliveries_after(self, now, limit, after).await
-    }
-
-    async fn sent_counts(
-        &self,
-        users: &[LineUserId],
-        campaign_id: Option<&str>,
-        since: DateTime<Utc>,
-    ) -> StoreResult<HashMap<LineUserId, u64>> {
-        OutboxSql::sent_counts(self, users, campaign_id, since).await
-    }
-
-    async fn member_line_users(&self, members: &[MemberId]) -> StoreResult<HashMap<MemberId, LineUserId>> {
-        OutboxSql::member_line_users(self, members).await
-    }
-
-    async fn send_facts(
-        &self,
-        users: &[LineUserId],
-        segments: &[String],
-    ) -> StoreResult<HashMap<LineUserId, UserSendFacts>> {
-        OutboxSql::send_facts(self, users, segments).await
-    }
+impl<S: Sql> OutboxReads for S {
 
     async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>> {
         let rows = stmt::<S::Db>(concat!(select_deliveries!(), " WHERE d.campaign_id = $1 AND d.id > $2 ORDER BY d.id LIMIT $3"))
@@ -600,9 +543,6 @@ impl<S: OutboxSql> OutboxStore for S {
         Ok(counts)
     }
 
-    async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
-        stmt::<S::Db>(S::NEXT_DELIVERY_DUE).optional(self.reader(), |row| row.ts("due_at")).await
-    }
 }
 
 /// A delivery row (`select_deliveries!()` and the claims' reads).

@@ -754,3 +754,30 @@ async fn postgres_claim_skips_rows_held_elsewhere() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// SQLite's single writer is held by one claim at a time: a second claim
+/// waits for the first to end (rather than failing on the busy writer), then
+/// takes what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_claims_take_turns() {
+    let test = renkei_test_support::sqlite().await.expect("sqlite store");
+    let store = test.store.clone();
+    let batch: Vec<_> = (1..=4).map(|n| delivery("c", "t", n, at(1))).collect();
+    store.insert_deliveries(&batch, at(1)).await.expect("insert");
+
+    let first = store.claim_deliveries(at(2), 2).await.expect("first claim");
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.claim_deliveries(at(2), 10).await.map(|claim| claim.len()) })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "a second claim waits while the first is open");
+    let skips = first.deliveries.iter().map(|d| (d.id, SkipReason::Unfollowed)).collect();
+    first.commit(&ClaimOutcome { skips, ..ClaimOutcome::default() }, at(2)).await.expect("commit");
+    let second = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the second claim goes ahead once the first ended")
+        .expect("task")
+        .expect("second claim");
+    assert_eq!(second, 2, "the rest");
+}

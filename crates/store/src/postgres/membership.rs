@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use renkei_core::LineUserId;
 use serde_json::Value;
-use sqlx::Row;
+use sqlx::{PgConnection, Row};
 use sqlx::types::Json;
 use std::collections::{BTreeSet, HashMap};
 
@@ -222,164 +222,16 @@ impl PgStore {
         let users: Vec<&str> = updates.iter().map(|u| u.line_user_id.as_str()).collect();
         let mut tx = self.pool.begin().await?;
         sqlx::query(PG_LOCK_BUCKETS).bind(&users).execute(&mut *tx).await?;
-        // The comparison with the stored state runs where that state is: a
-        // user whose memberships and due time are as stored (every user of a
-        // settled audience) sends back no row. Sets travel joined by `,`,
-        // which segment ids ([a-z0-9_]) never contain.
-        let new_sets: Vec<String> =
-            updates.iter().map(|u| u.segments.iter().map(String::as_str).collect::<Vec<_>>().join(",")).collect();
-        let new_due: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.next_due).collect();
-        // Both sides sorted bytewise (a BTreeSet's order is `COLLATE "C"`).
-        let rows = match page.and_then(AudiencePage::key_range) {
-            None => {
-                sqlx::query(
-                    r#"SELECT p.i, ARRAY(SELECT m.segment_id FROM segment_memberships m WHERE m.line_user_id = p.id),
-                              (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id)
-                       FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS p (id, segments, due_at, i)
-                       WHERE COALESCE((SELECT string_agg(m.segment_id, ',' ORDER BY m.segment_id COLLATE "C")
-                                       FROM segment_memberships m WHERE m.line_user_id = p.id), '') <> p.segments
-                          OR (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id)
-                             IS DISTINCT FROM p.due_at"#,
-                )
-                .bind(&users)
-                .bind(&new_sets)
-                .bind(&new_due)
-                .fetch_all(&mut *tx)
-                .await?
-            }
-            // A page's stored state is two range scans, merged, and hashed
-            // against the page. The memberships index (migration 0008) hands
-            // each user's segments over in byte order: `string_agg` keeps
-            // that order, with no sort per user. (Were the order ever
-            // different, the sets would be compared again here, as sets.)
-            Some((after, last)) => {
-                sqlx::query(
-                    r#"SELECT p.i, ARRAY(SELECT m.segment_id FROM segment_memberships m WHERE m.line_user_id = p.id),
-                              st.due_at
-                       FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS p (id, segments, due_at, i)
-                       LEFT JOIN (
-                           SELECT COALESCE(s.line_user_id, d.line_user_id) AS line_user_id, s.segments, d.due_at
-                           FROM (SELECT line_user_id, string_agg(segment_id, ',') AS segments
-                                 FROM (SELECT line_user_id, segment_id FROM segment_memberships
-                                       WHERE line_user_id > $4 AND line_user_id <= $5
-                                       ORDER BY line_user_id, segment_id COLLATE "C") o
-                                 GROUP BY line_user_id) s
-                           FULL JOIN (SELECT line_user_id, due_at FROM evaluation_schedule
-                                      WHERE line_user_id > $4 AND line_user_id <= $5) d
-                             ON d.line_user_id = s.line_user_id
-                       ) st ON st.line_user_id = p.id
-                       WHERE COALESCE(st.segments, '') <> p.segments OR st.due_at IS DISTINCT FROM p.due_at"#,
-                )
-                .bind(&users)
-                .bind(&new_sets)
-                .bind(&new_due)
-                .bind(after)
-                .bind(last)
-                .fetch_all(&mut *tx)
-                .await?
-            }
-        };
-        // Position in `updates` → stored memberships and due time.
-        let mut stored: HashMap<usize, (BTreeSet<String>, Option<DateTime<Utc>>)> = HashMap::new();
-        for row in rows {
-            let position: i64 = row.try_get(0)?;
-            let segments: Vec<String> = row.try_get(1)?;
-            if let Ok(i) = usize::try_from(position - 1) {
-                stored.insert(i, (segments.into_iter().collect(), row.try_get(2)?));
-            }
-        }
+        let stored = stored_state(&mut tx, page, updates, &users).await?;
         let diffs: Vec<Diff<'_>> = updates
             .iter()
             .enumerate()
             .filter_map(|(i, u)| stored.get(&i).map(|(current, _)| diff(u, current)))
             .collect();
-
-        let (mut out_users, mut out_segments) = (Vec::new(), Vec::new());
-        let (mut in_users, mut in_segments) = (Vec::new(), Vec::new());
-        for d in &diffs {
-            for s in &d.exited {
-                out_users.push(d.user.as_str());
-                out_segments.push(s.as_str());
-            }
-            for s in &d.entered {
-                in_users.push(d.user.as_str());
-                in_segments.push(*s);
-            }
-        }
-        if !out_users.is_empty() {
-            sqlx::query(
-                "DELETE FROM segment_memberships m USING UNNEST($1::text[], $2::text[]) AS d (u, s)
-                 WHERE m.line_user_id = d.u AND m.segment_id = d.s",
-            )
-            .bind(&out_users)
-            .bind(&out_segments)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !in_users.is_empty() {
-            sqlx::query(
-                "INSERT INTO segment_memberships (segment_id, line_user_id, entered_at)
-                 SELECT s, u, $3 FROM UNNEST($1::text[], $2::text[]) AS d (u, s)",
-            )
-            .bind(&in_users)
-            .bind(&in_segments)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        }
+        write_memberships(&mut tx, &diffs, at).await?;
         let transitions = transitions_of(&diffs, at, cause);
-        if !transitions.is_empty() {
-            let segments: Vec<&str> = transitions.iter().map(|t| t.segment_id.as_str()).collect();
-            let t_users: Vec<&str> = transitions.iter().map(|t| t.line_user_id.as_str()).collect();
-            let kinds: Vec<&str> = transitions.iter().map(|t| t.kind.as_str()).collect();
-            sqlx::query(
-                "INSERT INTO segment_transitions (segment_id, line_user_id, kind, at, cause)
-                 SELECT s, u, k, $4, $5 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t (s, u, k)",
-            )
-            .bind(&segments)
-            .bind(&t_users)
-            .bind(&kinds)
-            .bind(at)
-            .bind(cause.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        // Only due times that change are written: a recompute of a settled
-        // audience then writes nothing at all. A batch may name a user twice;
-        // the last update wins, as on SQLite.
-        let last: HashMap<&str, usize> =
-            updates.iter().enumerate().map(|(i, u)| (u.line_user_id.as_str(), i)).collect();
-        let (mut due_users, mut due_at, mut clear) = (Vec::new(), Vec::new(), Vec::new());
-        for (user, i) in last {
-            // Not sent back: the same as stored.
-            let Some((_, current)) = stored.get(&i) else { continue };
-            match updates[i].next_due {
-                // Compared at the column's precision (µs).
-                Some(due) if current.map(|c| c.timestamp_micros()) != Some(due.timestamp_micros()) => {
-                    due_users.push(user);
-                    due_at.push(due);
-                }
-                None if current.is_some() => clear.push(user),
-                _ => {}
-            }
-        }
-        if !clear.is_empty() {
-            sqlx::query("DELETE FROM evaluation_schedule WHERE line_user_id = ANY($1)")
-                .bind(&clear)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !due_users.is_empty() {
-            sqlx::query(
-                "INSERT INTO evaluation_schedule (line_user_id, due_at)
-                 SELECT u, d FROM UNNEST($1::text[], $2::timestamptz[]) AS s (u, d)
-                 ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at",
-            )
-            .bind(&due_users)
-            .bind(&due_at)
-            .execute(&mut *tx)
-            .await?;
-        }
+        write_transitions(&mut tx, &transitions, at, cause).await?;
+        write_due(&mut tx, updates, &stored).await?;
         tx.commit().await?;
         Ok(transitions)
     }
@@ -437,4 +289,187 @@ impl MembershipSql for PgStore {
     ) -> StoreResult<Vec<Transition>> {
         self.apply_memberships_to(Some(page), updates, at, cause).await
     }
+}
+
+/// Position in `updates` → stored memberships and due time, of the users whose
+/// stored state differs from the update (only those come back).
+type StoredState = HashMap<usize, (BTreeSet<String>, Option<DateTime<Utc>>)>;
+
+/// The stored state of a page's users, compared in the database.
+async fn stored_state(
+    tx: &mut PgConnection,
+    page: Option<&AudiencePage>,
+    updates: &[MembershipUpdate],
+    users: &[&str],
+) -> StoreResult<StoredState> {
+    // The comparison with the stored state runs where that state is: a
+    // user whose memberships and due time are as stored (every user of a
+    // settled audience) sends back no row. Sets travel joined by `,`,
+    // which segment ids ([a-z0-9_]) never contain.
+    let new_sets: Vec<String> =
+        updates.iter().map(|u| u.segments.iter().map(String::as_str).collect::<Vec<_>>().join(",")).collect();
+    let new_due: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.next_due).collect();
+    // Both sides sorted bytewise (a BTreeSet's order is `COLLATE "C"`).
+    let rows = match page.and_then(AudiencePage::key_range) {
+        None => {
+            sqlx::query(
+                r#"SELECT p.i, ARRAY(SELECT m.segment_id FROM segment_memberships m WHERE m.line_user_id = p.id),
+                          (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id)
+                   FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS p (id, segments, due_at, i)
+                   WHERE COALESCE((SELECT string_agg(m.segment_id, ',' ORDER BY m.segment_id COLLATE "C")
+                                   FROM segment_memberships m WHERE m.line_user_id = p.id), '') <> p.segments
+                      OR (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id)
+                         IS DISTINCT FROM p.due_at"#,
+            )
+            .bind(users)
+            .bind(&new_sets)
+            .bind(&new_due)
+            .fetch_all(&mut *tx)
+            .await?
+        }
+        // A page's stored state is two range scans, merged, and hashed
+        // against the page. The memberships index (migration 0008) hands
+        // each user's segments over in byte order: `string_agg` keeps
+        // that order, with no sort per user. (Were the order ever
+        // different, the sets would be compared again here, as sets.)
+        Some((after, last)) => {
+            sqlx::query(
+                r#"SELECT p.i, ARRAY(SELECT m.segment_id FROM segment_memberships m WHERE m.line_user_id = p.id),
+                          st.due_at
+                   FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS p (id, segments, due_at, i)
+                   LEFT JOIN (
+                       SELECT COALESCE(s.line_user_id, d.line_user_id) AS line_user_id, s.segments, d.due_at
+                       FROM (SELECT line_user_id, string_agg(segment_id, ',') AS segments
+                             FROM (SELECT line_user_id, segment_id FROM segment_memberships
+                                   WHERE line_user_id > $4 AND line_user_id <= $5
+                                   ORDER BY line_user_id, segment_id COLLATE "C") o
+                             GROUP BY line_user_id) s
+                       FULL JOIN (SELECT line_user_id, due_at FROM evaluation_schedule
+                                  WHERE line_user_id > $4 AND line_user_id <= $5) d
+                         ON d.line_user_id = s.line_user_id
+                   ) st ON st.line_user_id = p.id
+                   WHERE COALESCE(st.segments, '') <> p.segments OR st.due_at IS DISTINCT FROM p.due_at"#,
+            )
+            .bind(users)
+            .bind(&new_sets)
+            .bind(&new_due)
+            .bind(after)
+            .bind(last)
+            .fetch_all(&mut *tx)
+            .await?
+        }
+    };
+    let mut stored = StoredState::new();
+    for row in rows {
+        let position: i64 = row.try_get(0)?;
+        let segments: Vec<String> = row.try_get(1)?;
+        if let Ok(i) = usize::try_from(position - 1) {
+            stored.insert(i, (segments.into_iter().collect(), row.try_get(2)?));
+        }
+    }
+    Ok(stored)
+}
+
+/// The memberships that end and begin.
+async fn write_memberships(tx: &mut PgConnection, diffs: &[Diff<'_>], at: DateTime<Utc>) -> StoreResult<()> {
+    let (mut out_users, mut out_segments) = (Vec::new(), Vec::new());
+    let (mut in_users, mut in_segments) = (Vec::new(), Vec::new());
+    for d in diffs {
+        for s in &d.exited {
+            out_users.push(d.user.as_str());
+            out_segments.push(s.as_str());
+        }
+        for s in &d.entered {
+            in_users.push(d.user.as_str());
+            in_segments.push(*s);
+        }
+    }
+    if !out_users.is_empty() {
+        sqlx::query(
+            "DELETE FROM segment_memberships m USING UNNEST($1::text[], $2::text[]) AS d (u, s)
+             WHERE m.line_user_id = d.u AND m.segment_id = d.s",
+        )
+        .bind(&out_users)
+        .bind(&out_segments)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !in_users.is_empty() {
+        sqlx::query(
+            "INSERT INTO segment_memberships (segment_id, line_user_id, entered_at)
+             SELECT s, u, $3 FROM UNNEST($1::text[], $2::text[]) AS d (u, s)",
+        )
+        .bind(&in_users)
+        .bind(&in_segments)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn write_transitions(
+    tx: &mut PgConnection,
+    transitions: &[Transition],
+    at: DateTime<Utc>,
+    cause: Cause,
+) -> StoreResult<()> {
+    if !transitions.is_empty() {
+        let segments: Vec<&str> = transitions.iter().map(|t| t.segment_id.as_str()).collect();
+        let t_users: Vec<&str> = transitions.iter().map(|t| t.line_user_id.as_str()).collect();
+        let kinds: Vec<&str> = transitions.iter().map(|t| t.kind.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO segment_transitions (segment_id, line_user_id, kind, at, cause)
+             SELECT s, u, k, $4, $5 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t (s, u, k)",
+        )
+        .bind(&segments)
+        .bind(&t_users)
+        .bind(&kinds)
+        .bind(at)
+        .bind(cause.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The due times that change.
+async fn write_due(tx: &mut PgConnection, updates: &[MembershipUpdate], stored: &StoredState) -> StoreResult<()> {
+    // Only due times that change are written: a recompute of a settled
+    // audience then writes nothing at all. A batch may name a user twice;
+    // the last update wins, as on SQLite.
+    let last: HashMap<&str, usize> =
+        updates.iter().enumerate().map(|(i, u)| (u.line_user_id.as_str(), i)).collect();
+    let (mut due_users, mut due_at, mut clear) = (Vec::new(), Vec::new(), Vec::new());
+    for (user, i) in last {
+        // Not sent back: the same as stored.
+        let Some((_, current)) = stored.get(&i) else { continue };
+        match updates[i].next_due {
+            // Compared at the column's precision (µs).
+            Some(due) if current.map(|c| c.timestamp_micros()) != Some(due.timestamp_micros()) => {
+                due_users.push(user);
+                due_at.push(due);
+            }
+            None if current.is_some() => clear.push(user),
+            _ => {}
+        }
+    }
+    if !clear.is_empty() {
+        sqlx::query("DELETE FROM evaluation_schedule WHERE line_user_id = ANY($1)")
+            .bind(&clear)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if !due_users.is_empty() {
+        sqlx::query(
+            "INSERT INTO evaluation_schedule (line_user_id, due_at)
+             SELECT u, d FROM UNNEST($1::text[], $2::timestamptz[]) AS s (u, d)
+             ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at",
+        )
+        .bind(&due_users)
+        .bind(&due_at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }

@@ -3,9 +3,10 @@
 //! batches go in as one `UNNEST` statement; sets are bound as arrays.
 
 use crate::outbox::{
-    Claim, ClaimLock, ClaimOutcome, NewDelivery, OutboxSql, PendingDelivery, QueueKey, SendFactsRow, SharedMessages,
+    Claim, ClaimLock, ClaimOutcome, NewDelivery, OutboxStore, PendingDelivery, QueueKey, SendFactsRow, SharedMessages,
     UserSendFacts, counts_by_user, opt_member, opt_user, parse_json, send_facts_of, sends_of, users_by_member,
 };
+use crate::sql::stmt;
 use crate::requests::{NewRequest, recipients_json, retry_key_conflict};
 use crate::{PgStore, StoreError, StoreResult};
 use async_trait::async_trait;
@@ -164,11 +165,7 @@ async fn pg_insert_requests(
 }
 
 #[async_trait]
-impl OutboxSql for PgStore {
-    // NOT EXISTS: an anti-join the planner drives from the queue's index.
-    const NEXT_DELIVERY_DUE: &'static str = "SELECT q.due_at FROM delivery_queue q
-         WHERE NOT EXISTS (SELECT 1 FROM campaign_state c WHERE c.campaign_id = q.campaign_id AND c.paused)
-         ORDER BY q.due_at LIMIT 1";
+impl OutboxStore for PgStore {
 
     async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64> {
         if deliveries.is_empty() {
@@ -367,5 +364,16 @@ impl OutboxSql for PgStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(send_facts_of(users, rows))
+    }
+
+    async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        // NOT EXISTS: an anti-join the planner drives from the queue's index.
+        stmt::<sqlx::Postgres>(
+            "SELECT q.due_at FROM delivery_queue q
+             WHERE NOT EXISTS (SELECT 1 FROM campaign_state c WHERE c.campaign_id = q.campaign_id AND c.paused)
+             ORDER BY q.due_at LIMIT 1",
+        )
+        .optional(&self.pool, |row| row.ts("due_at"))
+        .await
     }
 }

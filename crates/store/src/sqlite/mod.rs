@@ -26,6 +26,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqli
 pub struct SqliteStore {
     pub(crate) writer: SqlitePool,
     pub(crate) reader: SqlitePool,
+    /// The one delivery claim that may be open at a time (it holds the
+    /// writer); see [`Claim`](crate::Claim).
+    pub(crate) claims: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 pub(crate) fn to_micros(t: DateTime<Utc>) -> i64 {
@@ -80,7 +83,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(30));
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
-        Ok(Self { writer, reader })
+        Ok(Self { writer, reader, claims: Default::default() })
     }
 
     pub fn writer_pool(&self) -> &SqlitePool {

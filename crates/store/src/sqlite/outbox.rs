@@ -4,11 +4,11 @@
 
 use super::{ids_json, json_text, to_micros, users_json};
 use crate::outbox::{
-    Claim, ClaimLock, ClaimOutcome, NewDelivery, OutboxSql, PendingDelivery, QueueKey, SharedMessages, UserSendFacts,
+    Claim, ClaimLock, ClaimOutcome, NewDelivery, OutboxStore, PendingDelivery, QueueKey, SharedMessages, UserSendFacts,
     counts_by_user, delivery_of, delivery_own_columns, dequeued, send_facts_of, sends_of, users_by_member,
 };
 use crate::requests::{recipients_json, retry_key_conflict};
-use crate::sql::Row;
+use crate::sql::{Row, stmt};
 use crate::{SqliteStore, StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -20,8 +20,12 @@ use std::collections::BTreeMap;
 const DELIVERY_ROWS_PER_STATEMENT: usize = 500;
 
 /// SQLite's hold on claimed deliveries: an IMMEDIATE transaction on the single writer.
+/// It also holds the store's claim slot, so a second claim waits for this
+/// one to end (commit, release or drop) instead of timing out on the writer.
 struct SqliteClaim {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    /// Dropped after `tx` (fields drop in order): the next claim starts once the writer is free.
+    _slot: tokio::sync::OwnedMutexGuard<()>,
 }
 
 #[async_trait]
@@ -101,10 +105,7 @@ impl ClaimLock for SqliteClaim {
 }
 
 #[async_trait]
-impl OutboxSql for SqliteStore {
-    const NEXT_DELIVERY_DUE: &'static str = "SELECT due_at FROM delivery_queue
-         WHERE campaign_id NOT IN (SELECT campaign_id FROM campaign_state WHERE paused)
-         ORDER BY due_at LIMIT 1";
+impl OutboxStore for SqliteStore {
 
     async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64> {
         let created = to_micros(now);
@@ -154,6 +155,8 @@ impl OutboxSql for SqliteStore {
         limit: u32,
         after: Option<QueueKey>,
     ) -> StoreResult<Claim> {
+        // One claim at a time: a second one waits here for as long as the first is open.
+        let slot = self.claims.clone().lock_owned().await;
         // IMMEDIATE: the single writer is the claim's until it ends, so nothing can interleave.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query(concat!(
@@ -181,7 +184,7 @@ impl OutboxSql for SqliteStore {
             .iter()
             .map(|row| delivery_of(Row::<sqlx::Sqlite>(row), &mut shared).map(PendingDelivery::from))
             .collect::<StoreResult<Vec<_>>>()?;
-        Ok(Claim::new(deliveries, Box::new(SqliteClaim { tx })))
+        Ok(Claim::new(deliveries, Box::new(SqliteClaim { tx, _slot: slot })))
     }
 
     async fn sent_counts(
@@ -250,5 +253,14 @@ impl OutboxSql for SqliteStore {
             .collect::<StoreResult<Vec<_>>>()?;
         Ok(send_facts_of(users, rows))
     }
-}
 
+    async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        stmt::<sqlx::Sqlite>(
+            "SELECT due_at FROM delivery_queue
+             WHERE campaign_id NOT IN (SELECT campaign_id FROM campaign_state WHERE paused)
+             ORDER BY due_at LIMIT 1",
+        )
+        .optional(&self.reader, |row| row.ts("due_at"))
+        .await
+    }
+}
