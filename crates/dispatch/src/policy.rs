@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use renkei_campaigns::{FrequencyCap, QuietHours};
 
-
 /// Policies from the configuration that apply across campaigns.
 #[derive(Debug, Clone, Default)]
 pub struct GlobalPolicy {

@@ -2,8 +2,8 @@
 //! the outbox, LINE requests, the scheduler's state and rich menus.
 
 pub use crate::outbox::{
-    CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxReads, OutboxStore, PendingDelivery, QueueKey,
-    SkipReason, UserSendFacts,
+    CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxReads, OutboxStore,
+    PendingDelivery, QueueKey, SkipReason, UserSendFacts,
 };
 pub use crate::requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest};
 pub use crate::rich_menus::{RichMenuChange, RichMenuStore};

@@ -17,7 +17,6 @@ pub struct IngestOutcome {
     pub duplicates: u64,
 }
 
-
 impl IngestOutcome {
     pub fn add(&mut self, other: IngestOutcome) {
         self.accepted += other.accepted;

@@ -22,12 +22,12 @@ pub mod webhook;
 pub use events::{EventStore, IngestOutcome, StoredEvent};
 pub use members::{Link, LinkOutcome, Member, MemberStore, MembersOutcome};
 pub use membership::{
-    AudiencePage, Cause, EventSelection, FactEventRecord, MembershipStore, MembershipUpdate, SegmentStats,
-    StoredTransition, Transition, TransitionKind, UserEventRecord, UserRecord,
+    AudiencePage, Cause, EventSelection, FactEventRecord, MembershipReads, MembershipStore, MembershipUpdate,
+    SegmentStats, StoredTransition, Transition, TransitionKind, UserEventRecord, UserRecord,
 };
 pub use outbox::{
-    CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxReads, OutboxStore, PendingDelivery,
-    QueueKey, SkipReason, UserSendFacts,
+    CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxReads, OutboxStore,
+    PendingDelivery, QueueKey, SkipReason, UserSendFacts,
 };
 pub use postgres::PgStore;
 pub use requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest};
@@ -89,7 +89,16 @@ pub trait Store: AllAreas + Send + Sync + 'static {
 
 /// Every area trait (and, with the `test-support` feature, [`TestReads`]).
 pub trait AllAreas:
-    MemberStore + EventStore + WebhookStore + MembershipStore + OutboxStore + OutboxReads + RequestStore + ScheduleStore + RichMenuStore
+    MemberStore
+    + EventStore
+    + WebhookStore
+    + MembershipStore
+    + MembershipReads
+    + OutboxStore
+    + OutboxReads
+    + RequestStore
+    + ScheduleStore
+    + RichMenuStore
     + TestReadsIfEnabled
 {
 }
@@ -99,6 +108,7 @@ impl<T> AllAreas for T where
         + EventStore
         + WebhookStore
         + MembershipStore
+        + MembershipReads
         + OutboxStore
         + OutboxReads
         + RequestStore

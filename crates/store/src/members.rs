@@ -20,7 +20,6 @@ pub struct MembersOutcome {
     pub linked: u64,
 }
 
-
 impl MembersOutcome {
     pub fn add(&mut self, other: MembersOutcome) {
         self.created += other.created;
@@ -206,15 +205,18 @@ pub(crate) fn line_user_claimed(line_user_id: &str, by: &str) -> StoreError {
     StoreError::Conflict(format!("line_user_id {line_user_id} is already linked to another member ({by})"))
 }
 
-
 pub(crate) fn member_already_linked(member_id: &str, to: &str) -> StoreError {
     StoreError::Conflict(format!(
         "member {member_id} is already linked to {to}; unlink it first (DELETE /v1/links/{{member_id}})"
     ))
 }
 
-
-pub(crate) fn parse_link(member_id: String, line_user_id: String, method: String, linked_at: DateTime<Utc>) -> StoreResult<Link> {
+pub(crate) fn parse_link(
+    member_id: String,
+    line_user_id: String,
+    method: String,
+    linked_at: DateTime<Utc>,
+) -> StoreResult<Link> {
     Ok(Link {
         member_id: MemberId::parse(&member_id).map_err(|e| StoreError::Corrupt(format!("member_id: {e}")))?,
         line_user_id: LineUserId::parse(&line_user_id)

@@ -182,15 +182,9 @@ pub trait MembershipStore: Send + Sync + 'static {
         self.load_user_facts(&page.users, selection).await
     }
 
-    /// The LINE user linked to a member, if any.
-    async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>>;
-
     /// The audience universe (friendships, links, events' `line_user_id`),
     /// sorted, strictly after `after`, at most `limit`.
     async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<AudiencePage>;
-
-    /// Segment ids the user is currently in.
-    async fn user_memberships(&self, line_user_id: &LineUserId) -> StoreResult<BTreeSet<String>>;
 
     /// Replaces each user's memberships with `segments`, recording a
     /// transition for every difference (at `at`, with `cause`), and sets or
@@ -213,21 +207,6 @@ pub trait MembershipStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<Transition>> {
         self.apply_memberships(updates, at, cause).await
     }
-
-    /// Users due at `now` (`due_at <= now`), earliest first.
-    async fn due_users(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<LineUserId>>;
-
-    /// The earliest scheduled due time.
-    async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
-
-    /// Sizes of segments that have members or a history, sorted by id.
-    async fn segment_stats(&self) -> StoreResult<Vec<SegmentStats>>;
-
-    /// Members of a segment sorted by `line_user_id`, strictly after `after`.
-    async fn segment_members(&self, segment_id: &str, after: Option<&str>, limit: u32) -> StoreResult<Vec<LineUserId>>;
-
-    /// Transitions with `id > after_id`, oldest first.
-    async fn transitions_after(&self, after_id: i64, limit: u32) -> StoreResult<Vec<StoredTransition>>;
 }
 
 /// Event properties that are not an object (never written by renkei, but
@@ -484,85 +463,34 @@ pub(crate) fn merge_stats(sizes: Vec<(String, i64)>, last: Vec<(String, DateTime
     stats.into_values().collect()
 }
 
-/// What differs per backend (`sqlite/membership.rs`, `postgres/membership.rs`).
+/// Memberships, due times and transitions as the engine, the API and the
+/// scheduler read them: the same SQL on both backends. (The page reads and
+/// writes of [`MembershipStore`] are per backend.)
 #[async_trait]
-pub trait MembershipSql: Sql {
-    /// One page of the audience (`$1` after, `$2` limit), column `u`.
-    const AUDIENCE_PAGE: &'static str;
-
-    async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>>;
-
-    async fn load_user_facts(
-        &self,
-        users: &[LineUserId],
-        selection: &EventSelection,
-    ) -> StoreResult<Vec<UserRecord<FactEventRecord>>>;
-
-    /// PostgreSQL reads a page by its key range.
-    async fn load_page_facts(
-        &self,
-        page: &AudiencePage,
-        selection: &EventSelection,
-    ) -> StoreResult<Vec<UserRecord<FactEventRecord>>> {
-        MembershipSql::load_user_facts(self, &page.users, selection).await
-    }
-
-    async fn apply_memberships(
-        &self,
-        updates: &[MembershipUpdate],
-        at: DateTime<Utc>,
-        cause: Cause,
-    ) -> StoreResult<Vec<Transition>>;
-
-    /// PostgreSQL writes a page by its key range.
-    async fn apply_page_memberships(
-        &self,
-        page: &AudiencePage,
-        updates: &[MembershipUpdate],
-        at: DateTime<Utc>,
-        cause: Cause,
-    ) -> StoreResult<Vec<Transition>> {
-        let _ = page;
-        MembershipSql::apply_memberships(self, updates, at, cause).await
-    }
+pub trait MembershipReads: Send + Sync + 'static {
+    /// The LINE user linked to a member, if any.
+    async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>>;
+    /// Segment ids the user is currently in.
+    async fn user_memberships(&self, line_user_id: &LineUserId) -> StoreResult<BTreeSet<String>>;
+    /// Users due at `now` (`due_at <= now`), earliest first.
+    async fn due_users(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<LineUserId>>;
+    /// The earliest scheduled due time.
+    async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
+    /// Sizes of segments that have members or a history, sorted by id.
+    async fn segment_stats(&self) -> StoreResult<Vec<SegmentStats>>;
+    /// Members of a segment sorted by `line_user_id`, strictly after `after`.
+    async fn segment_members(&self, segment_id: &str, after: Option<&str>, limit: u32) -> StoreResult<Vec<LineUserId>>;
+    /// Transitions with `id > after_id`, oldest first.
+    async fn transitions_after(&self, after_id: i64, limit: u32) -> StoreResult<Vec<StoredTransition>>;
 }
 
 #[async_trait]
-impl<S: MembershipSql> MembershipStore for S {
-    async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {
-        MembershipSql::load_users(self, users, event_types).await
-    }
-
-    async fn load_user_facts(
-        &self,
-        users: &[LineUserId],
-        selection: &EventSelection,
-    ) -> StoreResult<Vec<UserRecord<FactEventRecord>>> {
-        MembershipSql::load_user_facts(self, users, selection).await
-    }
-
-    async fn load_page_facts(
-        &self,
-        page: &AudiencePage,
-        selection: &EventSelection,
-    ) -> StoreResult<Vec<UserRecord<FactEventRecord>>> {
-        MembershipSql::load_page_facts(self, page, selection).await
-    }
-
+impl<S: Sql> MembershipReads for S {
     async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>> {
         stmt::<S::Db>("SELECT line_user_id FROM links WHERE member_id = $1")
             .bind(member_id)
             .optional(self.reader(), |row| row.user("line_user_id"))
             .await
-    }
-
-    async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<AudiencePage> {
-        let users = stmt::<S::Db>(S::AUDIENCE_PAGE)
-            .bind(after.map(|a| a.as_str()).unwrap_or(""))
-            .bind(limit)
-            .all(self.reader(), |row| row.user("u"))
-            .await?;
-        Ok(AudiencePage { after: after.cloned(), users })
     }
 
     async fn user_memberships(&self, line_user_id: &LineUserId) -> StoreResult<BTreeSet<String>> {
@@ -571,25 +499,6 @@ impl<S: MembershipSql> MembershipStore for S {
             .all(self.reader(), |row| row.string("segment_id"))
             .await?;
         Ok(ids.into_iter().collect())
-    }
-
-    async fn apply_memberships(
-        &self,
-        updates: &[MembershipUpdate],
-        at: DateTime<Utc>,
-        cause: Cause,
-    ) -> StoreResult<Vec<Transition>> {
-        MembershipSql::apply_memberships(self, updates, at, cause).await
-    }
-
-    async fn apply_page_memberships(
-        &self,
-        page: &AudiencePage,
-        updates: &[MembershipUpdate],
-        at: DateTime<Utc>,
-        cause: Cause,
-    ) -> StoreResult<Vec<Transition>> {
-        MembershipSql::apply_page_memberships(self, page, updates, at, cause).await
     }
 
     async fn due_users(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<LineUserId>> {
@@ -603,7 +512,9 @@ impl<S: MembershipSql> MembershipStore for S {
     }
 
     async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
-        stmt::<S::Db>("SELECT MIN(due_at) AS due FROM evaluation_schedule").one(self.reader(), |row| row.opt_ts("due")).await
+        stmt::<S::Db>("SELECT MIN(due_at) AS due FROM evaluation_schedule")
+            .one(self.reader(), |row| row.opt_ts("due"))
+            .await
     }
 
     async fn segment_stats(&self) -> StoreResult<Vec<SegmentStats>> {

@@ -521,14 +521,16 @@ pub trait OutboxReads: Send + Sync + 'static {
 
 #[async_trait]
 impl<S: Sql> OutboxReads for S {
-
     async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>> {
-        let rows = stmt::<S::Db>(concat!(select_deliveries!(), " WHERE d.campaign_id = $1 AND d.id > $2 ORDER BY d.id LIMIT $3"))
-            .bind(campaign_id)
-            .bind(after_id)
-            .bind(limit)
-            .fetch_all(self.reader())
-            .await?;
+        let rows = stmt::<S::Db>(concat!(
+            select_deliveries!(),
+            " WHERE d.campaign_id = $1 AND d.id > $2 ORDER BY d.id LIMIT $3"
+        ))
+        .bind(campaign_id)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await?;
         let mut shared = SharedMessages::default();
         rows.iter().map(|row| delivery_of(Row::<S::Db>(row), &mut shared)).collect()
     }
@@ -542,7 +544,6 @@ impl<S: Sql> OutboxReads for S {
         }
         Ok(counts)
     }
-
 }
 
 /// A delivery row (`select_deliveries!()` and the claims' reads).

@@ -215,8 +215,10 @@ impl<S: RequestsSql> RequestStore for S {
         .execute(self.writer())
         .await?;
         if updated == 0 {
-            let known =
-                stmt::<S::Db>("SELECT id FROM send_requests WHERE id = $1").bind(id).fetch_optional(self.writer()).await?;
+            let known = stmt::<S::Db>("SELECT id FROM send_requests WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.writer())
+                .await?;
             if known.is_none() {
                 return Err(unknown_request(id));
             }

@@ -291,6 +291,57 @@ pub fn row<DB: Dialect, T>(
     row.map(|row| read(Row(row))).transpose()
 }
 
+/// The executor methods (and the plain getters) of a [`Dialect`] impl: the same text for both
+/// drivers, each compiled against its own concrete types (so no generic
+/// executor bounds are needed anywhere).
+macro_rules! executors {
+    () => {
+        async fn execute(pool: &Pool<Self>, query: Query<Self>) -> StoreResult<u64> {
+            Ok(query.execute(pool).await?.rows_affected())
+        }
+
+        async fn fetch_all(pool: &Pool<Self>, query: Query<Self>) -> StoreResult<Vec<Self::Row>> {
+            Ok(query.fetch_all(pool).await?)
+        }
+
+        async fn fetch_optional(pool: &Pool<Self>, query: Query<Self>) -> StoreResult<Option<Self::Row>> {
+            Ok(query.fetch_optional(pool).await?)
+        }
+
+        async fn fetch_one(pool: &Pool<Self>, query: Query<Self>) -> StoreResult<Self::Row> {
+            Ok(query.fetch_one(pool).await?)
+        }
+
+        async fn begin(pool: &Pool<Self>) -> StoreResult<Transaction<'static, Self>> {
+            Ok(pool.begin().await?)
+        }
+
+        async fn commit(tx: Transaction<'static, Self>) -> StoreResult<()> {
+            Ok(tx.commit().await?)
+        }
+
+        async fn execute_in(conn: &mut Self::Connection, query: Query<Self>) -> StoreResult<u64> {
+            Ok(query.execute(conn).await?.rows_affected())
+        }
+
+        async fn fetch_optional_in(conn: &mut Self::Connection, query: Query<Self>) -> StoreResult<Option<Self::Row>> {
+            Ok(query.fetch_optional(conn).await?)
+        }
+
+        fn string(row: &Self::Row, column: &str) -> StoreResult<String> {
+            Ok(sqlx::Row::try_get(row, column)?)
+        }
+
+        fn opt_string(row: &Self::Row, column: &str) -> StoreResult<Option<String>> {
+            Ok(sqlx::Row::try_get(row, column)?)
+        }
+
+        fn boolean(row: &Self::Row, column: &str) -> StoreResult<bool> {
+            Ok(sqlx::Row::try_get(row, column)?)
+        }
+    };
+}
+
 // ---------------------------------------------------------------- SQLite
 
 fn corrupt_time(micros: i64) -> StoreError {
@@ -311,55 +362,13 @@ impl Dialect for sqlx::Sqlite {
         }
     }
 
-    async fn execute(pool: &Pool<Self>, query: Query<Self>) -> StoreResult<u64> {
-        Ok(query.execute(pool).await?.rows_affected())
-    }
-
-    async fn fetch_all(pool: &Pool<Self>, query: Query<Self>) -> StoreResult<Vec<Self::Row>> {
-        Ok(query.fetch_all(pool).await?)
-    }
-
-    async fn fetch_optional(pool: &Pool<Self>, query: Query<Self>) -> StoreResult<Option<Self::Row>> {
-        Ok(query.fetch_optional(pool).await?)
-    }
-
-    async fn fetch_one(pool: &Pool<Self>, query: Query<Self>) -> StoreResult<Self::Row> {
-        Ok(query.fetch_one(pool).await?)
-    }
-
-    async fn begin(pool: &Pool<Self>) -> StoreResult<Transaction<'static, Self>> {
-        Ok(pool.begin().await?)
-    }
-
-    async fn commit(tx: Transaction<'static, Self>) -> StoreResult<()> {
-        Ok(tx.commit().await?)
-    }
-
-    async fn execute_in(conn: &mut Self::Connection, query: Query<Self>) -> StoreResult<u64> {
-        Ok(query.execute(conn).await?.rows_affected())
-    }
-
-    async fn fetch_optional_in(conn: &mut Self::Connection, query: Query<Self>) -> StoreResult<Option<Self::Row>> {
-        Ok(query.fetch_optional(conn).await?)
-    }
-
-    fn string(row: &Self::Row, column: &str) -> StoreResult<String> {
-        Ok(sqlx::Row::try_get(row, column)?)
-    }
-
-    fn opt_string(row: &Self::Row, column: &str) -> StoreResult<Option<String>> {
-        Ok(sqlx::Row::try_get(row, column)?)
-    }
+    executors!();
 
     fn int(row: &Self::Row, column: &str) -> StoreResult<i64> {
         Ok(sqlx::Row::try_get(row, column)?)
     }
 
     fn opt_int(row: &Self::Row, column: &str) -> StoreResult<Option<i64>> {
-        Ok(sqlx::Row::try_get(row, column)?)
-    }
-
-    fn boolean(row: &Self::Row, column: &str) -> StoreResult<bool> {
         Ok(sqlx::Row::try_get(row, column)?)
     }
 
@@ -400,51 +409,11 @@ impl Dialect for sqlx::Postgres {
         }
     }
 
-    async fn execute(pool: &Pool<Self>, query: Query<Self>) -> StoreResult<u64> {
-        Ok(query.execute(pool).await?.rows_affected())
-    }
-
-    async fn fetch_all(pool: &Pool<Self>, query: Query<Self>) -> StoreResult<Vec<Self::Row>> {
-        Ok(query.fetch_all(pool).await?)
-    }
-
-    async fn fetch_optional(pool: &Pool<Self>, query: Query<Self>) -> StoreResult<Option<Self::Row>> {
-        Ok(query.fetch_optional(pool).await?)
-    }
-
-    async fn fetch_one(pool: &Pool<Self>, query: Query<Self>) -> StoreResult<Self::Row> {
-        Ok(query.fetch_one(pool).await?)
-    }
-
-    async fn begin(pool: &Pool<Self>) -> StoreResult<Transaction<'static, Self>> {
-        Ok(pool.begin().await?)
-    }
-
-    async fn commit(tx: Transaction<'static, Self>) -> StoreResult<()> {
-        Ok(tx.commit().await?)
-    }
-
-    async fn execute_in(conn: &mut Self::Connection, query: Query<Self>) -> StoreResult<u64> {
-        Ok(query.execute(conn).await?.rows_affected())
-    }
-
-    async fn fetch_optional_in(conn: &mut Self::Connection, query: Query<Self>) -> StoreResult<Option<Self::Row>> {
-        Ok(query.fetch_optional(conn).await?)
-    }
-
-    fn string(row: &Self::Row, column: &str) -> StoreResult<String> {
-        Ok(sqlx::Row::try_get(row, column)?)
-    }
-
-    fn opt_string(row: &Self::Row, column: &str) -> StoreResult<Option<String>> {
-        Ok(sqlx::Row::try_get(row, column)?)
-    }
+    executors!();
 
     fn int(row: &Self::Row, column: &str) -> StoreResult<i64> {
-        Ok(Self::opt_int(row, column)?.ok_or_else(|| sqlx::Error::ColumnDecode {
-            index: column.to_string(),
-            source: "unexpected NULL".into(),
-        })?)
+        Ok(Self::opt_int(row, column)?
+            .ok_or_else(|| sqlx::Error::ColumnDecode { index: column.to_string(), source: "unexpected NULL".into() })?)
     }
 
     fn opt_int(row: &Self::Row, column: &str) -> StoreResult<Option<i64>> {
@@ -455,10 +424,6 @@ impl Dialect for sqlx::Postgres {
             let value: i32 = sqlx::Row::try_get(row, column)?;
             return Ok(Some(i64::from(value)));
         }
-        Ok(sqlx::Row::try_get(row, column)?)
-    }
-
-    fn boolean(row: &Self::Row, column: &str) -> StoreResult<bool> {
         Ok(sqlx::Row::try_get(row, column)?)
     }
 

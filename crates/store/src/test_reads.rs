@@ -1,11 +1,11 @@
 //! Reads that only tests make (`test-support` feature): what was stored,
 //! as the tests check it. Written once for both backends.
 
+use crate::StoreResult;
 use crate::events::{StoredEvent, event_of};
 use crate::outbox::{Delivery, SharedMessages, delivery_of, select_deliveries};
 use crate::sql::{Sql, Ts, stmt};
 use crate::webhook::{LinkNonce, WebhookEventRow, link_nonce_of, webhook_columns, webhook_event_of};
-use crate::StoreResult;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renkei_core::LineUserId;

@@ -288,12 +288,13 @@ impl<S: WebhookSql> WebhookStore for S {
     }
 
     async fn fail_link_nonce(&self, nonce: &str, now: DateTime<Utc>) -> StoreResult<bool> {
-        let failed =
-            stmt::<S::Db>("UPDATE link_nonces SET used_at = $1, result = 'failed' WHERE nonce = $2 AND used_at IS NULL")
-                .bind(Ts(now))
-                .bind(nonce)
-                .execute(self.writer())
-                .await?;
+        let failed = stmt::<S::Db>(
+            "UPDATE link_nonces SET used_at = $1, result = 'failed' WHERE nonce = $2 AND used_at IS NULL",
+        )
+        .bind(Ts(now))
+        .bind(nonce)
+        .execute(self.writer())
+        .await?;
         Ok(failed == 1)
     }
 

@@ -6,8 +6,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use renkei_core::{LineUserId, LinkMethod, MemberId, NewEvent};
 use renkei_store::StoreError;
 use renkei_store::dispatch::{
-    CampaignCounts, ClaimOutcome, CronFire, DeliveryStatus, FireState, NewDelivery, NewRequest, RequestKind, RequestStatus,
-    RichMenuChange, SkipReason,
+    CampaignCounts, ClaimOutcome, CronFire, DeliveryStatus, FireState, NewDelivery, NewRequest, RequestKind,
+    RequestStatus, RichMenuChange, SkipReason,
 };
 use renkei_store::membership::{Cause, MembershipUpdate};
 use renkei_test_support::TestStore;

@@ -1,18 +1,17 @@
 //! PostgreSQL's side of the event reads.
 
+use crate::events::IngestOutcome;
 use crate::events::{EventsSql, event_of};
 use crate::sql::Row;
-use crate::events::IngestOutcome;
 use crate::{PgStore, StoreResult, StoredEvent};
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renkei_core::NewEvent;
 use sqlx::PgConnection;
 use sqlx::types::Json;
-use async_trait::async_trait;
 
 #[async_trait]
 impl EventsSql for PgStore {
-
     async fn insert_events_tx(
         conn: &mut PgConnection,
         events: &[NewEvent],

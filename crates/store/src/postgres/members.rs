@@ -1,7 +1,9 @@
 //! PostgreSQL's side of members and links: row locks (`FOR UPDATE`) where
 //! instances may race, and unique violations of such races as conflicts.
 
-use crate::members::{Link, LinkOutcome, MembersOutcome, MembersSql, line_user_claimed, member_already_linked, merged, parse_link};
+use crate::members::{
+    Link, LinkOutcome, MembersOutcome, MembersSql, line_user_claimed, member_already_linked, merged, parse_link,
+};
 use crate::{PgStore, StoreError, StoreResult, parse_object};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -26,7 +28,6 @@ fn conflict_on_unique(error: sqlx::Error, member_id: &str, line_user_id: &str) -
 
 #[async_trait]
 impl MembersSql for PgStore {
-
     async fn link_tx(
         conn: &mut PgConnection,
         member_id: &MemberId,
@@ -41,7 +42,8 @@ impl MembersSql for PgStore {
         if let Some(row) = by_member {
             let current: String = row.try_get("line_user_id")?;
             if current == line_user_id.as_str() {
-                let link = parse_link(member_id.to_string(), current, row.try_get("method")?, row.try_get("linked_at")?)?;
+                let link =
+                    parse_link(member_id.to_string(), current, row.try_get("method")?, row.try_get("linked_at")?)?;
                 return Ok(LinkOutcome::AlreadyLinked(link));
             }
             return Err(member_already_linked(member_id.as_str(), &current));
@@ -78,7 +80,6 @@ impl MembersSql for PgStore {
             linked_at,
         }))
     }
-
 
     async fn upsert_members_tx(
         conn: &mut PgConnection,

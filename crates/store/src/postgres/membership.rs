@@ -3,19 +3,19 @@
 //! parameters as arrays.
 
 use crate::membership::{
-    AllProperties, AudiencePage, Cause, EventMaker, EventSelection, FactEventRecord, Diff, MembershipSql, MembershipUpdate,
-    PageBuilder, Transition, UserRecord, diff, transitions_of,
+    AllProperties, AudiencePage, Cause, Diff, EventMaker, EventSelection, FactEventRecord, MembershipStore,
+    MembershipUpdate, PageBuilder, Transition, UserRecord, diff, transitions_of,
 };
+use crate::sql::stmt;
 use crate::{PgStore, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use renkei_core::LineUserId;
 use serde_json::Value;
-use sqlx::{PgConnection, Row};
 use sqlx::types::Json;
+use sqlx::{PgConnection, Row};
 use std::collections::{BTreeSet, HashMap};
-
 
 /// Users are locked in 256 buckets: enough to keep a real-time evaluation
 /// and a recompute of the same user from interleaving their diffs, without
@@ -238,18 +238,27 @@ impl PgStore {
 }
 
 #[async_trait]
-impl MembershipSql for PgStore {
-    // Each source is cut at `limit` first (index order), so a page costs
-    // O(limit); `DISTINCT ON` merges the three sorted lists (plain
-    // `DISTINCT` is planned as hashing and sorting again, 10x the cost).
-    const AUDIENCE_PAGE: &'static str = "SELECT DISTINCT ON (u) u FROM (
-                 (SELECT line_user_id AS u FROM friendships WHERE line_user_id > $1 ORDER BY line_user_id LIMIT $2)
-                 UNION ALL
-                 (SELECT line_user_id AS u FROM links WHERE line_user_id > $1 ORDER BY line_user_id LIMIT $2)
-                 UNION ALL
-                 (SELECT DISTINCT line_user_id AS u FROM events WHERE line_user_id IS NOT NULL AND line_user_id > $1
-                  ORDER BY line_user_id LIMIT $2)
-             ) s ORDER BY u LIMIT $2";
+impl MembershipStore for PgStore {
+    async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<AudiencePage> {
+        // Each source is cut at `limit` first (index order), so a page costs
+        // O(limit); `DISTINCT ON` merges the three sorted lists (plain
+        // `DISTINCT` is planned as hashing and sorting again, 10x the cost).
+        let users = stmt::<sqlx::Postgres>(
+            "SELECT DISTINCT ON (u) u FROM (
+                         (SELECT line_user_id AS u FROM friendships WHERE line_user_id > $1 ORDER BY line_user_id LIMIT $2)
+                         UNION ALL
+                         (SELECT line_user_id AS u FROM links WHERE line_user_id > $1 ORDER BY line_user_id LIMIT $2)
+                         UNION ALL
+                         (SELECT DISTINCT line_user_id AS u FROM events WHERE line_user_id IS NOT NULL AND line_user_id > $1
+                          ORDER BY line_user_id LIMIT $2)
+                     ) s ORDER BY u LIMIT $2",
+        )
+        .bind(after.map(|a| a.as_str()).unwrap_or(""))
+        .bind(limit)
+        .all(&self.pool, |row| row.user("u"))
+        .await?;
+        Ok(AudiencePage { after: after.cloned(), users })
+    }
 
     async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {
         self.load_records(PgUsers::Listed(users), event_types, None, &AllProperties).await
@@ -438,8 +447,7 @@ async fn write_due(tx: &mut PgConnection, updates: &[MembershipUpdate], stored: 
     // Only due times that change are written: a recompute of a settled
     // audience then writes nothing at all. A batch may name a user twice;
     // the last update wins, as on SQLite.
-    let last: HashMap<&str, usize> =
-        updates.iter().enumerate().map(|(i, u)| (u.line_user_id.as_str(), i)).collect();
+    let last: HashMap<&str, usize> = updates.iter().enumerate().map(|(i, u)| (u.line_user_id.as_str(), i)).collect();
     let (mut due_users, mut due_at, mut clear) = (Vec::new(), Vec::new(), Vec::new());
     for (user, i) in last {
         // Not sent back: the same as stored.

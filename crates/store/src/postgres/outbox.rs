@@ -6,8 +6,8 @@ use crate::outbox::{
     Claim, ClaimLock, ClaimOutcome, NewDelivery, OutboxStore, PendingDelivery, QueueKey, SendFactsRow, SharedMessages,
     UserSendFacts, counts_by_user, opt_member, opt_user, parse_json, send_facts_of, sends_of, users_by_member,
 };
-use crate::sql::stmt;
 use crate::requests::{NewRequest, recipients_json, retry_key_conflict};
+use crate::sql::stmt;
 use crate::{PgStore, StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -166,7 +166,6 @@ async fn pg_insert_requests(
 
 #[async_trait]
 impl OutboxStore for PgStore {
-
     async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64> {
         if deliveries.is_empty() {
             return Ok(0);

@@ -1,15 +1,15 @@
 //! SQLite's side of the event reads.
 
 use super::{json_text, to_micros};
+use crate::events::IngestOutcome;
 use crate::events::{EventsSql, event_of};
 use crate::sql::stmt;
-use crate::events::IngestOutcome;
 use crate::{SqliteStore, StoreResult, StoredEvent};
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renkei_core::NewEvent;
 use serde_json::Value;
 use sqlx::SqliteConnection;
-use async_trait::async_trait;
 
 /// Rows per INSERT statement: 7 parameters each stays far below SQLite's
 /// 32,766-parameter limit while saving most per-statement overhead.

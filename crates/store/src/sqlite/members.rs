@@ -2,7 +2,9 @@
 //! the single writer (timestamps as INTEGER microseconds, JSON as TEXT).
 
 use super::{from_micros, json_object, to_micros};
-use crate::members::{Link, LinkOutcome, MembersOutcome, MembersSql, line_user_claimed, member_already_linked, merged, parse_link};
+use crate::members::{
+    Link, LinkOutcome, MembersOutcome, MembersSql, line_user_claimed, member_already_linked, merged, parse_link,
+};
 use crate::{SqliteStore, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -12,7 +14,6 @@ use sqlx::{Row, SqliteConnection};
 
 #[async_trait]
 impl MembersSql for SqliteStore {
-
     async fn link_tx(
         conn: &mut SqliteConnection,
         member_id: &MemberId,
@@ -69,7 +70,6 @@ impl MembersSql for SqliteStore {
         }))
     }
 
-
     async fn upsert_members_tx(
         conn: &mut SqliteConnection,
         patches: &[MemberPatch],
@@ -87,13 +87,15 @@ impl MembersSql for SqliteStore {
             let next_text = Value::Object(next).to_string();
             match (&current, changed) {
                 (None, _) => {
-                    sqlx::query("INSERT INTO members (member_id, attributes, created_at, updated_at) VALUES (?, ?, ?, ?)")
-                        .bind(patch.member_id.as_str())
-                        .bind(next_text)
-                        .bind(at)
-                        .bind(at)
-                        .execute(&mut *conn)
-                        .await?;
+                    sqlx::query(
+                        "INSERT INTO members (member_id, attributes, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(patch.member_id.as_str())
+                    .bind(next_text)
+                    .bind(at)
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await?;
                     outcome.created += 1;
                 }
                 (Some(_), true) => {

@@ -3,9 +3,10 @@
 
 use super::{from_micros, to_micros};
 use crate::membership::{
-    AllProperties, Cause, EventMaker, EventSelection, FactEventRecord, MembershipSql, MembershipUpdate, PageBuilder,
-    Transition, UserRecord, diff, transitions_of,
+    AllProperties, AudiencePage, Cause, EventMaker, EventSelection, FactEventRecord, MembershipStore, MembershipUpdate,
+    PageBuilder, Transition, UserRecord, diff, transitions_of,
 };
+use crate::sql::stmt;
 use crate::{SqliteStore, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -14,11 +15,9 @@ use serde_json::Value;
 use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet};
 
-
 fn ids_json(users: &[LineUserId]) -> String {
     Value::Array(users.iter().map(|u| Value::String(u.as_str().to_string())).collect()).to_string()
 }
-
 
 impl SqliteStore {
     /// `load_users` and `load_user_facts`: with a selection, properties are
@@ -95,19 +94,28 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl MembershipSql for SqliteStore {
-    // Plain UNION: SQLite merges the three sorted lists itself.
-    const AUDIENCE_PAGE: &'static str = "SELECT u FROM (
-                 SELECT u FROM (SELECT line_user_id AS u FROM friendships WHERE line_user_id > $1
-                                ORDER BY line_user_id LIMIT $2)
-                 UNION
-                 SELECT u FROM (SELECT line_user_id AS u FROM links WHERE line_user_id > $1
-                                ORDER BY line_user_id LIMIT $2)
-                 UNION
-                 SELECT u FROM (SELECT DISTINCT line_user_id AS u FROM events
-                                WHERE line_user_id IS NOT NULL AND line_user_id > $1
-                                ORDER BY line_user_id LIMIT $2)
-             ) ORDER BY u LIMIT $2";
+impl MembershipStore for SqliteStore {
+    async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<AudiencePage> {
+        // Plain UNION: SQLite merges the three sorted lists itself.
+        let users = stmt::<sqlx::Sqlite>(
+            "SELECT u FROM (
+                         SELECT u FROM (SELECT line_user_id AS u FROM friendships WHERE line_user_id > $1
+                                        ORDER BY line_user_id LIMIT $2)
+                         UNION
+                         SELECT u FROM (SELECT line_user_id AS u FROM links WHERE line_user_id > $1
+                                        ORDER BY line_user_id LIMIT $2)
+                         UNION
+                         SELECT u FROM (SELECT DISTINCT line_user_id AS u FROM events
+                                        WHERE line_user_id IS NOT NULL AND line_user_id > $1
+                                        ORDER BY line_user_id LIMIT $2)
+                     ) ORDER BY u LIMIT $2",
+        )
+        .bind(after.map(|a| a.as_str()).unwrap_or(""))
+        .bind(limit)
+        .all(&self.reader, |row| row.user("u"))
+        .await?;
+        Ok(AudiencePage { after: after.cloned(), users })
+    }
 
     async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {
         self.load_records(users, event_types, None, &AllProperties).await
@@ -192,4 +200,3 @@ impl MembershipSql for SqliteStore {
         Ok(transitions)
     }
 }
-

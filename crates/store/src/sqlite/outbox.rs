@@ -106,7 +106,6 @@ impl ClaimLock for SqliteClaim {
 
 #[async_trait]
 impl OutboxStore for SqliteStore {
-
     async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64> {
         let created = to_micros(now);
         let mut tx = self.writer.begin().await?;
