@@ -1,5 +1,14 @@
-//! renkei's storage: one [`Store`] trait, implemented for SQLite (the
-//! embedded default) and PostgreSQL (production, scale-out).
+//! renkei's storage, for SQLite (the embedded default) and PostgreSQL
+//! (production, scale-out), by area: members & links ([`MemberStore`]),
+//! events ([`EventStore`]), the webhook inbox ([`WebhookStore`]),
+//! memberships & transitions ([`MembershipStore`], [`MembershipReads`]),
+//! the outbox ([`OutboxStore`], [`OutboxReads`]), LINE requests
+//! ([`RequestStore`]), the scheduler's state ([`ScheduleStore`]) and rich
+//! menus ([`RichMenuStore`]). [`Store`] is all of them at once.
+//!
+//! Each area's types and shared SQL are in `<area>.rs`; what differs per
+//! backend is in `sqlite/<area>.rs` and `postgres/<area>.rs`. SQL the
+//! dialects agree on is written once over the dialect layer (`sql.rs`).
 //!
 //! Every write that the API acknowledges is committed before the call
 //! returns, so a 2xx always means "durable".

@@ -160,7 +160,7 @@ pub struct SegmentStats {
 #[async_trait]
 pub trait MembershipStore: Send + Sync + 'static {
     /// Facts of each given user, in the given order. Events resolve as in
-    /// `Store::user_events`: those with the user's `line_user_id` and those of
+    /// `TestReads::user_events`: those with the user's `line_user_id` and those of
     /// the member linked to it. `event_types: Some(..)` loads only those types.
     async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>>;
 

@@ -2,7 +2,7 @@
 //! leases) and the account-link nonces. The same SQL on both backends, but
 //! for the claim (`sqlite/webhook.rs`, `postgres/webhook.rs`).
 //!
-//! Friendships are written through [`Store::set_following`](crate::Store::set_following).
+//! Friendships are written through [`MemberStore::set_following`](crate::MemberStore::set_following).
 
 use crate::sql::{Dialect, Row, Sql, Ts, stmt};
 use crate::{StoreError, StoreResult};
