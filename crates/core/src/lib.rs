@@ -9,6 +9,7 @@ pub mod duration;
 pub mod event;
 pub mod ids;
 pub mod member;
+pub mod state;
 
 pub use change::{ChangeListener, NoChangeListener, UserRef};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -16,3 +17,4 @@ pub use duration::{DurationParseError, SpanDuration};
 pub use event::{FieldError, ItemError, NewEvent, parse_event_batch};
 pub use ids::{EventId, EventType, IdError, LineUserId, LinkMethod, MemberId};
 pub use member::{MemberPatch, merge_attributes};
+pub use state::{Cause, DeliveryStatus, FireState, SkipReason, TransitionKind};

@@ -176,7 +176,7 @@ async fn run_campaign(
     let campaign = campaigns.get("bench").ok_or("no campaign")?;
     let fire_at = Utc::now();
     let start = Instant::now();
-    store.record_fire("bench", fire_at, "started").await?;
+    store.record_fire("bench", fire_at, renkei_store::FireState::Started).await?;
     let enqueued = runner.fire(campaign, fire_at).await?;
     let enqueue_seconds = start.elapsed().as_secs_f64();
     println!("  enqueued {enqueued} deliveries in {enqueue_seconds:.1} s ({:.0}/s)", enqueued as f64 / enqueue_seconds);

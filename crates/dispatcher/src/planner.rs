@@ -137,7 +137,7 @@ impl Dispatcher {
                 outcome.resolved.push((delivery.id, user.clone()));
             }
             match decision {
-                Decision::Skip(reason) => outcome.skips.push((delivery.id, reason.as_str().to_string())),
+                Decision::Skip(reason) => outcome.skips.push((delivery.id, reason)),
                 Decision::Defer(until) => outcome.defers.push((delivery.id, until)),
                 // `decide` sends only to a known user.
                 Decision::Send => {

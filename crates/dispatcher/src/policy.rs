@@ -7,8 +7,6 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use renkei_campaigns::{FrequencyCap, QuietHours};
-use serde::Serialize;
-use std::fmt;
 
 /// Policies from the configuration that apply across campaigns.
 #[derive(Debug, Clone, Default)]
@@ -19,52 +17,7 @@ pub struct GlobalPolicy {
     pub quiet_hours: Option<QuietHours>,
 }
 
-/// Why a delivery was not sent. Stored as its `as_str` and counted in stats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SkipReason {
-    /// The trigger could not produce a message (bad time property, render error).
-    InvalidTrigger,
-    /// The user has blocked the account or is not a friend.
-    Unfollowed,
-    /// The member is not (or no longer) linked to a LINE user.
-    Unlinked,
-    /// Not in the campaign's `audience` segment at send time.
-    NotInAudience,
-    /// The campaign's `unless` event happened.
-    Cancelled,
-    /// The campaign's `frequency_cap` is reached for this user.
-    FrequencyCap,
-    /// The global per-user cap is reached.
-    GlobalCap,
-    /// The campaign was removed from the configuration before sending.
-    CampaignRemoved,
-    /// The send time had passed by more than the catch-up grace when the
-    /// trigger arrived (e.g. a reminder for a reservation posted too late).
-    Expired,
-}
-
-impl SkipReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SkipReason::InvalidTrigger => "invalid_trigger",
-            SkipReason::Unfollowed => "unfollowed",
-            SkipReason::Unlinked => "unlinked",
-            SkipReason::NotInAudience => "not_in_audience",
-            SkipReason::Cancelled => "cancelled",
-            SkipReason::FrequencyCap => "frequency_cap",
-            SkipReason::GlobalCap => "global_cap",
-            SkipReason::CampaignRemoved => "campaign_removed",
-            SkipReason::Expired => "expired",
-        }
-    }
-}
-
-impl fmt::Display for SkipReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use renkei_core::SkipReason;
 
 /// What is known about one delivery at send time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

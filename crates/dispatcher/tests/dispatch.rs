@@ -28,7 +28,7 @@ fn faulty() -> SimConfig {
 
 async fn fire(h: &Harness, campaign: &str, at: chrono::DateTime<chrono::Utc>) -> u64 {
     let campaign = h.campaigns.get(campaign).unwrap();
-    assert!(h.test.store.record_fire(&campaign.id, at, "started").await.unwrap());
+    assert!(h.test.store.record_fire(&campaign.id, at, renkei_store::FireState::Started).await.unwrap());
     h.runner.fire(campaign, at).await.unwrap()
 }
 

@@ -17,7 +17,7 @@ use chrono_tz::Tz;
 use renkei_campaigns::{Campaign, CampaignSet, RenderContext, RichMenuRules, Trigger, schedule};
 use renkei_core::{Clock, LineUserId, MemberId};
 use renkei_dispatcher::DispatchMetrics;
-use renkei_store::dispatch::NewDelivery;
+use renkei_store::dispatch::{FireState, NewDelivery};
 use renkei_store::membership::{Cause, StoredTransition, TransitionKind, UserRecord};
 use renkei_store::{Store, StoreResult, StoredEvent};
 use serde_json::{Map, Value, json};
@@ -523,12 +523,12 @@ impl CampaignRunner {
         };
         let plan = schedule::catch_up(cron, tz, since, now, self.settings.misfire_grace);
         for missed in &plan.missed {
-            if self.store.record_fire(&campaign.id, *missed, "missed").await? {
+            if self.store.record_fire(&campaign.id, *missed, FireState::Missed).await? {
                 tracing::warn!(campaign = %campaign.id, fire_at = %missed, "cron fire missed while renkei was down; not sent (older than the catch-up grace or superseded by a later fire)");
             }
         }
         if let Some(fire_at) = plan.run
-            && self.store.record_fire(&campaign.id, fire_at, "started").await?
+            && self.store.record_fire(&campaign.id, fire_at, FireState::Started).await?
         {
             tracing::info!(campaign = %campaign.id, %fire_at, "cron fire");
             self.fire(campaign, fire_at).await?;
@@ -568,7 +568,7 @@ impl CampaignRunner {
             total += deliveries.len() as u64;
             self.enqueue(&deliveries, now).await?;
         }
-        self.store.set_fire_state(&campaign.id, fire_at, "done").await?;
+        self.store.set_fire_state(&campaign.id, fire_at, FireState::Done).await?;
         Ok(total)
     }
 

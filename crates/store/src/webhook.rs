@@ -1,18 +1,16 @@
 //! Storage for the LINE webhook inbox (dedupe on webhookEventId, processing
-//! leases) and the account-link nonces. Both backends' implementations live
-//! in this file.
+//! leases) and the account-link nonces. The same SQL on both backends, but
+//! for the claim (`sqlite/webhook.rs`, `postgres/webhook.rs`).
 //!
-//! Friendships are written through [`Store::set_following`](crate::Store::set_following).
+//! Friendships are written through [`MemberStore::set_following`](crate::MemberStore::set_following).
 
-use crate::sqlite::{from_micros, to_micros};
-use crate::{PgStore, SqliteStore, StoreError, StoreResult};
+use crate::sql::{Dialect, Row, Sql, Ts, stmt};
+use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renkei_core::{LineUserId, MemberId};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::Row;
-use sqlx::types::Json;
 
 /// One webhook event as received, to be stored before LINE gets its 200.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,8 +89,6 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// again when its lease runs out.
     async fn record_webhook_error(&self, id: i64, error: &str) -> StoreResult<()>;
 
-    async fn get_webhook_event(&self, webhook_event_id: &str) -> StoreResult<Option<WebhookEventRow>>;
-
     /// How many stored events are not processed yet.
     async fn pending_webhook_events(&self) -> StoreResult<u64>;
 
@@ -121,8 +117,6 @@ pub trait WebhookStore: Send + Sync + 'static {
 
     /// Overwrites the result of a consumed nonce (e.g. `conflict`).
     async fn set_link_nonce_result(&self, nonce: &str, result: &str) -> StoreResult<()>;
-
-    async fn get_link_nonce(&self, nonce: &str) -> StoreResult<Option<LinkNonce>>;
 }
 
 fn attempts(value: i64) -> u32 {
@@ -137,10 +131,12 @@ fn lease_end(now: DateTime<Utc>, lease: chrono::Duration) -> DateTime<Utc> {
     now.checked_add_signed(lease).unwrap_or(now)
 }
 
-fn nonce_conflict(error: sqlx::Error) -> StoreError {
+fn nonce_conflict(error: StoreError) -> StoreError {
     match &error {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict("nonce already exists".into()),
-        _ => StoreError::Database(error),
+        StoreError::Database(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            StoreError::Conflict("nonce already exists".into())
+        }
+        _ => error,
     }
 }
 
@@ -154,236 +150,22 @@ fn refused_use(row: Option<(String, Option<i64>, bool)>, consumer: i64) -> Store
     })
 }
 
-// ---------------------------------------------------------------- SQLite
-
-const SQLITE_ROW: &str = "id, webhook_event_id, type, body, received_at, processed_at, attempts, last_error";
-
-fn sqlite_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<WebhookEventRow> {
-    let body: String = row.try_get("body")?;
-    Ok(WebhookEventRow {
-        id: row.try_get("id")?,
-        webhook_event_id: row.try_get("webhook_event_id")?,
-        event_type: row.try_get("type")?,
-        body: serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("webhook body: {e}")))?,
-        received_at: from_micros(row.try_get("received_at")?)?,
-        processed_at: row.try_get::<Option<i64>, _>("processed_at")?.map(from_micros).transpose()?,
-        attempts: attempts(row.try_get("attempts")?),
-        last_error: row.try_get("last_error")?,
-    })
+/// What differs per backend (`sqlite/webhook.rs`, `postgres/webhook.rs`).
+pub trait WebhookSql: Sql {
+    /// Leases unprocessed events (`$1` lease end, `$2` now, `$3` limit), `RETURNING` the webhook columns.
+    const CLAIM_EVENTS: &'static str;
 }
+
+/// A webhook event's columns, as `webhook_event_of` reads them.
+macro_rules! webhook_columns {
+    () => {
+        "id, webhook_event_id, type, body, received_at, processed_at, attempts, last_error"
+    };
+}
+pub(crate) use webhook_columns;
 
 #[async_trait]
-impl WebhookStore for SqliteStore {
-    async fn insert_webhook_events(
-        &self,
-        events: &[NewWebhookEvent],
-        received_at: DateTime<Utc>,
-    ) -> StoreResult<Vec<Option<i64>>> {
-        let mut tx = self.writer.begin().await?;
-        let mut ids = Vec::with_capacity(events.len());
-        for event in events {
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO webhook_events (webhook_event_id, type, body, received_at) VALUES (?, ?, ?, ?)
-                 ON CONFLICT (webhook_event_id) DO NOTHING RETURNING id",
-            )
-            .bind(event.webhook_event_id.as_deref())
-            .bind(&event.event_type)
-            .bind(event.body.to_string())
-            .bind(to_micros(received_at))
-            .fetch_optional(&mut *tx)
-            .await?;
-            ids.push(id);
-        }
-        tx.commit().await?;
-        Ok(ids)
-    }
-
-    async fn claim_webhook_events(
-        &self,
-        now: DateTime<Utc>,
-        lease: chrono::Duration,
-        limit: u32,
-    ) -> StoreResult<Vec<WebhookEventRow>> {
-        // One writer connection: the UPDATE is the claim, no other worker
-        // can interleave.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE webhook_events SET claimed_until = ?, attempts = attempts + 1
-             WHERE id IN (SELECT id FROM webhook_events
-                          WHERE processed_at IS NULL AND (claimed_until IS NULL OR claimed_until <= ?)
-                          ORDER BY id LIMIT ?)
-             RETURNING {SQLITE_ROW}"
-        )))
-        .bind(to_micros(lease_end(now, lease)))
-        .bind(to_micros(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.writer)
-        .await?;
-        let mut claimed = rows.iter().map(sqlite_row).collect::<StoreResult<Vec<_>>>()?;
-        claimed.sort_by_key(|row| row.id);
-        Ok(claimed)
-    }
-
-    async fn finish_webhook_event(&self, id: i64, now: DateTime<Utc>, error: Option<&str>) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE webhook_events SET processed_at = ?, claimed_until = NULL, last_error = COALESCE(?, last_error)
-             WHERE id = ?",
-        )
-        .bind(to_micros(now))
-        .bind(error)
-        .bind(id)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn record_webhook_error(&self, id: i64, error: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE webhook_events SET last_error = ? WHERE id = ?")
-            .bind(error)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    async fn get_webhook_event(&self, webhook_event_id: &str) -> StoreResult<Option<WebhookEventRow>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SQLITE_ROW} FROM webhook_events WHERE webhook_event_id = ?"
-        )))
-        .bind(webhook_event_id)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(sqlite_row).transpose()
-    }
-
-    async fn pending_webhook_events(&self) -> StoreResult<u64> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events WHERE processed_at IS NULL")
-            .fetch_one(&self.reader)
-            .await?;
-        Ok(count.max(0) as u64)
-    }
-
-    async fn create_link_nonce(
-        &self,
-        nonce: &str,
-        member_id: &MemberId,
-        created_at: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO link_nonces (nonce, member_id, created_at, expires_at) VALUES (?, ?, ?, ?)")
-            .bind(nonce)
-            .bind(member_id.as_str())
-            .bind(to_micros(created_at))
-            .bind(to_micros(expires_at))
-            .execute(&self.writer)
-            .await
-            .map_err(nonce_conflict)?;
-        Ok(())
-    }
-
-    async fn consume_link_nonce(
-        &self,
-        nonce: &str,
-        line_user_id: &LineUserId,
-        consumer: i64,
-        now: DateTime<Utc>,
-    ) -> StoreResult<NonceUse> {
-        let mut tx = self.writer.begin().await?;
-        let consumed: Option<String> = sqlx::query_scalar(
-            "UPDATE link_nonces SET used_at = ?1, result = 'ok', line_user_id = ?2, consumed_by = ?3
-             WHERE nonce = ?4 AND used_at IS NULL AND expires_at > ?1
-             RETURNING member_id",
-        )
-        .bind(to_micros(now))
-        .bind(line_user_id.as_str())
-        .bind(consumer)
-        .bind(nonce)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let outcome = match consumed {
-            Some(member_id) => NonceUse::Consumed(member(member_id)?),
-            None => {
-                let row = sqlx::query("SELECT member_id, consumed_by, used_at FROM link_nonces WHERE nonce = ?")
-                    .bind(nonce)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let row = row
-                    .map(|r| -> StoreResult<_> {
-                        Ok((
-                            r.try_get("member_id")?,
-                            r.try_get("consumed_by")?,
-                            r.try_get::<Option<i64>, _>("used_at")?.is_some(),
-                        ))
-                    })
-                    .transpose()?;
-                refused_use(row, consumer)?
-            }
-        };
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    async fn fail_link_nonce(&self, nonce: &str, now: DateTime<Utc>) -> StoreResult<bool> {
-        let result =
-            sqlx::query("UPDATE link_nonces SET used_at = ?, result = 'failed' WHERE nonce = ? AND used_at IS NULL")
-                .bind(to_micros(now))
-                .bind(nonce)
-                .execute(&self.writer)
-                .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    async fn set_link_nonce_result(&self, nonce: &str, result: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE link_nonces SET result = ? WHERE nonce = ?")
-            .bind(result)
-            .bind(nonce)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    async fn get_link_nonce(&self, nonce: &str) -> StoreResult<Option<LinkNonce>> {
-        let row = sqlx::query(
-            "SELECT nonce, member_id, created_at, expires_at, used_at, result, line_user_id
-             FROM link_nonces WHERE nonce = ?",
-        )
-        .bind(nonce)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.map(|row| {
-            Ok(LinkNonce {
-                nonce: row.try_get("nonce")?,
-                member_id: member(row.try_get("member_id")?)?,
-                created_at: from_micros(row.try_get("created_at")?)?,
-                expires_at: from_micros(row.try_get("expires_at")?)?,
-                used_at: row.try_get::<Option<i64>, _>("used_at")?.map(from_micros).transpose()?,
-                result: row.try_get("result")?,
-                line_user_id: row.try_get("line_user_id")?,
-            })
-        })
-        .transpose()
-    }
-}
-
-// ---------------------------------------------------------------- PostgreSQL
-
-const PG_ROW: &str = "id, webhook_event_id, type, body, received_at, processed_at, attempts, last_error";
-
-fn pg_row(row: &sqlx::postgres::PgRow) -> StoreResult<WebhookEventRow> {
-    let body: Json<Value> = row.try_get("body")?;
-    Ok(WebhookEventRow {
-        id: row.try_get("id")?,
-        webhook_event_id: row.try_get("webhook_event_id")?,
-        event_type: row.try_get("type")?,
-        body: body.0,
-        received_at: row.try_get("received_at")?,
-        processed_at: row.try_get("processed_at")?,
-        attempts: attempts(i64::from(row.try_get::<i32, _>("attempts")?)),
-        last_error: row.try_get("last_error")?,
-    })
-}
-
-#[async_trait]
-impl WebhookStore for PgStore {
+impl<S: WebhookSql> WebhookStore for S {
     async fn insert_webhook_events(
         &self,
         events: &[NewWebhookEvent],
@@ -391,22 +173,22 @@ impl WebhookStore for PgStore {
     ) -> StoreResult<Vec<Option<i64>>> {
         // Webhook bodies hold a handful of events: one statement each, in one
         // transaction, gives the per-event "new or redelivered" answer.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = S::Db::begin(self.writer()).await?;
         let mut ids = Vec::with_capacity(events.len());
         for event in events {
-            let id: Option<i64> = sqlx::query_scalar(
+            let id = stmt::<S::Db>(
                 "INSERT INTO webhook_events (webhook_event_id, type, body, received_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (webhook_event_id) DO NOTHING RETURNING id",
             )
             .bind(event.webhook_event_id.as_deref())
             .bind(&event.event_type)
-            .bind(Json(&event.body))
-            .bind(received_at)
-            .fetch_optional(&mut *tx)
+            .bind(&event.body)
+            .bind(Ts(received_at))
+            .optional_in(&mut tx, |row| row.int("id"))
             .await?;
             ids.push(id);
         }
-        tx.commit().await?;
+        S::Db::commit(tx).await?;
         Ok(ids)
     }
 
@@ -416,59 +198,41 @@ impl WebhookStore for PgStore {
         lease: chrono::Duration,
         limit: u32,
     ) -> StoreResult<Vec<WebhookEventRow>> {
-        // SKIP LOCKED: instances sharing the database claim disjoint rows.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE webhook_events SET claimed_until = $1, attempts = attempts + 1
-             WHERE id IN (SELECT id FROM webhook_events
-                          WHERE processed_at IS NULL AND (claimed_until IS NULL OR claimed_until <= $2)
-                          ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
-             RETURNING {PG_ROW}"
-        )))
-        .bind(lease_end(now, lease))
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut claimed = rows.iter().map(pg_row).collect::<StoreResult<Vec<_>>>()?;
+        let mut claimed = stmt::<S::Db>(S::CLAIM_EVENTS)
+            .bind(Ts(lease_end(now, lease)))
+            .bind(Ts(now))
+            .bind(limit)
+            .all(self.writer(), webhook_event_of)
+            .await?;
         claimed.sort_by_key(|row| row.id);
         Ok(claimed)
     }
 
     async fn finish_webhook_event(&self, id: i64, now: DateTime<Utc>, error: Option<&str>) -> StoreResult<()> {
-        sqlx::query(
+        stmt::<S::Db>(
             "UPDATE webhook_events SET processed_at = $1, claimed_until = NULL, last_error = COALESCE($2, last_error)
              WHERE id = $3",
         )
-        .bind(now)
+        .bind(Ts(now))
         .bind(error)
         .bind(id)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await?;
         Ok(())
     }
 
     async fn record_webhook_error(&self, id: i64, error: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE webhook_events SET last_error = $1 WHERE id = $2")
+        stmt::<S::Db>("UPDATE webhook_events SET last_error = $1 WHERE id = $2")
             .bind(error)
             .bind(id)
-            .execute(&self.pool)
+            .execute(self.writer())
             .await?;
         Ok(())
     }
 
-    async fn get_webhook_event(&self, webhook_event_id: &str) -> StoreResult<Option<WebhookEventRow>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PG_ROW} FROM webhook_events WHERE webhook_event_id = $1"
-        )))
-        .bind(webhook_event_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(pg_row).transpose()
-    }
-
     async fn pending_webhook_events(&self) -> StoreResult<u64> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events WHERE processed_at IS NULL")
-            .fetch_one(&self.pool)
+        let count = stmt::<S::Db>("SELECT COUNT(*) AS n FROM webhook_events WHERE processed_at IS NULL")
+            .one(self.reader(), |row| row.int("n"))
             .await?;
         Ok(count.max(0) as u64)
     }
@@ -480,14 +244,10 @@ impl WebhookStore for PgStore {
         created_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO link_nonces (nonce, member_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-            .bind(nonce)
-            .bind(member_id.as_str())
-            .bind(created_at)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await
-            .map_err(nonce_conflict)?;
+        let insert =
+            stmt::<S::Db>("INSERT INTO link_nonces (nonce, member_id, created_at, expires_at) VALUES ($1, $2, $3, $4)");
+        let inserted = insert.bind(nonce).bind(member_id).bind(Ts(created_at)).bind(Ts(expires_at));
+        inserted.execute(self.writer()).await.map_err(nonce_conflict)?;
         Ok(())
     }
 
@@ -499,74 +259,79 @@ impl WebhookStore for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<NonceUse> {
         // The conditional UPDATE is atomic: of two concurrent uses, one wins.
-        let consumed: Option<String> = sqlx::query_scalar(
+        let mut tx = S::Db::begin(self.writer()).await?;
+        let consumed = stmt::<S::Db>(
             "UPDATE link_nonces SET used_at = $1, result = 'ok', line_user_id = $2, consumed_by = $3
              WHERE nonce = $4 AND used_at IS NULL AND expires_at > $1
              RETURNING member_id",
         )
-        .bind(now)
-        .bind(line_user_id.as_str())
+        .bind(Ts(now))
+        .bind(line_user_id)
         .bind(consumer)
         .bind(nonce)
-        .fetch_optional(&self.pool)
+        .optional_in(&mut tx, |row| row.string("member_id"))
         .await?;
-        if let Some(member_id) = consumed {
-            return Ok(NonceUse::Consumed(member(member_id)?));
-        }
-        let row = sqlx::query("SELECT member_id, consumed_by, used_at FROM link_nonces WHERE nonce = $1")
-            .bind(nonce)
-            .fetch_optional(&self.pool)
-            .await?;
-        let row = row
-            .map(|r| -> StoreResult<_> {
-                Ok((
-                    r.try_get("member_id")?,
-                    r.try_get("consumed_by")?,
-                    r.try_get::<Option<DateTime<Utc>>, _>("used_at")?.is_some(),
-                ))
-            })
-            .transpose()?;
-        refused_use(row, consumer)
+        let outcome = match consumed {
+            Some(member_id) => NonceUse::Consumed(member(member_id)?),
+            None => {
+                let row = stmt::<S::Db>("SELECT member_id, consumed_by, used_at FROM link_nonces WHERE nonce = $1")
+                    .bind(nonce)
+                    .optional_in(&mut tx, |r| {
+                        Ok((r.string("member_id")?, r.opt_int("consumed_by")?, r.opt_ts("used_at")?.is_some()))
+                    })
+                    .await?;
+                refused_use(row, consumer)?
+            }
+        };
+        S::Db::commit(tx).await?;
+        Ok(outcome)
     }
 
     async fn fail_link_nonce(&self, nonce: &str, now: DateTime<Utc>) -> StoreResult<bool> {
-        let result =
-            sqlx::query("UPDATE link_nonces SET used_at = $1, result = 'failed' WHERE nonce = $2 AND used_at IS NULL")
-                .bind(now)
-                .bind(nonce)
-                .execute(&self.pool)
-                .await?;
-        Ok(result.rows_affected() == 1)
+        let failed = stmt::<S::Db>(
+            "UPDATE link_nonces SET used_at = $1, result = 'failed' WHERE nonce = $2 AND used_at IS NULL",
+        )
+        .bind(Ts(now))
+        .bind(nonce)
+        .execute(self.writer())
+        .await?;
+        Ok(failed == 1)
     }
 
     async fn set_link_nonce_result(&self, nonce: &str, result: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE link_nonces SET result = $1 WHERE nonce = $2")
+        stmt::<S::Db>("UPDATE link_nonces SET result = $1 WHERE nonce = $2")
             .bind(result)
             .bind(nonce)
-            .execute(&self.pool)
+            .execute(self.writer())
             .await?;
         Ok(())
     }
+}
 
-    async fn get_link_nonce(&self, nonce: &str) -> StoreResult<Option<LinkNonce>> {
-        let row = sqlx::query(
-            "SELECT nonce, member_id, created_at, expires_at, used_at, result, line_user_id
-             FROM link_nonces WHERE nonce = $1",
-        )
-        .bind(nonce)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(LinkNonce {
-                nonce: row.try_get("nonce")?,
-                member_id: member(row.try_get("member_id")?)?,
-                created_at: row.try_get("created_at")?,
-                expires_at: row.try_get("expires_at")?,
-                used_at: row.try_get("used_at")?,
-                result: row.try_get("result")?,
-                line_user_id: row.try_get("line_user_id")?,
-            })
-        })
-        .transpose()
-    }
+/// A `webhook_events` row (`webhook_columns!()`).
+pub(crate) fn webhook_event_of<DB: Dialect>(row: Row<'_, DB>) -> StoreResult<WebhookEventRow> {
+    Ok(WebhookEventRow {
+        id: row.int("id")?,
+        webhook_event_id: row.opt_string("webhook_event_id")?,
+        event_type: row.string("type")?,
+        body: row.json("body")?,
+        received_at: row.ts("received_at")?,
+        processed_at: row.opt_ts("processed_at")?,
+        attempts: attempts(row.int("attempts")?),
+        last_error: row.opt_string("last_error")?,
+    })
+}
+
+/// A `link_nonces` row.
+#[cfg(feature = "test-support")]
+pub(crate) fn link_nonce_of<DB: Dialect>(row: Row<'_, DB>) -> StoreResult<LinkNonce> {
+    Ok(LinkNonce {
+        nonce: row.string("nonce")?,
+        member_id: member(row.string("member_id")?)?,
+        created_at: row.ts("created_at")?,
+        expires_at: row.ts("expires_at")?,
+        used_at: row.opt_ts("used_at")?,
+        result: row.opt_string("result")?,
+        line_user_id: row.opt_string("line_user_id")?,
+    })
 }

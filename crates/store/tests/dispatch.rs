@@ -6,8 +6,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use renkei_core::{LineUserId, LinkMethod, MemberId, NewEvent};
 use renkei_store::StoreError;
 use renkei_store::dispatch::{
-    CampaignCounts, ClaimOutcome, CronFire, DeliveryStatus, NewDelivery, NewRequest, RequestKind, RequestStatus,
-    RichMenuChange,
+    CampaignCounts, ClaimOutcome, CronFire, DeliveryStatus, FireState, NewDelivery, NewRequest, RequestKind,
+    RequestStatus, RichMenuChange, SkipReason,
 };
 use renkei_store::membership::{Cause, MembershipUpdate};
 use renkei_test_support::TestStore;
@@ -129,7 +129,7 @@ async fn claims_respect_due_at_and_come_earliest_first(store: TestStore) {
     let users: Vec<_> = claim.deliveries.iter().map(|d| d.line_user_id.clone().expect("user")).collect();
     assert_eq!(users, vec![user(2), user(3)], "due ones only, earliest first");
     assert!(claim.deliveries.iter().all(|d| *d.messages == messages("hello") && d.due_at <= at(4)));
-    let skips = claim.deliveries.iter().map(|d| (d.id, "unfollowed".to_string())).collect();
+    let skips = claim.deliveries.iter().map(|d| (d.id, SkipReason::Unfollowed)).collect();
     claim.commit(&ClaimOutcome { skips, ..ClaimOutcome::default() }, at(4)).await.expect("skip them");
     assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(5)));
 
@@ -233,7 +233,7 @@ async fn a_claim_commits_all_of_its_outcome_or_nothing(store: TestStore) {
             "two outcomes for one delivery",
             ClaimOutcome {
                 requests: requests(&[(d1, 1), (d2, 2)]),
-                skips: vec![(d1, "unfollowed".to_string())],
+                skips: vec![(d1, SkipReason::Unfollowed)],
                 ..ClaimOutcome::default()
             },
         ),
@@ -278,7 +278,7 @@ async fn a_claim_commits_all_of_its_outcome_or_nothing(store: TestStore) {
     let claim = store.claim_deliveries(at(2), 10).await.expect("claim");
     let outcome = ClaimOutcome {
         requests: requests(&[(d2, 2)]),
-        skips: vec![(d1, "unfollowed".to_string())],
+        skips: vec![(d1, SkipReason::Unfollowed)],
         ..ClaimOutcome::default()
     };
     let ids = claim.commit(&outcome, at(3)).await.expect("commit");
@@ -328,7 +328,7 @@ async fn requests_complete_retry_and_fail_with_their_deliveries(store: TestStore
     let single = push(id(2), 3);
     let outcome = ClaimOutcome {
         requests: vec![multicast.clone(), single.clone()],
-        skips: vec![(id(3), "frequency_cap".to_string()), (id(4), "unfollowed".to_string())],
+        skips: vec![(id(3), SkipReason::FrequencyCap), (id(4), SkipReason::Unfollowed)],
         ..ClaimOutcome::default()
     };
     let ids = claim.commit(&outcome, at(1)).await.expect("create");
@@ -453,7 +453,7 @@ async fn sends_are_counted_per_user_campaign_and_window(store: TestStore) {
             push(find("c1", "t4", 1), 1),
         ],
         // Skipped deliveries never count, nor do failed ones (t4, below).
-        skips: vec![(find("c1", "t3", 1), "quiet".to_string())],
+        skips: vec![(find("c1", "t3", 1), SkipReason::NotInAudience)],
         ..ClaimOutcome::default()
     };
     let ids = second.commit(&outcome, at(4)).await.expect("at 4");
@@ -535,22 +535,22 @@ async fn campaign_enabled_at_keeps_the_first_instant(store: TestStore) {
 
 async fn cron_fires_are_recorded_once(store: TestStore) {
     assert_eq!(store.last_fire("daily").await.expect("none"), None);
-    assert!(store.record_fire("daily", at(9), "started").await.expect("first"));
-    assert!(!store.record_fire("daily", at(9), "started").await.expect("second"), "recorded before");
-    assert!(store.record_fire("weekly", at(9), "started").await.expect("other campaign"));
-    assert!(store.record_fire("daily", at(8), "missed").await.expect("older fire"));
+    assert!(store.record_fire("daily", at(9), FireState::Started).await.expect("first"));
+    assert!(!store.record_fire("daily", at(9), FireState::Started).await.expect("second"), "recorded before");
+    assert!(store.record_fire("weekly", at(9), FireState::Started).await.expect("other campaign"));
+    assert!(store.record_fire("daily", at(8), FireState::Missed).await.expect("older fire"));
 
-    let fire = |c: &str, t, s: &str| CronFire { campaign_id: c.to_string(), fire_at: t, state: s.to_string() };
-    assert_eq!(store.last_fire("daily").await.expect("last"), Some(fire("daily", at(9), "started")));
+    let fire = |c: &str, t, s: FireState| CronFire { campaign_id: c.to_string(), fire_at: t, state: s };
+    assert_eq!(store.last_fire("daily").await.expect("last"), Some(fire("daily", at(9), FireState::Started)));
     assert_eq!(
         store.unfinished_fires().await.expect("unfinished"),
-        vec![fire("daily", at(9), "started"), fire("weekly", at(9), "started")]
+        vec![fire("daily", at(9), FireState::Started), fire("weekly", at(9), FireState::Started)]
     );
-    store.set_fire_state("daily", at(9), "done").await.expect("done");
-    assert_eq!(store.unfinished_fires().await.expect("unfinished"), vec![fire("weekly", at(9), "started")]);
-    assert_eq!(store.last_fire("daily").await.expect("last"), Some(fire("daily", at(9), "done")));
-    assert!(!store.record_fire("daily", at(9), "started").await.expect("done stays done"));
-    assert_eq!(store.last_fire("daily").await.expect("last").map(|f| f.state), Some("done".to_string()));
+    store.set_fire_state("daily", at(9), FireState::Done).await.expect("done");
+    assert_eq!(store.unfinished_fires().await.expect("unfinished"), vec![fire("weekly", at(9), FireState::Started)]);
+    assert_eq!(store.last_fire("daily").await.expect("last"), Some(fire("daily", at(9), FireState::Done)));
+    assert!(!store.record_fire("daily", at(9), FireState::Started).await.expect("done stays done"));
+    assert_eq!(store.last_fire("daily").await.expect("last").map(|f| f.state), Some(FireState::Done));
 }
 
 async fn cursors_are_stored_by_name(store: TestStore) {
@@ -688,7 +688,7 @@ async fn postgres_concurrent_claims_never_overlap() {
                 }
                 let ids: Vec<i64> = claim.deliveries.iter().map(|d| d.id).collect();
                 tokio::task::yield_now().await;
-                let skips = ids.iter().map(|id| (*id, "unfollowed".to_string())).collect();
+                let skips = ids.iter().map(|id| (*id, SkipReason::Unfollowed)).collect();
                 claim.commit(&ClaimOutcome { skips, ..ClaimOutcome::default() }, at(2)).await.expect("commit");
                 mine.extend(ids);
             }
@@ -753,4 +753,31 @@ async fn postgres_claim_skips_rows_held_elsewhere() {
         assert!(std::time::Instant::now() < deadline, "held deliveries did not come back");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// SQLite's single writer is held by one claim at a time: a second claim
+/// waits for the first to end (rather than failing on the busy writer), then
+/// takes what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_claims_take_turns() {
+    let test = renkei_test_support::sqlite().await.expect("sqlite store");
+    let store = test.store.clone();
+    let batch: Vec<_> = (1..=4).map(|n| delivery("c", "t", n, at(1))).collect();
+    store.insert_deliveries(&batch, at(1)).await.expect("insert");
+
+    let first = store.claim_deliveries(at(2), 2).await.expect("first claim");
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.claim_deliveries(at(2), 10).await.map(|claim| claim.len()) })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "a second claim waits while the first is open");
+    let skips = first.deliveries.iter().map(|d| (d.id, SkipReason::Unfollowed)).collect();
+    first.commit(&ClaimOutcome { skips, ..ClaimOutcome::default() }, at(2)).await.expect("commit");
+    let second = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the second claim goes ahead once the first ended")
+        .expect("task")
+        .expect("second claim");
+    assert_eq!(second, 2, "the rest");
 }

@@ -1,0 +1,135 @@
+//! Events: ingest (batches and streamed imports, deduplicated by
+//! `event_id`), and reads by row id (the scheduler tails them) and clicks.
+
+use crate::sql::{Dialect, Row, Sql, stmt};
+use crate::{ImportReceiver, StoreError, StoreResult, parse_object};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use renkei_core::NewEvent;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::Database;
+
+/// How a batch of events went: new rows, and repeats of a known `event_id`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct IngestOutcome {
+    pub accepted: u64,
+    pub duplicates: u64,
+}
+
+impl IngestOutcome {
+    pub fn add(&mut self, other: IngestOutcome) {
+        self.accepted += other.accepted;
+        self.duplicates += other.duplicates;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub event_id: Option<String>,
+    pub event_type: String,
+    pub member_id: Option<String>,
+    pub line_user_id: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub properties: Map<String, Value>,
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Stores a validated batch atomically. Events whose `event_id` is known
+    /// (stored before, or earlier in the same batch) count as duplicates.
+    async fn insert_events(&self, events: &[NewEvent], received_at: DateTime<Utc>) -> StoreResult<IngestOutcome>;
+
+    /// Streams batches into one transaction: all of them or, on any error, none.
+    async fn import_events(
+        &self,
+        batches: ImportReceiver<NewEvent>,
+        received_at: DateTime<Utc>,
+    ) -> StoreResult<IngestOutcome>;
+
+    /// Events with row id `> after_id` whose type is one of `types`, oldest first.
+    async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>>;
+
+    /// The largest event row id (0 when none).
+    async fn max_event_id(&self) -> StoreResult<i64>;
+
+    /// `link_click` events of a campaign's tracked links: (clicks, distinct users).
+    async fn campaign_clicks(&self, campaign_id: &str) -> StoreResult<(u64, u64)>;
+}
+
+/// What differs per backend (`sqlite/events.rs`, `postgres/events.rs`).
+#[async_trait]
+pub trait EventsSql: Sql {
+    /// Inserts a batch inside a transaction (chunked VALUES vs UNNEST).
+    async fn insert_events_tx(
+        conn: &mut <Self::Db as Database>::Connection,
+        events: &[NewEvent],
+        received_at: DateTime<Utc>,
+    ) -> StoreResult<IngestOutcome>;
+
+    /// Counts `link_click`s of campaign `$1` (columns `clicks`, `users`): the JSON path syntax differs.
+    const CAMPAIGN_CLICKS: &'static str;
+
+    /// [`EventStore::events_after`] with at least one type (a set parameter).
+    async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>>;
+}
+
+#[async_trait]
+impl<S: EventsSql> EventStore for S {
+    async fn insert_events(&self, events: &[NewEvent], received_at: DateTime<Utc>) -> StoreResult<IngestOutcome> {
+        let mut tx = S::Db::begin(self.writer()).await?;
+        let outcome = S::insert_events_tx(&mut tx, events, received_at).await?;
+        S::Db::commit(tx).await?;
+        Ok(outcome)
+    }
+
+    async fn import_events(
+        &self,
+        mut batches: ImportReceiver<NewEvent>,
+        received_at: DateTime<Utc>,
+    ) -> StoreResult<IngestOutcome> {
+        let mut tx = S::Db::begin(self.writer()).await?;
+        let mut outcome = IngestOutcome::default();
+        while let Some(batch) = batches.recv().await {
+            let batch = batch.map_err(StoreError::ImportAborted)?;
+            outcome.add(S::insert_events_tx(&mut tx, &batch, received_at).await?);
+        }
+        S::Db::commit(tx).await?;
+        Ok(outcome)
+    }
+
+    async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>> {
+        if types.is_empty() {
+            return Ok(Vec::new());
+        }
+        EventsSql::events_after(self, after_id, types, limit).await
+    }
+
+    async fn max_event_id(&self) -> StoreResult<i64> {
+        stmt::<S::Db>("SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) AS id FROM events")
+            .one(self.reader(), |row| row.int("id"))
+            .await
+    }
+
+    async fn campaign_clicks(&self, campaign_id: &str) -> StoreResult<(u64, u64)> {
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        stmt::<S::Db>(S::CAMPAIGN_CLICKS)
+            .bind(campaign_id)
+            .one(self.reader(), |row| Ok((count(row.int("clicks")?), count(row.int("users")?))))
+            .await
+    }
+}
+
+/// An `events` row (`id, event_id, type, member_id, line_user_id, occurred_at, properties`).
+pub(crate) fn event_of<DB: Dialect>(row: Row<'_, DB>) -> StoreResult<StoredEvent> {
+    Ok(StoredEvent {
+        id: row.int("id")?,
+        event_id: row.opt_string("event_id")?,
+        event_type: row.string("type")?,
+        member_id: row.opt_string("member_id")?,
+        line_user_id: row.opt_string("line_user_id")?,
+        occurred_at: row.ts("occurred_at")?,
+        properties: parse_object(row.json("properties")?, "event properties")?,
+    })
+}

@@ -1,0 +1,569 @@
+//! The outbox: deliveries, and the claims through which planners turn them
+//! into LINE requests, skips and defers. Backend code is in
+//! `sqlite/outbox.rs` and `postgres/outbox.rs`; what both say alike is here.
+//!
+//! The guarantees rest on three keys:
+//! - a delivery is unique per `(campaign_id, trigger_key, recipient_key)`:
+//!   a trigger instance reaches a user once, whoever enqueues it and however often;
+//! - a request's `retry_key` (`X-Line-Retry-Key`) and its recipients are
+//!   committed before the first attempt and never change, so a retry after
+//!   a crash is recognised by LINE (409 = already accepted);
+//! - work is claimed so that several instances share it without doing any
+//!   of it twice: due deliveries are held by the planner's open transaction
+//!   ([`Claim`]), requests with leases.
+//!
+//! The outbox is laid out for LINE's multicast rate (~100,000 deliveries/s):
+//! a delivery row is written once and is not rewritten on its way out.
+//! Pending deliveries wait in the narrow `delivery_queue`; assigning one to
+//! a request inserts a narrow `delivery_sends` row (which also serves the
+//! frequency caps); whether it was sent or failed is its request's state, so
+//! completing a 500-recipient multicast writes one row, not 501.
+
+use crate::requests::NewRequest;
+use crate::sql::{Dialect, Row, Sql, stmt};
+use crate::{StoreError, StoreResult, parse_member, parse_user};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+pub use renkei_core::{DeliveryStatus, SkipReason};
+use renkei_core::{LineUserId, MemberId};
+use serde::Serialize;
+use serde_json::Value;
+// foldhash: dispatch hashes every user id of a batch; SipHash cost more than the work around it.
+use foldhash::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// A message to one user for one trigger instance of a campaign.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    pub campaign_id: String,
+    /// The trigger instance: `entered:<transition id>`, `schedule:<fire time RFC 3339>`,
+    /// `event:<event row id>`.
+    pub trigger_key: String,
+    /// The dedupe key of the recipient: the `line_user_id` when known at
+    /// enqueue time, else `member:<member_id>`.
+    pub recipient_key: String,
+    /// `None` when the user is resolved through the member's link at send time.
+    pub line_user_id: Option<LineUserId>,
+    pub member_id: Option<MemberId>,
+    /// When it should go out (delay, `at`, schedule); policies may defer it.
+    pub due_at: DateTime<Utc>,
+    /// The rendered LINE message objects (a JSON array of 1 to 5).
+    pub messages: Value,
+    /// What send-time checks need (e.g. the trigger event for `unless`). A JSON object.
+    pub context: Value,
+}
+
+/// A delivery as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Delivery {
+    pub id: i64,
+    pub campaign_id: String,
+    pub trigger_key: String,
+    pub recipient_key: String,
+    pub line_user_id: Option<LineUserId>,
+    pub member_id: Option<MemberId>,
+    pub due_at: DateTime<Utc>,
+    /// Shared by the deliveries of one read that carry the same messages
+    /// (a campaign's usually do), so they are decoded once.
+    pub messages: Arc<Value>,
+    pub context: Value,
+    pub status: DeliveryStatus,
+    pub skip_reason: Option<String>,
+    pub request_id: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    /// When it was assigned to a request (what caps count).
+    pub requested_at: Option<DateTime<Utc>>,
+}
+
+/// A delivery's place in the queue: due first, then id.
+pub type QueueKey = (DateTime<Utc>, i64);
+
+/// A pending delivery as a planner claims it: what the policies and the
+/// request grouping need, nothing more.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingDelivery {
+    pub id: i64,
+    pub campaign_id: String,
+    pub line_user_id: Option<LineUserId>,
+    pub member_id: Option<MemberId>,
+    pub due_at: DateTime<Utc>,
+    /// Shared by the deliveries of one read that carry the same messages
+    /// (a campaign's usually do), so they are decoded once.
+    pub messages: Arc<Value>,
+    /// Shared like `messages` by deliveries with the same context.
+    pub context: Arc<Value>,
+}
+
+impl From<Delivery> for PendingDelivery {
+    fn from(d: Delivery) -> Self {
+        Self {
+            id: d.id,
+            campaign_id: d.campaign_id,
+            line_user_id: d.line_user_id,
+            member_id: d.member_id,
+            due_at: d.due_at,
+            messages: d.messages,
+            context: Arc::new(d.context),
+        }
+    }
+}
+
+/// What a planner decided for the deliveries of a [`Claim`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClaimOutcome {
+    /// Requests to create; their deliveries become `requested` (with `requested_at` = the commit's `now`).
+    pub requests: Vec<NewRequest>,
+    /// Deliveries a policy refused, with the reason (e.g. `unfollowed`, `frequency_cap`).
+    pub skips: Vec<(i64, SkipReason)>,
+    /// Deliveries that wait until a later instant (quiet hours, quota).
+    pub defers: Vec<(i64, DateTime<Utc>)>,
+    /// LINE users found through the member's link for deliveries enqueued with a member only.
+    pub resolved: Vec<(i64, LineUserId)>,
+}
+
+/// Due deliveries held by one planner until it commits what it decided.
+///
+/// PostgreSQL holds them with row locks (`FOR UPDATE SKIP LOCKED`) in an
+/// open transaction, so other claims pass them by; SQLite holds its single
+/// writer and the store's one claim slot, so a second claim waits for this
+/// one to end rather than failing on the busy writer. Nothing is written to claim: dropping the claim, a failed commit or
+/// a crash rolls back and leaves them due as they were.
+pub struct Claim {
+    /// The held deliveries, earliest due first; the planner may take them out.
+    pub deliveries: Vec<PendingDelivery>,
+    /// The campaign of each held delivery.
+    held: BTreeMap<i64, String>,
+    lock: Option<Box<dyn ClaimLock>>,
+}
+
+impl Claim {
+    pub(crate) fn new(mut deliveries: Vec<PendingDelivery>, lock: Box<dyn ClaimLock>) -> Self {
+        deliveries.sort_by_key(|d| (d.due_at, d.id));
+        let held = deliveries.iter().map(|d| (d.id, d.campaign_id.clone())).collect();
+        Self { deliveries, held, lock: Some(lock) }
+    }
+
+    pub(crate) fn empty() -> Self {
+        Self { deliveries: Vec::new(), held: BTreeMap::new(), lock: None }
+    }
+
+    /// How many deliveries are held (also after they were taken out).
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Commits `outcome` atomically and releases the claim. Every held
+    /// delivery must be in exactly one request, skip or defer; anything else
+    /// is a [`StoreError::Conflict`] and changes nothing. Returns the new
+    /// request ids, in the order of `outcome.requests`.
+    /// Gives the held deliveries back unchanged, now. (Dropping a claim
+    /// does too, but PostgreSQL's rollback then waits until its connection
+    /// is next used, and the rows stay held until then.)
+    pub async fn release(self) -> StoreResult<()> {
+        match self.lock {
+            Some(lock) => lock.rollback().await,
+            None => Ok(()),
+        }
+    }
+
+    pub async fn commit(self, outcome: &ClaimOutcome, now: DateTime<Utc>) -> StoreResult<Vec<i64>> {
+        let Claim { held, lock, .. } = self;
+        let checked = check_outcome(&held, outcome);
+        let Some(mut lock) = lock else { return checked.map(|()| Vec::new()) };
+        // Released at once on failure, not when the connection is next used.
+        let written = match checked {
+            Ok(()) => lock.write(&held, outcome, now).await,
+            Err(error) => Err(error),
+        };
+        match written {
+            Ok(ids) => lock.commit().await.map(|()| ids),
+            Err(error) => {
+                if let Err(rollback) = lock.rollback().await {
+                    tracing::warn!(%rollback, "rolling back a refused claim failed; it is released with its connection");
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim").field("held", &self.held.keys()).finish_non_exhaustive()
+    }
+}
+
+/// A backend's hold on claimed deliveries.
+#[async_trait]
+pub(crate) trait ClaimLock: Send {
+    /// Writes a checked outcome in the claim's transaction; returns the request ids.
+    async fn write(
+        &mut self,
+        held: &BTreeMap<i64, String>,
+        outcome: &ClaimOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<i64>>;
+
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
+
+    async fn rollback(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// A user as the send-time policies see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserSendFacts {
+    pub member_id: Option<MemberId>,
+    /// A linked user counts as following until an unfollow is seen (as in
+    /// [`UserRecord`](crate::membership::UserRecord)).
+    pub following: bool,
+    /// The asked-for segments the user is in now.
+    pub segments: BTreeSet<String>,
+}
+
+/// Counts of one campaign's deliveries by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CampaignCounts {
+    pub pending: u64,
+    /// Assigned to a request not yet accepted.
+    pub requested: u64,
+    pub sent: u64,
+    pub failed: u64,
+    /// Skips by reason.
+    pub skipped: BTreeMap<String, u64>,
+}
+
+#[async_trait]
+pub trait OutboxStore: Send + Sync + 'static {
+    /// Inserts deliveries atomically (pending, queued for `due_at`), ignoring any whose
+    /// `(campaign_id, trigger_key, recipient_key)` exists. Returns how many were new.
+    async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// Holds up to `limit` pending deliveries with `due_at <= now` that no
+    /// other claim holds, earliest due first, until the claim is committed or
+    /// dropped. Deliveries of paused campaigns are not claimed. On SQLite the
+    /// claim holds the only writer, and the store lets one claim be open at a
+    /// time: another claim waits until it ends (planners may run side by side
+    /// and take turns); other writes wait for the writer as they always do.
+    async fn claim_deliveries(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Claim> {
+        self.claim_deliveries_after(now, limit, None).await
+    }
+
+    /// [`claim_deliveries`](Self::claim_deliveries) looking only past `after`
+    /// (a `(due_at, id)` in queue order). A planner that took everything up
+    /// to there (or saw it taken) starts past it: on PostgreSQL the head of
+    /// the queue is a trail of deleted rows until vacuum comes, and every
+    /// claim from the start would walk all of it.
+    async fn claim_deliveries_after(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        after: Option<QueueKey>,
+    ) -> StoreResult<Claim>;
+
+    /// How many deliveries were `requested` or `sent` to each user since
+    /// `since` (by `requested_at`), for one campaign or across all (`None`).
+    /// Users with none are absent.
+    async fn sent_counts(
+        &self,
+        users: &[LineUserId],
+        campaign_id: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> StoreResult<HashMap<LineUserId, u64>>;
+
+    /// The LINE users linked to these members; members without a link are absent.
+    async fn member_line_users(&self, members: &[MemberId]) -> StoreResult<HashMap<MemberId, LineUserId>>;
+
+    /// What the policies need about each user at send time, for a whole
+    /// batch at once: the linked member, whether they follow, and which of
+    /// `segments` they are in. Every given user is in the answer.
+    async fn send_facts(
+        &self,
+        users: &[LineUserId],
+        segments: &[String],
+    ) -> StoreResult<HashMap<LineUserId, UserSendFacts>>;
+
+    /// The earliest `due_at` of a pending delivery of a running campaign, to
+    /// sleep until (also when another claim holds it).
+    async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
+}
+
+// ------------------------------------------------------------ shared
+
+// Backend code (`sqlite/outbox.rs`, `postgres/outbox.rs`) implements
+// [`OutboxStore`]: the claims (`BEGIN IMMEDIATE` on the single writer vs
+// `FOR UPDATE SKIP LOCKED`), batch inserts (chunked `VALUES` vs `UNNEST`)
+// and set reads (`json_each` vs arrays) differ.
+
+/// A delivery's own columns, as the row readers expect them with the
+/// request-derived ones (`status`, `request_id`, `requested_at`) around them.
+macro_rules! delivery_own_columns {
+    () => {
+        "d.id, d.campaign_id, d.trigger_key, d.recipient_key, d.line_user_id, d.member_id, d.due_at, \
+         CAST(d.messages AS TEXT) AS messages, CAST(d.context AS TEXT) AS context, d.skip_reason, d.created_at"
+    };
+}
+pub(crate) use delivery_own_columns;
+
+/// Deliveries as stored (`d`), with their state taken from their request
+/// (`s`, `r`) once they are in one. Standard SQL for both backends.
+macro_rules! select_deliveries {
+    () => {
+        concat!(
+            "SELECT ",
+            $crate::outbox::delivery_own_columns!(),
+            ", ",
+            $crate::outbox::delivery_status!(),
+            " AS status, s.request_id, s.requested_at FROM ",
+            $crate::outbox::deliveries_with_requests!()
+        )
+    };
+}
+#[cfg(feature = "test-support")]
+pub(crate) use select_deliveries;
+
+/// One campaign's deliveries counted by state and skip reason; `$campaign` is the placeholder.
+macro_rules! count_deliveries {
+    ($campaign:literal) => {
+        concat!(
+            "SELECT ",
+            $crate::outbox::delivery_status!(),
+            " AS status, d.skip_reason, COUNT(*) AS n FROM ",
+            $crate::outbox::deliveries_with_requests!(),
+            " WHERE d.campaign_id = ",
+            $campaign,
+            " GROUP BY 1, 2"
+        )
+    };
+}
+
+macro_rules! deliveries_with_requests {
+    () => {
+        "deliveries d LEFT JOIN delivery_sends s ON s.delivery_id = d.id LEFT JOIN send_requests r ON r.id = s.request_id"
+    };
+}
+pub(crate) use deliveries_with_requests;
+
+macro_rules! delivery_status {
+    () => {
+        "CASE WHEN s.request_id IS NULL THEN d.status WHEN r.status = 'pending' THEN 'requested' ELSE r.status END"
+    };
+}
+pub(crate) use delivery_status;
+
+pub(crate) fn count(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn status_of(text: &str) -> StoreResult<DeliveryStatus> {
+    DeliveryStatus::parse(text).ok_or_else(|| StoreError::Corrupt(format!("delivery status {text:?}")))
+}
+
+pub(crate) fn parse_json(text: &str, what: &str) -> StoreResult<Value> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+pub(crate) fn opt_user(text: Option<String>) -> StoreResult<Option<LineUserId>> {
+    text.as_deref().map(parse_user).transpose()
+}
+
+pub(crate) fn opt_member(text: Option<String>) -> StoreResult<Option<MemberId>> {
+    text.as_deref().map(parse_member).transpose()
+}
+
+/// Checks a batch of requests before anything is written; returns every delivery id.
+fn request_delivery_ids(requests: &[NewRequest]) -> StoreResult<Vec<i64>> {
+    let mut ids = Vec::new();
+    for request in requests {
+        if request.delivery_ids.is_empty() || request.delivery_ids.len() != request.recipients.len() {
+            return Err(StoreError::Conflict(format!(
+                "request {} carries {} deliveries for {} recipients",
+                request.retry_key,
+                request.delivery_ids.len(),
+                request.recipients.len()
+            )));
+        }
+        ids.extend_from_slice(&request.delivery_ids);
+    }
+    Ok(ids)
+}
+
+/// Every held delivery goes into exactly one request, skip or defer, and
+/// nothing else is touched; a lost delivery or a double send is refused.
+fn check_outcome(held: &BTreeMap<i64, String>, outcome: &ClaimOutcome) -> StoreResult<()> {
+    let requested = request_delivery_ids(&outcome.requests)?;
+    let skipped = outcome.skips.iter().map(|(id, _)| *id);
+    let deferred = outcome.defers.iter().map(|(id, _)| *id);
+    let resolved = outcome.resolved.iter().map(|(id, _)| *id);
+    let mut seen = BTreeSet::new();
+    for id in requested.into_iter().chain(skipped).chain(deferred) {
+        if !held.contains_key(&id) {
+            return Err(StoreError::Conflict(format!("delivery {id} is not held by this claim")));
+        }
+        if !seen.insert(id) {
+            return Err(StoreError::Conflict(format!("delivery {id} is given more than one outcome")));
+        }
+    }
+    if seen.len() != held.len() {
+        return Err(StoreError::Conflict(format!(
+            "{} of {} claimed deliveries were given no outcome",
+            held.len() - seen.len(),
+            held.len()
+        )));
+    }
+    if let Some(id) = resolved.into_iter().find(|id| !held.contains_key(id)) {
+        return Err(StoreError::Conflict(format!("delivery {id} is not held by this claim")));
+    }
+    Ok(())
+}
+
+/// Each request's deliveries as `(delivery, request, campaign, user)` rows of `delivery_sends`.
+pub(crate) fn sends_of<'a>(
+    held: &'a BTreeMap<i64, String>,
+    requests: &'a [NewRequest],
+    ids: &'a [i64],
+) -> impl Iterator<Item = (i64, i64, &'a str, &'a str)> {
+    requests.iter().zip(ids).flat_map(move |(request, &request_id)| {
+        request.delivery_ids.iter().zip(&request.recipients).map(move |(&delivery, user)| {
+            (delivery, request_id, held.get(&delivery).map_or("", String::as_str), user.as_str())
+        })
+    })
+}
+
+/// Deliveries that leave the queue: requested or skipped.
+pub(crate) fn dequeued(outcome: &ClaimOutcome) -> Vec<i64> {
+    let requested = outcome.requests.iter().flat_map(|r| r.delivery_ids.iter().copied());
+    requested.chain(outcome.skips.iter().map(|(id, _)| *id)).collect()
+}
+
+fn add_count(counts: &mut CampaignCounts, status: &str, reason: Option<String>, n: u64) -> StoreResult<()> {
+    match status_of(status)? {
+        DeliveryStatus::Pending => counts.pending += n,
+        DeliveryStatus::Requested => counts.requested += n,
+        DeliveryStatus::Sent => counts.sent += n,
+        DeliveryStatus::Failed => counts.failed += n,
+        DeliveryStatus::Skipped => {
+            *counts.skipped.entry(reason.unwrap_or_else(|| "unspecified".to_string())).or_default() += n;
+        }
+    }
+    Ok(())
+}
+
+/// One `(user, linked member, following, segments)` row per asked user.
+pub(crate) type SendFactsRow = (String, Option<String>, Option<bool>, Vec<String>);
+
+pub(crate) fn send_facts_of(users: &[LineUserId], rows: Vec<SendFactsRow>) -> HashMap<LineUserId, UserSendFacts> {
+    let by_text: HashMap<&str, &LineUserId> = users.iter().map(|u| (u.as_str(), u)).collect();
+    rows.into_iter()
+        .filter_map(|(user, member, following, segments)| {
+            let user = by_text.get(user.as_str())?;
+            let member_id = member.and_then(|m| {
+                parse_member(&m).map_err(|error| tracing::warn!(%error, "ignoring a link with a bad member_id")).ok()
+            });
+            let following = following.unwrap_or(member_id.is_some());
+            Some(((*user).clone(), UserSendFacts { member_id, following, segments: segments.into_iter().collect() }))
+        })
+        .collect()
+}
+
+/// `(user, count)` rows keyed by user, without the zeros.
+pub(crate) fn counts_by_user(rows: Vec<(String, i64)>) -> StoreResult<HashMap<LineUserId, u64>> {
+    rows.into_iter().filter(|(_, n)| *n > 0).map(|(user, n)| Ok((parse_user(&user)?, count(n)))).collect()
+}
+
+/// `(member, user)` rows keyed by member, without the unlinked.
+pub(crate) fn users_by_member(rows: Vec<(String, Option<String>)>) -> StoreResult<HashMap<MemberId, LineUserId>> {
+    rows.into_iter()
+        .filter_map(|(member, user)| user.map(|user| (member, user)))
+        .map(|(member, user)| Ok((parse_member(&member)?, parse_user(&user)?)))
+        .collect()
+}
+
+/// Decodes each distinct messages payload of a read once and shares it.
+#[derive(Default)]
+pub(crate) struct SharedMessages {
+    decoded: HashMap<String, Arc<Value>>,
+    /// The previous row's: runs of rows carry the same messages.
+    last: Option<(String, Arc<Value>)>,
+}
+
+impl SharedMessages {
+    pub(crate) fn get(&mut self, text: &str) -> StoreResult<Arc<Value>> {
+        if let Some((last, messages)) = &self.last
+            && last == text
+        {
+            return Ok(messages.clone());
+        }
+        let messages = match self.decoded.get(text) {
+            Some(messages) => messages.clone(),
+            None => {
+                let messages = Arc::new(parse_json(text, "delivery messages")?);
+                self.decoded.insert(text.to_string(), messages.clone());
+                messages
+            }
+        };
+        self.last = Some((text.to_string(), messages.clone()));
+        Ok(messages)
+    }
+}
+
+/// A campaign's deliveries as the API reports them: the same SQL on both backends.
+#[async_trait]
+pub trait OutboxReads: Send + Sync + 'static {
+    /// Deliveries of a campaign (all states), by id, strictly after `after_id`.
+    async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>>;
+    async fn campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts>;
+}
+
+#[async_trait]
+impl<S: Sql> OutboxReads for S {
+    async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>> {
+        let rows = stmt::<S::Db>(concat!(
+            select_deliveries!(),
+            " WHERE d.campaign_id = $1 AND d.id > $2 ORDER BY d.id LIMIT $3"
+        ))
+        .bind(campaign_id)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await?;
+        let mut shared = SharedMessages::default();
+        rows.iter().map(|row| delivery_of(Row::<S::Db>(row), &mut shared)).collect()
+    }
+
+    async fn campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts> {
+        let rows = stmt::<S::Db>(count_deliveries!("$1")).bind(campaign_id).fetch_all(self.reader()).await?;
+        let mut counts = CampaignCounts::default();
+        for row in &rows {
+            let row = Row::<S::Db>(row);
+            add_count(&mut counts, &row.string("status")?, row.opt_string("skip_reason")?, count(row.int("n")?))?;
+        }
+        Ok(counts)
+    }
+}
+
+/// A delivery row (`select_deliveries!()` and the claims' reads).
+pub(crate) fn delivery_of<DB: Dialect>(row: Row<'_, DB>, shared: &mut SharedMessages) -> StoreResult<Delivery> {
+    let messages = row.string("messages")?;
+    let context = row.string("context")?;
+    Ok(Delivery {
+        id: row.int("id")?,
+        campaign_id: row.string("campaign_id")?,
+        trigger_key: row.string("trigger_key")?,
+        recipient_key: row.string("recipient_key")?,
+        line_user_id: row.opt_user("line_user_id")?,
+        member_id: row.opt_member("member_id")?,
+        due_at: row.ts("due_at")?,
+        messages: shared.get(&messages)?,
+        context: parse_json(&context, "delivery context")?,
+        status: row.parsed("status", "delivery status", DeliveryStatus::parse)?,
+        skip_reason: row.opt_string("skip_reason")?,
+        request_id: row.opt_int("request_id")?,
+        created_at: row.ts("created_at")?,
+        requested_at: row.opt_ts("requested_at")?,
+    })
+}

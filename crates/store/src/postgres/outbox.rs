@@ -1,0 +1,378 @@
+//! PostgreSQL's side of the outbox: claims hold queue rows with `FOR UPDATE
+//! SKIP LOCKED` so that planners of several instances take disjoint rows;
+//! batches go in as one `UNNEST` statement; sets are bound as arrays.
+
+use crate::outbox::{
+    Claim, ClaimLock, ClaimOutcome, NewDelivery, OutboxStore, PendingDelivery, QueueKey, SendFactsRow, SharedMessages,
+    UserSendFacts, counts_by_user, opt_member, opt_user, parse_json, send_facts_of, sends_of, users_by_member,
+};
+use crate::requests::{NewRequest, recipients_json, retry_key_conflict};
+use crate::sql::stmt;
+use crate::{PgStore, StoreError, StoreResult};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use foldhash::{HashMap, HashMapExt};
+use renkei_core::{LineUserId, MemberId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// 1677-09-21: earlier than any due time, and inside PostgreSQL's range.
+const BEFORE_ANY_DUE: DateTime<Utc> = DateTime::from_timestamp_nanos(i64::MIN);
+
+/// A `delivery_queue` row: id, campaign, due, LINE user, member, and the
+/// delivery whose messages and context it shares.
+type QueueRow = (i64, String, DateTime<Utc>, Option<String>, Option<String>, i64);
+
+/// PostgreSQL's hold on claimed deliveries: the open transaction holding their queue rows' locks.
+struct PgClaim {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// The queue rows the claim took out, to put the deferred ones back.
+    queued: HashMap<i64, QueueRow>,
+}
+
+#[async_trait]
+impl ClaimLock for PgClaim {
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        Ok(self.tx.commit().await?)
+    }
+
+    async fn rollback(self: Box<Self>) -> StoreResult<()> {
+        Ok(self.tx.rollback().await?)
+    }
+
+    async fn write(
+        &mut self,
+        held: &BTreeMap<i64, String>,
+        outcome: &ClaimOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<i64>> {
+        let tx: &mut sqlx::PgConnection = &mut self.tx;
+        let ids = pg_insert_requests(&mut *tx, &outcome.requests, now).await?;
+        let (mut deliveries, mut requests, mut campaigns, mut users) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (delivery, request, campaign, user) in sends_of(held, &outcome.requests, &ids) {
+            deliveries.push(delivery);
+            requests.push(request);
+            campaigns.push(campaign);
+            users.push(user);
+        }
+        if !deliveries.is_empty() {
+            sqlx::query(
+                "INSERT INTO delivery_sends (delivery_id, request_id, campaign_id, line_user_id, requested_at)
+                 SELECT d, r, c, u, $5 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS s (d, r, c, u)",
+            )
+            .bind(&deliveries)
+            .bind(&requests)
+            .bind(&campaigns)
+            .bind(&users)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !outcome.skips.is_empty() {
+            let (ids, reasons): (Vec<i64>, Vec<&str>) = outcome.skips.iter().map(|(id, r)| (*id, r.as_str())).unzip();
+            sqlx::query(
+                "UPDATE deliveries d SET status = 'skipped', skip_reason = s.reason, finished_at = $3
+                 FROM UNNEST($1::bigint[], $2::text[]) AS s (id, reason) WHERE d.id = s.id",
+            )
+            .bind(&ids)
+            .bind(&reasons)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !outcome.resolved.is_empty() {
+            let (ids, users): (Vec<i64>, Vec<&str>) = outcome.resolved.iter().map(|(id, u)| (*id, u.as_str())).unzip();
+            sqlx::query(
+                "UPDATE deliveries d SET line_user_id = s.u FROM UNNEST($1::bigint[], $2::text[]) AS s (id, u)
+                 WHERE d.id = s.id",
+            )
+            .bind(&ids)
+            .bind(&users)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !outcome.defers.is_empty() {
+            // Back in the queue at their new time, with the LINE user found now (if any).
+            let resolved: HashMap<i64, &str> = outcome.resolved.iter().map(|(id, u)| (*id, u.as_str())).collect();
+            let n = outcome.defers.len();
+            let (mut ids, mut until, mut campaigns) =
+                (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut users, mut members, mut payloads) =
+                (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+            for (id, at) in &outcome.defers {
+                let Some((_, campaign, _, user, member, payload_of)) = self.queued.get(id) else {
+                    return Err(StoreError::Conflict(format!("delivery {id} is not held by this claim")));
+                };
+                ids.push(*id);
+                until.push(*at);
+                campaigns.push(campaign.as_str());
+                users.push(resolved.get(id).copied().or(user.as_deref()));
+                members.push(member.as_deref());
+                payloads.push(*payload_of);
+            }
+            sqlx::query(
+                "WITH s AS (SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+                                                 $6::bigint[]) AS s (id, until, c, u, m, p)),
+                      q AS (INSERT INTO delivery_queue (delivery_id, campaign_id, due_at, line_user_id, member_id, payload_of)
+                            SELECT id, c, until, u, m, p FROM s)
+                 UPDATE deliveries d SET due_at = s.until FROM s WHERE d.id = s.id",
+            )
+            .bind(&ids)
+            .bind(&until)
+            .bind(&campaigns)
+            .bind(&users)
+            .bind(&members)
+            .bind(&payloads)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(ids)
+    }
+}
+
+/// Inserts requests in one statement; returns their ids in the given order.
+async fn pg_insert_requests(
+    tx: &mut sqlx::PgConnection,
+    requests: &[NewRequest],
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<i64>> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let kinds: Vec<&str> = requests.iter().map(|r| r.kind.as_str()).collect();
+    let keys: Vec<Uuid> = requests.iter().map(|r| r.retry_key).collect();
+    let messages: Vec<String> = requests.iter().map(|r| r.messages.to_string()).collect();
+    let recipients: Vec<String> = requests.iter().map(|r| recipients_json(&r.recipients).to_string()).collect();
+    let rows: Vec<(i64, Uuid)> = sqlx::query_as(
+        "INSERT INTO send_requests (kind, retry_key, messages, recipients, status, attempts, next_attempt_at, created_at)
+         SELECT k, key, m::json, r::json, 'pending', 0, $5, $5
+         FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[]) AS s (k, key, m, r)
+         RETURNING id, retry_key",
+    )
+    .bind(&kinds)
+    .bind(&keys)
+    .bind(&messages)
+    .bind(&recipients)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(retry_key_conflict)?;
+    let by_key: HashMap<Uuid, i64> = rows.into_iter().map(|(id, key)| (key, id)).collect();
+    keys.iter()
+        .map(|key| by_key.get(key).copied().ok_or_else(|| StoreError::Corrupt(format!("request {key} was not stored"))))
+        .collect()
+}
+
+#[async_trait]
+impl OutboxStore for PgStore {
+    async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64> {
+        if deliveries.is_empty() {
+            return Ok(0);
+        }
+        let n = deliveries.len();
+        let (mut campaigns, mut triggers, mut recipients) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut users, mut members, mut due) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut messages, mut contexts) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for d in deliveries {
+            campaigns.push(d.campaign_id.as_str());
+            triggers.push(d.trigger_key.as_str());
+            recipients.push(d.recipient_key.as_str());
+            users.push(d.line_user_id.as_ref().map(|u| u.as_str()));
+            members.push(d.member_id.as_ref().map(|m| m.as_str()));
+            due.push(d.due_at);
+            messages.push(d.messages.to_string());
+            contexts.push(d.context.to_string());
+        }
+        // DO NOTHING also skips repeats inside the same statement; only new rows are queued.
+        let inserted = sqlx::query(
+            "WITH new AS (
+                 INSERT INTO deliveries (campaign_id, trigger_key, recipient_key, line_user_id, member_id, due_at,
+                                         messages, context, status, created_at)
+                 SELECT c, t, r, u, m, d, msg::json, ctx::json, 'pending', $9
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                             $7::text[], $8::text[]) AS s (c, t, r, u, m, d, msg, ctx)
+                 ON CONFLICT (campaign_id, trigger_key, recipient_key) DO NOTHING
+                 RETURNING id, campaign_id, due_at, line_user_id, member_id, CAST(messages AS TEXT) AS m,
+                           CAST(context AS TEXT) AS ctx)
+             INSERT INTO delivery_queue (delivery_id, campaign_id, due_at, line_user_id, member_id, payload_of)
+             SELECT id, campaign_id, due_at, line_user_id, member_id, MIN(id) OVER (PARTITION BY m, ctx) FROM new",
+        )
+        .bind(&campaigns)
+        .bind(&triggers)
+        .bind(&recipients)
+        .bind(&users)
+        .bind(&members)
+        .bind(&due)
+        .bind(&messages)
+        .bind(&contexts)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted)
+    }
+
+    async fn claim_deliveries_after(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        after: Option<QueueKey>,
+    ) -> StoreResult<Claim> {
+        let mut tx = self.pool.begin().await?;
+        // The queue swings between empty and millions of rows, so its
+        // statistics are mostly stale: planned from them, a claim reads and
+        // sorts the whole queue and the commit's writes scan whole tables for
+        // a batch's rows. This transaction goes by key: due rows in index
+        // order, and the pages it reads are hot, so priced as such. A planner
+        // that stops answering (hung, or cut off without the connection
+        // closing) loses its claim after a minute instead of holding it forever.
+        sqlx::raw_sql(
+            "SET LOCAL enable_sort = off; SET LOCAL random_page_cost = 1.1;
+             SET LOCAL idle_in_transaction_session_timeout = '60s'",
+        )
+        .execute(&mut *tx)
+        .await?;
+        // SKIP LOCKED: concurrent claims (other planners, other instances)
+        // take disjoint rows. The queue row carries what the policies need,
+        // so a claim reads the wide deliveries only for their distinct
+        // payloads: one row for a campaign's 2,000 identical messages.
+        // The held rows leave the queue in the claim itself (by their row
+        // address, no index probe); a rollback or a crash puts them back,
+        // and the commit puts back the deferred ones.
+        let rows: Vec<QueueRow> = sqlx::query_as(
+            "WITH claimed AS (
+                 SELECT q.ctid AS row, q.delivery_id, q.campaign_id, q.due_at, q.line_user_id, q.member_id, q.payload_of
+                 FROM delivery_queue q
+                 WHERE q.due_at <= $1
+                   AND (q.due_at, q.delivery_id) > ($3, $4)
+                   AND q.campaign_id <> ALL(ARRAY(SELECT campaign_id FROM campaign_state WHERE paused))
+                 ORDER BY q.due_at, q.delivery_id LIMIT $2
+                 FOR UPDATE OF q SKIP LOCKED),
+             gone AS (DELETE FROM delivery_queue WHERE ctid = ANY(ARRAY(SELECT row FROM claimed)))
+             SELECT delivery_id, campaign_id, due_at, line_user_id, member_id, payload_of FROM claimed",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        // No `after`: from before any key, so the row comparison stays an index condition.
+        .bind(after.map_or(BEFORE_ANY_DUE, |(due, _)| due))
+        .bind(after.map_or(i64::MIN, |(_, id)| id))
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(Claim::empty());
+        }
+        let payload_ids: Vec<i64> = rows.iter().map(|r| r.5).collect::<BTreeSet<_>>().into_iter().collect();
+        let payload_rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT id, CAST(messages AS TEXT), CAST(context AS TEXT) FROM deliveries WHERE id = ANY($1)",
+        )
+        .bind(&payload_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut shared = SharedMessages::default();
+        let mut payloads = HashMap::with_capacity(payload_rows.len());
+        for (id, messages, context) in payload_rows {
+            let context = Arc::new(parse_json(&context, "delivery context")?);
+            payloads.insert(id, (shared.get(&messages)?, context));
+        }
+        let queued: HashMap<i64, QueueRow> = rows.iter().map(|row| (row.0, row.clone())).collect();
+        let deliveries =
+            rows.into_iter()
+                .map(|(id, campaign_id, due_at, user, member, payload_of)| {
+                    let (messages, context) = payloads.get(&payload_of).cloned().ok_or_else(|| {
+                        StoreError::Corrupt(format!("delivery {id}: payload {payload_of} is missing"))
+                    })?;
+                    Ok(PendingDelivery {
+                        id,
+                        campaign_id,
+                        line_user_id: opt_user(user)?,
+                        member_id: opt_member(member)?,
+                        due_at,
+                        messages,
+                        context,
+                    })
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Claim::new(deliveries, Box::new(PgClaim { tx, queued })))
+    }
+
+    async fn sent_counts(
+        &self,
+        users: &[LineUserId],
+        campaign_id: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> StoreResult<HashMap<LineUserId, u64>> {
+        if users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+        // Per-user subqueries: index probes, where a join would make the
+        // planner hash the whole table for a few thousand users.
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT u.id, (SELECT COUNT(*) FROM delivery_sends s JOIN send_requests r ON r.id = s.request_id
+                           WHERE s.line_user_id = u.id AND s.requested_at >= $2 AND r.status <> 'failed'
+                             AND ($3::text IS NULL OR s.campaign_id = $3))
+             FROM UNNEST($1::text[]) AS u (id)",
+        )
+        .bind(&ids)
+        .bind(since)
+        .bind(campaign_id)
+        .fetch_all(&self.pool)
+        .await?;
+        counts_by_user(rows)
+    }
+
+    async fn member_line_users(&self, members: &[MemberId]) -> StoreResult<HashMap<MemberId, LineUserId>> {
+        if members.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<&str> = members.iter().map(|m| m.as_str()).collect();
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT m.id, (SELECT l.line_user_id FROM links l WHERE l.member_id = m.id) FROM UNNEST($1::text[]) AS m (id)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        users_by_member(rows)
+    }
+
+    async fn send_facts(
+        &self,
+        users: &[LineUserId],
+        segments: &[String],
+    ) -> StoreResult<HashMap<LineUserId, UserSendFacts>> {
+        if users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+        // Per-user subqueries: index probes, where joins would make the
+        // planner hash the whole of links for a few thousand users.
+        let rows: Vec<SendFactsRow> = sqlx::query_as(
+            "SELECT u.id,
+                    (SELECT l.member_id FROM links l WHERE l.line_user_id = u.id),
+                    (SELECT f.following FROM friendships f WHERE f.line_user_id = u.id),
+                    CASE WHEN cardinality($2::text[]) = 0 THEN '{}'::text[]
+                         ELSE ARRAY(SELECT m.segment_id FROM segment_memberships m
+                                    WHERE m.line_user_id = u.id AND m.segment_id = ANY($2)) END
+             FROM UNNEST($1::text[]) AS u (id)",
+        )
+        .bind(&ids)
+        .bind(segments)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(send_facts_of(users, rows))
+    }
+
+    async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        // NOT EXISTS: an anti-join the planner drives from the queue's index.
+        stmt::<sqlx::Postgres>(
+            "SELECT q.due_at FROM delivery_queue q
+             WHERE NOT EXISTS (SELECT 1 FROM campaign_state c WHERE c.campaign_id = q.campaign_id AND c.paused)
+             ORDER BY q.due_at LIMIT 1",
+        )
+        .optional(&self.pool, |row| row.ts("due_at"))
+        .await
+    }
+}

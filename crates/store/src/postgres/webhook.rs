@@ -1,0 +1,16 @@
+//! PostgreSQL's side of the webhook inbox.
+
+use crate::PgStore;
+use crate::webhook::{WebhookSql, webhook_columns};
+
+impl WebhookSql for PgStore {
+    // SKIP LOCKED: instances sharing the database claim disjoint rows.
+    const CLAIM_EVENTS: &'static str = concat!(
+        "UPDATE webhook_events SET claimed_until = $1, attempts = attempts + 1
+         WHERE id IN (SELECT id FROM webhook_events
+                      WHERE processed_at IS NULL AND (claimed_until IS NULL OR claimed_until <= $2)
+                      ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING ",
+        webhook_columns!()
+    );
+}

@@ -1,0 +1,65 @@
+//! SQLite's side of the event reads.
+
+use super::{json_text, to_micros};
+use crate::events::IngestOutcome;
+use crate::events::{EventsSql, event_of};
+use crate::sql::stmt;
+use crate::{SqliteStore, StoreResult, StoredEvent};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use renkei_core::NewEvent;
+use serde_json::Value;
+use sqlx::SqliteConnection;
+
+/// Rows per INSERT statement: 7 parameters each stays far below SQLite's
+/// 32,766-parameter limit while saving most per-statement overhead.
+const EVENT_ROWS_PER_STATEMENT: usize = 500;
+
+#[async_trait]
+impl EventsSql for SqliteStore {
+    async fn insert_events_tx(
+        conn: &mut SqliteConnection,
+        events: &[NewEvent],
+        received_at: DateTime<Utc>,
+    ) -> StoreResult<IngestOutcome> {
+        let mut outcome = IngestOutcome::default();
+        let received = to_micros(received_at);
+        for chunk in events.chunks(EVENT_ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO events (event_id, type, member_id, line_user_id, occurred_at, properties, received_at) ",
+            );
+            insert.push_values(chunk, |mut row, event| {
+                row.push_bind(event.event_id.as_ref().map(|id| id.as_str()))
+                    .push_bind(event.event_type.as_str())
+                    .push_bind(event.member_id.as_ref().map(|id| id.as_str()))
+                    .push_bind(event.line_user_id.as_ref().map(|id| id.as_str()))
+                    .push_bind(to_micros(event.occurred_at))
+                    .push_bind(Value::Object(event.properties.clone()).to_string())
+                    .push_bind(received);
+            });
+            // DO NOTHING also skips repeats inside the same statement.
+            insert.push(" ON CONFLICT (event_id) DO NOTHING");
+            let accepted = insert.build().execute(&mut *conn).await?.rows_affected();
+            outcome.accepted += accepted;
+            outcome.duplicates += chunk.len() as u64 - accepted;
+        }
+        Ok(outcome)
+    }
+
+    const CAMPAIGN_CLICKS: &'static str = "SELECT COUNT(*) AS clicks, COUNT(DISTINCT line_user_id) AS users FROM events
+         WHERE type = 'link_click' AND json_extract(properties, '$.campaign_id') = $1";
+
+    // The types as a JSON array (json_each): SQLite has no array parameters.
+    async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>> {
+        let types = json_text(types, "event types")?;
+        stmt::<sqlx::Sqlite>(
+            "SELECT id, event_id, type, member_id, line_user_id, occurred_at, properties FROM events
+             WHERE id > $1 AND type IN (SELECT value FROM json_each($2)) ORDER BY id LIMIT $3",
+        )
+        .bind(after_id)
+        .bind(&types)
+        .bind(limit)
+        .all(&self.reader, event_of)
+        .await
+    }
+}

@@ -1,0 +1,202 @@
+//! SQLite's side of memberships: id lists travel as JSON arrays
+//! (`json_each`), and a page of updates is one transaction on the single writer.
+
+use super::{from_micros, to_micros};
+use crate::membership::{
+    AllProperties, AudiencePage, Cause, EventMaker, EventSelection, FactEventRecord, MembershipStore, MembershipUpdate,
+    PageBuilder, Transition, UserRecord, diff, transitions_of,
+};
+use crate::sql::stmt;
+use crate::{SqliteStore, StoreResult};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use renkei_core::LineUserId;
+use serde_json::Value;
+use sqlx::Row;
+use std::collections::{BTreeMap, BTreeSet};
+
+fn ids_json(users: &[LineUserId]) -> String {
+    Value::Array(users.iter().map(|u| Value::String(u.as_str().to_string())).collect()).to_string()
+}
+
+impl SqliteStore {
+    /// `load_users` and `load_user_facts`: with a selection, properties are
+    /// read only for the types that need them, and thinned to their keys.
+    async fn load_records<M: EventMaker>(
+        &self,
+        users: &[LineUserId],
+        event_types: Option<&[String]>,
+        selection: Option<&EventSelection>,
+        maker: &M,
+    ) -> StoreResult<Vec<UserRecord<M::Event>>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Id lists travel as JSON arrays: SQLite has no array parameters.
+        let ids = ids_json(users);
+        let types = event_types.map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".to_string()));
+        let with_properties =
+            selection.map(|s| serde_json::to_string(&s.types_with_properties()).unwrap_or_else(|_| "[]".to_string()));
+        let since = selection.map(|s| {
+            let bounds: BTreeMap<&str, i64> = s.since.iter().map(|(t, at)| (t.as_str(), to_micros(*at))).collect();
+            serde_json::to_string(&bounds).unwrap_or_else(|_| "{}".to_string())
+        });
+        let mut page = PageBuilder::new(users);
+        let mut conn = self.reader.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT u.key AS position, l.member_id, m.attributes, f.following
+             FROM json_each(?1) u
+             LEFT JOIN links l ON l.line_user_id = u.value
+             LEFT JOIN members m ON m.member_id = l.member_id
+             LEFT JOIN friendships f ON f.line_user_id = u.value",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let attributes: Option<String> = row.try_get("attributes")?;
+            let attributes = attributes.map(|text| serde_json::from_str(&text).unwrap_or(Value::Null));
+            page.set_user(row.try_get("position")?, row.try_get("member_id")?, attributes, row.try_get("following")?);
+        }
+        let rows = sqlx::query(
+            "SELECT u.key AS position, e.type, e.occurred_at,
+                    CASE WHEN ?3 IS NULL OR e.type IN (SELECT value FROM json_each(?3)) THEN e.properties END
+                        AS properties
+             FROM json_each(?1) u JOIN events e ON e.line_user_id = u.value
+             WHERE (?2 IS NULL OR e.type IN (SELECT value FROM json_each(?2)))
+               AND (?4 IS NULL OR e.occurred_at > COALESCE(?4 ->> e.type, -9223372036854775808))
+             UNION ALL
+             SELECT u.key AS position, e.type, e.occurred_at,
+                    CASE WHEN ?3 IS NULL OR e.type IN (SELECT value FROM json_each(?3)) THEN e.properties END
+                        AS properties
+             FROM json_each(?1) u
+             JOIN links l ON l.line_user_id = u.value
+             JOIN events e ON e.member_id = l.member_id
+             WHERE e.line_user_id IS NOT l.line_user_id
+               AND (?2 IS NULL OR e.type IN (SELECT value FROM json_each(?2)))
+               AND (?4 IS NULL OR e.occurred_at > COALESCE(?4 ->> e.type, -9223372036854775808))",
+        )
+        .bind(&ids)
+        .bind(types)
+        .bind(with_properties)
+        .bind(since)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let position: i64 = row.try_get("position")?;
+            let event_type: String = row.try_get("type")?;
+            let properties: Option<&str> = row.try_get("properties")?;
+            let event = maker.make(event_type, from_micros(row.try_get("occurred_at")?)?, properties);
+            page.push_event(position, event);
+        }
+        Ok(page.finish())
+    }
+}
+
+#[async_trait]
+impl MembershipStore for SqliteStore {
+    async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<AudiencePage> {
+        // Plain UNION: SQLite merges the three sorted lists itself.
+        let users = stmt::<sqlx::Sqlite>(
+            "SELECT u FROM (
+                         SELECT u FROM (SELECT line_user_id AS u FROM friendships WHERE line_user_id > $1
+                                        ORDER BY line_user_id LIMIT $2)
+                         UNION
+                         SELECT u FROM (SELECT line_user_id AS u FROM links WHERE line_user_id > $1
+                                        ORDER BY line_user_id LIMIT $2)
+                         UNION
+                         SELECT u FROM (SELECT DISTINCT line_user_id AS u FROM events
+                                        WHERE line_user_id IS NOT NULL AND line_user_id > $1
+                                        ORDER BY line_user_id LIMIT $2)
+                     ) ORDER BY u LIMIT $2",
+        )
+        .bind(after.map(|a| a.as_str()).unwrap_or(""))
+        .bind(limit)
+        .all(&self.reader, |row| row.user("u"))
+        .await?;
+        Ok(AudiencePage { after: after.cloned(), users })
+    }
+
+    async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {
+        self.load_records(users, event_types, None, &AllProperties).await
+    }
+
+    async fn load_user_facts(
+        &self,
+        users: &[LineUserId],
+        selection: &EventSelection,
+    ) -> StoreResult<Vec<UserRecord<FactEventRecord>>> {
+        self.load_records(users, Some(&selection.types), Some(selection), selection).await
+    }
+
+    async fn apply_memberships(
+        &self,
+        updates: &[MembershipUpdate],
+        at: DateTime<Utc>,
+        cause: Cause,
+    ) -> StoreResult<Vec<Transition>> {
+        let at_micros = to_micros(at);
+        let mut tx = self.writer.begin().await?;
+        let mut diffs = Vec::with_capacity(updates.len());
+        for update in updates {
+            let user = update.line_user_id.as_str();
+            let current: Vec<String> =
+                sqlx::query_scalar("SELECT segment_id FROM segment_memberships WHERE line_user_id = ?")
+                    .bind(user)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let current: BTreeSet<String> = current.into_iter().collect();
+            let d = diff(update, &current);
+            for segment in &d.exited {
+                sqlx::query("DELETE FROM segment_memberships WHERE segment_id = ? AND line_user_id = ?")
+                    .bind(segment)
+                    .bind(user)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for segment in &d.entered {
+                sqlx::query("INSERT INTO segment_memberships (segment_id, line_user_id, entered_at) VALUES (?, ?, ?)")
+                    .bind(*segment)
+                    .bind(user)
+                    .bind(at_micros)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            match update.next_due {
+                Some(due) => {
+                    sqlx::query(
+                        "INSERT INTO evaluation_schedule (line_user_id, due_at) VALUES (?, ?)
+                         ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at
+                         WHERE evaluation_schedule.due_at IS NOT excluded.due_at",
+                    )
+                    .bind(user)
+                    .bind(to_micros(due))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM evaluation_schedule WHERE line_user_id = ?")
+                        .bind(user)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            diffs.push(d);
+        }
+        let transitions = transitions_of(&diffs, at, cause);
+        for t in &transitions {
+            sqlx::query(
+                "INSERT INTO segment_transitions (segment_id, line_user_id, kind, at, cause) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&t.segment_id)
+            .bind(t.line_user_id.as_str())
+            .bind(t.kind.as_str())
+            .bind(at_micros)
+            .bind(cause.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(transitions)
+    }
+}

@@ -1,0 +1,147 @@
+//! Reads that only tests make (`test-support` feature): what was stored,
+//! as the tests check it. Written once for both backends.
+
+use crate::StoreResult;
+use crate::events::{StoredEvent, event_of};
+use crate::outbox::{Delivery, SharedMessages, delivery_of, select_deliveries};
+use crate::sql::{Sql, Ts, stmt};
+use crate::webhook::{LinkNonce, WebhookEventRow, link_nonce_of, webhook_columns, webhook_event_of};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use renkei_core::LineUserId;
+use serde::Serialize;
+
+/// Row counts per table: what tests use to prove "nothing was written".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StoreCounts {
+    pub members: u64,
+    pub links: u64,
+    pub friendships: u64,
+    pub events: u64,
+    pub webhook_events: u64,
+    pub deliveries: u64,
+    pub send_requests: u64,
+}
+
+#[async_trait]
+pub trait TestReads: Send + Sync + 'static {
+    /// `None` when no follow/unfollow was ever seen for the user.
+    async fn get_following(&self, line_user_id: &LineUserId) -> StoreResult<Option<bool>>;
+
+    /// A LINE user's events, oldest first: those sent with its `line_user_id`
+    /// and those of the member linked to it (also sent before the link).
+    async fn user_events(&self, line_user_id: &LineUserId) -> StoreResult<Vec<StoredEvent>>;
+
+    async fn counts(&self) -> StoreResult<StoreCounts>;
+
+    async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>>;
+
+    async fn get_webhook_event(&self, webhook_event_id: &str) -> StoreResult<Option<WebhookEventRow>>;
+
+    async fn get_link_nonce(&self, nonce: &str) -> StoreResult<Option<LinkNonce>>;
+
+    /// The menu LINE has for a user, as far as renkei knows.
+    async fn linked_rich_menu(&self, line_user_id: &LineUserId) -> StoreResult<Option<String>>;
+
+    /// Sets (or clears) when a user is next due for evaluation.
+    async fn set_due(&self, line_user_id: &LineUserId, due_at: Option<DateTime<Utc>>) -> StoreResult<()>;
+}
+
+#[async_trait]
+impl<S: Sql> TestReads for S {
+    async fn get_following(&self, line_user_id: &LineUserId) -> StoreResult<Option<bool>> {
+        stmt::<S::Db>("SELECT following FROM friendships WHERE line_user_id = $1")
+            .bind(line_user_id)
+            .optional(self.reader(), |row| row.boolean("following"))
+            .await
+    }
+
+    async fn user_events(&self, line_user_id: &LineUserId) -> StoreResult<Vec<StoredEvent>> {
+        stmt::<S::Db>(
+            "SELECT id, event_id, type, member_id, line_user_id, occurred_at, properties FROM events
+             WHERE line_user_id = $1
+                OR member_id = (SELECT member_id FROM links WHERE line_user_id = $1)
+             ORDER BY occurred_at, id",
+        )
+        .bind(line_user_id)
+        .all(self.reader(), event_of)
+        .await
+    }
+
+    async fn counts(&self) -> StoreResult<StoreCounts> {
+        stmt::<S::Db>(
+            "SELECT (SELECT COUNT(*) FROM members) AS members, (SELECT COUNT(*) FROM links) AS links,
+                    (SELECT COUNT(*) FROM friendships) AS friendships, (SELECT COUNT(*) FROM events) AS events,
+                    (SELECT COUNT(*) FROM webhook_events) AS webhook_events,
+                    (SELECT COUNT(*) FROM deliveries) AS deliveries, (SELECT COUNT(*) FROM send_requests) AS send_requests",
+        )
+        .one(self.reader(), |row| {
+            let count = |name: &str| -> StoreResult<u64> { Ok(row.int(name)?.max(0) as u64) };
+            Ok(StoreCounts {
+                members: count("members")?,
+                links: count("links")?,
+                friendships: count("friendships")?,
+                events: count("events")?,
+                webhook_events: count("webhook_events")?,
+                deliveries: count("deliveries")?,
+                send_requests: count("send_requests")?,
+            })
+        })
+        .await
+    }
+
+    async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>> {
+        let mut shared = SharedMessages::default();
+        stmt::<S::Db>(concat!(select_deliveries!(), " WHERE d.id = $1"))
+            .bind(id)
+            .optional(self.reader(), |row| delivery_of(row, &mut shared))
+            .await
+    }
+
+    async fn get_webhook_event(&self, webhook_event_id: &str) -> StoreResult<Option<WebhookEventRow>> {
+        stmt::<S::Db>(concat!("SELECT ", webhook_columns!(), " FROM webhook_events WHERE webhook_event_id = $1"))
+            .bind(webhook_event_id)
+            .optional(self.reader(), webhook_event_of)
+            .await
+    }
+
+    async fn get_link_nonce(&self, nonce: &str) -> StoreResult<Option<LinkNonce>> {
+        stmt::<S::Db>(
+            "SELECT nonce, member_id, created_at, expires_at, used_at, result, line_user_id
+             FROM link_nonces WHERE nonce = $1",
+        )
+        .bind(nonce)
+        .optional(self.reader(), link_nonce_of)
+        .await
+    }
+
+    async fn linked_rich_menu(&self, line_user_id: &LineUserId) -> StoreResult<Option<String>> {
+        let linked = stmt::<S::Db>("SELECT linked FROM rich_menu_state WHERE line_user_id = $1")
+            .bind(line_user_id)
+            .optional(self.reader(), |row| row.opt_string("linked"))
+            .await?;
+        Ok(linked.flatten())
+    }
+
+    async fn set_due(&self, line_user_id: &LineUserId, due_at: Option<DateTime<Utc>>) -> StoreResult<()> {
+        match due_at {
+            Some(due) => {
+                stmt::<S::Db>(
+                    "INSERT INTO evaluation_schedule (line_user_id, due_at) VALUES ($1, $2)
+                     ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at",
+                )
+                .bind(line_user_id)
+                .bind(Ts(due))
+                .execute(self.writer())
+                .await?;
+            }
+            None => {
+                stmt::<S::Db>("DELETE FROM evaluation_schedule WHERE line_user_id = $1")
+                    .bind(line_user_id)
+                    .execute(self.writer())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
