@@ -29,8 +29,8 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use renkei::app::Application;
 use renkei::config::{Config, Secret};
 use renkei_core::{Clock, LineUserId, MemberId, MemberPatch, NewEvent, SystemClock, UserRef};
+use renkei_evaluator::{Cause, MembershipEngine, TransitionKind};
 use renkei_line_sim::{Endpoint, LineSim, SimConfig};
-use renkei_membership::{Cause, MembershipEngine, TransitionKind};
 use renkei_segments::SegmentSet;
 use renkei_store::{PgStore, Store};
 use renkei_test_support as test_support;
@@ -462,7 +462,7 @@ async fn evaluation_cost(name: &str, store: Arc<dyn Store>, users: usize) -> Res
     for chunk in ids.chunks(1_000) {
         records.extend(store.load_users(chunk, Some(&types)).await?);
     }
-    let facts: Vec<_> = records.into_iter().map(renkei_membership::facts_of).collect();
+    let facts: Vec<_> = records.into_iter().map(renkei_evaluator::facts_of).collect();
     let t = Instant::now();
     let mut inside = 0usize;
     for f in &facts {

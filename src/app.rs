@@ -1,34 +1,36 @@
 //! The `renkei serve` process: one axum server carrying the roles that are
 //! switched on, and the background tasks those roles run.
 //!
-//! `Application::build` loads the segments, starts each role's tasks (in one
-//! place, [`Application::build`]'s "roles" section) and binds (port 0 works
-//! for tests); `run_until_stopped` serves until Ctrl-C / SIGTERM, then stops
+//! `Application::build` resolves and validates everything (segments,
+//! campaigns, settings, the one LINE client), binds (port 0 works for tests)
+//! and builds each role's parts, and only then starts the roles' tasks (in
+//! one place, its "roles" section), so a failed build leaves nothing running; `run_until_stopped` serves until Ctrl-C / SIGTERM, then stops
 //! the tasks: the server first (no new work), then the role tasks, then the
 //! segment engine (which finishes the changes already reported).
 //!
-//! | role | routes | background tasks |
-//! |---|---|---|
-//! | `api` | `/v1/events`, `/v1/members`, `/v1/links…`, `/v1/account-link/nonce`, `/v1/links/id-token`, `/v1/segments…` | – |
-//! | `webhook` | `POST /webhook/line` | webhook worker |
-//! | `evaluator` | – | segment engine (change worker, timer), start-up recompute |
-//! | `scheduler` | – | campaign triggers (segment entries, events, cron fires), desired rich menus |
-//! | `dispatcher` | – | outbox planner and sender, rich-menu linker, quota guard |
-//! | `api` (campaigns) | `/v1/campaigns…` | – |
+//! | role | crate | routes | background tasks |
+//! |---|---|---|---|
+//! | `api` | `renkei-api` | `/v1/events`, `/v1/members`, `/v1/links…`, `/v1/segments…`, `/v1/campaigns…`, `/t/…`; with `renkei-webhook`'s `/v1/account-link/nonce`, `/v1/links/id-token` | – |
+//! | `webhook` | `renkei-webhook` | `POST /webhook/line` | webhook worker |
+//! | `evaluator` | `renkei-evaluator` | – | segment engine (change worker, timer), start-up recompute |
+//! | `scheduler` | `renkei-scheduler` | – | campaign triggers (segment entries, events, cron fires), desired rich menus |
+//! | `dispatcher` | `renkei-dispatcher` | – | outbox planner, sender and recorder, rich-menu linker, quota guard |
 
-use crate::auth::require_api_key;
 use crate::config::Config;
-use crate::evaluator::Evaluator;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use renkei_api::{ApiError, ApiState, IngestMetrics};
+use renkei_campaigns::{CampaignSet, RichMenuRules};
 use renkei_core::{ChangeListener, Clock};
-use renkei_ingest::{ApiError, IngestMetrics, IngestState};
+use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, QuotaGuard, RichMenuLinker};
+use renkei_evaluator::Evaluator;
+use renkei_evaluator::MembershipEngine;
 use renkei_line::{ClientOptions, LineClient};
-use renkei_membership::MembershipEngine;
+use renkei_scheduler::CampaignRunner;
 use renkei_segments::SegmentSet;
 use renkei_store::Store;
 use renkei_webhook::{WebhookConfig, WebhookState, WorkerHandle, WorkerOptions};
@@ -39,6 +41,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -53,14 +56,14 @@ struct AppState {
     segments: usize,
     evaluator: Option<Evaluator>,
     webhook: bool,
-    dispatch_metrics: Arc<renkei_dispatch::DispatchMetrics>,
+    dispatch_metrics: Arc<DispatchMetrics>,
 }
 
 pub struct Application {
     listener: TcpListener,
     router: Router,
     background: Background,
-    dispatcher: Option<Arc<renkei_dispatch::Dispatcher>>,
+    dispatcher: Option<Arc<Dispatcher>>,
 }
 
 /// The background work of the roles switched on, stopped after the server.
@@ -138,46 +141,199 @@ pub fn line_client(config: &Config) -> anyhow::Result<Option<LineClient>> {
     LineClient::with_options(base, token, options).map(Some).map_err(|e| anyhow::anyhow!("line.api_base_url: {e}"))
 }
 
-impl Application {
-    /// Loads the segments, starts the roles' background tasks, builds the
-    /// router over an already migrated store and binds `config.server.bind`.
-    pub async fn build(config: &Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+/// Everything the configuration decides, resolved and validated: nothing
+/// has touched the database or started yet.
+struct Resolved {
+    segments: Arc<SegmentSet>,
+    campaigns: Arc<CampaignSet>,
+    rich_menus: Arc<RichMenuRules>,
+    dispatch: DispatchSettings,
+    /// The one LINE client of the process (webhook replies, ID tokens, sends).
+    line: Option<LineClient>,
+    webhook: WebhookConfig,
+    api_keys: Arc<Vec<String>>,
+}
+
+impl Resolved {
+    fn from_config(config: &Config) -> anyhow::Result<Self> {
         let segments = Arc::new(load_segments(&config.paths.segments)?);
         tracing::info!(segments = segments.len(), dir = %config.paths.segments.display(), "segments loaded");
-        let line = line_client(config)?;
-        let listener = TcpListener::bind(config.server.bind)
-            .await
-            .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
-
-        // The engine answers reads (GET /v1/segments) on every instance; only
-        // the evaluator role runs it.
-        let engine = Arc::new(MembershipEngine::new(store.clone(), segments.clone(), clock.clone(), config.timezone.0));
-
-        // ---- roles: every background task starts here ----
-        let mut background = Background::new();
-        let changes: Arc<dyn ChangeListener> = if config.roles.evaluator {
-            let evaluator = Evaluator::start(engine.clone());
-            background.spawn("start-up recompute", {
-                let evaluator = evaluator.clone();
-                move |stop| evaluator.startup_recompute(stop)
-            });
-            background.evaluator = Some(evaluator.clone());
-            Arc::new(evaluator)
-        } else {
-            tracing::info!("evaluator role off: segment memberships are kept by another instance");
-            Arc::new(renkei_core::NoChangeListener)
-        };
-        let webhook_state = WebhookState::new(
-            store.clone(),
-            clock.clone(),
-            changes.clone(),
-            line,
-            WebhookConfig::new(
+        let (campaigns, rich_menus) = crate::campaigns::load_or_explain(config, &segments)?;
+        tracing::info!(campaigns = campaigns.len(), dir = %config.paths.campaigns.display(), "campaigns loaded");
+        Ok(Self {
+            segments,
+            campaigns: Arc::new(campaigns),
+            rich_menus: Arc::new(rich_menus),
+            dispatch: crate::campaigns::dispatch_settings(config)?,
+            line: line_client(config)?,
+            webhook: WebhookConfig::new(
                 config.line.channel_secret.expose(),
                 config.line.login_channel_id.clone(),
                 config.line.link_login_url.clone(),
             ),
-        );
+            api_keys: Arc::new(config.server.api_keys.iter().map(|k| k.expose().to_string()).collect()),
+        })
+    }
+}
+
+/// The dispatcher role's parts, built but not started.
+struct DispatchRole {
+    dispatcher: Arc<Dispatcher>,
+    quota: Arc<QuotaGuard>,
+    linker: Arc<RichMenuLinker>,
+    line: LineClient,
+}
+
+/// Every role's parts, built (the fallible steps done) but not started.
+struct Roles {
+    engine: Arc<MembershipEngine>,
+    metrics: Arc<DispatchMetrics>,
+    dispatch: Option<DispatchRole>,
+    scheduler: Option<Arc<CampaignRunner>>,
+}
+
+impl Roles {
+    async fn build(
+        config: &Config,
+        resolved: &Resolved,
+        store: &Arc<dyn Store>,
+        clock: &Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        // The engine answers reads (GET /v1/segments) on every instance; only
+        // the evaluator role runs it.
+        let engine =
+            Arc::new(MembershipEngine::new(store.clone(), resolved.segments.clone(), clock.clone(), config.timezone.0));
+        let metrics = Arc::new(DispatchMetrics::default());
+        let dispatch = match (&resolved.line, config.roles.dispatcher) {
+            (Some(line), true) => {
+                let quota = Arc::new(QuotaGuard::new(config.dispatch.quota_guard, metrics.clone()));
+                let settings = resolved.dispatch.clone();
+                let dispatcher = Arc::new(Dispatcher::new(
+                    store.clone(),
+                    line.clone(),
+                    resolved.campaigns.clone(),
+                    clock.clone(),
+                    settings.clone(),
+                    metrics.clone(),
+                    quota.clone(),
+                ));
+                let linker = Arc::new(RichMenuLinker::new(
+                    store.clone(),
+                    line.clone(),
+                    clock.clone(),
+                    dispatcher.limiters(),
+                    metrics.clone(),
+                    settings.lease,
+                    settings.poll,
+                ));
+                Some(DispatchRole { dispatcher, quota, linker, line: line.clone() })
+            }
+            (None, true) => {
+                tracing::warn!(
+                    "dispatcher role on but line.channel_access_token is empty: deliveries wait in the outbox unsent"
+                );
+                None
+            }
+            (_, false) => None,
+        };
+        let scheduler = if config.roles.scheduler {
+            let dispatch_wake = dispatch.as_ref().map_or_else(|| Arc::new(Notify::new()), |d| d.dispatcher.waker());
+            let runner = CampaignRunner::new(
+                store.clone(),
+                resolved.campaigns.clone(),
+                resolved.rich_menus.clone(),
+                clock.clone(),
+                crate::campaigns::runner_settings(config),
+                metrics.clone(),
+                dispatch_wake,
+            )
+            .await
+            .context("starting the campaign scheduler")?;
+            Some(Arc::new(runner))
+        } else {
+            None
+        };
+        Ok(Self { engine, metrics, dispatch, scheduler })
+    }
+}
+
+impl Background {
+    /// The evaluator role: the engine's worker and timer, and the start-up recompute.
+    fn start_evaluator(&mut self, engine: Arc<MembershipEngine>) -> Evaluator {
+        let evaluator = Evaluator::start(engine);
+        self.spawn("start-up recompute", {
+            let evaluator = evaluator.clone();
+            move |stop| evaluator.startup_recompute(stop)
+        });
+        self.evaluator = Some(evaluator.clone());
+        evaluator
+    }
+
+    /// The dispatcher role: planners and sender, the rich-menu linker, the quota guard.
+    fn start_dispatcher(&mut self, role: DispatchRole, refresh: Duration, clock: Arc<dyn Clock>) {
+        let DispatchRole { dispatcher, quota, linker, line } = role;
+        self.spawn("quota guard", move |stop| async move {
+            let _ = quota.spawn_refresh(line, clock, refresh, stop).await;
+        });
+        self.spawn("dispatcher", {
+            let d = dispatcher.clone();
+            move |stop| async move {
+                for task in d.spawn(stop) {
+                    let _ = task.await;
+                }
+            }
+        });
+        self.spawn("rich-menu linker", {
+            let wake = dispatcher.waker();
+            move |stop| async move {
+                let _ = linker.spawn(wake, stop).await;
+            }
+        });
+        tracing::info!("dispatcher started");
+    }
+
+    /// The scheduler role: desired rich menus synced once, then the triggers.
+    fn start_scheduler(&mut self, runner: Arc<CampaignRunner>) {
+        self.spawn("rich-menu sync", {
+            let runner = runner.clone();
+            move |_stop| async move {
+                match runner.sync_rich_menus().await {
+                    Ok(n) => tracing::info!(users = n, "desired rich menus synced for rule segments"),
+                    Err(error) => tracing::warn!(%error, "syncing desired rich menus failed"),
+                }
+            }
+        });
+        self.spawn("campaign scheduler", move |stop| async move {
+            for task in runner.spawn(stop) {
+                let _ = task.await;
+            }
+        });
+    }
+}
+
+impl Application {
+    /// Resolves and validates everything first (segments, campaigns,
+    /// templates, rich menus, `[dispatch]`/`[policy]`, the LINE client, the
+    /// listener, the scheduler's campaign records), then starts the roles'
+    /// background tasks: an error leaves nothing running. The store must
+    /// already be migrated; `config.server.bind` may use port 0.
+    pub async fn build(config: &Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let resolved = Resolved::from_config(config)?;
+        let listener = TcpListener::bind(config.server.bind)
+            .await
+            .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
+        let roles = Roles::build(config, &resolved, &store, &clock).await?;
+
+        // ---- roles: every background task starts here, and nothing below can fail ----
+        let mut background = Background::new();
+        let changes: Arc<dyn ChangeListener> = if config.roles.evaluator {
+            Arc::new(background.start_evaluator(roles.engine.clone()))
+        } else {
+            tracing::info!("evaluator role off: segment memberships are kept by another instance");
+            Arc::new(renkei_core::NoChangeListener)
+        };
+        let webhook_state =
+            WebhookState::new(store.clone(), clock.clone(), changes.clone(), resolved.line.clone(), resolved.webhook);
         if config.roles.webhook {
             if config.line.channel_secret.is_empty() {
                 tracing::warn!("line.channel_secret is empty: POST /webhook/line refuses every delivery (503)");
@@ -185,97 +341,13 @@ impl Application {
             background.webhook_worker =
                 Some(renkei_webhook::spawn_worker(webhook_state.clone(), WorkerOptions::default()));
         }
-        let (campaigns, rich_menus) = crate::campaigns::load_or_explain(config, &segments)?;
-        let campaigns = Arc::new(campaigns);
-        let rich_menus = Arc::new(rich_menus);
-        tracing::info!(campaigns = campaigns.len(), dir = %config.paths.campaigns.display(), "campaigns loaded");
-        let dispatch_metrics = Arc::new(renkei_dispatch::DispatchMetrics::default());
-        let settings = crate::campaigns::dispatch_settings(config)?;
-        let mut dispatch_wake = Arc::new(tokio::sync::Notify::new());
-        let mut dispatcher = None;
-        if config.roles.dispatcher {
-            match line_client(config)? {
-                Some(line) => {
-                    let quota = Arc::new(renkei_dispatch::QuotaGuard::new(
-                        config.dispatch.quota_guard,
-                        dispatch_metrics.clone(),
-                    ));
-                    let d = Arc::new(renkei_dispatch::Dispatcher::new(
-                        store.clone(),
-                        line.clone(),
-                        campaigns.clone(),
-                        clock.clone(),
-                        settings.clone(),
-                        dispatch_metrics.clone(),
-                        quota.clone(),
-                    ));
-                    dispatch_wake = d.waker();
-                    let linker = Arc::new(renkei_dispatch::RichMenuLinker::new(
-                        store.clone(),
-                        line.clone(),
-                        clock.clone(),
-                        d.limiters(),
-                        dispatch_metrics.clone(),
-                        settings.lease,
-                        settings.poll,
-                    ));
-                    let refresh = Duration::from_secs(config.dispatch.quota_refresh.seconds().max(1) as u64);
-                    background.spawn("quota guard", {
-                        let clock = clock.clone();
-                        move |stop| async move {
-                            let _ = quota.spawn_refresh(line, clock, refresh, stop).await;
-                        }
-                    });
-                    background.spawn("dispatcher", {
-                        let d = d.clone();
-                        move |stop| async move {
-                            for task in d.spawn(stop) {
-                                let _ = task.await;
-                            }
-                        }
-                    });
-                    background.spawn("rich-menu linker", {
-                        let wake = d.waker();
-                        move |stop| async move {
-                            let _ = linker.spawn(wake, stop).await;
-                        }
-                    });
-                    tracing::info!("dispatcher started");
-                    dispatcher = Some(d);
-                }
-                None => tracing::warn!(
-                    "dispatcher role on but line.channel_access_token is empty: deliveries wait in the outbox unsent"
-                ),
-            }
+        let dispatcher = roles.dispatch.as_ref().map(|d| d.dispatcher.clone());
+        if let Some(role) = roles.dispatch {
+            let refresh = Duration::from_secs(config.dispatch.quota_refresh.seconds().max(1) as u64);
+            background.start_dispatcher(role, refresh, clock.clone());
         }
-        if config.roles.scheduler {
-            let runner = Arc::new(
-                renkei_dispatch::CampaignRunner::new(
-                    store.clone(),
-                    campaigns.clone(),
-                    rich_menus.clone(),
-                    clock.clone(),
-                    crate::campaigns::runner_settings(config),
-                    dispatch_metrics.clone(),
-                    dispatch_wake,
-                )
-                .await
-                .context("starting the campaign scheduler")?,
-            );
-            background.spawn("rich-menu sync", {
-                let runner = runner.clone();
-                move |_stop| async move {
-                    match runner.sync_rich_menus().await {
-                        Ok(n) => tracing::info!(users = n, "desired rich menus synced for rule segments"),
-                        Err(error) => tracing::warn!(%error, "syncing desired rich menus failed"),
-                    }
-                }
-            });
-            background.spawn("campaign scheduler", move |stop| async move {
-                for task in runner.spawn(stop) {
-                    let _ = task.await;
-                }
-            });
+        if let Some(runner) = roles.scheduler {
+            background.start_scheduler(runner);
         }
 
         // ---- routes ----
@@ -283,49 +355,28 @@ impl Application {
         let app_state = AppState {
             store: store.clone(),
             ingest_metrics: ingest_metrics.clone(),
-            segments: segments.len(),
+            segments: resolved.segments.len(),
             evaluator: background.evaluator.clone(),
             webhook: config.roles.webhook,
-            dispatch_metrics,
+            dispatch_metrics: roles.metrics,
         };
         let mut router =
             Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(app_state);
-        if config.roles.api {
-            // Tracked links are opened by people on their phones: no bearer key.
-            router = router.merge(renkei_dispatch::http::track_router(renkei_dispatch::http::TrackApi {
-                store: store.clone(),
-                campaigns: campaigns.clone(),
-                clock: clock.clone(),
-                changes: changes.clone(),
-            }));
-        }
         if config.roles.webhook {
             // Signed by LINE: no bearer key.
             router = router.merge(renkei_webhook::public_router(webhook_state.clone()));
         }
-        let store_for_api = store.clone();
-        let clock_for_api = clock.clone();
         if config.roles.api {
-            let api_keys: Arc<Vec<String>> =
-                Arc::new(config.server.api_keys.iter().map(|k| k.expose().to_string()).collect());
-            router = router
-                .merge(renkei_ingest::router(IngestState {
-                    store,
-                    clock,
-                    api_keys: api_keys.clone(),
-                    metrics: ingest_metrics,
-                    changes,
-                }))
-                .merge(require_api_key(renkei_webhook::api_router(webhook_state), api_keys.clone()))
-                .merge(require_api_key(renkei_membership::router(engine), api_keys.clone()))
-                .merge(require_api_key(
-                    renkei_dispatch::http::router(renkei_dispatch::http::CampaignsApi {
-                        store: store_for_api,
-                        campaigns: campaigns.clone(),
-                        clock: clock_for_api,
-                    }),
-                    api_keys,
-                ));
+            let state = ApiState {
+                store,
+                clock,
+                changes,
+                metrics: ingest_metrics,
+                engine: roles.engine,
+                campaigns: resolved.campaigns,
+                api_keys: resolved.api_keys,
+            };
+            router = router.merge(renkei_api::router(state, renkei_webhook::api_router(webhook_state)));
         }
         let router = router
             .fallback(|| async { ApiError::not_found("no such route") })
@@ -344,7 +395,7 @@ impl Application {
     }
 
     /// The dispatcher (dispatcher role with a channel access token).
-    pub fn dispatcher(&self) -> Option<Arc<renkei_dispatch::Dispatcher>> {
+    pub fn dispatcher(&self) -> Option<Arc<Dispatcher>> {
         self.dispatcher.clone()
     }
 
@@ -423,4 +474,63 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::RolesConfig;
+
+    fn alive_tasks() -> usize {
+        tokio::runtime::Handle::current().metrics().num_alive_tasks()
+    }
+
+    fn every_role(dir: &Path) -> Config {
+        let tree = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut config = Config::load_with_env(None, &[]).unwrap();
+        config.database.url = format!("sqlite://{}", dir.join("renkei.db").display());
+        config.server.bind = ([127, 0, 0, 1], 0).into();
+        config.paths.segments = tree.join("config/segments");
+        config.paths.campaigns = tree.join("config/campaigns");
+        config.paths.templates = tree.join("templates");
+        config.paths.rich_menus = tree.join("config/rich_menus.yaml");
+        config.roles = RolesConfig { api: true, webhook: true, evaluator: true, scheduler: true, dispatcher: true };
+        config
+    }
+
+    /// The old build started the evaluator and the webhook worker before
+    /// loading the campaigns and reading `[dispatch]`/`[policy]`; failing
+    /// there left them running.
+    #[tokio::test]
+    async fn a_build_that_fails_late_leaves_no_task_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = every_role(dir.path());
+        let store = renkei_store::connect(&config.database.url).await.unwrap();
+        store.migrate().await.unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(renkei_core::SystemClock);
+
+        let mut bad_policy = config.clone();
+        bad_policy.policy.quiet_hours_from = "21:00".to_string();
+        bad_policy.policy.quiet_hours_to.clear();
+        let mut bad_campaign = config.clone();
+        bad_campaign.paths.campaigns = dir.path().join("campaigns");
+        std::fs::create_dir_all(&bad_campaign.paths.campaigns).unwrap();
+        std::fs::write(bad_campaign.paths.campaigns.join("broken.yaml"), "id: broken\nname: [unclosed\n").unwrap();
+
+        let before = alive_tasks();
+        for (what, bad) in [("an invalid [policy]", bad_policy), ("an invalid campaign file", bad_campaign)] {
+            let Err(error) = Application::build(&bad, store.clone(), clock.clone()).await else {
+                panic!("{what} must fail the build");
+            };
+            tokio::task::yield_now().await;
+            let after = alive_tasks();
+            assert!(after <= before, "{what} ({error:#}) left tasks running: {before} before, {after} after");
+        }
+
+        // The count does see roles start.
+        let app = Application::build(&config, store, clock).await.unwrap();
+        assert!(alive_tasks() > before, "a good build starts the roles' tasks");
+        app.run_until(async {}).await.unwrap();
+    }
 }

@@ -23,9 +23,11 @@ use crate::progress::BarProgress;
 use anyhow::Context;
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Timelike, Utc};
 use chrono_tz::Tz;
-use renkei_campaigns::{CampaignSet, Trigger};
+use renkei_campaigns::{CampaignSet, RichMenuRules, Trigger};
 use renkei_core::{Clock, LineUserId, SystemClock};
+use renkei_dispatcher::GlobalPolicy;
 use renkei_line_sim::SimHandle;
+use renkei_segments::SegmentSet;
 use renkei_store::Store;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -59,6 +61,70 @@ const WAIT: Duration = Duration::from_secs(10);
 
 pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let mut setup = configure()?;
+    let now = setup.clock.now();
+    introduce(&setup, now);
+    let campaigns = tour_campaigns(&mut setup, now)?;
+    let (sim, menu_names) = start_simulator(&mut setup.config, &campaigns.rich_menus).await?;
+    let store = renkei_store::connect(&setup.config.database.url).await?;
+    store.migrate().await?;
+    let engine = import_history(&setup, &store, &campaigns).await?;
+    let live = serve(&setup, store, sim, menu_names).await?;
+    let gold_menu = list_campaigns_and_menus(&live, &campaigns.rich_menus).await?;
+    live_api_traffic(&live.tour).await?;
+    let moments = shop_events(&live).await?;
+    block_account(&live).await?;
+    new_friend(&live, &gold_menu).await?;
+    time_passes(&live, &moments, campaigns.birthday_at).await?;
+    settle_outbox(&live.tour).await?;
+    // 7. What LINE was asked to deliver, to whom.
+    report(&live.tour, &live.store, &live.sim, &live.menu_names, &campaigns.real).await?;
+    quiet_hours_as_written(&setup, &campaigns, &engine, &live).await?;
+    finish(keep, started, live).await
+}
+
+/// The demo's configuration and scratch directory, before anything runs.
+struct Setup {
+    dir: tempfile::TempDir,
+    db: PathBuf,
+    api_key: String,
+    config: Config,
+    /// The campaigns as written (`config.paths.campaigns` becomes the tour's copy).
+    campaigns_dir: PathBuf,
+    tz: Tz,
+    clock: Arc<dyn Clock>,
+}
+
+/// The tour's copy of the campaigns, and what it changed.
+struct TourCampaigns {
+    segments: Arc<SegmentSet>,
+    real: CampaignSet,
+    rich_menus: RichMenuRules,
+    birthday_at: DateTime<Utc>,
+    /// Quiet hours the tour lifted: (campaign or `[policy]`, "from–to").
+    lifted: Vec<(String, String)>,
+    written_policy: GlobalPolicy,
+}
+
+/// What the steps share once the server runs.
+struct Live {
+    tour: Tour,
+    sim: SimHandle,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    menu_names: HashMap<String, String>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// When the time-driven moments set up by the shop's events are due.
+struct Moments {
+    cart_due: DateTime<Utc>,
+    reminder_due: DateTime<Utc>,
+}
+
+/// A temporary SQLite database, a fresh API key, every role, the examples.
+fn configure() -> anyhow::Result<Setup> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let db = dir.path().join("demo.db");
     let api_key = format!("demo-{}", uuid::Uuid::new_v4().simple());
@@ -79,9 +145,13 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
     config.paths.campaigns = campaigns_dir.clone();
     let tz = config.timezone.0;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    Ok(Setup { dir, db, api_key, config, campaigns_dir, tz, clock })
+}
 
+fn introduce(setup: &Setup, now: DateTime<Utc>) {
+    let Setup { db, config, campaigns_dir, tz, .. } = setup;
+    let tz = *tz;
     println!("renkei demo: the whole product in one command (temporary SQLite at {})", db.display());
-    let now = clock.now();
     println!(
         "   it is {} in {tz}; segments {}, campaigns {}, templates {}, rich menus {}",
         local(now, tz, "%Y-%m-%d %H:%M:%S"),
@@ -90,16 +160,19 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
         config.paths.templates.display(),
         config.paths.rich_menus.display()
     );
+}
 
-    // 0. The tour's copy of the campaigns: the birthday schedule fires in a
-    //    few seconds, and quiet hours are explained (and lifted) when now is inside them.
+/// 0. The tour's copy of the campaigns: the birthday schedule fires in a
+///    few seconds, and quiet hours are explained (and lifted) when now is inside them.
+fn tour_campaigns(setup: &mut Setup, now: DateTime<Utc>) -> anyhow::Result<TourCampaigns> {
+    let (config, dir, tz) = (&mut setup.config, &setup.dir, setup.tz);
     let segments = Arc::new(crate::app::load_segments(&config.paths.segments)?);
-    let (real_campaigns, rich_menus) = crate::campaigns::load_or_explain(&config, &segments)?;
+    let (real_campaigns, rich_menus) = crate::campaigns::load_or_explain(config, &segments)?;
     let birthday_at = DateTime::from_timestamp(now.timestamp() + BIRTHDAY_LEAD, 0).unwrap_or(now);
     let tour_dir = dir.path().join("campaigns");
     let mut lifted = write_tour_campaigns(&real_campaigns, &tour_dir, birthday_at, now, tz)?;
     config.paths.campaigns = tour_dir;
-    let written_policy = crate::campaigns::global_policy(&config)?;
+    let written_policy = crate::campaigns::global_policy(config)?;
     if let Some(quiet) = written_policy.quiet_hours.filter(|q| q.contains(now, tz)) {
         // [policy] quiet hours (e.g. from ./renkei.toml) would hold every campaign back.
         lifted.push(("[policy]".to_string(), format!("{}–{}", quiet.from.format("%H:%M"), quiet.to.format("%H:%M"))));
@@ -115,9 +188,15 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
             lifted.iter().map(|(id, hours)| format!("{id} ({hours})")).collect::<Vec<_>>().join(", ")
         );
     }
+    Ok(TourCampaigns { segments, real: real_campaigns, rich_menus, birthday_at, lifted, written_policy })
+}
 
-    // The built-in LINE simulator plays LINE: it signs webhooks, answers the
-    // Messaging API and records what it was asked to deliver.
+/// The built-in LINE simulator plays LINE: it signs webhooks, answers the
+/// Messaging API and records what it was asked to deliver.
+async fn start_simulator(
+    config: &mut Config,
+    rich_menus: &RichMenuRules,
+) -> anyhow::Result<(SimHandle, HashMap<String, String>)> {
     let sim = renkei_line_sim::LineSim::spawn(renkei_line_sim::SimConfig::default()).await?;
     config.line.channel_secret = Secret::from(sim.channel_secret());
     config.line.channel_access_token = Secret::from(sim.access_token());
@@ -135,11 +214,18 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
         .map(|r| (r.rich_menu.clone(), r.segment.clone()))
         .chain(rich_menus.default.iter().map(|d| (d.clone(), "default".to_string())))
         .collect();
+    Ok((sim, menu_names))
+}
 
-    let store = renkei_store::connect(&config.database.url).await?;
-    store.migrate().await?;
-
-    // 1. The company's CRM export and event history, imported before going live.
+/// 1. The company's CRM export and event history, imported before going live;
+///    memberships as a running renkei would already have them.
+async fn import_history(
+    setup: &Setup,
+    store: &Arc<dyn Store>,
+    campaigns: &TourCampaigns,
+) -> anyhow::Result<renkei_evaluator::MembershipEngine> {
+    let (dir, tz, clock) = (&setup.dir, setup.tz, &setup.clock);
+    let (segments, birthday_at) = (&campaigns.segments, campaigns.birthday_at);
     // The day of the birthday fire (the same as today unless the tour starts just before midnight).
     let today = birthday_at.with_timezone(&tz).date_naive();
     let members_file = dir.path().join("members.csv");
@@ -163,11 +249,21 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
     // Memberships as a running renkei would already have them. (On a first
     // start the server's own recompute would find them; computing them first
     // keeps the tour's story exact: entries happen live, below.)
-    let engine = renkei_membership::MembershipEngine::new(store.clone(), segments.clone(), clock.clone(), tz);
+    let engine = renkei_evaluator::MembershipEngine::new(store.clone(), segments.clone(), clock.clone(), tz);
     let computed = engine.recompute_all(|_| {}).await?;
     println!("   segment memberships computed: {} users, {} segment entries", computed.users, computed.transitions);
+    Ok(engine)
+}
 
-    let app = Application::build(&config, store.clone(), clock.clone()).await?;
+/// `renkei serve` with every role, on the simulator.
+async fn serve(
+    setup: &Setup,
+    store: Arc<dyn Store>,
+    sim: SimHandle,
+    menu_names: HashMap<String, String>,
+) -> anyhow::Result<Live> {
+    let (config, api_key, tz, clock) = (&setup.config, &setup.api_key, setup.tz, &setup.clock);
+    let app = Application::build(config, store.clone(), clock.clone()).await?;
     let evaluator = app.evaluator().context("the demo runs the evaluator role")?;
     app.dispatcher().context("the demo runs the dispatcher role")?;
     let base = format!("http://{}", app.local_addr());
@@ -180,6 +276,12 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
     let tour = Tour { http: http.clone(), base: base.clone(), key: api_key.clone(), tz };
     println!("   renkei serve on {base} (API key {api_key}), every role; LINE simulator on {}", sim.base_url());
     evaluator.recomputed().await;
+    Ok(Live { tour, sim, store, clock: clock.clone(), menu_names, stop: stop_tx, server })
+}
+
+/// The campaigns the server loaded, and the gold members' rich menus; the gold menu.
+async fn list_campaigns_and_menus(live: &Live, rich_menus: &RichMenuRules) -> anyhow::Result<Option<String>> {
+    let (tour, sim) = (&live.tour, &live.sim);
     let campaigns = tour.get("/v1/campaigns").await?;
     println!(
         "   its start-up recompute finds nothing new; {} campaigns loaded:",
@@ -197,7 +299,7 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
     if let Some(gold) = &gold_menu {
         let linked = wait_until("gold members' rich menus linked", WAIT, async || {
             let n = sim.user_rich_menus().values().filter(|m| *m == gold).count();
-            let expected = segment_size(&tour, "gold_members").await?;
+            let expected = segment_size(tour, "gold_members").await?;
             Ok((n > 0 && n as u64 >= expected).then_some(n))
         })
         .await?;
@@ -205,8 +307,11 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
             println!("   rich menus: the {n} linked gold members got the gold menu ({gold}), by bulk link");
         }
     }
+    Ok(gold_menu)
+}
 
-    // 2. Live traffic through POST /v1/events, duplicates and bad input.
+/// 2. Live traffic through POST /v1/events, duplicates and bad input.
+async fn live_api_traffic(tour: &Tour) -> anyhow::Result<()> {
     let sample: Vec<Value> =
         SAMPLE_EVENTS.lines().take(100).map(serde_json::from_str).collect::<Result<_, _>>().context("sample events")?;
     let again = tour.post("/v1/events", json!({"events": sample})).await?;
@@ -226,8 +331,12 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
     let claimed = json!({"member_id": "M00191", "line_user_id": DIRECT_LINK_USER});
     let conflict = tour.post("/v1/links", claimed).await?;
     println!("   the same LINE user claimed by M00191 → {}: {}", conflict.0, text(&conflict.1["error"]["message"]));
+    Ok(())
+}
 
-    // 3. Carts, reservations: events from the shop's systems.
+/// 3. Carts, reservations: events from the shop's systems.
+async fn shop_events(live: &Live) -> anyhow::Result<Moments> {
+    let (tour, clock, tz) = (&live.tour, &live.clock, live.tour.tz);
     let now = clock.now();
     let cart_at = now + chrono::Duration::seconds(CART_LEAD) - chrono::Duration::hours(1);
     let reserved_at = now + chrono::Duration::seconds(RESERVATION_LEAD) + chrono::Duration::days(1);
@@ -260,9 +369,13 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
         local(reserved_at, tz, "%m-%d %H:%M:%S"),
         tour.hms(reminder_due)
     );
+    Ok(Moments { cart_due, reminder_due })
+}
 
-    // 4. A member blocks the account: renkei must never message them again.
-    let blocked = member_user(&store, BIRTHDAY_BLOCKED).await?;
+/// 4. A member blocks the account: renkei must never message them again.
+async fn block_account(live: &Live) -> anyhow::Result<()> {
+    let (store, sim) = (&live.store, &live.sim);
+    let blocked = member_user(store, BIRTHDAY_BLOCKED).await?;
     if let Some(user) = &blocked {
         let delivery = sim.send_unfollow(user).await?;
         println!(
@@ -270,8 +383,12 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
             delivery.status
         );
     }
+    Ok(())
+}
 
-    // 5. A new friend, through the webhook flow to an account link.
+/// 5. A new friend, through the webhook flow to an account link.
+async fn new_friend(live: &Live, gold_menu: &Option<String>) -> anyhow::Result<()> {
+    let (sim, menu_names) = (&live.sim, &live.menu_names);
     let newcomer = LineUserId::parse(NEWCOMER).context("demo user id")?;
     let delivery = sim.send_follow(&newcomer).await?;
     println!("5. {newcomer} adds the account as a friend: LINE sends a signed follow webhook → {}", delivery.status);
@@ -304,7 +421,18 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
         let url = t.lines().last()?;
         reqwest::Url::parse(url).ok()?.query_pairs().find(|(k, _)| k == "linkToken").map(|(_, v)| v.into_owned())
     });
-    match (&reply, &link_token) {
+    account_link(live, reply.as_deref(), link_token.as_deref(), gold_menu).await
+}
+
+/// The account link itself: the shop's login page, LINE's dialog, the accountLink webhook.
+async fn account_link(
+    live: &Live,
+    reply: Option<&str>,
+    link_token: Option<&str>,
+    gold_menu: &Option<String>,
+) -> anyhow::Result<()> {
+    let (tour, sim) = (&live.tour, &live.sim);
+    match (reply, link_token) {
         (Some(reply), Some(link_token)) => {
             println!("   renkei asks LINE for a link token and replies: 「{}」", reply.replace('\n', " "));
             let nonce = tour
@@ -359,9 +487,14 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
         }
         _ => println!("   (!) no link token came back; the account link part of the tour is skipped"),
     }
+    Ok(())
+}
 
-    // 6. Time passes: the abandoned cart, the reservation reminder, the birthday.
-    let abandoner = member_user(&store, CART_ABANDONER).await?;
+/// 6. Time passes: the abandoned cart, the reservation reminder, the birthday.
+async fn time_passes(live: &Live, moments: &Moments, birthday_at: DateTime<Utc>) -> anyhow::Result<()> {
+    let (tour, store, sim, clock) = (&live.tour, &live.store, &live.sim, &live.clock);
+    let Moments { cart_due, reminder_due } = *moments;
+    let abandoner = member_user(store, CART_ABANDONER).await?;
     println!("6. waiting for the moments set up above (a few seconds each)…");
     if let Some(user) = &abandoner {
         let limit = until(cart_due, clock.now()) + WAIT;
@@ -377,7 +510,7 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let reserver = member_user(&store, RESERVATION).await?;
+    let reserver = member_user(store, RESERVATION).await?;
     if let Some(user) = &reserver {
         let limit = until(reminder_due, clock.now()) + WAIT;
         let reminder = wait_until("the reservation reminder", limit, async || {
@@ -392,7 +525,7 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let birthday_user = member_user(&store, BIRTHDAY).await?;
+    let birthday_user = member_user(store, BIRTHDAY).await?;
     if let Some(user) = &birthday_user {
         let limit = until(birthday_at, clock.now()) + WAIT;
         let coupon = wait_until("the birthday coupon", limit, async || {
@@ -407,7 +540,11 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    // Let the outbox settle (skips are decided by the dispatcher too).
+    Ok(())
+}
+
+/// Lets the outbox settle (skips are decided by the dispatcher too).
+async fn settle_outbox(tour: &Tour) -> anyhow::Result<()> {
     wait_until("the outbox to settle", WAIT, async || {
         let list = tour.get("/v1/campaigns").await?;
         let mut pending = 0;
@@ -418,15 +555,23 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
         Ok((pending == 0).then_some(()))
     })
     .await?;
+    Ok(())
+}
 
-    // 7. What LINE was asked to deliver, to whom.
-    report(&tour, &store, &sim, &menu_names, &real_campaigns).await?;
-
-    // 8. Quiet hours, as written.
+/// 8. Quiet hours, as written.
+async fn quiet_hours_as_written(
+    setup: &Setup,
+    campaigns: &TourCampaigns,
+    engine: &renkei_evaluator::MembershipEngine,
+    live: &Live,
+) -> anyhow::Result<()> {
+    let (config, campaigns_dir, tz, clock, tour) =
+        (&setup.config, &setup.campaigns_dir, setup.tz, &live.clock, &live.tour);
+    let (lifted, real_campaigns, written_policy) = (&campaigns.lifted, &campaigns.real, &campaigns.written_policy);
     if !lifted.is_empty() {
         let at = clock.now();
         println!("\nquiet hours: the campaigns as written ({}) at {} {tz}:", campaigns_dir.display(), tour.hms(at));
-        for (id, hours) in &lifted {
+        for (id, hours) in lifted {
             let Some(campaign) = real_campaigns.get(id) else {
                 println!(
                     "   {id:<22} {hours}: every campaign's sends due now would wait until {}",
@@ -435,12 +580,12 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
                 continue;
             };
             let release = campaign.quiet_hours.and_then(|q| q.release_at(at, tz));
-            let rows = renkei_dispatch::dry_run(
-                &engine,
-                &real_campaigns,
+            let rows = renkei_scheduler::dry_run(
+                engine,
+                real_campaigns,
                 id,
                 at,
-                &written_policy,
+                written_policy,
                 &config.server.public_base_url,
             )
             .await?;
@@ -452,7 +597,13 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    Ok(())
+}
 
+/// The time taken; with `--keep`, serving until Ctrl-C; then the server stops.
+async fn finish(keep: bool, started: Instant, live: Live) -> anyhow::Result<ExitCode> {
+    let Live { tour, stop: stop_tx, server, .. } = live;
+    let (base, api_key) = (&tour.base, &tour.key);
     println!("\ndone in {:.1} s", started.elapsed().as_secs_f64());
     if keep {
         println!(

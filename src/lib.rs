@@ -2,12 +2,10 @@
 //! the CLI commands, and the demo. Integration tests drive these directly.
 
 pub mod app;
-pub mod auth;
 pub mod campaigns;
 pub mod cli;
 pub mod config;
 pub mod demo;
-pub mod evaluator;
 pub mod preview;
 pub mod progress;
 pub mod telemetry;

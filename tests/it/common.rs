@@ -4,8 +4,8 @@
 
 use renkei::app::Application;
 use renkei::config::{Config, Secret};
-use renkei::evaluator::Evaluator;
 use renkei_core::{Clock, SystemClock};
+use renkei_evaluator::Evaluator;
 use renkei_store::Store;
 use renkei_test_support::{self as test_support, TestStore};
 use serde_json::Value;

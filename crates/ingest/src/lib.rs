@@ -1,11 +1,5 @@
-//! Ingestion: the HTTP API through which a company's systems send members,
-//! links (ID連携) and events, and the file imports that do the same in bulk.
+//! Ingestion in bulk: the file imports (`renkei import members|events`) that
+//! load members, links and events the way the `/v1` API (in `renkei-api`)
+//! does one request at a time.
 
-pub mod api;
-pub mod error;
 pub mod import;
-pub mod metrics;
-
-pub use api::{IngestState, router};
-pub use error::ApiError;
-pub use metrics::IngestMetrics;

@@ -238,7 +238,32 @@ async fn send(state: AppState, conn: DropConnection, headers: HeaderMap, body: B
         Err(response) => return response,
     };
     let mut details = Vec::new();
-    let recipients: Vec<String> = match kind {
+    let recipients = recipients_of(&kind, &body, &mut details);
+    details.extend(limits::validate_messages(body.get("messages")));
+    if !details.is_empty() {
+        return invalid_body(&state, details);
+    }
+    let messages = body.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
+    let request_uuid = uuid::Uuid::new_v4();
+    let request_id = request_uuid.to_string();
+    let taken = Taken { endpoint, request_uuid, request_id: request_id.clone(), recipients };
+    let dropped = match take_send(&state, &gate, &kind, &body, &messages, taken) {
+        Ok(dropped) => dropped,
+        Err(response) => return response,
+    };
+    if dropped {
+        // Accepted, but the client never hears so: it must retry with the
+        // same key and get 409.
+        conn.0.notify_one();
+        std::future::pending::<()>().await;
+    }
+    let body = sent_body(&kind, &messages);
+    with_request_id((StatusCode::OK, axum::Json(body)).into_response(), &request_id)
+}
+
+/// The recipients a send names, with a detail for each invalid one.
+fn recipients_of(kind: &SendKind, body: &Value, details: &mut Vec<ErrorDetail>) -> Vec<String> {
+    match kind {
         SendKind::Push => match body.get("to").and_then(Value::as_str) {
             Some(to) if is_push_target(to) => vec![to.to_string()],
             Some(_) => {
@@ -277,84 +302,97 @@ async fn send(state: AppState, conn: DropConnection, headers: HeaderMap, body: B
             }
             Vec::new()
         }
-    };
-    details.extend(limits::validate_messages(body.get("messages")));
-    if !details.is_empty() {
-        return invalid_body(&state, details);
     }
-    let messages = body.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
-    let request_uuid = uuid::Uuid::new_v4();
-    let request_id = request_uuid.to_string();
+}
+
+/// A valid send request, about to be taken.
+struct Taken {
+    endpoint: Endpoint,
+    request_uuid: uuid::Uuid,
+    request_id: String,
+    recipients: Vec<String>,
+}
+
+/// Takes a valid send under the state's lock: the retry key (409 when it was
+/// accepted before), the reply token or the quota, then records it. `Ok(true)`
+/// when the fault injection drops the answer.
+// The error is the handler's early answer, as in `gate` and `parse_json`.
+#[allow(clippy::result_large_err)]
+fn take_send(
+    state: &AppState,
+    gate: &Gate,
+    kind: &SendKind,
+    body: &Value,
+    messages: &[Value],
+    taken: Taken,
+) -> Result<bool, Response> {
+    let Taken { endpoint, request_uuid, request_id, recipients } = taken;
     let now = Instant::now();
-    let dropped = {
-        let mut inner = state.lock();
-        if let Some(key) = &gate.retry_key {
-            if let Some(accepted) = inner.accepted_key(key, now) {
-                inner.counters.conflicts += 1;
-                drop(inner);
-                let mut response = error_response(StatusCode::CONFLICT, RETRY_KEY_ACCEPTED_MESSAGE, vec![]);
-                if let Ok(value) = HeaderValue::from_str(&accepted) {
-                    response.headers_mut().insert("x-line-accepted-request-id", value);
-                }
-                return response;
+    let mut inner = state.lock();
+    if let Some(key) = &gate.retry_key {
+        if let Some(accepted) = inner.accepted_key(key, now) {
+            inner.counters.conflicts += 1;
+            drop(inner);
+            let mut response = error_response(StatusCode::CONFLICT, RETRY_KEY_ACCEPTED_MESSAGE, vec![]);
+            if let Ok(value) = HeaderValue::from_str(&accepted) {
+                response.headers_mut().insert("x-line-accepted-request-id", value);
             }
+            return Err(response);
         }
-        let mut recipients = recipients;
-        if let SendKind::Reply = kind {
-            let token = body.get("replyToken").and_then(Value::as_str).unwrap_or_default();
-            // Reply tokens are single use; tokens the webhook sender did not
-            // issue are accepted once too, so tests can reply without it.
-            match inner.reply_tokens.get(token) {
-                Some(None) => {
-                    inner.counters.bad_request += 1;
-                    drop(inner);
-                    return error_response(StatusCode::BAD_REQUEST, "Invalid reply token", vec![]);
-                }
-                Some(Some(user)) => recipients = vec![user.clone()],
-                None => {}
-            }
-            inner.reply_tokens.insert(token.to_string(), None);
-        } else {
-            // Quota counts one message per recipient, whatever the number of
-            // message objects; replies are free.
-            let cost = recipients.len() as u64;
-            if let Some(quota) = inner.quota {
-                if inner.usage.saturating_add(cost) > quota {
-                    inner.counters.monthly_limited += 1;
-                    drop(inner);
-                    return error_response(StatusCode::TOO_MANY_REQUESTS, MONTHLY_LIMIT_MESSAGE, vec![]);
-                }
-            }
-            inner.usage = inner.usage.saturating_add(cost);
-        }
-        if let Some(key) = &gate.retry_key {
-            inner.retry_keys.insert(*key, (request_uuid, now));
-        }
-        let dropped = chance(inner.faults.drop_rate);
-        if dropped {
-            inner.counters.dropped += 1;
-        } else {
-            inner.counters.accepted += 1;
-        }
-        inner.record(RecordedRequest {
-            endpoint,
-            request_id: request_id.clone(),
-            retry_key: gate.retry_key.map(|k| k.hyphenated().to_string()),
-            recipients,
-            messages: messages.clone(),
-            rich_menu_id: None,
-            at: SystemTime::now(),
-            dropped,
-        });
-        dropped
-    };
-    if dropped {
-        // Accepted, but the client never hears so: it must retry with the
-        // same key and get 409.
-        conn.0.notify_one();
-        std::future::pending::<()>().await;
     }
-    let body = match kind {
+    let mut recipients = recipients;
+    if let SendKind::Reply = kind {
+        let token = body.get("replyToken").and_then(Value::as_str).unwrap_or_default();
+        // Reply tokens are single use; tokens the webhook sender did not
+        // issue are accepted once too, so tests can reply without it.
+        match inner.reply_tokens.get(token) {
+            Some(None) => {
+                inner.counters.bad_request += 1;
+                drop(inner);
+                return Err(error_response(StatusCode::BAD_REQUEST, "Invalid reply token", vec![]));
+            }
+            Some(Some(user)) => recipients = vec![user.clone()],
+            None => {}
+        }
+        inner.reply_tokens.insert(token.to_string(), None);
+    } else {
+        // Quota counts one message per recipient, whatever the number of
+        // message objects; replies are free.
+        let cost = recipients.len() as u64;
+        if let Some(quota) = inner.quota {
+            if inner.usage.saturating_add(cost) > quota {
+                inner.counters.monthly_limited += 1;
+                drop(inner);
+                return Err(error_response(StatusCode::TOO_MANY_REQUESTS, MONTHLY_LIMIT_MESSAGE, vec![]));
+            }
+        }
+        inner.usage = inner.usage.saturating_add(cost);
+    }
+    if let Some(key) = &gate.retry_key {
+        inner.retry_keys.insert(*key, (request_uuid, now));
+    }
+    let dropped = chance(inner.faults.drop_rate);
+    if dropped {
+        inner.counters.dropped += 1;
+    } else {
+        inner.counters.accepted += 1;
+    }
+    inner.record(RecordedRequest {
+        endpoint,
+        request_id,
+        retry_key: gate.retry_key.map(|k| k.hyphenated().to_string()),
+        recipients,
+        messages: messages.to_vec(),
+        rich_menu_id: None,
+        at: SystemTime::now(),
+        dropped,
+    });
+    Ok(dropped)
+}
+
+/// LINE's answer to an accepted send.
+fn sent_body(kind: &SendKind, messages: &[Value]) -> Value {
+    match kind {
         SendKind::Multicast => json!({}),
         SendKind::Push | SendKind::Reply => {
             let sent: Vec<Value> = messages
@@ -372,8 +410,7 @@ async fn send(state: AppState, conn: DropConnection, headers: HeaderMap, body: B
                 .collect();
             json!({ "sentMessages": sent })
         }
-    };
-    with_request_id((StatusCode::OK, axum::Json(body)).into_response(), &request_id)
+    }
 }
 
 fn random_digits(n: usize) -> String {

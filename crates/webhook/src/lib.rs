@@ -6,12 +6,11 @@
 //! ([`spawn_worker`]) drains unprocessed rows, so events that arrived just
 //! before a crash are picked up again at the next start.
 
-pub mod error;
 pub mod process;
 pub mod routes;
 
-pub use error::ApiError;
 pub use process::{ProcessError, WorkerHandle, WorkerOptions, process_pending, spawn_worker};
+pub use renkei_api::ApiError;
 pub use routes::{api_router, public_router};
 
 use renkei_core::{ChangeListener, Clock};

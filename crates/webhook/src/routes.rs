@@ -1,7 +1,6 @@
 //! `POST /webhook/line` (signed by LINE, no bearer key) and the `/v1` ID連携
 //! routes `POST /v1/account-link/nonce` and `POST /v1/links/id-token`.
 
-use crate::error::ApiError;
 use crate::{MAX_API_BYTES, MAX_WEBHOOK_BYTES, NONCE_TTL, WebhookState, url_encode};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -14,10 +13,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use chrono::SecondsFormat;
 use rand::TryRngCore as _;
+use renkei_api::{ApiError, ErrorCode, json_object, link_json};
 use renkei_core::{FieldError, LineUserId, LinkMethod, MemberId, UserRef};
 use renkei_line::{LineError, parse_webhook, verify_signature};
+use renkei_store::LinkOutcome;
 use renkei_store::webhook::NewWebhookEvent;
-use renkei_store::{Link, LinkOutcome};
 use serde_json::{Map, Value, json};
 
 /// Bytes of CSPRNG output in a nonce: 256 bits, 43 base64url characters.
@@ -56,11 +56,7 @@ async fn webhook(
     if state.config.channel_secret.is_empty() {
         // Unverifiable: refuse rather than accept unsigned input.
         tracing::error!("webhook refused: line.channel_secret is not configured");
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_configured",
-            "the LINE channel secret is not configured",
-        ));
+        return Err(ApiError::new(ErrorCode::NotConfigured, "the LINE channel secret is not configured"));
     }
     // Compared in constant time over the raw bytes, before any parsing.
     let valid = signature.to_str().is_ok_and(|s| verify_signature(&state.config.channel_secret, &body, s));
@@ -86,16 +82,6 @@ async fn webhook(
     }
     tracing::info!(received, duplicates, "webhook stored");
     Ok(Json(json!({"received": received, "duplicates": duplicates})))
-}
-
-/// Parses a JSON object body, naming where it is malformed.
-fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
-    let body = body.map_err(ApiError::from_body_rejection)?;
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::bad_json("the body must be a JSON object")),
-        Err(e) => Err(ApiError::bad_json(format!("malformed JSON: {e}"))),
-    }
 }
 
 /// Reads `member_id` and one token field, collecting every problem.
@@ -148,7 +134,7 @@ fn new_nonce() -> Result<String, ApiError> {
     let mut bytes = [0u8; NONCE_BYTES];
     rand::rngs::OsRng.try_fill_bytes(&mut bytes).map_err(|e| {
         tracing::error!(error = %e, "no randomness for a nonce");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "cannot create a nonce now; retry later")
+        ApiError::new(ErrorCode::Unavailable, "cannot create a nonce now; retry later")
     })?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
@@ -171,17 +157,8 @@ async fn create_nonce(
     })))
 }
 
-fn link_json(link: &Link) -> Value {
-    json!({
-        "member_id": link.member_id,
-        "line_user_id": link.line_user_id,
-        "method": link.method,
-        "linked_at": link.linked_at.to_rfc3339(),
-    })
-}
-
 fn invalid_id_token(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_id_token", message)
+    ApiError::new(ErrorCode::InvalidIdToken, message)
 }
 
 async fn link_by_id_token(
@@ -192,8 +169,7 @@ async fn link_by_id_token(
     let channel_id = state.config.login_channel_id.as_str();
     let (Some(line), false) = (&state.line, channel_id.is_empty()) else {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_configured",
+            ErrorCode::NotConfigured,
             "LINE Login is not configured (line.login_channel_id and the LINE API)",
         ));
     };
@@ -206,19 +182,11 @@ async fn link_by_id_token(
         }
         Err(e) if e.is_retryable() => {
             tracing::warn!(error = %e, "ID token verification unavailable");
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "line_unavailable",
-                "LINE is unavailable; retry later",
-            ));
+            return Err(ApiError::new(ErrorCode::LineUnavailable, "LINE is unavailable; retry later"));
         }
         Err(e) => {
             tracing::error!(error = %e, "ID token verification failed");
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "line_error",
-                "LINE answered unexpectedly; nothing was linked",
-            ));
+            return Err(ApiError::new(ErrorCode::LineError, "LINE answered unexpectedly; nothing was linked"));
         }
     };
     // LINE checked the audience already; checking again costs nothing.
@@ -260,7 +228,7 @@ mod tests {
     fn bodies_report_every_bad_field() {
         let body = json!({"member_id": "", "link_token": 5, "extra": 1});
         let error = parse_body(body.as_object().unwrap(), "link_token", 10).unwrap_err();
-        assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let fields: Vec<_> = error.fields.iter().map(|f| f.field.as_str()).collect();
         assert!(fields.contains(&"member_id") && fields.contains(&"link_token") && fields.contains(&"extra"));
         let ok = json!({"member_id": "m1", "link_token": "tok"});

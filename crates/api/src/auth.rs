@@ -1,0 +1,57 @@
+//! Bearer-key auth for every `/v1` route: `Authorization: Bearer <key>`
+//! checked against `server.api_keys` in constant time.
+
+use crate::error::ApiError;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Wraps every route of `router` in the `server.api_keys` check. Unmatched
+/// paths are left to the application's fallback (a JSON 404).
+pub fn require_api_key(router: Router, api_keys: Arc<Vec<String>>) -> Router {
+    router.route_layer(middleware::from_fn_with_state(api_keys, check))
+}
+
+/// True when `presented` equals one of `keys`, comparing in constant time.
+pub fn key_matches(keys: &[String], presented: &str) -> bool {
+    let mut matched = subtle::Choice::from(0u8);
+    for key in keys {
+        matched |= key.as_bytes().ct_eq(presented.as_bytes());
+    }
+    bool::from(matched)
+}
+
+async fn check(State(keys): State<Arc<Vec<String>>>, request: Request, next: Next) -> Response {
+    if keys.is_empty() {
+        return ApiError::unauthorized("no API keys are configured (server.api_keys / RENKEI_SERVER__API_KEYS)")
+            .into_response();
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(key) if key_matches(&keys, key) => next.run(request).await,
+        Some(_) => ApiError::unauthorized("unknown API key").into_response(),
+        None => ApiError::unauthorized("missing header Authorization: Bearer <api key>").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_matches;
+
+    #[test]
+    fn api_keys_match_exactly() {
+        let keys = vec!["alpha-key".to_string(), "beta-key".to_string()];
+        assert!(key_matches(&keys, "beta-key"));
+        assert!(!key_matches(&keys, "beta-ke"));
+        assert!(!key_matches(&keys, "beta-key2"));
+        assert!(!key_matches(&[], "anything"));
+    }
+}

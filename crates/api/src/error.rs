@@ -1,0 +1,227 @@
+//! The one API error: every route answers a failure with
+//! `{"error": {"code", "message"}}` (plus `errors: [...]` naming invalid
+//! fields or batch items), its HTTP status chosen by the code in one place,
+//! [`ErrorCode::status`]. A 5xx only ever means renkei's (or LINE's) fault.
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use renkei_core::{FieldError, ItemError};
+use renkei_store::StoreError;
+use serde_json::json;
+
+/// Every error code an API route answers with (README "Error codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Missing or unknown API key; missing or wrong `x-line-signature`.
+    Unauthorized,
+    /// Unknown route, segment or campaign; a member that is not linked.
+    NotFound,
+    /// A query parameter out of range (e.g. `limit`).
+    BadRequest,
+    /// The body is not JSON, or not a JSON object.
+    InvalidJson,
+    /// The body could not be read.
+    BadBody,
+    /// A path `member_id` that is not a member ID.
+    InvalidMemberId,
+    /// A tracked link whose `to` is not an http(s) URL.
+    InvalidLink,
+    /// The body is larger than the route accepts.
+    BodyTooLarge,
+    /// More items in one batch than a request may carry.
+    BatchTooLarge,
+    /// Invalid or unknown fields (`errors` names each).
+    InvalidRequest,
+    /// A batch refused whole for invalid items (`errors` names each with its index).
+    InvalidBatch,
+    /// LINE refused the ID token, or it is for another channel.
+    InvalidIdToken,
+    /// The request contradicts what is stored (e.g. a member linked to another LINE user).
+    Conflict,
+    /// The database failed; nothing was changed, retry later.
+    StoreUnavailable,
+    /// The route needs LINE settings that are not configured.
+    NotConfigured,
+    /// renkei cannot do this right now (e.g. no randomness for a nonce); retry later.
+    Unavailable,
+    /// LINE is unavailable; retry later.
+    LineUnavailable,
+    /// LINE answered unexpectedly.
+    LineError,
+}
+
+impl ErrorCode {
+    /// Every code, in the README's order.
+    pub const ALL: [ErrorCode; 18] = [
+        Self::Unauthorized,
+        Self::NotFound,
+        Self::BadRequest,
+        Self::InvalidJson,
+        Self::BadBody,
+        Self::InvalidMemberId,
+        Self::InvalidLink,
+        Self::BodyTooLarge,
+        Self::BatchTooLarge,
+        Self::InvalidRequest,
+        Self::InvalidBatch,
+        Self::InvalidIdToken,
+        Self::Conflict,
+        Self::StoreUnavailable,
+        Self::NotConfigured,
+        Self::Unavailable,
+        Self::LineUnavailable,
+        Self::LineError,
+    ];
+
+    /// The `code` of the body.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::BadRequest => "bad_request",
+            Self::InvalidJson => "invalid_json",
+            Self::BadBody => "bad_body",
+            Self::InvalidMemberId => "invalid_member_id",
+            Self::InvalidLink => "invalid_link",
+            Self::BodyTooLarge => "body_too_large",
+            Self::BatchTooLarge => "batch_too_large",
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidBatch => "invalid_batch",
+            Self::InvalidIdToken => "invalid_id_token",
+            Self::Conflict => "conflict",
+            Self::StoreUnavailable => "store_unavailable",
+            Self::NotConfigured => "not_configured",
+            Self::Unavailable => "unavailable",
+            Self::LineUnavailable => "line_unavailable",
+            Self::LineError => "line_error",
+        }
+    }
+
+    /// The HTTP status every error with this code answers with.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::BadRequest | Self::InvalidJson | Self::BadBody | Self::InvalidMemberId | Self::InvalidLink => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::BodyTooLarge | Self::BatchTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::InvalidRequest | Self::InvalidBatch | Self::InvalidIdToken => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::StoreUnavailable | Self::NotConfigured | Self::Unavailable | Self::LineUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::LineError => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Per-item problems of a refused batch (`errors`).
+    pub items: Vec<ItemError>,
+    /// Per-field problems of a refused body (`errors`).
+    pub fields: Vec<FieldError>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), items: Vec::new(), fields: Vec::new() }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthorized, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidJson, message)
+    }
+
+    /// 422 `invalid_request` with one message.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+
+    /// 422 `invalid_request` naming each invalid field.
+    pub fn invalid_fields(fields: Vec<FieldError>) -> Self {
+        let message = fields.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
+        Self { fields, ..Self::new(ErrorCode::InvalidRequest, message) }
+    }
+
+    /// A batch refused whole because some items are invalid.
+    pub fn invalid_items(what: &str, items: Vec<ItemError>) -> Self {
+        let invalid: std::collections::BTreeSet<usize> = items.iter().map(|e| e.index).collect();
+        let message = format!("{} invalid {what}; nothing was stored", invalid.len());
+        Self { items, ..Self::new(ErrorCode::InvalidBatch, message) }
+    }
+
+    /// A database failure on a route that reads.
+    pub fn store_unavailable(error: &StoreError) -> Self {
+        tracing::error!(%error, "store failure");
+        Self::new(ErrorCode::StoreUnavailable, "the database is unavailable; retry later")
+    }
+
+    pub fn from_body_rejection(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::new(ErrorCode::BodyTooLarge, "request body is larger than this route accepts")
+        } else {
+            Self::new(ErrorCode::BadBody, rejection.body_text())
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict(message) => Self::new(ErrorCode::Conflict, message),
+            other => {
+                tracing::error!(error = %other, "store failure");
+                Self::new(ErrorCode::StoreUnavailable, "storage failed; nothing was stored, retry later")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        if !self.items.is_empty() {
+            body["errors"] = json!(self.items);
+        } else if !self.fields.is_empty() {
+            body["errors"] = json!(self.fields);
+        }
+        (self.code.status(), Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_and_store_failures_are_store_unavailable() {
+        let names: std::collections::BTreeSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        let error = ApiError::from(StoreError::Corrupt("down".into()));
+        assert_eq!(error.code.as_str(), "store_unavailable");
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -1,0 +1,78 @@
+//! renkei's HTTP API, served by the `api` role: one error type and body
+//! ([`ApiError`], codes in [`ErrorCode`]), the bearer-key layer, and every
+//! `/v1` route by area, plus the public tracked links (`/t/…`).
+//!
+//! | module | routes |
+//! |---|---|
+//! | [`ingest`] | `POST /v1/events`, `POST /v1/members`, `POST /v1/links`, `GET`/`DELETE /v1/links/{member_id}` |
+//! | [`segments`] | `GET /v1/segments`, `GET /v1/segments/{id}/members` |
+//! | [`campaigns`] | `GET /v1/campaigns`, `GET /v1/campaigns/{id}/stats`, `POST /v1/campaigns/{id}/pause`, `…/resume` |
+//! | [`track`] | `GET /t/{campaign_id}` (no bearer key) |
+//!
+//! The webhook role's routes (`POST /webhook/line`, and the ID連携 routes
+//! `POST /v1/account-link/nonce`, `POST /v1/links/id-token`, which share the
+//! webhook's LINE channel settings) live in `renkei-webhook` and answer with
+//! the same [`ApiError`]. Logic that is not HTTP stays in its crate: file
+//! imports in `renkei-ingest`, the segment engine in `renkei-evaluator`,
+//! campaign counts in the store.
+
+pub mod auth;
+pub mod campaigns;
+pub mod error;
+pub mod ingest;
+pub mod metrics;
+pub mod segments;
+pub mod track;
+
+pub use auth::require_api_key;
+pub use error::{ApiError, ErrorCode};
+pub use ingest::{IngestState, json_object, link_json};
+pub use metrics::IngestMetrics;
+
+use axum::Router;
+use renkei_campaigns::CampaignSet;
+use renkei_core::{ChangeListener, Clock};
+use renkei_evaluator::MembershipEngine;
+use renkei_store::Store;
+use std::sync::Arc;
+
+/// What the `api` role's routes read and write.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    /// Told about every user whose data a request changed, after it is durable.
+    pub changes: Arc<dyn ChangeListener>,
+    pub metrics: Arc<IngestMetrics>,
+    /// Answers the segment reads (it need not be running).
+    pub engine: Arc<MembershipEngine>,
+    pub campaigns: Arc<CampaignSet>,
+    /// `server.api_keys`; none configured refuses every `/v1` request.
+    pub api_keys: Arc<Vec<String>>,
+}
+
+/// Every route of the `api` role: the `/v1` routes (with `more_v1`, e.g.
+/// the webhook crate's ID連携 routes) behind the bearer-key layer, and the
+/// public tracked links.
+pub fn router(state: ApiState, more_v1: Router) -> Router {
+    let v1 = ingest::router(IngestState {
+        store: state.store.clone(),
+        clock: state.clock.clone(),
+        metrics: state.metrics.clone(),
+        changes: state.changes.clone(),
+    })
+    .merge(segments::router(state.engine.clone()))
+    .merge(campaigns::router(campaigns::CampaignsApi {
+        store: state.store.clone(),
+        campaigns: state.campaigns.clone(),
+        clock: state.clock.clone(),
+    }))
+    .merge(more_v1);
+    let tracked = track::router(track::TrackApi {
+        store: state.store,
+        campaigns: state.campaigns,
+        clock: state.clock,
+        changes: state.changes,
+    });
+    tracked.merge(require_api_key(v1, state.api_keys))
+}

@@ -1,0 +1,257 @@
+//! The evaluator role: the segment engine running inside `renkei serve`
+//! (the role's handle; [`MembershipEngine`] is the engine).
+//!
+//! [`Evaluator`] is what the rest of the process holds: it is the
+//! [`ChangeListener`] the ingestion API and the webhook worker report to, it
+//! runs the full recompute at start, counts what it does for `/metrics`, and
+//! lets callers wait until reported changes are processed.
+//!
+//! Nothing stores which segment definitions the memberships were computed
+//! with, so every start re-evaluates the whole audience in the background
+//! (segments may have been added or edited since the last run). While that
+//! runs, real-time changes are still processed; the users they name are also
+//! re-evaluated once more after the recompute, so a page the recompute read
+//! before a change cannot leave a stale answer behind.
+
+use crate::{EngineHandle, MembershipEngine, RecomputeReport};
+use renkei_core::{ChangeListener, UserRef};
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{RwLock, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Distinct users remembered during a recompute for the second pass; beyond
+/// this the recompute simply runs again.
+const MAX_REMEMBERED: usize = 1_000_000;
+/// Recomputes in a row at start when changes keep overflowing the memory above.
+const MAX_RECOMPUTE_ROUNDS: u32 = 3;
+
+/// The running segment engine. Cheap to clone; every clone is the same engine.
+#[derive(Clone)]
+pub struct Evaluator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Arc<MembershipEngine>,
+    /// `None` once stopped. Readers report and wait; the writer stops it.
+    handle: RwLock<Option<EngineHandle>>,
+    /// Users reported while a recompute runs (`Some` only then).
+    during_recompute: Mutex<Option<Remembered>>,
+    /// True once the start-up recompute has finished (or failed).
+    recomputed: watch::Sender<bool>,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Remembered {
+    users: HashSet<UserRef>,
+    overflowed: bool,
+}
+
+#[derive(Default)]
+struct Stats {
+    changes_reported: AtomicU64,
+    recompute_running: AtomicBool,
+    recomputes: AtomicU64,
+    recompute_failures: AtomicU64,
+    recompute_users: AtomicU64,
+    recompute_transitions: AtomicU64,
+    last_recompute_millis: AtomicU64,
+}
+
+impl Evaluator {
+    /// Starts the engine's change worker and timer.
+    pub fn start(engine: Arc<MembershipEngine>) -> Self {
+        let handle = engine.clone().start();
+        let (recomputed, _) = watch::channel(false);
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                handle: RwLock::new(Some(handle)),
+                during_recompute: Mutex::new(None),
+                recomputed,
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<MembershipEngine> {
+        &self.inner.engine
+    }
+
+    /// Waits until every change reported so far has been evaluated.
+    pub async fn idle(&self) {
+        if let Some(handle) = self.inner.handle.read().await.as_ref() {
+            handle.idle().await;
+        }
+    }
+
+    /// Waits until the start-up recompute (and the re-evaluation of users
+    /// changed meanwhile) is over.
+    pub async fn recomputed(&self) {
+        let mut done = self.inner.recomputed.subscribe();
+        let _ = done.wait_for(|finished| *finished).await;
+    }
+
+    /// The full recompute `renkei serve` runs at start; stops early when
+    /// `stop` is cancelled (each page is written atomically, so an
+    /// interrupted recompute leaves nothing half-written).
+    pub async fn startup_recompute(self, stop: CancellationToken) {
+        let segments = self.engine().segments().len();
+        tracing::info!(
+            segments,
+            "segments may have changed since the last run: recomputing every user's membership in the background"
+        );
+        tokio::select! {
+            () = self.recompute_rounds() => {}
+            () = stop.cancelled() => {
+                self.inner.stats.recompute_running.store(false, Ordering::Relaxed);
+                *self.remembered() = None;
+                tracing::info!("start-up recompute interrupted by shutdown; the next start runs it again");
+            }
+        }
+        self.inner.recomputed.send_replace(true);
+    }
+
+    async fn recompute_rounds(&self) {
+        for round in 1..=MAX_RECOMPUTE_ROUNDS {
+            *self.remembered() = Some(Remembered::default());
+            let report = self.recompute_once().await;
+            let remembered = self.remembered().take().unwrap_or_default();
+            if report.is_none() {
+                // Failed: the users changed meanwhile still deserve their evaluation.
+                self.forward(&remembered.users.into_iter().collect::<Vec<_>>());
+                return;
+            }
+            if remembered.overflowed && round < MAX_RECOMPUTE_ROUNDS {
+                tracing::warn!(round, "too many users changed during the recompute to remember; recomputing again");
+                continue;
+            }
+            if !remembered.users.is_empty() {
+                tracing::info!(users = remembered.users.len(), "re-evaluating users changed during the recompute");
+                self.forward(&remembered.users.into_iter().collect::<Vec<_>>());
+            }
+            return;
+        }
+    }
+
+    async fn recompute_once(&self) -> Option<RecomputeReport> {
+        let stats = &self.inner.stats;
+        stats.recompute_running.store(true, Ordering::Relaxed);
+        let mut counted = 0u64;
+        let result = self
+            .engine()
+            .recompute_all(|progress| {
+                stats.recompute_users.fetch_add(progress.users - counted, Ordering::Relaxed);
+                counted = progress.users;
+            })
+            .await;
+        stats.recompute_running.store(false, Ordering::Relaxed);
+        match result {
+            Ok(report) => {
+                stats.recomputes.fetch_add(1, Ordering::Relaxed);
+                stats.recompute_transitions.fetch_add(report.transitions, Ordering::Relaxed);
+                stats.last_recompute_millis.store(report.elapsed.as_millis() as u64, Ordering::Relaxed);
+                Some(report)
+            }
+            Err(error) => {
+                stats.recompute_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, "start-up recompute failed; real-time and time-driven evaluation go on");
+                None
+            }
+        }
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, Option<Remembered>> {
+        self.inner.during_recompute.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn forward(&self, users: &[UserRef]) {
+        if users.is_empty() {
+            return;
+        }
+        match self.inner.handle.try_read() {
+            Ok(guard) => match guard.as_ref() {
+                Some(handle) => handle.users_changed(users),
+                None => tracing::debug!(users = users.len(), "segment engine stopped; change left to the next start"),
+            },
+            Err(_) => tracing::debug!(users = users.len(), "segment engine stopping; change left to the next start"),
+        }
+    }
+
+    /// Stops the worker and the timer; changes already reported are processed first.
+    pub async fn stop(&self) {
+        let handle = self.inner.handle.write().await.take();
+        if let Some(handle) = handle {
+            handle.shutdown().await;
+        }
+    }
+
+    /// Appends the evaluator's series to a Prometheus text exposition.
+    pub fn render_metrics(&self, out: &mut String) {
+        let s = &self.inner.stats;
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let running = u64::from(s.recompute_running.load(Ordering::Relaxed));
+        let rows: [(&str, &str, &str, String); 7] = [
+            (
+                "renkei_segment_changes_reported_total",
+                "counter",
+                "Users reported to the segment engine for re-evaluation.",
+                load(&s.changes_reported).to_string(),
+            ),
+            ("renkei_segment_recompute_running", "gauge", "1 while a full recompute runs.", running.to_string()),
+            (
+                "renkei_segment_recomputes_total",
+                "counter",
+                "Full recomputes finished.",
+                load(&s.recomputes).to_string(),
+            ),
+            (
+                "renkei_segment_recompute_failures_total",
+                "counter",
+                "Full recomputes that failed.",
+                load(&s.recompute_failures).to_string(),
+            ),
+            (
+                "renkei_segment_recompute_users_total",
+                "counter",
+                "Users evaluated by full recomputes.",
+                load(&s.recompute_users).to_string(),
+            ),
+            (
+                "renkei_segment_recompute_transitions_total",
+                "counter",
+                "Segment transitions recorded by full recomputes.",
+                load(&s.recompute_transitions).to_string(),
+            ),
+            (
+                "renkei_segment_recompute_last_duration_seconds",
+                "gauge",
+                "How long the last finished full recompute took.",
+                format!("{:.3}", load(&s.last_recompute_millis) as f64 / 1000.0),
+            ),
+        ];
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+    }
+}
+
+impl ChangeListener for Evaluator {
+    fn users_changed(&self, users: &[UserRef]) {
+        self.inner.stats.changes_reported.fetch_add(users.len() as u64, Ordering::Relaxed);
+        if let Some(remembered) = self.remembered().as_mut() {
+            if !remembered.overflowed {
+                remembered.users.extend(users.iter().cloned());
+                if remembered.users.len() > MAX_REMEMBERED {
+                    remembered.users.clear();
+                    remembered.overflowed = true;
+                }
+            }
+        }
+        self.forward(users);
+    }
+}

@@ -1,0 +1,39 @@
+//! The evaluator role: the segment engine's runtime, keeping every segment's
+//! membership current, and [`Evaluator`], the handle `renkei serve` runs it by.
+//!
+//! Segment semantics live in `renkei-segments` (pure); this crate feeds it
+//! stored facts and writes the answers back:
+//! - real time: [`EngineHandle`] is a [`renkei_core::ChangeListener`];
+//!   changed users are queued and a worker re-evaluates them, coalescing
+//!   duplicates;
+//! - time-driven: every evaluation stores the user's next change instant
+//!   ([`renkei_segments::SegmentSet::next_change`]); a timer task wakes at
+//!   the earliest one ([`MembershipEngine::run_due`] does one round);
+//! - full recompute: [`MembershipEngine::recompute_all`] streams the whole
+//!   audience universe page by page.
+//!
+//! All three go through the same [`MembershipEngine::evaluate_users`], so
+//! they give identical memberships; every difference is a transition.
+
+mod engine;
+mod evaluator;
+mod runtime;
+
+pub use engine::{MembershipEngine, RecomputeProgress, RecomputeReport, facts_of};
+pub use evaluator::Evaluator;
+pub use renkei_store::membership::{Cause, Transition, TransitionKind};
+pub use runtime::EngineHandle;
+
+use renkei_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unknown segment `{0}`")]
+    UnknownSegment(String),
+    #[error("evaluation task failed: {0}")]
+    Task(String),
+}
+
+pub type MembershipResult<T> = Result<T, MembershipError>;

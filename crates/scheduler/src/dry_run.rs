@@ -1,0 +1,115 @@
+//! `renkei campaigns dry-run`: who would get what at an instant, rendered,
+//! with the policy decision for each, and nothing sent or stored.
+
+use crate::runner::rfc3339;
+use crate::{SchedulerError, SchedulerResult};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use renkei_campaigns::{CampaignSet, RenderContext, Trigger};
+use renkei_dispatcher::policy::{Decision, GlobalPolicy};
+use renkei_dispatcher::{PolicyContext, decide_deliveries};
+use renkei_evaluator::MembershipEngine;
+use renkei_store::dispatch::{DeliveryStatus, PendingDelivery};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// One recipient of a dry run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DryRunRow {
+    pub line_user_id: Option<String>,
+    pub member_id: Option<String>,
+    /// `send`, `skip` or `defer`.
+    pub decision: &'static str,
+    /// The skip reason, or the instant a deferred send goes out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// When the delivery is due (event triggers: the queued reminder's time).
+    pub due_at: String,
+    /// The rendered LINE messages.
+    pub messages: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Segment-entry and scheduled campaigns: the members of their segment at
+/// `at`, as if the trigger fired then. Event campaigns: their queued
+/// (pending) deliveries. Each is judged by the policies at `at`.
+pub async fn dry_run(
+    engine: &MembershipEngine,
+    campaigns: &CampaignSet,
+    campaign_id: &str,
+    at: DateTime<Utc>,
+    global: &GlobalPolicy,
+    public_base_url: &str,
+) -> SchedulerResult<Vec<DryRunRow>> {
+    let campaign =
+        campaigns.get(campaign_id).ok_or_else(|| SchedulerError::UnknownCampaign(campaign_id.to_string()))?;
+    let store = engine.store().as_ref();
+    let tz: Tz = engine.timezone();
+    let mut deliveries: Vec<PendingDelivery> = Vec::new();
+    match &campaign.trigger {
+        Trigger::SegmentEntered { segment } | Trigger::Schedule { audience: segment, .. } => {
+            let users = engine.preview(segment, at).await?;
+            for page in users.chunks(1_000) {
+                for record in store.load_users(page, Some(&[])).await? {
+                    let ctx = RenderContext {
+                        member_id: record.member_id.as_ref().map(|m| m.as_str()),
+                        member: record.attributes.as_ref(),
+                        line_user_id: Some(record.line_user_id.as_str()),
+                        event: None,
+                        now: at,
+                        timezone: tz,
+                        public_base_url,
+                    };
+                    let (messages, context) = match campaigns.render(campaign, &ctx) {
+                        Ok(messages) => (Value::Array(messages), json!({})),
+                        Err(error) => (Value::Array(Vec::new()), json!({"error": error.to_string()})),
+                    };
+                    deliveries.push(PendingDelivery {
+                        id: 0,
+                        campaign_id: campaign.id.clone(),
+                        line_user_id: Some(record.line_user_id.clone()),
+                        member_id: record.member_id.clone(),
+                        due_at: at,
+                        messages: Arc::new(messages),
+                        context: Arc::new(context),
+                    });
+                }
+            }
+        }
+        Trigger::Event { .. } => {
+            let mut after = 0;
+            loop {
+                let page = store.campaign_deliveries(&campaign.id, after, 1_000).await?;
+                let Some(last) = page.last() else { break };
+                after = last.id;
+                deliveries.extend(
+                    page.into_iter().filter(|d| d.status == DeliveryStatus::Pending).map(PendingDelivery::from),
+                );
+            }
+        }
+    }
+    let context = PolicyContext { store, campaigns, timezone: tz, global };
+    let decisions = decide_deliveries(&context, &mut deliveries, at).await?;
+    Ok(deliveries
+        .into_iter()
+        .zip(decisions)
+        .map(|(delivery, decision)| {
+            let (decision, detail) = match decision {
+                Decision::Send => ("send", None),
+                Decision::Skip(reason) => ("skip", Some(reason.as_str().to_string())),
+                Decision::Defer(until) => ("defer", Some(rfc3339(until))),
+            };
+            DryRunRow {
+                line_user_id: delivery.line_user_id.map(|u| u.as_str().to_string()),
+                member_id: delivery.member_id.map(|m| m.as_str().to_string()),
+                decision,
+                detail,
+                due_at: rfc3339(delivery.due_at),
+                error: delivery.context.get("error").and_then(Value::as_str).map(str::to_string),
+                messages: Arc::unwrap_or_clone(delivery.messages),
+            }
+        })
+        .collect())
+}

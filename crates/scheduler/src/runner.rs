@@ -1,0 +1,679 @@
+//! Campaign triggers: turns segment entries, events and cron fires into
+//! deliveries in the outbox, and keeps each user's desired rich menu.
+//!
+//! Every trigger instance has a key (`entered:<transition id>`,
+//! `event:<event row id>`, `schedule:<fire time>`), and a delivery is unique
+//! per campaign, trigger key and recipient, so reprocessing after a crash,
+//! or two instances doing the same work, never makes a second delivery.
+//!
+//! Transitions and events are tailed by row id. On PostgreSQL ids can
+//! commit out of order, so rows are re-read for [`SETTLE`] after they were
+//! first passed (already handled rows are skipped in memory); the stored
+//! cursor only moves past ids that have settled.
+
+use crate::SchedulerResult;
+use chrono::{DateTime, SecondsFormat, Utc};
+use chrono_tz::Tz;
+use renkei_campaigns::{Campaign, CampaignSet, RenderContext, RichMenuRules, Trigger, schedule};
+use renkei_core::{Clock, LineUserId, MemberId};
+use renkei_dispatcher::DispatchMetrics;
+use renkei_store::dispatch::{FireState, NewDelivery};
+use renkei_store::membership::{Cause, StoredTransition, TransitionKind, UserRecord};
+use renkei_store::{Store, StoreResult, StoredEvent};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How long a passed row id may still be joined by a lower one committing late.
+pub const SETTLE: Duration = Duration::from_secs(30);
+const PAGE: u32 = 1_000;
+const TRANSITIONS_CURSOR: &str = "campaigns.transitions";
+const EVENTS_CURSOR: &str = "campaigns.events";
+
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    pub timezone: Tz,
+    /// For `track` links.
+    pub public_base_url: String,
+    /// How often to look for new transitions and events.
+    pub poll: Duration,
+    /// A missed cron fire still runs when it is at most this old (only the latest one).
+    pub misfire_grace: chrono::Duration,
+}
+
+impl Default for RunnerSettings {
+    fn default() -> Self {
+        Self {
+            timezone: chrono_tz::Asia::Tokyo,
+            public_base_url: "http://127.0.0.1:8080".to_string(),
+            poll: Duration::from_millis(25),
+            misfire_grace: chrono::Duration::hours(1),
+        }
+    }
+}
+
+pub struct CampaignRunner {
+    store: Arc<dyn Store>,
+    campaigns: Arc<CampaignSet>,
+    rich_menus: Arc<RichMenuRules>,
+    clock: Arc<dyn Clock>,
+    settings: RunnerSettings,
+    metrics: Arc<DispatchMetrics>,
+    /// Wakes the dispatcher when deliveries were enqueued.
+    dispatch_wake: Arc<Notify>,
+    enabled_at: HashMap<String, DateTime<Utc>>,
+}
+
+/// A table whose new rows trigger campaigns.
+enum Table {
+    Transitions,
+    /// Events of these types.
+    Events(Vec<String>),
+}
+
+impl Table {
+    fn cursor(&self) -> &'static str {
+        match self {
+            Table::Transitions => TRANSITIONS_CURSOR,
+            Table::Events(_) => EVENTS_CURSOR,
+        }
+    }
+}
+
+enum Row {
+    Transition(StoredTransition),
+    Event(StoredEvent),
+}
+
+impl Row {
+    fn id(&self) -> i64 {
+        match self {
+            Row::Transition(t) => t.id,
+            Row::Event(e) => e.id,
+        }
+    }
+}
+
+/// Tailing state of one table.
+#[derive(Debug, Default)]
+struct Tail {
+    last_seen: i64,
+    settled: i64,
+    processed: HashSet<i64>,
+    /// (when, last_seen then): `settled` follows it SETTLE later.
+    marks: VecDeque<(Instant, i64)>,
+    last_sweep: Option<Instant>,
+}
+
+impl Tail {
+    fn start(cursor: i64) -> Self {
+        Self { last_seen: cursor, settled: cursor, ..Self::default() }
+    }
+
+    /// Advances `settled`; returns true when it moved.
+    fn settle(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        while let Some(&(at, id)) = self.marks.front() {
+            if now.duration_since(at) < SETTLE {
+                break;
+            }
+            self.marks.pop_front();
+            if id > self.settled {
+                self.settled = id;
+                moved = true;
+            }
+        }
+        let settled = self.settled;
+        self.processed.retain(|id| *id > settled);
+        moved
+    }
+
+    fn seen(&mut self, id: i64) -> bool {
+        !self.processed.insert(id)
+    }
+
+    fn mark(&mut self, now: Instant) {
+        if self.marks.back().is_none_or(|(_, id)| *id != self.last_seen) {
+            self.marks.push_back((now, self.last_seen));
+        }
+    }
+
+    fn sweep_due(&mut self, now: Instant) -> bool {
+        let due = self.last_sweep.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(5));
+        if due {
+            self.last_sweep = Some(now);
+        }
+        due && self.last_seen > self.settled
+    }
+}
+
+impl CampaignRunner {
+    /// Records (or reads) when each campaign was first enabled: segment
+    /// entries and cron fires before that do not trigger it.
+    pub async fn new(
+        store: Arc<dyn Store>,
+        campaigns: Arc<CampaignSet>,
+        rich_menus: Arc<RichMenuRules>,
+        clock: Arc<dyn Clock>,
+        settings: RunnerSettings,
+        metrics: Arc<DispatchMetrics>,
+        dispatch_wake: Arc<Notify>,
+    ) -> SchedulerResult<Self> {
+        let now = clock.now();
+        let mut enabled_at = HashMap::new();
+        for campaign in campaigns.iter() {
+            enabled_at.insert(campaign.id.clone(), store.campaign_enabled_at(&campaign.id, now).await?);
+        }
+        Ok(Self { store, campaigns, rich_menus, clock, settings, metrics, dispatch_wake, enabled_at })
+    }
+
+    fn event_types(&self) -> Vec<String> {
+        let mut types: Vec<String> = self
+            .campaigns
+            .iter()
+            .filter_map(|c| match &c.trigger {
+                Trigger::Event { event_type, .. } => Some(event_type.clone()),
+                _ => None,
+            })
+            .collect();
+        types.sort();
+        types.dedup();
+        types
+    }
+
+    fn watches_transitions(&self) -> bool {
+        self.campaigns.iter().any(|c| matches!(c.trigger, Trigger::SegmentEntered { .. }))
+            || has_rich_menus(&self.rich_menus)
+    }
+
+    async fn start_tail(&self, cursor: &str, max: i64) -> SchedulerResult<Tail> {
+        let start = match self.store.get_cursor(cursor).await? {
+            Some(value) => value,
+            None => {
+                // First start: react to what happens from now on, not to history.
+                self.store.set_cursor(cursor, max).await?;
+                max
+            }
+        };
+        Ok(Tail::start(start))
+    }
+
+    /// Runs the trigger loops until cancelled.
+    pub fn spawn(self: Arc<Self>, token: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        if self.watches_transitions() {
+            tasks.push(tokio::spawn(self.clone().tail_loop(Table::Transitions, token.clone())));
+        }
+        let types = self.event_types();
+        if !types.is_empty() {
+            tasks.push(tokio::spawn(self.clone().tail_loop(Table::Events(types), token.clone())));
+        }
+        if self.campaigns.iter().any(|c| matches!(c.trigger, Trigger::Schedule { .. })) {
+            tasks.push(tokio::spawn(self.schedule_loop(token)));
+        }
+        tasks
+    }
+
+    /// Tails one table by row id until cancelled: opens its cursor (at the
+    /// newest row on a first start), then handles new rows every `poll`.
+    async fn tail_loop(self: Arc<Self>, table: Table, token: CancellationToken) {
+        let mut tail = loop {
+            let opened = match self.max_id(&table).await {
+                Ok(max) => self.start_tail(table.cursor(), max).await,
+                Err(error) => Err(error.into()),
+            };
+            match opened {
+                Ok(tail) => break tail,
+                Err(error) => {
+                    tracing::warn!(%error, table = table.cursor(), "opening a trigger cursor failed; retrying")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = token.cancelled() => return,
+            }
+        };
+        while !token.is_cancelled() {
+            match self.tail_round(&table, &mut tail).await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, table = table.cursor(), "processing triggers failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.poll) => {}
+                _ = token.cancelled() => {}
+            }
+        }
+    }
+
+    async fn max_id(&self, table: &Table) -> StoreResult<i64> {
+        match table {
+            Table::Transitions => self.store.max_transition_id().await,
+            Table::Events(_) => self.store.max_event_id().await,
+        }
+    }
+
+    async fn fetch(&self, table: &Table, after: i64, limit: u32) -> StoreResult<Vec<Row>> {
+        Ok(match table {
+            Table::Transitions => {
+                self.store.transitions_after(after, limit).await?.into_iter().map(Row::Transition).collect()
+            }
+            Table::Events(types) => {
+                self.store.events_after(after, types, limit).await?.into_iter().map(Row::Event).collect()
+            }
+        })
+    }
+
+    /// One round: rows after the last seen, plus (every few seconds) rows that
+    /// committed late below it; returns how many new rows were read.
+    async fn tail_round(&self, table: &Table, tail: &mut Tail) -> SchedulerResult<usize> {
+        let rows = self.fetch(table, tail.last_seen, PAGE).await?;
+        let n = rows.len();
+        let mut fresh: Vec<Row> = rows.into_iter().filter(|r| !tail.seen(r.id())).collect();
+        if let Some(last) = fresh.iter().map(Row::id).max() {
+            tail.last_seen = tail.last_seen.max(last);
+        }
+        let now = Instant::now();
+        if tail.sweep_due(now) {
+            let late = self.fetch(table, tail.settled, 10 * PAGE).await?;
+            let last_seen = tail.last_seen;
+            fresh.extend(late.into_iter().filter(|r| r.id() <= last_seen && !tail.seen(r.id())));
+        }
+        if !fresh.is_empty() {
+            let (mut transitions, mut events) = (Vec::new(), Vec::new());
+            for row in fresh {
+                match row {
+                    Row::Transition(t) => transitions.push(t),
+                    Row::Event(e) => events.push(e),
+                }
+            }
+            if !transitions.is_empty() {
+                self.on_transitions(&transitions).await?;
+            }
+            if !events.is_empty() {
+                self.on_events(&events).await?;
+            }
+        }
+        tail.mark(now);
+        if tail.settle(now) {
+            self.store.set_cursor(table.cursor(), tail.settled).await?;
+        }
+        Ok(n)
+    }
+
+    /// Enqueues segment-entry campaigns and updates desired rich menus.
+    pub async fn on_transitions(&self, transitions: &[StoredTransition]) -> SchedulerResult<()> {
+        let now = self.clock.now();
+        let mut deliveries = Vec::new();
+        // A full recompute (start-up, a new or edited segment) establishes
+        // membership; campaigns react to entries caused by data or time.
+        let entered: Vec<&StoredTransition> = transitions
+            .iter()
+            .filter(|t| t.transition.kind == TransitionKind::Entered && t.transition.cause != Cause::Recompute)
+            .collect();
+        let users: Vec<LineUserId> = unique(entered.iter().map(|t| t.transition.line_user_id.clone()));
+        let records = self.records(&users).await?;
+        for t in &entered {
+            let segment = &t.transition.segment_id;
+            for campaign in self.campaigns.entering(segment) {
+                if self.enabled_at.get(&campaign.id).is_some_and(|enabled| t.transition.at < *enabled) {
+                    continue;
+                }
+                let user = &t.transition.line_user_id;
+                let record = records.get(user);
+                let context = json!({"segment": segment, "entered_at": rfc3339(t.transition.at)});
+                deliveries.push(self.delivery(
+                    campaign,
+                    format!("entered:{}", t.id),
+                    Some(user.clone()),
+                    record.and_then(|r| r.member_id.clone()),
+                    record.and_then(|r| r.attributes.as_ref()),
+                    None,
+                    now,
+                    context,
+                    now,
+                ));
+            }
+        }
+        self.enqueue(&deliveries, now).await?;
+        if has_rich_menus(&self.rich_menus) {
+            let watched: BTreeSet<&str> = self.rich_menus.rules.iter().map(|r| r.segment.as_str()).collect();
+            let touched = unique(
+                transitions
+                    .iter()
+                    .filter(|t| watched.contains(t.transition.segment_id.as_str()))
+                    .map(|t| t.transition.line_user_id.clone()),
+            );
+            self.update_rich_menus(&touched).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the desired rich menu of these users from their memberships.
+    pub async fn update_rich_menus(&self, users: &[LineUserId]) -> SchedulerResult<()> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let mut desired = Vec::with_capacity(users.len());
+        for user in users {
+            let memberships = self.store.user_memberships(user).await?;
+            desired.push((user.clone(), self.rich_menus.menu_for(&memberships).map(str::to_string)));
+        }
+        self.store.set_desired_rich_menus(&desired, self.clock.now()).await?;
+        self.dispatch_wake.notify_waiters();
+        Ok(())
+    }
+
+    /// At start: the desired menu of every member of a rule segment (others
+    /// keep the default the channel shows, or get it when they leave a rule segment).
+    pub async fn sync_rich_menus(&self) -> SchedulerResult<u64> {
+        let mut total = 0;
+        let segments: BTreeSet<String> = self.rich_menus.rules.iter().map(|r| r.segment.clone()).collect();
+        for segment in segments {
+            let mut after: Option<String> = None;
+            loop {
+                let page = self.store.segment_members(&segment, after.as_deref(), PAGE).await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.as_str().to_string());
+                total += page.len() as u64;
+                self.update_rich_menus(&page).await?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Enqueues event-triggered campaigns for these events. A send time
+    /// already past by more than the catch-up grace (a reminder for a
+    /// reservation posted too late) is recorded as `expired`, not sent.
+    pub async fn on_events(&self, events: &[StoredEvent]) -> SchedulerResult<()> {
+        let now = self.clock.now();
+        let tz = self.settings.timezone;
+        let relevant: Vec<&StoredEvent> =
+            events.iter().filter(|e| self.campaigns.on_event(&e.event_type).next().is_some()).collect();
+        // Resolve every member and user of the page once.
+        let mut links: HashMap<MemberId, Option<LineUserId>> = HashMap::new();
+        for event in &relevant {
+            if event.line_user_id.is_none()
+                && let Some(member) = event.member_id.as_deref().and_then(|m| MemberId::parse(m).ok())
+                && !links.contains_key(&member)
+            {
+                let user = self.store.member_line_user(&member).await?;
+                links.insert(member, user);
+            }
+        }
+        let users = unique(relevant.iter().filter_map(|e| {
+            e.line_user_id.as_deref().and_then(|u| LineUserId::parse(u).ok()).or_else(|| {
+                e.member_id
+                    .as_deref()
+                    .and_then(|m| MemberId::parse(m).ok())
+                    .and_then(|m| links.get(&m).cloned().flatten())
+            })
+        }));
+        let records = self.records(&users).await?;
+        let mut unlinked_members: HashMap<MemberId, Option<Map<String, Value>>> = HashMap::new();
+        let mut deliveries = Vec::new();
+        for event in relevant {
+            let member_id = event.member_id.as_deref().and_then(|m| MemberId::parse(m).ok());
+            let line_user = event
+                .line_user_id
+                .as_deref()
+                .and_then(|u| LineUserId::parse(u).ok())
+                .or_else(|| member_id.as_ref().and_then(|m| links.get(m).cloned().flatten()));
+            let (member_id, attributes) = match (&line_user, &member_id) {
+                (Some(user), _) => {
+                    let record = records.get(user);
+                    let member = record.and_then(|r| r.member_id.clone()).or(member_id.clone());
+                    (member, record.and_then(|r| r.attributes.clone()))
+                }
+                (None, Some(member)) => {
+                    if !unlinked_members.contains_key(member) {
+                        let stored = self.store.get_member(member).await?.map(|m| m.attributes);
+                        unlinked_members.insert(member.clone(), stored);
+                    }
+                    (Some(member.clone()), unlinked_members.get(member).cloned().flatten())
+                }
+                (None, None) => (None, None),
+            };
+            let event_json = json!({
+                "type": event.event_type,
+                "occurred_at": rfc3339(event.occurred_at),
+                "properties": Value::Object(event.properties.clone()),
+            });
+            for campaign in self.campaigns.on_event(&event.event_type) {
+                let Trigger::Event { timing, .. } = &campaign.trigger else { continue };
+                let mut context = json!({"event": event_json.clone()});
+                let due = match timing.send_at(event.occurred_at, &event.properties, tz) {
+                    Ok(due) if due < now - self.settings.misfire_grace => {
+                        context["expired"] = Value::String(rfc3339(due));
+                        now
+                    }
+                    Ok(due) => due,
+                    Err(error) => {
+                        context["error"] = Value::String(format!("event {}: {error}", event.id));
+                        now
+                    }
+                };
+                deliveries.push(self.delivery(
+                    campaign,
+                    format!("event:{}", event.id),
+                    line_user.clone(),
+                    member_id.clone(),
+                    attributes.as_ref(),
+                    Some(&event_json),
+                    due,
+                    context,
+                    now,
+                ));
+            }
+        }
+        self.enqueue(&deliveries, now).await
+    }
+
+    async fn schedule_loop(self: Arc<Self>, token: CancellationToken) {
+        // A crash while enqueueing left a fire `started`: finish it (deliveries dedupe).
+        match self.store.unfinished_fires().await {
+            Ok(fires) => {
+                for fire in fires {
+                    if let Some(campaign) = self.campaigns.get(&fire.campaign_id) {
+                        tracing::info!(campaign = %campaign.id, fire_at = %fire.fire_at, "finishing an interrupted cron fire");
+                        if let Err(error) = self.fire(campaign, fire.fire_at).await {
+                            tracing::warn!(%error, campaign = %campaign.id, "finishing a cron fire failed");
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading unfinished cron fires failed"),
+        }
+        while !token.is_cancelled() {
+            let now = self.clock.now();
+            let mut next: Option<DateTime<Utc>> = None;
+            for campaign in self.campaigns.iter() {
+                match self.schedule_round(campaign, now).await {
+                    Ok(Some(at)) => next = Some(next.map_or(at, |n| n.min(at))),
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%error, campaign = %campaign.id, "cron round failed; retrying"),
+                }
+            }
+            let wait = next
+                .and_then(|at| (at - self.clock.now()).to_std().ok())
+                .unwrap_or(Duration::from_secs(1))
+                .clamp(Duration::from_millis(10), Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = token.cancelled() => {}
+            }
+        }
+    }
+
+    /// Runs what is due of one scheduled campaign; returns its next fire time.
+    pub async fn schedule_round(
+        &self,
+        campaign: &Campaign,
+        now: DateTime<Utc>,
+    ) -> SchedulerResult<Option<DateTime<Utc>>> {
+        let Trigger::Schedule { schedule: cron, .. } = &campaign.trigger else { return Ok(None) };
+        let tz = self.settings.timezone;
+        let enabled = self.enabled_at.get(&campaign.id).copied().unwrap_or(now);
+        let since = match self.store.last_fire(&campaign.id).await? {
+            Some(fire) => fire.fire_at.max(enabled),
+            None => enabled,
+        };
+        let plan = schedule::catch_up(cron, tz, since, now, self.settings.misfire_grace);
+        for missed in &plan.missed {
+            if self.store.record_fire(&campaign.id, *missed, FireState::Missed).await? {
+                tracing::warn!(campaign = %campaign.id, fire_at = %missed, "cron fire missed while renkei was down; not sent (older than the catch-up grace or superseded by a later fire)");
+            }
+        }
+        if let Some(fire_at) = plan.run
+            && self.store.record_fire(&campaign.id, fire_at, FireState::Started).await?
+        {
+            tracing::info!(campaign = %campaign.id, %fire_at, "cron fire");
+            self.fire(campaign, fire_at).await?;
+        }
+        Ok(schedule::next_fire(cron, tz, now))
+    }
+
+    /// Enqueues one fire of a scheduled campaign for its audience's current members.
+    pub async fn fire(&self, campaign: &Campaign, fire_at: DateTime<Utc>) -> SchedulerResult<u64> {
+        let Trigger::Schedule { audience, .. } = &campaign.trigger else { return Ok(0) };
+        let trigger_key = format!("schedule:{}", rfc3339(fire_at));
+        let mut after: Option<String> = None;
+        let mut total = 0;
+        loop {
+            let page = self.store.segment_members(audience, after.as_deref(), PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.as_str().to_string());
+            let now = self.clock.now();
+            let records = self.records(&page).await?;
+            let deliveries: Vec<NewDelivery> = page
+                .iter()
+                .map(|user| {
+                    let record = records.get(user);
+                    self.delivery(
+                        campaign,
+                        trigger_key.clone(),
+                        Some(user.clone()),
+                        record.and_then(|r| r.member_id.clone()),
+                        record.and_then(|r| r.attributes.as_ref()),
+                        None,
+                        fire_at,
+                        json!({"fire_at": rfc3339(fire_at)}),
+                        now,
+                    )
+                })
+                .collect();
+            total += deliveries.len() as u64;
+            self.enqueue(&deliveries, now).await?;
+        }
+        self.store.set_fire_state(&campaign.id, fire_at, FireState::Done).await?;
+        Ok(total)
+    }
+
+    async fn records(&self, users: &[LineUserId]) -> SchedulerResult<HashMap<LineUserId, UserRecord>> {
+        if users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(self.store.load_users(users, Some(&[])).await?.into_iter().map(|r| (r.line_user_id.clone(), r)).collect())
+    }
+
+    async fn enqueue(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> SchedulerResult<()> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let new = self.store.insert_deliveries(deliveries, now).await?;
+        DispatchMetrics::add(&self.metrics.deliveries_enqueued, new);
+        if new > 0 {
+            self.dispatch_wake.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Renders the campaign for one recipient; a render failure becomes a
+    /// delivery the dispatcher skips as `invalid_trigger`, with the reason kept.
+    #[allow(clippy::too_many_arguments)]
+    fn delivery(
+        &self,
+        campaign: &Campaign,
+        trigger_key: String,
+        line_user_id: Option<LineUserId>,
+        member_id: Option<MemberId>,
+        attributes: Option<&Map<String, Value>>,
+        event: Option<&Value>,
+        due_at: DateTime<Utc>,
+        mut context: Value,
+        now: DateTime<Utc>,
+    ) -> NewDelivery {
+        let ctx = RenderContext {
+            member_id: member_id.as_ref().map(|m| m.as_str()),
+            member: attributes,
+            line_user_id: line_user_id.as_ref().map(|u| u.as_str()),
+            event,
+            now,
+            timezone: self.settings.timezone,
+            public_base_url: &self.settings.public_base_url,
+        };
+        let messages = match self.campaigns.render(campaign, &ctx) {
+            Ok(messages) => Value::Array(messages),
+            Err(error) => {
+                tracing::warn!(campaign = %campaign.id, %error, "rendering failed; the delivery will be skipped");
+                context["error"] = Value::String(error.to_string());
+                Value::Array(Vec::new())
+            }
+        };
+        let recipient_key = match (&line_user_id, &member_id) {
+            (Some(user), _) => user.as_str().to_string(),
+            (None, Some(member)) => format!("member:{}", member.as_str()),
+            (None, None) => "unknown".to_string(),
+        };
+        NewDelivery {
+            campaign_id: campaign.id.clone(),
+            trigger_key,
+            recipient_key,
+            line_user_id,
+            member_id,
+            due_at,
+            messages,
+            context,
+        }
+    }
+
+    pub fn campaigns(&self) -> &Arc<CampaignSet> {
+        &self.campaigns
+    }
+}
+
+fn has_rich_menus(rules: &RichMenuRules) -> bool {
+    !rules.rules.is_empty() || rules.default.is_some()
+}
+
+fn unique(users: impl Iterator<Item = LineUserId>) -> Vec<LineUserId> {
+    let mut seen = HashSet::new();
+    users.filter(|u| seen.insert(u.clone())).collect()
+}
+
+pub(crate) fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_settles_only_after_the_window_and_forgets_settled_ids() {
+        let mut tail = Tail::start(10);
+        let t0 = Instant::now();
+        assert!(!tail.seen(11));
+        assert!(tail.seen(11), "a row is processed once");
+        tail.last_seen = 11;
+        tail.mark(t0);
+        assert!(!tail.settle(t0 + Duration::from_secs(1)));
+        assert_eq!(tail.settled, 10);
+        assert!(tail.settle(t0 + SETTLE));
+        assert_eq!(tail.settled, 11);
+        assert!(tail.processed.is_empty());
+    }
+}
