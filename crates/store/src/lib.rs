@@ -96,24 +96,20 @@ pub trait Store: AllAreas + Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
 }
 
-/// Every area trait (and, with the `test-support` feature, [`TestReads`]).
-pub trait AllAreas:
-    MemberStore
-    + EventStore
-    + WebhookStore
-    + MembershipStore
-    + MembershipReads
-    + OutboxStore
-    + OutboxReads
-    + RequestStore
-    + ScheduleStore
-    + RichMenuStore
-    + TestReadsIfEnabled
-{
+/// Declares a trait that is the sum of the listed ones, implemented for every
+/// type that implements them all: the list is written once.
+macro_rules! trait_sum {
+    ($(#[$doc:meta])* $name:ident = $first:ident $(+ $rest:ident)*) => {
+        $(#[$doc])*
+        pub trait $name: $first $(+ $rest)* {}
+
+        impl<T> $name for T where T: $first $(+ $rest)* {}
+    };
 }
 
-impl<T> AllAreas for T where
-    T: MemberStore
+trait_sum! {
+    /// Every area trait (and, with the `test-support` feature, [`TestReads`]).
+    AllAreas = MemberStore
         + EventStore
         + WebhookStore
         + MembershipStore
@@ -124,7 +120,6 @@ impl<T> AllAreas for T where
         + ScheduleStore
         + RichMenuStore
         + TestReadsIfEnabled
-{
 }
 
 #[cfg(feature = "test-support")]

@@ -120,6 +120,22 @@ pub struct AudiencePage {
 }
 
 impl AudiencePage {
+    /// Runs a backend's page query (`$1` the user to start after, `""` for
+    /// the first page; `$2` the limit; the users as column `u`, sorted).
+    pub(crate) async fn read<S: Sql>(
+        store: &S,
+        sql: &'static str,
+        after: Option<&LineUserId>,
+        limit: u32,
+    ) -> StoreResult<Self> {
+        let users = stmt::<S::Db>(sql)
+            .bind(after.map(|a| a.as_str()).unwrap_or(""))
+            .bind(limit)
+            .all(store.reader(), |row| row.user("u"))
+            .await?;
+        Ok(AudiencePage { after: after.cloned(), users })
+    }
+
     /// The last user, where the next page starts after.
     pub fn last(&self) -> Option<&LineUserId> {
         self.users.last()

@@ -57,11 +57,20 @@ pub trait RichMenusSql: Sql {
     /// Leases changes (`$1` owner, `$2` lease end, `$3` now, `$4` limit), `RETURNING line_user_id, desired, linked`.
     const CLAIM_CHANGES: &'static str;
 
-    /// [`RichMenuStore::set_desired_rich_menus`] of a non-empty batch.
-    async fn set_desired(&self, desired: &[(LineUserId, Option<String>)], now: DateTime<Utc>) -> StoreResult<()>;
+    /// [`RichMenuStore::set_desired_rich_menus`]'s upsert of (user, menu, now).
+    const SET_DESIRED: &'static str;
 
-    /// [`RichMenuStore::mark_rich_menus_linked`] of a non-empty batch.
-    async fn mark_linked(&self, done: &[(LineUserId, Option<String>)], now: DateTime<Utc>) -> StoreResult<()>;
+    /// [`RichMenuStore::mark_rich_menus_linked`]'s upsert of (user, menu, now).
+    const MARK_LINKED: &'static str;
+
+    /// Runs `upsert` ([`Self::SET_DESIRED`] or [`Self::MARK_LINKED`]) for
+    /// the last item of each user of a non-empty batch.
+    async fn upsert_per_user(
+        &self,
+        upsert: &'static str,
+        items: &[(LineUserId, Option<String>)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
 
     /// [`RichMenuStore::release_rich_menu_changes`] of a non-empty batch.
     async fn release(&self, users: &[LineUserId], retry_at: DateTime<Utc>, error: &str) -> StoreResult<()>;
@@ -77,7 +86,7 @@ impl<S: RichMenusSql> RichMenuStore for S {
         if desired.is_empty() {
             return Ok(());
         }
-        self.set_desired(desired, now).await
+        self.upsert_per_user(S::SET_DESIRED, desired, now).await
     }
 
     async fn claim_rich_menu_changes(
@@ -106,7 +115,7 @@ impl<S: RichMenusSql> RichMenuStore for S {
         if done.is_empty() {
             return Ok(());
         }
-        self.mark_linked(done, now).await
+        self.upsert_per_user(S::MARK_LINKED, done, now).await
     }
 
     async fn release_rich_menu_changes(

@@ -342,6 +342,25 @@ macro_rules! executors {
     };
 }
 
+/// A [`Dialect`]'s `bind`: the same table of [`Arg`]s for both drivers,
+/// given how the backend stores a timestamp (`ts`) and a JSON value (`json`).
+macro_rules! binder {
+    (ts: $ts:expr, json: $json:expr) => {
+        fn bind(query: Query<Self>, arg: Arg<'_>) -> Query<Self> {
+            match arg {
+                Arg::Str(v) => query.bind(v),
+                Arg::OptStr(v) => query.bind(v),
+                Arg::I64(v) => query.bind(v),
+                Arg::OptI64(v) => query.bind(v),
+                Arg::Bool(v) => query.bind(v),
+                Arg::Ts(v) => query.bind($ts(v)),
+                Arg::OptTs(v) => query.bind(v.map($ts)),
+                Arg::Json(v) => query.bind($json(v)),
+            }
+        }
+    };
+}
+
 // ---------------------------------------------------------------- SQLite
 
 fn corrupt_time(micros: i64) -> StoreError {
@@ -349,18 +368,7 @@ fn corrupt_time(micros: i64) -> StoreError {
 }
 
 impl Dialect for sqlx::Sqlite {
-    fn bind(query: Query<Self>, arg: Arg<'_>) -> Query<Self> {
-        match arg {
-            Arg::Str(v) => query.bind(v),
-            Arg::OptStr(v) => query.bind(v),
-            Arg::I64(v) => query.bind(v),
-            Arg::OptI64(v) => query.bind(v),
-            Arg::Bool(v) => query.bind(v),
-            Arg::Ts(v) => query.bind(v.timestamp_micros()),
-            Arg::OptTs(v) => query.bind(v.map(|t| t.timestamp_micros())),
-            Arg::Json(v) => query.bind(v.to_string()),
-        }
-    }
+    binder!(ts: |t: DateTime<Utc>| t.timestamp_micros(), json: |v: &Value| v.to_string());
 
     executors!();
 
@@ -396,18 +404,7 @@ impl Dialect for sqlx::Sqlite {
 // ------------------------------------------------------------ PostgreSQL
 
 impl Dialect for sqlx::Postgres {
-    fn bind(query: Query<Self>, arg: Arg<'_>) -> Query<Self> {
-        match arg {
-            Arg::Str(v) => query.bind(v),
-            Arg::OptStr(v) => query.bind(v),
-            Arg::I64(v) => query.bind(v),
-            Arg::OptI64(v) => query.bind(v),
-            Arg::Bool(v) => query.bind(v),
-            Arg::Ts(v) => query.bind(v),
-            Arg::OptTs(v) => query.bind(v),
-            Arg::Json(v) => query.bind(sqlx::types::Json(v)),
-        }
-    }
+    binder!(ts: |t: DateTime<Utc>| t, json: sqlx::types::Json);
 
     executors!();
 

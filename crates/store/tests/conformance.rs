@@ -1,28 +1,15 @@
 //! One behaviour suite, run against every backend: SQLite always, PostgreSQL
 //! when `RENKEI_TEST_POSTGRES_URL` is set (and always in CI).
 
-use chrono::{DateTime, TimeZone, Utc};
-use renkei_core::{LineUserId, LinkMethod, MemberId, MemberPatch, NewEvent};
+use chrono::{TimeZone, Utc};
+use renkei_core::{LinkMethod, MemberPatch, NewEvent};
 use renkei_store::{LinkOutcome, StoreCounts, StoreError};
 use renkei_test_support::TestStore;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-fn at(hour: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 23, hour, 0, 0).single().expect("valid time")
-}
-
-fn user(n: u8) -> LineUserId {
-    LineUserId::parse(&format!("U{:032x}", n)).expect("valid user id")
-}
-
-fn member(id: &str) -> MemberId {
-    MemberId::parse(id).expect("valid member id")
-}
-
-fn event(value: Value) -> NewEvent {
-    NewEvent::parse(&value).expect("valid event")
-}
+mod common;
+use common::{at, event, member, user};
 
 fn patch(id: &str, attributes: Value) -> MemberPatch {
     MemberPatch {

@@ -2,8 +2,8 @@
 //! rich menus), run against every backend: SQLite always, PostgreSQL when
 //! `RENKEI_TEST_POSTGRES_URL` is set (and always in CI).
 
-use chrono::{DateTime, TimeZone, Utc};
-use renkei_core::{LineUserId, LinkMethod, MemberId, NewEvent};
+use chrono::{DateTime, Utc};
+use renkei_core::{LineUserId, LinkMethod, NewEvent};
 use renkei_store::StoreError;
 use renkei_store::dispatch::{
     CampaignCounts, ClaimOutcome, CronFire, DeliveryStatus, FireState, NewDelivery, NewRequest, RequestKind,
@@ -15,17 +15,8 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
-fn at(hour: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 23, hour, 0, 0).single().expect("valid time")
-}
-
-fn user(n: u32) -> LineUserId {
-    LineUserId::parse(&format!("U{:032x}", n)).expect("valid user id")
-}
-
-fn member(id: &str) -> MemberId {
-    MemberId::parse(id).expect("valid member id")
-}
+mod common;
+use common::{at, member, user};
 
 fn messages(text: &str) -> Value {
     json!([{"type": "text", "text": text}])

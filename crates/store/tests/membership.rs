@@ -1,28 +1,15 @@
 //! Membership storage, run against every backend: SQLite always, PostgreSQL
 //! when `RENKEI_TEST_POSTGRES_URL` is set (and always in CI).
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
-use renkei_core::{LineUserId, LinkMethod, MemberId, MemberPatch, NewEvent};
+use chrono::{DateTime, Duration, Utc};
+use renkei_core::{LineUserId, LinkMethod, MemberPatch, NewEvent};
 use renkei_store::membership::{Cause, EventSelection, MembershipUpdate, TransitionKind};
 use renkei_test_support::TestStore;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
-fn at(hour: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 23, hour, 0, 0).single().expect("valid time")
-}
-
-fn user(n: u8) -> LineUserId {
-    LineUserId::parse(&format!("U{:032x}", n)).expect("valid user id")
-}
-
-fn member(id: &str) -> MemberId {
-    MemberId::parse(id).expect("valid member id")
-}
-
-fn event(value: Value) -> NewEvent {
-    NewEvent::parse(&value).expect("valid event")
-}
+mod common;
+use common::{at, event, member, user};
 
 fn set(ids: &[&str]) -> BTreeSet<String> {
     ids.iter().map(|s| s.to_string()).collect()
@@ -194,7 +181,7 @@ async fn audience_is_every_known_line_user_in_pages(store: TestStore) {
     store.set_following(&user(2), false, at(1)).await.expect("unfollow");
     store.link(&member("m1"), &user(3), LinkMethod::Api, at(1)).await.expect("link");
     store.link(&member("m2"), &user(5), LinkMethod::Api, at(1)).await.expect("link");
-    let events: Vec<NewEvent> = [1u8, 4, 4, 6]
+    let events: Vec<NewEvent> = [1u32, 4, 4, 6]
         .iter()
         .map(|n| {
             event(json!({"type": "visit", "line_user_id": user(*n).as_str(), "occurred_at": "2026-11-23T01:00:00Z"}))
@@ -366,7 +353,7 @@ async fn schedule_is_set_cleared_and_due(store: TestStore) {
 }
 
 async fn segment_members_are_paged_by_line_user_id(store: TestStore) {
-    let updates: Vec<_> = [4u8, 1, 3, 2].iter().map(|n| update(&user(*n), &["s"], None)).collect();
+    let updates: Vec<_> = [4u32, 1, 3, 2].iter().map(|n| update(&user(*n), &["s"], None)).collect();
     store.apply_memberships(&updates, at(1), Cause::Recompute).await.expect("apply");
     store.apply_memberships(&[update(&user(9), &["other"], None)], at(1), Cause::Recompute).await.expect("apply");
     let first = store.segment_members("s", None, 3).await.expect("first");

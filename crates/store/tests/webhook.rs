@@ -2,21 +2,15 @@
 //! the same on SQLite and PostgreSQL.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use renkei_core::{LineUserId, MemberId};
 use renkei_store::webhook::{NewWebhookEvent, NonceUse};
 use renkei_test_support::TestStore;
 use serde_json::json;
 
+mod common;
+use common::{member, user};
+
 fn at(minute: u32, second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 10, minute, second).single().expect("valid time")
-}
-
-fn user(n: u8) -> LineUserId {
-    LineUserId::parse(&format!("U{:032x}", n)).expect("valid user id")
-}
-
-fn member(id: &str) -> MemberId {
-    MemberId::parse(id).expect("valid member id")
 }
 
 fn event(id: Option<&str>, event_type: &str) -> NewWebhookEvent {

@@ -6,7 +6,6 @@ use crate::membership::{
     AllProperties, AudiencePage, Cause, Diff, EventMaker, EventSelection, FactEventRecord, MembershipStore,
     MembershipUpdate, PageBuilder, Transition, UserRecord, diff, transitions_of,
 };
-use crate::sql::stmt;
 use crate::{PgStore, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -243,7 +242,8 @@ impl MembershipStore for PgStore {
         // Each source is cut at `limit` first (index order), so a page costs
         // O(limit); `DISTINCT ON` merges the three sorted lists (plain
         // `DISTINCT` is planned as hashing and sorting again, 10x the cost).
-        let users = stmt::<sqlx::Postgres>(
+        AudiencePage::read(
+            self,
             "SELECT DISTINCT ON (u) u FROM (
                          (SELECT line_user_id AS u FROM friendships WHERE line_user_id > $1 ORDER BY line_user_id LIMIT $2)
                          UNION ALL
@@ -252,12 +252,10 @@ impl MembershipStore for PgStore {
                          (SELECT DISTINCT line_user_id AS u FROM events WHERE line_user_id IS NOT NULL AND line_user_id > $1
                           ORDER BY line_user_id LIMIT $2)
                      ) s ORDER BY u LIMIT $2",
+            after,
+            limit,
         )
-        .bind(after.map(|a| a.as_str()).unwrap_or(""))
-        .bind(limit)
-        .all(&self.pool, |row| row.user("u"))
-        .await?;
-        Ok(AudiencePage { after: after.cloned(), users })
+        .await
     }
 
     async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {

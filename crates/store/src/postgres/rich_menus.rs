@@ -26,39 +26,28 @@ impl RichMenusSql for PgStore {
                                     FOR UPDATE SKIP LOCKED)
              RETURNING line_user_id, desired, linked";
 
-    // One UNNEST upsert per batch.
-    async fn set_desired(&self, desired: &[(LineUserId, Option<String>)], now: DateTime<Utc>) -> StoreResult<()> {
-        let (users, menus) = pg_user_values(desired);
-        // A new wish clears the back-off of the previous one.
-        sqlx::query(
-            "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at)
+    // A new wish clears the back-off of the previous one.
+    const SET_DESIRED: &'static str = "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at)
              SELECT u, m, NULL, $3 FROM UNNEST($1::text[], $2::text[]) AS s (u, m)
              ON CONFLICT (line_user_id) DO UPDATE SET desired = excluded.desired, retry_at = NULL,
                  updated_at = excluded.updated_at
-             WHERE rich_menu_state.desired IS DISTINCT FROM excluded.desired",
-        )
-        .bind(&users)
-        .bind(&menus)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
+             WHERE rich_menu_state.desired IS DISTINCT FROM excluded.desired";
 
-    async fn mark_linked(&self, done: &[(LineUserId, Option<String>)], now: DateTime<Utc>) -> StoreResult<()> {
-        let (users, menus) = pg_user_values(done);
-        // A user never given a wish is taken to want what it has.
-        sqlx::query(
-            "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at)
+    // A user never given a wish is taken to want what it has.
+    const MARK_LINKED: &'static str = "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at)
              SELECT u, m, m, $3 FROM UNNEST($1::text[], $2::text[]) AS s (u, m)
              ON CONFLICT (line_user_id) DO UPDATE SET linked = excluded.linked, lease_owner = NULL,
-                 lease_until = NULL, retry_at = NULL, last_error = NULL, updated_at = excluded.updated_at",
-        )
-        .bind(&users)
-        .bind(&menus)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+                 lease_until = NULL, retry_at = NULL, last_error = NULL, updated_at = excluded.updated_at";
+
+    // One UNNEST upsert per batch.
+    async fn upsert_per_user(
+        &self,
+        upsert: &'static str,
+        items: &[(LineUserId, Option<String>)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (users, menus) = pg_user_values(items);
+        sqlx::query(upsert).bind(&users).bind(&menus).bind(now).execute(&self.pool).await?;
         Ok(())
     }
 

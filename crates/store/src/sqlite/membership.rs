@@ -6,7 +6,6 @@ use crate::membership::{
     AllProperties, AudiencePage, Cause, EventMaker, EventSelection, FactEventRecord, MembershipStore, MembershipUpdate,
     PageBuilder, Transition, UserRecord, diff, transitions_of,
 };
-use crate::sql::stmt;
 use crate::{SqliteStore, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -97,7 +96,8 @@ impl SqliteStore {
 impl MembershipStore for SqliteStore {
     async fn audience_page(&self, after: Option<&LineUserId>, limit: u32) -> StoreResult<AudiencePage> {
         // Plain UNION: SQLite merges the three sorted lists itself.
-        let users = stmt::<sqlx::Sqlite>(
+        AudiencePage::read(
+            self,
             "SELECT u FROM (
                          SELECT u FROM (SELECT line_user_id AS u FROM friendships WHERE line_user_id > $1
                                         ORDER BY line_user_id LIMIT $2)
@@ -109,12 +109,10 @@ impl MembershipStore for SqliteStore {
                                         WHERE line_user_id IS NOT NULL AND line_user_id > $1
                                         ORDER BY line_user_id LIMIT $2)
                      ) ORDER BY u LIMIT $2",
+            after,
+            limit,
         )
-        .bind(after.map(|a| a.as_str()).unwrap_or(""))
-        .bind(limit)
-        .all(&self.reader, |row| row.user("u"))
-        .await?;
-        Ok(AudiencePage { after: after.cloned(), users })
+        .await
     }
 
     async fn load_users(&self, users: &[LineUserId], event_types: Option<&[String]>) -> StoreResult<Vec<UserRecord>> {

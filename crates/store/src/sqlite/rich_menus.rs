@@ -18,43 +18,30 @@ impl RichMenusSql for SqliteStore {
                                     ORDER BY line_user_id LIMIT $4)
              RETURNING line_user_id, desired, linked";
 
-    // No array parameters: one upsert per user, in one transaction.
-    async fn set_desired(&self, desired: &[(LineUserId, Option<String>)], now: DateTime<Utc>) -> StoreResult<()> {
-        let now = to_micros(now);
-        let mut tx = self.writer.begin().await?;
-        for (user, menu) in last_per_user(desired) {
-            // A new wish clears the back-off of the previous one.
-            sqlx::query(
-                "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at) VALUES (?, ?, NULL, ?)
-                 ON CONFLICT (line_user_id) DO UPDATE SET desired = excluded.desired, retry_at = NULL,
-                     updated_at = excluded.updated_at
-                 WHERE rich_menu_state.desired IS NOT excluded.desired",
-            )
-            .bind(user)
-            .bind(menu)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
+    // A new wish clears the back-off of the previous one.
+    const SET_DESIRED: &'static str = "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at)
+             VALUES (?, ?, NULL, ?)
+             ON CONFLICT (line_user_id) DO UPDATE SET desired = excluded.desired, retry_at = NULL,
+                 updated_at = excluded.updated_at
+             WHERE rich_menu_state.desired IS NOT excluded.desired";
 
-    async fn mark_linked(&self, done: &[(LineUserId, Option<String>)], now: DateTime<Utc>) -> StoreResult<()> {
+    // A user never given a wish is taken to want what it has.
+    const MARK_LINKED: &'static str = "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at)
+             VALUES (?1, ?2, ?2, ?3)
+             ON CONFLICT (line_user_id) DO UPDATE SET linked = excluded.linked, lease_owner = NULL,
+                 lease_until = NULL, retry_at = NULL, last_error = NULL, updated_at = excluded.updated_at";
+
+    // No array parameters: one upsert per user, in one transaction.
+    async fn upsert_per_user(
+        &self,
+        upsert: &'static str,
+        items: &[(LineUserId, Option<String>)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
         let now = to_micros(now);
         let mut tx = self.writer.begin().await?;
-        for (user, menu) in last_per_user(done) {
-            // A user never given a wish is taken to want what it has.
-            sqlx::query(
-                "INSERT INTO rich_menu_state (line_user_id, desired, linked, updated_at) VALUES (?1, ?2, ?2, ?3)
-                 ON CONFLICT (line_user_id) DO UPDATE SET linked = excluded.linked, lease_owner = NULL,
-                     lease_until = NULL, retry_at = NULL, last_error = NULL, updated_at = excluded.updated_at",
-            )
-            .bind(user)
-            .bind(menu)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        for (user, menu) in last_per_user(items) {
+            sqlx::query(upsert).bind(user).bind(menu).bind(now).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
