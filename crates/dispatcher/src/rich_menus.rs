@@ -8,8 +8,7 @@ use crate::metrics::DispatchMetrics;
 use chrono::{DateTime, Utc};
 use renkei_core::{Clock, LineUserId};
 use renkei_line::{LineClient, LineError};
-use renkei_store::Store;
-use renkei_store::dispatch::RichMenuChange;
+use renkei_store::{RichMenuChange, RichMenuStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub struct RichMenuLinker {
-    store: Arc<dyn Store>,
+    store: Arc<dyn RichMenuStore>,
     line: LineClient,
     clock: Arc<dyn Clock>,
     limiters: Arc<Limiters>,
@@ -30,7 +29,7 @@ pub struct RichMenuLinker {
 
 impl RichMenuLinker {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn RichMenuStore>,
         line: LineClient,
         clock: Arc<dyn Clock>,
         limiters: Arc<Limiters>,

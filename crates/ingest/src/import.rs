@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use renkei_core::{FieldError, LineUserId, MemberId, MemberPatch, NewEvent};
-use renkei_store::{IngestOutcome, MembersOutcome, Store, StoreError};
+use renkei_store::{EventStore, IngestOutcome, MemberStore, MembersOutcome, StoreError};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::fs::File;
@@ -343,7 +343,7 @@ fn join_error(e: tokio::task::JoinError) -> ImportError {
 
 /// Imports members from a `.csv` or `.ndjson` file: all lines or none.
 pub async fn import_members(
-    store: Arc<dyn Store>,
+    store: Arc<dyn MemberStore>,
     path: &Path,
     progress: Arc<dyn Progress>,
     now: DateTime<Utc>,
@@ -366,7 +366,7 @@ pub async fn import_members(
 
 /// Imports events from an `.ndjson` file: all lines or none.
 pub async fn import_events(
-    store: Arc<dyn Store>,
+    store: Arc<dyn EventStore>,
     path: &Path,
     progress: Arc<dyn Progress>,
     now: DateTime<Utc>,
