@@ -157,17 +157,7 @@ fn parse_link_body(body: &Map<String, Value>) -> Result<(MemberId, LineUserId), 
             errors.push(FieldError::new(key.clone(), "unknown field; expected member_id and line_user_id"));
         }
     }
-    let text = |field: &str, errors: &mut Vec<FieldError>| match body.get(field) {
-        Some(Value::String(text)) => Some(text.clone()),
-        Some(_) => {
-            errors.push(FieldError::new(field, "expected a string"));
-            None
-        }
-        None => {
-            errors.push(FieldError::new(field, "required"));
-            None
-        }
-    };
+    let text = |field: &str, errors: &mut Vec<FieldError>| renkei_core::required_string(body, field, errors);
     let member_id = text("member_id", &mut errors)
         .and_then(|t| MemberId::parse(&t).map_err(|e| errors.push(FieldError::new("member_id", e.to_string()))).ok());
     let line_user_id = text("line_user_id", &mut errors).and_then(|t| {

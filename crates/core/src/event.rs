@@ -47,6 +47,22 @@ impl FieldError {
     }
 }
 
+/// The string in `body[field]`; otherwise records why not ("required" or
+/// "expected a string") in `errors`, so a body's problems are reported together.
+pub fn required_string(body: &Map<String, Value>, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+    match body.get(field) {
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(_) => {
+            errors.push(FieldError::new(field, "expected a string"));
+            None
+        }
+        None => {
+            errors.push(FieldError::new(field, "required"));
+            None
+        }
+    }
+}
+
 const KNOWN_FIELDS: [&str; 6] = ["event_id", "type", "member_id", "line_user_id", "occurred_at", "properties"];
 
 fn type_name(value: &Value) -> &'static str {

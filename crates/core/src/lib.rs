@@ -14,7 +14,7 @@ pub mod state;
 pub use change::{ChangeListener, NoChangeListener, UserRef};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use duration::{DurationParseError, SpanDuration};
-pub use event::{FieldError, ItemError, NewEvent, parse_event_batch};
+pub use event::{FieldError, ItemError, NewEvent, parse_event_batch, required_string};
 pub use ids::{EventId, EventType, IdError, LineUserId, LinkMethod, MemberId};
 pub use member::{MemberPatch, merge_attributes};
 pub use state::{Cause, DeliveryStatus, FireState, SkipReason, TransitionKind};

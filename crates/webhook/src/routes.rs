@@ -96,19 +96,8 @@ fn parse_body(
             errors.push(FieldError::new(key.clone(), format!("unknown field; expected member_id and {token_field}")));
         }
     }
-    let mut text = |field: &str| match body.get(field) {
-        Some(Value::String(text)) => Some(text.clone()),
-        Some(_) => {
-            errors.push(FieldError::new(field, "expected a string"));
-            None
-        }
-        None => {
-            errors.push(FieldError::new(field, "required"));
-            None
-        }
-    };
-    let member_id = text("member_id");
-    let token = text(token_field);
+    let member_id = renkei_core::required_string(body, "member_id", &mut errors);
+    let token = renkei_core::required_string(body, token_field, &mut errors);
     let member_id = member_id
         .and_then(|t| MemberId::parse(&t).map_err(|e| errors.push(FieldError::new("member_id", e.to_string()))).ok());
     let token = token.and_then(|t| {
