@@ -8,7 +8,7 @@
 mod common;
 
 use common::{Backend, GOLD, Harness, LINKED, Spec, harness, personal_attrs, t0, user};
-use renkei_core::{Clock, NewEvent};
+use renkei_core::{Clock, NewEvent, SkipReason};
 use renkei_dispatcher::{DispatchSettings, Dispatcher, GlobalPolicy};
 use renkei_line_sim::{Faults, SimConfig};
 use serde_json::json;
@@ -53,7 +53,7 @@ async fn personalised_pushes_reach_each_member_once_under_faults_and_never_block
     }
     let counts = h.test.store.campaign_counts("gold_hello").await.unwrap();
     assert_eq!(counts.sent, 37);
-    assert_eq!(counts.skipped.get("unfollowed"), Some(&3));
+    assert_eq!(counts.skipped.get(&SkipReason::Unfollowed), Some(&3));
     // Personalised: each went by push with the member's own name.
     let first = h.sim.messages_to(user(4).as_str());
     assert_eq!(first[0]["altText"], "会員4さんへ");
@@ -137,7 +137,7 @@ async fn frequency_and_global_caps_hold(backend: Backend) {
     fire(&h, "capped", t0() + chrono::Duration::hours(1)).await;
     h.drain().await;
     let counts = h.test.store.campaign_counts("capped").await.unwrap();
-    assert_eq!((counts.sent, counts.skipped.get("frequency_cap").copied()), (1, Some(1)));
+    assert_eq!((counts.sent, counts.skipped.get(&SkipReason::FrequencyCap).copied()), (1, Some(1)));
     // Global cap 2/day: user 1 already had one; "other" may send one more, then no more.
     fire(&h, "other", t0() + chrono::Duration::hours(1)).await;
     h.drain().await;
@@ -148,7 +148,7 @@ async fn frequency_and_global_caps_hold(backend: Backend) {
     assert_eq!(accepted.get(user(1).as_str()), Some(&2), "two a day at most across campaigns");
     assert_eq!(accepted.get(user(2).as_str()), Some(&2));
     let other = h.test.store.campaign_counts("other").await.unwrap();
-    assert_eq!(other.skipped.get("global_cap"), Some(&1));
+    assert_eq!(other.skipped.get(&SkipReason::GlobalCap), Some(&1));
 }
 
 async fn send_time_audience_and_lost_links_are_skipped_with_their_reason(backend: Backend) {
@@ -164,8 +164,8 @@ async fn send_time_audience_and_lost_links_are_skipped_with_their_reason(backend
     h.drain().await;
     let counts = h.test.store.campaign_counts("gold_only").await.unwrap();
     assert_eq!(counts.sent, 1);
-    assert_eq!(counts.skipped.get("not_in_audience"), Some(&1), "{counts:?}");
-    assert_eq!(counts.skipped.get("unlinked"), Some(&1), "{counts:?}");
+    assert_eq!(counts.skipped.get(&SkipReason::NotInAudience), Some(&1), "{counts:?}");
+    assert_eq!(counts.skipped.get(&SkipReason::Unlinked), Some(&1), "{counts:?}");
     assert_eq!(h.accepted_per_user().keys().collect::<Vec<_>>(), vec![user(1).as_str()]);
 }
 
@@ -196,7 +196,7 @@ async fn reminders_go_a_day_before_unless_cancelled(backend: Backend) {
     assert_eq!(accepted.get(user(1).as_str()), Some(&1));
     assert_eq!(accepted.get(user(2).as_str()), None);
     let counts = h.test.store.campaign_counts("reservation_reminder").await.unwrap();
-    assert_eq!((counts.sent, counts.skipped.get("cancelled").copied()), (1, Some(1)));
+    assert_eq!((counts.sent, counts.skipped.get(&SkipReason::Cancelled).copied()), (1, Some(1)));
 }
 
 async fn the_quota_guard_pauses_before_line_refuses_and_resumes_when_raised(backend: Backend) {
@@ -320,7 +320,7 @@ async fn entries_found_by_a_full_recompute_do_not_trigger_and_late_reminders_exp
     assert_eq!(accepted.get(user(1).as_str()), None, "found by a recompute: no welcome");
     assert_eq!(accepted.get(user(2).as_str()), Some(&1), "entered through data: welcomed once");
     let counts = h.test.store.campaign_counts("reminder").await.unwrap();
-    assert_eq!((counts.sent, counts.skipped.get("expired").copied()), (0, Some(1)));
+    assert_eq!((counts.sent, counts.skipped.get(&SkipReason::Expired).copied()), (0, Some(1)));
 }
 
 renkei_test_support::on_both_backends!(

@@ -69,7 +69,7 @@ pub struct Delivery {
     pub messages: Arc<Value>,
     pub context: Value,
     pub status: DeliveryStatus,
-    pub skip_reason: Option<String>,
+    pub skip_reason: Option<SkipReason>,
     pub request_id: Option<i64>,
     pub created_at: DateTime<Utc>,
     /// When it was assigned to a request (what caps count).
@@ -234,7 +234,7 @@ pub struct CampaignCounts {
     pub sent: u64,
     pub failed: u64,
     /// Skips by reason.
-    pub skipped: BTreeMap<String, u64>,
+    pub skipped: BTreeMap<SkipReason, u64>,
 }
 
 #[async_trait]
@@ -446,11 +446,15 @@ fn add_count(counts: &mut CampaignCounts, status: &str, reason: Option<String>, 
         DeliveryStatus::Requested => counts.requested += n,
         DeliveryStatus::Sent => counts.sent += n,
         DeliveryStatus::Failed => counts.failed += n,
-        DeliveryStatus::Skipped => {
-            *counts.skipped.entry(reason.unwrap_or_else(|| "unspecified".to_string())).or_default() += n;
-        }
+        DeliveryStatus::Skipped => *counts.skipped.entry(reason_of(reason)?).or_default() += n,
     }
     Ok(())
+}
+
+/// A skipped delivery's stored reason; every skip is written with one.
+fn reason_of(text: Option<String>) -> StoreResult<SkipReason> {
+    let text = text.ok_or_else(|| StoreError::Corrupt("a skipped delivery has no skip_reason".to_string()))?;
+    SkipReason::parse(&text).ok_or_else(|| StoreError::Corrupt(format!("unknown skip_reason {text:?}")))
 }
 
 /// One `(user, linked member, following, segments)` row per asked user.
@@ -561,7 +565,7 @@ pub(crate) fn delivery_of<DB: Dialect>(row: Row<'_, DB>, shared: &mut SharedMess
         messages: shared.get(&messages)?,
         context: parse_json(&context, "delivery context")?,
         status: row.parsed("status", "delivery status", DeliveryStatus::parse)?,
-        skip_reason: row.opt_string("skip_reason")?,
+        skip_reason: row.opt_string("skip_reason")?.map(|r| reason_of(Some(r))).transpose()?,
         request_id: row.opt_int("request_id")?,
         created_at: row.ts("created_at")?,
         requested_at: row.opt_ts("requested_at")?,

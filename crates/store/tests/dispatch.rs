@@ -80,7 +80,7 @@ async fn deliveries_are_deduplicated_by_campaign_trigger_and_recipient(store: Te
     assert_eq!(first.created_at, at(1));
     assert_eq!(*first.messages, messages("hello"));
     assert_eq!(first.context, json!({"n": 1}));
-    assert_eq!((first.skip_reason.clone(), first.request_id, first.requested_at), (None, None, None));
+    assert_eq!((first.skip_reason, first.request_id, first.requested_at), (None, None, None));
     assert!(all.iter().all(|d| std::sync::Arc::ptr_eq(&d.messages, &first.messages)), "one payload, decoded once");
     // The kept copy of the in-batch repeat is the first one.
     assert_eq!(all[1].due_at, at(2));
@@ -277,7 +277,7 @@ async fn a_claim_commits_all_of_its_outcome_or_nothing(store: TestStore) {
     let two = store.get_delivery(d2).await.expect("get").expect("d2");
     assert_eq!((two.status, two.request_id, two.requested_at), (DeliveryStatus::Requested, Some(ids[0]), Some(at(3))));
     let one = store.get_delivery(d1).await.expect("get").expect("d1");
-    assert_eq!((one.status, one.skip_reason.as_deref()), (DeliveryStatus::Skipped, Some("unfollowed")));
+    assert_eq!((one.status, one.skip_reason), (DeliveryStatus::Skipped, Some(SkipReason::Unfollowed)));
     // Requested and skipped deliveries are not claimable any more.
     assert!(store.claim_deliveries(at(9), 10).await.expect("claim").is_empty());
     assert_eq!(store.next_delivery_due().await.expect("next"), None);
@@ -387,7 +387,7 @@ async fn requests_complete_retry_and_fail_with_their_deliveries(store: TestStore
         requested: 0,
         sent: 2,
         failed: 1,
-        skipped: BTreeMap::from([("frequency_cap".to_string(), 1), ("unfollowed".to_string(), 1)]),
+        skipped: BTreeMap::from([(SkipReason::FrequencyCap, 1), (SkipReason::Unfollowed, 1)]),
     };
     assert_eq!(counts, expected);
     assert_eq!(store.campaign_counts("none").await.expect("empty"), CampaignCounts::default());
