@@ -398,7 +398,12 @@ async fn evaluation_cost(name: &str, store: Arc<dyn Store>, users: usize) -> Res
     let segments = SegmentSet::load_dir(dir).map_err(|d| format!("{} segment problems in {dir}", d.len()))?;
     let segment_count = segments.len();
     let segments = Arc::new(segments);
-    let engine = MembershipEngine::new(store.clone(), segments.clone(), Arc::new(SystemClock), chrono_tz::Asia::Tokyo);
+    let engine = MembershipEngine::new(
+        renkei_evaluator::EngineStore::of(&store),
+        segments.clone(),
+        Arc::new(SystemClock),
+        chrono_tz::Asia::Tokyo,
+    );
     let ids: Vec<LineUserId> = (0..users).map(|i| LineUserId::parse(&line_user(i))).collect::<Result<_, _>>()?;
     // First pass writes the initial memberships (not timed).
     for chunk in ids.chunks(500) {

@@ -26,11 +26,11 @@ use axum::routing::get;
 use renkei_api::{ApiError, ApiState, IngestMetrics};
 use renkei_campaigns::{CampaignSet, RichMenuRules};
 use renkei_core::{ChangeListener, Clock};
-use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, QuotaGuard, RichMenuLinker};
+use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, DispatcherStore, QuotaGuard, RichMenuLinker};
 use renkei_evaluator::Evaluator;
 use renkei_evaluator::MembershipEngine;
 use renkei_line::{ClientOptions, LineClient};
-use renkei_scheduler::CampaignRunner;
+use renkei_scheduler::{CampaignRunner, RunnerStore};
 use renkei_segments::SegmentSet;
 use renkei_store::Store;
 use renkei_webhook::{WebhookConfig, WebhookState, WorkerHandle, WorkerOptions};
@@ -201,15 +201,19 @@ impl Roles {
     ) -> anyhow::Result<Self> {
         // The engine answers reads (GET /v1/segments) on every instance; only
         // the evaluator role runs it.
-        let engine =
-            Arc::new(MembershipEngine::new(store.clone(), resolved.segments.clone(), clock.clone(), config.timezone.0));
+        let engine = Arc::new(MembershipEngine::new(
+            renkei_evaluator::EngineStore::of(store),
+            resolved.segments.clone(),
+            clock.clone(),
+            config.timezone.0,
+        ));
         let metrics = Arc::new(DispatchMetrics::default());
         let dispatch = match (&resolved.line, config.roles.dispatcher) {
             (Some(line), true) => {
                 let quota = Arc::new(QuotaGuard::new(config.dispatch.quota_guard, metrics.clone()));
                 let settings = resolved.dispatch.clone();
                 let dispatcher = Arc::new(Dispatcher::new(
-                    store.clone(),
+                    DispatcherStore::of(store),
                     line.clone(),
                     resolved.campaigns.clone(),
                     clock.clone(),
@@ -239,7 +243,7 @@ impl Roles {
         let scheduler = if config.roles.scheduler {
             let dispatch_wake = dispatch.as_ref().map_or_else(|| Arc::new(Notify::new()), |d| d.dispatcher.waker());
             let runner = CampaignRunner::new(
-                store.clone(),
+                RunnerStore::of(store),
                 resolved.campaigns.clone(),
                 resolved.rich_menus.clone(),
                 clock.clone(),
@@ -332,8 +336,13 @@ impl Application {
             tracing::info!("evaluator role off: segment memberships are kept by another instance");
             Arc::new(renkei_core::NoChangeListener)
         };
-        let webhook_state =
-            WebhookState::new(store.clone(), clock.clone(), changes.clone(), resolved.line.clone(), resolved.webhook);
+        let webhook_state = WebhookState::new(
+            renkei_webhook::WebhookStores::of(&store),
+            clock.clone(),
+            changes.clone(),
+            resolved.line.clone(),
+            resolved.webhook,
+        );
         if config.roles.webhook {
             if config.line.channel_secret.is_empty() {
                 tracing::warn!("line.channel_secret is empty: POST /webhook/line refuses every delivery (503)");
@@ -368,7 +377,7 @@ impl Application {
         }
         if config.roles.api {
             let state = ApiState {
-                store,
+                store: renkei_api::ApiStore::of(&store),
                 clock,
                 changes,
                 metrics: ingest_metrics,

@@ -211,10 +211,23 @@ async fn campaigns_dry_run(
     };
     let store = renkei_store::connect(&config.database.url).await.context("connecting to the database")?;
     store.migrate().await.context("applying migrations")?;
-    let engine = renkei_evaluator::MembershipEngine::new(store, Arc::new(segments), clock, config.timezone.0);
-    let rows = renkei_scheduler::dry_run(&engine, &campaigns, id, at, &global, &config.server.public_base_url)
-        .await
-        .context("dry run")?;
+    let engine = renkei_evaluator::MembershipEngine::new(
+        renkei_evaluator::EngineStore::of(&store),
+        Arc::new(segments),
+        clock,
+        config.timezone.0,
+    );
+    let rows = renkei_scheduler::dry_run(
+        &renkei_scheduler::DryRunStore::of(&store),
+        &engine,
+        &campaigns,
+        id,
+        at,
+        &global,
+        &config.server.public_base_url,
+    )
+    .await
+    .context("dry run")?;
     let send = rows.iter().filter(|r| r.decision == "send").count();
     let defer = rows.iter().filter(|r| r.decision == "defer").count();
     let mut skips: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
@@ -275,7 +288,12 @@ async fn segments_preview(
     let name = segment.name.clone();
     let store = renkei_store::connect(&config.database.url).await.context("connecting to the database")?;
     store.migrate().await.context("applying migrations")?;
-    let engine = renkei_evaluator::MembershipEngine::new(store, segments, clock, config.timezone.0);
+    let engine = renkei_evaluator::MembershipEngine::new(
+        renkei_evaluator::EngineStore::of(&store),
+        segments,
+        clock,
+        config.timezone.0,
+    );
     let members = engine.preview(id, at).await.context("evaluating the segment")?;
     print!("{}", preview::render(id, &name, at, &members, format));
     Ok(ExitCode::SUCCESS)

@@ -249,7 +249,12 @@ async fn import_history(
     // Memberships as a running renkei would already have them. (On a first
     // start the server's own recompute would find them; computing them first
     // keeps the tour's story exact: entries happen live, below.)
-    let engine = renkei_evaluator::MembershipEngine::new(store.clone(), segments.clone(), clock.clone(), tz);
+    let engine = renkei_evaluator::MembershipEngine::new(
+        renkei_evaluator::EngineStore::of(store),
+        segments.clone(),
+        clock.clone(),
+        tz,
+    );
     let computed = engine.recompute_all(|_| {}).await?;
     println!("   segment memberships computed: {} users, {} segment entries", computed.users, computed.transitions);
     Ok(engine)
@@ -581,6 +586,7 @@ async fn quiet_hours_as_written(
             };
             let release = campaign.quiet_hours.and_then(|q| q.release_at(at, tz));
             let rows = renkei_scheduler::dry_run(
+                &renkei_scheduler::DryRunStore::of(&live.store),
                 engine,
                 real_campaigns,
                 id,

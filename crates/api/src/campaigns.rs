@@ -7,14 +7,19 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use renkei_campaigns::{CampaignSet, Trigger};
 use renkei_core::Clock;
-use renkei_store::{Store, StoreError};
+use renkei_store::StoreError;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::sync::Arc;
 
+renkei_store::store_view! {
+    /// What the campaign routes read and write: counts, clicks, pauses.
+    pub struct CampaignsStore { events: EventStore, outbox: OutboxReads, schedule: ScheduleStore }
+}
+
 #[derive(Clone)]
 pub struct CampaignsApi {
-    pub store: Arc<dyn Store>,
+    pub store: CampaignsStore,
     pub campaigns: Arc<CampaignSet>,
     pub clock: Arc<dyn Clock>,
 }
@@ -46,7 +51,8 @@ fn trigger_json(trigger: &Trigger) -> Value {
 }
 
 async fn list(State(api): State<CampaignsApi>) -> Result<Json<Value>, ApiError> {
-    let paused: HashSet<String> = api.store.paused_campaigns().await.map_err(store_error)?.into_iter().collect();
+    let paused: HashSet<String> =
+        api.store.schedule.paused_campaigns().await.map_err(store_error)?.into_iter().collect();
     let mut out = Vec::new();
     for campaign in api.campaigns.iter() {
         out.push(json!({
@@ -64,9 +70,9 @@ async fn stats(State(api): State<CampaignsApi>, Path(id): Path<String>) -> Resul
     if api.campaigns.get(&id).is_none() {
         return Err(unknown(&id));
     }
-    let counts = api.store.campaign_counts(&id).await.map_err(store_error)?;
-    let paused = api.store.paused_campaigns().await.map_err(store_error)?.contains(&id);
-    let (clicks, clickers) = api.store.campaign_clicks(&id).await.map_err(store_error)?;
+    let counts = api.store.outbox.campaign_counts(&id).await.map_err(store_error)?;
+    let paused = api.store.schedule.paused_campaigns().await.map_err(store_error)?.contains(&id);
+    let (clicks, clickers) = api.store.events.campaign_clicks(&id).await.map_err(store_error)?;
     let skipped_total: u64 = counts.skipped.values().sum();
     Ok(Json(json!({
         "campaign": id,
@@ -85,7 +91,7 @@ async fn set_paused(api: CampaignsApi, id: String, paused: bool) -> Result<Json<
     if api.campaigns.get(&id).is_none() {
         return Err(unknown(&id));
     }
-    api.store.set_campaign_paused(&id, paused, api.clock.now()).await.map_err(store_error)?;
+    api.store.schedule.set_campaign_paused(&id, paused, api.clock.now()).await.map_err(store_error)?;
     tracing::info!(campaign = %id, paused, "campaign state changed");
     Ok(Json(json!({"campaign": id, "state": if paused { "paused" } else { "active" }})))
 }

@@ -14,7 +14,7 @@ use renkei_core::{
     ChangeListener, Clock, FieldError, ItemError, LineUserId, LinkMethod, MemberId, MemberPatch, UserRef,
     parse_event_batch,
 };
-use renkei_store::{Link, LinkOutcome, Store};
+use renkei_store::{Link, LinkOutcome};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
@@ -25,9 +25,14 @@ pub const MAX_BATCH_BYTES: usize = 5 * 1024 * 1024;
 /// Largest body of any other route.
 pub const MAX_SMALL_BYTES: usize = 64 * 1024;
 
+renkei_store::store_view! {
+    /// What ingest writes: events, members and their links.
+    pub struct IngestStore { events: EventStore, members: MemberStore }
+}
+
 #[derive(Clone)]
 pub struct IngestState {
-    pub store: Arc<dyn Store>,
+    pub store: IngestStore,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<IngestMetrics>,
     /// Told about every user whose data a request changed, after it is durable.
@@ -82,7 +87,7 @@ async fn post_events(
         IngestMetrics::add(&state.metrics.batches_rejected, 1);
         ApiError::invalid_items("events", errors)
     })?;
-    let outcome = state.store.insert_events(&events, state.clock.now()).await?;
+    let outcome = state.store.events.insert_events(&events, state.clock.now()).await?;
     if outcome.accepted > 0 {
         state.changes.users_changed(&users_of(&events));
     }
@@ -127,7 +132,7 @@ async fn post_members(
         IngestMetrics::add(&state.metrics.batches_rejected, 1);
         ApiError::invalid_items("members", errors)
     })?;
-    let outcome = state.store.upsert_members(&patches, state.clock.now()).await?;
+    let outcome = state.store.members.upsert_members(&patches, state.clock.now()).await?;
     if outcome.created + outcome.updated > 0 {
         let users: Vec<UserRef> = patches.iter().map(|p| UserRef::Member(p.member_id.clone())).collect();
         state.changes.users_changed(&users);
@@ -174,7 +179,7 @@ async fn post_link(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (member_id, line_user_id) = parse_link_body(&json_object(body)?).map_err(field_error_message)?;
-    match state.store.link(&member_id, &line_user_id, LinkMethod::Api, state.clock.now()).await? {
+    match state.store.members.link(&member_id, &line_user_id, LinkMethod::Api, state.clock.now()).await? {
         LinkOutcome::Created(link) => {
             IngestMetrics::add(&state.metrics.links_created, 1);
             state.changes.users_changed(&[UserRef::LineUser(link.line_user_id.clone())]);
@@ -191,7 +196,7 @@ fn path_member_id(raw: &str) -> Result<MemberId, ApiError> {
 
 async fn get_link(State(state): State<IngestState>, Path(member_id): Path<String>) -> Result<Json<Value>, ApiError> {
     let member_id = path_member_id(&member_id)?;
-    match state.store.get_link(&member_id).await? {
+    match state.store.members.get_link(&member_id).await? {
         Some(link) => Ok(Json(link_json(&link))),
         None => Err(ApiError::not_found(format!("member {member_id} is not linked"))),
     }
@@ -199,7 +204,7 @@ async fn get_link(State(state): State<IngestState>, Path(member_id): Path<String
 
 async fn delete_link(State(state): State<IngestState>, Path(member_id): Path<String>) -> Result<Json<Value>, ApiError> {
     let member_id = path_member_id(&member_id)?;
-    match state.store.unlink(&member_id).await? {
+    match state.store.members.unlink(&member_id).await? {
         Some(link) => {
             IngestMetrics::add(&state.metrics.links_removed, 1);
             state.changes.users_changed(&[UserRef::LineUser(link.line_user_id.clone())]);

@@ -25,21 +25,25 @@ pub mod segments;
 pub mod track;
 
 pub use auth::require_api_key;
+pub use campaigns::CampaignsStore;
 pub use error::{ApiError, ErrorCode};
-pub use ingest::{IngestState, json_object, link_json};
+pub use ingest::{IngestState, IngestStore, json_object, link_json};
 pub use metrics::IngestMetrics;
 
 use axum::Router;
 use renkei_campaigns::CampaignSet;
 use renkei_core::{ChangeListener, Clock};
 use renkei_evaluator::MembershipEngine;
-use renkei_store::Store;
 use std::sync::Arc;
 
-/// What the `api` role's routes read and write.
+renkei_store::store_view! {
+    /// What the `api` role's routes read and write, all of it.
+    pub struct ApiStore { events: EventStore, members: MemberStore, outbox: OutboxReads, schedule: ScheduleStore }
+}
+
 #[derive(Clone)]
 pub struct ApiState {
-    pub store: Arc<dyn Store>,
+    pub store: ApiStore,
     pub clock: Arc<dyn Clock>,
     /// Told about every user whose data a request changed, after it is durable.
     pub changes: Arc<dyn ChangeListener>,
@@ -56,20 +60,24 @@ pub struct ApiState {
 /// public tracked links.
 pub fn router(state: ApiState, more_v1: Router) -> Router {
     let v1 = ingest::router(IngestState {
-        store: state.store.clone(),
+        store: ingest::IngestStore { events: state.store.events.clone(), members: state.store.members.clone() },
         clock: state.clock.clone(),
         metrics: state.metrics.clone(),
         changes: state.changes.clone(),
     })
     .merge(segments::router(state.engine.clone()))
     .merge(campaigns::router(campaigns::CampaignsApi {
-        store: state.store.clone(),
+        store: campaigns::CampaignsStore {
+            events: state.store.events.clone(),
+            outbox: state.store.outbox,
+            schedule: state.store.schedule,
+        },
         campaigns: state.campaigns.clone(),
         clock: state.clock.clone(),
     }))
     .merge(more_v1);
     let tracked = track::router(track::TrackApi {
-        store: state.store,
+        store: state.store.events,
         campaigns: state.campaigns,
         clock: state.clock,
         changes: state.changes,

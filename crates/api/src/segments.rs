@@ -79,7 +79,7 @@ async fn segment_members(
     };
     let after = query.get("after").map(String::as_str).filter(|a| !a.is_empty());
     let members =
-        engine.store().segment_members(&id, after, limit).await.map_err(|e| ApiError::store_unavailable(&e))?;
+        engine.store().reads.segment_members(&id, after, limit).await.map_err(|e| ApiError::store_unavailable(&e))?;
     let next_after = if members.len() == limit as usize { members.last().map(|m| m.to_string()) } else { None };
     Ok(Json(json!({ "segment": id, "line_user_ids": members, "next_after": next_after })))
 }

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use renkei_campaigns::CampaignSet;
 use renkei_core::{ChangeListener, Clock, LineUserId, NewEvent, UserRef};
-use renkei_store::Store;
+use renkei_store::EventStore;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 /// Tracked links (`{{track url}}` in templates): public, no API key.
 #[derive(Clone)]
 pub struct TrackApi {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn EventStore>,
     pub campaigns: Arc<CampaignSet>,
     pub clock: Arc<dyn Clock>,
     pub changes: Arc<dyn ChangeListener>,

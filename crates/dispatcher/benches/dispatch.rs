@@ -16,11 +16,11 @@
 use chrono::Utc;
 use renkei_campaigns::{CampaignSet, RichMenuRules};
 use renkei_core::{Clock, LineUserId, MemberId, MemberPatch, SystemClock};
-use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, QuotaGuard};
+use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, DispatcherStore, QuotaGuard};
 use renkei_evaluator::Cause;
 use renkei_line::LineClient;
 use renkei_line_sim::{LineSim, SimConfig};
-use renkei_scheduler::{CampaignRunner, RunnerSettings};
+use renkei_scheduler::{CampaignRunner, RunnerSettings, RunnerStore};
 use renkei_segments::SegmentSet;
 use renkei_store::Store;
 use renkei_store::membership::MembershipUpdate;
@@ -155,7 +155,7 @@ async fn run_campaign(
         ..defaults
     };
     let dispatcher = Arc::new(Dispatcher::new(
-        store.clone(),
+        DispatcherStore::of(&store),
         line,
         campaigns.clone(),
         clock.clone(),
@@ -164,7 +164,7 @@ async fn run_campaign(
         quota,
     ));
     let runner = CampaignRunner::new(
-        store.clone(),
+        RunnerStore::of(&store),
         campaigns.clone(),
         rules,
         clock,

@@ -23,7 +23,7 @@ use chrono_tz::Tz;
 use renkei_campaigns::CampaignSet;
 use renkei_core::Clock;
 use renkei_line::LineClient;
-use renkei_store::{Store, StoreError};
+use renkei_store::StoreError;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -70,8 +70,14 @@ impl Default for DispatchSettings {
 /// How soon a planner looks again for due deliveries that another claim holds.
 const HELD_ELSEWHERE: Duration = Duration::from_millis(20);
 
+renkei_store::store_view! {
+    /// What the dispatcher reads and writes: the outbox it plans from, the
+    /// LINE requests it sends, and the users its policies look at.
+    pub struct DispatcherStore { outbox: OutboxStore, requests: RequestStore, memberships: MembershipStore }
+}
+
 pub struct Dispatcher {
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) store: DispatcherStore,
     pub(crate) line: LineClient,
     pub(crate) campaigns: Arc<CampaignSet>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -86,7 +92,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: DispatcherStore,
         line: LineClient,
         campaigns: Arc<CampaignSet>,
         clock: Arc<dyn Clock>,
@@ -123,12 +129,7 @@ impl Dispatcher {
 
     /// The dispatcher's tasks: planning and a pipelined sender. Stops when `token` is cancelled.
     pub fn spawn(self: Arc<Self>, token: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-        // PostgreSQL claims with SKIP LOCKED, so planners work side by side;
-        // SQLite has one writer, where a second planner would only wait.
-        let planners = match self.store.backend() {
-            renkei_store::Backend::Postgres => self.settings.planners.max(1),
-            renkei_store::Backend::Sqlite => 1,
-        };
+        let planners = if self.store.outbox.parallel_claims() { self.settings.planners.max(1) } else { 1 };
         let mut tasks: Vec<_> = (0..planners).map(|_| tokio::spawn(self.clone().planner(token.clone()))).collect();
         tasks.push(tokio::spawn(self.sender(token)));
         tasks

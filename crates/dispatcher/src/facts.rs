@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use renkei_campaigns::{Campaign, CampaignSet, Trigger};
 use renkei_core::{LineUserId, MemberId};
-use renkei_store::Store;
 use renkei_store::dispatch::{PendingDelivery, UserSendFacts};
 use renkei_store::membership::UserRecord;
+use renkei_store::{MembershipStore, OutboxStore};
 use serde_json::Value;
 // foldhash: the planner hashes every user id of a batch several times; SipHash was a tenth of its CPU.
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -17,7 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// What the policy layer needs to look at.
 pub struct PolicyContext<'a> {
-    pub store: &'a dyn Store,
+    pub outbox: &'a dyn OutboxStore,
+    pub memberships: &'a dyn MembershipStore,
     pub campaigns: &'a CampaignSet,
     pub timezone: Tz,
     pub global: &'a GlobalPolicy,
@@ -33,7 +34,6 @@ pub async fn decide_deliveries(
     deliveries: &mut [PendingDelivery],
     now: DateTime<Utc>,
 ) -> DispatchResult<Vec<Decision>> {
-    let store = context.store;
     let unresolved: Vec<MemberId> = deliveries
         .iter()
         .filter(|d| d.line_user_id.is_none())
@@ -41,7 +41,7 @@ pub async fn decide_deliveries(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let linked = store.member_line_users(&unresolved).await?;
+    let linked = context.outbox.member_line_users(&unresolved).await?;
     for delivery in deliveries.iter_mut().filter(|d| d.line_user_id.is_none()) {
         if let Some(user) = delivery.member_id.as_ref().and_then(|m| linked.get(m)) {
             delivery.line_user_id = Some(user.clone());
@@ -125,7 +125,6 @@ impl<'a> BatchFacts<'a> {
         deliveries: &'a [PendingDelivery],
         now: DateTime<Utc>,
     ) -> DispatchResult<Self> {
-        let store = context.store;
         // Each (known) campaign of the batch with its distinct users.
         let mut users_of: BTreeMap<&'a str, Vec<&'a LineUserId>> = BTreeMap::new();
         let mut pairs = HashSet::new();
@@ -143,7 +142,7 @@ impl<'a> BatchFacts<'a> {
             pairs.into_iter().filter(|(_, u)| distinct.insert(*u)).map(|(_, u)| u.clone()).collect();
 
         let segments: BTreeSet<String> = batch.iter().filter_map(|(_, c, _)| c.audience.clone()).collect();
-        let users = store.send_facts(&all, &Vec::from_iter(segments)).await?;
+        let users = context.outbox.send_facts(&all, &Vec::from_iter(segments)).await?;
 
         let mut unless_types = BTreeSet::new();
         let mut unless_users = HashSet::new();
@@ -156,7 +155,10 @@ impl<'a> BatchFacts<'a> {
         let events = if unless_users.is_empty() {
             HashMap::new()
         } else {
-            let records = store.load_users(&Vec::from_iter(unless_users), Some(&Vec::from_iter(unless_types))).await?;
+            let records = context
+                .memberships
+                .load_users(&Vec::from_iter(unless_users), Some(&Vec::from_iter(unless_types)))
+                .await?;
             records.into_iter().map(|r| (r.line_user_id.clone(), r)).collect()
         };
 
@@ -164,7 +166,7 @@ impl<'a> BatchFacts<'a> {
         for (id, campaign, list) in &batch {
             let Some(cap) = &campaign.frequency_cap else { continue };
             let users: Vec<LineUserId> = list.iter().map(|u| (*u).clone()).collect();
-            let counts = store.sent_counts(&users, Some(id), now - cap.per).await?;
+            let counts = context.outbox.sent_counts(&users, Some(id), now - cap.per).await?;
             for user in list.iter() {
                 if let Some(n) = counts.get(*user) {
                     by_campaign.insert((*id, *user), *n);
@@ -172,7 +174,7 @@ impl<'a> BatchFacts<'a> {
             }
         }
         let overall = match &context.global.per_user_cap {
-            Some(cap) => store.sent_counts(&all, None, now - cap.per).await?,
+            Some(cap) => context.outbox.sent_counts(&all, None, now - cap.per).await?,
             None => HashMap::new(),
         };
         Ok(Self { users, events, by_campaign, overall })

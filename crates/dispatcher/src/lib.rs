@@ -29,7 +29,7 @@ pub mod recorder;
 pub mod rich_menus;
 pub mod sender;
 
-pub use dispatcher::{DispatchSettings, Dispatcher};
+pub use dispatcher::{DispatchSettings, Dispatcher, DispatcherStore};
 pub use facts::{PolicyContext, decide_deliveries};
 pub use limits::{Rates, RetrySchedule};
 pub use metrics::DispatchMetrics;

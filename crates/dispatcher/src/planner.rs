@@ -34,13 +34,13 @@ impl Dispatcher {
         let now = self.clock.now();
         let started = std::time::Instant::now();
         let mut after = self.scan_from();
-        let mut claim = self.store.claim_deliveries_after(now, self.settings.batch, after).await?;
+        let mut claim = self.store.outbox.claim_deliveries_after(now, self.settings.batch, after).await?;
         if after.is_some() && claim.len() < self.settings.batch as usize {
             // The queue past the hint is running dry: what is left may be behind it.
             self.reset_scan();
             if claim.is_empty() {
                 after = None;
-                claim = self.store.claim_deliveries_after(now, self.settings.batch, None).await?;
+                claim = self.store.outbox.claim_deliveries_after(now, self.settings.batch, None).await?;
             }
         }
         if claim.is_empty() {
@@ -121,7 +121,8 @@ impl Dispatcher {
             return Ok((outcome, 0));
         }
         let context = PolicyContext {
-            store: self.store.as_ref(),
+            outbox: self.store.outbox.as_ref(),
+            memberships: self.store.memberships.as_ref(),
             campaigns: &self.campaigns,
             timezone: self.settings.timezone,
             global: &self.settings.global,
@@ -194,7 +195,7 @@ impl Dispatcher {
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let wait = self.idle_wait(self.store.next_delivery_due().await).await;
+            let wait = self.idle_wait(self.store.outbox.next_delivery_due().await).await;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = woken => {}

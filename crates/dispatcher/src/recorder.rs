@@ -20,7 +20,7 @@ impl Dispatcher {
                 }
                 DispatchMetrics::add(&self.metrics.requests_sent, 1);
                 DispatchMetrics::add(&self.metrics.recipients_sent, request.recipients.len() as u64);
-                self.store.complete_request(request.id, accepted.as_deref(), now).await?;
+                self.store.requests.complete_request(request.id, accepted.as_deref(), now).await?;
             }
             Outcome::Retry { error, rate_limited } => {
                 if rate_limited {
@@ -30,25 +30,25 @@ impl Dispatcher {
                     DispatchMetrics::add(&self.metrics.requests_failed, 1);
                     let error = format!("gave up after {} attempts: {error}", request.attempts);
                     tracing::error!(request = request.id, %error, "LINE request failed");
-                    self.store.fail_request(request.id, &error, now).await?;
+                    self.store.requests.fail_request(request.id, &error, now).await?;
                 } else {
                     DispatchMetrics::add(&self.metrics.requests_retried, 1);
                     let wait = self.settings.retry.delay(request.attempts, rand::random::<f64>());
                     let next = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(1));
                     tracing::debug!(request = request.id, attempts = request.attempts, %error, ?wait, "LINE request will be retried");
-                    self.store.retry_request(request.id, next, &error).await?;
+                    self.store.requests.retry_request(request.id, next, &error).await?;
                 }
             }
             Outcome::MonthlyLimit { error } => {
                 // Not the request's fault: hold it (same key) until the quota allows again.
                 let until = self.quota.exhausted(now);
                 tracing::warn!(request = request.id, %error, resume_check = %until, "monthly message limit reached; sending paused");
-                self.store.retry_request(request.id, until, &error).await?;
+                self.store.requests.retry_request(request.id, until, &error).await?;
             }
             Outcome::Failed { error } => {
                 DispatchMetrics::add(&self.metrics.requests_failed, 1);
                 tracing::warn!(request = request.id, %error, "LINE refused the request; not retried");
-                self.store.fail_request(request.id, &error, now).await?;
+                self.store.requests.fail_request(request.id, &error, now).await?;
             }
         }
         Ok(())
@@ -108,7 +108,7 @@ impl Dispatcher {
                 already += u64::from(*was);
             }
         }
-        self.store.complete_requests(&done, self.clock.now()).await?;
+        self.store.requests.complete_requests(&done, self.clock.now()).await?;
         DispatchMetrics::add(&self.metrics.requests_sent, done.len() as u64);
         DispatchMetrics::add(&self.metrics.recipients_sent, recipients);
         DispatchMetrics::add(&self.metrics.requests_already_accepted, already);

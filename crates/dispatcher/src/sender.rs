@@ -40,7 +40,7 @@ impl Dispatcher {
         let now = self.clock.now();
         let lease_until =
             now + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::seconds(60));
-        Ok(self.store.claim_requests(now, self.settings.batch, &self.owner, lease_until).await?)
+        Ok(self.store.requests.claim_requests(now, self.settings.batch, &self.owner, lease_until).await?)
     }
 
     /// Claims batches ahead (one in reserve) so LINE is never kept waiting on the database.
@@ -63,7 +63,7 @@ impl Dispatcher {
                             }
                         }
                         Ok(_) => {
-                            let wait = this.idle_wait(this.store.next_request_due().await).await;
+                            let wait = this.idle_wait(this.store.requests.next_request_due().await).await;
                             tokio::select! {
                                 _ = tokio::time::sleep(wait) => {}
                                 _ = woken => {}

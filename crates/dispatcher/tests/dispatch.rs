@@ -9,7 +9,7 @@ mod common;
 
 use common::{Backend, GOLD, Harness, LINKED, Spec, harness, personal_attrs, t0, user};
 use renkei_core::{Clock, NewEvent, SkipReason};
-use renkei_dispatcher::{DispatchSettings, Dispatcher, GlobalPolicy};
+use renkei_dispatcher::{DispatchSettings, Dispatcher, DispatcherStore, GlobalPolicy};
 use renkei_line_sim::{Faults, SimConfig};
 use serde_json::json;
 use std::sync::Arc;
@@ -266,7 +266,7 @@ async fn two_dispatchers_share_one_outbox_without_doubles(backend: Backend) {
     let settings = DispatchSettings { batch: 50, ..Spec::default().settings };
     let clock: Arc<dyn Clock> = Arc::new(h.clock.clone());
     let second = Arc::new(Dispatcher::new(
-        h.test.store.clone(),
+        DispatcherStore::of(&h.test.store),
         h.line.clone(),
         h.campaigns.clone(),
         clock,

@@ -18,7 +18,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use renkei_core::{LineUserId, SystemClock};
-use renkei_evaluator::{Cause, MembershipEngine};
+use renkei_evaluator::{Cause, EngineStore, MembershipEngine};
 use renkei_segments::SegmentSet;
 use renkei_store::{PgStore, SqliteStore, Store};
 use renkei_test_support as test_support;
@@ -164,8 +164,13 @@ async fn load_sqlite(store: &SqliteStore, config: &Config, now: DateTime<Utc>) -
 async fn measure(name: &str, store: Arc<dyn Store>, config: &Config) -> Result<(), BoxError> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/segments");
     let segments = SegmentSet::load_dir(dir).map_err(|d| format!("{} segment problems in {dir}", d.len()))?;
-    let engine = MembershipEngine::new(store, Arc::new(segments), Arc::new(SystemClock), chrono_tz::Asia::Tokyo)
-        .with_page_size(config.page);
+    let engine = MembershipEngine::new(
+        EngineStore::of(&store),
+        Arc::new(segments),
+        Arc::new(SystemClock),
+        chrono_tz::Asia::Tokyo,
+    )
+    .with_page_size(config.page);
     let rss_before = peak_rss_mb();
     let (cpu_before, pg_before) = (cpu_seconds(), postgres_cpu_seconds());
     let report = engine.recompute_all(progress_printer()).await?;

@@ -7,7 +7,6 @@ use chrono_tz::Tz;
 use futures::StreamExt;
 use renkei_core::{Clock, LineUserId, UserRef};
 use renkei_segments::{EventFact, SegmentSet, UserFacts};
-use renkei_store::Store;
 use renkei_store::membership::{
     AudiencePage, Cause, EventSelection, FactEventRecord, MembershipUpdate, SegmentStats, Transition, UserEventRecord,
     UserRecord,
@@ -17,6 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
+
+renkei_store::store_view! {
+    /// What the engine reads and writes: memberships and what they are computed from.
+    pub struct EngineStore { memberships: MembershipStore, reads: MembershipReads }
+}
 
 /// Users per page in recompute, preview and `run_due`.
 const DEFAULT_PAGE_SIZE: u32 = 5_000;
@@ -28,7 +32,7 @@ const PAGES_IN_FLIGHT: usize = 3;
 /// page can run as its own task.
 #[derive(Clone)]
 struct PageContext {
-    store: Arc<dyn Store>,
+    store: EngineStore,
     segments: Arc<SegmentSet>,
     clock: Arc<dyn Clock>,
     tz: Tz,
@@ -41,7 +45,7 @@ impl PageContext {
     async fn load_and_evaluate(self, page: MembershipResult<AudiencePage>) -> MembershipResult<EvaluatedPage> {
         let page = page?;
         let now = self.clock.now();
-        let records = self.store.load_page_facts(&page, &self.selection.at(now)).await?;
+        let records = self.store.memberships.load_page_facts(&page, &self.selection.at(now)).await?;
         let (segments, tz) = (self.segments, self.tz);
         let (updates, events) = tokio::task::spawn_blocking(move || evaluate_page(&segments, records, now, tz))
             .await
@@ -103,7 +107,7 @@ impl Selection {
 }
 
 pub struct MembershipEngine {
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) store: EngineStore,
     pub(crate) segments: Arc<SegmentSet>,
     pub(crate) clock: Arc<dyn Clock>,
     tz: Tz,
@@ -181,7 +185,7 @@ fn evaluate_page(
 }
 
 impl MembershipEngine {
-    pub fn new(store: Arc<dyn Store>, segments: Arc<SegmentSet>, clock: Arc<dyn Clock>, tz: Tz) -> Self {
+    pub fn new(store: EngineStore, segments: Arc<SegmentSet>, clock: Arc<dyn Clock>, tz: Tz) -> Self {
         let selection = Arc::new(Selection::of(&segments));
         Self {
             store,
@@ -205,7 +209,7 @@ impl MembershipEngine {
         &self.segments
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &EngineStore {
         &self.store
     }
 
@@ -227,9 +231,9 @@ impl MembershipEngine {
             return Ok(Vec::new());
         }
         let now = self.clock.now();
-        let records = self.store.load_user_facts(&users, &self.selection.at(now)).await?;
+        let records = self.store.memberships.load_user_facts(&users, &self.selection.at(now)).await?;
         let (updates, _) = evaluate_page(&self.segments, records, now, self.tz);
-        let transitions = self.store.apply_memberships(&updates, now, cause).await?;
+        let transitions = self.store.memberships.apply_memberships(&updates, now, cause).await?;
         let earliest = updates.iter().filter_map(|u| u.next_due).min();
         if earliest.is_some_and(|due| due.timestamp_micros() < self.timer_target.load(Ordering::SeqCst)) {
             self.schedule_changed.notify_one();
@@ -251,7 +255,7 @@ impl MembershipEngine {
     pub async fn resolve(&self, user: &UserRef) -> MembershipResult<Option<LineUserId>> {
         match user {
             UserRef::LineUser(id) => Ok(Some(id.clone())),
-            UserRef::Member(member_id) => Ok(self.store.member_line_user(member_id).await?),
+            UserRef::Member(member_id) => Ok(self.store.reads.member_line_user(member_id).await?),
         }
     }
 
@@ -273,7 +277,7 @@ impl MembershipEngine {
         let mut evaluated = 0u64;
         let now = self.clock.now();
         loop {
-            let due = self.store.due_users(now, self.page_size).await?;
+            let due = self.store.reads.due_users(now, self.page_size).await?;
             if due.is_empty() {
                 return Ok(evaluated);
             }
@@ -302,7 +306,7 @@ impl MembershipEngine {
             tokio::spawn(async move {
                 let mut after: Option<LineUserId> = None;
                 loop {
-                    match store.audience_page(after.as_ref(), page_size).await {
+                    match store.memberships.audience_page(after.as_ref(), page_size).await {
                         Ok(page) => {
                             let Some(last) = page.last().cloned() else { return };
                             if ids_tx.send(Ok(page)).await.is_err() {
@@ -324,7 +328,8 @@ impl MembershipEngine {
             tokio::spawn(async move {
                 let mut transitions = 0u64;
                 while let Some(page) = write_rx.recv().await {
-                    let applied = store.apply_page_memberships(&page.page, &page.updates, page.now, Cause::Recompute);
+                    let applied =
+                        store.memberships.apply_page_memberships(&page.page, &page.updates, page.now, Cause::Recompute);
                     transitions += applied.await?.len() as u64;
                 }
                 Ok::<u64, MembershipError>(transitions)
@@ -404,9 +409,9 @@ impl MembershipEngine {
         let mut members = Vec::new();
         let mut after: Option<LineUserId> = None;
         loop {
-            let page = self.store.audience_page(after.as_ref(), self.page_size).await?;
+            let page = self.store.memberships.audience_page(after.as_ref(), self.page_size).await?;
             let Some(last) = page.last().cloned() else { break };
-            for record in self.store.load_page_facts(&page, &self.selection.at(at)).await? {
+            for record in self.store.memberships.load_page_facts(&page, &self.selection.at(at)).await? {
                 let facts = facts_of(record);
                 if self.segments.evaluate_segment(segment_id, &facts, at, self.tz) == Some(true) {
                     members.push(facts.line_user_id);
@@ -420,12 +425,12 @@ impl MembershipEngine {
 
     /// Stored memberships of a user (segment ids).
     pub async fn memberships(&self, line_user_id: &LineUserId) -> MembershipResult<BTreeSet<String>> {
-        Ok(self.store.user_memberships(line_user_id).await?)
+        Ok(self.store.reads.user_memberships(line_user_id).await?)
     }
 
     /// Every configured segment's size and last change, in id order.
     pub async fn segment_stats(&self) -> MembershipResult<Vec<SegmentStats>> {
-        let stored = self.store.segment_stats().await?;
+        let stored = self.store.reads.segment_stats().await?;
         Ok(self
             .segments
             .ids()

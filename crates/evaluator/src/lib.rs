@@ -19,7 +19,7 @@ mod engine;
 mod evaluator;
 mod runtime;
 
-pub use engine::{MembershipEngine, RecomputeProgress, RecomputeReport, facts_of};
+pub use engine::{EngineStore, MembershipEngine, RecomputeProgress, RecomputeReport, facts_of};
 pub use evaluator::Evaluator;
 pub use renkei_store::membership::{Cause, Transition, TransitionKind};
 pub use runtime::EngineHandle;

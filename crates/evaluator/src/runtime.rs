@@ -183,7 +183,7 @@ async fn timer(engine: Arc<MembershipEngine>, token: CancellationToken) {
             tracing::warn!(%error, "time-driven evaluation failed");
         }
         let now = engine.clock.now();
-        let wait = match engine.store.next_due().await {
+        let wait = match engine.store.reads.next_due().await {
             Ok(Some(due)) => (due - now).to_std().unwrap_or(Duration::ZERO).min(MAX_SLEEP),
             Ok(None) => MAX_SLEEP,
             Err(error) => {

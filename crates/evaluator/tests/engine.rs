@@ -193,7 +193,7 @@ async fn the_running_engine_processes_reported_changes_and_time() {
     let test = renkei_test_support::sqlite().await.expect("store");
     let segments = common::segments(&[BUYERS, "id: settled\nname: S\nrule:\n  event: purchase\n  older_than: 1s\n"]);
     let engine = Arc::new(MembershipEngine::new(
-        test.store.clone(),
+        renkei_evaluator::EngineStore::of(&test.store),
         segments,
         Arc::new(renkei_core::SystemClock),
         chrono_tz::Asia::Tokyo,

@@ -32,10 +32,17 @@ pub struct DryRunRow {
     pub error: Option<String>,
 }
 
+renkei_store::store_view! {
+    /// What a dry run reads: the recipients, the queued deliveries and the
+    /// facts the policies judge by.
+    pub struct DryRunStore { memberships: MembershipStore, outbox: OutboxStore, outbox_reads: OutboxReads }
+}
+
 /// Segment-entry and scheduled campaigns: the members of their segment at
 /// `at`, as if the trigger fired then. Event campaigns: their queued
 /// (pending) deliveries. Each is judged by the policies at `at`.
 pub async fn dry_run(
+    store: &DryRunStore,
     engine: &MembershipEngine,
     campaigns: &CampaignSet,
     campaign_id: &str,
@@ -45,14 +52,13 @@ pub async fn dry_run(
 ) -> SchedulerResult<Vec<DryRunRow>> {
     let campaign =
         campaigns.get(campaign_id).ok_or_else(|| SchedulerError::UnknownCampaign(campaign_id.to_string()))?;
-    let store = engine.store().as_ref();
     let tz: Tz = engine.timezone();
     let mut deliveries: Vec<PendingDelivery> = Vec::new();
     match &campaign.trigger {
         Trigger::SegmentEntered { segment } | Trigger::Schedule { audience: segment, .. } => {
             let users = engine.preview(segment, at).await?;
             for page in users.chunks(1_000) {
-                for record in store.load_users(page, Some(&[])).await? {
+                for record in store.memberships.load_users(page, Some(&[])).await? {
                     let ctx = RenderContext {
                         member_id: record.member_id.as_ref().map(|m| m.as_str()),
                         member: record.attributes.as_ref(),
@@ -81,7 +87,7 @@ pub async fn dry_run(
         Trigger::Event { .. } => {
             let mut after = 0;
             loop {
-                let page = store.campaign_deliveries(&campaign.id, after, 1_000).await?;
+                let page = store.outbox_reads.campaign_deliveries(&campaign.id, after, 1_000).await?;
                 let Some(last) = page.last() else { break };
                 after = last.id;
                 deliveries.extend(
@@ -90,7 +96,13 @@ pub async fn dry_run(
             }
         }
     }
-    let context = PolicyContext { store, campaigns, timezone: tz, global };
+    let context = PolicyContext {
+        outbox: store.outbox.as_ref(),
+        memberships: store.memberships.as_ref(),
+        campaigns,
+        timezone: tz,
+        global,
+    };
     let decisions = decide_deliveries(&context, &mut deliveries, at).await?;
     Ok(deliveries
         .into_iter()

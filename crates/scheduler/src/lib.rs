@@ -8,8 +8,8 @@
 pub mod dry_run;
 pub mod runner;
 
-pub use dry_run::{DryRunRow, dry_run};
-pub use runner::{CampaignRunner, RunnerSettings};
+pub use dry_run::{DryRunRow, DryRunStore, dry_run};
+pub use runner::{CampaignRunner, RunnerSettings, RunnerStore};
 
 use renkei_store::StoreError;
 

@@ -19,7 +19,7 @@ use renkei_core::{Clock, LineUserId, MemberId};
 use renkei_dispatcher::DispatchMetrics;
 use renkei_store::dispatch::{FireState, NewDelivery};
 use renkei_store::membership::{Cause, StoredTransition, TransitionKind, UserRecord};
-use renkei_store::{Store, StoreResult, StoredEvent};
+use renkei_store::{StoreResult, StoredEvent};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -55,8 +55,24 @@ impl Default for RunnerSettings {
     }
 }
 
+renkei_store::store_view! {
+    /// What the runner reads and writes: the tables whose new rows trigger
+    /// campaigns, the users they reach, the deliveries it enqueues, the rich
+    /// menus it sets, and its own cursors and fires.
+    pub struct RunnerStore {
+        events: EventStore,
+        members: MemberStore,
+        memberships: MembershipStore,
+        membership_reads: MembershipReads,
+        outbox: OutboxStore,
+        outbox_reads: OutboxReads,
+        rich_menus: RichMenuStore,
+        schedule: ScheduleStore,
+    }
+}
+
 pub struct CampaignRunner {
-    store: Arc<dyn Store>,
+    store: RunnerStore,
     campaigns: Arc<CampaignSet>,
     rich_menus: Arc<RichMenuRules>,
     clock: Arc<dyn Clock>,
@@ -154,7 +170,7 @@ impl CampaignRunner {
     /// Records (or reads) when each campaign was first enabled: segment
     /// entries and cron fires before that do not trigger it.
     pub async fn new(
-        store: Arc<dyn Store>,
+        store: RunnerStore,
         campaigns: Arc<CampaignSet>,
         rich_menus: Arc<RichMenuRules>,
         clock: Arc<dyn Clock>,
@@ -165,7 +181,7 @@ impl CampaignRunner {
         let now = clock.now();
         let mut enabled_at = HashMap::new();
         for campaign in campaigns.iter() {
-            enabled_at.insert(campaign.id.clone(), store.campaign_enabled_at(&campaign.id, now).await?);
+            enabled_at.insert(campaign.id.clone(), store.schedule.campaign_enabled_at(&campaign.id, now).await?);
         }
         Ok(Self { store, campaigns, rich_menus, clock, settings, metrics, dispatch_wake, enabled_at })
     }
@@ -190,11 +206,11 @@ impl CampaignRunner {
     }
 
     async fn start_tail(&self, cursor: &str, max: i64) -> SchedulerResult<Tail> {
-        let start = match self.store.get_cursor(cursor).await? {
+        let start = match self.store.schedule.get_cursor(cursor).await? {
             Some(value) => value,
             None => {
                 // First start: react to what happens from now on, not to history.
-                self.store.set_cursor(cursor, max).await?;
+                self.store.schedule.set_cursor(cursor, max).await?;
                 max
             }
         };
@@ -251,18 +267,23 @@ impl CampaignRunner {
 
     async fn max_id(&self, table: &Table) -> StoreResult<i64> {
         match table {
-            Table::Transitions => self.store.max_transition_id().await,
-            Table::Events(_) => self.store.max_event_id().await,
+            Table::Transitions => self.store.schedule.max_transition_id().await,
+            Table::Events(_) => self.store.events.max_event_id().await,
         }
     }
 
     async fn fetch(&self, table: &Table, after: i64, limit: u32) -> StoreResult<Vec<Row>> {
         Ok(match table {
-            Table::Transitions => {
-                self.store.transitions_after(after, limit).await?.into_iter().map(Row::Transition).collect()
-            }
+            Table::Transitions => self
+                .store
+                .membership_reads
+                .transitions_after(after, limit)
+                .await?
+                .into_iter()
+                .map(Row::Transition)
+                .collect(),
             Table::Events(types) => {
-                self.store.events_after(after, types, limit).await?.into_iter().map(Row::Event).collect()
+                self.store.events.events_after(after, types, limit).await?.into_iter().map(Row::Event).collect()
             }
         })
     }
@@ -299,7 +320,7 @@ impl CampaignRunner {
         }
         tail.mark(now);
         if tail.settle(now) {
-            self.store.set_cursor(table.cursor(), tail.settled).await?;
+            self.store.schedule.set_cursor(table.cursor(), tail.settled).await?;
         }
         Ok(n)
     }
@@ -359,10 +380,10 @@ impl CampaignRunner {
         }
         let mut desired = Vec::with_capacity(users.len());
         for user in users {
-            let memberships = self.store.user_memberships(user).await?;
+            let memberships = self.store.membership_reads.user_memberships(user).await?;
             desired.push((user.clone(), self.rich_menus.menu_for(&memberships).map(str::to_string)));
         }
-        self.store.set_desired_rich_menus(&desired, self.clock.now()).await?;
+        self.store.rich_menus.set_desired_rich_menus(&desired, self.clock.now()).await?;
         self.dispatch_wake.notify_waiters();
         Ok(())
     }
@@ -375,7 +396,7 @@ impl CampaignRunner {
         for segment in segments {
             let mut after: Option<String> = None;
             loop {
-                let page = self.store.segment_members(&segment, after.as_deref(), PAGE).await?;
+                let page = self.store.membership_reads.segment_members(&segment, after.as_deref(), PAGE).await?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.as_str().to_string());
                 total += page.len() as u64;
@@ -400,7 +421,7 @@ impl CampaignRunner {
                 && let Some(member) = event.member_id.as_deref().and_then(|m| MemberId::parse(m).ok())
                 && !links.contains_key(&member)
             {
-                let user = self.store.member_line_user(&member).await?;
+                let user = self.store.membership_reads.member_line_user(&member).await?;
                 links.insert(member, user);
             }
         }
@@ -430,7 +451,7 @@ impl CampaignRunner {
                 }
                 (None, Some(member)) => {
                     if !unlinked_members.contains_key(member) {
-                        let stored = self.store.get_member(member).await?.map(|m| m.attributes);
+                        let stored = self.store.members.get_member(member).await?.map(|m| m.attributes);
                         unlinked_members.insert(member.clone(), stored);
                     }
                     (Some(member.clone()), unlinked_members.get(member).cloned().flatten())
@@ -474,7 +495,7 @@ impl CampaignRunner {
 
     async fn schedule_loop(self: Arc<Self>, token: CancellationToken) {
         // A crash while enqueueing left a fire `started`: finish it (deliveries dedupe).
-        match self.store.unfinished_fires().await {
+        match self.store.schedule.unfinished_fires().await {
             Ok(fires) => {
                 for fire in fires {
                     if let Some(campaign) = self.campaigns.get(&fire.campaign_id) {
@@ -517,18 +538,18 @@ impl CampaignRunner {
         let Trigger::Schedule { schedule: cron, .. } = &campaign.trigger else { return Ok(None) };
         let tz = self.settings.timezone;
         let enabled = self.enabled_at.get(&campaign.id).copied().unwrap_or(now);
-        let since = match self.store.last_fire(&campaign.id).await? {
+        let since = match self.store.schedule.last_fire(&campaign.id).await? {
             Some(fire) => fire.fire_at.max(enabled),
             None => enabled,
         };
         let plan = schedule::catch_up(cron, tz, since, now, self.settings.misfire_grace);
         for missed in &plan.missed {
-            if self.store.record_fire(&campaign.id, *missed, FireState::Missed).await? {
+            if self.store.schedule.record_fire(&campaign.id, *missed, FireState::Missed).await? {
                 tracing::warn!(campaign = %campaign.id, fire_at = %missed, "cron fire missed while renkei was down; not sent (older than the catch-up grace or superseded by a later fire)");
             }
         }
         if let Some(fire_at) = plan.run
-            && self.store.record_fire(&campaign.id, fire_at, FireState::Started).await?
+            && self.store.schedule.record_fire(&campaign.id, fire_at, FireState::Started).await?
         {
             tracing::info!(campaign = %campaign.id, %fire_at, "cron fire");
             self.fire(campaign, fire_at).await?;
@@ -543,7 +564,7 @@ impl CampaignRunner {
         let mut after: Option<String> = None;
         let mut total = 0;
         loop {
-            let page = self.store.segment_members(audience, after.as_deref(), PAGE).await?;
+            let page = self.store.membership_reads.segment_members(audience, after.as_deref(), PAGE).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.as_str().to_string());
             let now = self.clock.now();
@@ -568,7 +589,7 @@ impl CampaignRunner {
             total += deliveries.len() as u64;
             self.enqueue(&deliveries, now).await?;
         }
-        self.store.set_fire_state(&campaign.id, fire_at, FireState::Done).await?;
+        self.store.schedule.set_fire_state(&campaign.id, fire_at, FireState::Done).await?;
         Ok(total)
     }
 
@@ -576,14 +597,21 @@ impl CampaignRunner {
         if users.is_empty() {
             return Ok(HashMap::new());
         }
-        Ok(self.store.load_users(users, Some(&[])).await?.into_iter().map(|r| (r.line_user_id.clone(), r)).collect())
+        Ok(self
+            .store
+            .memberships
+            .load_users(users, Some(&[]))
+            .await?
+            .into_iter()
+            .map(|r| (r.line_user_id.clone(), r))
+            .collect())
     }
 
     async fn enqueue(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> SchedulerResult<()> {
         if deliveries.is_empty() {
             return Ok(());
         }
-        let new = self.store.insert_deliveries(deliveries, now).await?;
+        let new = self.store.outbox.insert_deliveries(deliveries, now).await?;
         DispatchMetrics::add(&self.metrics.deliveries_enqueued, new);
         if new > 0 {
             self.dispatch_wake.notify_waiters();

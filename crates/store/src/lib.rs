@@ -131,6 +131,34 @@ pub trait TestReadsIfEnabled {}
 #[cfg(not(feature = "test-support"))]
 impl<T> TestReadsIfEnabled for T {}
 
+/// Declares a consumer's view of the store: one handle per area it uses,
+/// each the whole store seen through that area's trait. What a role may
+/// touch is its view's field list; [`connect`]'s store makes any view.
+///
+/// ```ignore
+/// renkei_store::store_view! {
+///     /// What the engine reads and writes.
+///     pub struct EngineStore { memberships: MembershipStore, reads: MembershipReads }
+/// }
+/// ```
+#[macro_export]
+macro_rules! store_view {
+    ($(#[$doc:meta])* $vis:vis struct $name:ident { $($field:ident: $area:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        $vis struct $name {
+            $(pub $field: ::std::sync::Arc<dyn $crate::$area>,)+
+        }
+
+        impl $name {
+            /// This view of `store`.
+            pub fn of(store: &::std::sync::Arc<dyn $crate::Store>) -> Self {
+                Self { $($field: store.clone(),)+ }
+            }
+        }
+    };
+}
+
 /// Opens the store named by a `sqlite://` or `postgres://` URL.
 pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {

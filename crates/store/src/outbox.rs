@@ -265,6 +265,11 @@ pub trait OutboxStore: Send + Sync + 'static {
         after: Option<QueueKey>,
     ) -> StoreResult<Claim>;
 
+    /// Whether claims taken side by side make progress together (PostgreSQL's
+    /// `SKIP LOCKED`) or take turns on the one writer (SQLite), where a
+    /// second planner would only wait.
+    fn parallel_claims(&self) -> bool;
+
     /// How many deliveries were `requested` or `sent` to each user since
     /// `since` (by `requested_at`), for one campaign or across all (`None`).
     /// Users with none are absent.

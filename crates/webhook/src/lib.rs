@@ -15,7 +15,6 @@ pub use routes::{api_router, public_router};
 
 use renkei_core::{ChangeListener, Clock};
 use renkei_line::LineClient;
-use renkei_store::Store;
 use std::fmt;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -70,10 +69,16 @@ impl fmt::Debug for WebhookConfig {
     }
 }
 
+renkei_store::store_view! {
+    /// What the webhook role reads and writes: its inbox (and link nonces),
+    /// the links and follow state it changes, the events it records.
+    pub struct WebhookStores { inbox: WebhookStore, members: MemberStore, events: EventStore }
+}
+
 /// Everything the routes and the worker share. Cheap to clone.
 #[derive(Clone)]
 pub struct WebhookState {
-    pub store: Arc<dyn Store>,
+    pub store: WebhookStores,
     pub clock: Arc<dyn Clock>,
     /// Told about every user a webhook or link changed, once it is durable.
     pub changes: Arc<dyn ChangeListener>,
@@ -87,7 +92,7 @@ pub struct WebhookState {
 
 impl WebhookState {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: WebhookStores,
         clock: Arc<dyn Clock>,
         changes: Arc<dyn ChangeListener>,
         line: Option<LineClient>,

@@ -93,7 +93,8 @@ pub fn spawn_worker(state: WebhookState, options: WorkerOptions) -> WorkerHandle
 pub async fn process_pending(state: &WebhookState, options: &WorkerOptions) -> Result<usize, StoreError> {
     let mut finished = 0;
     loop {
-        let rows = state.store.claim_webhook_events(state.clock.now(), options.lease, options.batch.max(1)).await?;
+        let rows =
+            state.store.inbox.claim_webhook_events(state.clock.now(), options.lease, options.batch.max(1)).await?;
         if rows.is_empty() {
             return Ok(finished);
         }
@@ -109,17 +110,17 @@ pub async fn process_pending(state: &WebhookState, options: &WorkerOptions) -> R
 async fn process_row(state: &WebhookState, options: &WorkerOptions, row: &WebhookEventRow) -> Result<bool, StoreError> {
     match handle(state, row).await {
         Ok(()) => {
-            state.store.finish_webhook_event(row.id, state.clock.now(), None).await?;
+            state.store.inbox.finish_webhook_event(row.id, state.clock.now(), None).await?;
             Ok(true)
         }
         Err(e) if e.is_retryable() && row.attempts < options.max_attempts => {
             tracing::warn!(id = row.id, event_type = %row.event_type, attempt = row.attempts, error = %e, "webhook event will be retried");
-            state.store.record_webhook_error(row.id, &e.to_string()).await?;
+            state.store.inbox.record_webhook_error(row.id, &e.to_string()).await?;
             Ok(false)
         }
         Err(e) => {
             tracing::error!(id = row.id, event_type = %row.event_type, attempt = row.attempts, error = %e, "webhook event given up");
-            state.store.finish_webhook_event(row.id, state.clock.now(), Some(&e.to_string())).await?;
+            state.store.inbox.finish_webhook_event(row.id, state.clock.now(), Some(&e.to_string())).await?;
             Ok(true)
         }
     }
@@ -143,12 +144,12 @@ async fn handle(state: &WebhookState, row: &WebhookEventRow) -> Result<(), Proce
     let user = event.line_user_id();
     match (&event.kind, user) {
         (EventKind::Follow { .. }, Some(user)) => {
-            state.store.set_following(&user, true, at).await?;
+            state.store.members.set_following(&user, true, at).await?;
             state.changes.users_changed(&[UserRef::LineUser(user.clone())]);
             tracing::info!(line_user_id = %user, "follow");
         }
         (EventKind::Unfollow, Some(user)) => {
-            state.store.set_following(&user, false, at).await?;
+            state.store.members.set_following(&user, false, at).await?;
             state.changes.users_changed(&[UserRef::LineUser(user.clone())]);
             tracing::info!(line_user_id = %user, "unfollow: the user blocked the account");
         }
@@ -221,7 +222,7 @@ async fn record_event(
         occurred_at,
         properties,
     };
-    let outcome = state.store.insert_events(&[new], row.received_at).await?;
+    let outcome = state.store.events.insert_events(&[new], row.received_at).await?;
     if outcome.accepted > 0 {
         state.changes.users_changed(&[UserRef::LineUser(user.clone())]);
     }
@@ -244,7 +245,7 @@ async fn reply(state: &WebhookState, event: &WebhookEvent, text: String) -> Resu
 
 /// `action=link`: a link token from LINE, sent back as the company's login URL.
 async fn start_account_link(state: &WebhookState, event: &WebhookEvent, user: &LineUserId) -> Result<(), ProcessError> {
-    if state.store.get_link_by_line_user(user).await?.is_some() {
+    if state.store.members.get_link_by_line_user(user).await?.is_some() {
         return reply(
             state,
             event,
@@ -264,10 +265,10 @@ async fn start_account_link(state: &WebhookState, event: &WebhookEvent, user: &L
 
 /// `action=unlink`: users can always unlink themselves.
 async fn unlink(state: &WebhookState, event: &WebhookEvent, user: &LineUserId) -> Result<(), ProcessError> {
-    let Some(link) = state.store.get_link_by_line_user(user).await? else {
+    let Some(link) = state.store.members.get_link_by_line_user(user).await? else {
         return reply(state, event, "連携している会員IDはありません。".into()).await;
     };
-    if let Some(removed) = state.store.unlink(&link.member_id).await? {
+    if let Some(removed) = state.store.members.unlink(&link.member_id).await? {
         state.changes.users_changed(&[
             UserRef::LineUser(removed.line_user_id.clone()),
             UserRef::Member(removed.member_id.clone()),
@@ -291,7 +292,7 @@ async fn account_link(
     };
     match (result, user) {
         (LinkResult::Ok, Some(user)) => {
-            let member_id = match state.store.consume_link_nonce(nonce, &user, row.id, row.received_at).await? {
+            let member_id = match state.store.inbox.consume_link_nonce(nonce, &user, row.id, row.received_at).await? {
                 NonceUse::Consumed(member_id) => member_id,
                 refused => {
                     // Never log the nonce itself: it is a credential until used.
@@ -299,7 +300,7 @@ async fn account_link(
                     return Ok(());
                 }
             };
-            match state.store.link(&member_id, &user, LinkMethod::AccountLink, row.received_at).await {
+            match state.store.members.link(&member_id, &user, LinkMethod::AccountLink, row.received_at).await {
                 Ok(LinkOutcome::Created(link)) => {
                     state.changes.users_changed(&[
                         UserRef::LineUser(link.line_user_id.clone()),
@@ -311,7 +312,7 @@ async fn account_link(
                 Ok(LinkOutcome::AlreadyLinked(_)) => Ok(()),
                 Err(StoreError::Conflict(message)) => {
                     tracing::warn!(member_id = %member_id, line_user_id = %user, reason = %message, "account link refused: conflict");
-                    state.store.set_link_nonce_result(nonce, "conflict").await?;
+                    state.store.inbox.set_link_nonce_result(nonce, "conflict").await?;
                     reply(state, event, "この会員IDまたはLINEアカウントは、すでに別の連携に使われています。".into())
                         .await
                 }
@@ -323,7 +324,7 @@ async fn account_link(
             Ok(())
         }
         (LinkResult::Failed, _) => {
-            if !state.store.fail_link_nonce(nonce, row.received_at).await? {
+            if !state.store.inbox.fail_link_nonce(nonce, row.received_at).await? {
                 tracing::warn!(id = row.id, "accountLink failed for an unknown or used nonce");
             } else {
                 tracing::info!(id = row.id, "account link failed on LINE's side; recorded");

@@ -74,7 +74,7 @@ async fn webhook(
         .into_iter()
         .map(|e| NewWebhookEvent { webhook_event_id: e.webhook_event_id, event_type: e.event_type, body: e.raw })
         .collect();
-    let ids = state.store.insert_webhook_events(&events, state.clock.now()).await?;
+    let ids = state.store.inbox.insert_webhook_events(&events, state.clock.now()).await?;
     let received = ids.iter().flatten().count();
     let duplicates = ids.len() - received;
     if received > 0 {
@@ -136,7 +136,7 @@ async fn create_nonce(
     let nonce = new_nonce()?;
     let now = state.clock.now();
     let expires_at = now + NONCE_TTL;
-    state.store.create_link_nonce(&nonce, &member_id, now, expires_at).await?;
+    state.store.inbox.create_link_nonce(&nonce, &member_id, now, expires_at).await?;
     let redirect_url =
         format!("{}?linkToken={}&nonce={}", state.config.account_link_url, url_encode(&link_token), url_encode(&nonce));
     tracing::info!(member_id = %member_id, "account-link nonce issued");
@@ -185,7 +185,7 @@ async fn link_by_id_token(
     let Ok(line_user_id) = LineUserId::parse(&claims.sub) else {
         return Err(invalid_id_token("the ID token's subject is not a LINE user ID"));
     };
-    match state.store.link(&member_id, &line_user_id, LinkMethod::IdToken, state.clock.now()).await? {
+    match state.store.members.link(&member_id, &line_user_id, LinkMethod::IdToken, state.clock.now()).await? {
         LinkOutcome::Created(link) => {
             state.changes.users_changed(&[
                 UserRef::LineUser(link.line_user_id.clone()),

@@ -8,7 +8,7 @@ use renkei_line_sim::{LineSim, SimConfig, SimHandle};
 use renkei_store::{Store, StoreCounts};
 use renkei_test_support::{self as test_support, TestStore};
 use renkei_webhook::{
-    WebhookConfig, WebhookState, WorkerHandle, WorkerOptions, api_router, public_router, spawn_worker,
+    WebhookConfig, WebhookState, WebhookStores, WorkerHandle, WorkerOptions, api_router, public_router, spawn_worker,
 };
 use serde_json::{Value, json};
 use std::future::Future;
@@ -60,7 +60,8 @@ async fn start_with(test: TestStore, worker: bool) -> App {
     let changes = Arc::new(Recorder::default());
     let store = test.store.clone();
     let config = WebhookConfig::new(sim.channel_secret(), LOGIN_CHANNEL, LOGIN_URL);
-    let state = WebhookState::new(store.clone(), Arc::new(clock.clone()), changes.clone(), Some(line), config);
+    let state =
+        WebhookState::new(WebhookStores::of(&store), Arc::new(clock.clone()), changes.clone(), Some(line), config);
     // The app puts its bearer-key layer around api_router; none is needed here.
     let base = serve(public_router(state.clone()).merge(api_router(state.clone()))).await;
     sim.set_webhook_url(Some(format!("{base}/webhook/line")));
@@ -210,7 +211,8 @@ async fn every_signature_vector_is_honoured() {
         let test = test_support::sqlite().await.unwrap();
         let config = WebhookConfig::new(vector["channel_secret"].as_str().unwrap(), LOGIN_CHANNEL, LOGIN_URL);
         let clock = Arc::new(ManualClock::new(Utc::now()));
-        let state = WebhookState::new(test.store.clone(), clock, Arc::new(Recorder::default()), None, config);
+        let state =
+            WebhookState::new(WebhookStores::of(&test.store), clock, Arc::new(Recorder::default()), None, config);
         let base = serve(public_router(state)).await;
         let response = reqwest::Client::new()
             .post(format!("{base}/webhook/line"))

@@ -6,11 +6,11 @@
 use chrono::{DateTime, TimeZone, Utc};
 use renkei_campaigns::{CampaignSet, RichMenuRules};
 use renkei_core::{Clock, LineUserId, ManualClock, MemberId, MemberPatch};
-use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, QuotaGuard, RichMenuLinker};
-use renkei_evaluator::{Cause, MembershipEngine};
+use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, DispatcherStore, QuotaGuard, RichMenuLinker};
+use renkei_evaluator::{Cause, EngineStore, MembershipEngine};
 use renkei_line::LineClient;
 use renkei_line_sim::{LineSim, SimConfig, SimHandle};
-use renkei_scheduler::{CampaignRunner, RunnerSettings};
+use renkei_scheduler::{CampaignRunner, RunnerSettings, RunnerStore};
 use renkei_segments::SegmentSet;
 use renkei_test_support::{self as test_support, TestStore};
 use serde_json::{Value, json};
@@ -105,14 +105,14 @@ pub async fn harness(backend: Backend, spec: Spec<'_>) -> Option<Harness> {
         Some(text) => RichMenuRules::from_source(PathBuf::from("rich_menus.yaml"), text, &segments).unwrap(),
         None => RichMenuRules::from_source(PathBuf::from("rich_menus.yaml"), "rules: []\n", &segments).unwrap(),
     });
-    let engine = Arc::new(MembershipEngine::new(store.clone(), segments, clock_dyn.clone(), tz));
+    let engine = Arc::new(MembershipEngine::new(EngineStore::of(&store), segments, clock_dyn.clone(), tz));
     let sim = LineSim::spawn(spec.sim).await.unwrap();
     let line = LineClient::new(&sim.base_url(), sim.access_token()).unwrap();
     let metrics = Arc::new(DispatchMetrics::default());
     let quota = Arc::new(QuotaGuard::new(true, metrics.clone()));
     let settings = DispatchSettings { timezone: tz, ..spec.settings };
     let dispatcher = Arc::new(Dispatcher::new(
-        store.clone(),
+        DispatcherStore::of(&store),
         line.clone(),
         campaigns.clone(),
         clock_dyn.clone(),
@@ -123,7 +123,7 @@ pub async fn harness(backend: Backend, spec: Spec<'_>) -> Option<Harness> {
     let wake: Arc<Notify> = dispatcher.waker();
     let runner = Arc::new(
         CampaignRunner::new(
-            store.clone(),
+            RunnerStore::of(&store),
             campaigns.clone(),
             rich_menus,
             clock_dyn.clone(),

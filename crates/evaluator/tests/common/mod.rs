@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use renkei_core::{LineUserId, ManualClock, MemberId, NewEvent};
-use renkei_evaluator::MembershipEngine;
+use renkei_evaluator::{EngineStore, MembershipEngine};
 use renkei_segments::SegmentSet;
 use renkei_test_support::{self as test_support, TestStore};
 use serde_json::Value;
@@ -42,8 +42,13 @@ pub async fn fixture(files: &[&str]) -> Fixture {
     let test = test_support::sqlite().await.expect("sqlite store");
     let clock = ManualClock::new(t0());
     let engine = Arc::new(
-        MembershipEngine::new(test.store.clone(), segments(files), Arc::new(clock.clone()), chrono_tz::Asia::Tokyo)
-            .with_page_size(3),
+        MembershipEngine::new(
+            EngineStore::of(&test.store),
+            segments(files),
+            Arc::new(clock.clone()),
+            chrono_tz::Asia::Tokyo,
+        )
+        .with_page_size(3),
     );
     Fixture { test, clock, engine }
 }

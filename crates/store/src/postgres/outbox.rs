@@ -166,6 +166,10 @@ async fn pg_insert_requests(
 
 #[async_trait]
 impl OutboxStore for PgStore {
+    fn parallel_claims(&self) -> bool {
+        true
+    }
+
     async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64> {
         if deliveries.is_empty() {
             return Ok(0);

@@ -106,6 +106,10 @@ impl ClaimLock for SqliteClaim {
 
 #[async_trait]
 impl OutboxStore for SqliteStore {
+    fn parallel_claims(&self) -> bool {
+        false
+    }
+
     async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64> {
         let created = to_micros(now);
         let mut tx = self.writer.begin().await?;
