@@ -5,23 +5,16 @@
 use crate::model::{Campaign, FrequencyCap, MessageSpec, QuietHours, Timing, Trigger, Unless};
 use chrono::{Duration, NaiveTime};
 use renkei_core::{EventType, SpanDuration};
-use renkei_segments::diagnostic::{Entries, NodeReader};
+use renkei_segments::diagnostic::{Entries, NodeReader, shorten};
 use renkei_segments::yaml::{Node, NodeKind, Pos, parse_document};
 use renkei_segments::{Diagnostic, SegmentSet};
 use std::path::Path;
 use std::str::FromStr;
 
-pub(crate) const MAX_ID_LEN: usize = 64;
 pub(crate) const MAX_MESSAGES: usize = 5;
 const CAMPAIGN_KEYS: [&str; 8] =
     ["id", "name", "description", "trigger", "audience", "messages", "frequency_cap", "quiet_hours"];
 const TRIGGER_KINDS: [&str; 3] = ["segment_entered", "schedule", "event"];
-
-pub(crate) fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
 
 /// Template names become file names: letters, digits, `_` and `-` only.
 pub(crate) fn is_valid_template_name(name: &str) -> bool {
@@ -175,7 +168,7 @@ impl Parser<'_> {
         let (mut messages, mut frequency_cap, mut quiet_hours) = (None, None, None);
         for &(key, _, value) in &entries {
             match key {
-                "id" => id = self.id(value),
+                "id" => id = self.r.id("campaign", value),
                 "name" => name = self.non_empty_string(value, "name"),
                 "description" => description = self.r.string(value),
                 "trigger" => trigger = self.trigger(value),
@@ -208,16 +201,6 @@ impl Parser<'_> {
             _ => None,
         };
         ParsedFile { id, campaign }
-    }
-
-    fn id(&mut self, node: &Node) -> Option<(String, Pos)> {
-        let text = self.r.string(node)?;
-        if is_valid_id(&text) {
-            Some((text, node.pos))
-        } else {
-            self.r.error(node.pos, format!("invalid campaign id {:?}: must match [a-z0-9_]{{1,64}}", shorten(&text)));
-            None
-        }
     }
 
     fn non_empty_string(&mut self, node: &Node, what: &str) -> Option<String> {
@@ -505,15 +488,5 @@ impl Parser<'_> {
             self.r.error(node.pos, format!("invalid time {:?}: expected \"HH:MM\" from 00:00 to 23:59", shorten(text)));
         }
         parsed
-    }
-}
-
-/// Keeps messages readable when the input is huge.
-pub(crate) fn shorten(text: &str) -> String {
-    const KEEP: usize = 40;
-    if text.chars().count() <= KEEP {
-        text.to_string()
-    } else {
-        format!("{}…", text.chars().take(KEEP).collect::<String>())
     }
 }

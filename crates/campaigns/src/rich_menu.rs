@@ -141,7 +141,7 @@ impl Parser<'_> {
                 node.pos,
                 format!(
                     "invalid rich menu id {:?}: expected `richmenu-` and 32 lowercase hex digits",
-                    crate::parse::shorten(&id)
+                    renkei_segments::diagnostic::shorten(&id)
                 ),
             );
             None

@@ -5,6 +5,7 @@ use crate::parse::{MessagePositions, ParsedFile, parse_file};
 use crate::template::{RenderContext, RenderError, context_json, forbidden_constructs, line_col, registry};
 use chrono::{DateTime, Utc};
 use handlebars::{Context, Handlebars};
+use renkei_segments::diagnostic::DeclaredIds;
 use renkei_segments::yaml::Pos;
 use renkei_segments::{Diagnostic, SegmentSet};
 use serde_json::{Map, Value, json};
@@ -152,23 +153,14 @@ impl CampaignSet {
     ) -> Result<CampaignSet, Vec<Diagnostic>> {
         let mut diagnostics = Vec::new();
         let mut set = CampaignSet::default();
-        let mut declared: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
+        let mut declared = DeclaredIds::default();
         let mut parsed: Vec<(Campaign, Vec<MessagePositions>)> = Vec::new();
         for (path, text) in campaigns {
             let ParsedFile { id, campaign } = parse_file(&path, &text, segments, &mut diagnostics);
             let Some((id, pos)) = id else { continue };
-            if let Some((first_file, first_pos)) = declared.get(&id) {
-                let message = format!(
-                    "duplicate campaign id `{id}` (already defined at {}:{}:{})",
-                    first_file.display(),
-                    first_pos.line,
-                    first_pos.col
-                );
-                diagnostics.push(Diagnostic::new(&path, pos, message));
-                continue;
+            if declared.declare("campaign", id, &path, pos, &mut diagnostics) {
+                parsed.extend(campaign);
             }
-            declared.insert(id, (path.clone(), pos));
-            parsed.extend(campaign);
         }
 
         // Compile every template given, then check the referenced ones render JSON.

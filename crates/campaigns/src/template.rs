@@ -22,6 +22,7 @@ use handlebars::{
     RenderErrorReason, ScopedJson,
 };
 use renkei_segments::calendar::parse_time;
+use renkei_segments::diagnostic::shorten;
 use serde_json::{Map, Value, json};
 use std::fmt::Write as _;
 
@@ -284,15 +285,6 @@ fn kind(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "a list",
         Value::Object(_) => "an object",
-    }
-}
-
-fn shorten(text: &str) -> String {
-    const KEEP: usize = 40;
-    if text.chars().count() <= KEEP {
-        text.to_string()
-    } else {
-        format!("{}…", text.chars().take(KEEP).collect::<String>())
     }
 }
 

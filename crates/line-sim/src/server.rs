@@ -275,26 +275,7 @@ fn recipients_of(kind: &SendKind, body: &Value, details: &mut Vec<ErrorDetail>) 
                 Vec::new()
             }
         },
-        SendKind::Multicast => match body.get("to").and_then(Value::as_array) {
-            Some(to) if !to.is_empty() && to.len() <= MAX_RECIPIENTS => {
-                let mut out = Vec::with_capacity(to.len());
-                for (i, id) in to.iter().enumerate() {
-                    match id.as_str() {
-                        Some(id) if is_user_id(id) => out.push(id.to_string()),
-                        _ => details.push(detail(format!("to[{i}]"), "The value must be a valid user ID")),
-                    }
-                }
-                out
-            }
-            Some(_) => {
-                details.push(detail("to", format!("Size must be between 1 and {MAX_RECIPIENTS}")));
-                Vec::new()
-            }
-            None => {
-                details.push(detail("to", "must be specified"));
-                Vec::new()
-            }
-        },
+        SendKind::Multicast => user_ids(body, "to", details),
         SendKind::Reply => {
             match body.get("replyToken").and_then(Value::as_str) {
                 Some(token) if !token.is_empty() => {}
@@ -561,24 +542,26 @@ async fn unlink_rich_menu(State(state): State<AppState>, headers: HeaderMap, Pat
     accept(&state, Endpoint::RichMenuUnlink, vec![user_id], previous, StatusCode::OK, json!({}))
 }
 
-fn user_ids(body: &Value, details: &mut Vec<ErrorDetail>) -> Vec<String> {
-    match body.get("userIds").and_then(Value::as_array) {
+/// The user-id array `field` of a multicast or bulk rich-menu body (1 to
+/// 500 valid ids), each fault a detail as LINE words it.
+fn user_ids(body: &Value, field: &str, details: &mut Vec<ErrorDetail>) -> Vec<String> {
+    match body.get(field).and_then(Value::as_array) {
         Some(ids) if !ids.is_empty() && ids.len() <= MAX_RECIPIENTS => {
             let mut out = Vec::with_capacity(ids.len());
             for (i, id) in ids.iter().enumerate() {
                 match id.as_str() {
                     Some(id) if is_user_id(id) => out.push(id.to_string()),
-                    _ => details.push(detail(format!("userIds[{i}]"), "The value must be a valid user ID")),
+                    _ => details.push(detail(format!("{field}[{i}]"), "The value must be a valid user ID")),
                 }
             }
             out
         }
         Some(_) => {
-            details.push(detail("userIds", format!("Size must be between 1 and {MAX_RECIPIENTS}")));
+            details.push(detail(field, format!("Size must be between 1 and {MAX_RECIPIENTS}")));
             Vec::new()
         }
         None => {
-            details.push(detail("userIds", "must be specified"));
+            details.push(detail(field, "must be specified"));
             Vec::new()
         }
     }
@@ -593,7 +576,7 @@ async fn bulk_link(State(state): State<AppState>, headers: HeaderMap, body: Byte
         Err(response) => return response,
     };
     let mut details = Vec::new();
-    let users = user_ids(&body, &mut details);
+    let users = user_ids(&body, "userIds", &mut details);
     let rich_menu_id = body.get("richMenuId").and_then(Value::as_str).unwrap_or_default().to_string();
     if rich_menu_id.is_empty() {
         details.push(detail("richMenuId", "must be specified"));
@@ -623,7 +606,7 @@ async fn bulk_unlink(State(state): State<AppState>, headers: HeaderMap, body: By
         Err(response) => return response,
     };
     let mut details = Vec::new();
-    let users = user_ids(&body, &mut details);
+    let users = user_ids(&body, "userIds", &mut details);
     if !details.is_empty() {
         return invalid_body(&state, details);
     }

@@ -25,6 +25,63 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// The longest segment or campaign id.
+pub const MAX_ID_LEN: usize = 64;
+
+/// A segment or campaign id: `[a-z0-9_]{1,64}`.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Keeps messages readable when the input is huge.
+pub fn shorten(text: &str) -> String {
+    const KEEP: usize = 40;
+    if text.chars().count() <= KEEP {
+        text.to_string()
+    } else {
+        format!("{}…", text.chars().take(KEEP).collect::<String>())
+    }
+}
+
+/// The ids the files of one directory declare, each with where it first
+/// was: a second declaration is reported pointing at the first.
+#[derive(Debug, Default)]
+pub struct DeclaredIds {
+    first: std::collections::BTreeMap<String, (PathBuf, Pos)>,
+}
+
+impl DeclaredIds {
+    /// Records `id` (a `what`: "segment", "campaign") declared at `file:pos`;
+    /// false, with a diagnostic, when it was declared before.
+    pub fn declare(
+        &mut self,
+        what: &str,
+        id: String,
+        file: &std::path::Path,
+        pos: Pos,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> bool {
+        if let Some((first_file, first_pos)) = self.first.get(&id) {
+            let message = format!(
+                "duplicate {what} id `{id}` (already defined at {}:{}:{})",
+                first_file.display(),
+                first_pos.line,
+                first_pos.col
+            );
+            diagnostics.push(Diagnostic::new(file, pos, message));
+            return false;
+        }
+        self.first.insert(id, (file.to_path_buf(), pos));
+        true
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.first.contains_key(id)
+    }
+}
+
 /// A map's entries with string keys (key, key node, value node); other keys were reported.
 pub type Entries<'n> = Vec<(&'n str, &'n crate::yaml::Node, &'n crate::yaml::Node)>;
 
@@ -39,6 +96,17 @@ pub struct NodeReader<'a> {
 }
 
 impl<'a> NodeReader<'a> {
+    /// The `id` of a `what` ("segment", "campaign"), with where it is.
+    pub fn id(&mut self, what: &str, node: &crate::yaml::Node) -> Option<(String, Pos)> {
+        let text = self.string(node)?;
+        if is_valid_id(&text) {
+            Some((text, node.pos))
+        } else {
+            self.error(node.pos, format!("invalid {what} id {:?}: must match [a-z0-9_]{{1,64}}", shorten(&text)));
+            None
+        }
+    }
+
     pub fn new(file: &'a std::path::Path, diagnostics: &'a mut Vec<Diagnostic>) -> Self {
         Self { file, diagnostics, errors: 0 }
     }

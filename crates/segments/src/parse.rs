@@ -5,7 +5,7 @@ use crate::ast::{
     Aggregate, AggregateKind, AnniversaryWhen, Comparator, Condition, EventCondition, FieldPath, FollowUp,
     PropertyFilter, Segment,
 };
-use crate::diagnostic::{Diagnostic, Entries, NodeReader};
+use crate::diagnostic::{Diagnostic, Entries, NodeReader, is_valid_id, shorten};
 use crate::yaml::{Node, NodeKind, Pos, parse_document};
 use renkei_core::{EventType, SpanDuration};
 use serde_json::{Number, Value};
@@ -20,19 +20,12 @@ const ANNIVERSARY_KEYS: [&str; 3] = ["today", "this_month", "within_days"];
 const EVENT_OPTION_KEYS: [&str; 5] = ["where", "within", "older_than", "followed_by", "not_followed_by"];
 /// Generous but bounded: a year and a day covers every month-day once.
 const MAX_WITHIN_DAYS: u64 = 366;
-pub(crate) const MAX_ID_LEN: usize = 64;
 
 /// What one file yielded: its id (even when the rest is invalid, so that
 /// references to it are not reported as unknown) and, if valid, the segment.
 pub(crate) struct ParsedFile {
     pub id: Option<(String, Pos)>,
     pub segment: Option<Segment>,
-}
-
-pub(crate) fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Comparators mean slightly different things in each place they appear.
@@ -69,7 +62,7 @@ impl Parser<'_> {
         let mut seen_rule = false;
         for (key, key_node, value) in &entries {
             match *key {
-                "id" => id = self.id(value),
+                "id" => id = self.r.id("segment", value),
                 "name" => name = self.r.string(value),
                 "description" => description = self.r.string(value),
                 "rule" => {
@@ -93,16 +86,6 @@ impl Parser<'_> {
             _ => None,
         };
         ParsedFile { id, segment }
-    }
-
-    fn id(&mut self, node: &Node) -> Option<(String, Pos)> {
-        let text = self.r.string(node)?;
-        if is_valid_id(&text) {
-            Some((text, node.pos))
-        } else {
-            self.r.error(node.pos, format!("invalid segment id {:?}: must match [a-z0-9_]{{1,64}}", shorten(&text)));
-            None
-        }
     }
 
     fn boolean(&mut self, node: &Node) -> Option<bool> {
@@ -602,15 +585,5 @@ fn scalar_value(node: &Node) -> Option<Value> {
         NodeKind::Float(f) => Number::from_f64(*f).map(Value::Number),
         NodeKind::Str(s) => Some(Value::String(s.clone())),
         NodeKind::Null | NodeKind::Seq(_) | NodeKind::Map(_) => None,
-    }
-}
-
-/// Keeps messages readable when the input is huge.
-pub(crate) fn shorten(text: &str) -> String {
-    const KEEP: usize = 40;
-    if text.chars().count() <= KEEP {
-        text.to_string()
-    } else {
-        format!("{}…", text.chars().take(KEEP).collect::<String>())
     }
 }

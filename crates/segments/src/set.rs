@@ -2,7 +2,7 @@
 //! kept in dependency order (a segment comes after every segment it uses).
 
 use crate::ast::{AggregateKind, Condition, FieldPath, Segment};
-use crate::diagnostic::Diagnostic;
+use crate::diagnostic::{DeclaredIds, Diagnostic};
 use crate::parse::{ParsedFile, parse_file};
 use crate::yaml::Pos;
 use renkei_core::SpanDuration;
@@ -74,27 +74,18 @@ impl SegmentSet {
         let mut diagnostics = Vec::new();
         let mut segments: Vec<Segment> = Vec::new();
         // Every id a file declares, even an invalid file, so references to it are not also reported.
-        let mut declared: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
+        let mut declared = DeclaredIds::default();
         for (path, text) in sources {
             let ParsedFile { id, segment } = parse_file(&path, &text, &mut diagnostics);
-            if let Some((id, pos)) = id {
-                if let Some((first_file, first_pos)) = declared.get(&id) {
-                    let message = format!(
-                        "duplicate segment id `{id}` (already defined at {}:{}:{})",
-                        first_file.display(),
-                        first_pos.line,
-                        first_pos.col
-                    );
-                    diagnostics.push(Diagnostic::new(&path, pos, message));
-                    continue;
-                }
-                declared.insert(id, (path.clone(), pos));
+            if let Some((id, pos)) = id
+                && declared.declare("segment", id, &path, pos, &mut diagnostics)
+            {
                 segments.extend(segment);
             }
         }
         for segment in &segments {
             for (reference, pos) in segment.rule.segment_references() {
-                if !declared.contains_key(reference) {
+                if !declared.contains(reference) {
                     diagnostics.push(Diagnostic::new(&segment.file, pos, format!("unknown segment `{reference}`")));
                 }
             }
