@@ -12,6 +12,8 @@ pub enum IdError {
     TooLong { max: usize, got: usize },
     #[error("must not contain control characters")]
     ControlCharacter,
+    #[error("must not be only spaces")]
+    Blank,
     #[error("must be \"U\" followed by 32 lowercase hex digits (got {0:?})")]
     LineUserId(String),
     #[error("must match [a-z][a-z0-9_]* and be at most 64 characters (got {0:?})")]
@@ -99,6 +101,9 @@ impl MemberId {
 
     pub fn parse(text: &str) -> Result<Self, IdError> {
         check_key(text, Self::MAX_CHARS)?;
+        if text.trim().is_empty() {
+            return Err(IdError::Blank);
+        }
         Ok(Self(text.to_string()))
     }
 }
