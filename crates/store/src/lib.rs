@@ -62,6 +62,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("import aborted, nothing written: {0}")]
     ImportAborted(String),
+    #[error("cannot connect to PostgreSQL at {target}: {cause}")]
+    Unreachable { target: String, cause: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
