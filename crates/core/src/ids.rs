@@ -185,6 +185,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_member_id_of_only_spaces_is_refused() {
+        assert!(matches!(MemberId::parse("   "), Err(IdError::Blank)));
+        assert!(matches!(MemberId::parse("\u{3000}"), Err(IdError::Blank)), "an ideographic space too");
+        assert_eq!(MemberId::parse(" m1 ").map(|id| id.to_string()).ok().as_deref(), Some(" m1 "));
+    }
+
+    #[test]
     fn line_user_id_accepts_only_u_and_32_lowercase_hex() {
         assert!(LineUserId::parse("U4af4980629a0b7a1fd4a3c1bb0d7d9c0").is_ok());
         for bad in [
