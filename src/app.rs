@@ -389,6 +389,8 @@ impl Application {
         }
         let router = router
             .fallback(|| async { ApiError::not_found("no such route") })
+            .method_not_allowed_fallback(renkei_api::head::method_not_allowed)
+            .layer(axum::middleware::from_fn(renkei_api::head::limit_head))
             .layer(tower_http::trace::TraceLayer::new_for_http());
         Ok(Self { listener, router, background, dispatcher })
     }

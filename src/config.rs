@@ -13,10 +13,19 @@ pub const DEFAULTS_TOML: &str = include_str!("../config/defaults.toml");
 pub const ENV_PREFIX: &str = "RENKEI_";
 const SECTIONS: [&str; 9] = ["timezone", "database", "server", "line", "paths", "roles", "log", "dispatch", "policy"];
 
-/// A secret string: deserialized like a string, never printed.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+/// A secret string: deserialized like a string, never printed (not even
+/// in the error for a value of the wrong type).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+/// What a [`Secret`] of the wrong type reports, in place of its value.
+const SECRET_TYPE_ERROR: &str = "invalid type: expected a string";
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret).map_err(|_| serde::de::Error::custom(SECRET_TYPE_ERROR))
+    }
+}
 
 impl Secret {
     pub fn expose(&self) -> &str {
@@ -176,6 +185,7 @@ impl Config {
         };
         let mut figment = Figment::from(Toml::string(DEFAULTS_TOML));
         if let Some(path) = &file {
+            check_syntax(path)?;
             figment = figment.merge(Toml::file_exact(path));
         }
         // figment's Env provider reads the process environment; this reads the
@@ -183,6 +193,35 @@ impl Config {
         figment = figment.merge(figment::providers::Serialized::defaults(env_to_dict(env)));
         figment.extract::<Config>().map_err(|e| ConfigError(describe(e, file.as_deref(), env)))
     }
+}
+
+/// Refuses a file that is not TOML with `file:line:col: message`, without
+/// quoting the line as figment does (it may hold a secret).
+fn check_syntax(path: &Path) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    let Err(error) = toml::from_str::<toml::Table>(&text) else { return Ok(()) };
+    let offset = error.span().map_or(0, |span| span.start.min(text.len()));
+    let start = (0..=offset).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let message = error.message().trim().replace('\n', "; ");
+    let key = key_on_line(&text, line).map(|key| format!("{key}: ")).unwrap_or_default();
+    Err(ConfigError(format!("{}:{line}:{col}: {key}not valid TOML: {message}", path.display())))
+}
+
+/// The `section.key` that line `number` (from 1) assigns, if it assigns one.
+fn key_on_line(text: &str, number: usize) -> Option<String> {
+    let mut section = String::new();
+    for line in text.lines().take(number.saturating_sub(1)) {
+        if let Some(header) = line.trim_start().strip_prefix('[') {
+            section = header.split(']').next().unwrap_or("").trim().to_string();
+        }
+    }
+    let (name, _) = text.lines().nth(number.checked_sub(1)?)?.split_once('=')?;
+    let name = name.trim().trim_matches('"');
+    let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    plain.then(|| if section.is_empty() { name.to_string() } else { format!("{section}.{name}") })
 }
 
 /// Turns `RENKEI_A__B=v` pairs into a nested dictionary, parsing values the
@@ -197,8 +236,14 @@ fn env_to_dict(vars: &[(String, String)]) -> figment::value::Dict {
         if !SECTIONS.iter().any(|s| key.split('.').next() == Some(s)) {
             continue;
         }
-        let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
         let parts: Vec<&str> = key.split('.').collect();
+        // A secret is taken as written (a token of digits stays a string),
+        // unless it is a list (`server.api_keys`).
+        let value: Value = if is_secret(&parts) && !raw.trim_start().starts_with('[') {
+            Value::from(raw.clone())
+        } else {
+            raw.parse().unwrap_or_else(|_| Value::from(raw.clone()))
+        };
         insert_path(&mut root, &parts, value);
     }
     root
@@ -233,7 +278,7 @@ fn describe(error: figment::Error, file: Option<&Path>, env: &[(String, String)]
         let key = path.join(".");
         let var = format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase());
         let origin = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
-        let kind = e.kind.to_string();
+        let kind = problem(&e.kind, is_secret(&path));
         let from_env = env.iter().any(|(name, _)| name.eq_ignore_ascii_case(&var));
         let located = match file {
             _ if from_env => format!("environment {var}: {key}: {kind}"),
@@ -245,6 +290,53 @@ fn describe(error: figment::Error, file: Option<&Path>, env: &[(String, String)]
         lines.push(located);
     }
     lines.join("\n")
+}
+
+/// Words that make a key secret wherever they appear in its name
+/// (`line.channel_secret`, `line.channel_access_token`, `server.api_keys`,
+/// any signing key), so a new secret key is covered without a list to keep.
+const SECRET_WORDS: [&str; 4] = ["secret", "token", "key", "password"];
+
+/// True for a key whose value must never appear in a message: one named
+/// by [`SECRET_WORDS`], or `database.url` (it may carry a password).
+fn is_secret<S: AsRef<str>>(path: &[S]) -> bool {
+    let names: Vec<&str> = path.iter().map(AsRef::as_ref).collect();
+    names.starts_with(&["database", "url"]) || names.iter().any(|n| SECRET_WORDS.iter().any(|w| n.contains(w)))
+}
+
+/// The problem as figment words it, or, for a secret key, with the key's
+/// expected type but without anything of the value.
+fn problem(kind: &figment::error::Kind, secret: bool) -> String {
+    use figment::error::Kind;
+    if !secret {
+        return kind.to_string();
+    }
+    let told = match kind {
+        Kind::InvalidType(actual, expected) => format!("invalid type: found {}, expected {expected}", type_of(actual)),
+        Kind::InvalidValue(actual, expected) => {
+            format!("invalid value: found {}, expected {expected}", type_of(actual))
+        }
+        Kind::Message(message) if message == SECRET_TYPE_ERROR => message.clone(),
+        Kind::InvalidLength(..) | Kind::UnknownField(..) | Kind::MissingField(_) | Kind::DuplicateField(_) => {
+            kind.to_string()
+        }
+        _ => "invalid value".to_string(),
+    };
+    format!("{told} (the value is not shown: it is a secret)")
+}
+
+/// The kind of a value, without the value.
+fn type_of(actual: &figment::error::Actual) -> String {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(_) => "a bool".into(),
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer".into(),
+        Actual::Float(_) => "a float".into(),
+        Actual::Char(_) | Actual::Str(_) => "a string".into(),
+        Actual::Bytes(_) => "bytes".into(),
+        Actual::Other(_) => "a value".into(),
+        other => other.to_string(),
+    }
 }
 
 /// Finds the line and column of `path` (section…, key) in a TOML file by

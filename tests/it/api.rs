@@ -187,6 +187,39 @@ async fn events_resolve_through_links(app: TestApp) {
     assert_eq!(ids, [Some("before-link".to_string()), Some("by-user".to_string())]);
 }
 
+/// Issue 17's smaller items over HTTP: each answered with the JSON error.
+async fn the_request_line_headers_and_odd_input_get_json_errors(app: TestApp) {
+    let url = format!("{}/v1/members", app.base);
+    let lower = app.http.post(&url).header("authorization", format!("bearer {API_KEY}"));
+    let (status, body) = app.send(lower.json(&json!({"members": [{"member_id": "m1"}]}))).await;
+    assert_eq!(status, 200, "the scheme is case-insensitive: {body}");
+
+    let response = app.http.put(format!("{}/v1/events", app.base)).bearer_auth(API_KEY).send().await.expect("put");
+    assert_eq!(response.status().as_u16(), 405);
+    assert!(response.headers().get("allow").is_some_and(|v| v.to_str().is_ok_and(|v| v.contains("POST"))));
+    let body: Value = response.json().await.expect("a JSON body");
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    let (status, body) = app.get(&format!("/v1/segments?x={}", "a".repeat(9_000))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (414, Some("uri_too_long")), "{body}");
+    let huge = app.http.get(format!("{}/healthz", app.base)).header("x-filler", "b".repeat(40_000));
+    let (status, body) = app.send(huge).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (431, Some("headers_too_large")), "{body}");
+
+    let before = app.store.counts().await.expect("counts");
+    let wide = br#"{"events": [{"type": "purchase", "member_id": "m1", "occurred_at": "2026-11-23T10:00:00Z",
+        "properties": {"amount": 123456789012345678901234567890}}]}"#;
+    let (status, body) = app.post_raw("/v1/events", wide.to_vec()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_json")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("events[0].properties.amount") && message.contains("64 bits"), "{body}");
+    let (status, body) = app.post("/v1/members", &json!({"members": [{"member_id": "   "}]})).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["errors"][0]["message"].as_str().is_some_and(|m| m.contains("only spaces")), "{body}");
+    let (status, body) = app.get("/v1/links/%20%20").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_member_id")), "{body}");
+    assert_eq!(app.store.counts().await.expect("counts"), before, "nothing stored");
+}
+
 renkei_test_support::on_both_backends!(
     crate::common::spawn_app =>
     health_and_auth,
@@ -195,4 +228,5 @@ renkei_test_support::on_both_backends!(
     members_merge_and_null_deletes,
     links_lifecycle,
     events_resolve_through_links,
+    the_request_line_headers_and_odd_input_get_json_errors,
 );

@@ -151,3 +151,62 @@ fn unsupported_file_type_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("unsupported file type; expected .ndjson"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_shift_jis_or_utf16_csv_is_refused_once_naming_the_encoding() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    // 花子 in Shift_JIS, on 30 lines.
+    let mut sjis = b"member_id,name\n".to_vec();
+    for n in 0..30 {
+        sjis.extend_from_slice(format!("m{n},").as_bytes());
+        sjis.extend_from_slice(&[0x89, 0xD4, 0x8E, 0x71, b'\n']);
+    }
+    let utf16: Vec<u8> = std::iter::once(0xFEFF_u16)
+        .chain("member_id,name\nm1,花子\n".encode_utf16())
+        .flat_map(|unit| unit.to_le_bytes())
+        .collect();
+    for (name, bytes, encoding, iconv) in
+        [("sjis.csv", sjis, "Shift_JIS", "-f SHIFT_JIS"), ("utf16.csv", utf16, "UTF-16", "-f UTF-16")]
+    {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write");
+        let out = renkei(&db, &["import", "members", path.to_str().expect("path")]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{name}: {stderr}");
+        assert_eq!(stderr.matches("is not UTF-8").count(), 1, "{name}: once: {stderr}");
+        assert!(stderr.contains(encoding) && stderr.contains(iconv), "{name}: {stderr}");
+        assert!(!stderr.contains("byte index"), "{name}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn ndjson_with_a_byte_order_mark_is_imported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let path = dir.path().join("events.ndjson");
+    let event =
+        json!({"event_id": "bom-1", "type": "purchase", "member_id": "m1", "occurred_at": "2026-11-23T10:00:00Z"});
+    std::fs::write(&path, format!("\u{feff}{event}\n{}\n", event.to_string().replace("bom-1", "bom-2")))
+        .expect("write");
+    let out = renkei(&db, &["import", "events", path.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("2 accepted"), "{}", text(&out.stdout));
+    assert_eq!(event_count(&db).await, 2);
+}
+
+#[test]
+fn an_integer_beyond_64_bits_in_ndjson_is_refused_with_its_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let path = dir.path().join("events.ndjson");
+    let line = r#"{"type": "purchase", "member_id": "m1", "occurred_at": "2026-11-23T10:00:00Z", "properties": {"amount": 99999999999999999999}}"#;
+    std::fs::write(&path, format!("{line}\n")).expect("write");
+    let out = renkei(&db, &["import", "events", path.to_str().expect("path")]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:1: properties.amount: an integer beyond 64 bits", path.display())),
+        "{stderr}"
+    );
+}

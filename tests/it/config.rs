@@ -76,3 +76,56 @@ fn a_missing_config_file_is_an_error() {
         Config::load_with_env(Some(std::path::Path::new("/nonexistent/renkei.toml")), &[]).expect_err("missing");
     assert!(error.to_string().contains("config file not found"));
 }
+
+/// Loads `toml` as the config file (and `vars` as the environment) and
+/// returns the error, asserting it names `key` and not `secret`.
+fn error_hides(toml: &str, vars: &[(&str, &str)], key: &str, secret: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("renkei.toml");
+    std::fs::write(&file, toml).expect("write");
+    let error = Config::load_with_env(Some(&file), &env(vars)).expect_err("an invalid config").to_string();
+    assert!(error.contains(key), "names {key}: {error}");
+    assert!(!error.contains(secret), "the value of {key} is shown: {error}");
+    error
+}
+
+#[test]
+fn a_wrong_api_keys_value_is_not_shown() {
+    let error = error_hides("", &[("RENKEI_SERVER__API_KEYS", "k-0f3a9")], "server.api_keys", "k-0f3a9");
+    assert!(error.contains("RENKEI_SERVER__API_KEYS") && error.contains("expected a sequence"), "{error}");
+    let error = error_hides("[server]\napi_keys = \"k-0f3a9\"\n", &[], "server.api_keys", "k-0f3a9");
+    assert!(error.contains(":2:1: server.api_keys") && error.contains("found a string"), "{error}");
+    error_hides("[server]\napi_keys = [\"k-1\", 90817]\n", &[], "server.api_keys", "90817");
+}
+
+#[test]
+fn a_wrong_channel_access_token_is_not_shown() {
+    let error =
+        error_hides("[line]\nchannel_access_token = [\"tok-77a1\"]\n", &[], "line.channel_access_token", "tok-77a1");
+    assert!(error.contains("expected a string"), "{error}");
+    let error = error_hides("[line]\nchannel_access_token = 4412983\n", &[], "line.channel_access_token", "4412983");
+    assert!(error.contains(":2:1: line.channel_access_token"), "{error}");
+}
+
+#[test]
+fn a_syntax_error_on_the_channel_secret_line_is_not_quoted() {
+    let error = error_hides("[line]\nchannel_secret = \"9e1c0ffee\n", &[], "line.channel_secret", "9e1c0ffee");
+    assert!(error.contains("renkei.toml:2:") && error.contains("not valid TOML"), "{error}");
+    let error = error_hides("[line]\nchannel_secret = 9e1c0ffee\n", &[], "line.channel_secret", "9e1c0ffee");
+    assert!(error.contains("not valid TOML"), "{error}");
+}
+
+#[test]
+fn a_bad_database_url_does_not_show_its_password() {
+    let url = "postgres://renkei:hunter2@db/renkei";
+    error_hides(&format!("[database]\nurl = [\"{url}\"]\n"), &[], "database.url", "hunter2");
+    error_hides(&format!("[database]\nurl = \"{url}\nmigrate_on_start = true\n"), &[], "database.url", "hunter2");
+}
+
+#[test]
+fn secrets_from_the_environment_are_taken_as_written() {
+    let vars = env(&[("RENKEI_LINE__CHANNEL_SECRET", "0123456789"), ("RENKEI_LINE__CHANNEL_ACCESS_TOKEN", "true")]);
+    let config = Config::load_with_env(None, &vars).expect("digits are a secret too");
+    assert_eq!(config.line.channel_secret.expose(), "0123456789");
+    assert_eq!(config.line.channel_access_token.expose(), "true");
+}

@@ -25,16 +25,19 @@ pub fn key_matches(keys: &[String], presented: &str) -> bool {
     bool::from(matched)
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 9110 §11.1), so `bearer` and `BEARER` do too.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start_matches(' '))
+}
+
 async fn check(State(keys): State<Arc<Vec<String>>>, request: Request, next: Next) -> Response {
     if keys.is_empty() {
         return ApiError::unauthorized("no API keys are configured (server.api_keys / RENKEI_SERVER__API_KEYS)")
             .into_response();
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     match presented {
         Some(key) if key_matches(&keys, key) => next.run(request).await,
         Some(_) => ApiError::unauthorized("unknown API key").into_response(),
@@ -44,7 +47,16 @@ async fn check(State(keys): State<Arc<Vec<String>>>, request: Request, next: Nex
 
 #[cfg(test)]
 mod tests {
-    use super::key_matches;
+    use super::{bearer_token, key_matches};
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer k-1"), Some("k-1"));
+        assert_eq!(bearer_token("bearer k-1"), Some("k-1"));
+        assert_eq!(bearer_token("BEARER  k-1"), Some("k-1"));
+        assert_eq!(bearer_token("Basic k-1"), None);
+        assert_eq!(bearer_token("Bearerk-1"), None);
+    }
 
     #[test]
     fn api_keys_match_exactly() {

@@ -18,6 +18,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// Unknown route, segment or campaign; a member that is not linked.
     NotFound,
+    /// The route does not answer this method (`Allow` lists those it does).
+    MethodNotAllowed,
     /// A query parameter out of range (e.g. `limit`).
     BadRequest,
     /// The body is not JSON, or not a JSON object.
@@ -32,6 +34,10 @@ pub enum ErrorCode {
     BodyTooLarge,
     /// More items in one batch than a request may carry.
     BatchTooLarge,
+    /// The request's URI is longer than renkei reads.
+    UriTooLong,
+    /// The request's headers are larger than renkei reads.
+    HeadersTooLarge,
     /// Invalid or unknown fields (`errors` names each).
     InvalidRequest,
     /// A batch refused whole for invalid items (`errors` names each with its index).
@@ -54,9 +60,10 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the README's order.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 21] = [
         Self::Unauthorized,
         Self::NotFound,
+        Self::MethodNotAllowed,
         Self::BadRequest,
         Self::InvalidJson,
         Self::BadBody,
@@ -64,6 +71,8 @@ impl ErrorCode {
         Self::InvalidLink,
         Self::BodyTooLarge,
         Self::BatchTooLarge,
+        Self::UriTooLong,
+        Self::HeadersTooLarge,
         Self::InvalidRequest,
         Self::InvalidBatch,
         Self::InvalidIdToken,
@@ -80,6 +89,7 @@ impl ErrorCode {
         match self {
             Self::Unauthorized => "unauthorized",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::BadRequest => "bad_request",
             Self::InvalidJson => "invalid_json",
             Self::BadBody => "bad_body",
@@ -87,6 +97,8 @@ impl ErrorCode {
             Self::InvalidLink => "invalid_link",
             Self::BodyTooLarge => "body_too_large",
             Self::BatchTooLarge => "batch_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeadersTooLarge => "headers_too_large",
             Self::InvalidRequest => "invalid_request",
             Self::InvalidBatch => "invalid_batch",
             Self::InvalidIdToken => "invalid_id_token",
@@ -104,10 +116,13 @@ impl ErrorCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadRequest | Self::InvalidJson | Self::BadBody | Self::InvalidMemberId | Self::InvalidLink => {
                 StatusCode::BAD_REQUEST
             }
             Self::BodyTooLarge | Self::BatchTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::InvalidRequest | Self::InvalidBatch | Self::InvalidIdToken => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Conflict => StatusCode::CONFLICT,
             Self::StoreUnavailable | Self::NotConfigured | Self::Unavailable | Self::LineUnavailable => {

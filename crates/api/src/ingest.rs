@@ -55,7 +55,11 @@ pub fn router(state: IngestState) -> Router {
 /// Parses a JSON object body, naming where it is malformed.
 pub fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
     let body = body.map_err(ApiError::from_body_rejection)?;
-    match serde_json::from_slice::<Value>(&body) {
+    let value = serde_json::from_slice::<Value>(&body);
+    if let (Ok(_), Some(path)) = (&value, renkei_core::json::wide_integer(&body)) {
+        return Err(ApiError::bad_json(format!("{path}: {}", renkei_core::json::WIDE_INTEGER)));
+    }
+    match value {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::bad_json("the body must be a JSON object")),
         Err(e) => Err(ApiError::bad_json(format!("malformed JSON: {e}"))),

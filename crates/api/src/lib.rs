@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod campaigns;
 pub mod error;
+pub mod head;
 pub mod ingest;
 pub mod metrics;
 pub mod segments;

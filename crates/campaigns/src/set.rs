@@ -2,7 +2,9 @@
 
 use crate::model::{Campaign, Trigger};
 use crate::parse::{MessagePositions, ParsedFile, parse_file};
-use crate::template::{RenderContext, RenderError, context_json, forbidden_constructs, line_col, registry};
+use crate::template::{
+    RenderContext, RenderError, context_json, forbidden_constructs, line_col, registry, unclosed_block,
+};
 use chrono::{DateTime, Utc};
 use handlebars::{Context, Handlebars};
 use renkei_segments::diagnostic::DeclaredIds;
@@ -173,9 +175,7 @@ impl CampaignSet {
                 diagnostics.push(Diagnostic::new(&path, Pos { line, col }, message));
             }
             if let Err(error) = set.flex.register_template_string(&name, &text) {
-                let (line, col) = error.pos().unwrap_or((1, 1));
-                let pos = Pos { line: to_u32(line), col: to_u32(col) };
-                diagnostics.push(Diagnostic::new(&path, pos, format!("template error: {}", error.reason())));
+                diagnostics.push(syntax_diagnostic(&path, &text, &error));
             } else if diagnostics.len() == before {
                 compiled.insert(name.clone());
             }
@@ -418,6 +418,18 @@ fn render_message(error: &handlebars::RenderError) -> String {
         (Some(line), Some(col)) => format!("{reason} (line {line}, column {col})"),
         _ => reason,
     }
+}
+
+/// A template that does not compile: an unclosed block where it opened,
+/// else the grammar's own position and reason.
+fn syntax_diagnostic(path: &Path, text: &str, error: &handlebars::TemplateError) -> Diagnostic {
+    if let Some((offset, message)) = unclosed_block(text) {
+        let (line, col) = line_col(text, offset);
+        return Diagnostic::new(path, Pos { line, col }, message);
+    }
+    let (line, col) = error.pos().unwrap_or((1, 1));
+    let pos = Pos { line: to_u32(line), col: to_u32(col) };
+    Diagnostic::new(path, pos, format!("template error: {}", error.reason()))
 }
 
 fn to_u32(n: usize) -> u32 {

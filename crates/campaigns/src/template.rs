@@ -320,6 +320,47 @@ pub(crate) fn forbidden_constructs(source: &str) -> Vec<(usize, &'static str)> {
     out
 }
 
+/// The block (`{{#name …}}` or `{{^name …}}`) still open at the end of
+/// `source`, the innermost one, with its byte offset: the grammar's own
+/// error points at the end of the file.
+pub(crate) fn unclosed_block(source: &str) -> Option<(usize, String)> {
+    let mut open: Vec<(usize, char, &str)> = Vec::new();
+    let mut i = 0;
+    while let Some(found) = source.get(i..).and_then(|rest| rest.find("{{")) {
+        let at = i + found;
+        let tag = source[at + 2..].trim_start_matches('~');
+        if tag.starts_with('!') {
+            let close = if tag.starts_with("!--") { "--}}" } else { "}}" };
+            i = source[at..].find(close).map_or(source.len(), |end| at + end + close.len());
+            continue;
+        }
+        i = at + 2;
+        if at > 0 && source.as_bytes()[at - 1] == b'\\' {
+            continue;
+        }
+        let mut chars = tag.chars();
+        match (chars.next(), block_name(chars.as_str())) {
+            (Some(sigil @ ('#' | '^')), name) if !name.is_empty() => open.push((at, sigil, name)),
+            (Some('/'), name) => match open.pop() {
+                Some((_, _, opened)) if opened == name => {}
+                _ => return None, // a mismatch: the grammar's own error names both
+            },
+            _ => {}
+        }
+    }
+    let (at, sigil, name) = open.pop()?;
+    Some((
+        at,
+        format!("`{{{{{sigil}{name}}}}}` opened here is never closed; add `{{{{/{name}}}}}` where the block ends"),
+    ))
+}
+
+/// The helper name at the start of a tag's text (`if` of `if member.gold}}`).
+fn block_name(tag: &str) -> &str {
+    let tag = tag.trim_start_matches('*');
+    tag.split(|c: char| c.is_whitespace() || c == '}' || c == '~').next().unwrap_or("")
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 pub(crate) fn line_col(source: &str, offset: usize) -> (u32, u32) {
     let before = source.get(..offset).unwrap_or(source);
@@ -363,6 +404,17 @@ mod tests {
             "https%3A%2F%2Fshop.example%2Fcart%3Fa%3D1%26b%3D%E6%97%A5"
         );
         assert_eq!(percent_encode("A-z_0.9~"), "A-z_0.9~");
+    }
+
+    #[test]
+    fn an_unclosed_block_is_found_where_it_opens() {
+        let source = "{\n  \"a\": {{#if member.gold}}1{{else}}2,\n  {{!-- {{#each x}} --}}\"b\": 3\n}";
+        let (offset, message) = unclosed_block(source).expect("unclosed");
+        assert_eq!(line_col(source, offset), (2, 8));
+        assert!(message.contains("`{{#if}}` opened here is never closed") && message.contains("{{/if}}"), "{message}");
+        assert_eq!(unclosed_block("{{#if a}}{{#each b}}{{/each}}{{/if}} \\{{#if c}}"), None);
+        assert_eq!(unclosed_block("{{#if a}}{{/each}}"), None, "a mismatch is left to the grammar");
+        assert_eq!(unclosed_block("{{~^unless a~}}x").map(|(o, _)| o), Some(0));
     }
 
     #[test]

@@ -279,9 +279,17 @@ fn template_that_does_not_compile_is_reported_at_the_template() {
         &[("c.yaml", &campaign("  segment_entered: gold_members\n", ""))],
         vec![template("t", "{\n  \"type\": \"bubble\",\n  \"x\": \"{{#if member.name}}\"\n}\n")],
     );
+    assert_eq!(
+        found,
+        ["templates/t.json.hbs:3:9: `{{#if}}` opened here is never closed; add `{{/if}}` where the block ends"],
+        "where the block opened, not at the end of the file"
+    );
+    let found = errors_with(
+        &[("c.yaml", &campaign("  segment_entered: gold_members\n", ""))],
+        vec![template("t", "{\n  \"x\": \"{{#if member.name}}{{/each}}\"\n}\n")],
+    );
     assert_eq!(found.len(), 1);
-    assert!(found[0].starts_with("templates/t.json.hbs:"), "{found:?}");
-    assert!(found[0].contains("template error: "), "{found:?}");
+    assert!(found[0].starts_with("templates/t.json.hbs:2:") && found[0].contains("template error: "), "{found:?}");
 }
 
 #[test]

@@ -12,6 +12,8 @@ pub enum IdError {
     TooLong { max: usize, got: usize },
     #[error("must not contain control characters")]
     ControlCharacter,
+    #[error("must not be only spaces")]
+    Blank,
     #[error("must be \"U\" followed by 32 lowercase hex digits (got {0:?})")]
     LineUserId(String),
     #[error("must match [a-z][a-z0-9_]* and be at most 64 characters (got {0:?})")]
@@ -99,6 +101,9 @@ impl MemberId {
 
     pub fn parse(text: &str) -> Result<Self, IdError> {
         check_key(text, Self::MAX_CHARS)?;
+        if text.trim().is_empty() {
+            return Err(IdError::Blank);
+        }
         Ok(Self(text.to_string()))
     }
 }
@@ -178,6 +183,13 @@ impl LinkMethod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_id_of_only_spaces_is_refused() {
+        assert!(matches!(MemberId::parse("   "), Err(IdError::Blank)));
+        assert!(matches!(MemberId::parse("\u{3000}"), Err(IdError::Blank)), "an ideographic space too");
+        assert_eq!(MemberId::parse(" m1 ").map(|id| id.to_string()).ok().as_deref(), Some(" m1 "));
+    }
 
     #[test]
     fn line_user_id_accepts_only_u_and_32_lowercase_hex() {

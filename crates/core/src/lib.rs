@@ -8,6 +8,7 @@ pub mod clock;
 pub mod duration;
 pub mod event;
 pub mod ids;
+pub mod json;
 pub mod member;
 pub mod state;
 

@@ -10,7 +10,7 @@ use renkei_store::{EventStore, IngestOutcome, MemberStore, MembersOutcome, Store
 use serde_json::{Map, Value};
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -41,6 +41,11 @@ pub enum ImportError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: unsupported file type; expected {expected}")]
     UnsupportedFormat { path: PathBuf, expected: &'static str },
+    #[error(
+        "{path}: the file is not UTF-8 (it looks like {looks_like}); convert it first, e.g. \
+         `iconv -f {iconv} -t UTF-8 {path} > converted{extension}`, then import the converted file"
+    )]
+    NotUtf8 { path: PathBuf, looks_like: &'static str, iconv: &'static str, extension: String },
     #[error("{0}")]
     Invalid(InvalidLines),
     #[error("{0}")]
@@ -83,6 +88,30 @@ fn open(path: &Path) -> Result<BufReader<File>, ImportError> {
         .map_err(|source| ImportError::Io { path: path.to_path_buf(), source })
 }
 
+/// How much of a file's start [`check_utf8`] reads.
+const SNIFF_BYTES: usize = 64 * 1024;
+
+/// Refuses a file that is not UTF-8 once, naming the encoding it likely
+/// is, rather than each of its lines. A UTF-8 byte-order mark is fine.
+fn check_utf8(path: &Path) -> Result<(), ImportError> {
+    let mut start = Vec::with_capacity(SNIFF_BYTES);
+    let read = open(path)?.take(SNIFF_BYTES as u64).read_to_end(&mut start);
+    read.map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
+    let (looks_like, iconv) = if start.starts_with(&[0xFF, 0xFE]) || start.starts_with(&[0xFE, 0xFF]) {
+        ("UTF-16", "UTF-16")
+    } else if start.contains(&0) {
+        ("UTF-16 without a byte-order mark", "UTF-16LE")
+    } else {
+        match std::str::from_utf8(&start) {
+            // A character cut off by the sniff's end is not an error.
+            Err(e) if e.error_len().is_some() => ("Shift_JIS (or another non-UTF-8 encoding)", "SHIFT_JIS"),
+            _ => return Ok(()),
+        }
+    };
+    let extension = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    Err(ImportError::NotUtf8 { path: path.to_path_buf(), looks_like, iconv, extension })
+}
+
 /// Reads NDJSON lines, skipping blank ones, parsing each with `parse`.
 fn ndjson_lines<T: Send + 'static>(
     path: &Path,
@@ -106,12 +135,16 @@ fn ndjson_lines<T: Send + 'static>(
             };
             line_no += 1;
             offset += read as u64;
-            let text = buf.trim();
+            // A UTF-8 byte-order mark (U+FEFF) may open the file.
+            let text = if line_no == 1 { buf.trim_start_matches('\u{feff}') } else { &buf }.trim();
             if text.is_empty() {
                 continue;
             }
             let item = match serde_json::from_str::<Value>(text) {
-                Ok(value) => parse(&value).map_err(join_field_errors),
+                Ok(value) => match renkei_core::json::wide_integer(text.as_bytes()) {
+                    Some(path) => Err(format!("{path}: {}", renkei_core::json::WIDE_INTEGER)),
+                    None => parse(&value).map_err(join_field_errors),
+                },
                 Err(e) => Err(format!("invalid JSON: {e}")),
             };
             return Some((line_no, offset, item));
@@ -260,6 +293,7 @@ fn csv_members(path: &Path) -> Result<Box<dyn Iterator<Item = Parsed<MemberPatch
 }
 
 fn member_reader(path: &Path) -> Result<Box<dyn Iterator<Item = Parsed<MemberPatch>> + Send>, ImportError> {
+    check_utf8(path)?;
     match path.extension().and_then(|e| e.to_str()) {
         Some("csv") => csv_members(path),
         Some("ndjson" | "jsonl") => Ok(Box::new(ndjson_lines(path, |value| MemberPatch::parse(value, true))?)),
@@ -268,6 +302,7 @@ fn member_reader(path: &Path) -> Result<Box<dyn Iterator<Item = Parsed<MemberPat
 }
 
 fn event_reader(path: &Path) -> Result<Box<dyn Iterator<Item = Parsed<NewEvent>> + Send>, ImportError> {
+    check_utf8(path)?;
     match path.extension().and_then(|e| e.to_str()) {
         Some("ndjson" | "jsonl") => Ok(Box::new(ndjson_lines(path, NewEvent::parse)?)),
         _ => Err(ImportError::UnsupportedFormat { path: path.to_path_buf(), expected: ".ndjson" }),

@@ -62,6 +62,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("import aborted, nothing written: {0}")]
     ImportAborted(String),
+    #[error("cannot connect to PostgreSQL at {target}: {cause}")]
+    Unreachable { target: String, cause: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -166,7 +168,21 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PgStore::connect(url).await?))
     } else {
-        Err(StoreError::UnsupportedUrl(url.to_string()))
+        Err(StoreError::UnsupportedUrl(without_password(url)))
+    }
+}
+
+/// `url` with the password of its `user:password@` part replaced by `***`,
+/// for messages (never more of the URL than it must: a missing or unusual
+/// URL is shown whole only when it has no password part).
+pub(crate) fn without_password(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let (scheme, rest) = url.split_at(start);
+    // The last `@`: a password may hold an unescaped `/` or `@`.
+    let Some(at) = rest.rfind('@') else { return url.to_string() };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}{user}:***{}", &rest[at..]),
+        None => url.to_string(),
     }
 }
 
@@ -183,4 +199,24 @@ pub(crate) fn parse_user(text: &str) -> StoreResult<LineUserId> {
 
 pub(crate) fn parse_member(text: &str) -> StoreResult<MemberId> {
     MemberId::parse(text).map_err(|e| StoreError::Corrupt(format!("member_id {text:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn urls_lose_their_password_only() {
+        assert_eq!(without_password("mysql://u:pw@h:3306/db"), "mysql://u:***@h:3306/db");
+        assert_eq!(without_password("u:p/w@d@h/db"), "u:***@h/db");
+        assert_eq!(without_password("mysql://u@h/db"), "mysql://u@h/db");
+        assert_eq!(without_password("renkei.db"), "renkei.db");
+    }
+
+    #[tokio::test]
+    async fn an_unsupported_url_is_named_without_its_password() {
+        let Err(error) = super::connect("mysql://renkei:hunter2@db/renkei").await else { panic!("mysql connected") };
+        let message = error.to_string();
+        assert!(message.contains("mysql://renkei:***@db/renkei") && !message.contains("hunter2"), "{message}");
+    }
 }

@@ -1,7 +1,8 @@
 //! SQLite: the embedded default. WAL journal, `synchronous = FULL` so that a
 //! committed write survives a crash, one writer connection (SQLite allows one
-//! writer at a time; a single connection avoids busy upgrades) and a small
-//! pool of readers.
+//! writer at a time; a single connection avoids busy upgrades), a small
+//! pool of readers, and a checkpointer that keeps the WAL within 64 MiB
+//! (`wal.rs`).
 
 use crate::{Backend, Store, StoreError, StoreResult};
 use async_trait::async_trait;
@@ -19,7 +20,11 @@ mod membership;
 mod outbox;
 mod requests;
 mod rich_menus;
+mod wal;
 mod webhook;
+
+/// How long a connection waits for SQLite's locks.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
@@ -29,6 +34,8 @@ pub struct SqliteStore {
     /// The one delivery claim that may be open at a time (it holds the
     /// writer); see [`Claim`](crate::Claim).
     pub(crate) claims: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Keeps the WAL within its bound (see `wal.rs`).
+    _checkpointer: Option<wal::Checkpointer>,
 }
 
 pub(crate) fn to_micros(t: DateTime<Utc>) -> i64 {
@@ -75,15 +82,21 @@ impl Store for SqliteStore {
 
 impl SqliteStore {
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
+        Self::connect_bounded(url, wal::WAL_BOUND).await
+    }
+
+    pub(crate) async fn connect_bounded(url: &str, bound: wal::WalBound) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)?;
+        let options = wal::with_pragmas(options, bound)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(30));
+            .busy_timeout(BUSY_TIMEOUT);
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-        let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
-        Ok(Self { writer, reader, claims: Default::default() })
+        let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options.clone().read_only(true)).await?;
+        let checkpointer = wal::start(&options, &writer, bound, BUSY_TIMEOUT);
+        Ok(Self { writer, reader, claims: Default::default(), _checkpointer: checkpointer })
     }
 
     pub fn writer_pool(&self) -> &SqlitePool {
