@@ -4,11 +4,13 @@
 use crate::config::Config;
 use anyhow::anyhow;
 use chrono::NaiveTime;
-use renkei_campaigns::{CampaignSet, FrequencyCap, QuietHours, RichMenuRules};
+use renkei_campaigns::link::MIN_KEY_LEN;
+use renkei_campaigns::{CampaignSet, FrequencyCap, LinkKeys, QuietHours, RichMenuRules};
 use renkei_dispatcher::{DispatchSettings, GlobalPolicy, Rates, RetrySchedule};
 use renkei_scheduler::RunnerSettings;
 use renkei_segments::{Diagnostic, SegmentSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Campaigns (validated against the segments and templates) and rich-menu rules.
@@ -25,8 +27,37 @@ pub fn load(config: &Config, segments: &SegmentSet) -> Result<(CampaignSet, Rich
     }
 }
 
-/// As [`load`], as one error listing every `file:line:col: message`.
+/// As [`load`], as one error listing every `file:line:col: message`, with
+/// `track` sealing links with `server.link_keys` (see [`link_keys`]).
 pub fn load_or_explain(config: &Config, segments: &SegmentSet) -> anyhow::Result<(CampaignSet, RichMenuRules)> {
+    let (campaigns, rich_menus) = load_explained(config, segments)?;
+    let campaigns = match link_keys(config, &campaigns)? {
+        Some(keys) => campaigns.with_link_keys(keys),
+        None => campaigns,
+    };
+    Ok((campaigns, rich_menus))
+}
+
+/// The tracked-link keys of `server.link_keys`; none configured is an error
+/// when a campaign uses `track` (its links could be neither sealed nor
+/// opened), and `None` otherwise.
+pub fn link_keys(config: &Config, campaigns: &CampaignSet) -> anyhow::Result<Option<Arc<LinkKeys>>> {
+    let secrets: Vec<&[u8]> = config.server.link_keys.iter().map(|k| k.expose().as_bytes()).collect();
+    if secrets.is_empty() {
+        let tracking: Vec<&str> = campaigns.tracking_campaigns().collect();
+        if tracking.is_empty() {
+            return Ok(None);
+        }
+        return Err(anyhow!(
+            "config key server.link_keys is empty, but campaigns {} use `track`: set it (or RENKEI_SERVER__LINK_KEYS) \
+             to a list of secrets of at least {MIN_KEY_LEN} bytes, e.g. from `openssl rand -hex 32`",
+            tracking.join(", ")
+        ));
+    }
+    LinkKeys::new(&secrets).map(|keys| Some(Arc::new(keys))).map_err(|e| anyhow!("config key server.link_keys: {e}"))
+}
+
+fn load_explained(config: &Config, segments: &SegmentSet) -> anyhow::Result<(CampaignSet, RichMenuRules)> {
     load(config, segments).map_err(|diagnostics| {
         let mut message = format!(
             "invalid campaigns, templates or rich menus ({}, {}, {}); nothing loaded:",

@@ -116,6 +116,8 @@ pub struct DatabaseConfig {
 pub struct ServerConfig {
     pub bind: SocketAddr,
     pub api_keys: Vec<Secret>,
+    /// Tracked-link keys: the first seals, all open.
+    pub link_keys: Vec<Secret>,
     pub public_base_url: String,
 }
 

@@ -132,6 +132,11 @@ fn configure() -> anyhow::Result<Setup> {
     config.database.url = format!("sqlite://{}", db.display());
     config.server.bind = ([127, 0, 0, 1], 0).into();
     config.server.api_keys = vec![Secret::from(api_key.as_str())];
+    // Tracked links need a key; a fresh one per run (the demo's links live as long as it does).
+    if config.server.link_keys.is_empty() {
+        let link_key = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        config.server.link_keys = vec![Secret::from(link_key.as_str())];
+    }
     config.roles =
         crate::config::RolesConfig { api: true, webhook: true, evaluator: true, scheduler: true, dispatcher: true };
     // Run from outside the source tree: use the examples it was built from.

@@ -4,6 +4,7 @@
 //! and 401; on SQLite and PostgreSQL.
 
 use crate::common::{Backend, TestApp, spawn_app_with};
+use renkei_campaigns::{LinkKeys, LinkPayload};
 use renkei_line_sim::{LineSim, SimConfig, SimHandle};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -19,7 +20,15 @@ const BUYERS: &str =
 const THANKS: &str = "id: thanks\nname: ご購入のお礼\ntrigger:\n  segment_entered: buyers\nmessages:\n  - template: thanks\n    alt_text: \"{{member.name}}さん、ご購入ありがとうございます\"\n";
 const REVIEW: &str = "id: review_request\nname: レビューのお願い\ntrigger:\n  event: delivered\n  delay: 3d\naudience: buyers\nmessages:\n  - template: thanks\n    alt_text: レビューをお願いします\n";
 const TEMPLATE: &str = r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [
-  {"type": "text", "text": "{{member.name}}さん、ありがとうございます", "wrap": true}]}}"#;
+  {"type": "text", "text": "{{member.name}}さん、ありがとうございます", "wrap": true},
+  {"type": "button", "action": {"type": "uri", "label": "カート", "uri": "{{track "https://shop.example/cart?id=1&x=%E3%81%82"}}"}}]}}"#;
+/// The target of `TEMPLATE`'s tracked link.
+const TARGET: &str = "https://shop.example/cart?id=1&x=%E3%81%82";
+/// `server.link_keys`: the current key, then the previous one.
+const LINK_KEY: &str = "campaigns-api-link-key-current-0123456789";
+const OLD_LINK_KEY: &str = "campaigns-api-link-key-previous-012345678";
+/// A key no longer configured.
+const REMOVED_LINK_KEY: &str = "campaigns-api-link-key-removed-0123456789";
 
 renkei_test_support::on_both_backends!(
     renkei_test_support::available =>
@@ -27,7 +36,8 @@ renkei_test_support::on_both_backends!(
     stats_count_a_send_driven_end_to_end,
     a_paused_campaign_holds_new_triggers_until_resumed,
     unknown_campaigns_are_404_and_keys_are_required,
-    tracked_links_record_a_click_and_redirect,
+    tracked_links_redirect_to_the_rendered_target_once_per_recipient,
+    links_of_the_previous_key_work_and_of_a_removed_key_are_404,
 );
 
 /// Segment, campaign and template directories, kept alive with the app.
@@ -61,6 +71,7 @@ async fn spawn(backend: Backend, files: &Files) -> Option<(TestApp, SimHandle)> 
         c.line.channel_secret = sim.channel_secret().into();
         c.line.channel_access_token = sim.access_token().into();
         c.line.api_base_url = sim.base_url();
+        c.server.link_keys = vec![LINK_KEY.into(), OLD_LINK_KEY.into()];
     })
     .await?;
     Some((app, sim))
@@ -259,25 +270,100 @@ async fn unknown_campaigns_are_404_and_keys_are_required(backend: Backend) {
     assert_eq!(state_of(&app, "thanks").await, "active", "refused requests changed nothing");
 }
 
-async fn tracked_links_record_a_click_and_redirect(backend: Backend) {
+/// A client that shows redirects instead of following them.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
+}
+
+/// Every `link_click` event stored.
+async fn link_clicks(app: &TestApp) -> usize {
+    app.store.events_after(0, &["link_click".to_string()], 1_000).await.expect("events").len()
+}
+
+/// The tracked link in the one message sent to `user` (rendered on the
+/// configured `public_base_url`), on the test server.
+async fn sent_link(app: &TestApp, sim: &SimHandle, user: &str) -> String {
+    let messages = eventually("the message with its link", async || {
+        let messages = sim.messages_to(user);
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    let text = serde_json::to_string(&messages).expect("json");
+    let rest = text.split("http://127.0.0.1:8080/t/").nth(1).unwrap_or_else(|| panic!("no tracked link in {text}"));
+    format!("{}/t/{}", app.base, rest.split('"').next().unwrap_or_default())
+}
+
+/// `url` answers 404 with the JSON error.
+async fn refused(client: &reqwest::Client, url: &str) {
+    let response = client.get(url).send().await.expect("request");
+    assert_eq!(response.status(), 404, "{url}");
+    let body: Value = response.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "not_found", "{url}: {body}");
+}
+
+async fn tracked_links_redirect_to_the_rendered_target_once_per_recipient(backend: Backend) {
+    let files = files();
+    let Some((app, sim)) = spawn(backend, &files).await else { return };
+    scheduler_started(&app).await;
+    buy(&app, "m1", USER_1).await;
+    let link = sent_link(&app, &sim, USER_1).await;
+    assert!(!link.contains(USER_1) && !link.contains('?') && !link.contains("shop.example"), "opaque: {link}");
+    let client = no_redirects();
+    // HEAD (link previews, scanners) gets the redirect and counts nothing.
+    let head = client.head(&link).send().await.expect("head");
+    assert_eq!((head.status().as_u16(), head.headers()["location"].to_str().ok()), (302, Some(TARGET)));
+    assert_eq!(link_clicks(&app).await, 0, "HEAD records nothing");
+    for _ in 0..3 {
+        let response = client.get(&link).send().await.expect("click");
+        assert_eq!((response.status().as_u16(), response.headers()["location"].to_str().ok()), (302, Some(TARGET)));
+    }
+    assert_eq!(link_clicks(&app).await, 1, "one click per recipient and link");
+    let body = stats(&app, "thanks").await;
+    assert_eq!((body["clicked"].clone(), body["clicked_users"].clone()), (json!(1), json!(1)), "{body}");
+    // A query cannot redirect a valid link elsewhere.
+    let response = client.get(format!("{link}?to=https://evil.example/phish")).send().await.expect("click");
+    assert_eq!(response.headers()["location"], TARGET);
+
+    let token = link.rsplit('/').next().expect("token").to_string();
+    let mut flipped = token.clone().into_bytes();
+    let middle = flipped.len() / 2;
+    flipped[middle] = if flipped[middle] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).expect("ascii");
+    let base = &app.base;
+    for url in [
+        format!("{base}/t/{flipped}"),
+        format!("{base}/t/{}", &token[..token.len() - 1]),
+        format!("{base}/t/thanks?to=https://evil.example/phish"),
+        format!("{base}/t/thanks?u={USER_1}&to=https%3A%2F%2Fevil.example%2Fphish"),
+        format!("{base}/t/thanks?u={USER_1}&to=https://shop.example@evil.example/"),
+        format!("{base}/t/https%3A%2F%2Fevil.example%2Fphish"),
+    ] {
+        refused(&client, &url).await;
+    }
+    assert_eq!(link_clicks(&app).await, 1, "refused links record nothing");
+    assert_eq!(stats(&app, "thanks").await["clicked"], 1);
+}
+
+async fn links_of_the_previous_key_work_and_of_a_removed_key_are_404(backend: Backend) {
     let files = files();
     let Some((app, _sim)) = spawn(backend, &files).await else { return };
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    let target = "https://shop.example/cart?id=1&x=%E3%81%82";
-    let url = format!("{}/t/thanks?u={USER_1}&to={}", app.base, renkei_campaigns::template::percent_encode(target));
-    // No API key: people open these on their phones.
-    let response = client.get(&url).send().await.expect("click");
-    assert_eq!(response.status(), 302);
-    assert_eq!(response.headers()["location"], target);
-    client.get(&url).send().await.expect("second click");
+    let payload = |campaign_id: &str| LinkPayload {
+        campaign_id: campaign_id.into(),
+        trigger_key: "entered:1".into(),
+        line_user_id: USER_2.into(),
+        target: TARGET.into(),
+    };
+    let sealed = |key: &str, campaign_id: &str| {
+        let token = LinkKeys::new(&[key]).expect("key").seal(&payload(campaign_id));
+        format!("{}/t/{token}", app.base)
+    };
+    let client = no_redirects();
+    refused(&client, &sealed(REMOVED_LINK_KEY, "thanks")).await;
+    refused(&client, &sealed(LINK_KEY, "nope")).await;
+    assert_eq!(link_clicks(&app).await, 0, "refused links record nothing");
+    let response = client.get(sealed(OLD_LINK_KEY, "thanks")).send().await.expect("click");
+    assert_eq!((response.status().as_u16(), response.headers()["location"].to_str().ok()), (302, Some(TARGET)));
+    assert_eq!(link_clicks(&app).await, 1, "the previous key still opens its links");
     let body = stats(&app, "thanks").await;
-    assert_eq!((body["clicked"].clone(), body["clicked_users"].clone()), (json!(2), json!(1)));
-    let events = app.store.counts().await.expect("counts").events;
-    assert_eq!(events, 2, "each click is an event usable in segments");
-
-    let bad = client.get(format!("{}/t/thanks?u={USER_1}&to=javascript:alert(1)", app.base)).send().await.expect("bad");
-    assert_eq!(bad.status(), 400);
-    let unknown = client.get(format!("{}/t/nope?to=https://x.example/", app.base)).send().await.expect("unknown");
-    assert_eq!(unknown.status(), 404);
-    assert_eq!(app.store.counts().await.expect("counts").events, 2, "refused clicks record nothing");
+    assert_eq!((body["clicked"].clone(), body["clicked_users"].clone()), (json!(1), json!(1)), "{body}");
 }

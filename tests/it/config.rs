@@ -99,6 +99,18 @@ fn a_wrong_api_keys_value_is_not_shown() {
 }
 
 #[test]
+fn a_wrong_link_keys_value_is_not_shown() {
+    let error = error_hides("", &[("RENKEI_SERVER__LINK_KEYS", "lk-5e2b7")], "server.link_keys", "lk-5e2b7");
+    assert!(error.contains("RENKEI_SERVER__LINK_KEYS") && error.contains("expected a sequence"), "{error}");
+    error_hides("[server]\nlink_keys = [\"lk-1\", 77120]\n", &[], "server.link_keys", "77120");
+    let vars = env(&[("RENKEI_SERVER__LINK_KEYS", r#"["new-key","old-key"]"#)]);
+    let config = Config::load_with_env(None, &vars).expect("a list of keys");
+    let keys: Vec<&str> = config.server.link_keys.iter().map(|k| k.expose()).collect();
+    assert_eq!(keys, ["new-key", "old-key"]);
+    assert!(!format!("{config:?}").contains("new-key"), "link keys never print");
+}
+
+#[test]
 fn a_wrong_channel_access_token_is_not_shown() {
     let error =
         error_hides("[line]\nchannel_access_token = [\"tok-77a1\"]\n", &[], "line.channel_access_token", "tok-77a1");

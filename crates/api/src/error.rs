@@ -28,8 +28,6 @@ pub enum ErrorCode {
     BadBody,
     /// A path `member_id` that is not a member ID.
     InvalidMemberId,
-    /// A tracked link whose `to` is not an http(s) URL.
-    InvalidLink,
     /// The body is larger than the route accepts.
     BodyTooLarge,
     /// More items in one batch than a request may carry.
@@ -60,7 +58,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the README's order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::Unauthorized,
         Self::NotFound,
         Self::MethodNotAllowed,
@@ -68,7 +66,6 @@ impl ErrorCode {
         Self::InvalidJson,
         Self::BadBody,
         Self::InvalidMemberId,
-        Self::InvalidLink,
         Self::BodyTooLarge,
         Self::BatchTooLarge,
         Self::UriTooLong,
@@ -94,7 +91,6 @@ impl ErrorCode {
             Self::InvalidJson => "invalid_json",
             Self::BadBody => "bad_body",
             Self::InvalidMemberId => "invalid_member_id",
-            Self::InvalidLink => "invalid_link",
             Self::BodyTooLarge => "body_too_large",
             Self::BatchTooLarge => "batch_too_large",
             Self::UriTooLong => "uri_too_long",
@@ -117,9 +113,7 @@ impl ErrorCode {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::BadRequest | Self::InvalidJson | Self::BadBody | Self::InvalidMemberId | Self::InvalidLink => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadRequest | Self::InvalidJson | Self::BadBody | Self::InvalidMemberId => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge | Self::BatchTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -7,7 +7,7 @@
 //! | [`ingest`] | `POST /v1/events`, `POST /v1/members`, `POST /v1/links`, `GET`/`DELETE /v1/links/{member_id}` |
 //! | [`segments`] | `GET /v1/segments`, `GET /v1/segments/{id}/members` |
 //! | [`campaigns`] | `GET /v1/campaigns`, `GET /v1/campaigns/{id}/stats`, `POST /v1/campaigns/{id}/pause`, `…/resume` |
-//! | [`track`] | `GET /t/{campaign_id}` (no bearer key) |
+//! | [`track`] | `GET /t/{token}` (no bearer key) |
 //!
 //! The webhook role's routes (`POST /webhook/line`, and the ID連携 routes
 //! `POST /v1/account-link/nonce`, `POST /v1/links/id-token`, which share the

@@ -13,6 +13,7 @@
 //! Everything is pure (no network, no database, no clock: time is always
 //! passed in) except the `load` functions, which read files.
 
+pub mod link;
 pub mod model;
 mod parse;
 pub mod rich_menu;
@@ -20,6 +21,7 @@ pub mod schedule;
 mod set;
 pub mod template;
 
+pub use link::{LinkError, LinkKeys, LinkPayload};
 pub use model::{Campaign, FrequencyCap, MessageSpec, QuietHours, Timing, Trigger, Unless};
 pub use renkei_segments::Diagnostic;
 pub use rich_menu::{RichMenuRule, RichMenuRules, is_rich_menu_id};

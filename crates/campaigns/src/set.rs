@@ -1,9 +1,11 @@
 //! A validated set of campaigns with their compiled templates.
 
+use crate::link::LinkKeys;
 use crate::model::{Campaign, Trigger};
 use crate::parse::{MessagePositions, ParsedFile, parse_file};
 use crate::template::{
-    RenderContext, RenderError, context_json, forbidden_constructs, line_col, registry, unclosed_block,
+    RenderContext, RenderError, context_json, forbidden_constructs, line_col, mentions_track, registry, track_helper,
+    unclosed_block,
 };
 use chrono::{DateTime, Utc};
 use handlebars::{Context, Handlebars};
@@ -14,6 +16,7 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The extension of template files: `templates/<name>.json.hbs`.
 pub const TEMPLATE_EXTENSION: &str = ".json.hbs";
@@ -28,6 +31,10 @@ pub struct CampaignSet {
     alt: Handlebars<'static>,
     /// Template name → file.
     template_files: BTreeMap<String, PathBuf>,
+    /// Campaigns whose templates or alt_text use `track`.
+    tracking: BTreeSet<String>,
+    /// What `track` seals with and `/t/` opens with.
+    link_keys: Option<Arc<LinkKeys>>,
 }
 
 impl fmt::Debug for CampaignSet {
@@ -40,9 +47,11 @@ impl Default for CampaignSet {
     fn default() -> Self {
         CampaignSet {
             campaigns: BTreeMap::new(),
-            flex: registry(true),
-            alt: registry(false),
+            flex: registry(true, None),
+            alt: registry(false, None),
             template_files: BTreeMap::new(),
+            tracking: BTreeSet::new(),
+            link_keys: None,
         }
     }
 }
@@ -239,8 +248,36 @@ impl CampaignSet {
             diagnostics.dedup();
             return Err(diagnostics);
         }
+        set.tracking = parsed
+            .iter()
+            .filter(|(c, _)| {
+                c.messages.iter().any(|m| {
+                    mentions_track(&m.alt_text)
+                        || template_sources.get(&m.template).is_some_and(|(_, text)| mentions_track(text))
+                })
+            })
+            .map(|(c, _)| c.id.clone())
+            .collect();
         set.campaigns = parsed.into_iter().map(|(c, _)| (c.id.clone(), c)).collect();
         Ok(set)
+    }
+
+    /// The set with `track` sealing links with `keys`.
+    pub fn with_link_keys(mut self, keys: Arc<LinkKeys>) -> CampaignSet {
+        self.flex.register_helper("track", track_helper(Some(keys.clone())));
+        self.alt.register_helper("track", track_helper(Some(keys.clone())));
+        self.link_keys = Some(keys);
+        self
+    }
+
+    /// The keys given to [`CampaignSet::with_link_keys`].
+    pub fn link_keys(&self) -> Option<&LinkKeys> {
+        self.link_keys.as_deref()
+    }
+
+    /// The ids of campaigns whose templates or alt_text use `track`, sorted.
+    pub fn tracking_campaigns(&self) -> impl Iterator<Item = &str> {
+        self.tracking.iter().map(String::as_str)
     }
 
     /// Renders a template with sample data; a problem is reported at the template file.
@@ -400,6 +437,7 @@ fn sample_context(campaign: &Campaign) -> Value {
         member_id: Some("M00001"),
         member: Some(&member),
         line_user_id: Some("U00000000000000000000000000000000"),
+        trigger_key: Some("sample"),
         event: Some(&event),
         now: sample_time(),
         timezone: chrono_tz::Asia::Tokyo,

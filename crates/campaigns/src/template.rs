@@ -15,6 +15,7 @@
 //! as nothing (strict mode is off), but a helper whose argument is missing
 //! fails the render.
 
+use crate::link::{LinkKeys, LinkPayload};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use handlebars::{
@@ -25,6 +26,7 @@ use renkei_segments::calendar::parse_time;
 use renkei_segments::diagnostic::shorten;
 use serde_json::{Map, Value, json};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// Where the per-render settings the helpers need live in the context.
 const INTERNAL: &str = "_renkei";
@@ -38,6 +40,9 @@ pub struct RenderContext<'a> {
     /// The member's attributes.
     pub member: Option<&'a Map<String, Value>>,
     pub line_user_id: Option<&'a str>,
+    /// The delivery's trigger key (`entered:<id>`, `schedule:<time>`,
+    /// `event:<id>`), sealed into tracked links.
+    pub trigger_key: Option<&'a str>,
     /// The trigger event: `{"type","occurred_at","properties":{..}}`.
     pub event: Option<&'a Value>,
     pub now: DateTime<Utc>,
@@ -103,15 +108,9 @@ fn group_thousands(digits: &str) -> String {
     out
 }
 
-/// The tracked-link URL: `<base>/t/<campaign>?u=<user>&to=<url>`.
-pub fn tracked_url(public_base_url: &str, campaign_id: &str, line_user_id: &str, target: &str) -> String {
-    format!(
-        "{}/t/{}?u={}&to={}",
-        public_base_url.trim_end_matches('/'),
-        percent_encode(campaign_id),
-        percent_encode(line_user_id),
-        percent_encode(target)
-    )
+/// The tracked-link URL: `<base>/t/<token>` (see [`crate::link`]).
+pub fn tracked_url(public_base_url: &str, token: &str) -> String {
+    format!("{}/t/{token}", public_base_url.trim_end_matches('/'))
 }
 
 /// The JSON context a template sees.
@@ -128,14 +127,17 @@ pub(crate) fn context_json(campaign_id: &str, campaign_name: &str, ctx: &RenderC
         "now": ctx.now.with_timezone(&ctx.timezone).to_rfc3339(),
         INTERNAL: {
             "public_base_url": ctx.public_base_url,
+            "trigger_key": ctx.trigger_key,
             "timezone": ctx.timezone.name(),
             "sample": sample,
         },
     })
 }
 
-/// A new registry with the helpers; `escape` JSON-escapes `{{values}}`.
-pub(crate) fn registry(escape: bool) -> Handlebars<'static> {
+/// A new registry with the helpers; `escape` JSON-escapes `{{values}}`;
+/// `track` seals links with `keys` (without keys it renders only in the
+/// load-time sample check).
+pub(crate) fn registry(escape: bool, keys: Option<Arc<LinkKeys>>) -> Handlebars<'static> {
     let mut hb = Handlebars::new();
     hb.set_strict_mode(false);
     if escape {
@@ -145,7 +147,7 @@ pub(crate) fn registry(escape: bool) -> Handlebars<'static> {
     }
     hb.register_helper("yen", Box::new(Yen));
     hb.register_helper("date", Box::new(DateHelper));
-    hb.register_helper("track", Box::new(Track));
+    hb.register_helper("track", track_helper(keys));
     hb
 }
 
@@ -251,7 +253,23 @@ impl HelperDef for DateHelper {
     }
 }
 
-struct Track;
+/// The `track` helper, sealing with `keys`.
+pub(crate) fn track_helper(keys: Option<Arc<LinkKeys>>) -> Box<dyn HelperDef + Send + Sync> {
+    Box::new(Track { keys })
+}
+
+/// Whether a template's text calls `track` in some `{{…}}` tag (as a helper
+/// or a subexpression `(track …)`; `{{member.track}}` does not count).
+pub(crate) fn mentions_track(source: &str) -> bool {
+    source.split("{{").skip(1).any(|tag| {
+        let tag = tag.split("}}").next().unwrap_or_default();
+        tag.split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | '{' | '~' | '#')).any(|word| word == "track")
+    })
+}
+
+struct Track {
+    keys: Option<Arc<LinkKeys>>,
+}
 
 impl HelperDef for Track {
     fn call_inner<'reg: 'rc, 'rc>(
@@ -270,10 +288,24 @@ impl HelperDef for Track {
             return Err(fail(format!("`track`: {:?} is not an http(s) URL", shorten(target))));
         }
         let base = internal(ctx, "public_base_url").and_then(Value::as_str).unwrap_or_default();
-        let data = ctx.data();
-        let campaign = data.pointer("/campaign/id").and_then(Value::as_str).unwrap_or_default();
-        let user = data.get("line_user_id").and_then(Value::as_str).unwrap_or_default();
-        Ok(ScopedJson::Derived(Value::String(tracked_url(base, campaign, user, target))))
+        let token = match &self.keys {
+            Some(keys) => keys.seal(&link_payload(ctx, target)),
+            None if is_sample(ctx) => "sample-token".to_string(),
+            None => return Err(fail("`track` needs a link key (`server.link_keys`)".into())),
+        };
+        Ok(ScopedJson::Derived(Value::String(tracked_url(base, &token))))
+    }
+}
+
+/// What a `track` link of this render stands for.
+fn link_payload(ctx: &Context, target: &str) -> LinkPayload {
+    let data = ctx.data();
+    let text = |value: Option<&Value>| value.and_then(Value::as_str).unwrap_or_default().to_string();
+    LinkPayload {
+        campaign_id: text(data.pointer("/campaign/id")),
+        trigger_key: text(internal(ctx, "trigger_key")),
+        line_user_id: text(data.get("line_user_id")),
+        target: target.to_string(),
     }
 }
 
@@ -395,6 +427,14 @@ mod tests {
             assert_eq!(parsed, text);
         }
         assert_eq!(json_escape("a\"b"), "a\\\"b");
+    }
+
+    #[test]
+    fn track_is_found_in_tags_only() {
+        assert!(mentions_track(r#"{"uri": "{{track "https://a.example/"}}"}"#));
+        assert!(mentions_track("{{#if x}}{{~track (concat a b)~}}{{/if}}"));
+        assert!(mentions_track("{{yen (track u)}}"));
+        assert!(!mentions_track("track {{member.track}} {{tracker}}"));
     }
 
     #[test]

@@ -6,9 +6,12 @@ mod common;
 
 use chrono::{DateTime, Utc};
 use common::{config_dir, shipped_segments, templates_dir};
-use renkei_campaigns::{CampaignSet, RenderContext, RichMenuRules, Timing, Trigger};
+use renkei_campaigns::{CampaignSet, LinkKeys, RenderContext, RichMenuRules, Timing, Trigger};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
+use std::sync::Arc;
+
+const LINK_KEY: &str = "examples-test-link-key-0123456789abcdef";
 
 fn utc(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
@@ -17,7 +20,7 @@ fn utc(text: &str) -> DateTime<Utc> {
 fn shipped() -> CampaignSet {
     let segments = shipped_segments();
     match CampaignSet::load(&config_dir().join("campaigns"), &templates_dir(), &segments) {
-        Ok(set) => set,
+        Ok(set) => set.with_link_keys(Arc::new(LinkKeys::new(&[LINK_KEY]).unwrap())),
         Err(errors) => panic!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")),
     }
 }
@@ -79,6 +82,7 @@ fn every_shipped_campaign_renders_for_a_typical_member() {
             member_id: Some("M00001"),
             member: Some(&member),
             line_user_id: Some("U7db3d96b0f76480d94a7ded5f234fb96"),
+            trigger_key: Some("entered:1"),
             event: matches!(campaign.trigger, Trigger::Event { .. }).then_some(&event),
             now: utc("2026-08-01T00:00:00Z"),
             timezone: chrono_tz::Asia::Tokyo,
@@ -94,6 +98,7 @@ fn every_shipped_campaign_renders_for_a_typical_member() {
         member_id: Some("M00001"),
         member: Some(&member),
         line_user_id: Some("U7db3d96b0f76480d94a7ded5f234fb96"),
+        trigger_key: Some("entered:1"),
         event,
         now: utc("2026-08-01T00:00:00Z"),
         timezone: chrono_tz::Asia::Tokyo,
@@ -103,10 +108,14 @@ fn every_shipped_campaign_renders_for_a_typical_member() {
     assert_eq!(reservation[0]["altText"], "ご予約のお知らせ: 08月12日 13:13から");
     let text = serde_json::to_string(&reservation[0]["contents"]).unwrap();
     assert!(text.contains("2026年08月12日 13:13") && text.contains("R002197"), "{text}");
-    assert!(
-        text.contains("https://renkei.example/t/reservation_reminder?u=U7db3d96b0f76480d94a7ded5f234fb96&to=https%3A%2F%2Fshop.example%2Freservations"),
-        "{text}"
+    let token = text.split("https://renkei.example/t/").nth(1).and_then(|rest| rest.split('"').next()).unwrap();
+    let link = LinkKeys::new(&[LINK_KEY]).unwrap().open(token).unwrap();
+    assert_eq!(
+        (link.campaign_id.as_str(), link.line_user_id.as_str()),
+        ("reservation_reminder", "U7db3d96b0f76480d94a7ded5f234fb96")
     );
+    assert!(link.target.starts_with("https://shop.example/reservations"), "{}", link.target);
+    assert!(!text.contains("U7db3d96b0f76480d94a7ded5f234fb96"), "{text}");
     let cart = set.render(set.get("cart_reminder").unwrap(), &ctx(None)).unwrap();
     assert_eq!(cart[0]["altText"], "渡辺 美咲さん、カートに商品が残っています");
     let coupon = serde_json::to_string(&set.render(set.get("birthday_coupon").unwrap(), &ctx(None)).unwrap()).unwrap();
@@ -126,6 +135,7 @@ fn the_gold_news_is_identical_for_every_member_so_it_can_be_multicast() {
                 member_id: Some(id),
                 member: Some(member),
                 line_user_id: Some(user),
+                trigger_key: Some("entered:1"),
                 event: None,
                 now: utc("2026-08-01T01:00:00Z"),
                 timezone: chrono_tz::Asia::Tokyo,

@@ -6,9 +6,12 @@ mod common;
 use chrono::{DateTime, Utc};
 use common::{BUBBLE, segments, template};
 use proptest::prelude::*;
-use renkei_campaigns::{CampaignSet, RenderContext, RenderError};
+use renkei_campaigns::{CampaignSet, LinkKeys, LinkPayload, RenderContext, RenderError};
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
+use std::sync::Arc;
+
+const LINK_KEY: &str = "render-test-link-key-0123456789abcdef";
 
 fn utc(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
@@ -16,6 +19,10 @@ fn utc(text: &str) -> DateTime<Utc> {
 
 /// One campaign `c` (event trigger on `purchase`) with one message.
 fn set_with(template_text: &str, alt_text: &str) -> CampaignSet {
+    set_without_keys(template_text, alt_text).with_link_keys(Arc::new(LinkKeys::new(&[LINK_KEY]).unwrap()))
+}
+
+fn set_without_keys(template_text: &str, alt_text: &str) -> CampaignSet {
     let yaml = format!(
         "id: c\nname: \"キャンペーン\"\ntrigger:\n  event: purchase\nmessages:\n  - template: t\n    alt_text: {}\n",
         serde_json::to_string(alt_text).unwrap()
@@ -29,6 +36,7 @@ fn ctx<'a>(member: &'a Map<String, Value>, event: Option<&'a Value>) -> RenderCo
         member_id: Some("M\"1"),
         member: Some(member),
         line_user_id: Some("U7db3d96b0f76480d94a7ded5f234fb96"),
+        trigger_key: Some("entered:1"),
         event,
         now: utc("2026-08-01T00:30:00Z"),
         timezone: chrono_tz::Asia::Tokyo,
@@ -96,11 +104,29 @@ fn helpers_yen_date_and_track() {
     let texts = texts(&messages);
     assert_eq!(texts[0], "¥3,200 / -¥1,235 / ¥1,000,000");
     assert_eq!(texts[1], "08月12日 13:13 / 2026-08-12 00:00 JST");
-    assert_eq!(
-        texts[2],
-        "https://renkei.example/t/c?u=U7db3d96b0f76480d94a7ded5f234fb96&to=https%3A%2F%2Fshop.example%2Fcart%3Fitem%3D1%26q%3D%22x%22"
-    );
+    let token = texts[2].strip_prefix("https://renkei.example/t/").unwrap_or_else(|| panic!("{}", texts[2]));
+    assert!(!token.contains("U7db3d96b0f76480d94a7ded5f234fb96") && !token.contains("shop"), "{token}");
+    let payload = LinkKeys::new(&[LINK_KEY]).unwrap().open(token).unwrap();
+    let expected = LinkPayload {
+        campaign_id: "c".into(),
+        trigger_key: "entered:1".into(),
+        line_user_id: "U7db3d96b0f76480d94a7ded5f234fb96".into(),
+        target: "https://shop.example/cart?item=1&q=\"x\"".into(),
+    };
+    assert_eq!(payload, expected);
     assert_eq!(messages[0]["altText"], "¥3,200のお買い物");
+    assert_eq!(set.tracking_campaigns().collect::<Vec<_>>(), vec!["c"]);
+}
+
+#[test]
+fn track_without_a_link_key_loads_but_does_not_render() {
+    let template = r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [
+      {"type": "text", "text": "{{track "https://shop.example/"}}"}]}}"#;
+    let set = set_without_keys(template, "hi");
+    assert_eq!(set.tracking_campaigns().collect::<Vec<_>>(), vec!["c"]);
+    let error = set.render(set.get("c").unwrap(), &ctx(&Map::new(), None)).unwrap_err();
+    assert!(error.to_string().contains("server.link_keys"), "{error}");
+    assert_eq!(set_without_keys(ECHO, "hi").tracking_campaigns().count(), 0);
 }
 
 #[test]

@@ -63,6 +63,7 @@ pub async fn dry_run(
                         member_id: record.member_id.as_ref().map(|m| m.as_str()),
                         member: record.attributes.as_ref(),
                         line_user_id: Some(record.line_user_id.as_str()),
+                        trigger_key: None,
                         event: None,
                         now: at,
                         timezone: tz,

@@ -638,6 +638,7 @@ impl CampaignRunner {
             member_id: member_id.as_ref().map(|m| m.as_str()),
             member: attributes,
             line_user_id: line_user_id.as_ref().map(|u| u.as_str()),
+            trigger_key: Some(trigger_key.as_str()),
             event,
             now,
             timezone: self.settings.timezone,
