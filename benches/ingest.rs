@@ -56,6 +56,8 @@ async fn spawn(store: Arc<dyn Store>, url: &str) -> (String, tokio::sync::onesho
     let mut config = Config::load_with_env(None, &[]).expect("config");
     config.server.bind = ([127, 0, 0, 1], 0).into();
     config.server.api_keys = vec![Secret::from(KEY)];
+    // The shipped campaigns use `track`.
+    config.server.link_keys = vec![Secret::from("bench-link-key-0123456789abcdef0123456")];
     config.database.url = url.to_string();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = Application::build(&config, store, clock).await.expect("app");

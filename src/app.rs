@@ -507,6 +507,7 @@ mod tests {
         config.paths.templates = tree.join("templates");
         config.paths.rich_menus = tree.join("config/rich_menus.yaml");
         config.roles = RolesConfig { api: true, webhook: true, evaluator: true, scheduler: true, dispatcher: true };
+        config.server.link_keys = vec!["app-test-link-key-0123456789abcdef0123".into()];
         config
     }
 
@@ -529,11 +530,23 @@ mod tests {
         std::fs::create_dir_all(&bad_campaign.paths.campaigns).unwrap();
         std::fs::write(bad_campaign.paths.campaigns.join("broken.yaml"), "id: broken\nname: [unclosed\n").unwrap();
 
+        let mut no_link_key = config.clone();
+        no_link_key.server.link_keys.clear();
+
         let before = alive_tasks();
-        for (what, bad) in [("an invalid [policy]", bad_policy), ("an invalid campaign file", bad_campaign)] {
+        let cases = [
+            ("an invalid [policy]", bad_policy),
+            ("an invalid campaign file", bad_campaign),
+            ("no link key", no_link_key),
+        ];
+        for (what, bad) in cases {
             let Err(error) = Application::build(&bad, store.clone(), clock.clone()).await else {
                 panic!("{what} must fail the build");
             };
+            if what == "no link key" {
+                let message = format!("{error:#}");
+                assert!(message.contains("server.link_keys") && message.contains("reservation_reminder"), "{message}");
+            }
             tokio::task::yield_now().await;
             let after = alive_tasks();
             assert!(after <= before, "{what} ({error:#}) left tasks running: {before} before, {after} after");
