@@ -158,6 +158,10 @@ fn check(config: &Config) -> ExitCode {
         return ExitCode::FAILURE;
     }
     match crate::campaigns::load(config, &segments) {
+        Ok((campaigns, _)) if let Err(error) = crate::campaigns::link_keys(config, &campaigns) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
         Ok((campaigns, rich_menus)) => {
             println!(
                 "config ok; {} segments in {}, {} campaigns in {}, {} rich-menu rules in {}",
