@@ -115,6 +115,15 @@ async fn an_ingested_event_moves_a_user_into_a_segment(backend: Backend) {
         .and_then(|v| v.parse::<u64>().ok())
         .expect("changes counter");
     assert!(reported >= 4, "two links and two events were reported: {reported}");
+    // The engine is idle: nothing waits, and what was reported was evaluated.
+    assert!(text.contains("renkei_segment_queue_users 0"), "{text}");
+    assert!(text.contains("renkei_segment_queue_lag_seconds 0.000"), "{text}");
+    let evaluated = text
+        .lines()
+        .find_map(|l| l.strip_prefix("renkei_segment_queue_evaluated_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("evaluated counter");
+    assert!(evaluated >= 2, "the two linked users were evaluated from the queue: {evaluated}");
 }
 
 async fn without_the_evaluator_role_nothing_is_evaluated(backend: Backend) {

@@ -13,7 +13,7 @@
 //! re-evaluated once more after the recompute, so a page the recompute read
 //! before a change cannot leave a stale answer behind.
 
-use crate::{EngineHandle, MembershipEngine, RecomputeReport};
+use crate::{Backlog, EngineHandle, MembershipEngine, RecomputeReport};
 use renkei_core::{ChangeListener, UserRef};
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -182,11 +182,12 @@ impl Evaluator {
         }
     }
 
-    /// Stops the worker and the timer; changes already reported are processed first.
+    /// Stops the worker and the timer after the batch in hand; users still
+    /// waiting are re-evaluated by the next start's recompute.
     pub async fn stop(&self) {
         let handle = self.inner.handle.write().await.take();
         if let Some(handle) = handle {
-            handle.shutdown().await;
+            let _left = handle.shutdown().await;
         }
     }
 
@@ -234,9 +235,45 @@ impl Evaluator {
                 format!("{:.3}", load(&s.last_recompute_millis) as f64 / 1000.0),
             ),
         ];
-        for (name, kind, help, value) in rows {
+        for (name, kind, help, value) in rows.into_iter().chain(self.backlog_rows()) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         }
+    }
+
+    /// The change queue's series; none while the engine is stopping.
+    fn backlog_rows(&self) -> Vec<(&'static str, &'static str, &'static str, String)> {
+        let Some(backlog) = self.backlog() else { return Vec::new() };
+        vec![
+            (
+                "renkei_segment_queue_users",
+                "gauge",
+                "Users waiting for re-evaluation (each once, however many changes).",
+                backlog.waiting.to_string(),
+            ),
+            (
+                "renkei_segment_queue_lag_seconds",
+                "gauge",
+                "How long the oldest waiting user has waited.",
+                format!("{:.3}", backlog.oldest.as_secs_f64()),
+            ),
+            (
+                "renkei_segment_queue_overflows_total",
+                "counter",
+                "Times the change queue was full and a full recompute ran instead.",
+                backlog.overflows.to_string(),
+            ),
+            (
+                "renkei_segment_queue_evaluated_total",
+                "counter",
+                "Users re-evaluated from the change queue.",
+                backlog.evaluated.to_string(),
+            ),
+        ]
+    }
+
+    /// What waits for re-evaluation now (`None` once stopped).
+    pub fn backlog(&self) -> Option<Backlog> {
+        self.inner.handle.try_read().ok()?.as_ref().map(EngineHandle::backlog)
     }
 }
 

@@ -4,8 +4,8 @@
 //! Segment semantics live in `renkei-segments` (pure); this crate feeds it
 //! stored facts and writes the answers back:
 //! - real time: [`EngineHandle`] is a [`renkei_core::ChangeListener`];
-//!   changed users are queued and a worker re-evaluates them, coalescing
-//!   duplicates;
+//!   changed users wait in a bounded queue, each user once, and a worker
+//!   re-evaluates them (a full queue becomes one full recompute);
 //! - time-driven: every evaluation stores the user's next change instant
 //!   ([`renkei_segments::SegmentSet::next_change`]); a timer task wakes at
 //!   the earliest one ([`MembershipEngine::run_due`] does one round);
@@ -17,10 +17,12 @@
 
 mod engine;
 mod evaluator;
+mod queue;
 mod runtime;
 
 pub use engine::{EngineStore, MembershipEngine, RecomputeProgress, RecomputeReport, facts_of};
 pub use evaluator::Evaluator;
+pub use queue::{Backlog, DEFAULT_CAPACITY as DEFAULT_QUEUE_CAPACITY};
 pub use renkei_store::membership::{Cause, Transition, TransitionKind};
 pub use runtime::EngineHandle;
 

@@ -1,14 +1,14 @@
-//! The engine's background tasks: a worker draining reported changes and a
-//! timer for time-driven changes.
+//! The engine's background tasks: a worker draining the change queue
+//! ([`crate::queue`]) and a timer for time-driven changes.
 
 use crate::MembershipEngine;
+use crate::queue::{Backlog, ChangeQueue, DEFAULT_CAPACITY, Work};
 use renkei_core::{ChangeListener, UserRef};
 use renkei_store::membership::Cause;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -18,19 +18,11 @@ const MAX_BATCH: usize = 1_000;
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 const RETRY_DELAYS: [Duration; 3] = [Duration::from_millis(100), Duration::from_secs(1), Duration::from_secs(5)];
 
-/// Queued changes not processed yet, so callers (and tests) can wait for quiet.
-#[derive(Default)]
-struct Pending {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
 /// The running engine. Reports changes as a [`ChangeListener`]; stop it with
 /// [`EngineHandle::shutdown`].
 pub struct EngineHandle {
     engine: Arc<MembershipEngine>,
-    queue: mpsc::UnboundedSender<(UserRef, Cause)>,
-    pending: Arc<Pending>,
+    queue: Arc<ChangeQueue>,
     token: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -38,15 +30,19 @@ pub struct EngineHandle {
 impl MembershipEngine {
     /// Spawns the change worker and the timer on the current runtime.
     pub fn start(self: Arc<Self>) -> EngineHandle {
-        let (queue, receiver) = mpsc::unbounded_channel();
-        let pending = Arc::new(Pending::default());
+        self.start_with_queue(DEFAULT_CAPACITY)
+    }
+
+    /// As [`MembershipEngine::start`], with at most `capacity` users waiting.
+    pub fn start_with_queue(self: Arc<Self>, capacity: usize) -> EngineHandle {
+        let queue = Arc::new(ChangeQueue::new(capacity));
         let token = CancellationToken::new();
         let tasks = vec![
-            tokio::spawn(worker(self.clone(), receiver, pending.clone(), token.clone())),
+            tokio::spawn(worker(self.clone(), queue.clone(), token.clone())),
             tokio::spawn(timer(self.clone(), token.clone())),
         ];
-        tracing::info!("segment engine started");
-        EngineHandle { engine: self, queue, pending, token, tasks }
+        tracing::info!(queue_capacity = capacity, "segment engine started");
+        EngineHandle { engine: self, queue, token, tasks }
     }
 }
 
@@ -57,41 +53,39 @@ impl EngineHandle {
 
     /// Queues users for re-evaluation with a known cause; never blocks.
     pub fn notify(&self, users: &[UserRef], cause: Cause) {
-        for user in users {
-            self.pending.count.fetch_add(1, Ordering::SeqCst);
-            if self.queue.send((user.clone(), cause)).is_err() {
-                // The worker is gone (shut down): nothing will process it.
-                self.done(1);
-            }
-        }
-    }
-
-    fn done(&self, n: usize) {
-        finish(&self.pending, n);
+        self.queue.push(users, cause);
     }
 
     /// Waits until every change queued so far has been processed.
     pub async fn idle(&self) {
-        loop {
-            let notified = self.pending.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.pending.count.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
+        self.queue.idle().await;
     }
 
-    /// Stops both tasks; changes already queued are processed first.
-    pub async fn shutdown(self) {
+    /// What waits for re-evaluation now.
+    pub fn backlog(&self) -> Backlog {
+        self.queue.backlog()
+    }
+
+    /// Stops both tasks after the batch in hand; users still waiting are
+    /// left to the full recompute of the next start (their data is stored).
+    /// Returns what was left waiting.
+    pub async fn shutdown(self) -> Backlog {
         self.token.cancel();
         for task in self.tasks {
             if let Err(error) = task.await {
                 tracing::error!(%error, "segment engine task failed");
             }
         }
-        tracing::info!("segment engine stopped");
+        let left = self.queue.backlog();
+        if left.waiting > 0 {
+            tracing::info!(
+                users = left.waiting,
+                "segment engine stopped; waiting users are re-evaluated by the next start's recompute"
+            );
+        } else {
+            tracing::info!("segment engine stopped");
+        }
+        left
     }
 }
 
@@ -101,58 +95,43 @@ impl ChangeListener for EngineHandle {
     }
 }
 
-fn finish(pending: &Pending, n: usize) {
-    if pending.count.fetch_sub(n, Ordering::SeqCst) == n {
-        pending.idle.notify_waiters();
-    }
-}
-
-async fn worker(
-    engine: Arc<MembershipEngine>,
-    mut receiver: mpsc::UnboundedReceiver<(UserRef, Cause)>,
-    pending: Arc<Pending>,
-    token: CancellationToken,
-) {
+async fn worker(engine: Arc<MembershipEngine>, queue: Arc<ChangeQueue>, token: CancellationToken) {
     loop {
-        let first = tokio::select! {
-            biased;
-            next = receiver.recv() => next,
-            _ = token.cancelled() => None,
+        let work = loop {
+            if token.is_cancelled() {
+                return;
+            }
+            if let Some(work) = queue.take(MAX_BATCH) {
+                break work;
+            }
+            tokio::select! {
+                () = queue.ready.notified() => {}
+                () = token.cancelled() => return,
+            }
         };
-        let Some(first) = first else {
-            // Shutting down: process what was queued before the stop.
-            let mut rest = Vec::new();
-            while let Ok(item) = receiver.try_recv() {
-                rest.push(item);
-            }
-            if !rest.is_empty() {
-                let n = rest.len();
-                process(&engine, rest).await;
-                finish(&pending, n);
-            }
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
+        match &work {
+            Work::Users(users) => process(&engine, users, &token).await,
+            Work::Everyone => match engine.recompute_all(|_| {}).await {
+                Ok(report) => tracing::info!(
+                    users = report.users,
+                    transitions = report.transitions,
+                    "recompute after a full change queue done"
+                ),
+                Err(error) => {
+                    tracing::error!(%error, "recompute after a full change queue failed; the next start recomputes")
+                }
+            },
         }
-        let n = batch.len();
-        process(&engine, batch).await;
-        finish(&pending, n);
+        queue.finish(&work);
     }
 }
 
-/// Evaluates a batch, each user once per cause, retrying store errors a few times.
-async fn process(engine: &MembershipEngine, batch: Vec<(UserRef, Cause)>) {
+/// Evaluates a batch, grouped by cause, retrying store errors a few times
+/// (a stop cuts the retries short).
+async fn process(engine: &MembershipEngine, batch: &[(UserRef, Cause)], token: &CancellationToken) {
     let mut by_cause: HashMap<Cause, Vec<UserRef>> = HashMap::new();
-    let mut seen = HashSet::new();
     for (user, cause) in batch {
-        if seen.insert((user.clone(), cause)) {
-            by_cause.entry(cause).or_default().push(user);
-        }
+        by_cause.entry(*cause).or_default().push(user.clone());
     }
     for (cause, users) in by_cause {
         let mut attempt = 0;
@@ -162,9 +141,12 @@ async fn process(engine: &MembershipEngine, batch: Vec<(UserRef, Cause)>) {
                     tracing::debug!(users = users.len(), transitions = transitions.len(), "changes processed");
                     break;
                 }
-                Err(error) if attempt < RETRY_DELAYS.len() => {
+                Err(error) if attempt < RETRY_DELAYS.len() && !token.is_cancelled() => {
                     tracing::warn!(%error, attempt, "re-evaluation failed; retrying");
-                    tokio::time::sleep(RETRY_DELAYS[attempt]).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_DELAYS[attempt]) => {}
+                        () = token.cancelled() => {}
+                    }
                     attempt += 1;
                 }
                 Err(error) => {

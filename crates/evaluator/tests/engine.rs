@@ -4,7 +4,7 @@ mod common;
 
 use chrono::Duration;
 use common::{event, fixture, member, t0, user};
-use renkei_core::{ChangeListener, LinkMethod, MemberPatch, UserRef};
+use renkei_core::{ChangeListener, LineUserId, LinkMethod, MemberPatch, UserRef};
 use renkei_evaluator::{Cause, MembershipEngine, TransitionKind};
 use renkei_store::SqliteStore;
 use serde_json::json;
@@ -217,5 +217,54 @@ async fn the_running_engine_processes_reported_changes_and_time() {
     let last = &history.last().expect("a transition").transition;
     assert_eq!((last.segment_id.as_str(), last.cause), ("settled", Cause::Time));
     assert!(last.at >= now + Duration::seconds(1));
+    handle.shutdown().await;
+}
+
+/// A stop does not wait for a backlog: the worker finishes the batch in hand,
+/// the rest is left to the next start's recompute, which evaluates it from
+/// the stored data.
+#[tokio::test]
+async fn shutdown_leaves_the_backlog_to_the_next_recompute() {
+    let f = fixture(&[BUYERS]).await;
+    let users: Vec<LineUserId> =
+        (0..5_000u32).map(|n| LineUserId::parse(&format!("U{n:032x}")).expect("valid id")).collect();
+    let events: Vec<_> = users
+        .iter()
+        .map(|u| event(json!({"type": "purchase", "line_user_id": u.as_str(), "occurred_at": t0().to_rfc3339()})))
+        .collect();
+    f.test.store.insert_events(&events, t0()).await.expect("insert");
+    let handle = f.engine.clone().start();
+    let changed: Vec<UserRef> = users.iter().cloned().map(UserRef::LineUser).collect();
+    handle.users_changed(&changed);
+    handle.users_changed(&changed);
+    assert_eq!(handle.backlog().waiting, 5_000, "each user waits once");
+    let left = handle.shutdown().await;
+    assert!(left.waiting >= 4_000, "at most one batch is finished after the stop; {} left", left.waiting);
+    assert!(f.engine.segment_stats().await.expect("stats")[0].size <= 1_000);
+
+    let report = f.engine.recompute_all(|_| {}).await.expect("recompute");
+    assert_eq!(report.users, 5_000);
+    assert_eq!(f.engine.segment_stats().await.expect("stats")[0].size, 5_000);
+}
+
+/// More distinct users than the queue holds: one full recompute instead.
+#[tokio::test]
+async fn a_full_change_queue_recomputes_everyone() {
+    let f = fixture(&[BUYERS]).await;
+    let users: Vec<LineUserId> =
+        (0..50u32).map(|n| LineUserId::parse(&format!("U{n:032x}")).expect("valid id")).collect();
+    let events: Vec<_> = users
+        .iter()
+        .map(|u| event(json!({"type": "purchase", "line_user_id": u.as_str(), "occurred_at": t0().to_rfc3339()})))
+        .collect();
+    f.test.store.insert_events(&events, t0()).await.expect("insert");
+    let handle = f.engine.clone().start_with_queue(10);
+    handle.users_changed(&users.iter().cloned().map(UserRef::LineUser).collect::<Vec<_>>());
+    handle.idle().await;
+    let backlog = handle.backlog();
+    assert_eq!((backlog.overflows, backlog.waiting), (1, 0));
+    assert_eq!(f.engine.segment_stats().await.expect("stats")[0].size, 50);
+    let history = f.test.store.transitions_after(0, 100).await.expect("history");
+    assert!(history.iter().all(|t| t.transition.cause == Cause::Recompute));
     handle.shutdown().await;
 }
