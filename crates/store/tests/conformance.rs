@@ -134,6 +134,34 @@ async fn member_batch_is_atomic(store: TestStore) {
     assert_eq!(store.counts().await.expect("counts"), before, "the first member of the refused batch is not written");
 }
 
+/// A batch is applied in order: a member repeated in it merges twice, a
+/// LINE user claimed twice in it is refused whole, and a link repeated to the
+/// same LINE user changes nothing.
+async fn member_batch_applies_in_order(store: TestStore) {
+    let linked =
+        |id: &str, attributes: Value, n: u32| MemberPatch { line_user_id: Some(user(n)), ..patch(id, attributes) };
+    let batch = [
+        linked("m1", json!({"rank": "silver", "points": 1}), 1),
+        patch("m2", json!({"rank": "gold"})),
+        linked("m1", json!({"points": null, "name": "花子"}), 1),
+        patch("m2", json!({"rank": "gold"})),
+    ];
+    let outcome = store.upsert_members(&batch, at(1)).await.expect("batch");
+    assert_eq!((outcome.created, outcome.updated, outcome.unchanged, outcome.linked), (2, 1, 1, 1));
+    let m1 = store.get_member(&member("m1")).await.expect("get").expect("m1");
+    assert_eq!(Value::Object(m1.attributes), json!({"rank": "silver", "name": "花子"}));
+    let link = store.get_link(&member("m1")).await.expect("get link").expect("linked");
+    assert_eq!((link.line_user_id, link.method), (user(1), LinkMethod::Import));
+
+    let before = store.counts().await.expect("counts");
+    let result =
+        store.upsert_members(&[linked("m3", json!({"a": 1}), 3), linked("m4", json!({"a": 2}), 3)], at(2)).await;
+    assert!(matches!(result, Err(StoreError::Conflict(ref m)) if m.contains("m3")), "{result:?}");
+    assert_eq!(store.counts().await.expect("counts"), before, "nothing of the refused batch is written");
+    let result = store.upsert_members(&[linked("m1", json!({}), 2)], at(2)).await;
+    assert!(matches!(result, Err(StoreError::Conflict(ref m)) if m.contains("m1")), "{result:?}");
+}
+
 async fn import_is_all_or_nothing(store: TestStore) {
     let (tx, rx) = mpsc::channel(4);
     tx.send(Ok(vec![patch("m1", json!({"a": 1})), patch("m2", json!({"a": 2}))])).await.expect("send");
@@ -166,6 +194,7 @@ renkei_test_support::on_both_backends!(
     following_is_recorded,
     timestamps_keep_microseconds,
     member_batch_is_atomic,
+    member_batch_applies_in_order,
     import_is_all_or_nothing,
 );
 

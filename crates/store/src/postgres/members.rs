@@ -8,9 +8,10 @@ use crate::{PgStore, StoreError, StoreResult, parse_object};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renkei_core::{LineUserId, LinkMethod, MemberId, MemberPatch};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
+use std::collections::HashMap;
 
 /// Unique violations that races between instances can still produce.
 fn conflict_on_unique(error: sqlx::Error, member_id: &str, line_user_id: &str) -> StoreError {
@@ -87,47 +88,151 @@ impl MembersSql for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<MembersOutcome> {
         let mut outcome = MembersOutcome::default();
-        for patch in patches {
-            // FOR UPDATE: two instances merging into one member must not lose a key.
-            let current: Option<Json<Value>> =
-                sqlx::query_scalar("SELECT attributes FROM members WHERE member_id = $1 FOR UPDATE")
-                    .bind(patch.member_id.as_str())
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            let current = current.map(|Json(value)| parse_object(value, "member attributes")).transpose()?;
-            let (next, changed) = merged(current.as_ref(), &patch.attributes);
-            match (&current, changed) {
-                (None, _) => {
-                    sqlx::query(
-                        "INSERT INTO members (member_id, attributes, created_at, updated_at) VALUES ($1, $2, $3, $3)
-                         ON CONFLICT (member_id) DO UPDATE SET attributes = members.attributes || excluded.attributes,
-                         updated_at = excluded.updated_at",
-                    )
-                    .bind(patch.member_id.as_str())
-                    .bind(Json(&next))
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await?;
-                    outcome.created += 1;
-                }
-                (Some(_), true) => {
-                    sqlx::query("UPDATE members SET attributes = $1, updated_at = $2 WHERE member_id = $3")
-                        .bind(Json(&next))
-                        .bind(now)
-                        .bind(patch.member_id.as_str())
-                        .execute(&mut *conn)
-                        .await?;
-                    outcome.updated += 1;
-                }
-                (Some(_), false) => outcome.unchanged += 1,
-            }
-            if let Some(line_user_id) = &patch.line_user_id
-                && let LinkOutcome::Created(_) =
-                    Self::link_tx(conn, &patch.member_id, line_user_id, LinkMethod::Import, now).await?
-            {
-                outcome.linked += 1;
-            }
+        for run in runs_of_distinct_members(patches) {
+            outcome.add(upsert_distinct_members(conn, run, now).await?);
         }
         Ok(outcome)
     }
+}
+
+/// Splits patches, in order, into runs in which no member id repeats, so a
+/// run can be written set-based and a repeated member still merges in order.
+fn runs_of_distinct_members(patches: &[MemberPatch]) -> Vec<&[MemberPatch]> {
+    let mut runs = Vec::new();
+    let (mut start, mut seen) = (0, std::collections::HashSet::new());
+    for (i, patch) in patches.iter().enumerate() {
+        if !seen.insert(patch.member_id.as_str()) {
+            runs.push(&patches[start..i]);
+            start = i;
+            seen.clear();
+            seen.insert(patch.member_id.as_str());
+        }
+    }
+    if start < patches.len() {
+        runs.push(&patches[start..]);
+    }
+    runs
+}
+
+/// Merges a run of patches (each member once) set-based: one locking read,
+/// one insert, one update, then the links. A few statements per batch
+/// instead of several per member, so an import stays linear.
+async fn upsert_distinct_members(
+    conn: &mut PgConnection,
+    patches: &[MemberPatch],
+    now: DateTime<Utc>,
+) -> StoreResult<MembersOutcome> {
+    let ids: Vec<&str> = patches.iter().map(|p| p.member_id.as_str()).collect();
+    // FOR UPDATE in key order: two instances merging into one member must not
+    // lose a key, and must not deadlock on each other's batches.
+    let rows: Vec<(String, Json<Value>)> = sqlx::query_as(
+        "SELECT member_id, attributes FROM members WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut current: HashMap<String, Map<String, Value>> = HashMap::with_capacity(rows.len());
+    for (id, Json(value)) in rows {
+        current.insert(id, parse_object(value, "member attributes")?);
+    }
+    let mut outcome = MembersOutcome::default();
+    let (mut created, mut updated): (Vec<(&str, String)>, Vec<(&str, String)>) = (Vec::new(), Vec::new());
+    for patch in patches {
+        let now_current = current.get(patch.member_id.as_str());
+        let (next, changed) = merged(now_current, &patch.attributes);
+        let row = (patch.member_id.as_str(), Value::Object(next).to_string());
+        match (now_current, changed) {
+            (None, _) => created.push(row),
+            (Some(_), true) => updated.push(row),
+            (Some(_), false) => outcome.unchanged += 1,
+        }
+    }
+    outcome.created = created.len() as u64;
+    outcome.updated = updated.len() as u64;
+    if !created.is_empty() {
+        let (ids, attributes): (Vec<&str>, Vec<String>) = created.into_iter().unzip();
+        // A member another instance created meanwhile is merged into, not overwritten.
+        sqlx::query(
+            "INSERT INTO members (member_id, attributes, created_at, updated_at)
+             SELECT id, a::jsonb, $3, $3 FROM UNNEST($1::text[], $2::text[]) AS s (id, a)
+             ON CONFLICT (member_id) DO UPDATE SET attributes = members.attributes || excluded.attributes,
+             updated_at = excluded.updated_at",
+        )
+        .bind(&ids)
+        .bind(&attributes)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !updated.is_empty() {
+        let (ids, attributes): (Vec<&str>, Vec<String>) = updated.into_iter().unzip();
+        sqlx::query(
+            "UPDATE members m SET attributes = s.a::jsonb, updated_at = $3
+             FROM UNNEST($1::text[], $2::text[]) AS s (id, a) WHERE m.member_id = s.id",
+        )
+        .bind(&ids)
+        .bind(&attributes)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    outcome.linked = link_run(conn, patches, now).await?;
+    Ok(outcome)
+}
+
+/// Links the run's patches that carry a LINE user (method `import`), with
+/// the checks of [`MembersSql::link_tx`] applied in order, set-based; returns
+/// how many links were created.
+async fn link_run(conn: &mut PgConnection, patches: &[MemberPatch], now: DateTime<Utc>) -> StoreResult<u64> {
+    let wanted: Vec<(&str, &str)> =
+        patches.iter().filter_map(|p| p.line_user_id.as_ref().map(|u| (p.member_id.as_str(), u.as_str()))).collect();
+    if wanted.is_empty() {
+        return Ok(0);
+    }
+    let (members, users): (Vec<&str>, Vec<&str>) = wanted.iter().copied().unzip();
+    let existing: Vec<(String, String)> = sqlx::query_as(
+        "SELECT member_id, line_user_id FROM links WHERE member_id = ANY($1)
+         UNION SELECT member_id, line_user_id FROM links WHERE line_user_id = ANY($2)",
+    )
+    .bind(&members)
+    .bind(&users)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut user_of: HashMap<String, String> = HashMap::with_capacity(existing.len());
+    let mut member_of: HashMap<String, String> = HashMap::with_capacity(existing.len());
+    for (member, user) in existing {
+        member_of.insert(user.clone(), member.clone());
+        user_of.insert(member, user);
+    }
+    let mut new_links: Vec<(&str, &str)> = Vec::new();
+    for (member, user) in wanted {
+        if let Some(current) = user_of.get(member) {
+            if current == user {
+                continue;
+            }
+            return Err(member_already_linked(member, current));
+        }
+        if let Some(other) = member_of.get(user) {
+            return Err(line_user_claimed(user, other));
+        }
+        user_of.insert(member.to_string(), user.to_string());
+        member_of.insert(user.to_string(), member.to_string());
+        new_links.push((member, user));
+    }
+    if new_links.is_empty() {
+        return Ok(0);
+    }
+    let (members, users): (Vec<&str>, Vec<&str>) = new_links.iter().copied().unzip();
+    sqlx::query(
+        "INSERT INTO links (member_id, line_user_id, method, linked_at)
+         SELECT m, u, $3, $4 FROM UNNEST($1::text[], $2::text[]) AS s (m, u)",
+    )
+    .bind(&members)
+    .bind(&users)
+    .bind(LinkMethod::Import.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| conflict_on_unique(e, "of this batch", "of this batch"))?;
+    Ok(new_links.len() as u64)
 }
