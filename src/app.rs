@@ -221,15 +221,18 @@ impl Roles {
                     metrics.clone(),
                     quota.clone(),
                 ));
-                let linker = Arc::new(RichMenuLinker::new(
-                    store.clone(),
-                    line.clone(),
-                    clock.clone(),
-                    dispatcher.limiters(),
-                    metrics.clone(),
-                    settings.lease,
-                    settings.poll,
-                ));
+                let linker = Arc::new(
+                    RichMenuLinker::new(
+                        store.clone(),
+                        line.clone(),
+                        clock.clone(),
+                        dispatcher.limiters(),
+                        metrics.clone(),
+                        settings.lease,
+                        settings.poll,
+                    )
+                    .with_channel_default(resolved.rich_menus.default.clone()),
+                );
                 Some(DispatchRole { dispatcher, quota, linker, line: line.clone() })
             }
             (None, true) => {

@@ -1,5 +1,7 @@
 //! Rich-menu rules (`config/rich_menus.yaml`): a user gets the first
-//! matching rule's menu, else the default.
+//! matching rule's menu, else the default. The default is the channel's
+//! default rich menu at LINE, so a user no rule matches has no menu of their
+//! own ([`RichMenuRules::per_user_menu`]) and sees it.
 //!
 //! ```yaml
 //! rules:
@@ -72,11 +74,13 @@ impl RichMenuRules {
 
     /// The first matching rule's menu, else the default.
     pub fn menu_for(&self, memberships: &BTreeSet<String>) -> Option<&str> {
-        self.rules
-            .iter()
-            .find(|rule| memberships.contains(&rule.segment))
-            .map(|rule| rule.rich_menu.as_str())
-            .or(self.default.as_deref())
+        self.per_user_menu(memberships).or(self.default.as_deref())
+    }
+
+    /// The menu to link to the user personally: the first matching rule's;
+    /// `None` (unlinked) when no rule matches, so the channel's default shows.
+    pub fn per_user_menu(&self, memberships: &BTreeSet<String>) -> Option<&str> {
+        self.rules.iter().find(|rule| memberships.contains(&rule.segment)).map(|rule| rule.rich_menu.as_str())
     }
 
     /// Every segment a rule names (membership changes there can move menus).

@@ -45,6 +45,8 @@ pub enum DispatchError {
     Store(#[from] StoreError),
     #[error("dispatch task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Line(#[from] renkei_line::LineError),
 }
 
 pub type DispatchResult<T> = Result<T, DispatchError>;

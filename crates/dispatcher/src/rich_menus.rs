@@ -1,6 +1,9 @@
 //! Links each user's desired rich menu at LINE, at the endpoints' rates:
 //! a single link for one user, bulk link (≤ 500) when many users move to
 //! the same menu, unlink (single or bulk) when no per-user menu is wanted.
+//! The configured default is the channel's default rich menu, set once
+//! (and again whenever LINE shows another), so users no rule matches need
+//! no request of their own.
 
 use crate::DispatchResult;
 use crate::limits::Limiters;
@@ -25,6 +28,9 @@ pub struct RichMenuLinker {
     owner: String,
     lease: chrono::Duration,
     poll: Duration,
+    /// The channel default to keep set, and whether LINE has it now.
+    channel_default: Option<String>,
+    default_set: std::sync::atomic::AtomicBool,
 }
 
 impl RichMenuLinker {
@@ -39,7 +45,44 @@ impl RichMenuLinker {
     ) -> Self {
         let owner = format!("rich-menus-{}", Uuid::new_v4().simple());
         let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
-        Self { store, line, clock, limiters, metrics, owner, lease, poll }
+        Self {
+            store,
+            line,
+            clock,
+            limiters,
+            metrics,
+            owner,
+            lease,
+            poll,
+            channel_default: None,
+            default_set: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Keeps `default` set as the channel's default rich menu (`None`: leaves
+    /// whatever the channel has alone).
+    pub fn with_channel_default(mut self, default: Option<String>) -> Self {
+        self.channel_default = default;
+        self
+    }
+
+    /// Sets the channel's default rich menu unless LINE already shows it;
+    /// returns whether it is in place. Idempotent, so every instance may run it.
+    pub async fn ensure_channel_default(&self) -> DispatchResult<bool> {
+        use std::sync::atomic::Ordering;
+        let Some(wanted) = &self.channel_default else { return Ok(true) };
+        if self.default_set.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        self.limiters.rich_menu_link.until_ready().await;
+        let current = self.line.default_rich_menu().await?;
+        if current.as_deref() != Some(wanted.as_str()) {
+            self.limiters.rich_menu_link.until_ready().await;
+            self.line.set_default_rich_menu(wanted).await?;
+            tracing::info!(rich_menu = %wanted, previous = ?current, "channel default rich menu set");
+        }
+        self.default_set.store(true, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// One round; returns how many users were claimed.
@@ -112,6 +155,9 @@ impl RichMenuLinker {
     pub fn spawn(self: Arc<Self>, wake: Arc<Notify>, token: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             while !token.is_cancelled() {
+                if let Err(error) = self.ensure_channel_default().await {
+                    tracing::warn!(%error, "setting the channel's default rich menu failed; retrying");
+                }
                 match self.link_once().await {
                     Ok(n) if n > 0 => continue,
                     Ok(_) => {}

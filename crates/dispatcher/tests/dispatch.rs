@@ -220,6 +220,9 @@ async fn the_quota_guard_pauses_before_line_refuses_and_resumes_when_raised(back
     assert!(!h.dispatcher.quota_paused());
 }
 
+/// Rule segments get their menu per user; everyone else (never in a rule
+/// segment, or out of one) has none of their own and sees the channel's
+/// default, which the linker sets once.
 async fn rich_menus_follow_segment_changes(backend: Backend) {
     let gold_menu = "richmenu-0123456789abcdef0123456789abcdef";
     let default_menu = "richmenu-fedcba9876543210fedcba9876543210";
@@ -227,14 +230,29 @@ async fn rich_menus_follow_segment_changes(backend: Backend) {
     let sim = SimConfig { rich_menus: vec![gold_menu.to_string(), default_menu.to_string()], ..SimConfig::default() };
     let spec = Spec { segments: &[GOLD], rich_menus: Some(&rules), sim, ..Spec::default() };
     let Some(h) = harness(backend, spec).await else { return };
-    let members: Vec<(u32, serde_json::Value)> = (1..=3).map(|n| (n, personal_attrs(n, "gold"))).collect();
+    let mut members: Vec<(u32, serde_json::Value)> = (1..=3).map(|n| (n, personal_attrs(n, "gold"))).collect();
+    members.push((4, personal_attrs(4, "silver")));
     h.add_members(&members).await;
     let transitions = h.test.store.transitions_after(0, 100).await.unwrap();
     h.runner.on_transitions(&transitions).await.unwrap();
+    assert!(h.linker.ensure_channel_default().await.unwrap());
     while h.linker.link_once().await.unwrap() > 0 {}
     for n in 1..=3 {
         assert_eq!(h.sim.user_rich_menu(user(n).as_str()).as_deref(), Some(gold_menu));
     }
+    assert_eq!(h.sim.default_rich_menu().as_deref(), Some(default_menu));
+    assert_eq!(h.sim.user_rich_menu(user(4).as_str()), None, "no menu of their own");
+    assert_eq!(
+        h.sim.shown_rich_menu(user(4).as_str()).as_deref(),
+        Some(default_menu),
+        "a silver member sees the default"
+    );
+    assert!(h.linker.ensure_channel_default().await.unwrap());
+    assert_eq!(
+        h.sim.requests_for(renkei_line_sim::Endpoint::DefaultRichMenu).len(),
+        1,
+        "set once (the read found none, a 404); a second call asks LINE nothing"
+    );
     assert_eq!(
         h.sim.requests_for(renkei_line_sim::Endpoint::RichMenuBulkLink).len(),
         1,
@@ -253,7 +271,8 @@ async fn rich_menus_follow_segment_changes(backend: Backend) {
     assert_eq!(more.len(), 1);
     h.runner.on_transitions(&more).await.unwrap();
     while h.linker.link_once().await.unwrap() > 0 {}
-    assert_eq!(h.sim.user_rich_menu(user(2).as_str()).as_deref(), Some(default_menu));
+    assert_eq!(h.sim.user_rich_menu(user(2).as_str()), None, "unlinked from the gold menu");
+    assert_eq!(h.sim.shown_rich_menu(user(2).as_str()).as_deref(), Some(default_menu));
     assert_eq!(h.sim.user_rich_menu(user(1).as_str()).as_deref(), Some(gold_menu));
 }
 

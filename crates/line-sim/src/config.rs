@@ -18,6 +18,8 @@ pub enum Endpoint {
     RichMenuBulkUnlink,
     RichMenuOfUser,
     RichMenuList,
+    /// Set, get or cancel the channel's default rich menu.
+    DefaultRichMenu,
     Quota,
     QuotaConsumption,
     VerifyIdToken,
@@ -97,6 +99,7 @@ impl RateLimits {
             Endpoint::RichMenuBulkUnlink => self.rich_menu_bulk_unlink,
             Endpoint::RichMenuOfUser
             | Endpoint::RichMenuList
+            | Endpoint::DefaultRichMenu
             | Endpoint::Quota
             | Endpoint::QuotaConsumption
             | Endpoint::VerifyIdToken => self.other,

@@ -232,6 +232,17 @@ impl SimHandle {
         self.shared.lock().user_menus.get(user).cloned()
     }
 
+    /// The channel's default rich menu, if one is set.
+    pub fn default_rich_menu(&self) -> Option<String> {
+        self.shared.lock().default_rich_menu.clone()
+    }
+
+    /// The menu `user` sees: their own, else the channel's default.
+    pub fn shown_rich_menu(&self, user: &str) -> Option<String> {
+        let inner = self.shared.lock();
+        inner.user_menus.get(user).or(inner.default_rich_menu.as_ref()).cloned()
+    }
+
     pub fn user_rich_menus(&self) -> HashMap<String, String> {
         self.shared.lock().user_menus.clone()
     }

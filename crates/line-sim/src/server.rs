@@ -42,6 +42,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v2/bot/message/quota/consumption", get(consumption))
         .route("/v2/bot/user/{user_id}/linkToken", post(link_token))
         .route("/v2/bot/profile/{user_id}", get(profile))
+        .route("/v2/bot/user/all/richmenu", get(default_rich_menu).delete(cancel_default_rich_menu))
+        .route("/v2/bot/user/all/richmenu/{rich_menu_id}", post(set_default_rich_menu))
         .route("/v2/bot/user/{user_id}/richmenu", get(rich_menu_of_user).delete(unlink_rich_menu))
         .route("/v2/bot/user/{user_id}/richmenu/{rich_menu_id}", post(link_rich_menu))
         .route("/v2/bot/richmenu/bulk/link", post(bulk_link))
@@ -617,6 +619,55 @@ async fn bulk_unlink(State(state): State<AppState>, headers: HeaderMap, body: By
         }
     }
     accept(&state, Endpoint::RichMenuBulkUnlink, users, None, StatusCode::ACCEPTED, json!({}))
+}
+
+async fn set_default_rich_menu(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(rich_menu_id): Path<String>,
+) -> Response {
+    if let Err(response) = gate(&state, Endpoint::DefaultRichMenu, &headers, true).await {
+        return response;
+    }
+    {
+        let mut inner = state.lock();
+        if !inner.rich_menus.contains_key(&rich_menu_id) {
+            inner.counters.not_found += 1;
+            drop(inner);
+            return error_response(StatusCode::NOT_FOUND, "richmenu not found", vec![]);
+        }
+        inner.default_rich_menu = Some(rich_menu_id.clone());
+    }
+    accept(&state, Endpoint::DefaultRichMenu, vec![], Some(rich_menu_id), StatusCode::OK, json!({}))
+}
+
+async fn default_rich_menu(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(response) = gate(&state, Endpoint::DefaultRichMenu, &headers, true).await {
+        return response;
+    }
+    let current = state.lock().default_rich_menu.clone();
+    match current {
+        Some(id) => accept(
+            &state,
+            Endpoint::DefaultRichMenu,
+            vec![],
+            Some(id.clone()),
+            StatusCode::OK,
+            json!({ "richMenuId": id }),
+        ),
+        None => {
+            state.lock().counters.not_found += 1;
+            error_response(StatusCode::NOT_FOUND, "no default richmenu", vec![])
+        }
+    }
+}
+
+async fn cancel_default_rich_menu(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(response) = gate(&state, Endpoint::DefaultRichMenu, &headers, true).await {
+        return response;
+    }
+    let previous = state.lock().default_rich_menu.take();
+    accept(&state, Endpoint::DefaultRichMenu, vec![], previous, StatusCode::OK, json!({}))
 }
 
 async fn rich_menu_list(State(state): State<AppState>, headers: HeaderMap) -> Response {

@@ -91,6 +91,8 @@ pub(crate) struct Inner {
     pub usage: u64,
     pub rich_menus: BTreeMap<String, String>,
     pub user_menus: HashMap<String, String>,
+    /// The channel's default rich menu (shown to users without a menu of their own).
+    pub default_rich_menu: Option<String>,
     pub link_tokens: HashMap<String, LinkTokenInfo>,
     /// Reply tokens the webhook sender issued → the user they reply to.
     pub reply_tokens: HashMap<String, Option<String>>,
@@ -111,6 +113,7 @@ impl Inner {
             usage: 0,
             rich_menus: config.rich_menus.iter().map(|id| (id.clone(), id.clone())).collect(),
             user_menus: HashMap::new(),
+            default_rich_menu: None,
             link_tokens: HashMap::new(),
             reply_tokens: HashMap::new(),
             webhook_url: config.webhook_url.clone(),

@@ -377,6 +377,21 @@ async fn connection_refused_is_transient() {
 }
 
 #[tokio::test]
+async fn the_channel_default_rich_menu_shows_to_users_without_their_own() {
+    let (sim, client) = sim().await;
+    assert_eq!(client.default_rich_menu().await.unwrap(), None, "none set: LINE's 404 reads as none");
+    match client.set_default_rich_menu("richmenu-ffffffffffffffffffffffffffffffff").await {
+        Err(LineError::Rejected { status: 404, .. }) => {}
+        other => panic!("an unknown menu is refused: {other:?}"),
+    }
+    client.set_default_rich_menu(MENU).await.unwrap();
+    assert_eq!(client.default_rich_menu().await.unwrap().as_deref(), Some(MENU));
+    assert_eq!(sim.user_rich_menu(USER), None);
+    assert_eq!(sim.shown_rich_menu(USER).as_deref(), Some(MENU));
+    assert!(matches!(client.set_default_rich_menu("../quota").await, Err(LineError::InvalidRequest(_))));
+}
+
+#[tokio::test]
 async fn link_token_profile_and_rich_menus() {
     let (sim, client) = sim().await;
     let u = uid(USER);

@@ -431,6 +431,29 @@ impl LineClient {
         self.call_empty(self.request(Method::POST, "/v2/bot/richmenu/bulk/unlink")?.json(&body)).await
     }
 
+    /// Sets the channel's default rich menu: what every user without a menu
+    /// of their own sees.
+    pub async fn set_default_rich_menu(&self, rich_menu_id: &str) -> Result<(), LineError> {
+        check_path_segment(rich_menu_id)?;
+        let path = format!("/v2/bot/user/all/richmenu/{rich_menu_id}");
+        self.call_empty(self.request(Method::POST, &path)?).await
+    }
+
+    /// The channel's default rich menu set with the Messaging API; `None`
+    /// when none is set (LINE answers 404).
+    pub async fn default_rich_menu(&self) -> Result<Option<String>, LineError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Body {
+            rich_menu_id: String,
+        }
+        match self.call_json::<Body>(self.request(Method::GET, "/v2/bot/user/all/richmenu")?).await {
+            Ok(body) => Ok(Some(body.rich_menu_id)),
+            Err(LineError::Rejected { status: 404, .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     pub async fn list_rich_menus(&self) -> Result<Vec<RichMenu>, LineError> {
         #[derive(Deserialize)]
         struct Body {

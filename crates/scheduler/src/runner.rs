@@ -381,15 +381,16 @@ impl CampaignRunner {
         let mut desired = Vec::with_capacity(users.len());
         for user in users {
             let memberships = self.store.membership_reads.user_memberships(user).await?;
-            desired.push((user.clone(), self.rich_menus.menu_for(&memberships).map(str::to_string)));
+            desired.push((user.clone(), self.rich_menus.per_user_menu(&memberships).map(str::to_string)));
         }
         self.store.rich_menus.set_desired_rich_menus(&desired, self.clock.now()).await?;
         self.dispatch_wake.notify_waiters();
         Ok(())
     }
 
-    /// At start: the desired menu of every member of a rule segment (others
-    /// keep the default the channel shows, or get it when they leave a rule segment).
+    /// At start: the desired menu of every member of a rule segment. Others
+    /// have no menu of their own and see the channel's default (set by the
+    /// dispatcher's rich-menu linker); leaving a rule segment unlinks.
     pub async fn sync_rich_menus(&self) -> SchedulerResult<u64> {
         let mut total = 0;
         let segments: BTreeSet<String> = self.rich_menus.rules.iter().map(|r| r.segment.clone()).collect();

@@ -105,6 +105,7 @@ pub async fn harness(backend: Backend, spec: Spec<'_>) -> Option<Harness> {
         Some(text) => RichMenuRules::from_source(PathBuf::from("rich_menus.yaml"), text, &segments).unwrap(),
         None => RichMenuRules::from_source(PathBuf::from("rich_menus.yaml"), "rules: []\n", &segments).unwrap(),
     });
+    let channel_default = rich_menus.default.clone();
     let engine = Arc::new(MembershipEngine::new(EngineStore::of(&store), segments, clock_dyn.clone(), tz));
     let sim = LineSim::spawn(spec.sim).await.unwrap();
     let line = LineClient::new(&sim.base_url(), sim.access_token()).unwrap();
@@ -134,15 +135,18 @@ pub async fn harness(backend: Backend, spec: Spec<'_>) -> Option<Harness> {
         .await
         .unwrap(),
     );
-    let linker = Arc::new(RichMenuLinker::new(
-        store.clone(),
-        line.clone(),
-        clock_dyn,
-        dispatcher.limiters(),
-        metrics.clone(),
-        std::time::Duration::from_secs(30),
-        std::time::Duration::from_millis(20),
-    ));
+    let linker = Arc::new(
+        RichMenuLinker::new(
+            store.clone(),
+            line.clone(),
+            clock_dyn,
+            dispatcher.limiters(),
+            metrics.clone(),
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_millis(20),
+        )
+        .with_channel_default(channel_default),
+    );
     Some(Harness { test, sim, clock, engine, campaigns, runner, dispatcher, linker, metrics, quota, line })
 }
 

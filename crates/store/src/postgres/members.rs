@@ -136,7 +136,9 @@ async fn upsert_distinct_members(
         current.insert(id, parse_object(value, "member attributes")?);
     }
     let mut outcome = MembersOutcome::default();
-    let (mut created, mut updated): (Vec<(&str, String)>, Vec<(&str, String)>) = (Vec::new(), Vec::new());
+    // (member id, merged attributes as JSON text) to insert, and to update.
+    let mut created: Vec<(&str, String)> = Vec::new();
+    let mut updated: Vec<(&str, String)> = Vec::new();
     for patch in patches {
         let now_current = current.get(patch.member_id.as_str());
         let (next, changed) = merged(now_current, &patch.attributes);
