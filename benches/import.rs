@@ -13,15 +13,12 @@ use chrono::Utc;
 use renkei_ingest::import::NoProgress;
 use renkei_store::Store;
 use renkei_test_support as test_support;
+use renkei_test_support::bench::{env_number, smoke_run};
 use renkei_test_support::measure::peak_rss_mb;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// A CSV of `count` members, each linked to its own LINE user, with typed attributes.
 fn write_csv(path: &Path, count: usize) {
@@ -57,11 +54,6 @@ async fn import(store: Arc<dyn Store>, csv: &Path, count: usize, backend: &str) 
         count as f64 / seconds,
         peak_rss_mb()
     );
-}
-
-/// A full run under `cargo bench`; a small smoke run under `cargo test` (CI).
-fn smoke_run() -> bool {
-    !std::env::args().any(|a| a == "--bench")
 }
 
 fn main() {

@@ -13,16 +13,13 @@ use renkei::config::{Config, Secret};
 use renkei_core::{Clock, SystemClock};
 use renkei_store::Store;
 use renkei_test_support as test_support;
+use renkei_test_support::bench::{env_number, smoke_run};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Instant;
 
 const BATCH: usize = 1_000;
 const KEY: &str = "bench-key";
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// Deterministic, realistic events: a retail mix with JSON properties.
 fn make_events(count: usize) -> Vec<Value> {
@@ -152,11 +149,6 @@ async fn copy_baseline(server: &str, events: &[Value]) -> f64 {
     let rows = copy.finish().await.expect("copy finish");
     assert_eq!(rows as usize, events.len());
     events.len() as f64 / started.elapsed().as_secs_f64()
-}
-
-/// A full run under `cargo bench`; a small smoke run under `cargo test` (CI).
-fn smoke_run() -> bool {
-    !std::env::args().any(|a| a == "--bench")
 }
 
 fn main() {

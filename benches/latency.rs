@@ -35,6 +35,7 @@ use renkei_segments::SegmentSet;
 use renkei_store::{PgStore, Store};
 use renkei_test_support as test_support;
 use renkei_test_support::Rng;
+use renkei_test_support::bench::{env_number, smoke_run};
 use renkei_test_support::measure::peak_rss_mb;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
@@ -50,10 +51,6 @@ const CAMPAIGN: &str = "purchase_thanks";
 /// Samples sent first and left out of the figures (connections, caches).
 const WARM_UP: usize = 20;
 const EVENTS_PER_USER: usize = 50;
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn line_user(i: usize) -> String {
     format!("U{i:032x}")
@@ -495,11 +492,6 @@ async fn drop_database(server: &str, url: &str) -> Result<(), BoxError> {
     let name = url.rsplit('/').next().unwrap_or_default().split('?').next().unwrap_or_default().to_string();
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await?;
     Ok(())
-}
-
-/// A full run under `cargo bench`; a small smoke run under `cargo test` (CI).
-fn smoke_run() -> bool {
-    !std::env::args().any(|a| a == "--bench")
 }
 
 fn main() -> Result<(), BoxError> {

@@ -24,6 +24,7 @@ use renkei_scheduler::{CampaignRunner, RunnerSettings, RunnerStore};
 use renkei_segments::SegmentSet;
 use renkei_store::Store;
 use renkei_store::membership::MembershipUpdate;
+use renkei_test_support::bench::{env_number as env_u64, smoke_run};
 use renkei_test_support::measure::{cpu_seconds_of, current_rss_mb, peak_rss_mb, postgres_cpu_seconds};
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -41,10 +42,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const SEGMENT: &str = "id: everyone\nname: Everyone\nrule:\n  linked: true\n";
 const PERSONAL: &str = r#"{"type":"bubble","body":{"type":"box","layout":"vertical","contents":[{"type":"text","text":"{{member.name}}さん、ポイントは{{member.points}}点です"}]}}"#;
 const SAME: &str = r#"{"type":"bubble","body":{"type":"box","layout":"vertical","contents":[{"type":"text","text":"週末セール開催中"}]}}"#;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// The store to send from, and whether its users are already loaded.
 async fn open_store(users: u64) -> Result<(Arc<dyn Store>, Option<tempfile::TempDir>, &'static str, bool), BoxError> {
@@ -240,11 +237,6 @@ async fn run_campaign(
         },
         rss_while_sending,
     ))
-}
-
-/// A full run under `cargo bench`; a small smoke run under `cargo test` (CI).
-fn smoke_run() -> bool {
-    !std::env::args().any(|a| a == "--bench")
 }
 
 fn main() -> Result<(), BoxError> {

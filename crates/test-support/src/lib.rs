@@ -1,8 +1,10 @@
 //! What renkei's tests and benchmarks share, kept out of the production
 //! crates: throwaway stores on both backends ([`store`]), the one
 //! [`on_both_backends!`] macro, the [`Backend`] type it runs over, resource
-//! meters for benchmarks ([`measure`]) and a deterministic generator ([`Rng`]).
+//! meters for benchmarks ([`measure`]), the benchmarks' run mode and sizes
+//! ([`bench`]) and a deterministic generator ([`Rng`]).
 
+pub mod bench;
 pub mod measure;
 mod rng;
 pub mod store;
