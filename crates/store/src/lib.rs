@@ -3,8 +3,8 @@
 //! events ([`EventStore`]), the webhook inbox ([`WebhookStore`]),
 //! memberships & transitions ([`MembershipStore`], [`MembershipReads`]),
 //! the outbox ([`OutboxStore`], [`OutboxReads`]), LINE requests
-//! ([`RequestStore`]), the scheduler's state ([`ScheduleStore`]) and rich
-//! menus ([`RichMenuStore`]). [`Store`] is all of them at once.
+//! ([`RequestStore`]), the scheduler's state ([`ScheduleStore`]), rich
+//! menus ([`RichMenuStore`]) and leases for singleton work ([`LeaseStore`]). [`Store`] is all of them at once.
 //!
 //! Each area's types and shared SQL are in `<area>.rs`; what differs per
 //! backend is in `sqlite/<area>.rs` and `postgres/<area>.rs`. SQL the
@@ -15,6 +15,7 @@
 
 pub mod dispatch;
 mod events;
+mod leases;
 mod members;
 pub mod membership;
 mod outbox;
@@ -29,6 +30,7 @@ mod test_reads;
 pub mod webhook;
 
 pub use events::{EventStore, IngestOutcome, StoredEvent};
+pub use leases::{LeaseHolder, LeaseStore};
 pub use members::{Link, LinkOutcome, Member, MemberStore, MembersOutcome};
 pub use membership::{
     AudiencePage, Cause, EventSelection, FactEventRecord, MembershipReads, MembershipStore, MembershipUpdate,
@@ -121,6 +123,7 @@ trait_sum! {
         + RequestStore
         + ScheduleStore
         + RichMenuStore
+        + LeaseStore
         + TestReadsIfEnabled
 }
 

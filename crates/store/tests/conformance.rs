@@ -162,6 +162,25 @@ async fn member_batch_applies_in_order(store: TestStore) {
     assert!(matches!(result, Err(StoreError::Conflict(ref m)) if m.contains("m1")), "{result:?}");
 }
 
+/// One holder at a time; renewals keep it; an expired lease is taken over;
+/// only the holder releases it.
+async fn leases_have_one_holder(store: TestStore) {
+    assert!(store.acquire_lease("quota", "a", at(1), at(2)).await.expect("take"));
+    assert!(!store.acquire_lease("quota", "b", at(1), at(3)).await.expect("held by a"));
+    assert!(store.acquire_lease("quota", "a", at(1), at(4)).await.expect("renew"));
+    assert!(!store.acquire_lease("quota", "b", at(3), at(5)).await.expect("renewed until 4"));
+    let leases = store.leases().await.expect("leases");
+    assert_eq!(leases.len(), 1);
+    assert_eq!((leases[0].holder.as_str(), leases[0].acquired_at, leases[0].expires_at), ("a", at(1), at(4)));
+    assert!(store.acquire_lease("quota", "b", at(4), at(6)).await.expect("expired: taken over"));
+    assert!(store.acquire_lease("sync", "a", at(4), at(6)).await.expect("another name"));
+    store.release_lease("quota", "a").await.expect("not the holder: no effect");
+    let leases = store.leases().await.expect("leases");
+    assert_eq!((leases[0].holder.as_str(), leases[0].acquired_at), ("b", at(4)));
+    store.release_lease("quota", "b").await.expect("release");
+    assert!(store.acquire_lease("quota", "a", at(5), at(6)).await.expect("free again"));
+}
+
 async fn import_is_all_or_nothing(store: TestStore) {
     let (tx, rx) = mpsc::channel(4);
     tx.send(Ok(vec![patch("m1", json!({"a": 1})), patch("m2", json!({"a": 2}))])).await.expect("send");
@@ -195,6 +214,7 @@ renkei_test_support::on_both_backends!(
     timestamps_keep_microseconds,
     member_batch_is_atomic,
     member_batch_applies_in_order,
+    leases_have_one_holder,
     import_is_all_or_nothing,
 );
 

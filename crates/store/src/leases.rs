@@ -1,0 +1,91 @@
+//! Leases: named singleton work that one instance does at a time (the
+//! start-up rich-menu sync, quota polling, …). A holder keeps its lease by
+//! renewing it before it expires; when a holder dies, another instance
+//! takes the lease over once it has expired. The same SQL on both backends.
+
+use crate::StoreResult;
+use crate::sql::{Dialect, Row, Sql, Ts, stmt};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Who holds a lease, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseHolder {
+    pub name: String,
+    pub holder: String,
+    pub acquired_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait LeaseStore: Send + Sync + 'static {
+    /// Takes lease `name` for `holder` until `until`, or renews it when
+    /// `holder` has it already. `false` when another holder's lease is still
+    /// running at `now`.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Gives the lease up (only if `holder` has it), so another instance can
+    /// take over at once.
+    async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
+
+    /// Every lease, expired or not, by name.
+    async fn leases(&self) -> StoreResult<Vec<LeaseHolder>>;
+}
+
+#[async_trait]
+impl<S: Sql> LeaseStore for S {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        // One statement: the row lock (PostgreSQL) or the single writer
+        // (SQLite) makes the check and the take atomic.
+        let taken = stmt::<S::Db>(
+            "INSERT INTO leases (name, holder, acquired_at, expires_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at,
+                 acquired_at = CASE WHEN leases.holder = excluded.holder THEN leases.acquired_at
+                                    ELSE excluded.acquired_at END
+             WHERE leases.holder = excluded.holder OR leases.expires_at <= excluded.acquired_at
+             RETURNING holder",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(Ts(now))
+        .bind(Ts(until))
+        .optional(self.writer(), |row| row.string("holder"))
+        .await?;
+        Ok(taken.is_some())
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {
+        stmt::<S::Db>("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    async fn leases(&self) -> StoreResult<Vec<LeaseHolder>> {
+        stmt::<S::Db>("SELECT name, holder, acquired_at, expires_at FROM leases ORDER BY name")
+            .all(self.reader(), |row| {
+                Ok(LeaseHolder {
+                    name: row.string("name")?,
+                    holder: row.string("holder")?,
+                    acquired_at: row.ts("acquired_at")?,
+                    expires_at: row.ts("expires_at")?,
+                })
+            })
+            .await
+    }
+}
