@@ -4,7 +4,7 @@
 //! takes the lease over once it has expired. The same SQL on both backends.
 
 use crate::StoreResult;
-use crate::sql::{Dialect, Row, Sql, Ts, stmt};
+use crate::sql::{Sql, Ts, stmt};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
