@@ -305,7 +305,8 @@ impl Background {
             let runner = runner.clone();
             move |_stop| async move {
                 match runner.sync_rich_menus().await {
-                    Ok(n) => tracing::info!(users = n, "desired rich menus synced for rule segments"),
+                    Ok(Some(n)) => tracing::info!(users = n, "desired rich menus synced for rule segments"),
+                    Ok(None) => tracing::info!("another instance is syncing the desired rich menus"),
                     Err(error) => tracing::warn!(%error, "syncing desired rich menus failed"),
                 }
             }

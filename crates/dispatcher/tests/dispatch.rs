@@ -276,6 +276,30 @@ async fn rich_menus_follow_segment_changes(backend: Backend) {
     assert_eq!(h.sim.user_rich_menu(user(1).as_str()).as_deref(), Some(gold_menu));
 }
 
+/// The start-up sync of desired rich menus runs on one instance at a time:
+/// while another holds its lease, it is skipped; once free, it runs.
+async fn rich_menu_sync_runs_on_one_instance_at_a_time(backend: Backend) {
+    let gold_menu = "richmenu-0123456789abcdef0123456789abcdef";
+    let rules = format!("rules:\n  - segment: gold\n    rich_menu: {gold_menu}\n");
+    let sim = SimConfig { rich_menus: vec![gold_menu.to_string()], ..SimConfig::default() };
+    let spec = Spec { segments: &[GOLD], rich_menus: Some(&rules), sim, ..Spec::default() };
+    let Some(h) = harness(backend, spec).await else { return };
+    h.add_members(&[(1, personal_attrs(1, "gold")), (2, personal_attrs(2, "gold"))]).await;
+    h.engine.evaluate_users(&[user(1), user(2)], renkei_evaluator::Cause::Member).await.unwrap();
+    let now = h.clock.now();
+    let lease = renkei_scheduler::RICH_MENU_SYNC_LEASE;
+    let store = &h.test.store;
+    assert!(store.acquire_lease(lease, "another-instance", now, now + chrono::Duration::seconds(30)).await.unwrap());
+    assert_eq!(h.runner.sync_rich_menus().await.unwrap(), None, "the other instance is syncing");
+    while h.linker.link_once().await.unwrap() > 0 {}
+    assert_eq!(h.sim.user_rich_menus().len(), 0, "nothing synced here");
+    store.release_lease(lease, "another-instance").await.unwrap();
+    assert_eq!(h.runner.sync_rich_menus().await.unwrap(), Some(2));
+    while h.linker.link_once().await.unwrap() > 0 {}
+    assert_eq!(h.sim.user_rich_menu(user(2).as_str()).as_deref(), Some(gold_menu));
+    assert!(store.leases().await.unwrap().is_empty(), "released when done");
+}
+
 async fn two_dispatchers_share_one_outbox_without_doubles(backend: Backend) {
     let spec = Spec { segments: &[GOLD], campaigns: &[GOLD_PERSONAL_9AM], ..Spec::default() };
     let Some(h) = harness(backend, spec).await else { return };
@@ -353,6 +377,7 @@ renkei_test_support::on_both_backends!(
     reminders_go_a_day_before_unless_cancelled,
     the_quota_guard_pauses_before_line_refuses_and_resumes_when_raised,
     rich_menus_follow_segment_changes,
+    rich_menu_sync_runs_on_one_instance_at_a_time,
     two_dispatchers_share_one_outbox_without_doubles,
     entries_found_by_a_full_recompute_do_not_trigger_and_late_reminders_expire,
 );

@@ -9,7 +9,7 @@ pub mod dry_run;
 pub mod runner;
 
 pub use dry_run::{DryRunRow, DryRunStore, dry_run};
-pub use runner::{CampaignRunner, RunnerSettings, RunnerStore};
+pub use runner::{CampaignRunner, RICH_MENU_SYNC_LEASE, RunnerSettings, RunnerStore};
 
 use renkei_store::StoreError;
 

@@ -68,6 +68,7 @@ renkei_store::store_view! {
         outbox_reads: OutboxReads,
         rich_menus: RichMenuStore,
         schedule: ScheduleStore,
+        leases: LeaseStore,
     }
 }
 
@@ -391,7 +392,27 @@ impl CampaignRunner {
     /// At start: the desired menu of every member of a rule segment. Others
     /// have no menu of their own and see the channel's default (set by the
     /// dispatcher's rich-menu linker); leaving a rule segment unlinks.
-    pub async fn sync_rich_menus(&self) -> SchedulerResult<u64> {
+    /// One instance at a time (lease [`RICH_MENU_SYNC_LEASE`]): `None` when
+    /// another instance is syncing now.
+    pub async fn sync_rich_menus(&self) -> SchedulerResult<Option<u64>> {
+        let holder = format!("scheduler-{}", uuid::Uuid::new_v4().simple());
+        if !self.hold_lease(RICH_MENU_SYNC_LEASE, &holder).await? {
+            return Ok(None);
+        }
+        let synced = self.sync_rich_menus_holding(&holder).await;
+        if let Err(error) = self.store.leases.release_lease(RICH_MENU_SYNC_LEASE, &holder).await {
+            tracing::warn!(%error, "releasing the rich-menu sync lease failed; it expires by itself");
+        }
+        synced.map(Some)
+    }
+
+    /// Takes or renews `name` for `holder` for [`LEASE_TERM`].
+    async fn hold_lease(&self, name: &str, holder: &str) -> SchedulerResult<bool> {
+        let now = self.clock.now();
+        Ok(self.store.leases.acquire_lease(name, holder, now, now + LEASE_TERM).await?)
+    }
+
+    async fn sync_rich_menus_holding(&self, holder: &str) -> SchedulerResult<u64> {
         let mut total = 0;
         let segments: BTreeSet<String> = self.rich_menus.rules.iter().map(|r| r.segment.clone()).collect();
         for segment in segments {
@@ -402,6 +423,10 @@ impl CampaignRunner {
                 after = Some(last.as_str().to_string());
                 total += page.len() as u64;
                 self.update_rich_menus(&page).await?;
+                if !self.hold_lease(RICH_MENU_SYNC_LEASE, holder).await? {
+                    // Too slow to keep it: another instance took over and syncs again.
+                    return Ok(total);
+                }
             }
         }
         Ok(total)
@@ -674,6 +699,12 @@ impl CampaignRunner {
         &self.campaigns
     }
 }
+
+/// The lease of the start-up rich-menu sync (see [`CampaignRunner::sync_rich_menus`]).
+pub const RICH_MENU_SYNC_LEASE: &str = "rich_menu_sync";
+/// How long a lease lasts unless renewed: a crashed holder's work is taken
+/// over after at most this long.
+const LEASE_TERM: chrono::Duration = chrono::Duration::seconds(30);
 
 fn has_rich_menus(rules: &RichMenuRules) -> bool {
     !rules.rules.is_empty() || rules.default.is_some()
