@@ -303,10 +303,10 @@ impl Background {
     fn start_scheduler(&mut self, runner: Arc<CampaignRunner>) {
         self.spawn("rich-menu sync", {
             let runner = runner.clone();
-            move |_stop| async move {
-                match runner.sync_rich_menus().await {
+            move |stop| async move {
+                match runner.sync_rich_menus_at_start(&stop).await {
                     Ok(Some(n)) => tracing::info!(users = n, "desired rich menus synced for rule segments"),
-                    Ok(None) => tracing::info!("another instance is syncing the desired rich menus"),
+                    Ok(None) => tracing::info!("desired rich menus synced by another instance"),
                     Err(error) => tracing::warn!(%error, "syncing desired rich menus failed"),
                 }
             }

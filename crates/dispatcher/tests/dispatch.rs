@@ -277,7 +277,8 @@ async fn rich_menus_follow_segment_changes(backend: Backend) {
 }
 
 /// The start-up sync of desired rich menus runs on one instance at a time:
-/// while another holds its lease, it is skipped; once free, it runs.
+/// while another holds its lease, it is skipped; once free, it runs; an
+/// instance that died holding it is taken over when its lease expires.
 async fn rich_menu_sync_runs_on_one_instance_at_a_time(backend: Backend) {
     let gold_menu = "richmenu-0123456789abcdef0123456789abcdef";
     let rules = format!("rules:\n  - segment: gold\n    rich_menu: {gold_menu}\n");
@@ -298,6 +299,31 @@ async fn rich_menu_sync_runs_on_one_instance_at_a_time(backend: Backend) {
     while h.linker.link_once().await.unwrap() > 0 {}
     assert_eq!(h.sim.user_rich_menu(user(2).as_str()).as_deref(), Some(gold_menu));
     assert!(store.leases().await.unwrap().is_empty(), "released when done");
+
+    // Another instance starts a sync and dies: this start waits, then takes over.
+    let now = h.clock.now();
+    assert!(store.acquire_lease(lease, "dead-instance", now, now + chrono::Duration::seconds(30)).await.unwrap());
+    let runner = h.runner.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let waiting = tokio::spawn(async move { runner.sync_rich_menus_at_start(&stop).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "waits while the lease runs");
+    h.clock.advance(chrono::Duration::seconds(31));
+    let synced = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await.unwrap().unwrap().unwrap();
+    assert_eq!(synced, Some(2), "taken over after the lease expired");
+
+    // A sync completed by another instance after this start is not repeated.
+    let now = h.clock.now();
+    assert!(store.acquire_lease(lease, "live-instance", now, now + chrono::Duration::seconds(30)).await.unwrap());
+    let runner = h.runner.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let waiting = tokio::spawn(async move { runner.sync_rich_menus_at_start(&stop).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    h.clock.advance(chrono::Duration::seconds(1));
+    store.set_cursor("rich_menu_sync_done", h.clock.now().timestamp_micros()).await.unwrap();
+    store.release_lease(lease, "live-instance").await.unwrap();
+    let synced = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await.unwrap().unwrap().unwrap();
+    assert_eq!(synced, None, "synced by the other instance");
 }
 
 async fn two_dispatchers_share_one_outbox_without_doubles(backend: Backend) {

@@ -393,17 +393,39 @@ impl CampaignRunner {
     /// have no menu of their own and see the channel's default (set by the
     /// dispatcher's rich-menu linker); leaving a rule segment unlinks.
     /// One instance at a time (lease [`RICH_MENU_SYNC_LEASE`]): `None` when
-    /// another instance is syncing now.
+    /// another instance is syncing now, or took the sync over.
     pub async fn sync_rich_menus(&self) -> SchedulerResult<Option<u64>> {
         let holder = format!("scheduler-{}", uuid::Uuid::new_v4().simple());
         if !self.hold_lease(RICH_MENU_SYNC_LEASE, &holder).await? {
             return Ok(None);
         }
         let synced = self.sync_rich_menus_holding(&holder).await;
+        if let Ok(Some(_)) = synced {
+            self.store.schedule.set_cursor(RICH_MENU_SYNC_DONE, self.clock.now().timestamp_micros()).await?;
+        }
         if let Err(error) = self.store.leases.release_lease(RICH_MENU_SYNC_LEASE, &holder).await {
             tracing::warn!(%error, "releasing the rich-menu sync lease failed; it expires by itself");
         }
-        synced.map(Some)
+        synced
+    }
+
+    /// The start-up sync: here, unless another instance completes one after
+    /// this start; if that instance dies mid-way, this one takes over once its
+    /// lease expires. Returns the users synced here.
+    pub async fn sync_rich_menus_at_start(&self, stop: &CancellationToken) -> SchedulerResult<Option<u64>> {
+        let started = self.clock.now().timestamp_micros();
+        loop {
+            if let Some(synced) = self.sync_rich_menus().await? {
+                return Ok(Some(synced));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                () = stop.cancelled() => return Ok(None),
+            }
+            if self.store.schedule.get_cursor(RICH_MENU_SYNC_DONE).await?.is_some_and(|done| done > started) {
+                return Ok(None);
+            }
+        }
     }
 
     /// Takes or renews `name` for `holder` for [`LEASE_TERM`].
@@ -412,7 +434,8 @@ impl CampaignRunner {
         Ok(self.store.leases.acquire_lease(name, holder, now, now + LEASE_TERM).await?)
     }
 
-    async fn sync_rich_menus_holding(&self, holder: &str) -> SchedulerResult<u64> {
+    /// `None` when the lease was lost on the way (another instance syncs again).
+    async fn sync_rich_menus_holding(&self, holder: &str) -> SchedulerResult<Option<u64>> {
         let mut total = 0;
         let segments: BTreeSet<String> = self.rich_menus.rules.iter().map(|r| r.segment.clone()).collect();
         for segment in segments {
@@ -424,12 +447,11 @@ impl CampaignRunner {
                 total += page.len() as u64;
                 self.update_rich_menus(&page).await?;
                 if !self.hold_lease(RICH_MENU_SYNC_LEASE, holder).await? {
-                    // Too slow to keep it: another instance took over and syncs again.
-                    return Ok(total);
+                    return Ok(None);
                 }
             }
         }
-        Ok(total)
+        Ok(Some(total))
     }
 
     /// Enqueues event-triggered campaigns for these events. A send time
@@ -702,6 +724,8 @@ impl CampaignRunner {
 
 /// The lease of the start-up rich-menu sync (see [`CampaignRunner::sync_rich_menus`]).
 pub const RICH_MENU_SYNC_LEASE: &str = "rich_menu_sync";
+/// The cursor holding when the last complete rich-menu sync ended (µs).
+const RICH_MENU_SYNC_DONE: &str = "rich_menu_sync_done";
 /// How long a lease lasts unless renewed: a crashed holder's work is taken
 /// over after at most this long.
 const LEASE_TERM: chrono::Duration = chrono::Duration::seconds(30);
