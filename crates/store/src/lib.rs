@@ -3,8 +3,9 @@
 //! events ([`EventStore`]), the webhook inbox ([`WebhookStore`]),
 //! memberships & transitions ([`MembershipStore`], [`MembershipReads`]),
 //! the outbox ([`OutboxStore`], [`OutboxReads`]), LINE requests
-//! ([`RequestStore`]), the scheduler's state ([`ScheduleStore`]) and rich
-//! menus ([`RichMenuStore`]). [`Store`] is all of them at once.
+//! ([`RequestStore`]), the scheduler's state ([`ScheduleStore`]), rich
+//! menus ([`RichMenuStore`]) and re-evaluations a stop left waiting
+//! ([`PendingStore`]). [`Store`] is all of them at once.
 //!
 //! Each area's types and shared SQL are in `<area>.rs`; what differs per
 //! backend is in `sqlite/<area>.rs` and `postgres/<area>.rs`. SQL the
@@ -18,6 +19,7 @@ mod events;
 mod members;
 pub mod membership;
 mod outbox;
+pub mod pending;
 mod postgres;
 mod requests;
 mod rich_menus;
@@ -38,6 +40,7 @@ pub use outbox::{
     CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxReads, OutboxStore,
     PendingDelivery, QueueKey, SkipReason, UserSendFacts,
 };
+pub use pending::{PendingEvaluations, PendingStore, SavedPending};
 pub use postgres::PgStore;
 pub use requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest};
 pub use rich_menus::{RichMenuChange, RichMenuStore};
@@ -121,6 +124,7 @@ trait_sum! {
         + RequestStore
         + ScheduleStore
         + RichMenuStore
+        + PendingStore
         + TestReadsIfEnabled
 }
 
