@@ -5,8 +5,10 @@
 //! campaigns, settings, the one LINE client), binds (port 0 works for tests)
 //! and builds each role's parts, and only then starts the roles' tasks (in
 //! one place, its "roles" section), so a failed build leaves nothing running; `run_until_stopped` serves until Ctrl-C / SIGTERM, then stops
-//! the tasks: the server first (no new work), then the role tasks, then the
-//! segment engine (which finishes the changes already reported).
+//! within `server.shutdown_grace`: the port closes at once and requests in
+//! flight get half the grace to finish while the role tasks stop; then the
+//! segment engine stops and saves the users still waiting (the next start
+//! queues them again). Connections are bounded by `crate::serve`.
 //!
 //! | role | crate | routes | background tasks |
 //! |---|---|---|---|
@@ -17,13 +19,14 @@
 //! | `dispatcher` | `renkei-dispatcher` | – | outbox planner, sender and recorder, rich-menu linker, quota guard |
 
 use crate::config::Config;
+use crate::serve::{ConnectionLimits, ConnectionStats};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use renkei_api::{ApiError, ApiState, IngestMetrics};
+use renkei_api::{ApiError, ApiState, BodyDeadline, IngestMetrics, KeyRateLimits, RateLimit};
 use renkei_campaigns::{CampaignSet, RichMenuRules};
 use renkei_core::{ChangeListener, Clock};
 use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, DispatcherStore, QuotaGuard, RichMenuLinker};
@@ -39,24 +42,163 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How long role tasks get to finish after shutdown is requested.
-const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the database is pinged (and pending webhook events counted) for
+/// `/healthz` and `/metrics`, which answer from the last result.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// A ping slower than this counts as a failure.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// `/healthz` reports unavailable when the last good ping is older than this.
+const HEALTH_STALE: Duration = Duration::from_secs(5);
+/// File descriptors kept for the database pools, logs and files when
+/// `server.max_connections` is derived from the open-file limit.
+const FD_HEADROOM: u64 = 256;
+/// The most connections a derived `server.max_connections` allows.
+const MAX_DERIVED_CONNECTIONS: u64 = 10_000;
 
-/// What the process-wide routes (`/healthz`, `/metrics`) read.
+/// What the process-wide routes (`/healthz`, `/metrics`) read: counters and
+/// the health prober's last results, never the database itself, so they
+/// answer at once however busy the store is.
 #[derive(Clone)]
 struct AppState {
-    store: Arc<dyn Store>,
+    health: Arc<Health>,
     ingest_metrics: Arc<IngestMetrics>,
     segments: usize,
     evaluator: Option<Evaluator>,
-    webhook: bool,
     dispatch_metrics: Arc<DispatchMetrics>,
+    connections: Arc<ConnectionStats>,
+}
+
+/// The last database check, kept by a background task ([`Health::probe`]).
+struct Health {
+    store: Arc<dyn Store>,
+    started: Instant,
+    /// Milliseconds after `started` of the last good ping (`-1`: none yet).
+    last_ok: AtomicI64,
+    ok: AtomicBool,
+    /// Stored LINE webhook events not processed yet (`-1`: unknown, or no webhook role).
+    webhook_pending: AtomicI64,
+    webhook: bool,
+    checks: AtomicU64,
+}
+
+impl Health {
+    fn new(store: Arc<dyn Store>, webhook: bool) -> Self {
+        Self {
+            store,
+            started: Instant::now(),
+            last_ok: AtomicI64::new(-1),
+            ok: AtomicBool::new(false),
+            webhook_pending: AtomicI64::new(-1),
+            webhook,
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// One round: a ping, and the pending webhook count when the webhook role is on.
+    async fn check(&self) {
+        let ok = matches!(tokio::time::timeout(PING_TIMEOUT, self.store.ping()).await, Ok(Ok(())));
+        if ok {
+            self.last_ok.store(self.started.elapsed().as_millis() as i64, Ordering::Relaxed);
+        } else if self.ok.load(Ordering::Relaxed) {
+            tracing::warn!("health check: database unavailable");
+        }
+        self.ok.store(ok, Ordering::Relaxed);
+        if self.webhook {
+            let pending = match tokio::time::timeout(PING_TIMEOUT, self.store.pending_webhook_events()).await {
+                Ok(Ok(pending)) => pending as i64,
+                _ => -1,
+            };
+            self.webhook_pending.store(pending, Ordering::Relaxed);
+        }
+        self.checks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Checks every [`HEALTH_INTERVAL`] until `stop`.
+    async fn probe(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(HEALTH_INTERVAL) => self.check().await,
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Healthy: the last ping succeeded, recently.
+    fn healthy(&self) -> bool {
+        let last = self.last_ok.load(Ordering::Relaxed);
+        let age = self.started.elapsed().as_millis() as i64 - last;
+        self.ok.load(Ordering::Relaxed) && last >= 0 && age <= HEALTH_STALE.as_millis() as i64
+    }
+}
+
+/// The `[server]` settings, checked.
+#[derive(Debug, Clone, Copy)]
+struct ServerSettings {
+    grace: Duration,
+    limits: ConnectionLimits,
+    body_deadline: BodyDeadline,
+    rate: RateLimit,
+}
+
+impl ServerSettings {
+    fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let server = &config.server;
+        let positive = |key: &str, value: renkei_core::SpanDuration| {
+            let seconds = value.seconds();
+            anyhow::ensure!(seconds > 0, "server.{key} must be at least 1s (got {value})");
+            Ok(Duration::from_secs(seconds as u64))
+        };
+        let limits = ConnectionLimits {
+            header_read_timeout: positive("header_read_timeout", server.header_read_timeout)?,
+            idle_timeout: positive("idle_timeout", server.idle_timeout)?,
+            max_connections: connection_cap(server.max_connections),
+        };
+        Ok(Self {
+            grace: positive("shutdown_grace", server.shutdown_grace)?,
+            limits,
+            body_deadline: BodyDeadline(positive("body_read_timeout", server.body_read_timeout)?),
+            rate: RateLimit { per_second: server.rate_limit_per_second, burst: server.rate_limit_burst },
+        })
+    }
+}
+
+/// `server.max_connections`, or (0) the open-file limit less [`FD_HEADROOM`].
+fn connection_cap(configured: usize) -> usize {
+    let files = open_file_limit();
+    let derived =
+        files.map_or(1_024 - FD_HEADROOM, |n| n.saturating_sub(FD_HEADROOM)).clamp(16, MAX_DERIVED_CONNECTIONS);
+    if configured == 0 {
+        tracing::info!(max_connections = derived, open_file_limit = ?files, "server.max_connections derived from the open-file limit");
+        return derived as usize;
+    }
+    if files.is_some_and(|n| configured as u64 + FD_HEADROOM > n) {
+        tracing::warn!(
+            max_connections = configured,
+            open_file_limit = ?files,
+            "server.max_connections leaves fewer than {FD_HEADROOM} file descriptors for the database and files"
+        );
+    }
+    configured
+}
+
+/// The soft RLIMIT_NOFILE, when the platform tells it.
+fn open_file_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 pub struct Application {
@@ -64,14 +206,16 @@ pub struct Application {
     router: Router,
     background: Background,
     dispatcher: Option<Arc<Dispatcher>>,
+    server: ServerSettings,
+    connections: Arc<ConnectionStats>,
 }
 
 /// The background work of the roles switched on, stopped after the server.
 ///
 /// A role's task takes a [`CancellationToken`] (cancelled at shutdown) via
-/// [`Background::spawn`]; shutdown waits for it (up to
-/// [`TASK_STOP_TIMEOUT`]) before stopping the segment engine, so a task may
-/// still report changes while it winds down.
+/// [`Background::spawn`]; shutdown waits for it (until the tasks' deadline)
+/// before stopping the segment engine, so a task may still report changes
+/// while it winds down.
 pub struct Background {
     stop: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
@@ -94,11 +238,13 @@ impl Background {
         self.tasks.push((name, handle));
     }
 
-    /// Stops every task: role tasks, then the webhook worker, then the engine.
-    pub async fn shutdown(self) {
+    /// Stops the role tasks by `deadline` (aborting those still running
+    /// then: their work is safe to redo: claims roll back, leases expire,
+    /// deliveries and requests are unique), then the webhook worker.
+    pub async fn stop_tasks(&mut self, deadline: Instant) {
         self.stop.cancel();
-        for (name, mut handle) in self.tasks {
-            match tokio::time::timeout(TASK_STOP_TIMEOUT, &mut handle).await {
+        for (name, mut handle) in std::mem::take(&mut self.tasks) {
+            match tokio::time::timeout_at(deadline, &mut handle).await {
                 Ok(Ok(())) => tracing::debug!(task = name, "stopped"),
                 Ok(Err(error)) => tracing::error!(task = name, %error, "task failed"),
                 Err(_) => {
@@ -107,14 +253,25 @@ impl Background {
                 }
             }
         }
-        if let Some(worker) = self.webhook_worker {
+        if let Some(worker) = self.webhook_worker.take() {
             // Rows it was handling come back after their lease; handling is idempotent.
             worker.abort();
             tracing::info!("webhook worker stopped");
         }
+    }
+
+    /// Stops the segment engine by `deadline`, saving what is left waiting.
+    pub async fn stop_engine(self, deadline: Instant) {
         if let Some(evaluator) = self.evaluator {
-            evaluator.stop().await;
+            evaluator.stop_by(deadline).await;
         }
+    }
+
+    /// Stops every task, with no deadline: role tasks, the webhook worker, the engine.
+    pub async fn shutdown(mut self) {
+        let far = Instant::now() + Duration::from_secs(86_400);
+        self.stop_tasks(far).await;
+        self.stop_engine(far).await;
     }
 }
 
@@ -262,9 +419,15 @@ impl Roles {
 }
 
 impl Background {
-    /// The evaluator role: the engine's worker and timer, and the start-up recompute.
-    fn start_evaluator(&mut self, engine: Arc<MembershipEngine>) -> Evaluator {
-        let evaluator = Evaluator::start(engine);
+    /// The evaluator role: the engine's worker and timer, the users the last
+    /// stop left waiting, and the start-up recompute.
+    fn start_evaluator(&mut self, engine: Arc<MembershipEngine>, store: &Arc<dyn Store>) -> Evaluator {
+        let pending: Arc<dyn renkei_store::PendingStore> = store.clone();
+        let evaluator = Evaluator::start(engine, pending);
+        self.spawn("saved re-evaluations", {
+            let evaluator = evaluator.clone();
+            move |stop| evaluator.resume_pending(stop)
+        });
         self.spawn("start-up recompute", {
             let evaluator = evaluator.clone();
             move |stop| evaluator.startup_recompute(stop)
@@ -323,6 +486,7 @@ impl Application {
     /// already be migrated; `config.server.bind` may use port 0.
     pub async fn build(config: &Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let resolved = Resolved::from_config(config)?;
+        let server = ServerSettings::from_config(config)?;
         let listener = TcpListener::bind(config.server.bind)
             .await
             .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
@@ -331,7 +495,7 @@ impl Application {
         // ---- roles: every background task starts here, and nothing below can fail ----
         let mut background = Background::new();
         let changes: Arc<dyn ChangeListener> = if config.roles.evaluator {
-            Arc::new(background.start_evaluator(roles.engine.clone()))
+            Arc::new(background.start_evaluator(roles.engine.clone(), &store))
         } else {
             tracing::info!("evaluator role off: segment memberships are kept by another instance");
             Arc::new(renkei_core::NoChangeListener)
@@ -359,15 +523,23 @@ impl Application {
             background.start_scheduler(runner);
         }
 
+        let health = Arc::new(Health::new(store.clone(), config.roles.webhook));
+        health.check().await;
+        background.spawn("health prober", {
+            let health = health.clone();
+            move |stop| health.probe(stop)
+        });
+
         // ---- routes ----
         let ingest_metrics = Arc::new(IngestMetrics::default());
+        let connections = Arc::new(ConnectionStats::new(server.limits.max_connections));
         let app_state = AppState {
-            store: store.clone(),
+            health,
             ingest_metrics: ingest_metrics.clone(),
             segments: resolved.segments.len(),
             evaluator: background.evaluator.clone(),
-            webhook: config.roles.webhook,
             dispatch_metrics: roles.metrics,
+            connections: connections.clone(),
         };
         let mut router =
             Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(app_state);
@@ -384,6 +556,7 @@ impl Application {
                 engine: roles.engine,
                 campaigns: resolved.campaigns,
                 api_keys: resolved.api_keys,
+                key_limits: Arc::new(KeyRateLimits::new(Some(server.rate))),
             };
             router = router.merge(renkei_api::router(state, renkei_webhook::api_router(webhook_state)));
         }
@@ -391,8 +564,9 @@ impl Application {
             .fallback(|| async { ApiError::not_found("no such route") })
             .method_not_allowed_fallback(renkei_api::head::method_not_allowed)
             .layer(axum::middleware::from_fn(renkei_api::head::limit_head))
+            .layer(axum::middleware::from_fn_with_state(server.body_deadline, renkei_api::limits::limit_body_time))
             .layer(tower_http::trace::TraceLayer::new_for_http());
-        Ok(Self { listener, router, background, dispatcher })
+        Ok(Self { listener, router, background, dispatcher, server, connections })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -415,11 +589,35 @@ impl Application {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `stop` resolves (tests and the demo), then stops the background tasks.
+    /// Serves until `stop` resolves (tests and the demo), then stops within
+    /// `server.shutdown_grace`: the listener closes, requests in flight get
+    /// half the grace to finish while the role tasks stop, then the segment
+    /// engine stops (its worker by three quarters of the grace) and saves
+    /// what is left waiting.
     pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(stop).await;
-        self.background.shutdown().await;
-        served
+        let Self { listener, router, mut background, server, connections, .. } = self;
+        let stopping = CancellationToken::new();
+        tokio::spawn({
+            let stopping = stopping.clone();
+            async move {
+                stop.await;
+                stopping.cancel();
+            }
+        });
+        let half = server.grace / 2;
+        let serving =
+            crate::serve::serve(listener, router, server.limits, connections, stopping.clone().cancelled_owned(), half);
+        let stopping_tasks = async {
+            stopping.cancelled().await;
+            let started = Instant::now();
+            tracing::info!(grace = ?server.grace, "stopping: finishing requests in flight and the roles' tasks");
+            background.stop_tasks(started + half).await;
+            started
+        };
+        let ((), started) = tokio::join!(serving, stopping_tasks);
+        background.stop_engine(started + server.grace).await;
+        tracing::info!(took = ?started.elapsed(), "stopped");
+        Ok(())
     }
 }
 
@@ -445,16 +643,16 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Liveness and database reachability, from the prober's last ping (at
+/// most [`HEALTH_INTERVAL`] old): no query of its own, so it never waits
+/// behind the database.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.store.ping().await {
-        Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok", "database": state.store.backend()}))),
-        Err(e) => {
-            tracing::warn!(error = %e, "health check: database unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(serde_json::json!({"status": "unavailable", "database": state.store.backend()})),
-            )
-        }
+    let health = &state.health;
+    let backend = health.store.backend();
+    if health.healthy() {
+        (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok", "database": backend})))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "unavailable", "database": backend})))
     }
 }
 
@@ -471,18 +669,25 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         evaluator.render_metrics(&mut out);
     }
     state.dispatch_metrics.render(&mut out);
-    if state.webhook {
-        // A cheap count (partial index); left out when the store is unreachable.
-        match state.store.pending_webhook_events().await {
-            Ok(pending) => {
-                let name = "renkei_webhook_events_pending";
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} Stored LINE webhook events not processed yet.\n# TYPE {name} gauge\n{name} {pending}"
-                );
-            }
-            Err(error) => tracing::warn!(%error, "metrics: cannot count pending webhook events"),
-        }
+    // Counted by the health prober (a partial index); left out when unknown.
+    let pending = state.health.webhook_pending.load(Ordering::Relaxed);
+    if pending >= 0 {
+        let name = "renkei_webhook_events_pending";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Stored LINE webhook events not processed yet.\n# TYPE {name} gauge\n{name} {pending}"
+        );
+    }
+    let rows = [
+        ("renkei_http_connections_open", "HTTP connections open now.", state.connections.open()),
+        (
+            "renkei_http_connections_max",
+            "HTTP connections open at most (server.max_connections).",
+            state.connections.max(),
+        ),
+    ];
+    for (name, help, value) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

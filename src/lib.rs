@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod preview;
 pub mod progress;
+pub mod serve;
 pub mod telemetry;
 
 /// An HTTP client for renkei's own calls (demo, bench, tests). reqwest is
