@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +75,8 @@ struct Activity {
     idle_since: AtomicU64,
     /// The first byte read while no request was in flight (a request's head arriving).
     head_started: AtomicU64,
+    /// Wakes the watchdog when its deadline may have moved.
+    changed: Notify,
 }
 
 impl Activity {
@@ -84,6 +86,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NONE),
+            changed: Notify::new(),
         }
     }
 
@@ -94,7 +97,9 @@ impl Activity {
     fn read_some(&self) {
         if self.in_flight.load(Ordering::Acquire) == 0 {
             let now = self.now();
-            let _ = self.head_started.compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Acquire);
+            if self.head_started.compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                self.changed.notify_one();
+            }
         }
     }
 
@@ -107,6 +112,7 @@ impl Activity {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle_since.store(self.now().max(1), Ordering::Release);
             self.head_started.store(NONE, Ordering::Release);
+            self.changed.notify_one();
         }
     }
 
@@ -278,14 +284,12 @@ async fn serve_connection(
                     tokio::time::sleep_until(at).await;
                     why
                 }
-                // Re-checked when the request in flight finishes (at the latest a moment later).
-                None => {
-                    tokio::time::sleep(limits.idle_timeout.min(Duration::from_secs(1))).await;
-                    Expiry::Idle
-                }
+                // Re-checked when the request in flight finishes.
+                None => std::future::pending().await,
             }
         };
         tokio::select! {
+            () = activity.changed.notified() => {}
             served = connection.as_mut() => {
                 if let Err(error) = served {
                     tracing::debug!(%error, "connection ended with an error");
