@@ -266,13 +266,6 @@ impl Background {
             evaluator.stop_by(deadline).await;
         }
     }
-
-    /// Stops every task, with no deadline: role tasks, the webhook worker, the engine.
-    pub async fn shutdown(mut self) {
-        let far = Instant::now() + Duration::from_secs(86_400);
-        self.stop_tasks(far).await;
-        self.stop_engine(far).await;
-    }
 }
 
 /// Loads every segment file, or fails with one `file:line:col: message` line per problem.

@@ -45,17 +45,19 @@ pub struct ConnectionLimits {
 /// Open connections, for `/metrics`.
 #[derive(Debug)]
 pub struct ConnectionStats {
+    /// One permit per connection that may open.
     slots: Arc<Semaphore>,
     max: usize,
+    open: AtomicUsize,
 }
 
 impl ConnectionStats {
     pub fn new(max: usize) -> Self {
-        Self { slots: Arc::new(Semaphore::new(max)), max }
+        Self { slots: Arc::new(Semaphore::new(max)), max, open: AtomicUsize::new(0) }
     }
 
     pub fn open(&self) -> usize {
-        self.max.saturating_sub(self.slots.available_permits())
+        self.open.load(Ordering::Relaxed)
     }
 
     pub fn max(&self) -> usize {
@@ -224,8 +226,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let connection = serve_connection(stream, router.clone(), builder.clone(), limits, draining.clone());
+        let stats = stats.clone();
+        stats.open.fetch_add(1, Ordering::Relaxed);
         connections.spawn(async move {
             connection.await;
+            stats.open.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
     }
