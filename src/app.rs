@@ -19,14 +19,15 @@
 //! | `dispatcher` | `renkei-dispatcher` | – | outbox planner, sender and recorder, rich-menu linker, quota guard |
 
 use crate::config::Config;
-use crate::serve::{ConnectionLimits, ConnectionStats};
+use crate::health::Health;
+use crate::serve::{ConnectionStats, ServerSettings};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use renkei_api::{ApiError, ApiState, BodyDeadline, IngestMetrics, KeyRateLimits, RateLimit};
+use renkei_api::{ApiError, ApiState, IngestMetrics, KeyRateLimits};
 use renkei_campaigns::{CampaignSet, RichMenuRules};
 use renkei_core::{ChangeListener, Clock};
 use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, DispatcherStore, QuotaGuard, RichMenuLinker};
@@ -42,26 +43,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// How often the database is pinged (and pending webhook events counted) for
-/// `/healthz` and `/metrics`, which answer from the last result.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-/// A ping slower than this counts as a failure.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
-/// `/healthz` reports unavailable when the last good ping is older than this.
-const HEALTH_STALE: Duration = Duration::from_secs(5);
-/// File descriptors kept for the database pools, logs and files when
-/// `server.max_connections` is derived from the open-file limit.
-const FD_HEADROOM: u64 = 256;
-/// The most connections a derived `server.max_connections` allows.
-const MAX_DERIVED_CONNECTIONS: u64 = 10_000;
 
 /// What the process-wide routes (`/healthz`, `/metrics`) read: counters and
 /// the health prober's last results, never the database itself, so they
@@ -74,131 +62,6 @@ struct AppState {
     evaluator: Option<Evaluator>,
     dispatch_metrics: Arc<DispatchMetrics>,
     connections: Arc<ConnectionStats>,
-}
-
-/// The last database check, kept by a background task ([`Health::probe`]).
-struct Health {
-    store: Arc<dyn Store>,
-    started: Instant,
-    /// Milliseconds after `started` of the last good ping (`-1`: none yet).
-    last_ok: AtomicI64,
-    ok: AtomicBool,
-    /// Stored LINE webhook events not processed yet (`-1`: unknown, or no webhook role).
-    webhook_pending: AtomicI64,
-    webhook: bool,
-    checks: AtomicU64,
-}
-
-impl Health {
-    fn new(store: Arc<dyn Store>, webhook: bool) -> Self {
-        Self {
-            store,
-            started: Instant::now(),
-            last_ok: AtomicI64::new(-1),
-            ok: AtomicBool::new(false),
-            webhook_pending: AtomicI64::new(-1),
-            webhook,
-            checks: AtomicU64::new(0),
-        }
-    }
-
-    /// One round: a ping, and the pending webhook count when the webhook role is on.
-    async fn check(&self) {
-        let ok = matches!(tokio::time::timeout(PING_TIMEOUT, self.store.ping()).await, Ok(Ok(())));
-        if ok {
-            self.last_ok.store(self.started.elapsed().as_millis() as i64, Ordering::Relaxed);
-        } else if self.ok.load(Ordering::Relaxed) {
-            tracing::warn!("health check: database unavailable");
-        }
-        self.ok.store(ok, Ordering::Relaxed);
-        if self.webhook {
-            let pending = match tokio::time::timeout(PING_TIMEOUT, self.store.pending_webhook_events()).await {
-                Ok(Ok(pending)) => pending as i64,
-                _ => -1,
-            };
-            self.webhook_pending.store(pending, Ordering::Relaxed);
-        }
-        self.checks.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Checks every [`HEALTH_INTERVAL`] until `stop`.
-    async fn probe(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(HEALTH_INTERVAL) => self.check().await,
-                () = stop.cancelled() => return,
-            }
-        }
-    }
-
-    /// Healthy: the last ping succeeded, recently.
-    fn healthy(&self) -> bool {
-        let last = self.last_ok.load(Ordering::Relaxed);
-        let age = self.started.elapsed().as_millis() as i64 - last;
-        self.ok.load(Ordering::Relaxed) && last >= 0 && age <= HEALTH_STALE.as_millis() as i64
-    }
-}
-
-/// The `[server]` settings, checked.
-#[derive(Debug, Clone, Copy)]
-struct ServerSettings {
-    grace: Duration,
-    limits: ConnectionLimits,
-    body_deadline: BodyDeadline,
-    rate: RateLimit,
-}
-
-impl ServerSettings {
-    fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let server = &config.server;
-        let positive = |key: &str, value: renkei_core::SpanDuration| {
-            let seconds = value.seconds();
-            anyhow::ensure!(seconds > 0, "server.{key} must be at least 1s (got {value})");
-            Ok(Duration::from_secs(seconds as u64))
-        };
-        let limits = ConnectionLimits {
-            header_read_timeout: positive("header_read_timeout", server.header_read_timeout)?,
-            idle_timeout: positive("idle_timeout", server.idle_timeout)?,
-            max_connections: connection_cap(server.max_connections),
-        };
-        Ok(Self {
-            grace: positive("shutdown_grace", server.shutdown_grace)?,
-            limits,
-            body_deadline: BodyDeadline(positive("body_read_timeout", server.body_read_timeout)?),
-            rate: RateLimit { per_second: server.rate_limit_per_second, burst: server.rate_limit_burst },
-        })
-    }
-}
-
-/// `server.max_connections`, or (0) the open-file limit less [`FD_HEADROOM`].
-fn connection_cap(configured: usize) -> usize {
-    let files = open_file_limit();
-    let derived =
-        files.map_or(1_024 - FD_HEADROOM, |n| n.saturating_sub(FD_HEADROOM)).clamp(16, MAX_DERIVED_CONNECTIONS);
-    if configured == 0 {
-        tracing::info!(max_connections = derived, open_file_limit = ?files, "server.max_connections derived from the open-file limit");
-        return derived as usize;
-    }
-    if files.is_some_and(|n| configured as u64 + FD_HEADROOM > n) {
-        tracing::warn!(
-            max_connections = configured,
-            open_file_limit = ?files,
-            "server.max_connections leaves fewer than {FD_HEADROOM} file descriptors for the database and files"
-        );
-    }
-    configured
-}
-
-/// The soft RLIMIT_NOFILE, when the platform tells it.
-fn open_file_limit() -> Option<u64> {
-    #[cfg(unix)]
-    {
-        rustix::process::getrlimit(rustix::process::Resource::Nofile).current
-    }
-    #[cfg(not(unix))]
-    {
-        None
-    }
 }
 
 pub struct Application {
@@ -637,7 +500,7 @@ async fn shutdown_signal() {
 }
 
 /// Liveness and database reachability, from the prober's last ping (at
-/// most [`HEALTH_INTERVAL`] old): no query of its own, so it never waits
+/// most [`crate::health::HEALTH_INTERVAL`] old): no query of its own, so it never waits
 /// behind the database.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let health = &state.health;

@@ -15,10 +15,12 @@
 //!
 //! (A request body's own deadline is `renkei_api::limits`'s middleware.)
 
+use crate::config::Config;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
+use renkei_api::{BodyDeadline, RateLimit};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -40,6 +42,74 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+}
+
+/// File descriptors kept for the database pools, logs and files when
+/// `server.max_connections` is derived from the open-file limit.
+const FD_HEADROOM: u64 = 256;
+/// The most connections a derived `server.max_connections` allows.
+const MAX_DERIVED_CONNECTIONS: u64 = 10_000;
+
+/// The `[server]` settings, checked.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerSettings {
+    pub grace: Duration,
+    pub limits: ConnectionLimits,
+    pub body_deadline: BodyDeadline,
+    pub rate: RateLimit,
+}
+
+impl ServerSettings {
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let server = &config.server;
+        let positive = |key: &str, value: renkei_core::SpanDuration| {
+            let seconds = value.seconds();
+            anyhow::ensure!(seconds > 0, "server.{key} must be at least 1s (got {value})");
+            Ok(Duration::from_secs(seconds as u64))
+        };
+        let limits = ConnectionLimits {
+            header_read_timeout: positive("header_read_timeout", server.header_read_timeout)?,
+            idle_timeout: positive("idle_timeout", server.idle_timeout)?,
+            max_connections: connection_cap(server.max_connections),
+        };
+        Ok(Self {
+            grace: positive("shutdown_grace", server.shutdown_grace)?,
+            limits,
+            body_deadline: BodyDeadline(positive("body_read_timeout", server.body_read_timeout)?),
+            rate: RateLimit { per_second: server.rate_limit_per_second, burst: server.rate_limit_burst },
+        })
+    }
+}
+
+/// `server.max_connections`, or (0) the open-file limit less [`FD_HEADROOM`].
+fn connection_cap(configured: usize) -> usize {
+    let files = open_file_limit();
+    let derived =
+        files.map_or(1_024 - FD_HEADROOM, |n| n.saturating_sub(FD_HEADROOM)).clamp(16, MAX_DERIVED_CONNECTIONS);
+    if configured == 0 {
+        tracing::info!(max_connections = derived, open_file_limit = ?files, "server.max_connections derived from the open-file limit");
+        return derived as usize;
+    }
+    if files.is_some_and(|n| configured as u64 + FD_HEADROOM > n) {
+        tracing::warn!(
+            max_connections = configured,
+            open_file_limit = ?files,
+            "server.max_connections leaves fewer than {FD_HEADROOM} file descriptors for the database and files"
+        );
+    }
+    configured
+}
+
+/// The soft RLIMIT_NOFILE, when the platform tells it.
+fn open_file_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 /// Open connections, for `/metrics`.
