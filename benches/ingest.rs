@@ -6,6 +6,10 @@
 //!
 //! (RENKEI_TEST_POSTGRES_URL works too; RENKEI_BENCH_EVENTS sets the count,
 //! default 300,000; RENKEI_BENCH_CONCURRENCY the parallel requests, default 4.)
+//!
+//! While each backend ingests, a probe GETs `/healthz` and `/metrics` every
+//! 20 ms and prints their latency (p50, p99, max; the target is ≤ 100 ms
+//! under full ingest load).
 
 use bytes::Bytes;
 use renkei::app::Application;
@@ -56,6 +60,8 @@ async fn spawn(store: Arc<dyn Store>, url: &str) -> (String, tokio::sync::onesho
     // The shipped campaigns use `track`.
     config.server.link_keys = vec![Secret::from("bench-link-key-0123456789abcdef0123456")];
     config.database.url = url.to_string();
+    // Full load from one key: no rate limit.
+    config.server.rate_limit_per_second = 0;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = Application::build(&config, store, clock).await.expect("app");
     let base = format!("http://{}", app.local_addr());
@@ -64,6 +70,42 @@ async fn spawn(store: Arc<dyn Store>, url: &str) -> (String, tokio::sync::onesho
         let _ = stopped.await;
     }));
     (base, stop)
+}
+
+/// GETs `/healthz` and `/metrics` every 20 ms until `done`; prints their latency.
+async fn probe(base: String, done: Arc<std::sync::atomic::AtomicBool>, label: &'static str) {
+    let http = renkei::http_client();
+    let mut latencies = Vec::new();
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        for path in ["/healthz", "/metrics"] {
+            let sent = Instant::now();
+            let response = http.get(format!("{base}{path}")).send().await.expect("probe");
+            assert_eq!(response.status(), 200, "{path}");
+            let _ = response.bytes().await.expect("probe body");
+            latencies.push(sent.elapsed());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    latencies.sort();
+    if let (Some(max), false) = (latencies.last(), latencies.is_empty()) {
+        let at = |q: usize| latencies[(latencies.len() * q / 100).min(latencies.len() - 1)];
+        println!(
+            "{label} /healthz and /metrics under that load: {} probes, p50 {:.1?}, p99 {:.1?}, max {max:.1?} (target ≤ 100 ms)",
+            latencies.len(),
+            at(50),
+            at(99)
+        );
+    }
+}
+
+/// As [`post_all`], with [`probe`] running meanwhile.
+async fn post_all_probed(base: &str, bodies: &[Bytes], concurrency: usize, events: usize, label: &'static str) -> f64 {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = tokio::spawn(probe(base.to_string(), done.clone(), label));
+    let rate = post_all(base, bodies, concurrency, events).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    prober.await.expect("prober");
+    rate
 }
 
 /// Sends every body with `concurrency` requests in flight; returns events/s.
@@ -171,7 +213,7 @@ fn main() {
 
         let sqlite = test_support::sqlite().await.expect("sqlite");
         let (base, stop) = spawn(sqlite.store.clone(), &sqlite.url).await;
-        let sqlite_rate = post_all(&base, &bodies, concurrency, count).await;
+        let sqlite_rate = post_all_probed(&base, &bodies, concurrency, count, "SQLite").await;
         let _ = stop.send(());
         assert_eq!(sqlite.store.counts().await.expect("counts").events as usize, count);
         println!("SQLite     POST /v1/events: {sqlite_rate:>10.0} events/s");
@@ -188,7 +230,7 @@ fn main() {
         let store: Arc<dyn Store> = Arc::new(renkei_store::PgStore::connect(&url).await.expect("connect"));
         store.migrate().await.expect("migrate");
         let (base, stop) = spawn(store.clone(), &url).await;
-        let pg_rate = post_all(&base, &bodies, concurrency, count).await;
+        let pg_rate = post_all_probed(&base, &bodies, concurrency, count, "PostgreSQL").await;
         let _ = stop.send(());
         assert_eq!(store.counts().await.expect("counts").events as usize, count);
         println!("PostgreSQL POST /v1/events: {pg_rate:>10.0} events/s");

@@ -5,8 +5,10 @@
 //! campaigns, settings, the one LINE client), binds (port 0 works for tests)
 //! and builds each role's parts, and only then starts the roles' tasks (in
 //! one place, its "roles" section), so a failed build leaves nothing running; `run_until_stopped` serves until Ctrl-C / SIGTERM, then stops
-//! the tasks: the server first (no new work), then the role tasks, then the
-//! segment engine (which finishes the changes already reported).
+//! within `server.shutdown_grace`: the port closes at once and requests in
+//! flight get half the grace to finish while the role tasks stop; then the
+//! segment engine stops and saves the users still waiting (the next start
+//! queues them again). Connections are bounded by `crate::serve`.
 //!
 //! | role | crate | routes | background tasks |
 //! |---|---|---|---|
@@ -17,13 +19,15 @@
 //! | `dispatcher` | `renkei-dispatcher` | – | outbox planner, sender and recorder, rich-menu linker, quota guard |
 
 use crate::config::Config;
+use crate::health::Health;
+use crate::serve::{ConnectionStats, ServerSettings};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use renkei_api::{ApiError, ApiState, IngestMetrics};
+use renkei_api::{ApiError, ApiState, IngestMetrics, KeyRateLimits};
 use renkei_campaigns::{CampaignSet, RichMenuRules};
 use renkei_core::{ChangeListener, Clock};
 use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, DispatcherStore, QuotaGuard, RichMenuLinker};
@@ -39,24 +43,25 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How long role tasks get to finish after shutdown is requested.
-const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What the process-wide routes (`/healthz`, `/metrics`) read.
+/// What the process-wide routes (`/healthz`, `/metrics`) read: counters and
+/// the health prober's last results, never the database itself, so they
+/// answer at once however busy the store is.
 #[derive(Clone)]
 struct AppState {
-    store: Arc<dyn Store>,
+    health: Arc<Health>,
     ingest_metrics: Arc<IngestMetrics>,
     segments: usize,
     evaluator: Option<Evaluator>,
-    webhook: bool,
     dispatch_metrics: Arc<DispatchMetrics>,
+    connections: Arc<ConnectionStats>,
 }
 
 pub struct Application {
@@ -64,14 +69,16 @@ pub struct Application {
     router: Router,
     background: Background,
     dispatcher: Option<Arc<Dispatcher>>,
+    server: ServerSettings,
+    connections: Arc<ConnectionStats>,
 }
 
 /// The background work of the roles switched on, stopped after the server.
 ///
 /// A role's task takes a [`CancellationToken`] (cancelled at shutdown) via
-/// [`Background::spawn`]; shutdown waits for it (up to
-/// [`TASK_STOP_TIMEOUT`]) before stopping the segment engine, so a task may
-/// still report changes while it winds down.
+/// [`Background::spawn`]; shutdown waits for it (until the tasks' deadline)
+/// before stopping the segment engine, so a task may still report changes
+/// while it winds down.
 pub struct Background {
     stop: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
@@ -94,11 +101,13 @@ impl Background {
         self.tasks.push((name, handle));
     }
 
-    /// Stops every task: role tasks, then the webhook worker, then the engine.
-    pub async fn shutdown(self) {
+    /// Stops the role tasks by `deadline` (aborting those still running
+    /// then: their work is safe to redo: claims roll back, leases expire,
+    /// deliveries and requests are unique), then the webhook worker.
+    pub async fn stop_tasks(&mut self, deadline: Instant) {
         self.stop.cancel();
-        for (name, mut handle) in self.tasks {
-            match tokio::time::timeout(TASK_STOP_TIMEOUT, &mut handle).await {
+        for (name, mut handle) in std::mem::take(&mut self.tasks) {
+            match tokio::time::timeout_at(deadline, &mut handle).await {
                 Ok(Ok(())) => tracing::debug!(task = name, "stopped"),
                 Ok(Err(error)) => tracing::error!(task = name, %error, "task failed"),
                 Err(_) => {
@@ -107,13 +116,17 @@ impl Background {
                 }
             }
         }
-        if let Some(worker) = self.webhook_worker {
+        if let Some(worker) = self.webhook_worker.take() {
             // Rows it was handling come back after their lease; handling is idempotent.
             worker.abort();
             tracing::info!("webhook worker stopped");
         }
+    }
+
+    /// Stops the segment engine by `deadline`, saving what is left waiting.
+    pub async fn stop_engine(self, deadline: Instant) {
         if let Some(evaluator) = self.evaluator {
-            evaluator.stop().await;
+            evaluator.stop_by(deadline).await;
         }
     }
 }
@@ -265,9 +278,15 @@ impl Roles {
 }
 
 impl Background {
-    /// The evaluator role: the engine's worker and timer, and the start-up recompute.
-    fn start_evaluator(&mut self, engine: Arc<MembershipEngine>) -> Evaluator {
-        let evaluator = Evaluator::start(engine);
+    /// The evaluator role: the engine's worker and timer, the users the last
+    /// stop left waiting, and the start-up recompute.
+    fn start_evaluator(&mut self, engine: Arc<MembershipEngine>, store: &Arc<dyn Store>) -> Evaluator {
+        let pending: Arc<dyn renkei_store::PendingStore> = store.clone();
+        let evaluator = Evaluator::start(engine, pending);
+        self.spawn("saved re-evaluations", {
+            let evaluator = evaluator.clone();
+            move |stop| evaluator.resume_pending(stop)
+        });
         self.spawn("start-up recompute", {
             let evaluator = evaluator.clone();
             move |stop| evaluator.startup_recompute(stop)
@@ -327,6 +346,7 @@ impl Application {
     /// already be migrated; `config.server.bind` may use port 0.
     pub async fn build(config: &Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let resolved = Resolved::from_config(config)?;
+        let server = ServerSettings::from_config(config)?;
         let listener = TcpListener::bind(config.server.bind)
             .await
             .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
@@ -335,7 +355,7 @@ impl Application {
         // ---- roles: every background task starts here, and nothing below can fail ----
         let mut background = Background::new();
         let changes: Arc<dyn ChangeListener> = if config.roles.evaluator {
-            Arc::new(background.start_evaluator(roles.engine.clone()))
+            Arc::new(background.start_evaluator(roles.engine.clone(), &store))
         } else {
             tracing::info!("evaluator role off: segment memberships are kept by another instance");
             Arc::new(renkei_core::NoChangeListener)
@@ -363,15 +383,23 @@ impl Application {
             background.start_scheduler(runner);
         }
 
+        let health = Arc::new(Health::new(store.clone(), config.roles.webhook));
+        health.check().await;
+        background.spawn("health prober", {
+            let health = health.clone();
+            move |stop| health.probe(stop)
+        });
+
         // ---- routes ----
         let ingest_metrics = Arc::new(IngestMetrics::default());
+        let connections = Arc::new(ConnectionStats::new(server.limits.max_connections));
         let app_state = AppState {
-            store: store.clone(),
+            health,
             ingest_metrics: ingest_metrics.clone(),
             segments: resolved.segments.len(),
             evaluator: background.evaluator.clone(),
-            webhook: config.roles.webhook,
             dispatch_metrics: roles.metrics,
+            connections: connections.clone(),
         };
         let mut router =
             Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(app_state);
@@ -388,6 +416,7 @@ impl Application {
                 engine: roles.engine,
                 campaigns: resolved.campaigns,
                 api_keys: resolved.api_keys,
+                key_limits: Arc::new(KeyRateLimits::new(Some(server.rate))),
             };
             router = router.merge(renkei_api::router(state, renkei_webhook::api_router(webhook_state)));
         }
@@ -395,8 +424,9 @@ impl Application {
             .fallback(|| async { ApiError::not_found("no such route") })
             .method_not_allowed_fallback(renkei_api::head::method_not_allowed)
             .layer(axum::middleware::from_fn(renkei_api::head::limit_head))
+            .layer(axum::middleware::from_fn_with_state(server.body_deadline, renkei_api::limits::limit_body_time))
             .layer(tower_http::trace::TraceLayer::new_for_http());
-        Ok(Self { listener, router, background, dispatcher })
+        Ok(Self { listener, router, background, dispatcher, server, connections })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -419,11 +449,35 @@ impl Application {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `stop` resolves (tests and the demo), then stops the background tasks.
+    /// Serves until `stop` resolves (tests and the demo), then stops within
+    /// `server.shutdown_grace`: the listener closes, requests in flight get
+    /// half the grace to finish while the role tasks stop, then the segment
+    /// engine stops (its worker by three quarters of the grace) and saves
+    /// what is left waiting.
     pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(stop).await;
-        self.background.shutdown().await;
-        served
+        let Self { listener, router, mut background, server, connections, .. } = self;
+        let stopping = CancellationToken::new();
+        tokio::spawn({
+            let stopping = stopping.clone();
+            async move {
+                stop.await;
+                stopping.cancel();
+            }
+        });
+        let half = server.grace / 2;
+        let serving =
+            crate::serve::serve(listener, router, server.limits, connections, stopping.clone().cancelled_owned(), half);
+        let stopping_tasks = async {
+            stopping.cancelled().await;
+            let started = Instant::now();
+            tracing::info!(grace = ?server.grace, "stopping: finishing requests in flight and the roles' tasks");
+            background.stop_tasks(started + half).await;
+            started
+        };
+        let ((), started) = tokio::join!(serving, stopping_tasks);
+        background.stop_engine(started + server.grace).await;
+        tracing::info!(took = ?started.elapsed(), "stopped");
+        Ok(())
     }
 }
 
@@ -449,16 +503,16 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Liveness and database reachability, from the prober's last ping (at
+/// most [`crate::health::HEALTH_INTERVAL`] old): no query of its own, so it never waits
+/// behind the database.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.store.ping().await {
-        Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok", "database": state.store.backend()}))),
-        Err(e) => {
-            tracing::warn!(error = %e, "health check: database unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(serde_json::json!({"status": "unavailable", "database": state.store.backend()})),
-            )
-        }
+    let health = &state.health;
+    let backend = health.store.backend();
+    if health.healthy() {
+        (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok", "database": backend})))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "unavailable", "database": backend})))
     }
 }
 
@@ -475,18 +529,25 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         evaluator.render_metrics(&mut out);
     }
     state.dispatch_metrics.render(&mut out);
-    if state.webhook {
-        // A cheap count (partial index); left out when the store is unreachable.
-        match state.store.pending_webhook_events().await {
-            Ok(pending) => {
-                let name = "renkei_webhook_events_pending";
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} Stored LINE webhook events not processed yet.\n# TYPE {name} gauge\n{name} {pending}"
-                );
-            }
-            Err(error) => tracing::warn!(%error, "metrics: cannot count pending webhook events"),
-        }
+    // Counted by the health prober (a partial index); left out when unknown.
+    let pending = state.health.webhook_pending.load(Ordering::Relaxed);
+    if pending >= 0 {
+        let name = "renkei_webhook_events_pending";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Stored LINE webhook events not processed yet.\n# TYPE {name} gauge\n{name} {pending}"
+        );
+    }
+    let rows = [
+        ("renkei_http_connections_open", "HTTP connections open now.", state.connections.open()),
+        (
+            "renkei_http_connections_max",
+            "HTTP connections open at most (server.max_connections).",
+            state.connections.max(),
+        ),
+    ];
+    for (name, help, value) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -119,6 +119,17 @@ pub struct ServerConfig {
     /// Tracked-link keys: the first seals, all open.
     pub link_keys: Vec<Secret>,
     pub public_base_url: String,
+    /// After SIGTERM: the most time to finish requests, stop the roles and save the engine's queue.
+    pub shutdown_grace: renkei_core::SpanDuration,
+    pub header_read_timeout: renkei_core::SpanDuration,
+    pub body_read_timeout: renkei_core::SpanDuration,
+    pub idle_timeout: renkei_core::SpanDuration,
+    /// 0: derived from the open-file limit.
+    pub max_connections: usize,
+    /// Requests per second per API key on `/v1/*` (0 = no limit).
+    pub rate_limit_per_second: u32,
+    /// Requests one key may send at once above its rate.
+    pub rate_limit_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -6,8 +6,10 @@ pub mod campaigns;
 pub mod cli;
 pub mod config;
 pub mod demo;
+mod health;
 pub mod preview;
 pub mod progress;
+pub mod serve;
 pub mod telemetry;
 
 /// An HTTP client for renkei's own calls (demo, bench, tests). reqwest is

@@ -28,9 +28,9 @@ const KILL_AFTER: u64 = 1_500;
 /// …and the kill only proves something if fewer than this were.
 const KILL_BEFORE: u64 = 8_000;
 
-/// One crash test at a time: each drives a server at LINE's full push rate,
+/// One crash test (or SIGTERM test, `server.rs`) at a time: each drives a server at LINE's full push rate,
 /// and the kill point must not drift because two compete for 2 cores.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_campaign_then_restart_accepts_each_recipient_exactly_once_sqlite() {
@@ -55,13 +55,13 @@ fn user(i: usize) -> String {
 
 /// A `renkei serve` child process, killed (SIGKILL) when dropped so a failing
 /// test never leaves a server behind.
-struct Server {
-    child: Option<Child>,
+pub(crate) struct Server {
+    pub(crate) child: Option<Child>,
     log: PathBuf,
 }
 
 impl Server {
-    fn start(config: &Path, log: PathBuf) -> Self {
+    pub(crate) fn start(config: &Path, log: PathBuf) -> Self {
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = renkei_command(config)
@@ -85,7 +85,7 @@ impl Server {
     }
 
     /// Fails with the server's log when it has exited on its own.
-    fn assert_running(&mut self) {
+    pub(crate) fn assert_running(&mut self) {
         if let Some(child) = self.child.as_mut()
             && let Ok(Some(status)) = child.try_wait()
         {
@@ -93,7 +93,7 @@ impl Server {
         }
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
@@ -109,7 +109,7 @@ impl Drop for Server {
     }
 }
 
-fn renkei_command(config: &Path) -> Command {
+pub(crate) fn renkei_command(config: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_renkei"));
     command.arg("--config").arg(config).current_dir(config.parent().expect("config dir"));
     command
@@ -175,13 +175,18 @@ level = "info"
     config
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     listener.local_addr().expect("addr").port()
 }
 
 /// Polls `check` every 10 ms until it returns `Some`, failing after `limit`.
-async fn wait_for<T>(what: &str, limit: Duration, server: &mut Server, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    server: &mut Server,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(value) = check().await {

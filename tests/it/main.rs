@@ -11,4 +11,6 @@ mod cli_segments;
 mod common;
 mod config;
 mod crash;
+mod limits;
 mod segments;
+mod shutdown;

@@ -1,7 +1,9 @@
 //! Bearer-key auth for every `/v1` route: `Authorization: Bearer <key>`
-//! checked against `server.api_keys` in constant time.
+//! checked against `server.api_keys` in constant time, then the key's rate
+//! limit (`server.rate_limit_per_second`, [`KeyRateLimits`]).
 
 use crate::error::ApiError;
+use crate::limits::KeyRateLimits;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -10,19 +12,34 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-/// Wraps every route of `router` in the `server.api_keys` check. Unmatched
-/// paths are left to the application's fallback (a JSON 404).
-pub fn require_api_key(router: Router, api_keys: Arc<Vec<String>>) -> Router {
-    router.route_layer(middleware::from_fn_with_state(api_keys, check))
+/// The keys and their rate limits.
+#[derive(Clone)]
+struct Keys {
+    keys: Arc<Vec<String>>,
+    limits: Arc<KeyRateLimits>,
+}
+
+/// Wraps every route of `router` in the `server.api_keys` check and each
+/// key's rate limit. Unmatched paths are left to the application's fallback
+/// (a JSON 404).
+pub fn require_api_key(router: Router, api_keys: Arc<Vec<String>>, limits: Arc<KeyRateLimits>) -> Router {
+    router.route_layer(middleware::from_fn_with_state(Keys { keys: api_keys, limits }, check))
 }
 
 /// True when `presented` equals one of `keys`, comparing in constant time.
 pub fn key_matches(keys: &[String], presented: &str) -> bool {
-    let mut matched = subtle::Choice::from(0u8);
-    for key in keys {
-        matched |= key.as_bytes().ct_eq(presented.as_bytes());
+    key_index(keys, presented).is_some()
+}
+
+/// Which of `keys` `presented` is, comparing with every key in constant time.
+fn key_index(keys: &[String], presented: &str) -> Option<usize> {
+    let mut found = None;
+    for (index, key) in keys.iter().enumerate() {
+        if bool::from(key.as_bytes().ct_eq(presented.as_bytes())) {
+            found = Some(index);
+        }
     }
-    bool::from(matched)
+    found
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme is
@@ -32,15 +49,18 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start_matches(' '))
 }
 
-async fn check(State(keys): State<Arc<Vec<String>>>, request: Request, next: Next) -> Response {
+async fn check(State(Keys { keys, limits }): State<Keys>, request: Request, next: Next) -> Response {
     if keys.is_empty() {
         return ApiError::unauthorized("no API keys are configured (server.api_keys / RENKEI_SERVER__API_KEYS)")
             .into_response();
     }
     let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
-    match presented {
-        Some(key) if key_matches(&keys, key) => next.run(request).await,
-        Some(_) => ApiError::unauthorized("unknown API key").into_response(),
+    match presented.map(|key| key_index(&keys, key)) {
+        Some(Some(index)) => match limits.check(index) {
+            Ok(()) => next.run(request).await,
+            Err(limited) => limited.into_response(),
+        },
+        Some(None) => ApiError::unauthorized("unknown API key").into_response(),
         None => ApiError::unauthorized("missing header Authorization: Bearer <api key>").into_response(),
     }
 }

@@ -36,6 +36,8 @@ pub enum ErrorCode {
     UriTooLong,
     /// The request's headers are larger than renkei reads.
     HeadersTooLarge,
+    /// The request's body did not arrive within `server.body_read_timeout`.
+    BodyTimeout,
     /// Invalid or unknown fields (`errors` names each).
     InvalidRequest,
     /// A batch refused whole for invalid items (`errors` names each with its index).
@@ -44,6 +46,8 @@ pub enum ErrorCode {
     InvalidIdToken,
     /// The request contradicts what is stored (e.g. a member linked to another LINE user).
     Conflict,
+    /// Too many requests for this API key (`server.rate_limit_per_second`); `Retry-After` says when to retry.
+    RateLimited,
     /// The database failed; nothing was changed, retry later.
     StoreUnavailable,
     /// The route needs LINE settings that are not configured.
@@ -58,7 +62,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the README's order.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::Unauthorized,
         Self::NotFound,
         Self::MethodNotAllowed,
@@ -70,10 +74,12 @@ impl ErrorCode {
         Self::BatchTooLarge,
         Self::UriTooLong,
         Self::HeadersTooLarge,
+        Self::BodyTimeout,
         Self::InvalidRequest,
         Self::InvalidBatch,
         Self::InvalidIdToken,
         Self::Conflict,
+        Self::RateLimited,
         Self::StoreUnavailable,
         Self::NotConfigured,
         Self::Unavailable,
@@ -95,10 +101,12 @@ impl ErrorCode {
             Self::BatchTooLarge => "batch_too_large",
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::BodyTimeout => "body_timeout",
             Self::InvalidRequest => "invalid_request",
             Self::InvalidBatch => "invalid_batch",
             Self::InvalidIdToken => "invalid_id_token",
             Self::Conflict => "conflict",
+            Self::RateLimited => "rate_limited",
             Self::StoreUnavailable => "store_unavailable",
             Self::NotConfigured => "not_configured",
             Self::Unavailable => "unavailable",
@@ -117,8 +125,10 @@ impl ErrorCode {
             Self::BodyTooLarge | Self::BatchTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::InvalidRequest | Self::InvalidBatch | Self::InvalidIdToken => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Conflict => StatusCode::CONFLICT,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::StoreUnavailable | Self::NotConfigured | Self::Unavailable | Self::LineUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -141,11 +151,18 @@ pub struct ApiError {
     pub items: Vec<ItemError>,
     /// Per-field problems of a refused body (`errors`).
     pub fields: Vec<FieldError>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), items: Vec::new(), fields: Vec::new() }
+        Self { code, message: message.into(), items: Vec::new(), fields: Vec::new(), retry_after: None }
+    }
+
+    /// With a `Retry-After: seconds` header.
+    pub fn retry_after(self, seconds: u64) -> Self {
+        Self { retry_after: Some(seconds), ..self }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -191,6 +208,8 @@ impl ApiError {
     pub fn from_body_rejection(rejection: BytesRejection) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Self::new(ErrorCode::BodyTooLarge, "request body is larger than this route accepts")
+        } else if crate::limits::is_body_timeout(&rejection) {
+            Self::new(ErrorCode::BodyTimeout, rejection.body_text())
         } else {
             Self::new(ErrorCode::BadBody, rejection.body_text())
         }
@@ -217,7 +236,11 @@ impl IntoResponse for ApiError {
         } else if !self.fields.is_empty() {
             body["errors"] = json!(self.fields);
         }
-        (self.code.status(), Json(body)).into_response()
+        let mut response = (self.code.status(), Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

@@ -82,15 +82,31 @@ fn batch_items(mut body: Map<String, Value>, field: &'static str) -> Result<Vec<
     }
 }
 
+/// Runs a batch's parsing and validation (CPU work, up to 5 MB of JSON) on
+/// the blocking pool: on the async workers it would hold up every other
+/// request (`/healthz` too) until it finished.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|error| {
+        tracing::error!(%error, "parsing a batch failed");
+        Err(ApiError::new(ErrorCode::Unavailable, "the batch could not be parsed; retry later"))
+    })
+}
+
 async fn post_events(
     State(state): State<IngestState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let items = batch_items(json_object(body)?, "events")?;
-    let events = parse_event_batch(&items).map_err(|errors| {
-        IngestMetrics::add(&state.metrics.batches_rejected, 1);
-        ApiError::invalid_items("events", errors)
-    })?;
+    let metrics = state.metrics.clone();
+    let events = off_the_runtime(move || {
+        let items = batch_items(json_object(body)?, "events")?;
+        parse_event_batch(&items).map_err(|errors| {
+            IngestMetrics::add(&metrics.batches_rejected, 1);
+            ApiError::invalid_items("events", errors)
+        })
+    })
+    .await?;
     let outcome = state.store.events.insert_events(&events, state.clock.now()).await?;
     if outcome.accepted > 0 {
         state.changes.users_changed(&users_of(&events));
@@ -131,11 +147,15 @@ async fn post_members(
     State(state): State<IngestState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let items = batch_items(json_object(body)?, "members")?;
-    let patches = parse_member_batch(&items).map_err(|errors| {
-        IngestMetrics::add(&state.metrics.batches_rejected, 1);
-        ApiError::invalid_items("members", errors)
-    })?;
+    let metrics = state.metrics.clone();
+    let patches = off_the_runtime(move || {
+        let items = batch_items(json_object(body)?, "members")?;
+        parse_member_batch(&items).map_err(|errors| {
+            IngestMetrics::add(&metrics.batches_rejected, 1);
+            ApiError::invalid_items("members", errors)
+        })
+    })
+    .await?;
     let outcome = state.store.members.upsert_members(&patches, state.clock.now()).await?;
     if outcome.created + outcome.updated > 0 {
         let users: Vec<UserRef> = patches.iter().map(|p| UserRef::Member(p.member_id.clone())).collect();

@@ -1,6 +1,7 @@
 //! renkei's HTTP API, served by the `api` role: one error type and body
 //! ([`ApiError`], codes in [`ErrorCode`]), the bearer-key layer, and every
-//! `/v1` route by area, plus the public tracked links (`/t/…`).
+//! `/v1` route by area, plus the public tracked links (`/t/…`), and the
+//! per-request [`limits`] (body read time, rate per key).
 //!
 //! | module | routes |
 //! |---|---|
@@ -21,6 +22,7 @@ pub mod campaigns;
 pub mod error;
 pub mod head;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod segments;
 pub mod track;
@@ -29,6 +31,7 @@ pub use auth::require_api_key;
 pub use campaigns::CampaignsStore;
 pub use error::{ApiError, ErrorCode};
 pub use ingest::{IngestState, IngestStore, json_object, link_json};
+pub use limits::{BodyDeadline, KeyRateLimits, RateLimit};
 pub use metrics::IngestMetrics;
 
 use axum::Router;
@@ -54,6 +57,8 @@ pub struct ApiState {
     pub campaigns: Arc<CampaignSet>,
     /// `server.api_keys`; none configured refuses every `/v1` request.
     pub api_keys: Arc<Vec<String>>,
+    /// Each key's rate limit (`server.rate_limit_per_second`).
+    pub key_limits: Arc<KeyRateLimits>,
 }
 
 /// Every route of the `api` role: the `/v1` routes (with `more_v1`, e.g.
@@ -83,5 +88,5 @@ pub fn router(state: ApiState, more_v1: Router) -> Router {
         clock: state.clock,
         changes: state.changes,
     });
-    tracked.merge(require_api_key(v1, state.api_keys))
+    tracked.merge(require_api_key(v1, state.api_keys, state.key_limits))
 }

@@ -12,14 +12,22 @@
 //! runs, real-time changes are still processed; the users they name are also
 //! re-evaluated once more after the recompute, so a page the recompute read
 //! before a change cannot leave a stale answer behind.
+//!
+//! A stop ([`Evaluator::stop_by`]) saves the users still waiting in the
+//! change queue (and a batch the deadline cut short) in the store's pending
+//! area; the next start queues them again ([`Evaluator::resume_pending`])
+//! and removes the saved row once they are evaluated.
 
-use crate::{Backlog, EngineHandle, MembershipEngine, RecomputeReport};
-use renkei_core::{ChangeListener, UserRef};
-use std::collections::HashSet;
+use crate::{Backlog, EngineHandle, Leftover, MembershipEngine, RecomputeReport};
+use renkei_core::{Cause, ChangeListener, UserRef};
+use renkei_store::{PendingEvaluations, PendingStore};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{RwLock, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Distinct users remembered during a recompute for the second pass; beyond
@@ -27,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 const MAX_REMEMBERED: usize = 1_000_000;
 /// Recomputes in a row at start when changes keep overflowing the memory above.
 const MAX_RECOMPUTE_ROUNDS: u32 = 3;
+/// Of a stop's time, what is kept back for saving what is left.
+const SAVE_RESERVE: Duration = Duration::from_secs(1);
 
 /// The running segment engine. Cheap to clone; every clone is the same engine.
 #[derive(Clone)]
@@ -36,6 +46,8 @@ pub struct Evaluator {
 
 struct Inner {
     engine: Arc<MembershipEngine>,
+    /// Where a stop saves the users left waiting.
+    pending: Arc<dyn PendingStore>,
     /// `None` once stopped. Readers report and wait; the writer stops it.
     handle: RwLock<Option<EngineHandle>>,
     /// Users reported while a recompute runs (`Some` only then).
@@ -60,16 +72,19 @@ struct Stats {
     recompute_users: AtomicU64,
     recompute_transitions: AtomicU64,
     last_recompute_millis: AtomicU64,
+    restored_users: AtomicU64,
 }
 
 impl Evaluator {
-    /// Starts the engine's change worker and timer.
-    pub fn start(engine: Arc<MembershipEngine>) -> Self {
+    /// Starts the engine's change worker and timer; a stop saves what is
+    /// left waiting in `pending`.
+    pub fn start(engine: Arc<MembershipEngine>, pending: Arc<dyn PendingStore>) -> Self {
         let handle = engine.clone().start();
         let (recomputed, _) = watch::channel(false);
         Self {
             inner: Arc::new(Inner {
                 engine,
+                pending,
                 handle: RwLock::new(Some(handle)),
                 during_recompute: Mutex::new(None),
                 recomputed,
@@ -182,12 +197,129 @@ impl Evaluator {
         }
     }
 
-    /// Stops the worker and the timer after the batch in hand; users still
-    /// waiting are re-evaluated by the next start's recompute.
+    /// Queues again what earlier stops saved (see [`Evaluator::stop_by`]),
+    /// and removes each saved row once its users are evaluated. A row stays
+    /// saved if this is stopped first.
+    pub async fn resume_pending(self, stop: CancellationToken) {
+        let saved = match self.inner.pending.saved_pending().await {
+            Ok(saved) => saved,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the re-evaluations saved by the last stop; the start-up recompute covers them");
+                return;
+            }
+        };
+        for row in saved {
+            let Some(through) = self.requeue(&row.pending) else { return };
+            tracing::info!(
+                users = row.pending.users.len(),
+                saved_at = %row.saved_at,
+                "re-evaluating users left waiting by the last stop"
+            );
+            tokio::select! {
+                () = self.evaluated_through(through) => {}
+                () = stop.cancelled() => return,
+            }
+            if let Err(error) = self.inner.pending.remove_pending(row.id).await {
+                tracing::warn!(%error, row = row.id, "cannot remove saved re-evaluations; they run again at the next start");
+            }
+        }
+    }
+
+    /// Queues saved users (by cause); the sequence number to wait for, or
+    /// `None` when the engine is stopped.
+    fn requeue(&self, pending: &PendingEvaluations) -> Option<u64> {
+        let guard = self.inner.handle.try_read().ok()?;
+        let handle = guard.as_ref()?;
+        let mut by_cause: HashMap<Cause, Vec<UserRef>> = HashMap::new();
+        for (user, cause) in &pending.users {
+            by_cause.entry(*cause).or_default().push(user.clone());
+        }
+        for (cause, users) in by_cause {
+            handle.notify(&users, cause);
+        }
+        if pending.everyone {
+            // The start-up recompute is running too; a second one makes sure
+            // nothing depends on how that one was started.
+            handle.recompute_everyone();
+        }
+        self.inner.stats.restored_users.fetch_add(pending.users.len() as u64, Ordering::Relaxed);
+        Some(handle.last_queued())
+    }
+
+    async fn evaluated_through(&self, seq: u64) {
+        let waiting = self.inner.handle.read().await.as_ref().map(|handle| handle.evaluated_through(seq));
+        if let Some(waiting) = waiting {
+            waiting.await;
+        }
+    }
+
+    /// Stops the worker and the timer after the batch in hand, with no
+    /// deadline, and saves what is left waiting.
     pub async fn stop(&self) {
-        let handle = self.inner.handle.write().await.take();
-        if let Some(handle) = handle {
-            let _left = handle.shutdown().await;
+        self.stop_inner(None).await;
+    }
+
+    /// Stops the worker and the timer by `deadline`: the batch in hand is
+    /// finished if there is time, else cut short; what is left waiting is
+    /// saved (in the time kept back for it) and queued again at the next
+    /// start.
+    pub async fn stop_by(&self, deadline: Instant) {
+        self.stop_inner(Some(deadline)).await;
+    }
+
+    async fn stop_inner(&self, deadline: Option<Instant>) {
+        let worker_deadline = deadline.map(|d| {
+            let now = Instant::now();
+            let reserve = SAVE_RESERVE.min(d.saturating_duration_since(now) / 3);
+            d.checked_sub(reserve).unwrap_or(now)
+        });
+        let lock = self.inner.handle.write();
+        let handle = match worker_deadline {
+            Some(at) => match tokio::time::timeout_at(at, lock).await {
+                Ok(mut guard) => guard.take(),
+                Err(_) => {
+                    tracing::warn!(
+                        "segment engine still in use at the stop deadline; its queue is left to the next start's recompute"
+                    );
+                    return;
+                }
+            },
+            None => lock.await.take(),
+        };
+        let Some(handle) = handle else { return };
+        let (_, left) = handle.stop_by(worker_deadline).await;
+        self.save(left, deadline).await;
+    }
+
+    async fn save(&self, left: Leftover, deadline: Option<Instant>) {
+        let pending = PendingEvaluations { users: left.users, everyone: left.everyone };
+        if pending.is_empty() {
+            return;
+        }
+        let users = pending.users.len();
+        let at = self.engine().clock.now();
+        let saving = self.inner.pending.save_pending(&pending, at);
+        let saved = match deadline {
+            // However late, the save gets a moment: it is one insert.
+            Some(deadline) => {
+                tokio::time::timeout_at(deadline.max(Instant::now() + Duration::from_millis(100)), saving)
+                    .await
+                    .map_err(|_| "timed out".to_string())
+                    .and_then(|saved| saved.map_err(|e| e.to_string()))
+            }
+            None => saving.await.map_err(|e| e.to_string()),
+        };
+        match saved {
+            Ok(()) => tracing::info!(
+                users,
+                recompute = pending.everyone,
+                "saved the re-evaluations left waiting; the next start queues them again"
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                users,
+                "cannot save the re-evaluations left waiting; the next start's full recompute covers them"
+            ),
         }
     }
 
@@ -267,6 +399,12 @@ impl Evaluator {
                 "counter",
                 "Users re-evaluated from the change queue.",
                 backlog.evaluated.to_string(),
+            ),
+            (
+                "renkei_segment_queue_restored_total",
+                "counter",
+                "Users queued again at start because the last stop left them waiting.",
+                self.inner.stats.restored_users.load(Ordering::Relaxed).to_string(),
             ),
         ]
     }

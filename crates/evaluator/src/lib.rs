@@ -22,7 +22,7 @@ mod runtime;
 
 pub use engine::{EngineStore, MembershipEngine, RecomputeProgress, RecomputeReport, facts_of};
 pub use evaluator::Evaluator;
-pub use queue::{Backlog, DEFAULT_CAPACITY as DEFAULT_QUEUE_CAPACITY};
+pub use queue::{Backlog, DEFAULT_CAPACITY as DEFAULT_QUEUE_CAPACITY, Leftover};
 pub use renkei_store::membership::{Cause, Transition, TransitionKind};
 pub use runtime::EngineHandle;
 

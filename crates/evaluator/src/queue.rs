@@ -6,8 +6,10 @@
 //! When it is full, further changes are not queued one by one: the queue
 //! remembers that it overflowed, and the worker runs a full recompute
 //! instead, which re-evaluates everyone (what was stored is never lost, only
-//! the hint of who changed). The waiting users are not durable either: the
-//! full recompute every start runs covers them after a stop or a crash.
+//! the hint of who changed). A graceful stop takes what still waits (and
+//! the batch in hand, if the stop cut it short) with [`ChangeQueue::leftover`]
+//! for the evaluator to save; after a crash, the full recompute every start
+//! runs covers them.
 
 use renkei_core::UserRef;
 use renkei_store::membership::Cause;
@@ -15,7 +17,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 /// Distinct users waiting at most, by default (~150 bytes each).
 pub const DEFAULT_CAPACITY: usize = 200_000;
@@ -53,11 +55,28 @@ pub struct Backlog {
 
 #[derive(Default)]
 struct State {
-    order: VecDeque<(UserRef, Cause, Instant)>,
+    /// Waiting users in order, each with its sequence number.
+    order: VecDeque<(UserRef, Cause, Instant, u64)>,
     waiting: HashSet<(UserRef, Cause)>,
     /// Units taken by the worker and not finished yet.
     in_progress: usize,
+    /// What the worker has taken and not finished (to save if a stop cuts it short).
+    taken: Vec<(UserRef, Cause)>,
+    /// The worker has taken a full recompute and not finished it.
+    everyone_taken: bool,
+    /// The newest sequence number the taken work covers.
+    taken_through: u64,
     overflowed: bool,
+    /// Sequence number of the next queued user (from 1).
+    next_seq: u64,
+}
+
+/// What a stop leaves: users waiting or cut short, and whether a full
+/// recompute was due.
+#[derive(Debug, Default, PartialEq)]
+pub struct Leftover {
+    pub users: Vec<(UserRef, Cause)>,
+    pub everyone: bool,
 }
 
 pub(crate) struct ChangeQueue {
@@ -68,6 +87,8 @@ pub(crate) struct ChangeQueue {
     idle: Notify,
     overflows: AtomicU64,
     evaluated: AtomicU64,
+    /// Every user queued with a sequence number up to this one is evaluated.
+    done_through: watch::Sender<u64>,
 }
 
 impl ChangeQueue {
@@ -79,6 +100,7 @@ impl ChangeQueue {
             idle: Notify::new(),
             overflows: AtomicU64::new(0),
             evaluated: AtomicU64::new(0),
+            done_through: watch::channel(0).0,
         }
     }
 
@@ -106,7 +128,9 @@ impl ChangeQueue {
                 continue;
             }
             state.waiting.insert((user.clone(), cause));
-            state.order.push_back((user.clone(), cause, now));
+            state.next_seq += 1;
+            let seq = state.next_seq;
+            state.order.push_back((user.clone(), cause, now, seq));
         }
         drop(state);
         self.ready.notify_one();
@@ -117,15 +141,21 @@ impl ChangeQueue {
         let mut state = self.state();
         let work = if state.overflowed {
             state.overflowed = false;
+            // Everyone queued so far was dropped for this recompute.
+            state.taken_through = state.next_seq;
+            state.everyone_taken = true;
             Work::Everyone
         } else if state.order.is_empty() {
             return None;
         } else {
             let n = max.min(state.order.len());
-            let users: Vec<(UserRef, Cause)> = state.order.drain(..n).map(|(user, cause, _)| (user, cause)).collect();
-            for key in &users {
-                state.waiting.remove(key);
+            let mut users = Vec::with_capacity(n);
+            for (user, cause, _, seq) in state.order.drain(..n).collect::<Vec<_>>() {
+                state.waiting.remove(&(user.clone(), cause));
+                state.taken_through = seq;
+                users.push((user, cause));
             }
+            state.taken.extend(users.iter().cloned());
             Work::Users(users)
         };
         state.in_progress += work.units();
@@ -139,8 +169,16 @@ impl ChangeQueue {
         }
         let mut state = self.state();
         state.in_progress -= work.units();
+        state.taken.clear();
+        state.everyone_taken = false;
         let idle = state.in_progress == 0 && state.order.is_empty() && !state.overflowed;
+        let through = state.taken_through;
         drop(state);
+        self.done_through.send_if_modified(|done| {
+            let newer = through > *done;
+            *done = (*done).max(through);
+            newer
+        });
         if idle {
             self.idle.notify_waiters();
         }
@@ -164,11 +202,44 @@ impl ChangeQueue {
         }
     }
 
+    /// The sequence number of the last user queued so far (0 when none was).
+    pub(crate) fn last_queued(&self) -> u64 {
+        self.state().next_seq
+    }
+
+    /// Waits until every user queued up to sequence number `seq` has been
+    /// evaluated (or covered by a full recompute).
+    pub(crate) async fn evaluated_through(&self, seq: u64) {
+        let mut done = self.done_through.subscribe();
+        let _ = done.wait_for(|done| *done >= seq).await;
+    }
+
+    /// Schedules a full recompute, as an overflow does.
+    pub(crate) fn push_everyone(&self) {
+        let mut state = self.state();
+        state.overflowed = true;
+        state.order.clear();
+        state.waiting.clear();
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// Empties the queue for a stop: the waiting users, plus the work in hand
+    /// when the worker did not finish it (call once the worker is stopped).
+    pub(crate) fn leftover(&self) -> Leftover {
+        let mut state = self.state();
+        let mut users = std::mem::take(&mut state.taken);
+        users.extend(state.order.drain(..).map(|(user, cause, _, _)| (user, cause)));
+        state.waiting.clear();
+        let everyone = std::mem::take(&mut state.overflowed) || std::mem::take(&mut state.everyone_taken);
+        Leftover { users, everyone }
+    }
+
     pub(crate) fn backlog(&self) -> Backlog {
         let state = self.state();
         Backlog {
             waiting: state.order.len(),
-            oldest: state.order.front().map(|(_, _, at)| at.elapsed()).unwrap_or_default(),
+            oldest: state.order.front().map(|(_, _, at, _)| at.elapsed()).unwrap_or_default(),
             overflows: self.overflows.load(Ordering::Relaxed),
             evaluated: self.evaluated.load(Ordering::Relaxed),
         }
@@ -228,5 +299,54 @@ mod tests {
         let Some(Work::Users(first)) = queue.take(2) else { panic!("users") };
         assert_eq!(first, vec![(user(0), Cause::Change), (user(1), Cause::Change)]);
         assert_eq!(queue.backlog().waiting, 3);
+    }
+
+    #[test]
+    fn a_stop_leaves_the_waiting_users_and_the_batch_cut_short() {
+        let queue = ChangeQueue::new(100);
+        queue.push(&(0..5).map(user).collect::<Vec<_>>(), Cause::Change);
+        let _in_hand = queue.take(2).expect("work");
+        queue.push(&[user(9)], Cause::Time);
+        let left = queue.leftover();
+        let expected: Vec<(UserRef, Cause)> = [0, 1, 2, 3, 4].map(|n| (user(n), Cause::Change)).into_iter().collect();
+        assert_eq!(left.users[..5], expected[..], "the batch in hand first, then the waiting users in order");
+        assert_eq!(left.users[5], (user(9), Cause::Time));
+        assert!(!left.everyone);
+        assert_eq!(queue.backlog().waiting, 0);
+
+        let queue = ChangeQueue::new(100);
+        queue.push(&[user(1)], Cause::Change);
+        let work = queue.take(10).expect("work");
+        queue.finish(&work);
+        queue.push_everyone();
+        assert_eq!(queue.leftover(), Leftover { users: Vec::new(), everyone: true }, "a finished batch is not left");
+    }
+
+    #[tokio::test]
+    async fn evaluated_through_waits_for_the_users_queued_before() {
+        let queue = std::sync::Arc::new(ChangeQueue::new(100));
+        queue.push(&[user(1), user(2)], Cause::Change);
+        let through = queue.last_queued();
+        queue.push(&[user(3)], Cause::Change);
+        let waiter = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.evaluated_through(through).await }
+        });
+        let first = queue.take(1).expect("work");
+        queue.finish(&first);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "user 2 is not evaluated yet");
+        let second = queue.take(1).expect("work");
+        queue.finish(&second);
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("resolves").expect("task");
+
+        // A full recompute covers everyone queued before it was taken.
+        let queue = ChangeQueue::new(2);
+        queue.push(&(0..5).map(user).collect::<Vec<_>>(), Cause::Change);
+        let through = queue.last_queued();
+        let everyone = queue.take(10).expect("work");
+        assert_eq!(everyone, Work::Everyone);
+        queue.finish(&everyone);
+        tokio::time::timeout(Duration::from_secs(5), queue.evaluated_through(through)).await.expect("resolves");
     }
 }

@@ -2,7 +2,7 @@
 //! ([`crate::queue`]) and a timer for time-driven changes.
 
 use crate::MembershipEngine;
-use crate::queue::{Backlog, ChangeQueue, DEFAULT_CAPACITY, Work};
+use crate::queue::{Backlog, ChangeQueue, DEFAULT_CAPACITY, Leftover, Work};
 use renkei_core::{ChangeListener, UserRef};
 use renkei_store::membership::Cause;
 use std::collections::HashMap;
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Changes coalesced into one evaluation batch at most.
@@ -66,26 +67,57 @@ impl EngineHandle {
         self.queue.backlog()
     }
 
+    /// The sequence number of the last user queued so far.
+    pub fn last_queued(&self) -> u64 {
+        self.queue.last_queued()
+    }
+
+    /// Resolves once every user queued up to `seq` ([`EngineHandle::last_queued`])
+    /// is evaluated; it does not borrow the handle, so a stop is not held up.
+    pub fn evaluated_through(&self, seq: u64) -> impl Future<Output = ()> + Send + 'static {
+        let queue = self.queue.clone();
+        async move { queue.evaluated_through(seq).await }
+    }
+
+    /// Schedules one full recompute by the worker.
+    pub fn recompute_everyone(&self) {
+        self.queue.push_everyone();
+    }
+
     /// Stops both tasks after the batch in hand; users still waiting are
     /// left to the full recompute of the next start (their data is stored).
     /// Returns what was left waiting.
     pub async fn shutdown(self) -> Backlog {
+        self.stop_by(None).await.0
+    }
+
+    /// Stops both tasks: the worker finishes the batch in hand, unless
+    /// `deadline` passes first; then it is aborted (an evaluation cut short
+    /// rolls back, and evaluating a user again is harmless) and its batch
+    /// counts as left. Returns the backlog at the stop and everything left,
+    /// for the caller to save.
+    pub async fn stop_by(self, deadline: Option<Instant>) -> (Backlog, Leftover) {
         self.token.cancel();
-        for task in self.tasks {
-            if let Err(error) = task.await {
-                tracing::error!(%error, "segment engine task failed");
+        for mut task in self.tasks {
+            let joined = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, &mut task).await,
+                None => Ok((&mut task).await),
+            };
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "segment engine task failed"),
+                Err(_) => {
+                    tracing::warn!("segment engine task still busy at the stop deadline; aborted");
+                    task.abort();
+                    // An aborted task is dropped at its next poll: soon.
+                    let _ = tokio::time::timeout(Duration::from_millis(200), task).await;
+                }
             }
         }
-        let left = self.queue.backlog();
-        if left.waiting > 0 {
-            tracing::info!(
-                users = left.waiting,
-                "segment engine stopped; waiting users are re-evaluated by the next start's recompute"
-            );
-        } else {
-            tracing::info!("segment engine stopped");
-        }
-        left
+        let backlog = self.queue.backlog();
+        let left = self.queue.leftover();
+        tracing::info!(users_left = left.users.len(), recompute_left = left.everyone, "segment engine stopped");
+        (backlog, left)
     }
 }
 

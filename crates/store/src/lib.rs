@@ -4,7 +4,9 @@
 //! memberships & transitions ([`MembershipStore`], [`MembershipReads`]),
 //! the outbox ([`OutboxStore`], [`OutboxReads`]), LINE requests
 //! ([`RequestStore`]), the scheduler's state ([`ScheduleStore`]), rich
-//! menus ([`RichMenuStore`]) and leases for singleton work ([`LeaseStore`]). [`Store`] is all of them at once.
+//! menus ([`RichMenuStore`]), leases for singleton work ([`LeaseStore`]) and
+//! re-evaluations a stop left waiting ([`PendingStore`]). [`Store`] is all
+//! of them at once.
 //!
 //! Each area's types and shared SQL are in `<area>.rs`; what differs per
 //! backend is in `sqlite/<area>.rs` and `postgres/<area>.rs`. SQL the
@@ -19,6 +21,7 @@ mod leases;
 mod members;
 pub mod membership;
 mod outbox;
+pub mod pending;
 mod postgres;
 mod requests;
 mod rich_menus;
@@ -40,6 +43,7 @@ pub use outbox::{
     CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxReads, OutboxStore,
     PendingDelivery, QueueKey, SkipReason, UserSendFacts,
 };
+pub use pending::{PendingEvaluations, PendingStore, SavedPending};
 pub use postgres::PgStore;
 pub use requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest};
 pub use rich_menus::{RichMenuChange, RichMenuStore};
@@ -124,6 +128,7 @@ trait_sum! {
         + ScheduleStore
         + RichMenuStore
         + LeaseStore
+        + PendingStore
         + TestReadsIfEnabled
 }
 

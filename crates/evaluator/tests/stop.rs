@@ -1,0 +1,81 @@
+//! Stopping the engine by a deadline (issue 17 item 3): a busy worker is cut
+//! short, and what is left waiting is saved and queued again by the next
+//! start.
+
+mod common;
+
+use common::{event, fixture, t0};
+use renkei_core::{ChangeListener, LineUserId, UserRef};
+use renkei_evaluator::Evaluator;
+use renkei_store::PendingStore;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const BUYERS: &str = "id: buyers\nname: Buyers\nrule:\n  event: purchase\n";
+
+fn users(n: u32) -> Vec<LineUserId> {
+    (0..n).map(|i| LineUserId::parse(&format!("U{i:032x}")).expect("valid id")).collect()
+}
+
+async fn purchases(store: &renkei_test_support::TestStore, users: &[LineUserId]) {
+    let events: Vec<_> = users
+        .iter()
+        .map(|u| event(json!({"type": "purchase", "line_user_id": u.as_str(), "occurred_at": t0().to_rfc3339()})))
+        .collect();
+    store.insert_events(&events, t0()).await.expect("insert");
+}
+
+/// A full recompute in pages of 3 runs for many seconds: a stop by a
+/// deadline does not wait for it, and reports it as left.
+#[tokio::test]
+async fn a_stop_by_a_deadline_cuts_a_busy_worker_short() {
+    let f = fixture(&[BUYERS]).await;
+    let all = users(3_000);
+    purchases(&f.test, &all).await;
+    let handle = f.engine.clone().start_with_queue(10);
+    handle.users_changed(&all.iter().cloned().map(UserRef::LineUser).collect::<Vec<_>>());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while f.engine.segment_stats().await.expect("stats")[0].size == 0 {
+        assert!(std::time::Instant::now() < deadline, "the recompute did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopping = Instant::now();
+    let (_, left) = handle.stop_by(Some(stopping + Duration::from_millis(200))).await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(2), "the stop waited {took:?} for the recompute");
+    assert!(left.everyone, "the recompute cut short is left for the next start");
+    assert!(f.engine.segment_stats().await.expect("stats")[0].size < 3_000, "it was cut short");
+}
+
+/// The evaluator saves the users a stop leaves waiting; the next start
+/// queues them again and removes the saved row once they are evaluated.
+#[tokio::test]
+async fn users_left_waiting_are_saved_and_resumed_at_the_next_start() {
+    let f = fixture(&[BUYERS]).await;
+    let all = users(5_000);
+    purchases(&f.test, &all).await;
+    let pending: Arc<dyn PendingStore> = f.test.store.clone();
+    let evaluator = Evaluator::start(f.engine.clone(), pending.clone());
+    evaluator.users_changed(&all.iter().cloned().map(UserRef::LineUser).collect::<Vec<_>>());
+    evaluator.stop_by(Instant::now() + Duration::from_secs(5)).await;
+    let saved = pending.saved_pending().await.expect("saved");
+    assert_eq!(saved.len(), 1);
+    let left = saved[0].pending.users.len();
+    assert!(left >= 3_000, "at most a batch or two is evaluated after the stop: {left} left");
+    let evaluated = f.engine.segment_stats().await.expect("stats")[0].size as usize;
+    assert!(evaluated + left >= 5_000, "every user is evaluated or saved: {evaluated} + {left}");
+
+    let restarted = Evaluator::start(f.engine.clone(), pending.clone());
+    tokio::time::timeout(Duration::from_secs(60), restarted.clone().resume_pending(CancellationToken::new()))
+        .await
+        .expect("the saved users are evaluated");
+    assert!(pending.saved_pending().await.expect("saved").is_empty(), "the row is removed once done");
+    assert_eq!(f.engine.segment_stats().await.expect("stats")[0].size, 5_000);
+    let mut metrics = String::new();
+    restarted.render_metrics(&mut metrics);
+    assert!(metrics.contains(&format!("renkei_segment_queue_restored_total {left}")), "{metrics}");
+    restarted.stop().await;
+}
