@@ -148,6 +148,7 @@ pub fn facts_of<E: IntoEventFact>(record: UserRecord<E>) -> UserFacts {
         following: record.following,
         attributes: record.attributes,
         events: record.events.into_iter().map(IntoEventFact::into_event_fact).collect(),
+        totals: Default::default(),
     }
 }
 
