@@ -4,7 +4,7 @@
 use super::{from_micros, to_micros};
 use crate::membership::{
     AllProperties, AudiencePage, Cause, EventMaker, EventSelection, FactEventRecord, MembershipStore, MembershipUpdate,
-    PageBuilder, Transition, UserRecord, diff, transitions_of,
+    PageBuilder, REBUILD_EVENT_TOTALS, TotalsRecord, Transition, UserRecord, diff, transitions_of,
 };
 use crate::{SqliteStore, StoreResult};
 use async_trait::async_trait;
@@ -40,6 +40,7 @@ impl SqliteStore {
             let bounds: BTreeMap<&str, i64> = s.since.iter().map(|(t, at)| (t.as_str(), to_micros(*at))).collect();
             serde_json::to_string(&bounds).unwrap_or_else(|_| "{}".to_string())
         });
+        let lower_bound = selection.and_then(EventSelection::lower_bound).map_or(i64::MIN, to_micros);
         let mut page = PageBuilder::new(users);
         let mut conn = self.reader.acquire().await?;
         let rows = sqlx::query(
@@ -64,6 +65,7 @@ impl SqliteStore {
              FROM json_each(?1) u JOIN events e ON e.line_user_id = u.value
              WHERE (?2 IS NULL OR e.type IN (SELECT value FROM json_each(?2)))
                AND (?4 IS NULL OR e.occurred_at > COALESCE(?4 ->> e.type, -9223372036854775808))
+               AND e.occurred_at > ?5
              UNION ALL
              SELECT u.key AS position, e.type, e.occurred_at,
                     CASE WHEN ?3 IS NULL OR e.type IN (SELECT value FROM json_each(?3)) THEN e.properties END
@@ -73,12 +75,14 @@ impl SqliteStore {
              JOIN events e ON e.member_id = l.member_id
              WHERE e.line_user_id IS NOT l.line_user_id
                AND (?2 IS NULL OR e.type IN (SELECT value FROM json_each(?2)))
-               AND (?4 IS NULL OR e.occurred_at > COALESCE(?4 ->> e.type, -9223372036854775808))",
+               AND (?4 IS NULL OR e.occurred_at > COALESCE(?4 ->> e.type, -9223372036854775808))
+               AND e.occurred_at > ?5",
         )
         .bind(&ids)
         .bind(types)
         .bind(with_properties)
         .bind(since)
+        .bind(lower_bound)
         .fetch_all(&mut *conn)
         .await?;
         for row in rows {
@@ -88,8 +92,68 @@ impl SqliteStore {
             let event = maker.make(event_type, from_micros(row.try_get("occurred_at")?)?, properties);
             page.push_event(position, event);
         }
+        if let Some(selection) = selection.filter(|s| !s.totals.is_empty()) {
+            read_totals(&mut conn, &ids, &selection.totals, &mut page).await?;
+        }
         Ok(page.finish())
     }
+}
+
+/// The running totals and pending events of `types` for the users in `ids`
+/// (a JSON array), from both sources of a user's events as the raw read above.
+async fn read_totals<E: crate::membership::Timed>(
+    conn: &mut sqlx::SqliteConnection,
+    ids: &str,
+    types: &[String],
+    page: &mut PageBuilder<E>,
+) -> StoreResult<()> {
+    let types = serde_json::to_string(types).unwrap_or_else(|_| "[]".to_string());
+    let rows = sqlx::query(
+        "SELECT u.key AS position, t.type, t.count, t.last_at
+         FROM json_each(?1) u JOIN event_totals t ON t.line_user_id = u.value
+         WHERE t.type IN (SELECT value FROM json_each(?2))
+         UNION ALL
+         SELECT u.key AS position, t.type, t.count, t.last_at
+         FROM json_each(?1) u
+         JOIN links l ON l.line_user_id = u.value
+         JOIN event_totals t ON t.member_id = l.member_id AND t.member_id <> ''
+         WHERE t.line_user_id <> l.line_user_id AND t.type IN (SELECT value FROM json_each(?2))",
+    )
+    .bind(ids)
+    .bind(&types)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        let count: i64 = row.try_get("count")?;
+        let totals = TotalsRecord {
+            event_type: row.try_get("type")?,
+            count: u64::try_from(count).unwrap_or(0),
+            last_at: from_micros(row.try_get("last_at")?)?,
+        };
+        page.push_totals(row.try_get("position")?, totals);
+    }
+    // The partial `*_pending` indexes (migration 0010) hold exactly these events.
+    let rows = sqlx::query(
+        "SELECT u.key AS position, e.type, e.occurred_at
+         FROM json_each(?1) u JOIN events e ON e.line_user_id = u.value
+         WHERE e.line_user_id IS NOT NULL AND e.occurred_at > e.received_at
+           AND e.type IN (SELECT value FROM json_each(?2))
+         UNION ALL
+         SELECT u.key AS position, e.type, e.occurred_at
+         FROM json_each(?1) u
+         JOIN links l ON l.line_user_id = u.value
+         JOIN events e ON e.member_id = l.member_id
+         WHERE e.member_id IS NOT NULL AND e.occurred_at > e.received_at
+           AND e.line_user_id IS NOT l.line_user_id AND e.type IN (SELECT value FROM json_each(?2))",
+    )
+    .bind(ids)
+    .bind(&types)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        page.push_pending(row.try_get("position")?, row.try_get("type")?, from_micros(row.try_get("occurred_at")?)?);
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -125,6 +189,16 @@ impl MembershipStore for SqliteStore {
         selection: &EventSelection,
     ) -> StoreResult<Vec<UserRecord<FactEventRecord>>> {
         self.load_records(users, Some(&selection.types), Some(selection), selection).await
+    }
+
+    async fn rebuild_event_totals(&self) -> StoreResult<()> {
+        // The single writer: no insert can come between the two statements.
+        let mut tx = self.writer.begin().await?;
+        for statement in REBUILD_EVENT_TOTALS {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn apply_memberships(
