@@ -1,5 +1,10 @@
--- Running totals of events, so that re-evaluating a user after one event does
--- not read the user's whole history: per source of events (the event's
+-- Re-evaluating a user after one event reads neither the user's whole
+-- history nor, for windowed conditions, more than the window.
+--
+-- The events of a user are indexed by type and time, so that each type's
+-- window is one index range; these replace 0001's indexes by time alone.
+--
+-- Running totals: per source of events (the event's
 -- line_user_id and member_id as stored, '' for none) and type, how many
 -- events there are and when the latest occurred. A user's totals are those
 -- of its LINE user id plus those of its member's events that name another
@@ -50,3 +55,8 @@ CREATE INDEX events_line_user_pending ON events (line_user_id, type)
     WHERE line_user_id IS NOT NULL AND occurred_at > received_at;
 CREATE INDEX events_member_pending ON events (member_id, type)
     WHERE member_id IS NOT NULL AND occurred_at > received_at;
+
+DROP INDEX events_member;
+DROP INDEX events_line_user;
+CREATE INDEX events_member_typed ON events (member_id, type, occurred_at) WHERE member_id IS NOT NULL;
+CREATE INDEX events_line_user_typed ON events (line_user_id, type, occurred_at) WHERE line_user_id IS NOT NULL;

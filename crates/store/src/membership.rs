@@ -125,13 +125,6 @@ impl EventSelection {
     pub(crate) fn since_by_type(&self) -> Vec<Option<DateTime<Utc>>> {
         self.types.iter().map(|t| self.since.get(t).copied()).collect()
     }
-
-    /// The earliest `since` when every type has one: no event at or before
-    /// it is loaded, a bound an index on time can use (a user's old history
-    /// is then not even visited). `None` when some type loads everything.
-    pub(crate) fn lower_bound(&self) -> Option<DateTime<Utc>> {
-        self.types.iter().map(|t| self.since.get(t).copied()).collect::<Option<Vec<_>>>()?.into_iter().min()
-    }
 }
 
 /// A page of the audience: every audience user strictly after `after` up to

@@ -62,12 +62,9 @@ const PG_FACT_COLUMNS: &str = r#"e.type, e.occurred_at,
         CASE WHEN $3::text[] IS NULL OR e.type COLLATE "C" = ANY($3::text[]) THEN e.properties::text END"#;
 
 /// The event filters every source shares: the types in $2 (all when NULL),
-/// each bounded from below by $5 (aligned with $2), and all by $6 (the
-/// earliest of them, when every type has one), which the indexes on
-/// `(…, occurred_at)` use to skip a user's older history.
+/// each bounded from below by $5 (aligned with $2).
 const PG_FACT_FILTERS: &str = r#"($2::text[] IS NULL OR e.type COLLATE "C" = ANY($2::text[]))
-        AND e.occurred_at > COALESCE(($5::timestamptz[])[array_position($2::text[], e.type COLLATE "C")], '-infinity')
-        AND e.occurred_at > COALESCE($6::timestamptz, '-infinity')"#;
+        AND e.occurred_at > COALESCE(($5::timestamptz[])[array_position($2::text[], e.type COLLATE "C")], '-infinity')"#;
 
 /// A user's events: those with its line_user_id, and those of the member it
 /// is linked to (as just read: $4, aligned with $1) that do not name it
@@ -80,7 +77,7 @@ const PG_FACT_FILTERS: &str = r#"($2::text[] IS NULL OR e.type COLLATE "C" = ANY
 ///
 /// `line_user` and `line_source` are how events with a line_user_id are
 /// found: probing per listed user, or for a page one scan of its key range
-/// ($7, $8].
+/// ($6, $7].
 fn pg_events_sql(line_user: &str, line_source: &str) -> String {
     let (member_user, member_source) = (
         "u.i, NULL::text",
@@ -110,9 +107,27 @@ static PG_EVENTS_LISTED: std::sync::LazyLock<String> = std::sync::LazyLock::new(
 static PG_EVENTS_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     pg_events_sql(
         "NULL::bigint, e.line_user_id",
-        "FROM events e WHERE e.line_user_id > $7 AND e.line_user_id <= $8 AND",
+        "FROM events e WHERE e.line_user_id > $6 AND e.line_user_id <= $7 AND",
     )
 });
+
+/// A listed user's events of the types in $2, each type only after its bound
+/// in $5 (aligned with $2), from both sources as above: per user and type one
+/// range of the `(…, type, occurred_at)` indexes (migration 0010), so a
+/// user's history outside the windows is not visited. Re-evaluating a few
+/// users reads this way; a recompute page reads by key range instead.
+const PG_EVENTS_TYPED: &str = r#"SELECT u.i, NULL::text, e.type, e.occurred_at,
+        CASE WHEN $3::text[] IS NULL OR e.type COLLATE "C" = ANY($3::text[]) THEN e.properties::text END
+     FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i)
+     CROSS JOIN UNNEST($2::text[], $5::timestamptz[]) AS t (type, since)
+     JOIN events e ON e.line_user_id = u.id AND e.type = t.type AND e.occurred_at > COALESCE(t.since, '-infinity')
+     UNION ALL
+     SELECT u.i, NULL::text, e.type, e.occurred_at,
+        CASE WHEN $3::text[] IS NULL OR e.type COLLATE "C" = ANY($3::text[]) THEN e.properties::text END
+     FROM UNNEST($1::text[], $4::text[]) WITH ORDINALITY AS u (id, member_id, i)
+     CROSS JOIN UNNEST($2::text[], $5::timestamptz[]) AS t (type, since)
+     JOIN events e ON e.member_id = u.member_id AND e.type = t.type AND e.occurred_at > COALESCE(t.since, '-infinity')
+     WHERE e.line_user_id IS DISTINCT FROM u.id"#;
 
 impl PgStore {
     /// `load_users`, `load_user_facts` and `load_page_facts`: with a
@@ -189,12 +204,11 @@ impl PgStore {
         let members: Vec<Option<String>> = page.member_ids().into_iter().map(|m| m.map(str::to_string)).collect();
         {
             let query = match users {
+                PgUsers::Listed(_) if event_types.is_some() => sqlx::query(PG_EVENTS_TYPED),
                 PgUsers::Listed(_) => sqlx::query(PG_EVENTS_LISTED.as_str()),
                 PgUsers::Page { .. } => sqlx::query(PG_EVENTS_PAGE.as_str()),
             };
-            let lower_bound = selection.and_then(EventSelection::lower_bound);
-            let mut query =
-                query.bind(&ids).bind(event_types).bind(with_properties).bind(&members).bind(since).bind(lower_bound);
+            let mut query = query.bind(&ids).bind(event_types).bind(with_properties).bind(&members).bind(since);
             if let PgUsers::Page { after, last, .. } = users {
                 query = query.bind(after).bind(last);
             }
