@@ -114,20 +114,26 @@ static PG_EVENTS_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
 /// A listed user's events of the types in $2, each type only after its bound
 /// in $5 (aligned with $2), from both sources as above: per user and type one
 /// range of the `(…, type, occurred_at)` indexes (migration 0010), so a
-/// user's history outside the windows is not visited. Re-evaluating a few
-/// users reads this way; a recompute page reads by key range instead.
+/// user's history outside the windows is not visited. (`OFFSET 0` keeps
+/// each lateral read a probe of its own: flattened, the planner reads all of
+/// a user's events and hashes on type.) Re-evaluating a few users reads this
+/// way; a recompute page reads by key range instead.
 const PG_EVENTS_TYPED: &str = r#"SELECT u.i, NULL::text, e.type, e.occurred_at,
         CASE WHEN $3::text[] IS NULL OR e.type COLLATE "C" = ANY($3::text[]) THEN e.properties::text END
      FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i)
      CROSS JOIN UNNEST($2::text[], $5::timestamptz[]) AS t (type, since)
-     JOIN events e ON e.line_user_id = u.id AND e.type = t.type AND e.occurred_at > COALESCE(t.since, '-infinity')
+     CROSS JOIN LATERAL (SELECT e.type, e.occurred_at, e.properties FROM events e
+                         WHERE e.line_user_id = u.id AND e.type = t.type
+                           AND e.occurred_at > COALESCE(t.since, '-infinity') OFFSET 0) e
      UNION ALL
      SELECT u.i, NULL::text, e.type, e.occurred_at,
         CASE WHEN $3::text[] IS NULL OR e.type COLLATE "C" = ANY($3::text[]) THEN e.properties::text END
      FROM UNNEST($1::text[], $4::text[]) WITH ORDINALITY AS u (id, member_id, i)
      CROSS JOIN UNNEST($2::text[], $5::timestamptz[]) AS t (type, since)
-     JOIN events e ON e.member_id = u.member_id AND e.type = t.type AND e.occurred_at > COALESCE(t.since, '-infinity')
-     WHERE e.line_user_id IS DISTINCT FROM u.id"#;
+     CROSS JOIN LATERAL (SELECT e.type, e.occurred_at, e.properties FROM events e
+                         WHERE e.member_id = u.member_id AND e.type = t.type
+                           AND e.occurred_at > COALESCE(t.since, '-infinity')
+                           AND e.line_user_id IS DISTINCT FROM u.id OFFSET 0) e"#;
 
 impl PgStore {
     /// `load_users`, `load_user_facts` and `load_page_facts`: with a

@@ -32,21 +32,20 @@ const SQLITE_EVENTS_ALL: &str = "SELECT u.key AS position, e.type, e.occurred_at
 /// A user's events of the types in ?2, each type only after its bound in ?4
 /// (a JSON object; none: all), as above. Per user and type one range of the
 /// `(…, type, occurred_at)` indexes (migration 0010): a user's history
-/// outside the windows is not visited. Properties only for the types in ?3
-/// (all when NULL).
+/// outside the windows is not visited. `CROSS JOIN` fixes the loop order
+/// (SQLite's planner would otherwise read all of a user's events and then
+/// match the types). Properties only for the types in ?3 (all when NULL).
 const SQLITE_EVENTS_TYPED: &str = "SELECT u.key AS position, e.type, e.occurred_at,
             CASE WHEN ?3 IS NULL OR e.type IN (SELECT value FROM json_each(?3)) THEN e.properties END AS properties
-     FROM json_each(?1) u CROSS JOIN json_each(?2) t
-     JOIN events e ON e.line_user_id = u.value AND e.type = t.value
-     WHERE e.occurred_at > COALESCE(?4 ->> t.value, -9223372036854775808)
+     FROM json_each(?1) u CROSS JOIN json_each(?2) t CROSS JOIN events e
+     WHERE e.line_user_id = u.value AND e.type = t.value
+       AND e.occurred_at > COALESCE(?4 ->> t.value, -9223372036854775808)
      UNION ALL
      SELECT u.key AS position, e.type, e.occurred_at,
             CASE WHEN ?3 IS NULL OR e.type IN (SELECT value FROM json_each(?3)) THEN e.properties END AS properties
-     FROM json_each(?1) u
-     JOIN links l ON l.line_user_id = u.value
-     CROSS JOIN json_each(?2) t
-     JOIN events e ON e.member_id = l.member_id AND e.type = t.value
-     WHERE e.line_user_id IS NOT l.line_user_id
+     FROM json_each(?1) u CROSS JOIN links l CROSS JOIN json_each(?2) t CROSS JOIN events e
+     WHERE l.line_user_id = u.value AND e.member_id = l.member_id AND e.type = t.value
+       AND e.line_user_id IS NOT l.line_user_id
        AND e.occurred_at > COALESCE(?4 ->> t.value, -9223372036854775808)";
 
 impl SqliteStore {
