@@ -119,13 +119,13 @@ async fn read_totals<E: crate::membership::Timed>(
     let types = serde_json::to_string(types).unwrap_or_else(|_| "[]".to_string());
     let rows = sqlx::query(
         "SELECT u.key AS position, t.type, t.count, t.last_at
-         FROM json_each(?1) u JOIN event_totals t ON t.line_user_id = u.value
-         WHERE t.type IN (SELECT value FROM json_each(?2))
+         FROM json_each(?1) u CROSS JOIN event_totals t
+         WHERE t.line_user_id = u.value AND t.type IN (SELECT value FROM json_each(?2))
          UNION ALL
          SELECT u.key AS position, t.type, t.count, t.last_at
          FROM json_each(?1) u
          JOIN links l ON l.line_user_id = u.value
-         JOIN event_totals t ON t.member_id = l.member_id AND t.member_id <> ''
+         JOIN event_totals t INDEXED BY event_totals_member ON t.member_id = l.member_id AND t.member_id <> ''
          WHERE t.line_user_id <> l.line_user_id AND t.type IN (SELECT value FROM json_each(?2))",
     )
     .bind(ids)
@@ -141,17 +141,18 @@ async fn read_totals<E: crate::membership::Timed>(
         };
         page.push_totals(row.try_get("position")?, totals);
     }
-    // The partial `*_pending` indexes (migration 0010) hold exactly these events.
+    // The partial `*_pending` indexes (migration 0010) hold exactly these
+    // events; named, as the planner may prefer the larger typed indexes.
     let rows = sqlx::query(
         "SELECT u.key AS position, e.type, e.occurred_at
-         FROM json_each(?1) u JOIN events e ON e.line_user_id = u.value
+         FROM json_each(?1) u JOIN events e INDEXED BY events_line_user_pending ON e.line_user_id = u.value
          WHERE e.line_user_id IS NOT NULL AND e.occurred_at > e.received_at
            AND e.type IN (SELECT value FROM json_each(?2))
          UNION ALL
          SELECT u.key AS position, e.type, e.occurred_at
          FROM json_each(?1) u
          JOIN links l ON l.line_user_id = u.value
-         JOIN events e ON e.member_id = l.member_id
+         JOIN events e INDEXED BY events_member_pending ON e.member_id = l.member_id
          WHERE e.member_id IS NOT NULL AND e.occurred_at > e.received_at
            AND e.line_user_id IS NOT l.line_user_id AND e.type IN (SELECT value FROM json_each(?2))",
     )
