@@ -18,15 +18,19 @@
 -- Backend differences: PostgreSQL keeps the totals with a statement trigger
 -- over the inserted rows (one grouped upsert per batch, in key order so that
 -- concurrent batches lock rows in the same order), SQLite with a row
--- trigger; ids and types compare under COLLATE "C" like the other id columns
--- (0009).
+-- trigger. On PostgreSQL each total is split over 8 `slot`s, picked by the
+-- writing transaction's id, so that concurrent batches on the same users
+-- mostly update different rows instead of queueing on one (a reader sums the
+-- slots); SQLite has one writer and no slot. Ids and types compare under
+-- COLLATE "C" like the other id columns (0009).
 CREATE TABLE event_totals (
     line_user_id  TEXT COLLATE "C" NOT NULL,
     member_id     TEXT COLLATE "C" NOT NULL,
     type          TEXT COLLATE "C" NOT NULL,
     count         BIGINT NOT NULL,
     last_at       TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (line_user_id, member_id, type)
+    slot          SMALLINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (line_user_id, member_id, type, slot)
 );
 CREATE INDEX event_totals_member ON event_totals (member_id, line_user_id, type) WHERE member_id <> '';
 
@@ -37,11 +41,12 @@ GROUP BY 1, 2, 3;
 
 CREATE FUNCTION events_add_to_totals() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO event_totals (line_user_id, member_id, type, count, last_at)
-    SELECT COALESCE(line_user_id, ''), COALESCE(member_id, ''), type, COUNT(*), MAX(occurred_at)
+    INSERT INTO event_totals (line_user_id, member_id, type, count, last_at, slot)
+    SELECT COALESCE(line_user_id, ''), COALESCE(member_id, ''), type, COUNT(*), MAX(occurred_at),
+           (txid_current() % 8)::smallint
     FROM added WHERE occurred_at <= received_at
     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (line_user_id, member_id, type)
+    ON CONFLICT (line_user_id, member_id, type, slot)
     DO UPDATE SET count = event_totals.count + excluded.count,
                   last_at = GREATEST(event_totals.last_at, excluded.last_at);
     RETURN NULL;

@@ -91,7 +91,7 @@ pub struct UserRecord<E = UserEventRecord> {
     /// Oldest first.
     pub events: Vec<E>,
     /// The running totals of [`EventSelection::totals`]' types, one record
-    /// per type and source (sum them).
+    /// per type and source (on PostgreSQL, and slot; sum them).
     pub totals: Vec<TotalsRecord>,
     /// Events of those types left out of the totals, stored ahead of their
     /// time: type and occurred_at.
