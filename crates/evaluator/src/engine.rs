@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use futures::StreamExt;
 use renkei_core::{Clock, LineUserId, UserRef};
-use renkei_segments::{EventFact, SegmentSet, UserFacts};
+use renkei_segments::{EventFact, EventTotals, SegmentSet, UserFacts};
 use renkei_store::membership::{
     AudiencePage, Cause, EventSelection, FactEventRecord, MembershipUpdate, SegmentStats, Transition, UserEventRecord,
     UserRecord,
@@ -79,31 +79,49 @@ pub struct RecomputeReport {
 }
 
 /// What evaluation reads of events, from the segment set: the types, their
-/// properties, and how far back each type matters.
+/// properties, and how far back each type matters, read raw (the full
+/// recompute, previews) or beside the running totals (real time).
 struct Selection {
     base: EventSelection,
-    horizons: BTreeMap<String, chrono::Duration>,
+    horizons: Horizons,
+    /// Horizons when the totals of `base.totals` are loaded too.
+    beside_totals: Horizons,
+}
+
+type Horizons = BTreeMap<String, chrono::Duration>;
+
+fn horizons(of: BTreeMap<String, Option<renkei_core::SpanDuration>>) -> Horizons {
+    of.into_iter().filter_map(|(t, horizon)| horizon.map(|d| (t, d.to_chrono()))).collect()
 }
 
 impl Selection {
     fn of(segments: &SegmentSet) -> Self {
         let keys = segments.property_reads();
-        let base = EventSelection { types: keys.keys().cloned().collect(), keys, since: BTreeMap::new() };
-        let horizons = segments
-            .event_horizons()
-            .into_iter()
-            .filter_map(|(t, horizon)| horizon.map(|d| (t, d.to_chrono())))
-            .collect();
-        Self { base, horizons }
+        let base = EventSelection {
+            types: keys.keys().cloned().collect(),
+            keys,
+            since: BTreeMap::new(),
+            totals: segments.totalled_types().into_iter().collect(),
+        };
+        let horizons_raw = horizons(segments.event_horizons());
+        Self { base, horizons: horizons_raw, beside_totals: horizons(segments.event_horizons_beside_totals()) }
     }
 
-    /// The events to load for an evaluation at `now` (or later): those at or
-    /// before `now - horizon` can no longer change any answer.
+    /// Every event that can matter for an evaluation at `now` (or later):
+    /// those at or before `now - horizon` can no longer change any answer.
     fn at(&self, now: DateTime<Utc>) -> EventSelection {
-        let since =
-            self.horizons.iter().filter_map(|(t, d)| now.checked_sub_signed(*d).map(|at| (t.clone(), at))).collect();
-        EventSelection { since, ..self.base.clone() }
+        EventSelection { since: since(&self.horizons, now), totals: Vec::new(), ..self.base.clone() }
     }
+
+    /// The running totals of the totalled types, and the events only the
+    /// windows need: a user's history costs nothing beyond its windows.
+    fn with_totals_at(&self, now: DateTime<Utc>) -> EventSelection {
+        EventSelection { since: since(&self.beside_totals, now), ..self.base.clone() }
+    }
+}
+
+fn since(horizons: &Horizons, now: DateTime<Utc>) -> BTreeMap<String, DateTime<Utc>> {
+    horizons.iter().filter_map(|(t, d)| now.checked_sub_signed(*d).map(|at| (t.clone(), at))).collect()
 }
 
 pub struct MembershipEngine {
@@ -140,15 +158,35 @@ impl IntoEventFact for FactEventRecord {
     }
 }
 
-/// A stored user as the segment language sees it.
+/// A stored user as the segment language sees it. Its running totals, when
+/// loaded, are summed over their sources per type.
 pub fn facts_of<E: IntoEventFact>(record: UserRecord<E>) -> UserFacts {
+    let mut totals: BTreeMap<String, EventTotals> = BTreeMap::new();
+    for record in record.totals {
+        let sum = EventTotals { count: record.count, last: Some(record.last_at), pending: Vec::new() };
+        totals.entry(record.event_type).or_default().merge(sum);
+    }
+    for (event_type, occurred_at) in record.pending {
+        totals.entry(event_type).or_default().pending.push(occurred_at);
+    }
     UserFacts {
         line_user_id: record.line_user_id,
         linked: record.member_id.is_some(),
         following: record.following,
         attributes: record.attributes,
         events: record.events.into_iter().map(IntoEventFact::into_event_fact).collect(),
+        totals,
     }
+}
+
+/// [`facts_of`] for records loaded with the totals of `totalled` types: a
+/// type with no events has totals too (of none).
+fn facts_with_totals(record: UserRecord<FactEventRecord>, totalled: &[String]) -> UserFacts {
+    let mut facts = facts_of(record);
+    for event_type in totalled {
+        facts.totals.entry(event_type.clone()).or_default();
+    }
+    facts
 }
 
 /// The user's complete answer at `now` and when it may next change by time alone.
@@ -158,7 +196,10 @@ fn evaluate_record(
     now: DateTime<Utc>,
     tz: Tz,
 ) -> MembershipUpdate {
-    let facts = facts_of(record);
+    evaluate_facts(segments, facts_of(record), now, tz)
+}
+
+fn evaluate_facts(segments: &SegmentSet, facts: UserFacts, now: DateTime<Utc>, tz: Tz) -> MembershipUpdate {
     let answers = segments.evaluate_in_order(&facts, now, tz);
     let next_due = segments.next_change(&facts, now, tz).filter(|due| *due > now);
     MembershipUpdate {
@@ -231,8 +272,9 @@ impl MembershipEngine {
             return Ok(Vec::new());
         }
         let now = self.clock.now();
-        let records = self.store.memberships.load_user_facts(&users, &self.selection.at(now)).await?;
-        let (updates, _) = evaluate_page(&self.segments, records, now, self.tz);
+        let facts = self.load_with_totals(&users, now).await?;
+        let updates: Vec<MembershipUpdate> =
+            facts.into_iter().map(|f| evaluate_facts(&self.segments, f, now, self.tz)).collect();
         let transitions = self.store.memberships.apply_memberships(&updates, now, cause).await?;
         let earliest = updates.iter().filter_map(|u| u.next_due).min();
         if earliest.is_some_and(|due| due.timestamp_micros() < self.timer_target.load(Ordering::SeqCst)) {
@@ -248,6 +290,33 @@ impl MembershipEngine {
             );
         }
         Ok(transitions)
+    }
+
+    /// The users' facts for an evaluation at `now`, with running totals
+    /// where they can answer; a user whose totals hold an event after `now`
+    /// (a clock set back) is read raw instead.
+    async fn load_with_totals(&self, users: &[LineUserId], now: DateTime<Utc>) -> MembershipResult<Vec<UserFacts>> {
+        let selection = self.selection.with_totals_at(now);
+        let records = self.store.memberships.load_user_facts(users, &selection).await?;
+        let mut facts: Vec<UserFacts> = records.into_iter().map(|r| facts_with_totals(r, &selection.totals)).collect();
+        let stale: Vec<usize> = (0..facts.len()).filter(|&i| !facts[i].totals_usable_at(now)).collect();
+        if !stale.is_empty() {
+            let users: Vec<LineUserId> = stale.iter().map(|&i| facts[i].line_user_id.clone()).collect();
+            let raw = self.store.memberships.load_user_facts(&users, &self.selection.at(now)).await?;
+            for (i, record) in stale.into_iter().zip(raw) {
+                facts[i] = facts_of(record);
+            }
+        }
+        Ok(facts)
+    }
+
+    /// Rebuilds the store's running totals of events from the events (see
+    /// `MembershipStore::rebuild_event_totals`); the start-up recompute runs it first.
+    pub async fn rebuild_totals(&self) -> MembershipResult<()> {
+        let started = Instant::now();
+        self.store.memberships.rebuild_event_totals().await?;
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "running totals of events rebuilt");
+        Ok(())
     }
 
     /// The LINE user a change refers to; `None` for a member not linked yet

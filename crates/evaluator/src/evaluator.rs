@@ -156,6 +156,10 @@ impl Evaluator {
     async fn recompute_once(&self) -> Option<RecomputeReport> {
         let stats = &self.inner.stats;
         stats.recompute_running.store(true, Ordering::Relaxed);
+        // Totals are kept with each insert; rebuilding them here bounds any drift to one run.
+        if let Err(error) = self.engine().rebuild_totals().await {
+            tracing::error!(%error, "rebuilding the running totals of events failed; they stay as kept");
+        }
         let mut counted = 0u64;
         let result = self
             .engine()

@@ -74,6 +74,7 @@ fn users(rng: &mut Rng, first: u64, count: u64, now: DateTime<Utc>) -> Vec<UserF
                 following: i % 20 != 0,
                 attributes: Some(attributes),
                 events,
+                totals: Default::default(),
             }
         })
         .collect()

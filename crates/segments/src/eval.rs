@@ -115,6 +115,67 @@ pub struct UserFacts {
     pub attributes: Option<Map<String, Value>>,
     /// In any order; events after `now` are ignored.
     pub events: Vec<EventFact>,
+    /// Per event type, the store's running totals, which answer the type's
+    /// [`EventCondition::is_totalled`] conditions instead of `events` (which
+    /// then need not hold the type's whole history). A type not listed is
+    /// answered from `events`.
+    pub totals: BTreeMap<String, EventTotals>,
+}
+
+/// A user's events of one type as running totals: what a condition that
+/// counts the whole history with no filter needs, whatever the history's size.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventTotals {
+    /// How many events the totals hold.
+    pub count: u64,
+    /// The latest `occurred_at` among them: the totals can answer only at
+    /// an instant at or after it (see [`UserFacts::totals_usable_at`]).
+    pub last: Option<DateTime<Utc>>,
+    /// When the type's events not in the totals occurred (stored ahead of
+    /// their time, they count from then on).
+    pub pending: Vec<DateTime<Utc>>,
+}
+
+impl EventTotals {
+    /// Adds an event's occurrence to the totals.
+    pub fn add(&mut self, occurred_at: DateTime<Utc>) {
+        self.count += 1;
+        self.last = self.last.max(Some(occurred_at));
+    }
+
+    /// Adds other totals of the same user and type (from another source of
+    /// its events: its LINE user id, its member id).
+    pub fn merge(&mut self, other: EventTotals) {
+        self.count += other.count;
+        self.last = self.last.max(other.last);
+        self.pending.extend(other.pending);
+    }
+
+    /// The number of events at or before `now`.
+    fn count_at(&self, now: DateTime<Utc>) -> u64 {
+        self.count + self.pending.iter().filter(|t| **t <= now).count() as u64
+    }
+}
+
+impl UserFacts {
+    /// Whether every total counts all its events at `now` (none of them is
+    /// after `now`). When not, the facts must be loaded without totals to
+    /// be evaluated at `now` (e.g. a preview of an earlier instant).
+    pub fn totals_usable_at(&self, now: DateTime<Utc>) -> bool {
+        self.totals.values().all(|totals| totals.last.is_none_or(|last| last <= now))
+    }
+}
+
+impl EventCondition {
+    /// Counts the type's whole history with no filter: answerable from
+    /// [`EventTotals`] alone.
+    pub fn is_totalled(&self) -> bool {
+        self.filters.is_empty()
+            && self.within.is_none()
+            && self.older_than.is_none()
+            && self.follow.is_none()
+            && self.aggregate.kind == AggregateKind::Count
+    }
 }
 
 /// The user's events grouped by their type among the set's referenced event
@@ -271,8 +332,16 @@ fn eval_condition(
         Condition::Following(expected) => facts.following == *expected,
         // Dependency order guarantees the referenced answer is already there.
         Condition::Segment { id, .. } => results.get(id).unwrap_or(false),
-        Condition::Event(event) => eval_event(event, events, at),
+        Condition::Event(event) => match totals_for(event, facts) {
+            Some(totals) => count_holds(&event.aggregate, totals.count_at(at.now), at),
+            None => eval_event(event, events, at),
+        },
     }
+}
+
+/// The totals that answer `condition`, if it is totalled and they were loaded.
+pub(crate) fn totals_for<'f>(condition: &EventCondition, facts: &'f UserFacts) -> Option<&'f EventTotals> {
+    if condition.is_totalled() { facts.totals.get(condition.event_type.as_str()) } else { None }
 }
 
 /// The value at a dotted path; JSON `null` counts as missing.
@@ -423,10 +492,16 @@ fn numbers<'a>(events: impl Iterator<Item = &'a EventFact>, path: &FieldPath) ->
     events.filter_map(move |e| lookup(&e.properties, path)).filter_map(Value::as_number)
 }
 
+/// A `count` aggregate's comparisons on `count` events.
+fn count_holds(aggregate: &Aggregate, count: u64, at: At) -> bool {
+    let value = Value::from(count);
+    aggregate.comparators.iter().all(|c| compare(Some(&value), c, at))
+}
+
 /// Streams over the kept events (no list of them is built).
 fn aggregate_holds<'a>(aggregate: &Aggregate, events: impl Iterator<Item = &'a EventFact>, at: At) -> bool {
     let result: Option<Value> = match &aggregate.kind {
-        AggregateKind::Count => Some(Value::from(events.count() as u64)),
+        AggregateKind::Count => return count_holds(aggregate, events.count() as u64, at),
         AggregateKind::Sum(path) => {
             let sum: f64 = numbers(events, path).filter_map(|n| n.as_f64()).sum();
             Number::from_f64(sum).map(Value::Number)

@@ -36,6 +36,6 @@ pub use ast::{
     PropertyFilter, Segment,
 };
 pub use diagnostic::Diagnostic;
-pub use eval::{EventFact, Properties, UserFacts};
+pub use eval::{EventFact, EventTotals, Properties, UserFacts};
 pub use set::SegmentSet;
 pub use yaml::Pos;

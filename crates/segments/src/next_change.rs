@@ -16,7 +16,7 @@
 
 use crate::ast::{Comparator, Condition, EventCondition, PropertyFilter};
 use crate::calendar::next_local_midnight;
-use crate::eval::{At, Properties, TypedEvents, UserFacts, lookup, time_of};
+use crate::eval::{At, Properties, TypedEvents, UserFacts, lookup, time_of, totals_for};
 use crate::set::SegmentSet;
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
@@ -110,7 +110,11 @@ impl Earliest {
             Condition::Anniversary { .. } => {}
             // Other segments are visited by the caller; flags do not move with time.
             Condition::Linked(_) | Condition::Following(_) | Condition::Segment { .. } => {}
-            Condition::Event(event) => self.event(event, events),
+            Condition::Event(event) => match totals_for(event, facts) {
+                // Counted events change nothing with time; pending ones count from their instant.
+                Some(totals) => totals.pending.iter().for_each(|t| self.offer(Some(*t))),
+                None => self.event(event, events),
+            },
         }
     }
 

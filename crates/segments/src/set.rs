@@ -191,6 +191,34 @@ impl SegmentSet {
     /// need not be loaded. Keys are exactly
     /// [`SegmentSet::referenced_event_types`].
     pub fn event_horizons(&self) -> BTreeMap<String, Option<SpanDuration>> {
+        self.horizons(false)
+    }
+
+    /// Every event type some [`crate::EventCondition::is_totalled`]
+    /// condition reads: the types whose totals evaluation can use.
+    pub fn totalled_types(&self) -> BTreeSet<String> {
+        let mut types = BTreeSet::new();
+        for segment in &self.segments {
+            segment.rule.visit(&mut |condition| {
+                if let Condition::Event(event) = condition
+                    && event.is_totalled()
+                {
+                    types.insert(event.event_type.as_str().to_string());
+                }
+            });
+        }
+        types
+    }
+
+    /// Like [`SegmentSet::event_horizons`] when the facts carry the totals
+    /// of [`SegmentSet::totalled_types`]: totalled conditions read no event
+    /// (a zero horizon, when nothing else reads the type), so only windowed
+    /// conditions set how far back events are needed.
+    pub fn event_horizons_beside_totals(&self) -> BTreeMap<String, Option<SpanDuration>> {
+        self.horizons(true)
+    }
+
+    fn horizons(&self, with_totals: bool) -> BTreeMap<String, Option<SpanDuration>> {
         fn widen(slot: &mut Option<Option<SpanDuration>>, within: Option<SpanDuration>) {
             *slot = Some(match (*slot, within) {
                 (None, within) => within,
@@ -202,8 +230,10 @@ impl SegmentSet {
         for segment in &self.segments {
             segment.rule.visit(&mut |condition| {
                 let Condition::Event(event) = condition else { return };
+                let within =
+                    if with_totals && event.is_totalled() { Some(SpanDuration::from_seconds(0)) } else { event.within };
                 // A follow-up counts only after a first event in the window.
-                widen(horizons.entry(event.event_type.as_str().to_string()).or_default(), event.within);
+                widen(horizons.entry(event.event_type.as_str().to_string()).or_default(), within);
                 if let Some(follow) = &event.follow {
                     widen(horizons.entry(follow.event_type.as_str().to_string()).or_default(), event.within);
                 }

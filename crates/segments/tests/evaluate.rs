@@ -31,6 +31,7 @@ fn user(attributes: Option<Value>, events: &[(&str, &str, Value)]) -> UserFacts 
                 properties: object(props.clone()).into(),
             })
             .collect(),
+        totals: Default::default(),
     }
 }
 
@@ -334,4 +335,29 @@ fn event_horizons_are_the_widest_window_per_type() {
         set.event_horizons().into_keys().collect::<std::collections::BTreeSet<_>>(),
         set.referenced_event_types()
     );
+    // With totals, store_visit's whole-history count reads no event; its 60d window still does.
+    assert_eq!(set.totalled_types().into_iter().collect::<Vec<_>>(), ["store_visit"]);
+    let beside: Vec<(String, Option<i64>)> =
+        set.event_horizons_beside_totals().into_iter().map(|(t, h)| (t, h.map(|d| d.seconds()))).collect();
+    let mut expected = expected;
+    expected[5].1 = Some(60 * day);
+    assert_eq!(beside, expected);
+}
+
+#[test]
+fn a_type_only_counted_whole_needs_no_event_beside_totals() {
+    let counted = set("event: store_visit\ncount: {gte: 2}");
+    assert_eq!(counted.totalled_types().into_iter().collect::<Vec<_>>(), ["store_visit"]);
+    let horizons: Vec<(String, Option<i64>)> =
+        counted.event_horizons_beside_totals().into_iter().map(|(t, h)| (t, h.map(|d| d.seconds()))).collect();
+    assert_eq!(horizons, [("store_visit".to_string(), Some(0))]);
+    // A filter, a window or another aggregate needs the events.
+    for rule in [
+        "event: store_visit\nwhere: {store: shibuya}",
+        "event: store_visit\nolder_than: 1d",
+        "event: purchase\nsum: {property: amount, gte: 1}",
+        "event: purchase\nfollowed_by: {event: visit}",
+    ] {
+        assert!(set(rule).totalled_types().is_empty(), "{rule}");
+    }
 }

@@ -1,14 +1,16 @@
 //! Property tests: (a) the evaluator agrees with a deliberately naive
 //! reference written here from the segment language as documented (`rule`
 //! conditions and their combinators), sharing no code with the crate;
-//! (b) `next_change` is sound: nothing changes strictly before it.
+//! (b) `next_change` is sound: nothing changes strictly before it;
+//! (c) evaluating with the store's running totals (and only the events the
+//! windows need) answers as evaluating every raw event.
 #![allow(clippy::unwrap_used)]
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::{America, Asia, Tz, UTC};
 use proptest::prelude::*;
 use renkei_core::LineUserId;
-use renkei_segments::{EventFact, SegmentSet, UserFacts};
+use renkei_segments::{EventFact, EventTotals, SegmentSet, UserFacts};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -466,6 +468,7 @@ fn scenario_of(rules: BoxedStrategy<Vec<Rule>>, tight: bool) -> impl Strategy<Va
                 following,
                 attributes: linked.then_some(map),
                 events,
+                totals: Default::default(),
             };
             let rules = rules.into_iter().enumerate().map(|(k, r)| fix_references(r, k)).collect();
             Scenario { rules, facts, now, tz }
@@ -792,4 +795,95 @@ fn check_next_change(s: &Scenario, fractions: &[f64]) -> Result<(), TestCaseErro
         at = next;
     }
     Ok(())
+}
+
+// ---------- (c) running totals ----------
+
+/// The facts as the engine loads them for real-time evaluation at `now`:
+/// each totalled type as totals of two sources (the events of the LINE user
+/// and of its member, as `sources` splits them), holding the events received
+/// at or after they occurred, the others pending; and raw events only inside
+/// the horizons beside totals. `received` (half hours after each event)
+/// makes some events arrive ahead of their time (a negative value, or a
+/// future event: nothing is received after `now`).
+fn with_totals(set: &SegmentSet, facts: &UserFacts, now: DateTime<Utc>, received: &[(i64, bool)]) -> UserFacts {
+    let totalled = set.totalled_types();
+    let mut sources: [BTreeMap<String, EventTotals>; 2] = Default::default();
+    for (event, (delay, member)) in facts.events.iter().zip(received.iter().cycle()) {
+        if !totalled.contains(&event.event_type) {
+            continue;
+        }
+        let received_at = (event.occurred_at + Duration::minutes(30 * delay)).min(now);
+        let totals = sources[usize::from(*member)].entry(event.event_type.clone()).or_default();
+        if event.occurred_at <= received_at {
+            totals.add(event.occurred_at);
+        } else {
+            totals.pending.push(event.occurred_at);
+        }
+    }
+    let [mut totals, member] = sources;
+    for (event_type, more) in member {
+        totals.entry(event_type).or_default().merge(more);
+    }
+    // Every totalled type has totals, even of no events.
+    for event_type in totalled {
+        totals.entry(event_type).or_default();
+    }
+    let horizons = set.event_horizons_beside_totals();
+    let needed = |event: &EventFact| match horizons.get(&event.event_type) {
+        Some(Some(horizon)) => event.occurred_at > now - horizon.to_chrono(),
+        _ => true,
+    };
+    let events = facts.events.iter().filter(|e| needed(e)).cloned().collect();
+    UserFacts { events, totals, ..facts.clone() }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn totals_answer_as_raw_events(
+        s in scenario(),
+        received in prop::collection::vec((-4i64..6, any::<bool>()), 1..8),
+        fractions in prop::collection::vec(0.0f64..1.0, 4),
+    ) {
+        let set = load(&s.rules);
+        let totalled = with_totals(&set, &s.facts, s.now, &received);
+        prop_assert!(totalled.totals_usable_at(s.now));
+        // At `now`, at instants up to the next change the totals suggest, and
+        // stepping from change to change: the raw answer every time.
+        let next = set.next_change(&totalled, s.now, s.tz).unwrap_or(s.now + Duration::days(800));
+        let span = (next - s.now).num_nanoseconds().unwrap();
+        let mut instants: Vec<DateTime<Utc>> = vec![s.now];
+        instants.extend(fractions.iter().map(|f| s.now + Duration::nanoseconds(((span as f64) * f) as i64)));
+        let mut at = s.now;
+        for _ in 0..5 {
+            let Some(next) = set.next_change(&totalled, at, s.tz) else { break };
+            instants.extend([next - Duration::nanoseconds(1), next]);
+            at = next;
+        }
+        for at in instants {
+            prop_assert_eq!(set.evaluate(&totalled, at, s.tz), set.evaluate(&s.facts, at, s.tz), "at {}", at);
+        }
+    }
+}
+
+#[test]
+fn totals_are_unusable_before_their_last_event() {
+    let set = load(&[]);
+    let now = base();
+    let mut facts = UserFacts {
+        line_user_id: LineUserId::parse("U4af4980629a0b7a1fd4a3c1bb0d7d9c0").unwrap(),
+        linked: false,
+        following: true,
+        attributes: None,
+        events: Vec::new(),
+        totals: BTreeMap::new(),
+    };
+    let mut totals = EventTotals::default();
+    totals.add(now);
+    facts.totals.insert("visit".into(), totals);
+    assert!(facts.totals_usable_at(now));
+    assert!(!facts.totals_usable_at(now - Duration::nanoseconds(1)));
+    assert!(set.is_empty());
 }

@@ -37,7 +37,7 @@ pub use leases::{LeaseHolder, LeaseStore};
 pub use members::{Link, LinkOutcome, Member, MemberStore, MembersOutcome};
 pub use membership::{
     AudiencePage, Cause, EventSelection, FactEventRecord, MembershipReads, MembershipStore, MembershipUpdate,
-    SegmentStats, StoredTransition, Transition, TransitionKind, UserEventRecord, UserRecord,
+    SegmentStats, StoredTransition, TotalsRecord, Transition, TransitionKind, UserEventRecord, UserRecord,
 };
 pub use outbox::{
     CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxReads, OutboxStore,

@@ -52,6 +52,16 @@ pub struct FactEventRecord {
     pub properties: Vec<(String, Value)>,
 }
 
+/// A user's running totals of one event type from one source of its events
+/// (migration 0010): how many events, and when the latest occurred. Events
+/// stored ahead of their time are not in them (see [`UserRecord::pending`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotalsRecord {
+    pub event_type: String,
+    pub count: u64,
+    pub last_at: DateTime<Utc>,
+}
+
 /// Events in a page, sorted by time when the page is assembled.
 pub(crate) trait Timed {
     fn occurred_at(&self) -> DateTime<Utc>;
@@ -80,6 +90,12 @@ pub struct UserRecord<E = UserEventRecord> {
     pub following: bool,
     /// Oldest first.
     pub events: Vec<E>,
+    /// The running totals of [`EventSelection::totals`]' types, one record
+    /// per type and source (on PostgreSQL, and slot; sum them).
+    pub totals: Vec<TotalsRecord>,
+    /// Events of those types left out of the totals, stored ahead of their
+    /// time: type and occurred_at.
+    pub pending: Vec<(String, DateTime<Utc>)>,
 }
 
 /// Which events [`MembershipStore::load_user_facts`] loads, and which of
@@ -95,6 +111,8 @@ pub struct EventSelection {
     /// Per type, only events strictly after this instant are loaded (types
     /// not listed: all of them).
     pub since: BTreeMap<String, DateTime<Utc>>,
+    /// Types whose running totals (and pending events) to load as well.
+    pub totals: Vec<String>,
 }
 
 impl EventSelection {
@@ -212,6 +230,11 @@ pub trait MembershipStore: Send + Sync + 'static {
         cause: Cause,
     ) -> StoreResult<Vec<Transition>>;
 
+    /// Rebuilds every running total of events from the events themselves
+    /// (they are kept with each insert; this undoes any drift, e.g. from
+    /// rows edited by hand). Inserts wait while it runs.
+    async fn rebuild_event_totals(&self) -> StoreResult<()>;
+
     /// `apply_memberships` for users of an audience page (`updates` name no
     /// one outside it).
     async fn apply_page_memberships(
@@ -224,6 +247,16 @@ pub trait MembershipStore: Send + Sync + 'static {
         self.apply_memberships(updates, at, cause).await
     }
 }
+
+/// Rebuilds `event_totals` as migration 0010 first filled it (inside the
+/// caller's transaction).
+pub(crate) const REBUILD_EVENT_TOTALS: [&str; 2] = [
+    "DELETE FROM event_totals",
+    "INSERT INTO event_totals (line_user_id, member_id, type, count, last_at)
+     SELECT COALESCE(line_user_id, ''), COALESCE(member_id, ''), type, COUNT(*), MAX(occurred_at)
+     FROM events WHERE occurred_at <= received_at
+     GROUP BY COALESCE(line_user_id, ''), COALESCE(member_id, ''), type",
+];
 
 /// Event properties that are not an object (never written by renkei, but
 /// possible in a hand-edited database) count as no properties.
@@ -379,6 +412,8 @@ impl<E: Timed> PageBuilder<E> {
                 attributes: None,
                 following: false,
                 events: Vec::new(),
+                totals: Vec::new(),
+                pending: Vec::new(),
             })
             .collect();
         Self { records }
@@ -411,6 +446,18 @@ impl<E: Timed> PageBuilder<E> {
     pub(crate) fn push_event(&mut self, position: i64, event: E) {
         if let Some(record) = self.record(position) {
             record.events.push(event);
+        }
+    }
+
+    pub(crate) fn push_totals(&mut self, position: i64, totals: TotalsRecord) {
+        if let Some(record) = self.record(position) {
+            record.totals.push(totals);
+        }
+    }
+
+    pub(crate) fn push_pending(&mut self, position: i64, event_type: String, occurred_at: DateTime<Utc>) {
+        if let Some(record) = self.record(position) {
+            record.pending.push((event_type, occurred_at));
         }
     }
 

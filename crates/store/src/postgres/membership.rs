@@ -4,7 +4,8 @@
 
 use crate::membership::{
     AllProperties, AudiencePage, Cause, Diff, EventMaker, EventSelection, FactEventRecord, MembershipStore,
-    MembershipUpdate, PageBuilder, Transition, UserRecord, diff, transitions_of,
+    MembershipUpdate, PageBuilder, REBUILD_EVENT_TOTALS, Timed, TotalsRecord, Transition, UserRecord, diff,
+    transitions_of,
 };
 use crate::{PgStore, StoreResult};
 use async_trait::async_trait;
@@ -110,6 +111,30 @@ static PG_EVENTS_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
     )
 });
 
+/// A listed user's events of the types in $2, each type only after its bound
+/// in $5 (aligned with $2), from both sources as above: per user and type one
+/// range of the `(…, type, occurred_at)` indexes (migration 0010), so a
+/// user's history outside the windows is not visited. (`OFFSET 0` keeps
+/// each lateral read a probe of its own: flattened, the planner reads all of
+/// a user's events and hashes on type.) Re-evaluating a few users reads this
+/// way; a recompute page reads by key range instead.
+const PG_EVENTS_TYPED: &str = r#"SELECT u.i, NULL::text, e.type, e.occurred_at,
+        CASE WHEN $3::text[] IS NULL OR e.type COLLATE "C" = ANY($3::text[]) THEN e.properties::text END
+     FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i)
+     CROSS JOIN UNNEST($2::text[], $5::timestamptz[]) AS t (type, since)
+     CROSS JOIN LATERAL (SELECT e.type, e.occurred_at, e.properties FROM events e
+                         WHERE e.line_user_id = u.id AND e.type = t.type
+                           AND e.occurred_at > COALESCE(t.since, '-infinity') OFFSET 0) e
+     UNION ALL
+     SELECT u.i, NULL::text, e.type, e.occurred_at,
+        CASE WHEN $3::text[] IS NULL OR e.type COLLATE "C" = ANY($3::text[]) THEN e.properties::text END
+     FROM UNNEST($1::text[], $4::text[]) WITH ORDINALITY AS u (id, member_id, i)
+     CROSS JOIN UNNEST($2::text[], $5::timestamptz[]) AS t (type, since)
+     CROSS JOIN LATERAL (SELECT e.type, e.occurred_at, e.properties FROM events e
+                         WHERE e.member_id = u.member_id AND e.type = t.type
+                           AND e.occurred_at > COALESCE(t.since, '-infinity')
+                           AND e.line_user_id IS DISTINCT FROM u.id OFFSET 0) e"#;
+
 impl PgStore {
     /// `load_users`, `load_user_facts` and `load_page_facts`: with a
     /// selection, properties are sent only for the types that need them, and
@@ -181,9 +206,11 @@ impl PgStore {
             let attributes: Option<Json<Value>> = row.try_get(3)?;
             page.set_user(position, row.try_get(2)?, attributes.map(|a| a.0), row.try_get(4)?);
         }
-        let members = page.member_ids();
+        // Owned: the page is added to while they are bound.
+        let members: Vec<Option<String>> = page.member_ids().into_iter().map(|m| m.map(str::to_string)).collect();
         {
             let query = match users {
+                PgUsers::Listed(_) if event_types.is_some() => sqlx::query(PG_EVENTS_TYPED),
                 PgUsers::Listed(_) => sqlx::query(PG_EVENTS_LISTED.as_str()),
                 PgUsers::Page { .. } => sqlx::query(PG_EVENTS_PAGE.as_str()),
             };
@@ -201,6 +228,9 @@ impl PgStore {
                 let event = maker.make(event_type, row.try_get(3)?, properties);
                 page.push_event(position, event);
             }
+        }
+        if let Some(selection) = selection.filter(|s| !s.totals.is_empty()) {
+            read_totals(&mut tx, &ids, &members, &selection.totals, &mut page).await?;
         }
         tx.commit().await?;
         Ok(page.finish())
@@ -278,6 +308,20 @@ impl MembershipStore for PgStore {
         self.load_records(PgUsers::of_page(page), Some(&selection.types), Some(selection), selection).await
     }
 
+    async fn rebuild_event_totals(&self) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        // Inserts (whose trigger writes the totals) wait for the rebuild, and
+        // the rebuild for the inserts already writing: it sees each batch
+        // either whole, committed, or not at all, and a batch not seen adds
+        // itself after.
+        sqlx::query("LOCK TABLE event_totals IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        for statement in REBUILD_EVENT_TOTALS {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn apply_memberships(
         &self,
         updates: &[MembershipUpdate],
@@ -296,6 +340,65 @@ impl MembershipStore for PgStore {
     ) -> StoreResult<Vec<Transition>> {
         self.apply_memberships_to(Some(page), updates, at, cause).await
     }
+}
+
+/// The running totals and pending events of `types` for the users in `ids`
+/// (linked to `members`, aligned), from both sources of a user's events as
+/// the raw read above. Rows name their user by position (1-based).
+async fn read_totals<E: Timed>(
+    tx: &mut PgConnection,
+    ids: &[&str],
+    members: &[Option<String>],
+    types: &[String],
+    page: &mut PageBuilder<E>,
+) -> StoreResult<()> {
+    let rows = sqlx::query(
+        r#"SELECT u.i, t.type, t.count, t.last_at
+           FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i) JOIN event_totals t ON t.line_user_id = u.id
+           WHERE t.type = ANY($3::text[])
+           UNION ALL
+           SELECT u.i, t.type, t.count, t.last_at
+           FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u (id, member_id, i)
+           JOIN event_totals t ON t.member_id = u.member_id AND t.member_id <> ''
+           WHERE t.line_user_id <> u.id AND t.type = ANY($3::text[])"#,
+    )
+    .bind(ids)
+    .bind(members)
+    .bind(types)
+    .fetch_all(&mut *tx)
+    .await?;
+    for row in rows {
+        let position: i64 = row.try_get(0)?;
+        let count: i64 = row.try_get(2)?;
+        let totals = TotalsRecord {
+            event_type: row.try_get(1)?,
+            count: u64::try_from(count).unwrap_or(0),
+            last_at: row.try_get(3)?,
+        };
+        page.push_totals(position - 1, totals);
+    }
+    // The partial `*_pending` indexes (migration 0010) hold exactly these events.
+    let rows = sqlx::query(
+        r#"SELECT u.i, e.type, e.occurred_at
+           FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i) JOIN events e ON e.line_user_id = u.id
+           WHERE e.line_user_id IS NOT NULL AND e.occurred_at > e.received_at AND e.type = ANY($3::text[])
+           UNION ALL
+           SELECT u.i, e.type, e.occurred_at
+           FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u (id, member_id, i)
+           JOIN events e ON e.member_id = u.member_id
+           WHERE e.member_id IS NOT NULL AND e.occurred_at > e.received_at
+             AND e.line_user_id IS DISTINCT FROM u.id AND e.type = ANY($3::text[])"#,
+    )
+    .bind(ids)
+    .bind(members)
+    .bind(types)
+    .fetch_all(&mut *tx)
+    .await?;
+    for row in rows {
+        let position: i64 = row.try_get(0)?;
+        page.push_pending(position - 1, row.try_get(1)?, row.try_get(2)?);
+    }
+    Ok(())
 }
 
 /// Position in `updates` → stored memberships and due time, of the users whose

@@ -4,7 +4,7 @@
 use super::{from_micros, to_micros};
 use crate::membership::{
     AllProperties, AudiencePage, Cause, EventMaker, EventSelection, FactEventRecord, MembershipStore, MembershipUpdate,
-    PageBuilder, Transition, UserRecord, diff, transitions_of,
+    PageBuilder, REBUILD_EVENT_TOTALS, TotalsRecord, Transition, UserRecord, diff, transitions_of,
 };
 use crate::{SqliteStore, StoreResult};
 use async_trait::async_trait;
@@ -17,6 +17,36 @@ use std::collections::{BTreeMap, BTreeSet};
 fn ids_json(users: &[LineUserId]) -> String {
     Value::Array(users.iter().map(|u| Value::String(u.as_str().to_string())).collect()).to_string()
 }
+
+/// A user's events of every type: those with its line_user_id, and those of
+/// the member it is linked to that do not name it already (?1 the users).
+const SQLITE_EVENTS_ALL: &str = "SELECT u.key AS position, e.type, e.occurred_at, e.properties
+     FROM json_each(?1) u JOIN events e ON e.line_user_id = u.value
+     UNION ALL
+     SELECT u.key AS position, e.type, e.occurred_at, e.properties
+     FROM json_each(?1) u
+     JOIN links l ON l.line_user_id = u.value
+     JOIN events e ON e.member_id = l.member_id
+     WHERE e.line_user_id IS NOT l.line_user_id";
+
+/// A user's events of the types in ?2, each type only after its bound in ?4
+/// (a JSON object; none: all), as above. Per user and type one range of the
+/// `(…, type, occurred_at)` indexes (migration 0010): a user's history
+/// outside the windows is not visited. `CROSS JOIN` fixes the loop order
+/// (SQLite's planner would otherwise read all of a user's events and then
+/// match the types). Properties only for the types in ?3 (all when NULL).
+const SQLITE_EVENTS_TYPED: &str = "SELECT u.key AS position, e.type, e.occurred_at,
+            CASE WHEN ?3 IS NULL OR e.type IN (SELECT value FROM json_each(?3)) THEN e.properties END AS properties
+     FROM json_each(?1) u CROSS JOIN json_each(?2) t CROSS JOIN events e
+     WHERE e.line_user_id = u.value AND e.type = t.value
+       AND e.occurred_at > COALESCE(?4 ->> t.value, -9223372036854775808)
+     UNION ALL
+     SELECT u.key AS position, e.type, e.occurred_at,
+            CASE WHEN ?3 IS NULL OR e.type IN (SELECT value FROM json_each(?3)) THEN e.properties END AS properties
+     FROM json_each(?1) u CROSS JOIN links l CROSS JOIN json_each(?2) t CROSS JOIN events e
+     WHERE l.line_user_id = u.value AND e.member_id = l.member_id AND e.type = t.value
+       AND e.line_user_id IS NOT l.line_user_id
+       AND e.occurred_at > COALESCE(?4 ->> t.value, -9223372036854775808)";
 
 impl SqliteStore {
     /// `load_users` and `load_user_facts`: with a selection, properties are
@@ -57,30 +87,13 @@ impl SqliteStore {
             let attributes = attributes.map(|text| serde_json::from_str(&text).unwrap_or(Value::Null));
             page.set_user(row.try_get("position")?, row.try_get("member_id")?, attributes, row.try_get("following")?);
         }
-        let rows = sqlx::query(
-            "SELECT u.key AS position, e.type, e.occurred_at,
-                    CASE WHEN ?3 IS NULL OR e.type IN (SELECT value FROM json_each(?3)) THEN e.properties END
-                        AS properties
-             FROM json_each(?1) u JOIN events e ON e.line_user_id = u.value
-             WHERE (?2 IS NULL OR e.type IN (SELECT value FROM json_each(?2)))
-               AND (?4 IS NULL OR e.occurred_at > COALESCE(?4 ->> e.type, -9223372036854775808))
-             UNION ALL
-             SELECT u.key AS position, e.type, e.occurred_at,
-                    CASE WHEN ?3 IS NULL OR e.type IN (SELECT value FROM json_each(?3)) THEN e.properties END
-                        AS properties
-             FROM json_each(?1) u
-             JOIN links l ON l.line_user_id = u.value
-             JOIN events e ON e.member_id = l.member_id
-             WHERE e.line_user_id IS NOT l.line_user_id
-               AND (?2 IS NULL OR e.type IN (SELECT value FROM json_each(?2)))
-               AND (?4 IS NULL OR e.occurred_at > COALESCE(?4 ->> e.type, -9223372036854775808))",
-        )
-        .bind(&ids)
-        .bind(types)
-        .bind(with_properties)
-        .bind(since)
-        .fetch_all(&mut *conn)
-        .await?;
+        let query = match types {
+            Some(types) => {
+                sqlx::query(SQLITE_EVENTS_TYPED).bind(ids.clone()).bind(types).bind(with_properties).bind(since)
+            }
+            None => sqlx::query(SQLITE_EVENTS_ALL).bind(ids.clone()),
+        };
+        let rows = query.fetch_all(&mut *conn).await?;
         for row in rows {
             let position: i64 = row.try_get("position")?;
             let event_type: String = row.try_get("type")?;
@@ -88,8 +101,69 @@ impl SqliteStore {
             let event = maker.make(event_type, from_micros(row.try_get("occurred_at")?)?, properties);
             page.push_event(position, event);
         }
+        if let Some(selection) = selection.filter(|s| !s.totals.is_empty()) {
+            read_totals(&mut conn, &ids, &selection.totals, &mut page).await?;
+        }
         Ok(page.finish())
     }
+}
+
+/// The running totals and pending events of `types` for the users in `ids`
+/// (a JSON array), from both sources of a user's events as the raw read above.
+async fn read_totals<E: crate::membership::Timed>(
+    conn: &mut sqlx::SqliteConnection,
+    ids: &str,
+    types: &[String],
+    page: &mut PageBuilder<E>,
+) -> StoreResult<()> {
+    let types = serde_json::to_string(types).unwrap_or_else(|_| "[]".to_string());
+    let rows = sqlx::query(
+        "SELECT u.key AS position, t.type, t.count, t.last_at
+         FROM json_each(?1) u CROSS JOIN event_totals t
+         WHERE t.line_user_id = u.value AND t.type IN (SELECT value FROM json_each(?2))
+         UNION ALL
+         SELECT u.key AS position, t.type, t.count, t.last_at
+         FROM json_each(?1) u
+         JOIN links l ON l.line_user_id = u.value
+         JOIN event_totals t INDEXED BY event_totals_member ON t.member_id = l.member_id AND t.member_id <> ''
+         WHERE t.line_user_id <> l.line_user_id AND t.type IN (SELECT value FROM json_each(?2))",
+    )
+    .bind(ids)
+    .bind(&types)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        let count: i64 = row.try_get("count")?;
+        let totals = TotalsRecord {
+            event_type: row.try_get("type")?,
+            count: u64::try_from(count).unwrap_or(0),
+            last_at: from_micros(row.try_get("last_at")?)?,
+        };
+        page.push_totals(row.try_get("position")?, totals);
+    }
+    // The partial `*_pending` indexes (migration 0010) hold exactly these
+    // events; named, as the planner may prefer the larger typed indexes.
+    let rows = sqlx::query(
+        "SELECT u.key AS position, e.type, e.occurred_at
+         FROM json_each(?1) u JOIN events e INDEXED BY events_line_user_pending ON e.line_user_id = u.value
+         WHERE e.line_user_id IS NOT NULL AND e.occurred_at > e.received_at
+           AND e.type IN (SELECT value FROM json_each(?2))
+         UNION ALL
+         SELECT u.key AS position, e.type, e.occurred_at
+         FROM json_each(?1) u
+         JOIN links l ON l.line_user_id = u.value
+         JOIN events e INDEXED BY events_member_pending ON e.member_id = l.member_id
+         WHERE e.member_id IS NOT NULL AND e.occurred_at > e.received_at
+           AND e.line_user_id IS NOT l.line_user_id AND e.type IN (SELECT value FROM json_each(?2))",
+    )
+    .bind(ids)
+    .bind(&types)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        page.push_pending(row.try_get("position")?, row.try_get("type")?, from_micros(row.try_get("occurred_at")?)?);
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -125,6 +199,16 @@ impl MembershipStore for SqliteStore {
         selection: &EventSelection,
     ) -> StoreResult<Vec<UserRecord<FactEventRecord>>> {
         self.load_records(users, Some(&selection.types), Some(selection), selection).await
+    }
+
+    async fn rebuild_event_totals(&self) -> StoreResult<()> {
+        // The single writer: no insert can come between the two statements.
+        let mut tx = self.writer.begin().await?;
+        for statement in REBUILD_EVENT_TOTALS {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn apply_memberships(
