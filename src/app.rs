@@ -445,9 +445,23 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// `status` and `database` (reachable or not), and `writes`: `blocked` while
+/// something holds the writer (`writer_held_ms`), so writes wait and may be
+/// refused with `store_busy`. Found without taking the writer.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     match state.store.ping().await {
-        Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok", "database": state.store.backend()}))),
+        Ok(_) => {
+            let (writes, held_ms) = match state.store.write_state().await {
+                Ok(writes) => (if writes.blocked { "blocked" } else { "ok" }, Some(writes.held_ms)),
+                Err(error) => {
+                    tracing::warn!(%error, "health check: cannot tell whether writes are blocked");
+                    ("unknown", None)
+                }
+            };
+            let body = serde_json::json!({"status": "ok", "database": state.store.backend(),
+                "writes": writes, "writer_held_ms": held_ms});
+            (StatusCode::OK, axum::Json(body))
+        }
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unavailable");
             (

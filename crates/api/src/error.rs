@@ -5,7 +5,7 @@
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use renkei_core::{FieldError, ItemError};
 use renkei_store::StoreError;
@@ -46,6 +46,10 @@ pub enum ErrorCode {
     Conflict,
     /// The database failed; nothing was changed, retry later.
     StoreUnavailable,
+    /// A write waited `[database] write_wait` for the database (an import
+    /// or another long write holds it); nothing was changed, retry after
+    /// `Retry-After` seconds.
+    StoreBusy,
     /// The route needs LINE settings that are not configured.
     NotConfigured,
     /// renkei cannot do this right now (e.g. no randomness for a nonce); retry later.
@@ -58,7 +62,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the README's order.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         Self::Unauthorized,
         Self::NotFound,
         Self::MethodNotAllowed,
@@ -75,6 +79,7 @@ impl ErrorCode {
         Self::InvalidIdToken,
         Self::Conflict,
         Self::StoreUnavailable,
+        Self::StoreBusy,
         Self::NotConfigured,
         Self::Unavailable,
         Self::LineUnavailable,
@@ -100,6 +105,7 @@ impl ErrorCode {
             Self::InvalidIdToken => "invalid_id_token",
             Self::Conflict => "conflict",
             Self::StoreUnavailable => "store_unavailable",
+            Self::StoreBusy => "store_busy",
             Self::NotConfigured => "not_configured",
             Self::Unavailable => "unavailable",
             Self::LineUnavailable => "line_unavailable",
@@ -119,9 +125,11 @@ impl ErrorCode {
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::InvalidRequest | Self::InvalidBatch | Self::InvalidIdToken => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Conflict => StatusCode::CONFLICT,
-            Self::StoreUnavailable | Self::NotConfigured | Self::Unavailable | Self::LineUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::StoreUnavailable
+            | Self::StoreBusy
+            | Self::NotConfigured
+            | Self::Unavailable
+            | Self::LineUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::LineError => StatusCode::BAD_GATEWAY,
         }
     }
@@ -141,11 +149,16 @@ pub struct ApiError {
     pub items: Vec<ItemError>,
     /// Per-field problems of a refused body (`errors`).
     pub fields: Vec<FieldError>,
+    /// Seconds for the `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
+
+/// `Retry-After` of a `store_busy` answer: about one default write wait.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 5;
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), items: Vec::new(), fields: Vec::new() }
+        Self { code, message: message.into(), items: Vec::new(), fields: Vec::new(), retry_after: None }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -182,8 +195,19 @@ impl ApiError {
         Self { items, ..Self::new(ErrorCode::InvalidBatch, message) }
     }
 
+    /// 503 `store_busy` with `Retry-After`: the database was held longer than a write waits.
+    pub fn store_busy(error: &StoreError) -> Self {
+        tracing::warn!(%error, "store busy; answered 503");
+        let message =
+            "the database is busy (a long write such as an import holds it); nothing was changed, retry later";
+        Self { retry_after: Some(BUSY_RETRY_AFTER_SECS), ..Self::new(ErrorCode::StoreBusy, message) }
+    }
+
     /// A database failure on a route that reads.
     pub fn store_unavailable(error: &StoreError) -> Self {
+        if matches!(error, StoreError::Busy(_)) {
+            return Self::store_busy(error);
+        }
         tracing::error!(%error, "store failure");
         Self::new(ErrorCode::StoreUnavailable, "the database is unavailable; retry later")
     }
@@ -201,6 +225,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Conflict(message) => Self::new(ErrorCode::Conflict, message),
+            busy @ StoreError::Busy(_) => Self::store_busy(&busy),
             other => {
                 tracing::error!(error = %other, "store failure");
                 Self::new(ErrorCode::StoreUnavailable, "storage failed; nothing was stored, retry later")
@@ -217,7 +242,11 @@ impl IntoResponse for ApiError {
         } else if !self.fields.is_empty() {
             body["errors"] = json!(self.fields);
         }
-        (self.code.status(), Json(body)).into_response()
+        let mut response = (self.code.status(), Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -232,5 +261,14 @@ mod tests {
         let error = ApiError::from(StoreError::Corrupt("down".into()));
         assert_eq!(error.code.as_str(), "store_unavailable");
         assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn a_busy_store_is_503_store_busy_with_retry_after() {
+        let response = ApiError::from(StoreError::Busy("pool timed out".into())).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], BUSY_RETRY_AFTER_SECS.to_string().as_str());
+        let read = ApiError::store_unavailable(&StoreError::Busy("pool timed out".into()));
+        assert_eq!(read.code, ErrorCode::StoreBusy);
     }
 }
