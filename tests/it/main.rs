@@ -12,3 +12,4 @@ mod common;
 mod config;
 mod crash;
 mod segments;
+mod webhook_waits;
