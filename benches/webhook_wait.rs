@@ -174,7 +174,12 @@ async fn run(name: &str, store: Arc<dyn Store>, url: &str, members: usize, rate:
     let (hooks, events) = load(&server, rate, 1_000_000, || finished.load(std::sync::atomic::Ordering::Relaxed)).await;
     let (outcome, took) = import.await?;
     let outcome = outcome.map_err(|e| format!("import: {e}"))?;
-    println!("{name}: import of {members} members ({} created, {} linked) took {:.1} s", outcome.created, outcome.linked, took.as_secs_f64());
+    println!(
+        "{name}: import of {members} members ({} created, {} linked) took {:.1} s",
+        outcome.created,
+        outcome.linked,
+        took.as_secs_f64()
+    );
     println!("{}", report("webhook, idle server", &idle));
     println!("{}", report("webhook, during the import", &hooks));
     println!("{}", report("POST /v1/events, during the import", &events));
