@@ -503,14 +503,18 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Liveness and database reachability, from the prober's last ping (at
-/// most [`crate::health::HEALTH_INTERVAL`] old): no query of its own, so it never waits
-/// behind the database.
+/// Liveness and database reachability, from the prober's last check (at
+/// most [`crate::health::HEALTH_INTERVAL`] old): no query of its own, so it
+/// never waits behind the database. `writes` is `blocked` while something
+/// holds the writer (`writer_held_ms`), so writes wait and may be refused
+/// with `store_busy`.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let health = &state.health;
     let backend = health.store.backend();
     if health.healthy() {
-        (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok", "database": backend})))
+        let (writes, held_ms) = health.writes();
+        let body = serde_json::json!({"status": "ok", "database": backend, "writes": writes, "writer_held_ms": held_ms});
+        (StatusCode::OK, axum::Json(body))
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "unavailable", "database": backend})))
     }

@@ -120,7 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { no_migrate } => serve(config, clock, !no_migrate).await,
         Command::Migrate => {
-            let store = renkei_store::connect(&config.database.url).await.context("connecting to the database")?;
+            let store = config.database.connect().await.context("connecting to the database")?;
             store.migrate().await?;
             println!("migrations applied ({:?})", store.backend());
             Ok(ExitCode::SUCCESS)
@@ -213,7 +213,7 @@ async fn campaigns_dry_run(
             return Ok(ExitCode::FAILURE);
         }
     };
-    let store = renkei_store::connect(&config.database.url).await.context("connecting to the database")?;
+    let store = config.database.connect().await.context("connecting to the database")?;
     store.migrate().await.context("applying migrations")?;
     let engine = renkei_evaluator::MembershipEngine::new(
         renkei_evaluator::EngineStore::of(&store),
@@ -290,7 +290,7 @@ async fn segments_preview(
         return Ok(ExitCode::FAILURE);
     };
     let name = segment.name.clone();
-    let store = renkei_store::connect(&config.database.url).await.context("connecting to the database")?;
+    let store = config.database.connect().await.context("connecting to the database")?;
     store.migrate().await.context("applying migrations")?;
     let engine = renkei_evaluator::MembershipEngine::new(
         renkei_evaluator::EngineStore::of(&store),
@@ -325,7 +325,7 @@ async fn line_sim(config: &Config, bind: std::net::SocketAddr) -> anyhow::Result
 }
 
 async fn serve(config: Config, clock: Arc<dyn Clock>, migrate: bool) -> anyhow::Result<ExitCode> {
-    let store = renkei_store::connect(&config.database.url).await.context("connecting to the database")?;
+    let store = config.database.connect().await.context("connecting to the database")?;
     if migrate && config.database.migrate_on_start {
         store.migrate().await.context("applying migrations")?;
     }
@@ -339,7 +339,7 @@ async fn serve(config: Config, clock: Arc<dyn Clock>, migrate: bool) -> anyhow::
 }
 
 async fn run_import(config: Config, clock: Arc<dyn Clock>, what: ImportWhat) -> anyhow::Result<ExitCode> {
-    let store = renkei_store::connect(&config.database.url).await.context("connecting to the database")?;
+    let store = config.database.connect().await.context("connecting to the database")?;
     store.migrate().await.context("applying migrations")?;
     let progress = Arc::new(BarProgress::new());
     let result = match &what {

@@ -109,6 +109,21 @@ impl<'de> Deserialize<'de> for Timezone {
 pub struct DatabaseConfig {
     pub url: String,
     pub migrate_on_start: bool,
+    /// The longest a write waits for the database before answering 503 `store_busy`.
+    pub write_wait: renkei_core::SpanDuration,
+}
+
+impl DatabaseConfig {
+    /// How the store waits ([`DatabaseConfig::write_wait`], at least 1 s).
+    pub fn store_options(&self) -> renkei_store::StoreOptions {
+        let seconds = u64::try_from(self.write_wait.seconds()).unwrap_or(0).max(1);
+        renkei_store::StoreOptions { write_wait: std::time::Duration::from_secs(seconds) }
+    }
+
+    /// Opens the configured store with [`DatabaseConfig::store_options`].
+    pub async fn connect(&self) -> renkei_store::StoreResult<std::sync::Arc<dyn renkei_store::Store>> {
+        renkei_store::connect_with(&self.url, self.store_options()).await
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,5 +1,5 @@
-//! The database check behind `/healthz` (and the pending webhook count on
-//! `/metrics`): a background task pings every second and the routes answer
+//! The database check behind `/healthz` (reachability and whether writes are
+//! blocked) and the pending webhook count on `/metrics`: a background task pings every second and the routes answer
 //! from its last result, so they never wait behind a busy database.
 
 use renkei_store::Store;
@@ -27,6 +27,10 @@ pub(crate) struct Health {
     /// Stored LINE webhook events not processed yet (`-1`: unknown, or no webhook role).
     pub(crate) webhook_pending: AtomicI64,
     webhook: bool,
+    /// How long the writer has been held (ms) when writes are blocked, `0`
+    /// when they are not, `-1` when unknown.
+    writer_held_ms: AtomicI64,
+    writes_blocked: AtomicBool,
 }
 
 impl Health {
@@ -38,6 +42,8 @@ impl Health {
             ok: AtomicBool::new(false),
             webhook_pending: AtomicI64::new(-1),
             webhook,
+            writer_held_ms: AtomicI64::new(-1),
+            writes_blocked: AtomicBool::new(false),
         }
     }
 
@@ -50,6 +56,17 @@ impl Health {
             tracing::warn!("health check: database unavailable");
         }
         self.ok.store(ok, Ordering::Relaxed);
+        match tokio::time::timeout(PING_TIMEOUT, self.store.write_state()).await {
+            Ok(Ok(writes)) => {
+                self.writes_blocked.store(writes.blocked, Ordering::Relaxed);
+                self.writer_held_ms.store(writes.held_ms as i64, Ordering::Relaxed);
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "health check: cannot tell whether writes are blocked");
+                self.writer_held_ms.store(-1, Ordering::Relaxed);
+            }
+            Err(_) => self.writer_held_ms.store(-1, Ordering::Relaxed),
+        }
         if self.webhook {
             let pending = match tokio::time::timeout(PING_TIMEOUT, self.store.pending_webhook_events()).await {
                 Ok(Ok(pending)) => pending as i64,
@@ -66,6 +83,17 @@ impl Health {
                 () = tokio::time::sleep(HEALTH_INTERVAL) => self.check().await,
                 () = stop.cancelled() => return,
             }
+        }
+    }
+
+    /// Whether writes are `ok`, `blocked` or `unknown`, and for how long the
+    /// writer has been held (ms), as of the last check.
+    pub(crate) fn writes(&self) -> (&'static str, Option<u64>) {
+        let held = self.writer_held_ms.load(Ordering::Relaxed);
+        match u64::try_from(held) {
+            Err(_) => ("unknown", None),
+            Ok(ms) if self.writes_blocked.load(Ordering::Relaxed) => ("blocked", Some(ms)),
+            Ok(ms) => ("ok", Some(ms)),
         }
     }
 

@@ -37,6 +37,11 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
         Backend::Sqlite => test_support::sqlite().await.expect("sqlite store"),
         Backend::Postgres => test_support::postgres().await.expect("postgres store")?,
     };
+    Some(spawn_app_on(test_store, configure).await)
+}
+
+/// As [`spawn_app_with`], on `test_store` (e.g. one with a short write wait).
+pub async fn spawn_app_on(test_store: TestStore, configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::load_with_env(None, &[]).expect("default config");
     config.server.bind = ([127, 0, 0, 1], 0).into();
     config.server.api_keys = vec![Secret::from(API_KEY)];
@@ -56,14 +61,14 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
     tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
-    Some(TestApp {
+    TestApp {
         base,
         store: test_store.store.clone(),
         http: renkei::http_client(),
         evaluator,
         _store_guard: test_store,
         _stop: stop,
-    })
+    }
 }
 
 impl TestApp {

@@ -14,3 +14,4 @@ mod crash;
 mod limits;
 mod segments;
 mod shutdown;
+mod webhook_waits;

@@ -5,7 +5,7 @@
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use renkei_core::{FieldError, ItemError};
 use renkei_store::StoreError;
@@ -50,6 +50,10 @@ pub enum ErrorCode {
     RateLimited,
     /// The database failed; nothing was changed, retry later.
     StoreUnavailable,
+    /// A write waited `[database] write_wait` for the database (an import
+    /// or another long write holds it); nothing was changed, retry after
+    /// `Retry-After` seconds.
+    StoreBusy,
     /// The route needs LINE settings that are not configured.
     NotConfigured,
     /// renkei cannot do this right now (e.g. no randomness for a nonce); retry later.
@@ -62,7 +66,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the README's order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::Unauthorized,
         Self::NotFound,
         Self::MethodNotAllowed,
@@ -81,6 +85,7 @@ impl ErrorCode {
         Self::Conflict,
         Self::RateLimited,
         Self::StoreUnavailable,
+        Self::StoreBusy,
         Self::NotConfigured,
         Self::Unavailable,
         Self::LineUnavailable,
@@ -108,6 +113,7 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::RateLimited => "rate_limited",
             Self::StoreUnavailable => "store_unavailable",
+            Self::StoreBusy => "store_busy",
             Self::NotConfigured => "not_configured",
             Self::Unavailable => "unavailable",
             Self::LineUnavailable => "line_unavailable",
@@ -129,9 +135,11 @@ impl ErrorCode {
             Self::InvalidRequest | Self::InvalidBatch | Self::InvalidIdToken => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Conflict => StatusCode::CONFLICT,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::StoreUnavailable | Self::NotConfigured | Self::Unavailable | Self::LineUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::StoreUnavailable
+            | Self::StoreBusy
+            | Self::NotConfigured
+            | Self::Unavailable
+            | Self::LineUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::LineError => StatusCode::BAD_GATEWAY,
         }
     }
@@ -154,6 +162,9 @@ pub struct ApiError {
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
 }
+
+/// `Retry-After` of a `store_busy` answer: about one default write wait.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 5;
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -199,8 +210,19 @@ impl ApiError {
         Self { items, ..Self::new(ErrorCode::InvalidBatch, message) }
     }
 
+    /// 503 `store_busy` with `Retry-After`: the database was held longer than a write waits.
+    pub fn store_busy(error: &StoreError) -> Self {
+        tracing::warn!(%error, "store busy; answered 503");
+        let message =
+            "the database is busy (a long write such as an import holds it); nothing was changed, retry later";
+        Self { retry_after: Some(BUSY_RETRY_AFTER_SECS), ..Self::new(ErrorCode::StoreBusy, message) }
+    }
+
     /// A database failure on a route that reads.
     pub fn store_unavailable(error: &StoreError) -> Self {
+        if matches!(error, StoreError::Busy(_)) {
+            return Self::store_busy(error);
+        }
         tracing::error!(%error, "store failure");
         Self::new(ErrorCode::StoreUnavailable, "the database is unavailable; retry later")
     }
@@ -220,6 +242,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Conflict(message) => Self::new(ErrorCode::Conflict, message),
+            busy @ StoreError::Busy(_) => Self::store_busy(&busy),
             other => {
                 tracing::error!(error = %other, "store failure");
                 Self::new(ErrorCode::StoreUnavailable, "storage failed; nothing was stored, retry later")
@@ -238,7 +261,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = (self.code.status(), Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -255,5 +278,14 @@ mod tests {
         let error = ApiError::from(StoreError::Corrupt("down".into()));
         assert_eq!(error.code.as_str(), "store_unavailable");
         assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn a_busy_store_is_503_store_busy_with_retry_after() {
+        let response = ApiError::from(StoreError::Busy("pool timed out".into())).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], BUSY_RETRY_AFTER_SECS.to_string().as_str());
+        let read = ApiError::store_unavailable(&StoreError::Busy("pool timed out".into()));
+        assert_eq!(read.code, ErrorCode::StoreBusy);
     }
 }

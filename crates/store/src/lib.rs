@@ -58,6 +58,7 @@ use renkei_core::{LineUserId, MemberId};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +71,13 @@ pub enum StoreError {
     ImportAborted(String),
     #[error("cannot connect to PostgreSQL at {target}: {cause}")]
     Unreachable { target: String, cause: String },
+    /// A write could not get the database within the write wait (another
+    /// write holds it: an import, a recompute, another process); nothing
+    /// was written, retry later.
+    #[error("the database is busy ({0}); nothing was written, retry later")]
+    Busy(String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
@@ -79,6 +85,64 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Waiting for the writer past the write wait is [`StoreError::Busy`]: an
+/// exhausted pool (its acquire timeout is the write wait), SQLite's
+/// `SQLITE_BUSY` (its `busy_timeout` is the write wait) and PostgreSQL's
+/// `lock_not_available` (its `lock_timeout` is the write wait).
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        let busy = match &error {
+            sqlx::Error::PoolTimedOut => true,
+            // SQLITE_BUSY and its extended codes (RECOVERY, SNAPSHOT, TIMEOUT), SQLITE_LOCKED; 55P03.
+            sqlx::Error::Database(db) => {
+                matches!(db.code().as_deref(), Some("5" | "261" | "517" | "773" | "6" | "55P03"))
+            }
+            _ => false,
+        };
+        if busy { StoreError::Busy(error.to_string()) } else { StoreError::Database(error) }
+    }
+}
+
+/// How the store waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The longest a write waits for the writer (SQLite's one writer
+    /// connection and its file lock; a PostgreSQL connection or row lock)
+    /// before it fails with [`StoreError::Busy`].
+    pub write_wait: Duration,
+}
+
+/// `[database] write_wait`'s default.
+pub const DEFAULT_WRITE_WAIT: Duration = Duration::from_secs(5);
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { write_wait: DEFAULT_WRITE_WAIT }
+    }
+}
+
+/// Whether writes can get the writer now, as `/healthz` reports it: found
+/// without taking the writer, so it answers while the writer is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WriteState {
+    /// The writer has been held (SQLite), or a write has waited on a lock
+    /// (PostgreSQL), for at least [`WriteState::BLOCKED_AFTER`].
+    pub blocked: bool,
+    /// For how long, in milliseconds (0 when the writer is free).
+    pub held_ms: u64,
+}
+
+impl WriteState {
+    /// Writes take milliseconds; a writer held this long is holding others back.
+    pub const BLOCKED_AFTER: Duration = Duration::from_secs(1);
+
+    /// The state for a writer held `held` (`None`: free).
+    pub fn held(held: Option<Duration>) -> Self {
+        let held = held.unwrap_or_default();
+        Self { blocked: held >= Self::BLOCKED_AFTER, held_ms: u64::try_from(held.as_millis()).unwrap_or(u64::MAX) }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,6 +166,9 @@ pub trait Store: AllAreas + Send + Sync + 'static {
 
     /// A cheap round trip, for health checks.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Whether writes are held back now (for `/healthz`); never waits for the writer.
+    async fn write_state(&self) -> StoreResult<WriteState>;
 }
 
 /// Declares a trait that is the sum of the listed ones, implemented for every
@@ -171,10 +238,15 @@ macro_rules! store_view {
 
 /// Opens the store named by a `sqlite://` or `postgres://` URL.
 pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
+    connect_with(url, StoreOptions::default()).await
+}
+
+/// As [`connect`], with `options`.
+pub async fn connect_with(url: &str, options: StoreOptions) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
+        Ok(Arc::new(SqliteStore::connect_with(url, options).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::connect(url).await?))
+        Ok(Arc::new(PgStore::connect_with(url, options).await?))
     } else {
         Err(StoreError::UnsupportedUrl(without_password(url)))
     }

@@ -277,7 +277,7 @@ pub(crate) fn retry_key_conflict(error: sqlx::Error) -> StoreError {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             StoreError::Conflict("a request with this retry key exists already".into())
         }
-        _ => StoreError::Database(error),
+        _ => error.into(),
     }
 }
 

@@ -8,7 +8,8 @@
 //!   microseconds on SQLite and `timestamptz` on PostgreSQL, JSON is text on
 //!   SQLite), reads them back, and runs a built query;
 //! - [`Sql`] (implemented by `SqliteStore` and `PgStore`) names the pools:
-//!   SQLite's one writer and its readers, PostgreSQL's one pool.
+//!   SQLite's one writer and its readers, PostgreSQL's one pool, and the
+//!   webhook inbox's own (`inbox_writer`, `inbox_reader`).
 //!
 //! Generic code only ever calls these concrete methods, so the executor
 //! bounds that sqlx needs are stated once, in each backend's impl.
@@ -158,6 +159,14 @@ pub trait Sql: Send + Sync + 'static {
 
     /// Where reads go (SQLite's read-only pool).
     fn reader(&self) -> &Pool<Self::Db>;
+
+    /// Where the webhook inbox is written: a pool no other write waits in
+    /// front of (SQLite: its own database file and writer; PostgreSQL: its
+    /// own connections).
+    fn inbox_writer(&self) -> &Pool<Self::Db>;
+
+    /// Where the webhook inbox is read.
+    fn inbox_reader(&self) -> &Pool<Self::Db>;
 }
 
 /// A statement to bind and run.

@@ -2,6 +2,12 @@
 //! leases) and the account-link nonces. The same SQL on both backends, but
 //! for the claim (`sqlite/webhook.rs`, `postgres/webhook.rs`).
 //!
+//! The inbox (`webhook_events`) is written through the store's inbox pool
+//! ([`Sql::inbox_writer`]), which no other write waits in front of: on
+//! SQLite a database file of its own, so LINE's 200 never waits for an
+//! import or a recompute holding the main writer. The nonces live with the
+//! members they link, in the main database.
+//!
 //! Friendships are written through [`MemberStore::set_following`](crate::MemberStore::set_following).
 
 use crate::sql::{Dialect, Row, Sql, Ts, stmt};
@@ -89,6 +95,11 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// again when its lease runs out.
     async fn record_webhook_error(&self, id: i64, error: &str) -> StoreResult<()>;
 
+    /// Gives a claimed event back untried (its effects could not be
+    /// written: the main store was busy): the lease ends now and the claim
+    /// does not count as an attempt.
+    async fn release_webhook_event(&self, id: i64) -> StoreResult<()>;
+
     /// How many stored events are not processed yet.
     async fn pending_webhook_events(&self) -> StoreResult<u64>;
 
@@ -173,7 +184,7 @@ impl<S: WebhookSql> WebhookStore for S {
     ) -> StoreResult<Vec<Option<i64>>> {
         // Webhook bodies hold a handful of events: one statement each, in one
         // transaction, gives the per-event "new or redelivered" answer.
-        let mut tx = S::Db::begin(self.writer()).await?;
+        let mut tx = S::Db::begin(self.inbox_writer()).await?;
         let mut ids = Vec::with_capacity(events.len());
         for event in events {
             let id = stmt::<S::Db>(
@@ -202,7 +213,7 @@ impl<S: WebhookSql> WebhookStore for S {
             .bind(Ts(lease_end(now, lease)))
             .bind(Ts(now))
             .bind(limit)
-            .all(self.writer(), webhook_event_of)
+            .all(self.inbox_writer(), webhook_event_of)
             .await?;
         claimed.sort_by_key(|row| row.id);
         Ok(claimed)
@@ -216,7 +227,7 @@ impl<S: WebhookSql> WebhookStore for S {
         .bind(Ts(now))
         .bind(error)
         .bind(id)
-        .execute(self.writer())
+        .execute(self.inbox_writer())
         .await?;
         Ok(())
     }
@@ -225,14 +236,25 @@ impl<S: WebhookSql> WebhookStore for S {
         stmt::<S::Db>("UPDATE webhook_events SET last_error = $1 WHERE id = $2")
             .bind(error)
             .bind(id)
-            .execute(self.writer())
+            .execute(self.inbox_writer())
             .await?;
+        Ok(())
+    }
+
+    async fn release_webhook_event(&self, id: i64) -> StoreResult<()> {
+        stmt::<S::Db>(
+            "UPDATE webhook_events SET claimed_until = NULL, attempts = attempts - 1
+             WHERE id = $1 AND processed_at IS NULL AND attempts > 0",
+        )
+        .bind(id)
+        .execute(self.inbox_writer())
+        .await?;
         Ok(())
     }
 
     async fn pending_webhook_events(&self) -> StoreResult<u64> {
         let count = stmt::<S::Db>("SELECT COUNT(*) AS n FROM webhook_events WHERE processed_at IS NULL")
-            .one(self.reader(), |row| row.int("n"))
+            .one(self.inbox_reader(), |row| row.int("n"))
             .await?;
         Ok(count.max(0) as u64)
     }

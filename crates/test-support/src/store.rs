@@ -4,7 +4,7 @@
 //! Without that variable PostgreSQL tests are skipped with a message, except
 //! when `CI=true`, where a missing server is a failure: CI must test both.
 
-use renkei_store::{Backend, PgStore, SqliteStore, Store, StoreError, StoreResult};
+use renkei_store::{Backend, PgStore, SqliteStore, Store, StoreError, StoreOptions, StoreResult};
 use sqlx::Connection;
 use std::sync::Arc;
 
@@ -62,9 +62,14 @@ fn database_name(url: &str) -> Option<String> {
 }
 
 pub async fn sqlite() -> StoreResult<TestStore> {
+    sqlite_with(StoreOptions::default()).await
+}
+
+/// As [`sqlite`], with `options` (e.g. a short write wait).
+pub async fn sqlite_with(options: StoreOptions) -> StoreResult<TestStore> {
     let dir = tempfile::tempdir().map_err(|e| StoreError::Corrupt(format!("tempdir: {e}")))?;
     let url = format!("sqlite://{}", dir.path().join("renkei.db").display());
-    let store = SqliteStore::connect(&url).await?;
+    let store = SqliteStore::connect_with(&url, options).await?;
     store.migrate().await?;
     Ok(TestStore { store: Arc::new(store), url, _dir: Some(dir), server: None })
 }
@@ -84,9 +89,14 @@ pub fn postgres_server_url() -> Option<String> {
 
 /// Creates a fresh, migrated database named `renkei_test_<uuid>` on the server.
 pub async fn postgres() -> StoreResult<Option<TestStore>> {
+    postgres_with(StoreOptions::default()).await
+}
+
+/// As [`postgres`], with `options` (e.g. a short write wait).
+pub async fn postgres_with(options: StoreOptions) -> StoreResult<Option<TestStore>> {
     let Some(server) = postgres_server_url() else { return Ok(None) };
     let url = create_database(&server).await?;
-    let store = PgStore::connect(&url).await?;
+    let store = PgStore::connect_with(&url, options).await?;
     store.migrate().await?;
     Ok(Some(TestStore { store: Arc::new(store), url, _dir: None, server: Some(server) }))
 }

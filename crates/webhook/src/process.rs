@@ -1,7 +1,9 @@
 //! Processing stored webhook events, outside the request.
 //!
 //! A worker claims unprocessed rows with a lease, handles them in order and
-//! marks them processed. Every step is idempotent (friendship upserts,
+//! marks them processed. While the main store is busy (a write waited the
+//! write wait: an import, a recompute) the claimed rows go back untried and
+//! the worker tries again later; the inbox keeps taking webhooks meanwhile. Every step is idempotent (friendship upserts,
 //! events keyed `line:<webhookEventId>`, nonces remembering which row used
 //! them), so a row handled again after a crash does no harm.
 
@@ -78,8 +80,10 @@ impl Drop for WorkerHandle {
 pub fn spawn_worker(state: WebhookState, options: WorkerOptions) -> WorkerHandle {
     WorkerHandle(tokio::spawn(async move {
         loop {
-            if let Err(e) = process_pending(&state, &options).await {
-                tracing::warn!(error = %e, "webhook worker cannot reach the store; retrying");
+            match process_pending(&state, &options).await {
+                Ok(_) => {}
+                Err(e @ StoreError::Busy(_)) => tracing::info!(error = %e, "webhook worker waits for the store"),
+                Err(e) => tracing::warn!(error = %e, "webhook worker cannot reach the store; retrying"),
             }
             tokio::select! {
                 () = state.wake.notified() => {}
@@ -98,9 +102,19 @@ pub async fn process_pending(state: &WebhookState, options: &WorkerOptions) -> R
         if rows.is_empty() {
             return Ok(finished);
         }
-        for row in rows {
-            if process_row(state, options, &row).await? {
-                finished += 1;
+        for (done, row) in rows.iter().enumerate() {
+            match process_row(state, options, row).await {
+                Ok(true) => finished += 1,
+                Ok(false) => {}
+                Err(StoreError::Busy(why)) => {
+                    // The main store is held (an import, a recompute): this
+                    // row and the rest go back untried, for a later round.
+                    for row in &rows[done..] {
+                        state.store.inbox.release_webhook_event(row.id).await?;
+                    }
+                    return Err(StoreError::Busy(why));
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -113,6 +127,8 @@ async fn process_row(state: &WebhookState, options: &WorkerOptions, row: &Webhoo
             state.store.inbox.finish_webhook_event(row.id, state.clock.now(), None).await?;
             Ok(true)
         }
+        // Not the event's fault: not an attempt (the caller gives the row back).
+        Err(ProcessError::Store(StoreError::Busy(why))) => Err(StoreError::Busy(why)),
         Err(e) if e.is_retryable() && row.attempts < options.max_attempts => {
             tracing::warn!(id = row.id, event_type = %row.event_type, attempt = row.attempts, error = %e, "webhook event will be retried");
             state.store.inbox.record_webhook_error(row.id, &e.to_string()).await?;

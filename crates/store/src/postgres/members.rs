@@ -23,7 +23,7 @@ fn conflict_on_unique(error: sqlx::Error, member_id: &str, line_user_id: &str) -
                 member_already_linked(member_id, "another LINE user (concurrent link)")
             }
         }
-        _ => StoreError::Database(error),
+        _ => error.into(),
     }
 }
 

@@ -150,7 +150,8 @@ mod tests {
         let every = Duration::from_millis(10);
         let bound = WalBound { truncate_at: MIB, limit: 4 * MIB, every, busy: Duration::from_millis(200) };
         let url = format!("sqlite://{}", database.display());
-        let store = Arc::new(SqliteStore::connect_bounded(&url, bound).await.expect("store"));
+        let options = crate::StoreOptions::default();
+        let store = Arc::new(SqliteStore::connect_bounded(&url, options, bound).await.expect("store"));
         store.migrate().await.expect("migrate");
         let stop = Arc::new(AtomicBool::new(false));
         let readers: Vec<_> =
