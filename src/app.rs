@@ -513,7 +513,8 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let backend = health.store.backend();
     if health.healthy() {
         let (writes, held_ms) = health.writes();
-        let body = serde_json::json!({"status": "ok", "database": backend, "writes": writes, "writer_held_ms": held_ms});
+        let body =
+            serde_json::json!({"status": "ok", "database": backend, "writes": writes, "writer_held_ms": held_ms});
         (StatusCode::OK, axum::Json(body))
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "unavailable", "database": backend})))
