@@ -66,13 +66,13 @@ impl RichMenuLinker {
         self
     }
 
-    /// Sets the channel's default rich menu unless LINE already shows it;
-    /// returns whether it is in place. Idempotent, so every instance may run it.
-    pub async fn ensure_channel_default(&self) -> DispatchResult<bool> {
+    /// Sets the channel's default rich menu unless LINE already shows it.
+    /// Idempotent, so every instance may run it.
+    pub async fn ensure_channel_default(&self) -> DispatchResult<()> {
         use std::sync::atomic::Ordering;
-        let Some(wanted) = &self.channel_default else { return Ok(true) };
+        let Some(wanted) = &self.channel_default else { return Ok(()) };
         if self.default_set.load(Ordering::Relaxed) {
-            return Ok(true);
+            return Ok(());
         }
         self.limiters.rich_menu_link.until_ready().await;
         let current = self.line.default_rich_menu().await?;
@@ -82,7 +82,7 @@ impl RichMenuLinker {
             tracing::info!(rich_menu = %wanted, previous = ?current, "channel default rich menu set");
         }
         self.default_set.store(true, Ordering::Relaxed);
-        Ok(true)
+        Ok(())
     }
 
     /// One round; returns how many users were claimed.

@@ -235,7 +235,7 @@ async fn rich_menus_follow_segment_changes(backend: Backend) {
     h.add_members(&members).await;
     let transitions = h.test.store.transitions_after(0, 100).await.unwrap();
     h.runner.on_transitions(&transitions).await.unwrap();
-    assert!(h.linker.ensure_channel_default().await.unwrap());
+    h.linker.ensure_channel_default().await.unwrap();
     while h.linker.link_once().await.unwrap() > 0 {}
     for n in 1..=3 {
         assert_eq!(h.sim.user_rich_menu(user(n).as_str()).as_deref(), Some(gold_menu));
@@ -247,7 +247,7 @@ async fn rich_menus_follow_segment_changes(backend: Backend) {
         Some(default_menu),
         "a silver member sees the default"
     );
-    assert!(h.linker.ensure_channel_default().await.unwrap());
+    h.linker.ensure_channel_default().await.unwrap();
     assert_eq!(
         h.sim.requests_for(renkei_line_sim::Endpoint::DefaultRichMenu).len(),
         1,
