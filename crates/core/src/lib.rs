@@ -11,6 +11,7 @@ pub mod ids;
 pub mod json;
 pub mod member;
 pub mod state;
+pub mod tally;
 
 pub use change::{ChangeListener, NoChangeListener, UserRef};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -19,3 +20,4 @@ pub use event::{FieldError, ItemError, NewEvent, parse_event_batch, required_str
 pub use ids::{EventId, EventType, IdError, LineUserId, LinkMethod, MemberId};
 pub use member::{MemberPatch, merge_attributes};
 pub use state::{Cause, DeliveryStatus, FireState, SkipReason, TransitionKind};
+pub use tally::EventTallier;

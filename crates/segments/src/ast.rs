@@ -99,6 +99,9 @@ pub struct EventCondition {
     pub older_than: Option<SpanDuration>,
     pub follow: Option<FollowUp>,
     pub aggregate: Aggregate,
+    /// The key of the running tally that answers this condition, when one
+    /// can (see [`crate::tally`]); set by the parser.
+    pub tally: Option<String>,
 }
 
 /// `followed_by` (`negated == false`) or `not_followed_by` (`negated == true`).

@@ -115,45 +115,81 @@ pub struct UserFacts {
     pub attributes: Option<Map<String, Value>>,
     /// In any order; events after `now` are ignored.
     pub events: Vec<EventFact>,
-    /// Per event type, the store's running totals, which answer the type's
-    /// [`EventCondition::is_totalled`] conditions instead of `events` (which
-    /// then need not hold the type's whole history). A type not listed is
-    /// answered from `events`.
+    /// Per tally key (see [`crate::tally`]), the store's running totals,
+    /// which answer the conditions of that key instead of `events` (which
+    /// then need not hold the type's whole history). A condition whose key
+    /// is not listed is answered from `events`.
     pub totals: BTreeMap<String, EventTotals>,
 }
 
-/// A user's events of one type as running totals: what a condition that
-/// counts the whole history with no filter needs, whatever the history's size.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A user's events counted by one tally (see [`crate::tally`]): what a
+/// condition with no window needs, whatever the history's size.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct EventTotals {
     /// How many events the totals hold.
     pub count: u64,
+    /// How many of them carry the aggregated property as a number.
+    pub numbers: u64,
+    /// Those numbers' sum, least and greatest.
+    pub sum: f64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
     /// The latest `occurred_at` among them: the totals can answer only at
     /// an instant at or after it (see [`UserFacts::totals_usable_at`]).
     pub last: Option<DateTime<Utc>>,
-    /// When the type's events not in the totals occurred (stored ahead of
-    /// their time, they count from then on).
-    pub pending: Vec<DateTime<Utc>>,
+    /// The counted events not in the totals (stored ahead of their time,
+    /// they count from then on): when they occur, and their number.
+    pub pending: Vec<(DateTime<Utc>, Option<f64>)>,
 }
 
 impl EventTotals {
-    /// Adds an event's occurrence to the totals.
-    pub fn add(&mut self, occurred_at: DateTime<Utc>) {
+    /// Adds an event's occurrence (and its number) to the totals.
+    pub fn add(&mut self, occurred_at: DateTime<Utc>, number: Option<f64>) {
         self.count += 1;
         self.last = self.last.max(Some(occurred_at));
+        if let Some(number) = number {
+            self.numbers += 1;
+            self.sum += number;
+            self.min = Some(self.min.map_or(number, |m| m.min(number)));
+            self.max = Some(self.max.map_or(number, |m| m.max(number)));
+        }
     }
 
-    /// Adds other totals of the same user and type (from another source of
-    /// its events: its LINE user id, its member id).
+    /// Adds other totals of the same user and tally (from another source of
+    /// its events: its LINE user id, its member id; or another slot).
     pub fn merge(&mut self, other: EventTotals) {
         self.count += other.count;
+        self.numbers += other.numbers;
+        self.sum += other.sum;
+        self.min = [self.min, other.min].into_iter().flatten().reduce(f64::min);
+        self.max = [self.max, other.max].into_iter().flatten().reduce(f64::max);
         self.last = self.last.max(other.last);
         self.pending.extend(other.pending);
     }
 
-    /// The number of events at or before `now`.
-    fn count_at(&self, now: DateTime<Utc>) -> u64 {
-        self.count + self.pending.iter().filter(|t| **t <= now).count() as u64
+    /// The totals of the events at or before `now`: these and the pending
+    /// ones that have occurred.
+    fn at(&self, now: DateTime<Utc>) -> EventTotals {
+        let mut totals = EventTotals { pending: Vec::new(), ..self.clone() };
+        for (occurred_at, number) in self.pending.iter().filter(|(t, _)| *t <= now) {
+            totals.add(*occurred_at, *number);
+        }
+        totals
+    }
+
+    /// The aggregate's comparisons on these totals at `at.now`, as
+    /// [`aggregate_holds`] on the events they count.
+    fn hold(&self, aggregate: &Aggregate, at: At) -> bool {
+        let totals = self.at(at.now);
+        let number = |x: Option<f64>| x.and_then(Number::from_f64).map(Value::Number);
+        let result = match &aggregate.kind {
+            AggregateKind::Count => return count_holds(aggregate, totals.count, at),
+            AggregateKind::Sum(_) => number(Some(totals.sum)),
+            AggregateKind::Avg(_) => number((totals.numbers > 0).then(|| totals.sum / totals.numbers as f64)),
+            AggregateKind::Min(_) => number(totals.min),
+            AggregateKind::Max(_) => number(totals.max),
+        };
+        result.is_some_and(|value| aggregate.comparators.iter().all(|c| compare(Some(&value), c, at)))
     }
 }
 
@@ -163,18 +199,6 @@ impl UserFacts {
     /// be evaluated at `now` (e.g. a preview of an earlier instant).
     pub fn totals_usable_at(&self, now: DateTime<Utc>) -> bool {
         self.totals.values().all(|totals| totals.last.is_none_or(|last| last <= now))
-    }
-}
-
-impl EventCondition {
-    /// Counts the type's whole history with no filter: answerable from
-    /// [`EventTotals`] alone.
-    pub fn is_totalled(&self) -> bool {
-        self.filters.is_empty()
-            && self.within.is_none()
-            && self.older_than.is_none()
-            && self.follow.is_none()
-            && self.aggregate.kind == AggregateKind::Count
     }
 }
 
@@ -333,15 +357,15 @@ fn eval_condition(
         // Dependency order guarantees the referenced answer is already there.
         Condition::Segment { id, .. } => results.get(id).unwrap_or(false),
         Condition::Event(event) => match totals_for(event, facts) {
-            Some(totals) => count_holds(&event.aggregate, totals.count_at(at.now), at),
+            Some(totals) => totals.hold(&event.aggregate, at),
             None => eval_event(event, events, at),
         },
     }
 }
 
-/// The totals that answer `condition`, if it is totalled and they were loaded.
+/// The totals that answer `condition`, if it has a tally and it was loaded.
 pub(crate) fn totals_for<'f>(condition: &EventCondition, facts: &'f UserFacts) -> Option<&'f EventTotals> {
-    if condition.is_totalled() { facts.totals.get(condition.event_type.as_str()) } else { None }
+    condition.tally.as_deref().and_then(|key| facts.totals.get(key))
 }
 
 /// The value at a dotted path; JSON `null` counts as missing.
@@ -421,7 +445,7 @@ fn compare_numbers(a: &Number, b: &Number) -> Option<Ordering> {
     }
 }
 
-fn filters_match(filters: &[PropertyFilter], properties: &Properties, at: At) -> bool {
+pub(crate) fn filters_match(filters: &[PropertyFilter], properties: &impl Fields, at: At) -> bool {
     filters.iter().all(|filter| {
         let value = lookup(properties, &filter.path);
         filter.comparators.iter().all(|c| compare(value, c, at))
@@ -549,6 +573,7 @@ mod tests {
             older_than: older_than.map(SpanDuration::from_seconds),
             follow: None,
             aggregate: Aggregate::at_least_one(),
+            tally: None,
         }
     }
 

@@ -29,6 +29,7 @@ mod eval;
 mod next_change;
 mod parse;
 pub mod set;
+pub mod tally;
 pub mod yaml;
 
 pub use ast::{
@@ -38,4 +39,5 @@ pub use ast::{
 pub use diagnostic::Diagnostic;
 pub use eval::{EventFact, EventTotals, Properties, UserFacts};
 pub use set::SegmentSet;
+pub use tally::{TalliedCondition, Tallier};
 pub use yaml::Pos;

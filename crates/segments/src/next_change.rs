@@ -112,7 +112,7 @@ impl Earliest {
             Condition::Linked(_) | Condition::Following(_) | Condition::Segment { .. } => {}
             Condition::Event(event) => match totals_for(event, facts) {
                 // Counted events change nothing with time; pending ones count from their instant.
-                Some(totals) => totals.pending.iter().for_each(|t| self.offer(Some(*t))),
+                Some(totals) => totals.pending.iter().for_each(|(t, _)| self.offer(Some(*t))),
                 None => self.event(event, events),
             },
         }

@@ -391,7 +391,7 @@ impl Parser<'_> {
         if self.r.errors != errors_before {
             return None;
         }
-        Some(EventCondition {
+        let mut condition = EventCondition {
             event_type: event_type?,
             filters,
             within,
@@ -401,7 +401,10 @@ impl Parser<'_> {
                 None => Aggregate::at_least_one(),
                 Some(_) => aggregate?,
             },
-        })
+            tally: None,
+        };
+        condition.tally = crate::tally::tally_key(&condition);
+        Some(condition)
     }
 
     fn filters(&mut self, node: &Node) -> Option<Vec<PropertyFilter>> {

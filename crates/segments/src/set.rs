@@ -194,14 +194,14 @@ impl SegmentSet {
         self.horizons(false)
     }
 
-    /// Every event type some [`crate::EventCondition::is_totalled`]
-    /// condition reads: the types whose totals evaluation can use.
+    /// Every event type some condition with a tally reads (see
+    /// [`crate::tally`]): the types whose totals evaluation can use.
     pub fn totalled_types(&self) -> BTreeSet<String> {
         let mut types = BTreeSet::new();
         for segment in &self.segments {
             segment.rule.visit(&mut |condition| {
                 if let Condition::Event(event) = condition
-                    && event.is_totalled()
+                    && event.tally.is_some()
                 {
                     types.insert(event.event_type.as_str().to_string());
                 }
@@ -230,8 +230,11 @@ impl SegmentSet {
         for segment in &self.segments {
             segment.rule.visit(&mut |condition| {
                 let Condition::Event(event) = condition else { return };
-                let within =
-                    if with_totals && event.is_totalled() { Some(SpanDuration::from_seconds(0)) } else { event.within };
+                let within = if with_totals && event.tally.is_some() {
+                    Some(SpanDuration::from_seconds(0))
+                } else {
+                    event.within
+                };
                 // A follow-up counts only after a first event in the window.
                 widen(horizons.entry(event.event_type.as_str().to_string()).or_default(), within);
                 if let Some(follow) = &event.follow {

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::{Asia, Tz, UTC};
-use renkei_core::LineUserId;
+use renkei_core::{EventTallier, LineUserId};
 use renkei_segments::{EventFact, SegmentSet, UserFacts};
 use serde_json::{Map, Value, json};
 
@@ -351,12 +351,20 @@ fn a_type_only_counted_whole_needs_no_event_beside_totals() {
     let horizons: Vec<(String, Option<i64>)> =
         counted.event_horizons_beside_totals().into_iter().map(|(t, h)| (t, h.map(|d| d.seconds()))).collect();
     assert_eq!(horizons, [("store_visit".to_string(), Some(0))]);
-    // A filter, a window or another aggregate needs the events.
+    // Filters and other aggregates have tallies of their own, each under its key.
+    for rule in ["event: store_visit\nwhere: {store: shibuya}", "event: purchase\nsum: {property: amount, gte: 1}"] {
+        let tallied = set(rule);
+        assert_eq!(tallied.totalled_types().len(), 1, "{rule}");
+        let keys: Vec<String> = tallied.tallied_conditions().into_keys().collect();
+        assert!(keys.len() == 1 && keys[0].contains(':'), "{rule}: {keys:?}");
+        assert_eq!(tallied.tallier().tallies().len(), 1, "{rule}: the store keeps it");
+    }
+    assert!(counted.tallier().is_empty(), "a plain count is the store's per-type totals");
+    // A window, a follow-up or a time-dependent filter needs the events.
     for rule in [
-        "event: store_visit\nwhere: {store: shibuya}",
         "event: store_visit\nolder_than: 1d",
-        "event: purchase\nsum: {property: amount, gte: 1}",
         "event: purchase\nfollowed_by: {event: visit}",
+        "event: purchase\nwhere: {at: {within: 1d}}",
     ] {
         assert!(set(rule).totalled_types().is_empty(), "{rule}");
     }

@@ -800,34 +800,29 @@ fn check_next_change(s: &Scenario, fractions: &[f64]) -> Result<(), TestCaseErro
 // ---------- (c) running totals ----------
 
 /// The facts as the engine loads them for real-time evaluation at `now`:
-/// each totalled type as totals of two sources (the events of the LINE user
-/// and of its member, as `sources` splits them), holding the events received
-/// at or after they occurred, the others pending; and raw events only inside
-/// the horizons beside totals. `received` (half hours after each event)
-/// makes some events arrive ahead of their time (a negative value, or a
-/// future event: nothing is received after `now`).
+/// each tally as totals of two sources (the events of the LINE user and of
+/// its member, as `sources` splits them), folded as the store adds events up,
+/// holding the events received at or after they occurred, the others
+/// pending; and raw events only inside the horizons beside totals.
+/// `received` (half hours after each event) makes some events arrive ahead
+/// of their time (a negative value, or a future event: nothing is received
+/// after `now`).
 fn with_totals(set: &SegmentSet, facts: &UserFacts, now: DateTime<Utc>, received: &[(i64, bool)]) -> UserFacts {
-    let totalled = set.totalled_types();
-    let mut sources: [BTreeMap<String, EventTotals>; 2] = Default::default();
-    for (event, (delay, member)) in facts.events.iter().zip(received.iter().cycle()) {
-        if !totalled.contains(&event.event_type) {
-            continue;
+    let mut totals: BTreeMap<String, EventTotals> = BTreeMap::new();
+    for (key, tallied) in set.tallied_conditions() {
+        let mut sources: [EventTotals; 2] = Default::default();
+        for (event, (delay, member)) in facts.events.iter().zip(received.iter().cycle()) {
+            if event.event_type != tallied.event_type {
+                continue;
+            }
+            let received_at = (event.occurred_at + Duration::minutes(30 * delay)).min(now);
+            let pending = event.occurred_at > received_at;
+            tallied.add_to(&mut sources[usize::from(*member)], event.occurred_at, &event.properties, pending);
         }
-        let received_at = (event.occurred_at + Duration::minutes(30 * delay)).min(now);
-        let totals = sources[usize::from(*member)].entry(event.event_type.clone()).or_default();
-        if event.occurred_at <= received_at {
-            totals.add(event.occurred_at);
-        } else {
-            totals.pending.push(event.occurred_at);
-        }
-    }
-    let [mut totals, member] = sources;
-    for (event_type, more) in member {
-        totals.entry(event_type).or_default().merge(more);
-    }
-    // Every totalled type has totals, even of no events.
-    for event_type in totalled {
-        totals.entry(event_type).or_default();
+        // Every tally is loaded, even of no events.
+        let [mut user, member] = sources;
+        user.merge(member);
+        totals.insert(key, user);
     }
     let horizons = set.event_horizons_beside_totals();
     let needed = |event: &EventFact| match horizons.get(&event.event_type) {
@@ -881,7 +876,7 @@ fn totals_are_unusable_before_their_last_event() {
         totals: BTreeMap::new(),
     };
     let mut totals = EventTotals::default();
-    totals.add(now);
+    totals.add(now, None);
     facts.totals.insert("visit".into(), totals);
     assert!(facts.totals_usable_at(now));
     assert!(!facts.totals_usable_at(now - Duration::nanoseconds(1)));
