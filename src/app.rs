@@ -214,12 +214,14 @@ impl Roles {
     ) -> anyhow::Result<Self> {
         // The engine answers reads (GET /v1/segments) on every instance; only
         // the evaluator role runs it.
-        let engine = Arc::new(MembershipEngine::new(
+        // Every instance inserts events, so every one keeps the tallies.
+        let engine = MembershipEngine::new(
             renkei_evaluator::EngineStore::of(store),
             resolved.segments.clone(),
             clock.clone(),
             config.timezone.0,
-        ));
+        );
+        let engine = Arc::new(engine.with_tallies().await.context("building the running tallies of events")?);
         let metrics = Arc::new(DispatchMetrics::default());
         let dispatch = match (&resolved.line, config.roles.dispatcher) {
             (Some(line), true) => {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use futures::StreamExt;
 use renkei_core::{Clock, LineUserId, UserRef};
-use renkei_segments::{EventFact, EventTotals, SegmentSet, UserFacts};
+use renkei_segments::{EventFact, EventTotals, SegmentSet, TalliedCondition, UserFacts};
 use renkei_store::membership::{
     AudiencePage, Cause, EventSelection, FactEventRecord, MembershipUpdate, SegmentStats, Transition, UserEventRecord,
     UserRecord,
@@ -84,8 +84,11 @@ pub struct RecomputeReport {
 struct Selection {
     base: EventSelection,
     horizons: Horizons,
-    /// Horizons when the totals of `base.totals` are loaded too.
+    /// Horizons when the totals of `loaded` are read too.
     beside_totals: Horizons,
+    /// The tallies read beside the events, by key: the plain counts (kept by
+    /// the store itself), and the others once the store keeps them.
+    loaded: BTreeMap<String, TalliedCondition>,
 }
 
 type Horizons = BTreeMap<String, chrono::Duration>;
@@ -95,25 +98,36 @@ fn horizons(of: BTreeMap<String, Option<renkei_core::SpanDuration>>) -> Horizons
 }
 
 impl Selection {
-    fn of(segments: &SegmentSet) -> Self {
+    /// `keyed`: whether the store keeps the tallies beyond plain counts.
+    fn of(segments: &SegmentSet, keyed: bool) -> Self {
+        let loaded: BTreeMap<String, TalliedCondition> =
+            segments.tallied_conditions().into_iter().filter(|(_, c)| keyed || c.is_plain()).collect();
+        let types: BTreeSet<String> = loaded.values().map(|c| c.event_type.clone()).collect();
         let keys = segments.property_reads();
         let base = EventSelection {
             types: keys.keys().cloned().collect(),
             keys,
             since: BTreeMap::new(),
-            totals: segments.totalled_types().into_iter().collect(),
+            totals: types.into_iter().collect(),
+            tallies: loaded.values().filter(|c| !c.is_plain()).map(|c| c.key.clone()).collect(),
         };
         let horizons_raw = horizons(segments.event_horizons());
-        Self { base, horizons: horizons_raw, beside_totals: horizons(segments.event_horizons_beside_totals()) }
+        let beside_totals = horizons(segments.event_horizons_beside(&|key| loaded.contains_key(key)));
+        Self { base, horizons: horizons_raw, beside_totals, loaded }
     }
 
     /// Every event that can matter for an evaluation at `now` (or later):
     /// those at or before `now - horizon` can no longer change any answer.
     fn at(&self, now: DateTime<Utc>) -> EventSelection {
-        EventSelection { since: since(&self.horizons, now), totals: Vec::new(), ..self.base.clone() }
+        EventSelection {
+            since: since(&self.horizons, now),
+            totals: Vec::new(),
+            tallies: Vec::new(),
+            ..self.base.clone()
+        }
     }
 
-    /// The running totals of the totalled types, and the events only the
+    /// The running totals of the loaded tallies, and the events only the
     /// windows need: a user's history costs nothing beyond its windows.
     fn with_totals_at(&self, now: DateTime<Utc>) -> EventSelection {
         EventSelection { since: since(&self.beside_totals, now), ..self.base.clone() }
@@ -159,15 +173,20 @@ impl IntoEventFact for FactEventRecord {
 }
 
 /// A stored user as the segment language sees it. Its running totals, when
-/// loaded, are summed over their sources per type.
+/// loaded, are summed over their sources per key.
 pub fn facts_of<E: IntoEventFact>(record: UserRecord<E>) -> UserFacts {
     let mut totals: BTreeMap<String, EventTotals> = BTreeMap::new();
     for record in record.totals {
-        let sum = EventTotals { count: record.count, last: Some(record.last_at), pending: Vec::new() };
-        totals.entry(record.event_type).or_default().merge(sum);
-    }
-    for (event_type, occurred_at) in record.pending {
-        totals.entry(event_type).or_default().pending.push(occurred_at);
+        let sum = EventTotals {
+            count: record.count,
+            numbers: record.numbers,
+            sum: record.sum,
+            min: record.min,
+            max: record.max,
+            last: Some(record.last_at),
+            pending: Vec::new(),
+        };
+        totals.entry(record.key).or_default().merge(sum);
     }
     UserFacts {
         line_user_id: record.line_user_id,
@@ -179,12 +198,21 @@ pub fn facts_of<E: IntoEventFact>(record: UserRecord<E>) -> UserFacts {
     }
 }
 
-/// [`facts_of`] for records loaded with the totals of `totalled` types: a
-/// type with no events has totals too (of none).
-fn facts_with_totals(record: UserRecord<FactEventRecord>, totalled: &[String]) -> UserFacts {
+/// [`facts_of`] for records loaded with the totals of the `loaded` tallies:
+/// a tally with no events has totals too (of none), and the events stored
+/// ahead of their time are added to the tallies they count in as pending.
+fn facts_with_totals(
+    mut record: UserRecord<FactEventRecord>,
+    loaded: &BTreeMap<String, TalliedCondition>,
+) -> UserFacts {
+    let pending: Vec<EventFact> =
+        std::mem::take(&mut record.pending).into_iter().map(|e| e.into_event_fact()).collect();
     let mut facts = facts_of(record);
-    for event_type in totalled {
-        facts.totals.entry(event_type.clone()).or_default();
+    for (key, tallied) in loaded {
+        let totals = facts.totals.entry(key.clone()).or_default();
+        for event in pending.iter().filter(|e| e.event_type == tallied.event_type) {
+            tallied.add_to(totals, event.occurred_at, &event.properties, true);
+        }
     }
     facts
 }
@@ -227,7 +255,7 @@ fn evaluate_page(
 
 impl MembershipEngine {
     pub fn new(store: EngineStore, segments: Arc<SegmentSet>, clock: Arc<dyn Clock>, tz: Tz) -> Self {
-        let selection = Arc::new(Selection::of(&segments));
+        let selection = Arc::new(Selection::of(&segments, false));
         Self {
             store,
             segments,
@@ -238,6 +266,20 @@ impl MembershipEngine {
             schedule_changed: Notify::new(),
             timer_target: AtomicI64::new(i64::MAX),
         }
+    }
+
+    /// Has the store keep the segments' tallies from now on (building those
+    /// it lacks from the stored events), and reads them from then on: until
+    /// then, only plain counts are read from totals (the store keeps those
+    /// by itself), the other conditions from the events.
+    pub async fn with_tallies(mut self) -> MembershipResult<Self> {
+        let started = Instant::now();
+        let tallier = self.segments.tallier();
+        let keys = renkei_core::EventTallier::tallies(&tallier).len();
+        self.store.memberships.maintain_tallies(Arc::new(tallier), self.clock.now()).await?;
+        tracing::info!(keys, seconds = started.elapsed().as_secs_f64(), "running tallies of events kept");
+        self.selection = Arc::new(Selection::of(&self.segments, true));
+        Ok(self)
     }
 
     /// Users per page for recompute, preview and due processing (at least 1).
@@ -298,7 +340,8 @@ impl MembershipEngine {
     async fn load_with_totals(&self, users: &[LineUserId], now: DateTime<Utc>) -> MembershipResult<Vec<UserFacts>> {
         let selection = self.selection.with_totals_at(now);
         let records = self.store.memberships.load_user_facts(users, &selection).await?;
-        let mut facts: Vec<UserFacts> = records.into_iter().map(|r| facts_with_totals(r, &selection.totals)).collect();
+        let mut facts: Vec<UserFacts> =
+            records.into_iter().map(|r| facts_with_totals(r, &self.selection.loaded)).collect();
         let stale: Vec<usize> = (0..facts.len()).filter(|&i| !facts[i].totals_usable_at(now)).collect();
         if !stale.is_empty() {
             let users: Vec<LineUserId> = stale.iter().map(|&i| facts[i].line_user_id.clone()).collect();
@@ -314,7 +357,7 @@ impl MembershipEngine {
     /// `MembershipStore::rebuild_event_totals`); the start-up recompute runs it first.
     pub async fn rebuild_totals(&self) -> MembershipResult<()> {
         let started = Instant::now();
-        self.store.memberships.rebuild_event_totals().await?;
+        self.store.memberships.rebuild_event_totals(self.clock.now()).await?;
         tracing::info!(seconds = started.elapsed().as_secs_f64(), "running totals of events rebuilt");
         Ok(())
     }

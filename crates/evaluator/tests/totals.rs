@@ -1,7 +1,9 @@
-//! Running totals of events on both backends: real-time evaluation, which
-//! answers whole-history counts from the store's totals, equals evaluation
+//! Running totals and tallies of events on both backends: real-time
+//! evaluation, which answers every condition without a window (counts,
+//! filters, sum/avg/min/max) from the store's tallies, equals evaluation
 //! from every raw event (a preview), whatever the events' sources, repeats
-//! and times; the totals follow inserts, ignore repeats and survive a rebuild.
+//! and times; the tallies follow inserts, ignore repeats, are built from the
+//! events stored before them and survive a rebuild.
 
 mod common;
 
@@ -21,6 +23,11 @@ const RULES: &[&str] = &[
     "id: lapsed\nname: l\nrule:\n  all:\n    - event: visit\n    - not:\n        event: visit\n        within: 90m\n",
     "id: exactly_two\nname: x\nrule:\n  event: purchase\n  count: {eq: 2}\n",
     "id: big\nname: b\nrule:\n  event: purchase\n  within: 5h\n  sum:\n    property: amount\n    gte: 20000\n",
+    "id: shibuya_fans\nname: s\nrule:\n  event: visit\n  where: {store: shibuya}\n  count: {gte: 2}\n",
+    "id: lifetime\nname: lv\nrule:\n  event: purchase\n  sum: {property: amount, gte: 30000}\n",
+    "id: generous\nname: g\nrule:\n  event: purchase\n  where: {store: {ne: shibuya}}\n  max: {property: amount, gt: 15000}\n",
+    "id: steady\nname: st\nrule:\n  event: purchase\n  avg: {property: amount, lt: 12000}\n",
+    "id: small_once\nname: so\nrule:\n  event: purchase\n  min: {property: amount, lte: 5000}\n",
 ];
 
 const USERS: u8 = 3;
@@ -35,10 +42,13 @@ struct Fixture {
 async fn fixture(backend: Backend) -> Option<Fixture> {
     let test = renkei_test_support::store(backend).await?;
     let clock = ManualClock::new(t0());
-    let engine =
-        MembershipEngine::new(EngineStore::of(&test.store), segments(RULES), Arc::new(clock.clone()), chrono_tz::UTC)
-            .with_page_size(2);
+    let engine = engine(&test, &clock).with_tallies().await.expect("tallies");
     Some(Fixture { test, clock, engine })
+}
+
+fn engine(test: &TestStore, clock: &ManualClock) -> MembershipEngine {
+    MembershipEngine::new(EngineStore::of(&test.store), segments(RULES), Arc::new(clock.clone()), chrono_tz::UTC)
+        .with_page_size(2)
 }
 
 /// An event of `kind` at `now - ago_min`, by a member or a LINE user (or both).
@@ -49,7 +59,19 @@ fn visit(
     line_user: Option<u8>,
     at: DateTime<Utc>,
 ) -> renkei_core::NewEvent {
-    let mut value = json!({"type": kind, "occurred_at": at.to_rfc3339(), "properties": {"amount": 12_000}});
+    visit_with(kind, event_id, member_id, line_user, at, json!({"amount": 12_000}))
+}
+
+/// [`visit`] with `properties`.
+fn visit_with(
+    kind: &str,
+    event_id: Option<String>,
+    member_id: Option<u8>,
+    line_user: Option<u8>,
+    at: DateTime<Utc>,
+    properties: serde_json::Value,
+) -> renkei_core::NewEvent {
+    let mut value = json!({"type": kind, "occurred_at": at.to_rfc3339(), "properties": properties});
     if let Some(id) = event_id {
         value["event_id"] = json!(id);
     }
@@ -82,9 +104,10 @@ async fn both_ways(f: &Fixture) -> (Vec<BTreeSet<String>>, Vec<BTreeSet<String>>
     (kept, previewed)
 }
 
-renkei_test_support::on_both_backends!(fixture => counts_follow_sources_repeats_and_time);
+renkei_test_support::on_both_backends!(bare => counts_follow_sources_repeats_and_time, tallies_are_built_from_the_events_stored_before);
 
 async fn counts_follow_sources_repeats_and_time(f: Fixture) {
+    let f = Fixture { engine: f.engine.with_tallies().await.expect("tallies"), ..f };
     let store = f.test.store.as_ref();
     let now = t0();
     let id = |n: u32| Some(format!("ev-{n}"));
@@ -135,12 +158,76 @@ async fn counts_follow_sources_repeats_and_time(f: Fixture) {
     assert_eq!((&before, &before), (&after, &previewed));
 }
 
+/// The fixture's store and clock with an engine that does not keep tallies yet.
+async fn bare(backend: Backend) -> Option<Fixture> {
+    let test = renkei_test_support::store(backend).await?;
+    let clock = ManualClock::new(t0());
+    let engine = engine(&test, &clock);
+    Some(Fixture { test, clock, engine })
+}
+
+async fn tallies_are_built_from_the_events_stored_before(f: Fixture) {
+    let store = f.test.store.clone();
+    let now = t0();
+    let id = |n: u32| Some(format!("ev-{n}"));
+    let days = |d: i64| now - Duration::days(d);
+    // User 1: 16,000 at shibuya and 16,000 at umeda; member 1 (user 2 once
+    // linked): 4,000 at umeda, twice (one a repeat), and a visit to shibuya.
+    let before = [
+        visit_with("purchase", id(1), None, Some(1), days(300), json!({"amount": 16_000, "store": "shibuya"})),
+        visit_with("purchase", id(2), None, Some(1), days(200), json!({"amount": 16_000, "store": "umeda"})),
+        visit_with("purchase", id(3), Some(1), None, days(100), json!({"amount": 4_000, "store": "umeda"})),
+        visit_with("purchase", id(3), Some(1), None, days(100), json!({"amount": 4_000, "store": "umeda"})),
+        visit_with("visit", id(4), Some(1), None, days(90), json!({"store": "shibuya"})),
+    ];
+    store.insert_events(&before, now).await.expect("insert");
+    store.link(&member(1), &user(2), LinkMethod::Api, now).await.expect("link");
+    // The engine starts keeping tallies: those of its keys are built from the events.
+    let f = Fixture { engine: f.engine.with_tallies().await.expect("tallies"), ..f };
+    let (kept, previewed) = both_ways(&f).await;
+    assert_eq!(kept, previewed);
+    let has = |u: usize, id: &str| kept[u].contains(id);
+    assert!(has(0, "lifetime") && has(0, "generous") && !has(0, "steady"), "user 1: {:?}", kept[0]);
+    assert!(has(1, "small_once") && has(1, "steady") && !has(1, "shibuya_fans"), "user 2: {:?}", kept[1]);
+    // Inserts add to the built tallies: a second shibuya visit and a large purchase for user 2.
+    let after = [
+        visit_with("visit", id(5), None, Some(2), days(10), json!({"store": "shibuya"})),
+        visit_with("purchase", id(6), Some(1), Some(2), days(5), json!({"amount": 30_000, "store": "shibuya"})),
+        visit_with("purchase", id(1), None, Some(2), days(5), json!({"amount": 90_000, "store": "umeda"})),
+    ];
+    let outcome = store.insert_events(&after, now).await.expect("insert");
+    assert_eq!((outcome.accepted, outcome.duplicates), (2, 1), "ev-1 is a repeat and adds nothing");
+    let (kept, previewed) = both_ways(&f).await;
+    assert_eq!(kept, previewed);
+    assert!(kept[1].contains("shibuya_fans") && kept[1].contains("lifetime"), "user 2: {:?}", kept[1]);
+    assert!(!kept[1].contains("generous"), "the 30,000 purchase was at shibuya: {:?}", kept[1]);
+    // A second engine with the same segments finds every key built; a rebuild changes no answer.
+    let again = Fixture { engine: engine(&f.test, &f.clock).with_tallies().await.expect("tallies"), ..f };
+    again.engine.rebuild_totals().await.expect("rebuild");
+    assert_eq!(both_ways(&again).await, (kept.clone(), kept));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
-    Event { purchase: bool, event_id: Option<u8>, member: Option<u8>, user: Option<u8>, offset_min: i64 },
-    Link { member: u8, user: u8 },
-    Unlink { member: u8 },
-    Advance { minutes: i64 },
+    Event {
+        purchase: bool,
+        event_id: Option<u8>,
+        member: Option<u8>,
+        user: Option<u8>,
+        offset_min: i64,
+        amount: Option<u32>,
+        shibuya: bool,
+    },
+    Link {
+        member: u8,
+        user: u8,
+    },
+    Unlink {
+        member: u8,
+    },
+    Advance {
+        minutes: i64,
+    },
     Rebuild,
 }
 
@@ -148,9 +235,19 @@ fn op() -> impl Strategy<Value = Op> {
     let who = (prop::option::of(1u8..=MEMBERS), prop::option::of(1u8..=USERS))
         .prop_map(|(m, u)| if m.is_none() && u.is_none() { (Some(1), None) } else { (m, u) });
     prop_oneof![
-        6 => (any::<bool>(), prop::option::of(0u8..6), who, -120i64..600).prop_map(
-            |(purchase, event_id, (member, user), offset_min)| Op::Event { purchase, event_id, member, user, offset_min }
-        ),
+        6 => (
+            (any::<bool>(), prop::option::of(0u8..6), who, -120i64..600),
+            (prop::option::of(prop::sample::select(vec![0u32, 4_000, 5_000, 12_000, 16_000, 30_000])), any::<bool>()),
+        )
+            .prop_map(|((purchase, event_id, (member, user), offset_min), (amount, shibuya))| Op::Event {
+                purchase,
+                event_id,
+                member,
+                user,
+                offset_min,
+                amount,
+                shibuya,
+            }),
         2 => (1u8..=MEMBERS, 1u8..=USERS).prop_map(|(member, user)| Op::Link { member, user }),
         1 => (1u8..=MEMBERS).prop_map(|member| Op::Unlink { member }),
         2 => (0i64..240).prop_map(|minutes| Op::Advance { minutes }),
@@ -164,10 +261,15 @@ async fn run_case(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         let now = f.clock.now();
         match op {
-            Op::Event { purchase, event_id, member, user, offset_min } => {
+            Op::Event { purchase, event_id, member, user, offset_min, amount, shibuya } => {
                 let kind = if purchase { "purchase" } else { "visit" };
                 let id = event_id.map(|n| format!("ev-{n}"));
-                let new = visit(kind, id, member, user, now - Duration::minutes(offset_min));
+                let store_name = if shibuya { "shibuya" } else { "umeda" };
+                let properties = match amount {
+                    Some(amount) => json!({"amount": amount, "store": store_name}),
+                    None => json!({"amount": "n/a", "store": store_name}),
+                };
+                let new = visit_with(kind, id, member, user, now - Duration::minutes(offset_min), properties);
                 store.insert_events(&[new], now).await.expect("insert");
             }
             Op::Link { member: m, user: u } => {

@@ -191,7 +191,7 @@ impl SegmentSet {
     /// need not be loaded. Keys are exactly
     /// [`SegmentSet::referenced_event_types`].
     pub fn event_horizons(&self) -> BTreeMap<String, Option<SpanDuration>> {
-        self.horizons(false)
+        self.horizons(&|_| false)
     }
 
     /// Every event type some condition with a tally reads (see
@@ -211,14 +211,20 @@ impl SegmentSet {
     }
 
     /// Like [`SegmentSet::event_horizons`] when the facts carry the totals
-    /// of [`SegmentSet::totalled_types`]: totalled conditions read no event
-    /// (a zero horizon, when nothing else reads the type), so only windowed
-    /// conditions set how far back events are needed.
+    /// of every tally ([`SegmentSet::tallied_conditions`]): conditions with a
+    /// tally read no event (a zero horizon, when nothing else reads the
+    /// type), so only windowed conditions set how far back events are needed.
     pub fn event_horizons_beside_totals(&self) -> BTreeMap<String, Option<SpanDuration>> {
-        self.horizons(true)
+        self.horizons(&|_| true)
     }
 
-    fn horizons(&self, with_totals: bool) -> BTreeMap<String, Option<SpanDuration>> {
+    /// [`SegmentSet::event_horizons_beside_totals`] when the facts carry only
+    /// the tallies `loaded` says they do (by key).
+    pub fn event_horizons_beside(&self, loaded: &dyn Fn(&str) -> bool) -> BTreeMap<String, Option<SpanDuration>> {
+        self.horizons(loaded)
+    }
+
+    fn horizons(&self, loaded: &dyn Fn(&str) -> bool) -> BTreeMap<String, Option<SpanDuration>> {
         fn widen(slot: &mut Option<Option<SpanDuration>>, within: Option<SpanDuration>) {
             *slot = Some(match (*slot, within) {
                 (None, within) => within,
@@ -230,11 +236,8 @@ impl SegmentSet {
         for segment in &self.segments {
             segment.rule.visit(&mut |condition| {
                 let Condition::Event(event) = condition else { return };
-                let within = if with_totals && event.tally.is_some() {
-                    Some(SpanDuration::from_seconds(0))
-                } else {
-                    event.within
-                };
+                let tallied = event.tally.as_deref().is_some_and(loaded);
+                let within = if tallied { Some(SpanDuration::from_seconds(0)) } else { event.within };
                 // A follow-up counts only after a first event in the window.
                 widen(horizons.entry(event.event_type.as_str().to_string()).or_default(), within);
                 if let Some(follow) = &event.follow {

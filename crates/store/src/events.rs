@@ -2,13 +2,15 @@
 //! `event_id`), and reads by row id (the scheduler tails them) and clicks.
 
 use crate::sql::{Dialect, Row, Sql, stmt};
+use crate::tallies::{TallyAdd, batch_tallies};
 use crate::{ImportReceiver, StoreError, StoreResult, parse_object};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use renkei_core::NewEvent;
+use renkei_core::{EventTallier, NewEvent};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::Database;
+use std::sync::Arc;
 
 /// How a batch of events went: new rows, and repeats of a known `event_id`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -21,6 +23,12 @@ impl IngestOutcome {
     pub fn add(&mut self, other: IngestOutcome) {
         self.accepted += other.accepted;
         self.duplicates += other.duplicates;
+    }
+
+    /// A batch's outcome from which of its events were stored.
+    fn of(stored: &[bool]) -> Self {
+        let accepted = stored.iter().filter(|s| **s).count() as u64;
+        Self { accepted, duplicates: stored.len() as u64 - accepted }
     }
 }
 
@@ -61,12 +69,19 @@ pub trait EventStore: Send + Sync + 'static {
 /// What differs per backend (`sqlite/events.rs`, `postgres/events.rs`).
 #[async_trait]
 pub trait EventsSql: Sql {
-    /// Inserts a batch inside a transaction (chunked VALUES vs UNNEST).
+    /// Inserts a batch inside a transaction (chunked VALUES vs UNNEST):
+    /// whether each event was stored (not a repeat of a known `event_id`).
     async fn insert_events_tx(
         conn: &mut <Self::Db as Database>::Connection,
         events: &[NewEvent],
         received_at: DateTime<Utc>,
-    ) -> StoreResult<IngestOutcome>;
+    ) -> StoreResult<Vec<bool>>;
+
+    /// The tallier whose tallies inserts add to (see `tallies.rs`).
+    fn tallier(&self) -> Option<Arc<dyn EventTallier>>;
+
+    /// Adds rows to `event_tallies` (one row per source and key at most).
+    async fn add_tallies_tx(conn: &mut <Self::Db as Database>::Connection, rows: &[TallyAdd]) -> StoreResult<()>;
 
     /// Counts `link_click`s of campaign `$1` (columns `clicks`, `users`): the JSON path syntax differs.
     const CAMPAIGN_CLICKS: &'static str;
@@ -75,11 +90,28 @@ pub trait EventsSql: Sql {
     async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>>;
 }
 
+/// Inserts a batch and adds its tallies, inside the caller's transaction.
+async fn insert_batch_tx<S: EventsSql>(
+    store: &S,
+    conn: &mut <S::Db as Database>::Connection,
+    events: &[NewEvent],
+    received_at: DateTime<Utc>,
+) -> StoreResult<IngestOutcome> {
+    let stored = S::insert_events_tx(conn, events, received_at).await?;
+    if let Some(tallier) = store.tallier() {
+        let rows = batch_tallies(tallier.as_ref(), events, &stored, received_at);
+        if !rows.is_empty() {
+            S::add_tallies_tx(conn, &rows).await?;
+        }
+    }
+    Ok(IngestOutcome::of(&stored))
+}
+
 #[async_trait]
 impl<S: EventsSql> EventStore for S {
     async fn insert_events(&self, events: &[NewEvent], received_at: DateTime<Utc>) -> StoreResult<IngestOutcome> {
         let mut tx = S::Db::begin(self.writer()).await?;
-        let outcome = S::insert_events_tx(&mut tx, events, received_at).await?;
+        let outcome = insert_batch_tx(self, &mut tx, events, received_at).await?;
         S::Db::commit(tx).await?;
         Ok(outcome)
     }
@@ -93,7 +125,7 @@ impl<S: EventsSql> EventStore for S {
         let mut outcome = IngestOutcome::default();
         while let Some(batch) = batches.recv().await {
             let batch = batch.map_err(StoreError::ImportAborted)?;
-            outcome.add(S::insert_events_tx(&mut tx, &batch, received_at).await?);
+            outcome.add(insert_batch_tx(self, &mut tx, &batch, received_at).await?);
         }
         S::Db::commit(tx).await?;
         Ok(outcome)

@@ -28,6 +28,7 @@ mod rich_menus;
 mod schedule;
 mod sql;
 mod sqlite;
+mod tallies;
 #[cfg(feature = "test-support")]
 mod test_reads;
 pub mod webhook;

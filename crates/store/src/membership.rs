@@ -11,10 +11,11 @@ use crate::{StoreResult, parse_member};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 pub use renkei_core::{Cause, TransitionKind};
-use renkei_core::{LineUserId, MemberId};
+use renkei_core::{EventTallier, LineUserId, MemberId};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// A user entering or leaving a segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -52,13 +53,21 @@ pub struct FactEventRecord {
     pub properties: Vec<(String, Value)>,
 }
 
-/// A user's running totals of one event type from one source of its events
-/// (migration 0010): how many events, and when the latest occurred. Events
-/// stored ahead of their time are not in them (see [`UserRecord::pending`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A user's running totals of one tally from one source of its events
+/// (migrations 0010 and 0014): how many events, how many carry the
+/// aggregated property as a number, their sum, min and max, and when the
+/// latest occurred. Events stored ahead of their time are not in them (see
+/// [`UserRecord::pending`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct TotalsRecord {
-    pub event_type: String,
+    /// The tally's key: an event type for its plain count (`event_totals`),
+    /// else a key of `event_tallies`.
+    pub key: String,
     pub count: u64,
+    pub numbers: u64,
+    pub sum: f64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
     pub last_at: DateTime<Utc>,
 }
 
@@ -90,12 +99,13 @@ pub struct UserRecord<E = UserEventRecord> {
     pub following: bool,
     /// Oldest first.
     pub events: Vec<E>,
-    /// The running totals of [`EventSelection::totals`]' types, one record
-    /// per type and source (on PostgreSQL, and slot; sum them).
+    /// The running totals of [`EventSelection::totals`]' types and
+    /// [`EventSelection::tallies`]' keys, one record per key and source (on
+    /// PostgreSQL, and slot; sum them).
     pub totals: Vec<TotalsRecord>,
-    /// Events of those types left out of the totals, stored ahead of their
-    /// time: type and occurred_at.
-    pub pending: Vec<(String, DateTime<Utc>)>,
+    /// Events of [`EventSelection::totals`]' types left out of the totals,
+    /// stored ahead of their time.
+    pub pending: Vec<E>,
 }
 
 /// Which events [`MembershipStore::load_user_facts`] loads, and which of
@@ -113,6 +123,8 @@ pub struct EventSelection {
     pub since: BTreeMap<String, DateTime<Utc>>,
     /// Types whose running totals (and pending events) to load as well.
     pub totals: Vec<String>,
+    /// Keys of `event_tallies` to load as well (their types among `totals`).
+    pub tallies: Vec<String>,
 }
 
 impl EventSelection {
@@ -230,10 +242,15 @@ pub trait MembershipStore: Send + Sync + 'static {
         cause: Cause,
     ) -> StoreResult<Vec<Transition>>;
 
-    /// Rebuilds every running total of events from the events themselves
-    /// (they are kept with each insert; this undoes any drift, e.g. from
-    /// rows edited by hand). Inserts wait while it runs.
-    async fn rebuild_event_totals(&self) -> StoreResult<()>;
+    /// Rebuilds every running total and tally of events from the events
+    /// themselves (they are kept with each insert; this undoes any drift,
+    /// e.g. from rows edited by hand). Inserts wait while it runs.
+    async fn rebuild_event_totals(&self, at: DateTime<Utc>) -> StoreResult<()>;
+
+    /// From now on, inserts add to `tallier`'s tallies; the tallies of keys
+    /// not built yet are built from the stored events first, and those of
+    /// keys gone are deleted (at `at`).
+    async fn maintain_tallies(&self, tallier: Arc<dyn EventTallier>, at: DateTime<Utc>) -> StoreResult<()>;
 
     /// `apply_memberships` for users of an audience page (`updates` name no
     /// one outside it).
@@ -455,9 +472,9 @@ impl<E: Timed> PageBuilder<E> {
         }
     }
 
-    pub(crate) fn push_pending(&mut self, position: i64, event_type: String, occurred_at: DateTime<Utc>) {
+    pub(crate) fn push_pending(&mut self, position: i64, event: E) {
         if let Some(record) = self.record(position) {
-            record.pending.push((event_type, occurred_at));
+            record.pending.push(event);
         }
     }
 

@@ -140,7 +140,7 @@ async fn load_user_facts_thins_properties_and_old_events(store: TestStore) {
         types: vec!["purchase".to_string(), "visit".to_string()],
         keys: keys.into_iter().collect(),
         since: [("visit".to_string(), at(0) + Duration::minutes(45))].into_iter().collect(),
-        totals: Vec::new(),
+        ..EventSelection::default()
     };
     // A user twice in one page gets its facts twice.
     let records = store.load_user_facts(&[user(1), user(2), user(1)], &selection).await.expect("load");
@@ -236,7 +236,7 @@ async fn page_reads_agree_with_listed_reads(store: TestStore) {
         types: vec!["purchase".to_string(), "visit".to_string()],
         keys: keys.into_iter().collect(),
         since: [("purchase".to_string(), at(0) + Duration::minutes(30))].into_iter().collect(),
-        totals: Vec::new(),
+        ..EventSelection::default()
     };
     for size in [1, 2, 3, 10] {
         let (mut after, mut seen, mut events) = (None, Vec::new(), 0);

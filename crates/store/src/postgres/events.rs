@@ -1,14 +1,15 @@
 //! PostgreSQL's side of the event reads.
 
-use crate::events::IngestOutcome;
 use crate::events::{EventsSql, event_of};
 use crate::sql::Row;
+use crate::tallies::{TallyAdd, stored_of};
 use crate::{PgStore, StoreResult, StoredEvent};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use renkei_core::NewEvent;
+use renkei_core::{EventTallier, NewEvent};
 use sqlx::PgConnection;
 use sqlx::types::Json;
+use std::sync::Arc;
 
 #[async_trait]
 impl EventsSql for PgStore {
@@ -16,9 +17,9 @@ impl EventsSql for PgStore {
         conn: &mut PgConnection,
         events: &[NewEvent],
         received_at: DateTime<Utc>,
-    ) -> StoreResult<IngestOutcome> {
+    ) -> StoreResult<Vec<bool>> {
         if events.is_empty() {
-            return Ok(IngestOutcome::default());
+            return Ok(Vec::new());
         }
         let mut event_ids = Vec::with_capacity(events.len());
         let mut types = Vec::with_capacity(events.len());
@@ -34,13 +35,15 @@ impl EventsSql for PgStore {
             occurred.push(event.occurred_at);
             properties.push(Json(&event.properties));
         }
-        // ON CONFLICT DO NOTHING also skips repeats inside the same statement.
-        let result = sqlx::query(
+        // ON CONFLICT DO NOTHING also skips repeats inside the same statement
+        // (the first is stored); RETURNING names the stored ids.
+        let returned: Vec<Option<String>> = sqlx::query_scalar(
             "INSERT INTO events (event_id, type, member_id, line_user_id, occurred_at, properties, received_at)
              SELECT e.event_id, e.type, e.member_id, e.line_user_id, e.occurred_at, e.properties, $7
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::jsonb[])
                   AS e (event_id, type, member_id, line_user_id, occurred_at, properties)
-             ON CONFLICT (event_id) DO NOTHING",
+             ON CONFLICT (event_id) DO NOTHING
+             RETURNING event_id",
         )
         .bind(&event_ids)
         .bind(&types)
@@ -49,10 +52,43 @@ impl EventsSql for PgStore {
         .bind(&occurred)
         .bind(&properties)
         .bind(received_at)
+        .fetch_all(&mut *conn)
+        .await?;
+        let returned: Vec<String> = returned.into_iter().flatten().collect();
+        Ok(stored_of(events, &returned))
+    }
+
+    fn tallier(&self) -> Option<Arc<dyn EventTallier>> {
+        self.tallier.get()
+    }
+
+    // In key order, into the writing transaction's slot, as 0010's trigger does.
+    async fn add_tallies_tx(conn: &mut PgConnection, rows: &[TallyAdd]) -> StoreResult<()> {
+        let column = |f: fn(&TallyAdd) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+        sqlx::query(
+            "INSERT INTO event_tallies AS t (line_user_id, member_id, key, count, numbers, sum, min, max, last_at, slot)
+             SELECT a.*, (txid_current() % 8)::smallint
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::float8[], $7::float8[],
+                         $8::float8[], $9::timestamptz[])
+                  AS a (line_user_id, member_id, key, count, numbers, sum, min, max, last_at)
+             ORDER BY 1, 2, 3
+             ON CONFLICT (line_user_id, member_id, key, slot) DO UPDATE
+             SET count = t.count + excluded.count, numbers = t.numbers + excluded.numbers, sum = t.sum + excluded.sum,
+                 min = LEAST(t.min, excluded.min), max = GREATEST(t.max, excluded.max),
+                 last_at = GREATEST(t.last_at, excluded.last_at)",
+        )
+        .bind(column(|r| &r.line_user_id))
+        .bind(column(|r| &r.member_id))
+        .bind(column(|r| &r.key))
+        .bind(rows.iter().map(|r| r.count).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.numbers).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.sum).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.min).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.max).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.last_at).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
-        let accepted = result.rows_affected();
-        Ok(IngestOutcome { accepted, duplicates: events.len() as u64 - accepted })
+        Ok(())
     }
 
     const CAMPAIGN_CLICKS: &'static str = "SELECT COUNT(*) AS clicks, COUNT(DISTINCT line_user_id) AS users FROM events

@@ -4,18 +4,18 @@
 
 use crate::membership::{
     AllProperties, AudiencePage, Cause, Diff, EventMaker, EventSelection, FactEventRecord, MembershipStore,
-    MembershipUpdate, PageBuilder, REBUILD_EVENT_TOTALS, Timed, TotalsRecord, Transition, UserRecord, diff,
-    transitions_of,
+    MembershipUpdate, PageBuilder, REBUILD_EVENT_TOTALS, TotalsRecord, Transition, UserRecord, diff, transitions_of,
 };
 use crate::{PgStore, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use renkei_core::LineUserId;
+use renkei_core::{EventTallier, LineUserId};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// Users are locked in 256 buckets: enough to keep a real-time evaluation
 /// and a recompute of the same user from interleaving their diffs, without
@@ -230,7 +230,7 @@ impl PgStore {
             }
         }
         if let Some(selection) = selection.filter(|s| !s.totals.is_empty()) {
-            read_totals(&mut tx, &ids, &members, &selection.totals, &mut page).await?;
+            read_totals(&mut tx, &ids, &members, selection, maker, &mut page).await?;
         }
         tx.commit().await?;
         Ok(page.finish())
@@ -308,7 +308,7 @@ impl MembershipStore for PgStore {
         self.load_records(PgUsers::of_page(page), Some(&selection.types), Some(selection), selection).await
     }
 
-    async fn rebuild_event_totals(&self) -> StoreResult<()> {
+    async fn rebuild_event_totals(&self, at: DateTime<Utc>) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         // Inserts (whose trigger writes the totals) wait for the rebuild, and
         // the rebuild for the inserts already writing: it sees each batch
@@ -319,7 +319,12 @@ impl MembershipStore for PgStore {
             sqlx::query(statement).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(())
+        self.build_tallies(true, at).await
+    }
+
+    async fn maintain_tallies(&self, tallier: Arc<dyn EventTallier>, at: DateTime<Utc>) -> StoreResult<()> {
+        self.tallier.set(tallier);
+        self.build_tallies(false, at).await
     }
 
     async fn apply_memberships(
@@ -342,48 +347,64 @@ impl MembershipStore for PgStore {
     }
 }
 
-/// The running totals and pending events of `types` for the users in `ids`
-/// (linked to `members`, aligned), from both sources of a user's events as
-/// the raw read above. Rows name their user by position (1-based).
-async fn read_totals<E: Timed>(
+/// The running totals of `selection`'s totalled types and tallies, and the
+/// pending events of those types, for the users in `ids` (linked to
+/// `members`, aligned), from both sources of a user's events as the raw read
+/// above. Rows name their user by position (1-based).
+async fn read_totals<M: EventMaker>(
     tx: &mut PgConnection,
     ids: &[&str],
     members: &[Option<String>],
-    types: &[String],
-    page: &mut PageBuilder<E>,
+    selection: &EventSelection,
+    maker: &M,
+    page: &mut PageBuilder<M::Event>,
 ) -> StoreResult<()> {
     let rows = sqlx::query(
-        r#"SELECT u.i, t.type, t.count, t.last_at
+        r#"SELECT u.i, t.type, t.count, 0::int8, 0::float8, NULL::float8, NULL::float8, t.last_at
            FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i) JOIN event_totals t ON t.line_user_id = u.id
            WHERE t.type = ANY($3::text[])
            UNION ALL
-           SELECT u.i, t.type, t.count, t.last_at
+           SELECT u.i, t.type, t.count, 0::int8, 0::float8, NULL::float8, NULL::float8, t.last_at
            FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u (id, member_id, i)
            JOIN event_totals t ON t.member_id = u.member_id AND t.member_id <> ''
-           WHERE t.line_user_id <> u.id AND t.type = ANY($3::text[])"#,
+           WHERE t.line_user_id <> u.id AND t.type = ANY($3::text[])
+           UNION ALL
+           SELECT u.i, t.key, t.count, t.numbers, t.sum, t.min, t.max, t.last_at
+           FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i) JOIN event_tallies t ON t.line_user_id = u.id
+           WHERE t.key = ANY($4::text[])
+           UNION ALL
+           SELECT u.i, t.key, t.count, t.numbers, t.sum, t.min, t.max, t.last_at
+           FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u (id, member_id, i)
+           JOIN event_tallies t ON t.member_id = u.member_id AND t.member_id <> ''
+           WHERE t.line_user_id <> u.id AND t.key = ANY($4::text[])"#,
     )
     .bind(ids)
     .bind(members)
-    .bind(types)
+    .bind(&selection.totals)
+    .bind(&selection.tallies)
     .fetch_all(&mut *tx)
     .await?;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
     for row in rows {
         let position: i64 = row.try_get(0)?;
-        let count: i64 = row.try_get(2)?;
         let totals = TotalsRecord {
-            event_type: row.try_get(1)?,
-            count: u64::try_from(count).unwrap_or(0),
-            last_at: row.try_get(3)?,
+            key: row.try_get(1)?,
+            count: count(row.try_get(2)?),
+            numbers: count(row.try_get(3)?),
+            sum: row.try_get(4)?,
+            min: row.try_get(5)?,
+            max: row.try_get(6)?,
+            last_at: row.try_get(7)?,
         };
         page.push_totals(position - 1, totals);
     }
     // The partial `*_pending` indexes (migration 0010) hold exactly these events.
     let rows = sqlx::query(
-        r#"SELECT u.i, e.type, e.occurred_at
+        r#"SELECT u.i, e.type, e.occurred_at, e.properties::text
            FROM UNNEST($1::text[]) WITH ORDINALITY AS u (id, i) JOIN events e ON e.line_user_id = u.id
            WHERE e.line_user_id IS NOT NULL AND e.occurred_at > e.received_at AND e.type = ANY($3::text[])
            UNION ALL
-           SELECT u.i, e.type, e.occurred_at
+           SELECT u.i, e.type, e.occurred_at, e.properties::text
            FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u (id, member_id, i)
            JOIN events e ON e.member_id = u.member_id
            WHERE e.member_id IS NOT NULL AND e.occurred_at > e.received_at
@@ -391,12 +412,13 @@ async fn read_totals<E: Timed>(
     )
     .bind(ids)
     .bind(members)
-    .bind(types)
+    .bind(&selection.totals)
     .fetch_all(&mut *tx)
     .await?;
     for row in rows {
         let position: i64 = row.try_get(0)?;
-        page.push_pending(position - 1, row.try_get(1)?, row.try_get(2)?);
+        let properties: Option<&str> = row.try_get(3)?;
+        page.push_pending(position - 1, maker.make(row.try_get(1)?, row.try_get(2)?, properties));
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ mod membership;
 mod outbox;
 mod requests;
 mod rich_menus;
+mod tallies;
 mod webhook;
 
 /// Why PostgreSQL could not be reached, with where it was looked for (user,
@@ -48,6 +49,8 @@ pub struct PgStore {
     pub(crate) pool: PgPool,
     /// The webhook inbox's own connections (also `/healthz`'s look at lock waits).
     inbox: PgPool,
+    /// The tallies inserts add to (see `tallies.rs`).
+    pub(crate) tallier: crate::tallies::TallierSlot,
 }
 
 impl crate::sql::Sql for PgStore {
@@ -144,7 +147,7 @@ impl PgStore {
             .max_connections(INBOX_CONNECTIONS)
             .acquire_timeout(store.write_wait)
             .connect_lazy_with(options);
-        Ok(Self { pool, inbox })
+        Ok(Self { pool, inbox, tallier: Default::default() })
     }
 
     pub fn pool(&self) -> &PgPool {

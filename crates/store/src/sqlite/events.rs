@@ -1,15 +1,16 @@
 //! SQLite's side of the event reads.
 
 use super::{json_text, to_micros};
-use crate::events::IngestOutcome;
 use crate::events::{EventsSql, event_of};
 use crate::sql::stmt;
+use crate::tallies::{TallyAdd, stored_of};
 use crate::{SqliteStore, StoreResult, StoredEvent};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use renkei_core::NewEvent;
+use renkei_core::{EventTallier, NewEvent};
 use serde_json::Value;
 use sqlx::SqliteConnection;
+use std::sync::Arc;
 
 /// Rows per INSERT statement: 7 parameters each stays far below SQLite's
 /// 32,766-parameter limit while saving most per-statement overhead.
@@ -21,9 +22,9 @@ impl EventsSql for SqliteStore {
         conn: &mut SqliteConnection,
         events: &[NewEvent],
         received_at: DateTime<Utc>,
-    ) -> StoreResult<IngestOutcome> {
-        let mut outcome = IngestOutcome::default();
+    ) -> StoreResult<Vec<bool>> {
         let received = to_micros(received_at);
+        let mut returned: Vec<String> = Vec::new();
         for chunk in events.chunks(EVENT_ROWS_PER_STATEMENT) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO events (event_id, type, member_id, line_user_id, occurred_at, properties, received_at) ",
@@ -37,13 +38,46 @@ impl EventsSql for SqliteStore {
                     .push_bind(Value::Object(event.properties.clone()).to_string())
                     .push_bind(received);
             });
-            // DO NOTHING also skips repeats inside the same statement.
-            insert.push(" ON CONFLICT (event_id) DO NOTHING");
-            let accepted = insert.build().execute(&mut *conn).await?.rows_affected();
-            outcome.accepted += accepted;
-            outcome.duplicates += chunk.len() as u64 - accepted;
+            // DO NOTHING also skips repeats inside the same statement (the
+            // first is stored); RETURNING names the stored ids.
+            insert.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
+            let ids: Vec<Option<String>> = insert.build_query_scalar().fetch_all(&mut *conn).await?;
+            returned.extend(ids.into_iter().flatten());
         }
-        Ok(outcome)
+        Ok(stored_of(events, &returned))
+    }
+
+    fn tallier(&self) -> Option<Arc<dyn EventTallier>> {
+        self.tallier.get()
+    }
+
+    async fn add_tallies_tx(conn: &mut SqliteConnection, rows: &[TallyAdd]) -> StoreResult<()> {
+        for chunk in rows.chunks(EVENT_ROWS_PER_STATEMENT) {
+            let mut upsert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO event_tallies (line_user_id, member_id, key, count, numbers, sum, min, max, last_at) ",
+            );
+            upsert.push_values(chunk, |mut row, add| {
+                row.push_bind(add.line_user_id.as_str())
+                    .push_bind(add.member_id.as_str())
+                    .push_bind(add.key.as_str())
+                    .push_bind(add.count)
+                    .push_bind(add.numbers)
+                    .push_bind(add.sum)
+                    .push_bind(add.min)
+                    .push_bind(add.max)
+                    .push_bind(to_micros(add.last_at));
+            });
+            // SQLite's two-argument MIN/MAX are NULL when either is.
+            upsert.push(
+                " ON CONFLICT (line_user_id, member_id, key) DO UPDATE
+                 SET count = count + excluded.count, numbers = numbers + excluded.numbers, sum = sum + excluded.sum,
+                     min = COALESCE(MIN(min, excluded.min), min, excluded.min),
+                     max = COALESCE(MAX(max, excluded.max), max, excluded.max),
+                     last_at = MAX(last_at, excluded.last_at)",
+            );
+            upsert.build().execute(&mut *conn).await?;
+        }
+        Ok(())
     }
 
     const CAMPAIGN_CLICKS: &'static str = "SELECT COUNT(*) AS clicks, COUNT(DISTINCT line_user_id) AS users FROM events

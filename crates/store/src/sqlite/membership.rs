@@ -9,10 +9,11 @@ use crate::membership::{
 use crate::{SqliteStore, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use renkei_core::LineUserId;
+use renkei_core::{EventTallier, LineUserId};
 use serde_json::Value;
 use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 fn ids_json(users: &[LineUserId]) -> String {
     Value::Array(users.iter().map(|u| Value::String(u.as_str().to_string())).collect()).to_string()
@@ -102,41 +103,59 @@ impl SqliteStore {
             page.push_event(position, event);
         }
         if let Some(selection) = selection.filter(|s| !s.totals.is_empty()) {
-            read_totals(&mut conn, &ids, &selection.totals, &mut page).await?;
+            read_totals(&mut conn, &ids, selection, maker, &mut page).await?;
         }
         Ok(page.finish())
     }
 }
 
-/// The running totals and pending events of `types` for the users in `ids`
-/// (a JSON array), from both sources of a user's events as the raw read above.
-async fn read_totals<E: crate::membership::Timed>(
+/// The running totals of `selection`'s totalled types and tallies, and the
+/// pending events of those types, for the users in `ids` (a JSON array), from
+/// both sources of a user's events as the raw read above.
+async fn read_totals<M: EventMaker>(
     conn: &mut sqlx::SqliteConnection,
     ids: &str,
-    types: &[String],
-    page: &mut PageBuilder<E>,
+    selection: &EventSelection,
+    maker: &M,
+    page: &mut PageBuilder<M::Event>,
 ) -> StoreResult<()> {
-    let types = serde_json::to_string(types).unwrap_or_else(|_| "[]".to_string());
+    let types = serde_json::to_string(&selection.totals).unwrap_or_else(|_| "[]".to_string());
+    let keys = serde_json::to_string(&selection.tallies).unwrap_or_else(|_| "[]".to_string());
     let rows = sqlx::query(
-        "SELECT u.key AS position, t.type, t.count, t.last_at
+        "SELECT u.key AS position, t.type AS key, t.count, 0 AS numbers, 0.0 AS sum, NULL AS min, NULL AS max, t.last_at
          FROM json_each(?1) u CROSS JOIN event_totals t
          WHERE t.line_user_id = u.value AND t.type IN (SELECT value FROM json_each(?2))
          UNION ALL
-         SELECT u.key AS position, t.type, t.count, t.last_at
+         SELECT u.key AS position, t.type AS key, t.count, 0, 0.0, NULL, NULL, t.last_at
          FROM json_each(?1) u
          JOIN links l ON l.line_user_id = u.value
          JOIN event_totals t INDEXED BY event_totals_member ON t.member_id = l.member_id AND t.member_id <> ''
-         WHERE t.line_user_id <> l.line_user_id AND t.type IN (SELECT value FROM json_each(?2))",
+         WHERE t.line_user_id <> l.line_user_id AND t.type IN (SELECT value FROM json_each(?2))
+         UNION ALL
+         SELECT u.key AS position, t.key, t.count, t.numbers, t.sum, t.min, t.max, t.last_at
+         FROM json_each(?1) u CROSS JOIN event_tallies t
+         WHERE t.line_user_id = u.value AND t.key IN (SELECT value FROM json_each(?3))
+         UNION ALL
+         SELECT u.key AS position, t.key, t.count, t.numbers, t.sum, t.min, t.max, t.last_at
+         FROM json_each(?1) u
+         JOIN links l ON l.line_user_id = u.value
+         JOIN event_tallies t INDEXED BY event_tallies_member ON t.member_id = l.member_id AND t.member_id <> ''
+         WHERE t.line_user_id <> l.line_user_id AND t.key IN (SELECT value FROM json_each(?3))",
     )
     .bind(ids)
     .bind(&types)
+    .bind(&keys)
     .fetch_all(&mut *conn)
     .await?;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
     for row in rows {
-        let count: i64 = row.try_get("count")?;
         let totals = TotalsRecord {
-            event_type: row.try_get("type")?,
-            count: u64::try_from(count).unwrap_or(0),
+            key: row.try_get("key")?,
+            count: count(row.try_get("count")?),
+            numbers: count(row.try_get("numbers")?),
+            sum: row.try_get("sum")?,
+            min: row.try_get("min")?,
+            max: row.try_get("max")?,
             last_at: from_micros(row.try_get("last_at")?)?,
         };
         page.push_totals(row.try_get("position")?, totals);
@@ -144,12 +163,12 @@ async fn read_totals<E: crate::membership::Timed>(
     // The partial `*_pending` indexes (migration 0010) hold exactly these
     // events; named, as the planner may prefer the larger typed indexes.
     let rows = sqlx::query(
-        "SELECT u.key AS position, e.type, e.occurred_at
+        "SELECT u.key AS position, e.type, e.occurred_at, e.properties
          FROM json_each(?1) u JOIN events e INDEXED BY events_line_user_pending ON e.line_user_id = u.value
          WHERE e.line_user_id IS NOT NULL AND e.occurred_at > e.received_at
            AND e.type IN (SELECT value FROM json_each(?2))
          UNION ALL
-         SELECT u.key AS position, e.type, e.occurred_at
+         SELECT u.key AS position, e.type, e.occurred_at, e.properties
          FROM json_each(?1) u
          JOIN links l ON l.line_user_id = u.value
          JOIN events e INDEXED BY events_member_pending ON e.member_id = l.member_id
@@ -161,7 +180,9 @@ async fn read_totals<E: crate::membership::Timed>(
     .fetch_all(&mut *conn)
     .await?;
     for row in rows {
-        page.push_pending(row.try_get("position")?, row.try_get("type")?, from_micros(row.try_get("occurred_at")?)?);
+        let properties: Option<&str> = row.try_get("properties")?;
+        let event = maker.make(row.try_get("type")?, from_micros(row.try_get("occurred_at")?)?, properties);
+        page.push_pending(row.try_get("position")?, event);
     }
     Ok(())
 }
@@ -201,14 +222,19 @@ impl MembershipStore for SqliteStore {
         self.load_records(users, Some(&selection.types), Some(selection), selection).await
     }
 
-    async fn rebuild_event_totals(&self) -> StoreResult<()> {
+    async fn rebuild_event_totals(&self, at: DateTime<Utc>) -> StoreResult<()> {
         // The single writer: no insert can come between the two statements.
         let mut tx = self.writer.begin().await?;
         for statement in REBUILD_EVENT_TOTALS {
             sqlx::query(statement).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(())
+        self.build_tallies(true, at).await
+    }
+
+    async fn maintain_tallies(&self, tallier: Arc<dyn EventTallier>, at: DateTime<Utc>) -> StoreResult<()> {
+        self.tallier.set(tallier);
+        self.build_tallies(false, at).await
     }
 
     async fn apply_memberships(

@@ -26,6 +26,7 @@ mod membership;
 mod outbox;
 mod requests;
 mod rich_menus;
+mod tallies;
 mod wal;
 mod watch;
 mod webhook;
@@ -47,6 +48,8 @@ pub struct SqliteStore {
     in_memory: bool,
     /// Keeps the WAL within its bound (see `wal.rs`).
     _checkpointer: Option<wal::Checkpointer>,
+    /// The tallies inserts add to (see `tallies.rs`).
+    pub(crate) tallier: crate::tallies::TallierSlot,
 }
 
 pub(crate) fn to_micros(t: DateTime<Utc>) -> i64 {
@@ -145,6 +148,7 @@ impl SqliteStore {
             options,
             in_memory,
             _checkpointer: checkpointer,
+            tallier: Default::default(),
         })
     }
 
