@@ -400,7 +400,9 @@ async fn evaluation_cost(name: &str, store: Arc<dyn Store>, users: usize) -> Res
         segments.clone(),
         Arc::new(SystemClock),
         chrono_tz::Asia::Tokyo,
-    );
+    )
+    .with_tallies()
+    .await?;
     let ids: Vec<LineUserId> = (0..users).map(|i| LineUserId::parse(&line_user(i))).collect::<Result<_, _>>()?;
     // First pass writes the initial memberships (not timed).
     for chunk in ids.chunks(500) {

@@ -353,9 +353,17 @@ async fn run_import(config: Config, clock: Arc<dyn Clock>, what: ImportWhat) -> 
                 o.linked
             )
         }),
-        ImportWhat::Events { file } => import::import_events(store, file, progress, clock.now())
-            .await
-            .map(|o| format!("{}: {} accepted, {} duplicates", file.display(), o.accepted, o.duplicates)),
+        ImportWhat::Events { file } => {
+            // Imported events count in the segments' running tallies, as served ones do.
+            let segments = crate::app::load_segments(&config.paths.segments)?;
+            store
+                .maintain_tallies(Arc::new(segments.tallier()), clock.now())
+                .await
+                .context("building the running tallies of events")?;
+            import::import_events(store, file, progress, clock.now())
+                .await
+                .map(|o| format!("{}: {} accepted, {} duplicates", file.display(), o.accepted, o.duplicates))
+        }
     };
     match result {
         Ok(summary) => {

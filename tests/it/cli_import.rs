@@ -9,10 +9,15 @@ fn renkei(db_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_renkei"))
         .args(args)
         .env("RENKEI_DATABASE__URL", db_url)
+        .env("RENKEI_PATHS__SEGMENTS", shipped_segments())
         .env("RENKEI_LOG__LEVEL", "warn")
         .current_dir(std::env::temp_dir())
         .output()
         .expect("run renkei")
+}
+
+fn shipped_segments() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/config/segments")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -209,4 +214,48 @@ fn an_integer_beyond_64_bits_in_ndjson_is_refused_with_its_field() {
         stderr.contains(&format!("{}:1: properties.amount: an integer beyond 64 bits", path.display())),
         "{stderr}"
     );
+}
+
+/// Imported events count in the running tallies the server reads: a
+/// whole-history condition with a filter (`campaign_participants`) holds
+/// for a user whose only matching events were imported.
+#[tokio::test]
+async fn imported_events_count_in_the_running_tallies() {
+    use renkei_core::{Clock, LineUserId, SystemClock};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let path = dir.path().join("entries.ndjson");
+    let user = "U00000000000000000000000000000e01";
+    let entry = |id: &str, campaign: &str| {
+        json!({"event_id": id, "type": "campaign_entry", "line_user_id": user,
+               "occurred_at": "2025-01-10T10:00:00+09:00", "properties": {"campaign_id": campaign}})
+        .to_string()
+    };
+    // A server has built the tallies after the first import; the second adds to them.
+    std::fs::write(&path, format!("{}\n", entry("x1", "autumn_2025"))).expect("write");
+    let out = renkei(&db, &["import", "events", path.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let store = renkei_store::connect(&db).await.expect("connect");
+    let segments = std::sync::Arc::new(renkei::app::load_segments(Path::new(shipped_segments())).expect("segments"));
+    let engine = || {
+        renkei_evaluator::MembershipEngine::new(
+            renkei_evaluator::EngineStore::of(&store),
+            segments.clone(),
+            std::sync::Arc::new(SystemClock),
+            chrono_tz::Asia::Tokyo,
+        )
+        .with_tallies()
+    };
+    engine().await.expect("tallies");
+    std::fs::write(&path, format!("{}\n", entry("x2", "spring_2026"))).expect("write");
+    let out = renkei(&db, &["import", "events", path.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let engine = engine().await.expect("tallies");
+    let user = LineUserId::parse(user).expect("user");
+    engine.evaluate_user(&user, renkei_evaluator::Cause::Event).await.expect("evaluate");
+    let kept = engine.memberships(&user).await.expect("memberships");
+    let previewed = engine.preview("campaign_participants", SystemClock.now()).await.expect("preview");
+    assert!(kept.contains("campaign_participants"), "from the tallies: {kept:?}");
+    assert_eq!(previewed, vec![user], "from the raw events");
 }

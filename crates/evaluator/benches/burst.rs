@@ -70,12 +70,16 @@ async fn measure(name: &str, store: Arc<dyn Store>, users: u64, events: u64, wri
         store.upsert_members(&[patch], now).await?;
         store.link(&member(i)?, &line_user(i)?, renkei_core::LinkMethod::Api, now).await?;
     }
-    let engine = Arc::new(MembershipEngine::new(
-        EngineStore::of(&store),
-        Arc::new(segments),
-        Arc::new(SystemClock),
-        chrono_tz::Asia::Tokyo,
-    ));
+    let engine = Arc::new(
+        MembershipEngine::new(
+            EngineStore::of(&store),
+            Arc::new(segments),
+            Arc::new(SystemClock),
+            chrono_tz::Asia::Tokyo,
+        )
+        .with_tallies()
+        .await?,
+    );
     let handle = Arc::new(engine.clone().start());
     let started = Instant::now();
     let per_writer = events / BATCH as u64 / writers;

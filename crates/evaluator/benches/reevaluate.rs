@@ -13,9 +13,10 @@
 //!
 //! Each user's history mixes the shipped segments' event types
 //! (`store_visit`, `purchase`, `cart_add`); the shipped segments are
-//! evaluated. One sample: a `store_visit` event is stored, then the user is
-//! re-evaluated on the real-time path (`evaluate_user`); the re-evaluation
-//! alone is timed.
+//! evaluated, with three more whose conditions have no window but a filter
+//! or a sum/max ([`EXTRA_SEGMENTS`]), all kept as running tallies. One
+//! sample: a `store_visit` event is stored, then the user is re-evaluated on
+//! the real-time path (`evaluate_user`); the re-evaluation alone is timed.
 
 use chrono::{DateTime, Duration, Utc};
 use renkei_core::{LineUserId, MemberId, NewEvent, SystemClock};
@@ -34,6 +35,36 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const TYPES: [&str; 3] = ["store_visit", "purchase", "cart_add"];
+
+/// Whole-history conditions with a filter or an aggregate of a property.
+const EXTRA_SEGMENTS: [(&str, &str); 3] = [
+    (
+        "lifetime_value.yaml",
+        "id: lifetime_value\nname: l\nrule:\n  event: purchase\n  sum: {property: amount, gte: 1000000}\n",
+    ),
+    (
+        "shibuya_regulars.yaml",
+        "id: shibuya_regulars\nname: s\nrule:\n  event: store_visit\n  where: {store: shibuya}\n  count: {gte: 50}\n",
+    ),
+    (
+        "big_ticket.yaml",
+        "id: big_ticket\nname: b\nrule:\n  event: purchase\n  where: {store: {ne: online}}\n  max: {property: amount, gt: 20000}\n",
+    ),
+];
+
+/// The shipped segments and [`EXTRA_SEGMENTS`].
+fn segments() -> Result<SegmentSet, BoxError> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/segments");
+    let mut sources = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            sources.push((path.clone(), std::fs::read_to_string(&path)?));
+        }
+    }
+    sources.extend(EXTRA_SEGMENTS.iter().map(|(file, text)| (file.into(), text.to_string())));
+    SegmentSet::from_sources(sources).map_err(|d| format!("{} segment problems in {dir}", d.len()).into())
+}
 const STORES: [&str; 3] = ["shibuya", "umeda", "online"];
 
 fn ids(size: u64) -> Result<(MemberId, LineUserId), BoxError> {
@@ -82,14 +113,14 @@ async fn measure(
     samples: usize,
     recent: u64,
 ) -> Result<(), BoxError> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/segments");
-    let segments = SegmentSet::load_dir(dir).map_err(|d| format!("{} segment problems in {dir}", d.len()))?;
     let engine = MembershipEngine::new(
         EngineStore::of(&store),
-        Arc::new(segments),
+        Arc::new(segments()?),
         Arc::new(SystemClock),
         chrono_tz::Asia::Tokyo,
-    );
+    )
+    .with_tallies()
+    .await?;
     for &size in sizes {
         let started = Instant::now();
         load_user(store.as_ref(), size, recent, Utc::now()).await?;
