@@ -6,6 +6,7 @@
 //! What differs per backend (the upsert, the lock, list parameters) is in
 //! `sqlite/tallies.rs` and `postgres/tallies.rs`; the adding up is here.
 
+use crate::membership::properties_of;
 use chrono::{DateTime, Utc};
 use renkei_core::{EventTallier, NewEvent};
 use serde_json::{Map, Value};
@@ -113,12 +114,29 @@ impl<'t> Adder<'t> {
         }
     }
 
+    /// Adds one event as a build reads it from `events`.
+    pub(crate) fn add_stored(&mut self, event: StoredRow) {
+        let properties = properties_of(serde_json::from_str(&event.properties).unwrap_or_default());
+        let (line_user_id, member_id) = (event.line_user_id.as_deref(), event.member_id.as_deref());
+        self.add(line_user_id, member_id, &event.event_type, event.occurred_at, event.received_at, &properties);
+    }
+
     /// The rows, in key order (concurrent batches lock rows in one order).
     pub(crate) fn finish(self) -> Vec<TallyAdd> {
         let mut rows: Vec<TallyAdd> = self.rows.into_values().collect();
         rows.sort_by(|a, b| (&a.line_user_id, &a.member_id, &a.key).cmp(&(&b.line_user_id, &b.member_id, &b.key)));
         rows
     }
+}
+
+/// An `events` row as a build reads it (properties as JSON text).
+pub(crate) struct StoredRow {
+    pub(crate) line_user_id: Option<String>,
+    pub(crate) member_id: Option<String>,
+    pub(crate) event_type: String,
+    pub(crate) occurred_at: DateTime<Utc>,
+    pub(crate) received_at: DateTime<Utc>,
+    pub(crate) properties: String,
 }
 
 /// The tallies a batch adds: those of the events it stored (`stored[i]`

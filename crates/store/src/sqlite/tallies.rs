@@ -3,8 +3,7 @@
 
 use super::{from_micros, json_text, to_micros};
 use crate::events::EventsSql;
-use crate::membership::properties_of;
-use crate::tallies::{Adder, BUILD_CHUNK, BuildPlan};
+use crate::tallies::{Adder, BUILD_CHUNK, BuildPlan, StoredRow};
 use crate::{SqliteStore, StoreResult};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -35,18 +34,14 @@ impl SqliteStore {
             .bind(json_text(&plan.types, "event types")?)
             .fetch(&mut *tx);
             while let Some(row) = rows.try_next().await? {
-                let properties: String = row.try_get(5)?;
-                let properties = properties_of(serde_json::from_str(&properties).unwrap_or_default());
-                let (line_user_id, member_id): (Option<String>, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
-                let event_type: String = row.try_get(2)?;
-                adder.add(
-                    line_user_id.as_deref(),
-                    member_id.as_deref(),
-                    &event_type,
-                    from_micros(row.try_get(3)?)?,
-                    from_micros(row.try_get(4)?)?,
-                    &properties,
-                );
+                adder.add_stored(StoredRow {
+                    line_user_id: row.try_get(0)?,
+                    member_id: row.try_get(1)?,
+                    event_type: row.try_get(2)?,
+                    occurred_at: from_micros(row.try_get(3)?)?,
+                    received_at: from_micros(row.try_get(4)?)?,
+                    properties: row.try_get(5)?,
+                });
             }
         }
         for chunk in adder.finish().chunks(BUILD_CHUNK) {
