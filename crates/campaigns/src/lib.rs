@@ -15,6 +15,7 @@
 
 pub mod link;
 pub mod model;
+pub mod outcome;
 mod parse;
 pub mod rich_menu;
 pub mod schedule;
@@ -22,7 +23,7 @@ mod set;
 pub mod template;
 
 pub use link::{LinkError, LinkKeys, LinkPayload};
-pub use model::{Campaign, FrequencyCap, MessageSpec, QuietHours, Timing, Trigger, Unless};
+pub use model::{Campaign, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Timing, Trigger, Unless};
 pub use renkei_segments::Diagnostic;
 pub use rich_menu::{RichMenuRule, RichMenuRules, is_rich_menu_id};
 pub use set::{CampaignSet, TEMPLATE_EXTENSION};

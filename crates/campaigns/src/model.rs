@@ -26,6 +26,60 @@ pub struct Campaign {
     pub frequency_cap: Option<FrequencyCap>,
     /// Due sends inside these hours are deferred to their end, never dropped.
     pub quiet_hours: Option<QuietHours>,
+    /// What counts as a conversion (see [`crate::outcome`]).
+    pub goal: Option<Goal>,
+    /// The share of sendable recipients kept as a control group.
+    pub holdout: Option<Holdout>,
+}
+
+/// `goal:`: a recipient converts when an event of `event` passing `filters`
+/// occurs after its exposure and within `within`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Goal {
+    pub event: String,
+    pub filters: Vec<renkei_segments::PropertyFilter>,
+    pub within: Duration,
+    /// The first converting event's numeric property (dotted for nested),
+    /// summed as the conversion value.
+    pub value: Option<String>,
+}
+
+/// `holdout: N%`, in hundredths of a percent (`10%` is 1,000; at most 50 %).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holdout {
+    pub basis_points: u32,
+}
+
+impl Holdout {
+    /// At most 50 %: a control group larger than the treated one.
+    pub const MAX_BASIS_POINTS: u32 = 5_000;
+
+    /// Whether `line_user_id` is in this campaign's control group: a stable
+    /// hash of (campaign, user), the same on every instance and run.
+    pub fn holds_out(&self, campaign_id: &str, line_user_id: &str) -> bool {
+        share_of(&["holdout", campaign_id, line_user_id]) < u64::from(self.basis_points)
+    }
+}
+
+/// A stable number in `0..10_000` for `parts` (FNV-1a 64 over the parts
+/// joined by NUL): holdouts and arms use different first parts, so the two
+/// assignments are independent.
+pub(crate) fn share_of(parts: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in parts.iter().enumerate() {
+        let separator: &[u8] = if i == 0 { b"" } else { b"\0" };
+        for &b in separator.iter().chain(part.as_bytes()) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    // FNV leaves a last byte's change in the low bits: finish with
+    // MurmurHash3's fmix64 so that every bit counts, then scale to 0..10_000.
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^= hash >> 33;
+    ((u128::from(hash) * 10_000) >> 64) as u64
 }
 
 /// One Flex message: `templates/<template>.json.hbs` renders the `contents`,
@@ -271,5 +325,30 @@ mod tests {
         let quiet = QuietHours { from: hm(21, 0), to: hm(9, 0) };
         // 23:00 JST on 1 Aug -> 09:00 JST on 2 Aug.
         assert_eq!(quiet.release_at(utc("2026-08-01T14:00:00Z"), Asia::Tokyo), Some(utc("2026-08-02T00:00:00Z")));
+    }
+}
+
+#[cfg(test)]
+mod holdout_tests {
+    use super::*;
+
+    #[test]
+    fn holdout_shares_are_within_binomial_bounds_and_stable() {
+        let users: Vec<String> = (0..100_000).map(|i| format!("U{i:032x}")).collect();
+        for basis_points in [500u32, 1_000, 5_000] {
+            let holdout = Holdout { basis_points };
+            let held = users.iter().filter(|u| holdout.holds_out("trial_followup", u)).count() as f64;
+            let (n, p) = (users.len() as f64, f64::from(basis_points) / 10_000.0);
+            // Five standard deviations: a false alarm once in ~3.5 million runs.
+            let sd = (n * p * (1.0 - p)).sqrt();
+            assert!((held - n * p).abs() < 5.0 * sd, "{basis_points} bp: {held} of {n}");
+        }
+        // The same answer every time, and another campaign splits otherwise.
+        let holdout = Holdout { basis_points: 1_000 };
+        let a: Vec<bool> = users.iter().take(1_000).map(|u| holdout.holds_out("a", u)).collect();
+        let again: Vec<bool> = users.iter().take(1_000).map(|u| holdout.holds_out("a", u)).collect();
+        let b: Vec<bool> = users.iter().take(1_000).map(|u| holdout.holds_out("b", u)).collect();
+        assert_eq!(a, again);
+        assert_ne!(a, b);
     }
 }

@@ -2,7 +2,7 @@
 //! found with the position of the offending key or value (the approach of
 //! `renkei_segments`' parser).
 
-use crate::model::{Campaign, FrequencyCap, MessageSpec, QuietHours, Timing, Trigger, Unless};
+use crate::model::{Campaign, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Timing, Trigger, Unless};
 use chrono::{Duration, NaiveTime};
 use renkei_core::{EventType, SpanDuration};
 use renkei_segments::diagnostic::{Entries, NodeReader, shorten};
@@ -12,8 +12,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 pub(crate) const MAX_MESSAGES: usize = 5;
-const CAMPAIGN_KEYS: [&str; 8] =
-    ["id", "name", "description", "trigger", "audience", "messages", "frequency_cap", "quiet_hours"];
+const CAMPAIGN_KEYS: [&str; 10] =
+    ["id", "name", "description", "trigger", "audience", "messages", "frequency_cap", "quiet_hours", "goal", "holdout"];
 const TRIGGER_KINDS: [&str; 3] = ["segment_entered", "schedule", "event"];
 
 /// Template names become file names: letters, digits, `_` and `-` only.
@@ -166,6 +166,7 @@ impl Parser<'_> {
         self.require(&entries, root, &["id", "name", "trigger", "messages"], "a campaign");
         let (mut id, mut name, mut description, mut trigger, mut audience) = (None, None, None, None, None);
         let (mut messages, mut frequency_cap, mut quiet_hours) = (None, None, None);
+        let (mut goal, mut holdout) = (None, None);
         for &(key, _, value) in &entries {
             match key {
                 "id" => id = self.r.id("campaign", value),
@@ -176,6 +177,8 @@ impl Parser<'_> {
                 "messages" => messages = self.messages(value),
                 "frequency_cap" => frequency_cap = self.frequency_cap(value),
                 "quiet_hours" => quiet_hours = self.quiet_hours(value),
+                "goal" => goal = self.goal(value),
+                "holdout" => holdout = self.holdout(value),
                 _ => {}
             }
         }
@@ -194,6 +197,8 @@ impl Parser<'_> {
                         messages,
                         frequency_cap,
                         quiet_hours,
+                        goal,
+                        holdout,
                     },
                     positions,
                 ))
@@ -338,6 +343,65 @@ impl Parser<'_> {
             return None;
         }
         Some(Timing::At { property: property?, offset: offset? })
+    }
+
+    fn goal(&mut self, node: &Node) -> Option<Goal> {
+        let errors_before = self.r.errors;
+        let entries = self.r.entries(node, "a map {event: TYPE, where?: {…}, within: DURATION, value?: PROPERTY}")?;
+        self.unknown_keys(&entries, &["event", "where", "within", "value"], "`goal`");
+        self.require(&entries, node, &["event", "within"], "`goal`");
+        let (mut event, mut filters, mut within, mut value) = (None, Some(Vec::new()), None, None);
+        for &(key, _, item) in &entries {
+            match key {
+                "event" => event = self.event_type(item),
+                "where" => filters = renkei_segments::parse_where(&mut self.r, item),
+                "within" => {
+                    within = self.duration(item);
+                    if within.is_some_and(|w| w <= Duration::zero()) {
+                        self.r.error(item.pos, "`within` must be longer than 0: nothing could convert");
+                    }
+                }
+                "value" => value = self.property_name(item),
+                _ => {}
+            }
+        }
+        if self.r.errors != errors_before {
+            return None;
+        }
+        Some(Goal { event: event?, filters: filters?, within: within?, value })
+    }
+
+    /// `N%` with N in (0, 50], at most two decimals.
+    fn holdout(&mut self, node: &Node) -> Option<Holdout> {
+        let text = match &node.kind {
+            NodeKind::Str(text) => text.clone(),
+            _ => {
+                self.r.wrong_type(node, "a share like 10%");
+                return None;
+            }
+        };
+        let basis_points = text
+            .trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .filter(|p| p.is_finite() && (p * 100.0).fract() == 0.0)
+            .map(|p| (p * 100.0) as i64);
+        match basis_points {
+            Some(bp) if bp > 0 && bp <= i64::from(Holdout::MAX_BASIS_POINTS) => {
+                Some(Holdout { basis_points: bp as u32 })
+            }
+            Some(_) => {
+                self.r.error(node.pos, format!("holdout {:?} must be more than 0% and at most 50%", shorten(&text)));
+                None
+            }
+            None => {
+                self.r.error(
+                    node.pos,
+                    format!("invalid holdout {:?}: expected a share like 10% (at most two decimals)", shorten(&text)),
+                );
+                None
+            }
+        }
     }
 
     fn unless(&mut self, node: &Node) -> Option<Unless> {

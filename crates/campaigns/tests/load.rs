@@ -420,3 +420,39 @@ fn a_bad_date_format_is_refused_at_load() {
     );
     assert_eq!(found, vec![r#"c.yaml:7:15: alt_text does not render: `date`: invalid format "%Q" (line 1, column 1)"#]);
 }
+
+#[test]
+fn a_goal_and_a_holdout_load() {
+    let text = campaign(
+        "  segment_entered: gold_members\n",
+        "goal:\n  event: purchase\n  where: { product: { ne: trial_set } }\n  within: 14d\n  value: amount\nholdout: 12.5%\n",
+    );
+    let set =
+        CampaignSet::from_sources(vec![(PathBuf::from("c.yaml"), text)], vec![template("t", BUBBLE)], &segments())
+            .unwrap();
+    let c = set.get("c").unwrap();
+    let goal = c.goal.as_ref().unwrap();
+    assert_eq!(
+        (goal.event.as_str(), goal.within, goal.value.as_deref()),
+        ("purchase", chrono::Duration::days(14), Some("amount"))
+    );
+    assert_eq!(goal.filters.len(), 1);
+    assert_eq!(c.holdout.unwrap().basis_points, 1_250);
+}
+
+#[test]
+fn goal_and_holdout_errors_point_at_the_value() {
+    let rest = "goal:\n  event: purchase\n  within: 0d\n  where: { amount: { gte: } }\n  colour: red\nholdout: 60%\n";
+    assert_eq!(
+        errors(&campaign("  segment_entered: gold_members\n", rest)),
+        [
+            "c.yaml:10:11: `within` must be longer than 0: nothing could convert",
+            "c.yaml:11:25: expected a number or a string, got null",
+            "c.yaml:12:3: unknown key `colour` in `goal` (expected one of: event, where, within, value)",
+            "c.yaml:13:10: holdout \"60%\" must be more than 0% and at most 50%",
+        ]
+    );
+    let missing = errors(&campaign("  segment_entered: gold_members\n", "goal: { where: {a: 1} }\nholdout: ten\n"));
+    assert!(missing.iter().any(|e| e.contains("missing required key `event`")), "{missing:?}");
+    assert!(missing.iter().any(|e| e.contains("invalid holdout \"ten\"")), "{missing:?}");
+}

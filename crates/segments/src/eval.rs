@@ -452,6 +452,17 @@ pub(crate) fn filters_match(filters: &[PropertyFilter], properties: &impl Fields
     })
 }
 
+/// Whether event properties pass `where` filters at `now` (in `tz`), as
+/// they do in an event condition (for other files that filter events alike).
+pub fn properties_match(
+    filters: &[PropertyFilter],
+    properties: &Map<String, Value>,
+    now: DateTime<Utc>,
+    tz: Tz,
+) -> bool {
+    filters_match(filters, properties, At { now, tz })
+}
+
 /// The event window `(now - within, now - older_than]` of one condition at
 /// one instant, computed once per evaluation rather than once per event.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -37,7 +37,8 @@ pub use ast::{
     PropertyFilter, Segment,
 };
 pub use diagnostic::Diagnostic;
-pub use eval::{EventFact, EventTotals, Properties, UserFacts};
+pub use eval::{EventFact, EventTotals, Properties, UserFacts, properties_match};
+pub use parse::parse_where;
 pub use set::SegmentSet;
 pub use tally::{TalliedCondition, Tallier};
 pub use yaml::Pos;

@@ -38,7 +38,8 @@ enum ComparatorContext {
 }
 
 pub(crate) fn parse_file(file: &Path, text: &str, diagnostics: &mut Vec<Diagnostic>) -> ParsedFile {
-    let mut parser = Parser { r: NodeReader::new(file, diagnostics) };
+    let mut reader = NodeReader::new(file, diagnostics);
+    let mut parser = Parser { r: &mut reader };
     match parse_document(text) {
         Ok(root) => parser.segment(&root),
         Err(error) => {
@@ -48,11 +49,18 @@ pub(crate) fn parse_file(file: &Path, text: &str, diagnostics: &mut Vec<Diagnost
     }
 }
 
-struct Parser<'a> {
-    r: NodeReader<'a>,
+struct Parser<'r, 'a> {
+    r: &'r mut NodeReader<'a>,
 }
 
-impl Parser<'_> {
+/// A `where:` map of event properties (as in an event condition), for other
+/// files that filter events the same way (campaign goals); problems are
+/// reported to `reader`.
+pub fn parse_where(reader: &mut NodeReader<'_>, node: &Node) -> Option<Vec<PropertyFilter>> {
+    Parser { r: reader }.filters(node)
+}
+
+impl Parser<'_, '_> {
     fn segment(&mut self, root: &Node) -> ParsedFile {
         let errors_before = self.r.errors;
         let Some(entries) = self.r.entries(root, "a segment (a map with id, name, rule)") else {
