@@ -77,7 +77,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         errors(&campaign("  segment_entered: gold_members\n", "colour: red\n")),
         vec![
-            "c.yaml:8:1: unknown key `colour` in a campaign (expected one of: id, name, description, trigger, audience, messages, frequency_cap, quiet_hours)"
+            "c.yaml:8:1: unknown key `colour` in a campaign (expected one of: id, name, description, trigger, audience, messages, frequency_cap, quiet_hours, goal, holdout)"
         ]
     );
 }
