@@ -38,6 +38,7 @@ renkei_test_support::on_both_backends!(
     unknown_campaigns_are_404_and_keys_are_required,
     tracked_links_redirect_to_the_rendered_target_once_per_recipient,
     links_of_the_previous_key_work_and_of_a_removed_key_are_404,
+    goals_and_the_holdout_are_measured_end_to_end,
 );
 
 /// Segment, campaign and template directories, kept alive with the app.
@@ -162,7 +163,8 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
     assert_eq!(
         stats(&app, "thanks").await,
         json!({"campaign": "thanks", "state": "active", "sent": 0, "pending": 0, "failed": 0, "skipped": 0,
-               "skipped_by_reason": {}, "clicked": 0, "clicked_users": 0})
+               "skipped_by_reason": {}, "clicked": 0, "clicked_users": 0,
+               "converted": null, "conversion_value": null, "holdout": null, "lift": null})
     );
 
     buy(&app, "m1", USER_1).await;
@@ -183,7 +185,8 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
     assert_eq!(
         body,
         json!({"campaign": "thanks", "state": "active", "sent": 1, "pending": 0, "failed": 0, "skipped": 0,
-               "skipped_by_reason": {}, "clicked": 0, "clicked_users": 0})
+               "skipped_by_reason": {}, "clicked": 0, "clicked_users": 0,
+               "converted": null, "conversion_value": null, "holdout": null, "lift": null})
     );
     // The event campaign was not triggered by a purchase.
     assert_eq!(stats(&app, "review_request").await["sent"], 0);
@@ -202,7 +205,8 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
     assert_eq!(
         body,
         json!({"campaign": "thanks", "state": "active", "sent": 1, "pending": 0, "failed": 0, "skipped": 1,
-               "skipped_by_reason": {"unfollowed": 1}, "clicked": 0, "clicked_users": 0})
+               "skipped_by_reason": {"unfollowed": 1}, "clicked": 0, "clicked_users": 0,
+               "converted": null, "conversion_value": null, "holdout": null, "lift": null})
     );
     assert!(sim.messages_to(USER_3).is_empty());
     assert_eq!(sim.requests().iter().filter(|r| !r.recipients.is_empty()).count(), 1, "one request with a recipient");
@@ -366,4 +370,74 @@ async fn links_of_the_previous_key_work_and_of_a_removed_key_are_404(backend: Ba
     assert_eq!(link_clicks(&app).await, 1, "the previous key still opens its links");
     let body = stats(&app, "thanks").await;
     assert_eq!((body["clicked"].clone(), body["clicked_users"].clone()), (json!(1), json!(1)), "{body}");
+}
+
+/// A thank-you with a goal (a later full-size purchase within 7 days, its
+/// amount as value) and half its recipients held out.
+const FOLLOWUP: &str = "id: followup\nname: フォロー\ntrigger:\n  segment_entered: buyers\nmessages:\n  - template: thanks\n    alt_text: ありがとう\ngoal:\n  event: purchase\n  where: { product: { ne: trial } }\n  within: 7d\n  value: amount\nholdout: 50%\n";
+
+fn user(i: usize) -> String {
+    format!("U{i:032x}")
+}
+
+async fn goals_and_the_holdout_are_measured_end_to_end(backend: Backend) {
+    let files = files();
+    std::fs::remove_file(files.campaigns.path().join("thanks.yaml")).expect("only the follow-up");
+    std::fs::remove_file(files.campaigns.path().join("review_request.yaml")).expect("only the follow-up");
+    std::fs::write(files.campaigns.path().join("followup.yaml"), FOLLOWUP).expect("campaign");
+    let Some((app, sim)) = spawn(backend, &files).await else { return };
+    scheduler_started(&app).await;
+    let users: Vec<String> = (1..=12).map(user).collect();
+    for (i, u) in users.iter().enumerate() {
+        buy(&app, &format!("m{i}"), u).await;
+    }
+    let holdout = renkei_campaigns::Holdout { basis_points: 5_000 };
+    let held: Vec<bool> = users.iter().map(|u| holdout.holds_out("followup", u)).collect();
+    let held_count = held.iter().filter(|h| **h).count() as u64;
+    assert!(held_count > 0 && held_count < 12, "both groups have users: {held:?}");
+    eventually("every recipient exposed", async || {
+        let body = stats(&app, "followup").await;
+        (body["sent"] == 12 - held_count && body["holdout"]["users"] == held_count).then_some(())
+    })
+    .await;
+    for (u, held) in users.iter().zip(&held) {
+        assert_eq!(sim.messages_to(u).is_empty(), *held, "{u}: LINE gets nothing for a holdout user");
+    }
+    // After exposure: full-size purchases by the users with an odd index (the
+    // last one twice: its first counts), a trial purchase by everyone (not a goal).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let now = chrono::Utc::now();
+    let mut events = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        let at = |s: i64| (now + chrono::Duration::seconds(s)).to_rfc3339();
+        events.push(json!({"type": "purchase", "line_user_id": u, "occurred_at": at(0), "properties": {"product": "trial", "amount": 1}}));
+        if i % 2 == 1 {
+            events.push(json!({"type": "purchase", "line_user_id": u, "occurred_at": at(1), "properties": {"product": "full", "amount": 1000 * i}}));
+        }
+        if i == 11 {
+            events.push(json!({"type": "purchase", "line_user_id": u, "occurred_at": at(2), "properties": {"product": "full", "amount": 5}}));
+        }
+    }
+    let (status, body) = app.post("/v1/events", &json!({"events": events})).await;
+    assert_eq!(status, 200, "{body}");
+    let expect = |in_holdout: bool| {
+        let converting: Vec<usize> = (0..12).filter(|i| i % 2 == 1 && held[*i] == in_holdout).collect();
+        (converting.len() as u64, converting.iter().map(|i| 1000.0 * *i as f64).sum::<f64>())
+    };
+    let body = stats(&app, "followup").await;
+    let ((treated, treated_value), (control, control_value)) = (expect(false), expect(true));
+    assert_eq!(
+        (body["converted"].as_u64(), body["conversion_value"].as_f64()),
+        (Some(treated), Some(treated_value)),
+        "{body}"
+    );
+    assert_eq!(body["holdout"], json!({"users": held_count, "converted": control, "conversion_value": control_value}));
+    assert_eq!(body["skipped"], 0, "holdouts are not skips: {body}");
+    let lift = &body["lift"];
+    let (treated_rate, control_rate) = (treated as f64 / (12 - held_count) as f64, control as f64 / held_count as f64);
+    assert!((lift["treated_rate"].as_f64().expect("rate") - treated_rate).abs() < 1e-9, "{lift}");
+    assert!((lift["holdout_rate"].as_f64().expect("rate") - control_rate).abs() < 1e-9, "{lift}");
+    let ci = lift["ci95"].as_array().expect("interval");
+    let absolute = lift["absolute"].as_f64().expect("absolute");
+    assert!(ci[0].as_f64().expect("low") <= absolute && absolute <= ci[1].as_f64().expect("high"), "{lift}");
 }

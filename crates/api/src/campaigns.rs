@@ -5,8 +5,11 @@ use crate::error::ApiError;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use renkei_campaigns::{CampaignSet, Trigger};
-use renkei_core::Clock;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use renkei_campaigns::outcome::{GoalEvent, GroupOutcome, Outcome, attribute, lift};
+use renkei_campaigns::{Campaign, CampaignSet, Goal, Trigger};
+use renkei_core::{Clock, SkipReason};
 use renkei_store::StoreError;
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -22,6 +25,8 @@ pub struct CampaignsApi {
     pub store: CampaignsStore,
     pub campaigns: Arc<CampaignSet>,
     pub clock: Arc<dyn Clock>,
+    /// The configured timezone (for `where` comparisons of dates).
+    pub timezone: Tz,
 }
 
 pub fn router(state: CampaignsApi) -> Router {
@@ -67,14 +72,39 @@ async fn list(State(api): State<CampaignsApi>) -> Result<Json<Value>, ApiError> 
 }
 
 async fn stats(State(api): State<CampaignsApi>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    if api.campaigns.get(&id).is_none() {
+    let Some(campaign) = api.campaigns.get(&id) else {
         return Err(unknown(&id));
-    }
-    let counts = api.store.outbox.campaign_counts(&id).await.map_err(store_error)?;
-    let paused = api.store.schedule.paused_campaigns().await.map_err(store_error)?.contains(&id);
-    let (clicks, clickers) = api.store.events.campaign_clicks(&id).await.map_err(store_error)?;
+    };
+    let stats = campaign_stats(&api.store, campaign, api.clock.now(), api.timezone).await.map_err(store_error)?;
+    Ok(Json(stats))
+}
+
+/// A campaign's stats, as `GET /v1/campaigns/{id}/stats` and `renkei
+/// campaigns report` show them: deliveries by state, clicks, and with a
+/// goal its conversions, the holdout's and the lift (null without a goal or
+/// a holdout). Holdout deliveries are counted in `holdout`, not as skips.
+pub async fn campaign_stats(
+    store: &CampaignsStore,
+    campaign: &Campaign,
+    now: DateTime<Utc>,
+    tz: Tz,
+) -> Result<Value, StoreError> {
+    let id = &campaign.id;
+    let mut counts = store.outbox.campaign_counts(id).await?;
+    let paused = store.schedule.paused_campaigns().await?.contains(id);
+    let (clicks, clickers) = store.events.campaign_clicks(id).await?;
+    let held_out = counts.skipped.remove(&SkipReason::Holdout).unwrap_or(0);
     let skipped_total: u64 = counts.skipped.values().sum();
-    Ok(Json(json!({
+    let outcome = match &campaign.goal {
+        Some(goal) => Some(goal_outcome(store, id, goal, now, tz).await?),
+        None => None,
+    };
+    let group = |g: Option<GroupOutcome>, users: u64| match g {
+        Some(g) => json!({"users": g.users, "converted": g.converted, "conversion_value": g.conversion_value}),
+        None => json!({"users": users, "converted": null, "conversion_value": null}),
+    };
+    let holdout = (campaign.holdout.is_some() || held_out > 0).then(|| group(outcome.map(|o| o.holdout), held_out));
+    Ok(json!({
         "campaign": id,
         "state": if paused { "paused" } else { "active" },
         "sent": counts.sent,
@@ -84,7 +114,42 @@ async fn stats(State(api): State<CampaignsApi>, Path(id): Path<String>) -> Resul
         "skipped_by_reason": counts.skipped,
         "clicked": clicks,
         "clicked_users": clickers,
-    })))
+        "converted": outcome.map(|o| o.treated.converted),
+        "conversion_value": outcome.map(|o| o.treated.conversion_value),
+        "holdout": holdout,
+        "lift": outcome.as_ref().and_then(lift),
+    }))
+}
+
+/// The campaign's exposures judged against its goal.
+async fn goal_outcome(
+    store: &CampaignsStore,
+    campaign_id: &str,
+    goal: &Goal,
+    now: DateTime<Utc>,
+    tz: Tz,
+) -> Result<Outcome, StoreError> {
+    let exposures: Vec<_> = store
+        .outbox
+        .campaign_exposures(campaign_id)
+        .await?
+        .into_iter()
+        .map(|e| renkei_campaigns::outcome::Exposure {
+            trigger_key: e.trigger_key,
+            line_user_id: e.line_user_id.as_str().to_string(),
+            at: e.at,
+            holdout: e.holdout,
+        })
+        .collect();
+    let Some(first) = exposures.iter().map(|e| e.at).min() else { return Ok(Outcome::default()) };
+    let events: Vec<GoalEvent> = store
+        .outbox
+        .exposed_users_events(campaign_id, &goal.event, first)
+        .await?
+        .into_iter()
+        .filter_map(|e| goal.goal_event(e.line_user_id.as_str(), e.occurred_at, &e.properties, now, tz))
+        .collect();
+    Ok(attribute(&exposures, &events, goal.within))
 }
 
 async fn set_paused(api: CampaignsApi, id: String, paused: bool) -> Result<Json<Value>, ApiError> {

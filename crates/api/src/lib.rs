@@ -80,6 +80,7 @@ pub fn router(state: ApiState, more_v1: Router) -> Router {
         },
         campaigns: state.campaigns.clone(),
         clock: state.clock.clone(),
+        timezone: state.engine.timezone(),
     }))
     .merge(more_v1);
     let tracked = track::router(track::TrackApi {

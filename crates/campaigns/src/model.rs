@@ -44,6 +44,25 @@ pub struct Goal {
     pub value: Option<String>,
 }
 
+impl Goal {
+    /// The goal event this is, if `properties` pass the goal's `where` (at
+    /// `now`, in `tz`), with its value.
+    pub fn goal_event(
+        &self,
+        line_user_id: &str,
+        occurred_at: DateTime<Utc>,
+        properties: &Map<String, Value>,
+        now: DateTime<Utc>,
+        tz: Tz,
+    ) -> Option<crate::outcome::GoalEvent> {
+        renkei_segments::properties_match(&self.filters, properties, now, tz).then(|| crate::outcome::GoalEvent {
+            line_user_id: line_user_id.to_string(),
+            occurred_at,
+            value: self.value.as_deref().and_then(|p| lookup(properties, p)).and_then(Value::as_f64),
+        })
+    }
+}
+
 /// `holdout: N%`, in hundredths of a percent (`10%` is 1,000; at most 50 %).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holdout {

@@ -134,6 +134,9 @@ pub enum SkipReason {
     /// The send time had passed by more than the catch-up grace when the
     /// trigger arrived (e.g. a reminder for a reservation posted too late).
     Expired,
+    /// Sendable, but in the campaign's control group (`holdout`): nothing is
+    /// sent, and its conversions are measured as the treated group's.
+    Holdout,
 }
 
 impl SkipReason {
@@ -148,6 +151,7 @@ impl SkipReason {
             SkipReason::GlobalCap => "global_cap",
             SkipReason::CampaignRemoved => "campaign_removed",
             SkipReason::Expired => "expired",
+            SkipReason::Holdout => "holdout",
         }
     }
 }
@@ -170,6 +174,7 @@ impl SkipReason {
             "global_cap" => SkipReason::GlobalCap,
             "campaign_removed" => SkipReason::CampaignRemoved,
             "expired" => SkipReason::Expired,
+            "holdout" => SkipReason::Holdout,
             _ => return None,
         })
     }

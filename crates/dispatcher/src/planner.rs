@@ -11,6 +11,7 @@ use crate::metrics::DispatchMetrics;
 use crate::policy::Decision;
 use chrono::{DateTime, Utc};
 use foldhash::HashSet;
+use renkei_core::SkipReason;
 use renkei_store::dispatch::{ClaimOutcome, PendingDelivery, QueueKey};
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,7 +144,17 @@ impl Dispatcher {
                 // `decide` sends only to a known user.
                 Decision::Send => {
                     if let Some(user) = delivery.line_user_id {
-                        sends.add(delivery.campaign_id, delivery.messages, delivery.id, user);
+                        // After the policies: a holdout user must have been sendable.
+                        let held_out = self
+                            .campaigns
+                            .get(&delivery.campaign_id)
+                            .and_then(|c| c.holdout)
+                            .is_some_and(|holdout| holdout.holds_out(&delivery.campaign_id, user.as_str()));
+                        if held_out {
+                            outcome.skips.push((delivery.id, SkipReason::Holdout));
+                        } else {
+                            sends.add(delivery.campaign_id, delivery.messages, delivery.id, user);
+                        }
                     }
                 }
             }

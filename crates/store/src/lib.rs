@@ -41,8 +41,8 @@ pub use membership::{
     SegmentStats, StoredTransition, TotalsRecord, Transition, TransitionKind, UserEventRecord, UserRecord,
 };
 pub use outbox::{
-    CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxReads, OutboxStore,
-    PendingDelivery, QueueKey, SkipReason, UserSendFacts,
+    CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, ExposureRow, NewDelivery, OutboxReads, OutboxStore,
+    PendingDelivery, QueueKey, SkipReason, UserEventRow, UserSendFacts,
 };
 pub use pending::{PendingEvaluations, PendingStore, SavedPending};
 pub use postgres::PgStore;

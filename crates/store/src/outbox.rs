@@ -20,14 +20,14 @@
 //! completing a 500-recipient multicast writes one row, not 501.
 
 use crate::requests::NewRequest;
-use crate::sql::{Dialect, Row, Sql, stmt};
+use crate::sql::{Dialect, Row, Sql, Ts, stmt};
 use crate::{StoreError, StoreResult, parse_member, parse_user};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 pub use renkei_core::{DeliveryStatus, SkipReason};
 use renkei_core::{LineUserId, MemberId};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 // foldhash: dispatch hashes every user id of a batch; SipHash cost more than the work around it.
 use foldhash::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
@@ -520,12 +520,55 @@ impl SharedMessages {
     }
 }
 
+/// One trigger instance of one user exposed to a campaign: when LINE
+/// accepted its messages, or for the control group when they would have gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExposureRow {
+    pub trigger_key: String,
+    pub line_user_id: LineUserId,
+    pub at: DateTime<Utc>,
+    pub holdout: bool,
+}
+
+/// An event of one of a campaign's exposed users (through its LINE user id
+/// or its linked member, as segments read events).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserEventRow {
+    pub line_user_id: LineUserId,
+    pub occurred_at: DateTime<Utc>,
+    pub properties: Map<String, Value>,
+}
+
 /// A campaign's deliveries as the API reports them: the same SQL on both backends.
 #[async_trait]
 pub trait OutboxReads: Send + Sync + 'static {
     /// Deliveries of a campaign (all states), by id, strictly after `after_id`.
     async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>>;
     async fn campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts>;
+
+    /// Every exposure of the campaign: sent deliveries (at LINE's
+    /// acceptance) and holdout ones (at the instant they were held out).
+    async fn campaign_exposures(&self, campaign_id: &str) -> StoreResult<Vec<ExposureRow>>;
+
+    /// The events of type `event_type` that occurred after `after` of the
+    /// users the campaign exposed.
+    async fn exposed_users_events(
+        &self,
+        campaign_id: &str,
+        event_type: &str,
+        after: DateTime<Utc>,
+    ) -> StoreResult<Vec<UserEventRow>>;
+}
+
+/// The users a campaign exposed (`$1` the campaign).
+macro_rules! exposed_users {
+    () => {
+        "SELECT DISTINCT d.line_user_id AS u FROM deliveries d
+         WHERE d.campaign_id = $1 AND d.line_user_id IS NOT NULL
+           AND ((d.status = 'skipped' AND d.skip_reason = 'holdout')
+                OR EXISTS (SELECT 1 FROM delivery_sends s JOIN send_requests r ON r.id = s.request_id
+                           WHERE s.delivery_id = d.id AND r.status = 'sent'))"
+    };
 }
 
 #[async_trait]
@@ -542,6 +585,61 @@ impl<S: Sql> OutboxReads for S {
         .await?;
         let mut shared = SharedMessages::default();
         rows.iter().map(|row| delivery_of(Row::<S::Db>(row), &mut shared)).collect()
+    }
+
+    async fn campaign_exposures(&self, campaign_id: &str) -> StoreResult<Vec<ExposureRow>> {
+        let exposure = |row: Row<'_, S::Db>| {
+            Ok(ExposureRow {
+                trigger_key: row.string("trigger_key")?,
+                line_user_id: row.user("line_user_id")?,
+                at: row.ts("at")?,
+                holdout: row.int("holdout")? == 1,
+            })
+        };
+        stmt::<S::Db>(
+            "SELECT d.trigger_key, d.line_user_id, MIN(r.sent_at) AS at, CAST(0 AS BIGINT) AS holdout
+             FROM deliveries d JOIN delivery_sends s ON s.delivery_id = d.id JOIN send_requests r ON r.id = s.request_id
+             WHERE d.campaign_id = $1 AND d.line_user_id IS NOT NULL AND r.status = 'sent' AND r.sent_at IS NOT NULL
+             GROUP BY d.id, d.trigger_key, d.line_user_id
+             UNION ALL
+             SELECT d.trigger_key, d.line_user_id, d.finished_at AS at, CAST(1 AS BIGINT) AS holdout FROM deliveries d
+             WHERE d.campaign_id = $1 AND d.line_user_id IS NOT NULL AND d.status = 'skipped'
+               AND d.skip_reason = 'holdout' AND d.finished_at IS NOT NULL",
+        )
+        .bind(campaign_id)
+        .all(self.reader(), exposure)
+        .await
+    }
+
+    async fn exposed_users_events(
+        &self,
+        campaign_id: &str,
+        event_type: &str,
+        after: DateTime<Utc>,
+    ) -> StoreResult<Vec<UserEventRow>> {
+        let event = |row: Row<'_, S::Db>| {
+            Ok(UserEventRow {
+                line_user_id: row.user("u")?,
+                occurred_at: row.ts("occurred_at")?,
+                properties: crate::membership::properties_of(row.json("properties")?),
+            })
+        };
+        stmt::<S::Db>(concat!(
+            "WITH exposed AS (",
+            exposed_users!(),
+            ")
+             SELECT x.u, e.occurred_at, e.properties FROM exposed x JOIN events e ON e.line_user_id = x.u
+             WHERE e.type = $2 AND e.occurred_at > $3
+             UNION ALL
+             SELECT x.u, e.occurred_at, e.properties FROM exposed x
+             JOIN links l ON l.line_user_id = x.u JOIN events e ON e.member_id = l.member_id
+             WHERE e.type = $2 AND e.occurred_at > $3 AND (e.line_user_id IS NULL OR e.line_user_id <> x.u)"
+        ))
+        .bind(campaign_id)
+        .bind(event_type)
+        .bind(Ts(after))
+        .all(self.reader(), event)
+        .await
     }
 
     async fn campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts> {
