@@ -100,6 +100,20 @@ pub enum CampaignsCommand {
         #[arg(long, value_enum, default_value_t = PreviewFormat::Table)]
         format: PreviewFormat,
     },
+    /// The campaign's stats, as `GET /v1/campaigns/{id}/stats` shows them:
+    /// deliveries, clicks, conversions, the holdout and the lift.
+    Report {
+        /// Campaign id, as in its YAML file.
+        id: String,
+        /// Judge only recipients exposed at or after this instant (RFC 3339).
+        #[arg(long, value_name = "RFC3339", value_parser = preview::parse_at)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Judge only recipients exposed before this instant (RFC 3339).
+        #[arg(long, value_name = "RFC3339", value_parser = preview::parse_at)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, value_enum, default_value_t = PreviewFormat::Table)]
+        format: PreviewFormat,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -133,6 +147,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Campaigns { what: CampaignsCommand::DryRun { id, at, format } } => {
             let at = at.unwrap_or_else(|| clock.now());
             campaigns_dry_run(&config, clock, &id, at, format).await
+        }
+        Command::Campaigns { what: CampaignsCommand::Report { id, from, to, format } } => {
+            let period = renkei_api::campaigns::Period { from, to };
+            campaigns_report(&config, clock, &id, period, format).await
         }
         Command::LineSim { bind } => line_sim(&config, bind).await,
         Command::Import { what } => run_import(config, clock, what).await,
@@ -184,6 +202,54 @@ fn check(config: &Config) -> ExitCode {
     }
 }
 
+/// The segments and campaigns, when they load and `id` is one of the
+/// campaigns; else the problem is printed.
+fn load_campaign(config: &Config, id: &str) -> Option<(renkei_segments::SegmentSet, renkei_campaigns::CampaignSet)> {
+    let loaded = crate::app::load_segments(&config.paths.segments)
+        .and_then(|segments| crate::campaigns::load_or_explain(config, &segments).map(|c| (segments, c)));
+    let (segments, (campaigns, _rich_menus)) = match loaded {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("{error}");
+            return None;
+        }
+    };
+    if campaigns.get(id).is_none() {
+        let known: Vec<&str> = campaigns.iter().map(|c| c.id.as_str()).collect();
+        let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+        eprintln!("error: unknown campaign `{id}` in {} (known: {known})", config.paths.campaigns.display());
+        return None;
+    }
+    Some((segments, campaigns))
+}
+
+async fn campaigns_report(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    id: &str,
+    period: renkei_api::campaigns::Period,
+    format: PreviewFormat,
+) -> anyhow::Result<ExitCode> {
+    let Some((_segments, campaigns)) = load_campaign(config, id) else { return Ok(ExitCode::FAILURE) };
+    let campaign = campaigns.get(id).context("campaign")?;
+    let store = config.database.connect().await.context("connecting to the database")?;
+    store.migrate().await.context("applying migrations")?;
+    let stats = renkei_api::campaigns::campaign_stats(
+        &renkei_api::CampaignsStore::of(&store),
+        campaign,
+        clock.now(),
+        config.timezone.0,
+        period,
+    )
+    .await
+    .context("reading the campaign's stats")?;
+    match format {
+        PreviewFormat::Json => println!("{}", serde_json::to_string_pretty(&stats).unwrap_or_default()),
+        PreviewFormat::Table => print!("{}", crate::report::render(&stats)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn campaigns_dry_run(
     config: &Config,
     clock: Arc<dyn Clock>,
@@ -191,21 +257,7 @@ async fn campaigns_dry_run(
     at: chrono::DateTime<chrono::Utc>,
     format: PreviewFormat,
 ) -> anyhow::Result<ExitCode> {
-    let loaded = crate::app::load_segments(&config.paths.segments)
-        .and_then(|segments| crate::campaigns::load_or_explain(config, &segments).map(|c| (segments, c)));
-    let (segments, (campaigns, _rich_menus)) = match loaded {
-        Ok(loaded) => loaded,
-        Err(error) => {
-            eprintln!("{error}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    if campaigns.get(id).is_none() {
-        let known: Vec<&str> = campaigns.iter().map(|c| c.id.as_str()).collect();
-        let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
-        eprintln!("error: unknown campaign `{id}` in {} (known: {known})", config.paths.campaigns.display());
-        return Ok(ExitCode::FAILURE);
-    }
+    let Some((segments, campaigns)) = load_campaign(config, id) else { return Ok(ExitCode::FAILURE) };
     let global = match crate::campaigns::global_policy(config) {
         Ok(global) => global,
         Err(error) => {

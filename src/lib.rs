@@ -9,6 +9,7 @@ pub mod demo;
 mod health;
 pub mod preview;
 pub mod progress;
+pub mod report;
 pub mod serve;
 pub mod telemetry;
 

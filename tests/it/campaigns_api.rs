@@ -164,7 +164,7 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
         stats(&app, "thanks").await,
         json!({"campaign": "thanks", "state": "active", "sent": 0, "pending": 0, "failed": 0, "skipped": 0,
                "skipped_by_reason": {}, "clicked": 0, "clicked_users": 0,
-               "converted": null, "conversion_value": null, "holdout": null, "lift": null})
+               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null})
     );
 
     buy(&app, "m1", USER_1).await;
@@ -186,7 +186,7 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
         body,
         json!({"campaign": "thanks", "state": "active", "sent": 1, "pending": 0, "failed": 0, "skipped": 0,
                "skipped_by_reason": {}, "clicked": 0, "clicked_users": 0,
-               "converted": null, "conversion_value": null, "holdout": null, "lift": null})
+               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null})
     );
     // The event campaign was not triggered by a purchase.
     assert_eq!(stats(&app, "review_request").await["sent"], 0);
@@ -206,7 +206,7 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
         body,
         json!({"campaign": "thanks", "state": "active", "sent": 1, "pending": 0, "failed": 0, "skipped": 1,
                "skipped_by_reason": {"unfollowed": 1}, "clicked": 0, "clicked_users": 0,
-               "converted": null, "conversion_value": null, "holdout": null, "lift": null})
+               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null})
     );
     assert!(sim.messages_to(USER_3).is_empty());
     assert_eq!(sim.requests().iter().filter(|r| !r.recipients.is_empty()).count(), 1, "one request with a recipient");

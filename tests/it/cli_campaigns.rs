@@ -180,8 +180,46 @@ async fn dry_run_of_an_unknown_campaign_exits_1(test: TestStore) {
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
 }
 
+/// `welcome` with a goal and a 50 % holdout: the dry run shows who is held
+/// out (as the planner would), the report the campaign's stats.
+async fn dry_run_shows_the_holdout_and_report_prints_the_stats(test: TestStore) {
+    let dirs = Dirs::new();
+    dirs.write(
+        "campaigns/welcome.yaml",
+        &format!("{WELCOME}goal:\n  event: purchase\n  within: 14d\n  value: amount\nholdout: 50%\n"),
+    );
+    prepare(&dirs, &test).await;
+    let out = dirs.renkei(&test.url, &["campaigns", "dry-run", "welcome", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)));
+    let held = renkei_campaigns::Holdout { basis_points: 5_000 }.holds_out("welcome", USER_1);
+    let row = body["recipients"].as_array().expect("recipients").iter().find(|r| r["line_user_id"] == USER_1).cloned();
+    let row = row.unwrap_or_else(|| panic!("{USER_1} in {body}"));
+    let expected = if held { (json!("skip"), json!("holdout")) } else { (json!("send"), Value::Null) };
+    assert_eq!((row["decision"].clone(), row.get("detail").cloned().unwrap_or(Value::Null)), expected, "{row}");
+
+    let out = dirs.renkei(&test.url, &["campaigns", "report", "welcome", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)));
+    assert_eq!(
+        (stats["campaign"].clone(), stats["sent"].clone(), stats["exposed"].clone(), stats["converted"].clone()),
+        (json!("welcome"), json!(0), json!(0), json!(0)),
+        "{stats}"
+    );
+    assert_eq!(stats["holdout"], json!({"users": 0, "converted": 0, "conversion_value": 0.0}), "{stats}");
+    assert_eq!(stats["lift"], Value::Null, "no exposure yet: {stats}");
+    let out = dirs.renkei(&test.url, &["campaigns", "report", "welcome", "--from", "2026-01-01T00:00:00Z"]);
+    let table = text(&out.stdout);
+    assert!(out.status.success() && table.contains("campaign welcome (active)"), "{table}");
+    assert!(table.contains("converted 0 of 0 exposed, value 0") && table.contains("holdout: 0 users"), "{table}");
+    let out = dirs.renkei(&test.url, &["campaigns", "report", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown campaign `nope`"), "{}", text(&out.stderr));
+}
+
 renkei_test_support::on_both_backends!(
     renkei_test_support::store =>
     dry_run_shows_each_recipient_with_its_decision,
     dry_run_of_an_unknown_campaign_exits_1,
+    dry_run_shows_the_holdout_and_report_prints_the_stats,
 );

@@ -75,19 +75,38 @@ async fn stats(State(api): State<CampaignsApi>, Path(id): Path<String>) -> Resul
     let Some(campaign) = api.campaigns.get(&id) else {
         return Err(unknown(&id));
     };
-    let stats = campaign_stats(&api.store, campaign, api.clock.now(), api.timezone).await.map_err(store_error)?;
+    let stats = campaign_stats(&api.store, campaign, api.clock.now(), api.timezone, Period::default())
+        .await
+        .map_err(store_error)?;
     Ok(Json(stats))
+}
+
+/// Which exposures the conversions, the holdout and the lift judge: those
+/// at or after `from` and before `to` (each bound optional).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Period {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+impl Period {
+    fn contains(&self, at: DateTime<Utc>) -> bool {
+        self.from.is_none_or(|from| at >= from) && self.to.is_none_or(|to| at < to)
+    }
 }
 
 /// A campaign's stats, as `GET /v1/campaigns/{id}/stats` and `renkei
 /// campaigns report` show them: deliveries by state, clicks, and with a
 /// goal its conversions, the holdout's and the lift (null without a goal or
 /// a holdout). Holdout deliveries are counted in `holdout`, not as skips.
+/// `period` narrows the exposures judged; the delivery counts are the
+/// campaign's whole.
 pub async fn campaign_stats(
     store: &CampaignsStore,
     campaign: &Campaign,
     now: DateTime<Utc>,
     tz: Tz,
+    period: Period,
 ) -> Result<Value, StoreError> {
     let id = &campaign.id;
     let mut counts = store.outbox.campaign_counts(id).await?;
@@ -96,7 +115,7 @@ pub async fn campaign_stats(
     let held_out = counts.skipped.remove(&SkipReason::Holdout).unwrap_or(0);
     let skipped_total: u64 = counts.skipped.values().sum();
     let outcome = match &campaign.goal {
-        Some(goal) => Some(goal_outcome(store, id, goal, now, tz).await?),
+        Some(goal) => Some(goal_outcome(store, id, goal, now, tz, period).await?),
         None => None,
     };
     let group = |g: Option<GroupOutcome>, users: u64| match g {
@@ -114,6 +133,7 @@ pub async fn campaign_stats(
         "skipped_by_reason": counts.skipped,
         "clicked": clicks,
         "clicked_users": clickers,
+        "exposed": outcome.map(|o| o.treated.users),
         "converted": outcome.map(|o| o.treated.converted),
         "conversion_value": outcome.map(|o| o.treated.conversion_value),
         "holdout": holdout,
@@ -128,12 +148,14 @@ async fn goal_outcome(
     goal: &Goal,
     now: DateTime<Utc>,
     tz: Tz,
+    period: Period,
 ) -> Result<Outcome, StoreError> {
     let exposures: Vec<_> = store
         .outbox
         .campaign_exposures(campaign_id)
         .await?
         .into_iter()
+        .filter(|e| period.contains(e.at))
         .map(|e| renkei_campaigns::outcome::Exposure {
             trigger_key: e.trigger_key,
             line_user_id: e.line_user_id.as_str().to_string(),

@@ -109,7 +109,17 @@ pub async fn dry_run(
         .into_iter()
         .zip(decisions)
         .map(|(delivery, decision)| {
+            let held_out = |user: &renkei_core::LineUserId| {
+                campaigns
+                    .get(&delivery.campaign_id)
+                    .and_then(|c| c.holdout)
+                    .is_some_and(|h| h.holds_out(&delivery.campaign_id, user.as_str()))
+            };
             let (decision, detail) = match decision {
+                // As the planner does: a sendable user of the control group gets nothing.
+                Decision::Send if delivery.line_user_id.as_ref().is_some_and(held_out) => {
+                    ("skip", Some(renkei_core::SkipReason::Holdout.as_str().to_string()))
+                }
                 Decision::Send => ("send", None),
                 Decision::Skip(reason) => ("skip", Some(reason.as_str().to_string())),
                 Decision::Defer(until) => ("defer", Some(rfc3339(until))),
