@@ -164,7 +164,7 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
         stats(&app, "thanks").await,
         json!({"campaign": "thanks", "state": "active", "sent": 0, "pending": 0, "failed": 0, "skipped": 0,
                "skipped_by_reason": {}, "clicked": 0, "clicked_users": 0,
-               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null})
+               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null})
     );
 
     buy(&app, "m1", USER_1).await;
@@ -186,7 +186,7 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
         body,
         json!({"campaign": "thanks", "state": "active", "sent": 1, "pending": 0, "failed": 0, "skipped": 0,
                "skipped_by_reason": {}, "clicked": 0, "clicked_users": 0,
-               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null})
+               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null})
     );
     // The event campaign was not triggered by a purchase.
     assert_eq!(stats(&app, "review_request").await["sent"], 0);
@@ -206,7 +206,7 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
         body,
         json!({"campaign": "thanks", "state": "active", "sent": 1, "pending": 0, "failed": 0, "skipped": 1,
                "skipped_by_reason": {"unfollowed": 1}, "clicked": 0, "clicked_users": 0,
-               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null})
+               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null})
     );
     assert!(sim.messages_to(USER_3).is_empty());
     assert_eq!(sim.requests().iter().filter(|r| !r.recipients.is_empty()).count(), 1, "one request with a recipient");
@@ -374,7 +374,7 @@ async fn links_of_the_previous_key_work_and_of_a_removed_key_are_404(backend: Ba
 
 /// A thank-you with a goal (a later full-size purchase within 7 days, its
 /// amount as value) and half its recipients held out.
-const FOLLOWUP: &str = "id: followup\nname: フォロー\ntrigger:\n  segment_entered: buyers\nmessages:\n  - template: thanks\n    alt_text: ありがとう\ngoal:\n  event: purchase\n  where: { product: { ne: trial } }\n  within: 7d\n  value: amount\nholdout: 50%\n";
+const FOLLOWUP: &str = "id: followup\nname: フォロー\ntrigger:\n  segment_entered: buyers\nvariants:\n  - id: coupon\n    weight: 50\n    messages: [ { template: thanks, alt_text: クーポン } ]\n  - id: story\n    weight: 50\n    messages: [ { template: thanks, alt_text: ストーリー } ]\ngoal:\n  event: purchase\n  where: { product: { ne: trial } }\n  within: 7d\n  value: amount\nholdout: 50%\n";
 
 fn user(i: usize) -> String {
     format!("U{i:032x}")
@@ -400,8 +400,21 @@ async fn goals_and_the_holdout_are_measured_end_to_end(backend: Backend) {
         (body["sent"] == 12 - held_count && body["holdout"]["users"] == held_count).then_some(())
     })
     .await;
+    let campaigns = renkei_campaigns::CampaignSet::from_sources(
+        vec![("followup.yaml".into(), FOLLOWUP.to_string())],
+        vec![("thanks".to_string(), "thanks.json.hbs".into(), TEMPLATE.to_string())],
+        &renkei_segments::SegmentSet::parse_str("buyers.yaml", BUYERS).expect("segment"),
+    )
+    .expect("campaign");
+    let followup = campaigns.get("followup").expect("followup");
+    let variant_of = |u: &str| followup.variant_for(u).expect("a variant").id.clone();
     for (u, held) in users.iter().zip(&held) {
-        assert_eq!(sim.messages_to(u).is_empty(), *held, "{u}: LINE gets nothing for a holdout user");
+        let messages = sim.messages_to(u);
+        assert_eq!(messages.is_empty(), *held, "{u}: LINE gets nothing for a holdout user");
+        if !held {
+            let expected = if variant_of(u) == "coupon" { "クーポン" } else { "ストーリー" };
+            assert_eq!(messages[0]["altText"], expected, "{u} gets its variant's message");
+        }
     }
     // After exposure: full-size purchases by the users with an odd index (the
     // last one twice: its first counts), a trial purchase by everyone (not a goal).
@@ -437,6 +450,24 @@ async fn goals_and_the_holdout_are_measured_end_to_end(backend: Backend) {
     let (treated_rate, control_rate) = (treated as f64 / (12 - held_count) as f64, control as f64 / held_count as f64);
     assert!((lift["treated_rate"].as_f64().expect("rate") - treated_rate).abs() < 1e-9, "{lift}");
     assert!((lift["holdout_rate"].as_f64().expect("rate") - control_rate).abs() < 1e-9, "{lift}");
+    for arm in ["coupon", "story"] {
+        let members: Vec<usize> = (0..12).filter(|i| !held[*i] && variant_of(&users[*i]) == arm).collect();
+        let converting: Vec<&usize> = members.iter().filter(|i| *i % 2 == 1).collect();
+        let value: f64 = converting.iter().map(|i| 1000.0 * **i as f64).sum();
+        let stats = &body["variants"][arm];
+        assert_eq!(
+            (
+                stats["users"].as_u64(),
+                stats["sent"].as_u64(),
+                stats["converted"].as_u64(),
+                stats["conversion_value"].as_f64()
+            ),
+            (Some(members.len() as u64), Some(members.len() as u64), Some(converting.len() as u64), Some(value)),
+            "{arm}: {body}"
+        );
+        assert_eq!(stats["clicked"], 0, "{body}");
+        assert_eq!(stats["lift"].is_null(), members.is_empty(), "{body}");
+    }
     let ci = lift["ci95"].as_array().expect("interval");
     let absolute = lift["absolute"].as_f64().expect("absolute");
     assert!(ci[0].as_f64().expect("low") <= absolute && absolute <= ci[1].as_f64().expect("high"), "{lift}");

@@ -12,7 +12,7 @@ use renkei_campaigns::{Campaign, CampaignSet, Goal, Trigger};
 use renkei_core::{Clock, SkipReason};
 use renkei_store::StoreError;
 use serde_json::{Value, json};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 renkei_store::store_view! {
@@ -114,10 +114,8 @@ pub async fn campaign_stats(
     let (clicks, clickers) = store.events.campaign_clicks(id).await?;
     let held_out = counts.skipped.remove(&SkipReason::Holdout).unwrap_or(0);
     let skipped_total: u64 = counts.skipped.values().sum();
-    let outcome = match &campaign.goal {
-        Some(goal) => Some(goal_outcome(store, id, goal, now, tz, period).await?),
-        None => None,
-    };
+    let judged = judge(store, campaign, now, tz, period).await?;
+    let outcome = judged.as_ref().map(|j| j.outcome);
     let group = |g: Option<GroupOutcome>, users: u64| match g {
         Some(g) => json!({"users": g.users, "converted": g.converted, "conversion_value": g.conversion_value}),
         None => json!({"users": users, "converted": null, "conversion_value": null}),
@@ -138,42 +136,121 @@ pub async fn campaign_stats(
         "conversion_value": outcome.map(|o| o.treated.conversion_value),
         "holdout": holdout,
         "lift": outcome.as_ref().and_then(lift),
+        "variants": variants_json(store, campaign, judged.as_ref(), period).await?,
     }))
 }
 
-/// The campaign's exposures judged against its goal.
-async fn goal_outcome(
+/// Per variant (null without variants): `users` (distinct LINE users it was
+/// sent to), `sent` (its exposures), `clicked` (its users' clicks), and with a
+/// goal `converted`, `conversion_value` and the lift against the holdout.
+async fn variants_json(
     store: &CampaignsStore,
-    campaign_id: &str,
-    goal: &Goal,
-    now: DateTime<Utc>,
-    tz: Tz,
+    campaign: &Campaign,
+    judged: Option<&Judged>,
     period: Period,
-) -> Result<Outcome, StoreError> {
-    let exposures: Vec<_> = store
+) -> Result<Value, StoreError> {
+    if campaign.variants.is_empty() {
+        return Ok(Value::Null);
+    }
+    let exposures = match judged {
+        Some(judged) => judged.exposures.clone(),
+        None => exposures_of(store, &campaign.id, period).await?,
+    };
+    let clicks: HashMap<String, u64> = store.events.campaign_clicks_by_user(&campaign.id).await?.into_iter().collect();
+    let mut out = serde_json::Map::new();
+    for variant in &campaign.variants {
+        let arm: Vec<Exposure> = exposures
+            .iter()
+            .filter(|e| !e.exposure.holdout && e.variant.as_deref() == Some(&variant.id))
+            .cloned()
+            .collect();
+        let users: HashSet<&str> = arm.iter().map(|e| e.exposure.line_user_id.as_str()).collect();
+        let clicked: u64 = users.iter().filter_map(|u| clicks.get(*u)).sum();
+        let mut entry = json!({"users": users.len(), "sent": arm.len(), "clicked": clicked,
+                               "converted": null, "conversion_value": null, "lift": null});
+        if let Some(judged) = judged {
+            let plain: Vec<_> = arm.iter().map(|e| e.exposure.clone()).collect();
+            let group = attribute(&plain, &judged.events, judged.within).treated;
+            entry["converted"] = json!(group.converted);
+            entry["conversion_value"] = json!(group.conversion_value);
+            entry["lift"] = json!(lift(&Outcome { treated: group, holdout: judged.outcome.holdout }));
+        }
+        out.insert(variant.id.clone(), entry);
+    }
+    Ok(Value::Object(out))
+}
+
+/// An exposure with the variant its delivery was rendered with.
+#[derive(Debug, Clone)]
+struct Exposure {
+    exposure: renkei_campaigns::outcome::Exposure,
+    variant: Option<String>,
+}
+
+/// The campaign's exposures in `period`.
+async fn exposures_of(store: &CampaignsStore, campaign_id: &str, period: Period) -> Result<Vec<Exposure>, StoreError> {
+    Ok(store
         .outbox
         .campaign_exposures(campaign_id)
         .await?
         .into_iter()
         .filter(|e| period.contains(e.at))
-        .map(|e| renkei_campaigns::outcome::Exposure {
-            trigger_key: e.trigger_key,
-            line_user_id: e.line_user_id.as_str().to_string(),
-            at: e.at,
-            holdout: e.holdout,
+        .map(|e| Exposure {
+            variant: e.variant,
+            exposure: renkei_campaigns::outcome::Exposure {
+                trigger_key: e.trigger_key,
+                line_user_id: e.line_user_id.as_str().to_string(),
+                at: e.at,
+                holdout: e.holdout,
+            },
         })
-        .collect();
-    let Some(first) = exposures.iter().map(|e| e.at).min() else { return Ok(Outcome::default()) };
-    let events: Vec<GoalEvent> = store
+        .collect())
+}
+
+/// A campaign with a goal, judged: its exposures, its goal events, the outcome.
+struct Judged {
+    exposures: Vec<Exposure>,
+    events: Vec<GoalEvent>,
+    within: chrono::Duration,
+    outcome: Outcome,
+}
+
+/// The campaign's exposures judged against its goal (`None` without a goal).
+async fn judge(
+    store: &CampaignsStore,
+    campaign: &Campaign,
+    now: DateTime<Utc>,
+    tz: Tz,
+    period: Period,
+) -> Result<Option<Judged>, StoreError> {
+    let Some(goal) = &campaign.goal else { return Ok(None) };
+    let exposures = exposures_of(store, &campaign.id, period).await?;
+    let plain: Vec<_> = exposures.iter().map(|e| e.exposure.clone()).collect();
+    let events = match plain.iter().map(|e| e.at).min() {
+        Some(first) => goal_events(store, &campaign.id, goal, first, now, tz).await?,
+        None => Vec::new(),
+    };
+    let outcome = attribute(&plain, &events, goal.within);
+    Ok(Some(Judged { exposures, events, within: goal.within, outcome }))
+}
+
+/// The goal events of the campaign's exposed users after `first`.
+async fn goal_events(
+    store: &CampaignsStore,
+    campaign_id: &str,
+    goal: &Goal,
+    first: DateTime<Utc>,
+    now: DateTime<Utc>,
+    tz: Tz,
+) -> Result<Vec<GoalEvent>, StoreError> {
+    Ok(store
         .outbox
         .exposed_users_events(campaign_id, &goal.event, first)
         .await?
         .into_iter()
         .filter_map(|e| goal.goal_event(e.line_user_id.as_str(), e.occurred_at, &e.properties, now, tz))
-        .collect();
-    Ok(attribute(&exposures, &events, goal.within))
+        .collect())
 }
-
 async fn set_paused(api: CampaignsApi, id: String, paused: bool) -> Result<Json<Value>, ApiError> {
     if api.campaigns.get(&id).is_none() {
         return Err(unknown(&id));

@@ -20,8 +20,13 @@ pub struct Campaign {
     pub trigger: Trigger,
     /// Optional extra filter: the user must also be in this segment at send time.
     pub audience: Option<String>,
-    /// 1 to 5 messages, sent together in one request.
+    /// 1 to 5 messages, sent together in one request; with `variants`,
+    /// every variant's messages one after the other (each variant names its
+    /// range).
     pub messages: Vec<MessageSpec>,
+    /// A/B/n arms in place of `messages`, weights summing to 100; empty: the
+    /// campaign sends `messages` to everyone.
+    pub variants: Vec<Variant>,
     /// Per user, this campaign.
     pub frequency_cap: Option<FrequencyCap>,
     /// Due sends inside these hours are deferred to their end, never dropped.
@@ -60,6 +65,41 @@ impl Goal {
             occurred_at,
             value: self.value.as_deref().and_then(|p| lookup(properties, p)).and_then(Value::as_f64),
         })
+    }
+}
+
+/// One arm of an A/B/n test: its share of recipients and its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variant {
+    /// `[a-z0-9_]{1,32}`, unique in the campaign.
+    pub id: String,
+    /// Percent of the recipients (the campaign's weights sum to 100).
+    pub weight: u32,
+    /// Its messages: `Campaign::messages[messages]`.
+    pub messages: std::ops::Range<usize>,
+}
+
+impl Campaign {
+    /// The variant `line_user_id` gets (a stable hash of campaign and user,
+    /// independent of the holdout's), or `None` without variants.
+    pub fn variant_for(&self, line_user_id: &str) -> Option<&Variant> {
+        let share = share_of(&["variant", &self.id, line_user_id]);
+        let mut upper = 0u64;
+        for variant in &self.variants {
+            upper += u64::from(variant.weight) * 100;
+            if share < upper {
+                return Some(variant);
+            }
+        }
+        self.variants.last()
+    }
+
+    /// The messages `line_user_id` gets: its variant's, or all of them.
+    pub fn messages_for(&self, line_user_id: Option<&str>) -> (Option<&Variant>, &[MessageSpec]) {
+        match line_user_id.and_then(|u| self.variant_for(u)).or(self.variants.first()) {
+            Some(variant) => (Some(variant), &self.messages[variant.messages.clone()]),
+            None => (None, &self.messages),
+        }
     }
 }
 
@@ -369,5 +409,42 @@ mod holdout_tests {
         let b: Vec<bool> = users.iter().take(1_000).map(|u| holdout.holds_out("b", u)).collect();
         assert_eq!(a, again);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn variant_shares_follow_the_weights_independently_of_the_holdout() {
+        let campaign = Campaign {
+            id: "c".into(),
+            name: "c".into(),
+            description: None,
+            file: PathBuf::from("c.yaml"),
+            trigger: Trigger::SegmentEntered { segment: "s".into() },
+            audience: None,
+            messages: Vec::new(),
+            variants: vec![
+                Variant { id: "a".into(), weight: 20, messages: 0..0 },
+                Variant { id: "b".into(), weight: 80, messages: 0..0 },
+            ],
+            frequency_cap: None,
+            quiet_hours: None,
+            goal: None,
+            holdout: Some(Holdout { basis_points: 5_000 }),
+        };
+        let n = 100_000usize;
+        let (mut a, mut held, mut a_and_held) = (0f64, 0f64, 0f64);
+        for i in 0..n {
+            let user = format!("U{i:032x}");
+            let in_a = campaign.variant_for(&user).map(|v| v.id.as_str()) == Some("a");
+            let out = campaign.holdout.is_some_and(|h| h.holds_out("c", &user));
+            a += f64::from(u8::from(in_a));
+            held += f64::from(u8::from(out));
+            a_and_held += f64::from(u8::from(in_a && out));
+        }
+        let n = n as f64;
+        let within = |count: f64, p: f64| (count - n * p).abs() < 5.0 * (n * p * (1.0 - p)).sqrt();
+        assert!(within(a, 0.2), "variant a: {a}");
+        assert!(within(held, 0.5), "held out: {held}");
+        // Independent: a fifth of the held-out users are in variant a.
+        assert!(within(a_and_held, 0.1), "both: {a_and_held}");
     }
 }

@@ -2,7 +2,7 @@
 //! found with the position of the offending key or value (the approach of
 //! `renkei_segments`' parser).
 
-use crate::model::{Campaign, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Timing, Trigger, Unless};
+use crate::model::{Campaign, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Timing, Trigger, Unless, Variant};
 use chrono::{Duration, NaiveTime};
 use renkei_core::{EventType, SpanDuration};
 use renkei_segments::diagnostic::{Entries, NodeReader, shorten};
@@ -12,8 +12,19 @@ use std::path::Path;
 use std::str::FromStr;
 
 pub(crate) const MAX_MESSAGES: usize = 5;
-const CAMPAIGN_KEYS: [&str; 10] =
-    ["id", "name", "description", "trigger", "audience", "messages", "frequency_cap", "quiet_hours", "goal", "holdout"];
+const CAMPAIGN_KEYS: [&str; 11] = [
+    "id",
+    "name",
+    "description",
+    "trigger",
+    "audience",
+    "messages",
+    "variants",
+    "frequency_cap",
+    "quiet_hours",
+    "goal",
+    "holdout",
+];
 const TRIGGER_KINDS: [&str; 3] = ["segment_entered", "schedule", "event"];
 
 /// Template names become file names: letters, digits, `_` and `-` only.
@@ -163,10 +174,17 @@ impl Parser<'_> {
             return ParsedFile { id: None, campaign: None };
         };
         self.unknown_keys(&entries, &CAMPAIGN_KEYS, "a campaign");
-        self.require(&entries, root, &["id", "name", "trigger", "messages"], "a campaign");
+        self.require(&entries, root, &["id", "name", "trigger"], "a campaign");
+        match (has(&entries, "messages"), entries.iter().find(|(k, _, _)| *k == "variants")) {
+            (true, Some((_, key, _))) => {
+                self.r.error(key.pos, "`messages` and `variants` exclude each other: give one")
+            }
+            (false, None) => self.r.error(root.pos, "missing required key `messages` (or `variants`) in a campaign"),
+            _ => {}
+        }
         let (mut id, mut name, mut description, mut trigger, mut audience) = (None, None, None, None, None);
         let (mut messages, mut frequency_cap, mut quiet_hours) = (None, None, None);
-        let (mut goal, mut holdout) = (None, None);
+        let (mut goal, mut holdout, mut variants) = (None, None, Vec::new());
         for &(key, _, value) in &entries {
             match key {
                 "id" => id = self.r.id("campaign", value),
@@ -179,6 +197,12 @@ impl Parser<'_> {
                 "quiet_hours" => quiet_hours = self.quiet_hours(value),
                 "goal" => goal = self.goal(value),
                 "holdout" => holdout = self.holdout(value),
+                "variants" => {
+                    if let Some((arms, specs, positions)) = self.variants(value) {
+                        variants = arms;
+                        messages = Some((specs, positions));
+                    }
+                }
                 _ => {}
             }
         }
@@ -199,6 +223,7 @@ impl Parser<'_> {
                         quiet_hours,
                         goal,
                         holdout,
+                        variants,
                     },
                     positions,
                 ))
@@ -343,6 +368,73 @@ impl Parser<'_> {
             return None;
         }
         Some(Timing::At { property: property?, offset: offset? })
+    }
+
+    /// `variants: [{id, weight, messages}, …]`: the arms, and their messages
+    /// one after the other (with where each was written).
+    fn variants(&mut self, node: &Node) -> Option<(Vec<Variant>, Vec<MessageSpec>, Vec<MessagePositions>)> {
+        let NodeKind::Seq(items) = &node.kind else {
+            self.r.wrong_type(node, "a list of variants {id, weight, messages}");
+            return None;
+        };
+        if items.len() < 2 {
+            self.r.error(node.pos, format!("`variants` needs at least 2 variants, found {}", items.len()));
+            return None;
+        }
+        let errors_before = self.r.errors;
+        let (mut arms, mut specs, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        for item in items {
+            let Some(entries) = self.r.entries(item, "a variant (a map with id, weight, messages)") else { continue };
+            self.unknown_keys(&entries, &["id", "weight", "messages"], "a variant");
+            self.require(&entries, item, &["id", "weight", "messages"], "a variant");
+            let (mut id, mut weight, mut messages) = (None, None, None);
+            for &(key, _, value) in &entries {
+                match key {
+                    "id" => id = self.variant_id(value, &arms),
+                    "weight" => weight = self.weight(value),
+                    "messages" => messages = self.messages(value),
+                    _ => {}
+                }
+            }
+            if let (Some(id), Some(weight), Some((more, at))) = (id, weight, messages) {
+                arms.push(Variant { id, weight, messages: specs.len()..specs.len() + more.len() });
+                specs.extend(more);
+                positions.extend(at);
+            }
+        }
+        let total: u32 = arms.iter().map(|a| a.weight).sum();
+        if self.r.errors == errors_before && total != 100 {
+            self.r.error(node.pos, format!("variant weights must sum to 100, found {total}"));
+        }
+        (self.r.errors == errors_before).then_some((arms, specs, positions))
+    }
+
+    fn variant_id(&mut self, node: &Node, earlier: &[Variant]) -> Option<String> {
+        let text = self.r.string(node)?;
+        let valid = !text.is_empty()
+            && text.len() <= 32
+            && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            self.r.error(node.pos, format!("invalid variant id {:?}: must match [a-z0-9_]{{1,32}}", shorten(&text)));
+            return None;
+        }
+        if earlier.iter().any(|v| v.id == text) {
+            self.r.error(node.pos, format!("duplicate variant id `{text}`"));
+            return None;
+        }
+        Some(text)
+    }
+
+    /// A whole percent from 1 to 100.
+    fn weight(&mut self, node: &Node) -> Option<u32> {
+        match &node.kind {
+            NodeKind::Int(n) if (1..=100).contains(n) => Some(*n as u32),
+            NodeKind::UInt(n) if (1..=100).contains(n) => Some(*n as u32),
+            _ => {
+                self.r.wrong_type(node, "a whole percent from 1 to 100");
+                None
+            }
+        }
     }
 
     fn goal(&mut self, node: &Node) -> Option<Goal> {

@@ -384,8 +384,14 @@ impl CampaignSet {
     /// 12 bubbles and 50 KB).
     pub fn render(&self, campaign: &Campaign, ctx: &RenderContext<'_>) -> Result<Vec<Value>, RenderError> {
         let context = Context::from(context_json(&campaign.id, &campaign.name, ctx, false));
-        let mut messages = Vec::with_capacity(campaign.messages.len());
-        for (index, message) in campaign.messages.iter().enumerate() {
+        // With variants, the recipient's variant's messages (their alt_text
+        // templates are named by their place in `campaign.messages`).
+        let range = match campaign.messages_for(ctx.line_user_id).0 {
+            Some(variant) => variant.messages.clone(),
+            None => 0..campaign.messages.len(),
+        };
+        let mut messages = Vec::with_capacity(range.len());
+        for (index, message) in range.clone().zip(&campaign.messages[range]) {
             let rendered = self.flex.render_with_context(&message.template, &context).map_err(|error| {
                 RenderError::Template { template: message.template.clone(), message: render_message(&error) }
             })?;
@@ -477,26 +483,27 @@ fn to_u32(n: usize) -> u32 {
 /// Template names a campaign file mentions (`template: NAME` lines), so
 /// that `load` reads only those files. Validation is from_sources' job.
 fn template_names(text: &str) -> Vec<String> {
-    let Ok(root) = renkei_segments::yaml::parse_document(text) else { return Vec::new() };
-    let renkei_segments::yaml::NodeKind::Map(entries) = &root.kind else { return Vec::new() };
-    let mut out = Vec::new();
-    for (key, value) in entries {
-        if key.key_text().as_deref() != Some("messages") {
-            continue;
-        }
-        let renkei_segments::yaml::NodeKind::Seq(items) = &value.kind else { continue };
-        for item in items {
-            let renkei_segments::yaml::NodeKind::Map(fields) = &item.kind else { continue };
-            for (k, v) in fields {
-                if let (Some("template"), renkei_segments::yaml::NodeKind::Str(name)) =
-                    (k.key_text().as_deref(), &v.kind)
-                {
-                    if crate::parse::is_valid_template_name(name) {
-                        out.push(name.clone());
+    use renkei_segments::yaml::{Node, NodeKind};
+    /// Every `template: NAME` value, however deep (messages, variants).
+    fn walk(node: &Node, out: &mut Vec<String>) {
+        match &node.kind {
+            NodeKind::Map(fields) => {
+                for (key, value) in fields {
+                    match (key.key_text().as_deref(), &value.kind) {
+                        (Some("template"), NodeKind::Str(name)) if crate::parse::is_valid_template_name(name) => {
+                            out.push(name.clone());
+                        }
+                        _ => walk(value, out),
                     }
                 }
             }
+            NodeKind::Seq(items) => items.iter().for_each(|item| walk(item, out)),
+            _ => {}
         }
+    }
+    let mut out = Vec::new();
+    if let Ok(root) = renkei_segments::yaml::parse_document(text) {
+        walk(&root, &mut out);
     }
     out
 }

@@ -77,7 +77,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         errors(&campaign("  segment_entered: gold_members\n", "colour: red\n")),
         vec![
-            "c.yaml:8:1: unknown key `colour` in a campaign (expected one of: id, name, description, trigger, audience, messages, frequency_cap, quiet_hours, goal, holdout)"
+            "c.yaml:8:1: unknown key `colour` in a campaign (expected one of: id, name, description, trigger, audience, messages, variants, frequency_cap, quiet_hours, goal, holdout)"
         ]
     );
 }
@@ -455,4 +455,48 @@ fn goal_and_holdout_errors_point_at_the_value() {
     let missing = errors(&campaign("  segment_entered: gold_members\n", "goal: { where: {a: 1} }\nholdout: ten\n"));
     assert!(missing.iter().any(|e| e.contains("missing required key `event`")), "{missing:?}");
     assert!(missing.iter().any(|e| e.contains("invalid holdout \"ten\"")), "{missing:?}");
+}
+
+const VARIANTS: &str = "variants:\n  - id: coupon\n    weight: 30\n    messages: [ { template: t, alt_text: a }, { template: t, alt_text: b } ]\n  - id: story\n    weight: 70\n    messages: [ { template: t, alt_text: c } ]\n";
+
+#[test]
+fn variants_load_with_their_messages() {
+    let text = format!("id: c\nname: n\ntrigger:\n  segment_entered: gold_members\n{VARIANTS}");
+    let set =
+        CampaignSet::from_sources(vec![(PathBuf::from("c.yaml"), text)], vec![template("t", BUBBLE)], &segments())
+            .unwrap();
+    let c = set.get("c").unwrap();
+    let arms: Vec<(&str, u32, std::ops::Range<usize>)> =
+        c.variants.iter().map(|v| (v.id.as_str(), v.weight, v.messages.clone())).collect();
+    assert_eq!(arms, [("coupon", 30, 0..2), ("story", 70, 2..3)]);
+    let alts: Vec<&str> = c.messages.iter().map(|m| m.alt_text.as_str()).collect();
+    assert_eq!(alts, ["a", "b", "c"]);
+    // Each recipient gets its variant's messages only.
+    for user in ["U1", "U2", "U3", "U4", "U5"] {
+        let (variant, messages) = c.messages_for(Some(user));
+        let variant = variant.unwrap();
+        assert_eq!(messages.len(), variant.messages.len(), "{user}");
+        assert_eq!(Some(variant), c.variant_for(user));
+    }
+}
+
+#[test]
+fn variant_errors_point_at_the_value() {
+    let head = "id: c\nname: n\ntrigger:\n  segment_entered: gold_members\n";
+    let weights = VARIANTS.replace("weight: 70", "weight: 60");
+    assert_eq!(errors(&format!("{head}{weights}")), ["c.yaml:6:3: variant weights must sum to 100, found 90"]);
+    let duplicate = VARIANTS.replace("id: story", "id: coupon");
+    assert_eq!(errors(&format!("{head}{duplicate}")), ["c.yaml:9:9: duplicate variant id `coupon`"]);
+    let both = errors(&format!("{head}{MESSAGES}{VARIANTS}"));
+    assert_eq!(both, ["c.yaml:8:1: `messages` and `variants` exclude each other: give one"]);
+    let one = errors(&format!(
+        "{head}variants:\n  - {{ id: a, weight: 100, messages: [ {{ template: t, alt_text: x }} ] }}\n"
+    ));
+    assert_eq!(one, ["c.yaml:6:3: `variants` needs at least 2 variants, found 1"]);
+    let neither = errors(head);
+    assert_eq!(neither, ["c.yaml:1:1: missing required key `messages` (or `variants`) in a campaign"]);
+    let bad = VARIANTS.replace("weight: 30", "weight: 0").replace("id: story", "id: Story");
+    let bad = errors(&format!("{head}{bad}"));
+    assert!(bad.iter().any(|e| e.starts_with("c.yaml:7:13: expected a whole percent from 1 to 100")), "{bad:?}");
+    assert!(bad.iter().any(|e| e.contains("invalid variant id \"Story\"")), "{bad:?}");
 }

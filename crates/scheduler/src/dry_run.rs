@@ -26,6 +26,9 @@ pub struct DryRunRow {
     pub detail: Option<String>,
     /// When the delivery is due (event triggers: the queued reminder's time).
     pub due_at: String,
+    /// The A/B variant the recipient gets, if the campaign has variants.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
     /// The rendered LINE messages.
     pub messages: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,7 +127,13 @@ pub async fn dry_run(
                 Decision::Skip(reason) => ("skip", Some(reason.as_str().to_string())),
                 Decision::Defer(until) => ("defer", Some(rfc3339(until))),
             };
+            let variant = delivery
+                .line_user_id
+                .as_ref()
+                .and_then(|u| campaigns.get(&delivery.campaign_id)?.variant_for(u.as_str()))
+                .map(|v| v.id.clone());
             DryRunRow {
+                variant,
                 line_user_id: delivery.line_user_id.map(|u| u.as_str().to_string()),
                 member_id: delivery.member_id.map(|m| m.as_str().to_string()),
                 decision,

@@ -700,6 +700,9 @@ impl CampaignRunner {
                 Value::Array(Vec::new())
             }
         };
+        if let Some(variant) = line_user_id.as_ref().and_then(|u| campaign.variant_for(u.as_str())) {
+            context["variant"] = Value::String(variant.id.clone());
+        }
         let recipient_key = match (&line_user_id, &member_id) {
             (Some(user), _) => user.as_str().to_string(),
             (None, Some(member)) => format!("member:{}", member.as_str()),

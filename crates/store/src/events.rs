@@ -63,7 +63,13 @@ pub trait EventStore: Send + Sync + 'static {
     async fn max_event_id(&self) -> StoreResult<i64>;
 
     /// `link_click` events of a campaign's tracked links: (clicks, distinct users).
-    async fn campaign_clicks(&self, campaign_id: &str) -> StoreResult<(u64, u64)>;
+    async fn campaign_clicks(&self, campaign_id: &str) -> StoreResult<(u64, u64)> {
+        let by_user = self.campaign_clicks_by_user(campaign_id).await?;
+        Ok((by_user.iter().map(|(_, n)| n).sum(), by_user.len() as u64))
+    }
+
+    /// `link_click` events of a campaign's tracked links, per LINE user.
+    async fn campaign_clicks_by_user(&self, campaign_id: &str) -> StoreResult<Vec<(String, u64)>>;
 }
 
 /// What differs per backend (`sqlite/events.rs`, `postgres/events.rs`).
@@ -83,7 +89,8 @@ pub trait EventsSql: Sql {
     /// Adds rows to `event_tallies` (one row per source and key at most).
     async fn add_tallies_tx(conn: &mut <Self::Db as Database>::Connection, rows: &[TallyAdd]) -> StoreResult<()>;
 
-    /// Counts `link_click`s of campaign `$1` (columns `clicks`, `users`): the JSON path syntax differs.
+    /// Counts `link_click`s of campaign `$1` per `line_user_id` (column
+    /// `clicks`): the JSON path syntax differs.
     const CAMPAIGN_CLICKS: &'static str;
 
     /// [`EventStore::events_after`] with at least one type (a set parameter).
@@ -144,12 +151,14 @@ impl<S: EventsSql> EventStore for S {
             .await
     }
 
-    async fn campaign_clicks(&self, campaign_id: &str) -> StoreResult<(u64, u64)> {
-        let count = |n: i64| u64::try_from(n).unwrap_or(0);
-        stmt::<S::Db>(S::CAMPAIGN_CLICKS)
+    async fn campaign_clicks_by_user(&self, campaign_id: &str) -> StoreResult<Vec<(String, u64)>> {
+        let rows = stmt::<S::Db>(S::CAMPAIGN_CLICKS)
             .bind(campaign_id)
-            .one(self.reader(), |row| Ok((count(row.int("clicks")?), count(row.int("users")?))))
-            .await
+            .all(self.reader(), |row| {
+                Ok((row.opt_string("line_user_id")?, u64::try_from(row.int("clicks")?).unwrap_or(0)))
+            })
+            .await?;
+        Ok(rows.into_iter().filter_map(|(user, clicks)| Some((user?, clicks))).collect())
     }
 }
 

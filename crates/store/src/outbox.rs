@@ -528,6 +528,8 @@ pub struct ExposureRow {
     pub line_user_id: LineUserId,
     pub at: DateTime<Utc>,
     pub holdout: bool,
+    /// The A/B variant the delivery was rendered with (`context.variant`).
+    pub variant: Option<String>,
 }
 
 /// An event of one of a campaign's exposed users (through its LINE user id
@@ -594,15 +596,17 @@ impl<S: Sql> OutboxReads for S {
                 line_user_id: row.user("line_user_id")?,
                 at: row.ts("at")?,
                 holdout: row.int("holdout")? == 1,
+                variant: row.json("context")?.get("variant").and_then(Value::as_str).map(str::to_string),
             })
         };
         stmt::<S::Db>(
-            "SELECT d.trigger_key, d.line_user_id, MIN(r.sent_at) AS at, CAST(0 AS BIGINT) AS holdout
+            "SELECT d.trigger_key, d.line_user_id, MIN(r.sent_at) AS at, CAST(0 AS BIGINT) AS holdout, d.context
              FROM deliveries d JOIN delivery_sends s ON s.delivery_id = d.id JOIN send_requests r ON r.id = s.request_id
              WHERE d.campaign_id = $1 AND d.line_user_id IS NOT NULL AND r.status = 'sent' AND r.sent_at IS NOT NULL
              GROUP BY d.id, d.trigger_key, d.line_user_id
              UNION ALL
-             SELECT d.trigger_key, d.line_user_id, d.finished_at AS at, CAST(1 AS BIGINT) AS holdout FROM deliveries d
+             SELECT d.trigger_key, d.line_user_id, d.finished_at AS at, CAST(1 AS BIGINT) AS holdout, d.context
+             FROM deliveries d
              WHERE d.campaign_id = $1 AND d.line_user_id IS NOT NULL AND d.status = 'skipped'
                AND d.skip_reason = 'holdout' AND d.finished_at IS NOT NULL",
         )

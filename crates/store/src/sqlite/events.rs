@@ -80,9 +80,8 @@ impl EventsSql for SqliteStore {
         Ok(())
     }
 
-    const CAMPAIGN_CLICKS: &'static str = "SELECT COUNT(*) AS clicks, COUNT(DISTINCT line_user_id) AS users FROM events
-         WHERE type = 'link_click' AND json_extract(properties, '$.campaign_id') = $1";
-
+    const CAMPAIGN_CLICKS: &'static str = "SELECT line_user_id, COUNT(*) AS clicks FROM events
+         WHERE type = 'link_click' AND json_extract(properties, '$.campaign_id') = $1 GROUP BY line_user_id";
     // The types as a JSON array (json_each): SQLite has no array parameters.
     async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>> {
         let types = json_text(types, "event types")?;
