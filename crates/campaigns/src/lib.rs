@@ -23,7 +23,9 @@ mod set;
 pub mod template;
 
 pub use link::{LinkError, LinkKeys, LinkPayload};
-pub use model::{Campaign, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Timing, Trigger, Unless};
+pub use model::{
+    Campaign, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Timing, Trigger, Unless, aggregation_unit,
+};
 pub use renkei_segments::Diagnostic;
 pub use rich_menu::{RichMenuRule, RichMenuRules, is_rich_menu_id};
 pub use set::{CampaignSet, TEMPLATE_EXTENSION};

@@ -68,6 +68,22 @@ impl Goal {
     }
 }
 
+/// The `customAggregationUnits` name of a campaign (and step) at LINE:
+/// `^[a-zA-Z0-9_]{1,30}$`. The id itself when it fits, else its first 21
+/// characters, `_` and 8 hex digits of a hash of the whole, so that long
+/// ids sharing a prefix stay apart.
+pub fn aggregation_unit(campaign_id: &str, step: Option<&str>) -> String {
+    let whole = match step {
+        Some(step) => format!("{campaign_id}_{step}"),
+        None => campaign_id.to_string(),
+    };
+    if whole.len() <= 30 {
+        return whole;
+    }
+    let hash = whole.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{}_{:08x}", &whole[..21], hash as u32)
+}
+
 /// One arm of an A/B/n test: its share of recipients and its messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Variant {
@@ -409,6 +425,18 @@ mod holdout_tests {
         let b: Vec<bool> = users.iter().take(1_000).map(|u| holdout.holds_out("b", u)).collect();
         assert_eq!(a, again);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn aggregation_units_fit_lines_pattern() {
+        let valid =
+            |u: &str| !u.is_empty() && u.len() <= 30 && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        assert_eq!(aggregation_unit("cart_reminder", None), "cart_reminder");
+        assert_eq!(aggregation_unit("trial_followup", Some("day3")), "trial_followup_day3");
+        let long = "a_very_long_campaign_identifier_for_spring_2026";
+        let (a, b) = (aggregation_unit(long, None), aggregation_unit(long, Some("day7")));
+        assert!(valid(&a) && valid(&b) && a != b && a.len() == 30, "{a} {b}");
+        assert_eq!(a, aggregation_unit(long, None), "stable");
     }
 
     #[test]

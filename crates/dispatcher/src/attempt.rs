@@ -30,7 +30,7 @@ pub(crate) async fn attempt(line: &LineClient, limiters: &Limiters, request: &Se
                 to: to.as_str().to_string(),
                 messages,
                 notification_disabled: None,
-                custom_aggregation_units: None,
+                custom_aggregation_units: request.aggregation_unit.clone().map(|u| vec![u]),
             };
             line.push(&body, Some(request.retry_key)).await
         }
@@ -40,7 +40,7 @@ pub(crate) async fn attempt(line: &LineClient, limiters: &Limiters, request: &Se
                 to: request.recipients.iter().map(|u| u.as_str().to_string()).collect(),
                 messages,
                 notification_disabled: None,
-                custom_aggregation_units: None,
+                custom_aggregation_units: request.aggregation_unit.clone().map(|u| vec![u]),
             };
             line.multicast(&body, Some(request.retry_key)).await
         }

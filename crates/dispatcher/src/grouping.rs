@@ -84,8 +84,11 @@ impl Sends {
     /// The requests: per campaign and payload, see [`group_requests`].
     pub(crate) fn into_requests(self) -> Vec<NewRequest> {
         let mut out = Vec::new();
-        for (messages, recipients) in self.groups.into_values().flatten() {
-            out.extend(group_requests(&messages, recipients));
+        for ((campaign_id, _), payloads) in self.groups {
+            let unit = renkei_campaigns::aggregation_unit(&campaign_id, None);
+            for (messages, recipients) in payloads {
+                out.extend(group_requests(&messages, recipients, &unit));
+            }
         }
         out
     }
@@ -93,7 +96,7 @@ impl Sends {
 
 /// Identical messages: one push for a single recipient, else multicasts of
 /// ≤ 500 distinct users (a user twice goes in a later request).
-pub(crate) fn group_requests(messages: &Value, recipients: Recipients) -> Vec<NewRequest> {
+pub(crate) fn group_requests(messages: &Value, recipients: Recipients, unit: &str) -> Vec<NewRequest> {
     let mut out = Vec::new();
     let mut remaining = recipients;
     while !remaining.is_empty() {
@@ -118,6 +121,7 @@ pub(crate) fn group_requests(messages: &Value, recipients: Recipients) -> Vec<Ne
             messages: messages.clone(),
             recipients: users,
             delivery_ids,
+            aggregation_unit: Some(unit.to_string()),
         });
         remaining = later;
     }
@@ -135,19 +139,19 @@ mod tests {
     #[test]
     fn one_recipient_is_a_push_and_many_are_multicasts_of_at_most_500_distinct_users() {
         let messages = serde_json::json!([{"type": "text", "text": "hi"}]);
-        let single = group_requests(&messages, vec![(1, user(1))]);
+        let single = group_requests(&messages, vec![(1, user(1))], "u");
         assert_eq!(single.len(), 1);
         assert_eq!(single[0].kind, RequestKind::Push);
 
         let many: Vec<(i64, LineUserId)> = (0..1_201).map(|i| (i64::from(i), user(i))).collect();
-        let requests = group_requests(&messages, many);
+        let requests = group_requests(&messages, many, "u");
         assert_eq!(requests.iter().map(|r| r.recipients.len()).collect::<Vec<_>>(), vec![500, 500, 201]);
         assert!(requests.iter().all(|r| r.kind == RequestKind::Multicast));
         let keys: HashSet<Uuid> = requests.iter().map(|r| r.retry_key).collect();
         assert_eq!(keys.len(), 3, "each request has its own retry key");
 
         let twice = vec![(1, user(7)), (2, user(7)), (3, user(8))];
-        let requests = group_requests(&messages, twice);
+        let requests = group_requests(&messages, twice, "u");
         assert_eq!(requests.len(), 2);
         assert_eq!(requests[0].recipients, vec![user(7), user(8)]);
         assert_eq!(requests[1].recipients, vec![user(7)]);

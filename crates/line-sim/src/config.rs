@@ -23,6 +23,8 @@ pub enum Endpoint {
     Quota,
     QuotaConsumption,
     VerifyIdToken,
+    /// `GET /v2/bot/insight/message/event/aggregation`.
+    StatisticsPerUnit,
 }
 
 impl Endpoint {
@@ -50,6 +52,8 @@ pub struct RateLimits {
     pub rich_menu_bulk_unlink: Option<u32>,
     /// Everything else (rich menu list, quota, ID token verify, …).
     pub other: Option<u32>,
+    /// Statistics per unit, per hour (LINE allows 60).
+    pub statistics_per_unit_per_hour: Option<u32>,
 }
 
 impl Default for RateLimits {
@@ -66,6 +70,7 @@ impl Default for RateLimits {
             rich_menu_bulk_link: Some(2_000),
             rich_menu_bulk_unlink: Some(2_000),
             other: Some(2_000),
+            statistics_per_unit_per_hour: Some(60),
         }
     }
 }
@@ -83,6 +88,7 @@ impl RateLimits {
             rich_menu_bulk_link: None,
             rich_menu_bulk_unlink: None,
             other: None,
+            statistics_per_unit_per_hour: None,
         }
     }
 
@@ -103,6 +109,8 @@ impl RateLimits {
             | Endpoint::Quota
             | Endpoint::QuotaConsumption
             | Endpoint::VerifyIdToken => self.other,
+            // Per hour: see `Inner::take_rate`.
+            Endpoint::StatisticsPerUnit => self.statistics_per_unit_per_hour,
         }
     }
 }
@@ -142,6 +150,10 @@ pub struct SimConfig {
     /// Turn off for long benchmarks so memory stays flat; counters, retry
     /// keys and quota still work.
     pub record_requests: bool,
+    /// Statistics per unit: the share of a unit's recipients who open its
+    /// messages, and who open a URL in them (LINE says null below 20 users).
+    pub unit_impression_share: f64,
+    pub unit_click_share: f64,
 }
 
 impl Default for SimConfig {
@@ -156,6 +168,8 @@ impl Default for SimConfig {
             faults: Faults::default(),
             rich_menus: Vec::new(),
             record_requests: true,
+            unit_impression_share: 0.6,
+            unit_click_share: 0.25,
         }
     }
 }

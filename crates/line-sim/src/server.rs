@@ -7,7 +7,7 @@ use crate::state::{LinkTokenInfo, RecordedRequest, Shared};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{DefaultBodyLimit, Extension, Form, Path, State};
+use axum::extract::{DefaultBodyLimit, Extension, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -40,6 +40,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v2/bot/message/reply", post(reply))
         .route("/v2/bot/message/quota", get(quota))
         .route("/v2/bot/message/quota/consumption", get(consumption))
+        .route("/v2/bot/insight/message/event/aggregation", get(statistics_per_unit))
         .route("/v2/bot/user/{user_id}/linkToken", post(link_token))
         .route("/v2/bot/profile/{user_id}", get(profile))
         .route("/v2/bot/user/all/richmenu", get(default_rich_menu).delete(cancel_default_rich_menu))
@@ -242,17 +243,22 @@ async fn send(state: AppState, conn: DropConnection, headers: HeaderMap, body: B
     let mut details = Vec::new();
     let recipients = recipients_of(&kind, &body, &mut details);
     details.extend(limits::validate_messages(body.get("messages")));
+    let unit = aggregation_unit(&kind, &body, &mut details);
     if !details.is_empty() {
         return invalid_body(&state, details);
     }
     let messages = body.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
     let request_uuid = uuid::Uuid::new_v4();
     let request_id = request_uuid.to_string();
+    let reached = unit.as_ref().map(|_| recipients.clone());
     let taken = Taken { endpoint, request_uuid, request_id: request_id.clone(), recipients };
     let dropped = match take_send(&state, &gate, &kind, &body, &messages, taken) {
         Ok(dropped) => dropped,
         Err(response) => return response,
     };
+    if let (Some(unit), Some(reached)) = (unit, reached) {
+        state.lock().unit_users.entry(unit).or_default().extend(reached);
+    }
     if dropped {
         // Accepted, but the client never hears so: it must retry with the
         // same key and get 409.
@@ -261,6 +267,38 @@ async fn send(state: AppState, conn: DropConnection, headers: HeaderMap, body: B
     }
     let body = sent_body(&kind, &messages);
     with_request_id((StatusCode::OK, axum::Json(body)).into_response(), &request_id)
+}
+
+/// `customAggregationUnits` of a push or multicast (messaging-api.yml: at
+/// most 1 name of `^[a-zA-Z0-9_]{1,30}$`): the unit, with a detail when invalid.
+fn aggregation_unit(kind: &SendKind, body: &Value, details: &mut Vec<ErrorDetail>) -> Option<String> {
+    let value = body.get("customAggregationUnits")?;
+    let property = "customAggregationUnits";
+    if matches!(kind, SendKind::Reply) {
+        details.push(detail(property, "not allowed for this API"));
+        return None;
+    }
+    let Some(items) = value.as_array() else {
+        details.push(detail(property, "must be an array"));
+        return None;
+    };
+    if items.len() > 1 {
+        details.push(detail(property, "size must be between 0 and 1"));
+        return None;
+    }
+    let name = items.first()?;
+    match name.as_str() {
+        Some(unit) if is_unit_name(unit) => Some(unit.to_string()),
+        _ => {
+            details.push(detail(format!("{property}[0]"), "must match \"^[a-zA-Z0-9_]{1,30}$\""));
+            None
+        }
+    }
+}
+
+/// `^[a-zA-Z0-9_]{1,30}$`.
+fn is_unit_name(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 30 && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// The recipients a send names, with a detail for each invalid one.
@@ -449,6 +487,58 @@ async fn consumption(State(state): State<AppState>, headers: HeaderMap) -> Respo
     }
     let usage = state.lock().usage;
     accept(&state, Endpoint::QuotaConsumption, vec![], None, StatusCode::OK, json!({ "totalUsage": usage }))
+}
+
+/// `GET /v2/bot/insight/message/event/aggregation` (insight.yml): the
+/// users a unit's sends reached, times the configured shares, null below 20
+/// as LINE answers. The period is checked (`yyyyMMdd`, at most 30 days) but
+/// every send of the unit counts.
+async fn statistics_per_unit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(response) = gate(&state, Endpoint::StatisticsPerUnit, &headers, true).await {
+        return response;
+    }
+    let unit = query.get("customAggregationUnit").map(String::as_str).unwrap_or_default();
+    let date = |key: &str| {
+        query.get(key).filter(|t| t.len() == 8).and_then(|t| chrono::NaiveDate::parse_from_str(t, "%Y%m%d").ok())
+    };
+    let mut details = Vec::new();
+    if !is_unit_name(unit) {
+        details.push(detail("customAggregationUnit", "must match \"^[a-zA-Z0-9_]{1,30}$\""));
+    }
+    match (date("from"), date("to")) {
+        (Some(from), Some(to)) if to >= from && to <= from + chrono::Duration::days(30) => {}
+        (Some(_), Some(_)) => details.push(detail("to", "must be on or after from, and at most 30 days after it")),
+        (from, to) => {
+            for (key, value) in [("from", from), ("to", to)] {
+                if value.is_none() {
+                    details.push(detail(key, "must be a date in the format yyyyMMdd"));
+                }
+            }
+        }
+    }
+    if !details.is_empty() {
+        return invalid_body(&state, details);
+    }
+    let (users, (impressions, clicks)) = {
+        let inner = state.lock();
+        (inner.unit_users.get(unit).map_or(0, |u| u.len()), inner.unit_shares)
+    };
+    // LINE answers null when fewer than 20 users did it.
+    let at_least_20 = |share: f64| {
+        let n = (users as f64 * share).floor() as u64;
+        if n < 20 { Value::Null } else { json!(n) }
+    };
+    let body = json!({
+        "overview": {"uniqueImpression": at_least_20(impressions), "uniqueClick": at_least_20(clicks),
+                     "uniqueMediaPlayed": null, "uniqueMediaPlayed100Percent": null},
+        "messages": [],
+        "clicks": [],
+    });
+    accept(&state, Endpoint::StatisticsPerUnit, vec![], None, StatusCode::OK, body)
 }
 
 fn invalid_user_path(state: &Shared) -> Response {

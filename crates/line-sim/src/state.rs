@@ -98,6 +98,11 @@ pub(crate) struct Inner {
     pub reply_tokens: HashMap<String, Option<String>>,
     pub webhook_url: Option<String>,
     pub record_requests: bool,
+    /// Per `customAggregationUnits` name, the users its accepted sends reached.
+    pub unit_users: HashMap<String, std::collections::HashSet<String>>,
+    pub unit_shares: (f64, f64),
+    /// The hour window of statistics-per-unit calls: its start and count.
+    pub hourly: Option<(Instant, u32)>,
 }
 
 impl Inner {
@@ -118,6 +123,9 @@ impl Inner {
             reply_tokens: HashMap::new(),
             webhook_url: config.webhook_url.clone(),
             record_requests: config.record_requests,
+            unit_users: HashMap::new(),
+            unit_shares: (config.unit_impression_share, config.unit_click_share),
+            hourly: None,
         }
     }
 
@@ -126,6 +134,17 @@ impl Inner {
         let Some(rate) = self.rate_limits.for_endpoint(endpoint) else {
             return true;
         };
+        if endpoint == Endpoint::StatisticsPerUnit {
+            // A fixed hour window, as LINE counts "per hour".
+            let (start, count) = match self.hourly {
+                Some((start, count)) if now.saturating_duration_since(start) < Duration::from_secs(3_600) => {
+                    (start, count)
+                }
+                _ => (now, 0),
+            };
+            self.hourly = Some((start, count + u32::from(count < rate)));
+            return count < rate;
+        }
         self.buckets.entry(endpoint).or_insert_with(|| Bucket::new(rate, now)).take(now)
     }
 

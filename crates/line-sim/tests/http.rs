@@ -544,3 +544,49 @@ async fn webhook_without_target_is_an_error() {
     let (sim, _) = sim().await;
     assert!(sim.send_follow(&uid(USER)).await.is_err());
 }
+
+#[tokio::test]
+async fn statistics_per_unit_follow_the_units_sent_with_null_below_20() {
+    let (_sim, line) = sim_with(SimConfig {
+        rate_limits: RateLimits { statistics_per_unit_per_hour: Some(5), ..RateLimits::default() },
+        unit_impression_share: 0.5,
+        unit_click_share: 0.1,
+        ..SimConfig::default()
+    })
+    .await;
+    let with_unit = |mut request: MulticastRequest, unit: &str| {
+        request.custom_aggregation_units = Some(vec![unit.to_string()]);
+        request
+    };
+    line.multicast(&with_unit(multicast_to((0..60).map(user).collect()), "spring_sale"), None).await.unwrap();
+    line.multicast(&with_unit(multicast_to((40..100).map(user).collect()), "spring_sale"), None).await.unwrap();
+    let day = |d: u32| chrono::NaiveDate::from_ymd_opt(2026, 12, d).unwrap();
+    let stats = line.statistics_per_unit("spring_sale", day(1), day(5)).await.unwrap();
+    // 100 distinct users: 50 opened, 10 clicked (fewer than 20: null, never 0).
+    assert_eq!((stats.unique_impression, stats.unique_click), (Some(50), None));
+    let none = line.statistics_per_unit("other_unit", day(1), day(1)).await.unwrap();
+    assert_eq!((none.unique_impression, none.unique_click), (None, None));
+
+    // Invalid names and periods are 400s naming the parameter.
+    let mut bad = push_to(USER);
+    bad.custom_aggregation_units = Some(vec!["spring-sale".into()]);
+    match line.push(&bad, None).await {
+        Err(LineError::Rejected { status: 400, details, .. }) => {
+            assert_eq!(details[0].property.as_deref(), Some("customAggregationUnits[0]"), "{details:?}");
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    let mut two = push_to(USER);
+    two.custom_aggregation_units = Some(vec!["a".into(), "b".into()]);
+    assert!(matches!(line.push(&two, None).await, Err(LineError::Rejected { status: 400, .. })));
+    match line.statistics_per_unit("spring_sale", day(1), day(1) + chrono::Duration::days(31)).await {
+        Err(LineError::Rejected { status: 400, details, .. }) => assert_eq!(details[0].property.as_deref(), Some("to")),
+        other => panic!("expected 400, got {other:?}"),
+    }
+    // Five calls an hour here (LINE: 60), the refused one included: the sixth is a 429.
+    for _ in 0..2 {
+        line.statistics_per_unit("spring_sale", day(1), day(2)).await.unwrap();
+    }
+    let limited = line.statistics_per_unit("spring_sale", day(1), day(2)).await;
+    assert!(matches!(limited, Err(LineError::RateLimited { .. })), "{limited:?}");
+}

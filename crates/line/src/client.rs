@@ -128,6 +128,17 @@ pub struct PushRequest {
     pub custom_aggregation_units: Option<Vec<String>>,
 }
 
+/// The overview of LINE's statistics per unit. `None` is LINE's `null`:
+/// fewer than 20 users, never 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitStatistics {
+    #[serde(default)]
+    pub unique_impression: Option<i64>,
+    #[serde(default)]
+    pub unique_click: Option<i64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MulticastRequest {
@@ -488,6 +499,26 @@ impl LineClient {
         }
         let body: Body = self.call_json(self.request(Method::GET, "/v2/bot/message/quota/consumption")?).await?;
         Ok(body.total_usage)
+    }
+
+    /// LINE's statistics of the pushes and multicasts sent with
+    /// `customAggregationUnits: [unit]` over `from..=to` (dates in UTC+9, at
+    /// most 30 days apart; `GET /v2/bot/insight/message/event/aggregation`).
+    pub async fn statistics_per_unit(
+        &self,
+        unit: &str,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<UnitStatistics, LineError> {
+        #[derive(Deserialize)]
+        struct Body {
+            overview: UnitStatistics,
+        }
+        let (from, to) = (from.format("%Y%m%d").to_string(), to.format("%Y%m%d").to_string());
+        let query = [("customAggregationUnit", unit), ("from", from.as_str()), ("to", to.as_str())];
+        let builder = self.request(Method::GET, "/v2/bot/insight/message/event/aggregation")?.query(&query);
+        let body: Body = self.call_json(builder).await?;
+        Ok(body.overview)
     }
 
     /// Verifies a LINE Login ID token with LINE (`POST /oauth2/v2.1/verify`).

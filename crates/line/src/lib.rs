@@ -8,7 +8,7 @@ pub mod webhook;
 
 pub use client::{
     AccessToken, ClientOptions, ErrorDetail, IdTokenClaims, LineClient, LineError, Message, MulticastRequest, Profile,
-    PushRequest, Quota, ReplyRequest, RichMenu, Sent, SentMessage,
+    PushRequest, Quota, ReplyRequest, RichMenu, Sent, SentMessage, UnitStatistics,
 };
 pub use webhook::{
     EventKind, LinkResult, MessageContent, Source, WebhookBody, WebhookError, WebhookEvent, parse_webhook, sign,

@@ -49,6 +49,8 @@ pub struct NewRequest {
     pub recipients: Vec<LineUserId>,
     /// The deliveries it carries (same length as `recipients`).
     pub delivery_ids: Vec<i64>,
+    /// LINE's `customAggregationUnits` name of its campaign.
+    pub aggregation_unit: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -94,6 +96,8 @@ pub struct SendRequest {
     pub accepted_request_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
+    /// LINE's `customAggregationUnits` name of its campaign.
+    pub aggregation_unit: Option<String>,
 }
 
 #[async_trait]
@@ -142,7 +146,7 @@ pub trait RequestsSql: Sql {
 macro_rules! request_columns {
     () => {
         "id, kind, retry_key, messages, recipients, status, attempts, next_attempt_at, last_error, \
-         accepted_request_id, created_at, sent_at"
+         accepted_request_id, created_at, sent_at, aggregation_unit"
     };
 }
 pub(crate) use request_columns;
@@ -252,6 +256,7 @@ fn request_of<DB: Dialect>(row: Row<'_, DB>) -> StoreResult<SendRequest> {
         accepted_request_id: row.opt_string("accepted_request_id")?,
         created_at: row.ts("created_at")?,
         sent_at: row.opt_ts("sent_at")?,
+        aggregation_unit: row.opt_string("aggregation_unit")?,
     })
 }
 

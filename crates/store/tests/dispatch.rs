@@ -42,6 +42,7 @@ fn push(delivery_id: i64, n: u32) -> NewRequest {
         messages: messages("hello"),
         recipients: vec![user(n)],
         delivery_ids: vec![delivery_id],
+        aggregation_unit: Some("unit_a".into()),
     }
 }
 
@@ -315,6 +316,7 @@ async fn requests_complete_retry_and_fail_with_their_deliveries(store: TestStore
         messages: messages("hello"),
         recipients: vec![user(1), user(2)],
         delivery_ids: vec![id(0), id(1)],
+        aggregation_unit: None,
     };
     let single = push(id(2), 3);
     let outcome = ClaimOutcome {
@@ -333,6 +335,9 @@ async fn requests_complete_retry_and_fail_with_their_deliveries(store: TestStore
     assert_eq!(stored.messages, messages("hello"));
     assert_eq!((stored.status, stored.attempts, stored.next_attempt_at), (RequestStatus::Pending, 0, at(1)));
     assert_eq!((stored.created_at, stored.sent_at), (at(1), None));
+    assert_eq!(stored.aggregation_unit, None);
+    let stored_push = store.get_request(p).await.expect("get").expect("push");
+    assert_eq!(stored_push.aggregation_unit.as_deref(), Some("unit_a"), "the unit is kept with the request");
     assert_eq!(store.get_delivery(id(0)).await.expect("get").expect("d").status, DeliveryStatus::Requested);
     // Reusing a retry key is refused and changes nothing.
     store.insert_deliveries(&[delivery("c", "t", 6, at(1))], at(1)).await.expect("insert 6");

@@ -145,9 +145,10 @@ async fn pg_insert_requests(
     let messages: Vec<String> = requests.iter().map(|r| r.messages.to_string()).collect();
     let recipients: Vec<String> = requests.iter().map(|r| recipients_json(&r.recipients).to_string()).collect();
     let rows: Vec<(i64, Uuid)> = sqlx::query_as(
-        "INSERT INTO send_requests (kind, retry_key, messages, recipients, status, attempts, next_attempt_at, created_at)
-         SELECT k, key, m::json, r::json, 'pending', 0, $5, $5
-         FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[]) AS s (k, key, m, r)
+        "INSERT INTO send_requests (kind, retry_key, messages, recipients, status, attempts, next_attempt_at, created_at,
+                                    aggregation_unit)
+         SELECT k, key, m::json, r::json, 'pending', 0, $5, $5, u
+         FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $6::text[]) AS s (k, key, m, r, u)
          RETURNING id, retry_key",
     )
     .bind(&kinds)
@@ -155,6 +156,7 @@ async fn pg_insert_requests(
     .bind(&messages)
     .bind(&recipients)
     .bind(now)
+    .bind(requests.iter().map(|r| r.aggregation_unit.as_deref()).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await
     .map_err(retry_key_conflict)?;

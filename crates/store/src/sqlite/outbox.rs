@@ -50,7 +50,7 @@ impl ClaimLock for SqliteClaim {
         for request in &outcome.requests {
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO send_requests (kind, retry_key, messages, recipients, status, attempts, next_attempt_at,
-                 created_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?) RETURNING id",
+                 created_at, aggregation_unit) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?) RETURNING id",
             )
             .bind(request.kind.as_str())
             .bind(request.retry_key.to_string())
@@ -58,6 +58,7 @@ impl ClaimLock for SqliteClaim {
             .bind(recipients_json(&request.recipients).to_string())
             .bind(now)
             .bind(now)
+            .bind(request.aggregation_unit.as_deref())
             .fetch_one(&mut *tx)
             .await
             .map_err(retry_key_conflict)?;
