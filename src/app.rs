@@ -194,6 +194,8 @@ struct DispatchRole {
     dispatcher: Arc<Dispatcher>,
     quota: Arc<QuotaGuard>,
     linker: Arc<RichMenuLinker>,
+    /// LINE's statistics per unit, fetched every `dispatch.insight_refresh`.
+    insight: Arc<renkei_dispatcher::InsightPoller>,
     line: LineClient,
 }
 
@@ -248,7 +250,14 @@ impl Roles {
                     )
                     .with_channel_default(resolved.rich_menus.default.clone()),
                 );
-                Some(DispatchRole { dispatcher, quota, linker, line: line.clone() })
+                let insight = Arc::new(renkei_dispatcher::InsightPoller::new(
+                    store.clone(),
+                    store.clone(),
+                    line.clone(),
+                    clock.clone(),
+                    format!("insight-{}", uuid::Uuid::new_v4().simple()),
+                ));
+                Some(DispatchRole { dispatcher, quota, linker, insight, line: line.clone() })
             }
             (None, true) => {
                 tracing::warn!(
@@ -298,8 +307,17 @@ impl Background {
     }
 
     /// The dispatcher role: planners and sender, the rich-menu linker, the quota guard.
-    fn start_dispatcher(&mut self, role: DispatchRole, refresh: Duration, clock: Arc<dyn Clock>) {
-        let DispatchRole { dispatcher, quota, linker, line } = role;
+    fn start_dispatcher(
+        &mut self,
+        role: DispatchRole,
+        refresh: Duration,
+        insight_every: Duration,
+        clock: Arc<dyn Clock>,
+    ) {
+        let DispatchRole { dispatcher, quota, linker, insight, line } = role;
+        self.spawn("LINE statistics per unit", move |stop| async move {
+            let _ = insight.spawn(insight_every, stop).await;
+        });
         self.spawn("quota guard", move |stop| async move {
             let _ = quota.spawn_refresh(line, clock, refresh, stop).await;
         });
@@ -379,7 +397,8 @@ impl Application {
         let dispatcher = roles.dispatch.as_ref().map(|d| d.dispatcher.clone());
         if let Some(role) = roles.dispatch {
             let refresh = Duration::from_secs(config.dispatch.quota_refresh.seconds().max(1) as u64);
-            background.start_dispatcher(role, refresh, clock.clone());
+            let insight_every = Duration::from_secs(config.dispatch.insight_refresh.seconds().max(1) as u64);
+            background.start_dispatcher(role, refresh, insight_every, clock.clone());
         }
         if let Some(runner) = roles.scheduler {
             background.start_scheduler(runner);

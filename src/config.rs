@@ -80,6 +80,7 @@ pub struct DispatchConfig {
     pub misfire_grace: renkei_core::SpanDuration,
     pub quota_guard: bool,
     pub quota_refresh: renkei_core::SpanDuration,
+    pub insight_refresh: renkei_core::SpanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

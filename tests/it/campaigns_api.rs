@@ -73,6 +73,7 @@ async fn spawn(backend: Backend, files: &Files) -> Option<(TestApp, SimHandle)> 
         c.line.channel_access_token = sim.access_token().into();
         c.line.api_base_url = sim.base_url();
         c.server.link_keys = vec![LINK_KEY.into(), OLD_LINK_KEY.into()];
+        c.dispatch.insight_refresh = "1s".parse().expect("duration");
     })
     .await?;
     Some((app, sim))
@@ -115,6 +116,11 @@ async fn buy(app: &TestApp, member: &str, user: &str) {
         json!({"event_id": format!("order-{member}"), "type": "purchase", "member_id": member, "occurred_at": at});
     let (status, body) = app.post("/v1/events", &json!({"events": [event]})).await;
     assert_eq!((status, body), (200, json!({"accepted": 1, "duplicates": 0})));
+}
+
+/// The stats' `line` before LINE's statistics were ever fetched.
+fn line_of(unit: &str, delivered: u64) -> Value {
+    json!({"unit": unit, "delivered": delivered, "unique_impression": null, "unique_click": null, "updated_at": null})
 }
 
 async fn stats(app: &TestApp, id: &str) -> Value {
@@ -164,7 +170,8 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
         stats(&app, "thanks").await,
         json!({"campaign": "thanks", "state": "active", "sent": 0, "pending": 0, "failed": 0, "skipped": 0,
                "skipped_by_reason": {}, "clicked": 0, "clicked_users": 0,
-               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null})
+               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null,
+               "line": line_of("thanks", 0)})
     );
 
     buy(&app, "m1", USER_1).await;
@@ -186,7 +193,8 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
         body,
         json!({"campaign": "thanks", "state": "active", "sent": 1, "pending": 0, "failed": 0, "skipped": 0,
                "skipped_by_reason": {}, "clicked": 0, "clicked_users": 0,
-               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null})
+               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null,
+               "line": line_of("thanks", 1)})
     );
     // The event campaign was not triggered by a purchase.
     assert_eq!(stats(&app, "review_request").await["sent"], 0);
@@ -206,7 +214,8 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
         body,
         json!({"campaign": "thanks", "state": "active", "sent": 1, "pending": 0, "failed": 0, "skipped": 1,
                "skipped_by_reason": {"unfollowed": 1}, "clicked": 0, "clicked_users": 0,
-               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null})
+               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null,
+               "line": line_of("thanks", 1)})
     );
     assert!(sim.messages_to(USER_3).is_empty());
     assert_eq!(sim.requests().iter().filter(|r| !r.recipients.is_empty()).count(), 1, "one request with a recipient");
@@ -468,6 +477,29 @@ async fn goals_and_the_holdout_are_measured_end_to_end(backend: Backend) {
         assert_eq!(stats["clicked"], 0, "{body}");
         assert_eq!(stats["lift"].is_null(), members.is_empty(), "{body}");
     }
+    // Every request carried the campaign's aggregation unit; LINE's numbers, once fetched, say
+    // "fewer than 20" as null (never 0), with when they were fetched.
+    assert_eq!(sim.unit_reach("followup") as u64, 12 - held_count, "every send carried the unit");
+    let line_stats = eventually("LINE's statistics to be fetched", async || {
+        let line = stats(&app, "followup").await["line"].clone();
+        line["updated_at"].is_string().then_some(line)
+    })
+    .await;
+    assert_eq!(
+        (line_stats["unit"].clone(), line_stats["delivered"].clone(), line_stats["unique_impression"].clone()),
+        (json!("followup"), json!(12 - held_count), Value::Null),
+        "{line_stats}"
+    );
+    // The server's poller holds the lease: another instance's round asks nothing.
+    let line = renkei_line::LineClient::new(&sim.base_url(), sim.access_token()).expect("client");
+    let other = renkei_dispatcher::InsightPoller::new(
+        app.store.clone(),
+        app.store.clone(),
+        line,
+        std::sync::Arc::new(renkei_core::SystemClock),
+        "another-instance".to_string(),
+    );
+    assert_eq!(other.poll_once(Duration::from_secs(1)).await.expect("poll"), 0);
     let ci = lift["ci95"].as_array().expect("interval");
     let absolute = lift["absolute"].as_f64().expect("absolute");
     assert!(ci[0].as_f64().expect("low") <= absolute && absolute <= ci[1].as_f64().expect("high"), "{lift}");

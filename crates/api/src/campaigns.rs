@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 renkei_store::store_view! {
     /// What the campaign routes read and write: counts, clicks, pauses.
-    pub struct CampaignsStore { events: EventStore, outbox: OutboxReads, schedule: ScheduleStore }
+    pub struct CampaignsStore { events: EventStore, outbox: OutboxReads, schedule: ScheduleStore, requests: RequestStore }
 }
 
 #[derive(Clone)]
@@ -137,6 +137,24 @@ pub async fn campaign_stats(
         "holdout": holdout,
         "lift": outcome.as_ref().and_then(lift),
         "variants": variants_json(store, campaign, judged.as_ref(), period).await?,
+        "line": line_json(store, campaign, counts.sent).await?,
+    }))
+}
+
+/// LINE's own numbers for the campaign's aggregation unit: `delivered` is
+/// renkei's count of recipients LINE accepted; impressions and clicks are
+/// LINE's statistics per unit as last fetched (null: fewer than 20, or not
+/// fetched yet, then `updated_at` is null too).
+async fn line_json(store: &CampaignsStore, campaign: &Campaign, delivered: u64) -> Result<Value, StoreError> {
+    let unit = renkei_campaigns::aggregation_unit(&campaign.id, None);
+    let fetched = store.requests.unit_stats(&unit).await?;
+    let (stats, at) = fetched.map_or((Default::default(), None), |(stats, at)| (stats, Some(at)));
+    Ok(json!({
+        "unit": unit,
+        "delivered": delivered,
+        "unique_impression": stats.unique_impression,
+        "unique_click": stats.unique_click,
+        "updated_at": at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
     }))
 }
 

@@ -42,7 +42,13 @@ use std::sync::Arc;
 
 renkei_store::store_view! {
     /// What the `api` role's routes read and write, all of it.
-    pub struct ApiStore { events: EventStore, members: MemberStore, outbox: OutboxReads, schedule: ScheduleStore }
+    pub struct ApiStore {
+        events: EventStore,
+        members: MemberStore,
+        outbox: OutboxReads,
+        schedule: ScheduleStore,
+        requests: RequestStore,
+    }
 }
 
 #[derive(Clone)]
@@ -77,6 +83,7 @@ pub fn router(state: ApiState, more_v1: Router) -> Router {
             events: state.store.events.clone(),
             outbox: state.store.outbox,
             schedule: state.store.schedule,
+            requests: state.store.requests,
         },
         campaigns: state.campaigns.clone(),
         clock: state.clock.clone(),

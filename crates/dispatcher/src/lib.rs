@@ -20,6 +20,7 @@ pub mod attempt;
 pub mod dispatcher;
 pub mod facts;
 pub mod grouping;
+pub mod insight;
 pub mod limits;
 pub mod metrics;
 pub mod planner;
@@ -31,6 +32,7 @@ pub mod sender;
 
 pub use dispatcher::{DispatchSettings, Dispatcher, DispatcherStore};
 pub use facts::{PolicyContext, decide_deliveries};
+pub use insight::InsightPoller;
 pub use limits::{Rates, RetrySchedule};
 pub use metrics::DispatchMetrics;
 pub use policy::{GlobalPolicy, SkipReason};

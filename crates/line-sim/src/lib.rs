@@ -178,6 +178,12 @@ impl SimHandle {
         self.shared.lock().requests.iter().filter(|r| r.endpoint == endpoint).cloned().collect()
     }
 
+    /// The distinct users the accepted sends with `customAggregationUnits:
+    /// [unit]` reached.
+    pub fn unit_reach(&self, unit: &str) -> usize {
+        self.shared.lock().unit_users.get(unit).map_or(0, |users| users.len())
+    }
+
     /// Messages delivered to `user` by push, multicast or reply, in order.
     pub fn messages_to(&self, user: &str) -> Vec<Value> {
         self.shared

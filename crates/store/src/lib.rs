@@ -46,7 +46,7 @@ pub use outbox::{
 };
 pub use pending::{PendingEvaluations, PendingStore, SavedPending};
 pub use postgres::PgStore;
-pub use requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest};
+pub use requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest, UnitSends, UnitStats};
 pub use rich_menus::{RichMenuChange, RichMenuStore};
 pub use schedule::{CronFire, FireState, ScheduleStore};
 pub use sqlite::SqliteStore;

@@ -129,6 +129,31 @@ pub trait RequestStore: Send + Sync + 'static {
 
     /// The earliest `next_attempt_at` of a pending request.
     async fn next_request_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
+
+    /// The aggregation units sent after `since`, with their first send ever
+    /// and when LINE's statistics were last fetched, least lately fetched first.
+    async fn units_sent_since(&self, since: DateTime<Utc>) -> StoreResult<Vec<UnitSends>>;
+
+    /// Records LINE's statistics of `unit` (`None`: LINE's "fewer than 20").
+    async fn save_unit_stats(&self, unit: &str, stats: UnitStats, at: DateTime<Utc>) -> StoreResult<()>;
+
+    /// The last statistics fetched for `unit`, and when.
+    async fn unit_stats(&self, unit: &str) -> StoreResult<Option<(UnitStats, DateTime<Utc>)>>;
+}
+
+/// An aggregation unit with recent sends (see `RequestStore::units_sent_since`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitSends {
+    pub unit: String,
+    pub first_sent_at: DateTime<Utc>,
+    pub fetched_at: Option<DateTime<Utc>>,
+}
+
+/// LINE's unique impressions and clicks of a unit; `None` is LINE's null.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct UnitStats {
+    pub unique_impression: Option<i64>,
+    pub unique_click: Option<i64>,
 }
 
 /// What differs per backend (`sqlite/requests.rs`, `postgres/requests.rs`).
@@ -238,6 +263,54 @@ impl<S: RequestsSql> RequestStore for S {
 
     async fn next_request_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
         stmt::<S::Db>(S::NEXT_REQUEST_DUE).one(self.reader(), |row| row.opt_ts("due")).await
+    }
+
+    async fn units_sent_since(&self, since: DateTime<Utc>) -> StoreResult<Vec<UnitSends>> {
+        stmt::<S::Db>(
+            "SELECT r.unit, r.first_at, l.fetched_at FROM (
+                 SELECT aggregation_unit AS unit, MIN(sent_at) AS first_at FROM send_requests
+                 WHERE aggregation_unit IS NOT NULL AND status = 'sent' GROUP BY aggregation_unit
+                 HAVING MAX(sent_at) > $1
+             ) r LEFT JOIN line_unit_stats l ON l.unit = r.unit
+             ORDER BY l.fetched_at IS NOT NULL, l.fetched_at, r.unit",
+        )
+        .bind(Ts(since))
+        .all(self.reader(), |row| {
+            Ok(UnitSends {
+                unit: row.string("unit")?,
+                first_sent_at: row.ts("first_at")?,
+                fetched_at: row.opt_ts("fetched_at")?,
+            })
+        })
+        .await
+    }
+
+    async fn save_unit_stats(&self, unit: &str, stats: UnitStats, at: DateTime<Utc>) -> StoreResult<()> {
+        stmt::<S::Db>(
+            "INSERT INTO line_unit_stats (unit, unique_impression, unique_click, fetched_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (unit) DO UPDATE SET unique_impression = excluded.unique_impression,
+                 unique_click = excluded.unique_click, fetched_at = excluded.fetched_at",
+        )
+        .bind(unit)
+        .bind(stats.unique_impression)
+        .bind(stats.unique_click)
+        .bind(Ts(at))
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    async fn unit_stats(&self, unit: &str) -> StoreResult<Option<(UnitStats, DateTime<Utc>)>> {
+        stmt::<S::Db>("SELECT unique_impression, unique_click, fetched_at FROM line_unit_stats WHERE unit = $1")
+            .bind(unit)
+            .optional(self.reader(), |row| {
+                let stats = UnitStats {
+                    unique_impression: row.opt_int("unique_impression")?,
+                    unique_click: row.opt_int("unique_click")?,
+                };
+                Ok((stats, row.ts("fetched_at")?))
+            })
+            .await
     }
 }
 

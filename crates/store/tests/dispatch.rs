@@ -316,7 +316,7 @@ async fn requests_complete_retry_and_fail_with_their_deliveries(store: TestStore
         messages: messages("hello"),
         recipients: vec![user(1), user(2)],
         delivery_ids: vec![id(0), id(1)],
-        aggregation_unit: None,
+        aggregation_unit: Some("unit_m".into()),
     };
     let single = push(id(2), 3);
     let outcome = ClaimOutcome {
@@ -335,7 +335,7 @@ async fn requests_complete_retry_and_fail_with_their_deliveries(store: TestStore
     assert_eq!(stored.messages, messages("hello"));
     assert_eq!((stored.status, stored.attempts, stored.next_attempt_at), (RequestStatus::Pending, 0, at(1)));
     assert_eq!((stored.created_at, stored.sent_at), (at(1), None));
-    assert_eq!(stored.aggregation_unit, None);
+    assert_eq!(stored.aggregation_unit.as_deref(), Some("unit_m"));
     let stored_push = store.get_request(p).await.expect("get").expect("push");
     assert_eq!(stored_push.aggregation_unit.as_deref(), Some("unit_a"), "the unit is kept with the request");
     assert_eq!(store.get_delivery(id(0)).await.expect("get").expect("d").status, DeliveryStatus::Requested);
@@ -385,6 +385,21 @@ async fn requests_complete_retry_and_fail_with_their_deliveries(store: TestStore
     store.fail_request(m, "late", at(4)).await.expect("late fail");
     assert_eq!(store.get_request(m).await.expect("get").expect("m").status, RequestStatus::Sent);
     assert!(matches!(store.complete_request(9_999, None, at(4)).await, Err(StoreError::Conflict(_))));
+    // LINE's statistics are asked for units sent lately (not for failed requests), and kept with null as null.
+    let units = store.units_sent_since(at(0)).await.expect("units");
+    assert_eq!(
+        units.iter().map(|u| (u.unit.as_str(), u.first_sent_at, u.fetched_at)).collect::<Vec<_>>(),
+        vec![("unit_m", at(3), None)]
+    );
+    assert!(store.units_sent_since(at(3)).await.expect("units").is_empty(), "none sent after 3");
+    let stats = renkei_store::UnitStats { unique_impression: Some(120), unique_click: None };
+    store.save_unit_stats("unit_m", stats, at(5)).await.expect("save");
+    assert_eq!(store.unit_stats("unit_m").await.expect("read"), Some((stats, at(5))));
+    let later = renkei_store::UnitStats { unique_impression: None, unique_click: Some(20) };
+    store.save_unit_stats("unit_m", later, at(6)).await.expect("save again");
+    assert_eq!(store.unit_stats("unit_m").await.expect("read"), Some((later, at(6))));
+    assert_eq!(store.units_sent_since(at(0)).await.expect("units")[0].fetched_at, Some(at(6)));
+    assert_eq!(store.unit_stats("unit_a").await.expect("read"), None);
 
     let counts = store.campaign_counts("c").await.expect("counts");
     let expected = CampaignCounts {
