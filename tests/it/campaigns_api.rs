@@ -170,7 +170,7 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
         stats(&app, "thanks").await,
         json!({"campaign": "thanks", "state": "active", "sent": 0, "pending": 0, "failed": 0, "skipped": 0,
                "skipped_by_reason": {}, "clicked": 0, "clicked_users": 0,
-               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null,
+               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null, "steps": null,
                "line": line_of("thanks", 0)})
     );
 
@@ -193,7 +193,7 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
         body,
         json!({"campaign": "thanks", "state": "active", "sent": 1, "pending": 0, "failed": 0, "skipped": 0,
                "skipped_by_reason": {}, "clicked": 0, "clicked_users": 0,
-               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null,
+               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null, "steps": null,
                "line": line_of("thanks", 1)})
     );
     // The event campaign was not triggered by a purchase.
@@ -214,7 +214,7 @@ async fn stats_count_a_send_driven_end_to_end(backend: Backend) {
         body,
         json!({"campaign": "thanks", "state": "active", "sent": 1, "pending": 0, "failed": 0, "skipped": 1,
                "skipped_by_reason": {"unfollowed": 1}, "clicked": 0, "clicked_users": 0,
-               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null,
+               "exposed": null, "converted": null, "conversion_value": null, "holdout": null, "lift": null, "variants": null, "steps": null,
                "line": line_of("thanks", 1)})
     );
     assert!(sim.messages_to(USER_3).is_empty());

@@ -138,7 +138,46 @@ pub async fn campaign_stats(
         "lift": outcome.as_ref().and_then(lift),
         "variants": variants_json(store, campaign, judged.as_ref(), period).await?,
         "line": line_json(store, campaign, counts.sent).await?,
+        "steps": steps_json(store, campaign).await?,
     }))
+}
+
+/// Per step of a sequence (null without steps): deliveries `sent`,
+/// `pending` (waiting or in flight), `skipped` (any reason but `exited`)
+/// and `exited` (the sequence ended before it), with `unit`, its LINE
+/// aggregation unit.
+async fn steps_json(store: &CampaignsStore, campaign: &Campaign) -> Result<Value, StoreError> {
+    use renkei_core::DeliveryStatus;
+    if campaign.steps.is_empty() {
+        return Ok(Value::Null);
+    }
+    let mut counts: HashMap<String, [u64; 4]> = HashMap::new();
+    let mut after = 0;
+    loop {
+        let page = store.outbox.campaign_deliveries(&campaign.id, after, 1_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for delivery in &page {
+            let Some(step) = delivery.context.get("step").and_then(Value::as_str) else { continue };
+            let slot = match (delivery.status, delivery.skip_reason) {
+                (DeliveryStatus::Sent, _) => 0,
+                (DeliveryStatus::Pending | DeliveryStatus::Requested, _) => 1,
+                (DeliveryStatus::Skipped, Some(SkipReason::Exited)) => 3,
+                (DeliveryStatus::Skipped | DeliveryStatus::Failed, _) => 2,
+            };
+            counts.entry(step.to_string()).or_default()[slot] += 1;
+        }
+    }
+    let mut out = serde_json::Map::new();
+    for step in &campaign.steps {
+        let [sent, pending, skipped, exited] = counts.get(&step.id).copied().unwrap_or_default();
+        let unit = renkei_campaigns::aggregation_unit(&campaign.id, Some(&step.id));
+        out.insert(
+            step.id.clone(),
+            json!({"sent": sent, "pending": pending, "skipped": skipped, "exited": exited, "unit": unit}),
+        );
+    }
+    Ok(Value::Object(out))
 }
 
 /// LINE's own numbers for the campaign's aggregation unit: `delivered` is

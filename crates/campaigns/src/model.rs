@@ -27,6 +27,11 @@ pub struct Campaign {
     /// A/B/n arms in place of `messages`, weights summing to 100; empty: the
     /// campaign sends `messages` to everyone.
     pub variants: Vec<Variant>,
+    /// A step sequence (ステップ配信) in place of `messages`: each step one
+    /// delivery per trigger instance and user. Empty: one delivery.
+    pub steps: Vec<Step>,
+    /// What ends a user's sequence before a later step.
+    pub exit: Option<Exit>,
     /// Per user, this campaign.
     pub frequency_cap: Option<FrequencyCap>,
     /// Due sends inside these hours are deferred to their end, never dropped.
@@ -95,28 +100,108 @@ pub struct Variant {
     pub messages: std::ops::Range<usize>,
 }
 
+/// One step of a sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// `[a-z0-9_]{1,32}`, unique in the campaign; running sequences keep the
+    /// steps whose id is still in the file.
+    pub id: String,
+    /// After the previous step (or the trigger).
+    pub wait: Duration,
+    /// Then the first such local time at or after, in the timezone.
+    pub at: Option<NaiveTime>,
+    /// Skip this step (not the sequence) unless the user is in this segment then.
+    pub if_segment: Option<String>,
+    /// Its messages, `Campaign::messages[messages]`, or its variants'.
+    pub messages: std::ops::Range<usize>,
+    pub variants: Vec<Variant>,
+}
+
+/// `exit:`: any one ends a user's sequence before a later step.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Exit {
+    /// The user converted (the campaign's goal) since the sequence started.
+    pub goal: bool,
+    /// The user is no longer in this segment.
+    pub segment_exited: Option<String>,
+    /// Such an event happened since the sequence started (as `unless`).
+    pub event: Option<Unless>,
+}
+
 impl Campaign {
     /// The variant `line_user_id` gets (a stable hash of campaign and user,
     /// independent of the holdout's), or `None` without variants.
     pub fn variant_for(&self, line_user_id: &str) -> Option<&Variant> {
-        let share = share_of(&["variant", &self.id, line_user_id]);
-        let mut upper = 0u64;
-        for variant in &self.variants {
-            upper += u64::from(variant.weight) * 100;
-            if share < upper {
-                return Some(variant);
-            }
-        }
-        self.variants.last()
+        pick_variant(&self.id, &self.variants, line_user_id)
     }
 
     /// The messages `line_user_id` gets: its variant's, or all of them.
     pub fn messages_for(&self, line_user_id: Option<&str>) -> (Option<&Variant>, &[MessageSpec]) {
-        match line_user_id.and_then(|u| self.variant_for(u)).or(self.variants.first()) {
-            Some(variant) => (Some(variant), &self.messages[variant.messages.clone()]),
-            None => (None, &self.messages),
+        let (variant, range) = self.message_range(None, line_user_id);
+        (variant, &self.messages[range])
+    }
+
+    /// Where in `messages` the messages of `step` (or of a campaign without
+    /// steps) for `line_user_id` are, with the variant chosen.
+    pub fn message_range(
+        &self,
+        step: Option<usize>,
+        line_user_id: Option<&str>,
+    ) -> (Option<&Variant>, std::ops::Range<usize>) {
+        let (variants, all) = match step.and_then(|k| self.steps.get(k)) {
+            Some(step) => (&step.variants, step.messages.clone()),
+            None => (&self.variants, 0..self.messages.len()),
+        };
+        let variant = line_user_id.and_then(|u| pick_variant(&self.id, variants, u)).or(variants.first());
+        match variant {
+            Some(variant) => (Some(variant), variant.messages.clone()),
+            None => (None, all),
         }
     }
+
+    /// When each step is due for a sequence started at `start`: the previous
+    /// step's time (or `start`) plus the step's `wait`, then its `at` in `tz`.
+    pub fn step_times(&self, start: DateTime<Utc>, tz: Tz) -> Vec<DateTime<Utc>> {
+        let mut at = start;
+        self.steps
+            .iter()
+            .map(|step| {
+                at = at.checked_add_signed(step.wait).unwrap_or(DateTime::<Utc>::MAX_UTC);
+                if let Some(time) = step.at {
+                    at = next_local_time(at, time, tz);
+                }
+                at
+            })
+            .collect()
+    }
+
+    /// The step of this id, with its place.
+    pub fn step(&self, id: &str) -> Option<(usize, &Step)> {
+        self.steps.iter().enumerate().find(|(_, s)| s.id == id)
+    }
+}
+
+/// The first instant at or after `after` whose local time in `tz` is `time`.
+pub fn next_local_time(after: DateTime<Utc>, time: NaiveTime, tz: Tz) -> DateTime<Utc> {
+    let date = after.with_timezone(&tz).date_naive();
+    [Some(date), date.succ_opt()]
+        .into_iter()
+        .flatten()
+        .filter_map(|d| local_instant_at_or_after(d, time, tz, after))
+        .find(|t| *t >= after)
+        .unwrap_or(after)
+}
+
+fn pick_variant<'v>(campaign_id: &str, variants: &'v [Variant], line_user_id: &str) -> Option<&'v Variant> {
+    let share = share_of(&["variant", campaign_id, line_user_id]);
+    let mut upper = 0u64;
+    for variant in variants {
+        upper += u64::from(variant.weight) * 100;
+        if share < upper {
+            return Some(variant);
+        }
+    }
+    variants.last()
 }
 
 /// `holdout: N%`, in hundredths of a percent (`10%` is 1,000; at most 50 %).
@@ -428,6 +513,61 @@ mod holdout_tests {
     }
 
     #[test]
+    fn step_times_add_waits_then_move_to_the_next_local_time() {
+        let at = |h, m| Some(NaiveTime::from_hms_opt(h, m, 0).expect("time"));
+        let step = |id: &str, wait: Duration, time| Step {
+            id: id.into(),
+            wait,
+            at: time,
+            if_segment: None,
+            messages: 0..0,
+            variants: Vec::new(),
+        };
+        let mut campaign = sample_campaign();
+        campaign.steps = vec![
+            step("now", Duration::zero(), None),
+            step("tonight", Duration::minutes(30), at(23, 30)),
+            step("after_midnight", Duration::zero(), at(0, 15)),
+            step("a_day_later", Duration::days(1), at(0, 15)),
+            step("next_morning", Duration::zero(), at(10, 0)),
+            step("past_the_time", Duration::minutes(1), at(10, 0)),
+        ];
+        let tz = chrono_tz::Asia::Tokyo;
+        let local = |d, h, m| tz.with_ymd_and_hms(2026, 12, d, h, m, 0).single().expect("local").with_timezone(&Utc);
+        // Triggered on 1 December at 22:40 in Tokyo.
+        assert_eq!(
+            campaign.step_times(local(1, 22, 40), tz),
+            vec![
+                local(1, 22, 40),
+                local(1, 23, 30),
+                local(2, 0, 15),
+                local(3, 0, 15),
+                local(3, 10, 0),
+                local(4, 10, 0),
+            ]
+        );
+    }
+
+    fn sample_campaign() -> Campaign {
+        Campaign {
+            id: "c".into(),
+            name: "c".into(),
+            description: None,
+            file: PathBuf::from("c.yaml"),
+            trigger: Trigger::SegmentEntered { segment: "s".into() },
+            audience: None,
+            messages: Vec::new(),
+            variants: Vec::new(),
+            frequency_cap: None,
+            quiet_hours: None,
+            goal: None,
+            holdout: None,
+            steps: Vec::new(),
+            exit: None,
+        }
+    }
+
+    #[test]
     fn aggregation_units_fit_lines_pattern() {
         let valid =
             |u: &str| !u.is_empty() && u.len() <= 30 && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
@@ -457,6 +597,8 @@ mod holdout_tests {
             quiet_hours: None,
             goal: None,
             holdout: Some(Holdout { basis_points: 5_000 }),
+            steps: Vec::new(),
+            exit: None,
         };
         let n = 100_000usize;
         let (mut a, mut held, mut a_and_held) = (0f64, 0f64, 0f64);

@@ -2,7 +2,9 @@
 //! found with the position of the offending key or value (the approach of
 //! `renkei_segments`' parser).
 
-use crate::model::{Campaign, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Timing, Trigger, Unless, Variant};
+use crate::model::{
+    Campaign, Exit, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Step, Timing, Trigger, Unless, Variant,
+};
 use chrono::{Duration, NaiveTime};
 use renkei_core::{EventType, SpanDuration};
 use renkei_segments::diagnostic::{Entries, NodeReader, shorten};
@@ -12,7 +14,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 pub(crate) const MAX_MESSAGES: usize = 5;
-const CAMPAIGN_KEYS: [&str; 11] = [
+const CAMPAIGN_KEYS: [&str; 13] = [
     "id",
     "name",
     "description",
@@ -24,6 +26,8 @@ const CAMPAIGN_KEYS: [&str; 11] = [
     "quiet_hours",
     "goal",
     "holdout",
+    "steps",
+    "exit",
 ];
 const TRIGGER_KINDS: [&str; 3] = ["segment_entered", "schedule", "event"];
 
@@ -175,16 +179,11 @@ impl Parser<'_> {
         };
         self.unknown_keys(&entries, &CAMPAIGN_KEYS, "a campaign");
         self.require(&entries, root, &["id", "name", "trigger"], "a campaign");
-        match (has(&entries, "messages"), entries.iter().find(|(k, _, _)| *k == "variants")) {
-            (true, Some((_, key, _))) => {
-                self.r.error(key.pos, "`messages` and `variants` exclude each other: give one")
-            }
-            (false, None) => self.r.error(root.pos, "missing required key `messages` (or `variants`) in a campaign"),
-            _ => {}
-        }
+        self.one_content(&entries, root, "a campaign");
         let (mut id, mut name, mut description, mut trigger, mut audience) = (None, None, None, None, None);
         let (mut messages, mut frequency_cap, mut quiet_hours) = (None, None, None);
         let (mut goal, mut holdout, mut variants) = (None, None, Vec::new());
+        let (mut steps, mut exit, mut exit_pos) = (Vec::new(), None, None);
         for &(key, _, value) in &entries {
             match key {
                 "id" => id = self.r.id("campaign", value),
@@ -198,14 +197,25 @@ impl Parser<'_> {
                 "goal" => goal = self.goal(value),
                 "holdout" => holdout = self.holdout(value),
                 "variants" => {
-                    if let Some((arms, specs, positions)) = self.variants(value) {
+                    if let Some((arms, specs, positions)) = self.variants(value, 0) {
                         variants = arms;
                         messages = Some((specs, positions));
                     }
                 }
+                "steps" => {
+                    if let Some((parsed, specs, positions)) = self.steps(value) {
+                        steps = parsed;
+                        messages = Some((specs, positions));
+                    }
+                }
+                "exit" => {
+                    exit_pos = Some(value.pos);
+                    exit = self.exit(value);
+                }
                 _ => {}
             }
         }
+        self.check_steps(&entries, trigger.as_ref(), goal.is_some(), exit.as_ref(), exit_pos);
         let campaign = match (&id, name, trigger, messages) {
             (Some((id, _)), Some(name), Some(trigger), Some((messages, positions)))
                 if self.r.errors == errors_before =>
@@ -224,6 +234,8 @@ impl Parser<'_> {
                         goal,
                         holdout,
                         variants,
+                        steps,
+                        exit,
                     },
                     positions,
                 ))
@@ -370,9 +382,154 @@ impl Parser<'_> {
         Some(Timing::At { property: property?, offset: offset? })
     }
 
+    /// Exactly one of `messages`, `variants` (and for a campaign `steps`).
+    fn one_content(&mut self, entries: &Entries<'_>, node: &Node, place: &str) {
+        let given: Vec<(&str, Pos)> = entries
+            .iter()
+            .filter(|(k, _, _)| matches!(*k, "messages" | "variants" | "steps"))
+            .map(|(k, key, _)| (*k, key.pos))
+            .collect();
+        match given.as_slice() {
+            [] if place == "a campaign" => {
+                self.r.error(node.pos, "missing required key `messages` (or `variants`, `steps`) in a campaign")
+            }
+            [] => self.r.error(node.pos, format!("missing required key `messages` (or `variants`) in {place}")),
+            [_] => {}
+            [(first, _), (second, pos), ..] => {
+                self.r.error(*pos, format!("`{first}` and `{second}` exclude each other: give one"))
+            }
+        }
+    }
+
+    /// `steps: [{id, wait?, at?, if?, messages | variants}, …]`: the steps,
+    /// and all their messages one after the other.
+    fn steps(&mut self, node: &Node) -> Option<(Vec<Step>, Vec<MessageSpec>, Vec<MessagePositions>)> {
+        let NodeKind::Seq(items) = &node.kind else {
+            self.r.wrong_type(node, "a list of steps {id, wait?, at?, if?, messages}");
+            return None;
+        };
+        if items.is_empty() {
+            self.r.error(node.pos, "`steps` needs at least 1 step");
+            return None;
+        }
+        let errors_before = self.r.errors;
+        let (mut steps, mut specs, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        for item in items {
+            let Some(entries) = self.r.entries(item, "a step (a map with id and messages)") else { continue };
+            self.unknown_keys(&entries, &["id", "wait", "at", "if", "messages", "variants"], "a step");
+            self.require(&entries, item, &["id"], "a step");
+            self.one_content(&entries, item, "a step");
+            let mut step = Step {
+                id: String::new(),
+                wait: Duration::zero(),
+                at: None,
+                if_segment: None,
+                messages: specs.len()..specs.len(),
+                variants: Vec::new(),
+            };
+            let mut content = None;
+            for &(key, _, value) in &entries {
+                match key {
+                    "id" => {
+                        let earlier: Vec<&str> = steps.iter().map(|s: &Step| s.id.as_str()).collect();
+                        step.id = self.short_id(value, "step", &earlier).unwrap_or_default();
+                    }
+                    "wait" => step.wait = self.duration(value).unwrap_or_default(),
+                    "at" => step.at = self.clock_time(value),
+                    "if" => step.if_segment = self.step_if(value),
+                    "messages" => content = self.messages(value).map(|(s, p)| (Vec::new(), s, p)),
+                    "variants" => content = self.variants(value, specs.len()),
+                    _ => {}
+                }
+            }
+            if let Some((variants, more, at)) = content {
+                step.messages = specs.len()..specs.len() + more.len();
+                step.variants = variants;
+                specs.extend(more);
+                positions.extend(at);
+                steps.push(step);
+            }
+        }
+        (self.r.errors == errors_before).then_some((steps, specs, positions))
+    }
+
+    /// `if: {segment: ID}`.
+    fn step_if(&mut self, node: &Node) -> Option<String> {
+        let entries = self.r.entries(node, "a map {segment: ID}")?;
+        self.unknown_keys(&entries, &["segment"], "`if`");
+        self.require(&entries, node, &["segment"], "`if`");
+        let value = entries.iter().find(|(k, _, _)| *k == "segment").map(|&(_, _, value)| value)?;
+        self.segment_ref(value)
+    }
+
+    /// `exit: {goal?: true, segment_exited?: ID, event?: {event, match?}}`.
+    fn exit(&mut self, node: &Node) -> Option<Exit> {
+        let errors_before = self.r.errors;
+        let entries = self.r.entries(node, "a map {goal: true, segment_exited: ID, event: {event, match}}")?;
+        self.unknown_keys(&entries, &["goal", "segment_exited", "event"], "`exit`");
+        let mut exit = Exit::default();
+        for &(key, _, value) in &entries {
+            match key {
+                "goal" => match value.kind {
+                    NodeKind::Bool(flag) => exit.goal = flag,
+                    _ => self.r.wrong_type(value, "true or false"),
+                },
+                "segment_exited" => exit.segment_exited = self.segment_ref(value),
+                "event" => exit.event = self.unless(value),
+                _ => {}
+            }
+        }
+        (self.r.errors == errors_before).then_some(exit)
+    }
+
+    /// Steps need an event or segment-entry trigger; `exit` needs steps, and
+    /// `exit.goal` a goal.
+    fn check_steps(
+        &mut self,
+        entries: &Entries<'_>,
+        trigger: Option<&Trigger>,
+        has_goal: bool,
+        exit: Option<&Exit>,
+        exit_pos: Option<Pos>,
+    ) {
+        let steps_pos = entries.iter().find(|(k, _, _)| *k == "steps").map(|(_, key, _)| key.pos);
+        if let (Some(pos), Some(Trigger::Schedule { .. })) = (steps_pos, trigger) {
+            self.r.error(pos, "`steps` need an `event` or `segment_entered` trigger, not a `schedule`");
+        }
+        if let Some(pos) = exit_pos {
+            if steps_pos.is_none() {
+                self.r.error(pos, "`exit` ends a sequence: it needs `steps`");
+            } else if exit.is_some_and(|e| e.goal) && !has_goal {
+                self.r.error(pos, "`exit.goal` needs a `goal` to convert on");
+            }
+        }
+    }
+
+    /// A `[a-z0-9_]{1,32}` id of a `what` (variant, step), unique among `earlier`.
+    fn short_id(&mut self, node: &Node, what: &str, earlier: &[&str]) -> Option<String> {
+        let text = self.r.string(node)?;
+        let valid = !text.is_empty()
+            && text.len() <= 32
+            && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            self.r.error(node.pos, format!("invalid {what} id {:?}: must match [a-z0-9_]{{1,32}}", shorten(&text)));
+            return None;
+        }
+        if earlier.contains(&text.as_str()) {
+            self.r.error(node.pos, format!("duplicate {what} id `{text}`"));
+            return None;
+        }
+        Some(text)
+    }
+
     /// `variants: [{id, weight, messages}, …]`: the arms, and their messages
-    /// one after the other (with where each was written).
-    fn variants(&mut self, node: &Node) -> Option<(Vec<Variant>, Vec<MessageSpec>, Vec<MessagePositions>)> {
+    /// one after the other (with where each was written), numbered from
+    /// `base` in the campaign's messages.
+    fn variants(
+        &mut self,
+        node: &Node,
+        base: usize,
+    ) -> Option<(Vec<Variant>, Vec<MessageSpec>, Vec<MessagePositions>)> {
         let NodeKind::Seq(items) = &node.kind else {
             self.r.wrong_type(node, "a list of variants {id, weight, messages}");
             return None;
@@ -390,14 +547,18 @@ impl Parser<'_> {
             let (mut id, mut weight, mut messages) = (None, None, None);
             for &(key, _, value) in &entries {
                 match key {
-                    "id" => id = self.variant_id(value, &arms),
+                    "id" => {
+                        let earlier: Vec<&str> = arms.iter().map(|a: &Variant| a.id.as_str()).collect();
+                        id = self.short_id(value, "variant", &earlier);
+                    }
                     "weight" => weight = self.weight(value),
                     "messages" => messages = self.messages(value),
                     _ => {}
                 }
             }
             if let (Some(id), Some(weight), Some((more, at))) = (id, weight, messages) {
-                arms.push(Variant { id, weight, messages: specs.len()..specs.len() + more.len() });
+                let start = base + specs.len();
+                arms.push(Variant { id, weight, messages: start..start + more.len() });
                 specs.extend(more);
                 positions.extend(at);
             }
@@ -407,22 +568,6 @@ impl Parser<'_> {
             self.r.error(node.pos, format!("variant weights must sum to 100, found {total}"));
         }
         (self.r.errors == errors_before).then_some((arms, specs, positions))
-    }
-
-    fn variant_id(&mut self, node: &Node, earlier: &[Variant]) -> Option<String> {
-        let text = self.r.string(node)?;
-        let valid = !text.is_empty()
-            && text.len() <= 32
-            && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !valid {
-            self.r.error(node.pos, format!("invalid variant id {:?}: must match [a-z0-9_]{{1,32}}", shorten(&text)));
-            return None;
-        }
-        if earlier.iter().any(|v| v.id == text) {
-            self.r.error(node.pos, format!("duplicate variant id `{text}`"));
-            return None;
-        }
-        Some(text)
     }
 
     /// A whole percent from 1 to 100.

@@ -383,13 +383,22 @@ impl CampaignSet {
     /// LINE's limits (altText ≤ 1,500 characters, bubble ≤ 30 KB, carousel ≤
     /// 12 bubbles and 50 KB).
     pub fn render(&self, campaign: &Campaign, ctx: &RenderContext<'_>) -> Result<Vec<Value>, RenderError> {
+        self.render_step(campaign, None, ctx)
+    }
+
+    /// [`CampaignSet::render`] for one step of a sequence (`None`: a
+    /// campaign without steps, or its first step).
+    pub fn render_step(
+        &self,
+        campaign: &Campaign,
+        step: Option<usize>,
+        ctx: &RenderContext<'_>,
+    ) -> Result<Vec<Value>, RenderError> {
         let context = Context::from(context_json(&campaign.id, &campaign.name, ctx, false));
-        // With variants, the recipient's variant's messages (their alt_text
-        // templates are named by their place in `campaign.messages`).
-        let range = match campaign.messages_for(ctx.line_user_id).0 {
-            Some(variant) => variant.messages.clone(),
-            None => 0..campaign.messages.len(),
-        };
+        // The step's (or campaign's) messages, or the recipient's variant's:
+        // their alt_text templates are named by their place in `campaign.messages`.
+        let step = step.or((!campaign.steps.is_empty()).then_some(0));
+        let (_, range) = campaign.message_range(step, ctx.line_user_id);
         let mut messages = Vec::with_capacity(range.len());
         for (index, message) in range.clone().zip(&campaign.messages[range]) {
             let rendered = self.flex.render_with_context(&message.template, &context).map_err(|error| {

@@ -77,7 +77,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         errors(&campaign("  segment_entered: gold_members\n", "colour: red\n")),
         vec![
-            "c.yaml:8:1: unknown key `colour` in a campaign (expected one of: id, name, description, trigger, audience, messages, variants, frequency_cap, quiet_hours, goal, holdout)"
+            "c.yaml:8:1: unknown key `colour` in a campaign (expected one of: id, name, description, trigger, audience, messages, variants, frequency_cap, quiet_hours, goal, holdout, steps, exit)"
         ]
     );
 }
@@ -494,9 +494,63 @@ fn variant_errors_point_at_the_value() {
     ));
     assert_eq!(one, ["c.yaml:6:3: `variants` needs at least 2 variants, found 1"]);
     let neither = errors(head);
-    assert_eq!(neither, ["c.yaml:1:1: missing required key `messages` (or `variants`) in a campaign"]);
+    assert_eq!(neither, ["c.yaml:1:1: missing required key `messages` (or `variants`, `steps`) in a campaign"]);
     let bad = VARIANTS.replace("weight: 30", "weight: 0").replace("id: story", "id: Story");
     let bad = errors(&format!("{head}{bad}"));
     assert!(bad.iter().any(|e| e.starts_with("c.yaml:7:13: expected a whole percent from 1 to 100")), "{bad:?}");
     assert!(bad.iter().any(|e| e.contains("invalid variant id \"Story\"")), "{bad:?}");
+}
+
+const STEPS: &str = "steps:\n  - id: thanks\n    messages: [ { template: t, alt_text: a } ]\n  - id: day3\n    wait: 3d\n    at: \"10:00\"\n    if: { segment: gold_members }\n    variants:\n      - { id: coupon, weight: 50, messages: [ { template: t, alt_text: b } ] }\n      - { id: story, weight: 50, messages: [ { template: t, alt_text: c } ] }\nexit:\n  goal: true\n  event: { event: unsubscribe_request }\n";
+const GOAL: &str = "goal: { event: purchase, within: 14d }\n";
+
+#[test]
+fn steps_load_with_their_messages_variants_and_exit() {
+    let text = format!("id: c\nname: n\ntrigger:\n  event: purchase\n{STEPS}{GOAL}");
+    let set =
+        CampaignSet::from_sources(vec![(PathBuf::from("c.yaml"), text)], vec![template("t", BUBBLE)], &segments())
+            .unwrap();
+    let c = set.get("c").unwrap();
+    let steps: Vec<(&str, chrono::Duration, Option<String>, std::ops::Range<usize>, usize)> = c
+        .steps
+        .iter()
+        .map(|s| (s.id.as_str(), s.wait, s.if_segment.clone(), s.messages.clone(), s.variants.len()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("thanks", chrono::Duration::zero(), None, 0..1, 0),
+            ("day3", chrono::Duration::days(3), Some("gold_members".to_string()), 1..3, 2),
+        ]
+    );
+    assert_eq!(c.steps[1].at.unwrap().to_string(), "10:00:00");
+    let exit = c.exit.as_ref().unwrap();
+    assert!(exit.goal && exit.segment_exited.is_none());
+    assert_eq!(exit.event.as_ref().unwrap().event, "unsubscribe_request");
+    // Each step renders its own messages (a step's variant for a user).
+    let (variant, range) = c.message_range(Some(1), Some("U1"));
+    assert!(range.start >= 1 && range.end <= 3 && range.len() == 1, "{range:?}");
+    assert!(variant.is_some());
+    assert_eq!(c.message_range(Some(0), Some("U1")), (None, 0..1));
+}
+
+#[test]
+fn step_errors_point_at_the_value() {
+    let head = |trigger: &str| format!("id: c\nname: n\ntrigger:\n{trigger}");
+    let on_schedule =
+        errors(&format!("{}{STEPS}{GOAL}", head("  schedule: \"0 0 9 * * *\"\n  audience: gold_members\n")));
+    assert_eq!(on_schedule, ["c.yaml:6:1: `steps` need an `event` or `segment_entered` trigger, not a `schedule`"]);
+    let without_goal = errors(&format!("{}{STEPS}", head("  event: purchase\n")));
+    assert_eq!(without_goal, ["c.yaml:16:3: `exit.goal` needs a `goal` to convert on"]);
+    let without_steps = errors(&format!("{}{MESSAGES}exit: {{ goal: true }}\n{GOAL}", head("  event: purchase\n")));
+    assert_eq!(without_steps, ["c.yaml:8:7: `exit` ends a sequence: it needs `steps`"]);
+    let duplicate = STEPS.replace("id: day3", "id: thanks");
+    let duplicate = errors(&format!("{}{duplicate}{GOAL}", head("  event: purchase\n")));
+    assert_eq!(duplicate, ["c.yaml:8:9: duplicate step id `thanks`"]);
+    let both = STEPS.replace("    variants:\n", "    messages: [ { template: t, alt_text: x } ]\n    variants:\n");
+    let both = errors(&format!("{}{both}{GOAL}", head("  event: purchase\n")));
+    assert_eq!(both, ["c.yaml:13:5: `messages` and `variants` exclude each other: give one"]);
+    let unknown = STEPS.replace("segment: gold_members", "segment: nope");
+    let unknown = errors(&format!("{}{unknown}{GOAL}", head("  event: purchase\n")));
+    assert_eq!(unknown, ["c.yaml:11:20: unknown segment `nope`"]);
 }

@@ -137,6 +137,12 @@ pub enum SkipReason {
     /// Sendable, but in the campaign's control group (`holdout`): nothing is
     /// sent, and its conversions are measured as the treated group's.
     Holdout,
+    /// A step of a sequence whose id is no longer in the campaign file.
+    StepRemoved,
+    /// The user's sequence ended (`exit`) before this step.
+    Exited,
+    /// The step's `if` did not hold (the sequence goes on).
+    StepCondition,
 }
 
 impl SkipReason {
@@ -152,6 +158,9 @@ impl SkipReason {
             SkipReason::CampaignRemoved => "campaign_removed",
             SkipReason::Expired => "expired",
             SkipReason::Holdout => "holdout",
+            SkipReason::StepRemoved => "step_removed",
+            SkipReason::Exited => "exited",
+            SkipReason::StepCondition => "step_condition",
         }
     }
 }
@@ -175,6 +184,9 @@ impl SkipReason {
             "campaign_removed" => SkipReason::CampaignRemoved,
             "expired" => SkipReason::Expired,
             "holdout" => SkipReason::Holdout,
+            "step_removed" => SkipReason::StepRemoved,
+            "exited" => SkipReason::Exited,
+            "step_condition" => SkipReason::StepCondition,
             _ => return None,
         })
     }

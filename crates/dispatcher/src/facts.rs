@@ -78,6 +78,10 @@ pub async fn decide_deliveries(
             if let Trigger::Event { unless: Some(unless), .. } = &campaign.trigger {
                 send.cancelled = cancelled_by(unless, &delivery.context, facts.events.get(user), now);
             }
+            if let Some(step) = delivery.context.get("step").and_then(Value::as_str) {
+                let record = facts.events.get(user);
+                send.step = step_stop(campaign, step, &delivery.context, user_facts, record, now, context.timezone);
+            }
             if campaign.frequency_cap.is_some() {
                 let stored = facts.by_campaign.get(&(campaign.id.as_str(), user)).copied().unwrap_or(0);
                 send.sent_by_campaign =
@@ -141,7 +145,11 @@ impl<'a> BatchFacts<'a> {
         let all: Vec<LineUserId> =
             pairs.into_iter().filter(|(_, u)| distinct.insert(*u)).map(|(_, u)| u.clone()).collect();
 
-        let segments: BTreeSet<String> = batch.iter().filter_map(|(_, c, _)| c.audience.clone()).collect();
+        let mut segments: BTreeSet<String> = batch.iter().filter_map(|(_, c, _)| c.audience.clone()).collect();
+        for (_, campaign, _) in &batch {
+            segments.extend(campaign.steps.iter().filter_map(|s| s.if_segment.clone()));
+            segments.extend(campaign.exit.as_ref().and_then(|e| e.segment_exited.clone()));
+        }
         let users = context.outbox.send_facts(&all, &Vec::from_iter(segments)).await?;
 
         let mut unless_types = BTreeSet::new();
@@ -149,6 +157,17 @@ impl<'a> BatchFacts<'a> {
         for (_, campaign, list) in &batch {
             if let Trigger::Event { unless: Some(unless), .. } = &campaign.trigger {
                 unless_types.insert(unless.event.clone());
+                unless_users.extend(list.iter().map(|u| (*u).clone()));
+            }
+            // A sequence's exit by event or by conversion reads the user's events too.
+            let exit = campaign.exit.as_ref().filter(|_| !campaign.steps.is_empty());
+            let exit_types = exit.map(|e| {
+                let by_event = e.event.as_ref().map(|u| u.event.clone());
+                let by_goal = campaign.goal.as_ref().filter(|_| e.goal).map(|g| g.event.clone());
+                [by_event, by_goal]
+            });
+            for event_type in exit_types.into_iter().flatten().flatten() {
+                unless_types.insert(event_type);
                 unless_users.extend(list.iter().map(|u| (*u).clone()));
             }
         }
@@ -178,6 +197,58 @@ impl<'a> BatchFacts<'a> {
             None => HashMap::new(),
         };
         Ok(Self { users, events, by_campaign, overall })
+    }
+}
+
+/// Why a step of a sequence must not go now, if it must not: its id is gone
+/// from the file, the sequence ended before this (later) step (`exit`: the
+/// user is no longer in the segment, the exit event happened or the user
+/// converted since the sequence started), or its `if` segment does not hold
+/// the user.
+fn step_stop(
+    campaign: &Campaign,
+    step: &str,
+    context: &Value,
+    user: Option<&UserSendFacts>,
+    record: Option<&UserRecord>,
+    now: DateTime<Utc>,
+    tz: chrono_tz::Tz,
+) -> Option<SkipReason> {
+    let Some((index, step)) = campaign.step(step) else { return Some(SkipReason::StepRemoved) };
+    let in_segment = |segment: &str| user.is_some_and(|u| u.segments.contains(segment));
+    let started = context
+        .get("started_at")
+        .and_then(Value::as_str)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    // `exit` ends a sequence before a later step: the first always goes.
+    if let (Some(exit), Some(started), true) = (&campaign.exit, started, index > 0) {
+        let left = exit.segment_exited.as_deref().is_some_and(|s| !in_segment(s));
+        let empty = serde_json::Map::new();
+        let trigger_props =
+            context.get("event").and_then(|e| e.get("properties")).and_then(Value::as_object).unwrap_or(&empty);
+        let events = record.map(|r| r.events.as_slice()).unwrap_or_default();
+        let by_event = exit.event.as_ref().is_some_and(|unless| {
+            events
+                .iter()
+                .any(|e| unless.cancels(started, trigger_props, &e.event_type, e.occurred_at, &e.properties, now))
+        });
+        let converted = campaign.goal.as_ref().filter(|_| exit.goal).is_some_and(|goal| {
+            let end = started.checked_add_signed(goal.within).unwrap_or(DateTime::<Utc>::MAX_UTC).min(now);
+            events.iter().any(|e| {
+                e.event_type == goal.event
+                    && e.occurred_at > started
+                    && e.occurred_at <= end
+                    && goal.goal_event("", e.occurred_at, &e.properties, now, tz).is_some()
+            })
+        });
+        if left || by_event || converted {
+            return Some(SkipReason::Exited);
+        }
+    }
+    match &step.if_segment {
+        Some(segment) if !in_segment(segment) => Some(SkipReason::StepCondition),
+        _ => None,
     }
 }
 

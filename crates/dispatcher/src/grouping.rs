@@ -61,9 +61,10 @@ pub(crate) struct Sends {
 }
 
 impl Sends {
-    pub(crate) fn add(&mut self, campaign_id: String, messages: Arc<Value>, delivery_id: i64, user: LineUserId) {
+    /// Adds a send of `unit` (the campaign's, or its step's, aggregation unit).
+    pub(crate) fn add(&mut self, unit: String, messages: Arc<Value>, delivery_id: i64, user: LineUserId) {
         let key = self.key_of(&messages);
-        let payloads = self.groups.entry((campaign_id, key)).or_default();
+        let payloads = self.groups.entry((unit, key)).or_default();
         match payloads.iter_mut().find(|(known, _)| Arc::ptr_eq(known, &messages) || **known == *messages) {
             Some((_, recipients)) => recipients.push((delivery_id, user)),
             None => payloads.push((messages, vec![(delivery_id, user)])),
@@ -84,8 +85,7 @@ impl Sends {
     /// The requests: per campaign and payload, see [`group_requests`].
     pub(crate) fn into_requests(self) -> Vec<NewRequest> {
         let mut out = Vec::new();
-        for ((campaign_id, _), payloads) in self.groups {
-            let unit = renkei_campaigns::aggregation_unit(&campaign_id, None);
+        for ((unit, _), payloads) in self.groups {
             for (messages, recipients) in payloads {
                 out.extend(group_requests(&messages, recipients, &unit));
             }

@@ -130,7 +130,7 @@ impl Dispatcher {
         };
         let unresolved: HashSet<i64> = deliveries.iter().filter(|d| d.line_user_id.is_none()).map(|d| d.id).collect();
         let decisions = decide_deliveries(&context, &mut deliveries, now).await?;
-        // Grouped by campaign and payload (by the messages themselves, see `PayloadKey`).
+        // Grouped by aggregation unit (campaign, or step) and payload (by the messages themselves, see `PayloadKey`).
         let mut sends = Sends::default();
         for (delivery, decision) in deliveries.into_iter().zip(decisions) {
             if unresolved.contains(&delivery.id)
@@ -153,7 +153,9 @@ impl Dispatcher {
                         if held_out {
                             outcome.skips.push((delivery.id, SkipReason::Holdout));
                         } else {
-                            sends.add(delivery.campaign_id, delivery.messages, delivery.id, user);
+                            let step = delivery.context.get("step").and_then(serde_json::Value::as_str);
+                            let unit = renkei_campaigns::aggregation_unit(&delivery.campaign_id, step);
+                            sends.add(unit, delivery.messages, delivery.id, user);
                         }
                     }
                 }

@@ -36,6 +36,8 @@ pub struct SendFacts {
     pub in_audience: bool,
     /// The `unless` event happened.
     pub cancelled: bool,
+    /// A step of a sequence: why it must not go (removed, exited, its `if`).
+    pub step: Option<SkipReason>,
     /// Messages this campaign sent the user within its cap window.
     pub sent_by_campaign: u64,
     /// Messages all campaigns sent the user within the global cap window.
@@ -82,6 +84,9 @@ pub fn decide(
     }
     if facts.cancelled {
         return Decision::Skip(SkipReason::Cancelled);
+    }
+    if let Some(reason) = facts.step {
+        return Decision::Skip(reason);
     }
     let release = [campaign.quiet_hours, global.quiet_hours.as_ref()]
         .into_iter()

@@ -26,6 +26,9 @@ pub struct DryRunRow {
     pub detail: Option<String>,
     /// When the delivery is due (event triggers: the queued reminder's time).
     pub due_at: String,
+    /// The step of a sequence the recipient gets (its first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     /// The A/B variant the recipient gets, if the campaign has variants.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
@@ -127,13 +130,16 @@ pub async fn dry_run(
                 Decision::Skip(reason) => ("skip", Some(reason.as_str().to_string())),
                 Decision::Defer(until) => ("defer", Some(rfc3339(until))),
             };
-            let variant = delivery
-                .line_user_id
-                .as_ref()
-                .and_then(|u| campaigns.get(&delivery.campaign_id)?.variant_for(u.as_str()))
-                .map(|v| v.id.clone());
+            // A sequence's recipient would get its first step now.
+            let campaign = campaigns.get(&delivery.campaign_id);
+            let first_step = campaign.and_then(|c| c.steps.first()).map(|s| s.id.clone());
+            let user = delivery.line_user_id.as_ref().map(|u| u.as_str());
+            let step_index = first_step.as_ref().map(|_| 0);
+            let variant =
+                campaign.and_then(|c| user.and_then(|u| c.message_range(step_index, Some(u)).0)).map(|v| v.id.clone());
             DryRunRow {
                 variant,
+                step: first_step,
                 line_user_id: delivery.line_user_id.map(|u| u.as_str().to_string()),
                 member_id: delivery.member_id.map(|m| m.as_str().to_string()),
                 decision,

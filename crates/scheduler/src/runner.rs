@@ -347,7 +347,7 @@ impl CampaignRunner {
                 let user = &t.transition.line_user_id;
                 let record = records.get(user);
                 let context = json!({"segment": segment, "entered_at": rfc3339(t.transition.at)});
-                deliveries.push(self.delivery(
+                deliveries.extend(self.deliveries(
                     campaign,
                     format!("entered:{}", t.id),
                     Some(user.clone()),
@@ -525,7 +525,7 @@ impl CampaignRunner {
                         now
                     }
                 };
-                deliveries.push(self.delivery(
+                deliveries.extend(self.deliveries(
                     campaign,
                     format!("event:{}", event.id),
                     line_user.clone(),
@@ -631,6 +631,7 @@ impl CampaignRunner {
                         fire_at,
                         json!({"fire_at": rfc3339(fire_at)}),
                         now,
+                        None,
                     )
                 })
                 .collect();
@@ -667,8 +668,70 @@ impl CampaignRunner {
         Ok(())
     }
 
-    /// Renders the campaign for one recipient; a render failure becomes a
-    /// delivery the dispatcher skips as `invalid_trigger`, with the reason kept.
+    /// The deliveries of one trigger instance for one recipient: one, or
+    /// one per step of a sequence (trigger key `…/<step id>`, due at
+    /// [`Campaign::step_times`] from `due_at`, context naming the step and
+    /// when the sequence started). All are enqueued at once, so each step
+    /// goes exactly once; what may stop a later step is judged at its send
+    /// time (`exit`, `if`, a step removed from the file).
+    #[allow(clippy::too_many_arguments)]
+    fn deliveries(
+        &self,
+        campaign: &Campaign,
+        trigger_key: String,
+        line_user_id: Option<LineUserId>,
+        member_id: Option<MemberId>,
+        attributes: Option<&Map<String, Value>>,
+        event: Option<&Value>,
+        due_at: DateTime<Utc>,
+        context: Value,
+        now: DateTime<Utc>,
+    ) -> Vec<NewDelivery> {
+        if campaign.steps.is_empty() {
+            let one = self.delivery(
+                campaign,
+                trigger_key,
+                line_user_id,
+                member_id,
+                attributes,
+                event,
+                due_at,
+                context,
+                now,
+                None,
+            );
+            return vec![one];
+        }
+        let times = campaign.step_times(due_at, self.settings.timezone);
+        campaign
+            .steps
+            .iter()
+            .zip(times)
+            .enumerate()
+            .map(|(k, (step, due))| {
+                let mut context = context.clone();
+                context["step"] = Value::String(step.id.clone());
+                context["started_at"] = Value::String(rfc3339(due_at));
+                let key = format!("{trigger_key}/{}", step.id);
+                self.delivery(
+                    campaign,
+                    key,
+                    line_user_id.clone(),
+                    member_id.clone(),
+                    attributes,
+                    event,
+                    due,
+                    context,
+                    now,
+                    Some(k),
+                )
+            })
+            .collect()
+    }
+
+    /// Renders the campaign (or one of its steps) for one recipient; a render
+    /// failure becomes a delivery the dispatcher skips as `invalid_trigger`,
+    /// with the reason kept.
     #[allow(clippy::too_many_arguments)]
     fn delivery(
         &self,
@@ -681,6 +744,7 @@ impl CampaignRunner {
         due_at: DateTime<Utc>,
         mut context: Value,
         now: DateTime<Utc>,
+        step: Option<usize>,
     ) -> NewDelivery {
         let ctx = RenderContext {
             member_id: member_id.as_ref().map(|m| m.as_str()),
@@ -692,7 +756,7 @@ impl CampaignRunner {
             timezone: self.settings.timezone,
             public_base_url: &self.settings.public_base_url,
         };
-        let messages = match self.campaigns.render(campaign, &ctx) {
+        let messages = match self.campaigns.render_step(campaign, step, &ctx) {
             Ok(messages) => Value::Array(messages),
             Err(error) => {
                 tracing::warn!(campaign = %campaign.id, %error, "rendering failed; the delivery will be skipped");
@@ -700,7 +764,8 @@ impl CampaignRunner {
                 Value::Array(Vec::new())
             }
         };
-        if let Some(variant) = line_user_id.as_ref().and_then(|u| campaign.variant_for(u.as_str())) {
+        let user = line_user_id.as_ref().map(|u| u.as_str());
+        if let (Some(variant), Some(_)) = (campaign.message_range(step, user).0, user) {
             context["variant"] = Value::String(variant.id.clone());
         }
         let recipient_key = match (&line_user_id, &member_id) {
