@@ -511,7 +511,8 @@ fn steps_load_with_their_messages_variants_and_exit() {
         CampaignSet::from_sources(vec![(PathBuf::from("c.yaml"), text)], vec![template("t", BUBBLE)], &segments())
             .unwrap();
     let c = set.get("c").unwrap();
-    let steps: Vec<(&str, chrono::Duration, Option<String>, std::ops::Range<usize>, usize)> = c
+    type StepShape<'a> = (&'a str, chrono::Duration, Option<String>, std::ops::Range<usize>, usize);
+    let steps: Vec<StepShape<'_>> = c
         .steps
         .iter()
         .map(|s| (s.id.as_str(), s.wait, s.if_segment.clone(), s.messages.clone(), s.variants.len()))
