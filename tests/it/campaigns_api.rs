@@ -39,6 +39,7 @@ renkei_test_support::on_both_backends!(
     tracked_links_redirect_to_the_rendered_target_once_per_recipient,
     links_of_the_previous_key_work_and_of_a_removed_key_are_404,
     goals_and_the_holdout_are_measured_end_to_end,
+    a_sequence_sends_its_steps_skips_by_if_and_ends_on_exit,
 );
 
 /// Segment, campaign and template directories, kept alive with the app.
@@ -503,4 +504,53 @@ async fn goals_and_the_holdout_are_measured_end_to_end(backend: Backend) {
     let ci = lift["ci95"].as_array().expect("interval");
     let absolute = lift["absolute"].as_f64().expect("absolute");
     assert!(ci[0].as_f64().expect("low") <= absolute && absolute <= ci[1].as_f64().expect("high"), "{lift}");
+}
+
+const VIP: &str = "id: vip\nname: VIP\nrule:\n  attribute: rank\n  eq: vip\n";
+/// Three steps a second or two apart: the second only for VIPs, and an
+/// unsubscribe request ends the sequence.
+const SEQUENCE: &str = "id: welcome_steps\nname: ステップ\ntrigger:\n  segment_entered: buyers\nsteps:\n  - id: thanks\n    messages: [ { template: thanks, alt_text: 一通目 } ]\n  - id: vip_only\n    wait: 1s\n    if: { segment: vip }\n    messages: [ { template: thanks, alt_text: 二通目 } ]\n  - id: last\n    wait: 2s\n    messages: [ { template: thanks, alt_text: 三通目 } ]\nexit:\n  event: { event: unsubscribe_request }\n";
+
+async fn a_sequence_sends_its_steps_skips_by_if_and_ends_on_exit(backend: Backend) {
+    let files = files();
+    for old in ["thanks.yaml", "review_request.yaml"] {
+        std::fs::remove_file(files.campaigns.path().join(old)).expect("only the sequence");
+    }
+    std::fs::write(files.campaigns.path().join("welcome_steps.yaml"), SEQUENCE).expect("campaign");
+    std::fs::write(files.segments.path().join("vip.yaml"), VIP).expect("segment");
+    let Some((app, sim)) = spawn(backend, &files).await else { return };
+    scheduler_started(&app).await;
+    buy(&app, "m1", USER_1).await;
+    let (status, body) =
+        app.post("/v1/members", &json!({"members": [{"member_id": "m2", "attributes": {"rank": "vip"}}]})).await;
+    assert_eq!(status, 200, "{body}");
+    buy(&app, "m2", USER_2).await;
+    let alts = |user: &str| -> Vec<String> {
+        sim.messages_to(user).iter().map(|m| m["altText"].as_str().unwrap_or_default().to_string()).collect()
+    };
+    // The VIP gets the second step; then asks to stop before the last.
+    eventually("the VIP's second step", async || (alts(USER_2).len() == 2).then_some(())).await;
+    let now = chrono::Utc::now().to_rfc3339();
+    let stop = json!({"type": "unsubscribe_request", "line_user_id": USER_2, "occurred_at": now});
+    let (status, body) = app.post("/v1/events", &json!({"events": [stop]})).await;
+    assert_eq!(status, 200, "{body}");
+    let body = eventually("every step decided", async || {
+        let body = stats(&app, "welcome_steps").await;
+        let pending: u64 =
+            ["thanks", "vip_only", "last"].iter().map(|s| body["steps"][s]["pending"].as_u64().unwrap_or(1)).sum();
+        (pending == 0).then_some(body)
+    })
+    .await;
+    assert_eq!(alts(USER_1), ["一通目", "三通目"], "not a VIP: the second step is skipped, the sequence goes on");
+    assert_eq!(alts(USER_2), ["一通目", "二通目"], "the VIP stopped the sequence before the last step");
+    let step = |id: &str| {
+        let s = &body["steps"][id];
+        (s["sent"].as_u64(), s["skipped"].as_u64(), s["exited"].as_u64())
+    };
+    assert_eq!(step("thanks"), (Some(2), Some(0), Some(0)), "{body}");
+    assert_eq!(step("vip_only"), (Some(1), Some(1), Some(0)), "{body}");
+    assert_eq!(step("last"), (Some(1), Some(0), Some(1)), "{body}");
+    assert_eq!(body["skipped_by_reason"], json!({"exited": 1, "step_condition": 1}), "{body}");
+    assert_eq!(body["steps"]["vip_only"]["unit"], "welcome_steps_vip_only");
+    assert_eq!(sim.unit_reach("welcome_steps_vip_only"), 1, "each step's requests carry its own unit");
 }
