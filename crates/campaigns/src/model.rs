@@ -259,10 +259,20 @@ pub enum Trigger {
     Schedule { expr: String, schedule: cron::Schedule, audience: String },
     /// On an event of `event_type`, at a time relative to it, unless a
     /// cancelling event has arrived by send time.
-    Event { event_type: String, timing: Timing, unless: Option<Unless> },
+    /// Only events whose properties pass `filters` (`where`, as in segments) trigger it.
+    Event { event_type: String, timing: Timing, unless: Option<Unless>, filters: Vec<renkei_segments::PropertyFilter> },
 }
 
 impl Trigger {
+    /// Whether an event with `properties` passes an event trigger's `where`
+    /// (at `now`, in `tz`); other triggers take no events.
+    pub fn takes_event(&self, properties: &Map<String, Value>, now: DateTime<Utc>, tz: Tz) -> bool {
+        match self {
+            Trigger::Event { filters, .. } => renkei_segments::properties_match(filters, properties, now, tz),
+            _ => false,
+        }
+    }
+
     /// The segments this trigger names (entry segment or schedule audience).
     pub fn segment(&self) -> Option<&str> {
         match self {

@@ -275,7 +275,7 @@ impl Parser<'_> {
         let Some((kind, value)) = kind else {
             self.unknown_keys(
                 &entries,
-                &["segment_entered", "schedule", "event", "audience", "at", "delay", "unless"],
+                &["segment_entered", "schedule", "event", "audience", "at", "delay", "unless", "where"],
                 "a trigger",
             );
             self.r.error(node.pos, "a trigger needs exactly one of: segment_entered, schedule, event");
@@ -284,7 +284,7 @@ impl Parser<'_> {
         let allowed: &[&str] = match kind {
             "segment_entered" => &["segment_entered"],
             "schedule" => &["schedule", "audience"],
-            _ => &["event", "at", "delay", "unless"],
+            _ => &["event", "where", "at", "delay", "unless"],
         };
         for &(key, key_node, _) in &entries {
             if allowed.contains(&key) || TRIGGER_KINDS.contains(&key) {
@@ -292,7 +292,7 @@ impl Parser<'_> {
             }
             let message = match key {
                 "audience" => "`audience` inside `trigger` belongs to a schedule trigger (use the top-level `audience` to filter other campaigns)".to_string(),
-                "at" | "delay" | "unless" => format!("`{key}` belongs to an event trigger"),
+                "at" | "delay" | "unless" | "where" => format!("`{key}` belongs to an event trigger"),
                 _ => format!("unknown key `{key}` in a {kind} trigger (expected one of: {})", allowed.join(", ")),
             };
             self.r.error(key_node.pos, message);
@@ -332,9 +332,13 @@ impl Parser<'_> {
                     Some((_, unless)) => self.unless(unless).map(Some),
                     None => Some(None),
                 };
-                match (event_type, timing, unless) {
-                    (Some(event_type), Some(timing), Some(unless)) => {
-                        Some(Trigger::Event { event_type, timing, unless })
+                let filters = match get("where") {
+                    Some((_, filters)) => renkei_segments::parse_where(&mut self.r, filters),
+                    None => Some(Vec::new()),
+                };
+                match (event_type, timing, unless, filters) {
+                    (Some(event_type), Some(timing), Some(unless), Some(filters)) => {
+                        Some(Trigger::Event { event_type, timing, unless, filters })
                     }
                     _ => None,
                 }

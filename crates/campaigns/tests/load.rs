@@ -40,7 +40,7 @@ fn a_valid_campaign_loads_with_every_field() {
     let c = set.get("c").unwrap();
     assert_eq!(c.name, "テスト");
     assert_eq!(c.audience.as_deref(), Some("gold_members"));
-    let Trigger::Event { event_type, timing, unless } = &c.trigger else { panic!("event trigger") };
+    let Trigger::Event { event_type, timing, unless, .. } = &c.trigger else { panic!("event trigger") };
     assert_eq!(event_type, "reservation_created");
     assert_eq!(timing, &Timing::At { property: "reserved_at".into(), offset: chrono::Duration::days(-1) });
     let unless = unless.as_ref().unwrap();
@@ -554,4 +554,21 @@ fn step_errors_point_at_the_value() {
     let unknown = STEPS.replace("segment: gold_members", "segment: nope");
     let unknown = errors(&format!("{}{unknown}{GOAL}", head("  event: purchase\n")));
     assert_eq!(unknown, ["c.yaml:11:20: unknown segment `nope`"]);
+}
+
+#[test]
+fn an_event_trigger_takes_only_events_passing_its_where() {
+    let text = campaign("  event: purchase\n  where: { product: trial_set, amount: { gte: 1000 } }\n", "");
+    let set =
+        CampaignSet::from_sources(vec![(PathBuf::from("c.yaml"), text)], vec![template("t", BUBBLE)], &segments())
+            .unwrap();
+    let trigger = &set.get("c").unwrap().trigger;
+    let takes = |properties: serde_json::Value| {
+        trigger.takes_event(properties.as_object().unwrap(), chrono::Utc::now(), chrono_tz::Asia::Tokyo)
+    };
+    assert!(takes(serde_json::json!({"product": "trial_set", "amount": 1200})));
+    assert!(!takes(serde_json::json!({"product": "trial_set", "amount": 900})));
+    assert!(!takes(serde_json::json!({"product": "full_size", "amount": 5000})));
+    let bad = errors(&campaign("  segment_entered: gold_members\n  where: { a: 1 }\n", ""));
+    assert_eq!(bad, ["c.yaml:5:3: `where` belongs to an event trigger"]);
 }

@@ -513,6 +513,9 @@ impl CampaignRunner {
             });
             for campaign in self.campaigns.on_event(&event.event_type) {
                 let Trigger::Event { timing, .. } = &campaign.trigger else { continue };
+                if !campaign.trigger.takes_event(&event.properties, now, tz) {
+                    continue;
+                }
                 let mut context = json!({"event": event_json.clone()});
                 let due = match timing.send_at(event.occurred_at, &event.properties, tz) {
                     Ok(due) if due < now - self.settings.misfire_grace => {
