@@ -37,7 +37,8 @@ fn shipped_campaigns_load() {
             "gold_members_news",
             "gold_welcome",
             "link_promotion",
-            "reservation_reminder"
+            "reservation_reminder",
+            "trial_followup"
         ]
     );
     let cart = set.get("cart_reminder").unwrap();
@@ -55,6 +56,12 @@ fn shipped_campaigns_load() {
     assert!(
         matches!(&set.get("gold_members_news").unwrap().trigger, Trigger::Schedule { audience, .. } if audience == "gold_members")
     );
+    let trial = set.get("trial_followup").unwrap();
+    let steps: Vec<&str> = trial.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(steps, ["thanks", "day3", "day7"]);
+    assert_eq!(trial.steps[2].variants.len(), 2);
+    assert_eq!(trial.holdout.unwrap().basis_points, 1_000);
+    assert!(trial.exit.as_ref().unwrap().goal && cart.goal.is_some());
 }
 
 #[test]
@@ -88,8 +95,16 @@ fn every_shipped_campaign_renders_for_a_typical_member() {
             timezone: chrono_tz::Asia::Tokyo,
             public_base_url: "https://renkei.example/",
         };
+        // Every step of a sequence renders (each variant's turn comes by user).
+        for step in 0..campaign.steps.len().max(1) {
+            let messages = set
+                .render_step(campaign, (!campaign.steps.is_empty()).then_some(step), &ctx)
+                .unwrap_or_else(|e| panic!("{} step {step}: {e}", campaign.id));
+            assert_eq!(messages[0]["type"], "flex", "{}", campaign.id);
+        }
         let messages = set.render(campaign, &ctx).unwrap_or_else(|e| panic!("{}: {e}", campaign.id));
-        assert_eq!(messages.len(), campaign.messages.len());
+        let (_, first) = campaign.message_range(campaign.steps.first().map(|_| 0), ctx.line_user_id);
+        assert_eq!(messages.len(), first.len());
         assert_eq!(messages[0]["type"], "flex", "{}", campaign.id);
         assert_eq!(messages[0]["contents"]["type"], "bubble", "{}", campaign.id);
         assert!(!messages[0]["altText"].as_str().unwrap().is_empty());
