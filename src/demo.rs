@@ -79,6 +79,8 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
     settle_outbox(&live.tour).await?;
     // 7. What LINE was asked to deliver, to whom.
     report(&live.tour, &live.store, &live.sim, &live.menu_names, &campaigns.real).await?;
+    // 8. A step sequence measured against its goal and its holdout.
+    crate::demo_sequence::play(&live.tour, live.clock.now()).await?;
     quiet_hours_as_written(&setup, &campaigns, &engine, &live).await?;
     finish(keep, started, live).await
 }
@@ -755,6 +757,7 @@ fn write_tour_campaigns(
         let source =
             std::fs::read_to_string(&campaign.file).with_context(|| format!("reading {}", campaign.file.display()))?;
         let birthday = matches!(&campaign.trigger, Trigger::Schedule { audience, .. } if audience == "birthday_today");
+        let sequence = !campaign.steps.is_empty();
         let quiet = campaign.quiet_hours.filter(|q| q.contains(now, tz));
         if let Some(q) = &quiet {
             lifted.push((campaign.id.clone(), format!("{}–{}", q.from.format("%H:%M"), q.to.format("%H:%M"))));
@@ -773,6 +776,11 @@ fn write_tour_campaigns(
             if quiet.is_some() && trimmed.starts_with("quiet_hours:") {
                 skip_indent = Some(indent);
                 out.push_str(&format!("{}# quiet_hours lifted for the tour\n", &line[..indent]));
+                continue;
+            }
+            if let Some(quick) = quicken_step(sequence, line) {
+                out.push_str(&quick);
+                out.push('\n');
                 continue;
             }
             if birthday && trimmed.starts_with("schedule:") {
@@ -911,6 +919,21 @@ struct Tour {
     base: String,
     key: String,
     tz: Tz,
+}
+
+/// A sequence's `wait`/`at` line, shortened for the tour.
+fn quicken_step(sequence: bool, line: &str) -> Option<String> {
+    if sequence { crate::demo_sequence::quicken(line) } else { None }
+}
+
+impl crate::demo_sequence::Api for Tour {
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        Tour::post(self, path, body).await
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        Tour::get(self, path).await
+    }
 }
 
 impl Tour {

@@ -113,6 +113,18 @@ pub async fn campaign_stats(
     let paused = store.schedule.paused_campaigns().await?.contains(id);
     let (clicks, clickers) = store.events.campaign_clicks(id).await?;
     let held_out = counts.skipped.remove(&SkipReason::Holdout).unwrap_or(0);
+    // A holdout user of a sequence is held out at every step it reaches: count trigger instances.
+    let held_out = if campaign.steps.is_empty() || held_out == 0 {
+        held_out
+    } else {
+        let instances: HashSet<(String, String)> = exposures_of(store, campaign, period)
+            .await?
+            .into_iter()
+            .filter(|e| e.exposure.holdout)
+            .map(|e| (e.exposure.trigger_key, e.exposure.line_user_id))
+            .collect();
+        instances.len() as u64
+    };
     let skipped_total: u64 = counts.skipped.values().sum();
     let judged = judge(store, campaign, now, tz, period).await?;
     let outcome = judged.as_ref().map(|j| j.outcome);
@@ -143,15 +155,15 @@ pub async fn campaign_stats(
 }
 
 /// Per step of a sequence (null without steps): deliveries `sent`,
-/// `pending` (waiting or in flight), `skipped` (any reason but `exited`)
-/// and `exited` (the sequence ended before it), with `unit`, its LINE
-/// aggregation unit.
+/// `pending` (waiting or in flight), `skipped` (any reason but `exited` and
+/// `holdout`), `exited` (the sequence ended before it) and `holdout`, with
+/// `unit`, its LINE aggregation unit.
 async fn steps_json(store: &CampaignsStore, campaign: &Campaign) -> Result<Value, StoreError> {
     use renkei_core::DeliveryStatus;
     if campaign.steps.is_empty() {
         return Ok(Value::Null);
     }
-    let mut counts: HashMap<String, [u64; 4]> = HashMap::new();
+    let mut counts: HashMap<String, [u64; 5]> = HashMap::new();
     let mut after = 0;
     loop {
         let page = store.outbox.campaign_deliveries(&campaign.id, after, 1_000).await?;
@@ -163,6 +175,7 @@ async fn steps_json(store: &CampaignsStore, campaign: &Campaign) -> Result<Value
                 (DeliveryStatus::Sent, _) => 0,
                 (DeliveryStatus::Pending | DeliveryStatus::Requested, _) => 1,
                 (DeliveryStatus::Skipped, Some(SkipReason::Exited)) => 3,
+                (DeliveryStatus::Skipped, Some(SkipReason::Holdout)) => 4,
                 (DeliveryStatus::Skipped | DeliveryStatus::Failed, _) => 2,
             };
             counts.entry(step.to_string()).or_default()[slot] += 1;
@@ -170,11 +183,11 @@ async fn steps_json(store: &CampaignsStore, campaign: &Campaign) -> Result<Value
     }
     let mut out = serde_json::Map::new();
     for step in &campaign.steps {
-        let [sent, pending, skipped, exited] = counts.get(&step.id).copied().unwrap_or_default();
+        let [sent, pending, skipped, exited, holdout] = counts.get(&step.id).copied().unwrap_or_default();
         let unit = renkei_campaigns::aggregation_unit(&campaign.id, Some(&step.id));
         out.insert(
             step.id.clone(),
-            json!({"sent": sent, "pending": pending, "skipped": skipped, "exited": exited, "unit": unit}),
+            json!({"sent": sent, "pending": pending, "skipped": skipped, "exited": exited, "holdout": holdout, "unit": unit}),
         );
     }
     Ok(Value::Object(out))
@@ -206,33 +219,46 @@ async fn variants_json(
     judged: Option<&Judged>,
     period: Period,
 ) -> Result<Value, StoreError> {
-    if campaign.variants.is_empty() {
+    // A campaign's arms, or its steps' (by arm id).
+    let mut arms: Vec<&str> = campaign.variants.iter().map(|v| v.id.as_str()).collect();
+    for step in &campaign.steps {
+        arms.extend(
+            step.variants.iter().map(|v| v.id.as_str()).filter(|id| !campaign.variants.iter().any(|v| v.id == *id)),
+        );
+    }
+    arms.dedup();
+    if arms.is_empty() {
         return Ok(Value::Null);
     }
     let exposures = match judged {
         Some(judged) => judged.exposures.clone(),
-        None => exposures_of(store, &campaign.id, period).await?,
+        None => exposures_of(store, campaign, period).await?,
     };
     let clicks: HashMap<String, u64> = store.events.campaign_clicks_by_user(&campaign.id).await?.into_iter().collect();
     let mut out = serde_json::Map::new();
-    for variant in &campaign.variants {
-        let arm: Vec<Exposure> = exposures
-            .iter()
-            .filter(|e| !e.exposure.holdout && e.variant.as_deref() == Some(&variant.id))
-            .cloned()
-            .collect();
+    for arm_id in arms {
+        let arm: Vec<&Exposure> =
+            exposures.iter().filter(|e| !e.exposure.holdout && e.variant.as_deref() == Some(arm_id)).collect();
         let users: HashSet<&str> = arm.iter().map(|e| e.exposure.line_user_id.as_str()).collect();
         let clicked: u64 = users.iter().filter_map(|u| clicks.get(*u)).sum();
         let mut entry = json!({"users": users.len(), "sent": arm.len(), "clicked": clicked,
                                "converted": null, "conversion_value": null, "lift": null});
         if let Some(judged) = judged {
-            let plain: Vec<_> = arm.iter().map(|e| e.exposure.clone()).collect();
+            // The arm's trigger instances, each judged from its first exposure
+            // (a step's arm counts the whole sequence of the users it reached).
+            let instances: HashSet<(&str, &str)> =
+                arm.iter().map(|e| (e.exposure.trigger_key.as_str(), e.exposure.line_user_id.as_str())).collect();
+            let plain: Vec<_> = exposures
+                .iter()
+                .filter(|e| instances.contains(&(e.exposure.trigger_key.as_str(), e.exposure.line_user_id.as_str())))
+                .map(|e| e.exposure.clone())
+                .collect();
             let group = attribute(&plain, &judged.events, judged.within).treated;
             entry["converted"] = json!(group.converted);
             entry["conversion_value"] = json!(group.conversion_value);
             entry["lift"] = json!(lift(&Outcome { treated: group, holdout: judged.outcome.holdout }));
         }
-        out.insert(variant.id.clone(), entry);
+        out.insert(arm_id.to_string(), entry);
     }
     Ok(Value::Object(out))
 }
@@ -244,18 +270,28 @@ struct Exposure {
     variant: Option<String>,
 }
 
-/// The campaign's exposures in `period`.
-async fn exposures_of(store: &CampaignsStore, campaign_id: &str, period: Period) -> Result<Vec<Exposure>, StoreError> {
+/// The campaign's exposures in `period`. A step's delivery is exposed as
+/// its trigger instance (the key without `/<step id>`), so a sequence is
+/// judged from its first message.
+async fn exposures_of(
+    store: &CampaignsStore,
+    campaign: &Campaign,
+    period: Period,
+) -> Result<Vec<Exposure>, StoreError> {
+    let instance = |key: String| match (campaign.steps.is_empty(), key.rsplit_once('/')) {
+        (false, Some((instance, _))) => instance.to_string(),
+        _ => key,
+    };
     Ok(store
         .outbox
-        .campaign_exposures(campaign_id)
+        .campaign_exposures(&campaign.id)
         .await?
         .into_iter()
         .filter(|e| period.contains(e.at))
         .map(|e| Exposure {
             variant: e.variant,
             exposure: renkei_campaigns::outcome::Exposure {
-                trigger_key: e.trigger_key,
+                trigger_key: instance(e.trigger_key),
                 line_user_id: e.line_user_id.as_str().to_string(),
                 at: e.at,
                 holdout: e.holdout,
@@ -281,7 +317,7 @@ async fn judge(
     period: Period,
 ) -> Result<Option<Judged>, StoreError> {
     let Some(goal) = &campaign.goal else { return Ok(None) };
-    let exposures = exposures_of(store, &campaign.id, period).await?;
+    let exposures = exposures_of(store, campaign, period).await?;
     let plain: Vec<_> = exposures.iter().map(|e| e.exposure.clone()).collect();
     let events = match plain.iter().map(|e| e.at).min() {
         Some(first) => goal_events(store, &campaign.id, goal, first, now, tz).await?,

@@ -252,6 +252,7 @@ fn the_example_segments_load_and_behave() {
             "gold_members",
             "lapsed_visitors",
             "new_members",
+            "not_reviewed",
         ]
     );
     let mut follower = user(None, &[]);
