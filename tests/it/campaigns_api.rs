@@ -40,6 +40,7 @@ renkei_test_support::on_both_backends!(
     links_of_the_previous_key_work_and_of_a_removed_key_are_404,
     goals_and_the_holdout_are_measured_end_to_end,
     a_sequence_sends_its_steps_skips_by_if_and_ends_on_exit,
+    a_restart_between_steps_sends_each_step_once_and_skips_a_removed_one,
 );
 
 /// Segment, campaign and template directories, kept alive with the app.
@@ -553,4 +554,46 @@ async fn a_sequence_sends_its_steps_skips_by_if_and_ends_on_exit(backend: Backen
     assert_eq!(body["skipped_by_reason"], json!({"exited": 1, "step_condition": 1}), "{body}");
     assert_eq!(body["steps"]["vip_only"]["unit"], "welcome_steps_vip_only");
     assert_eq!(sim.unit_reach("welcome_steps_vip_only"), 1, "each step's requests carry its own unit");
+}
+
+/// Three steps two seconds apart.
+const THREE_STEPS: &str = "id: three\nname: 三通\ntrigger:\n  segment_entered: buyers\nsteps:\n  - id: first\n    messages: [ { template: thanks, alt_text: 一 } ]\n  - id: second\n    wait: 2s\n    messages: [ { template: thanks, alt_text: 二 } ]\n  - id: third\n    wait: 2s\n    messages: [ { template: thanks, alt_text: 三 } ]\n";
+
+async fn a_restart_between_steps_sends_each_step_once_and_skips_a_removed_one(backend: Backend) {
+    let files = files();
+    for old in ["thanks.yaml", "review_request.yaml"] {
+        std::fs::remove_file(files.campaigns.path().join(old)).expect("only the sequence");
+    }
+    std::fs::write(files.campaigns.path().join("three.yaml"), THREE_STEPS).expect("campaign");
+    let sim = LineSim::spawn(SimConfig::default()).await.expect("simulator");
+    let configure = |c: &mut renkei::config::Config| {
+        c.paths.segments = files.segments.path().to_path_buf();
+        c.paths.campaigns = files.campaigns.path().to_path_buf();
+        c.paths.templates = files.templates.path().to_path_buf();
+        c.paths.rich_menus = files.segments.path().join("no_rich_menus.yaml");
+        c.line.channel_access_token = sim.access_token().into();
+        c.line.api_base_url = sim.base_url();
+        c.server.link_keys = vec![LINK_KEY.into()];
+    };
+    let Some(app) = crate::common::spawn_app_with(backend, configure).await else { return };
+    scheduler_started(&app).await;
+    buy(&app, "m1", USER_1).await;
+    let alts = || -> Vec<String> {
+        sim.messages_to(USER_1).iter().map(|m| m["altText"].as_str().unwrap_or_default().to_string()).collect()
+    };
+    eventually("the first step", async || (!alts().is_empty()).then_some(())).await;
+    // Restarted with the second step gone from the file, before it is due.
+    let without_second =
+        THREE_STEPS.replace("  - id: second\n    wait: 2s\n    messages: [ { template: thanks, alt_text: 二 } ]\n", "");
+    std::fs::write(files.campaigns.path().join("three.yaml"), without_second).expect("edit");
+    let app = app.restart(configure).await;
+    let body = eventually("every step decided", async || {
+        let body = stats(&app, "three").await;
+        let pending: u64 = ["first", "third"].iter().map(|s| body["steps"][s]["pending"].as_u64().unwrap_or(1)).sum();
+        (pending == 0 && body["sent"] == 2).then_some(body)
+    })
+    .await;
+    assert_eq!(alts(), ["一", "三"], "each step once; the removed one never");
+    assert_eq!(body["skipped_by_reason"], json!({"step_removed": 1}), "{body}");
+    assert!(body["steps"].get("second").is_none(), "a removed step is not listed: {body}");
 }

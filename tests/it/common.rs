@@ -72,6 +72,17 @@ pub async fn spawn_app_on(test_store: TestStore, configure: impl FnOnce(&mut Con
 }
 
 impl TestApp {
+    /// Stops this server and starts another on the same store with
+    /// `configure` applied: a restart (what the outbox holds carries over).
+    pub async fn restart(self, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let TestApp { _store_guard, _stop, evaluator, .. } = self;
+        drop(_stop);
+        drop(evaluator);
+        // The stop is graceful: let the old roles finish their round.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        spawn_app_on(_store_guard, configure).await
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.send(self.http.post(format!("{}{path}", self.base)).bearer_auth(API_KEY).json(body)).await
     }

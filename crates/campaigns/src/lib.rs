@@ -24,7 +24,8 @@ pub mod template;
 
 pub use link::{LinkError, LinkKeys, LinkPayload};
 pub use model::{
-    Campaign, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Timing, Trigger, Unless, aggregation_unit,
+    Campaign, Exit, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Step, Timing, Trigger, Unless, Variant,
+    aggregation_unit,
 };
 pub use renkei_segments::Diagnostic;
 pub use rich_menu::{RichMenuRule, RichMenuRules, is_rich_menu_id};

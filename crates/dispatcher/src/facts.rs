@@ -273,3 +273,104 @@ fn cancelled_by(
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use renkei_campaigns::{Exit, Goal, Step, Unless};
+    use renkei_store::membership::UserEventRecord;
+    use serde_json::json;
+
+    fn t(minutes: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).single().expect("time") + chrono::Duration::minutes(minutes)
+    }
+
+    fn step(id: &str, if_segment: Option<&str>) -> Step {
+        Step {
+            id: id.into(),
+            wait: chrono::Duration::zero(),
+            at: None,
+            if_segment: if_segment.map(str::to_string),
+            messages: 0..0,
+            variants: Vec::new(),
+        }
+    }
+
+    fn campaign(exit: Exit) -> Campaign {
+        let goal = Some(Goal {
+            event: "purchase".into(),
+            filters: Vec::new(),
+            within: chrono::Duration::days(14),
+            value: None,
+        });
+        Campaign {
+            id: "seq".into(),
+            name: "seq".into(),
+            description: None,
+            file: "seq.yaml".into(),
+            trigger: Trigger::SegmentEntered { segment: "buyers".into() },
+            audience: None,
+            messages: Vec::new(),
+            variants: Vec::new(),
+            frequency_cap: None,
+            quiet_hours: None,
+            goal,
+            holdout: None,
+            steps: vec![step("first", None), step("second", Some("vip")), step("third", None)],
+            exit: Some(exit),
+        }
+    }
+
+    fn user(segments: &[&str]) -> UserSendFacts {
+        UserSendFacts { member_id: None, following: true, segments: segments.iter().map(|s| s.to_string()).collect() }
+    }
+
+    fn events(list: &[(&str, i64)]) -> UserRecord {
+        UserRecord {
+            line_user_id: LineUserId::parse("U00000000000000000000000000000001").expect("user"),
+            member_id: None,
+            attributes: None,
+            following: true,
+            events: list
+                .iter()
+                .map(|(kind, at)| UserEventRecord {
+                    event_type: kind.to_string(),
+                    occurred_at: t(*at),
+                    properties: serde_json::Map::new(),
+                })
+                .collect(),
+            totals: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn steps_stop_for_a_removed_step_an_exit_or_their_if() {
+        let context = json!({"step": "x", "started_at": t(0).to_rfc3339()});
+        let stop = |c: &Campaign, step: &str, u: &UserSendFacts, r: &UserRecord| {
+            step_stop(c, step, &context, Some(u), Some(r), t(100), chrono_tz::UTC)
+        };
+        let none = Exit::default();
+        let (vip, plain) = (user(&["vip", "buyers"]), user(&["buyers"]));
+        let quiet = events(&[]);
+        assert_eq!(stop(&campaign(none.clone()), "gone", &vip, &quiet), Some(SkipReason::StepRemoved));
+        assert_eq!(stop(&campaign(none.clone()), "second", &plain, &quiet), Some(SkipReason::StepCondition));
+        assert_eq!(stop(&campaign(none.clone()), "second", &vip, &quiet), None);
+        // Each exit ends the sequence before a later step, never before the first.
+        let by_goal = Exit { goal: true, ..Exit::default() };
+        let bought = events(&[("purchase", 50)]);
+        assert_eq!(stop(&campaign(by_goal.clone()), "third", &plain, &bought), Some(SkipReason::Exited));
+        assert_eq!(stop(&campaign(by_goal.clone()), "first", &plain, &bought), None);
+        let before_start = events(&[("purchase", -5)]);
+        assert_eq!(stop(&campaign(by_goal), "third", &plain, &before_start), None, "a purchase before the start");
+        let by_segment = Exit { segment_exited: Some("buyers".into()), ..Exit::default() };
+        assert_eq!(stop(&campaign(by_segment.clone()), "third", &user(&[]), &quiet), Some(SkipReason::Exited));
+        assert_eq!(stop(&campaign(by_segment), "third", &plain, &quiet), None);
+        let by_event =
+            Exit { event: Some(Unless { event: "unsubscribe".into(), match_props: Vec::new() }), ..Exit::default() };
+        let asked = events(&[("unsubscribe", 30)]);
+        assert_eq!(stop(&campaign(by_event.clone()), "third", &plain, &asked), Some(SkipReason::Exited));
+        assert_eq!(stop(&campaign(by_event), "third", &plain, &quiet), None);
+    }
+}
