@@ -551,6 +551,9 @@ fn step_errors_point_at_the_value() {
     let both = STEPS.replace("    variants:\n", "    messages: [ { template: t, alt_text: x } ]\n    variants:\n");
     let both = errors(&format!("{}{both}{GOAL}", head("  event: purchase\n")));
     assert_eq!(both, ["c.yaml:13:5: `messages` and `variants` exclude each other: give one"]);
+    let unitless = STEPS.replace("wait: 3d", "wait: 3");
+    let unitless = errors(&format!("{}{unitless}{GOAL}", head("  event: purchase\n")));
+    assert!(unitless.len() == 1 && unitless[0].starts_with("c.yaml:9:11: "), "{unitless:?}");
     let unknown = STEPS.replace("segment: gold_members", "segment: nope");
     let unknown = errors(&format!("{}{unknown}{GOAL}", head("  event: purchase\n")));
     assert_eq!(unknown, ["c.yaml:11:20: unknown segment `nope`"]);
