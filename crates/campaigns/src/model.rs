@@ -592,23 +592,12 @@ mod holdout_tests {
     #[test]
     fn variant_shares_follow_the_weights_independently_of_the_holdout() {
         let campaign = Campaign {
-            id: "c".into(),
-            name: "c".into(),
-            description: None,
-            file: PathBuf::from("c.yaml"),
-            trigger: Trigger::SegmentEntered { segment: "s".into() },
-            audience: None,
-            messages: Vec::new(),
             variants: vec![
                 Variant { id: "a".into(), weight: 20, messages: 0..0 },
                 Variant { id: "b".into(), weight: 80, messages: 0..0 },
             ],
-            frequency_cap: None,
-            quiet_hours: None,
-            goal: None,
             holdout: Some(Holdout { basis_points: 5_000 }),
-            steps: Vec::new(),
-            exit: None,
+            ..sample_campaign()
         };
         let n = 100_000usize;
         let (mut a, mut held, mut a_and_held) = (0f64, 0f64, 0f64);

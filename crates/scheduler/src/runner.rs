@@ -347,17 +347,16 @@ impl CampaignRunner {
                 let user = &t.transition.line_user_id;
                 let record = records.get(user);
                 let context = json!({"segment": segment, "entered_at": rfc3339(t.transition.at)});
-                deliveries.extend(self.deliveries(
-                    campaign,
-                    format!("entered:{}", t.id),
-                    Some(user.clone()),
-                    record.and_then(|r| r.member_id.clone()),
-                    record.and_then(|r| r.attributes.as_ref()),
-                    None,
-                    now,
+                let instance = Instance {
+                    trigger_key: format!("entered:{}", t.id),
+                    line_user_id: Some(user.clone()),
+                    member_id: record.and_then(|r| r.member_id.clone()),
+                    attributes: record.and_then(|r| r.attributes.as_ref()),
+                    event: None,
+                    due_at: now,
                     context,
-                    now,
-                ));
+                };
+                deliveries.extend(self.deliveries(campaign, instance, now));
             }
         }
         self.enqueue(&deliveries, now).await?;
@@ -528,17 +527,16 @@ impl CampaignRunner {
                         now
                     }
                 };
-                deliveries.extend(self.deliveries(
-                    campaign,
-                    format!("event:{}", event.id),
-                    line_user.clone(),
-                    member_id.clone(),
-                    attributes.as_ref(),
-                    Some(&event_json),
-                    due,
+                let instance = Instance {
+                    trigger_key: format!("event:{}", event.id),
+                    line_user_id: line_user.clone(),
+                    member_id: member_id.clone(),
+                    attributes: attributes.as_ref(),
+                    event: Some(&event_json),
+                    due_at: due,
                     context,
-                    now,
-                ));
+                };
+                deliveries.extend(self.deliveries(campaign, instance, now));
             }
         }
         self.enqueue(&deliveries, now).await
@@ -624,18 +622,16 @@ impl CampaignRunner {
                 .iter()
                 .map(|user| {
                     let record = records.get(user);
-                    self.delivery(
-                        campaign,
-                        trigger_key.clone(),
-                        Some(user.clone()),
-                        record.and_then(|r| r.member_id.clone()),
-                        record.and_then(|r| r.attributes.as_ref()),
-                        None,
-                        fire_at,
-                        json!({"fire_at": rfc3339(fire_at)}),
-                        now,
-                        None,
-                    )
+                    let instance = Instance {
+                        trigger_key: trigger_key.clone(),
+                        line_user_id: Some(user.clone()),
+                        member_id: record.and_then(|r| r.member_id.clone()),
+                        attributes: record.and_then(|r| r.attributes.as_ref()),
+                        event: None,
+                        due_at: fire_at,
+                        context: json!({"fire_at": rfc3339(fire_at)}),
+                    };
+                    self.delivery(campaign, instance, now, None)
                 })
                 .collect();
             total += deliveries.len() as u64;
@@ -677,57 +673,23 @@ impl CampaignRunner {
     /// when the sequence started). All are enqueued at once, so each step
     /// goes exactly once; what may stop a later step is judged at its send
     /// time (`exit`, `if`, a step removed from the file).
-    #[allow(clippy::too_many_arguments)]
-    fn deliveries(
-        &self,
-        campaign: &Campaign,
-        trigger_key: String,
-        line_user_id: Option<LineUserId>,
-        member_id: Option<MemberId>,
-        attributes: Option<&Map<String, Value>>,
-        event: Option<&Value>,
-        due_at: DateTime<Utc>,
-        context: Value,
-        now: DateTime<Utc>,
-    ) -> Vec<NewDelivery> {
+    fn deliveries(&self, campaign: &Campaign, instance: Instance<'_>, now: DateTime<Utc>) -> Vec<NewDelivery> {
         if campaign.steps.is_empty() {
-            let one = self.delivery(
-                campaign,
-                trigger_key,
-                line_user_id,
-                member_id,
-                attributes,
-                event,
-                due_at,
-                context,
-                now,
-                None,
-            );
-            return vec![one];
+            return vec![self.delivery(campaign, instance, now, None)];
         }
-        let times = campaign.step_times(due_at, self.settings.timezone);
+        let times = campaign.step_times(instance.due_at, self.settings.timezone);
         campaign
             .steps
             .iter()
             .zip(times)
             .enumerate()
             .map(|(k, (step, due))| {
-                let mut context = context.clone();
+                let mut context = instance.context.clone();
                 context["step"] = Value::String(step.id.clone());
-                context["started_at"] = Value::String(rfc3339(due_at));
-                let key = format!("{trigger_key}/{}", step.id);
-                self.delivery(
-                    campaign,
-                    key,
-                    line_user_id.clone(),
-                    member_id.clone(),
-                    attributes,
-                    event,
-                    due,
-                    context,
-                    now,
-                    Some(k),
-                )
+                context["started_at"] = Value::String(rfc3339(instance.due_at));
+                let trigger_key = format!("{}/{}", instance.trigger_key, step.id);
+                let one = Instance { trigger_key, due_at: due, context, ..instance.clone() };
+                self.delivery(campaign, one, now, Some(k))
             })
             .collect()
     }
@@ -735,20 +697,14 @@ impl CampaignRunner {
     /// Renders the campaign (or one of its steps) for one recipient; a render
     /// failure becomes a delivery the dispatcher skips as `invalid_trigger`,
     /// with the reason kept.
-    #[allow(clippy::too_many_arguments)]
     fn delivery(
         &self,
         campaign: &Campaign,
-        trigger_key: String,
-        line_user_id: Option<LineUserId>,
-        member_id: Option<MemberId>,
-        attributes: Option<&Map<String, Value>>,
-        event: Option<&Value>,
-        due_at: DateTime<Utc>,
-        mut context: Value,
+        instance: Instance<'_>,
         now: DateTime<Utc>,
         step: Option<usize>,
     ) -> NewDelivery {
+        let Instance { trigger_key, line_user_id, member_id, attributes, event, due_at, mut context } = instance;
         let ctx = RenderContext {
             member_id: member_id.as_ref().map(|m| m.as_str()),
             member: attributes,
@@ -791,6 +747,20 @@ impl CampaignRunner {
     pub fn campaigns(&self) -> &Arc<CampaignSet> {
         &self.campaigns
     }
+}
+
+/// One trigger instance for one recipient, before it is rendered.
+#[derive(Clone)]
+struct Instance<'a> {
+    /// `entered:<transition id>`, `event:<event id>` or `schedule:<fire time>`.
+    trigger_key: String,
+    line_user_id: Option<LineUserId>,
+    member_id: Option<MemberId>,
+    attributes: Option<&'a Map<String, Value>>,
+    /// The trigger event, for templates and `unless`.
+    event: Option<&'a Value>,
+    due_at: DateTime<Utc>,
+    context: Value,
 }
 
 /// The lease of the start-up rich-menu sync (see [`CampaignRunner::sync_rich_menus`]).
