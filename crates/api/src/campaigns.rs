@@ -117,11 +117,12 @@ pub async fn campaign_stats(
     let held_out = if campaign.steps.is_empty() || held_out == 0 {
         held_out
     } else {
-        let instances: HashSet<(String, String)> = exposures_of(store, campaign, period)
-            .await?
-            .into_iter()
-            .filter(|e| e.exposure.holdout)
-            .map(|e| (e.exposure.trigger_key, e.exposure.line_user_id))
+        let exposures = exposures_of(store, campaign, period).await?;
+        let instances: HashSet<(&str, &str)> = exposures
+            .plain
+            .iter()
+            .filter(|e| e.holdout)
+            .map(|e| (e.trigger_key.as_str(), e.line_user_id.as_str()))
             .collect();
         instances.len() as u64
     };
@@ -230,16 +231,25 @@ async fn variants_json(
     if arms.is_empty() {
         return Ok(Value::Null);
     }
+    let loaded;
     let exposures = match judged {
-        Some(judged) => judged.exposures.clone(),
-        None => exposures_of(store, campaign, period).await?,
+        Some(judged) => &judged.exposures,
+        None => {
+            loaded = exposures_of(store, campaign, period).await?;
+            &loaded
+        }
     };
     let clicks: HashMap<String, u64> = store.events.campaign_clicks_by_user(&campaign.id).await?.into_iter().collect();
     let mut out = serde_json::Map::new();
     for arm_id in arms {
-        let arm: Vec<&Exposure> =
-            exposures.iter().filter(|e| !e.exposure.holdout && e.variant.as_deref() == Some(arm_id)).collect();
-        let users: HashSet<&str> = arm.iter().map(|e| e.exposure.line_user_id.as_str()).collect();
+        let arm: Vec<&renkei_campaigns::outcome::Exposure> = exposures
+            .plain
+            .iter()
+            .zip(&exposures.variants)
+            .filter(|(e, variant)| !e.holdout && variant.as_deref() == Some(arm_id))
+            .map(|(e, _)| e)
+            .collect();
+        let users: HashSet<&str> = arm.iter().map(|e| e.line_user_id.as_str()).collect();
         let clicked: u64 = users.iter().filter_map(|u| clicks.get(*u)).sum();
         let mut entry = json!({"users": users.len(), "sent": arm.len(), "clicked": clicked,
                                "converted": null, "conversion_value": null, "lift": null});
@@ -247,11 +257,12 @@ async fn variants_json(
             // The arm's trigger instances, each judged from its first exposure
             // (a step's arm counts the whole sequence of the users it reached).
             let instances: HashSet<(&str, &str)> =
-                arm.iter().map(|e| (e.exposure.trigger_key.as_str(), e.exposure.line_user_id.as_str())).collect();
+                arm.iter().map(|e| (e.trigger_key.as_str(), e.line_user_id.as_str())).collect();
             let plain: Vec<_> = exposures
+                .plain
                 .iter()
-                .filter(|e| instances.contains(&(e.exposure.trigger_key.as_str(), e.exposure.line_user_id.as_str())))
-                .map(|e| e.exposure.clone())
+                .filter(|e| instances.contains(&(e.trigger_key.as_str(), e.line_user_id.as_str())))
+                .cloned()
                 .collect();
             let group = attribute(&plain, &judged.events, judged.within).treated;
             entry["converted"] = json!(group.converted);
@@ -265,44 +276,42 @@ async fn variants_json(
 
 /// An exposure with the variant its delivery was rendered with.
 #[derive(Debug, Clone)]
-struct Exposure {
-    exposure: renkei_campaigns::outcome::Exposure,
-    variant: Option<String>,
+struct Exposures {
+    plain: Vec<renkei_campaigns::outcome::Exposure>,
+    /// Aligned with `plain`.
+    variants: Vec<Option<String>>,
 }
 
 /// The campaign's exposures in `period`. A step's delivery is exposed as
 /// its trigger instance (the key without `/<step id>`), so a sequence is
 /// judged from its first message.
-async fn exposures_of(
-    store: &CampaignsStore,
-    campaign: &Campaign,
-    period: Period,
-) -> Result<Vec<Exposure>, StoreError> {
+async fn exposures_of(store: &CampaignsStore, campaign: &Campaign, period: Period) -> Result<Exposures, StoreError> {
     let instance = |key: String| match (campaign.steps.is_empty(), key.rsplit_once('/')) {
         (false, Some((instance, _))) => instance.to_string(),
         _ => key,
     };
-    Ok(store
-        .outbox
-        .campaign_exposures(&campaign.id)
-        .await?
-        .into_iter()
-        .filter(|e| period.contains(e.at))
-        .map(|e| Exposure {
-            variant: e.variant,
-            exposure: renkei_campaigns::outcome::Exposure {
-                trigger_key: instance(e.trigger_key),
-                line_user_id: e.line_user_id.as_str().to_string(),
-                at: e.at,
-                holdout: e.holdout,
-            },
-        })
-        .collect())
+    let rows = store.outbox.campaign_exposures(&campaign.id, has_variants(campaign)).await?;
+    let mut exposures = Exposures { plain: Vec::with_capacity(rows.len()), variants: Vec::with_capacity(rows.len()) };
+    for e in rows.into_iter().filter(|e| period.contains(e.at)) {
+        exposures.variants.push(e.variant);
+        exposures.plain.push(renkei_campaigns::outcome::Exposure {
+            trigger_key: instance(e.trigger_key),
+            line_user_id: e.line_user_id.as_str().to_string(),
+            at: e.at,
+            holdout: e.holdout,
+        });
+    }
+    Ok(exposures)
+}
+
+/// Whether the campaign (or one of its steps) has A/B variants.
+fn has_variants(campaign: &Campaign) -> bool {
+    !campaign.variants.is_empty() || campaign.steps.iter().any(|s| !s.variants.is_empty())
 }
 
 /// A campaign with a goal, judged: its exposures, its goal events, the outcome.
 struct Judged {
-    exposures: Vec<Exposure>,
+    exposures: Exposures,
     events: Vec<GoalEvent>,
     within: chrono::Duration,
     outcome: Outcome,
@@ -318,12 +327,12 @@ async fn judge(
 ) -> Result<Option<Judged>, StoreError> {
     let Some(goal) = &campaign.goal else { return Ok(None) };
     let exposures = exposures_of(store, campaign, period).await?;
-    let plain: Vec<_> = exposures.iter().map(|e| e.exposure.clone()).collect();
+    let plain = &exposures.plain;
     let events = match plain.iter().map(|e| e.at).min() {
         Some(first) => goal_events(store, &campaign.id, goal, first, now, tz).await?,
         None => Vec::new(),
     };
-    let outcome = attribute(&plain, &events, goal.within);
+    let outcome = attribute(plain, &events, goal.within);
     Ok(Some(Judged { exposures, events, within: goal.within, outcome }))
 }
 

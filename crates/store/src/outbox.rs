@@ -550,27 +550,18 @@ pub trait OutboxReads: Send + Sync + 'static {
 
     /// Every exposure of the campaign: sent deliveries (at LINE's
     /// acceptance) and holdout ones (at the instant they were held out).
-    async fn campaign_exposures(&self, campaign_id: &str) -> StoreResult<Vec<ExposureRow>>;
+    /// `with_variants`: read each delivery's variant (else `None`, which
+    /// spares decoding every delivery's context).
+    async fn campaign_exposures(&self, campaign_id: &str, with_variants: bool) -> StoreResult<Vec<ExposureRow>>;
 
     /// The events of type `event_type` that occurred after `after` of the
-    /// users the campaign exposed.
+    /// users the campaign has deliveries for (a superset of those it exposed).
     async fn exposed_users_events(
         &self,
         campaign_id: &str,
         event_type: &str,
         after: DateTime<Utc>,
     ) -> StoreResult<Vec<UserEventRow>>;
-}
-
-/// The users a campaign exposed (`$1` the campaign).
-macro_rules! exposed_users {
-    () => {
-        "SELECT DISTINCT d.line_user_id AS u FROM deliveries d
-         WHERE d.campaign_id = $1 AND d.line_user_id IS NOT NULL
-           AND ((d.status = 'skipped' AND d.skip_reason = 'holdout')
-                OR EXISTS (SELECT 1 FROM delivery_sends s JOIN send_requests r ON r.id = s.request_id
-                           WHERE s.delivery_id = d.id AND r.status = 'sent'))"
-    };
 }
 
 #[async_trait]
@@ -589,14 +580,20 @@ impl<S: Sql> OutboxReads for S {
         rows.iter().map(|row| delivery_of(Row::<S::Db>(row), &mut shared)).collect()
     }
 
-    async fn campaign_exposures(&self, campaign_id: &str) -> StoreResult<Vec<ExposureRow>> {
+    async fn campaign_exposures(&self, campaign_id: &str, with_variants: bool) -> StoreResult<Vec<ExposureRow>> {
+        let variant_of = |row: &Row<'_, S::Db>| -> StoreResult<Option<String>> {
+            if !with_variants {
+                return Ok(None);
+            }
+            Ok(row.json("context")?.get("variant").and_then(Value::as_str).map(str::to_string))
+        };
         let exposure = |row: Row<'_, S::Db>| {
             Ok(ExposureRow {
                 trigger_key: row.string("trigger_key")?,
                 line_user_id: row.user("line_user_id")?,
                 at: row.ts("at")?,
                 holdout: row.int("holdout")? == 1,
-                variant: row.json("context")?.get("variant").and_then(Value::as_str).map(str::to_string),
+                variant: variant_of(&row)?,
             })
         };
         stmt::<S::Db>(
@@ -628,17 +625,17 @@ impl<S: Sql> OutboxReads for S {
                 properties: crate::membership::properties_of(row.json("properties")?),
             })
         };
-        stmt::<S::Db>(concat!(
-            "WITH exposed AS (",
-            exposed_users!(),
-            ")
-             SELECT x.u, e.occurred_at, e.properties FROM exposed x JOIN events e ON e.line_user_id = x.u
-             WHERE e.type = $2 AND e.occurred_at > $3
+        // A semi-join on the campaign's deliveries: the planner may walk the
+        // users' `(…, type, occurred_at)` index ranges or scan the type's events.
+        stmt::<S::Db>(
+            "SELECT e.line_user_id AS u, e.occurred_at, e.properties FROM events e
+             WHERE e.type = $2 AND e.occurred_at > $3 AND e.line_user_id IS NOT NULL
+               AND e.line_user_id IN (SELECT d.line_user_id FROM deliveries d WHERE d.campaign_id = $1)
              UNION ALL
-             SELECT x.u, e.occurred_at, e.properties FROM exposed x
-             JOIN links l ON l.line_user_id = x.u JOIN events e ON e.member_id = l.member_id
-             WHERE e.type = $2 AND e.occurred_at > $3 AND (e.line_user_id IS NULL OR e.line_user_id <> x.u)"
-        ))
+             SELECT l.line_user_id AS u, e.occurred_at, e.properties FROM events e JOIN links l ON l.member_id = e.member_id
+             WHERE e.type = $2 AND e.occurred_at > $3 AND (e.line_user_id IS NULL OR e.line_user_id <> l.line_user_id)
+               AND l.line_user_id IN (SELECT d.line_user_id FROM deliveries d WHERE d.campaign_id = $1)",
+        )
         .bind(campaign_id)
         .bind(event_type)
         .bind(Ts(after))
