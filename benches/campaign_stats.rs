@@ -16,7 +16,7 @@ use renkei_api::campaigns::{Period, campaign_stats};
 use renkei_campaigns::CampaignSet;
 use renkei_segments::SegmentSet;
 use renkei_test_support as test_support;
-use renkei_test_support::bench::{env_number, smoke_run};
+use renkei_test_support::bench::{env_number, postgres_server, smoke_run};
 use renkei_test_support::measure::peak_rss_mb;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -67,8 +67,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let users: i64 = if smoke_run() { 2_000 } else { env_number("RENKEI_BENCH_STATS_USERS", 1_000_000) };
-        let server = std::env::var("RENKEI_BENCH_POSTGRES_URL").or_else(|_| std::env::var(test_support::POSTGRES_URL_VAR)).ok();
-        let Some(server) = server else {
+        let Some(server) = postgres_server() else {
             println!("PostgreSQL: skipped (set RENKEI_BENCH_POSTGRES_URL)");
             return;
         };

@@ -13,7 +13,7 @@ use chrono::Utc;
 use renkei_ingest::import::NoProgress;
 use renkei_store::Store;
 use renkei_test_support as test_support;
-use renkei_test_support::bench::{env_number, smoke_run};
+use renkei_test_support::bench::{env_number, postgres_server, smoke_run};
 use renkei_test_support::measure::peak_rss_mb;
 use std::io::Write;
 use std::path::Path;
@@ -77,10 +77,7 @@ fn main() {
             import(sqlite.store.clone(), &csv, count, "SQLite").await;
         }
         if backends.contains("postgres") {
-            let server = std::env::var("RENKEI_BENCH_POSTGRES_URL")
-                .or_else(|_| std::env::var(test_support::POSTGRES_URL_VAR))
-                .ok();
-            let Some(server) = server else {
+            let Some(server) = postgres_server() else {
                 println!("PostgreSQL: skipped (set RENKEI_BENCH_POSTGRES_URL)");
                 return;
             };

@@ -13,3 +13,9 @@ pub fn smoke_run() -> bool {
 pub fn env_number<T: FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
+
+/// The PostgreSQL server a benchmark uses: `RENKEI_BENCH_POSTGRES_URL`, else
+/// the tests' (`RENKEI_TEST_POSTGRES_URL`); `None` when neither is set.
+pub fn postgres_server() -> Option<String> {
+    std::env::var("RENKEI_BENCH_POSTGRES_URL").or_else(|_| std::env::var(crate::POSTGRES_URL_VAR)).ok()
+}
