@@ -4,8 +4,10 @@
 //! memberships & transitions ([`MembershipStore`], [`MembershipReads`]),
 //! the outbox ([`OutboxStore`], [`OutboxReads`]), LINE requests
 //! ([`RequestStore`]), the scheduler's state ([`ScheduleStore`]), rich
-//! menus ([`RichMenuStore`]), leases for singleton work ([`LeaseStore`]) and
-//! re-evaluations a stop left waiting ([`PendingStore`]). [`Store`] is all
+//! menus ([`RichMenuStore`]), leases for singleton work ([`LeaseStore`]),
+//! re-evaluations a stop left waiting ([`PendingStore`]), the dashboard's
+//! operators, sessions and audit log ([`OperatorStore`]) and its overview
+//! counts ([`OverviewReads`]). [`Store`] is all
 //! of them at once.
 //!
 //! Each area's types and shared SQL are in `<area>.rs`; what differs per
@@ -20,7 +22,9 @@ mod events;
 mod leases;
 mod members;
 pub mod membership;
+mod operators;
 mod outbox;
+mod overview;
 pub mod pending;
 mod postgres;
 mod requests;
@@ -40,10 +44,12 @@ pub use membership::{
     AudiencePage, Cause, EventSelection, FactEventRecord, MembershipReads, MembershipStore, MembershipUpdate,
     SegmentStats, StoredTransition, TotalsRecord, Transition, TransitionKind, UserEventRecord, UserRecord,
 };
+pub use operators::{AuditEntry, Operator, OperatorRole, OperatorSession, OperatorStore};
 pub use outbox::{
     CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, ExposureRow, NewDelivery, OutboxReads, OutboxStore,
     PendingDelivery, QueueKey, SkipReason, UserEventRow, UserSendFacts,
 };
+pub use overview::{OverviewCounts, OverviewReads};
 pub use pending::{PendingEvaluations, PendingStore, SavedPending};
 pub use postgres::PgStore;
 pub use requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest, UnitSends, UnitStats};
@@ -197,6 +203,8 @@ trait_sum! {
         + RichMenuStore
         + LeaseStore
         + PendingStore
+        + OperatorStore
+        + OverviewReads
         + TestReadsIfEnabled
 }
 

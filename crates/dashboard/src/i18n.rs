@@ -1,0 +1,441 @@
+//! The dashboard's words and formats: one catalogue per language (every
+//! [`Msg`] has its text in each, checked by the compiler), Japanese by
+//! default (`[dashboard] language`), and the number, date and money formats
+//! of each language (件, 人, ¥, 年月日).
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lang {
+    #[default]
+    Ja,
+    En,
+}
+
+impl Lang {
+    /// `ja` or `en` (`[dashboard] language`).
+    pub fn parse(code: &str) -> Option<Self> {
+        match code {
+            "ja" => Some(Lang::Ja),
+            "en" => Some(Lang::En),
+            _ => None,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::Ja => "ja",
+            Lang::En => "en",
+        }
+    }
+
+    pub fn t(self, msg: Msg) -> &'static str {
+        match self {
+            Lang::Ja => ja(msg),
+            Lang::En => en(msg),
+        }
+    }
+
+    /// A count of things: `1,234件` / `1,234`.
+    pub fn items(self, n: u64) -> String {
+        match self {
+            Lang::Ja => format!("{}件", grouped(n)),
+            Lang::En => grouped(n),
+        }
+    }
+
+    /// A count of people: `1,234人` / `1,234`.
+    pub fn people(self, n: u64) -> String {
+        match self {
+            Lang::Ja => format!("{}人", grouped(n)),
+            Lang::En => grouped(n),
+        }
+    }
+
+    /// Money in yen: `¥1,234` (both languages).
+    pub fn yen(self, n: i64) -> String {
+        let sign = if n < 0 { "-" } else { "" };
+        format!("{sign}¥{}", grouped(n.unsigned_abs()))
+    }
+
+    /// A share as a percentage with one decimal: `12.3%`.
+    pub fn percent(self, part: u64, whole: u64) -> String {
+        if whole == 0 {
+            return "–".to_string();
+        }
+        format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+    }
+
+    /// An instant in the configured timezone: `2026年12月6日 09:13` / `2026-12-06 09:13`.
+    pub fn datetime(self, at: DateTime<Utc>, tz: Tz) -> String {
+        let local = at.with_timezone(&tz);
+        match self {
+            Lang::Ja => local.format("%Y年%-m月%-d日 %H:%M").to_string(),
+            Lang::En => local.format("%Y-%m-%d %H:%M").to_string(),
+        }
+    }
+
+    pub fn role(self, role: renkei_store::OperatorRole) -> &'static str {
+        use renkei_store::OperatorRole::*;
+        self.t(match role {
+            Viewer => Msg::RoleViewer,
+            Editor => Msg::RoleEditor,
+            Admin => Msg::RoleAdmin,
+        })
+    }
+
+    /// An audit action's label (the action code itself when unknown).
+    pub fn action(self, action: &str) -> String {
+        let msg = match action {
+            "sign_in" => Msg::ActionSignIn,
+            "sign_out" => Msg::ActionSignOut,
+            "pause" => Msg::ActionPause,
+            "resume" => Msg::ActionResume,
+            "operator_add" => Msg::ActionOperatorAdd,
+            "operator_remove" => Msg::ActionOperatorRemove,
+            "operator_role" => Msg::ActionOperatorRole,
+            other => return other.to_string(),
+        };
+        self.t(msg).to_string()
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Every text the dashboard shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Msg {
+    Product,
+    SignIn,
+    SignOut,
+    SignedInAs,
+    Name,
+    Password,
+    WrongPassword,
+    Overview,
+    Campaigns,
+    Operators,
+    Friends,
+    Blocked,
+    Linked,
+    LinkRate,
+    DeliveriesPending,
+    DeliveriesFailed,
+    SystemStatus,
+    Database,
+    Line,
+    StatusOk,
+    StatusError,
+    LineConfigured,
+    LineNotConfigured,
+    QuotaUnknown,
+    Campaign,
+    Id,
+    Trigger,
+    State,
+    Active,
+    Paused,
+    Pause,
+    Resume,
+    Sent,
+    Pending,
+    Failed,
+    Skipped,
+    SkippedByReason,
+    Reason,
+    Count,
+    Holdout,
+    Clicked,
+    ClickedUsers,
+    Converted,
+    ConversionValue,
+    Lift,
+    Steps,
+    Step,
+    Variants,
+    Variant,
+    Users,
+    Exited,
+    LineNumbers,
+    LineDelivered,
+    LineImpressions,
+    LineClicks,
+    NotYet,
+    TriggerSegment,
+    TriggerEvent,
+    TriggerSchedule,
+    Role,
+    RoleViewer,
+    RoleEditor,
+    RoleAdmin,
+    AddOperator,
+    PasswordOptional,
+    Add,
+    Remove,
+    ChangeRole,
+    Updated,
+    AuditLog,
+    When,
+    Who,
+    What,
+    Target,
+    Nothing,
+    GeneratedPassword,
+    Done,
+    ActionSignIn,
+    ActionSignOut,
+    ActionPause,
+    ActionResume,
+    ActionOperatorAdd,
+    ActionOperatorRemove,
+    ActionOperatorRole,
+    ErrorTitle,
+    ErrorForbidden,
+    ErrorCsrf,
+    ErrorBadForm,
+    ErrorNotFound,
+    ErrorUnavailable,
+    ErrorTooMany,
+    ErrorExists,
+    ErrorNoSuchOperator,
+    ErrorInvalidName,
+    ErrorWeakPassword,
+    Back,
+}
+
+fn ja(msg: Msg) -> &'static str {
+    use Msg::*;
+    match msg {
+        Product => "renkei ダッシュボード",
+        SignIn => "サインイン",
+        SignOut => "サインアウト",
+        SignedInAs => "サインイン中",
+        Name => "名前",
+        Password => "パスワード",
+        WrongPassword => "名前またはパスワードが違います。",
+        Overview => "概要",
+        Campaigns => "キャンペーン",
+        Operators => "オペレーター",
+        Friends => "友だち",
+        Blocked => "ブロック",
+        Linked => "ID連携済み",
+        LinkRate => "ID連携率(友だちのうち)",
+        DeliveriesPending => "配信待ち",
+        DeliveriesFailed => "配信失敗",
+        SystemStatus => "システムの状態",
+        Database => "データベース",
+        Line => "LINE",
+        StatusOk => "正常",
+        StatusError => "エラー",
+        LineConfigured => "チャネルアクセストークン設定済み",
+        LineNotConfigured => "チャネルアクセストークン未設定(配信されません)",
+        QuotaUnknown => "今月の配信数と上限は配信ロールが管理しています(この画面ではまだ表示されません)",
+        Campaign => "キャンペーン",
+        Id => "ID",
+        Trigger => "トリガー",
+        State => "状態",
+        Active => "配信中",
+        Paused => "一時停止中",
+        Pause => "一時停止",
+        Resume => "再開",
+        Sent => "送信済み",
+        Pending => "送信待ち",
+        Failed => "失敗",
+        Skipped => "スキップ",
+        SkippedByReason => "スキップの理由",
+        Reason => "理由",
+        Count => "件数",
+        Holdout => "ホールドアウト",
+        Clicked => "クリック",
+        ClickedUsers => "クリックした人",
+        Converted => "コンバージョン",
+        ConversionValue => "コンバージョン金額",
+        Lift => "リフト",
+        Steps => "ステップ",
+        Step => "ステップ",
+        Variants => "バリアント",
+        Variant => "バリアント",
+        Users => "人数",
+        Exited => "離脱",
+        LineNumbers => "LINEの統計",
+        LineDelivered => "配信",
+        LineImpressions => "開封(ユニーク)",
+        LineClicks => "クリック(ユニーク)",
+        NotYet => "未取得(20未満を含む)",
+        TriggerSegment => "セグメント参加",
+        TriggerEvent => "イベント",
+        TriggerSchedule => "スケジュール",
+        Role => "権限",
+        RoleViewer => "閲覧者",
+        RoleEditor => "編集者",
+        RoleAdmin => "管理者",
+        AddOperator => "オペレーターを追加",
+        PasswordOptional => "パスワード(空欄なら自動生成)",
+        Add => "追加",
+        Remove => "削除",
+        ChangeRole => "権限を変更",
+        Updated => "更新日時",
+        AuditLog => "操作履歴",
+        When => "日時",
+        Who => "誰が",
+        What => "操作",
+        Target => "対象",
+        Nothing => "なし",
+        GeneratedPassword => "自動生成したパスワードです。この画面でしか表示されません:",
+        Done => "完了しました。",
+        ActionSignIn => "サインイン",
+        ActionSignOut => "サインアウト",
+        ActionPause => "キャンペーンを一時停止",
+        ActionResume => "キャンペーンを再開",
+        ActionOperatorAdd => "オペレーターを追加",
+        ActionOperatorRemove => "オペレーターを削除",
+        ActionOperatorRole => "権限を変更",
+        ErrorTitle => "エラー",
+        ErrorForbidden => "この操作の権限がありません。",
+        ErrorCsrf => "フォームの確認に失敗しました。ページを開き直してからもう一度お試しください。",
+        ErrorBadForm => "フォームの内容を読み取れませんでした。",
+        ErrorNotFound => "見つかりません。",
+        ErrorUnavailable => "データベースに接続できません。しばらくしてからもう一度お試しください。",
+        ErrorTooMany => "サインインの失敗が続いたため、しばらくサインインできません。時間をおいてお試しください。",
+        ErrorExists => "その名前のオペレーターはすでにいます。",
+        ErrorNoSuchOperator => "そのオペレーターはいません。",
+        ErrorInvalidName => "名前は1〜64文字の英数字と . _ - @ で指定してください。",
+        ErrorWeakPassword => "パスワードは10文字以上、1024文字以下にしてください。",
+        Back => "戻る",
+    }
+}
+
+fn en(msg: Msg) -> &'static str {
+    use Msg::*;
+    match msg {
+        Product => "renkei dashboard",
+        SignIn => "Sign in",
+        SignOut => "Sign out",
+        SignedInAs => "Signed in as",
+        Name => "Name",
+        Password => "Password",
+        WrongPassword => "Wrong name or password.",
+        Overview => "Overview",
+        Campaigns => "Campaigns",
+        Operators => "Operators",
+        Friends => "Friends",
+        Blocked => "Blocked",
+        Linked => "Linked (ID link)",
+        LinkRate => "ID link rate (of friends)",
+        DeliveriesPending => "Deliveries waiting",
+        DeliveriesFailed => "Deliveries failed",
+        SystemStatus => "System status",
+        Database => "Database",
+        Line => "LINE",
+        StatusOk => "OK",
+        StatusError => "Error",
+        LineConfigured => "channel access token set",
+        LineNotConfigured => "no channel access token (nothing is sent)",
+        QuotaUnknown => "This month's messages against the quota are kept by the dispatcher (not shown here yet)",
+        Campaign => "Campaign",
+        Id => "ID",
+        Trigger => "Trigger",
+        State => "State",
+        Active => "active",
+        Paused => "paused",
+        Pause => "Pause",
+        Resume => "Resume",
+        Sent => "Sent",
+        Pending => "Pending",
+        Failed => "Failed",
+        Skipped => "Skipped",
+        SkippedByReason => "Skipped by reason",
+        Reason => "Reason",
+        Count => "Count",
+        Holdout => "Holdout",
+        Clicked => "Clicks",
+        ClickedUsers => "Users who clicked",
+        Converted => "Converted",
+        ConversionValue => "Conversion value",
+        Lift => "Lift",
+        Steps => "Steps",
+        Step => "Step",
+        Variants => "Variants",
+        Variant => "Variant",
+        Users => "Users",
+        Exited => "Exited",
+        LineNumbers => "LINE's statistics",
+        LineDelivered => "Delivered",
+        LineImpressions => "Unique impressions",
+        LineClicks => "Unique clicks",
+        NotYet => "not fetched (or fewer than 20)",
+        TriggerSegment => "segment entered",
+        TriggerEvent => "event",
+        TriggerSchedule => "schedule",
+        Role => "Role",
+        RoleViewer => "viewer",
+        RoleEditor => "editor",
+        RoleAdmin => "admin",
+        AddOperator => "Add an operator",
+        PasswordOptional => "Password (empty: generated)",
+        Add => "Add",
+        Remove => "Remove",
+        ChangeRole => "Change role",
+        Updated => "Updated",
+        AuditLog => "Audit log",
+        When => "When",
+        Who => "Who",
+        What => "What",
+        Target => "Target",
+        Nothing => "none",
+        GeneratedPassword => "The generated password, shown on this page only:",
+        Done => "Done.",
+        ActionSignIn => "signed in",
+        ActionSignOut => "signed out",
+        ActionPause => "paused a campaign",
+        ActionResume => "resumed a campaign",
+        ActionOperatorAdd => "added an operator",
+        ActionOperatorRemove => "removed an operator",
+        ActionOperatorRole => "changed a role",
+        ErrorTitle => "Error",
+        ErrorForbidden => "You may not do this.",
+        ErrorCsrf => "The form could not be verified. Open the page again and retry.",
+        ErrorBadForm => "The form could not be read.",
+        ErrorNotFound => "Not found.",
+        ErrorUnavailable => "The database cannot be reached. Try again in a moment.",
+        ErrorTooMany => "Too many failed sign-ins: signing in is refused for a while. Try again later.",
+        ErrorExists => "An operator with that name exists already.",
+        ErrorNoSuchOperator => "There is no such operator.",
+        ErrorInvalidName => "A name is 1 to 64 letters, digits and . _ - @.",
+        ErrorWeakPassword => "A password has 10 to 1024 characters.",
+        Back => "Back",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn japanese_formats() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-06T00:13:00Z").map(|t| t.to_utc());
+        let at = at.unwrap_or_default();
+        assert_eq!(Lang::Ja.datetime(at, chrono_tz::Asia::Tokyo), "2026年12月6日 09:13");
+        assert_eq!(Lang::En.datetime(at, chrono_tz::Asia::Tokyo), "2026-12-06 09:13");
+        assert_eq!(Lang::Ja.items(1_234_567), "1,234,567件");
+        assert_eq!(Lang::Ja.people(12), "12人");
+        assert_eq!(Lang::Ja.yen(-1_380_000), "-¥1,380,000");
+        assert_eq!(Lang::En.percent(1, 3), "33.3%");
+        assert_eq!(Lang::En.percent(1, 0), "–");
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(100), "100");
+        assert_eq!(grouped(1000), "1,000");
+    }
+}

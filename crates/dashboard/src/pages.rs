@@ -1,0 +1,386 @@
+//! The pages, rendered with maud (every `(value)` it prints is HTML-escaped).
+//! Each number is printed in the language's format with its raw value in a
+//! `data-value` attribute beside it.
+
+use crate::DashboardState;
+use crate::i18n::{Lang, Msg};
+use crate::web::Signed;
+use maud::{DOCTYPE, Markup, html};
+use renkei_campaigns::{Campaign, Trigger};
+use renkei_store::{AuditEntry, Operator, OperatorRole, OverviewCounts};
+use serde_json::Value;
+
+/// `text` safe as one path segment (percent-encoded but for unreserved characters).
+pub fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn page(lang: Lang, title: &str, signed: Option<&Signed>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang=(lang.code()) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " – " (lang.t(Msg::Product)) }
+                link rel="stylesheet" href="/dashboard/assets/dashboard.css";
+            }
+            body {
+                header {
+                    span.product { (lang.t(Msg::Product)) }
+                    @if let Some(signed) = signed {
+                        nav {
+                            a href="/dashboard/" { (lang.t(Msg::Overview)) }
+                            a href="/dashboard/campaigns" { (lang.t(Msg::Campaigns)) }
+                            @if signed.role.allows(OperatorRole::Admin) {
+                                a href="/dashboard/operators" { (lang.t(Msg::Operators)) }
+                            }
+                        }
+                        form.signout method="post" action="/dashboard/logout" {
+                            span #signed-in { (lang.t(Msg::SignedInAs)) " " strong { (signed.name) } " (" (lang.role(signed.role)) ")" }
+                            (csrf(&signed.csrf))
+                            button type="submit" { (lang.t(Msg::SignOut)) }
+                        }
+                    }
+                }
+                main {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+fn csrf(token: &str) -> Markup {
+    html! { input type="hidden" name="csrf" value=(token); }
+}
+
+/// A number cell: formatted text, raw value in `data-value`.
+fn number(id: &str, value: u64, text: String) -> Markup {
+    html! { td.num id=(id) data-value=(value) { (text) } }
+}
+
+pub fn failure(lang: Lang, msg: Msg) -> Markup {
+    page(
+        lang,
+        lang.t(Msg::ErrorTitle),
+        None,
+        html! {
+            p.error #error { (lang.t(msg)) }
+            p { a href="/dashboard/" { (lang.t(Msg::Back)) } }
+        },
+    )
+}
+
+pub fn login(lang: Lang, csrf_token: &str, error: Option<Msg>) -> Markup {
+    page(
+        lang,
+        lang.t(Msg::SignIn),
+        None,
+        html! {
+            @if let Some(error) = error { p.error #error { (lang.t(error)) } }
+            form.login method="post" action="/dashboard/login" {
+                (csrf(csrf_token))
+                label { (lang.t(Msg::Name)) input #name type="text" name="name" autocomplete="username" required; }
+                label { (lang.t(Msg::Password)) input #password type="password" name="password" autocomplete="current-password" required; }
+                button #sign-in type="submit" { (lang.t(Msg::SignIn)) }
+            }
+        },
+    )
+}
+
+pub fn overview(state: &DashboardState, signed: &Signed, counts: Option<OverviewCounts>) -> Markup {
+    let lang = state.settings.language;
+    let body = html! {
+        @if let Some(c) = counts {
+            table.figures {
+                tr { th { (lang.t(Msg::Friends)) } (number("following", c.following, lang.people(c.following))) }
+                tr { th { (lang.t(Msg::Blocked)) } (number("blocked", c.blocked, lang.people(c.blocked))) }
+                tr { th { (lang.t(Msg::Linked)) } (number("linked", c.linked, lang.people(c.linked))) }
+                tr { th { (lang.t(Msg::LinkRate)) } td.num #link-rate { (lang.percent(c.linked_following, c.following)) } }
+                tr { th { (lang.t(Msg::DeliveriesPending)) } (number("deliveries-pending", c.deliveries_pending, lang.items(c.deliveries_pending))) }
+                tr { th { (lang.t(Msg::DeliveriesFailed)) } (number("deliveries-failed", c.deliveries_failed, lang.items(c.deliveries_failed))) }
+            }
+        }
+        h2 { (lang.t(Msg::SystemStatus)) }
+        table.figures {
+            tr {
+                th { (lang.t(Msg::Database)) }
+                @if counts.is_some() { td.ok #database { (lang.t(Msg::StatusOk)) } }
+                @else { td.bad #database { (lang.t(Msg::StatusError)) ": " (lang.t(Msg::ErrorUnavailable)) } }
+            }
+            tr {
+                th { (lang.t(Msg::Line)) }
+                @if state.settings.line_configured { td.ok #line { (lang.t(Msg::LineConfigured)) } }
+                @else { td.bad #line { (lang.t(Msg::LineNotConfigured)) } }
+            }
+        }
+        p.note { (lang.t(Msg::QuotaUnknown)) }
+    };
+    page(lang, lang.t(Msg::Overview), Some(signed), body)
+}
+
+fn trigger(lang: Lang, trigger: &Trigger) -> String {
+    if let Trigger::SegmentEntered { segment } = trigger {
+        format!("{}: {segment}", lang.t(Msg::TriggerSegment))
+    } else if let Trigger::Event { event_type, .. } = trigger {
+        format!("{}: {event_type}", lang.t(Msg::TriggerEvent))
+    } else if let Trigger::Schedule { expr, audience, .. } = trigger {
+        format!("{}: {expr} → {audience}", lang.t(Msg::TriggerSchedule))
+    } else {
+        String::new()
+    }
+}
+
+fn state_label(lang: Lang, paused: bool) -> &'static str {
+    lang.t(if paused { Msg::Paused } else { Msg::Active })
+}
+
+pub fn campaigns(state: &DashboardState, signed: &Signed, paused: &[String]) -> Markup {
+    let lang = state.settings.language;
+    let body = html! {
+        table.list #campaigns {
+            tr { th { (lang.t(Msg::Campaign)) } th { (lang.t(Msg::Id)) } th { (lang.t(Msg::Trigger)) } th { (lang.t(Msg::State)) } }
+            @for campaign in state.campaigns.iter() {
+                @let is_paused = paused.contains(&campaign.id);
+                tr data-campaign=(campaign.id) {
+                    td { a href={ "/dashboard/campaigns/" (path_segment(&campaign.id)) } { (campaign.name) } }
+                    td { code { (campaign.id) } }
+                    td { (trigger(lang, &campaign.trigger)) }
+                    td.state data-value=(if is_paused { "paused" } else { "active" }) { (state_label(lang, is_paused)) }
+                }
+            }
+        }
+    };
+    page(lang, lang.t(Msg::Campaigns), Some(signed), body)
+}
+
+fn count(value: &Value) -> u64 {
+    value.as_u64().unwrap_or(0)
+}
+
+/// A stats number that may be null (no goal, or not known): a dash then.
+fn maybe(id: &str, value: &Value, format: impl Fn(u64) -> String) -> Markup {
+    match value.as_u64() {
+        Some(n) => number(id, n, format(n)),
+        None => html! { td.num id=(id) { "–" } },
+    }
+}
+
+pub fn campaign(state: &DashboardState, signed: &Signed, campaign: &Campaign, stats: &Value) -> Markup {
+    let lang = state.settings.language;
+    let paused = stats["state"] == "paused";
+    let path = path_segment(&campaign.id);
+    let body = html! {
+        table.figures {
+            tr { th { (lang.t(Msg::Id)) } td { code { (campaign.id) } } }
+            tr { th { (lang.t(Msg::Trigger)) } td { (trigger(lang, &campaign.trigger)) } }
+            tr { th { (lang.t(Msg::State)) } td #state data-value=(stats["state"].as_str().unwrap_or("")) { (state_label(lang, paused)) } }
+        }
+        @if signed.role.allows(OperatorRole::Editor) {
+            @let (action, label) = if paused { ("resume", Msg::Resume) } else { ("pause", Msg::Pause) };
+            form.inline method="post" action={ "/dashboard/campaigns/" (path) "/" (action) } {
+                (csrf(&signed.csrf))
+                button #toggle type="submit" { (lang.t(label)) }
+            }
+        }
+        table.figures #funnel {
+            tr { th { (lang.t(Msg::Sent)) } (number("sent", count(&stats["sent"]), lang.items(count(&stats["sent"])))) }
+            tr { th { (lang.t(Msg::Pending)) } (number("pending", count(&stats["pending"]), lang.items(count(&stats["pending"])))) }
+            tr { th { (lang.t(Msg::Failed)) } (number("failed", count(&stats["failed"]), lang.items(count(&stats["failed"])))) }
+            tr { th { (lang.t(Msg::Skipped)) } (number("skipped", count(&stats["skipped"]), lang.items(count(&stats["skipped"])))) }
+            tr { th { (lang.t(Msg::Holdout)) } (maybe("holdout", &stats["holdout"]["users"], |n| lang.people(n))) }
+            tr { th { (lang.t(Msg::Clicked)) } (number("clicked", count(&stats["clicked"]), lang.items(count(&stats["clicked"])))) }
+            tr { th { (lang.t(Msg::ClickedUsers)) } (number("clicked-users", count(&stats["clicked_users"]), lang.people(count(&stats["clicked_users"])))) }
+            tr { th { (lang.t(Msg::Converted)) } (maybe("converted", &stats["converted"], |n| lang.people(n))) }
+            tr {
+                th { (lang.t(Msg::ConversionValue)) }
+                @match stats["conversion_value"].as_i64() {
+                    Some(v) => td.num #conversion-value data-value=(v) { (lang.yen(v)) },
+                    None => td.num #conversion-value { "–" },
+                }
+            }
+            tr {
+                th { (lang.t(Msg::Lift)) }
+                @match stats["lift"]["absolute"].as_f64() {
+                    Some(lift) => td.num #lift data-value=(lift) { (format!("{:+.1}pt", lift * 100.0)) },
+                    None => td.num #lift { "–" },
+                }
+            }
+        }
+        (skips(lang, stats))
+        (steps(lang, stats))
+        (variants(lang, stats))
+        (line_numbers(lang, stats))
+    };
+    page(lang, &campaign.name, Some(signed), body)
+}
+
+fn skips(lang: Lang, stats: &Value) -> Markup {
+    html! {
+        h2 { (lang.t(Msg::SkippedByReason)) }
+        @match stats["skipped_by_reason"].as_object().filter(|m| !m.is_empty()) {
+            Some(reasons) => table.list #skipped-by-reason {
+                tr { th { (lang.t(Msg::Reason)) } th { (lang.t(Msg::Count)) } }
+                @for (reason, n) in reasons {
+                    tr { td { code { (reason) } } (number(&format!("skipped-{reason}"), count(n), lang.items(count(n)))) }
+                }
+            },
+            None => p { (lang.t(Msg::Nothing)) },
+        }
+    }
+}
+
+fn steps(lang: Lang, stats: &Value) -> Markup {
+    let Some(steps) = stats["steps"].as_object() else { return html! {} };
+    html! {
+        h2 { (lang.t(Msg::Steps)) }
+        table.list #steps {
+            tr { th { (lang.t(Msg::Step)) } th { (lang.t(Msg::Sent)) } th { (lang.t(Msg::Pending)) } th { (lang.t(Msg::Skipped)) } th { (lang.t(Msg::Exited)) } th { (lang.t(Msg::Holdout)) } }
+            @for (id, step) in steps {
+                tr {
+                    td { code { (id) } }
+                    @for key in ["sent", "pending", "skipped", "exited", "holdout"] {
+                        td.num data-value=(count(&step[key])) { (lang.items(count(&step[key]))) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn variants(lang: Lang, stats: &Value) -> Markup {
+    let Some(variants) = stats["variants"].as_object() else { return html! {} };
+    html! {
+        h2 { (lang.t(Msg::Variants)) }
+        table.list #variants {
+            tr { th { (lang.t(Msg::Variant)) } th { (lang.t(Msg::Users)) } th { (lang.t(Msg::Sent)) } th { (lang.t(Msg::Clicked)) } th { (lang.t(Msg::Converted)) } }
+            @for (id, variant) in variants {
+                tr {
+                    td { code { (id) } }
+                    td.num { (lang.people(count(&variant["users"]))) }
+                    td.num { (lang.items(count(&variant["sent"]))) }
+                    td.num { (lang.items(count(&variant["clicked"]))) }
+                    td.num { @match variant["converted"].as_u64() { Some(n) => (lang.people(n)), None => "–" } }
+                }
+            }
+        }
+    }
+}
+
+fn line_numbers(lang: Lang, stats: &Value) -> Markup {
+    let line = &stats["line"];
+    let unknown = lang.t(Msg::NotYet);
+    html! {
+        h2 { (lang.t(Msg::LineNumbers)) }
+        table.figures #line-stats {
+            tr { th { (lang.t(Msg::LineDelivered)) } td.num { (lang.items(count(&line["delivered"]))) } }
+            tr { th { (lang.t(Msg::LineImpressions)) } td.num { @match line["unique_impression"].as_u64() { Some(n) => (lang.people(n)), None => (unknown) } } }
+            tr { th { (lang.t(Msg::LineClicks)) } td.num { @match line["unique_click"].as_u64() { Some(n) => (lang.people(n)), None => (unknown) } } }
+        }
+    }
+}
+
+fn role_select(lang: Lang, current: OperatorRole) -> Markup {
+    html! {
+        select name="role" {
+            @for role in OperatorRole::ALL {
+                option value=(role.as_str()) selected[role == current] { (lang.role(role)) }
+            }
+        }
+    }
+}
+
+pub fn operators(
+    state: &DashboardState,
+    signed: &Signed,
+    operators: &[Operator],
+    audit: &[AuditEntry],
+    notice: Option<(Msg, Option<String>)>,
+) -> Markup {
+    let lang = state.settings.language;
+    let tz = state.settings.timezone;
+    let body = html! {
+        @if let Some((msg, generated)) = notice {
+            p.notice #notice { (lang.t(msg)) }
+            @if let Some(password) = generated {
+                p.notice { (lang.t(Msg::GeneratedPassword)) " " code #generated-password { (password) } }
+            }
+        }
+        table.list #operators {
+            tr { th { (lang.t(Msg::Name)) } th { (lang.t(Msg::Role)) } th { (lang.t(Msg::Updated)) } th {} }
+            @for operator in operators {
+                @let path = path_segment(&operator.name);
+                tr data-operator=(operator.name) {
+                    td { (operator.name) }
+                    td {
+                        form.inline method="post" action={ "/dashboard/operators/" (path) "/role" } {
+                            (csrf(&signed.csrf))
+                            (role_select(lang, operator.role))
+                            button type="submit" { (lang.t(Msg::ChangeRole)) }
+                        }
+                    }
+                    td { (lang.datetime(operator.updated_at, tz)) }
+                    td {
+                        form.inline method="post" action={ "/dashboard/operators/" (path) "/remove" } {
+                            (csrf(&signed.csrf))
+                            button.danger type="submit" { (lang.t(Msg::Remove)) }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { (lang.t(Msg::AddOperator)) }
+        form.add method="post" action="/dashboard/operators" {
+            (csrf(&signed.csrf))
+            label { (lang.t(Msg::Name)) input type="text" name="name" required; }
+            label { (lang.t(Msg::Role)) (role_select(lang, OperatorRole::Viewer)) }
+            label { (lang.t(Msg::PasswordOptional)) input type="password" name="password" autocomplete="new-password"; }
+            button type="submit" { (lang.t(Msg::Add)) }
+        }
+        h2 { (lang.t(Msg::AuditLog)) }
+        table.list #audit {
+            tr { th { (lang.t(Msg::When)) } th { (lang.t(Msg::Who)) } th { (lang.t(Msg::What)) } th { (lang.t(Msg::Target)) } }
+            @for entry in audit {
+                tr data-action=(entry.action) {
+                    td { (lang.datetime(entry.at, tz)) }
+                    td { (entry.operator) }
+                    td { (lang.action(&entry.action)) @if !entry.detail.is_empty() { " (" (entry.detail) ")" } }
+                    td { (entry.target) }
+                }
+            }
+        }
+    };
+    page(lang, lang.t(Msg::Operators), Some(signed), body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(path_segment("spring_sale-2"), "spring_sale-2");
+        assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
+        assert_eq!(path_segment("<x>"), "%3Cx%3E");
+    }
+
+    #[test]
+    fn pages_escape_what_they_print() {
+        let markup = failure(Lang::En, Msg::ErrorNotFound).into_string();
+        assert!(markup.contains("Not found."), "{markup}");
+        let login = login(Lang::Ja, "\"><script>alert(1)</script>", Some(Msg::WrongPassword)).into_string();
+        assert!(!login.contains("<script>alert"), "{login}");
+        assert!(login.contains("&quot;&gt;&lt;script&gt;"), "{login}");
+        assert!(login.contains("名前またはパスワードが違います"), "{login}");
+    }
+}

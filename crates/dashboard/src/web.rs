@@ -1,0 +1,430 @@
+//! The HTTP side: routes, the signed-in operator ([`Signed`]), forms and
+//! their CSRF check, failures as pages, and the headers every answer gets.
+
+use crate::auth::{self, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
+use crate::i18n::Msg;
+use crate::manage::{self, ManageError};
+use crate::{DashboardState, pages};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use renkei_store::{OperatorRole, StoreError};
+use std::net::SocketAddr;
+
+/// Forms are small; anything larger is refused (413) before it is read.
+const BODY_LIMIT: usize = 16 * 1024;
+/// A session's last-seen time is written at most this often.
+const TOUCH_EVERY: chrono::Duration = chrono::Duration::seconds(30);
+
+pub fn router(state: DashboardState) -> Router {
+    Router::new()
+        .route("/dashboard", get(|| async { see_other("/dashboard/") }))
+        .route("/dashboard/", get(overview))
+        .route("/dashboard/login", get(login_form).post(login))
+        .route("/dashboard/logout", post(logout))
+        .route("/dashboard/campaigns", get(campaigns))
+        .route("/dashboard/campaigns/{id}", get(campaign))
+        .route("/dashboard/campaigns/{id}/pause", post(pause))
+        .route("/dashboard/campaigns/{id}/resume", post(resume))
+        .route("/dashboard/operators", get(operators).post(add_operator))
+        .route("/dashboard/operators/{name}/role", post(set_role))
+        .route("/dashboard/operators/{name}/remove", post(remove_operator))
+        .route("/dashboard/assets/dashboard.css", get(stylesheet))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), finish))
+        .with_state(state)
+}
+
+/// Why a request got no page of its own: rendered as an error page in the
+/// configured language by [`finish`] (or a redirect to sign in).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    status: StatusCode,
+    msg: Msg,
+    retry_after: Option<u64>,
+}
+
+impl Failure {
+    fn new(status: StatusCode, msg: Msg) -> Self {
+        Self { status, msg, retry_after: None }
+    }
+
+    /// Not signed in (or the session expired): to the sign-in page.
+    fn sign_in() -> Self {
+        Self::new(StatusCode::SEE_OTHER, Msg::SignIn)
+    }
+
+    fn forbidden() -> Self {
+        Self::new(StatusCode::FORBIDDEN, Msg::ErrorForbidden)
+    }
+
+    fn csrf() -> Self {
+        Self::new(StatusCode::FORBIDDEN, Msg::ErrorCsrf)
+    }
+
+    fn bad_form() -> Self {
+        Self::new(StatusCode::BAD_REQUEST, Msg::ErrorBadForm)
+    }
+
+    fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, Msg::ErrorNotFound)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        tracing::warn!(%error, "dashboard: store error");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, Msg::ErrorUnavailable)
+    }
+}
+
+impl From<ManageError> for Failure {
+    fn from(error: ManageError) -> Self {
+        match error {
+            ManageError::InvalidName => Self::new(StatusCode::BAD_REQUEST, Msg::ErrorInvalidName),
+            ManageError::WeakPassword => Self::new(StatusCode::BAD_REQUEST, Msg::ErrorWeakPassword),
+            ManageError::Exists(_) => Self::new(StatusCode::CONFLICT, Msg::ErrorExists),
+            ManageError::NoSuchOperator(_) => Self::new(StatusCode::NOT_FOUND, Msg::ErrorNoSuchOperator),
+            ManageError::Store(error) => error.into(),
+            ManageError::Hash(error) => {
+                tracing::error!(%error, "dashboard: hashing a password failed");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, Msg::ErrorUnavailable)
+            }
+        }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let mut response = self.status.into_response();
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+/// Renders failures as pages and sets the headers every dashboard answer
+/// gets: no caching, no framing, no scripts or styles from elsewhere.
+async fn finish(State(state): State<DashboardState>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    if let Some(failure) = response.extensions_mut().remove::<Failure>() {
+        response = if failure.status == StatusCode::SEE_OTHER {
+            see_other("/dashboard/login")
+        } else {
+            let mut page = (failure.status, pages::failure(state.settings.language, failure.msg)).into_response();
+            if let Some(seconds) = failure.retry_after {
+                page.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            page
+        };
+    }
+    let headers = response.headers_mut();
+    let set = [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    ];
+    for (name, value) in set {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+fn see_other(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
+}
+
+/// The operator a request's session cookie belongs to; without a live
+/// session, a redirect to the sign-in page.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub name: String,
+    pub role: OperatorRole,
+    pub csrf: String,
+    token_hash: String,
+}
+
+impl Signed {
+    fn require(&self, role: OperatorRole) -> Result<(), Failure> {
+        if self.role.allows(role) { Ok(()) } else { Err(Failure::forbidden()) }
+    }
+
+    /// The form's `csrf` field must be this session's token.
+    fn check(&self, form: &Form) -> Result<(), Failure> {
+        match form.get("csrf") {
+            Some(token) if auth::same(token, &self.csrf) => Ok(()),
+            _ => Err(Failure::csrf()),
+        }
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    auth::cookie_value(headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()), name)
+}
+
+impl FromRequestParts<DashboardState> for Signed {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &DashboardState) -> Result<Self, Failure> {
+        let token = cookie(&parts.headers, SESSION_COOKIE).ok_or_else(Failure::sign_in)?;
+        let token_hash = auth::token_hash(token);
+        let now = state.clock.now();
+        let idle = chrono::Duration::from_std(state.settings.session_idle).unwrap_or(chrono::Duration::MAX);
+        let operators = &state.store.operators;
+        let session = operators.session(&token_hash, now - idle).await?.ok_or_else(Failure::sign_in)?;
+        if now - session.last_seen_at >= TOUCH_EVERY {
+            operators.touch_session(&token_hash, now).await?;
+        }
+        Ok(Signed { name: session.operator, role: session.role, csrf: session.csrf_token, token_hash })
+    }
+}
+
+/// The client's address, as the connection reports it (a proxy's when
+/// behind one).
+struct ClientAddr(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(a)| a.ip().to_string());
+        Ok(ClientAddr(addr.unwrap_or_else(|| "unknown".to_string())))
+    }
+}
+
+/// A posted `application/x-www-form-urlencoded` body.
+pub struct Form(Vec<(String, String)>);
+
+impl Form {
+    fn parse(body: &[u8]) -> Result<Self, Failure> {
+        serde_urlencoded::from_bytes(body).map(Form).map_err(|_| Failure::bad_form())
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+}
+
+async fn stylesheet() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("dashboard.css")).into_response()
+}
+
+async fn login_form(State(state): State<DashboardState>) -> Response {
+    let csrf = auth::random_token();
+    let cookie = auth::cookie(LOGIN_CSRF_COOKIE, &csrf, state.settings.secure_cookies, None);
+    ([(header::SET_COOKIE, cookie)], pages::login(state.settings.language, &csrf, None)).into_response()
+}
+
+async fn login(
+    State(state): State<DashboardState>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let form = Form::parse(&body)?;
+    let csrf = form.get("csrf").ok_or_else(Failure::csrf)?;
+    match cookie(&headers, LOGIN_CSRF_COOKIE) {
+        Some(expected) if auth::same(csrf, expected) => {}
+        _ => return Err(Failure::csrf()),
+    }
+    let (Some(name), Some(password)) = (form.get("name"), form.get("password")) else {
+        return Err(Failure::bad_form());
+    };
+    let settings = &state.settings;
+    let operators = &state.store.operators;
+    let now = state.clock.now();
+    let window = chrono::Duration::from_std(settings.sign_in_window).unwrap_or(chrono::Duration::MAX);
+    let subjects = [format!("name:{name}"), format!("addr:{addr}")];
+    for subject in &subjects {
+        if operators.sign_in_failures(subject, now - window).await? >= u64::from(settings.sign_in_max_failures) {
+            tracing::warn!(subject = subject.split(':').next(), "dashboard: sign-in refused after repeated failures");
+            let mut failure = Failure::new(StatusCode::TOO_MANY_REQUESTS, Msg::ErrorTooMany);
+            failure.retry_after = Some(settings.sign_in_window.as_secs());
+            return Err(failure);
+        }
+    }
+    let known = operators.operator_with_hash(name).await?;
+    let hash = known.as_ref().map_or_else(|| auth::decoy_hash().to_string(), |(_, hash)| hash.clone());
+    let password = password.to_string();
+    let matches = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash)).await.unwrap_or(false);
+    let Some((operator, _)) = known.filter(|_| matches) else {
+        let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
+        operators.record_sign_in_failure(&subjects, now, now - window).await?;
+        tokio::time::sleep(settings.failure_delay).await;
+        let csrf = auth::random_token();
+        let cookie = auth::cookie(LOGIN_CSRF_COOKIE, &csrf, settings.secure_cookies, None);
+        let page = pages::login(settings.language, &csrf, Some(Msg::WrongPassword));
+        return Ok((StatusCode::UNAUTHORIZED, [(header::SET_COOKIE, cookie)], page).into_response());
+    };
+    operators.clear_sign_in_failures(&subjects[0]).await?;
+    let idle = chrono::Duration::from_std(settings.session_idle).unwrap_or(chrono::Duration::MAX);
+    operators.delete_idle_sessions(now - idle).await?;
+    let token = auth::random_token();
+    operators.create_session(&auth::token_hash(&token), &operator.name, &auth::random_token(), now).await?;
+    manage::audit(operators.as_ref(), &operator.name, "sign_in", "", "", now).await?;
+    tracing::info!(operator = %operator.name, "dashboard: signed in");
+    let mut response = see_other("/dashboard/");
+    let cookies = [
+        auth::cookie(SESSION_COOKIE, &token, settings.secure_cookies, None),
+        auth::cookie(LOGIN_CSRF_COOKIE, "", settings.secure_cookies, Some(0)),
+    ];
+    for cookie in cookies {
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    Ok(response)
+}
+
+async fn logout(State(state): State<DashboardState>, signed: Signed, body: Bytes) -> Result<Response, Failure> {
+    signed.check(&Form::parse(&body)?)?;
+    let operators = &state.store.operators;
+    operators.delete_session(&signed.token_hash).await?;
+    manage::audit(operators.as_ref(), &signed.name, "sign_out", "", "", state.clock.now()).await?;
+    let mut response = see_other("/dashboard/login");
+    let cookie = auth::cookie(SESSION_COOKIE, "", state.settings.secure_cookies, Some(0));
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+async fn overview(State(state): State<DashboardState>, signed: Signed) -> Response {
+    // A database problem is shown on the page, plainly, not as an error page.
+    let counts = state.store.overview.overview_counts().await;
+    if let Err(error) = &counts {
+        tracing::warn!(%error, "dashboard: overview counts unavailable");
+    }
+    pages::overview(&state, &signed, counts.ok()).into_response()
+}
+
+async fn campaigns(State(state): State<DashboardState>, signed: Signed) -> Result<Response, Failure> {
+    let paused = state.campaigns_store.schedule.paused_campaigns().await?;
+    Ok(pages::campaigns(&state, &signed, &paused).into_response())
+}
+
+async fn campaign(
+    State(state): State<DashboardState>,
+    signed: Signed,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let campaign = state.campaigns.get(&id).ok_or_else(Failure::not_found)?;
+    let now = state.clock.now();
+    let period = renkei_api::campaigns::Period::default();
+    let stats =
+        renkei_api::campaigns::campaign_stats(&state.campaigns_store, campaign, now, state.settings.timezone, period)
+            .await?;
+    Ok(pages::campaign(&state, &signed, campaign, &stats).into_response())
+}
+
+async fn set_paused(
+    state: DashboardState,
+    signed: Signed,
+    id: String,
+    body: Bytes,
+    paused: bool,
+) -> Result<Response, Failure> {
+    signed.check(&Form::parse(&body)?)?;
+    signed.require(OperatorRole::Editor)?;
+    if state.campaigns.get(&id).is_none() {
+        return Err(Failure::not_found());
+    }
+    let now = state.clock.now();
+    // The same pause state the API's pause and resume set, read by the scheduler and the planner.
+    state.campaigns_store.schedule.set_campaign_paused(&id, paused, now).await?;
+    let action = if paused { "pause" } else { "resume" };
+    manage::audit(state.store.operators.as_ref(), &signed.name, action, &id, "", now).await?;
+    tracing::info!(campaign = %id, paused, operator = %signed.name, "campaign state changed from the dashboard");
+    Ok(see_other(&format!("/dashboard/campaigns/{}", pages::path_segment(&id))))
+}
+
+async fn pause(
+    State(state): State<DashboardState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    set_paused(state, signed, id, body, true).await
+}
+
+async fn resume(
+    State(state): State<DashboardState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    set_paused(state, signed, id, body, false).await
+}
+
+/// The operators page, with `notice` (and a generated password) after a change.
+async fn operators_page(
+    state: &DashboardState,
+    signed: &Signed,
+    notice: Option<(Msg, Option<String>)>,
+) -> Result<Response, Failure> {
+    signed.require(OperatorRole::Admin)?;
+    let operators = state.store.operators.operators().await?;
+    let audit = state.store.operators.audit_log(200).await?;
+    Ok(pages::operators(state, signed, &operators, &audit, notice).into_response())
+}
+
+async fn operators(State(state): State<DashboardState>, signed: Signed) -> Result<Response, Failure> {
+    operators_page(&state, &signed, None).await
+}
+
+fn role_of(form: &Form) -> Result<OperatorRole, Failure> {
+    form.get("role").and_then(OperatorRole::parse).ok_or_else(Failure::bad_form)
+}
+
+async fn add_operator(State(state): State<DashboardState>, signed: Signed, body: Bytes) -> Result<Response, Failure> {
+    let form = Form::parse(&body)?;
+    signed.check(&form)?;
+    signed.require(OperatorRole::Admin)?;
+    let name = form.get("name").ok_or_else(Failure::bad_form)?;
+    let role = role_of(&form)?;
+    let (password, generated) = match form.get("password").filter(|p| !p.is_empty()) {
+        Some(password) => (password.to_string(), None),
+        None => {
+            let password = auth::generate_password();
+            (password.clone(), Some(password))
+        }
+    };
+    let store = state.store.operators.as_ref();
+    manage::add(store, &signed.name, name, role, &password, state.clock.now()).await?;
+    operators_page(&state, &signed, Some((Msg::Done, generated))).await
+}
+
+async fn set_role(
+    State(state): State<DashboardState>,
+    signed: Signed,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let form = Form::parse(&body)?;
+    signed.check(&form)?;
+    signed.require(OperatorRole::Admin)?;
+    let role = role_of(&form)?;
+    manage::set_role(state.store.operators.as_ref(), &signed.name, &name, role, state.clock.now()).await?;
+    operators_page(&state, &signed, Some((Msg::Done, None))).await
+}
+
+async fn remove_operator(
+    State(state): State<DashboardState>,
+    signed: Signed,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    signed.check(&Form::parse(&body)?)?;
+    signed.require(OperatorRole::Admin)?;
+    manage::remove(state.store.operators.as_ref(), &signed.name, &name, state.clock.now()).await?;
+    operators_page(&state, &signed, Some((Msg::Done, None))).await
+}

@@ -1,0 +1,66 @@
+//! The dashboard overview's counts "now": friends following and blocked,
+//! links (ID連携) and linked friends, deliveries waiting and failed. Each is
+//! one count over a table's key or a partial index, never over `events`.
+//! The same SQL on both backends.
+
+use crate::StoreResult;
+use crate::sql::{Sql, stmt};
+use async_trait::async_trait;
+use serde::Serialize;
+
+/// The overview's counts at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OverviewCounts {
+    /// LINE users who follow the account now.
+    pub following: u64,
+    /// LINE users who unfollowed (blocked) it.
+    pub blocked: u64,
+    /// Members linked to a LINE user (ID連携).
+    pub linked: u64,
+    /// Of those, LINE users who follow now.
+    pub linked_following: u64,
+    /// Deliveries waiting to be sent (pending or requested).
+    pub deliveries_pending: u64,
+    /// Deliveries that failed for good.
+    pub deliveries_failed: u64,
+}
+
+#[async_trait]
+pub trait OverviewReads: Send + Sync + 'static {
+    async fn overview_counts(&self) -> StoreResult<OverviewCounts>;
+}
+
+#[async_trait]
+impl<S: Sql> OverviewReads for S {
+    async fn overview_counts(&self) -> StoreResult<OverviewCounts> {
+        let count =
+            |row: &crate::sql::Row<'_, S::Db>, column: &str| row.int(column).map(|n| u64::try_from(n).unwrap_or(0));
+        let (following, blocked) = stmt::<S::Db>(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN following THEN 1 ELSE 0 END), 0) AS BIGINT) AS following,
+                    CAST(COALESCE(SUM(CASE WHEN following THEN 0 ELSE 1 END), 0) AS BIGINT) AS blocked
+             FROM friendships",
+        )
+        .one(self.reader(), |row| Ok((count(&row, "following")?, count(&row, "blocked")?)))
+        .await?;
+        let (linked, linked_following) = stmt::<S::Db>(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS linked,
+                    CAST(COALESCE(SUM(CASE WHEN f.following THEN 1 ELSE 0 END), 0) AS BIGINT) AS linked_following
+             FROM links l LEFT JOIN friendships f ON f.line_user_id = l.line_user_id",
+        )
+        .one(self.reader(), |row| Ok((count(&row, "linked")?, count(&row, "linked_following")?)))
+        .await?;
+        let deliveries_pending = stmt::<S::Db>(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM deliveries WHERE status = 'pending'
+             UNION ALL SELECT CAST(COUNT(*) AS BIGINT) AS n FROM deliveries WHERE status = 'requested'",
+        )
+        .all(self.reader(), |row| count(&row, "n"))
+        .await?
+        .into_iter()
+        .sum();
+        let deliveries_failed =
+            stmt::<S::Db>("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM deliveries WHERE status = 'failed'")
+                .one(self.reader(), |row| count(&row, "n"))
+                .await?;
+        Ok(OverviewCounts { following, blocked, linked, linked_following, deliveries_pending, deliveries_failed })
+    }
+}

@@ -1,0 +1,97 @@
+//! OperatorStore and OverviewReads conformance on both backends: operators
+//! and roles, sessions and their idle expiry, sign-in failures per subject,
+//! the audit log, and the overview's counts.
+
+use renkei_store::{AuditEntry, OperatorRole, OverviewCounts};
+use renkei_test_support::TestStore;
+
+mod common;
+use common::{at, member, user};
+
+async fn operators_sessions_failures_and_audit(store: TestStore) {
+    assert!(store.create_operator("sato", OperatorRole::Editor, "$argon2id$x", at(1)).await.expect("create"));
+    assert!(!store.create_operator("sato", OperatorRole::Admin, "other", at(2)).await.expect("create"), "taken");
+    assert!(store.create_operator("admin", OperatorRole::Admin, "$argon2id$y", at(1)).await.expect("create"));
+    let listed = store.operators().await.expect("list");
+    assert_eq!(
+        listed.iter().map(|o| (o.name.as_str(), o.role)).collect::<Vec<_>>(),
+        [("admin", OperatorRole::Admin), ("sato", OperatorRole::Editor)]
+    );
+    let (sato, hash) = store.operator_with_hash("sato").await.expect("read").expect("sato");
+    assert_eq!((sato.role, hash.as_str()), (OperatorRole::Editor, "$argon2id$x"), "the first create stays");
+    assert!(store.operator_with_hash("nobody").await.expect("read").is_none());
+
+    store.create_session("hash-1", "sato", "csrf-1", at(10)).await.expect("session");
+    let session = store.session("hash-1", at(5)).await.expect("read").expect("live");
+    assert_eq!(
+        (session.operator.as_str(), session.role, session.csrf_token.as_str()),
+        ("sato", OperatorRole::Editor, "csrf-1")
+    );
+    assert!(store.session("hash-1", at(11)).await.expect("read").is_none(), "idle since before `seen_since`");
+    store.touch_session("hash-1", at(20)).await.expect("touch");
+    assert!(store.session("hash-1", at(11)).await.expect("read").is_some(), "touched");
+    assert!(store.set_operator_role("sato", OperatorRole::Viewer, at(21)).await.expect("role"));
+    assert!(!store.set_operator_role("nobody", OperatorRole::Viewer, at(21)).await.expect("role"));
+    assert_eq!(store.session("hash-1", at(11)).await.expect("read").expect("live").role, OperatorRole::Viewer);
+    store.create_session("hash-2", "admin", "csrf-2", at(10)).await.expect("session");
+    assert_eq!(store.delete_idle_sessions(at(15)).await.expect("purge"), 1, "admin's idle session");
+    assert!(store.remove_operator("sato").await.expect("remove"));
+    assert!(!store.remove_operator("sato").await.expect("remove"));
+    assert!(store.session("hash-1", at(0)).await.expect("read").is_none(), "a removed operator's sessions end");
+
+    let subjects = ["name:sato", "addr:127.0.0.1"];
+    for second in [12, 13, 14] {
+        store.record_sign_in_failure(&subjects, at(second), at(0)).await.expect("failure");
+    }
+    assert_eq!(store.sign_in_failures("name:sato", at(13)).await.expect("count"), 2);
+    assert_eq!(store.sign_in_failures("addr:127.0.0.1", at(0)).await.expect("count"), 3);
+    store.record_sign_in_failure(&["name:sato"], at(16), at(14)).await.expect("failure forgets old ones");
+    assert_eq!(store.sign_in_failures("name:sato", at(0)).await.expect("count"), 2);
+    store.clear_sign_in_failures("name:sato").await.expect("clear");
+    assert_eq!(store.sign_in_failures("name:sato", at(0)).await.expect("count"), 0);
+    assert_eq!(store.sign_in_failures("addr:127.0.0.1", at(0)).await.expect("count"), 3, "other subjects stay");
+
+    for (second, action) in [(20, "sign_in"), (21, "pause")] {
+        let entry = AuditEntry {
+            at: at(second),
+            operator: "admin".into(),
+            action: action.into(),
+            target: "spring_sale".into(),
+            detail: String::new(),
+        };
+        store.record_audit(&entry).await.expect("audit");
+    }
+    let log = store.audit_log(10).await.expect("log");
+    assert_eq!(
+        log.iter().map(|e| (e.action.as_str(), e.at)).collect::<Vec<_>>(),
+        [("pause", at(21)), ("sign_in", at(20))]
+    );
+    assert_eq!(store.audit_log(1).await.expect("log").len(), 1);
+}
+
+async fn overview_counts_friends_links_and_deliveries(store: TestStore) {
+    assert_eq!(store.overview_counts().await.expect("counts"), OverviewCounts::default());
+    for (n, following) in [(1, true), (2, true), (3, false)] {
+        store.set_following(&user(n), following, at(1)).await.expect("follow");
+    }
+    // Linked: one following friend, one blocked, one who never followed.
+    for (n, id) in [(1, "m-1"), (3, "m-3"), (4, "m-4")] {
+        store.link(&member(id), &user(n), renkei_core::LinkMethod::Api, at(2)).await.expect("link");
+    }
+    let counts = store.overview_counts().await.expect("counts");
+    let expected = OverviewCounts {
+        following: 2,
+        blocked: 1,
+        linked: 3,
+        linked_following: 1,
+        deliveries_pending: 0,
+        deliveries_failed: 0,
+    };
+    assert_eq!(counts, expected);
+}
+
+renkei_test_support::on_both_backends!(
+    renkei_test_support::store =>
+    operators_sessions_failures_and_audit,
+    overview_counts_friends_links_and_deliveries,
+);
