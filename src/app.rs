@@ -12,7 +12,7 @@
 //!
 //! | role | crate | routes | background tasks |
 //! |---|---|---|---|
-//! | `api` | `renkei-api` | `/v1/events`, `/v1/members`, `/v1/links…`, `/v1/segments…`, `/v1/campaigns…`, `/t/…`; with `renkei-webhook`'s `/v1/account-link/nonce`, `/v1/links/id-token` | – |
+//! | `api` | `renkei-api`, `renkei-dashboard` | `/v1/events`, `/v1/members`, `/v1/links…`, `/v1/segments…`, `/v1/campaigns…`, `/t/…`; with `renkei-webhook`'s `/v1/account-link/nonce`, `/v1/links/id-token`; the operator dashboard `/dashboard/…` | – |
 //! | `webhook` | `renkei-webhook` | `POST /webhook/line` | webhook worker |
 //! | `evaluator` | `renkei-evaluator` | – | segment engine (change worker, timer), start-up recompute |
 //! | `scheduler` | `renkei-scheduler` | – | campaign triggers (segment entries, events, cron fires), desired rich menus |
@@ -439,7 +439,16 @@ impl Application {
                 api_keys: resolved.api_keys,
                 key_limits: Arc::new(KeyRateLimits::new(Some(server.rate))),
             };
+            let dashboard = renkei_dashboard::DashboardState {
+                store: renkei_dashboard::DashboardStore::of(&store),
+                campaigns_store: renkei_api::CampaignsStore::of(&store),
+                campaigns: state.campaigns.clone(),
+                clock: state.clock.clone(),
+                settings: Arc::new(dashboard_settings(config)),
+            };
             router = router.merge(renkei_api::router(state, renkei_webhook::api_router(webhook_state)));
+            // Signed in with a session cookie, not a bearer key; its own body limit.
+            router = router.merge(renkei_dashboard::router(dashboard));
         }
         let router = router
             .fallback(|| async { ApiError::not_found("no such route") })
@@ -499,6 +508,25 @@ impl Application {
         background.stop_engine(started + server.grace).await;
         tracing::info!(took = ?started.elapsed(), "stopped");
         Ok(())
+    }
+}
+
+/// `[dashboard]` with what the pages need from the rest of the config.
+fn dashboard_settings(config: &Config) -> renkei_dashboard::DashboardSettings {
+    let seconds = |d: renkei_core::SpanDuration| Duration::from_secs(u64::try_from(d.seconds()).unwrap_or(0));
+    let dashboard = &config.dashboard;
+    renkei_dashboard::DashboardSettings {
+        language: match dashboard.language {
+            crate::config::DashboardLanguage::Ja => renkei_dashboard::Lang::Ja,
+            crate::config::DashboardLanguage::En => renkei_dashboard::Lang::En,
+        },
+        session_idle: seconds(dashboard.session_idle),
+        sign_in_max_failures: dashboard.sign_in_max_failures,
+        sign_in_window: seconds(dashboard.sign_in_window),
+        secure_cookies: config.server.public_base_url.starts_with("https://"),
+        timezone: config.timezone.0,
+        line_configured: !config.line.channel_access_token.is_empty(),
+        ..Default::default()
     }
 }
 

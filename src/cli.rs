@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `check`, `import`, `segments`, `demo`.
+//! The command line: `serve`, `migrate`, `check`, `import`, `segments`,
+//! `campaigns`, `operators`, `demo`.
 
 use crate::app::Application;
 use crate::config::Config;
@@ -55,12 +56,58 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8081")]
         bind: std::net::SocketAddr,
     },
+    /// Manage the dashboard's operators (who may sign in at /dashboard/login).
+    Operators {
+        #[command(subcommand)]
+        what: OperatorsCommand,
+    },
     /// A self-contained tour on a temporary SQLite database.
     Demo {
         /// Keep serving after the tour until Ctrl-C, to try the API by hand.
         #[arg(long)]
         keep: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorsCommand {
+    /// Adds an operator. The password is read from stdin (first line) when
+    /// stdin is not a terminal; otherwise, or when that line is empty, one
+    /// is generated and printed once.
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// Lists the operators and their roles.
+    List,
+    /// Removes an operator (its sessions end).
+    Remove { name: String },
+    /// Changes an operator's role.
+    SetRole {
+        name: String,
+        #[arg(value_enum)]
+        role: RoleArg,
+    },
+}
+
+/// An operator's role: viewers read; editors also pause and resume
+/// campaigns; admins also manage operators.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    Viewer,
+    Editor,
+    Admin,
+}
+
+impl From<RoleArg> for renkei_store::OperatorRole {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Viewer => Self::Viewer,
+            RoleArg::Editor => Self::Editor,
+            RoleArg::Admin => Self::Admin,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,8 +201,64 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::LineSim { bind } => line_sim(&config, bind).await,
         Command::Import { what } => run_import(config, clock, what).await,
+        Command::Operators { what } => operators(&config, clock, what).await,
         Command::Demo { keep } => crate::demo::run(keep).await,
     }
+}
+
+/// Who the audit log names for changes made with `renkei operators`.
+const CLI_OPERATOR: &str = "cli";
+
+async fn operators(config: &Config, clock: Arc<dyn Clock>, what: OperatorsCommand) -> anyhow::Result<ExitCode> {
+    use renkei_dashboard::manage;
+    use std::io::IsTerminal;
+    let store = config.database.connect().await.context("connecting to the database")?;
+    store.migrate().await.context("applying migrations")?;
+    let operators: &dyn renkei_store::OperatorStore = store.as_ref();
+    let now = clock.now();
+    let done = match what {
+        OperatorsCommand::Add { name, role } => {
+            let stdin = std::io::stdin();
+            let mut given = String::new();
+            if !stdin.is_terminal() {
+                stdin.read_line(&mut given).context("reading the password from stdin")?;
+            }
+            let given = given.trim_end_matches(['\r', '\n']);
+            // Nothing given (a terminal, or empty stdin): generated, and printed once below.
+            let generated = given.is_empty();
+            let password = if generated { renkei_dashboard::auth::generate_password() } else { given.to_string() };
+            manage::add(operators, CLI_OPERATOR, &name, role.into(), &password, now).await.map(|()| {
+                if generated {
+                    println!("operator {name} added ({}); password (shown once): {password}", role_name(role));
+                } else {
+                    println!("operator {name} added ({})", role_name(role));
+                }
+            })
+        }
+        OperatorsCommand::List => {
+            for operator in operators.operators().await? {
+                println!("{}\t{}", operator.name, operator.role.as_str());
+            }
+            Ok(())
+        }
+        OperatorsCommand::Remove { name } => {
+            manage::remove(operators, CLI_OPERATOR, &name, now).await.map(|()| println!("operator {name} removed"))
+        }
+        OperatorsCommand::SetRole { name, role } => manage::set_role(operators, CLI_OPERATOR, &name, role.into(), now)
+            .await
+            .map(|()| println!("operator {name} is now {}", role_name(role))),
+    };
+    match done {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(error) => {
+            eprintln!("error: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn role_name(role: RoleArg) -> &'static str {
+    renkei_store::OperatorRole::from(role).as_str()
 }
 
 /// Validates everything renkei loads (config, segments, campaigns,

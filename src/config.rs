@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULTS_TOML: &str = include_str!("../config/defaults.toml");
 pub const ENV_PREFIX: &str = "RENKEI_";
-const SECTIONS: [&str; 9] = ["timezone", "database", "server", "line", "paths", "roles", "log", "dispatch", "policy"];
+const SECTIONS: [&str; 10] =
+    ["timezone", "database", "server", "line", "paths", "roles", "log", "dispatch", "policy", "dashboard"];
 
 /// A secret string: deserialized like a string, never printed (not even
 /// in the error for a value of the wrong type).
@@ -61,6 +62,24 @@ pub struct Config {
     pub log: LogConfig,
     pub dispatch: DispatchConfig,
     pub policy: PolicyConfig,
+    pub dashboard: DashboardConfig,
+}
+
+/// `[dashboard]`: the operator dashboard under `/dashboard/` (api role).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    pub language: DashboardLanguage,
+    pub session_idle: renkei_core::SpanDuration,
+    pub sign_in_max_failures: u32,
+    pub sign_in_window: renkei_core::SpanDuration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DashboardLanguage {
+    Ja,
+    En,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -23,6 +23,7 @@ use hyper_util::server::conn::auto::Builder;
 use renkei_api::{BodyDeadline, RateLimit};
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -284,9 +285,9 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     accept_failed(&error).await;
                     continue;
@@ -295,7 +296,7 @@ pub async fn serve(
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = serve_connection(stream, router.clone(), builder.clone(), limits, draining.clone());
+        let connection = serve_connection(stream, peer, router.clone(), builder.clone(), limits, draining.clone());
         let stats = stats.clone();
         stats.open.fetch_add(1, Ordering::Relaxed);
         connections.spawn(async move {
@@ -328,6 +329,7 @@ async fn accept_failed(error: &io::Error) {
 
 async fn serve_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     router: Router,
     builder: Arc<Builder<TokioExecutor>>,
     limits: ConnectionLimits,
@@ -340,6 +342,9 @@ async fn serve_connection(
         move |request: hyper::Request<Incoming>| {
             activity.request_started();
             let activity = activity.clone();
+            let mut request = request;
+            // The client's address, for what is limited per address (dashboard sign-ins).
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             let response = router.clone().oneshot(request);
             async move {
                 let response = response.await;

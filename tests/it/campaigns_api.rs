@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-const USER_1: &str = "U00000000000000000000000000000001";
-const USER_2: &str = "U00000000000000000000000000000002";
-const USER_3: &str = "U00000000000000000000000000000003";
+pub(crate) const USER_1: &str = "U00000000000000000000000000000001";
+pub(crate) const USER_2: &str = "U00000000000000000000000000000002";
+pub(crate) const USER_3: &str = "U00000000000000000000000000000003";
 
 /// Linked members who bought within 30 days.
 const BUYERS: &str =
@@ -44,13 +44,13 @@ renkei_test_support::on_both_backends!(
 );
 
 /// Segment, campaign and template directories, kept alive with the app.
-struct Files {
+pub(crate) struct Files {
     segments: TempDir,
     campaigns: TempDir,
     templates: TempDir,
 }
 
-fn files() -> Files {
+pub(crate) fn files() -> Files {
     let files = Files {
         segments: tempfile::tempdir().expect("tempdir"),
         campaigns: tempfile::tempdir().expect("tempdir"),
@@ -64,7 +64,7 @@ fn files() -> Files {
 }
 
 /// The server with these campaigns, sending to a fresh LINE simulator.
-async fn spawn(backend: Backend, files: &Files) -> Option<(TestApp, SimHandle)> {
+pub(crate) async fn spawn(backend: Backend, files: &Files) -> Option<(TestApp, SimHandle)> {
     let sim = LineSim::spawn(SimConfig::default()).await.expect("simulator");
     let app = spawn_app_with(backend, |c| {
         c.paths.segments = files.segments.path().to_path_buf();
@@ -82,7 +82,7 @@ async fn spawn(backend: Backend, files: &Files) -> Option<(TestApp, SimHandle)> 
 }
 
 /// Polls `check` every 25 ms until it returns `Some`, failing after 20 s.
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(value) = check().await {
@@ -95,7 +95,7 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
 
 /// Segment-entry campaigns react to entries after their first start: wait
 /// until the scheduler has recorded where that is.
-async fn scheduler_started(app: &TestApp) {
+pub(crate) async fn scheduler_started(app: &TestApp) {
     eventually("the segment-entry trigger to start", async || {
         app.store.get_cursor("campaigns.transitions").await.ok().flatten()
     })
@@ -103,7 +103,7 @@ async fn scheduler_started(app: &TestApp) {
 }
 
 /// Links `member` to `user` and records a purchase 1 h ago: `buyers` entered.
-async fn buy(app: &TestApp, member: &str, user: &str) {
+pub(crate) async fn buy(app: &TestApp, member: &str, user: &str) {
     let (status, body) = app
         .post(
             "/v1/members",
@@ -125,13 +125,13 @@ fn line_of(unit: &str, delivered: u64) -> Value {
     json!({"unit": unit, "delivered": delivered, "unique_impression": null, "unique_click": null, "updated_at": null})
 }
 
-async fn stats(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn stats(app: &TestApp, id: &str) -> Value {
     let (status, body) = app.get(&format!("/v1/campaigns/{id}/stats")).await;
     assert_eq!(status, 200, "{body}");
     body
 }
 
-async fn state_of(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn state_of(app: &TestApp, id: &str) -> Value {
     let (status, body) = app.get("/v1/campaigns").await;
     assert_eq!(status, 200, "{body}");
     body["campaigns"].as_array().expect("campaigns").iter().find(|c| c["id"] == id).expect("listed")["state"].clone()

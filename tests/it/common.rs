@@ -42,6 +42,15 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
 
 /// As [`spawn_app_with`], on `test_store` (e.g. one with a short write wait).
 pub async fn spawn_app_on(test_store: TestStore, configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_at(test_store, Arc::new(SystemClock), configure).await
+}
+
+/// As [`spawn_app_on`], with the server's clock `clock` (e.g. a `ManualClock`).
+pub async fn spawn_app_at(
+    test_store: TestStore,
+    clock: Arc<dyn Clock>,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     let mut config = Config::load_with_env(None, &[]).expect("default config");
     config.server.bind = ([127, 0, 0, 1], 0).into();
     config.server.api_keys = vec![Secret::from(API_KEY)];
@@ -53,7 +62,6 @@ pub async fn spawn_app_on(test_store: TestStore, configure: impl FnOnce(&mut Con
     config.paths.campaigns = nowhere.join("campaigns");
     config.paths.rich_menus = nowhere.join("rich_menus.yaml");
     configure(&mut config);
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = Application::build(&config, test_store.store.clone(), clock).await.expect("build app");
     let base = format!("http://{}", app.local_addr());
     let evaluator = app.evaluator();
