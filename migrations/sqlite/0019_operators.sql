@@ -1,8 +1,8 @@
 -- The operator dashboard: operators (argon2id password hashes), their
 -- sessions (only a SHA-256 of each cookie token is stored), failed sign-ins
 -- (per name and per client address, for the sign-in limit), the audit log
--- of every change an operator makes, and an index for the counts of requested and failed
--- deliveries the overview shows.
+-- of every change an operator makes, and the indexes the overview's counts
+-- of deliveries in flight and failed read.
 -- Backend differences: timestamps are INTEGER microseconds here and
 -- timestamptz on PostgreSQL; ids are INTEGER PRIMARY KEY here and BIGSERIAL
 -- there; name columns are COLLATE "C" on PostgreSQL.
@@ -41,4 +41,7 @@ CREATE TABLE operator_audit (
     detail    TEXT NOT NULL DEFAULT ''
 );
 
-CREATE INDEX deliveries_requested_failed ON deliveries (status) WHERE status IN ('requested', 'failed');
+-- The overview's deliveries in flight and failed: a request's deliveries,
+-- and the failed requests.
+CREATE INDEX delivery_sends_request ON delivery_sends (request_id);
+CREATE INDEX send_requests_failed ON send_requests (id) WHERE status = 'failed';

@@ -12,6 +12,7 @@ mod common;
 mod config;
 mod crash;
 mod dashboard;
+mod dashboard_browser;
 mod limits;
 mod segments;
 mod shutdown;

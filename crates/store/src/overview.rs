@@ -19,9 +19,10 @@ pub struct OverviewCounts {
     pub linked: u64,
     /// Of those, LINE users who follow now.
     pub linked_following: u64,
-    /// Deliveries waiting to be sent (pending or requested).
+    /// Deliveries not sent yet: waiting in the queue, or in a request LINE
+    /// has not accepted yet.
     pub deliveries_pending: u64,
-    /// Deliveries that failed for good.
+    /// Deliveries of requests that failed for good.
     pub deliveries_failed: u64,
 }
 
@@ -49,18 +50,25 @@ impl<S: Sql> OverviewReads for S {
         )
         .one(self.reader(), |row| Ok((count(&row, "linked")?, count(&row, "linked_following")?)))
         .await?;
-        let deliveries_pending = stmt::<S::Db>(
-            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM deliveries WHERE status = 'pending'
-             UNION ALL SELECT CAST(COUNT(*) AS BIGINT) AS n FROM deliveries WHERE status = 'requested'",
+        // As the campaign stats count them: waiting in the queue, or in a request
+        // LINE has not accepted yet; failed is a failed request's deliveries.
+        let waiting = stmt::<S::Db>("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM delivery_queue")
+            .one(self.reader(), |row| count(&row, "n"))
+            .await?;
+        // Literal statuses: the partial indexes match only a literal.
+        let in_flight = stmt::<S::Db>(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM send_requests r
+             JOIN delivery_sends s ON s.request_id = r.id WHERE r.status = 'pending'",
         )
-        .all(self.reader(), |row| count(&row, "n"))
-        .await?
-        .into_iter()
-        .sum();
-        let deliveries_failed =
-            stmt::<S::Db>("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM deliveries WHERE status = 'failed'")
-                .one(self.reader(), |row| count(&row, "n"))
-                .await?;
+        .one(self.reader(), |row| count(&row, "n"))
+        .await?;
+        let deliveries_failed = stmt::<S::Db>(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM send_requests r
+             JOIN delivery_sends s ON s.request_id = r.id WHERE r.status = 'failed'",
+        )
+        .one(self.reader(), |row| count(&row, "n"))
+        .await?;
+        let deliveries_pending = waiting + in_flight;
         Ok(OverviewCounts { following, blocked, linked, linked_following, deliveries_pending, deliveries_failed })
     }
 }

@@ -2,8 +2,10 @@
 //! and roles, sessions and their idle expiry, sign-in failures per subject,
 //! the audit log, and the overview's counts.
 
+use renkei_store::dispatch::{ClaimOutcome, NewDelivery, NewRequest, RequestKind};
 use renkei_store::{AuditEntry, OperatorRole, OverviewCounts};
 use renkei_test_support::TestStore;
+use serde_json::json;
 
 mod common;
 use common::{at, member, user};
@@ -88,6 +90,45 @@ async fn overview_counts_friends_links_and_deliveries(store: TestStore) {
         deliveries_failed: 0,
     };
     assert_eq!(counts, expected);
+
+    // Deliveries: one waiting, two in requests LINE has not accepted, then one of those failed;
+    // the same as the campaign's stats count them.
+    let deliveries: Vec<NewDelivery> = (1..=3)
+        .map(|n| NewDelivery {
+            campaign_id: "c1".into(),
+            trigger_key: "t".into(),
+            recipient_key: user(n).as_str().to_string(),
+            line_user_id: Some(user(n)),
+            member_id: None,
+            due_at: at(3),
+            messages: json!([{"type": "text", "text": "hi"}]),
+            context: json!({}),
+        })
+        .collect();
+    store.insert_deliveries(&deliveries, at(3)).await.expect("insert");
+    let claim = store.claim_deliveries(at(4), 10).await.expect("claim");
+    let ids: Vec<i64> = claim.deliveries.iter().map(|d| d.id).collect();
+    let push = |id: i64, n: u32| NewRequest {
+        kind: RequestKind::Push,
+        retry_key: uuid::Uuid::new_v4(),
+        messages: json!([{"type": "text", "text": "hi"}]),
+        recipients: vec![user(n)],
+        delivery_ids: vec![id],
+        aggregation_unit: None,
+    };
+    let outcome = ClaimOutcome {
+        requests: vec![push(ids[0], 1), push(ids[1], 2)],
+        defers: vec![(ids[2], at(9))],
+        ..ClaimOutcome::default()
+    };
+    let requests = claim.commit(&outcome, at(4)).await.expect("commit");
+    let counts = store.overview_counts().await.expect("counts");
+    assert_eq!((counts.deliveries_pending, counts.deliveries_failed), (3, 0));
+    store.fail_request(requests[1], "400 bad", at(5)).await.expect("fail");
+    let counts = store.overview_counts().await.expect("counts");
+    assert_eq!((counts.deliveries_pending, counts.deliveries_failed), (2, 1));
+    let stats = store.campaign_counts("c1").await.expect("stats");
+    assert_eq!((stats.pending + stats.requested, stats.failed), (2, 1), "as the stats count");
 }
 
 renkei_test_support::on_both_backends!(

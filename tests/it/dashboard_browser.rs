@@ -1,0 +1,257 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, which `.ci/run` installs), driven over WebDriver: sign
+//! in (a wrong password first), walk every page, compare the numbers shown
+//! with the API's for the same data, pause and resume a campaign through
+//! its form, see a forged post and a viewer refused, sign out; a
+//! screenshot of each page goes to `target/dashboard-screenshots/`.
+//!
+//! With `CI=true` a missing chromedriver fails the test; elsewhere it is
+//! skipped with a loud message.
+
+use crate::campaigns_api::{USER_1, buy, eventually, files, scheduler_started, spawn, state_of, stats};
+use crate::common::{Backend, TestApp};
+use crate::dashboard::{ADMIN_PASSWORD, VIEWER_PASSWORD, Visitor, add_operator, csrf_in};
+use fantoccini::{Client, ClientBuilder, Locator};
+use renkei_store::OperatorRole;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// chromedriver on a free port, stopped (with its browsers) when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    /// `None` when chromedriver is not installed and this is not CI.
+    async fn start() -> Option<Driver> {
+        let binary = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| CHROMEDRIVER.to_string());
+        if !Path::new(&binary).exists() {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(!ci, "{binary} is missing: install Debian's chromium and chromium-driver (.ci/run does)");
+            eprintln!(
+                "\n!!!!!!!! SKIPPED the dashboard browser test: {binary} is missing \
+                 (apt-get install chromium chromium-driver); with CI=true this fails !!!!!!!!\n"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let child = Command::new(&binary)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let driver = Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _profile: tempfile::tempdir().expect("profile dir"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen on port {port}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(driver)
+    }
+
+    async fn browser(&self) -> Client {
+        let profile = format!("--user-data-dir={}", self._profile.path().display());
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,1000",
+            profile.as_str(),
+        ];
+        let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| CHROMIUM.to_string());
+        let capabilities = json!({"goog:chromeOptions": {"binary": binary, "args": args}});
+        let Value::Object(capabilities) = capabilities else { unreachable!("an object") };
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .expect("a Chromium session")
+    }
+}
+
+fn screenshots() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}
+
+async fn screenshot(browser: &Client, name: &str) {
+    let png = browser.screenshot().await.expect("screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(screenshots().join(format!("{name}.png")), png).expect("save screenshot");
+}
+
+async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element {
+    browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css(css)).await.expect(css)
+}
+
+/// The `data-value` of the element `css`.
+async fn value_of(browser: &Client, css: &str) -> String {
+    let element = wait_for(browser, css).await;
+    element.attr("data-value").await.expect("attr").unwrap_or_else(|| panic!("{css} has no data-value"))
+}
+
+async fn sign_in(browser: &Client, app: &TestApp, name: &str, password: &str) {
+    browser.goto(&format!("{}/dashboard/login", app.base)).await.expect("login page");
+    wait_for(browser, "#name").await.send_keys(name).await.expect("name");
+    wait_for(browser, "#password").await.send_keys(password).await.expect("password");
+    wait_for(browser, "#sign-in").await.click().await.expect("submit");
+}
+
+/// Waits until `#state` shows `state`.
+async fn shown_state(browser: &Client, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while value_of(browser, "#state").await != state {
+        assert!(Instant::now() < deadline, "the page never showed {state}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_in_a_real_browser() {
+    let Some(driver) = Driver::start().await else { return };
+    let files = files();
+    let (app, _sim) = spawn(Backend::Sqlite, &files).await.expect("sqlite app");
+    scheduler_started(&app).await;
+    buy(&app, "m1", USER_1).await;
+    let api = eventually("the send to be recorded", async || {
+        let body = stats(&app, "thanks").await;
+        (body["sent"] == 1).then_some(body)
+    })
+    .await;
+    add_operator(&app, "admin", OperatorRole::Admin, ADMIN_PASSWORD).await;
+    add_operator(&app, "viewer", OperatorRole::Viewer, VIEWER_PASSWORD).await;
+    let browser = driver.browser().await;
+
+    // A wrong password is refused on the page.
+    sign_in(&browser, &app, "admin", "not-the-password").await;
+    let error = wait_for(&browser, "#error").await.text().await.expect("text");
+    assert!(error.contains("名前またはパスワードが違います"), "{error}");
+    screenshot(&browser, "login-refused").await;
+
+    // Overview: the link made through POST /v1/links, nothing failed.
+    sign_in(&browser, &app, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(value_of(&browser, "#linked").await, "1");
+    let (status, _) = app.get("/v1/links/m1").await;
+    assert_eq!(status, 200, "the API has the one link");
+    // Deliveries waiting and failed: the sums of every campaign's stats.
+    let (_, listed) = app.get("/v1/campaigns").await;
+    let (mut pending, mut failed) = (0, 0);
+    for campaign in listed["campaigns"].as_array().expect("campaigns") {
+        let body = stats(&app, campaign["id"].as_str().expect("id")).await;
+        pending += body["pending"].as_u64().expect("pending");
+        failed += body["failed"].as_u64().expect("failed");
+    }
+    assert_eq!(value_of(&browser, "#deliveries-pending").await, pending.to_string());
+    assert_eq!(value_of(&browser, "#deliveries-failed").await, failed.to_string());
+    let database = wait_for(&browser, "#database").await.text().await.expect("text");
+    assert_eq!(database, "正常");
+    screenshot(&browser, "overview").await;
+
+    // Campaigns: every configured campaign with its state, as GET /v1/campaigns lists them.
+    browser.goto(&format!("{}/dashboard/campaigns", app.base)).await.expect("campaigns");
+    wait_for(&browser, "#campaigns").await;
+    let rows = browser.find_all(Locator::Css("tr[data-campaign]")).await.expect("rows");
+    let (_, listed) = app.get("/v1/campaigns").await;
+    assert_eq!(rows.len(), listed["campaigns"].as_array().expect("campaigns").len());
+    for row in rows {
+        let id = row.attr("data-campaign").await.expect("attr").expect("id");
+        let state = row.find(Locator::Css(".state")).await.expect("state").attr("data-value").await.expect("attr");
+        assert_eq!(Value::from(state.expect("state")), state_of(&app, &id).await, "{id}");
+    }
+    screenshot(&browser, "campaigns").await;
+
+    // One campaign: the numbers are the API's stats.
+    browser.goto(&format!("{}/dashboard/campaigns/thanks", app.base)).await.expect("campaign");
+    for (css, key) in [
+        ("#sent", "sent"),
+        ("#pending", "pending"),
+        ("#failed", "failed"),
+        ("#skipped", "skipped"),
+        ("#clicked", "clicked"),
+        ("#clicked-users", "clicked_users"),
+    ] {
+        assert_eq!(value_of(&browser, css).await, api[key].to_string(), "{css} against the API's {key}");
+    }
+    assert_eq!(value_of(&browser, "#sent").await, "1");
+    let sent_text = wait_for(&browser, "#sent").await.text().await.expect("text");
+    assert_eq!(sent_text, "1件", "Japanese counts");
+    shown_state(&browser, "active").await;
+    screenshot(&browser, "campaign").await;
+
+    // Pause and resume through the form; the API sees each.
+    wait_for(&browser, "#toggle").await.click().await.expect("pause");
+    shown_state(&browser, "paused").await;
+    assert_eq!(state_of(&app, "thanks").await, "paused");
+    screenshot(&browser, "campaign-paused").await;
+    wait_for(&browser, "#toggle").await.click().await.expect("resume");
+    shown_state(&browser, "active").await;
+    assert_eq!(state_of(&app, "thanks").await, "active");
+
+    // A forged post with the browser's own session but without the form's token: refused, nothing changes.
+    let cookie = browser.get_named_cookie("renkei_session").await.expect("the session cookie");
+    let mut forger = Visitor::new(&app);
+    forger.session = Some(format!("renkei_session={}", cookie.value()));
+    let forged = forger.post("/dashboard/campaigns/thanks/pause", "").await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert_eq!(state_of(&app, "thanks").await, "active");
+
+    // Operators and the audit log.
+    browser.goto(&format!("{}/dashboard/operators", app.base)).await.expect("operators");
+    wait_for(&browser, "#audit").await;
+    for action in ["pause", "resume", "sign_in"] {
+        let entries = browser.find_all(Locator::Css(&format!("#audit tr[data-action=\"{action}\"]"))).await;
+        assert!(!entries.expect("rows").is_empty(), "{action} is in the audit log");
+    }
+    let listed = browser.find_all(Locator::Css("tr[data-operator]")).await.expect("operators");
+    assert_eq!(listed.len(), 2, "admin and viewer");
+    screenshot(&browser, "operators").await;
+
+    // Sign out, then the viewer: reads, has no pause form, and is refused the operators page.
+    wait_for(&browser, "form.signout button").await.click().await.expect("sign out");
+    wait_for(&browser, "#sign-in").await;
+    sign_in(&browser, &app, "viewer", VIEWER_PASSWORD).await;
+    wait_for(&browser, "#linked").await;
+    browser.goto(&format!("{}/dashboard/campaigns/thanks", app.base)).await.expect("campaign");
+    assert_eq!(value_of(&browser, "#sent").await, "1");
+    assert!(browser.find(Locator::Css("#toggle")).await.is_err(), "no pause form for viewers");
+    screenshot(&browser, "campaign-viewer").await;
+    browser.goto(&format!("{}/dashboard/operators", app.base)).await.expect("operators");
+    let refused = wait_for(&browser, "#error").await.text().await.expect("text");
+    assert!(refused.contains("権限がありません"), "{refused}");
+    screenshot(&browser, "operators-viewer-refused").await;
+    let cookie = browser.get_named_cookie("renkei_session").await.expect("the viewer's session cookie");
+    let mut viewer = Visitor::new(&app);
+    viewer.session = Some(format!("renkei_session={}", cookie.value()));
+    assert_eq!(viewer.get("/dashboard/operators").await.status, 403);
+    let csrf = csrf_in(&viewer.get("/dashboard/").await.body);
+    let pause = viewer.post("/dashboard/campaigns/thanks/pause", format!("csrf={csrf}")).await;
+    assert_eq!(pause.status, 403, "the viewer's pause form post, with a valid token: {}", pause.body);
+    assert_eq!(state_of(&app, "thanks").await, "active");
+    browser.close().await.expect("close the browser");
+}
