@@ -615,10 +615,24 @@ async fn quiet_hours_as_written(
 
 /// The time taken; with `--keep`, serving until Ctrl-C; then the server stops.
 async fn finish(keep: bool, started: Instant, live: Live) -> anyhow::Result<ExitCode> {
-    let Live { tour, stop: stop_tx, server, .. } = live;
+    let Live { tour, stop: stop_tx, server, store, clock, .. } = live;
     let (base, api_key) = (&tour.base, &tour.key);
     println!("\ndone in {:.1} s", started.elapsed().as_secs_f64());
     if keep {
+        // An operator for the dashboard, in the tour's temporary database.
+        let password = renkei_dashboard::auth::generate_password();
+        let operators: &dyn renkei_store::OperatorStore = store.as_ref();
+        renkei_dashboard::manage::add(
+            operators,
+            "demo",
+            "demo",
+            renkei_store::OperatorRole::Admin,
+            &password,
+            clock.now(),
+        )
+        .await
+        .context("adding the dashboard's demo operator")?;
+        println!("\nthe dashboard: {base}/dashboard/login  (name: demo, password: {password})");
         println!(
             "\nserving on {base} until Ctrl-C; try:\n  curl -H 'Authorization: Bearer {api_key}' {base}/v1/campaigns\n  curl -H 'Authorization: Bearer {api_key}' {base}/v1/campaigns/birthday_coupon/stats\n  curl -H 'Authorization: Bearer {api_key}' {base}/v1/links/{NEWCOMER_MEMBER}\n  curl {base}/metrics"
         );
