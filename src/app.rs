@@ -443,6 +443,7 @@ impl Application {
                 store: renkei_dashboard::DashboardStore::of(&store),
                 campaigns_store: renkei_api::CampaignsStore::of(&store),
                 campaigns: state.campaigns.clone(),
+                engine: state.engine.clone(),
                 clock: state.clock.clone(),
                 settings: Arc::new(dashboard_settings(config)),
             };

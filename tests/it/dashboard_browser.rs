@@ -1,6 +1,7 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium` and
 //! `chromium-driver`, which `.ci/run` installs), driven over WebDriver: sign
-//! in (a wrong password first), walk every page, compare the numbers shown
+//! in (a wrong password first), walk every page (overview, segments, a
+//! segment, the member look-up, campaigns, a campaign, operators), compare the numbers shown
 //! with the API's for the same data, pause and resume a campaign through
 //! its form, see a forged post and a viewer refused, sign out; a
 //! screenshot of each page goes to `target/dashboard-screenshots/`.
@@ -172,6 +173,43 @@ async fn the_dashboard_in_a_real_browser() {
     let database = wait_for(&browser, "#database").await.text().await.expect("text");
     assert_eq!(database, "正常");
     screenshot(&browser, "overview").await;
+
+    // Segments: each with the size GET /v1/segments gives; one segment's members as the API pages them.
+    browser.goto(&format!("{}/dashboard/segments", app.base)).await.expect("segments");
+    wait_for(&browser, "#segments").await;
+    let (_, listed) = app.get("/v1/segments").await;
+    let listed = listed["segments"].as_array().expect("segments").clone();
+    let rows = browser.find_all(Locator::Css("tr[data-segment]")).await.expect("rows");
+    assert_eq!(rows.len(), listed.len());
+    for segment in &listed {
+        let css = format!("tr[data-segment=\"{}\"] .size", segment["id"].as_str().expect("id"));
+        assert_eq!(value_of(&browser, &css).await, segment["size"].to_string(), "{segment}");
+    }
+    screenshot(&browser, "segments").await;
+    browser.goto(&format!("{}/dashboard/segments/buyers", app.base)).await.expect("segment");
+    let (_, members) = app.get("/v1/segments/buyers/members").await;
+    assert_eq!(value_of(&browser, "#size").await, members["line_user_ids"].as_array().expect("ids").len().to_string());
+    let shown = wait_for(&browser, "#members").await.text().await.expect("text");
+    assert_eq!(shown.trim(), USER_1, "the API lists {members}");
+    let definition = wait_for(&browser, "pre.definition").await.text().await.expect("text");
+    assert!(definition.contains("event: purchase"), "{definition}");
+    screenshot(&browser, "segment").await;
+
+    // Member look-up through the search form: the link as GET /v1/links/m1 has it, the segments it is in.
+    browser.goto(&format!("{}/dashboard/members", app.base)).await.expect("members");
+    wait_for(&browser, "#q").await.send_keys("m1").await.expect("type");
+    wait_for(&browser, "#search").await.click().await.expect("search");
+    let (_, link) = app.get("/v1/links/m1").await;
+    assert_eq!(value_of(&browser, "#link").await, link["method"].as_str().expect("method"));
+    let line_user = wait_for(&browser, "#line-user-id").await.text().await.expect("text");
+    assert_eq!(line_user, link["line_user_id"].as_str().expect("line user"));
+    let current = wait_for(&browser, "#current-segments").await.text().await.expect("text");
+    assert_eq!(current.trim(), "buyers");
+    screenshot(&browser, "member").await;
+    browser.goto(&format!("{}/dashboard/members?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E", app.base)).await.expect("go");
+    wait_for(&browser, "#not-found").await;
+    let typed = wait_for(&browser, "#q").await.prop("value").await.expect("value");
+    assert_eq!(typed.as_deref(), Some("<script>alert(1)</script>"), "shown as text, escaped");
 
     // Campaigns: every configured campaign with its state, as GET /v1/campaigns lists them.
     browser.goto(&format!("{}/dashboard/campaigns", app.base)).await.expect("campaigns");

@@ -17,7 +17,9 @@
 //! |---|---|
 //! | `GET/POST /dashboard/login`, `POST /dashboard/logout` | sign-in, sign-out |
 //! | `GET /dashboard/` | overview |
+//! | `GET /dashboard/segments`, `GET /dashboard/segments/{id}` | segments and their sizes, one segment's definition and members |
 //! | `GET /dashboard/campaigns`, `GET /dashboard/campaigns/{id}` | campaigns, one campaign's stats |
+//! | `GET /dashboard/members?q=` | a member or LINE user looked up (support desk) |
 //! | `POST /dashboard/campaigns/{id}/pause`, `…/resume` | pause, resume (editors) |
 //! | `GET/POST /dashboard/operators`, `POST /dashboard/operators/{name}/role`, `…/remove` | operators and the audit log (admins) |
 
@@ -35,12 +37,13 @@ use chrono_tz::Tz;
 use renkei_api::CampaignsStore;
 use renkei_campaigns::CampaignSet;
 use renkei_core::Clock;
+use renkei_evaluator::MembershipEngine;
 use std::sync::Arc;
 use std::time::Duration;
 
 renkei_store::store_view! {
     /// What the dashboard reads and writes besides the campaigns' stats.
-    pub struct DashboardStore { operators: OperatorStore, overview: OverviewReads }
+    pub struct DashboardStore { operators: OperatorStore, overview: OverviewReads, members: MemberStore }
 }
 
 /// `[dashboard]` and what the pages need from the rest of the config.
@@ -82,6 +85,8 @@ pub struct DashboardState {
     pub store: DashboardStore,
     pub campaigns_store: CampaignsStore,
     pub campaigns: Arc<CampaignSet>,
+    /// Segment sizes and members (it need not be running).
+    pub engine: Arc<MembershipEngine>,
     pub clock: Arc<dyn Clock>,
     pub settings: Arc<DashboardSettings>,
 }

@@ -5,9 +5,11 @@
 use crate::DashboardState;
 use crate::i18n::{Lang, Msg};
 use crate::web::Signed;
+use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 use renkei_campaigns::{Campaign, Trigger};
-use renkei_store::{AuditEntry, Operator, OperatorRole, OverviewCounts};
+use renkei_core::LineUserId;
+use renkei_store::{AuditEntry, Link, Member, Operator, OperatorRole, OverviewCounts, SegmentStats};
 use serde_json::Value;
 
 /// `text` safe as one path segment (percent-encoded but for unreserved characters).
@@ -39,7 +41,9 @@ fn page(lang: Lang, title: &str, signed: Option<&Signed>, body: Markup) -> Marku
                     @if let Some(signed) = signed {
                         nav {
                             a href="/dashboard/" { (lang.t(Msg::Overview)) }
+                            a href="/dashboard/segments" { (lang.t(Msg::Segments)) }
                             a href="/dashboard/campaigns" { (lang.t(Msg::Campaigns)) }
+                            a href="/dashboard/members" { (lang.t(Msg::Members)) }
                             @if signed.role.allows(OperatorRole::Admin) {
                                 a href="/dashboard/operators" { (lang.t(Msg::Operators)) }
                             }
@@ -288,6 +292,125 @@ fn line_numbers(lang: Lang, stats: &Value) -> Markup {
             tr { th { (lang.t(Msg::LineClicks)) } td.num { @match line["unique_click"].as_u64() { Some(n) => (lang.people(n)), None => (unknown) } } }
         }
     }
+}
+
+pub fn segments(state: &DashboardState, signed: &Signed, stats: &[SegmentStats]) -> Markup {
+    let lang = state.settings.language;
+    let tz = state.settings.timezone;
+    let body = html! {
+        table.list #segments {
+            tr { th { (lang.t(Msg::Segment)) } th { (lang.t(Msg::Id)) } th { (lang.t(Msg::Size)) } th { (lang.t(Msg::UpdatedAt)) } }
+            @for stat in stats {
+                @let name = state.engine.segments().segment(&stat.segment_id).map_or("", |s| s.name.as_str());
+                tr data-segment=(stat.segment_id) {
+                    td { a href={ "/dashboard/segments/" (path_segment(&stat.segment_id)) } { (name) } }
+                    td { code { (stat.segment_id) } }
+                    td.num.size data-value=(stat.size) { (lang.people(stat.size)) }
+                    td { @if let Some(at) = stat.updated_at { (lang.datetime(at, tz)) } @else { "–" } }
+                }
+            }
+        }
+    };
+    page(lang, lang.t(Msg::Segments), Some(signed), body)
+}
+
+pub fn segment(
+    state: &DashboardState,
+    signed: &Signed,
+    segment: &renkei_segments::Segment,
+    size: u64,
+    source: &str,
+    members: &[LineUserId],
+    next: Option<&str>,
+) -> Markup {
+    let lang = state.settings.language;
+    let body = html! {
+        table.figures {
+            tr { th { (lang.t(Msg::Id)) } td { code { (segment.id) } } }
+            tr { th { (lang.t(Msg::Size)) } (number("size", size, lang.people(size))) }
+        }
+        @if let Some(description) = &segment.description { p { (description) } }
+        h2 { (lang.t(Msg::Definition)) }
+        pre.definition { (source) }
+        h2 { (lang.t(Msg::SegmentMembers)) }
+        table.list #members {
+            @for user in members {
+                tr { td { a href={ "/dashboard/members?q=" (user.as_str()) } { code { (user.as_str()) } } } }
+            }
+        }
+        @if let Some(after) = next {
+            p { a #next href={ "/dashboard/segments/" (path_segment(&segment.id)) "?after=" (path_segment(after)) } { (lang.t(Msg::NextPage)) " →" } }
+        }
+    };
+    page(lang, &segment.name, Some(signed), body)
+}
+
+/// What a member look-up found.
+#[derive(Debug, Default)]
+pub struct LookedUp {
+    pub member: Option<Member>,
+    pub link: Option<Link>,
+    pub line_user: Option<LineUserId>,
+    pub friendship: Option<(bool, DateTime<Utc>)>,
+    pub segments: Vec<String>,
+}
+
+impl LookedUp {
+    fn is_empty(&self) -> bool {
+        self.member.is_none() && self.link.is_none() && self.friendship.is_none() && self.segments.is_empty()
+    }
+}
+
+pub fn members(state: &DashboardState, signed: &Signed, q: &str, found: Option<&LookedUp>) -> Markup {
+    let lang = state.settings.language;
+    let tz = state.settings.timezone;
+    let body = html! {
+        form.search method="get" action="/dashboard/members" {
+            input #q type="search" name="q" value=(q) placeholder=(lang.t(Msg::LookupHint));
+            button #search type="submit" { (lang.t(Msg::Search)) }
+        }
+        @match found {
+            Some(found) if found.is_empty() => p.error #not-found { (lang.t(Msg::NoSuchMember)) },
+            Some(found) => {
+                table.figures #member {
+                    tr { th { (lang.t(Msg::MemberId)) } td #member-id { @if let Some(m) = &found.member { code { (m.member_id.as_str()) } } @else { "–" } } }
+                    tr { th { (lang.t(Msg::LineUserId)) } td #line-user-id { @if let Some(u) = &found.line_user { code { (u.as_str()) } } @else { "–" } } }
+                    tr {
+                        th { (lang.t(Msg::LinkMethod)) }
+                        @match &found.link {
+                            Some(link) => td #link data-value=(link.method.as_str()) { (link.method.as_str()) " · " (lang.t(Msg::LinkedAt)) " " (lang.datetime(link.linked_at, tz)) },
+                            None => td #link { (lang.t(Msg::NotLinked)) },
+                        }
+                    }
+                    tr {
+                        th { (lang.t(Msg::Friendship)) }
+                        @match found.friendship {
+                            Some((following, since)) => td #friendship data-value=(following) {
+                                (lang.t(if following { Msg::Following } else { Msg::BlockedNow })) " (" (lang.datetime(since, tz)) " " (lang.t(Msg::Since)) ")"
+                            },
+                            None => td #friendship { (lang.t(Msg::NeverFollowed)) },
+                        }
+                    }
+                }
+                h2 { (lang.t(Msg::CurrentSegments)) }
+                ul #current-segments {
+                    @for id in &found.segments {
+                        li { a href={ "/dashboard/segments/" (path_segment(id)) } { code { (id) } } }
+                    }
+                }
+                @if let Some(member) = &found.member {
+                    h2 { (lang.t(Msg::Attributes)) }
+                    table.list #attributes {
+                        @for (key, value) in &member.attributes {
+                            tr { th { (key) } td { (value.as_str().map_or_else(|| value.to_string(), str::to_string)) } }
+                        }
+                    }
+                }
+            },
+            None => {},
+        }
+    };
+    page(lang, lang.t(Msg::Members), Some(signed), body)
 }
 
 fn role_select(lang: Lang, current: OperatorRole) -> Markup {

@@ -7,7 +7,7 @@ use crate::manage::{self, ManageError};
 use crate::{DashboardState, pages};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -27,6 +27,9 @@ pub fn router(state: DashboardState) -> Router {
         .route("/dashboard/", get(overview))
         .route("/dashboard/login", get(login_form).post(login))
         .route("/dashboard/logout", post(logout))
+        .route("/dashboard/segments", get(segments))
+        .route("/dashboard/segments/{id}", get(segment))
+        .route("/dashboard/members", get(members))
         .route("/dashboard/campaigns", get(campaigns))
         .route("/dashboard/campaigns/{id}", get(campaign))
         .route("/dashboard/campaigns/{id}/pause", post(pause))
@@ -305,6 +308,84 @@ async fn overview(State(state): State<DashboardState>, signed: Signed) -> Respon
         tracing::warn!(%error, "dashboard: overview counts unavailable");
     }
     pages::overview(&state, &signed, counts.ok()).into_response()
+}
+
+/// Members listed per page of a segment.
+const SEGMENT_PAGE: u32 = 50;
+
+impl From<renkei_evaluator::MembershipError> for Failure {
+    fn from(error: renkei_evaluator::MembershipError) -> Self {
+        match error {
+            renkei_evaluator::MembershipError::UnknownSegment(_) => Failure::not_found(),
+            renkei_evaluator::MembershipError::Store(error) => error.into(),
+            other => {
+                tracing::warn!(error = %other, "dashboard: segment reads failed");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, Msg::ErrorUnavailable)
+            }
+        }
+    }
+}
+
+/// A query string's fields (a malformed one reads as empty).
+fn query(raw: Option<String>) -> Form {
+    raw.and_then(|q| Form::parse(q.as_bytes()).ok()).unwrap_or(Form(Vec::new()))
+}
+
+async fn segments(State(state): State<DashboardState>, signed: Signed) -> Result<Response, Failure> {
+    let stats = state.engine.segment_stats().await?;
+    Ok(pages::segments(&state, &signed, &stats).into_response())
+}
+
+async fn segment(
+    State(state): State<DashboardState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let definition = state.engine.segments().segment(&id).ok_or_else(Failure::not_found)?;
+    let form = query(raw);
+    let after = form.get("after").filter(|a| !a.is_empty());
+    let size = state.engine.segment_stats().await?.into_iter().find(|s| s.segment_id == id).map_or(0, |s| s.size);
+    let members = state.engine.store().reads.segment_members(&id, after, SEGMENT_PAGE).await?;
+    let next = (members.len() == SEGMENT_PAGE as usize).then(|| members.last().map(|m| m.to_string())).flatten();
+    // The definition as written: its file, read now (small; escaped when shown).
+    let source = tokio::fs::read_to_string(&definition.file).await.unwrap_or_default();
+    Ok(pages::segment(&state, &signed, definition, size, &source, &members, next.as_deref()).into_response())
+}
+
+async fn members(
+    State(state): State<DashboardState>,
+    signed: Signed,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let form = query(raw);
+    let q = form.get("q").map(str::trim).unwrap_or_default();
+    let found = if q.is_empty() { None } else { Some(look_up(&state, q).await?) };
+    Ok(pages::members(&state, &signed, q, found.as_ref()).into_response())
+}
+
+/// A member or LINE user, found by either id.
+async fn look_up(state: &DashboardState, q: &str) -> Result<pages::LookedUp, Failure> {
+    let store = &state.store;
+    let mut found = pages::LookedUp::default();
+    if let Ok(line_user) = renkei_core::LineUserId::parse(q) {
+        found.link = store.members.get_link_by_line_user(&line_user).await?;
+        found.line_user = Some(line_user);
+    } else if let Ok(member_id) = renkei_core::MemberId::parse(q) {
+        found.link = store.members.get_link(&member_id).await?;
+        found.member = store.members.get_member(&member_id).await?;
+    }
+    if let Some(link) = &found.link {
+        found.line_user = Some(link.line_user_id.clone());
+        if found.member.is_none() {
+            found.member = store.members.get_member(&link.member_id).await?;
+        }
+    }
+    if let Some(line_user) = &found.line_user {
+        found.friendship = store.overview.friendship(line_user).await?;
+        found.segments = state.engine.store().reads.user_memberships(line_user).await?.into_iter().collect();
+    }
+    Ok(found)
 }
 
 async fn campaigns(State(state): State<DashboardState>, signed: Signed) -> Result<Response, Failure> {

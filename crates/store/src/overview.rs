@@ -1,11 +1,14 @@
-//! The dashboard overview's counts "now": friends following and blocked,
-//! links (ID連携) and linked friends, deliveries waiting and failed. Each is
-//! one count over a table's key or a partial index, never over `events`.
-//! The same SQL on both backends.
+//! The dashboard's reads of other areas' tables: the overview's counts
+//! "now" (friends following and blocked, links (ID連携) and linked friends,
+//! deliveries waiting and failed), each one count over a table's key or a
+//! partial index, never over `events`; and one user's friendship, for the
+//! member look-up. The same SQL on both backends.
 
 use crate::StoreResult;
 use crate::sql::{Sql, stmt};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use renkei_core::LineUserId;
 use serde::Serialize;
 
 /// The overview's counts at one moment.
@@ -29,6 +32,9 @@ pub struct OverviewCounts {
 #[async_trait]
 pub trait OverviewReads: Send + Sync + 'static {
     async fn overview_counts(&self) -> StoreResult<OverviewCounts>;
+
+    /// Whether a LINE user follows now, and since when (`None`: never followed).
+    async fn friendship(&self, line_user_id: &LineUserId) -> StoreResult<Option<(bool, DateTime<Utc>)>>;
 }
 
 #[async_trait]
@@ -70,5 +76,12 @@ impl<S: Sql> OverviewReads for S {
         .await?;
         let deliveries_pending = waiting + in_flight;
         Ok(OverviewCounts { following, blocked, linked, linked_following, deliveries_pending, deliveries_failed })
+    }
+
+    async fn friendship(&self, line_user_id: &LineUserId) -> StoreResult<Option<(bool, DateTime<Utc>)>> {
+        stmt::<S::Db>("SELECT following, changed_at FROM friendships WHERE line_user_id = $1")
+            .bind(line_user_id)
+            .optional(self.reader(), |row| Ok((row.boolean("following")?, row.ts("changed_at")?)))
+            .await
     }
 }

@@ -247,7 +247,6 @@ impl<DB: Dialect> Row<'_, DB> {
         DB::opt_int(self.0, column)
     }
 
-    #[cfg(feature = "test-support")]
     pub fn boolean(&self, column: &str) -> StoreResult<bool> {
         DB::boolean(self.0, column)
     }

@@ -76,6 +76,8 @@ async fn overview_counts_friends_links_and_deliveries(store: TestStore) {
     for (n, following) in [(1, true), (2, true), (3, false)] {
         store.set_following(&user(n), following, at(1)).await.expect("follow");
     }
+    assert_eq!(store.friendship(&user(3)).await.expect("read"), Some((false, at(1))));
+    assert_eq!(store.friendship(&user(4)).await.expect("read"), None, "never followed");
     // Linked: one following friend, one blocked, one who never followed.
     for (n, id) in [(1, "m-1"), (3, "m-3"), (4, "m-4")] {
         store.link(&member(id), &user(n), renkei_core::LinkMethod::Api, at(2)).await.expect("link");
