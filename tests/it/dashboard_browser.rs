@@ -1,7 +1,7 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium` and
 //! `chromium-driver`, which `.ci/run` installs), driven over WebDriver: sign
-//! in (a wrong password first), walk every page (overview, segments, a
-//! segment, the member look-up, campaigns, a campaign, operators), compare the numbers shown
+//! in (a wrong password first), walk every page (overview, deliveries, segments,
+//! a segment, the member look-up, campaigns, a campaign, operators), compare the numbers shown
 //! with the API's for the same data, pause and resume a campaign through
 //! its form, see a forged post and a viewer refused, sign out; a
 //! screenshot of each page goes to `target/dashboard-screenshots/`.
@@ -173,6 +173,16 @@ async fn the_dashboard_in_a_real_browser() {
     let database = wait_for(&browser, "#database").await.text().await.expect("text");
     assert_eq!(database, "正常");
     screenshot(&browser, "overview").await;
+
+    // Deliveries: the same totals, what waits per campaign, no failed request.
+    browser.goto(&format!("{}/dashboard/deliveries", app.base)).await.expect("deliveries");
+    assert_eq!(value_of(&browser, "#deliveries-pending").await, pending.to_string());
+    assert_eq!(value_of(&browser, "#deliveries-failed").await, failed.to_string());
+    let waiting = browser.find_all(Locator::Css("#waiting tr[data-campaign]")).await.expect("rows");
+    assert_eq!(pending, 0, "the one send is made and nothing else is due");
+    assert!(waiting.is_empty(), "nothing waits in the queue");
+    assert!(browser.find_all(Locator::Css("#failures tr[data-request]")).await.expect("rows").is_empty());
+    screenshot(&browser, "deliveries").await;
 
     // Segments: each with the size GET /v1/segments gives; one segment's members as the API pages them.
     browser.goto(&format!("{}/dashboard/segments", app.base)).await.expect("segments");

@@ -236,6 +236,16 @@ pub enum Msg {
     Attributes,
     CurrentSegments,
     UpdatedAt,
+    Deliveries,
+    Waiting,
+    NextDue,
+    Why,
+    WhyPaused,
+    WhyLater,
+    WhyDue,
+    RecentFailures,
+    Attempts,
+    LineMessage,
 }
 
 fn ja(msg: Msg) -> &'static str {
@@ -360,6 +370,16 @@ fn ja(msg: Msg) -> &'static str {
         Attributes => "属性",
         CurrentSegments => "現在のセグメント",
         UpdatedAt => "最終更新",
+        Deliveries => "配信状況",
+        Waiting => "待機中の配信",
+        NextDue => "次の予定",
+        Why => "理由",
+        WhyPaused => "キャンペーン一時停止中",
+        WhyLater => "予定時刻待ち(遅延・静音時間など)",
+        WhyDue => "送信待ち",
+        RecentFailures => "最近の失敗",
+        Attempts => "試行回数",
+        LineMessage => "LINEの応答",
     }
 }
 
@@ -485,6 +505,16 @@ fn en(msg: Msg) -> &'static str {
         Attributes => "Attributes",
         CurrentSegments => "Current segments",
         UpdatedAt => "Updated",
+        Deliveries => "Deliveries",
+        Waiting => "Waiting deliveries",
+        NextDue => "Next due",
+        Why => "Why",
+        WhyPaused => "campaign paused",
+        WhyLater => "due later (delay, quiet hours, …)",
+        WhyDue => "due now",
+        RecentFailures => "Recent failures",
+        Attempts => "Attempts",
+        LineMessage => "LINE's answer",
     }
 }
 

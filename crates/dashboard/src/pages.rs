@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 use renkei_campaigns::{Campaign, Trigger};
 use renkei_core::LineUserId;
-use renkei_store::{AuditEntry, Link, Member, Operator, OperatorRole, OverviewCounts, SegmentStats};
+use renkei_store::{
+    AuditEntry, FailedRequest, Link, Member, Operator, OperatorRole, OverviewCounts, SegmentStats, WaitingDeliveries,
+};
 use serde_json::Value;
 
 /// `text` safe as one path segment (percent-encoded but for unreserved characters).
@@ -43,6 +45,7 @@ fn page(lang: Lang, title: &str, signed: Option<&Signed>, body: Markup) -> Marku
                             a href="/dashboard/" { (lang.t(Msg::Overview)) }
                             a href="/dashboard/segments" { (lang.t(Msg::Segments)) }
                             a href="/dashboard/campaigns" { (lang.t(Msg::Campaigns)) }
+                            a href="/dashboard/deliveries" { (lang.t(Msg::Deliveries)) }
                             a href="/dashboard/members" { (lang.t(Msg::Members)) }
                             @if signed.role.allows(OperatorRole::Admin) {
                                 a href="/dashboard/operators" { (lang.t(Msg::Operators)) }
@@ -411,6 +414,56 @@ pub fn members(state: &DashboardState, signed: &Signed, q: &str, found: Option<&
         }
     };
     page(lang, lang.t(Msg::Members), Some(signed), body)
+}
+
+/// What the deliveries page shows.
+pub struct DeliveriesView {
+    pub counts: OverviewCounts,
+    pub waiting: Vec<WaitingDeliveries>,
+    pub failures: Vec<FailedRequest>,
+    pub paused: Vec<String>,
+    pub now: DateTime<Utc>,
+}
+
+pub fn deliveries(state: &DashboardState, signed: &Signed, view: DeliveriesView) -> Markup {
+    let lang = state.settings.language;
+    let tz = state.settings.timezone;
+    let c = view.counts;
+    let body = html! {
+        table.figures {
+            tr { th { (lang.t(Msg::DeliveriesPending)) } (number("deliveries-pending", c.deliveries_pending, lang.items(c.deliveries_pending))) }
+            tr { th { (lang.t(Msg::DeliveriesFailed)) } (number("deliveries-failed", c.deliveries_failed, lang.items(c.deliveries_failed))) }
+        }
+        p.note { (lang.t(Msg::QuotaUnknown)) }
+        h2 { (lang.t(Msg::Waiting)) }
+        table.list #waiting {
+            tr { th { (lang.t(Msg::Campaign)) } th { (lang.t(Msg::Count)) } th { (lang.t(Msg::NextDue)) } th { (lang.t(Msg::Why)) } }
+            @for waiting in &view.waiting {
+                @let why = if view.paused.contains(&waiting.campaign_id) { Msg::WhyPaused }
+                    else if waiting.next_due > view.now { Msg::WhyLater } else { Msg::WhyDue };
+                tr data-campaign=(waiting.campaign_id) {
+                    td { a href={ "/dashboard/campaigns/" (path_segment(&waiting.campaign_id)) } { code { (waiting.campaign_id) } } }
+                    td.num data-value=(waiting.count) { (lang.items(waiting.count)) }
+                    td { (lang.datetime(waiting.next_due, tz)) }
+                    td { (lang.t(why)) }
+                }
+            }
+        }
+        h2 { (lang.t(Msg::RecentFailures)) }
+        table.list #failures {
+            tr { th { (lang.t(Msg::When)) } th { (lang.t(Msg::Campaign)) } th { (lang.t(Msg::Count)) } th { (lang.t(Msg::Attempts)) } th { (lang.t(Msg::LineMessage)) } }
+            @for failure in &view.failures {
+                tr data-request=(failure.id) {
+                    td { @if let Some(at) = failure.finished_at { (lang.datetime(at, tz)) } @else { "–" } }
+                    td { @if let Some(id) = &failure.campaign_id { code { (id) } } @else { "–" } }
+                    td.num { (lang.items(failure.deliveries)) }
+                    td.num { (failure.attempts) }
+                    td { code { (failure.error.as_deref().unwrap_or("")) } }
+                }
+            }
+        }
+    };
+    page(lang, lang.t(Msg::Deliveries), Some(signed), body)
 }
 
 fn role_select(lang: Lang, current: OperatorRole) -> Markup {

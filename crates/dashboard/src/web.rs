@@ -30,6 +30,7 @@ pub fn router(state: DashboardState) -> Router {
         .route("/dashboard/segments", get(segments))
         .route("/dashboard/segments/{id}", get(segment))
         .route("/dashboard/members", get(members))
+        .route("/dashboard/deliveries", get(deliveries))
         .route("/dashboard/campaigns", get(campaigns))
         .route("/dashboard/campaigns/{id}", get(campaign))
         .route("/dashboard/campaigns/{id}/pause", post(pause))
@@ -386,6 +387,20 @@ async fn look_up(state: &DashboardState, q: &str) -> Result<pages::LookedUp, Fai
         found.segments = state.engine.store().reads.user_memberships(line_user).await?.into_iter().collect();
     }
     Ok(found)
+}
+
+/// Failed requests listed on the deliveries page.
+const FAILURES_SHOWN: u32 = 50;
+
+async fn deliveries(State(state): State<DashboardState>, signed: Signed) -> Result<Response, Failure> {
+    let reads = &state.store.overview;
+    let counts = reads.overview_counts().await?;
+    let waiting = reads.waiting_by_campaign().await?;
+    let failures = reads.recent_failures(FAILURES_SHOWN).await?;
+    let paused = state.campaigns_store.schedule.paused_campaigns().await?;
+    let now = state.clock.now();
+    Ok(pages::deliveries(&state, &signed, pages::DeliveriesView { counts, waiting, failures, paused, now })
+        .into_response())
 }
 
 async fn campaigns(State(state): State<DashboardState>, signed: Signed) -> Result<Response, Failure> {

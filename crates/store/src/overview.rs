@@ -2,7 +2,9 @@
 //! "now" (friends following and blocked, links (ID連携) and linked friends,
 //! deliveries waiting and failed), each one count over a table's key or a
 //! partial index, never over `events`; and one user's friendship, for the
-//! member look-up. The same SQL on both backends.
+//! member look-up; the deliveries page's failed requests and waiting
+//! deliveries (by partial index, and the queue of what waits). The same SQL
+//! on both backends.
 
 use crate::StoreResult;
 use crate::sql::{Sql, stmt};
@@ -29,9 +31,37 @@ pub struct OverviewCounts {
     pub deliveries_failed: u64,
 }
 
+/// A LINE request that failed for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedRequest {
+    pub id: i64,
+    /// The campaign of its deliveries (the first by id, when several).
+    pub campaign_id: Option<String>,
+    pub deliveries: u64,
+    pub attempts: i64,
+    /// LINE's answer, as the recorder kept it.
+    pub error: Option<String>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One campaign's deliveries waiting in the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WaitingDeliveries {
+    pub campaign_id: String,
+    pub count: u64,
+    /// The earliest due time among them (later than now: deferred or delayed).
+    pub next_due: DateTime<Utc>,
+}
+
 #[async_trait]
 pub trait OverviewReads: Send + Sync + 'static {
     async fn overview_counts(&self) -> StoreResult<OverviewCounts>;
+
+    /// The latest `limit` failed LINE requests, newest first.
+    async fn recent_failures(&self, limit: u32) -> StoreResult<Vec<FailedRequest>>;
+
+    /// Deliveries waiting in the queue (not yet in a request), per campaign.
+    async fn waiting_by_campaign(&self) -> StoreResult<Vec<WaitingDeliveries>>;
 
     /// Whether a LINE user follows now, and since when (`None`: never followed).
     async fn friendship(&self, line_user_id: &LineUserId) -> StoreResult<Option<(bool, DateTime<Utc>)>>;
@@ -76,6 +106,42 @@ impl<S: Sql> OverviewReads for S {
         .await?;
         let deliveries_pending = waiting + in_flight;
         Ok(OverviewCounts { following, blocked, linked, linked_following, deliveries_pending, deliveries_failed })
+    }
+
+    async fn recent_failures(&self, limit: u32) -> StoreResult<Vec<FailedRequest>> {
+        stmt::<S::Db>(
+            "SELECT r.id, r.attempts, r.last_error, r.finished_at,
+                    (SELECT MIN(s.campaign_id) FROM delivery_sends s WHERE s.request_id = r.id) AS campaign_id,
+                    (SELECT CAST(COUNT(*) AS BIGINT) FROM delivery_sends s WHERE s.request_id = r.id) AS deliveries
+             FROM send_requests r WHERE r.status = 'failed' ORDER BY r.id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .all(self.reader(), |row| {
+            Ok(FailedRequest {
+                id: row.int("id")?,
+                campaign_id: row.opt_string("campaign_id")?,
+                deliveries: u64::try_from(row.int("deliveries")?).unwrap_or(0),
+                attempts: row.int("attempts")?,
+                error: row.opt_string("last_error")?,
+                finished_at: row.opt_ts("finished_at")?,
+            })
+        })
+        .await
+    }
+
+    async fn waiting_by_campaign(&self) -> StoreResult<Vec<WaitingDeliveries>> {
+        stmt::<S::Db>(
+            "SELECT campaign_id, CAST(COUNT(*) AS BIGINT) AS n, MIN(due_at) AS next_due
+             FROM delivery_queue GROUP BY campaign_id ORDER BY campaign_id",
+        )
+        .all(self.reader(), |row| {
+            Ok(WaitingDeliveries {
+                campaign_id: row.string("campaign_id")?,
+                count: u64::try_from(row.int("n")?).unwrap_or(0),
+                next_due: row.ts("next_due")?,
+            })
+        })
+        .await
     }
 
     async fn friendship(&self, line_user_id: &LineUserId) -> StoreResult<Option<(bool, DateTime<Utc>)>> {

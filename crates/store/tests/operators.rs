@@ -3,7 +3,7 @@
 //! the audit log, and the overview's counts.
 
 use renkei_store::dispatch::{ClaimOutcome, NewDelivery, NewRequest, RequestKind};
-use renkei_store::{AuditEntry, OperatorRole, OverviewCounts};
+use renkei_store::{AuditEntry, OperatorRole, OverviewCounts, WaitingDeliveries};
 use renkei_test_support::TestStore;
 use serde_json::json;
 
@@ -129,6 +129,15 @@ async fn overview_counts_friends_links_and_deliveries(store: TestStore) {
     store.fail_request(requests[1], "400 bad", at(5)).await.expect("fail");
     let counts = store.overview_counts().await.expect("counts");
     assert_eq!((counts.deliveries_pending, counts.deliveries_failed), (2, 1));
+    let waiting = store.waiting_by_campaign().await.expect("waiting");
+    assert_eq!(waiting, [WaitingDeliveries { campaign_id: "c1".into(), count: 1, next_due: at(9) }]);
+    let failures = store.recent_failures(10).await.expect("failures");
+    assert_eq!(failures.len(), 1);
+    let failure = &failures[0];
+    assert_eq!(
+        (failure.id, failure.campaign_id.as_deref(), failure.deliveries, failure.error.as_deref()),
+        (requests[1], Some("c1"), 1, Some("400 bad"))
+    );
     let stats = store.campaign_counts("c1").await.expect("stats");
     assert_eq!((stats.pending + stats.requested, stats.failed), (2, 1), "as the stats count");
 }
