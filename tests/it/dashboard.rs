@@ -187,6 +187,26 @@ async fn signing_in_sets_a_strict_cookie_and_every_post_needs_the_csrf_token(bac
     }
     let garbage = visitor.post("/dashboard/campaigns/none/pause", b"\xff\xfe%%%=&&csrf".to_vec()).await;
     assert!([400, 403].contains(&garbage.status), "{}: {}", garbage.status, garbage.body);
+    // Every POST route, with malformed, forged or foreign bodies: a 4xx page each, never a 5xx.
+    let routes = [
+        "/dashboard/login",
+        "/dashboard/logout",
+        "/dashboard/campaigns/none/pause",
+        "/dashboard/campaigns/none/resume",
+        "/dashboard/operators",
+        "/dashboard/operators/admin/role",
+        "/dashboard/operators/admin/remove",
+    ];
+    let bodies: [&[u8]; 6] =
+        [b"", b"\xff\xfe\x00%%=&&=", b"csrf=%ZZ&role=%", b"{\"csrf\": 1}", b"csrf&csrf&csrf=&=", b"role=admin&name=x"];
+    for route in routes {
+        for body in bodies {
+            let answer = visitor.post(route, body.to_vec()).await;
+            assert!((400..500).contains(&answer.status), "{route} {body:?}: {} {}", answer.status, answer.body);
+            assert!(answer.body.contains("<html"), "{route}: an HTML page");
+        }
+    }
+    assert_eq!(app.store.operators().await.expect("operators").len(), 1, "nothing changed");
     let huge = visitor.post("/dashboard/logout", format!("csrf={csrf}&pad={}", "x".repeat(20_000))).await;
     assert_eq!(huge.status, 413, "over the dashboard's body limit");
     assert_eq!(visitor.get("/dashboard/").await.status, 200, "still signed in");
