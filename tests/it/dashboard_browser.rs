@@ -158,6 +158,8 @@ async fn the_dashboard_in_a_real_browser() {
     // Overview: the link made through POST /v1/links, nothing failed.
     sign_in(&browser, &app, "admin", ADMIN_PASSWORD).await;
     assert_eq!(value_of(&browser, "#linked").await, "1");
+    assert_eq!(value_of(&browser, "#following").await, "1", "linked, no unfollow seen: a friend");
+    assert_eq!(wait_for(&browser, "#link-rate").await.text().await.expect("text"), "100.0%");
     let (status, _) = app.get("/v1/links/m1").await;
     assert_eq!(status, 200, "the API has the one link");
     // Deliveries waiting and failed: the sums of every campaign's stats.
@@ -213,6 +215,7 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(value_of(&browser, "#link").await, link["method"].as_str().expect("method"));
     let line_user = wait_for(&browser, "#line-user-id").await.text().await.expect("text");
     assert_eq!(line_user, link["line_user_id"].as_str().expect("line user"));
+    assert_eq!(value_of(&browser, "#friendship").await, "true", "linked, no unfollow seen");
     let current = wait_for(&browser, "#current-segments").await.text().await.expect("text");
     assert_eq!(current.trim(), "buyers");
     screenshot(&browser, "member").await;

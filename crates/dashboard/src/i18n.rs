@@ -246,6 +246,7 @@ pub enum Msg {
     RecentFailures,
     Attempts,
     LineMessage,
+    FollowingAssumed,
 }
 
 fn ja(msg: Msg) -> &'static str {
@@ -380,6 +381,7 @@ fn ja(msg: Msg) -> &'static str {
         RecentFailures => "最近の失敗",
         Attempts => "試行回数",
         LineMessage => "LINEの応答",
+        FollowingAssumed => "友だち(連携済み・ブロックの記録なし)",
     }
 }
 
@@ -515,6 +517,7 @@ fn en(msg: Msg) -> &'static str {
         RecentFailures => "Recent failures",
         Attempts => "Attempts",
         LineMessage => "LINE's answer",
+        FollowingAssumed => "following (linked, no unfollow seen)",
     }
 }
 

@@ -391,6 +391,8 @@ pub fn members(state: &DashboardState, signed: &Signed, q: &str, found: Option<&
                             Some((following, since)) => td #friendship data-value=(following) {
                                 (lang.t(if following { Msg::Following } else { Msg::BlockedNow })) " (" (lang.datetime(since, tz)) " " (lang.t(Msg::Since)) ")"
                             },
+                            // The planner's rule: linked, no unfollow seen, is a friend.
+                            None if found.link.is_some() => td #friendship data-value="true" { (lang.t(Msg::FollowingAssumed)) },
                             None => td #friendship { (lang.t(Msg::NeverFollowed)) },
                         }
                     }

@@ -16,7 +16,8 @@ use serde::Serialize;
 /// The overview's counts at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct OverviewCounts {
-    /// LINE users who follow the account now.
+    /// LINE users who follow the account now: a follow seen last, or linked
+    /// with no unfollow seen (the planner's rule).
     pub following: u64,
     /// LINE users who unfollowed (blocked) it.
     pub blocked: u64,
@@ -79,13 +80,19 @@ impl<S: Sql> OverviewReads for S {
         )
         .one(self.reader(), |row| Ok((count(&row, "following")?, count(&row, "blocked")?)))
         .await?;
-        let (linked, linked_following) = stmt::<S::Db>(
+        // A linked user counts as following until an unfollow is seen (as the planner judges).
+        let (linked, linked_following, linked_unseen) = stmt::<S::Db>(
             "SELECT CAST(COUNT(*) AS BIGINT) AS linked,
-                    CAST(COALESCE(SUM(CASE WHEN f.following THEN 1 ELSE 0 END), 0) AS BIGINT) AS linked_following
+                    CAST(COALESCE(SUM(CASE WHEN f.line_user_id IS NULL OR f.following THEN 1 ELSE 0 END), 0) AS BIGINT)
+                        AS linked_following,
+                    CAST(COALESCE(SUM(CASE WHEN f.line_user_id IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS linked_unseen
              FROM links l LEFT JOIN friendships f ON f.line_user_id = l.line_user_id",
         )
-        .one(self.reader(), |row| Ok((count(&row, "linked")?, count(&row, "linked_following")?)))
+        .one(self.reader(), |row| {
+            Ok((count(&row, "linked")?, count(&row, "linked_following")?, count(&row, "linked_unseen")?))
+        })
         .await?;
+        let following = following + linked_unseen;
         // As the campaign stats count them: waiting in the queue, or in a request
         // LINE has not accepted yet; failed is a failed request's deliveries.
         let waiting = stmt::<S::Db>("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM delivery_queue")
