@@ -1,7 +1,7 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium` and
 //! `chromium-driver`, which `.ci/run` installs), driven over WebDriver: sign
 //! in (a wrong password first), walk every page (overview, deliveries, segments,
-//! a segment, the member look-up, campaigns, a campaign, operators), compare the numbers shown
+//! a segment, ID連携, the member look-up, campaigns, a campaign, operators), compare the numbers shown
 //! with the API's for the same data, pause and resume a campaign through
 //! its form, see a forged post and a viewer refused, sign out; a
 //! screenshot of each page goes to `target/dashboard-screenshots/`.
@@ -223,6 +223,18 @@ async fn the_dashboard_in_a_real_browser() {
     wait_for(&browser, "#not-found").await;
     let typed = wait_for(&browser, "#q").await.prop("value").await.expect("value");
     assert_eq!(typed.as_deref(), Some("<script>alert(1)</script>"), "shown as text, escaped");
+
+    // ID連携: links by method as the API has them; an account-link attempt just begun is open.
+    let (status, body) =
+        app.post("/v1/account-link/nonce", &json!({"member_id": "m2", "link_token": "link-token-1"})).await;
+    assert_eq!(status, 200, "{body}");
+    browser.goto(&format!("{}/dashboard/links", app.base)).await.expect("links");
+    let (_, link) = app.get("/v1/links/m1").await;
+    assert_eq!(link["method"], "api");
+    assert_eq!(value_of(&browser, "#method-api").await, "1");
+    assert_eq!(value_of(&browser, "#nonces-open").await, "1");
+    assert_eq!(value_of(&browser, "#nonces-total").await, "1");
+    screenshot(&browser, "links").await;
 
     // Campaigns: every configured campaign with its state, as GET /v1/campaigns lists them.
     browser.goto(&format!("{}/dashboard/campaigns", app.base)).await.expect("campaigns");

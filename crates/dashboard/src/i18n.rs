@@ -85,6 +85,19 @@ impl Lang {
         })
     }
 
+    /// An account-link outcome's label (the code itself when unknown).
+    pub fn outcome(self, outcome: &str) -> String {
+        let msg = match outcome {
+            "ok" => Msg::OutcomeOk,
+            "failed" => Msg::OutcomeFailed,
+            "expired" => Msg::OutcomeExpired,
+            "open" => Msg::OutcomeOpen,
+            "conflict" => Msg::OutcomeConflict,
+            other => return other.to_string(),
+        };
+        self.t(msg).to_string()
+    }
+
     /// An audit action's label (the action code itself when unknown).
     pub fn action(self, action: &str) -> String {
         let msg = match action {
@@ -247,6 +260,16 @@ pub enum Msg {
     Attempts,
     LineMessage,
     FollowingAssumed,
+    Links,
+    ByMethod,
+    Nonces,
+    Outcome,
+    OutcomeOk,
+    OutcomeFailed,
+    OutcomeExpired,
+    OutcomeOpen,
+    OutcomeConflict,
+    Total,
 }
 
 fn ja(msg: Msg) -> &'static str {
@@ -382,6 +405,16 @@ fn ja(msg: Msg) -> &'static str {
         Attempts => "試行回数",
         LineMessage => "LINEの応答",
         FollowingAssumed => "友だち(連携済み・ブロックの記録なし)",
+        Links => "ID連携",
+        ByMethod => "連携方法別",
+        Nonces => "連携の試み(過去30日、ノンス発行数)",
+        Outcome => "結果",
+        OutcomeOk => "成功",
+        OutcomeFailed => "失敗(LINEが失敗を通知)",
+        OutcomeExpired => "期限切れ(未使用)",
+        OutcomeOpen => "進行中(未使用)",
+        OutcomeConflict => "競合(別の会員と連携済み)",
+        Total => "合計",
     }
 }
 
@@ -518,6 +551,16 @@ fn en(msg: Msg) -> &'static str {
         Attempts => "Attempts",
         LineMessage => "LINE's answer",
         FollowingAssumed => "following (linked, no unfollow seen)",
+        Links => "ID link",
+        ByMethod => "By method",
+        Nonces => "Link attempts (last 30 days, nonces issued)",
+        Outcome => "Outcome",
+        OutcomeOk => "linked",
+        OutcomeFailed => "failed (LINE reported)",
+        OutcomeExpired => "expired unused",
+        OutcomeOpen => "open (not used yet)",
+        OutcomeConflict => "conflict (linked elsewhere)",
+        Total => "Total",
     }
 }
 

@@ -20,6 +20,7 @@
 //! | `GET /dashboard/segments`, `GET /dashboard/segments/{id}` | segments and their sizes, one segment's definition and members |
 //! | `GET /dashboard/campaigns`, `GET /dashboard/campaigns/{id}` | campaigns, one campaign's stats |
 //! | `GET /dashboard/members?q=` | a member or LINE user looked up (support desk) |
+//! | `GET /dashboard/links` | ID連携: links by method, link attempts by outcome |
 //! | `GET /dashboard/deliveries` | what waits and why, recent failures with LINE's answer |
 //! | `POST /dashboard/campaigns/{id}/pause`, `…/resume` | pause, resume (editors) |
 //! | `GET/POST /dashboard/operators`, `POST /dashboard/operators/{name}/role`, `…/remove` | operators and the audit log (admins) |

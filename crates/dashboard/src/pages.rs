@@ -45,6 +45,7 @@ fn page(lang: Lang, title: &str, signed: Option<&Signed>, body: Markup) -> Marku
                             a href="/dashboard/" { (lang.t(Msg::Overview)) }
                             a href="/dashboard/segments" { (lang.t(Msg::Segments)) }
                             a href="/dashboard/campaigns" { (lang.t(Msg::Campaigns)) }
+                            a href="/dashboard/links" { (lang.t(Msg::Links)) }
                             a href="/dashboard/deliveries" { (lang.t(Msg::Deliveries)) }
                             a href="/dashboard/members" { (lang.t(Msg::Members)) }
                             @if signed.role.allows(OperatorRole::Admin) {
@@ -416,6 +417,39 @@ pub fn members(state: &DashboardState, signed: &Signed, q: &str, found: Option<&
         }
     };
     page(lang, lang.t(Msg::Members), Some(signed), body)
+}
+
+pub fn links(
+    state: &DashboardState,
+    signed: &Signed,
+    counts: &OverviewCounts,
+    by_method: &[(String, u64)],
+    nonces: &[(String, u64)],
+) -> Markup {
+    let lang = state.settings.language;
+    let body = html! {
+        table.figures {
+            tr { th { (lang.t(Msg::Linked)) } (number("linked", counts.linked, lang.people(counts.linked))) }
+            tr { th { (lang.t(Msg::LinkRate)) } td.num #link-rate { (lang.percent(counts.linked_following, counts.following)) } }
+        }
+        h2 { (lang.t(Msg::ByMethod)) }
+        table.list #by-method {
+            tr { th { (lang.t(Msg::LinkMethod)) } th { (lang.t(Msg::Count)) } }
+            @for (method, n) in by_method {
+                tr { td { code { (method) } } (number(&format!("method-{method}"), *n, lang.people(*n))) }
+            }
+        }
+        h2 { (lang.t(Msg::Nonces)) }
+        @let total: u64 = nonces.iter().map(|(_, n)| n).sum();
+        table.list #nonces {
+            tr { th { (lang.t(Msg::Outcome)) } th { (lang.t(Msg::Count)) } }
+            @for (outcome, n) in nonces {
+                tr { td { (lang.outcome(outcome)) } (number(&format!("nonces-{outcome}"), *n, lang.items(*n))) }
+            }
+            tr { th { (lang.t(Msg::Total)) } (number("nonces-total", total, lang.items(total))) }
+        }
+    };
+    page(lang, lang.t(Msg::Links), Some(signed), body)
 }
 
 /// What the deliveries page shows.

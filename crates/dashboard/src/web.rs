@@ -31,6 +31,7 @@ pub fn router(state: DashboardState) -> Router {
         .route("/dashboard/segments/{id}", get(segment))
         .route("/dashboard/members", get(members))
         .route("/dashboard/deliveries", get(deliveries))
+        .route("/dashboard/links", get(links))
         .route("/dashboard/campaigns", get(campaigns))
         .route("/dashboard/campaigns/{id}", get(campaign))
         .route("/dashboard/campaigns/{id}/pause", post(pause))
@@ -247,7 +248,10 @@ async fn login(
     let operators = &state.store.operators;
     let now = state.clock.now();
     let window = chrono::Duration::from_std(settings.sign_in_window).unwrap_or(chrono::Duration::MAX);
-    let subjects = [format!("name:{name}"), format!("addr:{addr}")];
+    // A name no operator can have is counted under one subject: the table
+    // stays small however many made-up names are tried.
+    let name_subject = if manage::valid_name(name) { name } else { "<invalid>" };
+    let subjects = [format!("name:{name_subject}"), format!("addr:{addr}")];
     for subject in &subjects {
         if operators.sign_in_failures(subject, now - window).await? >= u64::from(settings.sign_in_max_failures) {
             tracing::warn!(subject = subject.split(':').next(), "dashboard: sign-in refused after repeated failures");
@@ -401,6 +405,18 @@ async fn deliveries(State(state): State<DashboardState>, signed: Signed) -> Resu
     let now = state.clock.now();
     Ok(pages::deliveries(&state, &signed, pages::DeliveriesView { counts, waiting, failures, paused, now })
         .into_response())
+}
+
+/// The ID連携 page counts link attempts over this many days.
+const LINK_ATTEMPT_DAYS: i64 = 30;
+
+async fn links(State(state): State<DashboardState>, signed: Signed) -> Result<Response, Failure> {
+    let reads = &state.store.overview;
+    let now = state.clock.now();
+    let by_method = reads.links_by_method().await?;
+    let nonces = reads.link_nonces_by_result(now - chrono::Duration::days(LINK_ATTEMPT_DAYS), now).await?;
+    let counts = reads.overview_counts().await?;
+    Ok(pages::links(&state, &signed, &counts, &by_method, &nonces).into_response())
 }
 
 async fn campaigns(State(state): State<DashboardState>, signed: Signed) -> Result<Response, Failure> {

@@ -2,12 +2,13 @@
 //! "now" (friends following and blocked, links (ID連携) and linked friends,
 //! deliveries waiting and failed), each one count over a table's key or a
 //! partial index, never over `events`; and one user's friendship, for the
-//! member look-up; the deliveries page's failed requests and waiting
+//! member look-up; the ID連携 page's links by method and nonces by outcome;
+//! the deliveries page's failed requests and waiting
 //! deliveries (by partial index, and the queue of what waits). The same SQL
 //! on both backends.
 
 use crate::StoreResult;
-use crate::sql::{Sql, stmt};
+use crate::sql::{Sql, Ts, stmt};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renkei_core::LineUserId;
@@ -63,6 +64,14 @@ pub trait OverviewReads: Send + Sync + 'static {
 
     /// Deliveries waiting in the queue (not yet in a request), per campaign.
     async fn waiting_by_campaign(&self) -> StoreResult<Vec<WaitingDeliveries>>;
+
+    /// Links by method (`account_link`, `id_token`, `api`, `import`).
+    async fn links_by_method(&self) -> StoreResult<Vec<(String, u64)>>;
+
+    /// Account-link nonces that expire at or after `since` (issued within
+    /// their lifetime before it), by outcome: `ok`, `failed`, `conflict`, …,
+    /// `expired` (never used) and `open` (not used yet).
+    async fn link_nonces_by_result(&self, since: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<Vec<(String, u64)>>;
 
     /// Whether a LINE user follows now, and since when (`None`: never followed).
     async fn friendship(&self, line_user_id: &LineUserId) -> StoreResult<Option<(bool, DateTime<Utc>)>>;
@@ -148,6 +157,25 @@ impl<S: Sql> OverviewReads for S {
                 next_due: row.ts("next_due")?,
             })
         })
+        .await
+    }
+
+    async fn links_by_method(&self) -> StoreResult<Vec<(String, u64)>> {
+        stmt::<S::Db>("SELECT method, CAST(COUNT(*) AS BIGINT) AS n FROM links GROUP BY method ORDER BY method")
+            .all(self.reader(), |row| Ok((row.string("method")?, u64::try_from(row.int("n")?).unwrap_or(0))))
+            .await
+    }
+
+    async fn link_nonces_by_result(&self, since: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<Vec<(String, u64)>> {
+        // By `expires_at` (indexed): a nonce lives 10 minutes.
+        stmt::<S::Db>(
+            "SELECT COALESCE(result, CASE WHEN expires_at < $2 THEN 'expired' ELSE 'open' END) AS outcome,
+                    CAST(COUNT(*) AS BIGINT) AS n
+             FROM link_nonces WHERE expires_at >= $1 GROUP BY 1 ORDER BY 1",
+        )
+        .bind(Ts(since))
+        .bind(Ts(now))
+        .all(self.reader(), |row| Ok((row.string("outcome")?, u64::try_from(row.int("n")?).unwrap_or(0))))
         .await
     }
 

@@ -82,6 +82,18 @@ async fn overview_counts_friends_links_and_deliveries(store: TestStore) {
     for (n, id) in [(1, "m-1"), (3, "m-3"), (4, "m-4")] {
         store.link(&member(id), &user(n), renkei_core::LinkMethod::Api, at(2)).await.expect("link");
     }
+    assert_eq!(store.links_by_method().await.expect("links"), [("api".to_string(), 3)]);
+    // Nonces: one used, one failed, one never used and expired, one still open; one too old to count.
+    for (nonce, created) in [("n-ok", 2), ("n-failed", 2), ("n-expired", 2), ("n-open", 5), ("n-old", 0)] {
+        let expires = at(created) + chrono::Duration::minutes(10);
+        store.create_link_nonce(nonce, &member("m-1"), at(created), expires).await.expect("nonce");
+    }
+    assert!(store.fail_link_nonce("n-failed", at(2)).await.expect("fail"));
+    store.set_link_nonce_result("n-ok", "ok").await.expect("result");
+    let nonces = store.link_nonces_by_result(at(1), at(5)).await.expect("nonces");
+    let expected: Vec<(String, u64)> =
+        [("expired", 1), ("failed", 1), ("ok", 1), ("open", 1)].map(|(k, n)| (k.to_string(), n)).into();
+    assert_eq!(nonces, expected);
     let counts = store.overview_counts().await.expect("counts");
     // Linked with no follow or unfollow seen (user 4) counts as following, as the planner judges.
     let expected = OverviewCounts {
