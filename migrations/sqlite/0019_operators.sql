@@ -2,7 +2,7 @@
 -- sessions (only a SHA-256 of each cookie token is stored), failed sign-ins
 -- (per name and per client address, for the sign-in limit), the audit log
 -- of every change an operator makes, and the indexes the overview's counts
--- of deliveries in flight and failed read.
+-- of deliveries in flight and failed and the member look-up read.
 -- Backend differences: timestamps are INTEGER microseconds here and
 -- timestamptz on PostgreSQL; ids are INTEGER PRIMARY KEY here and BIGSERIAL
 -- there; name columns are COLLATE "C" on PostgreSQL.
@@ -45,3 +45,6 @@ CREATE TABLE operator_audit (
 -- and the failed requests.
 CREATE INDEX delivery_sends_request ON delivery_sends (request_id);
 CREATE INDEX send_requests_failed ON send_requests (id) WHERE status = 'failed';
+
+-- The member look-up's messages of one LINE user, newest first.
+CREATE INDEX deliveries_user ON deliveries (line_user_id, id);

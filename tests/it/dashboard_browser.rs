@@ -111,10 +111,16 @@ async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element 
     browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css(css)).await.expect(css)
 }
 
-/// The `data-value` of the element `css`.
+/// The `data-value` of the element `css` (found again if a navigation replaced it meanwhile).
 async fn value_of(browser: &Client, css: &str) -> String {
-    let element = wait_for(browser, css).await;
-    element.attr("data-value").await.expect("attr").unwrap_or_else(|| panic!("{css} has no data-value"))
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match wait_for(browser, css).await.attr("data-value").await {
+            Ok(value) => return value.unwrap_or_else(|| panic!("{css} has no data-value")),
+            Err(error) => assert!(Instant::now() < deadline, "{css}: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn sign_in(browser: &Client, app: &TestApp, name: &str, password: &str) {
@@ -218,6 +224,10 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(value_of(&browser, "#friendship").await, "true", "linked, no unfollow seen");
     let current = wait_for(&browser, "#current-segments").await.text().await.expect("text");
     assert_eq!(current.trim(), "buyers");
+    let sent = browser.find_all(Locator::Css("#messages tr[data-status=\"sent\"]")).await.expect("rows");
+    assert_eq!(sent.len(), 1, "the thank-you message, sent");
+    let purchases = browser.find_all(Locator::Css("#events tr[data-type=\"purchase\"]")).await.expect("rows");
+    assert_eq!(purchases.len(), 1, "the purchase event");
     screenshot(&browser, "member").await;
     browser.goto(&format!("{}/dashboard/members?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E", app.base)).await.expect("go");
     wait_for(&browser, "#not-found").await;

@@ -85,6 +85,19 @@ impl Lang {
         })
     }
 
+    /// A delivery state's label (the code itself when unknown).
+    pub fn delivery_status(self, status: &str) -> String {
+        let msg = match status {
+            "sent" => Msg::Sent,
+            "pending" => Msg::Pending,
+            "requested" => Msg::Requested,
+            "skipped" => Msg::Skipped,
+            "failed" => Msg::Failed,
+            other => return other.to_string(),
+        };
+        self.t(msg).to_string()
+    }
+
     /// An account-link outcome's label (the code itself when unknown).
     pub fn outcome(self, outcome: &str) -> String {
         let msg = match outcome {
@@ -270,6 +283,11 @@ pub enum Msg {
     OutcomeOpen,
     OutcomeConflict,
     Total,
+    RecentEvents,
+    EventType,
+    Properties,
+    Messages,
+    Requested,
 }
 
 fn ja(msg: Msg) -> &'static str {
@@ -415,6 +433,11 @@ fn ja(msg: Msg) -> &'static str {
         OutcomeOpen => "進行中(未使用)",
         OutcomeConflict => "競合(別の会員と連携済み)",
         Total => "合計",
+        RecentEvents => "最近のイベント",
+        EventType => "種類",
+        Properties => "プロパティ",
+        Messages => "メッセージ(送信・スキップ)",
+        Requested => "送信中",
     }
 }
 
@@ -561,6 +584,11 @@ fn en(msg: Msg) -> &'static str {
         OutcomeOpen => "open (not used yet)",
         OutcomeConflict => "conflict (linked elsewhere)",
         Total => "Total",
+        RecentEvents => "Recent events",
+        EventType => "Type",
+        Properties => "Properties",
+        Messages => "Messages (sent or skipped)",
+        Requested => "in flight",
     }
 }
 

@@ -10,7 +10,8 @@ use maud::{DOCTYPE, Markup, html};
 use renkei_campaigns::{Campaign, Trigger};
 use renkei_core::LineUserId;
 use renkei_store::{
-    AuditEntry, FailedRequest, Link, Member, Operator, OperatorRole, OverviewCounts, SegmentStats, WaitingDeliveries,
+    AuditEntry, FailedRequest, Link, Member, Operator, OperatorRole, OverviewCounts, SegmentStats, StoredEvent,
+    UserDelivery, WaitingDeliveries,
 };
 use serde_json::Value;
 
@@ -357,11 +358,18 @@ pub struct LookedUp {
     pub line_user: Option<LineUserId>,
     pub friendship: Option<(bool, DateTime<Utc>)>,
     pub segments: Vec<String>,
+    pub events: Vec<StoredEvent>,
+    pub deliveries: Vec<UserDelivery>,
 }
 
 impl LookedUp {
     fn is_empty(&self) -> bool {
-        self.member.is_none() && self.link.is_none() && self.friendship.is_none() && self.segments.is_empty()
+        self.member.is_none()
+            && self.link.is_none()
+            && self.friendship.is_none()
+            && self.segments.is_empty()
+            && self.events.is_empty()
+            && self.deliveries.is_empty()
     }
 }
 
@@ -402,6 +410,29 @@ pub fn members(state: &DashboardState, signed: &Signed, q: &str, found: Option<&
                 ul #current-segments {
                     @for id in &found.segments {
                         li { a href={ "/dashboard/segments/" (path_segment(id)) } { code { (id) } } }
+                    }
+                }
+                h2 { (lang.t(Msg::Messages)) }
+                table.list #messages {
+                    tr { th { (lang.t(Msg::When)) } th { (lang.t(Msg::Campaign)) } th { (lang.t(Msg::State)) } th { (lang.t(Msg::Reason)) } }
+                    @for delivery in &found.deliveries {
+                        tr data-status=(delivery.status) {
+                            td { (lang.datetime(delivery.created_at, tz)) }
+                            td { a href={ "/dashboard/campaigns/" (path_segment(&delivery.campaign_id)) } { code { (delivery.campaign_id) } } }
+                            td { (lang.delivery_status(&delivery.status)) }
+                            td { @if let Some(reason) = &delivery.skip_reason { code { (reason) } } }
+                        }
+                    }
+                }
+                h2 { (lang.t(Msg::RecentEvents)) }
+                table.list #events {
+                    tr { th { (lang.t(Msg::When)) } th { (lang.t(Msg::EventType)) } th { (lang.t(Msg::Properties)) } }
+                    @for event in &found.events {
+                        tr data-type=(event.event_type) {
+                            td { (lang.datetime(event.occurred_at, tz)) }
+                            td { code { (event.event_type) } }
+                            td { code { (serde_json::Value::Object(event.properties.clone()).to_string()) } }
+                        }
                     }
                 }
                 @if let Some(member) = &found.member {

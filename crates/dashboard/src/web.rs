@@ -369,6 +369,9 @@ async fn members(
     Ok(pages::members(&state, &signed, q, found.as_ref()).into_response())
 }
 
+/// Events and messages shown per member look-up.
+const LOOK_UP_ROWS: u32 = 30;
+
 /// A member or LINE user, found by either id.
 async fn look_up(state: &DashboardState, q: &str) -> Result<pages::LookedUp, Failure> {
     let store = &state.store;
@@ -386,7 +389,10 @@ async fn look_up(state: &DashboardState, q: &str) -> Result<pages::LookedUp, Fai
             found.member = store.members.get_member(&link.member_id).await?;
         }
     }
+    let member_id = found.member.as_ref().map(|m| m.member_id.clone());
+    found.events = store.overview.recent_events_of(found.line_user.as_ref(), member_id.as_ref(), LOOK_UP_ROWS).await?;
     if let Some(line_user) = &found.line_user {
+        found.deliveries = store.overview.recent_deliveries_to(line_user, LOOK_UP_ROWS).await?;
         found.friendship = store.overview.friendship(line_user).await?;
         found.segments = state.engine.store().reads.user_memberships(line_user).await?.into_iter().collect();
     }

@@ -2,16 +2,18 @@
 //! "now" (friends following and blocked, links (ID連携) and linked friends,
 //! deliveries waiting and failed), each one count over a table's key or a
 //! partial index, never over `events`; and one user's friendship, for the
-//! member look-up; the ID連携 page's links by method and nonces by outcome;
+//! member look-up with the user's latest events (by the user's index range)
+//! and deliveries; the ID連携 page's links by method and nonces by outcome;
 //! the deliveries page's failed requests and waiting
 //! deliveries (by partial index, and the queue of what waits). The same SQL
 //! on both backends.
 
 use crate::StoreResult;
+use crate::events::{StoredEvent, event_of};
 use crate::sql::{Sql, Ts, stmt};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use renkei_core::LineUserId;
+use renkei_core::{LineUserId, MemberId};
 use serde::Serialize;
 
 /// The overview's counts at one moment.
@@ -46,6 +48,16 @@ pub struct FailedRequest {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// One delivery to a user, for the member look-up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserDelivery {
+    pub campaign_id: String,
+    pub created_at: DateTime<Utc>,
+    /// `pending`, `requested`, `sent`, `skipped` or `failed`.
+    pub status: String,
+    pub skip_reason: Option<String>,
+}
+
 /// One campaign's deliveries waiting in the queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WaitingDeliveries {
@@ -72,6 +84,19 @@ pub trait OverviewReads: Send + Sync + 'static {
     /// their lifetime before it), by outcome: `ok`, `failed`, `conflict`, …,
     /// `expired` (never used) and `open` (not used yet).
     async fn link_nonces_by_result(&self, since: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<Vec<(String, u64)>>;
+
+    /// The latest `limit` events of a LINE user and of a member (either may
+    /// be absent), newest first.
+    async fn recent_events_of(
+        &self,
+        line_user_id: Option<&LineUserId>,
+        member_id: Option<&MemberId>,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredEvent>>;
+
+    /// The latest `limit` deliveries to a LINE user, newest first, each in
+    /// the state the campaign stats count it in.
+    async fn recent_deliveries_to(&self, line_user_id: &LineUserId, limit: u32) -> StoreResult<Vec<UserDelivery>>;
 
     /// Whether a LINE user follows now, and since when (`None`: never followed).
     async fn friendship(&self, line_user_id: &LineUserId) -> StoreResult<Option<(bool, DateTime<Utc>)>>;
@@ -176,6 +201,65 @@ impl<S: Sql> OverviewReads for S {
         .bind(Ts(since))
         .bind(Ts(now))
         .all(self.reader(), |row| Ok((row.string("outcome")?, u64::try_from(row.int("n")?).unwrap_or(0))))
+        .await
+    }
+
+    async fn recent_events_of(
+        &self,
+        line_user_id: Option<&LineUserId>,
+        member_id: Option<&MemberId>,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let mut events = Vec::new();
+        // Each by its user's index range, never the whole table.
+        if let Some(user) = line_user_id {
+            events.extend(
+                stmt::<S::Db>(
+                    "SELECT id, event_id, type, member_id, line_user_id, occurred_at, properties FROM events
+                     WHERE line_user_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT $2",
+                )
+                .bind(user)
+                .bind(limit)
+                .all(self.reader(), event_of)
+                .await?,
+            );
+        }
+        if let Some(member) = member_id {
+            events.extend(
+                stmt::<S::Db>(
+                    "SELECT id, event_id, type, member_id, line_user_id, occurred_at, properties FROM events
+                     WHERE member_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT $2",
+                )
+                .bind(member)
+                .bind(limit)
+                .all(self.reader(), event_of)
+                .await?,
+            );
+        }
+        events.sort_by(|a, b| (b.occurred_at, b.id).cmp(&(a.occurred_at, a.id)));
+        events.dedup_by_key(|e| e.id);
+        events.truncate(limit as usize);
+        Ok(events)
+    }
+
+    async fn recent_deliveries_to(&self, line_user_id: &LineUserId, limit: u32) -> StoreResult<Vec<UserDelivery>> {
+        stmt::<S::Db>(concat!(
+            "SELECT d.campaign_id, d.created_at, d.skip_reason, ",
+            crate::outbox::delivery_status!(),
+            " AS status FROM ",
+            crate::outbox::deliveries_with_requests!(),
+            " WHERE d.line_user_id = $1 ORDER BY d.id DESC LIMIT $2"
+        ))
+        .bind(line_user_id)
+        .bind(limit)
+        .all(self.reader(), |row| {
+            Ok(UserDelivery {
+                campaign_id: row.string("campaign_id")?,
+                created_at: row.ts("created_at")?,
+                status: row.string("status")?,
+                skip_reason: row.opt_string("skip_reason")?,
+            })
+        })
         .await
     }
 

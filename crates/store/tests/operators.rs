@@ -77,6 +77,28 @@ async fn overview_counts_friends_links_and_deliveries(store: TestStore) {
         store.set_following(&user(n), following, at(1)).await.expect("follow");
     }
     assert_eq!(store.friendship(&user(3)).await.expect("read"), Some((false, at(1))));
+    let event = |id: &str, member_id: Option<&str>, line_user: Option<u32>, hour: u32| renkei_core::NewEvent {
+        event_id: Some(renkei_core::EventId::parse(id).expect("event id")),
+        event_type: renkei_core::EventType::parse("purchase").expect("type"),
+        member_id: member_id.map(member),
+        line_user_id: line_user.map(user),
+        occurred_at: at(hour),
+        properties: serde_json::Map::new(),
+    };
+    let events = [
+        event("e1", Some("m-1"), None, 3),
+        event("e2", None, Some(1), 5),
+        event("e3", Some("m-1"), Some(1), 4),
+        event("e4", Some("m-9"), Some(9), 6),
+    ];
+    store.insert_events(&events, at(7)).await.expect("events");
+    let ids =
+        |events: Vec<renkei_store::StoredEvent>| events.into_iter().filter_map(|e| e.event_id).collect::<Vec<_>>();
+    let both = store.recent_events_of(Some(&user(1)), Some(&member("m-1")), 10).await.expect("events");
+    assert_eq!(ids(both), ["e2", "e3", "e1"], "newest first, each once");
+    let limited = store.recent_events_of(Some(&user(1)), Some(&member("m-1")), 2).await.expect("events");
+    assert_eq!(ids(limited), ["e2", "e3"]);
+    assert!(store.recent_events_of(None, None, 10).await.expect("events").is_empty());
     assert_eq!(store.friendship(&user(4)).await.expect("read"), None, "never followed");
     // Linked: one following friend, one blocked, one who never followed.
     for (n, id) in [(1, "m-1"), (3, "m-3"), (4, "m-4")] {
@@ -151,6 +173,16 @@ async fn overview_counts_friends_links_and_deliveries(store: TestStore) {
         (failure.id, failure.campaign_id.as_deref(), failure.deliveries, failure.error.as_deref()),
         (requests[1], Some("c1"), 1, Some("400 bad"))
     );
+    let of_user = |n: u32| {
+        let store = &store;
+        async move {
+            let rows = store.recent_deliveries_to(&user(n), 10).await.expect("deliveries");
+            rows.into_iter().map(|d| (d.campaign_id, d.status)).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(of_user(2).await, [("c1".to_string(), "failed".to_string())]);
+    assert_eq!(of_user(3).await, [("c1".to_string(), "pending".to_string())]);
+    assert_eq!(of_user(1).await, [("c1".to_string(), "requested".to_string())]);
     let stats = store.campaign_counts("c1").await.expect("stats");
     assert_eq!((stats.pending + stats.requested, stats.failed), (2, 1), "as the stats count");
 }
