@@ -236,7 +236,7 @@ impl<S: Sql> OverviewReads for S {
                 .await?,
             );
         }
-        events.sort_by(|a, b| (b.occurred_at, b.id).cmp(&(a.occurred_at, a.id)));
+        events.sort_by_key(|e| std::cmp::Reverse((e.occurred_at, e.id)));
         events.dedup_by_key(|e| e.id);
         events.truncate(limit as usize);
         Ok(events)
