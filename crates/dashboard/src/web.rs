@@ -144,6 +144,14 @@ async fn finish(State(state): State<DashboardState>, request: Request, next: Nex
     response
 }
 
+/// `span` before `now` (the earliest instant when that is out of range).
+fn before(now: chrono::DateTime<chrono::Utc>, span: std::time::Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Duration::from_std(span)
+        .ok()
+        .and_then(|span| now.checked_sub_signed(span))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+}
+
 fn see_other(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
 }
@@ -183,9 +191,9 @@ impl FromRequestParts<DashboardState> for Signed {
         let token = cookie(&parts.headers, SESSION_COOKIE).ok_or_else(Failure::sign_in)?;
         let token_hash = auth::token_hash(token);
         let now = state.clock.now();
-        let idle = chrono::Duration::from_std(state.settings.session_idle).unwrap_or(chrono::Duration::MAX);
         let operators = &state.store.operators;
-        let session = operators.session(&token_hash, now - idle).await?.ok_or_else(Failure::sign_in)?;
+        let seen_since = before(now, state.settings.session_idle);
+        let session = operators.session(&token_hash, seen_since).await?.ok_or_else(Failure::sign_in)?;
         if now - session.last_seen_at >= TOUCH_EVERY {
             operators.touch_session(&token_hash, now).await?;
         }
@@ -247,13 +255,13 @@ async fn login(
     let settings = &state.settings;
     let operators = &state.store.operators;
     let now = state.clock.now();
-    let window = chrono::Duration::from_std(settings.sign_in_window).unwrap_or(chrono::Duration::MAX);
+    let window_start = before(now, settings.sign_in_window);
     // A name no operator can have is counted under one subject: the table
     // stays small however many made-up names are tried.
     let name_subject = if manage::valid_name(name) { name } else { "<invalid>" };
     let subjects = [format!("name:{name_subject}"), format!("addr:{addr}")];
     for subject in &subjects {
-        if operators.sign_in_failures(subject, now - window).await? >= u64::from(settings.sign_in_max_failures) {
+        if operators.sign_in_failures(subject, window_start).await? >= u64::from(settings.sign_in_max_failures) {
             tracing::warn!(subject = subject.split(':').next(), "dashboard: sign-in refused after repeated failures");
             let mut failure = Failure::new(StatusCode::TOO_MANY_REQUESTS, Msg::ErrorTooMany);
             failure.retry_after = Some(settings.sign_in_window.as_secs());
@@ -266,7 +274,7 @@ async fn login(
     let matches = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash)).await.unwrap_or(false);
     let Some((operator, _)) = known.filter(|_| matches) else {
         let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
-        operators.record_sign_in_failure(&subjects, now, now - window).await?;
+        operators.record_sign_in_failure(&subjects, now, window_start).await?;
         tokio::time::sleep(settings.failure_delay).await;
         let csrf = auth::random_token();
         let cookie = auth::cookie(LOGIN_CSRF_COOKIE, &csrf, settings.secure_cookies, None);
@@ -274,8 +282,7 @@ async fn login(
         return Ok((StatusCode::UNAUTHORIZED, [(header::SET_COOKIE, cookie)], page).into_response());
     };
     operators.clear_sign_in_failures(&subjects[0]).await?;
-    let idle = chrono::Duration::from_std(settings.session_idle).unwrap_or(chrono::Duration::MAX);
-    operators.delete_idle_sessions(now - idle).await?;
+    operators.delete_idle_sessions(before(now, settings.session_idle)).await?;
     let token = auth::random_token();
     operators.create_session(&auth::token_hash(&token), &operator.name, &auth::random_token(), now).await?;
     manage::audit(operators.as_ref(), &operator.name, "sign_in", "", "", now).await?;
