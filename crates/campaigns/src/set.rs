@@ -65,10 +65,13 @@ fn read_text(path: &Path) -> Result<String, Diagnostic> {
     String::from_utf8(bytes).map_err(|_| Diagnostic::new(path, Pos::START, "not valid UTF-8"))
 }
 
+/// A file and its text.
+pub(crate) type Source = (PathBuf, String);
+
 /// Every `*.yaml` / `*.yml` file of `dir` (not recursive), sorted by name,
 /// with its text; a missing directory has none. The diagnostics are files
 /// that could not be read; `Err` when the directory itself cannot be.
-pub(crate) fn read_yaml_dir(dir: &Path) -> Result<(Vec<(PathBuf, String)>, Vec<Diagnostic>), Vec<Diagnostic>> {
+pub(crate) fn read_yaml_dir(dir: &Path) -> Result<(Vec<Source>, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut diagnostics = Vec::new();
     let mut sources = Vec::new();
     let entries = match std::fs::read_dir(dir) {
