@@ -37,7 +37,7 @@ use renkei_line::{ClientOptions, LineClient};
 use renkei_scheduler::{CampaignRunner, RunnerStore};
 use renkei_segments::SegmentSet;
 use renkei_store::Store;
-use renkei_webhook::{WebhookConfig, WebhookState, WorkerHandle, WorkerOptions};
+use renkei_webhook::{Replies, WebhookConfig, WebhookState, WorkerHandle, WorkerOptions};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,6 +61,8 @@ struct AppState {
     segments: usize,
     evaluator: Option<Evaluator>,
     dispatch_metrics: Arc<DispatchMetrics>,
+    /// Replies made (the webhook role's worker counts them).
+    replies: Arc<Replies>,
     connections: Arc<ConnectionStats>,
 }
 
@@ -164,6 +166,8 @@ struct Resolved {
     /// The one LINE client of the process (webhook replies, ID tokens, sends).
     line: Option<LineClient>,
     webhook: WebhookConfig,
+    /// The reply rules and `[replies]`, for the webhook worker.
+    replies: Arc<Replies>,
     api_keys: Arc<Vec<String>>,
 }
 
@@ -173,6 +177,9 @@ impl Resolved {
         tracing::info!(segments = segments.len(), dir = %config.paths.segments.display(), "segments loaded");
         let (campaigns, rich_menus) = crate::campaigns::load_or_explain(config, &segments)?;
         tracing::info!(campaigns = campaigns.len(), dir = %config.paths.campaigns.display(), "campaigns loaded");
+        let rules = crate::campaigns::load_replies_or_explain(config, &segments)?;
+        tracing::info!(rules = rules.len(), dir = %config.paths.replies.display(), "reply rules loaded");
+        let replies = crate::campaigns::replies(config, rules, crate::campaigns::link_keys(config, &campaigns)?)?;
         Ok(Self {
             segments,
             campaigns: Arc::new(campaigns),
@@ -184,6 +191,7 @@ impl Resolved {
                 config.line.login_channel_id.clone(),
                 config.line.link_login_url.clone(),
             ),
+            replies: Arc::new(replies),
             api_keys: Arc::new(config.server.api_keys.iter().map(|k| k.expose().to_string()).collect()),
         })
     }
@@ -386,7 +394,8 @@ impl Application {
             changes.clone(),
             resolved.line.clone(),
             resolved.webhook,
-        );
+        )
+        .with_replies(resolved.replies.clone());
         if config.roles.webhook {
             if config.line.channel_secret.is_empty() {
                 tracing::warn!("line.channel_secret is empty: POST /webhook/line refuses every delivery (503)");
@@ -420,6 +429,7 @@ impl Application {
             segments: resolved.segments.len(),
             evaluator: background.evaluator.clone(),
             dispatch_metrics: roles.metrics,
+            replies: resolved.replies.clone(),
             connections: connections.clone(),
         };
         let mut router =
@@ -555,6 +565,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         evaluator.render_metrics(&mut out);
     }
     state.dispatch_metrics.render(&mut out);
+    state.replies.metrics.render(&mut out);
     // Counted by the health prober (a partial index); left out when unknown.
     let pending = state.health.webhook_pending.load(Ordering::Relaxed);
     if pending >= 0 {

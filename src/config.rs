@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULTS_TOML: &str = include_str!("../config/defaults.toml");
 pub const ENV_PREFIX: &str = "RENKEI_";
-const SECTIONS: [&str; 9] = ["timezone", "database", "server", "line", "paths", "roles", "log", "dispatch", "policy"];
+const SECTIONS: [&str; 10] =
+    ["timezone", "database", "server", "line", "paths", "roles", "log", "dispatch", "policy", "replies"];
 
 /// A secret string: deserialized like a string, never printed (not even
 /// in the error for a value of the wrong type).
@@ -61,6 +62,17 @@ pub struct Config {
     pub log: LogConfig,
     pub dispatch: DispatchConfig,
     pub policy: PolicyConfig,
+    pub replies: RepliesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepliesConfig {
+    pub link_prompt: String,
+    pub link_prompt_button: String,
+    pub member_code_ttl: renkei_core::SpanDuration,
+    pub loading_after: renkei_core::SpanDuration,
+    pub token_life: renkei_core::SpanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +177,7 @@ pub struct PathsConfig {
     pub campaigns: PathBuf,
     pub templates: PathBuf,
     pub rich_menus: PathBuf,
+    pub replies: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
