@@ -21,6 +21,7 @@ renkei_test_support::on_both_backends!(
     shipped_rules_answer_linked_and_unlinked_users_alike_in_any_width,
     the_member_card_code_reads_back_as_the_member_id,
     equals_postback_and_segment_rules_with_the_loading_animation,
+    a_token_past_its_life_is_not_used,
 );
 
 fn repo(path: &str) -> PathBuf {
@@ -47,6 +48,7 @@ async fn spawn(
         c.line.api_base_url = sim.base_url();
         c.server.link_keys = vec![LINK_KEY.into()];
         c.replies.loading_after = loading_after.parse().expect("duration");
+        c.replies.token_life = token_life.parse().expect("duration");
     })
     .await?;
     sim.set_webhook_url(Some(format!("{}/webhook/line", app.base)));
@@ -245,4 +247,16 @@ async fn equals_postback_and_segment_rules_with_the_loading_animation(backend: B
     let replies = sim.requests_for(Endpoint::Reply);
     assert!(loading.iter().zip(&replies).all(|(l, r)| l.at <= r.at && l.recipients == r.recipients));
     assert_eq!(sim.requests_for(Endpoint::MarkAsRead).len(), 3, "three messages, one postback");
+}
+
+async fn a_token_past_its_life_is_not_used(backend: Backend) {
+    // A life of 0 s: every token is too old by the time the worker sees it.
+    let Some((app, sim)) = spawn_with(backend, repo("config/replies"), None, "1s", "0s").await else { return };
+    link_member(&app, "M-9", LINKED, json!({"name": "高橋", "points": 5})).await;
+    sim.send_message(&user(LINKED), "ポイント").await.expect("webhook");
+    settled(&app).await;
+    assert!(sim.requests_for(Endpoint::Reply).is_empty());
+    let counts = app.store.reply_counts(chrono::Utc::now() - chrono::Duration::hours(1)).await.expect("counts");
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert_eq!((counts[0].rule_id.as_str(), counts[0].outcome.as_str(), counts[0].count), ("points", "expired", 1));
 }

@@ -220,3 +220,12 @@ fn a_missing_directory_is_no_rules() {
     assert!(set.is_empty());
     assert!(set.candidates(&Incoming::Text("anything")).is_empty());
 }
+
+#[test]
+fn postback_actions() {
+    assert_eq!(postback_action("action=link"), Some("link"));
+    assert_eq!(postback_action("x=1&action=unlink&y"), Some("unlink"));
+    assert_eq!(postback_action("action"), None);
+    assert_eq!(postback_action(""), None);
+    assert_eq!(postback_action("action=buyItem&itemId=1"), Some("buyItem"));
+}
