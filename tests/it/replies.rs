@@ -36,6 +36,17 @@ async fn spawn(
     segments: Option<&TempDir>,
     loading_after: &str,
 ) -> Option<(TestApp, SimHandle)> {
+    spawn_with(backend, replies, segments, loading_after, "50s").await
+}
+
+/// As [`spawn`], with `[replies] token_life`.
+async fn spawn_with(
+    backend: Backend,
+    replies: PathBuf,
+    segments: Option<&TempDir>,
+    loading_after: &str,
+    token_life: &str,
+) -> Option<(TestApp, SimHandle)> {
     let sim = LineSim::spawn(SimConfig::default()).await.expect("simulator");
     let app = spawn_app_with(backend, |c| {
         c.paths.replies = replies;
