@@ -24,7 +24,7 @@ pub use engine::{EngineStore, MembershipEngine, RecomputeProgress, RecomputeRepo
 pub use evaluator::Evaluator;
 pub use queue::{Backlog, DEFAULT_CAPACITY as DEFAULT_QUEUE_CAPACITY, Leftover};
 pub use renkei_store::membership::{Cause, Transition, TransitionKind};
-pub use runtime::EngineHandle;
+pub use runtime::{EngineHandle, TIMER_LEASE};
 
 use renkei_store::StoreError;
 
