@@ -235,7 +235,10 @@ impl Roles {
         let metrics = Arc::new(DispatchMetrics::default());
         let dispatch = match (&resolved.line, config.roles.dispatcher) {
             (Some(line), true) => {
-                let quota = Arc::new(QuotaGuard::new(config.dispatch.quota_guard, metrics.clone()));
+                let quota = Arc::new(
+                    QuotaGuard::new(config.dispatch.quota_guard, metrics.clone())
+                        .with_leases(store.clone(), format!("quota-{}", uuid::Uuid::new_v4().simple())),
+                );
                 let settings = resolved.dispatch.clone();
                 let dispatcher = Arc::new(Dispatcher::new(
                     DispatcherStore::of(store),
