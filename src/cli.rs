@@ -175,6 +175,10 @@ fn check(config: &Config) -> ExitCode {
         eprintln!("{error}");
         return ExitCode::FAILURE;
     }
+    if let Err(error) = crate::relay::relay_settings(config) {
+        eprintln!("{error}");
+        return ExitCode::FAILURE;
+    }
     match crate::campaigns::load(config, &segments) {
         Ok((campaigns, _)) if let Err(error) = crate::campaigns::link_keys(config, &campaigns) => {
             eprintln!("{error}");
@@ -182,13 +186,15 @@ fn check(config: &Config) -> ExitCode {
         }
         Ok((campaigns, rich_menus)) => {
             println!(
-                "config ok; {} segments in {}, {} campaigns in {}, {} rich-menu rules in {}",
+                "config ok; {} segments in {}, {} campaigns in {}, {} rich-menu rules in {}, {} webhook relay targets (reply_owner {})",
                 segments.len(),
                 config.paths.segments.display(),
                 campaigns.len(),
                 config.paths.campaigns.display(),
                 rich_menus.rules.len(),
-                config.paths.rich_menus.display()
+                config.paths.rich_menus.display(),
+                config.webhook.relay.len(),
+                config.webhook.reply_owner,
             );
             ExitCode::SUCCESS
         }

@@ -12,6 +12,7 @@ mod common;
 mod config;
 mod crash;
 mod limits;
+mod relay;
 mod segments;
 mod shutdown;
 mod webhook_waits;

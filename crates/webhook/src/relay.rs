@@ -277,12 +277,35 @@ impl Relay {
         Self { store, clock, settings, metrics, holder }
     }
 
-    /// Starts one task per target; each wakes on `wake` (a body was queued)
-    /// and on the poll, and returns soon after `stop`.
+    /// How many targets it delivers to.
+    pub fn target_count(&self) -> usize {
+        self.settings.targets.len()
+    }
+
+    /// Starts one task per target, each woken by `wake` (a body was
+    /// queued) and by the poll, and one that counts the queues every poll
+    /// (whichever instance delivers, and while an attempt hangs); all
+    /// return soon after `stop`.
     pub fn spawn(self: Arc<Self>, wake: watch::Receiver<u64>, stop: CancellationToken) -> Vec<JoinHandle<()>> {
-        (0..self.settings.targets.len())
+        let mut tasks: Vec<JoinHandle<()>> = (0..self.settings.targets.len())
             .map(|index| tokio::spawn(self.clone().run_target(index, wake.clone(), stop.clone())))
-            .collect()
+            .collect();
+        tasks.push(tokio::spawn(self.count_queues(stop)));
+        tasks
+    }
+
+    async fn count_queues(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            for target in &self.settings.targets {
+                if let Err(error) = self.count(target).await {
+                    tracing::debug!(target = %target.name, %error, "relay queue not counted");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(self.settings.poll) => {}
+            }
+        }
     }
 
     async fn run_target(self: Arc<Self>, index: usize, mut wake: watch::Receiver<u64>, stop: CancellationToken) {
@@ -339,7 +362,6 @@ impl Relay {
             return Ok(Round::NotHolder);
         }
         let items = self.store.next_relay_items(&target.name, self.settings.batch.max(1)).await?;
-        self.count(target).await?;
         if items.is_empty() {
             return Ok(Round::Idle);
         }
