@@ -7,10 +7,11 @@
 //! 200 nor another target; with `reply_owner` naming a target, renkei does
 //! not reply.
 
-use crate::common::{Backend, TestApp, spawn_app_with};
+use crate::common::{Backend, TestApp, spawn_app_on, spawn_app_with};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
+use renkei::app::Application;
 use renkei::config::{Config, RelayTargetConfig, Secret};
 use renkei_core::{LineUserId, SpanDuration};
 use std::future::Future;
@@ -318,6 +319,67 @@ async fn the_relay_owns_replies_when_reply_owner_names_it() {
         let messages = sim.messages_to(someone.as_str());
         assert_eq!(!messages.is_empty(), replied, "reply_owner {owner}: {messages:?}");
     }
+}
+
+/// Another instance on `url`'s database, configured as `configure` says:
+/// its base URL, and what stops it when dropped.
+async fn another_instance(
+    url: &str,
+    configure: impl FnOnce(&mut Config),
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let store = renkei_store::connect(url).await.expect("the same database");
+    let mut config = Config::load_with_env(None, &[]).expect("default config");
+    config.server.bind = ([127, 0, 0, 1], 0).into();
+    config.database.url = url.to_string();
+    let nowhere = std::env::temp_dir().join(format!("renkei-test-none-{}", uuid::Uuid::new_v4().simple()));
+    config.paths.campaigns = nowhere.join("campaigns");
+    config.paths.rich_menus = nowhere.join("rich_menus.yaml");
+    configure(&mut config);
+    let app = Application::build(&config, store, Arc::new(renkei_core::SystemClock)).await.expect("build");
+    let base = format!("http://{}", app.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    (base, stop)
+}
+
+/// Two instances on one PostgreSQL take webhooks in turn: the target gets
+/// every body once, in the order they were accepted, also after the
+/// instance that delivered stops and the other takes its lease over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_postgres_relay_each_body_once_in_order() {
+    let Some(test_store) = renkei_test_support::postgres().await.expect("postgres") else { return };
+    let target = Target::up(Mode::Accept).await;
+    let targets = vec![target_config("crm", &target, "", 5)];
+    let url = test_store.url.clone();
+    let first = spawn_app_on(test_store, |config| relay_config(config, targets.clone())).await;
+    let (second, stop_second) = another_instance(&url, |config| relay_config(config, targets)).await;
+    let sent: Vec<Vec<u8>> = (0..30).map(webhook_body).collect();
+    let post_to = |base: String, body: Vec<u8>| {
+        let request = first
+            .http
+            .post(format!("{base}/webhook/line"))
+            .header("x-line-signature", renkei_line::sign(SECRET, &body))
+            .body(body);
+        async move { request.send().await.expect("webhook").status().as_u16() }
+    };
+    for (n, body) in sent[..20].iter().enumerate() {
+        let base = if n % 2 == 0 { first.base.clone() } else { second.clone() };
+        assert_eq!(post_to(base, body.clone()).await, 200);
+    }
+    eventually("20 bodies relayed", Duration::from_secs(30), || async { target.count() >= 20 }).await;
+    // One instance stops (releasing its lease, if it had it); the other goes on.
+    drop(stop_second);
+    for body in &sent[20..] {
+        assert_eq!(post_to(first.base.clone(), body.clone()).await, 200);
+    }
+    eventually("30 bodies relayed", Duration::from_secs(30), || async { target.count() >= 30 }).await;
+    eventually("the queue empty", Duration::from_secs(10), || async {
+        first.store.relay_counts("crm").await.expect("counts").pending == 0
+    })
+    .await;
+    assert_bodies(&target, &sent, SECRET);
 }
 
 renkei_test_support::on_both_backends!(
