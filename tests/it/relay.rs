@@ -321,6 +321,38 @@ async fn the_relay_owns_replies_when_reply_owner_names_it() {
     }
 }
 
+async fn a_body_out_of_attempts_is_dead_lettered_and_the_next_one_goes(backend: Backend) {
+    let target = Target::up(Mode::Unavailable).await;
+    let targets = vec![target_config("crm", &target, "", 5)];
+    let Some(app) = spawn_app_with(backend, |config| {
+        relay_config(config, targets);
+        config.webhook.relay_max_attempts = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    let sent: Vec<Vec<u8>> = (0..4).map(webhook_body).collect();
+    for body in &sent[..2] {
+        assert_eq!(post_webhook(&app, body).await.0, 200);
+    }
+    eventually("two dead letters", Duration::from_secs(10), || async {
+        metric(&app, "renkei_relay_dead_lettered_total", "crm").await == 2
+            && metric(&app, "renkei_relay_dead_letters", "crm").await == 2
+            && metric(&app, "renkei_relay_queue_depth", "crm").await == 0
+    })
+    .await;
+    assert_eq!(metric(&app, "renkei_relay_retried_total", "crm").await, 2, "one retry each, then given up");
+    // The target is back: later bodies go; the dead ones stay dead (kept, not sent).
+    target.set_mode(Mode::Accept);
+    for body in &sent[2..] {
+        assert_eq!(post_webhook(&app, body).await.0, 200);
+    }
+    delivered_all(&app, "crm", &target, 2).await;
+    assert_bodies(&target, &sent[2..], SECRET);
+    assert_eq!(app.store.relay_counts("crm").await.expect("counts"), renkei_store::RelayCounts { pending: 0, dead: 2 });
+}
+
 /// Another instance on `url`'s database, configured as `configure` says:
 /// its base URL, and what stops it when dropped.
 async fn another_instance(
@@ -387,4 +419,5 @@ renkei_test_support::on_both_backends!(
     a_target_down_for_a_while_then_gets_every_body_in_order_exactly_once,
     a_hanging_target_delays_neither_lines_200_nor_another_target,
     a_queued_body_survives_a_restart,
+    a_body_out_of_attempts_is_dead_lettered_and_the_next_one_goes,
 );

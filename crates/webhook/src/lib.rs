@@ -89,9 +89,9 @@ impl fmt::Debug for WebhookConfig {
 
 renkei_store::store_view! {
     /// What the webhook role reads and writes: its inbox (and link nonces),
-    /// the links and follow state it changes, the events it records, the
-    /// relay's queue.
-    pub struct WebhookStores { inbox: WebhookStore, members: MemberStore, events: EventStore, relay: RelayStore }
+    /// the links and follow state it changes, the events it records (the
+    /// relay's bodies are queued through the inbox).
+    pub struct WebhookStores { inbox: WebhookStore, members: MemberStore, events: EventStore }
 }
 
 /// Everything the routes and the worker share. Cheap to clone.

@@ -351,27 +351,33 @@ impl Relay {
         chrono::Duration::seconds(30).max(attempt * 2 + chrono::Duration::seconds(10))
     }
 
-    async fn hold(&self, target: &RelayTarget) -> Result<bool, StoreError> {
+    /// Takes or renews the target's lease; until when it is held, or `None`.
+    async fn hold(&self, target: &RelayTarget) -> Result<Option<DateTime<Utc>>, StoreError> {
         let now = self.clock.now();
-        self.store.acquire_relay_lease(&target.name, &self.holder, now, now + self.lease(target)).await
+        let until = now + self.lease(target);
+        let held = self.store.acquire_relay_lease(&target.name, &self.holder, now, until).await?;
+        Ok(held.then_some(until))
     }
 
     /// Posts the target's queue in order, from its head, while attempts succeed.
     async fn round(&self, target: &RelayTarget, client: &reqwest::Client) -> Result<Round, StoreError> {
-        if !self.hold(target).await? {
-            return Ok(Round::NotHolder);
-        }
+        let Some(mut held_until) = self.hold(target).await? else { return Ok(Round::NotHolder) };
         let items = self.store.next_relay_items(&target.name, self.settings.batch.max(1)).await?;
         if items.is_empty() {
             return Ok(Round::Idle);
         }
         for item in &items {
-            if item.next_attempt_at > self.clock.now() {
+            let now = self.clock.now();
+            if item.next_attempt_at > now {
                 return Ok(Round::RetryAt(item.next_attempt_at));
             }
-            // Renewed before each attempt: no other instance posts this body meanwhile.
-            if !self.hold(target).await? {
-                return Ok(Round::NotHolder);
+            // Renewed while at least half of it is left (more than one
+            // attempt's timeout): no other instance posts this body meanwhile.
+            if held_until - now < self.lease(target) / 2 {
+                match self.hold(target).await? {
+                    Some(until) => held_until = until,
+                    None => return Ok(Round::NotHolder),
+                }
             }
             if let Err(error) = post(client, target, item).await {
                 self.failed(target, item, &error).await?;
