@@ -37,7 +37,9 @@ use renkei_line::{ClientOptions, LineClient};
 use renkei_scheduler::{CampaignRunner, RunnerStore};
 use renkei_segments::SegmentSet;
 use renkei_store::Store;
-use renkei_webhook::{Relay, RelayMetrics, RelaySettings, WebhookConfig, WebhookState, WorkerHandle, WorkerOptions};
+use renkei_webhook::{
+    Relay, RelayMetrics, RelaySettings, Replies, WebhookConfig, WebhookState, WorkerHandle, WorkerOptions,
+};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -63,6 +65,8 @@ struct AppState {
     dispatch_metrics: Arc<DispatchMetrics>,
     /// The webhook relay's, when this instance runs it.
     relay_metrics: Option<Arc<RelayMetrics>>,
+    /// Replies made (the webhook role's worker counts them).
+    replies: Arc<Replies>,
     connections: Arc<ConnectionStats>,
 }
 
@@ -168,6 +172,8 @@ struct Resolved {
     webhook: WebhookConfig,
     /// `[webhook]`: the relay's targets and retries, who answers reply tokens.
     relay: Arc<RelaySettings>,
+    /// The reply rules and `[replies]`, for the webhook worker.
+    replies: Arc<Replies>,
     api_keys: Arc<Vec<String>>,
 }
 
@@ -177,6 +183,9 @@ impl Resolved {
         tracing::info!(segments = segments.len(), dir = %config.paths.segments.display(), "segments loaded");
         let (campaigns, rich_menus) = crate::campaigns::load_or_explain(config, &segments)?;
         tracing::info!(campaigns = campaigns.len(), dir = %config.paths.campaigns.display(), "campaigns loaded");
+        let rules = crate::campaigns::load_replies_or_explain(config, &segments)?;
+        tracing::info!(rules = rules.len(), dir = %config.paths.replies.display(), "reply rules loaded");
+        let replies = crate::campaigns::replies(config, rules, crate::campaigns::link_keys(config, &campaigns)?)?;
         let relay = crate::relay::relay_settings(config)?;
         Ok(Self {
             segments,
@@ -190,6 +199,7 @@ impl Resolved {
                 config.line.link_login_url.clone(),
             )
             .with_relay(&relay),
+            replies: Arc::new(replies),
             relay: Arc::new(relay),
             api_keys: Arc::new(config.server.api_keys.iter().map(|k| k.expose().to_string()).collect()),
         })
@@ -405,7 +415,8 @@ impl Application {
             changes.clone(),
             resolved.line.clone(),
             resolved.webhook,
-        );
+        )
+        .with_replies(resolved.replies.clone());
         if config.roles.webhook {
             if config.line.channel_secret.is_empty() {
                 tracing::warn!("line.channel_secret is empty: POST /webhook/line refuses every delivery (503)");
@@ -446,6 +457,7 @@ impl Application {
             evaluator: background.evaluator.clone(),
             dispatch_metrics: roles.metrics,
             relay_metrics,
+            replies: resolved.replies.clone(),
             connections: connections.clone(),
         };
         let mut router =
@@ -581,6 +593,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         evaluator.render_metrics(&mut out);
     }
     state.dispatch_metrics.render(&mut out);
+    state.replies.metrics.render(&mut out);
     if let Some(relay) = &state.relay_metrics {
         relay.render(&mut out);
     }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULTS_TOML: &str = include_str!("../config/defaults.toml");
 pub const ENV_PREFIX: &str = "RENKEI_";
-const SECTIONS: [&str; 10] =
-    ["timezone", "database", "server", "line", "paths", "roles", "log", "dispatch", "policy", "webhook"];
+const SECTIONS: [&str; 11] =
+    ["timezone", "database", "server", "line", "paths", "roles", "log", "dispatch", "policy", "replies", "webhook"];
 
 /// A secret string: deserialized like a string, never printed (not even
 /// in the error for a value of the wrong type).
@@ -62,7 +62,18 @@ pub struct Config {
     pub log: LogConfig,
     pub dispatch: DispatchConfig,
     pub policy: PolicyConfig,
+    pub replies: RepliesConfig,
     pub webhook: WebhookSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepliesConfig {
+    pub link_prompt: String,
+    pub link_prompt_button: String,
+    pub member_code_ttl: renkei_core::SpanDuration,
+    pub loading_after: renkei_core::SpanDuration,
+    pub token_life: renkei_core::SpanDuration,
 }
 
 /// `[webhook]`: who uses reply tokens, and the relay's targets and retries
@@ -198,6 +209,7 @@ pub struct PathsConfig {
     pub campaigns: PathBuf,
     pub templates: PathBuf,
     pub rich_menus: PathBuf,
+    pub replies: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]

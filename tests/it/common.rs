@@ -52,6 +52,7 @@ pub async fn spawn_app_on(test_store: TestStore, configure: impl FnOnce(&mut Con
     let nowhere = std::env::temp_dir().join(format!("renkei-test-none-{}", uuid::Uuid::new_v4().simple()));
     config.paths.campaigns = nowhere.join("campaigns");
     config.paths.rich_menus = nowhere.join("rich_menus.yaml");
+    config.paths.replies = nowhere.join("replies");
     configure(&mut config);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = Application::build(&config, test_store.store.clone(), clock).await.expect("build app");

@@ -5,8 +5,9 @@
 //! the outbox ([`OutboxStore`], [`OutboxReads`]), LINE requests
 //! ([`RequestStore`]), the scheduler's state ([`ScheduleStore`]), rich
 //! menus ([`RichMenuStore`]), leases for singleton work ([`LeaseStore`]),
-//! re-evaluations a stop left waiting ([`PendingStore`]) and the webhook
-//! relay's queue ([`RelayStore`]). [`Store`] is all
+//! re-evaluations a stop left waiting ([`PendingStore`]), the replies
+//! made to users' messages ([`ReplyStore`]) and the webhook relay's queue
+//! ([`RelayStore`]). [`Store`] is all
 //! of them at once.
 //!
 //! Each area's types and shared SQL are in `<area>.rs`; what differs per
@@ -25,6 +26,7 @@ mod outbox;
 pub mod pending;
 mod postgres;
 pub mod relay;
+mod replies;
 mod requests;
 mod rich_menus;
 mod schedule;
@@ -49,6 +51,7 @@ pub use outbox::{
 pub use pending::{PendingEvaluations, PendingStore, SavedPending};
 pub use postgres::PgStore;
 pub use relay::{RelayBody, RelayCounts, RelayItem, RelayStore};
+pub use replies::{ReplyCount, ReplyRecord, ReplyStore};
 pub use requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest, UnitSends, UnitStats};
 pub use rich_menus::{RichMenuChange, RichMenuStore};
 pub use schedule::{CronFire, FireState, ScheduleStore};
@@ -200,6 +203,7 @@ trait_sum! {
         + RichMenuStore
         + LeaseStore
         + PendingStore
+        + ReplyStore
         + RelayStore
         + TestReadsIfEnabled
 }

@@ -10,11 +10,13 @@
 
 pub mod process;
 pub mod relay;
+pub mod replies;
 pub mod routes;
 
 pub use process::{ProcessError, WorkerHandle, WorkerOptions, process_pending, spawn_worker};
 pub use relay::{Relay, RelayMetrics, RelaySettings};
 pub use renkei_api::ApiError;
+pub use replies::{Replies, ReplyMetrics};
 pub use routes::{api_router, public_router};
 
 use renkei_core::{ChangeListener, Clock};
@@ -47,8 +49,8 @@ pub struct WebhookConfig {
     pub account_link_url: String,
     /// The webhook relay's targets: every accepted body is queued for each.
     pub relay_targets: Vec<String>,
-    /// Whether renkei uses reply tokens (`webhook.reply_owner = "renkei"`);
-    /// false when a relay target answers instead.
+    /// Whether renkei may use reply tokens (`webhook.reply_owner = "renkei"`);
+    /// when another system owns them, renkei never replies.
     pub replies_owned: bool,
 }
 
@@ -89,9 +91,15 @@ impl fmt::Debug for WebhookConfig {
 
 renkei_store::store_view! {
     /// What the webhook role reads and writes: its inbox (and link nonces),
-    /// the links and follow state it changes, the events it records (the
-    /// relay's bodies are queued through the inbox).
-    pub struct WebhookStores { inbox: WebhookStore, members: MemberStore, events: EventStore }
+    /// the links and follow state it changes, the events it records, the
+    /// segments reply rules ask about and the replies it made.
+    pub struct WebhookStores {
+        inbox: WebhookStore,
+        members: MemberStore,
+        events: EventStore,
+        memberships: MembershipReads,
+        replies: ReplyStore,
+    }
 }
 
 /// Everything the routes and the worker share. Cheap to clone.
@@ -105,6 +113,9 @@ pub struct WebhookState {
     /// stored and processed, but nothing is sent to LINE.
     pub line: Option<LineClient>,
     pub config: Arc<WebhookConfig>,
+    /// The reply rules and what replying needs; `None`: renkei replies only
+    /// to ID連携 postbacks.
+    pub replies: Option<Arc<Replies>>,
     /// Wakes the worker when new events are committed.
     wake: Arc<Notify>,
     /// Wakes the relay's tasks when a body is queued.
@@ -120,7 +131,14 @@ impl WebhookState {
         config: WebhookConfig,
     ) -> Self {
         let relay_wake = Arc::new(watch::Sender::new(0));
-        Self { store, clock, changes, line, config: Arc::new(config), wake: Arc::new(Notify::new()), relay_wake }
+        let wake = Arc::new(Notify::new());
+        Self { store, clock, changes, line, config: Arc::new(config), replies: None, wake, relay_wake }
+    }
+
+    /// The state with reply rules.
+    pub fn with_replies(mut self, replies: Arc<Replies>) -> Self {
+        self.replies = Some(replies);
+        self
     }
 
     /// Tells the worker there is work (the webhook route does this itself).
