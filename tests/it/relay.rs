@@ -7,7 +7,7 @@
 //! 200 nor another target; with `reply_owner` naming a target, renkei does
 //! not reply.
 
-use crate::common::{Backend, TestApp, spawn_app_on, spawn_app_with};
+use crate::common::{Backend, TestApp, spawn_app_on, spawn_app_with, test_config};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
@@ -360,12 +360,7 @@ async fn another_instance(
     configure: impl FnOnce(&mut Config),
 ) -> (String, tokio::sync::oneshot::Sender<()>) {
     let store = renkei_store::connect(url).await.expect("the same database");
-    let mut config = Config::load_with_env(None, &[]).expect("default config");
-    config.server.bind = ([127, 0, 0, 1], 0).into();
-    config.database.url = url.to_string();
-    let nowhere = std::env::temp_dir().join(format!("renkei-test-none-{}", uuid::Uuid::new_v4().simple()));
-    config.paths.campaigns = nowhere.join("campaigns");
-    config.paths.rich_menus = nowhere.join("rich_menus.yaml");
+    let mut config = test_config(url);
     configure(&mut config);
     let app = Application::build(&config, store, Arc::new(renkei_core::SystemClock)).await.expect("build");
     let base = format!("http://{}", app.local_addr());
