@@ -12,6 +12,7 @@ mod common;
 mod config;
 mod crash;
 mod limits;
+mod outage;
 mod relay;
 mod replies;
 mod segments;
