@@ -1,7 +1,8 @@
 //! Leases: named singleton work that one instance does at a time (the
 //! start-up rich-menu sync, quota polling, …). A holder keeps its lease by
 //! renewing it before it expires; when a holder dies, another instance
-//! takes the lease over once it has expired. The same SQL on both backends.
+//! takes the lease over once it has expired. Marks record that such work was
+//! done (and for what). The same SQL on both backends.
 
 use crate::StoreResult;
 use crate::sql::{Dialect, Sql, Ts, stmt};
@@ -38,10 +39,37 @@ pub trait LeaseStore: Send + Sync + 'static {
 
     /// Every lease, expired or not, by name.
     async fn leases(&self) -> StoreResult<Vec<LeaseHolder>>;
+
+    /// Records that singleton work `name` was done, with `value` (e.g. what
+    /// it was done for), at `at`; replaces the previous mark.
+    async fn set_mark(&self, name: &str, value: &str, at: DateTime<Utc>) -> StoreResult<()>;
+
+    /// The last mark of `name`: its value and when.
+    async fn mark(&self, name: &str) -> StoreResult<Option<(String, DateTime<Utc>)>>;
 }
 
 #[async_trait]
 impl<S: Sql> LeaseStore for S {
+    async fn set_mark(&self, name: &str, value: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        stmt::<S::Db>(
+            "INSERT INTO marks (name, value, at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value, at = excluded.at",
+        )
+        .bind(name)
+        .bind(value)
+        .bind(Ts(at))
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    async fn mark(&self, name: &str) -> StoreResult<Option<(String, DateTime<Utc>)>> {
+        stmt::<S::Db>("SELECT value, at FROM marks WHERE name = $1")
+            .bind(name)
+            .optional(self.reader(), |row| Ok((row.string("value")?, row.ts("at")?)))
+            .await
+    }
+
     async fn acquire_lease(
         &self,
         name: &str,
