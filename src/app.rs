@@ -13,7 +13,7 @@
 //! | role | crate | routes | background tasks |
 //! |---|---|---|---|
 //! | `api` | `renkei-api` | `/v1/events`, `/v1/members`, `/v1/links…`, `/v1/segments…`, `/v1/campaigns…`, `/t/…`; with `renkei-webhook`'s `/v1/account-link/nonce`, `/v1/links/id-token` | – |
-//! | `webhook` | `renkei-webhook` | `POST /webhook/line` | webhook worker |
+//! | `webhook` | `renkei-webhook` | `POST /webhook/line` | webhook worker, webhook relay (one task per `[[webhook.relay]]` target) |
 //! | `evaluator` | `renkei-evaluator` | – | segment engine (change worker, timer), start-up recompute |
 //! | `scheduler` | `renkei-scheduler` | – | campaign triggers (segment entries, events, cron fires), desired rich menus |
 //! | `dispatcher` | `renkei-dispatcher` | – | outbox planner, sender and recorder, rich-menu linker, quota guard |
@@ -37,7 +37,9 @@ use renkei_line::{ClientOptions, LineClient};
 use renkei_scheduler::{CampaignRunner, RunnerStore};
 use renkei_segments::SegmentSet;
 use renkei_store::Store;
-use renkei_webhook::{Replies, WebhookConfig, WebhookState, WorkerHandle, WorkerOptions};
+use renkei_webhook::{
+    Relay, RelayMetrics, RelaySettings, Replies, WebhookConfig, WebhookState, WorkerHandle, WorkerOptions,
+};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,6 +63,8 @@ struct AppState {
     segments: usize,
     evaluator: Option<Evaluator>,
     dispatch_metrics: Arc<DispatchMetrics>,
+    /// The webhook relay's, when this instance runs it.
+    relay_metrics: Option<Arc<RelayMetrics>>,
     /// Replies made (the webhook role's worker counts them).
     replies: Arc<Replies>,
     connections: Arc<ConnectionStats>,
@@ -166,6 +170,8 @@ struct Resolved {
     /// The one LINE client of the process (webhook replies, ID tokens, sends).
     line: Option<LineClient>,
     webhook: WebhookConfig,
+    /// `[webhook]`: the relay's targets and retries, who answers reply tokens.
+    relay: Arc<RelaySettings>,
     /// The reply rules and `[replies]`, for the webhook worker.
     replies: Arc<Replies>,
     api_keys: Arc<Vec<String>>,
@@ -180,6 +186,7 @@ impl Resolved {
         let rules = crate::campaigns::load_replies_or_explain(config, &segments)?;
         tracing::info!(rules = rules.len(), dir = %config.paths.replies.display(), "reply rules loaded");
         let replies = crate::campaigns::replies(config, rules, crate::campaigns::link_keys(config, &campaigns)?)?;
+        let relay = crate::relay::relay_settings(config)?;
         Ok(Self {
             segments,
             campaigns: Arc::new(campaigns),
@@ -190,8 +197,10 @@ impl Resolved {
                 config.line.channel_secret.expose(),
                 config.line.login_channel_id.clone(),
                 config.line.link_login_url.clone(),
-            ),
+            )
+            .with_relay(&relay),
             replies: Arc::new(replies),
+            relay: Arc::new(relay),
             api_keys: Arc::new(config.server.api_keys.iter().map(|k| k.expose().to_string()).collect()),
         })
     }
@@ -349,6 +358,18 @@ impl Background {
         tracing::info!("dispatcher started");
     }
 
+    /// The webhook relay: one task per target, woken by the route.
+    fn start_relay(&mut self, relay: Relay, webhook: &WebhookState) {
+        let wake = webhook.relay_waker();
+        let targets = relay.target_count();
+        self.spawn("webhook relay", move |stop| async move {
+            for task in Arc::new(relay).spawn(wake, stop) {
+                let _ = task.await;
+            }
+        });
+        tracing::info!(targets, "webhook relay started");
+    }
+
     /// The scheduler role: desired rich menus synced once, then the triggers.
     fn start_scheduler(&mut self, runner: Arc<CampaignRunner>) {
         self.spawn("rich-menu sync", {
@@ -406,6 +427,12 @@ impl Application {
             background.webhook_worker =
                 Some(renkei_webhook::spawn_worker(webhook_state.clone(), WorkerOptions::default()));
         }
+        let relay_metrics = (config.roles.webhook && !resolved.relay.targets.is_empty()).then(|| {
+            let metrics = Arc::new(RelayMetrics::new(&resolved.relay));
+            let relay = Relay::new(store.clone(), clock.clone(), resolved.relay.clone(), metrics.clone());
+            background.start_relay(relay, &webhook_state);
+            metrics
+        });
         let dispatcher = roles.dispatch.as_ref().map(|d| d.dispatcher.clone());
         if let Some(role) = roles.dispatch {
             let refresh = Duration::from_secs(config.dispatch.quota_refresh.seconds().max(1) as u64);
@@ -432,6 +459,7 @@ impl Application {
             segments: resolved.segments.len(),
             evaluator: background.evaluator.clone(),
             dispatch_metrics: roles.metrics,
+            relay_metrics,
             replies: resolved.replies.clone(),
             connections: connections.clone(),
         };
@@ -569,6 +597,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     }
     state.dispatch_metrics.render(&mut out);
     state.replies.metrics.render(&mut out);
+    if let Some(relay) = &state.relay_metrics {
+        relay.render(&mut out);
+    }
     // Counted by the health prober (a partial index); left out when unknown.
     let pending = state.health.webhook_pending.load(Ordering::Relaxed);
     if pending >= 0 {

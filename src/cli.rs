@@ -175,6 +175,10 @@ fn check(config: &Config) -> ExitCode {
         eprintln!("{error}");
         return ExitCode::FAILURE;
     }
+    if let Err(error) = crate::relay::relay_settings(config) {
+        eprintln!("{error}");
+        return ExitCode::FAILURE;
+    }
     let loaded = crate::campaigns::load(config, &segments);
     let replies = crate::campaigns::load_replies(config, &segments);
     let (campaigns, rich_menus, replies) = match (loaded, replies) {
@@ -198,7 +202,7 @@ fn check(config: &Config) -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!(
-        "config ok; {} segments in {}, {} campaigns in {}, {} rich-menu rules in {}, {} reply rules in {}",
+        "config ok; {} segments in {}, {} campaigns in {}, {} rich-menu rules in {}, {} reply rules in {}, {} webhook relay targets (reply_owner {})",
         segments.len(),
         config.paths.segments.display(),
         campaigns.len(),
@@ -206,7 +210,9 @@ fn check(config: &Config) -> ExitCode {
         rich_menus.rules.len(),
         config.paths.rich_menus.display(),
         replies_count,
-        config.paths.replies.display()
+        config.paths.replies.display(),
+        config.webhook.relay.len(),
+        config.webhook.reply_owner,
     );
     ExitCode::SUCCESS
 }

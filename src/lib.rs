@@ -11,6 +11,7 @@ mod demo_sequence;
 mod health;
 pub mod preview;
 pub mod progress;
+pub mod relay;
 pub mod report;
 pub mod serve;
 pub mod telemetry;

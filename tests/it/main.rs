@@ -13,6 +13,7 @@ mod config;
 mod crash;
 mod limits;
 mod outage;
+mod relay;
 mod replies;
 mod segments;
 mod shutdown;

@@ -5,10 +5,11 @@
 //! done (and for what). The same SQL on both backends.
 
 use crate::StoreResult;
-use crate::sql::{Sql, Ts, stmt};
+use crate::sql::{Dialect, Sql, Ts, stmt};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::Pool;
 
 /// Who holds a lease, and until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -76,32 +77,11 @@ impl<S: Sql> LeaseStore for S {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        // One statement: the row lock (PostgreSQL) or the single writer
-        // (SQLite) makes the check and the take atomic.
-        let taken = stmt::<S::Db>(
-            "INSERT INTO leases (name, holder, acquired_at, expires_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at,
-                 acquired_at = CASE WHEN leases.holder = excluded.holder THEN leases.acquired_at
-                                    ELSE excluded.acquired_at END
-             WHERE leases.holder = excluded.holder OR leases.expires_at <= excluded.acquired_at
-             RETURNING holder",
-        )
-        .bind(name)
-        .bind(holder)
-        .bind(Ts(now))
-        .bind(Ts(until))
-        .optional(self.writer(), |row| row.string("holder"))
-        .await?;
-        Ok(taken.is_some())
+        acquire_on::<S::Db>(self.writer(), name, holder, now, until).await
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {
-        stmt::<S::Db>("DELETE FROM leases WHERE name = $1 AND holder = $2")
-            .bind(name)
-            .bind(holder)
-            .execute(self.writer())
-            .await?;
-        Ok(())
+        release_on::<S::Db>(self.writer(), name, holder).await
     }
 
     async fn leases(&self) -> StoreResult<Vec<LeaseHolder>> {
@@ -116,4 +96,39 @@ impl<S: Sql> LeaseStore for S {
             })
             .await
     }
+}
+
+/// [`LeaseStore::acquire_lease`] on the `leases` table `pool` reaches (the
+/// main database's; SQLite's inbox file has a `leases` table of its own for
+/// the webhook relay).
+pub(crate) async fn acquire_on<DB: Dialect>(
+    pool: &Pool<DB>,
+    name: &str,
+    holder: &str,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> StoreResult<bool> {
+    // One statement: the row lock (PostgreSQL) or the single writer
+    // (SQLite) makes the check and the take atomic.
+    let taken = stmt::<DB>(
+        "INSERT INTO leases (name, holder, acquired_at, expires_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at,
+             acquired_at = CASE WHEN leases.holder = excluded.holder THEN leases.acquired_at
+                                ELSE excluded.acquired_at END
+         WHERE leases.holder = excluded.holder OR leases.expires_at <= excluded.acquired_at
+         RETURNING holder",
+    )
+    .bind(name)
+    .bind(holder)
+    .bind(Ts(now))
+    .bind(Ts(until))
+    .optional(pool, |row| row.string("holder"))
+    .await?;
+    Ok(taken.is_some())
+}
+
+/// [`LeaseStore::release_lease`] on the `leases` table `pool` reaches.
+pub(crate) async fn release_on<DB: Dialect>(pool: &Pool<DB>, name: &str, holder: &str) -> StoreResult<()> {
+    stmt::<DB>("DELETE FROM leases WHERE name = $1 AND holder = $2").bind(name).bind(holder).execute(pool).await?;
+    Ok(())
 }

@@ -5,8 +5,9 @@
 //! the outbox ([`OutboxStore`], [`OutboxReads`]), LINE requests
 //! ([`RequestStore`]), the scheduler's state ([`ScheduleStore`]), rich
 //! menus ([`RichMenuStore`]), leases for singleton work ([`LeaseStore`]),
-//! re-evaluations a stop left waiting ([`PendingStore`]) and the replies
-//! made to users' messages ([`ReplyStore`]). [`Store`] is all
+//! re-evaluations a stop left waiting ([`PendingStore`]), the replies
+//! made to users' messages ([`ReplyStore`]) and the webhook relay's queue
+//! ([`RelayStore`]). [`Store`] is all
 //! of them at once.
 //!
 //! Each area's types and shared SQL are in `<area>.rs`; what differs per
@@ -24,6 +25,7 @@ pub mod membership;
 mod outbox;
 pub mod pending;
 mod postgres;
+pub mod relay;
 mod replies;
 mod requests;
 mod rich_menus;
@@ -48,6 +50,7 @@ pub use outbox::{
 };
 pub use pending::{PendingEvaluations, PendingStore, SavedPending};
 pub use postgres::PgStore;
+pub use relay::{RelayBody, RelayCounts, RelayItem, RelayStore};
 pub use replies::{ReplyCount, ReplyRecord, ReplyStore};
 pub use requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest, UnitSends, UnitStats};
 pub use rich_menus::{RichMenuChange, RichMenuStore};
@@ -201,6 +204,7 @@ trait_sum! {
         + LeaseStore
         + PendingStore
         + ReplyStore
+        + RelayStore
         + TestReadsIfEnabled
 }
 

@@ -252,6 +252,11 @@ async fn record_event(
 }
 
 async fn reply(state: &WebhookState, event: &WebhookEvent, text: String) -> Result<(), ProcessError> {
+    if !state.config.replies_owned {
+        // webhook.reply_owner names a relay target: it answers, renkei must not.
+        tracing::debug!("not replying: a relay target owns reply tokens (webhook.reply_owner)");
+        return Ok(());
+    }
     let (Some(line), Some(reply_token)) = (&state.line, &event.reply_token) else {
         tracing::warn!("cannot reply: no LINE client configured or no reply token");
         return Ok(());
