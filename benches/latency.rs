@@ -222,6 +222,8 @@ async fn latency(name: &str, store: Arc<dyn Store>, url: &str, params: &LatencyP
     config.paths.campaigns = dir.path().join("campaigns");
     config.paths.templates = dir.path().join("templates");
     config.paths.rich_menus = dir.path().join("rich_menus.yaml");
+    // No reply rules: the shipped ones name templates this directory has not.
+    config.paths.replies = dir.path().join("replies");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = Application::build(&config, store.clone(), clock).await.map_err(|e| format!("{e:#}"))?;
     let base = format!("http://{}", app.local_addr());

@@ -79,6 +79,7 @@ async fn serve(store: Arc<dyn Store>, url: &str) -> Result<Server, BoxError> {
     let nowhere = std::env::temp_dir().join(format!("renkei-bench-none-{}", uuid::Uuid::new_v4().simple()));
     config.paths.campaigns = nowhere.join("campaigns");
     config.paths.rich_menus = nowhere.join("rich_menus.yaml");
+    config.paths.replies = nowhere.join("replies");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = Application::build(&config, store, clock).await.map_err(|e| format!("{e:#}"))?;
     let base = format!("http://{}", app.local_addr());

@@ -13,7 +13,7 @@
 //! | role | crate | routes | background tasks |
 //! |---|---|---|---|
 //! | `api` | `renkei-api`, `renkei-dashboard` | `/v1/events`, `/v1/members`, `/v1/links…`, `/v1/segments…`, `/v1/campaigns…`, `/t/…`; with `renkei-webhook`'s `/v1/account-link/nonce`, `/v1/links/id-token`; the operator dashboard `/dashboard/…` | – |
-//! | `webhook` | `renkei-webhook` | `POST /webhook/line` | webhook worker |
+//! | `webhook` | `renkei-webhook` | `POST /webhook/line` | webhook worker, webhook relay (one task per `[[webhook.relay]]` target) |
 //! | `evaluator` | `renkei-evaluator` | – | segment engine (change worker, timer), start-up recompute |
 //! | `scheduler` | `renkei-scheduler` | – | campaign triggers (segment entries, events, cron fires), desired rich menus |
 //! | `dispatcher` | `renkei-dispatcher` | – | outbox planner, sender and recorder, rich-menu linker, quota guard |
@@ -37,7 +37,9 @@ use renkei_line::{ClientOptions, LineClient};
 use renkei_scheduler::{CampaignRunner, RunnerStore};
 use renkei_segments::SegmentSet;
 use renkei_store::Store;
-use renkei_webhook::{WebhookConfig, WebhookState, WorkerHandle, WorkerOptions};
+use renkei_webhook::{
+    Relay, RelayMetrics, RelaySettings, Replies, WebhookConfig, WebhookState, WorkerHandle, WorkerOptions,
+};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,6 +63,10 @@ struct AppState {
     segments: usize,
     evaluator: Option<Evaluator>,
     dispatch_metrics: Arc<DispatchMetrics>,
+    /// The webhook relay's, when this instance runs it.
+    relay_metrics: Option<Arc<RelayMetrics>>,
+    /// Replies made (the webhook role's worker counts them).
+    replies: Arc<Replies>,
     connections: Arc<ConnectionStats>,
 }
 
@@ -164,6 +170,10 @@ struct Resolved {
     /// The one LINE client of the process (webhook replies, ID tokens, sends).
     line: Option<LineClient>,
     webhook: WebhookConfig,
+    /// `[webhook]`: the relay's targets and retries, who answers reply tokens.
+    relay: Arc<RelaySettings>,
+    /// The reply rules and `[replies]`, for the webhook worker.
+    replies: Arc<Replies>,
     api_keys: Arc<Vec<String>>,
 }
 
@@ -173,6 +183,10 @@ impl Resolved {
         tracing::info!(segments = segments.len(), dir = %config.paths.segments.display(), "segments loaded");
         let (campaigns, rich_menus) = crate::campaigns::load_or_explain(config, &segments)?;
         tracing::info!(campaigns = campaigns.len(), dir = %config.paths.campaigns.display(), "campaigns loaded");
+        let rules = crate::campaigns::load_replies_or_explain(config, &segments)?;
+        tracing::info!(rules = rules.len(), dir = %config.paths.replies.display(), "reply rules loaded");
+        let replies = crate::campaigns::replies(config, rules, crate::campaigns::link_keys(config, &campaigns)?)?;
+        let relay = crate::relay::relay_settings(config)?;
         Ok(Self {
             segments,
             campaigns: Arc::new(campaigns),
@@ -183,7 +197,10 @@ impl Resolved {
                 config.line.channel_secret.expose(),
                 config.line.login_channel_id.clone(),
                 config.line.link_login_url.clone(),
-            ),
+            )
+            .with_relay(&relay),
+            replies: Arc::new(replies),
+            relay: Arc::new(relay),
             api_keys: Arc::new(config.server.api_keys.iter().map(|k| k.expose().to_string()).collect()),
         })
     }
@@ -227,7 +244,10 @@ impl Roles {
         let metrics = Arc::new(DispatchMetrics::default());
         let dispatch = match (&resolved.line, config.roles.dispatcher) {
             (Some(line), true) => {
-                let quota = Arc::new(QuotaGuard::new(config.dispatch.quota_guard, metrics.clone()));
+                let quota = Arc::new(
+                    QuotaGuard::new(config.dispatch.quota_guard, metrics.clone())
+                        .with_leases(store.clone(), format!("quota-{}", uuid::Uuid::new_v4().simple())),
+                );
                 let settings = resolved.dispatch.clone();
                 let dispatcher = Arc::new(Dispatcher::new(
                     DispatcherStore::of(store),
@@ -338,6 +358,18 @@ impl Background {
         tracing::info!("dispatcher started");
     }
 
+    /// The webhook relay: one task per target, woken by the route.
+    fn start_relay(&mut self, relay: Relay, webhook: &WebhookState) {
+        let wake = webhook.relay_waker();
+        let targets = relay.target_count();
+        self.spawn("webhook relay", move |stop| async move {
+            for task in Arc::new(relay).spawn(wake, stop) {
+                let _ = task.await;
+            }
+        });
+        tracing::info!(targets, "webhook relay started");
+    }
+
     /// The scheduler role: desired rich menus synced once, then the triggers.
     fn start_scheduler(&mut self, runner: Arc<CampaignRunner>) {
         self.spawn("rich-menu sync", {
@@ -386,7 +418,8 @@ impl Application {
             changes.clone(),
             resolved.line.clone(),
             resolved.webhook,
-        );
+        )
+        .with_replies(resolved.replies.clone());
         if config.roles.webhook {
             if config.line.channel_secret.is_empty() {
                 tracing::warn!("line.channel_secret is empty: POST /webhook/line refuses every delivery (503)");
@@ -394,6 +427,12 @@ impl Application {
             background.webhook_worker =
                 Some(renkei_webhook::spawn_worker(webhook_state.clone(), WorkerOptions::default()));
         }
+        let relay_metrics = (config.roles.webhook && !resolved.relay.targets.is_empty()).then(|| {
+            let metrics = Arc::new(RelayMetrics::new(&resolved.relay));
+            let relay = Relay::new(store.clone(), clock.clone(), resolved.relay.clone(), metrics.clone());
+            background.start_relay(relay, &webhook_state);
+            metrics
+        });
         let dispatcher = roles.dispatch.as_ref().map(|d| d.dispatcher.clone());
         if let Some(role) = roles.dispatch {
             let refresh = Duration::from_secs(config.dispatch.quota_refresh.seconds().max(1) as u64);
@@ -420,6 +459,8 @@ impl Application {
             segments: resolved.segments.len(),
             evaluator: background.evaluator.clone(),
             dispatch_metrics: roles.metrics,
+            relay_metrics,
+            replies: resolved.replies.clone(),
             connections: connections.clone(),
         };
         let mut router =
@@ -584,6 +625,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         evaluator.render_metrics(&mut out);
     }
     state.dispatch_metrics.render(&mut out);
+    state.replies.metrics.render(&mut out);
+    if let Some(relay) = &state.relay_metrics {
+        relay.render(&mut out);
+    }
     // Counted by the health prober (a partial index); left out when unknown.
     let pending = state.health.webhook_pending.load(Ordering::Relaxed);
     if pending >= 0 {

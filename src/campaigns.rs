@@ -1,14 +1,17 @@
 //! Campaigns in the binary: loading them with their templates and rich-menu
-//! rules, and turning `[dispatch]` / `[policy]` into the dispatcher's settings.
+//! rules, the reply rules and `[replies]`, and turning `[dispatch]` /
+//! `[policy]` into the dispatcher's settings.
 
 use crate::config::Config;
 use anyhow::anyhow;
 use chrono::NaiveTime;
 use renkei_campaigns::link::MIN_KEY_LEN;
-use renkei_campaigns::{CampaignSet, FrequencyCap, LinkKeys, QuietHours, RichMenuRules};
+use renkei_campaigns::replies::LinkPrompt;
+use renkei_campaigns::{CampaignSet, FrequencyCap, LinkKeys, QuietHours, ReplySet, RichMenuRules};
 use renkei_dispatcher::{DispatchSettings, GlobalPolicy, Rates, RetrySchedule};
 use renkei_scheduler::RunnerSettings;
 use renkei_segments::{Diagnostic, SegmentSet};
+use renkei_webhook::{Replies, ReplyMetrics};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,4 +133,65 @@ pub fn runner_settings(config: &Config) -> RunnerSettings {
         misfire_grace: config.dispatch.misfire_grace.to_chrono(),
         ..RunnerSettings::default()
     }
+}
+
+/// The reply rules (validated against the segments and templates), with
+/// the configured link prompt.
+pub fn load_replies(config: &Config, segments: &SegmentSet) -> Result<ReplySet, Vec<Diagnostic>> {
+    let prompt =
+        LinkPrompt { text: config.replies.link_prompt.clone(), button: config.replies.link_prompt_button.clone() };
+    ReplySet::load(&config.paths.replies, &config.paths.templates, segments).map(|set| set.with_link_prompt(prompt))
+}
+
+/// As [`load_replies`], as one error listing every `file:line:col: message`.
+pub fn load_replies_or_explain(config: &Config, segments: &SegmentSet) -> anyhow::Result<ReplySet> {
+    load_replies(config, segments).map_err(|diagnostics| {
+        let mut message =
+            format!("invalid reply rules or their templates ({}); nothing loaded:", config.paths.replies.display());
+        for diagnostic in &diagnostics {
+            let _ = write!(message, "\n{diagnostic}");
+        }
+        anyhow!(message)
+    })
+}
+
+/// LINE's longest quick-reply button label.
+const MAX_BUTTON_CHARS: usize = 20;
+
+/// What the webhook worker needs to reply: the rules, the keys that sign
+/// member-code URLs (required when a reply shows `member_code_url`), and
+/// `[replies]`.
+pub fn replies(config: &Config, rules: ReplySet, link_keys: Option<Arc<LinkKeys>>) -> anyhow::Result<Replies> {
+    let r = &config.replies;
+    if r.link_prompt.trim().is_empty() || r.link_prompt.chars().count() > 5_000 {
+        return Err(anyhow!("config key replies.link_prompt: must have 1 to 5,000 characters (a LINE text message)"));
+    }
+    let button = r.link_prompt_button.chars().count();
+    if button == 0 || button > MAX_BUTTON_CHARS {
+        return Err(anyhow!(
+            "config key replies.link_prompt_button: must have 1 to {MAX_BUTTON_CHARS} characters (LINE's quick-reply label)"
+        ));
+    }
+    if rules.uses_member_code() && link_keys.is_none() {
+        return Err(anyhow!(
+            "config key server.link_keys is empty, but reply templates in {} show `member_code_url`: set it (or \
+             RENKEI_SERVER__LINK_KEYS) to a list of secrets of at least {MIN_KEY_LEN} bytes; they sign the code's URL",
+            config.paths.templates.display()
+        ));
+    }
+    if r.member_code_ttl.seconds() < 60 {
+        return Err(anyhow!(
+            "config key replies.member_code_ttl: at least 1m (LINE fetches the image when it shows it)"
+        ));
+    }
+    Ok(Replies {
+        rules: Arc::new(rules),
+        link_keys,
+        public_base_url: config.server.public_base_url.clone(),
+        timezone: config.timezone.0,
+        member_code_ttl: r.member_code_ttl.to_chrono(),
+        loading_after: Duration::from_secs(r.loading_after.seconds().max(0) as u64),
+        token_life: r.token_life.to_chrono(),
+        metrics: ReplyMetrics::default(),
+    })
 }

@@ -262,7 +262,7 @@ fn role_name(role: RoleArg) -> &'static str {
 }
 
 /// Validates everything renkei loads (config, segments, campaigns,
-/// templates, rich menus); prints one `file:line:col: message` per problem.
+/// templates, rich menus, reply rules); prints one `file:line:col: message` per problem.
 fn check(config: &Config) -> ExitCode {
     let segments = match renkei_segments::SegmentSet::load_dir(&config.paths.segments) {
         Ok(segments) => segments,
@@ -278,31 +278,46 @@ fn check(config: &Config) -> ExitCode {
         eprintln!("{error}");
         return ExitCode::FAILURE;
     }
-    match crate::campaigns::load(config, &segments) {
-        Ok((campaigns, _)) if let Err(error) = crate::campaigns::link_keys(config, &campaigns) => {
-            eprintln!("{error}");
-            ExitCode::FAILURE
-        }
-        Ok((campaigns, rich_menus)) => {
-            println!(
-                "config ok; {} segments in {}, {} campaigns in {}, {} rich-menu rules in {}",
-                segments.len(),
-                config.paths.segments.display(),
-                campaigns.len(),
-                config.paths.campaigns.display(),
-                rich_menus.rules.len(),
-                config.paths.rich_menus.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(diagnostics) => {
+    if let Err(error) = crate::relay::relay_settings(config) {
+        eprintln!("{error}");
+        return ExitCode::FAILURE;
+    }
+    let loaded = crate::campaigns::load(config, &segments);
+    let replies = crate::campaigns::load_replies(config, &segments);
+    let (campaigns, rich_menus, replies) = match (loaded, replies) {
+        (Ok((campaigns, rich_menus)), Ok(replies)) => (campaigns, rich_menus, replies),
+        (loaded, replies) => {
+            let mut diagnostics = loaded.err().unwrap_or_default();
+            diagnostics.extend(replies.err().unwrap_or_default());
+            diagnostics.sort();
             for diagnostic in &diagnostics {
                 eprintln!("{diagnostic}");
             }
             eprintln!("{} problem(s); nothing loaded", diagnostics.len());
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    let replies_count = replies.len();
+    let settings = crate::campaigns::link_keys(config, &campaigns)
+        .and_then(|keys| crate::campaigns::replies(config, replies, keys));
+    if let Err(error) = settings {
+        eprintln!("{error}");
+        return ExitCode::FAILURE;
     }
+    println!(
+        "config ok; {} segments in {}, {} campaigns in {}, {} rich-menu rules in {}, {} reply rules in {}, {} webhook relay targets (reply_owner {})",
+        segments.len(),
+        config.paths.segments.display(),
+        campaigns.len(),
+        config.paths.campaigns.display(),
+        rich_menus.rules.len(),
+        config.paths.rich_menus.display(),
+        replies_count,
+        config.paths.replies.display(),
+        config.webhook.relay.len(),
+        config.webhook.reply_owner,
+    );
+    ExitCode::SUCCESS
 }
 
 /// The segments and campaigns, when they load and `id` is one of the

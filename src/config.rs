@@ -11,8 +11,20 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULTS_TOML: &str = include_str!("../config/defaults.toml");
 pub const ENV_PREFIX: &str = "RENKEI_";
-const SECTIONS: [&str; 10] =
-    ["timezone", "database", "server", "line", "paths", "roles", "log", "dispatch", "policy", "dashboard"];
+const SECTIONS: [&str; 12] = [
+    "timezone",
+    "database",
+    "server",
+    "line",
+    "paths",
+    "roles",
+    "log",
+    "dispatch",
+    "policy",
+    "replies",
+    "webhook",
+    "dashboard",
+];
 
 /// A secret string: deserialized like a string, never printed (not even
 /// in the error for a value of the wrong type).
@@ -62,7 +74,50 @@ pub struct Config {
     pub log: LogConfig,
     pub dispatch: DispatchConfig,
     pub policy: PolicyConfig,
+    pub replies: RepliesConfig,
+    pub webhook: WebhookSection,
     pub dashboard: DashboardConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepliesConfig {
+    pub link_prompt: String,
+    pub link_prompt_button: String,
+    pub member_code_ttl: renkei_core::SpanDuration,
+    pub loading_after: renkei_core::SpanDuration,
+    pub token_life: renkei_core::SpanDuration,
+}
+
+/// `[webhook]`: who uses reply tokens, and the relay's targets and retries
+/// (validated by `crate::relay::relay_settings`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    /// "renkei", or the name of the relay target that answers with reply tokens.
+    pub reply_owner: String,
+    pub relay_retry_base_ms: u64,
+    pub relay_retry_max: renkei_core::SpanDuration,
+    pub relay_max_attempts: u32,
+    pub relay_max_age: renkei_core::SpanDuration,
+    pub relay: Vec<RelayTargetConfig>,
+}
+
+/// One `[[webhook.relay]]` target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayTargetConfig {
+    pub name: String,
+    pub url: String,
+    /// Empty: forward LINE's own signature; else re-sign with this.
+    #[serde(default)]
+    pub secret: Secret,
+    #[serde(default = "default_relay_timeout")]
+    pub timeout: renkei_core::SpanDuration,
+}
+
+fn default_relay_timeout() -> renkei_core::SpanDuration {
+    renkei_core::SpanDuration::from_seconds(5)
 }
 
 /// `[dashboard]`: the operator dashboard under `/dashboard/` (api role).
@@ -184,6 +239,7 @@ pub struct PathsConfig {
     pub campaigns: PathBuf,
     pub templates: PathBuf,
     pub rich_menus: PathBuf,
+    pub replies: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,7 +8,8 @@
 //! webhook flow, one blocks the account, a cart is abandoned, a reservation
 //! comes close and a birthday arrives. At the end it prints, from the
 //! simulator's record, what LINE was asked to deliver to whom, the rich menus
-//! linked, and the campaigns' totals from the HTTP API.
+//! linked, and the campaigns' totals from the HTTP API; then a step sequence
+//! and its lift, and users asking for their points and member card.
 //!
 //! Time is real, so the tour arranges for things to happen within seconds: the
 //! abandoned cart is added almost an hour ago (the `older_than: 1h` passes a
@@ -81,6 +82,8 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
     report(&live.tour, &live.store, &live.sim, &live.menu_names, &campaigns.real).await?;
     // 8. A step sequence measured against its goal and its holdout.
     crate::demo_sequence::play(&live.tour, live.clock.now()).await?;
+    // 9. Conversations: the reply rules.
+    crate::demo_replies::play(&live.sim, &live.tour.http, &live.tour.base, NEWCOMER).await?;
     quiet_hours_as_written(&setup, &campaigns, &engine, &live).await?;
     finish(keep, started, live).await
 }
@@ -148,6 +151,7 @@ fn configure() -> anyhow::Result<Setup> {
     config.paths.templates = or_tree(&config.paths.templates, config.paths.templates.is_dir(), "templates");
     config.paths.rich_menus =
         or_tree(&config.paths.rich_menus, config.paths.rich_menus.is_file(), "config/rich_menus.yaml");
+    config.paths.replies = or_tree(&config.paths.replies, config.paths.replies.is_dir(), "config/replies");
     let campaigns_dir = or_tree(&config.paths.campaigns, config.paths.campaigns.is_dir(), "config/campaigns");
     config.paths.campaigns = campaigns_dir.clone();
     let tz = config.timezone.0;

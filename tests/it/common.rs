@@ -40,6 +40,22 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
     Some(spawn_app_on(test_store, configure).await)
 }
 
+/// The config tests start from: the database at `url`, port 0, the test's
+/// API key, and no campaigns, rich menus or reply rules unless a test
+/// configures them (a missing folder or file means none): the shipped
+/// examples name the shipped segments, which tests often replace.
+pub fn test_config(url: &str) -> Config {
+    let mut config = Config::load_with_env(None, &[]).expect("default config");
+    config.server.bind = ([127, 0, 0, 1], 0).into();
+    config.server.api_keys = vec![Secret::from(API_KEY)];
+    config.database.url = url.to_string();
+    let nowhere = std::env::temp_dir().join(format!("renkei-test-none-{}", uuid::Uuid::new_v4().simple()));
+    config.paths.campaigns = nowhere.join("campaigns");
+    config.paths.rich_menus = nowhere.join("rich_menus.yaml");
+    config.paths.replies = nowhere.join("replies");
+    config
+}
+
 /// As [`spawn_app_with`], on `test_store` (e.g. one with a short write wait).
 pub async fn spawn_app_on(test_store: TestStore, configure: impl FnOnce(&mut Config)) -> TestApp {
     spawn_app_at(test_store, Arc::new(SystemClock), configure).await
@@ -51,16 +67,7 @@ pub async fn spawn_app_at(
     clock: Arc<dyn Clock>,
     configure: impl FnOnce(&mut Config),
 ) -> TestApp {
-    let mut config = Config::load_with_env(None, &[]).expect("default config");
-    config.server.bind = ([127, 0, 0, 1], 0).into();
-    config.server.api_keys = vec![Secret::from(API_KEY)];
-    config.database.url = test_store.url.clone();
-    // No campaigns or rich menus unless a test configures them (a missing
-    // folder or file means none): the shipped examples name the shipped
-    // segments, which tests often replace.
-    let nowhere = std::env::temp_dir().join(format!("renkei-test-none-{}", uuid::Uuid::new_v4().simple()));
-    config.paths.campaigns = nowhere.join("campaigns");
-    config.paths.rich_menus = nowhere.join("rich_menus.yaml");
+    let mut config = test_config(&test_store.url);
     configure(&mut config);
     let app = Application::build(&config, test_store.store.clone(), clock).await.expect("build app");
     let base = format!("http://{}", app.local_addr());

@@ -10,6 +10,7 @@ pub mod event;
 pub mod ids;
 pub mod json;
 pub mod member;
+pub mod retry;
 pub mod state;
 pub mod tally;
 
@@ -19,5 +20,6 @@ pub use duration::{DurationParseError, SpanDuration};
 pub use event::{FieldError, ItemError, NewEvent, parse_event_batch, required_string};
 pub use ids::{EventId, EventType, IdError, LineUserId, LinkMethod, MemberId};
 pub use member::{MemberPatch, merge_attributes};
+pub use retry::RetrySchedule;
 pub use state::{Cause, DeliveryStatus, FireState, SkipReason, TransitionKind};
 pub use tally::EventTallier;

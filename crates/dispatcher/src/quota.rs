@@ -9,6 +9,7 @@ use crate::metrics::DispatchMetrics;
 use chrono::{DateTime, Utc};
 use renkei_core::Clock;
 use renkei_line::{LineClient, Quota};
+use renkei_store::LeaseStore;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,11 +31,26 @@ pub struct QuotaGuard {
     enabled: bool,
     state: Mutex<State>,
     metrics: Arc<DispatchMetrics>,
+    /// With several instances: the lease under which one of them asks LINE,
+    /// and this instance as its holder; the others read what it found.
+    shared: Option<(Arc<dyn LeaseStore>, String)>,
 }
+
+/// The lease of quota polling: one instance asks LINE at a time.
+pub const QUOTA_LEASE: &str = "line_quota";
+/// The mark the polling instance leaves: `<limit or "unlimited">/<consumption>`.
+pub const QUOTA_MARK: &str = "line_quota";
 
 impl QuotaGuard {
     pub fn new(enabled: bool, metrics: Arc<DispatchMetrics>) -> Self {
-        Self { enabled, state: Mutex::new(State::default()), metrics }
+        Self { enabled, state: Mutex::new(State::default()), metrics, shared: None }
+    }
+
+    /// Polls LINE only while holding [`QUOTA_LEASE`] (as `holder`), and
+    /// otherwise takes what the holder found ([`QUOTA_MARK`]).
+    pub fn with_leases(mut self, leases: Arc<dyn LeaseStore>, holder: String) -> Self {
+        self.shared = Some((leases, holder));
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -149,6 +165,41 @@ impl QuotaGuard {
         Ok(())
     }
 
+    /// One refresh at `now`: from LINE (alone, or holding the lease, which
+    /// lasts `every` and 10 s more), else from the holder's mark.
+    pub async fn refresh_round(&self, line: &LineClient, now: DateTime<Utc>, every: Duration) {
+        let Some((leases, holder)) = &self.shared else {
+            if let Err(error) = self.refresh(line).await {
+                tracing::warn!(%error, "reading the LINE message quota failed");
+            }
+            return;
+        };
+        let term = chrono::Duration::from_std(every).unwrap_or(RECHECK) + chrono::Duration::seconds(10);
+        match leases.acquire_lease(QUOTA_LEASE, holder, now, now + term).await {
+            Ok(true) => match self.refresh(line).await {
+                Ok(()) => {
+                    let value = {
+                        let state = self.state();
+                        format!("{}/{}", state.limit.map_or("unlimited".into(), |l| l.to_string()), state.used)
+                    };
+                    if let Err(error) = leases.set_mark(QUOTA_MARK, &value, now).await {
+                        tracing::warn!(%error, "sharing the LINE message quota failed");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "reading the LINE message quota failed"),
+            },
+            Ok(false) => match leases.mark(QUOTA_MARK).await {
+                Ok(Some((value, _))) => match parse_mark(&value) {
+                    Some((limit, consumption)) => self.observe(limit, consumption),
+                    None => tracing::warn!(value, "unreadable quota mark; ignored"),
+                },
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "reading the shared LINE message quota failed"),
+            },
+            Err(error) => tracing::warn!(%error, "taking the quota-polling lease failed"),
+        }
+    }
+
     /// Refreshes every `every` (and soon after a pause) until cancelled.
     pub fn spawn_refresh(
         self: Arc<Self>,
@@ -162,9 +213,7 @@ impl QuotaGuard {
                 return;
             }
             while !token.is_cancelled() {
-                if let Err(error) = self.refresh(&line).await {
-                    tracing::warn!(%error, "reading the LINE message quota failed");
-                }
+                self.refresh_round(&line, clock.now(), every).await;
                 let paused = self.state().paused_until;
                 let wait = match paused {
                     Some(until) => (until - clock.now()).to_std().unwrap_or(Duration::ZERO).min(every),
@@ -177,6 +226,13 @@ impl QuotaGuard {
             }
         })
     }
+}
+
+/// `<limit or "unlimited">/<consumption>`.
+fn parse_mark(value: &str) -> Option<(Option<u64>, u64)> {
+    let (limit, consumption) = value.split_once('/')?;
+    let limit = if limit == "unlimited" { None } else { Some(limit.parse().ok()?) };
+    Some((limit, consumption.parse().ok()?))
 }
 
 #[cfg(test)]

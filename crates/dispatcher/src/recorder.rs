@@ -74,21 +74,28 @@ impl Dispatcher {
         }
     }
 
+    /// Writes an outcome, retrying while the request's lease lasts (the
+    /// database may be away for a while: an outage, a failover); only then
+    /// is it given up, and the request goes again with its retry key once
+    /// the lease expires (LINE answers 409, counted as sent).
     async fn with_retries<F, Fut>(&self, what: &str, mut write: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = DispatchResult<()>>,
     {
-        for attempt in 1..=6u64 {
+        let deadline = tokio::time::Instant::now() + self.settings.lease;
+        let mut pause = Duration::from_millis(200);
+        for attempt in 1u64.. {
             match write().await {
                 Ok(()) => return,
-                Err(error) if attempt < 6 => {
+                Err(error) if tokio::time::Instant::now() + pause < deadline => {
                     tracing::warn!(%error, attempt, "{what} failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
                 }
                 Err(error) => {
-                    // The lease expires and the request goes again with its key: LINE answers 409.
-                    tracing::error!(%error, "{what} failed; the request will be re-sent with its retry key");
+                    tracing::error!(%error, attempt, "{what} failed; the request will be re-sent with its retry key");
+                    return;
                 }
             }
         }

@@ -220,6 +220,33 @@ async fn the_quota_guard_pauses_before_line_refuses_and_resumes_when_raised(back
     assert!(!h.dispatcher.quota_paused());
 }
 
+/// Two instances' guards: one asks LINE (lease `line_quota`), the other
+/// takes its numbers from the store; once the holder's lease has run out,
+/// the other asks LINE itself.
+async fn one_instance_polls_the_quota_and_the_others_share_it(backend: Backend) {
+    use renkei_dispatcher::quota::QUOTA_LEASE;
+    use renkei_line_sim::Endpoint;
+    let sim = SimConfig { monthly_quota: Some(1_000), ..SimConfig::default() };
+    let Some(h) = harness(backend, Spec { segments: &[GOLD], sim, ..Spec::default() }).await else { return };
+    h.sim.set_usage(400);
+    let guard = |holder: &str| {
+        renkei_dispatcher::QuotaGuard::new(true, h.metrics.clone()).with_leases(h.test.store.clone(), holder.into())
+    };
+    let (a, b) = (guard("quota-a"), guard("quota-b"));
+    let every = Duration::from_secs(60);
+    a.refresh_round(&h.line, t0(), every).await;
+    b.refresh_round(&h.line, t0() + chrono::Duration::seconds(1), every).await;
+    assert_eq!(h.sim.requests_for(Endpoint::Quota).len(), 1, "only the lease holder asked LINE");
+    assert_eq!((a.room(), b.room()), (Some(600), Some(600)), "the other took the holder's numbers");
+    let leases = h.test.store.leases().await.unwrap();
+    assert_eq!(leases.iter().find(|l| l.name == QUOTA_LEASE).map(|l| l.holder.as_str()), Some("quota-a"));
+    // The holder is gone (its lease ran out): the other asks LINE itself.
+    h.sim.set_usage(700);
+    b.refresh_round(&h.line, t0() + chrono::Duration::seconds(75), every).await;
+    assert_eq!(h.sim.requests_for(Endpoint::Quota).len(), 2);
+    assert_eq!(b.room(), Some(300));
+}
+
 /// Rule segments get their menu per user; everyone else (never in a rule
 /// segment, or out of one) has none of their own and sees the channel's
 /// default, which the linker sets once.
@@ -406,4 +433,5 @@ renkei_test_support::on_both_backends!(
     rich_menu_sync_runs_on_one_instance_at_a_time,
     two_dispatchers_share_one_outbox_without_doubles,
     entries_found_by_a_full_recompute_do_not_trigger_and_late_reminders_expire,
+    one_instance_polls_the_quota_and_the_others_share_it,
 );

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 
 renkei_store::store_view! {
-    /// What the engine reads and writes: memberships and what they are computed from.
-    pub struct EngineStore { memberships: MembershipStore, reads: MembershipReads }
+    /// What the engine reads and writes: memberships and what they are
+    /// computed from, and the lease of its timer (one instance at a time).
+    pub struct EngineStore { memberships: MembershipStore, reads: MembershipReads, leases: LeaseStore }
 }
 
 /// Users per page in recompute, preview and `run_due`.
@@ -152,6 +153,8 @@ pub struct MembershipEngine {
     /// When the timer task will next wake (µs since the epoch), so that only
     /// an earlier due time needs to wake it.
     pub(crate) timer_target: AtomicI64,
+    /// This engine as the holder of the timer's lease.
+    pub(crate) instance: String,
 }
 
 /// A stored event as the segment language sees it: a full record (`load_users`)
@@ -265,6 +268,7 @@ impl MembershipEngine {
             page_size: DEFAULT_PAGE_SIZE,
             schedule_changed: Notify::new(),
             timer_target: AtomicI64::new(i64::MAX),
+            instance: format!("evaluator-{}", uuid::Uuid::new_v4().simple()),
         }
     }
 
@@ -290,6 +294,11 @@ impl MembershipEngine {
 
     pub fn segments(&self) -> &SegmentSet {
         &self.segments
+    }
+
+    /// This engine's name as a lease holder (`evaluator-<random>`).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     pub fn store(&self) -> &EngineStore {

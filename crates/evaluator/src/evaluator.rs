@@ -6,9 +6,10 @@
 //! runs the full recompute at start, counts what it does for `/metrics`, and
 //! lets callers wait until reported changes are processed.
 //!
-//! Nothing stores which segment definitions the memberships were computed
-//! with, so every start re-evaluates the whole audience in the background
-//! (segments may have been added or edited since the last run). While that
+//! Every start re-evaluates the whole audience in the background (segments
+//! may have been added or edited since the last run, changes may have been
+//! lost with a crashed instance). Instances that start together do it once
+//! (lease `segment_recompute`, mark `segments_recomputed`). While that
 //! runs, real-time changes are still processed; the users they name are also
 //! re-evaluated once more after the recompute, so a page the recompute read
 //! before a change cannot leave a stale answer behind.
@@ -35,6 +36,14 @@ use tokio_util::sync::CancellationToken;
 const MAX_REMEMBERED: usize = 1_000_000;
 /// Recomputes in a row at start when changes keep overflowing the memory above.
 const MAX_RECOMPUTE_ROUNDS: u32 = 3;
+/// The lease of the start-up recompute: one instance recomputes at a time.
+pub const RECOMPUTE_LEASE: &str = "segment_recompute";
+/// The mark a finished recompute leaves, valued with its fingerprint.
+pub const RECOMPUTED_MARK: &str = "segments_recomputed";
+/// How long the recompute lease lasts unless renewed (every 5 polls).
+const RECOMPUTE_LEASE_TERM: chrono::Duration = chrono::Duration::seconds(30);
+/// How often a waiting instance looks at the lease and the mark.
+const RECOMPUTE_POLL: Duration = Duration::from_secs(1);
 /// Of a stop's time, what is kept back for saving what is left.
 const SAVE_RESERVE: Duration = Duration::from_secs(1);
 
@@ -114,6 +123,12 @@ impl Evaluator {
     /// The full recompute `renkei serve` runs at start; stops early when
     /// `stop` is cancelled (each page is written atomically, so an
     /// interrupted recompute leaves nothing half-written).
+    ///
+    /// Instances that start together recompute once: the one holding lease
+    /// [`RECOMPUTE_LEASE`] recomputes and marks it done with the
+    /// fingerprint of its segment rules and timezone; the others wait for
+    /// that mark (remembering the users changed meanwhile, re-evaluated
+    /// after it) and take over if the holder dies first.
     pub async fn startup_recompute(self, stop: CancellationToken) {
         let segments = self.engine().segments().len();
         tracing::info!(
@@ -121,17 +136,104 @@ impl Evaluator {
             "segments may have changed since the last run: recomputing every user's membership in the background"
         );
         tokio::select! {
-            () = self.recompute_rounds() => {}
+            () = self.recompute_among_instances() => {}
             () = stop.cancelled() => {
                 self.inner.stats.recompute_running.store(false, Ordering::Relaxed);
                 *self.remembered() = None;
                 tracing::info!("start-up recompute interrupted by shutdown; the next start runs it again");
             }
         }
+        let leases = &self.engine().store().leases;
+        if let Err(error) = leases.release_lease(RECOMPUTE_LEASE, self.engine().instance()).await {
+            tracing::debug!(%error, "releasing the recompute lease failed; it expires by itself");
+        }
         self.inner.recomputed.send_replace(true);
     }
 
-    async fn recompute_rounds(&self) {
+    /// What a recompute is done for: the segment rules and the timezone.
+    fn fingerprint(&self) -> String {
+        format!("{}@{}", self.engine().segments().fingerprint(), self.engine().timezone().name())
+    }
+
+    async fn recompute_among_instances(&self) {
+        let engine = self.engine();
+        let (fingerprint, started) = (self.fingerprint(), engine.clock.now());
+        let mut waiting = false;
+        loop {
+            let now = engine.clock.now();
+            let until = now + RECOMPUTE_LEASE_TERM;
+            match engine.store().leases.acquire_lease(RECOMPUTE_LEASE, engine.instance(), now, until).await {
+                Ok(true) => {
+                    let waited = self.remembered().take().unwrap_or_default();
+                    let done = self.done_since(&fingerprint, started).await;
+                    self.forward(&waited.users.into_iter().collect::<Vec<_>>());
+                    if !done {
+                        self.recompute_holding_lease(&fingerprint).await;
+                    }
+                    return;
+                }
+                Ok(false) if self.done_since(&fingerprint, started).await => {
+                    tracing::info!(
+                        "another instance recomputed the segments; re-evaluating the users changed meanwhile"
+                    );
+                    let waited = self.remembered().take().unwrap_or_default();
+                    self.forward(&waited.users.into_iter().collect::<Vec<_>>());
+                    return;
+                }
+                Ok(false) if !waiting => {
+                    tracing::info!("another instance is recomputing the segments; waiting for it");
+                    *self.remembered() = Some(Remembered::default());
+                    waiting = true;
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "taking the recompute lease failed; trying again"),
+            }
+            tokio::time::sleep(RECOMPUTE_POLL).await;
+        }
+    }
+
+    /// Whether an instance finished a recompute for `fingerprint` at or after `since`.
+    async fn done_since(&self, fingerprint: &str, since: chrono::DateTime<chrono::Utc>) -> bool {
+        match self.engine().store().leases.mark(RECOMPUTED_MARK).await {
+            Ok(Some((value, at))) => value == fingerprint && at >= since,
+            Ok(None) => false,
+            Err(error) => {
+                tracing::warn!(%error, "reading the recompute mark failed");
+                false
+            }
+        }
+    }
+
+    /// Recomputes, renewing the lease meanwhile, then marks it done.
+    async fn recompute_holding_lease(&self, fingerprint: &str) {
+        let engine = self.engine().clone();
+        let renewal = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RECOMPUTE_POLL * 5).await;
+                let now = engine.clock.now();
+                let until = now + RECOMPUTE_LEASE_TERM;
+                match engine.store().leases.acquire_lease(RECOMPUTE_LEASE, engine.instance(), now, until).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!("the recompute lease was taken over; another instance may recompute too")
+                    }
+                    Err(error) => tracing::warn!(%error, "renewing the recompute lease failed"),
+                }
+            }
+        });
+        let completed = self.recompute_rounds().await;
+        renewal.abort();
+        if completed {
+            let now = self.engine().clock.now();
+            if let Err(error) = self.engine().store().leases.set_mark(RECOMPUTED_MARK, fingerprint, now).await {
+                tracing::warn!(%error, "recording the finished recompute failed; instances waiting for it recompute again");
+            }
+        }
+    }
+
+    /// Recomputes until no change during it was too many to remember; true
+    /// when the last recompute completed.
+    async fn recompute_rounds(&self) -> bool {
         for round in 1..=MAX_RECOMPUTE_ROUNDS {
             *self.remembered() = Some(Remembered::default());
             let report = self.recompute_once().await;
@@ -139,7 +241,7 @@ impl Evaluator {
             if report.is_none() {
                 // Failed: the users changed meanwhile still deserve their evaluation.
                 self.forward(&remembered.users.into_iter().collect::<Vec<_>>());
-                return;
+                return false;
             }
             if remembered.overflowed && round < MAX_RECOMPUTE_ROUNDS {
                 tracing::warn!(round, "too many users changed during the recompute to remember; recomputing again");
@@ -149,8 +251,14 @@ impl Evaluator {
                 tracing::info!(users = remembered.users.len(), "re-evaluating users changed during the recompute");
                 self.forward(&remembered.users.into_iter().collect::<Vec<_>>());
             }
-            return;
+            return true;
         }
+        true
+    }
+
+    /// Full recomputes this instance ran (not those it waited for).
+    pub fn recomputes(&self) -> u64 {
+        self.inner.stats.recomputes.load(Ordering::Relaxed)
     }
 
     async fn recompute_once(&self) -> Option<RecomputeReport> {

@@ -21,10 +21,10 @@ mod queue;
 mod runtime;
 
 pub use engine::{EngineStore, MembershipEngine, RecomputeProgress, RecomputeReport, facts_of};
-pub use evaluator::Evaluator;
+pub use evaluator::{Evaluator, RECOMPUTE_LEASE, RECOMPUTED_MARK};
 pub use queue::{Backlog, DEFAULT_CAPACITY as DEFAULT_QUEUE_CAPACITY, Leftover};
 pub use renkei_store::membership::{Cause, Transition, TransitionKind};
-pub use runtime::EngineHandle;
+pub use runtime::{EngineHandle, TIMER_LEASE};
 
 use renkei_store::StoreError;
 

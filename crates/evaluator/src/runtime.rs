@@ -191,18 +191,27 @@ async fn process(engine: &MembershipEngine, batch: &[(UserRef, Cause)], token: &
     }
 }
 
+/// The lease of the time-driven timer: one instance at a time evaluates
+/// the users whose due time has come (the others would only repeat it).
+pub const TIMER_LEASE: &str = "membership_timer";
+/// How long the timer's lease lasts unless renewed: a crashed holder's
+/// timer is taken over within this (plus [`TIMER_POLL`]).
+const TIMER_LEASE_TERM: chrono::Duration = chrono::Duration::seconds(15);
+/// How often an instance without the lease looks whether it may take it;
+/// and the longest the holder sleeps, since due times that other instances
+/// write do not wake it.
+const TIMER_POLL: Duration = Duration::from_secs(2);
+
 async fn timer(engine: Arc<MembershipEngine>, token: CancellationToken) {
+    let holder = engine.instance.clone();
     while !token.is_cancelled() {
-        if let Err(error) = engine.run_due().await {
-            tracing::warn!(%error, "time-driven evaluation failed");
-        }
         let now = engine.clock.now();
-        let wait = match engine.store.reads.next_due().await {
-            Ok(Some(due)) => (due - now).to_std().unwrap_or(Duration::ZERO).min(MAX_SLEEP),
-            Ok(None) => MAX_SLEEP,
+        let wait = match engine.store.leases.acquire_lease(TIMER_LEASE, &holder, now, now + TIMER_LEASE_TERM).await {
+            Ok(true) => timer_round(&engine).await.min(TIMER_POLL),
+            Ok(false) => TIMER_POLL, // another instance runs the timer
             Err(error) => {
-                tracing::warn!(%error, "reading the evaluation schedule failed");
-                Duration::from_secs(5)
+                tracing::warn!(%error, "taking the timer's lease failed");
+                TIMER_POLL
             }
         };
         let target = chrono::Duration::from_std(wait).map(|w| now + w).unwrap_or(now);
@@ -214,5 +223,25 @@ async fn timer(engine: Arc<MembershipEngine>, token: CancellationToken) {
         }
         // While evaluating, every new due time must wake the next round.
         engine.timer_target.store(i64::MAX, Ordering::SeqCst);
+    }
+    // A stop hands the timer over at once.
+    if let Err(error) = engine.store.leases.release_lease(TIMER_LEASE, &holder).await {
+        tracing::debug!(%error, "releasing the timer's lease failed; it expires by itself");
+    }
+}
+
+/// Evaluates the users due now; how long until the next due time.
+async fn timer_round(engine: &MembershipEngine) -> Duration {
+    if let Err(error) = engine.run_due().await {
+        tracing::warn!(%error, "time-driven evaluation failed");
+    }
+    let now = engine.clock.now();
+    match engine.store.reads.next_due().await {
+        Ok(Some(due)) => (due - now).to_std().unwrap_or(Duration::ZERO).min(MAX_SLEEP),
+        Ok(None) => MAX_SLEEP,
+        Err(error) => {
+            tracing::warn!(%error, "reading the evaluation schedule failed");
+            Duration::from_secs(5)
+        }
     }
 }

@@ -268,3 +268,61 @@ async fn a_full_change_queue_recomputes_everyone() {
     assert!(history.iter().all(|t| t.transition.cause == Cause::Recompute));
     handle.shutdown().await;
 }
+
+renkei_test_support::on_both_backends!(multi_thread, renkei_test_support::store => one_timer_among_instances_and_takeover);
+
+/// Two instances on one store: one runs the timer (lease
+/// `membership_timer`), and when it stops the other takes the time-driven
+/// work over.
+async fn one_timer_among_instances_and_takeover(test: renkei_test_support::TestStore) {
+    let segments = common::segments(&[BUYERS, "id: settled\nname: S\nrule:\n  event: purchase\n  older_than: 1s\n"]);
+    let start = || {
+        let engine = Arc::new(MembershipEngine::new(
+            renkei_evaluator::EngineStore::of(&test.store),
+            segments.clone(),
+            Arc::new(renkei_core::SystemClock),
+            chrono_tz::Asia::Tokyo,
+        ));
+        (engine.clone(), engine.start())
+    };
+    let (engine_a, handle_a) = start();
+    let (engine_b, handle_b) = start();
+    let holder = || async {
+        let leases = test.store.leases().await.expect("leases");
+        let timer = leases.iter().find(|l| l.name == renkei_evaluator::TIMER_LEASE).cloned();
+        timer.map(|l| l.holder)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while holder().await.is_none() {
+        assert!(std::time::Instant::now() < deadline, "nobody took the timer");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let first = holder().await.expect("holder");
+    // The holder renews; the other never takes it while it lives.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    assert_eq!(holder().await.as_deref(), Some(first.as_str()));
+
+    // The holder stops: the other takes the timer over within seconds.
+    let (stopped, left, engine_left) =
+        if first == engine_a.instance() { (handle_a, handle_b, engine_b) } else { (handle_b, handle_a, engine_a) };
+    stopped.shutdown().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while holder().await.as_deref() != Some(engine_left.instance()) {
+        assert!(std::time::Instant::now() < deadline, "the timer was not taken over");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The remaining instance does the time-driven work.
+    test.store.link(&member(1), &user(1), LinkMethod::Api, chrono::Utc::now()).await.expect("link");
+    let now = chrono::Utc::now();
+    let e = event(json!({"type": "purchase", "member_id": "m1", "occurred_at": now.to_rfc3339()}));
+    test.store.insert_events(&[e], now).await.expect("insert");
+    let listener: &dyn ChangeListener = &left;
+    listener.users_changed(&[UserRef::Member(member(1))]);
+    left.idle().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    while engine_left.memberships(&user(1)).await.expect("m").len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "time-driven change did not happen after the takeover");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    left.shutdown().await;
+}

@@ -79,3 +79,46 @@ async fn users_left_waiting_are_saved_and_resumed_at_the_next_start() {
     assert!(metrics.contains(&format!("renkei_segment_queue_restored_total {left}")), "{metrics}");
     restarted.stop().await;
 }
+
+renkei_test_support::on_both_backends!(
+    multi_thread, renkei_test_support::store => instances_that_start_together_recompute_once
+);
+
+/// Two instances start while a third (dead) instance's recompute lease is
+/// still running: neither recomputes until it expires, then exactly one
+/// does and the other takes its mark; an instance started later recomputes
+/// again.
+async fn instances_that_start_together_recompute_once(test: renkei_test_support::TestStore) {
+    use renkei_evaluator::{EngineStore, MembershipEngine, RECOMPUTE_LEASE};
+    let clock = renkei_core::ManualClock::new(t0());
+    let segments = common::segments(&[BUYERS]);
+    let engine = || {
+        let store = EngineStore::of(&test.store);
+        Arc::new(MembershipEngine::new(store, segments.clone(), Arc::new(clock.clone()), chrono_tz::Asia::Tokyo))
+    };
+    let buyers = users(20);
+    purchases(&test, &buyers).await;
+    let dead_until = t0() + chrono::Duration::seconds(5);
+    assert!(test.store.acquire_lease(RECOMPUTE_LEASE, "evaluator-dead", t0(), dead_until).await.expect("lease"));
+    let pending: Arc<dyn PendingStore> = test.store.clone();
+    let (a, b) = (Evaluator::start(engine(), pending.clone()), Evaluator::start(engine(), pending.clone()));
+    let stop = CancellationToken::new();
+    let runs = [
+        tokio::spawn(a.clone().startup_recompute(stop.clone())),
+        tokio::spawn(b.clone().startup_recompute(stop.clone())),
+    ];
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(a.recomputes() + b.recomputes(), 0, "nobody recomputes while the lease runs");
+    clock.advance(chrono::Duration::seconds(6));
+    for run in runs {
+        tokio::time::timeout(Duration::from_secs(10), run).await.expect("recompute finished").expect("task");
+    }
+    assert_eq!(a.recomputes() + b.recomputes(), 1, "one recompute between the two");
+    let members = a.engine().store().reads.segment_members("buyers", None, 100).await.expect("members");
+    assert_eq!(members.len(), buyers.len());
+
+    clock.advance(chrono::Duration::seconds(1));
+    let later = Evaluator::start(engine(), pending);
+    later.clone().startup_recompute(stop.clone()).await;
+    assert_eq!(later.recomputes(), 1, "a start after the mark recomputes");
+}

@@ -590,3 +590,64 @@ async fn statistics_per_unit_follow_the_units_sent_with_null_below_20() {
     let limited = line.statistics_per_unit("spring_sale", day(1), day(2)).await;
     assert!(matches!(limited, Err(LineError::RateLimited { .. })), "{limited:?}");
 }
+
+/// The request schema's bounds of `loadingSeconds` in LINE's spec.
+fn loading_seconds_bounds() -> (u64, u64) {
+    let spec = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/line-openapi/messaging-api.yml"),
+    )
+    .unwrap();
+    assert!(spec.contains("\"/v2/bot/chat/loading/start\":\n    post:"), "the spec has the endpoint");
+    assert!(spec.contains("\"/v2/bot/chat/markAsRead\":\n    post:"), "the spec has the endpoint");
+    let schema = &spec[spec.find("    ShowLoadingAnimationRequest:").unwrap()..];
+    let seconds = &schema[schema.find("loadingSeconds:").unwrap()..];
+    let bound = |key: &str| -> u64 {
+        let at = seconds.find(key).unwrap() + key.len();
+        seconds[at..].lines().next().unwrap().trim().parse().unwrap()
+    };
+    (bound("minimum:"), bound("maximum:"))
+}
+
+#[tokio::test]
+async fn loading_animation_and_read_marks_follow_the_spec() {
+    let (min, max) = loading_seconds_bounds();
+    assert_eq!((min, max), (5, 60));
+    let (url, _calls) = receiver().await;
+    let (sim, client) = sim().await;
+    sim.set_webhook_url(Some(url));
+    let u = uid(USER);
+    // The client rounds to the spec's steps of 5 within its bounds.
+    client.show_loading_animation(&u, 7).await.unwrap();
+    client.show_loading_animation(&u, 600).await.unwrap();
+    let loading = sim.requests_for(Endpoint::LoadingAnimation);
+    assert_eq!(loading.len(), 2);
+    assert_eq!(loading[0].recipients, vec![USER.to_string()]);
+
+    // The simulator refuses what LINE refuses.
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        http.post(format!("{}{path}", sim.base_url())).bearer_auth(sim.access_token()).json(&body).send()
+    };
+    for body in [
+        json!({"chatId": USER, "loadingSeconds": 7}),
+        json!({"chatId": USER, "loadingSeconds": min - 5}),
+        json!({"chatId": USER, "loadingSeconds": max + 5}),
+        json!({"chatId": "not-a-user", "loadingSeconds": 20}),
+        json!({"loadingSeconds": 20}),
+    ] {
+        assert_eq!(post("/v2/bot/chat/loading/start", body.clone()).await.unwrap().status(), 400, "{body}");
+    }
+    assert_eq!(post("/v2/bot/chat/loading/start", json!({"chatId": USER})).await.unwrap().status(), 202);
+
+    // Read marks take the token of a message webhook, and no other.
+    let message = sim.send_message(&u, "ポイント").await.unwrap();
+    let token = message.events[0]["message"]["markAsReadToken"].as_str().unwrap().to_string();
+    let parsed = parse_webhook(message.body.as_bytes()).unwrap();
+    assert!(
+        matches!(&parsed.events[0].kind, EventKind::Message(m) if m.mark_as_read_token.as_deref() == Some(token.as_str()))
+    );
+    client.mark_as_read(&token).await.unwrap();
+    assert!(matches!(client.mark_as_read("forged").await, Err(LineError::Rejected { status: 400, .. })));
+    assert_eq!(sim.requests_for(Endpoint::MarkAsRead).len(), 1);
+    assert_eq!(sim.requests_for(Endpoint::MarkAsRead)[0].recipients, vec![USER.to_string()]);
+}

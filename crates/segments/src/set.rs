@@ -125,6 +125,15 @@ impl SegmentSet {
         self.segments.len()
     }
 
+    /// What the rules say, as 16 hex digits: equal sets (whatever their
+    /// files' names, layout, comments and display names) have equal
+    /// fingerprints, and any change of a rule, id or reference changes it.
+    /// Stable across builds of the same version (it hashes the parsed rules).
+    pub fn fingerprint(&self) -> String {
+        let text: String = self.segments.iter().map(|s| format!("{}={:?}\n", s.id, s.rule)).collect();
+        format!("{:016x}", crate::tally::fnv1a(text.as_bytes()))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.segments.is_empty()
     }

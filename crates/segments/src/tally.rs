@@ -52,7 +52,7 @@ fn aggregated_property(kind: &AggregateKind) -> Option<&FieldPath> {
 }
 
 /// 64-bit FNV-1a: stable across builds and platforms, unlike `std`'s hashers.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 

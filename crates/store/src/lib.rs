@@ -5,9 +5,11 @@
 //! the outbox ([`OutboxStore`], [`OutboxReads`]), LINE requests
 //! ([`RequestStore`]), the scheduler's state ([`ScheduleStore`]), rich
 //! menus ([`RichMenuStore`]), leases for singleton work ([`LeaseStore`]),
-//! re-evaluations a stop left waiting ([`PendingStore`]), the dashboard's
-//! operators, sessions and audit log ([`OperatorStore`]) and its overview
-//! counts ([`OverviewReads`]). [`Store`] is all
+//! re-evaluations a stop left waiting ([`PendingStore`]), the replies
+//! made to users' messages ([`ReplyStore`]), the webhook relay's queue
+//! ([`RelayStore`]), the dashboard's operators, sessions and audit log
+//! ([`OperatorStore`]) and its reads of other areas ([`OverviewReads`]).
+//! [`Store`] is all
 //! of them at once.
 //!
 //! Each area's types and shared SQL are in `<area>.rs`; what differs per
@@ -27,6 +29,8 @@ mod outbox;
 mod overview;
 pub mod pending;
 mod postgres;
+pub mod relay;
+mod replies;
 mod requests;
 mod rich_menus;
 mod schedule;
@@ -52,6 +56,8 @@ pub use outbox::{
 pub use overview::{FailedRequest, OverviewCounts, OverviewReads, UserDelivery, WaitingDeliveries};
 pub use pending::{PendingEvaluations, PendingStore, SavedPending};
 pub use postgres::PgStore;
+pub use relay::{RelayBody, RelayCounts, RelayItem, RelayStore};
+pub use replies::{ReplyCount, ReplyRecord, ReplyStore};
 pub use requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest, UnitSends, UnitStats};
 pub use rich_menus::{RichMenuChange, RichMenuStore};
 pub use schedule::{CronFire, FireState, ScheduleStore};
@@ -205,6 +211,8 @@ trait_sum! {
         + PendingStore
         + OperatorStore
         + OverviewReads
+        + ReplyStore
+        + RelayStore
         + TestReadsIfEnabled
 }
 

@@ -38,6 +38,8 @@ pub enum Arg<'a> {
     OptTs(Option<DateTime<Utc>>),
     /// TEXT on SQLite, `json`/`jsonb` on PostgreSQL.
     Json(&'a Value),
+    /// BLOB on SQLite, `bytea` on PostgreSQL.
+    Bytes(&'a [u8]),
 }
 
 /// A timestamp argument or column (see [`Arg::Ts`]).
@@ -110,6 +112,12 @@ impl From<Option<Ts>> for Arg<'_> {
     }
 }
 
+impl<'a> From<&'a [u8]> for Arg<'a> {
+    fn from(value: &'a [u8]) -> Self {
+        Arg::Bytes(value)
+    }
+}
+
 impl<'a> From<&'a Value> for Arg<'a> {
     fn from(value: &'a Value) -> Self {
         Arg::Json(value)
@@ -148,6 +156,8 @@ pub trait Dialect: Database {
     fn json(row: &Self::Row, column: &str) -> StoreResult<Value>;
     /// A UUID column (TEXT on SQLite).
     fn uuid(row: &Self::Row, column: &str) -> StoreResult<Uuid>;
+    /// A BLOB (SQLite) or `bytea` (PostgreSQL) column.
+    fn bytes(row: &Self::Row, column: &str) -> StoreResult<Vec<u8>>;
 }
 
 /// A store's pools.
@@ -267,6 +277,10 @@ impl<DB: Dialect> Row<'_, DB> {
         DB::uuid(self.0, column)
     }
 
+    pub fn bytes(&self, column: &str) -> StoreResult<Vec<u8>> {
+        DB::bytes(self.0, column)
+    }
+
     pub fn user(&self, column: &str) -> StoreResult<LineUserId> {
         crate::parse_user(&self.string(column)?)
     }
@@ -347,6 +361,10 @@ macro_rules! executors {
         fn boolean(row: &Self::Row, column: &str) -> StoreResult<bool> {
             Ok(sqlx::Row::try_get(row, column)?)
         }
+
+        fn bytes(row: &Self::Row, column: &str) -> StoreResult<Vec<u8>> {
+            Ok(sqlx::Row::try_get(row, column)?)
+        }
     };
 }
 
@@ -364,6 +382,7 @@ macro_rules! binder {
                 Arg::Ts(v) => query.bind($ts(v)),
                 Arg::OptTs(v) => query.bind(v.map($ts)),
                 Arg::Json(v) => query.bind($json(v)),
+                Arg::Bytes(v) => query.bind(v),
             }
         }
     };

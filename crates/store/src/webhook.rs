@@ -10,6 +10,7 @@
 //!
 //! Friendships are written through [`MemberStore::set_following`](crate::MemberStore::set_following).
 
+use crate::relay::RelayBody;
 use crate::sql::{Dialect, Row, Sql, Ts, stmt};
 use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
@@ -75,6 +76,17 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn insert_webhook_events(
         &self,
         events: &[NewWebhookEvent],
+        received_at: DateTime<Utc>,
+    ) -> StoreResult<Vec<Option<i64>>>;
+
+    /// As [`WebhookStore::insert_webhook_events`], and, in the same
+    /// transaction, queues `relay` (the whole body) for the webhook relay's
+    /// targets when at least one of the events is new (a redelivery of
+    /// events all stored already was relayed with its first delivery).
+    async fn accept_webhook(
+        &self,
+        events: &[NewWebhookEvent],
+        relay: Option<RelayBody<'_>>,
         received_at: DateTime<Utc>,
     ) -> StoreResult<Vec<Option<i64>>>;
 
@@ -182,6 +194,15 @@ impl<S: WebhookSql> WebhookStore for S {
         events: &[NewWebhookEvent],
         received_at: DateTime<Utc>,
     ) -> StoreResult<Vec<Option<i64>>> {
+        self.accept_webhook(events, None, received_at).await
+    }
+
+    async fn accept_webhook(
+        &self,
+        events: &[NewWebhookEvent],
+        relay: Option<RelayBody<'_>>,
+        received_at: DateTime<Utc>,
+    ) -> StoreResult<Vec<Option<i64>>> {
         // Webhook bodies hold a handful of events: one statement each, in one
         // transaction, gives the per-event "new or redelivered" answer.
         let mut tx = S::Db::begin(self.inbox_writer()).await?;
@@ -198,6 +219,9 @@ impl<S: WebhookSql> WebhookStore for S {
             .optional_in(&mut tx, |row| row.int("id"))
             .await?;
             ids.push(id);
+        }
+        if let Some(relay) = relay.filter(|r| !r.targets.is_empty() && ids.iter().any(Option::is_some)) {
+            crate::relay::enqueue_in::<S::Db>(&mut tx, &relay, received_at).await?;
         }
         S::Db::commit(tx).await?;
         Ok(ids)

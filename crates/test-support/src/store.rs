@@ -95,10 +95,16 @@ pub async fn postgres() -> StoreResult<Option<TestStore>> {
 /// As [`postgres`], with `options` (e.g. a short write wait).
 pub async fn postgres_with(options: StoreOptions) -> StoreResult<Option<TestStore>> {
     let Some(server) = postgres_server_url() else { return Ok(None) };
-    let url = create_database(&server).await?;
+    postgres_on(&server, options).await.map(Some)
+}
+
+/// A fresh, migrated database on the PostgreSQL server at `server` (a test's
+/// own server, e.g. one it stops and starts).
+pub async fn postgres_on(server: &str, options: StoreOptions) -> StoreResult<TestStore> {
+    let url = create_database(server).await?;
     let store = PgStore::connect_with(&url, options).await?;
     store.migrate().await?;
-    Ok(Some(TestStore { store: Arc::new(store), url, _dir: None, server: Some(server) }))
+    Ok(TestStore { store: Arc::new(store), url, _dir: None, server: Some(server.to_string()) })
 }
 
 /// A fresh store on `backend`; `None` for PostgreSQL when no server is

@@ -4,20 +4,26 @@
 //! The webhook answers 200 only once the events are committed, and never
 //! processes them inside the request: a background worker
 //! ([`spawn_worker`]) drains unprocessed rows, so events that arrived just
-//! before a crash are picked up again at the next start.
+//! before a crash are picked up again at the next start. Bodies for the
+//! webhook relay's targets are queued in the same transaction and posted
+//! by [`relay::Relay`].
 
 pub mod process;
+pub mod relay;
+pub mod replies;
 pub mod routes;
 
 pub use process::{ProcessError, WorkerHandle, WorkerOptions, process_pending, spawn_worker};
+pub use relay::{Relay, RelayMetrics, RelaySettings};
 pub use renkei_api::ApiError;
+pub use replies::{Replies, ReplyMetrics};
 pub use routes::{api_router, public_router};
 
 use renkei_core::{ChangeListener, Clock};
 use renkei_line::LineClient;
 use std::fmt;
 use std::sync::Arc;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 /// Where LINE's account-link dialog lives; the nonce route redirects there.
 pub const ACCOUNT_LINK_DIALOG_URL: &str = "https://access.line.me/dialog/bot/accountLink";
@@ -41,6 +47,11 @@ pub struct WebhookConfig {
     pub link_login_url: String,
     /// LINE's account-link dialog ([`ACCOUNT_LINK_DIALOG_URL`]).
     pub account_link_url: String,
+    /// The webhook relay's targets: every accepted body is queued for each.
+    pub relay_targets: Vec<String>,
+    /// Whether renkei may use reply tokens (`webhook.reply_owner = "renkei"`);
+    /// when another system owns them, renkei never replies.
+    pub replies_owned: bool,
 }
 
 impl WebhookConfig {
@@ -54,7 +65,14 @@ impl WebhookConfig {
             login_channel_id: login_channel_id.into(),
             link_login_url: link_login_url.into(),
             account_link_url: ACCOUNT_LINK_DIALOG_URL.to_string(),
+            relay_targets: Vec::new(),
+            replies_owned: true,
         }
+    }
+
+    /// With the relay's targets and reply owner from `relay`.
+    pub fn with_relay(self, relay: &RelaySettings) -> Self {
+        Self { relay_targets: relay.target_names(), replies_owned: relay.replies_owned, ..self }
     }
 }
 
@@ -65,14 +83,23 @@ impl fmt::Debug for WebhookConfig {
             .field("login_channel_id", &self.login_channel_id)
             .field("link_login_url", &self.link_login_url)
             .field("account_link_url", &self.account_link_url)
+            .field("relay_targets", &self.relay_targets)
+            .field("replies_owned", &self.replies_owned)
             .finish()
     }
 }
 
 renkei_store::store_view! {
     /// What the webhook role reads and writes: its inbox (and link nonces),
-    /// the links and follow state it changes, the events it records.
-    pub struct WebhookStores { inbox: WebhookStore, members: MemberStore, events: EventStore }
+    /// the links and follow state it changes, the events it records, the
+    /// segments reply rules ask about and the replies it made.
+    pub struct WebhookStores {
+        inbox: WebhookStore,
+        members: MemberStore,
+        events: EventStore,
+        memberships: MembershipReads,
+        replies: ReplyStore,
+    }
 }
 
 /// Everything the routes and the worker share. Cheap to clone.
@@ -86,8 +113,13 @@ pub struct WebhookState {
     /// stored and processed, but nothing is sent to LINE.
     pub line: Option<LineClient>,
     pub config: Arc<WebhookConfig>,
+    /// The reply rules and what replying needs; `None`: renkei replies only
+    /// to ID連携 postbacks.
+    pub replies: Option<Arc<Replies>>,
     /// Wakes the worker when new events are committed.
     wake: Arc<Notify>,
+    /// Wakes the relay's tasks when a body is queued.
+    relay_wake: Arc<watch::Sender<u64>>,
 }
 
 impl WebhookState {
@@ -98,12 +130,29 @@ impl WebhookState {
         line: Option<LineClient>,
         config: WebhookConfig,
     ) -> Self {
-        Self { store, clock, changes, line, config: Arc::new(config), wake: Arc::new(Notify::new()) }
+        let relay_wake = Arc::new(watch::Sender::new(0));
+        let wake = Arc::new(Notify::new());
+        Self { store, clock, changes, line, config: Arc::new(config), replies: None, wake, relay_wake }
+    }
+
+    /// The state with reply rules.
+    pub fn with_replies(mut self, replies: Arc<Replies>) -> Self {
+        self.replies = Some(replies);
+        self
     }
 
     /// Tells the worker there is work (the webhook route does this itself).
     pub fn wake_worker(&self) {
         self.wake.notify_one();
+    }
+
+    /// What wakes the relay's tasks ([`relay::Relay::spawn`]) when the route queues a body.
+    pub fn relay_waker(&self) -> watch::Receiver<u64> {
+        self.relay_wake.subscribe()
+    }
+
+    fn wake_relay(&self) {
+        self.relay_wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

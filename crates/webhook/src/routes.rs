@@ -16,8 +16,8 @@ use rand::TryRngCore as _;
 use renkei_api::{ApiError, ErrorCode, json_object, link_json};
 use renkei_core::{FieldError, LineUserId, LinkMethod, MemberId, UserRef};
 use renkei_line::{LineError, parse_webhook, verify_signature};
-use renkei_store::LinkOutcome;
 use renkei_store::webhook::NewWebhookEvent;
+use renkei_store::{LinkOutcome, RelayBody};
 use serde_json::{Map, Value, json};
 
 /// Bytes of CSPRNG output in a nonce: 256 bits, 43 base64url characters.
@@ -66,7 +66,8 @@ async fn webhook(
     }
     let parsed = parse_webhook(&body).map_err(|e| ApiError::bad_json(e.to_string()))?;
     if parsed.events.is_empty() {
-        // LINE's "Verify" call.
+        // LINE's "Verify" call: it checks renkei's URL; not relayed (each
+        // target's own URL is verified in its own channel settings).
         return Ok(Json(json!({"received": 0, "duplicates": 0})));
     }
     let events: Vec<NewWebhookEvent> = parsed
@@ -74,11 +75,17 @@ async fn webhook(
         .into_iter()
         .map(|e| NewWebhookEvent { webhook_event_id: e.webhook_event_id, event_type: e.event_type, body: e.raw })
         .collect();
-    let ids = state.store.inbox.insert_webhook_events(&events, state.clock.now()).await?;
+    // LINE's own signature goes with the body to the relay's targets.
+    let signature = signature.to_str().unwrap_or_default();
+    let relay = RelayBody { body: &body, signature, targets: &state.config.relay_targets };
+    let ids = state.store.inbox.accept_webhook(&events, Some(relay), state.clock.now()).await?;
     let received = ids.iter().flatten().count();
     let duplicates = ids.len() - received;
     if received > 0 {
         state.wake_worker();
+        if !state.config.relay_targets.is_empty() {
+            state.wake_relay();
+        }
     }
     tracing::info!(received, duplicates, "webhook stored");
     Ok(Json(json!({"received": received, "duplicates": duplicates})))
