@@ -153,6 +153,12 @@ async fn the_dashboard_in_a_real_browser() {
     .await;
     add_operator(&app, "admin", OperatorRole::Admin, ADMIN_PASSWORD).await;
     add_operator(&app, "viewer", OperatorRole::Viewer, VIEWER_PASSWORD).await;
+    // The dispatcher's quota guard shares what LINE (the simulator) reported.
+    let (quota, _) = eventually("the quota guard to read LINE's quota", async || {
+        app.store.mark(renkei_dispatcher::QUOTA_MARK).await.ok().flatten()
+    })
+    .await;
+    let (limit, used) = renkei_dispatcher::parse_quota_mark(&quota).expect("a quota mark");
     let browser = driver.browser().await;
 
     // A wrong password is refused on the page.
@@ -178,6 +184,11 @@ async fn the_dashboard_in_a_real_browser() {
     }
     assert_eq!(value_of(&browser, "#deliveries-pending").await, pending.to_string());
     assert_eq!(value_of(&browser, "#deliveries-failed").await, failed.to_string());
+    assert_eq!(value_of(&browser, "#quota-used").await, used.to_string(), "this month's count as LINE reported it");
+    match limit {
+        Some(limit) => assert_eq!(value_of(&browser, "#quota-limit").await, limit.to_string()),
+        None => wait_for(&browser, "#quota-limit").await.text().await.map(|t| assert_eq!(t, "上限なし")).expect("text"),
+    }
     let database = wait_for(&browser, "#database").await.text().await.expect("text");
     assert_eq!(database, "正常");
     screenshot(&browser, "overview").await;

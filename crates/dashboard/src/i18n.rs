@@ -288,6 +288,9 @@ pub enum Msg {
     Properties,
     Messages,
     Requested,
+    QuotaUsed,
+    Unlimited,
+    AsOf,
 }
 
 fn ja(msg: Msg) -> &'static str {
@@ -316,7 +319,7 @@ fn ja(msg: Msg) -> &'static str {
         StatusError => "エラー",
         LineConfigured => "チャネルアクセストークン設定済み",
         LineNotConfigured => "チャネルアクセストークン未設定(配信されません)",
-        QuotaUnknown => "今月の配信数と上限は配信ロールが管理しています(この画面ではまだ表示されません)",
+        QuotaUnknown => "LINEの今月の配信数と上限はまだ読み込まれていません(配信ロールが読み込みます)。",
         Campaign => "キャンペーン",
         Id => "ID",
         Trigger => "トリガー",
@@ -438,6 +441,9 @@ fn ja(msg: Msg) -> &'static str {
         Properties => "プロパティ",
         Messages => "メッセージ(送信・スキップ)",
         Requested => "送信中",
+        QuotaUsed => "今月の配信数(LINEの上限に対して)",
+        Unlimited => "上限なし",
+        AsOf => "時点",
     }
 }
 
@@ -467,7 +473,9 @@ fn en(msg: Msg) -> &'static str {
         StatusError => "Error",
         LineConfigured => "channel access token set",
         LineNotConfigured => "no channel access token (nothing is sent)",
-        QuotaUnknown => "This month's messages against the quota are kept by the dispatcher (not shown here yet)",
+        QuotaUnknown => {
+            "LINE's count of this month's messages and its limit have not been read yet (the dispatcher reads them)."
+        }
         Campaign => "Campaign",
         Id => "ID",
         Trigger => "Trigger",
@@ -589,6 +597,9 @@ fn en(msg: Msg) -> &'static str {
         Properties => "Properties",
         Messages => "Messages (sent or skipped)",
         Requested => "in flight",
+        QuotaUsed => "Messages this month (against LINE's limit)",
+        Unlimited => "no limit",
+        AsOf => "as of",
     }
 }
 

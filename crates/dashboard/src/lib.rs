@@ -45,7 +45,12 @@ use std::time::Duration;
 
 renkei_store::store_view! {
     /// What the dashboard reads and writes besides the campaigns' stats.
-    pub struct DashboardStore { operators: OperatorStore, overview: OverviewReads, members: MemberStore }
+    pub struct DashboardStore {
+        operators: OperatorStore,
+        overview: OverviewReads,
+        members: MemberStore,
+        leases: LeaseStore,
+    }
 }
 
 /// `[dashboard]` and what the pages need from the rest of the config.

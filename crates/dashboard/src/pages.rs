@@ -107,7 +107,40 @@ pub fn login(lang: Lang, csrf_token: &str, error: Option<Msg>) -> Markup {
     )
 }
 
-pub fn overview(state: &DashboardState, signed: &Signed, counts: Option<OverviewCounts>) -> Markup {
+/// LINE's monthly count and limit, as last read, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub limit: Option<u64>,
+    pub used: u64,
+    pub at: DateTime<Utc>,
+}
+
+fn quota_row(lang: Lang, tz: chrono_tz::Tz, quota: Option<Quota>) -> Markup {
+    let Some(quota) = quota else { return html! { p.note #quota-unknown { (lang.t(Msg::QuotaUnknown)) } } };
+    html! {
+        table.figures #quota {
+            tr {
+                th { (lang.t(Msg::QuotaUsed)) }
+                (number("quota-used", quota.used, lang.items(quota.used)))
+                @match quota.limit {
+                    Some(limit) => {
+                        td.num #quota-limit data-value=(limit) { "/ " (lang.items(limit)) }
+                        td.num { (lang.percent(quota.used, limit)) }
+                    },
+                    None => td #quota-limit { (lang.t(Msg::Unlimited)) },
+                }
+                td.note { (lang.datetime(quota.at, tz)) " " (lang.t(Msg::AsOf)) }
+            }
+        }
+    }
+}
+
+pub fn overview(
+    state: &DashboardState,
+    signed: &Signed,
+    counts: Option<OverviewCounts>,
+    quota: Option<Quota>,
+) -> Markup {
     let lang = state.settings.language;
     let body = html! {
         @if let Some(c) = counts {
@@ -120,6 +153,7 @@ pub fn overview(state: &DashboardState, signed: &Signed, counts: Option<Overview
                 tr { th { (lang.t(Msg::DeliveriesFailed)) } (number("deliveries-failed", c.deliveries_failed, lang.items(c.deliveries_failed))) }
             }
         }
+        (quota_row(lang, state.settings.timezone, quota))
         h2 { (lang.t(Msg::SystemStatus)) }
         table.figures {
             tr {
@@ -133,7 +167,6 @@ pub fn overview(state: &DashboardState, signed: &Signed, counts: Option<Overview
                 @else { td.bad #line { (lang.t(Msg::LineNotConfigured)) } }
             }
         }
-        p.note { (lang.t(Msg::QuotaUnknown)) }
     };
     page(lang, lang.t(Msg::Overview), Some(signed), body)
 }
@@ -490,6 +523,7 @@ pub struct DeliveriesView {
     pub failures: Vec<FailedRequest>,
     pub paused: Vec<String>,
     pub now: DateTime<Utc>,
+    pub quota: Option<Quota>,
 }
 
 pub fn deliveries(state: &DashboardState, signed: &Signed, view: DeliveriesView) -> Markup {
@@ -501,7 +535,7 @@ pub fn deliveries(state: &DashboardState, signed: &Signed, view: DeliveriesView)
             tr { th { (lang.t(Msg::DeliveriesPending)) } (number("deliveries-pending", c.deliveries_pending, lang.items(c.deliveries_pending))) }
             tr { th { (lang.t(Msg::DeliveriesFailed)) } (number("deliveries-failed", c.deliveries_failed, lang.items(c.deliveries_failed))) }
         }
-        p.note { (lang.t(Msg::QuotaUnknown)) }
+        (quota_row(lang, tz, view.quota))
         h2 { (lang.t(Msg::Waiting)) }
         table.list #waiting {
             tr { th { (lang.t(Msg::Campaign)) } th { (lang.t(Msg::Count)) } th { (lang.t(Msg::NextDue)) } th { (lang.t(Msg::Why)) } }

@@ -313,13 +313,28 @@ async fn logout(State(state): State<DashboardState>, signed: Signed, body: Bytes
     Ok(response)
 }
 
+/// LINE's count of this month's messages and its limit, as the dispatcher
+/// last read them (its quota guard's mark); `None` when not read yet.
+async fn quota(state: &DashboardState) -> Option<pages::Quota> {
+    match state.store.leases.mark(renkei_dispatcher::QUOTA_MARK).await {
+        Ok(mark) => mark.and_then(|(value, at)| {
+            renkei_dispatcher::parse_quota_mark(&value).map(|(limit, used)| pages::Quota { limit, used, at })
+        }),
+        Err(error) => {
+            tracing::warn!(%error, "dashboard: the quota mark is unavailable");
+            None
+        }
+    }
+}
+
 async fn overview(State(state): State<DashboardState>, signed: Signed) -> Response {
     // A database problem is shown on the page, plainly, not as an error page.
     let counts = state.store.overview.overview_counts().await;
     if let Err(error) = &counts {
         tracing::warn!(%error, "dashboard: overview counts unavailable");
     }
-    pages::overview(&state, &signed, counts.ok()).into_response()
+    let quota = quota(&state).await;
+    pages::overview(&state, &signed, counts.ok(), quota).into_response()
 }
 
 /// Members listed per page of a segment.
@@ -416,7 +431,8 @@ async fn deliveries(State(state): State<DashboardState>, signed: Signed) -> Resu
     let failures = reads.recent_failures(FAILURES_SHOWN).await?;
     let paused = state.campaigns_store.schedule.paused_campaigns().await?;
     let now = state.clock.now();
-    Ok(pages::deliveries(&state, &signed, pages::DeliveriesView { counts, waiting, failures, paused, now })
+    let quota = quota(&state).await;
+    Ok(pages::deliveries(&state, &signed, pages::DeliveriesView { counts, waiting, failures, paused, now, quota })
         .into_response())
 }
 

@@ -36,7 +36,7 @@ pub use insight::InsightPoller;
 pub use limits::{Rates, RetrySchedule};
 pub use metrics::DispatchMetrics;
 pub use policy::{GlobalPolicy, SkipReason};
-pub use quota::QuotaGuard;
+pub use quota::{QUOTA_MARK, QuotaGuard, parse_mark as parse_quota_mark};
 pub use rich_menus::RichMenuLinker;
 
 use renkei_store::StoreError;

@@ -228,8 +228,8 @@ impl QuotaGuard {
     }
 }
 
-/// `<limit or "unlimited">/<consumption>`.
-fn parse_mark(value: &str) -> Option<(Option<u64>, u64)> {
+/// `<limit or "unlimited">/<consumption>` (the dashboard reads it too).
+pub fn parse_mark(value: &str) -> Option<(Option<u64>, u64)> {
     let (limit, consumption) = value.split_once('/')?;
     let limit = if limit == "unlimited" { None } else { Some(limit.parse().ok()?) };
     Some((limit, consumption.parse().ok()?))
