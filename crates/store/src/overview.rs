@@ -210,31 +210,17 @@ impl<S: Sql> OverviewReads for S {
         member_id: Option<&MemberId>,
         limit: u32,
     ) -> StoreResult<Vec<StoredEvent>> {
-        let mut events = Vec::new();
         // Each by its user's index range, never the whole table.
-        if let Some(user) = line_user_id {
-            events.extend(
-                stmt::<S::Db>(
-                    "SELECT id, event_id, type, member_id, line_user_id, occurred_at, properties FROM events
-                     WHERE line_user_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT $2",
-                )
-                .bind(user)
-                .bind(limit)
-                .all(self.reader(), event_of)
-                .await?,
-            );
-        }
-        if let Some(member) = member_id {
-            events.extend(
-                stmt::<S::Db>(
-                    "SELECT id, event_id, type, member_id, line_user_id, occurred_at, properties FROM events
-                     WHERE member_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT $2",
-                )
-                .bind(member)
-                .bind(limit)
-                .all(self.reader(), event_of)
-                .await?,
-            );
+        let by_user = "SELECT id, event_id, type, member_id, line_user_id, occurred_at, properties FROM events
+                       WHERE line_user_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT $2";
+        let by_member = "SELECT id, event_id, type, member_id, line_user_id, occurred_at, properties FROM events
+                         WHERE member_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT $2";
+        let keys = [(by_user, line_user_id.map(LineUserId::as_str)), (by_member, member_id.map(MemberId::as_str))];
+        let mut events = Vec::new();
+        for (sql, key) in keys {
+            if let Some(key) = key {
+                events.extend(stmt::<S::Db>(sql).bind(key).bind(limit).all(self.reader(), event_of).await?);
+            }
         }
         events.sort_by_key(|e| std::cmp::Reverse((e.occurred_at, e.id)));
         events.dedup_by_key(|e| e.id);
