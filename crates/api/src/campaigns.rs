@@ -52,6 +52,8 @@ fn trigger_json(trigger: &Trigger) -> Value {
         Trigger::SegmentEntered { segment } => json!({"segment_entered": segment}),
         Trigger::Schedule { expr, audience, .. } => json!({"schedule": expr, "audience": audience}),
         Trigger::Event { event_type, .. } => json!({"event": event_type}),
+        Trigger::Fanout { event_type, to, .. } => json!({"fanout": {"event": event_type, "to": {
+            "event": to.event_types, "match": to.match_props, "within": format!("{}s", to.within.num_seconds())}}}),
     }
 }
 

@@ -24,8 +24,8 @@ pub mod template;
 
 pub use link::{LinkError, LinkKeys, LinkPayload};
 pub use model::{
-    Campaign, Exit, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Step, Timing, Trigger, Unless, Variant,
-    aggregation_unit,
+    Campaign, Exit, FanoutTarget, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Step, Timing, Trigger, Unless,
+    Variant, aggregation_unit,
 };
 pub use renkei_segments::Diagnostic;
 pub use rich_menu::{RichMenuRule, RichMenuRules, is_rich_menu_id};
