@@ -177,6 +177,12 @@ pub fn stmt<DB: Dialect>(sql: &'static str) -> Stmt<DB> {
     Stmt(sqlx::query(sql))
 }
 
+/// Starts a statement of SQL built at run time. Only for text assembled
+/// from fixed fragments and validated names, never from values (bind those).
+pub fn stmt_built<DB: Dialect>(sql: String) -> Stmt<DB> {
+    Stmt(sqlx::query(sqlx::AssertSqlSafe(sql)))
+}
+
 impl<DB: Dialect> Stmt<DB> {
     pub fn bind<'a>(self, arg: impl Into<Arg<'a>>) -> Self {
         Stmt(DB::bind(self.0, arg.into()))

@@ -82,6 +82,12 @@ impl EventsSql for SqliteStore {
 
     const CAMPAIGN_CLICKS: &'static str = "SELECT line_user_id, COUNT(*) AS clicks FROM events
          WHERE type = 'link_click' AND json_extract(properties, '$.campaign_id') = $1 GROUP BY line_user_id";
+    // json_extract gives a JSON string as TEXT and a number as a number (which
+    // never equals TEXT); json_type keeps out objects and arrays (JSON text).
+    fn property_equals(path: &str, param: usize) -> String {
+        format!("json_extract(e.properties, '$.{path}') = ${param} AND json_type(e.properties, '$.{path}') = 'text'")
+    }
+
     // The types as a JSON array (json_each): SQLite has no array parameters.
     async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>> {
         let types = json_text(types, "event types")?;
