@@ -245,6 +245,8 @@ impl<S: EventsSql> EventStore for S {
 /// A fan-out's query: `$1` the limit, `$2`/`$3` the window, `$4`/`$5` the
 /// place after which the page starts, then the types, then the match values.
 /// The recipient is the event's LINE user, else its member's linked one.
+/// `occurred_at >= $4` bounds the index range, so a page reads from where
+/// the last one ended.
 fn fanout_sql<'p>(
     types: usize,
     paths: impl Iterator<Item = &'p String>,
@@ -255,7 +257,7 @@ fn fanout_sql<'p>(
         "SELECT e.id, e.occurred_at, COALESCE(e.line_user_id, l.line_user_id) AS line_user_id, e.member_id
          FROM events e LEFT JOIN links l ON e.line_user_id IS NULL AND l.member_id = e.member_id
          WHERE e.type IN ({}) AND e.occurred_at > $2 AND e.occurred_at <= $3
-           AND (e.occurred_at > $4 OR (e.occurred_at = $4 AND e.id > $5))",
+           AND e.occurred_at >= $4 AND (e.occurred_at > $4 OR e.id > $5)",
         type_params.join(", ")
     );
     for (k, path) in paths.enumerate() {
