@@ -205,7 +205,8 @@ impl<S: EventsSql> EventStore for S {
             return Ok(Vec::new());
         }
         let (after_at, after_id) = after.unwrap_or((query.since, 0));
-        let mut sql = fanout_sql(query.event_types.len(), query.matches.iter().map(|(path, _)| path), S::property_equals);
+        let mut sql =
+            fanout_sql(query.event_types.len(), query.matches.iter().map(|(path, _)| path), S::property_equals);
         sql.push_str(" ORDER BY e.occurred_at, e.id LIMIT $1");
         let mut statement = stmt_built::<S::Db>(sql)
             .bind(limit)

@@ -47,8 +47,7 @@ pub trait ScheduleStore: Send + Sync + 'static {
     /// `at` is before its end (start + `length`), else `at`, stored as the
     /// next window's start. One statement, so instances handling the same
     /// or concurrent instants agree on the window.
-    async fn open_window(&self, name: &str, at: DateTime<Utc>, length: chrono::Duration)
-    -> StoreResult<DateTime<Utc>>;
+    async fn open_window(&self, name: &str, at: DateTime<Utc>, length: chrono::Duration) -> StoreResult<DateTime<Utc>>;
 
     /// The largest transition row id (0 when none).
     async fn max_transition_id(&self) -> StoreResult<i64>;
@@ -148,12 +147,7 @@ impl<S: Sql> ScheduleStore for S {
         Ok(())
     }
 
-    async fn open_window(
-        &self,
-        name: &str,
-        at: DateTime<Utc>,
-        length: chrono::Duration,
-    ) -> StoreResult<DateTime<Utc>> {
+    async fn open_window(&self, name: &str, at: DateTime<Utc>, length: chrono::Duration) -> StoreResult<DateTime<Utc>> {
         let length = length.num_microseconds().unwrap_or(i64::MAX);
         let start = stmt::<S::Db>(
             "INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE
