@@ -131,6 +131,16 @@ impl Parser<'_> {
         }
     }
 
+    /// A duration longer than 0; `message` when it is 0.
+    fn positive_duration(&mut self, node: &Node, message: &str) -> Option<Duration> {
+        let duration = self.duration(node)?;
+        if duration <= Duration::zero() {
+            self.r.error(node.pos, message);
+            return None;
+        }
+        Some(duration)
+    }
+
     /// A duration that may be negative (`-1d`) or carry a `+`.
     fn signed_duration(&mut self, node: &Node) -> Option<Duration> {
         let text = self.duration_text(node)?;
@@ -396,10 +406,7 @@ impl Parser<'_> {
                     _ => self.r.wrong_type(value, "a list of property names"),
                 },
                 "within" => {
-                    within = self.duration(value);
-                    if within.is_some_and(|w| w <= Duration::zero()) {
-                        self.r.error(value.pos, "`within` must be longer than 0: no event could match");
-                    }
+                    within = self.positive_duration(value, "`within` must be longer than 0: no event could match")
                 }
                 _ => {}
             }
@@ -692,10 +699,7 @@ impl Parser<'_> {
                 "event" => event = self.event_type(item),
                 "where" => filters = renkei_segments::parse_where(&mut self.r, item),
                 "within" => {
-                    within = self.duration(item);
-                    if within.is_some_and(|w| w <= Duration::zero()) {
-                        self.r.error(item.pos, "`within` must be longer than 0: nothing could convert");
-                    }
+                    within = self.positive_duration(item, "`within` must be longer than 0: nothing could convert")
                 }
                 "value" => value = self.property_name(item),
                 _ => {}
@@ -831,12 +835,7 @@ impl Parser<'_> {
                         self.r.error(value.pos, "`max` must be an integer of at least 1");
                     }
                 }
-                "per" => {
-                    per = self.duration(value);
-                    if per.is_some_and(|d| d <= Duration::zero()) {
-                        self.r.error(value.pos, "`per` must be longer than 0s");
-                    }
-                }
+                "per" => per = self.positive_duration(value, "`per` must be longer than 0s"),
                 _ => {}
             }
         }
