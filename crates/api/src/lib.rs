@@ -9,6 +9,7 @@
 //! | [`segments`] | `GET /v1/segments`, `GET /v1/segments/{id}/members` |
 //! | [`campaigns`] | `GET /v1/campaigns`, `GET /v1/campaigns/{id}/stats`, `POST /v1/campaigns/{id}/pause`, `…/resume` |
 //! | [`track`] | `GET /t/{token}` (no bearer key) |
+//! | [`member_code`] | `GET /member-code/{token}`: a member's QR code as PNG (no bearer key) |
 //!
 //! The webhook role's routes (`POST /webhook/line`, and the ID連携 routes
 //! `POST /v1/account-link/nonce`, `POST /v1/links/id-token`, which share the
@@ -23,6 +24,7 @@ pub mod error;
 pub mod head;
 pub mod ingest;
 pub mod limits;
+pub mod member_code;
 pub mod metrics;
 pub mod segments;
 pub mod track;
@@ -90,11 +92,15 @@ pub fn router(state: ApiState, more_v1: Router) -> Router {
         timezone: state.engine.timezone(),
     }))
     .merge(more_v1);
+    let member_codes = member_code::router(member_code::MemberCodeApi {
+        campaigns: state.campaigns.clone(),
+        clock: state.clock.clone(),
+    });
     let tracked = track::router(track::TrackApi {
         store: state.store.events,
         campaigns: state.campaigns,
         clock: state.clock,
         changes: state.changes,
     });
-    tracked.merge(require_api_key(v1, state.api_keys, state.key_limits))
+    tracked.merge(member_codes).merge(require_api_key(v1, state.api_keys, state.key_limits))
 }

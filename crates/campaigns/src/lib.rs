@@ -1,5 +1,5 @@
-//! Campaigns of renkei: campaign YAML, rich-menu rules, Flex
-//! template rendering and the time rules (cron, quiet hours, event timing).
+//! What renkei says to users: campaign YAML, reply rules, rich-menu rules,
+//! Flex template rendering and the time rules (cron, quiet hours, event timing).
 //!
 //! - [`CampaignSet::load`] reads every campaign file and the templates they
 //!   name, validated against the segments; every problem is a [`Diagnostic`]
@@ -17,17 +17,19 @@ pub mod link;
 pub mod model;
 pub mod outcome;
 mod parse;
+pub mod replies;
 pub mod rich_menu;
 pub mod schedule;
 mod set;
 pub mod template;
 
-pub use link::{LinkError, LinkKeys, LinkPayload};
+pub use link::{LinkError, LinkKeys, LinkPayload, MemberCode};
 pub use model::{
     Campaign, Exit, FanoutTarget, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Step, Timing, Trigger, Unless,
     Variant, aggregation_unit,
 };
 pub use renkei_segments::Diagnostic;
+pub use replies::ReplySet;
 pub use rich_menu::{RichMenuRule, RichMenuRules, is_rich_menu_id};
 pub use set::{CampaignSet, TEMPLATE_EXTENSION};
 pub use template::{RenderContext, RenderError};

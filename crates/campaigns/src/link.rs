@@ -1,5 +1,7 @@
 //! Tracked-link tokens: `/t/<token>` carries, sealed, the campaign, the
-//! trigger, the LINE user and the target the template rendered.
+//! trigger, the LINE user and the target the template rendered. Member-code
+//! tokens (`/member-code/<token>`) carry a member id and an expiry, sealed
+//! the same way for another purpose.
 //!
 //! A token is base64url (no padding) of `key id (4) ‖ nonce (12) ‖
 //! ChaCha20-Poly1305 ciphertext and tag` of the JSON array `[campaign_id,
@@ -24,6 +26,20 @@ pub const MIN_KEY_LEN: usize = 32;
 const KEY_ID_LEN: usize = 4;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
+
+/// Purposes sealed under the same keys. Tracked links' purpose is empty:
+/// their associated data is the key id alone, as before member codes.
+const TRACKED_LINK: &[u8] = b"";
+const MEMBER_CODE: &[u8] = b"member-code";
+
+/// What a member-code image URL (`/member-code/<token>`, the scannable code
+/// of a digital member card) stands for: the member, until `expires_at`
+/// (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberCode {
+    pub member_id: String,
+    pub expires_at: i64,
+}
 
 /// What a tracked link stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +87,9 @@ pub enum LinkError {
     /// The ciphertext does not authenticate under the key: tampered.
     #[error("the token does not verify")]
     Rejected,
+    /// A member-code token past its `expires_at`.
+    #[error("the token has expired")]
+    Expired,
 }
 
 struct LinkKey {
@@ -132,12 +151,41 @@ impl LinkKeys {
     /// The token of `payload` under the first key; the same payload always
     /// gives the same token.
     pub fn seal(&self, payload: &LinkPayload) -> String {
+        self.seal_plain(TRACKED_LINK, &payload.to_json())
+    }
+
+    /// The payload of a token sealed by any configured key.
+    pub fn open(&self, token: &str) -> Result<LinkPayload, LinkError> {
+        parse_payload(&self.open_plain(TRACKED_LINK, token)?)
+    }
+
+    /// The token of a member-code image URL (see [`MemberCode`]).
+    pub fn seal_member_code(&self, code: &MemberCode) -> String {
+        let plain = serde_json::to_vec(&(&code.member_id, code.expires_at)).unwrap_or_default();
+        self.seal_plain(MEMBER_CODE, &plain)
+    }
+
+    /// The member code of a token, if it verifies and has not expired at
+    /// `now` (Unix seconds). A tracked-link token never opens as one.
+    pub fn open_member_code(&self, token: &str, now: i64) -> Result<MemberCode, LinkError> {
+        let plain = self.open_plain(MEMBER_CODE, token)?;
+        let (member_id, expires_at): (String, i64) =
+            serde_json::from_slice(&plain).map_err(|_| LinkError::Malformed)?;
+        if now >= expires_at {
+            return Err(LinkError::Expired);
+        }
+        Ok(MemberCode { member_id, expires_at })
+    }
+
+    /// Seals `plain` for `purpose` (associated data after the key id, so a
+    /// token of one purpose never opens as another's).
+    fn seal_plain(&self, purpose: &[u8], plain: &[u8]) -> String {
         let key = &self.keys[0];
-        let plain = payload.to_json();
         let mut nonce = [0; NONCE_LEN];
-        nonce.copy_from_slice(&hmac(&key.nonce_key, &[&plain])[..NONCE_LEN]);
+        nonce.copy_from_slice(&hmac(&key.nonce_key, &[purpose, plain])[..NONCE_LEN]);
+        let aad = [key.id.as_slice(), purpose].concat();
         // Encryption fails only for a message over 256 GiB.
-        let sealed = key.cipher.encrypt(&Nonce::from(nonce), Payload { msg: &plain, aad: &key.id }).unwrap_or_default();
+        let sealed = key.cipher.encrypt(&Nonce::from(nonce), Payload { msg: plain, aad: &aad }).unwrap_or_default();
         let mut token = Vec::with_capacity(KEY_ID_LEN + NONCE_LEN + sealed.len());
         token.extend_from_slice(&key.id);
         token.extend_from_slice(&nonce);
@@ -145,8 +193,7 @@ impl LinkKeys {
         URL_SAFE_NO_PAD.encode(token)
     }
 
-    /// The payload of a token sealed by any configured key.
-    pub fn open(&self, token: &str) -> Result<LinkPayload, LinkError> {
+    fn open_plain(&self, purpose: &[u8], token: &str) -> Result<Vec<u8>, LinkError> {
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| LinkError::Malformed)?;
         if bytes.len() < KEY_ID_LEN + NONCE_LEN + TAG_LEN {
             return Err(LinkError::Malformed);
@@ -154,10 +201,11 @@ impl LinkKeys {
         let (id, rest) = bytes.split_at(KEY_ID_LEN);
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
         let nonce = Nonce::from(<[u8; NONCE_LEN]>::try_from(nonce).map_err(|_| LinkError::Malformed)?);
+        let aad = [id, purpose].concat();
         let mut result = Err(LinkError::UnknownKey);
         for key in self.keys.iter().filter(|k| k.id == id) {
-            match key.cipher.decrypt(&nonce, Payload { msg: sealed, aad: id }) {
-                Ok(plain) => return parse_payload(&plain),
+            match key.cipher.decrypt(&nonce, Payload { msg: sealed, aad: &aad }) {
+                Ok(plain) => return Ok(plain),
                 Err(_) => result = Err(LinkError::Rejected),
             }
         }
@@ -210,5 +258,23 @@ mod tests {
         assert_eq!(removed.open(&token), Err(LinkError::UnknownKey));
         assert_eq!(removed.open("thanks"), Err(LinkError::Malformed));
         assert_eq!(removed.open("not base64!"), Err(LinkError::Malformed));
+    }
+
+    #[test]
+    fn member_codes_expire_and_never_open_as_tracked_links() {
+        let keys = LinkKeys::new(&[KEY_A]).expect("keys");
+        let code = MemberCode { member_id: "M00001".into(), expires_at: 1_000 };
+        let token = keys.seal_member_code(&code);
+        assert!(!token.contains("M0000"));
+        assert_eq!(keys.open_member_code(&token, 999), Ok(code));
+        assert_eq!(keys.open_member_code(&token, 1_000), Err(LinkError::Expired));
+        // The purposes are kept apart: each refuses the other's token.
+        assert_eq!(keys.open(&token), Err(LinkError::Rejected));
+        assert_eq!(keys.open_member_code(&keys.seal(&payload()), 0), Err(LinkError::Rejected));
+        let mut tampered = token.into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).expect("ascii");
+        assert!(keys.open_member_code(&tampered, 0).is_err());
     }
 }

@@ -65,12 +65,71 @@ fn read_text(path: &Path) -> Result<String, Diagnostic> {
     String::from_utf8(bytes).map_err(|_| Diagnostic::new(path, Pos::START, "not valid UTF-8"))
 }
 
+/// A file and its text.
+pub(crate) type Source = (PathBuf, String);
+
+/// Every `*.yaml` / `*.yml` file of `dir` (not recursive), sorted by name,
+/// with its text; a missing directory has none. The diagnostics are files
+/// that could not be read; `Err` when the directory itself cannot be.
+pub(crate) fn read_yaml_dir(dir: &Path) -> Result<(Vec<Source>, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let mut diagnostics = Vec::new();
+    let mut sources = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok((sources, diagnostics)),
+        Err(error) => return Err(vec![io_error(dir, &error)]),
+        Ok(entries) => entries,
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(entry) => {
+                let path = entry.path();
+                let is_yaml = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e == "yaml" || e == "yml");
+                if is_yaml && path.is_file() {
+                    paths.push(path);
+                }
+            }
+            Err(error) => diagnostics.push(io_error(dir, &error)),
+        }
+    }
+    paths.sort();
+    for path in paths {
+        match read_text(&path) {
+            Ok(text) => sources.push((path, text)),
+            Err(diagnostic) => diagnostics.push(diagnostic),
+        }
+    }
+    Ok((sources, diagnostics))
+}
+
+/// The templates `names` of `templates_dir` as `(name, file, text)`; a
+/// missing one is left to be reported where it is named.
+pub(crate) fn read_templates(
+    templates_dir: &Path,
+    names: BTreeSet<String>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<(String, PathBuf, String)> {
+    let mut templates = Vec::new();
+    for name in names {
+        let path = templates_dir.join(format!("{name}{TEMPLATE_EXTENSION}"));
+        match std::fs::read(&path) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => diagnostics.push(io_error(&path, &error)),
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => templates.push((name, path, text)),
+                Err(_) => diagnostics.push(Diagnostic::new(&path, Pos::START, "not valid UTF-8")),
+            },
+        }
+    }
+    templates
+}
+
 fn alt_name(campaign_id: &str, index: usize) -> String {
     format!("{campaign_id}#{index}")
 }
 
 /// The fixed sample the load-time check renders every template with.
-fn sample_time() -> DateTime<Utc> {
+pub(crate) fn sample_time() -> DateTime<Utc> {
     DateTime::from_timestamp(1_785_567_600, 0).unwrap_or_default() // 2026-08-01T07:00:00Z
 }
 
@@ -84,52 +143,13 @@ impl CampaignSet {
         templates_dir: &Path,
         segments: &SegmentSet,
     ) -> Result<CampaignSet, Vec<Diagnostic>> {
-        let mut diagnostics = Vec::new();
-        let mut sources = Vec::new();
-        match std::fs::read_dir(campaigns_dir) {
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(vec![io_error(campaigns_dir, &error)]),
-            Ok(entries) => {
-                let mut paths = Vec::new();
-                for entry in entries {
-                    match entry {
-                        Ok(entry) => {
-                            let path = entry.path();
-                            let is_yaml =
-                                path.extension().and_then(|e| e.to_str()).is_some_and(|e| e == "yaml" || e == "yml");
-                            if is_yaml && path.is_file() {
-                                paths.push(path);
-                            }
-                        }
-                        Err(error) => diagnostics.push(io_error(campaigns_dir, &error)),
-                    }
-                }
-                paths.sort();
-                for path in paths {
-                    match read_text(&path) {
-                        Ok(text) => sources.push((path, text)),
-                        Err(diagnostic) => diagnostics.push(diagnostic),
-                    }
-                }
-            }
-        }
+        let (sources, mut diagnostics) = read_yaml_dir(campaigns_dir)?;
         // Read the templates the campaigns name (a cheap scan; validation happens in from_sources).
         let mut names = BTreeSet::new();
         for (_, text) in &sources {
             names.extend(template_names(text));
         }
-        let mut templates = Vec::new();
-        for name in names {
-            let path = templates_dir.join(format!("{name}{TEMPLATE_EXTENSION}"));
-            match std::fs::read(&path) {
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {} // reported at the reference
-                Err(error) => diagnostics.push(io_error(&path, &error)),
-                Ok(bytes) => match String::from_utf8(bytes) {
-                    Ok(text) => templates.push((name, path, text)),
-                    Err(_) => diagnostics.push(Diagnostic::new(&path, Pos::START, "not valid UTF-8")),
-                },
-            }
-        }
+        let templates = read_templates(templates_dir, names, &mut diagnostics);
         let result = Self::from_sources_in(sources, templates, segments, Some(templates_dir));
         match result {
             Ok(set) if diagnostics.is_empty() => Ok(set),
@@ -282,56 +302,7 @@ impl CampaignSet {
 
     /// Renders a template with sample data; a problem is reported at the template file.
     fn check_template(&self, name: &str, path: &Path, text: &str, campaign: &Campaign) -> Option<Diagnostic> {
-        let context = Context::from(sample_context(campaign));
-        let rendered = match self.flex.render_with_context(name, &context) {
-            Ok(rendered) => rendered,
-            Err(error) => {
-                let pos = match (error.line_no, error.column_no) {
-                    (Some(line), Some(col)) => Pos { line: to_u32(line), col: to_u32(col) },
-                    _ => Pos::START,
-                };
-                return Some(Diagnostic::new(
-                    path,
-                    pos,
-                    format!("template does not render: {}", render_message(&error)),
-                ));
-            }
-        };
-        let contents: Value = match serde_json::from_str(&rendered) {
-            Ok(contents) => contents,
-            Err(error) => {
-                // Sample values hold no newlines, so output lines are template lines
-                // unless a block repeats or drops some.
-                let same_shape = rendered.lines().count() == text.lines().count();
-                let pos = if same_shape { Pos { line: to_u32(error.line()), col: 1 } } else { Pos::START };
-                return Some(Diagnostic::new(
-                    path,
-                    pos,
-                    format!("template does not render valid JSON with sample data: {error} (of the rendered output)"),
-                ));
-            }
-        };
-        let message = json!([{"type": "flex", "altText": "sample", "contents": contents}]);
-        let details = renkei_line::limits::validate_messages(Some(&message));
-        if details.is_empty() {
-            return None;
-        }
-        let text = details
-            .iter()
-            .map(|d| {
-                format!(
-                    "{}: {}",
-                    d.property.as_deref().unwrap_or("contents").replacen("messages[0].", "", 1),
-                    d.message.as_deref().unwrap_or("invalid")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        Some(Diagnostic::new(
-            path,
-            Pos::START,
-            format!("not a valid Flex message `contents` (bubble or carousel): {text}"),
-        ))
+        check_flex_template(&self.flex, name, path, text, &Context::from(sample_context(campaign)))
     }
 
     pub fn get(&self, id: &str) -> Option<&Campaign> {
@@ -422,27 +393,86 @@ impl CampaignSet {
                 })?;
             messages.push(json!({"type": "flex", "altText": alt_text, "contents": contents}));
         }
-        let array = Value::Array(messages);
-        let details = renkei_line::limits::validate_messages(Some(&array));
-        if !details.is_empty() {
-            let text = details
-                .iter()
-                .map(|d| {
-                    format!(
-                        "{}: {}",
-                        d.property.as_deref().unwrap_or("messages"),
-                        d.message.as_deref().unwrap_or("invalid")
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(RenderError::Limits(text));
-        }
-        match array {
-            Value::Array(messages) => Ok(messages),
-            _ => Ok(Vec::new()),
-        }
+        within_limits(messages)
     }
+}
+
+/// `messages` checked against LINE's limits (altText ≤ 1,500 characters,
+/// bubble ≤ 30 KB, carousel ≤ 12 bubbles and 50 KB, 1 to 5 messages).
+pub(crate) fn within_limits(messages: Vec<Value>) -> Result<Vec<Value>, RenderError> {
+    let array = Value::Array(messages);
+    let details = renkei_line::limits::validate_messages(Some(&array));
+    if !details.is_empty() {
+        let text = details
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}: {}",
+                    d.property.as_deref().unwrap_or("messages"),
+                    d.message.as_deref().unwrap_or("invalid")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(RenderError::Limits(text));
+    }
+    match array {
+        Value::Array(messages) => Ok(messages),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Renders Flex template `name` (from `path`, text `text`) with sample
+/// `context`: a problem (a render error, invalid JSON, not a bubble or
+/// carousel within LINE's limits) is reported at the template file.
+pub(crate) fn check_flex_template(
+    flex: &Handlebars<'static>,
+    name: &str,
+    path: &Path,
+    text: &str,
+    context: &Context,
+) -> Option<Diagnostic> {
+    let rendered = match flex.render_with_context(name, context) {
+        Ok(rendered) => rendered,
+        Err(error) => {
+            let pos = match (error.line_no, error.column_no) {
+                (Some(line), Some(col)) => Pos { line: to_u32(line), col: to_u32(col) },
+                _ => Pos::START,
+            };
+            return Some(Diagnostic::new(path, pos, format!("template does not render: {}", render_message(&error))));
+        }
+    };
+    let contents: Value = match serde_json::from_str(&rendered) {
+        Ok(contents) => contents,
+        Err(error) => {
+            // Sample values hold no newlines, so output lines are template lines
+            // unless a block repeats or drops some.
+            let same_shape = rendered.lines().count() == text.lines().count();
+            let pos = if same_shape { Pos { line: to_u32(error.line()), col: 1 } } else { Pos::START };
+            return Some(Diagnostic::new(
+                path,
+                pos,
+                format!("template does not render valid JSON with sample data: {error} (of the rendered output)"),
+            ));
+        }
+    };
+    let message = json!([{"type": "flex", "altText": "sample", "contents": contents}]);
+    let details = renkei_line::limits::validate_messages(Some(&message));
+    if details.is_empty() {
+        return None;
+    }
+    let text = details
+        .iter()
+        .map(|d| {
+            format!(
+                "{}: {}",
+                d.property.as_deref().unwrap_or("contents").replacen("messages[0].", "", 1),
+                d.message.as_deref().unwrap_or("invalid")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some(Diagnostic::new(path, Pos::START, format!("not a valid Flex message `contents` (bubble or carousel): {text}")))
 }
 
 /// The sample recipient of the load-time check.
@@ -465,7 +495,7 @@ fn sample_context(campaign: &Campaign) -> Value {
 }
 
 /// The reason of a Handlebars render error, with where it happened.
-fn render_message(error: &handlebars::RenderError) -> String {
+pub(crate) fn render_message(error: &handlebars::RenderError) -> String {
     let reason = match error.reason() {
         handlebars::RenderErrorReason::Other(message) => message.clone(),
         other => other.to_string(),
@@ -478,7 +508,7 @@ fn render_message(error: &handlebars::RenderError) -> String {
 
 /// A template that does not compile: an unclosed block where it opened,
 /// else the grammar's own position and reason.
-fn syntax_diagnostic(path: &Path, text: &str, error: &handlebars::TemplateError) -> Diagnostic {
+pub(crate) fn syntax_diagnostic(path: &Path, text: &str, error: &handlebars::TemplateError) -> Diagnostic {
     if let Some((offset, message)) = unclosed_block(text) {
         let (line, col) = line_col(text, offset);
         return Diagnostic::new(path, Pos { line, col }, message);

@@ -113,6 +113,12 @@ pub fn tracked_url(public_base_url: &str, token: &str) -> String {
     format!("{}/t/{token}", public_base_url.trim_end_matches('/'))
 }
 
+/// The URL of a member's code image: `<base>/member-code/<token>` (a PNG
+/// renkei serves; see [`crate::link::MemberCode`]).
+pub fn member_code_url(public_base_url: &str, token: &str) -> String {
+    format!("{}/member-code/{token}", public_base_url.trim_end_matches('/'))
+}
+
 /// The JSON context a template sees.
 pub(crate) fn context_json(campaign_id: &str, campaign_name: &str, ctx: &RenderContext<'_>, sample: bool) -> Value {
     let mut member = ctx.member.cloned().unwrap_or_default();

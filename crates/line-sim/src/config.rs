@@ -25,6 +25,10 @@ pub enum Endpoint {
     VerifyIdToken,
     /// `GET /v2/bot/insight/message/event/aggregation`.
     StatisticsPerUnit,
+    /// `POST /v2/bot/chat/loading/start`.
+    LoadingAnimation,
+    /// `POST /v2/bot/chat/markAsRead`.
+    MarkAsRead,
 }
 
 impl Endpoint {
@@ -108,7 +112,9 @@ impl RateLimits {
             | Endpoint::DefaultRichMenu
             | Endpoint::Quota
             | Endpoint::QuotaConsumption
-            | Endpoint::VerifyIdToken => self.other,
+            | Endpoint::VerifyIdToken
+            | Endpoint::LoadingAnimation
+            | Endpoint::MarkAsRead => self.other,
             // Per hour: see `Inner::take_rate`.
             Endpoint::StatisticsPerUnit => self.statistics_per_unit_per_hour,
         }

@@ -38,6 +38,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v2/bot/message/push", post(push))
         .route("/v2/bot/message/multicast", post(multicast))
         .route("/v2/bot/message/reply", post(reply))
+        .route("/v2/bot/chat/loading/start", post(loading_start))
+        .route("/v2/bot/chat/markAsRead", post(mark_as_read))
         .route("/v2/bot/message/quota", get(quota))
         .route("/v2/bot/message/quota/consumption", get(consumption))
         .route("/v2/bot/insight/message/event/aggregation", get(statistics_per_unit))
@@ -539,6 +541,57 @@ async fn statistics_per_unit(
         "clicks": [],
     });
     accept(&state, Endpoint::StatisticsPerUnit, vec![], None, StatusCode::OK, body)
+}
+
+/// `POST /v2/bot/chat/loading/start` (messaging-api.yml
+/// `ShowLoadingAnimationRequest`): `chatId` a user ID, `loadingSeconds` 5 to
+/// 60 in steps of 5 (default 20); 202 with `{}`.
+async fn loading_start(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(response) = gate(&state, Endpoint::LoadingAnimation, &headers, true).await {
+        return response;
+    }
+    let body = match parse_json(&state, &body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let mut details = Vec::new();
+    let chat_id = body.get("chatId").and_then(Value::as_str).unwrap_or_default().to_string();
+    if !is_user_id(&chat_id) {
+        details.push(detail("chatId", "The value must be a valid user ID"));
+    }
+    match body.get("loadingSeconds") {
+        None => {}
+        Some(seconds) => match seconds.as_u64() {
+            Some(s) if (5..=60).contains(&s) && s % 5 == 0 => {}
+            _ => details.push(detail("loadingSeconds", "must be a multiple of 5 between 5 and 60")),
+        },
+    }
+    if !details.is_empty() {
+        return invalid_body(&state, details);
+    }
+    accept(&state, Endpoint::LoadingAnimation, vec![chat_id], None, StatusCode::ACCEPTED, json!({}))
+}
+
+/// `POST /v2/bot/chat/markAsRead`: a `markAsReadToken` this simulator put in
+/// a message webhook; any other is LINE's 400.
+async fn mark_as_read(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(response) = gate(&state, Endpoint::MarkAsRead, &headers, true).await {
+        return response;
+    }
+    let body = match parse_json(&state, &body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let token = body.get("markAsReadToken").and_then(Value::as_str).unwrap_or_default();
+    let user = state.lock().read_tokens.get(token).cloned();
+    match user {
+        Some(user) => accept(&state, Endpoint::MarkAsRead, vec![user], None, StatusCode::OK, json!({})),
+        None => bad_request(
+            &state,
+            "An invalid markAsReadToken is specified. Tokens must be used by the bot that received them via Webhook.",
+            vec![],
+        ),
+    }
 }
 
 fn invalid_user_path(state: &Shared) -> Response {

@@ -96,6 +96,8 @@ pub(crate) struct Inner {
     pub link_tokens: HashMap<String, LinkTokenInfo>,
     /// Reply tokens the webhook sender issued → the user they reply to.
     pub reply_tokens: HashMap<String, Option<String>>,
+    /// `markAsReadToken`s of message webhooks → the user who sent the message.
+    pub read_tokens: HashMap<String, String>,
     pub webhook_url: Option<String>,
     pub record_requests: bool,
     /// Per `customAggregationUnits` name, the users its accepted sends reached.
@@ -121,6 +123,7 @@ impl Inner {
             default_rich_menu: None,
             link_tokens: HashMap::new(),
             reply_tokens: HashMap::new(),
+            read_tokens: HashMap::new(),
             webhook_url: config.webhook_url.clone(),
             record_requests: config.record_requests,
             unit_users: HashMap::new(),

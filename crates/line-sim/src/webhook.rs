@@ -79,11 +79,14 @@ pub(crate) fn postback(shared: &Shared, user: &LineUserId, data: &str) -> Value 
 
 pub(crate) fn message(shared: &Shared, user: &LineUserId, text: &str) -> Value {
     let mut event = base_event(shared, "message", Some(user), true);
+    let read_token = server::random_token(40);
+    shared.lock().read_tokens.insert(read_token.clone(), user.as_str().to_string());
     event["message"] = json!({
         "id": ulid_digits(),
         "type": "text",
         "text": text,
         "quoteToken": server::random_token(40),
+        "markAsReadToken": read_token,
     });
     event
 }

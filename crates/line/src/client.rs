@@ -399,6 +399,22 @@ impl LineClient {
         Ok(Sent { request_id, accepted_request_id: None, sent_messages: body.sent_messages })
     }
 
+    /// `POST /v2/bot/chat/loading/start`: LINE's loading animation in the
+    /// user's chat for `seconds` (rounded up to a multiple of 5, 5 to 60), or
+    /// until a message from the account arrives.
+    pub async fn show_loading_animation(&self, user: &LineUserId, seconds: u32) -> Result<(), LineError> {
+        let seconds = seconds.clamp(5, 60).div_ceil(5) * 5;
+        let body = serde_json::json!({"chatId": user.as_str(), "loadingSeconds": seconds});
+        self.call_empty(self.request(Method::POST, "/v2/bot/chat/loading/start")?.json(&body)).await
+    }
+
+    /// `POST /v2/bot/chat/markAsRead`: marks the user's messages read up to
+    /// the message that carried `token` (its webhook's `markAsReadToken`).
+    pub async fn mark_as_read(&self, token: &str) -> Result<(), LineError> {
+        let body = serde_json::json!({"markAsReadToken": token});
+        self.call_empty(self.request(Method::POST, "/v2/bot/chat/markAsRead")?.json(&body)).await
+    }
+
     /// `POST /v2/bot/user/{userId}/linkToken`: a link token (10 min, single use).
     pub async fn issue_link_token(&self, user: &LineUserId) -> Result<String, LineError> {
         #[derive(Deserialize)]

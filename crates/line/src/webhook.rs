@@ -162,6 +162,9 @@ pub struct MessageContent {
     pub message_type: String,
     /// Present for text messages (and some stickers).
     pub text: Option<String>,
+    /// Marks the user's messages read (`POST /v2/bot/chat/markAsRead`);
+    /// LINE sends it when the channel marks messages read manually.
+    pub mark_as_read_token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +209,7 @@ fn parse_event(raw: Value) -> WebhookEvent {
                 id: str_field(message, "id"),
                 message_type: str_field(message, "type").unwrap_or_default(),
                 text: str_field(message, "text"),
+                mark_as_read_token: str_field(message, "markAsReadToken"),
             }),
             _ => EventKind::Other,
         },
@@ -333,7 +337,8 @@ mod tests {
             EventKind::Message(MessageContent {
                 id: Some("325708".into()),
                 message_type: "text".into(),
-                text: Some("Hello, world".into())
+                text: Some("Hello, world".into()),
+                mark_as_read_token: None,
             })
         );
         let by_type = |t: &'static str| body.events.iter().filter(move |e| e.event_type == t);

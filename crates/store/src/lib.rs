@@ -4,8 +4,9 @@
 //! memberships & transitions ([`MembershipStore`], [`MembershipReads`]),
 //! the outbox ([`OutboxStore`], [`OutboxReads`]), LINE requests
 //! ([`RequestStore`]), the scheduler's state ([`ScheduleStore`]), rich
-//! menus ([`RichMenuStore`]), leases for singleton work ([`LeaseStore`]) and
-//! re-evaluations a stop left waiting ([`PendingStore`]). [`Store`] is all
+//! menus ([`RichMenuStore`]), leases for singleton work ([`LeaseStore`]),
+//! re-evaluations a stop left waiting ([`PendingStore`]) and the replies
+//! made to users' messages ([`ReplyStore`]). [`Store`] is all
 //! of them at once.
 //!
 //! Each area's types and shared SQL are in `<area>.rs`; what differs per
@@ -23,6 +24,7 @@ pub mod membership;
 mod outbox;
 pub mod pending;
 mod postgres;
+mod replies;
 mod requests;
 mod rich_menus;
 mod schedule;
@@ -46,6 +48,7 @@ pub use outbox::{
 };
 pub use pending::{PendingEvaluations, PendingStore, SavedPending};
 pub use postgres::PgStore;
+pub use replies::{ReplyCount, ReplyRecord, ReplyStore};
 pub use requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest, UnitSends, UnitStats};
 pub use rich_menus::{RichMenuChange, RichMenuStore};
 pub use schedule::{CronFire, FireState, ScheduleStore};
@@ -197,6 +200,7 @@ trait_sum! {
         + RichMenuStore
         + LeaseStore
         + PendingStore
+        + ReplyStore
         + TestReadsIfEnabled
 }
 

@@ -7,10 +7,12 @@
 //! before a crash are picked up again at the next start.
 
 pub mod process;
+pub mod replies;
 pub mod routes;
 
 pub use process::{ProcessError, WorkerHandle, WorkerOptions, process_pending, spawn_worker};
 pub use renkei_api::ApiError;
+pub use replies::{Replies, ReplyMetrics};
 pub use routes::{api_router, public_router};
 
 use renkei_core::{ChangeListener, Clock};
@@ -41,6 +43,9 @@ pub struct WebhookConfig {
     pub link_login_url: String,
     /// LINE's account-link dialog ([`ACCOUNT_LINK_DIALOG_URL`]).
     pub account_link_url: String,
+    /// Whether renkei may use reply tokens (`webhook.reply_owner = "renkei"`);
+    /// when another system owns them, renkei never replies.
+    pub replies_owned: bool,
 }
 
 impl WebhookConfig {
@@ -54,6 +59,7 @@ impl WebhookConfig {
             login_channel_id: login_channel_id.into(),
             link_login_url: link_login_url.into(),
             account_link_url: ACCOUNT_LINK_DIALOG_URL.to_string(),
+            replies_owned: true,
         }
     }
 }
@@ -65,14 +71,22 @@ impl fmt::Debug for WebhookConfig {
             .field("login_channel_id", &self.login_channel_id)
             .field("link_login_url", &self.link_login_url)
             .field("account_link_url", &self.account_link_url)
+            .field("replies_owned", &self.replies_owned)
             .finish()
     }
 }
 
 renkei_store::store_view! {
     /// What the webhook role reads and writes: its inbox (and link nonces),
-    /// the links and follow state it changes, the events it records.
-    pub struct WebhookStores { inbox: WebhookStore, members: MemberStore, events: EventStore }
+    /// the links and follow state it changes, the events it records, the
+    /// segments reply rules ask about and the replies it made.
+    pub struct WebhookStores {
+        inbox: WebhookStore,
+        members: MemberStore,
+        events: EventStore,
+        memberships: MembershipReads,
+        replies: ReplyStore,
+    }
 }
 
 /// Everything the routes and the worker share. Cheap to clone.
@@ -86,6 +100,9 @@ pub struct WebhookState {
     /// stored and processed, but nothing is sent to LINE.
     pub line: Option<LineClient>,
     pub config: Arc<WebhookConfig>,
+    /// The reply rules and what replying needs; `None`: renkei replies only
+    /// to ID連携 postbacks.
+    pub replies: Option<Arc<Replies>>,
     /// Wakes the worker when new events are committed.
     wake: Arc<Notify>,
 }
@@ -98,7 +115,13 @@ impl WebhookState {
         line: Option<LineClient>,
         config: WebhookConfig,
     ) -> Self {
-        Self { store, clock, changes, line, config: Arc::new(config), wake: Arc::new(Notify::new()) }
+        Self { store, clock, changes, line, config: Arc::new(config), replies: None, wake: Arc::new(Notify::new()) }
+    }
+
+    /// The state with reply rules.
+    pub fn with_replies(mut self, replies: Arc<Replies>) -> Self {
+        self.replies = Some(replies);
+        self
     }
 
     /// Tells the worker there is work (the webhook route does this itself).

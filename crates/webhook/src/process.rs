@@ -9,6 +9,7 @@
 
 use crate::{LINK_TOKEN_PLACEHOLDER, WebhookState, url_encode};
 use chrono::{DateTime, Utc};
+use renkei_campaigns::replies::{Incoming, postback_action};
 use renkei_core::{EventId, EventType, LineUserId, LinkMethod, NewEvent, UserRef};
 use renkei_line::{EventKind, LineError, LinkResult, Message, ReplyRequest, WebhookEvent, parse_webhook};
 use renkei_store::webhook::{NonceUse, WebhookEventRow};
@@ -176,6 +177,9 @@ async fn handle(state: &WebhookState, row: &WebhookEventRow) -> Result<(), Proce
                 properties.insert("text".into(), json!(text));
             }
             record_event(state, row, &event, &user, "line_message", properties).await?;
+            if let Some(text) = &message.text {
+                crate::replies::respond(state, row, &event, &user, Incoming::Text(text)).await?;
+            }
         }
         (EventKind::Postback { data, params }, Some(user)) => {
             let mut properties = Map::new();
@@ -187,7 +191,7 @@ async fn handle(state: &WebhookState, row: &WebhookEventRow) -> Result<(), Proce
             match postback_action(data) {
                 Some("link") => start_account_link(state, &event, &user).await?,
                 Some("unlink") => unlink(state, &event, &user).await?,
-                _ => {}
+                _ => crate::replies::respond(state, row, &event, &user, Incoming::Postback(data)).await?,
             }
         }
         (EventKind::AccountLink { result, nonce }, user) => {
@@ -203,9 +207,14 @@ async fn handle(state: &WebhookState, row: &WebhookEventRow) -> Result<(), Proce
     Ok(())
 }
 
-/// The `action` of postback data such as `action=link&x=1`.
-fn postback_action(data: &str) -> Option<&str> {
-    data.split('&').filter_map(|pair| pair.split_once('=')).find(|(key, _)| *key == "action").map(|(_, value)| value)
+/// The renkei event id of a webhook event: `line:<webhookEventId>`, so a
+/// redelivery or a re-run is the same event (older payloads without the id
+/// use the inbox row's).
+pub(crate) fn event_key(row: &WebhookEventRow, event: &WebhookEvent) -> String {
+    match &event.webhook_event_id {
+        Some(id) => format!("line:{id}"),
+        None => format!("line:row-{}", row.id),
+    }
 }
 
 /// Stores a message or postback as a renkei event, so segments can use it.
@@ -218,10 +227,7 @@ async fn record_event(
     properties: Map<String, Value>,
 ) -> Result<(), ProcessError> {
     // Keyed on webhookEventId so a redelivery or a re-run adds nothing.
-    let key = match &event.webhook_event_id {
-        Some(id) => format!("line:{id}"),
-        None => format!("line:row-{}", row.id),
-    };
+    let key = event_key(row, event);
     let (Ok(event_type), Ok(event_id)) = (EventType::parse(event_type), EventId::parse(&key)) else {
         tracing::warn!(id = row.id, "webhook event cannot become a renkei event (id too long?); skipped");
         return Ok(());
@@ -351,19 +357,5 @@ async fn account_link(
             tracing::warn!(id = row.id, result = %result, "accountLink with an unknown result; ignored");
             Ok(())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn postback_actions() {
-        assert_eq!(postback_action("action=link"), Some("link"));
-        assert_eq!(postback_action("x=1&action=unlink&y"), Some("unlink"));
-        assert_eq!(postback_action("action"), None);
-        assert_eq!(postback_action(""), None);
-        assert_eq!(postback_action("action=buyItem&itemId=1"), Some("buyItem"));
     }
 }
