@@ -50,10 +50,17 @@ async fn load(store: &Arc<dyn Store>, sizes: &Sizes) -> Result<(), BoxError> {
     let users = sizes.hot.max(sizes.events / 10).max(1);
     let mut batch = Vec::with_capacity(10_000);
     for i in 0..sizes.events.max(sizes.hot) {
-        let (who, sku) = if i < sizes.hot { (i, "HOT".to_string()) } else { (rng.below(users), format!("S{}", rng.below(sizes.skus))) };
+        let (who, sku) = if i < sizes.hot {
+            (i, "HOT".to_string())
+        } else {
+            (rng.below(users), format!("S{}", rng.below(sizes.skus)))
+        };
         let at = now - Duration::seconds(i64::try_from(rng.below(60 * 86_400))? + 60);
-        batch.push(NewEvent::parse(&json!({"type": "favorite", "line_user_id": user(who),
-            "occurred_at": at.to_rfc3339(), "properties": {"sku": sku}}))?);
+        batch.push(
+            NewEvent::parse(&json!({"type": "favorite", "line_user_id": user(who),
+            "occurred_at": at.to_rfc3339(), "properties": {"sku": sku}}))
+            .map_err(|e| format!("{e:?}"))?,
+        );
         if batch.len() == 10_000 {
             store.insert_events(&batch, now).await?;
             batch.clear();
@@ -64,11 +71,12 @@ async fn load(store: &Arc<dyn Store>, sizes: &Sizes) -> Result<(), BoxError> {
 }
 
 async fn runner(store: &Arc<dyn Store>) -> Result<CampaignRunner, BoxError> {
-    let segments = SegmentSet::from_sources(Vec::<(PathBuf, String)>::new())?;
+    let segments = SegmentSet::from_sources(Vec::<(PathBuf, String)>::new()).map_err(|e| format!("{e:?}"))?;
     let templates = vec![("same".to_string(), PathBuf::from("same.json.hbs"), SAME.to_string())];
-    let campaigns =
-        Arc::new(CampaignSet::from_sources(vec![(PathBuf::from("c.yaml"), CAMPAIGN.to_string())], templates, &segments)
-            .map_err(|e| format!("{e:?}"))?);
+    let campaigns = Arc::new(
+        CampaignSet::from_sources(vec![(PathBuf::from("c.yaml"), CAMPAIGN.to_string())], templates, &segments)
+            .map_err(|e| format!("{e:?}"))?,
+    );
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     Ok(CampaignRunner::new(
         RunnerStore::of(store),
@@ -85,7 +93,8 @@ async fn runner(store: &Arc<dyn Store>) -> Result<CampaignRunner, BoxError> {
 /// Stores a restock of `sku` and fans it out: (users newly enqueued, seconds).
 async fn restock(store: &Arc<dyn Store>, runner: &CampaignRunner, id: &str, sku: &str) -> Result<(u64, f64), BoxError> {
     let event = NewEvent::parse(&json!({"event_id": id, "type": "restock", "line_user_id": user(u64::MAX >> 1),
-        "occurred_at": Utc::now().to_rfc3339(), "properties": {"sku": sku}}))?;
+        "occurred_at": Utc::now().to_rfc3339(), "properties": {"sku": sku}}))
+    .map_err(|e| format!("{e:?}"))?;
     store.insert_events(&[event], Utc::now()).await?;
     let stored = store.events_after(0, &["restock".to_string()], 1_000).await?;
     let event = stored.into_iter().find(|e| e.event_id.as_deref() == Some(id)).ok_or("restock not stored")?;
@@ -99,7 +108,11 @@ async fn run(backend: Backend, test: TestStore, sizes: &Sizes) -> Result<(), Box
     let store = test.store.clone();
     let loading = Instant::now();
     load(&store, sizes).await?;
-    println!("{backend:?}: {} favourites loaded in {:.1} s", sizes.events.max(sizes.hot), loading.elapsed().as_secs_f64());
+    println!(
+        "{backend:?}: {} favourites loaded in {:.1} s",
+        sizes.events.max(sizes.hot),
+        loading.elapsed().as_secs_f64()
+    );
     let runner = runner(&store).await?;
     let (cold, cold_secs) = restock(&store, &runner, "cold", "S1").await?;
     println!("{backend:?}: restock of a SKU few favourited: {cold} users in {:.3} s", cold_secs);
