@@ -139,6 +139,12 @@ async fn a_restock_reaches_each_favouriter_once_by_multicast_and_a_repeat_sends_
     let sim = LineSim::spawn(SimConfig::default()).await.expect("simulator");
     let Some(app) = spawn_app_with(backend, configure(&files, &sim)).await else { return };
     scheduler_started(&app).await;
+    let (status, body) = app.get("/v1/campaigns").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["campaigns"][0]["trigger"],
+        json!({"fanout": {"event": "restock", "to": {"event": ["favorite"], "match": ["sku"], "within": "90d"}}})
+    );
     members(&app).await;
     post_events(&app, favourites()).await;
     // Restocks a few minutes ago (a restock's notices are due at its time).

@@ -551,7 +551,9 @@ impl CampaignRunner {
     /// window the event falls in (`fanout:<values key>:<window start µs>`,
     /// the window kept by [`ScheduleStore::open_window`]), so the outbox's
     /// uniqueness sends each user once per window, across repeats of the
-    /// event, restarts and instances. Returns how many deliveries were new.
+    /// event, restarts and instances; the query already leaves out users
+    /// with a delivery of that key, so a repeat reads and renders only who is
+    /// new. Returns how many deliveries were new.
     ///
     /// Deliveries are enqueued [`FANOUT_BATCH`] distinct users at a time
     /// (each batch one transaction), so that the dispatcher's claims of
@@ -572,11 +574,13 @@ impl CampaignRunner {
         let key = FanoutTarget::values_key(&values);
         let window = format!("fanout:{}:{key}", campaign.id);
         let start = self.store.schedule.open_window(&window, event.occurred_at, to.within).await?;
+        let trigger_key = format!("fanout:{key}:{}", start.timestamp_micros());
         let query = FanoutQuery {
             event_types: to.event_types.clone(),
             matches: values,
             since: event.occurred_at - to.within,
             until: event.occurred_at,
+            not_delivered: Some((campaign.id.clone(), trigger_key.clone())),
         };
         let event_json = json!({
             "type": event.event_type,
@@ -587,13 +591,7 @@ impl CampaignRunner {
         if event.occurred_at < self.clock.now() - self.settings.misfire_grace {
             context["expired"] = Value::String(rfc3339(event.occurred_at));
         }
-        let instance = FanoutInstance {
-            campaign,
-            trigger_key: format!("fanout:{key}:{}", start.timestamp_micros()),
-            event: &event_json,
-            due_at: event.occurred_at,
-            context,
-        };
+        let instance = FanoutInstance { campaign, trigger_key, event: &event_json, due_at: event.occurred_at, context };
         let (mut after, mut new) = (None, 0);
         let (mut seen, mut pending) = (HashSet::new(), Vec::new());
         loop {

@@ -52,6 +52,9 @@ pub struct FanoutQuery {
     pub matches: Vec<(String, String)>,
     pub since: DateTime<Utc>,
     pub until: DateTime<Utc>,
+    /// `(campaign_id, trigger_key)`: leave out recipients that already have
+    /// a delivery of this trigger (a repeat reads only who is new).
+    pub not_delivered: Option<(String, String)>,
 }
 
 /// One event a fan-out matched, with its recipient.
@@ -207,6 +210,15 @@ impl<S: EventsSql> EventStore for S {
         let (after_at, after_id) = after.unwrap_or((query.since, 0));
         let mut sql =
             fanout_sql(query.event_types.len(), query.matches.iter().map(|(path, _)| path), S::property_equals);
+        if query.not_delivered.is_some() {
+            // The outbox's unique (campaign_id, trigger_key, recipient_key) index answers it.
+            let next = 6 + query.event_types.len() + query.matches.len();
+            sql.push_str(&format!(
+                " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = ${next} AND d.trigger_key = ${}
+                   AND d.recipient_key = COALESCE(e.line_user_id, l.line_user_id, 'member:' || e.member_id))",
+                next + 1
+            ));
+        }
         sql.push_str(" ORDER BY e.occurred_at, e.id LIMIT $1");
         let mut statement = stmt_built::<S::Db>(sql)
             .bind(limit)
@@ -219,6 +231,9 @@ impl<S: EventsSql> EventStore for S {
         }
         for (_, value) in &query.matches {
             statement = statement.bind(value.as_str());
+        }
+        if let Some((campaign_id, trigger_key)) = &query.not_delivered {
+            statement = statement.bind(campaign_id.as_str()).bind(trigger_key.as_str());
         }
         statement
             .all(self.reader(), |row| {

@@ -1,10 +1,12 @@
 //! The fan-out query (who a restock reaches) and the once-per window, on
 //! both backends: the same SKU within the window matches; another SKU, an
 //! event outside the window, another type or a number never do; member-only
-//! events reach the linked LINE user, or stay member-only when unlinked.
+//! events reach the linked LINE user, or stay member-only when unlinked;
+//! recipients already delivered for the trigger are left out.
 
 use chrono::{DateTime, Duration, Utc};
 use renkei_core::LinkMethod;
+use renkei_store::dispatch::NewDelivery;
 use renkei_store::{FanoutHit, FanoutQuery};
 use renkei_test_support::TestStore;
 use serde_json::json;
@@ -26,6 +28,7 @@ fn query(types: &[&str], sku: &str, until: DateTime<Utc>, within: Duration) -> F
         matches: vec![("sku".to_string(), sku.to_string())],
         since: until - within,
         until,
+        not_delivered: None,
     }
 }
 
@@ -84,6 +87,25 @@ async fn a_fanout_matches_the_same_sku_within_the_window(store: TestStore) {
     assert!(recipients(&both).contains(&(Some(u(4)), None)));
     let b = all_hits(&store, &query(&["favorite"], "B", restock, Duration::hours(24)), 100).await;
     assert_eq!(recipients(&b), BTreeSet::from([(Some(u(5)), None)]));
+    // Recipients with a delivery of the trigger are left out (by LINE user, or member key).
+    let delivery = |recipient: &str, line_user_id: Option<renkei_core::LineUserId>| NewDelivery {
+        campaign_id: "c".into(),
+        trigger_key: "fanout:k:1".into(),
+        recipient_key: recipient.into(),
+        line_user_id,
+        member_id: None,
+        due_at: restock,
+        messages: json!([]),
+        context: json!({}),
+    };
+    let done = [delivery(&u(1), Some(user(1))), delivery(&u(2), Some(user(2))), delivery("member:m3", None)];
+    store.insert_deliveries(&done, restock).await.expect("deliveries");
+    let mut repeat = query(&["favorite"], "A", restock, Duration::hours(24));
+    repeat.not_delivered = Some(("c".into(), "fanout:k:1".into()));
+    assert_eq!(recipients(&all_hits(&store, &repeat, 100).await), BTreeSet::from([(Some(u(12)), None)]));
+    repeat.not_delivered = Some(("c".into(), "fanout:k:2".into()));
+    assert_eq!(recipients(&all_hits(&store, &repeat, 100).await).len(), 4, "another window's key");
+
     // Nested properties are reached by a dotted name.
     let mut nested = query(&["favorite"], "A", restock, Duration::hours(24));
     nested.matches = vec![("item.sku".to_string(), "A".to_string())];
