@@ -551,9 +551,9 @@ impl CampaignRunner {
     /// window the event falls in (`fanout:<values key>:<window start µs>`,
     /// the window kept by [`ScheduleStore::open_window`]), so the outbox's
     /// uniqueness sends each user once per window, across repeats of the
-    /// event, restarts and instances; the query already leaves out users
-    /// with a delivery of that key, so a repeat reads and renders only who is
-    /// new. Returns how many deliveries were new.
+    /// event, restarts and instances; the query marks users who have a
+    /// delivery of that key, so a repeat renders only who is new. Returns
+    /// how many deliveries were new.
     ///
     /// Deliveries are enqueued [`FANOUT_BATCH`] distinct users at a time
     /// (each batch one transaction), so that the dispatcher's claims of
@@ -598,7 +598,7 @@ impl CampaignRunner {
             let page = self.store.events.fanout_page(&query, after, PAGE).await?;
             let last_page = page.len() < PAGE as usize;
             after = page.last().map(|hit| hit.place());
-            pending.extend(page.iter().filter_map(|hit| {
+            pending.extend(page.iter().filter(|hit| !hit.delivered).filter_map(|hit| {
                 let user = hit.line_user_id.as_deref().and_then(|u| LineUserId::parse(u).ok());
                 let member = hit.member_id.as_deref().and_then(|m| MemberId::parse(m).ok());
                 let key = recipient_key(user.as_ref(), member.as_ref())?;
