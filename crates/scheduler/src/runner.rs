@@ -551,9 +551,9 @@ impl CampaignRunner {
     /// window the event falls in (`fanout:<values key>:<window start µs>`,
     /// the window kept by [`ScheduleStore::open_window`]), so the outbox's
     /// uniqueness sends each user once per window, across repeats of the
-    /// event, restarts and instances; the query marks users who have a
-    /// delivery of that key, so a repeat renders only who is new. Returns
-    /// how many deliveries were new.
+    /// event, restarts and instances; users who have a delivery of that key
+    /// are looked up per page and left out, so a repeat renders only who is
+    /// new. Returns how many deliveries were new.
     ///
     /// Deliveries are enqueued [`FANOUT_BATCH`] distinct users at a time
     /// (each batch one transaction), so that the dispatcher's claims of
@@ -580,7 +580,6 @@ impl CampaignRunner {
             matches: values,
             since: event.occurred_at - to.within,
             until: event.occurred_at,
-            not_delivered: Some((campaign.id.clone(), trigger_key.clone())),
         };
         let event_json = json!({
             "type": event.event_type,
@@ -598,12 +597,25 @@ impl CampaignRunner {
             let page = self.store.events.fanout_page(&query, after, PAGE).await?;
             let last_page = page.len() < PAGE as usize;
             after = page.last().map(|hit| hit.place());
-            pending.extend(page.iter().filter(|hit| !hit.delivered).filter_map(|hit| {
-                let user = hit.line_user_id.as_deref().and_then(|u| LineUserId::parse(u).ok());
-                let member = hit.member_id.as_deref().and_then(|m| MemberId::parse(m).ok());
-                let key = recipient_key(user.as_ref(), member.as_ref())?;
-                seen.insert(hash_of(&key)).then_some((user, member))
-            }));
+            let fresh: Vec<(String, Option<LineUserId>, Option<MemberId>)> = page
+                .iter()
+                .filter_map(|hit| {
+                    let user = hit.line_user_id.as_deref().and_then(|u| LineUserId::parse(u).ok());
+                    let member = hit.member_id.as_deref().and_then(|m| MemberId::parse(m).ok());
+                    let key = recipient_key(user.as_ref(), member.as_ref())?;
+                    seen.insert(hash_of(&key)).then_some((key, user, member))
+                })
+                .collect();
+            // A repeat inside the window renders only who is new.
+            let keys: Vec<String> = fresh.iter().map(|(key, _, _)| key.clone()).collect();
+            let delivered =
+                self.store.outbox_reads.delivered_recipients(&campaign.id, &instance.trigger_key, &keys).await?;
+            pending.extend(
+                fresh
+                    .into_iter()
+                    .filter(|(key, _, _)| !delivered.contains(key))
+                    .map(|(_, user, member)| (user, member)),
+            );
             while pending.len() >= FANOUT_BATCH || (last_page && !pending.is_empty()) {
                 let batch: Vec<_> = pending.drain(..pending.len().min(FANOUT_BATCH)).collect();
                 new += self.enqueue_fanout(&instance, batch).await?;

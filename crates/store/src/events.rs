@@ -52,10 +52,6 @@ pub struct FanoutQuery {
     pub matches: Vec<(String, String)>,
     pub since: DateTime<Utc>,
     pub until: DateTime<Utc>,
-    /// `(campaign_id, trigger_key)`: mark each hit whose recipient already
-    /// has a delivery of this trigger ([`FanoutHit::delivered`]), so that a
-    /// repeat renders only who is new.
-    pub not_delivered: Option<(String, String)>,
 }
 
 /// One event a fan-out matched, with its recipient.
@@ -67,8 +63,6 @@ pub struct FanoutHit {
     /// The event's LINE user, else the one its member is linked to.
     pub line_user_id: Option<String>,
     pub member_id: Option<String>,
-    /// The recipient has a delivery of [`FanoutQuery::not_delivered`]'s trigger.
-    pub delivered: bool,
 }
 
 impl FanoutHit {
@@ -225,9 +219,6 @@ impl<S: EventsSql> EventStore for S {
         for (_, value) in &query.matches {
             statement = statement.bind(value.as_str());
         }
-        if let Some((campaign_id, trigger_key)) = &query.not_delivered {
-            statement = statement.bind(campaign_id.as_str()).bind(trigger_key.as_str());
-        }
         statement
             .all(self.reader(), |row| {
                 Ok(FanoutHit {
@@ -235,7 +226,6 @@ impl<S: EventsSql> EventStore for S {
                     id: row.int("id")?,
                     line_user_id: row.opt_string("line_user_id")?,
                     member_id: row.opt_string("member_id")?,
-                    delivered: row.boolean("delivered")?,
                 })
             })
             .await
@@ -253,31 +243,15 @@ impl<S: EventsSql> EventStore for S {
 }
 
 /// A fan-out's query: `$1` the limit, `$2`/`$3` the window, `$4`/`$5` the
-/// place after which the page starts, then the types, the match values and
-/// the `not_delivered` campaign and trigger key. The recipient is the
-/// event's LINE user, else its member's linked one. `occurred_at >= $4`
-/// bounds the index range, so a page reads from where the last one ended.
-///
-/// `delivered` is a subquery in the select list, not a `NOT EXISTS` filter:
-/// PostgreSQL would turn that into an anti-join planned on its estimate of
-/// the SKU's events, and with a few expected it re-scans every delivery of
-/// the trigger per event (quadratic for a hot SKU). In the select list it is
-/// one probe of the outbox's unique index per event on both backends.
+/// place after which the page starts, then the types, then the match values.
+/// The recipient is the event's LINE user, else its member's linked one.
+/// `occurred_at >= $4` bounds the index range, so a page reads from where
+/// the last one ended.
 fn fanout_sql(query: &FanoutQuery, property_equals: fn(&str, usize) -> String) -> String {
     let types = query.event_types.len();
     let type_params: Vec<String> = (0..types).map(|k| format!("${}", 6 + k)).collect();
-    let next = 6 + types + query.matches.len();
-    let delivered = match query.not_delivered {
-        Some(_) => format!(
-            "EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = ${next} AND d.trigger_key = ${}
-               AND d.recipient_key = COALESCE(e.line_user_id, l.line_user_id, 'member:' || e.member_id))",
-            next + 1
-        ),
-        None => "FALSE".to_string(),
-    };
     let mut sql = format!(
-        "SELECT e.id, e.occurred_at, COALESCE(e.line_user_id, l.line_user_id) AS line_user_id, e.member_id,
-                {delivered} AS delivered
+        "SELECT e.id, e.occurred_at, COALESCE(e.line_user_id, l.line_user_id) AS line_user_id, e.member_id
          FROM events e LEFT JOIN links l ON e.line_user_id IS NULL AND l.member_id = e.member_id
          WHERE e.type IN ({}) AND e.occurred_at > $2 AND e.occurred_at <= $3
            AND e.occurred_at >= $4 AND (e.occurred_at > $4 OR e.id > $5)",
