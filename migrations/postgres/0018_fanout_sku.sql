@@ -6,7 +6,8 @@
 -- on other properties reads every event of its types in the window (add an
 -- index of this shape for such a property).
 --
--- Backend differences: SQLite indexes `json_extract(properties, '$.sku')`,
+-- Backend differences: SQLite indexes `json_extract(properties, '$.sku')`
+-- of valid JSON only (see the SQLite file),
 -- PostgreSQL `(properties ->> 'sku')`; each is the expression the store's
 -- fan-out query writes (`crates/store/src/{sqlite,postgres}/events.rs`).
 CREATE INDEX events_sku ON events (type, (properties ->> 'sku'), occurred_at)

@@ -6,8 +6,11 @@
 -- on other properties reads every event of its types in the window (add an
 -- index of this shape for such a property).
 --
--- Backend differences: SQLite indexes `json_extract(properties, '$.sku')`,
--- PostgreSQL `(properties ->> 'sku')`; each is the expression the store's
--- fan-out query writes (`crates/store/src/{sqlite,postgres}/events.rs`).
-CREATE INDEX events_sku ON events (type, json_extract(properties, '$.sku'), occurred_at)
-    WHERE json_extract(properties, '$.sku') IS NOT NULL;
+-- Backend differences: SQLite indexes `json_extract(properties, '$.sku')`
+-- of valid JSON only (json_extract fails on anything else, which would make
+-- writing such a row fail), PostgreSQL `(properties ->> 'sku')` (jsonb is
+-- always valid); each is the expression the store's fan-out query writes
+-- (`crates/store/src/{sqlite,postgres}/events.rs`).
+CREATE INDEX events_sku ON events
+    (type, (CASE WHEN json_valid(properties) THEN json_extract(properties, '$.sku') END), occurred_at)
+    WHERE (CASE WHEN json_valid(properties) THEN json_extract(properties, '$.sku') END) IS NOT NULL;
