@@ -51,6 +51,10 @@ fn configure(files: &Files, sim: &SimHandle) -> impl FnOnce(&mut renkei::config:
         c.line.channel_secret = secret.as_str().into();
         c.line.channel_access_token = token.as_str().into();
         c.line.api_base_url = base;
+        // One planner: several (PostgreSQL's default is 3) claim at the same
+        // time with SKIP LOCKED and may split a batch of identical messages
+        // between them, into more, smaller multicasts.
+        c.dispatch.planners = 1;
     }
 }
 
