@@ -11,6 +11,7 @@ mod cli_segments;
 mod common;
 mod config;
 mod crash;
+mod fanout;
 mod limits;
 mod outage;
 mod relay;
