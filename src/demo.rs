@@ -9,7 +9,8 @@
 //! comes close and a birthday arrives. At the end it prints, from the
 //! simulator's record, what LINE was asked to deliver to whom, the rich menus
 //! linked, and the campaigns' totals from the HTTP API; then a step sequence
-//! and its lift, and users asking for their points and member card.
+//! and its lift, users asking for their points and member card, and a
+//! restock and a shipment notified.
 //!
 //! Time is real, so the tour arranges for things to happen within seconds: the
 //! abandoned cart is added almost an hour ago (the `older_than: 1h` passes a
@@ -84,6 +85,8 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
     crate::demo_sequence::play(&live.tour, live.clock.now()).await?;
     // 9. Conversations: the reply rules.
     crate::demo_replies::play(&live.sim, &live.tour.http, &live.tour.base, NEWCOMER).await?;
+    // 10. Product notices: a restock fan-out and a shipping notice.
+    crate::demo_notices::play(&live.tour, &live.sim, live.clock.now()).await?;
     quiet_hours_as_written(&setup, &campaigns, &engine, &live).await?;
     finish(keep, started, live).await
 }

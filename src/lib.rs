@@ -6,6 +6,7 @@ pub mod campaigns;
 pub mod cli;
 pub mod config;
 pub mod demo;
+mod demo_notices;
 mod demo_replies;
 mod demo_sequence;
 mod health;

@@ -13,6 +13,7 @@ mod config;
 mod crash;
 mod dashboard;
 mod dashboard_browser;
+mod fanout;
 mod limits;
 mod outage;
 mod relay;

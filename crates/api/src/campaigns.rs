@@ -47,11 +47,23 @@ pub fn unknown(id: &str) -> ApiError {
     ApiError::not_found(format!("unknown campaign `{id}`"))
 }
 
+/// A duration as written in YAML, in its largest whole unit (`90d`, `36h`).
+fn duration_text(duration: chrono::Duration) -> String {
+    let seconds = duration.num_seconds();
+    let (count, unit) = [(604_800, 'w'), (86_400, 'd'), (3_600, 'h'), (60, 'm')]
+        .into_iter()
+        .find(|(size, _)| seconds != 0 && seconds % size == 0)
+        .map_or((seconds, 's'), |(size, unit)| (seconds / size, unit));
+    format!("{count}{unit}")
+}
+
 fn trigger_json(trigger: &Trigger) -> Value {
     match trigger {
         Trigger::SegmentEntered { segment } => json!({"segment_entered": segment}),
         Trigger::Schedule { expr, audience, .. } => json!({"schedule": expr, "audience": audience}),
         Trigger::Event { event_type, .. } => json!({"event": event_type}),
+        Trigger::Fanout { event_type, to, .. } => json!({"fanout": {"event": event_type, "to": {
+            "event": to.event_types, "match": to.match_props, "within": duration_text(to.within)}}}),
     }
 }
 

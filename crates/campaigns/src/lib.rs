@@ -25,8 +25,8 @@ pub mod template;
 
 pub use link::{LinkError, LinkKeys, LinkPayload, MemberCode};
 pub use model::{
-    Campaign, Exit, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Step, Timing, Trigger, Unless, Variant,
-    aggregation_unit,
+    Campaign, Exit, FanoutTarget, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Step, Timing, Trigger, Unless,
+    Variant, aggregation_unit,
 };
 pub use renkei_segments::Diagnostic;
 pub use replies::ReplySet;

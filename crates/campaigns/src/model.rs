@@ -225,6 +225,11 @@ impl Holdout {
 /// joined by NUL): holdouts and arms use different first parts, so the two
 /// assignments are independent.
 pub(crate) fn share_of(parts: &[&str]) -> u64 {
+    ((u128::from(stable_hash(parts)) * 10_000) >> 64) as u64
+}
+
+/// FNV-1a 64 over `parts` joined by NUL, finished with MurmurHash3's fmix64.
+fn stable_hash(parts: &[&str]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for (i, part) in parts.iter().enumerate() {
         let separator: &[u8] = if i == 0 { b"" } else { b"\0" };
@@ -233,13 +238,13 @@ pub(crate) fn share_of(parts: &[&str]) -> u64 {
         }
     }
     // FNV leaves a last byte's change in the low bits: finish with
-    // MurmurHash3's fmix64 so that every bit counts, then scale to 0..10_000.
+    // MurmurHash3's fmix64 so that every bit counts.
     hash ^= hash >> 33;
     hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
     hash ^= hash >> 33;
     hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     hash ^= hash >> 33;
-    ((u128::from(hash) * 10_000) >> 64) as u64
+    hash
 }
 
 /// One Flex message: `templates/<template>.json.hbs` renders the `contents`,
@@ -261,6 +266,10 @@ pub enum Trigger {
     /// cancelling event has arrived by send time.
     /// Only events whose properties pass `filters` (`where`, as in segments) trigger it.
     Event { event_type: String, timing: Timing, unless: Option<Unless>, filters: Vec<renkei_segments::PropertyFilter> },
+    /// On an event of `event_type` passing `filters` (a restock), to every
+    /// user with an event of [`FanoutTarget`] matching it (who favourited
+    /// that SKU lately): once per user and window (see [`FanoutTarget`]).
+    Fanout { event_type: String, filters: Vec<renkei_segments::PropertyFilter>, to: FanoutTarget },
 }
 
 impl Trigger {
@@ -268,7 +277,9 @@ impl Trigger {
     /// (at `now`, in `tz`); other triggers take no events.
     pub fn takes_event(&self, properties: &Map<String, Value>, now: DateTime<Utc>, tz: Tz) -> bool {
         match self {
-            Trigger::Event { filters, .. } => renkei_segments::properties_match(filters, properties, now, tz),
+            Trigger::Event { filters, .. } | Trigger::Fanout { filters, .. } => {
+                renkei_segments::properties_match(filters, properties, now, tz)
+            }
             _ => false,
         }
     }
@@ -278,8 +289,57 @@ impl Trigger {
         match self {
             Trigger::SegmentEntered { segment } => Some(segment),
             Trigger::Schedule { audience, .. } => Some(audience),
-            Trigger::Event { .. } => None,
+            Trigger::Event { .. } | Trigger::Fanout { .. } => None,
         }
+    }
+
+    /// The type of the events that trigger it (event and fan-out triggers).
+    pub fn event_type(&self) -> Option<&str> {
+        match self {
+            Trigger::Event { event_type, .. } | Trigger::Fanout { event_type, .. } => Some(event_type),
+            _ => None,
+        }
+    }
+}
+
+/// `fanout.to`: who a fan-out reaches. A user is reached when one of their
+/// events (by LINE user, or by a member linked to one) has a type in
+/// `event_types`, occurred in `(trigger − within, trigger]`, and carries
+/// every `match_props` property as a string equal to the trigger event's.
+///
+/// Once per window: the first trigger event with given match values opens a
+/// window of `within`; later ones with the same values inside it share its
+/// trigger key, so a user is sent at most once per window (users who
+/// qualified since are sent at the repeat). A trigger at or after the
+/// window's end opens the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutTarget {
+    /// One or more event types (`favorite`, or `[favorite, view]`).
+    pub event_types: Vec<String>,
+    /// Property names (dotted for nested, `[A-Za-z0-9_]` segments), at least one.
+    pub match_props: Vec<String>,
+    /// How far back a user's event counts, and the once-per window.
+    pub within: Duration,
+}
+
+impl FanoutTarget {
+    /// The trigger event's value of each match property, in order, or the
+    /// first property that is missing or not a string.
+    pub fn match_values(&self, properties: &Map<String, Value>) -> Result<Vec<(String, String)>, String> {
+        self.match_props
+            .iter()
+            .map(|name| match lookup(properties, name) {
+                Some(Value::String(value)) => Ok((name.clone(), value.clone())),
+                _ => Err(name.clone()),
+            })
+            .collect()
+    }
+
+    /// A stable 64-bit name of the match values (for trigger keys and the
+    /// window's cursor): the same values, the same key, on every instance.
+    pub fn values_key(values: &[(String, String)]) -> String {
+        let parts: Vec<&str> = values.iter().flat_map(|(name, value)| [name.as_str(), value.as_str()]).collect();
+        format!("{:016x}", stable_hash(&parts))
     }
 }
 

@@ -3,7 +3,8 @@
 //! `renkei_segments`' parser).
 
 use crate::model::{
-    Campaign, Exit, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Step, Timing, Trigger, Unless, Variant,
+    Campaign, Exit, FanoutTarget, FrequencyCap, Goal, Holdout, MessageSpec, QuietHours, Step, Timing, Trigger, Unless,
+    Variant,
 };
 use chrono::{Duration, NaiveTime};
 use renkei_core::{EventType, SpanDuration};
@@ -29,7 +30,7 @@ const CAMPAIGN_KEYS: [&str; 13] = [
     "steps",
     "exit",
 ];
-const TRIGGER_KINDS: [&str; 3] = ["segment_entered", "schedule", "event"];
+const TRIGGER_KINDS: [&str; 4] = ["segment_entered", "schedule", "event", "fanout"];
 
 /// Template names become file names: letters, digits, `_` and `-` only.
 pub(crate) fn is_valid_template_name(name: &str) -> bool {
@@ -128,6 +129,16 @@ impl Parser<'_> {
                 None
             }
         }
+    }
+
+    /// A duration longer than 0; `message` when it is 0.
+    fn positive_duration(&mut self, node: &Node, message: &str) -> Option<Duration> {
+        let duration = self.duration(node)?;
+        if duration <= Duration::zero() {
+            self.r.error(node.pos, message);
+            return None;
+        }
+        Some(duration)
     }
 
     /// A duration that may be negative (`-1d`) or carry a `+`.
@@ -256,7 +267,7 @@ impl Parser<'_> {
 
     fn trigger(&mut self, node: &Node) -> Option<Trigger> {
         let errors_before = self.r.errors;
-        let entries = self.r.entries(node, "a trigger (a map with one of segment_entered, schedule, event)")?;
+        let entries = self.r.entries(node, "a trigger (a map with one of segment_entered, schedule, event, fanout)")?;
         let mut kind: Option<(&str, &Node)> = None;
         for &(key, key_node, value) in &entries {
             if !TRIGGER_KINDS.contains(&key) {
@@ -275,7 +286,7 @@ impl Parser<'_> {
         let Some((kind, value)) = kind else {
             self.unknown_keys(
                 &entries,
-                &["segment_entered", "schedule", "event", "audience", "at", "delay", "unless", "where"],
+                &["segment_entered", "schedule", "event", "fanout", "audience", "at", "delay", "unless", "where"],
                 "a trigger",
             );
             self.r.error(node.pos, "a trigger needs exactly one of: segment_entered, schedule, event");
@@ -284,6 +295,7 @@ impl Parser<'_> {
         let allowed: &[&str] = match kind {
             "segment_entered" => &["segment_entered"],
             "schedule" => &["schedule", "audience"],
+            "fanout" => &["fanout"],
             _ => &["event", "where", "at", "delay", "unless"],
         };
         for &(key, key_node, _) in &entries {
@@ -292,6 +304,7 @@ impl Parser<'_> {
             }
             let message = match key {
                 "audience" => "`audience` inside `trigger` belongs to a schedule trigger (use the top-level `audience` to filter other campaigns)".to_string(),
+                "where" if kind == "fanout" => "a fan-out's `where` goes inside `fanout` (`fanout: {event, where, to}`)".to_string(),
                 "at" | "delay" | "unless" | "where" => format!("`{key}` belongs to an event trigger"),
                 _ => format!("unknown key `{key}` in a {kind} trigger (expected one of: {})", allowed.join(", ")),
             };
@@ -317,6 +330,7 @@ impl Parser<'_> {
                     _ => None,
                 }
             }
+            "fanout" => self.fanout(value),
             _ => {
                 let event_type = self.event_type(value);
                 let timing = match (get("delay"), get("at")) {
@@ -348,6 +362,94 @@ impl Parser<'_> {
             return None;
         }
         trigger
+    }
+
+    /// `fanout: {event: TYPE, where?: {…}, to: {event: TYPE | [TYPE, …], match: [PROPERTY, …], within: DURATION}}`.
+    fn fanout(&mut self, node: &Node) -> Option<Trigger> {
+        let errors_before = self.r.errors;
+        let entries = self.r.entries(node, "a map {event: TYPE, where?: {…}, to: {event, match, within}}")?;
+        self.unknown_keys(&entries, &["event", "where", "to"], "`fanout`");
+        self.require(&entries, node, &["event", "to"], "`fanout`");
+        let (mut event_type, mut filters, mut to) = (None, Some(Vec::new()), None);
+        for &(key, _, value) in &entries {
+            match key {
+                "event" => event_type = self.event_type(value),
+                "where" => filters = renkei_segments::parse_where(&mut self.r, value),
+                "to" => to = self.fanout_target(value),
+                _ => {}
+            }
+        }
+        if self.r.errors != errors_before {
+            return None;
+        }
+        Some(Trigger::Fanout { event_type: event_type?, filters: filters?, to: to? })
+    }
+
+    /// `to: {event: TYPE | [TYPE, …], match: [PROPERTY, …], within: DURATION}`.
+    fn fanout_target(&mut self, node: &Node) -> Option<FanoutTarget> {
+        let errors_before = self.r.errors;
+        let entries = self.r.entries(node, "a map {event: TYPE, match: [PROPERTY, …], within: DURATION}")?;
+        self.unknown_keys(&entries, &["event", "match", "within"], "`fanout.to`");
+        self.require(&entries, node, &["event", "match", "within"], "`fanout.to`");
+        let (mut event_types, mut match_props, mut within) = (Vec::new(), Vec::new(), None);
+        for &(key, _, value) in &entries {
+            match key {
+                "event" => event_types = self.event_types(value),
+                "match" => match &value.kind {
+                    NodeKind::Seq(items) if items.is_empty() => self.r.error(
+                        value.pos,
+                        "`match` needs at least 1 property: without one every such event would match every trigger",
+                    ),
+                    NodeKind::Seq(items) => {
+                        match_props = items.iter().filter_map(|item| self.match_property(item)).collect();
+                    }
+                    _ => self.r.wrong_type(value, "a list of property names"),
+                },
+                "within" => {
+                    within = self.positive_duration(value, "`within` must be longer than 0: no event could match")
+                }
+                _ => {}
+            }
+        }
+        if self.r.errors != errors_before {
+            return None;
+        }
+        Some(FanoutTarget { event_types, match_props, within: within? })
+    }
+
+    /// One event type, or a non-empty list of distinct ones.
+    fn event_types(&mut self, node: &Node) -> Vec<String> {
+        let NodeKind::Seq(items) = &node.kind else {
+            return self.event_type(node).into_iter().collect();
+        };
+        if items.is_empty() {
+            self.r.error(node.pos, "`event` needs at least 1 event type");
+        }
+        let mut types: Vec<String> = Vec::new();
+        for item in items {
+            if let Some(event_type) = self.event_type(item) {
+                if types.contains(&event_type) {
+                    self.r.error(item.pos, format!("duplicate event type `{event_type}`"));
+                } else {
+                    types.push(event_type);
+                }
+            }
+        }
+        types
+    }
+
+    /// A fan-out's match property: it becomes part of the query's SQL, so
+    /// only `[A-Za-z0-9_]` path segments.
+    fn match_property(&mut self, node: &Node) -> Option<String> {
+        let name = self.property_name(node)?;
+        if !name.split('.').all(|part| part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')) {
+            self.r.error(
+                node.pos,
+                format!("invalid match property {:?}: letters, digits and `_` only (dots for nested)", shorten(&name)),
+            );
+            return None;
+        }
+        Some(name)
     }
 
     fn cron(&mut self, node: &Node) -> Option<(String, cron::Schedule)> {
@@ -597,10 +699,7 @@ impl Parser<'_> {
                 "event" => event = self.event_type(item),
                 "where" => filters = renkei_segments::parse_where(&mut self.r, item),
                 "within" => {
-                    within = self.duration(item);
-                    if within.is_some_and(|w| w <= Duration::zero()) {
-                        self.r.error(item.pos, "`within` must be longer than 0: nothing could convert");
-                    }
+                    within = self.positive_duration(item, "`within` must be longer than 0: nothing could convert")
                 }
                 "value" => value = self.property_name(item),
                 _ => {}
@@ -736,12 +835,7 @@ impl Parser<'_> {
                         self.r.error(value.pos, "`max` must be an integer of at least 1");
                     }
                 }
-                "per" => {
-                    per = self.duration(value);
-                    if per.is_some_and(|d| d <= Duration::zero()) {
-                        self.r.error(value.pos, "`per` must be longer than 0s");
-                    }
-                }
+                "per" => per = self.positive_duration(value, "`per` must be longer than 0s"),
                 _ => {}
             }
         }

@@ -334,6 +334,12 @@ impl CampaignSet {
         self.iter().filter(move |c| matches!(&c.trigger, Trigger::Event { event_type: t, .. } if *t == event_type))
     }
 
+    /// Fan-out campaigns triggered by events of `event_type`.
+    pub fn fanning_out(&self, event_type: &str) -> impl Iterator<Item = &Campaign> + '_ {
+        let event_type = event_type.to_string();
+        self.iter().filter(move |c| matches!(&c.trigger, Trigger::Fanout { event_type: t, .. } if *t == event_type))
+    }
+
     /// Event types whose arrival can cancel a pending send (`unless.event`).
     pub fn cancelling_event_types(&self) -> BTreeSet<String> {
         self.iter()
@@ -473,10 +479,7 @@ pub(crate) fn check_flex_template(
 fn sample_context(campaign: &Campaign) -> Value {
     let mut member = Map::new();
     member.insert("name".into(), json!("山田 太郎"));
-    let event_type = match &campaign.trigger {
-        Trigger::Event { event_type, .. } => event_type.as_str(),
-        _ => "sample",
-    };
+    let event_type = campaign.trigger.event_type().unwrap_or("sample");
     let event = json!({"type": event_type, "occurred_at": "2026-08-01T16:00:00+09:00", "properties": {}});
     let ctx = RenderContext {
         member_id: Some("M00001"),

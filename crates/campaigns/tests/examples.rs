@@ -37,7 +37,9 @@ fn shipped_campaigns_load() {
             "gold_members_news",
             "gold_welcome",
             "link_promotion",
+            "order_shipped",
             "reservation_reminder",
+            "restock_notice",
             "trial_followup"
         ]
     );
@@ -163,4 +165,47 @@ fn the_gold_news_is_identical_for_every_member_so_it_can_be_multicast() {
         render(&a, "M00001", "U7db3d96b0f76480d94a7ded5f234fb96"),
         render(&b, "M00002", "U8b9f6668758c4fe7e8d334d84fc06722")
     );
+}
+
+#[test]
+fn the_restock_notice_is_identical_for_every_favouriter_and_shipping_names_the_parcel() {
+    let set = shipped();
+    let restock = set.get("restock_notice").unwrap();
+    let Trigger::Fanout { event_type, to, .. } = &restock.trigger else { panic!("fan-out trigger") };
+    assert_eq!((event_type.as_str(), to.event_types.as_slice()), ("restock", ["favorite".to_string()].as_slice()));
+    assert_eq!((to.match_props.as_slice(), to.within), (["sku".to_string()].as_slice(), chrono::Duration::days(90)));
+    let event = json!({"type": "restock", "occurred_at": "2026-08-01T10:00:00+09:00",
+        "properties": {"sku": "TS-001", "product_name": "リネンシャツ 白 M", "price": 6980, "stock": 12}});
+    let a = member();
+    let b = json!({"name": "小林 健太"}).as_object().unwrap().clone();
+    let render = |campaign, member: &Map<String, Value>, id: &str, user: &str, event: &Value| {
+        set.render(
+            campaign,
+            &RenderContext {
+                member_id: Some(id),
+                member: Some(member),
+                line_user_id: Some(user),
+                trigger_key: Some("fanout:0123456789abcdef:1"),
+                event: Some(event),
+                now: utc("2026-08-01T01:00:00Z"),
+                timezone: chrono_tz::Asia::Tokyo,
+                public_base_url: "https://renkei.example",
+            },
+        )
+        .unwrap()
+    };
+    let first = render(restock, &a, "M00001", "U7db3d96b0f76480d94a7ded5f234fb96", &event);
+    assert_eq!(first, render(restock, &b, "M00002", "U8b9f6668758c4fe7e8d334d84fc06722", &event), "multicast");
+    assert_eq!(first[0]["altText"], "再入荷のお知らせ: リネンシャツ 白 M");
+    let text = serde_json::to_string(&first[0]["contents"]).unwrap();
+    assert!(text.contains("¥6,980") && text.contains("https://shop.example/items/TS-001"), "{text}");
+
+    let shipped_order = set.get("order_shipped").unwrap();
+    assert_eq!(shipped_order.trigger.event_type(), Some("order_shipped"));
+    let event = json!({"type": "order_shipped", "occurred_at": "2026-08-01T10:00:00+09:00",
+        "properties": {"order_id": "O001484", "carrier": "ヤマト運輸", "tracking_number": "1234-5678-9012"}});
+    let message = render(shipped_order, &a, "M00001", "U7db3d96b0f76480d94a7ded5f234fb96", &event);
+    assert_eq!(message[0]["altText"], "渡辺 美咲さん、ご注文の商品を発送しました（注文番号 O001484）");
+    let text = serde_json::to_string(&message[0]["contents"]).unwrap();
+    assert!(text.contains("ヤマト運輸") && text.contains("1234-5678-9012"), "{text}");
 }

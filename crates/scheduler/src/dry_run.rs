@@ -91,7 +91,8 @@ pub async fn dry_run(
                 }
             }
         }
-        Trigger::Event { .. } => {
+        // What their trigger events enqueued and is still pending.
+        Trigger::Event { .. } | Trigger::Fanout { .. } => {
             let mut after = 0;
             loop {
                 let page = store.outbox_reads.campaign_deliveries(&campaign.id, after, 1_000).await?;

@@ -2,7 +2,8 @@
 //! deliveries in the outbox, and keeps each user's desired rich menu.
 //!
 //! Every trigger instance has a key (`entered:<transition id>`,
-//! `event:<event row id>`, `schedule:<fire time>`), and a delivery is unique
+//! `event:<event row id>`, `schedule:<fire time>`, `fanout:<match values
+//! key>:<window start>`), and a delivery is unique
 //! per campaign, trigger key and recipient, so reprocessing after a crash,
 //! or two instances doing the same work, never makes a second delivery.
 //!
@@ -14,12 +15,12 @@
 use crate::SchedulerResult;
 use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
-use renkei_campaigns::{Campaign, CampaignSet, RenderContext, RichMenuRules, Trigger, schedule};
+use renkei_campaigns::{Campaign, CampaignSet, FanoutTarget, RenderContext, RichMenuRules, Trigger, schedule};
 use renkei_core::{Clock, LineUserId, MemberId};
 use renkei_dispatcher::DispatchMetrics;
 use renkei_store::dispatch::{FireState, NewDelivery};
 use renkei_store::membership::{Cause, StoredTransition, TransitionKind, UserRecord};
-use renkei_store::{StoreResult, StoredEvent};
+use renkei_store::{FanoutQuery, StoreResult, StoredEvent};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -188,14 +189,8 @@ impl CampaignRunner {
     }
 
     fn event_types(&self) -> Vec<String> {
-        let mut types: Vec<String> = self
-            .campaigns
-            .iter()
-            .filter_map(|c| match &c.trigger {
-                Trigger::Event { event_type, .. } => Some(event_type.clone()),
-                _ => None,
-            })
-            .collect();
+        let mut types: Vec<String> =
+            self.campaigns.iter().filter_map(|c| c.trigger.event_type().map(str::to_string)).collect();
         types.sort();
         types.dedup();
         types
@@ -539,6 +534,125 @@ impl CampaignRunner {
                 deliveries.extend(self.deliveries(campaign, instance, now));
             }
         }
+        self.enqueue(&deliveries, now).await?;
+        for event in events {
+            for campaign in self.campaigns.fanning_out(&event.event_type) {
+                if campaign.trigger.takes_event(&event.properties, now, tz) {
+                    self.fan_out(campaign, event).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Enqueues a fan-out campaign for one trigger event: one delivery per
+    /// user its target reaches ([`FanoutTarget`]), reading a page of matching
+    /// events at a time. The trigger key names the match values and the
+    /// window the event falls in (`fanout:<values key>:<window start µs>`,
+    /// the window kept by [`ScheduleStore::open_window`]), so the outbox's
+    /// uniqueness sends each user once per window, across repeats of the
+    /// event, restarts and instances; users who have a delivery of that key
+    /// are looked up per page and left out, so a repeat renders only who is
+    /// new. Returns how many deliveries were new.
+    ///
+    /// Deliveries are enqueued [`FANOUT_BATCH`] distinct users at a time
+    /// (each batch one transaction), so that the dispatcher's claims of
+    /// identical payloads fill whole multicasts of 500. Users already enqueued
+    /// by this call are remembered as 64-bit hashes (8 bytes a user).
+    ///
+    /// [`ScheduleStore::open_window`]: renkei_store::ScheduleStore::open_window
+    pub async fn fan_out(&self, campaign: &Campaign, event: &StoredEvent) -> SchedulerResult<u64> {
+        let Trigger::Fanout { to, .. } = &campaign.trigger else { return Ok(0) };
+        let values = match to.match_values(&event.properties) {
+            Ok(values) => values,
+            Err(property) => {
+                tracing::warn!(campaign = %campaign.id, event = event.id, %property,
+                    "a fan-out's trigger event lacks the match property as a string; it reaches nobody");
+                return Ok(0);
+            }
+        };
+        let key = FanoutTarget::values_key(&values);
+        let window = format!("fanout:{}:{key}", campaign.id);
+        let start = self.store.schedule.open_window(&window, event.occurred_at, to.within).await?;
+        let trigger_key = format!("fanout:{key}:{}", start.timestamp_micros());
+        let query = FanoutQuery {
+            event_types: to.event_types.clone(),
+            matches: values,
+            since: event.occurred_at - to.within,
+            until: event.occurred_at,
+        };
+        let event_json = json!({
+            "type": event.event_type,
+            "occurred_at": rfc3339(event.occurred_at),
+            "properties": Value::Object(event.properties.clone()),
+        });
+        let mut context = json!({"event": event_json.clone(), "window_start": rfc3339(start)});
+        if event.occurred_at < self.clock.now() - self.settings.misfire_grace {
+            context["expired"] = Value::String(rfc3339(event.occurred_at));
+        }
+        let instance = FanoutInstance { campaign, trigger_key, event: &event_json, due_at: event.occurred_at, context };
+        let (mut after, mut new) = (None, 0);
+        let (mut seen, mut pending) = (HashSet::new(), Vec::new());
+        loop {
+            let page = self.store.events.fanout_page(&query, after, PAGE).await?;
+            let last_page = page.len() < PAGE as usize;
+            after = page.last().map(|hit| hit.place());
+            let fresh: Vec<(String, Option<LineUserId>, Option<MemberId>)> = page
+                .iter()
+                .filter_map(|hit| {
+                    let user = hit.line_user_id.as_deref().and_then(|u| LineUserId::parse(u).ok());
+                    let member = hit.member_id.as_deref().and_then(|m| MemberId::parse(m).ok());
+                    let key = recipient_key(user.as_ref(), member.as_ref())?;
+                    seen.insert(hash_of(&key)).then_some((key, user, member))
+                })
+                .collect();
+            // A repeat inside the window renders only who is new.
+            let keys: Vec<String> = fresh.iter().map(|(key, _, _)| key.clone()).collect();
+            let delivered =
+                self.store.outbox_reads.delivered_recipients(&campaign.id, &instance.trigger_key, &keys).await?;
+            pending.extend(
+                fresh
+                    .into_iter()
+                    .filter(|(key, _, _)| !delivered.contains(key))
+                    .map(|(_, user, member)| (user, member)),
+            );
+            while pending.len() >= FANOUT_BATCH || (last_page && !pending.is_empty()) {
+                let batch: Vec<_> = pending.drain(..pending.len().min(FANOUT_BATCH)).collect();
+                new += self.enqueue_fanout(&instance, batch).await?;
+            }
+            if last_page {
+                break;
+            }
+        }
+        tracing::info!(campaign = %campaign.id, event = event.id, trigger_key = %instance.trigger_key, new, "fan-out enqueued");
+        Ok(new)
+    }
+
+    /// Renders and enqueues one batch of a fan-out's recipients (LINE user,
+    /// else an unlinked member, whose delivery the dispatcher skips as
+    /// unlinked); returns how many were new.
+    async fn enqueue_fanout(
+        &self,
+        fanout: &FanoutInstance<'_>,
+        recipients: Vec<(Option<LineUserId>, Option<MemberId>)>,
+    ) -> SchedulerResult<u64> {
+        let users: Vec<LineUserId> = recipients.iter().filter_map(|(user, _)| user.clone()).collect();
+        let records = self.records(&users).await?;
+        let now = self.clock.now();
+        let mut deliveries = Vec::with_capacity(recipients.len());
+        for (line_user_id, member_id) in recipients {
+            let record = line_user_id.as_ref().and_then(|u| records.get(u));
+            let instance = Instance {
+                trigger_key: fanout.trigger_key.clone(),
+                member_id: record.and_then(|r| r.member_id.clone()).or(member_id),
+                line_user_id,
+                attributes: record.and_then(|r| r.attributes.as_ref()),
+                event: Some(fanout.event),
+                due_at: fanout.due_at,
+                context: fanout.context.clone(),
+            };
+            deliveries.extend(self.deliveries(fanout.campaign, instance, now));
+        }
         self.enqueue(&deliveries, now).await
     }
 
@@ -655,16 +769,17 @@ impl CampaignRunner {
             .collect())
     }
 
-    async fn enqueue(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> SchedulerResult<()> {
+    /// Inserts deliveries (those already in the outbox are ignored); returns how many were new.
+    async fn enqueue(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> SchedulerResult<u64> {
         if deliveries.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let new = self.store.outbox.insert_deliveries(deliveries, now).await?;
         DispatchMetrics::add(&self.metrics.deliveries_enqueued, new);
         if new > 0 {
             self.dispatch_wake.notify_waiters();
         }
-        Ok(())
+        Ok(new)
     }
 
     /// The deliveries of one trigger instance for one recipient: one, or
@@ -727,11 +842,8 @@ impl CampaignRunner {
         if let (Some(variant), Some(_)) = (campaign.message_range(step, user).0, user) {
             context["variant"] = Value::String(variant.id.clone());
         }
-        let recipient_key = match (&line_user_id, &member_id) {
-            (Some(user), _) => user.as_str().to_string(),
-            (None, Some(member)) => format!("member:{}", member.as_str()),
-            (None, None) => "unknown".to_string(),
-        };
+        let recipient_key =
+            recipient_key(line_user_id.as_ref(), member_id.as_ref()).unwrap_or_else(|| "unknown".to_string());
         NewDelivery {
             campaign_id: campaign.id.clone(),
             trigger_key,
@@ -747,6 +859,26 @@ impl CampaignRunner {
     pub fn campaigns(&self) -> &Arc<CampaignSet> {
         &self.campaigns
     }
+}
+
+/// One fan-out trigger instance, for every recipient.
+struct FanoutInstance<'a> {
+    campaign: &'a Campaign,
+    /// `fanout:<values key>:<window start µs>`.
+    trigger_key: String,
+    event: &'a Value,
+    due_at: DateTime<Utc>,
+    context: Value,
+}
+
+/// A fan-out's recipients per enqueue: a multiple of LINE's 500 per multicast.
+const FANOUT_BATCH: usize = 1_000;
+
+/// A 64-bit hash of a recipient key, to remember whom a fan-out enqueued
+/// (a collision, about 3 in 10⁸ at a million users, would miss one user).
+fn hash_of(key: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(key)
 }
 
 /// One trigger instance for one recipient, before it is rendered.
@@ -773,6 +905,15 @@ const LEASE_TERM: chrono::Duration = chrono::Duration::seconds(30);
 
 fn has_rich_menus(rules: &RichMenuRules) -> bool {
     !rules.rules.is_empty() || rules.default.is_some()
+}
+
+/// A delivery's recipient key: the LINE user, else `member:<id>`.
+fn recipient_key(user: Option<&LineUserId>, member: Option<&MemberId>) -> Option<String> {
+    match (user, member) {
+        (Some(user), _) => Some(user.as_str().to_string()),
+        (None, Some(member)) => Some(format!("member:{}", member.as_str())),
+        (None, None) => None,
+    }
 }
 
 fn unique(users: impl Iterator<Item = LineUserId>) -> Vec<LineUserId> {

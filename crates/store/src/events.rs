@@ -1,7 +1,7 @@
 //! Events: ingest (batches and streamed imports, deduplicated by
 //! `event_id`), and reads by row id (the scheduler tails them) and clicks.
 
-use crate::sql::{Dialect, Row, Sql, stmt};
+use crate::sql::{Dialect, Row, Sql, Ts, stmt, stmt_built};
 use crate::tallies::{TallyAdd, batch_tallies};
 use crate::{ImportReceiver, StoreError, StoreResult, parse_object};
 use async_trait::async_trait;
@@ -43,6 +43,35 @@ pub struct StoredEvent {
     pub properties: Map<String, Value>,
 }
 
+/// Whom a fan-out reaches: events of one of `event_types` that occurred in
+/// `(since, until]` and carry each of `matches` (property, dotted for nested,
+/// of `[A-Za-z0-9_]` segments) as this string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutQuery {
+    pub event_types: Vec<String>,
+    pub matches: Vec<(String, String)>,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+}
+
+/// One event a fan-out matched, with its recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutHit {
+    /// Its place in the order of pages: (`occurred_at`, row id).
+    pub occurred_at: DateTime<Utc>,
+    pub id: i64,
+    /// The event's LINE user, else the one its member is linked to.
+    pub line_user_id: Option<String>,
+    pub member_id: Option<String>,
+}
+
+impl FanoutHit {
+    /// Where the next page starts.
+    pub fn place(&self) -> (DateTime<Utc>, i64) {
+        (self.occurred_at, self.id)
+    }
+}
+
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Stores a validated batch atomically. Events whose `event_id` is known
@@ -61,6 +90,16 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The largest event row id (0 when none).
     async fn max_event_id(&self) -> StoreResult<i64>;
+
+    /// One page of the events a fan-out matches, in (`occurred_at`, id)
+    /// order after `after`. A user with several such events appears once
+    /// per event: the caller deduplicates.
+    async fn fanout_page(
+        &self,
+        query: &FanoutQuery,
+        after: Option<(DateTime<Utc>, i64)>,
+        limit: u32,
+    ) -> StoreResult<Vec<FanoutHit>>;
 
     /// `link_click` events of a campaign's tracked links: (clicks, distinct users).
     async fn campaign_clicks(&self, campaign_id: &str) -> StoreResult<(u64, u64)> {
@@ -92,6 +131,11 @@ pub trait EventsSql: Sql {
     /// Counts `link_click`s of campaign `$1` per `line_user_id` (column
     /// `clicks`): the JSON path syntax differs.
     const CAMPAIGN_CLICKS: &'static str;
+
+    /// A condition that the event `e`'s property `path` (`[A-Za-z0-9_]`
+    /// segments, dotted for nested) is a string equal to parameter `$param`,
+    /// written as migration 0018's index on `sku` is, so that it serves.
+    fn property_equals(path: &str, param: usize) -> String;
 
     /// [`EventStore::events_after`] with at least one type (a set parameter).
     async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>>;
@@ -151,6 +195,42 @@ impl<S: EventsSql> EventStore for S {
             .await
     }
 
+    async fn fanout_page(
+        &self,
+        query: &FanoutQuery,
+        after: Option<(DateTime<Utc>, i64)>,
+        limit: u32,
+    ) -> StoreResult<Vec<FanoutHit>> {
+        if query.event_types.is_empty() || query.matches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (after_at, after_id) = after.unwrap_or((query.since, 0));
+        let mut sql = fanout_sql(query, S::property_equals);
+        sql.push_str(" ORDER BY e.occurred_at, e.id LIMIT $1");
+        let mut statement = stmt_built::<S::Db>(sql)
+            .bind(limit)
+            .bind(Ts(query.since))
+            .bind(Ts(query.until))
+            .bind(Ts(after_at))
+            .bind(after_id);
+        for event_type in &query.event_types {
+            statement = statement.bind(event_type.as_str());
+        }
+        for (_, value) in &query.matches {
+            statement = statement.bind(value.as_str());
+        }
+        statement
+            .all(self.reader(), |row| {
+                Ok(FanoutHit {
+                    occurred_at: row.ts("occurred_at")?,
+                    id: row.int("id")?,
+                    line_user_id: row.opt_string("line_user_id")?,
+                    member_id: row.opt_string("member_id")?,
+                })
+            })
+            .await
+    }
+
     async fn campaign_clicks_by_user(&self, campaign_id: &str) -> StoreResult<Vec<(String, u64)>> {
         let rows = stmt::<S::Db>(S::CAMPAIGN_CLICKS)
             .bind(campaign_id)
@@ -160,6 +240,28 @@ impl<S: EventsSql> EventStore for S {
             .await?;
         Ok(rows.into_iter().filter_map(|(user, clicks)| Some((user?, clicks))).collect())
     }
+}
+
+/// A fan-out's query: `$1` the limit, `$2`/`$3` the window, `$4`/`$5` the
+/// place after which the page starts, then the types, then the match values.
+/// The recipient is the event's LINE user, else its member's linked one.
+/// `occurred_at >= $4` bounds the index range, so a page reads from where
+/// the last one ended.
+fn fanout_sql(query: &FanoutQuery, property_equals: fn(&str, usize) -> String) -> String {
+    let types = query.event_types.len();
+    let type_params: Vec<String> = (0..types).map(|k| format!("${}", 6 + k)).collect();
+    let mut sql = format!(
+        "SELECT e.id, e.occurred_at, COALESCE(e.line_user_id, l.line_user_id) AS line_user_id, e.member_id
+         FROM events e LEFT JOIN links l ON e.line_user_id IS NULL AND l.member_id = e.member_id
+         WHERE e.type IN ({}) AND e.occurred_at > $2 AND e.occurred_at <= $3
+           AND e.occurred_at >= $4 AND (e.occurred_at > $4 OR e.id > $5)",
+        type_params.join(", ")
+    );
+    for (k, (path, _)) in query.matches.iter().enumerate() {
+        sql.push_str(" AND ");
+        sql.push_str(&property_equals(path, 6 + types + k));
+    }
+    sql
 }
 
 /// An `events` row (`id, event_id, type, member_id, line_user_id, occurred_at, properties`).

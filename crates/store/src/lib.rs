@@ -41,7 +41,7 @@ mod tallies;
 mod test_reads;
 pub mod webhook;
 
-pub use events::{EventStore, IngestOutcome, StoredEvent};
+pub use events::{EventStore, FanoutHit, FanoutQuery, IngestOutcome, StoredEvent};
 pub use leases::{LeaseHolder, LeaseStore};
 pub use members::{Link, LinkOutcome, Member, MemberStore, MembersOutcome};
 pub use membership::{

@@ -20,7 +20,7 @@
 //! completing a 500-recipient multicast writes one row, not 501.
 
 use crate::requests::NewRequest;
-use crate::sql::{Dialect, Row, Sql, Ts, stmt};
+use crate::sql::{Dialect, Row, Sql, Ts, stmt, stmt_built};
 use crate::{StoreError, StoreResult, parse_member, parse_user};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -30,7 +30,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 // foldhash: dispatch hashes every user id of a batch; SipHash cost more than the work around it.
 use foldhash::HashMap;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 /// A message to one user for one trigger instance of a campaign.
@@ -562,10 +562,43 @@ pub trait OutboxReads: Send + Sync + 'static {
         event_type: &str,
         after: DateTime<Utc>,
     ) -> StoreResult<Vec<UserEventRow>>;
+
+    /// Which of `recipient_keys` (at most a few thousand) have a delivery of
+    /// this campaign and trigger: one probe of the unique index each.
+    async fn delivered_recipients(
+        &self,
+        campaign_id: &str,
+        trigger_key: &str,
+        recipient_keys: &[String],
+    ) -> StoreResult<HashSet<String>>;
 }
 
 #[async_trait]
 impl<S: Sql> OutboxReads for S {
+    // `IN ($3, $4, …)`: the same SQL on both backends, and each key a lookup
+    // of (campaign_id, trigger_key, recipient_key).
+    async fn delivered_recipients(
+        &self,
+        campaign_id: &str,
+        trigger_key: &str,
+        recipient_keys: &[String],
+    ) -> StoreResult<HashSet<String>> {
+        let mut found = HashSet::new();
+        for chunk in recipient_keys.chunks(1_000) {
+            let params: Vec<String> = (0..chunk.len()).map(|k| format!("${}", k + 3)).collect();
+            let sql = format!(
+                "SELECT recipient_key FROM deliveries WHERE campaign_id = $1 AND trigger_key = $2 AND recipient_key IN ({})",
+                params.join(", ")
+            );
+            let mut statement = stmt_built::<S::Db>(sql).bind(campaign_id).bind(trigger_key);
+            for key in chunk {
+                statement = statement.bind(key.as_str());
+            }
+            found.extend(statement.all(self.reader(), |row| row.string("recipient_key")).await?);
+        }
+        Ok(found)
+    }
+
     async fn campaign_deliveries(&self, campaign_id: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Delivery>> {
         let rows = stmt::<S::Db>(concat!(
             select_deliveries!(),

@@ -43,6 +43,12 @@ pub trait ScheduleStore: Send + Sync + 'static {
 
     async fn set_cursor(&self, name: &str, value: i64) -> StoreResult<()>;
 
+    /// The start of window `name` that `at` falls in: the stored start while
+    /// `at` is before its end (start + `length`), else `at`, stored as the
+    /// next window's start. One statement, so instances handling the same
+    /// or concurrent instants agree on the window.
+    async fn open_window(&self, name: &str, at: DateTime<Utc>, length: chrono::Duration) -> StoreResult<DateTime<Utc>>;
+
     /// The largest transition row id (0 when none).
     async fn max_transition_id(&self) -> StoreResult<i64>;
 }
@@ -139,6 +145,21 @@ impl<S: Sql> ScheduleStore for S {
         .execute(self.writer())
         .await?;
         Ok(())
+    }
+
+    async fn open_window(&self, name: &str, at: DateTime<Utc>, length: chrono::Duration) -> StoreResult<DateTime<Utc>> {
+        let length = length.num_microseconds().unwrap_or(i64::MAX);
+        let start = stmt::<S::Db>(
+            "INSERT INTO cursors (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE
+             SET value = CASE WHEN excluded.value - cursors.value >= $3 THEN excluded.value ELSE cursors.value END
+             RETURNING value",
+        )
+        .bind(name)
+        .bind(at.timestamp_micros())
+        .bind(length)
+        .one(self.writer(), |row| row.int("value"))
+        .await?;
+        Ok(DateTime::from_timestamp_micros(start).unwrap_or(at))
     }
 
     async fn max_transition_id(&self) -> StoreResult<i64> {

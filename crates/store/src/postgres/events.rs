@@ -93,6 +93,19 @@ impl EventsSql for PgStore {
 
     const CAMPAIGN_CLICKS: &'static str = "SELECT line_user_id, COUNT(*) AS clicks FROM events
          WHERE type = 'link_click' AND properties->>'campaign_id' = $1 GROUP BY line_user_id";
+    // ->> (#>> when nested) gives any scalar as text: jsonb_typeof keeps
+    // numbers and booleans out.
+    fn property_equals(path: &str, param: usize) -> String {
+        if path.contains('.') {
+            let segments = path.replace('.', ",");
+            format!(
+                "e.properties #>> '{{{segments}}}' = ${param} AND jsonb_typeof(e.properties #> '{{{segments}}}') = 'string'"
+            )
+        } else {
+            format!("e.properties ->> '{path}' = ${param} AND jsonb_typeof(e.properties -> '{path}') = 'string'")
+        }
+    }
+
     // The types as a text[] parameter.
     async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>> {
         let rows = sqlx::query(

@@ -82,6 +82,17 @@ impl EventsSql for SqliteStore {
 
     const CAMPAIGN_CLICKS: &'static str = "SELECT line_user_id, COUNT(*) AS clicks FROM events
          WHERE type = 'link_click' AND json_extract(properties, '$.campaign_id') = $1 GROUP BY line_user_id";
+    // json_extract gives a JSON string as TEXT and a number as a number (which
+    // never equals TEXT); json_type keeps out objects and arrays (JSON text).
+    // Both only on valid JSON (json_extract fails on anything else), written
+    // as migration 0018's index on `sku` is.
+    fn property_equals(path: &str, param: usize) -> String {
+        format!(
+            "CASE WHEN json_valid(e.properties) THEN json_extract(e.properties, '$.{path}') END = ${param}
+             AND CASE WHEN json_valid(e.properties) THEN json_type(e.properties, '$.{path}') END = 'text'"
+        )
+    }
+
     // The types as a JSON array (json_each): SQLite has no array parameters.
     async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>> {
         let types = json_text(types, "event types")?;
