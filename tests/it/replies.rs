@@ -166,6 +166,18 @@ async fn shipped_rules_answer_linked_and_unlinked_users_alike_in_any_width(backe
     let counts = app.store.reply_counts(chrono::Utc::now() - chrono::Duration::hours(1)).await.expect("counts");
     let total: i64 = counts.iter().map(|c| c.count).sum();
     assert_eq!(total, 6, "{counts:?}");
+
+    // And shown on the dashboard's overview, the same numbers.
+    use crate::dashboard::{VIEWER_PASSWORD, Visitor, add_operator};
+    add_operator(&app, "viewer", renkei_store::OperatorRole::Viewer, VIEWER_PASSWORD).await;
+    let mut visitor = Visitor::new(&app);
+    visitor.sign_in("viewer", VIEWER_PASSWORD).await;
+    let overview = visitor.get("/dashboard/").await;
+    assert_eq!(overview.status, 200);
+    for count in &counts {
+        let id = format!("id=\"replies-{}-{}-{}\" data-value=\"{}\"", count.rule_id, count.answer, count.outcome, count.count);
+        assert!(overview.body.contains(&id), "missing {id} in the overview");
+    }
 }
 
 async fn the_member_card_code_reads_back_as_the_member_id(backend: Backend) {

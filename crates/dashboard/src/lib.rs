@@ -50,6 +50,7 @@ renkei_store::store_view! {
         overview: OverviewReads,
         members: MemberStore,
         leases: LeaseStore,
+        replies: ReplyStore,
     }
 }
 

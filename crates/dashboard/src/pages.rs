@@ -10,8 +10,8 @@ use maud::{DOCTYPE, Markup, html};
 use renkei_campaigns::{Campaign, Trigger};
 use renkei_core::LineUserId;
 use renkei_store::{
-    AuditEntry, FailedRequest, Link, Member, Operator, OperatorRole, OverviewCounts, SegmentStats, StoredEvent,
-    UserDelivery, WaitingDeliveries,
+    AuditEntry, FailedRequest, Link, Member, Operator, OperatorRole, OverviewCounts, ReplyCount, SegmentStats,
+    StoredEvent, UserDelivery, WaitingDeliveries,
 };
 use serde_json::Value;
 
@@ -140,6 +140,7 @@ pub fn overview(
     signed: &Signed,
     counts: Option<OverviewCounts>,
     quota: Option<Quota>,
+    replies: Option<Vec<ReplyCount>>,
 ) -> Markup {
     let lang = state.settings.language;
     let body = html! {
@@ -154,6 +155,7 @@ pub fn overview(
             }
         }
         (quota_row(lang, state.settings.timezone, quota))
+        (reply_counts(lang, replies))
         h2 { (lang.t(Msg::SystemStatus)) }
         table.figures {
             tr {
@@ -169,6 +171,27 @@ pub fn overview(
         }
     };
     page(lang, lang.t(Msg::Overview), Some(signed), body)
+}
+
+/// Replies of the last 30 days per rule, answer and outcome (the reply log).
+fn reply_counts(lang: Lang, replies: Option<Vec<ReplyCount>>) -> Markup {
+    html! {
+        h2 { (lang.t(Msg::Replies)) }
+        @match replies {
+            None => p.bad { (lang.t(Msg::ErrorUnavailable)) }
+            Some(rows) if rows.is_empty() => p { (lang.t(Msg::NoReplies)) }
+            Some(rows) => table.figures #replies {
+                tr { th { (lang.t(Msg::ReplyRule)) } th { (lang.t(Msg::ReplyAnswer)) } th { (lang.t(Msg::ReplyOutcome)) } th {} }
+                @for row in rows {
+                    @let count = u64::try_from(row.count).unwrap_or(0);
+                    tr {
+                        td { (row.rule_id) } td { (row.answer) } td { (row.outcome) }
+                        (number(&format!("replies-{}-{}-{}", row.rule_id, row.answer, row.outcome), count, lang.items(count)))
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn trigger(lang: Lang, trigger: &Trigger) -> String {

@@ -334,7 +334,12 @@ async fn overview(State(state): State<DashboardState>, signed: Signed) -> Respon
         tracing::warn!(%error, "dashboard: overview counts unavailable");
     }
     let quota = quota(&state).await;
-    pages::overview(&state, &signed, counts.ok(), quota).into_response()
+    let since = state.clock.now() - chrono::Duration::days(30);
+    let replies = state.store.replies.reply_counts(since).await;
+    if let Err(error) = &replies {
+        tracing::warn!(%error, "dashboard: reply counts unavailable");
+    }
+    pages::overview(&state, &signed, counts.ok(), quota, replies.ok()).into_response()
 }
 
 /// Members listed per page of a segment.
