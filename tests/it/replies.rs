@@ -175,7 +175,10 @@ async fn shipped_rules_answer_linked_and_unlinked_users_alike_in_any_width(backe
     let overview = visitor.get("/dashboard/").await;
     assert_eq!(overview.status, 200);
     for count in &counts {
-        let id = format!("id=\"replies-{}-{}-{}\" data-value=\"{}\"", count.rule_id, count.answer, count.outcome, count.count);
+        let id = format!(
+            "id=\"replies-{}-{}-{}\" data-value=\"{}\"",
+            count.rule_id, count.answer, count.outcome, count.count
+        );
         assert!(overview.body.contains(&id), "missing {id} in the overview");
     }
 }
