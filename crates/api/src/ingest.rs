@@ -228,7 +228,7 @@ async fn get_link(State(state): State<IngestState>, Path(member_id): Path<String
 
 async fn delete_link(State(state): State<IngestState>, Path(member_id): Path<String>) -> Result<Json<Value>, ApiError> {
     let member_id = path_member_id(&member_id)?;
-    match state.store.members.unlink(&member_id).await? {
+    match state.store.members.unlink(&member_id, state.clock.now()).await? {
         Some(link) => {
             IngestMetrics::add(&state.metrics.links_removed, 1);
             state.changes.users_changed(&[UserRef::LineUser(link.line_user_id.clone())]);

@@ -160,7 +160,7 @@ async fn send_time_audience_and_lost_links_are_skipped_with_their_reason(backend
     h.add_members(&members).await;
     assert_eq!(fire(&h, "gold_only", t0()).await, 3);
     // Between enqueueing and sending, member 2's link goes.
-    h.test.store.unlink(&common::member(2)).await.unwrap();
+    h.test.store.unlink(&common::member(2), chrono::Utc::now()).await.unwrap();
     h.drain().await;
     let counts = h.test.store.campaign_counts("gold_only").await.unwrap();
     assert_eq!(counts.sent, 1);

@@ -13,14 +13,15 @@ use renkei_store::membership::{
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 
 renkei_store::store_view! {
     /// What the engine reads and writes: memberships and what they are
-    /// computed from, and the lease of its timer (one instance at a time).
-    pub struct EngineStore { memberships: MembershipStore, reads: MembershipReads, leases: LeaseStore }
+    /// computed from, the lease of its timer (one instance at a time), and
+    /// the change feed its evaluator follows.
+    pub struct EngineStore { memberships: MembershipStore, reads: MembershipReads, leases: LeaseStore, changes: ChangeFeed }
 }
 
 /// Users per page in recompute, preview and `run_due`.
@@ -155,6 +156,9 @@ pub struct MembershipEngine {
     pub(crate) timer_target: AtomicI64,
     /// This engine as the holder of the timer's lease.
     pub(crate) instance: String,
+    /// Batches of changed users the worker gave up on after its retries;
+    /// the change feed gives their rows back rather than finishing them.
+    pub(crate) given_up: AtomicU64,
 }
 
 /// A stored event as the segment language sees it: a full record (`load_users`)
@@ -269,6 +273,7 @@ impl MembershipEngine {
             schedule_changed: Notify::new(),
             timer_target: AtomicI64::new(i64::MAX),
             instance: format!("evaluator-{}", uuid::Uuid::new_v4().simple()),
+            given_up: AtomicU64::new(0),
         }
     }
 

@@ -2,26 +2,31 @@
 //! (the role's handle; [`MembershipEngine`] is the engine).
 //!
 //! [`Evaluator`] is what the rest of the process holds: it is the
-//! [`ChangeListener`] the ingestion API and the webhook worker report to, it
-//! runs the full recompute at start, counts what it does for `/metrics`, and
-//! lets callers wait until reported changes are processed.
+//! [`ChangeListener`] the ingestion API and the webhook worker report to
+//! (a report wakes it), it follows the change feed every process writes to
+//! (`feed.rs`), runs the full recompute at start when the segments changed,
+//! counts what it does for `/metrics`, and lets callers wait until recorded
+//! changes are processed.
 //!
-//! Every start re-evaluates the whole audience in the background (segments
-//! may have been added or edited since the last run, changes may have been
-//! lost with a crashed instance). Instances that start together do it once
-//! (lease `segment_recompute`, mark `segments_recomputed`). While that
-//! runs, real-time changes are still processed; the users they name are also
-//! re-evaluated once more after the recompute, so a page the recompute read
-//! before a change cannot leave a stale answer behind.
+//! A start recomputes only when the segment rules or the timezone differ
+//! from those of the last finished recompute (mark `segments_recomputed`,
+//! their fingerprint): changes made meanwhile, even by a process that
+//! crashed, wait in the change feed. Instances that start together
+//! recompute once (lease `segment_recompute`). While that runs, real-time
+//! changes are still processed; the users they name are also re-evaluated
+//! once more after the recompute, so a page the recompute read before a
+//! change cannot leave a stale answer behind.
 //!
-//! A stop ([`Evaluator::stop_by`]) saves the users still waiting in the
-//! change queue (and a batch the deadline cut short) in the store's pending
-//! area; the next start queues them again ([`Evaluator::resume_pending`])
-//! and removes the saved row once they are evaluated.
+//! A stop ([`Evaluator::stop_by`]) gives the feed's rows it holds back and
+//! saves the users still waiting in the change queue (and a batch the
+//! deadline cut short) in the store's pending area; the next start queues
+//! them again ([`Evaluator::resume_pending`]) and removes the saved row once
+//! they are evaluated.
 
+use crate::feed::Feed;
 use crate::{Backlog, EngineHandle, Leftover, MembershipEngine, RecomputeReport};
 use renkei_core::{Cause, ChangeListener, UserRef};
-use renkei_store::{PendingEvaluations, PendingStore};
+use renkei_store::{PendingEvaluations, PendingStore, UserChanges};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,6 +68,8 @@ struct Inner {
     during_recompute: Mutex<Option<Remembered>>,
     /// True once the start-up recompute has finished (or failed).
     recomputed: watch::Sender<bool>,
+    /// Following the change feed (`feed.rs`).
+    feed: Feed,
     stats: Stats,
 }
 
@@ -85,29 +92,55 @@ struct Stats {
 }
 
 impl Evaluator {
-    /// Starts the engine's change worker and timer; a stop saves what is
-    /// left waiting in `pending`.
+    /// Starts the engine's change worker and timer, and follows the change
+    /// feed; a stop saves what is left waiting in `pending`.
     pub fn start(engine: Arc<MembershipEngine>, pending: Arc<dyn PendingStore>) -> Self {
         let handle = engine.clone().start();
         let (recomputed, _) = watch::channel(false);
-        Self {
+        let evaluator = Self {
             inner: Arc::new(Inner {
                 engine,
                 pending,
                 handle: RwLock::new(Some(handle)),
                 during_recompute: Mutex::new(None),
                 recomputed,
+                feed: Feed::default(),
                 stats: Stats::default(),
             }),
+        };
+        evaluator.follow_feed();
+        evaluator
+    }
+
+    pub(crate) fn feed(&self) -> &Feed {
+        &self.inner.feed
+    }
+
+    /// Whether the engine still runs (not stopped).
+    pub(crate) async fn running(&self) -> bool {
+        self.inner.handle.read().await.is_some()
+    }
+
+    /// Queues the users of rows taken from the change feed; what resolves
+    /// once they are evaluated, or `None` once stopped.
+    pub(crate) fn take_in(&self, rows: &[UserChanges]) -> Option<impl Future<Output = ()> + Send + use<>> {
+        let guard = self.inner.handle.try_read().ok()?;
+        let handle = guard.as_ref()?;
+        for row in rows {
+            self.remember(&row.users);
+            handle.notify(&row.users, row.cause);
         }
+        Some(handle.evaluated_through(handle.last_queued()))
     }
 
     pub fn engine(&self) -> &Arc<MembershipEngine> {
         &self.inner.engine
     }
 
-    /// Waits until every change reported so far has been evaluated.
+    /// Waits until every change recorded so far (in the change feed, by any
+    /// process) has been evaluated, and this engine's queue is empty.
     pub async fn idle(&self) {
+        self.feed_evaluated().await;
         if let Some(handle) = self.inner.handle.read().await.as_ref() {
             handle.idle().await;
         }
@@ -131,9 +164,15 @@ impl Evaluator {
     /// after it) and take over if the holder dies first.
     pub async fn startup_recompute(self, stop: CancellationToken) {
         let segments = self.engine().segments().len();
+        if self.recomputed_with(&self.fingerprint()).await {
+            // Changes made since are in the change feed, which outlives every process.
+            tracing::info!(segments, "segments unchanged since the last recompute: no recompute needed");
+            self.inner.recomputed.send_replace(true);
+            return;
+        }
         tracing::info!(
             segments,
-            "segments may have changed since the last run: recomputing every user's membership in the background"
+            "segments changed since the last recompute (or none finished): recomputing every user's membership in the background"
         );
         tokio::select! {
             () = self.recompute_among_instances() => {}
@@ -194,12 +233,20 @@ impl Evaluator {
 
     /// Whether an instance finished a recompute for `fingerprint` at or after `since`.
     async fn done_since(&self, fingerprint: &str, since: chrono::DateTime<chrono::Utc>) -> bool {
+        matches!(self.recompute_mark().await, Some((value, at)) if value == fingerprint && at >= since)
+    }
+
+    /// Whether the last finished recompute was for `fingerprint`.
+    async fn recomputed_with(&self, fingerprint: &str) -> bool {
+        matches!(self.recompute_mark().await, Some((value, _)) if value == fingerprint)
+    }
+
+    async fn recompute_mark(&self) -> Option<(String, chrono::DateTime<chrono::Utc>)> {
         match self.engine().store().leases.mark(RECOMPUTED_MARK).await {
-            Ok(Some((value, at))) => value == fingerprint && at >= since,
-            Ok(None) => false,
+            Ok(mark) => mark,
             Err(error) => {
                 tracing::warn!(%error, "reading the recompute mark failed");
-                false
+                None
             }
         }
     }
@@ -380,6 +427,7 @@ impl Evaluator {
     }
 
     async fn stop_inner(&self, deadline: Option<Instant>) {
+        self.stop_following().await;
         let worker_deadline = deadline.map(|d| {
             let now = Instant::now();
             let reserve = SAVE_RESERVE.min(d.saturating_duration_since(now) / 3);
@@ -440,11 +488,17 @@ impl Evaluator {
         let s = &self.inner.stats;
         let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let running = u64::from(s.recompute_running.load(Ordering::Relaxed));
-        let rows: [(&str, &str, &str, String); 7] = [
+        let rows: [(&str, &str, &str, String); 8] = [
+            (
+                "renkei_segment_feed_rows_total",
+                "counter",
+                "Rows taken from the change feed (changes recorded by any process).",
+                self.feed().rows.load(Ordering::Relaxed).to_string(),
+            ),
             (
                 "renkei_segment_changes_reported_total",
                 "counter",
-                "Users reported to the segment engine for re-evaluation.",
+                "Users this process reported changed (their changes are in the change feed).",
                 load(&s.changes_reported).to_string(),
             ),
             ("renkei_segment_recompute_running", "gauge", "1 while a full recompute runs.", running.to_string()),
@@ -527,9 +581,19 @@ impl Evaluator {
     }
 }
 
+/// The store records every change in the change feed, in the writer's
+/// transaction; a report only wakes the feed's follower (the users come
+/// from the feed, so nothing is evaluated twice).
 impl ChangeListener for Evaluator {
     fn users_changed(&self, users: &[UserRef]) {
         self.inner.stats.changes_reported.fetch_add(users.len() as u64, Ordering::Relaxed);
+        self.feed().wake.notify_one();
+    }
+}
+
+impl Evaluator {
+    /// Notes users changed while a recompute runs, for its second pass.
+    fn remember(&self, users: &[UserRef]) {
         if let Some(remembered) = self.remembered().as_mut() {
             if !remembered.overflowed {
                 remembered.users.extend(users.iter().cloned());
@@ -539,6 +603,5 @@ impl ChangeListener for Evaluator {
                 }
             }
         }
-        self.forward(users);
     }
 }

@@ -17,6 +17,7 @@
 
 mod engine;
 mod evaluator;
+mod feed;
 mod queue;
 mod runtime;
 

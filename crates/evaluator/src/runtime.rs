@@ -74,7 +74,7 @@ impl EngineHandle {
 
     /// Resolves once every user queued up to `seq` ([`EngineHandle::last_queued`])
     /// is evaluated; it does not borrow the handle, so a stop is not held up.
-    pub fn evaluated_through(&self, seq: u64) -> impl Future<Output = ()> + Send + 'static {
+    pub fn evaluated_through(&self, seq: u64) -> impl Future<Output = ()> + Send + use<> {
         let queue = self.queue.clone();
         async move { queue.evaluated_through(seq).await }
     }
@@ -182,8 +182,9 @@ async fn process(engine: &MembershipEngine, batch: &[(UserRef, Cause)], token: &
                     attempt += 1;
                 }
                 Err(error) => {
-                    // A later change or a recompute will evaluate these users again.
-                    tracing::error!(%error, users = users.len(), "re-evaluation failed; giving up on this batch");
+                    // The change feed keeps their rows (see `given_up`), so they come back.
+                    engine.given_up.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%error, users = users.len(), "re-evaluation failed; giving up on this batch for now");
                     break;
                 }
             }

@@ -75,7 +75,7 @@ async fn apply(store: &dyn Store, op: &Op, now: DateTime<Utc>) -> (Vec<UserRef>,
             Ok(_) => (vec![UserRef::LineUser(user(u))], Cause::Link),
             Err(_) => (vec![], Cause::Link), // conflict: nothing changed
         },
-        Op::Unlink { member: m } => match store.unlink(&member(m)).await.expect("unlink") {
+        Op::Unlink { member: m } => match store.unlink(&member(m), chrono::Utc::now()).await.expect("unlink") {
             Some(link) => (vec![UserRef::LineUser(link.line_user_id)], Cause::Link),
             None => (vec![], Cause::Link),
         },

@@ -102,7 +102,7 @@ async fn unlink_re_evaluates_the_line_user() {
     store.insert_events(&[e], t0()).await.expect("insert");
     f.engine.process_changes(&[UserRef::LineUser(user(1))], Cause::Link).await.expect("link eval");
     assert_eq!(f.engine.memberships(&user(1)).await.expect("m"), ids(&["buyers", "linked"]));
-    store.unlink(&member(1)).await.expect("unlink");
+    store.unlink(&member(1), chrono::Utc::now()).await.expect("unlink");
     let exited = f.engine.process_changes(&[UserRef::LineUser(user(1))], Cause::Link).await.expect("unlink eval");
     assert_eq!(exited.len(), 2);
     assert!(exited.iter().all(|t| t.kind == TransitionKind::Exited));

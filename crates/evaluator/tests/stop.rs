@@ -50,8 +50,9 @@ async fn a_stop_by_a_deadline_cuts_a_busy_worker_short() {
     assert!(f.engine.segment_stats().await.expect("stats")[0].size < 3_000, "it was cut short");
 }
 
-/// The evaluator saves the users a stop leaves waiting; the next start
-/// queues them again and removes the saved row once they are evaluated.
+/// The evaluator saves the users a stop leaves waiting, and gives the
+/// change feed's rows it holds back; the next start queues the saved users
+/// again and removes the saved row once they are evaluated.
 #[tokio::test]
 async fn users_left_waiting_are_saved_and_resumed_at_the_next_start() {
     let f = fixture(&[BUYERS]).await;
@@ -60,7 +61,16 @@ async fn users_left_waiting_are_saved_and_resumed_at_the_next_start() {
     let pending: Arc<dyn PendingStore> = f.test.store.clone();
     let evaluator = Evaluator::start(f.engine.clone(), pending.clone());
     evaluator.users_changed(&all.iter().cloned().map(UserRef::LineUser).collect::<Vec<_>>());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while evaluator.backlog().map_or(0, |b| b.waiting) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the feed's users were not queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     evaluator.stop_by(Instant::now() + Duration::from_secs(5)).await;
+    let feed: Arc<dyn renkei_store::ChangeFeed> = f.test.store.clone();
+    let last = feed.last_change_id().await.expect("feed");
+    assert_eq!(feed.changes_left_through(last).await.expect("feed"), 1, "the purchases' row is kept");
+    assert!(feed.changes_claimable(t0()).await.expect("feed"), "and given back at the stop");
     let saved = pending.saved_pending().await.expect("saved");
     assert_eq!(saved.len(), 1);
     let left = saved[0].pending.users.len();
@@ -86,8 +96,8 @@ renkei_test_support::on_both_backends!(
 
 /// Two instances start while a third (dead) instance's recompute lease is
 /// still running: neither recomputes until it expires, then exactly one
-/// does and the other takes its mark; an instance started later recomputes
-/// again.
+/// does and the other takes its mark; an instance started later with the
+/// same segments does not recompute, one with other segments does.
 async fn instances_that_start_together_recompute_once(test: renkei_test_support::TestStore) {
     use renkei_evaluator::{EngineStore, MembershipEngine, RECOMPUTE_LEASE};
     let clock = renkei_core::ManualClock::new(t0());
@@ -118,7 +128,18 @@ async fn instances_that_start_together_recompute_once(test: renkei_test_support:
     assert_eq!(members.len(), buyers.len());
 
     clock.advance(chrono::Duration::seconds(1));
-    let later = Evaluator::start(engine(), pending);
+    let later = Evaluator::start(engine(), pending.clone());
     later.clone().startup_recompute(stop.clone()).await;
-    assert_eq!(later.recomputes(), 1, "a start after the mark recomputes");
+    assert_eq!(later.recomputes(), 0, "a start with unchanged segments does not recompute");
+    later.stop().await;
+
+    let edited = common::segments(&["id: buyers\nname: Buyers\nrule:\n  event: purchase\n  count: {gte: 2}\n"]);
+    let store = EngineStore::of(&test.store);
+    let engine = Arc::new(MembershipEngine::new(store, edited, Arc::new(clock.clone()), chrono_tz::Asia::Tokyo));
+    let edited_start = Evaluator::start(engine, pending);
+    edited_start.clone().startup_recompute(stop.clone()).await;
+    assert_eq!(edited_start.recomputes(), 1, "a start with an edited segment recomputes");
+    let members = edited_start.engine().store().reads.segment_members("buyers", None, 100).await.expect("members");
+    assert!(members.is_empty(), "nobody bought twice: {members:?}");
+    edited_start.stop().await;
 }

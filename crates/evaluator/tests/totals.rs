@@ -276,7 +276,7 @@ async fn run_case(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let _ = store.link(&member(m), &user(u), LinkMethod::Api, now).await;
             }
             Op::Unlink { member: m } => {
-                store.unlink(&member(m)).await.expect("unlink");
+                store.unlink(&member(m), chrono::Utc::now()).await.expect("unlink");
             }
             Op::Advance { minutes } => f.clock.set(now + Duration::minutes(minutes)),
             Op::Rebuild => f.engine.rebuild_totals().await.expect("rebuild"),

@@ -6,7 +6,7 @@ use crate::tallies::{TallyAdd, batch_tallies};
 use crate::{ImportReceiver, StoreError, StoreResult, parse_object};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use renkei_core::{EventTallier, NewEvent};
+use renkei_core::{Cause, EventTallier, NewEvent, UserRef};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::Database;
@@ -149,6 +149,11 @@ async fn insert_batch_tx<S: EventsSql>(
     received_at: DateTime<Utc>,
 ) -> StoreResult<IngestOutcome> {
     let stored = S::insert_events_tx(conn, events, received_at).await?;
+    let changed =
+        crate::changes::distinct(events.iter().zip(&stored).filter(|(_, stored)| **stored).flat_map(|(e, _)| {
+            e.line_user_id.clone().map(UserRef::LineUser).into_iter().chain(e.member_id.clone().map(UserRef::Member))
+        }));
+    crate::changes::record_changes_tx::<S::Db>(conn, &changed, Cause::Event, received_at).await?;
     if let Some(tallier) = store.tallier() {
         let rows = batch_tallies(tallier.as_ref(), events, &stored, received_at);
         if !rows.is_empty() {

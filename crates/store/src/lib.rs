@@ -5,7 +5,8 @@
 //! the outbox ([`OutboxStore`], [`OutboxReads`]), LINE requests
 //! ([`RequestStore`]), the scheduler's state ([`ScheduleStore`]), rich
 //! menus ([`RichMenuStore`]), leases for singleton work ([`LeaseStore`]),
-//! re-evaluations a stop left waiting ([`PendingStore`]), the replies
+//! re-evaluations a stop left waiting ([`PendingStore`]), the change feed
+//! evaluators of every process follow ([`ChangeFeed`]), the replies
 //! made to users' messages ([`ReplyStore`]), the webhook relay's queue
 //! ([`RelayStore`]), the dashboard's operators, sessions and audit log
 //! ([`OperatorStore`]) and its reads of other areas ([`OverviewReads`]).
@@ -19,6 +20,7 @@
 //! Every write that the API acknowledges is committed before the call
 //! returns, so a 2xx always means "durable".
 
+pub mod changes;
 pub mod dispatch;
 mod events;
 mod leases;
@@ -41,6 +43,7 @@ mod tallies;
 mod test_reads;
 pub mod webhook;
 
+pub use changes::{ChangeFeed, UserChanges};
 pub use events::{EventStore, FanoutHit, FanoutQuery, IngestOutcome, StoredEvent};
 pub use leases::{LeaseHolder, LeaseStore};
 pub use members::{Link, LinkOutcome, Member, MemberStore, MembersOutcome};
@@ -209,6 +212,7 @@ trait_sum! {
         + RichMenuStore
         + LeaseStore
         + PendingStore
+        + ChangeFeed
         + OperatorStore
         + OverviewReads
         + ReplyStore

@@ -2,11 +2,12 @@
 //! Reads are written once; the writes that check and lock (link, merge
 //! attributes) are per backend (`sqlite/members.rs`, `postgres/members.rs`).
 
+use crate::changes::record_changes_tx;
 use crate::sql::{Dialect, Row, Sql, Ts, stmt};
 use crate::{ImportReceiver, StoreError, StoreResult, parse_object};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use renkei_core::{LineUserId, LinkMethod, MemberId, MemberPatch};
+use renkei_core::{Cause, LineUserId, LinkMethod, MemberId, MemberPatch, UserRef};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::Database;
@@ -83,7 +84,7 @@ pub trait MemberStore: Send + Sync + 'static {
     async fn get_link_by_line_user(&self, line_user_id: &LineUserId) -> StoreResult<Option<Link>>;
 
     /// Removes a member's link; returns what was removed.
-    async fn unlink(&self, member_id: &MemberId) -> StoreResult<Option<Link>>;
+    async fn unlink(&self, member_id: &MemberId, at: DateTime<Utc>) -> StoreResult<Option<Link>>;
 
     async fn set_following(&self, line_user_id: &LineUserId, following: bool, at: DateTime<Utc>) -> StoreResult<()>;
 }
@@ -111,6 +112,7 @@ impl<S: MembersSql> MemberStore for S {
     async fn upsert_members(&self, patches: &[MemberPatch], now: DateTime<Utc>) -> StoreResult<MembersOutcome> {
         let mut tx = S::Db::begin(self.writer()).await?;
         let outcome = S::upsert_members_tx(&mut tx, patches, now).await?;
+        record_member_changes::<S::Db>(&mut tx, patches, outcome, now).await?;
         S::Db::commit(tx).await?;
         Ok(outcome)
     }
@@ -127,6 +129,7 @@ impl<S: MembersSql> MemberStore for S {
             let done = S::upsert_members_tx(&mut tx, &batch, now)
                 .await
                 .map_err(|e| StoreError::ImportAborted(e.to_string()))?;
+            record_member_changes::<S::Db>(&mut tx, &batch, done, now).await?;
             outcome.add(done);
         }
         S::Db::commit(tx).await?;
@@ -156,6 +159,9 @@ impl<S: MembersSql> MemberStore for S {
     ) -> StoreResult<LinkOutcome> {
         let mut tx = S::Db::begin(self.writer()).await?;
         let outcome = S::link_tx(&mut tx, member_id, line_user_id, method, at).await?;
+        if let LinkOutcome::Created(link) = &outcome {
+            record_changes_tx::<S::Db>(&mut tx, &link_users(link), Cause::Link, at).await?;
+        }
         S::Db::commit(tx).await?;
         Ok(outcome)
     }
@@ -174,14 +180,23 @@ impl<S: MembersSql> MemberStore for S {
             .await
     }
 
-    async fn unlink(&self, member_id: &MemberId) -> StoreResult<Option<Link>> {
-        stmt::<S::Db>("DELETE FROM links WHERE member_id = $1 RETURNING member_id, line_user_id, method, linked_at")
-            .bind(member_id)
-            .optional(self.writer(), link_of)
-            .await
+    async fn unlink(&self, member_id: &MemberId, at: DateTime<Utc>) -> StoreResult<Option<Link>> {
+        let mut tx = S::Db::begin(self.writer()).await?;
+        let removed = stmt::<S::Db>(
+            "DELETE FROM links WHERE member_id = $1 RETURNING member_id, line_user_id, method, linked_at",
+        )
+        .bind(member_id)
+        .optional_in(&mut tx, link_of)
+        .await?;
+        if let Some(link) = &removed {
+            record_changes_tx::<S::Db>(&mut tx, &link_users(link), Cause::Link, at).await?;
+        }
+        S::Db::commit(tx).await?;
+        Ok(removed)
     }
 
     async fn set_following(&self, line_user_id: &LineUserId, following: bool, at: DateTime<Utc>) -> StoreResult<()> {
+        let mut tx = S::Db::begin(self.writer()).await?;
         stmt::<S::Db>(
             "INSERT INTO friendships (line_user_id, following, changed_at) VALUES ($1, $2, $3)
              ON CONFLICT (line_user_id) DO UPDATE SET following = excluded.following, changed_at = excluded.changed_at",
@@ -189,10 +204,30 @@ impl<S: MembersSql> MemberStore for S {
         .bind(line_user_id)
         .bind(following)
         .bind(Ts(at))
-        .execute(self.writer())
+        .execute_in(&mut tx)
         .await?;
-        Ok(())
+        record_changes_tx::<S::Db>(&mut tx, &[UserRef::LineUser(line_user_id.clone())], Cause::Follow, at).await?;
+        S::Db::commit(tx).await
     }
+}
+
+/// Both keys of a link made or removed.
+fn link_users(link: &Link) -> [UserRef; 2] {
+    [UserRef::LineUser(link.line_user_id.clone()), UserRef::Member(link.member_id.clone())]
+}
+
+/// Records a member batch's users in the change feed, unless it changed nothing.
+async fn record_member_changes<DB: Dialect>(
+    conn: &mut <DB as Database>::Connection,
+    patches: &[MemberPatch],
+    outcome: MembersOutcome,
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    if outcome.created + outcome.updated + outcome.linked == 0 {
+        return Ok(());
+    }
+    let users = crate::changes::distinct(patches.iter().map(|p| UserRef::Member(p.member_id.clone())));
+    record_changes_tx::<DB>(conn, &users, Cause::Member, at).await
 }
 
 /// A `links` row (`member_id, line_user_id, method, linked_at`).

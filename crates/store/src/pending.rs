@@ -3,11 +3,12 @@
 //! next start queues it again (then removes the row). The same SQL on both
 //! backends; one row per stop, its users as one JSON document.
 
+use crate::changes::{user_from_parts, user_to_json};
 use crate::sql::{Sql, Ts, stmt};
 use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use renkei_core::{Cause, LineUserId, MemberId, UserRef};
+use renkei_core::{Cause, UserRef};
 use serde_json::{Value, json};
 
 /// What one stop left waiting.
@@ -82,9 +83,12 @@ fn to_json(pending: &PendingEvaluations) -> Value {
     let users: Vec<Value> = pending
         .users
         .iter()
-        .map(|(user, cause)| match user {
-            UserRef::LineUser(id) => json!(["line", id.as_str(), cause.as_str()]),
-            UserRef::Member(id) => json!(["member", id.as_str(), cause.as_str()]),
+        .map(|(user, cause)| {
+            let mut entry = user_to_json(user);
+            if let Value::Array(parts) = &mut entry {
+                parts.push(json!(cause.as_str()));
+            }
+            entry
         })
         .collect();
     json!({"everyone": pending.everyone, "users": users})
@@ -102,12 +106,7 @@ fn from_json(document: &Value) -> StoreResult<PendingEvaluations> {
             _ => return Err(corrupt(&format!("entry {entry}"))),
         };
         let cause = Cause::parse(cause).ok_or_else(|| corrupt(&format!("cause {cause:?}")))?;
-        let user = match kind {
-            "line" => UserRef::LineUser(LineUserId::parse(id).map_err(|e| corrupt(&e.to_string()))?),
-            "member" => UserRef::Member(MemberId::parse(id).map_err(|e| corrupt(&e.to_string()))?),
-            other => return Err(corrupt(&format!("kind {other:?}"))),
-        };
-        users.push((user, cause));
+        users.push((user_from_parts(kind, id).map_err(|e| corrupt(&e))?, cause));
     }
     Ok(PendingEvaluations { users, everyone })
 }

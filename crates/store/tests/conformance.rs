@@ -77,9 +77,9 @@ async fn links_are_one_to_one(store: TestStore) {
 
 async fn unlink_then_relink(store: TestStore) {
     store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
-    let removed = store.unlink(&member("m1")).await.expect("unlink").expect("was linked");
+    let removed = store.unlink(&member("m1"), chrono::Utc::now()).await.expect("unlink").expect("was linked");
     assert_eq!(removed.line_user_id, user(1));
-    assert!(store.unlink(&member("m1")).await.expect("unlink twice").is_none());
+    assert!(store.unlink(&member("m1"), chrono::Utc::now()).await.expect("unlink twice").is_none());
     assert!(store.get_link(&member("m1")).await.expect("get").is_none());
     let again = store.link(&member("m2"), &user(1), LinkMethod::AccountLink, at(2)).await.expect("relink");
     assert!(matches!(again, LinkOutcome::Created(_)));
@@ -104,7 +104,7 @@ async fn user_events_resolve_through_links(store: TestStore) {
     let linked = store.user_events(&user(1)).await.expect("events");
     assert_eq!(types(linked.clone()), ["purchase", "message"], "oldest first, member events now count");
     assert_eq!(linked[0].occurred_at, Utc.with_ymd_and_hms(2026, 11, 20, 10, 0, 0).single().expect("time"));
-    store.unlink(&member("m1")).await.expect("unlink");
+    store.unlink(&member("m1"), chrono::Utc::now()).await.expect("unlink");
     assert_eq!(types(store.user_events(&user(1)).await.expect("events")), ["message"]);
 }
 

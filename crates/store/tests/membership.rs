@@ -173,7 +173,7 @@ async fn member_resolves_to_its_line_user(store: TestStore) {
     store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
     assert_eq!(store.member_line_user(&member("m1")).await.expect("resolve"), Some(user(1)));
     assert_eq!(store.member_line_user(&member("m2")).await.expect("resolve"), None);
-    store.unlink(&member("m1")).await.expect("unlink");
+    store.unlink(&member("m1"), chrono::Utc::now()).await.expect("unlink");
     assert_eq!(store.member_line_user(&member("m1")).await.expect("resolve"), None);
 }
 

@@ -295,7 +295,7 @@ async fn unlink(state: &WebhookState, event: &WebhookEvent, user: &LineUserId) -
     let Some(link) = state.store.members.get_link_by_line_user(user).await? else {
         return reply(state, event, "連携している会員IDはありません。".into()).await;
     };
-    if let Some(removed) = state.store.members.unlink(&link.member_id).await? {
+    if let Some(removed) = state.store.members.unlink(&link.member_id, state.clock.now()).await? {
         state.changes.users_changed(&[
             UserRef::LineUser(removed.line_user_id.clone()),
             UserRef::Member(removed.member_id.clone()),

@@ -14,6 +14,7 @@ use sqlx::{ConnectOptions, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod changes;
 mod events;
 mod members;
 mod membership;

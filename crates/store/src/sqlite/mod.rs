@@ -19,6 +19,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod changes;
 mod events;
 mod inbox;
 mod members;
