@@ -259,3 +259,34 @@ async fn imported_events_count_in_the_running_tallies() {
     assert!(kept.contains("campaign_participants"), "from the tallies: {kept:?}");
     assert_eq!(previewed, vec![user], "from the raw events");
 }
+
+renkei_test_support::on_both_backends!(
+    multi_thread, crate::common::spawn_app => a_member_import_by_another_process_reaches_a_running_servers_segments
+);
+
+/// Issue 13 item 3: `renkei import members` is another process; the running
+/// server's evaluator finds its changes in the change feed and the imported
+/// gold member is in `gold_members` within a second of the import's end.
+async fn a_member_import_by_another_process_reaches_a_running_servers_segments(app: crate::common::TestApp) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("members.csv");
+    let gold = "U0000000000000000000000000000a001";
+    std::fs::write(&csv, format!("member_id,line_user_id,rank\nm-gold,{gold},gold\nm-silver,,silver\n"))
+        .expect("write csv");
+    let out = renkei(&app.db_url(), &["import", "members", csv.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let imported = std::time::Instant::now();
+    loop {
+        let (status, body) = app.get("/v1/segments/gold_members/members").await;
+        assert_eq!(status, 200, "{body}");
+        let members = body["line_user_ids"].as_array().cloned().unwrap_or_default();
+        if members.iter().any(|m| m == gold) {
+            break;
+        }
+        assert!(
+            imported.elapsed() < std::time::Duration::from_secs(1),
+            "not in the segment 1 s after the import: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

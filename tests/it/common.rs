@@ -87,6 +87,11 @@ pub async fn spawn_app_at(
 }
 
 impl TestApp {
+    /// The database's URL, for another process (the CLI) to use.
+    pub fn db_url(&self) -> String {
+        self._store_guard.url.clone()
+    }
+
     /// Stops this server and starts another on the same store with
     /// `configure` applied: a restart (what the outbox holds carries over).
     pub async fn restart(self, configure: impl FnOnce(&mut Config)) -> TestApp {

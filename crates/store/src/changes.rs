@@ -227,18 +227,18 @@ mod tests {
     #[test]
     fn users_round_trip_through_their_json() {
         let users = vec![
-            UserRef::LineUser(LineUserId::parse(&format!("U{:032x}", 7)).unwrap()),
-            UserRef::Member(MemberId::parse("m-1").unwrap()),
+            UserRef::LineUser(LineUserId::parse(&format!("U{:032x}", 7)).expect("valid")),
+            UserRef::Member(MemberId::parse("m-1").expect("valid")),
         ];
         let text = Value::Array(users.iter().map(user_to_json).collect()).to_string();
-        assert_eq!(users_from_json(&text).unwrap(), users);
+        assert_eq!(users_from_json(&text).expect("valid"), users);
         assert!(users_from_json("[[\"robot\", \"x\"]]").is_err());
         assert!(users_from_json("{}").is_err());
     }
 
     #[test]
     fn distinct_keeps_the_first_of_each() {
-        let m = |s: &str| UserRef::Member(MemberId::parse(s).unwrap());
+        let m = |s: &str| UserRef::Member(MemberId::parse(s).expect("valid"));
         assert_eq!(distinct([m("a"), m("b"), m("a")]), vec![m("a"), m("b")]);
     }
 }

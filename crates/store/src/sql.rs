@@ -344,10 +344,6 @@ macro_rules! executors {
             Ok(query.fetch_one(pool).await?)
         }
 
-        async fn begin(pool: &Pool<Self>) -> StoreResult<Transaction<'static, Self>> {
-            Ok(pool.begin().await?)
-        }
-
         async fn commit(tx: Transaction<'static, Self>) -> StoreResult<()> {
             Ok(tx.commit().await?)
         }
@@ -409,6 +405,14 @@ impl Dialect for sqlx::Sqlite {
 
     executors!();
 
+    /// Every transaction is begun on a writer pool: taking the write lock
+    /// first makes another process's writer (`renkei import` beside a
+    /// server) wait its `busy_timeout`, where a deferred transaction that
+    /// read first would fail at once on upgrading.
+    async fn begin(pool: &Pool<Self>) -> StoreResult<Transaction<'static, Self>> {
+        Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     fn int(row: &Self::Row, column: &str) -> StoreResult<i64> {
         Ok(sqlx::Row::try_get(row, column)?)
     }
@@ -444,6 +448,10 @@ impl Dialect for sqlx::Postgres {
     binder!(ts: |t: DateTime<Utc>| t, json: sqlx::types::Json);
 
     executors!();
+
+    async fn begin(pool: &Pool<Self>) -> StoreResult<Transaction<'static, Self>> {
+        Ok(pool.begin().await?)
+    }
 
     fn int(row: &Self::Row, column: &str) -> StoreResult<i64> {
         Ok(Self::opt_int(row, column)?
