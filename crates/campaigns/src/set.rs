@@ -10,6 +10,7 @@ use crate::template::{
 use chrono::{DateTime, Utc};
 use handlebars::{Context, Handlebars};
 use renkei_segments::diagnostic::DeclaredIds;
+use renkei_segments::files::{Source, read_text};
 use renkei_segments::yaml::Pos;
 use renkei_segments::{Diagnostic, SegmentSet};
 use serde_json::{Map, Value, json};
@@ -56,50 +57,9 @@ impl Default for CampaignSet {
     }
 }
 
-fn io_error(path: &Path, error: &std::io::Error) -> Diagnostic {
-    Diagnostic::new(path, Pos::START, format!("cannot read: {error}"))
-}
-
-fn read_text(path: &Path) -> Result<String, Diagnostic> {
-    let bytes = std::fs::read(path).map_err(|e| io_error(path, &e))?;
-    String::from_utf8(bytes).map_err(|_| Diagnostic::new(path, Pos::START, "not valid UTF-8"))
-}
-
-/// A file and its text.
-pub(crate) type Source = (PathBuf, String);
-
-/// Every `*.yaml` / `*.yml` file of `dir` (not recursive), sorted by name,
-/// with its text; a missing directory has none. The diagnostics are files
-/// that could not be read; `Err` when the directory itself cannot be.
+/// The campaign and reply-rule folders are optional: a missing one has no files.
 pub(crate) fn read_yaml_dir(dir: &Path) -> Result<(Vec<Source>, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let mut diagnostics = Vec::new();
-    let mut sources = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok((sources, diagnostics)),
-        Err(error) => return Err(vec![io_error(dir, &error)]),
-        Ok(entries) => entries,
-    };
-    let mut paths = Vec::new();
-    for entry in entries {
-        match entry {
-            Ok(entry) => {
-                let path = entry.path();
-                let is_yaml = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e == "yaml" || e == "yml");
-                if is_yaml && path.is_file() {
-                    paths.push(path);
-                }
-            }
-            Err(error) => diagnostics.push(io_error(dir, &error)),
-        }
-    }
-    paths.sort();
-    for path in paths {
-        match read_text(&path) {
-            Ok(text) => sources.push((path, text)),
-            Err(diagnostic) => diagnostics.push(diagnostic),
-        }
-    }
-    Ok((sources, diagnostics))
+    renkei_segments::files::read_yaml_dir(dir, renkei_segments::files::MissingDir::Empty)
 }
 
 /// The templates `names` of `templates_dir` as `(name, file, text)`; a
@@ -112,13 +72,12 @@ pub(crate) fn read_templates(
     let mut templates = Vec::new();
     for name in names {
         let path = templates_dir.join(format!("{name}{TEMPLATE_EXTENSION}"));
-        match std::fs::read(&path) {
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => diagnostics.push(io_error(&path, &error)),
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => templates.push((name, path, text)),
-                Err(_) => diagnostics.push(Diagnostic::new(&path, Pos::START, "not valid UTF-8")),
-            },
+        if !path.exists() {
+            continue;
+        }
+        match read_text(&path) {
+            Ok(text) => templates.push((name, path, text)),
+            Err(diagnostic) => diagnostics.push(diagnostic),
         }
     }
     templates

@@ -26,6 +26,7 @@ pub mod ast;
 pub mod calendar;
 pub mod diagnostic;
 mod eval;
+pub mod files;
 mod next_change;
 mod parse;
 pub mod set;

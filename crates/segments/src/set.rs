@@ -24,35 +24,7 @@ impl SegmentSet {
     /// every problem found, sorted by file and position, and nothing else if
     /// there is any.
     pub fn load_dir(dir: impl AsRef<Path>) -> Result<SegmentSet, Vec<Diagnostic>> {
-        let dir = dir.as_ref();
-        let io_error =
-            |path: &Path, error: std::io::Error| Diagnostic::new(path, Pos::START, format!("cannot read: {error}"));
-        let entries = std::fs::read_dir(dir).map_err(|e| vec![io_error(dir, e)])?;
-        let mut paths = Vec::new();
-        let mut diagnostics = Vec::new();
-        for entry in entries {
-            match entry {
-                Ok(entry) => {
-                    let path = entry.path();
-                    let is_yaml = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e == "yaml" || e == "yml");
-                    if is_yaml && path.is_file() {
-                        paths.push(path);
-                    }
-                }
-                Err(error) => diagnostics.push(io_error(dir, error)),
-            }
-        }
-        paths.sort();
-        let mut sources = Vec::with_capacity(paths.len());
-        for path in paths {
-            match std::fs::read(&path) {
-                Ok(bytes) => match String::from_utf8(bytes) {
-                    Ok(text) => sources.push((path, text)),
-                    Err(_) => diagnostics.push(Diagnostic::new(&path, Pos::START, "not valid UTF-8")),
-                },
-                Err(error) => diagnostics.push(io_error(&path, error)),
-            }
-        }
+        let (sources, mut diagnostics) = crate::files::read_yaml_dir(dir.as_ref(), crate::files::MissingDir::Error)?;
         match Self::from_sources(sources) {
             Ok(set) if diagnostics.is_empty() => Ok(set),
             Ok(_) => Err(diagnostics),
