@@ -2,7 +2,8 @@
 //! CLI runs: validate the whole file, then stream it into one transaction) of
 //! a CSV of linked members, into SQLite and PostgreSQL. Prints members/s,
 //! the time and the peak RSS. Target: 1,000,000 linked members into
-//! PostgreSQL in ≤ 20 s.
+//! PostgreSQL in ≤ 20 s. Then a running evaluator re-evaluates the
+//! imported users from the change feed (issue 13 item 3): how long that takes.
 //!
 //!   RENKEI_BENCH_POSTGRES_URL=postgres://renkei@127.0.0.1:55432/postgres cargo bench --bench import
 //!
@@ -54,6 +55,40 @@ async fn import(store: Arc<dyn Store>, csv: &Path, count: usize, backend: &str) 
         count as f64 / seconds,
         peak_rss_mb()
     );
+    reevaluate(store, count, backend).await;
+}
+
+/// A running evaluator (the shipped segments) takes the import's users from
+/// the change feed and re-evaluates them: how long until the feed is empty.
+async fn reevaluate(store: Arc<dyn Store>, count: usize, backend: &str) {
+    let segments = renkei::app::load_segments(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/segments")))
+        .expect("shipped segments");
+    let engine = renkei_evaluator::MembershipEngine::new(
+        renkei_evaluator::EngineStore::of(&store),
+        Arc::new(segments),
+        Arc::new(renkei_core::SystemClock),
+        chrono_tz::Asia::Tokyo,
+    );
+    let pending: Arc<dyn renkei_store::PendingStore> = store.clone();
+    let started = Instant::now();
+    let evaluator = renkei_evaluator::Evaluator::start(Arc::new(engine), pending);
+    evaluator.idle().await;
+    let seconds = started.elapsed().as_secs_f64();
+    let gold = renkei_evaluator::EngineStore::of(&store)
+        .reads
+        .segment_stats()
+        .await
+        .expect("stats")
+        .into_iter()
+        .find(|s| s.segment_id == "gold_members")
+        .map_or(0, |s| s.size);
+    assert_eq!(gold as usize, count / 2, "ranks cycle bronze, silver, gold, platinum");
+    println!(
+        "{backend:<10} re-evaluation of the import from the change feed by a running evaluator: {count} users in {seconds:.2} s = {:.0} users/s ({gold} gold_members); peak RSS so far {:.0} MB",
+        count as f64 / seconds,
+        peak_rss_mb()
+    );
+    evaluator.stop().await;
 }
 
 fn main() {

@@ -388,12 +388,24 @@ impl MembershipEngine {
     /// The real-time path: resolves the changed users and re-evaluates them.
     pub async fn process_changes(&self, users: &[UserRef], cause: Cause) -> MembershipResult<Vec<Transition>> {
         let mut resolved = Vec::with_capacity(users.len());
+        let mut members = Vec::new();
         for user in users {
-            match self.resolve(user).await? {
-                Some(id) => resolved.push(id),
-                None => tracing::debug!(?user, "change of an unlinked member: nobody to re-evaluate"),
+            match user {
+                UserRef::LineUser(id) => resolved.push(id.clone()),
+                UserRef::Member(id) => members.push(id.clone()),
             }
         }
+        // One read for the lot: an import names a million members.
+        let linked = self.store.reads.line_users_of_members(&members).await?;
+        if linked.len() < members.len() {
+            tracing::debug!(
+                unlinked = members.len() - linked.len(),
+                "changes of unlinked members: nobody to re-evaluate"
+            );
+        }
+        resolved.extend(members.iter().filter_map(|m| linked.get(m).cloned()));
+        resolved.sort();
+        resolved.dedup();
         self.evaluate_users(&resolved, cause).await
     }
 

@@ -126,8 +126,10 @@ impl Evaluator {
         self.feed().claimed().extend(rows.iter().map(|row| row.id));
         self.feed().rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
         if rows.len() as u32 == CLAIM_ROWS {
+            // A run of changes (an import): say how far it has come.
             let users: usize = rows.iter().map(|row| row.users.len()).sum();
-            tracing::info!(rows = rows.len(), users, "re-evaluating the users of a run of changes");
+            let left = engine.store().changes.changes_left_through(i64::MAX).await.unwrap_or(0);
+            tracing::info!(rows = rows.len(), users, rows_left = left, "re-evaluating the users of a run of changes");
         }
         Ok(rows)
     }

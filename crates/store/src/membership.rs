@@ -7,9 +7,10 @@
 //! its transitions and the next time-driven evaluation in one transaction.
 
 use crate::sql::{Dialect, Row, Sql, Ts, stmt};
-use crate::{StoreResult, parse_member};
+use crate::{OutboxStore, StoreResult, parse_member};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use foldhash::HashMap;
 pub use renkei_core::{Cause, TransitionKind};
 use renkei_core::{EventTallier, LineUserId, MemberId};
 use serde::Serialize;
@@ -550,6 +551,8 @@ pub(crate) fn merge_stats(sizes: Vec<(String, i64)>, last: Vec<(String, DateTime
 pub trait MembershipReads: Send + Sync + 'static {
     /// The LINE user linked to a member, if any.
     async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>>;
+    /// The LINE users of those `members` that are linked, in one read.
+    async fn line_users_of_members(&self, members: &[MemberId]) -> StoreResult<HashMap<MemberId, LineUserId>>;
     /// Segment ids the user is currently in.
     async fn user_memberships(&self, line_user_id: &LineUserId) -> StoreResult<BTreeSet<String>>;
     /// Users due at `now` (`due_at <= now`), earliest first.
@@ -565,12 +568,17 @@ pub trait MembershipReads: Send + Sync + 'static {
 }
 
 #[async_trait]
-impl<S: Sql> MembershipReads for S {
+impl<S: Sql + OutboxStore> MembershipReads for S {
     async fn member_line_user(&self, member_id: &MemberId) -> StoreResult<Option<LineUserId>> {
         stmt::<S::Db>("SELECT line_user_id FROM links WHERE member_id = $1")
             .bind(member_id)
             .optional(self.reader(), |row| row.user("line_user_id"))
             .await
+    }
+
+    async fn line_users_of_members(&self, members: &[MemberId]) -> StoreResult<HashMap<MemberId, LineUserId>> {
+        // The set read is per dialect; the dispatcher's facts use the same one.
+        <S as OutboxStore>::member_line_users(self, members).await
     }
 
     async fn user_memberships(&self, line_user_id: &LineUserId) -> StoreResult<BTreeSet<String>> {
