@@ -8,7 +8,8 @@
 //! re-evaluations a stop left waiting ([`PendingStore`]), the replies
 //! made to users' messages ([`ReplyStore`]), the webhook relay's queue
 //! ([`RelayStore`]), the dashboard's operators, sessions and audit log
-//! ([`OperatorStore`]) and its reads of other areas ([`OverviewReads`]).
+//! ([`OperatorStore`]) and its reads of other areas ([`OverviewReads`]),
+//! the channel's send budget shared by instances ([`BudgetStore`]).
 //! [`Store`] is all
 //! of them at once.
 //!
@@ -19,6 +20,7 @@
 //! Every write that the API acknowledges is committed before the call
 //! returns, so a 2xx always means "durable".
 
+pub mod budget;
 pub mod dispatch;
 mod events;
 mod leases;
@@ -41,6 +43,7 @@ mod tallies;
 mod test_reads;
 pub mod webhook;
 
+pub use budget::{BudgetSlot, BudgetStore, BudgetTake};
 pub use events::{EventStore, FanoutHit, FanoutQuery, IngestOutcome, StoredEvent};
 pub use leases::{LeaseHolder, LeaseStore};
 pub use members::{Link, LinkOutcome, Member, MemberStore, MembersOutcome};
@@ -213,6 +216,7 @@ trait_sum! {
         + OverviewReads
         + ReplyStore
         + RelayStore
+        + BudgetStore
         + TestReadsIfEnabled
 }
 
