@@ -66,7 +66,7 @@ async fn run_instance(kind: &str) -> Result<(), BoxError> {
         Arc::new(QuotaGuard::new(false, metrics.clone())),
     ));
     let token = CancellationToken::new();
-    let tasks = dispatcher.spawn(token.clone());
+    let tasks = dispatcher.clone().spawn(token.clone());
     // Ready; the parent closes stdin when the campaign is done.
     println!("ready");
     std::io::stdout().flush()?;
@@ -76,10 +76,13 @@ async fn run_instance(kind: &str) -> Result<(), BoxError> {
         task.await?;
     }
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let limiters = dispatcher.limiters();
     println!(
-        "{} requests ({} recipients), CPU {:.1} s, peak RSS {:.0} MB",
+        "{} requests ({} recipients), {} + {} budget takes (push + multicast), CPU {:.1} s, peak RSS {:.0} MB",
         load(&metrics.requests_sent),
         load(&metrics.recipients_sent),
+        limiters.push.takes(),
+        limiters.multicast.takes(),
         cpu_seconds_of("self", false),
         peak_rss_mb()
     );

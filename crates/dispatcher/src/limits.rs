@@ -142,6 +142,8 @@ pub struct Limiter {
     source: Source,
     held: tokio::sync::Mutex<Option<Held>>,
     epoch: Instant,
+    /// Slots taken (on PostgreSQL: round trips to the budget).
+    takes: std::sync::atomic::AtomicU64,
 }
 
 impl Limiter {
@@ -150,7 +152,19 @@ impl Limiter {
             Some(store) => Source::Shared(store),
             None => Source::Local(std::sync::Mutex::new(LocalBucket::default())),
         };
-        Self { bucket, pace: Pace::new(rate), source, held: tokio::sync::Mutex::new(None), epoch: Instant::now() }
+        Self {
+            bucket,
+            pace: Pace::new(rate),
+            source,
+            held: tokio::sync::Mutex::new(None),
+            epoch: Instant::now(),
+            takes: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// How many slots this instance has taken (on PostgreSQL, round trips to the store).
+    pub fn takes(&self) -> u64 {
+        self.takes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether this endpoint's budget is shared with other instances (taken from the store).
@@ -181,6 +195,7 @@ impl Limiter {
 
     /// The start of the next slot granted to this instance, in its clock.
     async fn next_slot(&self) -> i64 {
+        self.takes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (burst_us, cost_us) = (self.pace.burst_us(), self.pace.cost_us());
         loop {
             match &self.source {

@@ -29,6 +29,7 @@ const CAMPAIGN: &str = "id: gold_hello\nname: Gold hello\ntrigger:\n  schedule: 
 /// stops every task it has, as SIGKILL would.
 struct Instance {
     runtime: tokio::runtime::Runtime,
+    limiters: Arc<renkei_dispatcher::limits::Limiters>,
     token: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -63,9 +64,9 @@ impl Instance {
         let token = CancellationToken::new();
         let tasks = {
             let _entered = runtime.enter();
-            dispatcher.spawn(token.clone())
+            dispatcher.clone().spawn(token.clone())
         };
-        Instance { runtime, token, tasks }
+        Instance { runtime, limiters: dispatcher.limiters(), token, tasks }
     }
 
     /// Gone at once: every task dropped at its next await, connections cut.
@@ -115,6 +116,7 @@ async fn three_instances_share_the_channel_budget_and_survive_a_kill() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let killed_at = SystemTime::now();
+    let limiters: Vec<_> = instances.iter().map(|i| i.limiters.clone()).collect();
     instances.remove(0).kill();
 
     loop {
@@ -152,4 +154,7 @@ async fn three_instances_share_the_channel_budget_and_survive_a_kill() {
     );
     assert!(overall >= 0.85, "together ≥ 85 % of the limit over the run: {:.1} %", overall * 100.0);
     assert!(after_kill >= 0.85, "the survivors took the killed one's share: {:.1} %", after_kill * 100.0);
+    // A round trip to the budget per grant of 10 pushes, not one per push.
+    let takes: u64 = limiters.iter().map(|l| l.push.takes()).sum();
+    assert!(takes > 0 && takes <= times.len() as u64 / 5, "{takes} budget takes for {} pushes", times.len());
 }
