@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const RECIPIENTS: usize = 10_000;
-const API_KEY: &str = "crash-test-key-0123456789";
+pub(crate) const API_KEY: &str = "crash-test-key-0123456789";
 const CAMPAIGN: &str = "promo";
 /// Kill once at least this many recipients were accepted…
 const KILL_AFTER: u64 = 1_500;
@@ -49,7 +49,7 @@ async fn sigkill_mid_campaign_then_restart_accepts_each_recipient_exactly_once_p
     crash_and_resume(dir.path(), &url).await;
 }
 
-fn user(i: usize) -> String {
+pub(crate) fn user(i: usize) -> String {
     format!("U{i:032x}")
 }
 
@@ -62,11 +62,17 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(config: &Path, log: PathBuf) -> Self {
+        Self::start_with(config, log, &[])
+    }
+
+    /// As [`Server::start`], with more environment variables (configuration).
+    pub(crate) fn start_with(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Self {
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = renkei_command(config)
             .arg("serve")
             .env("RENKEI_DISPATCH__LEASE", "3s")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
@@ -76,7 +82,7 @@ impl Server {
     }
 
     /// SIGKILL (`Child::kill` on Unix), then reap.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().expect("SIGKILL the server");
             let status = child.wait().expect("reap the server");
@@ -116,7 +122,7 @@ pub(crate) fn renkei_command(config: &Path) -> Command {
 }
 
 /// Config, segment, campaign and template files in `dir`; returns the config path.
-fn write_config(dir: &Path, db_url: &str, bind: &str, sim: &SimHandle) -> PathBuf {
+pub(crate) fn write_config(dir: &Path, db_url: &str, bind: &str, sim: &SimHandle) -> PathBuf {
     let segments = dir.join("segments");
     let campaigns = dir.join("campaigns");
     let templates = dir.join("templates");
@@ -205,7 +211,7 @@ fn accepted_requests(sim: &SimHandle) -> u64 {
     c.accepted + c.dropped
 }
 
-async fn get_json(http: &reqwest::Client, url: &str) -> Option<(u16, Value)> {
+pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> Option<(u16, Value)> {
     let response = http.get(url).bearer_auth(API_KEY).send().await.ok()?;
     let status = response.status().as_u16();
     Some((status, response.json().await.ok()?))
@@ -349,7 +355,7 @@ async fn crash_and_resume(dir: &Path, db_url: &str) {
 }
 
 /// Accepted push/multicast requests per recipient.
-fn distinct_recipients(sim: &SimHandle) -> HashMap<String, usize> {
+pub(crate) fn distinct_recipients(sim: &SimHandle) -> HashMap<String, usize> {
     let mut per_user: HashMap<String, usize> = HashMap::new();
     for request in sim.requests() {
         if matches!(request.endpoint, Endpoint::Push | Endpoint::Multicast) {
