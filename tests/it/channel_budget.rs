@@ -6,11 +6,12 @@
 //! recipient gets exactly one message, and the instances together use nearly
 //! the whole push limit, before the kill and after it.
 
-use crate::crash::{API_KEY, SERIAL, Server, distinct_recipients, free_port, get_json, user, wait_for, write_config};
+use crate::crash::{
+    SERIAL, Server, distinct_recipients, free_port, get_json, import_members, post_promo_events, wait_for, write_config,
+};
 use renkei_line_sim::{Endpoint, LineSim, RateLimits, SimConfig};
 use renkei_test_support as test_support;
-use serde_json::{Value, json};
-use std::fmt::Write as _;
+use serde_json::json;
 use std::time::{Duration, SystemTime};
 
 const RECIPIENTS: usize = 3_000;
@@ -33,15 +34,7 @@ async fn three_instances_share_the_channels_limits_and_a_killed_ones_part() {
     let config = write_config(dir.path(), &db_url, &binds[0], &sim);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
 
-    let mut csv = String::from("member_id,line_user_id,name\n");
-    for i in 0..RECIPIENTS {
-        let _ = writeln!(csv, "m{i},{},会員{i}", user(i));
-    }
-    let csv_path = dir.path().join("members.csv");
-    std::fs::write(&csv_path, csv).expect("members csv");
-    let out =
-        crate::crash::renkei_command(&config).args(["import", "members"]).arg(&csv_path).output().expect("import");
-    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
+    import_members(&config, dir.path(), RECIPIENTS);
 
     // The same rates in every instance: the channel's.
     let (push, multicast) = (PUSH_RATE.to_string(), (PUSH_RATE / 10).to_string());
@@ -73,23 +66,8 @@ async fn three_instances_share_the_channels_limits_and_a_killed_ones_part() {
     .await;
 
     // One `promo_requested` event per member, each batch to another instance.
-    let occurred_at = chrono::Utc::now().to_rfc3339();
-    for batch in 0..RECIPIENTS / 1_000 {
-        let events: Vec<Value> = (batch * 1_000..(batch + 1) * 1_000)
-            .map(|i| {
-                json!({"event_id": format!("promo-{i}"), "type": "promo_requested", "member_id": format!("m{i}"),
-                       "occurred_at": occurred_at})
-            })
-            .collect();
-        let response = http
-            .post(format!("http://{}/v1/events", binds[batch % 3]))
-            .bearer_auth(API_KEY)
-            .json(&json!({"events": events}))
-            .send()
-            .await
-            .expect("POST /v1/events");
-        assert_eq!(response.status().as_u16(), 200, "batch {batch}");
-    }
+    let bases: Vec<String> = binds.iter().map(|bind| format!("http://{bind}")).collect();
+    post_promo_events(&http, &bases, RECIPIENTS).await;
 
     let pushes = || sim.requests_for(Endpoint::Push);
     wait_for("a third of the pushes", Duration::from_secs(60), &mut servers[1], async || {

@@ -181,6 +181,44 @@ level = "info"
     config
 }
 
+/// Members m0..m{n} named 会員{i}, each linked to [`user`]`(i)`, imported
+/// with `renkei import members`; returns its summary.
+pub(crate) fn import_members(config: &Path, dir: &Path, n: usize) -> String {
+    let mut csv = String::from("member_id,line_user_id,name\n");
+    for i in 0..n {
+        let _ = writeln!(csv, "m{i},{},会員{i}", user(i));
+    }
+    let csv_path = dir.join("members.csv");
+    std::fs::write(&csv_path, csv).expect("members csv");
+    let out = renkei_command(config).args(["import", "members"]).arg(&csv_path).output().expect("run import");
+    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One `promo_requested` event per member m0..m{n}, in batches of 1,000,
+/// each batch to the next server of `bases`; every one accepted.
+pub(crate) async fn post_promo_events(http: &reqwest::Client, bases: &[String], n: usize) {
+    let occurred_at = chrono::Utc::now().to_rfc3339();
+    for batch in 0..n / 1_000 {
+        let events: Vec<Value> = (batch * 1_000..(batch + 1) * 1_000)
+            .map(|i| {
+                json!({"event_id": format!("promo-{i}"), "type": "promo_requested", "member_id": format!("m{i}"),
+                       "occurred_at": occurred_at})
+            })
+            .collect();
+        let response = http
+            .post(format!("{}/v1/events", bases[batch % bases.len()]))
+            .bearer_auth(API_KEY)
+            .json(&json!({"events": events}))
+            .send()
+            .await
+            .expect("POST /v1/events");
+        assert_eq!(response.status().as_u16(), 200, "batch {batch}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body, json!({"accepted": 1_000, "duplicates": 0}), "batch {batch}");
+    }
+}
+
 pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     listener.local_addr().expect("addr").port()
@@ -228,15 +266,7 @@ async fn crash_and_resume(dir: &Path, db_url: &str) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
 
     // 10,000 members, each linked to a LINE user, imported before the server starts.
-    let mut csv = String::from("member_id,line_user_id,name\n");
-    for i in 0..RECIPIENTS {
-        let _ = writeln!(csv, "m{i},{},会員{i}", user(i));
-    }
-    let csv_path = dir.join("members.csv");
-    std::fs::write(&csv_path, csv).expect("members csv");
-    let out = renkei_command(&config).args(["import", "members"]).arg(&csv_path).output().expect("run import");
-    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
-    let summary = String::from_utf8_lossy(&out.stdout);
+    let summary = import_members(&config, dir, RECIPIENTS);
     assert!(summary.contains(&format!("{RECIPIENTS} created")), "{summary}");
     assert!(summary.contains(&format!("{RECIPIENTS} linked")), "{summary}");
 
@@ -255,25 +285,7 @@ async fn crash_and_resume(dir: &Path, db_url: &str) {
     .await;
 
     // One `promo_requested` event per member, in batches of 1,000.
-    let occurred_at = chrono::Utc::now().to_rfc3339();
-    for batch in 0..RECIPIENTS / 1_000 {
-        let events: Vec<Value> = (batch * 1_000..(batch + 1) * 1_000)
-            .map(|i| {
-                json!({"event_id": format!("promo-{i}"), "type": "promo_requested", "member_id": format!("m{i}"),
-                       "occurred_at": occurred_at})
-            })
-            .collect();
-        let response = http
-            .post(format!("{base}/v1/events"))
-            .bearer_auth(API_KEY)
-            .json(&json!({"events": events}))
-            .send()
-            .await
-            .expect("POST /v1/events");
-        assert_eq!(response.status().as_u16(), 200, "batch {batch}");
-        let body: Value = response.json().await.expect("json");
-        assert_eq!(body, json!({"accepted": 1_000, "duplicates": 0}), "batch {batch}");
-    }
+    post_promo_events(&http, std::slice::from_ref(&base), RECIPIENTS).await;
 
     // SIGKILL once LINE has accepted some, but not all, of the pushes.
     wait_for("LINE to accept the first pushes", Duration::from_secs(120), &mut server, async || {
