@@ -13,7 +13,8 @@
 //! ```
 //! Env: `RENKEI_BENCH_INSTANCES` (default 3), `RENKEI_BENCH_PUSH_USERS`
 //! (default 100000), `RENKEI_BENCH_MULTICAST_USERS` (default 1000000),
-//! `RENKEI_BENCH_BATCH` (deliveries and requests claimed per round, default 2000).
+//! `RENKEI_BENCH_BATCH` (deliveries and requests claimed per round, default 2000),
+//! `RENKEI_BENCH_PLANNERS` (planning tasks per instance, default the dispatcher's).
 
 use renkei_core::{Clock, SystemClock};
 use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, DispatcherStore, QuotaGuard};
@@ -44,7 +45,12 @@ fn campaign_of(kind: &str) -> (&'static str, &'static str) {
 }
 
 fn settings() -> DispatchSettings {
-    DispatchSettings { batch: env_number("RENKEI_BENCH_BATCH", 2_000u32), ..DispatchSettings::default() }
+    let defaults = DispatchSettings::default();
+    DispatchSettings {
+        batch: env_number("RENKEI_BENCH_BATCH", 2_000u32),
+        planners: env_number("RENKEI_BENCH_PLANNERS", defaults.planners),
+        ..defaults
+    }
 }
 
 /// An instance: dispatches from the database to the simulator until its
@@ -158,6 +164,8 @@ async fn run(server: &str, kind: &str, users: u64, instances: usize, limit: f64)
     }
     store.set_campaign_paused("bench", false, chrono::Utc::now()).await?;
     let (mut first, mut last, mut accepted) = (None, Instant::now(), 0);
+    // When every delivery had become a request: near the end means planning set the pace.
+    let mut planned: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let now = sim.counters().accepted;
@@ -167,6 +175,9 @@ async fn run(server: &str, kind: &str, users: u64, instances: usize, limit: f64)
         }
         if first.is_some() {
             let counts = store.campaign_counts("bench").await?;
+            if counts.pending == 0 {
+                planned.get_or_insert_with(Instant::now);
+            }
             if counts.pending == 0 && counts.requested == 0 && sim.counters().accepted == accepted {
                 break;
             }
@@ -186,6 +197,9 @@ async fn run(server: &str, kind: &str, users: u64, instances: usize, limit: f64)
         counters.rate_limited,
         counters.conflicts
     );
+    if let (Some(first), Some(planned)) = (first, planned) {
+        println!("  planning done {:.2} s after the first acceptance", planned.duration_since(first).as_secs_f64());
+    }
     for (i, mut child) in children.into_iter().enumerate() {
         drop(child.stdin.take());
         let mut report = String::new();

@@ -2,10 +2,11 @@
 //! schedule (`renkei_core::RetrySchedule`, shared with the webhook relay).
 //!
 //! The `[dispatch]` rates are the CHANNEL's limits. Each endpoint's time is
-//! cut into slots of [`GRANT_SHARE`] of a second (a grant of rate / 20
-//! requests); an instance takes a slot, spends its requests one interval
-//! apart from the slot's start ([`Held`]), and takes the next slot when they
-//! run out. On PostgreSQL the slots come from one row per endpoint
+//! cut into slots of at most [`GRANT_SHARE`] of a second (a grant of rate /
+//! 20 requests; fewer when fewer requests wait, so no instance holds time
+//! it cannot use); an instance takes a slot, spends its requests one
+//! interval apart from the slot's start ([`Held`]), and takes the next slot
+//! when they run out. On PostgreSQL the slots come from one row per endpoint
 //! (`renkei_store` `budget`), so instances sending on one channel share the
 //! rate whatever their number, and a crashed instance loses only the slot
 //! it held; on SQLite (one instance) from the same rule in memory
@@ -66,9 +67,15 @@ impl Pace {
         Self { rate, interval_us: i64::from(1_000_000u32.div_ceil(rate)), grant: (rate / GRANT_SHARE).max(1) }
     }
 
-    /// A grant's length.
+    /// A full grant's length.
     pub fn cost_us(&self) -> i64 {
         self.interval_us * i64::from(self.grant)
+    }
+
+    /// The requests to ask for when `waiting` wait here: no more than wait
+    /// (a slot another instance could have used is not held idle), at most a grant.
+    pub fn tokens_for(&self, waiting: u32) -> u32 {
+        waiting.clamp(1, self.grant)
     }
 
     /// How far back an idle bucket's slot may start: one grant.
@@ -103,8 +110,8 @@ pub struct Held {
 }
 
 impl Held {
-    pub fn new(start_us: i64, pace: &Pace) -> Self {
-        Self { next_at_us: start_us, left: pace.grant, interval_us: pace.interval_us }
+    pub fn new(start_us: i64, tokens: u32, pace: &Pace) -> Self {
+        Self { next_at_us: start_us, left: tokens, interval_us: pace.interval_us }
     }
 
     /// Takes the next request: the time it may go (later than `now_us`:
@@ -144,6 +151,24 @@ pub struct Limiter {
     epoch: Instant,
     /// Slots taken (on PostgreSQL: round trips to the budget).
     takes: std::sync::atomic::AtomicU64,
+    /// Requests waiting in [`Limiter::until_ready`].
+    waiting: std::sync::atomic::AtomicU32,
+}
+
+/// Counts a request waiting in [`Limiter::until_ready`] while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicU32) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Limiter {
@@ -159,6 +184,7 @@ impl Limiter {
             held: tokio::sync::Mutex::new(None),
             epoch: Instant::now(),
             takes: std::sync::atomic::AtomicU64::new(0),
+            waiting: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -180,6 +206,7 @@ impl Limiter {
     /// Waiters queue in order (the lock is fair), so requests go one
     /// interval apart.
     pub async fn until_ready(&self) {
+        let _waiting = Waiting::new(&self.waiting);
         let mut held = self.held.lock().await;
         loop {
             let now = self.now_us();
@@ -189,14 +216,15 @@ impl Limiter {
                 }
                 return;
             }
-            *held = Some(Held::new(self.next_slot().await, &self.pace));
+            let tokens = self.pace.tokens_for(self.waiting.load(std::sync::atomic::Ordering::Relaxed));
+            *held = Some(Held::new(self.next_slot(tokens).await, tokens, &self.pace));
         }
     }
 
-    /// The start of the next slot granted to this instance, in its clock.
-    async fn next_slot(&self) -> i64 {
+    /// The start of the next slot, `tokens` requests long, granted to this instance, in its clock.
+    async fn next_slot(&self, tokens: u32) -> i64 {
         self.takes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (burst_us, cost_us) = (self.pace.burst_us(), self.pace.cost_us());
+        let (burst_us, cost_us) = (self.pace.burst_us(), self.pace.interval_us * i64::from(tokens));
         loop {
             match &self.source {
                 Source::Local(bucket) => {
@@ -269,6 +297,11 @@ mod tests {
         // 3/s: 333,334 µs apart (rounded up), one request per grant.
         assert_eq!(Pace::new(3), Pace { rate: 3, interval_us: 333_334, grant: 1 });
         assert_eq!(Pace::new(0).rate, 1);
+        // No more than wait, at most a grant.
+        assert_eq!(
+            (Pace::new(200).tokens_for(0), Pace::new(200).tokens_for(3), Pace::new(200).tokens_for(64)),
+            (1, 3, 10)
+        );
     }
 
     #[test]
@@ -284,7 +317,7 @@ mod tests {
     #[test]
     fn held_requests_go_one_interval_apart_and_stale_ones_are_dropped() {
         let pace = Pace::new(200); // 5 ms apart, 10 a grant
-        let mut held = Held::new(1_000_000, &pace);
+        let mut held = Held::new(1_000_000, pace.grant, &pace);
         assert_eq!(held.take(990_000, 100_000), Some(1_000_000), "not yet: wait for it");
         assert_eq!(held.take(990_000, 100_000), Some(1_005_000));
         // At 1,130,000 requests older than 100 ms are gone: 1,010,000..1,025,000 (4 of them).
@@ -293,7 +326,7 @@ mod tests {
         assert_eq!(held.take(1_130_000, 100_000), Some(1_040_000));
         assert_eq!(held.take(1_130_000, 100_000), Some(1_045_000));
         assert_eq!(held.take(1_130_000, 100_000), None, "the grant's ten are used or dropped");
-        let mut idle = Held::new(0, &pace);
+        let mut idle = Held::new(0, pace.grant, &pace);
         assert_eq!(idle.take(10_000_000, 100_000), None);
     }
 
@@ -308,7 +341,7 @@ mod tests {
         // An instance that stalls now and then in the middle of a grant (a
         // slow LINE, a busy runtime) and then catches up.
         for _ in 0..400 {
-            let mut held = Held::new(bucket.take(now, pace.burst_us(), pace.cost_us()), &pace);
+            let mut held = Held::new(bucket.take(now, pace.burst_us(), pace.cost_us()), pace.grant, &pace);
             while let Some(at) = held.take(now, micros(LATE)) {
                 now = now.max(at);
                 sends.push(now);
