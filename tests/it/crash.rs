@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const RECIPIENTS: usize = 10_000;
-const API_KEY: &str = "crash-test-key-0123456789";
+pub(crate) const API_KEY: &str = "crash-test-key-0123456789";
 const CAMPAIGN: &str = "promo";
 /// Kill once at least this many recipients were accepted…
 const KILL_AFTER: u64 = 1_500;
@@ -49,7 +49,7 @@ async fn sigkill_mid_campaign_then_restart_accepts_each_recipient_exactly_once_p
     crash_and_resume(dir.path(), &url).await;
 }
 
-fn user(i: usize) -> String {
+pub(crate) fn user(i: usize) -> String {
     format!("U{i:032x}")
 }
 
@@ -62,11 +62,17 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(config: &Path, log: PathBuf) -> Self {
+        Self::start_with(config, log, &[])
+    }
+
+    /// As [`Server::start`], with more environment variables (configuration).
+    pub(crate) fn start_with(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Self {
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = renkei_command(config)
             .arg("serve")
             .env("RENKEI_DISPATCH__LEASE", "3s")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
@@ -76,7 +82,7 @@ impl Server {
     }
 
     /// SIGKILL (`Child::kill` on Unix), then reap.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().expect("SIGKILL the server");
             let status = child.wait().expect("reap the server");
@@ -116,7 +122,7 @@ pub(crate) fn renkei_command(config: &Path) -> Command {
 }
 
 /// Config, segment, campaign and template files in `dir`; returns the config path.
-fn write_config(dir: &Path, db_url: &str, bind: &str, sim: &SimHandle) -> PathBuf {
+pub(crate) fn write_config(dir: &Path, db_url: &str, bind: &str, sim: &SimHandle) -> PathBuf {
     let segments = dir.join("segments");
     let campaigns = dir.join("campaigns");
     let templates = dir.join("templates");
@@ -175,6 +181,44 @@ level = "info"
     config
 }
 
+/// Members m0..m{n} named 会員{i}, each linked to [`user`]`(i)`, imported
+/// with `renkei import members`; returns its summary.
+pub(crate) fn import_members(config: &Path, dir: &Path, n: usize) -> String {
+    let mut csv = String::from("member_id,line_user_id,name\n");
+    for i in 0..n {
+        let _ = writeln!(csv, "m{i},{},会員{i}", user(i));
+    }
+    let csv_path = dir.join("members.csv");
+    std::fs::write(&csv_path, csv).expect("members csv");
+    let out = renkei_command(config).args(["import", "members"]).arg(&csv_path).output().expect("run import");
+    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One `promo_requested` event per member m0..m{n}, in batches of 1,000,
+/// each batch to the next server of `bases`; every one accepted.
+pub(crate) async fn post_promo_events(http: &reqwest::Client, bases: &[String], n: usize) {
+    let occurred_at = chrono::Utc::now().to_rfc3339();
+    for batch in 0..n / 1_000 {
+        let events: Vec<Value> = (batch * 1_000..(batch + 1) * 1_000)
+            .map(|i| {
+                json!({"event_id": format!("promo-{i}"), "type": "promo_requested", "member_id": format!("m{i}"),
+                       "occurred_at": occurred_at})
+            })
+            .collect();
+        let response = http
+            .post(format!("{}/v1/events", bases[batch % bases.len()]))
+            .bearer_auth(API_KEY)
+            .json(&json!({"events": events}))
+            .send()
+            .await
+            .expect("POST /v1/events");
+        assert_eq!(response.status().as_u16(), 200, "batch {batch}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body, json!({"accepted": 1_000, "duplicates": 0}), "batch {batch}");
+    }
+}
+
 pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     listener.local_addr().expect("addr").port()
@@ -205,7 +249,7 @@ fn accepted_requests(sim: &SimHandle) -> u64 {
     c.accepted + c.dropped
 }
 
-async fn get_json(http: &reqwest::Client, url: &str) -> Option<(u16, Value)> {
+pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> Option<(u16, Value)> {
     let response = http.get(url).bearer_auth(API_KEY).send().await.ok()?;
     let status = response.status().as_u16();
     Some((status, response.json().await.ok()?))
@@ -222,15 +266,7 @@ async fn crash_and_resume(dir: &Path, db_url: &str) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
 
     // 10,000 members, each linked to a LINE user, imported before the server starts.
-    let mut csv = String::from("member_id,line_user_id,name\n");
-    for i in 0..RECIPIENTS {
-        let _ = writeln!(csv, "m{i},{},会員{i}", user(i));
-    }
-    let csv_path = dir.join("members.csv");
-    std::fs::write(&csv_path, csv).expect("members csv");
-    let out = renkei_command(&config).args(["import", "members"]).arg(&csv_path).output().expect("run import");
-    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
-    let summary = String::from_utf8_lossy(&out.stdout);
+    let summary = import_members(&config, dir, RECIPIENTS);
     assert!(summary.contains(&format!("{RECIPIENTS} created")), "{summary}");
     assert!(summary.contains(&format!("{RECIPIENTS} linked")), "{summary}");
 
@@ -249,29 +285,12 @@ async fn crash_and_resume(dir: &Path, db_url: &str) {
     .await;
 
     // One `promo_requested` event per member, in batches of 1,000.
-    let occurred_at = chrono::Utc::now().to_rfc3339();
-    for batch in 0..RECIPIENTS / 1_000 {
-        let events: Vec<Value> = (batch * 1_000..(batch + 1) * 1_000)
-            .map(|i| {
-                json!({"event_id": format!("promo-{i}"), "type": "promo_requested", "member_id": format!("m{i}"),
-                       "occurred_at": occurred_at})
-            })
-            .collect();
-        let response = http
-            .post(format!("{base}/v1/events"))
-            .bearer_auth(API_KEY)
-            .json(&json!({"events": events}))
-            .send()
-            .await
-            .expect("POST /v1/events");
-        assert_eq!(response.status().as_u16(), 200, "batch {batch}");
-        let body: Value = response.json().await.expect("json");
-        assert_eq!(body, json!({"accepted": 1_000, "duplicates": 0}), "batch {batch}");
-    }
+    post_promo_events(&http, std::slice::from_ref(&base), RECIPIENTS).await;
 
     // SIGKILL once LINE has accepted some, but not all, of the pushes.
+    // Counted in recipients: the accepted requests include the quota guard's reads.
     wait_for("LINE to accept the first pushes", Duration::from_secs(120), &mut server, async || {
-        (accepted_requests(&sim) >= KILL_AFTER).then_some(())
+        (distinct_recipients(&sim).len() >= KILL_AFTER as usize).then_some(())
     })
     .await;
     server.kill();
@@ -349,7 +368,7 @@ async fn crash_and_resume(dir: &Path, db_url: &str) {
 }
 
 /// Accepted push/multicast requests per recipient.
-fn distinct_recipients(sim: &SimHandle) -> HashMap<String, usize> {
+pub(crate) fn distinct_recipients(sim: &SimHandle) -> HashMap<String, usize> {
     let mut per_user: HashMap<String, usize> = HashMap::new();
     for request in sim.requests() {
         if matches!(request.endpoint, Endpoint::Push | Endpoint::Multicast) {

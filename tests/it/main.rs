@@ -4,6 +4,7 @@
 
 mod api;
 mod campaigns_api;
+mod channel_budget;
 mod cli_campaigns;
 mod cli_check;
 mod cli_import;

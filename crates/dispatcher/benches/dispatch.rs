@@ -14,21 +14,15 @@
 //! once and reused; each run adds its deliveries), `RENKEI_BENCH_POSTMASTER_PID` (a local server's postmaster: prints its CPU too).
 
 use chrono::Utc;
-use renkei_campaigns::{CampaignSet, RichMenuRules};
-use renkei_core::{Clock, LineUserId, MemberId, MemberPatch, SystemClock};
+use renkei_campaigns::RichMenuRules;
+use renkei_core::{Clock, SystemClock};
 use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, DispatcherStore, QuotaGuard};
-use renkei_evaluator::Cause;
 use renkei_line::LineClient;
 use renkei_line_sim::{LineSim, SimConfig};
 use renkei_scheduler::{CampaignRunner, RunnerSettings, RunnerStore};
-use renkei_segments::SegmentSet;
 use renkei_store::Store;
-use renkei_store::membership::MembershipUpdate;
 use renkei_test_support::bench::{env_number as env_u64, smoke_run};
 use renkei_test_support::measure::{cpu_seconds_of, current_rss_mb, peak_rss_mb, postgres_cpu_seconds};
-use serde_json::json;
-use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -37,11 +31,8 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-const SEGMENT: &str = "id: everyone\nname: Everyone\nrule:\n  linked: true\n";
-const PERSONAL: &str = r#"{"type":"bubble","body":{"type":"box","layout":"vertical","contents":[{"type":"text","text":"{{member.name}}さん、ポイントは{{member.points}}点です"}]}}"#;
-const SAME: &str = r#"{"type":"bubble","body":{"type":"box","layout":"vertical","contents":[{"type":"text","text":"週末セール開催中"}]}}"#;
+mod common;
+use common::{BoxError, MULTICAST_CAMPAIGN, PERSONAL, PUSH_CAMPAIGN, SAME, campaign_set, load_users};
 
 /// The store to send from, and whether its users are already loaded.
 async fn open_store(users: u64) -> Result<(Arc<dyn Store>, Option<tempfile::TempDir>, &'static str, bool), BoxError> {
@@ -83,38 +74,6 @@ async fn open_store(users: u64) -> Result<(Arc<dyn Store>, Option<tempfile::Temp
     }
 }
 
-/// Members m0..m{n} linked to U…, in the `everyone` segment.
-async fn load_users(store: &Arc<dyn Store>, n: u64) -> Result<(), BoxError> {
-    let now = Utc::now();
-    let mut i = 0;
-    while i < n {
-        let end = (i + 10_000).min(n);
-        let patches: Vec<MemberPatch> = (i..end)
-            .map(|k| MemberPatch {
-                member_id: MemberId::parse(&format!("m{k}")).expect("member id"),
-                attributes: json!({"name": format!("会員{k}"), "points": k % 5000})
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default(),
-                line_user_id: Some(LineUserId::parse(&format!("U{k:032x}")).expect("user id")),
-            })
-            .collect();
-        store.upsert_members(&patches, now).await?;
-        let updates: Vec<MembershipUpdate> = patches
-            .iter()
-            .filter_map(|p| p.line_user_id.clone())
-            .map(|u| MembershipUpdate {
-                line_user_id: u,
-                segments: BTreeSet::from(["everyone".to_string()]),
-                next_due: None,
-            })
-            .collect();
-        store.apply_memberships(&updates, now, Cause::Recompute).await?;
-        i = end;
-    }
-    Ok(())
-}
-
 struct Outcome {
     requests: u64,
     recipients: u64,
@@ -128,16 +87,7 @@ async fn run_campaign(
     template: &str,
     users: u64,
 ) -> Result<(Outcome, f64), BoxError> {
-    let segments = SegmentSet::from_sources([(PathBuf::from("everyone.yaml"), SEGMENT.to_string())])
-        .map_err(|d| format!("{d:?}"))?;
-    let campaigns = Arc::new(
-        CampaignSet::from_sources(
-            vec![(PathBuf::from("bench.yaml"), campaign_yaml.to_string())],
-            vec![("bench".to_string(), PathBuf::from("bench.json.hbs"), template.to_string())],
-            &segments,
-        )
-        .map_err(|d| format!("{d:?}"))?,
-    );
+    let campaigns = campaign_set(campaign_yaml, template)?;
     let rules = Arc::new(RichMenuRules::default());
     // LINE's real limits; no request log so the simulator's memory stays flat.
     let sim = LineSim::spawn(SimConfig { record_requests: false, ..SimConfig::default() }).await?;
@@ -257,8 +207,7 @@ fn main() -> Result<(), BoxError> {
                 load_users(&store, push_users).await?;
                 println!("  loaded users in {:.1} s", t.elapsed().as_secs_f64());
             }
-            let yaml = "id: bench\nname: bench\ntrigger:\n  schedule: \"0 0 9 * * *\"\n  audience: everyone\nmessages:\n  - template: bench\n    alt_text: \"{{member.name}}さんへ\"\n";
-            let (o, rss) = run_campaign(store, yaml, PERSONAL, push_users).await?;
+            let (o, rss) = run_campaign(store, PUSH_CAMPAIGN, PERSONAL, push_users).await?;
             let rate = o.requests as f64 / o.seconds;
             println!(
                 "  push: {} requests in {:.2} s = {:.0} req/s = {:.1} % of 2,000; 429s: {}; RSS while sending {:.0} MB",
@@ -278,8 +227,7 @@ fn main() -> Result<(), BoxError> {
                 load_users(&store, multicast_users).await?;
                 println!("  loaded users in {:.1} s", t.elapsed().as_secs_f64());
             }
-            let yaml = "id: bench\nname: bench\ntrigger:\n  schedule: \"0 0 9 * * *\"\n  audience: everyone\nmessages:\n  - template: bench\n    alt_text: 週末セール\n";
-            let (o, rss) = run_campaign(store, yaml, SAME, multicast_users).await?;
+            let (o, rss) = run_campaign(store, MULTICAST_CAMPAIGN, SAME, multicast_users).await?;
             let rate = o.requests as f64 / o.seconds;
             println!(
                 "  multicast: {} requests ({} recipients) in {:.2} s = {:.1} req/s = {:.1} % of 200; 429s: {}; RSS while sending {:.0} MB",

@@ -8,18 +8,43 @@ use serde_json::Value;
 /// What happened to one request at LINE.
 #[derive(Clone)]
 pub(crate) enum Outcome {
-    Sent { accepted: Option<String>, already: bool },
-    Retry { error: String, rate_limited: bool },
-    MonthlyLimit { error: String },
-    Failed { error: String },
+    Sent {
+        accepted: Option<String>,
+        already: bool,
+    },
+    Retry {
+        error: String,
+        rate_limited: bool,
+    },
+    MonthlyLimit {
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
+    /// Not sent: the request waited here until its lease was nearly over
+    /// (the instance's share of the channel's budget was smaller than the
+    /// work it had claimed); given back untried for any instance to send.
+    LeaseEnding,
 }
 
-/// One attempt at LINE, waiting for the endpoint's rate limiter first.
-pub(crate) async fn attempt(line: &LineClient, limiters: &Limiters, request: &SendRequest) -> Outcome {
+/// One attempt at LINE, waiting for the endpoint's rate limiter first;
+/// not made when `deadline` (well before the request's lease ends) has
+/// passed before that wait.
+pub(crate) async fn attempt(
+    line: &LineClient,
+    limiters: &Limiters,
+    request: &SendRequest,
+    deadline: tokio::time::Instant,
+) -> Outcome {
     let messages: Vec<Message> = match &request.messages {
         Value::Array(items) => items.iter().cloned().map(Message).collect(),
         _ => return Outcome::Failed { error: "stored messages are not a JSON array".to_string() },
     };
+    // Checked before waiting for the budget, so a request given back spends none of it.
+    if tokio::time::Instant::now() >= deadline {
+        return Outcome::LeaseEnding;
+    }
     let result = match request.kind {
         RequestKind::Push => {
             let Some(to) = request.recipients.first() else {

@@ -35,6 +35,7 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
     pub timezone: Tz,
+    /// The channel's limits per endpoint (the same in every instance: they share them).
     pub rates: Rates,
     /// How long a claimed request stays ours; after a crash, another
     /// instance (or the restarted one) takes it over after this.
@@ -72,8 +73,14 @@ const HELD_ELSEWHERE: Duration = Duration::from_millis(20);
 
 renkei_store::store_view! {
     /// What the dispatcher reads and writes: the outbox it plans from, the
-    /// LINE requests it sends, and the users its policies look at.
-    pub struct DispatcherStore { outbox: OutboxStore, requests: RequestStore, memberships: MembershipStore }
+    /// LINE requests it sends, the users its policies look at, and the
+    /// channel's send budget it shares with other instances.
+    pub struct DispatcherStore {
+        outbox: OutboxStore,
+        requests: RequestStore,
+        memberships: MembershipStore,
+        budget: BudgetStore,
+    }
 }
 
 pub struct Dispatcher {
@@ -100,7 +107,7 @@ impl Dispatcher {
         metrics: Arc<DispatchMetrics>,
         quota: Arc<QuotaGuard>,
     ) -> Self {
-        let limiters = Arc::new(Limiters::new(settings.rates));
+        let limiters = Arc::new(Limiters::of_channel(settings.rates, store.budget.clone()));
         let owner = format!("dispatch-{}", Uuid::new_v4().simple());
         let scan = std::sync::Mutex::new(ScanHint { after: None, last_full: std::time::Instant::now() });
         Self {
@@ -123,6 +130,8 @@ impl Dispatcher {
         self.wake.clone()
     }
 
+    /// The channel's rate limits as this instance spends them (shared with
+    /// the rich-menu linker).
     pub fn limiters(&self) -> Arc<Limiters> {
         self.limiters.clone()
     }

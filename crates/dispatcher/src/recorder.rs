@@ -45,6 +45,13 @@ impl Dispatcher {
                 tracing::warn!(request = request.id, %error, resume_check = %until, "monthly message limit reached; sending paused");
                 self.store.requests.retry_request(request.id, until, &error).await?;
             }
+            Outcome::LeaseEnding => {
+                tracing::debug!(
+                    request = request.id,
+                    "lease nearly over before the budget allowed the request; given back"
+                );
+                self.store.requests.release_request(request.id, &self.owner).await?;
+            }
             Outcome::Failed { error } => {
                 DispatchMetrics::add(&self.metrics.requests_failed, 1);
                 tracing::warn!(request = request.id, %error, "LINE refused the request; not retried");

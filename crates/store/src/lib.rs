@@ -9,7 +9,8 @@
 //! evaluators of every process follow ([`ChangeFeed`]), the replies
 //! made to users' messages ([`ReplyStore`]), the webhook relay's queue
 //! ([`RelayStore`]), the dashboard's operators, sessions and audit log
-//! ([`OperatorStore`]) and its reads of other areas ([`OverviewReads`]).
+//! ([`OperatorStore`]) and its reads of other areas ([`OverviewReads`]),
+//! the channel's send budget shared by instances ([`BudgetStore`]).
 //! [`Store`] is all
 //! of them at once.
 //!
@@ -20,6 +21,7 @@
 //! Every write that the API acknowledges is committed before the call
 //! returns, so a 2xx always means "durable".
 
+pub mod budget;
 pub mod changes;
 pub mod dispatch;
 mod events;
@@ -43,6 +45,7 @@ mod tallies;
 mod test_reads;
 pub mod webhook;
 
+pub use budget::{BudgetSlot, BudgetStore, BudgetTake};
 pub use changes::{ChangeFeed, UserChanges};
 pub use events::{EventStore, FanoutHit, FanoutQuery, IngestOutcome, StoredEvent};
 pub use leases::{LeaseHolder, LeaseStore};
@@ -217,6 +220,7 @@ trait_sum! {
         + OverviewReads
         + ReplyStore
         + RelayStore
+        + BudgetStore
         + TestReadsIfEnabled
 }
 

@@ -125,6 +125,11 @@ pub trait RequestStore: Send + Sync + 'static {
     /// A permanent failure: the request (and so its deliveries) become `failed` with `error`.
     async fn fail_request(&self, id: i64, error: &str, at: DateTime<Utc>) -> StoreResult<()>;
 
+    /// Gives a request `owner` claimed back untried (its claim's attempt
+    /// uncounted), for any instance to claim at once. Nothing when the lease
+    /// is no longer `owner`'s.
+    async fn release_request(&self, id: i64, owner: &str) -> StoreResult<()>;
+
     async fn get_request(&self, id: i64) -> StoreResult<Option<SendRequest>>;
 
     /// The earliest `next_attempt_at` of a pending request.
@@ -228,6 +233,18 @@ impl<S: RequestsSql> RequestStore for S {
         .bind(Ts(next_attempt_at))
         .bind(error)
         .bind(id)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    async fn release_request(&self, id: i64, owner: &str) -> StoreResult<()> {
+        stmt::<S::Db>(
+            "UPDATE send_requests SET lease_owner = NULL, lease_until = NULL, attempts = attempts - 1
+             WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(owner)
         .execute(self.writer())
         .await?;
         Ok(())

@@ -431,6 +431,22 @@ async fn a_request_lease_is_released_by_retry_and_comes_back_after_expiry(store:
     assert_eq!(store.claim_requests(at(4), 10, "c", at(9)).await.expect("due")[0].attempts, 3);
 }
 
+/// A request its sender could not send before its lease neared its end
+/// (the channel's budget was busy) is given back untried, for anyone at once.
+async fn a_request_given_back_untried_is_claimable_at_once_with_its_attempt_uncounted(store: TestStore) {
+    store.insert_deliveries(&[delivery("c", "t", 1, at(1))], at(1)).await.expect("insert");
+    let claim = store.claim_deliveries(at(1), 1).await.expect("claim");
+    let requests = vec![push(claim.deliveries[0].id, 1)];
+    let r = claim.commit(&ClaimOutcome { requests, ..ClaimOutcome::default() }, at(1)).await.expect("create")[0];
+    assert_eq!(store.claim_requests(at(1), 10, "a", at(3)).await.expect("claim")[0].attempts, 1);
+    // Only the lease's owner can give it back.
+    store.release_request(r, "b").await.expect("not b's");
+    assert!(store.claim_requests(at(2), 10, "b", at(5)).await.expect("still a's").is_empty());
+    store.release_request(r, "a").await.expect("a's");
+    let again = store.claim_requests(at(2), 10, "b", at(5)).await.expect("given back");
+    assert_eq!(again.iter().map(|x| (x.id, x.attempts)).collect::<Vec<_>>(), vec![(r, 1)]);
+}
+
 async fn sends_are_counted_per_user_campaign_and_window(store: TestStore) {
     let batch = vec![
         delivery("c1", "t1", 1, at(1)),
@@ -671,6 +687,7 @@ renkei_test_support::on_both_backends!(
     paused_campaigns_are_not_claimed,
     requests_complete_retry_and_fail_with_their_deliveries,
     a_request_lease_is_released_by_retry_and_comes_back_after_expiry,
+    a_request_given_back_untried_is_claimable_at_once_with_its_attempt_uncounted,
     sends_are_counted_per_user_campaign_and_window,
     send_facts_cover_links_following_and_asked_segments,
     campaign_enabled_at_keeps_the_first_instant,
