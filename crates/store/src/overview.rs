@@ -58,6 +58,17 @@ pub struct UserDelivery {
     pub skip_reason: Option<String>,
 }
 
+/// One hour's change of a dashboard metric (`dashboard_counts`, kept by
+/// triggers on the tables it counts; migration 0023 lists the metrics).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HourCount {
+    /// The UTC hour's start.
+    pub hour: DateTime<Utc>,
+    pub key: String,
+    /// Changes in that hour (negative for a level that fell).
+    pub n: i64,
+}
+
 /// One campaign's deliveries waiting in the queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WaitingDeliveries {
@@ -100,6 +111,12 @@ pub trait OverviewReads: Send + Sync + 'static {
 
     /// Whether a LINE user follows now, and since when (`None`: never followed).
     async fn friendship(&self, line_user_id: &LineUserId) -> StoreResult<Option<(bool, DateTime<Utc>)>>;
+
+    /// A metric's hourly changes from `since`'s hour on, per hour and key
+    /// (only `key` when given), oldest first: a range of the
+    /// `dashboard_counts` key, never the counted tables.
+    async fn hourly_counts(&self, metric: &str, key: Option<&str>, since: DateTime<Utc>)
+    -> StoreResult<Vec<HourCount>>;
 }
 
 #[async_trait]
@@ -253,6 +270,33 @@ impl<S: Sql> OverviewReads for S {
         stmt::<S::Db>("SELECT following, changed_at FROM friendships WHERE line_user_id = $1")
             .bind(line_user_id)
             .optional(self.reader(), |row| Ok((row.boolean("following")?, row.ts("changed_at")?)))
+            .await
+    }
+
+    async fn hourly_counts(
+        &self,
+        metric: &str,
+        key: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<HourCount>> {
+        // `since` rounded down to its hour: hours are whole UTC hours.
+        let since = since
+            - chrono::Duration::seconds(since.timestamp().rem_euclid(3600))
+            - chrono::Duration::nanoseconds(i64::from(since.timestamp_subsec_nanos()));
+        let sql = if key.is_some() {
+            "SELECT hour, key, CAST(SUM(n) AS BIGINT) AS n FROM dashboard_counts
+             WHERE metric = $1 AND hour >= $2 AND key = $3 GROUP BY hour, key ORDER BY hour, key"
+        } else {
+            "SELECT hour, key, CAST(SUM(n) AS BIGINT) AS n FROM dashboard_counts
+             WHERE metric = $1 AND hour >= $2 AND $3 = '' GROUP BY hour, key ORDER BY hour, key"
+        };
+        stmt::<S::Db>(sql)
+            .bind(metric)
+            .bind(Ts(since))
+            .bind(key.unwrap_or_default())
+            .all(self.reader(), |row| {
+                Ok(HourCount { hour: row.ts("hour")?, key: row.string("key")?, n: row.int("n")? })
+            })
             .await
     }
 }
