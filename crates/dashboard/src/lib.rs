@@ -26,9 +26,11 @@
 //! | `GET/POST /dashboard/operators`, `POST /dashboard/operators/{name}/role`, `…/remove` | operators and the audit log (admins) |
 
 pub mod auth;
+pub mod chart;
 pub mod i18n;
 pub mod manage;
 mod pages;
+pub mod series;
 mod web;
 
 pub use i18n::Lang;
