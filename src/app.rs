@@ -487,6 +487,11 @@ impl Application {
                 engine: state.engine.clone(),
                 clock: state.clock.clone(),
                 settings: Arc::new(dashboard_settings(config)),
+                dry_run: Arc::new(renkei_dashboard::DryRunSetup {
+                    store: renkei_scheduler::DryRunStore::of(&store),
+                    global: resolved.dispatch.global.clone(),
+                    public_base_url: config.server.public_base_url.clone(),
+                }),
             };
             router = router.merge(renkei_api::router(state, renkei_webhook::api_router(webhook_state)));
             // Signed in with a session cookie, not a bearer key; its own body limit.
