@@ -19,10 +19,11 @@ pub struct Line<'a> {
     pub values: &'a [f64],
 }
 
-/// The smallest 1, 2 or 5 × 10ⁿ at or above `max` (1 for nothing to show).
+/// The smallest 1, 2 or 5 × 10ⁿ at or above `max`, at least 2 (so the
+/// axis's middle value is whole).
 pub fn nice_ceiling(max: f64) -> f64 {
-    if !max.is_finite() || max <= 1.0 {
-        return 1.0;
+    if !max.is_finite() || max <= 2.0 {
+        return 2.0;
     }
     let magnitude = 10f64.powf(max.log10().floor());
     [1.0, 2.0, 5.0, 10.0].into_iter().map(|step| step * magnitude).find(|top| *top >= max).unwrap_or(max)
@@ -157,13 +158,14 @@ mod tests {
 
     #[test]
     fn ceilings_are_one_two_or_five() {
-        assert_eq!(nice_ceiling(0.0), 1.0);
+        assert_eq!(nice_ceiling(0.0), 2.0);
+        assert_eq!(nice_ceiling(1.0), 2.0);
         assert_eq!(nice_ceiling(7.0), 10.0);
         assert_eq!(nice_ceiling(10.0), 10.0);
         assert_eq!(nice_ceiling(11.0), 20.0);
         assert_eq!(nice_ceiling(420.0), 500.0);
         assert_eq!(nice_ceiling(1_000_001.0), 2_000_000.0);
-        assert_eq!(nice_ceiling(f64::NAN), 1.0);
+        assert_eq!(nice_ceiling(f64::NAN), 2.0);
     }
 
     #[test]
