@@ -391,16 +391,20 @@ pub fn segments(state: &DashboardState, signed: &Signed, stats: &[SegmentStats])
     page(lang, lang.t(Msg::Segments), Some(signed), body)
 }
 
-pub fn segment(
-    state: &DashboardState,
-    signed: &Signed,
-    segment: &renkei_segments::Segment,
-    size: u64,
-    source: &str,
-    members: &[SegmentMember],
-    next: Option<&str>,
-    trend: &Trend,
-) -> Markup {
+/// What a segment's page shows.
+pub struct SegmentView<'a> {
+    pub segment: &'a renkei_segments::Segment,
+    pub size: u64,
+    /// Its definition as written.
+    pub source: &'a str,
+    /// A page of members, and where the next starts.
+    pub members: &'a [SegmentMember],
+    pub next: Option<&'a str>,
+    pub trend: &'a Trend,
+}
+
+pub fn segment(state: &DashboardState, signed: &Signed, view: SegmentView<'_>) -> Markup {
+    let SegmentView { segment, size, source, members, next, trend } = view;
     let lang = state.settings.language;
     let path = path_segment(&segment.id);
     let body = html! {

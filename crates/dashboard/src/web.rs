@@ -461,7 +461,15 @@ async fn segment(
     // The definition as written: its file, read now (small; escaped when shown).
     let source = tokio::fs::read_to_string(&definition.file).await.unwrap_or_default();
     let trend = segment_trend(&state, &id, size).await?;
-    Ok(pages::segment(&state, &signed, definition, size, &source, &rows, next.as_deref(), &trend).into_response())
+    let view = pages::SegmentView {
+        segment: definition,
+        size,
+        source: &source,
+        members: &rows,
+        next: next.as_deref(),
+        trend: &trend,
+    };
+    Ok(pages::segment(&state, &signed, view).into_response())
 }
 
 /// A segment's size at each day's end (walked back over its entries and exits), entries and exits per day.
