@@ -12,7 +12,9 @@
 //!
 //! (RENKEI_TEST_POSTGRES_URL works too; RENKEI_BENCH_DASHBOARD_USERS sets N,
 //! default 1,000,000; RENKEI_BENCH_DASHBOARD_REQUESTS the requests per page,
-//! default 50.) The database is dropped at the end.
+//! default 50.) The database is dropped at the end, unless
+//! RENKEI_BENCH_DASHBOARD_KEEP=1; RENKEI_BENCH_DASHBOARD_DB=<its URL> measures
+//! such a kept database again without loading.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -185,16 +187,25 @@ fn main() {
             println!("PostgreSQL: skipped (set RENKEI_BENCH_POSTGRES_URL)");
             return;
         };
-        let url = renkei_test_support::create_database(&server).await.expect("database");
+        // A database loaded before (kept with RENKEI_BENCH_DASHBOARD_KEEP=1) is measured again as it is.
+        let reused = std::env::var("RENKEI_BENCH_DASHBOARD_DB").ok();
+        let keep = reused.is_some() || std::env::var("RENKEI_BENCH_DASHBOARD_KEEP").is_ok_and(|v| v == "1");
+        let url = match &reused {
+            Some(url) => url.clone(),
+            None => renkei_test_support::create_database(&server).await.expect("database"),
+        };
         let store = renkei_store::connect(&url).await.expect("connect");
         store.migrate().await.expect("migrate");
         println!("dashboard pages benchmark: {users} users, {} events", users * 20);
-        let started = Instant::now();
-        load(&url, users).await.expect("load");
-        println!("loaded in {:.1} s", started.elapsed().as_secs_f64());
+        if reused.is_none() {
+            let started = Instant::now();
+            load(&url, users).await.expect("load");
+            println!("loaded in {:.1} s", started.elapsed().as_secs_f64());
+        }
 
         let token = renkei_dashboard::auth::random_token();
         store.create_operator("bench", OperatorRole::Admin, "x", Utc::now()).await.expect("operator");
+        println!("database: {url}{}", if keep { " (kept)" } else { "" });
         store
             .create_session(&renkei_dashboard::auth::token_hash(&token), "bench", "csrf", Utc::now())
             .await
@@ -234,6 +245,9 @@ fn main() {
         }
         drop(router);
         drop(store);
+        if keep {
+            return;
+        }
         let name = url.rsplit('/').next().unwrap_or_default().split('?').next().unwrap_or_default().to_string();
         let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await.expect("server");
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
