@@ -14,7 +14,9 @@
 --   entered, exited (key: segment)      segment transitions
 --   sent (key: campaign)                deliveries in send requests LINE accepted
 -- Backfilled from what the tables still show: transitions, sent requests,
--- nonces and current links (their `link`); the level metrics start here.
+-- nonces and current links (their `link`), and the level metrics' counts
+-- now, at this hour: so each level metric's sum over all hours is the
+-- overview's count, read without counting the tables.
 --
 -- Backend differences: `hour` is timestamptz here, INTEGER µs on SQLite;
 -- ids are COLLATE "C" here. PostgreSQL spreads each count over 8 `slot`s
@@ -156,3 +158,16 @@ SELECT 'attempt', dashboard_hour(COALESCE(used_at, created_at)), result, COUNT(*
 FROM link_nonces WHERE result IS NOT NULL GROUP BY 2, 3;
 INSERT INTO dashboard_counts (metric, hour, key, n)
 SELECT 'link', dashboard_hour(linked_at), method, COUNT(*) FROM links GROUP BY 2, 3;
+-- The levels now (the overview's counts, as the planner judges friends).
+INSERT INTO dashboard_counts (metric, hour, key, n)
+SELECT metric, dashboard_hour(now()), '', n FROM (
+    SELECT 'friends' AS metric,
+           (SELECT COUNT(*) FROM friendships WHERE following)
+           + (SELECT COUNT(*) FROM links l WHERE NOT EXISTS (SELECT 1 FROM friendships f WHERE f.line_user_id = l.line_user_id))
+           AS n
+    UNION ALL SELECT 'blocked', (SELECT COUNT(*) FROM friendships WHERE NOT following)
+    UNION ALL SELECT 'linked', (SELECT COUNT(*) FROM links)
+    UNION ALL SELECT 'linked_friends',
+           (SELECT COUNT(*) FROM links l LEFT JOIN friendships f ON f.line_user_id = l.line_user_id
+            WHERE f.line_user_id IS NULL OR f.following)
+) levels WHERE n <> 0;

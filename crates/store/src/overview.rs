@@ -1,7 +1,9 @@
 //! The dashboard's reads of other areas' tables: the overview's counts
-//! "now" (friends following and blocked, links (ID連携) and linked friends,
-//! deliveries waiting and failed), each one count over a table's key or a
-//! partial index, never over `events`; and one user's friendship, for the
+//! "now" (friends following and blocked, links (ID連携) and linked friends
+//! as the sums of `dashboard_counts`, the hourly changes migration 0023's
+//! triggers keep; deliveries waiting and failed, each one count over a
+//! table's key or a partial index), never over `events`; the series of
+//! those hourly counts; and one user's friendship, for the
 //! member look-up with the user's latest events (by the user's index range)
 //! and deliveries; the ID連携 page's links by method and nonces by outcome;
 //! the deliveries page's failed requests and waiting
@@ -124,26 +126,17 @@ impl<S: Sql> OverviewReads for S {
     async fn overview_counts(&self) -> StoreResult<OverviewCounts> {
         let count =
             |row: &crate::sql::Row<'_, S::Db>, column: &str| row.int(column).map(|n| u64::try_from(n).unwrap_or(0));
-        let (following, blocked) = stmt::<S::Db>(
-            "SELECT CAST(COALESCE(SUM(CASE WHEN following THEN 1 ELSE 0 END), 0) AS BIGINT) AS following,
-                    CAST(COALESCE(SUM(CASE WHEN following THEN 0 ELSE 1 END), 0) AS BIGINT) AS blocked
-             FROM friendships",
+        // Friends, blocked and links: the sums of their changes, which the
+        // triggers of migration 0023 keep (it started them at the counts then).
+        let levels = stmt::<S::Db>(
+            "SELECT metric, CAST(SUM(n) AS BIGINT) AS n FROM dashboard_counts
+             WHERE metric IN ('friends', 'blocked', 'linked', 'linked_friends') GROUP BY metric",
         )
-        .one(self.reader(), |row| Ok((count(&row, "following")?, count(&row, "blocked")?)))
+        .all(self.reader(), |row| Ok((row.string("metric")?, count(&row, "n")?)))
         .await?;
-        // A linked user counts as following until an unfollow is seen (as the planner judges).
-        let (linked, linked_following, linked_unseen) = stmt::<S::Db>(
-            "SELECT CAST(COUNT(*) AS BIGINT) AS linked,
-                    CAST(COALESCE(SUM(CASE WHEN f.line_user_id IS NULL OR f.following THEN 1 ELSE 0 END), 0) AS BIGINT)
-                        AS linked_following,
-                    CAST(COALESCE(SUM(CASE WHEN f.line_user_id IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS linked_unseen
-             FROM links l LEFT JOIN friendships f ON f.line_user_id = l.line_user_id",
-        )
-        .one(self.reader(), |row| {
-            Ok((count(&row, "linked")?, count(&row, "linked_following")?, count(&row, "linked_unseen")?))
-        })
-        .await?;
-        let following = following + linked_unseen;
+        let level = |metric: &str| levels.iter().find(|(m, _)| m == metric).map_or(0, |(_, n)| *n);
+        let (following, blocked) = (level("friends"), level("blocked"));
+        let (linked, linked_following) = (level("linked"), level("linked_friends"));
         // As the campaign stats count them: waiting in the queue, or in a request
         // LINE has not accepted yet; failed is a failed request's deliveries.
         let waiting = stmt::<S::Db>("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM delivery_queue")
