@@ -435,7 +435,9 @@ fn query(raw: Option<String>) -> Form {
 }
 
 async fn segments(State(state): State<DashboardState>, signed: Signed) -> Result<Response, Failure> {
-    let stats = state.engine.segment_stats().await?;
+    // Sizes from the hourly counts, not a count of the memberships.
+    let ids: Vec<&str> = state.engine.segments().ids().collect();
+    let stats = state.store.overview.segment_sizes(&ids).await?;
     Ok(pages::segments(&state, &signed, &stats).into_response())
 }
 
@@ -448,7 +450,7 @@ async fn segment(
     let definition = state.engine.segments().segment(&id).ok_or_else(Failure::not_found)?;
     let form = query(raw);
     let after = form.get("after").filter(|a| !a.is_empty());
-    let size = state.engine.segment_stats().await?.into_iter().find(|s| s.segment_id == id).map_or(0, |s| s.size);
+    let size = state.store.overview.segment_sizes(&[id.as_str()]).await?.first().map_or(0, |s| s.size);
     let members = state.engine.store().reads.segment_members(&id, after, SEGMENT_PAGE).await?;
     let next = (members.len() == SEGMENT_PAGE as usize).then(|| members.last().map(|m| m.to_string())).flatten();
     let mut rows = Vec::with_capacity(members.len());

@@ -114,6 +114,12 @@ pub trait OverviewReads: Send + Sync + 'static {
     /// Whether a LINE user follows now, and since when (`None`: never followed).
     async fn friendship(&self, line_user_id: &LineUserId) -> StoreResult<Option<(bool, DateTime<Utc>)>>;
 
+    /// The sizes of `segments` (entries less exits, the sums of
+    /// `dashboard_counts`) and each one's last change (its latest transition,
+    /// by the `(segment_id, at)` index): `MembershipReads::segment_stats`
+    /// without counting the memberships.
+    async fn segment_sizes(&self, segments: &[&str]) -> StoreResult<Vec<crate::SegmentStats>>;
+
     /// A metric's hourly changes from `since`'s hour on, per hour and key
     /// (only `key` when given), oldest first: a range of the
     /// `dashboard_counts` key, never the counted tables.
@@ -291,5 +297,28 @@ impl<S: Sql> OverviewReads for S {
                 Ok(HourCount { hour: row.ts("hour")?, key: row.string("key")?, n: row.int("n")? })
             })
             .await
+    }
+
+    async fn segment_sizes(&self, segments: &[&str]) -> StoreResult<Vec<crate::SegmentStats>> {
+        let sums = stmt::<S::Db>(
+            "SELECT key, CAST(SUM(CASE WHEN metric = 'entered' THEN n ELSE -n END) AS BIGINT) AS size
+             FROM dashboard_counts WHERE metric IN ('entered', 'exited') GROUP BY key",
+        )
+        .all(self.reader(), |row| Ok((row.string("key")?, row.int("size")?)))
+        .await?;
+        let mut stats = Vec::with_capacity(segments.len());
+        for segment in segments {
+            let updated_at = stmt::<S::Db>("SELECT MAX(at) AS last FROM segment_transitions WHERE segment_id = $1")
+                .bind(*segment)
+                .one(self.reader(), |row| row.opt_ts("last"))
+                .await?;
+            let size = sums.iter().find(|(key, _)| key == segment).map_or(0, |(_, n)| *n);
+            stats.push(crate::SegmentStats {
+                segment_id: segment.to_string(),
+                size: u64::try_from(size).unwrap_or(0),
+                updated_at,
+            });
+        }
+        Ok(stats)
     }
 }

@@ -119,7 +119,14 @@ async fn flows_equal_the_raw_tables(store: TestStore) {
     }
     assert_eq!(counted, raw);
     assert_eq!(raw.len(), 6, "entered a/b at 1, entered b/a and exited a/b at 2");
-    // Segment sizes are the sums of entries less exits.
+    // Segment sizes are the sums of entries less exits, as the memberships count them.
+    let stats = store.segment_stats().await.expect("stats");
+    let ids: Vec<&str> = stats.iter().map(|s| s.segment_id.as_str()).chain(["never"]).collect();
+    let mut sizes = store.segment_sizes(&ids).await.expect("sizes");
+    let never = sizes.pop().expect("the segment with no transition");
+    assert_eq!((never.size, never.updated_at), (0, None));
+    assert_eq!(sizes, stats);
+    assert_eq!(stats.iter().map(|s| s.size).sum::<u64>(), 2, "a: user 3; b: user 1 (user 2 left both)");
     for stat in store.segment_stats().await.expect("stats") {
         let entered: i64 = per_key(&store, "entered", Some(&stat.segment_id)).await.values().sum();
         let exited: i64 = per_key(&store, "exited", Some(&stat.segment_id)).await.values().sum();
