@@ -31,6 +31,7 @@ pub mod chart;
 pub mod i18n;
 pub mod manage;
 mod pages;
+pub mod rollup;
 pub mod series;
 mod trend;
 mod web;

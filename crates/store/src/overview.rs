@@ -12,11 +12,12 @@
 
 use crate::StoreResult;
 use crate::events::{StoredEvent, event_of};
-use crate::sql::{Sql, Ts, stmt};
+use crate::sql::{Dialect, Sql, Ts, stmt};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renkei_core::{LineUserId, MemberId};
 use serde::Serialize;
+use sqlx::Database;
 
 /// The overview's counts at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -119,6 +120,13 @@ pub trait OverviewReads: Send + Sync + 'static {
     /// by the `(segment_id, at)` index): `MembershipReads::segment_stats`
     /// without counting the memberships.
     async fn segment_sizes(&self, segments: &[&str]) -> StoreResult<Vec<crate::SegmentStats>>;
+
+    /// Folds every hour of `dashboard_counts` before `before` into one row
+    /// per metric and key at the Unix epoch (sums and levels stay the same;
+    /// the pages' series read only recent hours), so the sums read stay
+    /// short. The one write here, done by the dashboard's roll-up under a
+    /// lease. Returns the rows folded.
+    async fn fold_hours_before(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 
     /// A metric's hourly changes from `since`'s hour on, per hour and key
     /// (only `key` when given), oldest first: a range of the
@@ -320,5 +328,34 @@ impl<S: Sql> OverviewReads for S {
             });
         }
         Ok(stats)
+    }
+
+    async fn fold_hours_before(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        let mut tx = S::Db::begin(self.writer()).await?;
+        // On PostgreSQL both statements see one snapshot: a row committed
+        // meanwhile is neither summed nor deleted, and a concurrent change of
+        // a row being folded fails this fold (the next one folds it).
+        // SQLite's writer is single.
+        if S::Db::NAME == "PostgreSQL" {
+            stmt::<S::Db>("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute_in(&mut tx).await?;
+        }
+        stmt::<S::Db>(
+            "INSERT INTO dashboard_counts (metric, hour, key, slot, n)
+             SELECT metric, $1, key, 0, SUM(n) FROM dashboard_counts WHERE hour > $1 AND hour < $2
+             GROUP BY metric, key
+             ON CONFLICT (metric, hour, key, slot) DO UPDATE SET n = dashboard_counts.n + excluded.n",
+        )
+        .bind(Ts(epoch))
+        .bind(Ts(before))
+        .execute_in(&mut tx)
+        .await?;
+        let folded = stmt::<S::Db>("DELETE FROM dashboard_counts WHERE hour > $1 AND hour < $2")
+            .bind(Ts(epoch))
+            .bind(Ts(before))
+            .execute_in(&mut tx)
+            .await?;
+        S::Db::commit(tx).await?;
+        Ok(folded)
     }
 }

@@ -93,6 +93,15 @@ async fn levels_walk_back_to_the_counts_of_each_hour(store: TestStore) {
             "{metric}"
         );
     }
+    // Folding the old hours keeps every sum: the counts now are the same, the recent hours gone.
+    let folded = store.fold_hours_before(at(5)).await.expect("fold");
+    assert!(folded > 0, "hours 1 to 4 folded");
+    assert_eq!(store.overview_counts().await.expect("counts"), after);
+    assert!(per_hour(&store, "follow").await.keys().all(|hour| *hour >= at(5)), "only hour 5 on is left");
+    assert_eq!(per_hour(&store, "follow").await.values().sum::<i64>(), 1, "hour 5's re-follow");
+    store.fold_hours_before(chrono::Utc::now() + chrono::Duration::days(1)).await.expect("fold everything");
+    assert_eq!(store.overview_counts().await.expect("counts"), after);
+    assert_eq!(store.fold_hours_before(chrono::Utc::now()).await.expect("fold again"), 0, "nothing left to fold");
 }
 
 async fn flows_equal_the_raw_tables(store: TestStore) {
@@ -191,6 +200,10 @@ async fn flows_equal_the_raw_tables(store: TestStore) {
         .collect();
     assert_eq!(attempts, raw);
     assert_eq!(attempts.values().sum::<i64>(), 3);
+
+    let before_fold = store.segment_sizes(&["a", "b"]).await.expect("sizes");
+    store.fold_hours_before(at(2)).await.expect("fold hour 1");
+    assert_eq!(store.segment_sizes(&["a", "b"]).await.expect("sizes"), before_fold, "folding keeps the sizes");
 }
 
 renkei_test_support::on_both_backends!(
