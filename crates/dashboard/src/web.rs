@@ -175,6 +175,14 @@ impl Signed {
         if self.role.allows(role) { Ok(()) } else { Err(Failure::forbidden()) }
     }
 
+    /// A posted form with this session's CSRF token, from an operator with `role`.
+    fn form(&self, body: &[u8], role: OperatorRole) -> Result<Form, Failure> {
+        let form = Form::parse(body)?;
+        self.check(&form)?;
+        self.require(role)?;
+        Ok(form)
+    }
+
     /// The form's `csrf` field must be this session's token.
     fn check(&self, form: &Form) -> Result<(), Failure> {
         match form.get("csrf") {
@@ -508,9 +516,7 @@ async fn preview(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let form = Form::parse(&body)?;
-    signed.check(&form)?;
-    signed.require(OperatorRole::Editor)?;
+    let form = signed.form(&body, OperatorRole::Editor)?;
     let definition = state.engine.segments().segment(&id).ok_or_else(Failure::not_found)?;
     let at = instant(&state, &form)?;
     // The segment engine's own preview, as `renkei segments preview` runs it.
@@ -526,9 +532,7 @@ async fn dry_run(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let form = Form::parse(&body)?;
-    signed.check(&form)?;
-    signed.require(OperatorRole::Editor)?;
+    let form = signed.form(&body, OperatorRole::Editor)?;
     let campaign = state.campaigns.get(&id).ok_or_else(Failure::not_found)?;
     let at = instant(&state, &form)?;
     let setup = &state.dry_run;
@@ -720,9 +724,7 @@ fn role_of(form: &Form) -> Result<OperatorRole, Failure> {
 }
 
 async fn add_operator(State(state): State<DashboardState>, signed: Signed, body: Bytes) -> Result<Response, Failure> {
-    let form = Form::parse(&body)?;
-    signed.check(&form)?;
-    signed.require(OperatorRole::Admin)?;
+    let form = signed.form(&body, OperatorRole::Admin)?;
     let name = form.get("name").ok_or_else(Failure::bad_form)?;
     let role = role_of(&form)?;
     let (password, generated) = match form.get("password").filter(|p| !p.is_empty()) {
@@ -743,9 +745,7 @@ async fn set_role(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let form = Form::parse(&body)?;
-    signed.check(&form)?;
-    signed.require(OperatorRole::Admin)?;
+    let form = signed.form(&body, OperatorRole::Admin)?;
     let role = role_of(&form)?;
     manage::set_role(state.store.operators.as_ref(), &signed.name, &name, role, state.clock.now()).await?;
     operators_page(&state, &signed, Some((Msg::Done, None))).await
