@@ -487,7 +487,15 @@ impl Application {
                 engine: state.engine.clone(),
                 clock: state.clock.clone(),
                 settings: Arc::new(dashboard_settings(config)),
+                dry_run: Arc::new(renkei_dashboard::DryRunSetup {
+                    store: renkei_scheduler::DryRunStore::of(&store),
+                    global: resolved.dispatch.global.clone(),
+                    public_base_url: config.server.public_base_url.clone(),
+                }),
             };
+            // One instance at a time folds the dashboard's old hourly counts.
+            let rollup = renkei_dashboard::rollup::Rollup::new(dashboard.store.clone(), dashboard.clock.clone());
+            background.spawn("dashboard roll-up", move |stop| rollup.run(stop.cancelled_owned()));
             router = router.merge(renkei_api::router(state, renkei_webhook::api_router(webhook_state)));
             // Signed in with a session cookie, not a bearer key; its own body limit.
             router = router.merge(renkei_dashboard::router(dashboard));

@@ -2,7 +2,8 @@
 //! `chromium-driver`, which `.ci/run` installs), driven over WebDriver: sign
 //! in (a wrong password first), walk every page (overview, deliveries, segments,
 //! a segment, ID連携, the member look-up, campaigns, a campaign, operators), compare the numbers shown
-//! with the API's for the same data, pause and resume a campaign through
+//! (and today's row of each 30-day trend beside its chart) with the API's for the same data, preview
+//! a segment and dry-run a campaign, pause and resume a campaign through
 //! its form, see a forged post and a viewer refused, sign out; a
 //! screenshot of each page goes to `target/dashboard-screenshots/`.
 //!
@@ -130,6 +131,28 @@ async fn sign_in(browser: &Client, app: &TestApp, name: &str, password: &str) {
     wait_for(browser, "#sign-in").await.click().await.expect("submit");
 }
 
+/// How many series the chart `css` draws.
+async fn chart_lines(browser: &Client, css: &str) -> usize {
+    wait_for(browser, css).await;
+    browser.find_all(Locator::Css(&format!("{css} polyline"))).await.expect("lines").len()
+}
+
+/// The date of a trend table's newest row (today in the dashboard's timezone).
+async fn newest_date(browser: &Client, table: &str) -> String {
+    let row = wait_for(browser, &format!("{table} tr[data-date]")).await;
+    row.attr("data-date").await.expect("attr").expect("a date")
+}
+
+/// The sum of the `data-value`s of the cells `css`.
+async fn column_sum(browser: &Client, css: &str) -> i64 {
+    let mut sum = 0;
+    for cell in browser.find_all(Locator::Css(css)).await.expect("cells") {
+        let value = cell.attr("data-value").await.expect("attr").expect("a data-value");
+        sum += value.parse::<i64>().expect("a number");
+    }
+    sum
+}
+
 /// Waits until `#state` shows `state`.
 async fn shown_state(browser: &Client, state: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -191,6 +214,15 @@ async fn the_dashboard_in_a_real_browser() {
     }
     let database = wait_for(&browser, "#database").await.text().await.expect("text");
     assert_eq!(database, "正常");
+    // The last 30 days: charts, and today's row of the numbers beside them equals the counts now.
+    assert_eq!(chart_lines(&browser, "#friends-chart").await, 3, "friends, blocked, linked");
+    assert_eq!(chart_lines(&browser, "#rate-chart").await, 1);
+    let today = newest_date(&browser, "#trend").await;
+    assert_eq!(browser.find_all(Locator::Css("#trend tr[data-date]")).await.expect("rows").len(), 30);
+    assert_eq!(value_of(&browser, &format!("#trend-friends-{today}")).await, value_of(&browser, "#following").await);
+    assert_eq!(value_of(&browser, &format!("#trend-linked-{today}")).await, "1");
+    assert_eq!(value_of(&browser, &format!("#trend-blocked-{today}")).await, "0");
+    assert_eq!(value_of(&browser, &format!("#trend-rate-{today}")).await, "100.0");
     screenshot(&browser, "overview").await;
 
     // Deliveries: the same totals, what waits per campaign, no failed request.
@@ -218,11 +250,32 @@ async fn the_dashboard_in_a_real_browser() {
     browser.goto(&format!("{}/dashboard/segments/buyers", app.base)).await.expect("segment");
     let (_, members) = app.get("/v1/segments/buyers/members").await;
     assert_eq!(value_of(&browser, "#size").await, members["line_user_ids"].as_array().expect("ids").len().to_string());
-    let shown = wait_for(&browser, "#members").await.text().await.expect("text");
-    assert_eq!(shown.trim(), USER_1, "the API lists {members}");
+    let shown = browser.find_all(Locator::Css("#members tr[data-user]")).await.expect("rows");
+    let mut users = Vec::new();
+    for row in &shown {
+        users.push(row.attr("data-user").await.expect("attr").expect("user"));
+    }
+    assert_eq!(users, [USER_1], "the API lists {members}");
+    // Each with its member (ID連携) and friendship, as GET /v1/links/m1 and the overview have them.
+    let member = wait_for(&browser, "#members tr[data-user] td.member").await.text().await.expect("text");
+    assert_eq!(member, "m1");
+    assert_eq!(value_of(&browser, "#members tr[data-user] td.linked").await, "true");
+    assert_eq!(value_of(&browser, "#members tr[data-user] td.following").await, "true", "linked, no unfollow seen");
     let definition = wait_for(&browser, "pre.definition").await.text().await.expect("text");
     assert!(definition.contains("event: purchase"), "{definition}");
+    // Its size over time: today's is the size now; the entries counted are the transitions'.
+    assert_eq!(chart_lines(&browser, "#size-chart").await, 1);
+    let today = newest_date(&browser, "#size-trend").await;
+    let api_size = members["line_user_ids"].as_array().expect("ids").len();
+    assert_eq!(value_of(&browser, &format!("#size-trend-size-{today}")).await, api_size.to_string());
+    assert_eq!(column_sum(&browser, "#size-trend td[id^=\"size-trend-entered-\"]").await, 1, "one entry");
     screenshot(&browser, "segment").await;
+    // A preview now, through the form: the segment's members as the API lists them.
+    wait_for(&browser, "#preview").await.click().await.expect("preview");
+    assert_eq!(value_of(&browser, "#preview-size").await, api_size.to_string());
+    let previewed = wait_for(&browser, "#preview-members").await.text().await.expect("text");
+    assert_eq!(previewed.trim(), USER_1);
+    screenshot(&browser, "segment-preview").await;
 
     // Member look-up through the search form: the link as GET /v1/links/m1 has it, the segments it is in.
     browser.goto(&format!("{}/dashboard/members", app.base)).await.expect("members");
@@ -255,6 +308,12 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(value_of(&browser, "#method-api").await, "1");
     assert_eq!(value_of(&browser, "#nonces-open").await, "1");
     assert_eq!(value_of(&browser, "#nonces-total").await, "1");
+    // Over time: the nonce issued just now is today's; the link made through the API too.
+    assert_eq!(chart_lines(&browser, "#links-chart").await, 5);
+    let today = newest_date(&browser, "#links-trend").await;
+    assert_eq!(value_of(&browser, &format!("#links-trend-nonces-{today}")).await, "1");
+    assert_eq!(value_of(&browser, &format!("#links-trend-links-{today}")).await, "1", "{link}");
+    assert_eq!(column_sum(&browser, "#links-trend td[id^=\"links-trend-unlinks-\"]").await, 0);
     screenshot(&browser, "links").await;
 
     // Campaigns: every configured campaign with its state, as GET /v1/campaigns lists them.
@@ -286,7 +345,22 @@ async fn the_dashboard_in_a_real_browser() {
     let sent_text = wait_for(&browser, "#sent").await.text().await.expect("text");
     assert_eq!(sent_text, "1件", "Japanese counts");
     shown_state(&browser, "active").await;
+    // Sends per day: a bar a day, together the API's sent.
+    assert_eq!(browser.find_all(Locator::Css("#sends-chart rect.bar")).await.expect("bars").len(), 30);
+    assert_eq!(column_sum(&browser, "#sends td[id^=\"sends-sent-\"]").await, api["sent"].as_i64().expect("sent"));
     screenshot(&browser, "campaign").await;
+
+    // A dry run now, through the form: the segment's members, each with a decision.
+    wait_for(&browser, "#dry-run").await.click().await.expect("dry run");
+    assert_eq!(
+        value_of(&browser, "#dry-run-total").await,
+        members["line_user_ids"].as_array().expect("ids").len().to_string()
+    );
+    assert_eq!(column_sum(&browser, "#decisions td.num").await, 1, "every recipient decided once");
+    let rows = browser.find_all(Locator::Css("#dry-run-rows tr[data-decision]")).await.expect("rows");
+    assert_eq!(rows.len(), 1);
+    screenshot(&browser, "campaign-dry-run").await;
+    browser.goto(&format!("{}/dashboard/campaigns/thanks", app.base)).await.expect("campaign");
 
     // Pause and resume through the form; the API sees each.
     wait_for(&browser, "#toggle").await.click().await.expect("pause");
@@ -303,12 +377,16 @@ async fn the_dashboard_in_a_real_browser() {
     forger.session = Some(format!("renkei_session={}", cookie.value()));
     let forged = forger.post("/dashboard/campaigns/thanks/pause", "").await;
     assert_eq!(forged.status, 403, "{}", forged.body);
+    for path in ["/dashboard/segments/buyers/preview", "/dashboard/campaigns/thanks/dry-run"] {
+        let forged = forger.post(path, "at=").await;
+        assert_eq!(forged.status, 403, "{path} without the form's token: {}", forged.body);
+    }
     assert_eq!(state_of(&app, "thanks").await, "active");
 
     // Operators and the audit log.
     browser.goto(&format!("{}/dashboard/operators", app.base)).await.expect("operators");
     wait_for(&browser, "#audit").await;
-    for action in ["pause", "resume", "sign_in"] {
+    for action in ["pause", "resume", "sign_in", "preview", "dry_run"] {
         let entries = browser.find_all(Locator::Css(&format!("#audit tr[data-action=\"{action}\"]"))).await;
         assert!(!entries.expect("rows").is_empty(), "{action} is in the audit log");
     }
@@ -324,6 +402,9 @@ async fn the_dashboard_in_a_real_browser() {
     browser.goto(&format!("{}/dashboard/campaigns/thanks", app.base)).await.expect("campaign");
     assert_eq!(value_of(&browser, "#sent").await, "1");
     assert!(browser.find(Locator::Css("#toggle")).await.is_err(), "no pause form for viewers");
+    assert!(browser.find(Locator::Css("#dry-run")).await.is_err(), "no dry-run form for viewers");
+    let note = wait_for(&browser, "#editors-only").await.text().await.expect("text");
+    assert!(note.contains("編集者と管理者だけ"), "{note}");
     screenshot(&browser, "campaign-viewer").await;
     browser.goto(&format!("{}/dashboard/operators", app.base)).await.expect("operators");
     let refused = wait_for(&browser, "#error").await.text().await.expect("text");
@@ -336,6 +417,11 @@ async fn the_dashboard_in_a_real_browser() {
     let csrf = csrf_in(&viewer.get("/dashboard/").await.body);
     let pause = viewer.post("/dashboard/campaigns/thanks/pause", format!("csrf={csrf}")).await;
     assert_eq!(pause.status, 403, "the viewer's pause form post, with a valid token: {}", pause.body);
+    for path in ["/dashboard/segments/buyers/preview", "/dashboard/campaigns/thanks/dry-run"] {
+        let refused = viewer.post(path, format!("csrf={csrf}")).await;
+        assert_eq!(refused.status, 403, "{path}: {}", refused.body);
+        assert!(refused.body.contains("権限がありません"), "the page says why: {}", refused.body);
+    }
     assert_eq!(state_of(&app, "thanks").await, "active");
     browser.close().await.expect("close the browser");
 }

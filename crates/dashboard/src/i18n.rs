@@ -67,6 +67,25 @@ impl Lang {
         format!("{:.1}%", part as f64 * 100.0 / whole as f64)
     }
 
+    /// A date, short: `12月6日` / `12-06`.
+    pub fn day(self, date: chrono::NaiveDate) -> String {
+        match self {
+            Lang::Ja => date.format("%-m月%-d日").to_string(),
+            Lang::En => date.format("%m-%d").to_string(),
+        }
+    }
+
+    /// A decision of a dry run (`send`, `skip`, `defer`; the code itself when unknown).
+    pub fn decision(self, decision: &str) -> String {
+        let msg = match decision {
+            "send" => Msg::DecisionSend,
+            "skip" => Msg::DecisionSkip,
+            "defer" => Msg::DecisionDefer,
+            other => return other.to_string(),
+        };
+        self.t(msg).to_string()
+    }
+
     /// An instant in the configured timezone: `2026年12月6日 09:13` / `2026-12-06 09:13`.
     pub fn datetime(self, at: DateTime<Utc>, tz: Tz) -> String {
         let local = at.with_timezone(&tz);
@@ -121,6 +140,8 @@ impl Lang {
             "operator_add" => Msg::ActionOperatorAdd,
             "operator_remove" => Msg::ActionOperatorRemove,
             "operator_role" => Msg::ActionOperatorRole,
+            "preview" => Msg::ActionPreview,
+            "dry_run" => Msg::ActionDryRun,
             other => return other.to_string(),
         };
         self.t(msg).to_string()
@@ -296,6 +317,34 @@ pub enum Msg {
     QuotaUsed,
     Unlimited,
     AsOf,
+    Trend30,
+    Date,
+    Follows,
+    Unfollows,
+    NoData,
+    SizeOverTime,
+    Entered,
+    Left,
+    NoncesIssued,
+    LinksMade,
+    Unlinks,
+    SendsPerDay,
+    Preview,
+    PreviewAt,
+    RunPreview,
+    PreviewNote,
+    DryRun,
+    RunDryRun,
+    DryRunNote,
+    Decision,
+    DecisionSend,
+    DecisionSkip,
+    DecisionDefer,
+    Detail,
+    EditorsOnly,
+    FirstRows,
+    ActionPreview,
+    ActionDryRun,
 }
 
 fn ja(msg: Msg) -> &'static str {
@@ -406,7 +455,7 @@ fn ja(msg: Msg) -> &'static str {
         Segment => "セグメント",
         Size => "人数",
         Definition => "定義",
-        SegmentMembers => "メンバー(LINEユーザー)",
+        SegmentMembers => "メンバー",
         NextPage => "次へ",
         Members => "会員検索",
         LookupHint => "会員IDまたはLINEユーザーID(U…)",
@@ -454,6 +503,34 @@ fn ja(msg: Msg) -> &'static str {
         QuotaUsed => "今月の配信数(LINEの上限に対して)",
         Unlimited => "上限なし",
         AsOf => "時点",
+        Trend30 => "過去30日の推移",
+        Date => "日付",
+        Follows => "友だち追加",
+        Unfollows => "ブロックされた",
+        NoData => "データはまだありません",
+        SizeOverTime => "人数の推移(過去30日)",
+        Entered => "入った",
+        Left => "出た",
+        NoncesIssued => "ノンス発行",
+        LinksMade => "連携",
+        Unlinks => "連携解除",
+        SendsPerDay => "日別の送信数(過去30日、LINEが受け付けた配信)",
+        Preview => "プレビュー",
+        PreviewAt => "日時",
+        RunPreview => "この日時でプレビュー",
+        PreviewNote => "保存されたデータからこの日時の対象者を計算します(何も書き込みません)。",
+        DryRun => "ドライラン",
+        RunDryRun => "この日時でドライラン",
+        DryRunNote => "この日時に配信したら誰に何が届くかを、ポリシーの判定つきで表示します(何も送信・保存しません)。",
+        Decision => "判定",
+        DecisionSend => "送信",
+        DecisionSkip => "スキップ",
+        DecisionDefer => "延期",
+        Detail => "詳細",
+        EditorsOnly => "プレビューとドライランは編集者と管理者だけが実行できます。",
+        FirstRows => "先頭50件を表示",
+        ActionPreview => "プレビュー",
+        ActionDryRun => "ドライラン",
     }
 }
 
@@ -567,7 +644,7 @@ fn en(msg: Msg) -> &'static str {
         Segment => "Segment",
         Size => "Size",
         Definition => "Definition",
-        SegmentMembers => "Members (LINE users)",
+        SegmentMembers => "Members",
         NextPage => "Next",
         Members => "Member look-up",
         LookupHint => "Member ID or LINE user ID (U…)",
@@ -615,6 +692,34 @@ fn en(msg: Msg) -> &'static str {
         QuotaUsed => "Messages this month (against LINE's limit)",
         Unlimited => "no limit",
         AsOf => "as of",
+        Trend30 => "The last 30 days",
+        Date => "Date",
+        Follows => "Follows",
+        Unfollows => "Unfollows",
+        NoData => "No data yet",
+        SizeOverTime => "Size over the last 30 days",
+        Entered => "Entered",
+        Left => "Left",
+        NoncesIssued => "Nonces issued",
+        LinksMade => "Links",
+        Unlinks => "Unlinks",
+        SendsPerDay => "Sends per day (last 30 days, deliveries LINE accepted)",
+        Preview => "Preview",
+        PreviewAt => "At",
+        RunPreview => "Preview at this time",
+        PreviewNote => "Computes the members at that time from the stored data (nothing is written).",
+        DryRun => "Dry run",
+        RunDryRun => "Dry run at this time",
+        DryRunNote => "Shows who would get what at that time, with each policy decision (nothing is sent or stored).",
+        Decision => "Decision",
+        DecisionSend => "send",
+        DecisionSkip => "skip",
+        DecisionDefer => "defer",
+        Detail => "Detail",
+        EditorsOnly => "Previews and dry runs are for editors and admins.",
+        FirstRows => "The first 50 shown",
+        ActionPreview => "preview",
+        ActionDryRun => "dry run",
     }
 }
 

@@ -16,19 +16,24 @@
 //! | route | page |
 //! |---|---|
 //! | `GET/POST /dashboard/login`, `POST /dashboard/logout` | sign-in, sign-out |
-//! | `GET /dashboard/` | overview |
+//! | `GET /dashboard/` | overview (with the last 30 days' levels, [`series`] of the store's hourly counts drawn by [`chart`]) |
 //! | `GET /dashboard/segments`, `GET /dashboard/segments/{id}` | segments and their sizes, one segment's definition and members |
 //! | `GET /dashboard/campaigns`, `GET /dashboard/campaigns/{id}` | campaigns, one campaign's stats |
 //! | `GET /dashboard/members?q=` | a member or LINE user looked up (support desk) |
 //! | `GET /dashboard/links` | ID連携: links by method, link attempts by outcome |
 //! | `GET /dashboard/deliveries` | what waits and why, recent failures with LINE's answer |
 //! | `POST /dashboard/campaigns/{id}/pause`, `…/resume` | pause, resume (editors) |
+//! | `POST /dashboard/segments/{id}/preview`, `POST /dashboard/campaigns/{id}/dry-run` | a segment's members, a campaign's dry run at an instant (editors) |
 //! | `GET/POST /dashboard/operators`, `POST /dashboard/operators/{name}/role`, `…/remove` | operators and the audit log (admins) |
 
 pub mod auth;
+pub mod chart;
 pub mod i18n;
 pub mod manage;
 mod pages;
+pub mod rollup;
+pub mod series;
+mod trend;
 mod web;
 
 pub use i18n::Lang;
@@ -97,6 +102,16 @@ pub struct DashboardState {
     pub engine: Arc<MembershipEngine>,
     pub clock: Arc<dyn Clock>,
     pub settings: Arc<DashboardSettings>,
+    /// What a campaign's dry run needs (the scheduler's, as `renkei campaigns dry-run`).
+    pub dry_run: Arc<DryRunSetup>,
+}
+
+/// The scheduler's dry run, as the dashboard runs it.
+pub struct DryRunSetup {
+    pub store: renkei_scheduler::DryRunStore,
+    pub global: renkei_dispatcher::GlobalPolicy,
+    /// For tracked links in the rendered messages.
+    pub public_base_url: String,
 }
 
 /// Every `/dashboard` route, with its own body limit (16 KiB: forms only).

@@ -4,6 +4,7 @@
 
 use crate::DashboardState;
 use crate::i18n::{Lang, Msg};
+use crate::trend::Trend;
 use crate::web::Signed;
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
@@ -141,6 +142,7 @@ pub fn overview(
     counts: Option<OverviewCounts>,
     quota: Option<Quota>,
     replies: Option<Vec<ReplyCount>>,
+    trend: Option<Trend>,
 ) -> Markup {
     let lang = state.settings.language;
     let body = html! {
@@ -153,6 +155,14 @@ pub fn overview(
                 tr { th { (lang.t(Msg::DeliveriesPending)) } (number("deliveries-pending", c.deliveries_pending, lang.items(c.deliveries_pending))) }
                 tr { th { (lang.t(Msg::DeliveriesFailed)) } (number("deliveries-failed", c.deliveries_failed, lang.items(c.deliveries_failed))) }
             }
+        }
+        @if let Some(trend) = &trend {
+            h2 { (lang.t(Msg::Trend30)) }
+            div.trend {
+                (trend.lines(lang, "friends-chart", Msg::Friends, &[0, 1, 2], ""))
+                (trend.lines(lang, "rate-chart", Msg::LinkRate, &[3], "%"))
+            }
+            (trend.table(lang))
         }
         (quota_row(lang, state.settings.timezone, quota))
         (reply_counts(lang, replies))
@@ -241,7 +251,7 @@ fn maybe(id: &str, value: &Value, format: impl Fn(u64) -> String) -> Markup {
     }
 }
 
-pub fn campaign(state: &DashboardState, signed: &Signed, campaign: &Campaign, stats: &Value) -> Markup {
+pub fn campaign(state: &DashboardState, signed: &Signed, campaign: &Campaign, stats: &Value, sends: &Trend) -> Markup {
     let lang = state.settings.language;
     let paused = stats["state"] == "paused";
     let path = path_segment(&campaign.id);
@@ -286,6 +296,12 @@ pub fn campaign(state: &DashboardState, signed: &Signed, campaign: &Campaign, st
         (steps(lang, stats))
         (variants(lang, stats))
         (line_numbers(lang, stats))
+        h2 { (lang.t(Msg::SendsPerDay)) }
+        (sends.bars(lang, "sends-chart", Msg::SendsPerDay, 0))
+        (sends.table(lang))
+        h2 { (lang.t(Msg::DryRun)) }
+        p.note { (lang.t(Msg::DryRunNote)) }
+        (at_form(state, signed, &format!("/dashboard/campaigns/{path}/dry-run"), "dry-run", Msg::RunDryRun))
     };
     page(lang, &campaign.name, Some(signed), body)
 }
@@ -375,16 +391,22 @@ pub fn segments(state: &DashboardState, signed: &Signed, stats: &[SegmentStats])
     page(lang, lang.t(Msg::Segments), Some(signed), body)
 }
 
-pub fn segment(
-    state: &DashboardState,
-    signed: &Signed,
-    segment: &renkei_segments::Segment,
-    size: u64,
-    source: &str,
-    members: &[LineUserId],
-    next: Option<&str>,
-) -> Markup {
+/// What a segment's page shows.
+pub struct SegmentView<'a> {
+    pub segment: &'a renkei_segments::Segment,
+    pub size: u64,
+    /// Its definition as written.
+    pub source: &'a str,
+    /// A page of members, and where the next starts.
+    pub members: &'a [SegmentMember],
+    pub next: Option<&'a str>,
+    pub trend: &'a Trend,
+}
+
+pub fn segment(state: &DashboardState, signed: &Signed, view: SegmentView<'_>) -> Markup {
+    let SegmentView { segment, size, source, members, next, trend } = view;
     let lang = state.settings.language;
+    let path = path_segment(&segment.id);
     let body = html! {
         table.figures {
             tr { th { (lang.t(Msg::Id)) } td { code { (segment.id) } } }
@@ -393,17 +415,157 @@ pub fn segment(
         @if let Some(description) = &segment.description { p { (description) } }
         h2 { (lang.t(Msg::Definition)) }
         pre.definition { (source) }
+        h2 { (lang.t(Msg::SizeOverTime)) }
+        (trend.lines(lang, "size-chart", Msg::SizeOverTime, &[0], ""))
+        (trend.table(lang))
+        h2 { (lang.t(Msg::Preview)) }
+        p.note { (lang.t(Msg::PreviewNote)) }
+        (at_form(state, signed, &format!("/dashboard/segments/{path}/preview"), "preview", Msg::RunPreview))
         h2 { (lang.t(Msg::SegmentMembers)) }
         table.list #members {
-            @for user in members {
-                tr { td { a href={ "/dashboard/members?q=" (user.as_str()) } { code { (user.as_str()) } } } }
+            tr { th { (lang.t(Msg::MemberId)) } th { (lang.t(Msg::LineUserId)) } th { (lang.t(Msg::Linked)) } th { (lang.t(Msg::Friendship)) } }
+            @for row in members {
+                tr data-user=(row.line_user.as_str()) {
+                    td.member { @if let Some(m) = &row.member_id { a href={ "/dashboard/members?q=" (path_segment(m.as_str())) } { code { (m.as_str()) } } } @else { "–" } }
+                    td { a href={ "/dashboard/members?q=" (row.line_user.as_str()) } { code { (row.line_user.as_str()) } } }
+                    td.linked data-value=(row.member_id.is_some()) { (if row.member_id.is_some() { "✓" } else { "–" }) }
+                    @let following = row.following.unwrap_or(row.member_id.is_some());
+                    td.following data-value=(following) {
+                        @match row.following {
+                            Some(true) => (lang.t(Msg::Following)),
+                            Some(false) => (lang.t(Msg::BlockedNow)),
+                            None if row.member_id.is_some() => (lang.t(Msg::FollowingAssumed)),
+                            None => (lang.t(Msg::NeverFollowed)),
+                        }
+                    }
+                }
             }
         }
         @if let Some(after) = next {
-            p { a #next href={ "/dashboard/segments/" (path_segment(&segment.id)) "?after=" (path_segment(after)) } { (lang.t(Msg::NextPage)) " →" } }
+            p { a #next href={ "/dashboard/segments/" (path) "?after=" (path_segment(after)) } { (lang.t(Msg::NextPage)) " →" } }
         }
     };
     page(lang, &segment.name, Some(signed), body)
+}
+
+/// A member of a segment, as its list shows it.
+#[derive(Debug)]
+pub struct SegmentMember {
+    pub line_user: LineUserId,
+    /// The linked member (ID連携), if any.
+    pub member_id: Option<renkei_core::MemberId>,
+    /// Following now; `None` when never seen to follow or unfollow.
+    pub following: Option<bool>,
+}
+
+/// A form posting an instant (`at`, local time, now by default) to
+/// `action`, for editors; viewers are told who may use it.
+fn at_form(state: &DashboardState, signed: &Signed, action: &str, id: &str, button: Msg) -> Markup {
+    let lang = state.settings.language;
+    let now = state.clock.now().with_timezone(&state.settings.timezone).format("%Y-%m-%dT%H:%M").to_string();
+    html! {
+        @if signed.role.allows(OperatorRole::Editor) {
+            form.inline method="post" action=(action) id={ (id) "-form" } {
+                (csrf(&signed.csrf))
+                label { (lang.t(Msg::PreviewAt)) " " input #at type="datetime-local" name="at" value=(now); }
+                button id=(id) type="submit" { (lang.t(button)) }
+            }
+        } @else {
+            p.note #editors-only { (lang.t(Msg::EditorsOnly)) }
+        }
+    }
+}
+
+/// A segment's preview at an instant.
+pub fn preview(
+    state: &DashboardState,
+    signed: &Signed,
+    segment: &renkei_segments::Segment,
+    at: DateTime<Utc>,
+    members: &[LineUserId],
+) -> Markup {
+    let lang = state.settings.language;
+    let total = members.len() as u64;
+    let body = html! {
+        table.figures {
+            tr { th { (lang.t(Msg::Segment)) } td { a href={ "/dashboard/segments/" (path_segment(&segment.id)) } { (segment.name) } } }
+            tr { th { (lang.t(Msg::PreviewAt)) } td #preview-at { (lang.datetime(at, state.settings.timezone)) } }
+            tr { th { (lang.t(Msg::Size)) } (number("preview-size", total, lang.people(total))) }
+        }
+        p.note { (lang.t(Msg::FirstRows)) }
+        table.list #preview-members {
+            @for user in members.iter().take(FIRST_ROWS) {
+                tr { td { a href={ "/dashboard/members?q=" (user.as_str()) } { code { (user.as_str()) } } } }
+            }
+        }
+    };
+    page(lang, &format!("{}: {}", lang.t(Msg::Preview), segment.name), Some(signed), body)
+}
+
+/// Rows listed of a preview or a dry run.
+const FIRST_ROWS: usize = 50;
+
+/// A campaign's dry run at an instant: decisions counted, the first rows.
+pub fn dry_run(
+    state: &DashboardState,
+    signed: &Signed,
+    campaign: &Campaign,
+    at: DateTime<Utc>,
+    rows: &[renkei_scheduler::DryRunRow],
+) -> Markup {
+    let lang = state.settings.language;
+    let mut decisions: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for row in rows {
+        let key = match &row.detail {
+            Some(detail) if row.decision == "skip" => format!("skip-{detail}"),
+            _ => row.decision.to_string(),
+        };
+        *decisions.entry(key).or_default() += 1;
+    }
+    let total = rows.len() as u64;
+    let body = html! {
+        table.figures {
+            tr { th { (lang.t(Msg::Campaign)) } td { a href={ "/dashboard/campaigns/" (path_segment(&campaign.id)) } { (campaign.name) } } }
+            tr { th { (lang.t(Msg::PreviewAt)) } td #dry-run-at { (lang.datetime(at, state.settings.timezone)) } }
+            tr { th { (lang.t(Msg::Total)) } (number("dry-run-total", total, lang.people(total))) }
+        }
+        table.list #decisions {
+            tr { th { (lang.t(Msg::Decision)) } th { (lang.t(Msg::Count)) } }
+            @for (key, n) in &decisions {
+                @let (decision, reason) = key.split_once('-').unwrap_or((key.as_str(), ""));
+                tr { td { (lang.decision(decision)) @if !reason.is_empty() { " (" code { (reason) } ")" } } (number(&format!("decision-{key}"), *n, lang.people(*n))) }
+            }
+        }
+        p.note { (lang.t(Msg::FirstRows)) }
+        table.list #dry-run-rows {
+            tr { th { (lang.t(Msg::LineUserId)) } th { (lang.t(Msg::MemberId)) } th { (lang.t(Msg::Decision)) } th { (lang.t(Msg::Detail)) } th { (lang.t(Msg::Variant)) } th { (lang.t(Msg::Messages)) } }
+            @for row in rows.iter().take(FIRST_ROWS) {
+                tr data-decision=(row.decision) {
+                    td { code { (row.line_user_id.as_deref().unwrap_or("–")) } }
+                    td { code { (row.member_id.as_deref().unwrap_or("–")) } }
+                    td { (lang.decision(row.decision)) }
+                    td { (row.detail.as_deref().unwrap_or("")) (row.error.as_deref().unwrap_or("")) }
+                    td { (row.variant.as_deref().unwrap_or("")) }
+                    td { code.messages { (message_summary(&row.messages)) } }
+                }
+            }
+        }
+    };
+    page(lang, &format!("{}: {}", lang.t(Msg::DryRun), campaign.name), Some(signed), body)
+}
+
+/// A rendered message list, short: each message's text (or its type).
+fn message_summary(messages: &Value) -> String {
+    let texts: Vec<String> = messages
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|m| m["text"].as_str().or(m["altText"].as_str()).or(m["type"].as_str()).unwrap_or("?").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let joined = texts.join(" / ");
+    if joined.chars().count() > 120 { format!("{}…", joined.chars().take(120).collect::<String>()) } else { joined }
 }
 
 /// What a member look-up found.
@@ -512,6 +674,7 @@ pub fn links(
     counts: &OverviewCounts,
     by_method: &[(String, u64)],
     nonces: &[(String, u64)],
+    trend: &Trend,
 ) -> Markup {
     let lang = state.settings.language;
     let body = html! {
@@ -535,6 +698,9 @@ pub fn links(
             }
             tr { th { (lang.t(Msg::Total)) } (number("nonces-total", total, lang.items(total))) }
         }
+        h2 { (lang.t(Msg::Trend30)) }
+        (trend.lines(lang, "links-chart", Msg::Links, &[0, 1, 2, 3, 4], ""))
+        (trend.table(lang))
     };
     page(lang, lang.t(Msg::Links), Some(signed), body)
 }

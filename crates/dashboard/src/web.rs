@@ -4,6 +4,8 @@
 use crate::auth::{self, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 use crate::i18n::Msg;
 use crate::manage::{self, ManageError};
+use crate::series;
+use crate::trend::{Column, Format, Trend};
 use crate::{DashboardState, pages};
 use axum::Router;
 use axum::body::Bytes;
@@ -13,7 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use renkei_store::{OperatorRole, StoreError};
+use renkei_store::{HourCount, OperatorRole, StoreError};
 use std::net::SocketAddr;
 
 /// Forms are small; anything larger is refused (413) before it is read.
@@ -29,6 +31,7 @@ pub fn router(state: DashboardState) -> Router {
         .route("/dashboard/logout", post(logout))
         .route("/dashboard/segments", get(segments))
         .route("/dashboard/segments/{id}", get(segment))
+        .route("/dashboard/segments/{id}/preview", post(preview))
         .route("/dashboard/members", get(members))
         .route("/dashboard/deliveries", get(deliveries))
         .route("/dashboard/links", get(links))
@@ -36,6 +39,7 @@ pub fn router(state: DashboardState) -> Router {
         .route("/dashboard/campaigns/{id}", get(campaign))
         .route("/dashboard/campaigns/{id}/pause", post(pause))
         .route("/dashboard/campaigns/{id}/resume", post(resume))
+        .route("/dashboard/campaigns/{id}/dry-run", post(dry_run))
         .route("/dashboard/operators", get(operators).post(add_operator))
         .route("/dashboard/operators/{name}/role", post(set_role))
         .route("/dashboard/operators/{name}/remove", post(remove_operator))
@@ -169,6 +173,14 @@ pub struct Signed {
 impl Signed {
     fn require(&self, role: OperatorRole) -> Result<(), Failure> {
         if self.role.allows(role) { Ok(()) } else { Err(Failure::forbidden()) }
+    }
+
+    /// A posted form with this session's CSRF token, from an operator with `role`.
+    fn form(&self, body: &[u8], role: OperatorRole) -> Result<Form, Failure> {
+        let form = Form::parse(body)?;
+        self.check(&form)?;
+        self.require(role)?;
+        Ok(form)
     }
 
     /// The form's `csrf` field must be this session's token.
@@ -339,7 +351,74 @@ async fn overview(State(state): State<DashboardState>, signed: Signed) -> Respon
     if let Err(error) = &replies {
         tracing::warn!(%error, "dashboard: reply counts unavailable");
     }
-    pages::overview(&state, &signed, counts.ok(), quota, replies.ok()).into_response()
+    let trend = match &counts {
+        Ok(counts) => overview_trend(&state, counts)
+            .await
+            .inspect_err(|error| tracing::warn!(%error, "dashboard: the overview's series are unavailable"))
+            .ok(),
+        Err(_) => None,
+    };
+    pages::overview(&state, &signed, counts.ok(), quota, replies.ok(), trend).into_response()
+}
+
+/// Days shown by every trend.
+const TREND_DAYS: u32 = 30;
+
+/// The trends' days, and where their counts start.
+struct Days {
+    dates: Vec<chrono::NaiveDate>,
+    since: chrono::DateTime<chrono::Utc>,
+    tz: chrono_tz::Tz,
+}
+
+impl Days {
+    fn of(state: &DashboardState) -> Self {
+        let (now, tz) = (state.clock.now(), state.settings.timezone);
+        Days { dates: series::dates(now, tz, TREND_DAYS), since: series::since(now, tz, TREND_DAYS), tz }
+    }
+
+    async fn counts(
+        &self,
+        state: &DashboardState,
+        metric: &str,
+        key: Option<&str>,
+    ) -> Result<Vec<HourCount>, StoreError> {
+        state.store.overview.hourly_counts(metric, key, self.since).await
+    }
+
+    /// A flow: each day's sum.
+    async fn sums(&self, state: &DashboardState, metric: &str, key: Option<&str>) -> Result<Vec<i64>, StoreError> {
+        Ok(series::daily_sums(&self.counts(state, metric, key).await?, None, &self.dates, self.tz))
+    }
+
+    /// A level at each day's end, walked back from `current`.
+    async fn levels(&self, state: &DashboardState, metric: &str, current: u64) -> Result<Vec<i64>, StoreError> {
+        let counts = self.counts(state, metric, None).await?;
+        Ok(series::daily_levels(&counts, i64::try_from(current).unwrap_or(i64::MAX), &self.dates, self.tz))
+    }
+
+    fn column(id: &'static str, label: Msg, values: Vec<i64>, format: Format) -> Column {
+        Column { id, label, values, format }
+    }
+}
+
+/// Friends, blocked, linked and the ID連携 rate at each day's end, follows and unfollows per day.
+async fn overview_trend(state: &DashboardState, counts: &renkei_store::OverviewCounts) -> Result<Trend, StoreError> {
+    let days = Days::of(state);
+    let columns = vec![
+        Days::column("friends", Msg::Friends, days.levels(state, "friends", counts.following).await?, Format::People),
+        Days::column("blocked", Msg::Blocked, days.levels(state, "blocked", counts.blocked).await?, Format::People),
+        Days::column("linked", Msg::Linked, days.levels(state, "linked", counts.linked).await?, Format::People),
+        Days::column(
+            "rate",
+            Msg::LinkRate,
+            days.levels(state, "linked_friends", counts.linked_following).await?,
+            Format::PercentOf(0),
+        ),
+        Days::column("follows", Msg::Follows, days.sums(state, "follow", None).await?, Format::Items),
+        Days::column("unfollows", Msg::Unfollows, days.sums(state, "unfollow", None).await?, Format::Items),
+    ];
+    Ok(Trend { id: "trend", dates: days.dates, columns })
 }
 
 /// Members listed per page of a segment.
@@ -364,7 +443,9 @@ fn query(raw: Option<String>) -> Form {
 }
 
 async fn segments(State(state): State<DashboardState>, signed: Signed) -> Result<Response, Failure> {
-    let stats = state.engine.segment_stats().await?;
+    // Sizes from the hourly counts, not a count of the memberships.
+    let ids: Vec<&str> = state.engine.segments().ids().collect();
+    let stats = state.store.overview.segment_sizes(&ids).await?;
     Ok(pages::segments(&state, &signed, &stats).into_response())
 }
 
@@ -377,12 +458,102 @@ async fn segment(
     let definition = state.engine.segments().segment(&id).ok_or_else(Failure::not_found)?;
     let form = query(raw);
     let after = form.get("after").filter(|a| !a.is_empty());
-    let size = state.engine.segment_stats().await?.into_iter().find(|s| s.segment_id == id).map_or(0, |s| s.size);
+    let size = state.store.overview.segment_sizes(&[id.as_str()]).await?.first().map_or(0, |s| s.size);
     let members = state.engine.store().reads.segment_members(&id, after, SEGMENT_PAGE).await?;
     let next = (members.len() == SEGMENT_PAGE as usize).then(|| members.last().map(|m| m.to_string())).flatten();
+    let mut rows = Vec::with_capacity(members.len());
+    for line_user in members {
+        // By key, 50 a page: the link and the friendship of each.
+        let member_id = state.store.members.get_link_by_line_user(&line_user).await?.map(|link| link.member_id);
+        let following = state.store.overview.friendship(&line_user).await?.map(|(following, _)| following);
+        rows.push(pages::SegmentMember { line_user, member_id, following });
+    }
     // The definition as written: its file, read now (small; escaped when shown).
     let source = tokio::fs::read_to_string(&definition.file).await.unwrap_or_default();
-    Ok(pages::segment(&state, &signed, definition, size, &source, &members, next.as_deref()).into_response())
+    let trend = segment_trend(&state, &id, size).await?;
+    let view = pages::SegmentView {
+        segment: definition,
+        size,
+        source: &source,
+        members: &rows,
+        next: next.as_deref(),
+        trend: &trend,
+    };
+    Ok(pages::segment(&state, &signed, view).into_response())
+}
+
+/// A segment's size at each day's end (walked back over its entries and exits), entries and exits per day.
+async fn segment_trend(state: &DashboardState, id: &str, size: u64) -> Result<Trend, StoreError> {
+    let days = Days::of(state);
+    let entered = days.counts(state, "entered", Some(id)).await?;
+    let exited = days.counts(state, "exited", Some(id)).await?;
+    let changes: Vec<HourCount> =
+        entered.iter().cloned().chain(exited.iter().map(|c| HourCount { n: -c.n, ..c.clone() })).collect();
+    let size = i64::try_from(size).unwrap_or(i64::MAX);
+    let columns = vec![
+        Days::column("size", Msg::Size, series::daily_levels(&changes, size, &days.dates, days.tz), Format::People),
+        Days::column("entered", Msg::Entered, series::daily_sums(&entered, None, &days.dates, days.tz), Format::People),
+        Days::column("exited", Msg::Left, series::daily_sums(&exited, None, &days.dates, days.tz), Format::People),
+    ];
+    Ok(Trend { id: "size-trend", dates: days.dates, columns })
+}
+
+/// The instant of a preview or dry run: the form's local `at` (now when empty).
+fn instant(state: &DashboardState, form: &Form) -> Result<chrono::DateTime<chrono::Utc>, Failure> {
+    use chrono::TimeZone;
+    let Some(text) = form.get("at").map(str::trim).filter(|t| !t.is_empty()) else { return Ok(state.clock.now()) };
+    let local = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
+        .iter()
+        .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())
+        .ok_or_else(Failure::bad_form)?;
+    let at = state.settings.timezone.from_local_datetime(&local).earliest().ok_or_else(Failure::bad_form)?;
+    Ok(at.to_utc())
+}
+
+async fn preview(
+    State(state): State<DashboardState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let form = signed.form(&body, OperatorRole::Editor)?;
+    let definition = state.engine.segments().segment(&id).ok_or_else(Failure::not_found)?;
+    let at = instant(&state, &form)?;
+    // The segment engine's own preview, as `renkei segments preview` runs it.
+    let members = state.engine.preview(&id, at).await?;
+    let detail = format!("at={} members={}", at.to_rfc3339(), members.len());
+    manage::audit(state.store.operators.as_ref(), &signed.name, "preview", &id, &detail, state.clock.now()).await?;
+    Ok(pages::preview(&state, &signed, definition, at, &members).into_response())
+}
+
+async fn dry_run(
+    State(state): State<DashboardState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let form = signed.form(&body, OperatorRole::Editor)?;
+    let campaign = state.campaigns.get(&id).ok_or_else(Failure::not_found)?;
+    let at = instant(&state, &form)?;
+    let setup = &state.dry_run;
+    // The scheduler's dry run, as `renkei campaigns dry-run` runs it.
+    let rows = renkei_scheduler::dry_run(
+        &setup.store,
+        &state.engine,
+        &state.campaigns,
+        &id,
+        at,
+        &setup.global,
+        &setup.public_base_url,
+    )
+    .await
+    .map_err(|error| {
+        tracing::warn!(%error, campaign = %id, "dashboard: dry run failed");
+        Failure::new(StatusCode::SERVICE_UNAVAILABLE, Msg::ErrorUnavailable)
+    })?;
+    let detail = format!("at={} recipients={}", at.to_rfc3339(), rows.len());
+    manage::audit(state.store.operators.as_ref(), &signed.name, "dry_run", &id, &detail, state.clock.now()).await?;
+    Ok(pages::dry_run(&state, &signed, campaign, at, &rows).into_response())
 }
 
 async fn members(
@@ -450,7 +621,24 @@ async fn links(State(state): State<DashboardState>, signed: Signed) -> Result<Re
     let by_method = reads.links_by_method().await?;
     let nonces = reads.link_nonces_by_result(now - chrono::Duration::days(LINK_ATTEMPT_DAYS), now).await?;
     let counts = reads.overview_counts().await?;
-    Ok(pages::links(&state, &signed, &counts, &by_method, &nonces).into_response())
+    let trend = links_trend(&state).await?;
+    Ok(pages::links(&state, &signed, &counts, &by_method, &nonces, &trend).into_response())
+}
+
+/// Nonces issued, outcomes, links and unlinks per day.
+async fn links_trend(state: &DashboardState) -> Result<Trend, StoreError> {
+    let days = Days::of(state);
+    let attempts = days.counts(state, "attempt", None).await?;
+    let outcome = |key: &str| series::daily_sums(&attempts, Some(key), &days.dates, days.tz);
+    let columns = vec![
+        Days::column("nonces", Msg::NoncesIssued, days.sums(state, "nonce", None).await?, Format::Items),
+        Days::column("ok", Msg::OutcomeOk, outcome("ok"), Format::Items),
+        Days::column("failed", Msg::OutcomeFailed, outcome("failed"), Format::Items),
+        Days::column("links", Msg::LinksMade, days.sums(state, "link", None).await?, Format::Items),
+        Days::column("unlinks", Msg::Unlinks, days.sums(state, "unlink", None).await?, Format::Items),
+        Days::column("conflict", Msg::OutcomeConflict, outcome("conflict"), Format::Items),
+    ];
+    Ok(Trend { id: "links-trend", dates: days.dates, columns })
 }
 
 async fn campaigns(State(state): State<DashboardState>, signed: Signed) -> Result<Response, Failure> {
@@ -469,7 +657,11 @@ async fn campaign(
     let stats =
         renkei_api::campaigns::campaign_stats(&state.campaigns_store, campaign, now, state.settings.timezone, period)
             .await?;
-    Ok(pages::campaign(&state, &signed, campaign, &stats).into_response())
+    let days = Days::of(&state);
+    let sent = days.sums(&state, "sent", Some(&id)).await?;
+    let sends =
+        Trend { id: "sends", dates: days.dates, columns: vec![Days::column("sent", Msg::Sent, sent, Format::Items)] };
+    Ok(pages::campaign(&state, &signed, campaign, &stats, &sends).into_response())
 }
 
 async fn set_paused(
@@ -532,9 +724,7 @@ fn role_of(form: &Form) -> Result<OperatorRole, Failure> {
 }
 
 async fn add_operator(State(state): State<DashboardState>, signed: Signed, body: Bytes) -> Result<Response, Failure> {
-    let form = Form::parse(&body)?;
-    signed.check(&form)?;
-    signed.require(OperatorRole::Admin)?;
+    let form = signed.form(&body, OperatorRole::Admin)?;
     let name = form.get("name").ok_or_else(Failure::bad_form)?;
     let role = role_of(&form)?;
     let (password, generated) = match form.get("password").filter(|p| !p.is_empty()) {
@@ -555,9 +745,7 @@ async fn set_role(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let form = Form::parse(&body)?;
-    signed.check(&form)?;
-    signed.require(OperatorRole::Admin)?;
+    let form = signed.form(&body, OperatorRole::Admin)?;
     let role = role_of(&form)?;
     manage::set_role(state.store.operators.as_ref(), &signed.name, &name, role, state.clock.now()).await?;
     operators_page(&state, &signed, Some((Msg::Done, None))).await

@@ -59,7 +59,7 @@ pub use outbox::{
     CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, ExposureRow, NewDelivery, OutboxReads, OutboxStore,
     PendingDelivery, QueueKey, SkipReason, UserEventRow, UserSendFacts,
 };
-pub use overview::{FailedRequest, OverviewCounts, OverviewReads, UserDelivery, WaitingDeliveries};
+pub use overview::{FailedRequest, HourCount, OverviewCounts, OverviewReads, UserDelivery, WaitingDeliveries};
 pub use pending::{PendingEvaluations, PendingStore, SavedPending};
 pub use postgres::PgStore;
 pub use relay::{RelayBody, RelayCounts, RelayItem, RelayStore};

@@ -1,7 +1,9 @@
 //! The dashboard's reads of other areas' tables: the overview's counts
-//! "now" (friends following and blocked, links (ID連携) and linked friends,
-//! deliveries waiting and failed), each one count over a table's key or a
-//! partial index, never over `events`; and one user's friendship, for the
+//! "now" (friends following and blocked, links (ID連携) and linked friends
+//! as the sums of `dashboard_counts`, the hourly changes migration 0023's
+//! triggers keep; deliveries waiting and failed, each one count over a
+//! table's key or a partial index), never over `events`; the series of
+//! those hourly counts; and one user's friendship, for the
 //! member look-up with the user's latest events (by the user's index range)
 //! and deliveries; the ID連携 page's links by method and nonces by outcome;
 //! the deliveries page's failed requests and waiting
@@ -10,11 +12,12 @@
 
 use crate::StoreResult;
 use crate::events::{StoredEvent, event_of};
-use crate::sql::{Sql, Ts, stmt};
+use crate::sql::{Dialect, Sql, Ts, stmt};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renkei_core::{LineUserId, MemberId};
 use serde::Serialize;
+use sqlx::Database;
 
 /// The overview's counts at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -56,6 +59,17 @@ pub struct UserDelivery {
     /// `pending`, `requested`, `sent`, `skipped` or `failed`.
     pub status: String,
     pub skip_reason: Option<String>,
+}
+
+/// One hour's change of a dashboard metric (`dashboard_counts`, kept by
+/// triggers on the tables it counts; migration 0023 lists the metrics).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HourCount {
+    /// The UTC hour's start.
+    pub hour: DateTime<Utc>,
+    pub key: String,
+    /// Changes in that hour (negative for a level that fell).
+    pub n: i64,
 }
 
 /// One campaign's deliveries waiting in the queue.
@@ -100,6 +114,25 @@ pub trait OverviewReads: Send + Sync + 'static {
 
     /// Whether a LINE user follows now, and since when (`None`: never followed).
     async fn friendship(&self, line_user_id: &LineUserId) -> StoreResult<Option<(bool, DateTime<Utc>)>>;
+
+    /// The sizes of `segments` (entries less exits, the sums of
+    /// `dashboard_counts`) and each one's last change (its latest transition,
+    /// by the `(segment_id, at)` index): `MembershipReads::segment_stats`
+    /// without counting the memberships.
+    async fn segment_sizes(&self, segments: &[&str]) -> StoreResult<Vec<crate::SegmentStats>>;
+
+    /// Folds every hour of `dashboard_counts` before `before` into one row
+    /// per metric and key at the Unix epoch (sums and levels stay the same;
+    /// the pages' series read only recent hours), so the sums read stay
+    /// short. The one write here, done by the dashboard's roll-up under a
+    /// lease. Returns the rows folded.
+    async fn fold_hours_before(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// A metric's hourly changes from `since`'s hour on, per hour and key
+    /// (only `key` when given), oldest first: a range of the
+    /// `dashboard_counts` key, never the counted tables.
+    async fn hourly_counts(&self, metric: &str, key: Option<&str>, since: DateTime<Utc>)
+    -> StoreResult<Vec<HourCount>>;
 }
 
 #[async_trait]
@@ -107,26 +140,17 @@ impl<S: Sql> OverviewReads for S {
     async fn overview_counts(&self) -> StoreResult<OverviewCounts> {
         let count =
             |row: &crate::sql::Row<'_, S::Db>, column: &str| row.int(column).map(|n| u64::try_from(n).unwrap_or(0));
-        let (following, blocked) = stmt::<S::Db>(
-            "SELECT CAST(COALESCE(SUM(CASE WHEN following THEN 1 ELSE 0 END), 0) AS BIGINT) AS following,
-                    CAST(COALESCE(SUM(CASE WHEN following THEN 0 ELSE 1 END), 0) AS BIGINT) AS blocked
-             FROM friendships",
+        // Friends, blocked and links: the sums of their changes, which the
+        // triggers of migration 0023 keep (it started them at the counts then).
+        let levels = stmt::<S::Db>(
+            "SELECT metric, CAST(SUM(n) AS BIGINT) AS n FROM dashboard_counts
+             WHERE metric IN ('friends', 'blocked', 'linked', 'linked_friends') GROUP BY metric",
         )
-        .one(self.reader(), |row| Ok((count(&row, "following")?, count(&row, "blocked")?)))
+        .all(self.reader(), |row| Ok((row.string("metric")?, count(&row, "n")?)))
         .await?;
-        // A linked user counts as following until an unfollow is seen (as the planner judges).
-        let (linked, linked_following, linked_unseen) = stmt::<S::Db>(
-            "SELECT CAST(COUNT(*) AS BIGINT) AS linked,
-                    CAST(COALESCE(SUM(CASE WHEN f.line_user_id IS NULL OR f.following THEN 1 ELSE 0 END), 0) AS BIGINT)
-                        AS linked_following,
-                    CAST(COALESCE(SUM(CASE WHEN f.line_user_id IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS linked_unseen
-             FROM links l LEFT JOIN friendships f ON f.line_user_id = l.line_user_id",
-        )
-        .one(self.reader(), |row| {
-            Ok((count(&row, "linked")?, count(&row, "linked_following")?, count(&row, "linked_unseen")?))
-        })
-        .await?;
-        let following = following + linked_unseen;
+        let level = |metric: &str| levels.iter().find(|(m, _)| m == metric).map_or(0, |(_, n)| *n);
+        let (following, blocked) = (level("friends"), level("blocked"));
+        let (linked, linked_following) = (level("linked"), level("linked_friends"));
         // As the campaign stats count them: waiting in the queue, or in a request
         // LINE has not accepted yet; failed is a failed request's deliveries.
         let waiting = stmt::<S::Db>("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM delivery_queue")
@@ -254,5 +278,84 @@ impl<S: Sql> OverviewReads for S {
             .bind(line_user_id)
             .optional(self.reader(), |row| Ok((row.boolean("following")?, row.ts("changed_at")?)))
             .await
+    }
+
+    async fn hourly_counts(
+        &self,
+        metric: &str,
+        key: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<HourCount>> {
+        // `since` rounded down to its hour: hours are whole UTC hours.
+        let since = since
+            - chrono::Duration::seconds(since.timestamp().rem_euclid(3600))
+            - chrono::Duration::nanoseconds(i64::from(since.timestamp_subsec_nanos()));
+        let sql = if key.is_some() {
+            "SELECT hour, key, CAST(SUM(n) AS BIGINT) AS n FROM dashboard_counts
+             WHERE metric = $1 AND hour >= $2 AND key = $3 GROUP BY hour, key ORDER BY hour, key"
+        } else {
+            "SELECT hour, key, CAST(SUM(n) AS BIGINT) AS n FROM dashboard_counts
+             WHERE metric = $1 AND hour >= $2 AND $3 = '' GROUP BY hour, key ORDER BY hour, key"
+        };
+        stmt::<S::Db>(sql)
+            .bind(metric)
+            .bind(Ts(since))
+            .bind(key.unwrap_or_default())
+            .all(self.reader(), |row| {
+                Ok(HourCount { hour: row.ts("hour")?, key: row.string("key")?, n: row.int("n")? })
+            })
+            .await
+    }
+
+    async fn segment_sizes(&self, segments: &[&str]) -> StoreResult<Vec<crate::SegmentStats>> {
+        let sums = stmt::<S::Db>(
+            "SELECT key, CAST(SUM(CASE WHEN metric = 'entered' THEN n ELSE -n END) AS BIGINT) AS size
+             FROM dashboard_counts WHERE metric IN ('entered', 'exited') GROUP BY key",
+        )
+        .all(self.reader(), |row| Ok((row.string("key")?, row.int("size")?)))
+        .await?;
+        let mut stats = Vec::with_capacity(segments.len());
+        for segment in segments {
+            let updated_at = stmt::<S::Db>("SELECT MAX(at) AS last FROM segment_transitions WHERE segment_id = $1")
+                .bind(*segment)
+                .one(self.reader(), |row| row.opt_ts("last"))
+                .await?;
+            let size = sums.iter().find(|(key, _)| key == segment).map_or(0, |(_, n)| *n);
+            stats.push(crate::SegmentStats {
+                segment_id: segment.to_string(),
+                size: u64::try_from(size).unwrap_or(0),
+                updated_at,
+            });
+        }
+        Ok(stats)
+    }
+
+    async fn fold_hours_before(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        let mut tx = S::Db::begin(self.writer()).await?;
+        // On PostgreSQL both statements see one snapshot: a row committed
+        // meanwhile is neither summed nor deleted, and a concurrent change of
+        // a row being folded fails this fold (the next one folds it).
+        // SQLite's writer is single.
+        if S::Db::NAME == "PostgreSQL" {
+            stmt::<S::Db>("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute_in(&mut tx).await?;
+        }
+        stmt::<S::Db>(
+            "INSERT INTO dashboard_counts (metric, hour, key, slot, n)
+             SELECT metric, $1, key, 0, SUM(n) FROM dashboard_counts WHERE hour > $1 AND hour < $2
+             GROUP BY metric, key
+             ON CONFLICT (metric, hour, key, slot) DO UPDATE SET n = dashboard_counts.n + excluded.n",
+        )
+        .bind(Ts(epoch))
+        .bind(Ts(before))
+        .execute_in(&mut tx)
+        .await?;
+        let folded = stmt::<S::Db>("DELETE FROM dashboard_counts WHERE hour > $1 AND hour < $2")
+            .bind(Ts(epoch))
+            .bind(Ts(before))
+            .execute_in(&mut tx)
+            .await?;
+        S::Db::commit(tx).await?;
+        Ok(folded)
     }
 }
