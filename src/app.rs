@@ -576,6 +576,7 @@ fn dashboard_settings(config: &Config) -> renkei_dashboard::DashboardSettings {
         secure_cookies: config.server.public_base_url.starts_with("https://"),
         timezone: config.timezone.0,
         line_configured: !config.line.channel_access_token.is_empty(),
+        quota_guard: config.dispatch.quota_guard,
         ..Default::default()
     }
 }

@@ -505,6 +505,39 @@ async fn goals_and_the_holdout_are_measured_end_to_end(backend: Backend) {
     let ci = lift["ci95"].as_array().expect("interval");
     let absolute = lift["absolute"].as_f64().expect("absolute");
     assert!(ci[0].as_f64().expect("low") <= absolute && absolute <= ci[1].as_f64().expect("high"), "{lift}");
+    dashboard_shows_the_funnel_and_lift(&app, &stats(&app, "followup").await).await;
+}
+
+/// The campaign's dashboard page shows the API's eligible users, lift and
+/// interval, overall and per variant.
+async fn dashboard_shows_the_funnel_and_lift(app: &TestApp, stats: &Value) {
+    crate::dashboard::add_operator(app, "analyst", renkei_store::OperatorRole::Viewer, "pw-analyst").await;
+    let mut visitor = crate::dashboard::Visitor::new(app);
+    visitor.sign_in("analyst", "pw-analyst").await;
+    let page = visitor.get("/dashboard/campaigns/followup").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let attr = |id: &str, name: &str| -> Option<f64> {
+        let at = page.body.find(&format!("id=\"{id}\""))?;
+        let tag = &page.body[at..at + page.body[at..].find('>')?];
+        let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
+        tag[start..].split('"').next()?.parse().ok()
+    };
+    let eligible = stats["exposed"].as_u64().expect("exposed") + stats["holdout"]["users"].as_u64().expect("holdout");
+    assert_eq!(attr("eligible", "data-value"), Some(eligible as f64), "eligible = treated + holdout");
+    let arms =
+        stats["variants"].as_object().expect("variants").iter().map(|(id, v)| (format!("lift-{id}"), &v["lift"]));
+    for (id, lift) in std::iter::once(("lift".to_string(), &stats["lift"])).chain(arms) {
+        let Some(absolute) = lift["absolute"].as_f64() else {
+            assert_eq!(attr(&id, "data-value"), None, "{id}: no lift, none shown");
+            continue;
+        };
+        // serde_json reads floats to within an ulp or two, the page prints them exactly.
+        let near = |shown: Option<f64>, want: Option<f64>| matches!((shown, want), (Some(a), Some(b)) if (a - b).abs() < 1e-12);
+        assert!(near(attr(&id, "data-value"), Some(absolute)), "{id}: {absolute}");
+        let interval = format!("{id}-interval");
+        assert!(near(attr(&interval, "data-low"), lift["ci95"][0].as_f64()), "{id}: {lift}");
+        assert!(near(attr(&interval, "data-high"), lift["ci95"][1].as_f64()), "{id}: {lift}");
+    }
 }
 
 const VIP: &str = "id: vip\nname: VIP\nrule:\n  attribute: rank\n  eq: vip\n";

@@ -212,6 +212,8 @@ async fn the_dashboard_in_a_real_browser() {
         Some(limit) => assert_eq!(value_of(&browser, "#quota-limit").await, limit.to_string()),
         None => wait_for(&browser, "#quota-limit").await.text().await.map(|t| assert_eq!(t, "上限なし")).expect("text"),
     }
+    let holding = limit.is_some_and(|limit| used >= limit);
+    assert_eq!(value_of(&browser, "#quota-guard").await, if holding { "holding" } else { "open" }, "the guard's state");
     let database = wait_for(&browser, "#database").await.text().await.expect("text");
     assert_eq!(database, "正常");
     // The last 30 days: charts, and today's row of the numbers beside them equals the counts now.

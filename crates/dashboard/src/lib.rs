@@ -76,6 +76,8 @@ pub struct DashboardSettings {
     pub timezone: Tz,
     /// Whether a LINE channel access token is configured.
     pub line_configured: bool,
+    /// `[dispatch] quota_guard`: sending pauses at the monthly limit.
+    pub quota_guard: bool,
 }
 
 impl Default for DashboardSettings {
@@ -89,6 +91,7 @@ impl Default for DashboardSettings {
             secure_cookies: false,
             timezone: chrono_tz::Asia::Tokyo,
             line_configured: false,
+            quota_guard: true,
         }
     }
 }

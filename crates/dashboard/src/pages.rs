@@ -116,8 +116,21 @@ pub struct Quota {
     pub at: DateTime<Utc>,
 }
 
-fn quota_row(lang: Lang, tz: chrono_tz::Tz, quota: Option<Quota>) -> Markup {
+impl Quota {
+    /// Whether the quota guard holds sending now (as every instance would
+    /// find it: the limit is reached).
+    fn holds(&self, guard: bool) -> bool {
+        guard && self.limit.is_some_and(|limit| self.used >= limit)
+    }
+}
+
+fn quota_row(lang: Lang, settings: &crate::DashboardSettings, quota: Option<Quota>) -> Markup {
     let Some(quota) = quota else { return html! { p.note #quota-unknown { (lang.t(Msg::QuotaUnknown)) } } };
+    let (guard, class, value) = match (settings.quota_guard, quota.holds(settings.quota_guard)) {
+        (false, _) => (Msg::GuardOff, "note", "off"),
+        (true, true) => (Msg::GuardHolding, "bad", "holding"),
+        (true, false) => (Msg::GuardOpen, "ok", "open"),
+    };
     html! {
         table.figures #quota {
             tr {
@@ -130,7 +143,11 @@ fn quota_row(lang: Lang, tz: chrono_tz::Tz, quota: Option<Quota>) -> Markup {
                     },
                     None => td #quota-limit { (lang.t(Msg::Unlimited)) },
                 }
-                td.note { (lang.datetime(quota.at, tz)) " " (lang.t(Msg::AsOf)) }
+                td.note { (lang.datetime(quota.at, settings.timezone)) " " (lang.t(Msg::AsOf)) }
+            }
+            tr {
+                th { (lang.t(Msg::QuotaGuard)) }
+                td #quota-guard class=(class) colspan="4" data-value=(value) { (lang.t(guard)) }
             }
         }
     }
@@ -164,7 +181,7 @@ pub fn overview(
             }
             (trend.table(lang))
         }
-        (quota_row(lang, state.settings.timezone, quota))
+        (quota_row(lang, &state.settings, quota))
         (reply_counts(lang, replies))
         h2 { (lang.t(Msg::SystemStatus)) }
         table.figures {
@@ -269,6 +286,7 @@ pub fn campaign(state: &DashboardState, signed: &Signed, campaign: &Campaign, st
             }
         }
         table.figures #funnel {
+            tr { th { (lang.t(Msg::Eligible)) } (maybe("eligible", &eligible(stats), |n| lang.people(n))) }
             tr { th { (lang.t(Msg::Sent)) } (number("sent", count(&stats["sent"]), lang.items(count(&stats["sent"])))) }
             tr { th { (lang.t(Msg::Pending)) } (number("pending", count(&stats["pending"]), lang.items(count(&stats["pending"])))) }
             tr { th { (lang.t(Msg::Failed)) } (number("failed", count(&stats["failed"]), lang.items(count(&stats["failed"])))) }
@@ -284,13 +302,8 @@ pub fn campaign(state: &DashboardState, signed: &Signed, campaign: &Campaign, st
                     None => td.num #conversion-value { "–" },
                 }
             }
-            tr {
-                th { (lang.t(Msg::Lift)) }
-                @match stats["lift"]["absolute"].as_f64() {
-                    Some(lift) => td.num #lift data-value=(lift) { (format!("{:+.1}pt", lift * 100.0)) },
-                    None => td.num #lift { "–" },
-                }
-            }
+            tr { th { (lang.t(Msg::Lift)) } (lift_cells("lift", &stats["lift"])) }
+            tr { th { (lang.t(Msg::LiftInterval)) } (interval_cells("lift", &stats["lift"])) }
         }
         (skips(lang, stats))
         (steps(lang, stats))
@@ -304,6 +317,37 @@ pub fn campaign(state: &DashboardState, signed: &Signed, campaign: &Campaign, st
         (at_form(state, signed, &format!("/dashboard/campaigns/{path}/dry-run"), "dry-run", Msg::RunDryRun))
     };
     page(lang, &campaign.name, Some(signed), body)
+}
+
+/// Users the trigger reached: the treated and the holdout (known once the
+/// campaign has a goal to judge them by).
+fn eligible(stats: &Value) -> Value {
+    match (stats["exposed"].as_u64(), stats["holdout"]["users"].as_u64()) {
+        (Some(treated), holdout) => Value::from(treated + holdout.unwrap_or(0)),
+        (None, _) => Value::Null,
+    }
+}
+
+/// A lift in percentage points (`+1.2pt`), with its value for tests.
+fn lift_cells(id: &str, lift: &Value) -> Markup {
+    match lift["absolute"].as_f64() {
+        Some(absolute) => html! { td.num id=(id) data-value=(absolute) { (points(absolute)) } },
+        None => html! { td.num id=(id) { "–" } },
+    }
+}
+
+/// The lift's 95 % interval, `[low, high]` in percentage points.
+fn interval_cells(id: &str, lift: &Value) -> Markup {
+    match (lift["ci95"][0].as_f64(), lift["ci95"][1].as_f64()) {
+        (Some(low), Some(high)) => html! {
+            td.num id={ (id) "-interval" } data-low=(low) data-high=(high) { (points(low)) " 〜 " (points(high)) }
+        },
+        _ => html! { td.num id={ (id) "-interval" } { "–" } },
+    }
+}
+
+fn points(share: f64) -> String {
+    format!("{:+.1}pt", share * 100.0)
 }
 
 fn skips(lang: Lang, stats: &Value) -> Markup {
@@ -344,7 +388,7 @@ fn variants(lang: Lang, stats: &Value) -> Markup {
     html! {
         h2 { (lang.t(Msg::Variants)) }
         table.list #variants {
-            tr { th { (lang.t(Msg::Variant)) } th { (lang.t(Msg::Users)) } th { (lang.t(Msg::Sent)) } th { (lang.t(Msg::Clicked)) } th { (lang.t(Msg::Converted)) } }
+            tr { th { (lang.t(Msg::Variant)) } th { (lang.t(Msg::Users)) } th { (lang.t(Msg::Sent)) } th { (lang.t(Msg::Clicked)) } th { (lang.t(Msg::Converted)) } th { (lang.t(Msg::Lift)) } th { (lang.t(Msg::LiftInterval)) } }
             @for (id, variant) in variants {
                 tr {
                     td { code { (id) } }
@@ -352,6 +396,8 @@ fn variants(lang: Lang, stats: &Value) -> Markup {
                     td.num { (lang.items(count(&variant["sent"]))) }
                     td.num { (lang.items(count(&variant["clicked"]))) }
                     td.num { @match variant["converted"].as_u64() { Some(n) => (lang.people(n)), None => "–" } }
+                    (lift_cells(&format!("lift-{id}"), &variant["lift"]))
+                    (interval_cells(&format!("lift-{id}"), &variant["lift"]))
                 }
             }
         }
@@ -719,18 +765,20 @@ pub fn deliveries(state: &DashboardState, signed: &Signed, view: DeliveriesView)
     let lang = state.settings.language;
     let tz = state.settings.timezone;
     let c = view.counts;
+    let held_by_quota = view.quota.is_some_and(|q| q.holds(state.settings.quota_guard));
     let body = html! {
         table.figures {
             tr { th { (lang.t(Msg::DeliveriesPending)) } (number("deliveries-pending", c.deliveries_pending, lang.items(c.deliveries_pending))) }
             tr { th { (lang.t(Msg::DeliveriesFailed)) } (number("deliveries-failed", c.deliveries_failed, lang.items(c.deliveries_failed))) }
         }
-        (quota_row(lang, tz, view.quota))
+        (quota_row(lang, &state.settings, view.quota))
         h2 { (lang.t(Msg::Waiting)) }
         table.list #waiting {
             tr { th { (lang.t(Msg::Campaign)) } th { (lang.t(Msg::Count)) } th { (lang.t(Msg::NextDue)) } th { (lang.t(Msg::Why)) } }
             @for waiting in &view.waiting {
                 @let why = if view.paused.contains(&waiting.campaign_id) { Msg::WhyPaused }
-                    else if waiting.next_due > view.now { Msg::WhyLater } else { Msg::WhyDue };
+                    else if waiting.next_due > view.now { Msg::WhyLater }
+                    else if held_by_quota { Msg::WhyQuota } else { Msg::WhyDue };
                 tr data-campaign=(waiting.campaign_id) {
                     td { a href={ "/dashboard/campaigns/" (path_segment(&waiting.campaign_id)) } { code { (waiting.campaign_id) } } }
                     td.num data-value=(waiting.count) { (lang.items(waiting.count)) }
@@ -848,5 +896,32 @@ mod tests {
         assert!(!login.contains("<script>alert"), "{login}");
         assert!(login.contains("&quot;&gt;&lt;script&gt;"), "{login}");
         assert!(login.contains("名前またはパスワードが違います"), "{login}");
+    }
+
+    #[test]
+    fn the_quota_guard_holds_at_the_limit_when_it_is_on() {
+        let at = Utc::now();
+        let quota = |limit, used| Quota { limit, used, at };
+        assert!(quota(Some(1_000), 1_000).holds(true), "the limit reached");
+        assert!(!quota(Some(1_000), 999).holds(true), "room for one");
+        assert!(!quota(None, 5_000_000).holds(true), "no limit");
+        assert!(!quota(Some(1_000), 1_000).holds(false), "the guard is off");
+        let settings = |quota_guard| crate::DashboardSettings { quota_guard, ..Default::default() };
+        let shown = |guard, q| quota_row(Lang::Ja, &settings(guard), Some(q)).into_string();
+        assert!(shown(true, quota(Some(10), 10)).contains("data-value=\"holding\""));
+        assert!(shown(true, quota(Some(10), 3)).contains("data-value=\"open\""));
+        assert!(shown(false, quota(Some(10), 10)).contains("data-value=\"off\""));
+    }
+
+    #[test]
+    fn lifts_show_their_interval_in_points() {
+        let lift = serde_json::json!({"absolute": 0.125, "ci95": [-0.05, 0.3]});
+        let cells = interval_cells("lift", &lift).into_string();
+        assert!(cells.contains("-5.0pt 〜 +30.0pt"), "{cells}");
+        assert!(lift_cells("lift", &lift).into_string().contains("+12.5pt"));
+        assert!(lift_cells("lift", &serde_json::Value::Null).into_string().contains("–"));
+        let stats = serde_json::json!({"exposed": 8, "holdout": {"users": 4}});
+        assert_eq!(eligible(&stats), 12);
+        assert_eq!(eligible(&serde_json::json!({"exposed": null, "holdout": null})), serde_json::Value::Null);
     }
 }
