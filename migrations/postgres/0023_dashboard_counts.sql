@@ -73,21 +73,25 @@ CREATE TRIGGER friendships_count AFTER INSERT OR UPDATE ON friendships
 -- Links: imports add a million in a few statements, so per statement.
 CREATE FUNCTION links_count() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- Links grouped first (an import adds a million in one statement), then
+    -- each group spread over the metrics it moves.
     INSERT INTO dashboard_counts (metric, hour, key, slot, n)
-    SELECT metric, hour, key, (txid_current() % 8)::smallint, SUM(n)
+    SELECT c.metric, g.hour, c.key, (txid_current() % 8)::smallint, SUM(c.n * g.links)
     FROM (
-        SELECT c.metric, dashboard_hour(CASE WHEN TG_OP = 'INSERT' THEN l.linked_at ELSE now() END) AS hour, c.key,
-               c.n * CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END AS n
+        SELECT dashboard_hour(CASE WHEN TG_OP = 'INSERT' THEN l.linked_at ELSE now() END) AS hour, l.method,
+               f.line_user_id IS NULL AS unknown, COALESCE(f.following, false) AS following,
+               COUNT(*) * CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END AS links
         FROM changed l LEFT JOIN friendships f ON f.line_user_id = l.line_user_id
-        CROSS JOIN LATERAL (VALUES
-            (CASE WHEN TG_OP = 'INSERT' THEN 'link' ELSE 'unlink' END, l.method,
-             CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END),
-            ('linked', '', 1),
-            ('friends', '', CASE WHEN f.line_user_id IS NULL THEN 1 ELSE 0 END),
-            ('linked_friends', '', CASE WHEN f.line_user_id IS NULL OR f.following THEN 1 ELSE 0 END)
-        ) AS c (metric, key, n)
-    ) d
-    WHERE n <> 0
+        GROUP BY 1, 2, 3, 4
+    ) g
+    CROSS JOIN LATERAL (VALUES
+        (CASE WHEN TG_OP = 'INSERT' THEN 'link' ELSE 'unlink' END, g.method,
+         CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END),
+        ('linked', '', 1),
+        ('friends', '', CASE WHEN g.unknown THEN 1 ELSE 0 END),
+        ('linked_friends', '', CASE WHEN g.unknown OR g.following THEN 1 ELSE 0 END)
+    ) AS c (metric, key, n)
+    WHERE c.n <> 0
     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (metric, hour, key, slot) DO UPDATE SET n = dashboard_counts.n + excluded.n;
     RETURN NULL;
