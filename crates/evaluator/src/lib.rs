@@ -18,6 +18,7 @@
 mod engine;
 mod evaluator;
 mod feed;
+mod mark;
 mod queue;
 mod runtime;
 
