@@ -4,7 +4,7 @@
 //! [`Evaluator`] is what the rest of the process holds: it is the
 //! [`ChangeListener`] the ingestion API and the webhook worker report to
 //! (a report wakes it), it follows the change feed every process writes to
-//! (`feed.rs`), runs the full recompute at start when the segments changed,
+//! (`feed.rs`), runs the recompute at start of the segments that changed,
 //! counts what it does for `/metrics`, and lets callers wait until recorded
 //! changes are processed.
 //!
@@ -534,35 +534,35 @@ impl Evaluator {
                 "Users this process reported changed (their changes are in the change feed).",
                 load(&s.changes_reported).to_string(),
             ),
-            ("renkei_segment_recompute_running", "gauge", "1 while a full recompute runs.", running.to_string()),
+            ("renkei_segment_recompute_running", "gauge", "1 while a start-up recompute runs.", running.to_string()),
             (
                 "renkei_segment_recomputes_total",
                 "counter",
-                "Full recomputes finished.",
+                "Start-up recomputes finished (of every segment, or of those that changed).",
                 load(&s.recomputes).to_string(),
             ),
             (
                 "renkei_segment_recompute_failures_total",
                 "counter",
-                "Full recomputes that failed.",
+                "Start-up recomputes that failed.",
                 load(&s.recompute_failures).to_string(),
             ),
             (
                 "renkei_segment_recompute_users_total",
                 "counter",
-                "Users evaluated by full recomputes.",
+                "Users evaluated by start-up recomputes.",
                 load(&s.recompute_users).to_string(),
             ),
             (
                 "renkei_segment_recompute_transitions_total",
                 "counter",
-                "Segment transitions recorded by full recomputes.",
+                "Segment transitions recorded by start-up recomputes.",
                 load(&s.recompute_transitions).to_string(),
             ),
             (
                 "renkei_segment_recompute_last_duration_seconds",
                 "gauge",
-                "How long the last finished full recompute took.",
+                "How long the last finished start-up recompute took.",
                 format!("{:.3}", load(&s.last_recompute_millis) as f64 / 1000.0),
             ),
         ];
