@@ -15,10 +15,10 @@
 //! changed segments and those that reference them when some changed (the
 //! memberships of removed ones end), every segment when the timezone
 //! changed or the mark is missing or of an older format. Instances that
-//! start together recompute once (lease `segment_recompute`). While that runs, real-time
-//! changes are still processed; the users they name are also re-evaluated
-//! once more after the recompute, so a page the recompute read before a
-//! change cannot leave a stale answer behind.
+//! start together recompute once (lease `segment_recompute`). While that
+//! runs, real-time changes are still processed; the users they name are
+//! also re-evaluated once more after the recompute, so a page the
+//! recompute read before a change cannot leave a stale answer behind.
 //!
 //! A stop ([`Evaluator::stop_by`]) gives the feed's rows it holds back and
 //! saves the users still waiting in the change queue (and a batch the
