@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use futures::StreamExt;
 use renkei_core::{Clock, LineUserId, UserRef};
-use renkei_segments::{EventFact, EventTotals, SegmentSet, TalliedCondition, UserFacts};
+use renkei_segments::{EventFact, EventTotals, SegmentChanges, SegmentSet, TalliedCondition, UserFacts};
 use renkei_store::membership::{
     AudiencePage, Cause, EventSelection, FactEventRecord, MembershipUpdate, SegmentStats, Transition, UserEventRecord,
     UserRecord,
@@ -47,6 +47,16 @@ impl PageContext {
     async fn load_and_evaluate(self, page: MembershipResult<AudiencePage>) -> MembershipResult<EvaluatedPage> {
         let page = page?;
         let now = self.clock.now();
+        if self.segments.is_empty() {
+            // No segment to answer (a recompute of removed segments only):
+            // every user is in none, and there is nothing to load.
+            let updates = page
+                .users
+                .iter()
+                .map(|u| MembershipUpdate { line_user_id: u.clone(), segments: BTreeSet::new(), next_due: None })
+                .collect();
+            return Ok(EvaluatedPage { page, updates, events: 0, now });
+        }
         let records = self.store.memberships.load_page_facts(&page, &self.selection.at(now)).await?;
         let (segments, tz) = (self.segments, self.tz);
         let (updates, events) = tokio::task::spawn_blocking(move || evaluate_page(&segments, records, now, tz))
@@ -432,10 +442,57 @@ impl MembershipEngine {
     /// so that the database and the evaluator keep both cores busy.
     pub async fn recompute_all(
         &self,
+        progress: impl FnMut(&RecomputeProgress) + Send,
+    ) -> MembershipResult<RecomputeReport> {
+        let context = PageContext {
+            store: self.store.clone(),
+            segments: self.segments.clone(),
+            clock: self.clock.clone(),
+            tz: self.tz,
+            selection: self.selection.clone(),
+        };
+        self.recompute(context, None, progress).await
+    }
+
+    /// [`MembershipEngine::recompute_all`] for some segments only: those
+    /// `changes` says to recompute, and the removed ones (whose memberships
+    /// end, with cause `recompute`, as a full recompute ends them). Only
+    /// those segments and the segments they reference are evaluated, and
+    /// only the events they read are loaded: the audience is still walked
+    /// page by page, but a page costs what its segments need. Memberships of
+    /// the other segments are left as they are, and a user's due time only
+    /// moves earlier (the one stored covers the other segments).
+    pub async fn recompute_segments(
+        &self,
+        changes: &SegmentChanges,
+        progress: impl FnMut(&RecomputeProgress) + Send,
+    ) -> MembershipResult<RecomputeReport> {
+        let segments = Arc::new(self.segments.with_dependencies(changes.recompute.iter().map(String::as_str)));
+        // Raw reads only (`Selection::at`), as in a full recompute: no tallies needed.
+        let selection = Arc::new(Selection::of(&segments, false));
+        let context =
+            PageContext { store: self.store.clone(), segments, clock: self.clock.clone(), tz: self.tz, selection };
+        let scope: BTreeSet<String> = changes.recompute.iter().chain(&changes.removed).cloned().collect();
+        self.recompute(context, Some(Arc::new(scope)), progress).await
+    }
+
+    /// The recompute pipeline: `context` says what is evaluated, `scope`
+    /// which segments' memberships are written (`None`: all).
+    async fn recompute(
+        &self,
+        context: PageContext,
+        scope: Option<Arc<BTreeSet<String>>>,
         mut progress: impl FnMut(&RecomputeProgress) + Send,
     ) -> MembershipResult<RecomputeReport> {
         let started = Instant::now();
-        tracing::info!(segments = self.segments.len(), "full recompute started");
+        match &scope {
+            None => tracing::info!(segments = self.segments.len(), "full recompute started"),
+            Some(scope) => tracing::info!(
+                segments = ?scope,
+                evaluated = context.segments.len(),
+                "recompute of some segments started"
+            ),
+        }
         // Paging is an index-only walk, far cheaper than loading: it runs ahead.
         let (ids_tx, ids_rx) = mpsc::channel::<MembershipResult<AudiencePage>>(PAGES_IN_FLIGHT * 2);
         let pager = {
@@ -466,19 +523,17 @@ impl MembershipEngine {
             tokio::spawn(async move {
                 let mut transitions = 0u64;
                 while let Some(page) = write_rx.recv().await {
-                    let applied =
-                        store.memberships.apply_page_memberships(&page.page, &page.updates, page.now, Cause::Recompute);
+                    let applied = store.memberships.apply_page_memberships(
+                        &page.page,
+                        &page.updates,
+                        page.now,
+                        Cause::Recompute,
+                        scope.as_deref(),
+                    );
                     transitions += applied.await?.len() as u64;
                 }
                 Ok::<u64, MembershipError>(transitions)
             })
-        };
-        let context = PageContext {
-            store: self.store.clone(),
-            segments: self.segments.clone(),
-            clock: self.clock.clone(),
-            tz: self.tz,
-            selection: self.selection.clone(),
         };
         // Each page is its own task: decoding rows is CPU work too, and
         // tasks spread over the runtime's threads.
@@ -533,7 +588,7 @@ impl MembershipEngine {
             events = report.events,
             transitions = report.transitions,
             seconds = report.elapsed.as_secs_f64(),
-            "full recompute finished"
+            "recompute finished"
         );
         Ok(report)
     }

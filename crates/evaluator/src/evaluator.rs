@@ -4,18 +4,21 @@
 //! [`Evaluator`] is what the rest of the process holds: it is the
 //! [`ChangeListener`] the ingestion API and the webhook worker report to
 //! (a report wakes it), it follows the change feed every process writes to
-//! (`feed.rs`), runs the full recompute at start when the segments changed,
+//! (`feed.rs`), runs the recompute at start of the segments that changed,
 //! counts what it does for `/metrics`, and lets callers wait until recorded
 //! changes are processed.
 //!
-//! A start recomputes only when the segment rules or the timezone differ
-//! from those of the last finished recompute (mark `segments_recomputed`,
-//! their fingerprint): changes made meanwhile, even by a process that
-//! crashed, wait in the change feed. Instances that start together
-//! recompute once (lease `segment_recompute`). While that runs, real-time
-//! changes are still processed; the users they name are also re-evaluated
-//! once more after the recompute, so a page the recompute read before a
-//! change cannot leave a stale answer behind.
+//! A start recomputes only what differs from the last finished recompute
+//! (mark `segments_recomputed`: the timezone and each segment's
+//! fingerprint, `mark.rs`): nothing when nothing changed (changes made
+//! meanwhile, even by a process that crashed, wait in the change feed), the
+//! changed segments and those that reference them when some changed (the
+//! memberships of removed ones end), every segment when the timezone
+//! changed or the mark is missing or of an older format. Instances that
+//! start together recompute once (lease `segment_recompute`). While that
+//! runs, real-time changes are still processed; the users they name are
+//! also re-evaluated once more after the recompute, so a page the
+//! recompute read before a change cannot leave a stale answer behind.
 //!
 //! A stop ([`Evaluator::stop_by`]) gives the feed's rows it holds back and
 //! saves the users still waiting in the change queue (and a batch the
@@ -24,6 +27,7 @@
 //! they are evaluated.
 
 use crate::feed::Feed;
+use crate::mark::{Plan, RecomputedFor, plan};
 use crate::{Backlog, EngineHandle, Leftover, MembershipEngine, RecomputeReport};
 use renkei_core::{Cause, ChangeListener, UserRef};
 use renkei_store::{PendingEvaluations, PendingStore, UserChanges};
@@ -43,7 +47,8 @@ const MAX_REMEMBERED: usize = 1_000_000;
 const MAX_RECOMPUTE_ROUNDS: u32 = 3;
 /// The lease of the start-up recompute: one instance recomputes at a time.
 pub const RECOMPUTE_LEASE: &str = "segment_recompute";
-/// The mark a finished recompute leaves, valued with its fingerprint.
+/// The mark a finished recompute leaves, valued with what it was done for
+/// (the timezone and each segment's fingerprint, as JSON).
 pub const RECOMPUTED_MARK: &str = "segments_recomputed";
 /// How long the recompute lease lasts unless renewed (every 5 polls).
 const RECOMPUTE_LEASE_TERM: chrono::Duration = chrono::Duration::seconds(30);
@@ -153,27 +158,37 @@ impl Evaluator {
         let _ = done.wait_for(|finished| *finished).await;
     }
 
-    /// The full recompute `renkei serve` runs at start; stops early when
-    /// `stop` is cancelled (each page is written atomically, so an
-    /// interrupted recompute leaves nothing half-written).
+    /// The recompute `renkei serve` runs at start, of what changed since the
+    /// last one (see the module's documentation); stops early when `stop` is
+    /// cancelled (each page is written atomically, so an interrupted
+    /// recompute leaves nothing half-written).
     ///
     /// Instances that start together recompute once: the one holding lease
-    /// [`RECOMPUTE_LEASE`] recomputes and marks it done with the
-    /// fingerprint of its segment rules and timezone; the others wait for
-    /// that mark (remembering the users changed meanwhile, re-evaluated
-    /// after it) and take over if the holder dies first.
+    /// [`RECOMPUTE_LEASE`] recomputes and marks it done with its timezone
+    /// and segment fingerprints; the others wait for that mark (remembering
+    /// the users changed meanwhile, re-evaluated after it) and take over if
+    /// the holder dies first.
     pub async fn startup_recompute(self, stop: CancellationToken) {
         let segments = self.engine().segments().len();
-        if self.recomputed_with(&self.fingerprint()).await {
-            // Changes made since are in the change feed, which outlives every process.
-            tracing::info!(segments, "segments unchanged since the last recompute: no recompute needed");
-            self.inner.recomputed.send_replace(true);
-            return;
+        match self.plan().await {
+            Plan::Nothing => {
+                // Changes made since are in the change feed, which outlives every process.
+                tracing::info!(segments, "segments unchanged since the last recompute: no recompute needed");
+                self.inner.recomputed.send_replace(true);
+                return;
+            }
+            Plan::All { reason } => tracing::info!(
+                segments,
+                reason,
+                "recomputing every user's membership of every segment in the background"
+            ),
+            Plan::Some(changes) => tracing::info!(
+                recompute = ?changes.recompute,
+                removed = ?changes.removed,
+                unchanged = segments - changes.recompute.len(),
+                "segments changed since the last recompute: recomputing those (and their dependents) in the background"
+            ),
         }
-        tracing::info!(
-            segments,
-            "segments changed since the last recompute (or none finished): recomputing every user's membership in the background"
-        );
         tokio::select! {
             () = self.recompute_among_instances() => {}
             () = stop.cancelled() => {
@@ -189,14 +204,20 @@ impl Evaluator {
         self.inner.recomputed.send_replace(true);
     }
 
-    /// What a recompute is done for: the segment rules and the timezone.
-    fn fingerprint(&self) -> String {
-        format!("{}@{}", self.engine().segments().fingerprint(), self.engine().timezone().name())
+    /// What a recompute is done for: the mark's value once it is done.
+    fn recomputed_for(&self) -> String {
+        RecomputedFor::of(self.engine().segments(), self.engine().timezone()).value()
+    }
+
+    /// What to recompute against the last finished recompute's mark.
+    async fn plan(&self) -> Plan {
+        let previous = self.recompute_mark().await.map(|(value, _)| value);
+        plan(previous.as_deref(), self.engine().segments(), self.engine().timezone())
     }
 
     async fn recompute_among_instances(&self) {
         let engine = self.engine();
-        let (fingerprint, started) = (self.fingerprint(), engine.clock.now());
+        let (fingerprint, started) = (self.recomputed_for(), engine.clock.now());
         let mut waiting = false;
         loop {
             let now = engine.clock.now();
@@ -207,7 +228,11 @@ impl Evaluator {
                     let done = self.done_since(&fingerprint, started).await;
                     self.forward(&waited.users.into_iter().collect::<Vec<_>>());
                     if !done {
-                        self.recompute_holding_lease(&fingerprint).await;
+                        // Planned again: an instance with other segments may have recomputed since the start.
+                        match self.plan().await {
+                            Plan::Nothing => {}
+                            plan => self.recompute_holding_lease(&fingerprint, &plan).await,
+                        }
                     }
                     return;
                 }
@@ -231,14 +256,10 @@ impl Evaluator {
         }
     }
 
-    /// Whether an instance finished a recompute for `fingerprint` at or after `since`.
+    /// Whether an instance finished a recompute for `fingerprint` (the whole
+    /// mark's value) at or after `since`.
     async fn done_since(&self, fingerprint: &str, since: chrono::DateTime<chrono::Utc>) -> bool {
         matches!(self.recompute_mark().await, Some((value, at)) if value == fingerprint && at >= since)
-    }
-
-    /// Whether the last finished recompute was for `fingerprint`.
-    async fn recomputed_with(&self, fingerprint: &str) -> bool {
-        matches!(self.recompute_mark().await, Some((value, _)) if value == fingerprint)
     }
 
     async fn recompute_mark(&self) -> Option<(String, chrono::DateTime<chrono::Utc>)> {
@@ -252,7 +273,7 @@ impl Evaluator {
     }
 
     /// Recomputes, renewing the lease meanwhile, then marks it done.
-    async fn recompute_holding_lease(&self, fingerprint: &str) {
+    async fn recompute_holding_lease(&self, fingerprint: &str, plan: &Plan) {
         let engine = self.engine().clone();
         let renewal = tokio::spawn(async move {
             loop {
@@ -268,7 +289,7 @@ impl Evaluator {
                 }
             }
         });
-        let completed = self.recompute_rounds().await;
+        let completed = self.recompute_rounds(plan).await;
         renewal.abort();
         if completed {
             let now = self.engine().clock.now();
@@ -280,10 +301,10 @@ impl Evaluator {
 
     /// Recomputes until no change during it was too many to remember; true
     /// when the last recompute completed.
-    async fn recompute_rounds(&self) -> bool {
+    async fn recompute_rounds(&self, plan: &Plan) -> bool {
         for round in 1..=MAX_RECOMPUTE_ROUNDS {
             *self.remembered() = Some(Remembered::default());
-            let report = self.recompute_once().await;
+            let report = self.recompute_once(plan).await;
             let remembered = self.remembered().take().unwrap_or_default();
             if report.is_none() {
                 // Failed: the users changed meanwhile still deserve their evaluation.
@@ -303,26 +324,38 @@ impl Evaluator {
         true
     }
 
-    /// Full recomputes this instance ran (not those it waited for).
+    /// Start-up recomputes this instance ran, whole or of some segments (not
+    /// those it waited for).
     pub fn recomputes(&self) -> u64 {
         self.inner.stats.recomputes.load(Ordering::Relaxed)
     }
 
-    async fn recompute_once(&self) -> Option<RecomputeReport> {
+    async fn recompute_once(&self, plan: &Plan) -> Option<RecomputeReport> {
         let stats = &self.inner.stats;
         stats.recompute_running.store(true, Ordering::Relaxed);
-        // Totals are kept with each insert; rebuilding them here bounds any drift to one run.
-        if let Err(error) = self.engine().rebuild_totals().await {
-            tracing::error!(%error, "rebuilding the running totals of events failed; they stay as kept");
-        }
         let mut counted = 0u64;
-        let result = self
-            .engine()
-            .recompute_all(|progress| {
-                stats.recompute_users.fetch_add(progress.users - counted, Ordering::Relaxed);
-                counted = progress.users;
-            })
-            .await;
+        let progress = |progress: &crate::RecomputeProgress| {
+            stats.recompute_users.fetch_add(progress.users - counted, Ordering::Relaxed);
+            counted = progress.users;
+        };
+        let result = match plan {
+            Plan::Some(changes) => {
+                // The totals are left as kept: a recompute reads raw events,
+                // `with_tallies` has built the tallies of keys seen for the
+                // first time (new or edited segments) before the start, and
+                // rebuilding a million users' totals would cost more than
+                // recomputing a few segments. A full recompute rebuilds them.
+                self.engine().recompute_segments(changes, progress).await
+            }
+            Plan::Nothing => Ok(RecomputeReport { users: 0, events: 0, transitions: 0, elapsed: Duration::ZERO }),
+            Plan::All { .. } => {
+                // Totals are kept with each insert; rebuilding them here bounds any drift to one run.
+                if let Err(error) = self.engine().rebuild_totals().await {
+                    tracing::error!(%error, "rebuilding the running totals of events failed; they stay as kept");
+                }
+                self.engine().recompute_all(progress).await
+            }
+        };
         stats.recompute_running.store(false, Ordering::Relaxed);
         match result {
             Ok(report) => {
@@ -501,35 +534,35 @@ impl Evaluator {
                 "Users this process reported changed (their changes are in the change feed).",
                 load(&s.changes_reported).to_string(),
             ),
-            ("renkei_segment_recompute_running", "gauge", "1 while a full recompute runs.", running.to_string()),
+            ("renkei_segment_recompute_running", "gauge", "1 while a start-up recompute runs.", running.to_string()),
             (
                 "renkei_segment_recomputes_total",
                 "counter",
-                "Full recomputes finished.",
+                "Start-up recomputes finished (of every segment, or of those that changed).",
                 load(&s.recomputes).to_string(),
             ),
             (
                 "renkei_segment_recompute_failures_total",
                 "counter",
-                "Full recomputes that failed.",
+                "Start-up recomputes that failed.",
                 load(&s.recompute_failures).to_string(),
             ),
             (
                 "renkei_segment_recompute_users_total",
                 "counter",
-                "Users evaluated by full recomputes.",
+                "Users evaluated by start-up recomputes.",
                 load(&s.recompute_users).to_string(),
             ),
             (
                 "renkei_segment_recompute_transitions_total",
                 "counter",
-                "Segment transitions recorded by full recomputes.",
+                "Segment transitions recorded by start-up recomputes.",
                 load(&s.recompute_transitions).to_string(),
             ),
             (
                 "renkei_segment_recompute_last_duration_seconds",
                 "gauge",
-                "How long the last finished full recompute took.",
+                "How long the last finished start-up recompute took.",
                 format!("{:.3}", load(&s.last_recompute_millis) as f64 / 1000.0),
             ),
         ];

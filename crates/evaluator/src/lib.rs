@@ -10,7 +10,8 @@
 //!   ([`renkei_segments::SegmentSet::next_change`]); a timer task wakes at
 //!   the earliest one ([`MembershipEngine::run_due`] does one round);
 //! - full recompute: [`MembershipEngine::recompute_all`] streams the whole
-//!   audience universe page by page.
+//!   audience universe page by page; [`MembershipEngine::recompute_segments`]
+//!   does so for some segments only (a start's changed segments).
 //!
 //! All three go through the same [`MembershipEngine::evaluate_users`], so
 //! they give identical memberships; every difference is a transition.
@@ -18,6 +19,7 @@
 mod engine;
 mod evaluator;
 mod feed;
+mod mark;
 mod queue;
 mod runtime;
 

@@ -8,8 +8,8 @@
 //! instead, which re-evaluates everyone (what was stored is never lost, only
 //! the hint of who changed). A graceful stop takes what still waits (and
 //! the batch in hand, if the stop cut it short) with [`ChangeQueue::leftover`]
-//! for the evaluator to save; after a crash, the full recompute every start
-//! runs covers them.
+//! for the evaluator to save; after a crash, the change feed's rows, given
+//! back when their lease runs out, cover them.
 
 use renkei_core::UserRef;
 use renkei_store::membership::Cause;

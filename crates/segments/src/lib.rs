@@ -40,6 +40,6 @@ pub use ast::{
 pub use diagnostic::Diagnostic;
 pub use eval::{EventFact, EventTotals, Properties, UserFacts, properties_match};
 pub use parse::parse_where;
-pub use set::SegmentSet;
+pub use set::{SegmentChanges, SegmentSet};
 pub use tally::{TalliedCondition, Tallier};
 pub use yaml::Pos;

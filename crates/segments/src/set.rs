@@ -110,6 +110,61 @@ impl SegmentSet {
         self.segments.is_empty()
     }
 
+    /// Each segment's own fingerprint (id → 16 hex digits), hashed as
+    /// [`SegmentSet::fingerprint`] hashes the set: it changes with the
+    /// segment's rule, not with the rules of the segments it references
+    /// (those reach it through [`SegmentSet::changes_since`]).
+    pub fn segment_fingerprints(&self) -> BTreeMap<String, String> {
+        self.segments.iter().map(|s| (s.id.clone(), segment_fingerprint(s))).collect()
+    }
+
+    /// What must be recomputed given the fingerprints of the last finished
+    /// recompute (`previous`, as [`SegmentSet::segment_fingerprints`] gave
+    /// them): the segments new or changed, every segment that references one
+    /// of them (directly or through others), and the ids gone since.
+    pub fn changes_since(&self, previous: &BTreeMap<String, String>) -> SegmentChanges {
+        let changed: Vec<&str> = self
+            .segments
+            .iter()
+            .filter(|s| previous.get(&s.id) != Some(&segment_fingerprint(s)))
+            .map(|s| s.id.as_str())
+            .collect();
+        let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for segment in &self.segments {
+            for (reference, _) in segment.rule.segment_references() {
+                dependents.entry(reference).or_default().push(segment.id.as_str());
+            }
+        }
+        let mut recompute: BTreeSet<String> = changed.iter().map(|id| id.to_string()).collect();
+        let mut queue: VecDeque<&str> = changed.into_iter().collect();
+        while let Some(current) = queue.pop_front() {
+            for &dependent in dependents.get(current).into_iter().flatten() {
+                if recompute.insert(dependent.to_string()) {
+                    queue.push_back(dependent);
+                }
+            }
+        }
+        let removed = previous.keys().filter(|id| !self.index.contains_key(*id)).cloned().collect();
+        SegmentChanges { recompute, removed }
+    }
+
+    /// The segments of `ids` (unknown ids are skipped) and every segment
+    /// they reference, directly or through others, in dependency order: what
+    /// evaluating just those segments needs.
+    pub fn with_dependencies<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> SegmentSet {
+        let mut keep: BTreeSet<String> = BTreeSet::new();
+        for id in ids.into_iter().filter(|id| self.index.contains_key(*id)) {
+            keep.extend(self.dependencies(id));
+            keep.insert(id.to_string());
+        }
+        // Filtering keeps the order, and a kept segment's references are kept too.
+        let segments: Vec<Segment> = self.segments.iter().filter(|s| keep.contains(&s.id)).cloned().collect();
+        let index = segments.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+        let mut set = SegmentSet { segments, index, event_types: Vec::new() };
+        set.event_types = set.referenced_event_types().into_iter().collect();
+        set
+    }
+
     /// Every event type some segment looks at (directly or as a follow-up),
     /// so that callers load only the events that matter.
     pub fn referenced_event_types(&self) -> BTreeSet<String> {
@@ -243,6 +298,26 @@ impl SegmentSet {
         }
         found
     }
+}
+
+/// What a start must recompute (see [`SegmentSet::changes_since`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentChanges {
+    /// Segments new or changed, and every segment that references one of them.
+    pub recompute: BTreeSet<String>,
+    /// Ids of the last recompute that are no segment any more.
+    pub removed: BTreeSet<String>,
+}
+
+impl SegmentChanges {
+    /// Nothing to recompute and nothing removed.
+    pub fn is_empty(&self) -> bool {
+        self.recompute.is_empty() && self.removed.is_empty()
+    }
+}
+
+fn segment_fingerprint(segment: &Segment) -> String {
+    format!("{:016x}", crate::tally::fnv1a(format!("{}={:?}\n", segment.id, segment.rule).as_bytes()))
 }
 
 /// Kahn's algorithm over segment references; segments on or behind a cycle

@@ -254,16 +254,20 @@ pub trait MembershipStore: Send + Sync + 'static {
     async fn maintain_tallies(&self, tallier: Arc<dyn EventTallier>, at: DateTime<Utc>) -> StoreResult<()>;
 
     /// `apply_memberships` for users of an audience page (`updates` name no
-    /// one outside it).
+    /// one outside it). With a `scope`, the updates speak for those segment
+    /// ids only: only memberships of those segments are compared and
+    /// written (the others are left as they are, with no transition), and a
+    /// user's due time only moves earlier (each `next_due` covers the
+    /// scope's segments; the stored one, the others). `None`: every segment,
+    /// as `apply_memberships`.
     async fn apply_page_memberships(
         &self,
-        _page: &AudiencePage,
+        page: &AudiencePage,
         updates: &[MembershipUpdate],
         at: DateTime<Utc>,
         cause: Cause,
-    ) -> StoreResult<Vec<Transition>> {
-        self.apply_memberships(updates, at, cause).await
-    }
+        scope: Option<&BTreeSet<String>>,
+    ) -> StoreResult<Vec<Transition>>;
 }
 
 /// Rebuilds `event_totals` as migration 0010 first filled it (inside the
@@ -499,11 +503,18 @@ pub(crate) struct Diff<'a> {
     pub(crate) exited: Vec<String>,
 }
 
-pub(crate) fn diff<'a>(update: &'a MembershipUpdate, current: &BTreeSet<String>) -> Diff<'a> {
+/// The diff of `update` against `current`, among the segments of `scope`
+/// only (`None`: all).
+pub(crate) fn diff<'a>(
+    update: &'a MembershipUpdate,
+    current: &BTreeSet<String>,
+    scope: Option<&BTreeSet<String>>,
+) -> Diff<'a> {
+    let in_scope = |s: &String| scope.is_none_or(|scope| scope.contains(s));
     Diff {
         user: &update.line_user_id,
-        entered: update.segments.iter().filter(|s| !current.contains(*s)).map(String::as_str).collect(),
-        exited: current.iter().filter(|s| !update.segments.contains(*s)).cloned().collect(),
+        entered: update.segments.iter().filter(|s| in_scope(s) && !current.contains(*s)).map(String::as_str).collect(),
+        exited: current.iter().filter(|s| in_scope(s) && !update.segments.contains(*s)).cloned().collect(),
     }
 }
 

@@ -263,18 +263,80 @@ async fn page_reads_agree_with_listed_reads(store: TestStore) {
 
     // Applying a page's memberships: the same outcome as applying a list.
     let updates = [update(&user(2), &["gold", "vip"], Some(at(20))), update(&user(4), &[], Some(at(21)))];
-    let applied = store.apply_page_memberships(&page, &updates, at(10), Cause::Recompute).await.expect("apply page");
+    let applied =
+        store.apply_page_memberships(&page, &updates, at(10), Cause::Recompute, None).await.expect("apply page");
     assert_eq!(applied.len(), 2);
     store.apply_memberships(&[update(&user(3), &["gold"], None)], at(10), Cause::Event).await.expect("apply 3");
-    assert!(store.apply_page_memberships(&page, &updates, at(11), Cause::Recompute).await.expect("again").is_empty());
+    assert!(
+        store.apply_page_memberships(&page, &updates, at(11), Cause::Recompute, None).await.expect("again").is_empty()
+    );
     let moved = [update(&user(2), &["vip"], None), update(&user(4), &[], Some(at(22)))];
-    let applied = store.apply_page_memberships(&page, &moved, at(12), Cause::Recompute).await.expect("moved");
+    let applied = store.apply_page_memberships(&page, &moved, at(12), Cause::Recompute, None).await.expect("moved");
     let summary: Vec<_> = applied.iter().map(|t| (t.segment_id.as_str(), t.kind)).collect();
     assert_eq!(summary, vec![("gold", TransitionKind::Exited)]);
     assert_eq!(store.user_memberships(&user(2)).await.expect("2"), set(&["vip"]));
     assert_eq!(store.user_memberships(&user(3)).await.expect("3"), set(&["gold"]), "outside the updates: untouched");
     assert_eq!(store.due_users(at(23), 10).await.expect("due"), vec![user(4)]);
     assert_eq!(store.next_due().await.expect("next"), Some(at(22)));
+}
+
+/// A page applied with a scope compares and writes only the scope's
+/// segments, and moves due times only earlier.
+async fn scoped_page_updates_leave_other_segments_alone(store: TestStore) {
+    let (a, b) = (user(1), user(2));
+    for u in [&a, &b] {
+        store.set_following(u, true, at(1)).await.expect("follow");
+    }
+    let first = [update(&a, &["base", "edited", "gone"], Some(at(15))), update(&b, &["base"], None)];
+    store.apply_memberships(&first, at(1), Cause::Event).await.expect("apply");
+    let page = store.audience_page(None, 10).await.expect("page");
+    assert_eq!(page.users, vec![a.clone(), b.clone()]);
+    let scope = set(&["edited", "gone", "new"]);
+    // `outside` is not in the scope: neither entered nor compared; `base` is not either: kept.
+    let updates = [update(&a, &["new", "outside"], Some(at(20))), update(&b, &["edited"], Some(at(10)))];
+    let applied =
+        store.apply_page_memberships(&page, &updates, at(2), Cause::Recompute, Some(&scope)).await.expect("scoped");
+    let mut summary: Vec<_> = applied
+        .iter()
+        .map(|t| (t.line_user_id.clone(), t.segment_id.as_str(), t.kind.as_str(), t.cause.as_str()))
+        .collect();
+    summary.sort();
+    let (entered, exited, recompute) =
+        (TransitionKind::Entered.as_str(), TransitionKind::Exited.as_str(), Cause::Recompute.as_str());
+    assert_eq!(
+        summary,
+        vec![
+            (a.clone(), "edited", exited, recompute),
+            (a.clone(), "gone", exited, recompute),
+            (a.clone(), "new", entered, recompute),
+            (b.clone(), "edited", entered, recompute),
+        ]
+    );
+    assert_eq!(store.user_memberships(&a).await.expect("a"), set(&["base", "new"]));
+    assert_eq!(store.user_memberships(&b).await.expect("b"), set(&["base", "edited"]));
+    // a's stored due (15) is earlier than the scope's (20): kept; b had none: set.
+    assert_eq!(store.due_users(at(14), 10).await.expect("due"), vec![b.clone()]);
+    assert_eq!(store.due_users(at(19), 10).await.expect("due"), vec![b.clone(), a.clone()]);
+
+    // The same again: nothing to write; no due time is cleared by a scope.
+    let again = [update(&a, &["new"], None), update(&b, &["edited"], None)];
+    let applied =
+        store.apply_page_memberships(&page, &again, at(3), Cause::Recompute, Some(&scope)).await.expect("again");
+    assert!(applied.is_empty(), "{applied:?}");
+    assert_eq!(store.due_users(at(19), 10).await.expect("due"), vec![b.clone(), a.clone()]);
+    // An earlier due time moves the stored one.
+    let earlier = [update(&a, &["new"], Some(at(8))), update(&b, &["edited"], None)];
+    store.apply_page_memberships(&page, &earlier, at(4), Cause::Recompute, Some(&scope)).await.expect("earlier");
+    assert_eq!(store.due_users(at(9), 10).await.expect("due"), vec![a.clone()]);
+    assert_eq!(store.next_due().await.expect("next"), Some(at(8)));
+
+    // Unscoped, the same page is compared against every segment again.
+    let full = [update(&a, &["new"], None), update(&b, &["edited"], None)];
+    let applied = store.apply_page_memberships(&page, &full, at(5), Cause::Recompute, None).await.expect("full");
+    let exits: BTreeSet<_> =
+        applied.iter().map(|t| (t.line_user_id.clone(), t.segment_id.as_str(), t.kind.as_str())).collect();
+    assert_eq!(exits, BTreeSet::from([(a.clone(), "base", exited), (b.clone(), "base", exited)]));
+    assert_eq!(store.next_due().await.expect("next"), None);
 }
 
 async fn apply_memberships_records_transitions(store: TestStore) {
@@ -375,6 +437,7 @@ renkei_test_support::on_both_backends!(
     page_reads_agree_with_listed_reads,
     apply_memberships_records_transitions,
     apply_memberships_writes_only_differences,
+    scoped_page_updates_leave_other_segments_alone,
     schedule_is_set_cleared_and_due,
     segment_members_are_paged_by_line_user_id,
 );

@@ -237,13 +237,15 @@ impl PgStore {
     }
 
     /// `apply_memberships`; with `page`, the stored state is read as key
-    /// ranges rather than user by user.
+    /// ranges rather than user by user; with `scope`, among those segments
+    /// only (see `MembershipStore::apply_page_memberships`).
     async fn apply_memberships_to(
         &self,
         page: Option<&AudiencePage>,
         updates: &[MembershipUpdate],
         at: DateTime<Utc>,
         cause: Cause,
+        scope: Option<&BTreeSet<String>>,
     ) -> StoreResult<Vec<Transition>> {
         if updates.is_empty() {
             return Ok(Vec::new());
@@ -251,16 +253,16 @@ impl PgStore {
         let users: Vec<&str> = updates.iter().map(|u| u.line_user_id.as_str()).collect();
         let mut tx = self.pool.begin().await?;
         sqlx::query(PG_LOCK_BUCKETS).bind(&users).execute(&mut *tx).await?;
-        let stored = stored_state(&mut tx, page, updates, &users).await?;
+        let stored = stored_state(&mut tx, page, updates, &users, scope).await?;
         let diffs: Vec<Diff<'_>> = updates
             .iter()
             .enumerate()
-            .filter_map(|(i, u)| stored.get(&i).map(|(current, _)| diff(u, current)))
+            .filter_map(|(i, u)| stored.get(&i).map(|(current, _)| diff(u, current, scope)))
             .collect();
         write_memberships(&mut tx, &diffs, at).await?;
         let transitions = transitions_of(&diffs, at, cause);
         write_transitions(&mut tx, &transitions, at, cause).await?;
-        write_due(&mut tx, updates, &stored).await?;
+        write_due(&mut tx, updates, &stored, scope.is_some()).await?;
         tx.commit().await?;
         Ok(transitions)
     }
@@ -333,7 +335,7 @@ impl MembershipStore for PgStore {
         at: DateTime<Utc>,
         cause: Cause,
     ) -> StoreResult<Vec<Transition>> {
-        self.apply_memberships_to(None, updates, at, cause).await
+        self.apply_memberships_to(None, updates, at, cause, None).await
     }
 
     async fn apply_page_memberships(
@@ -342,8 +344,9 @@ impl MembershipStore for PgStore {
         updates: &[MembershipUpdate],
         at: DateTime<Utc>,
         cause: Cause,
+        scope: Option<&BTreeSet<String>>,
     ) -> StoreResult<Vec<Transition>> {
-        self.apply_memberships_to(Some(page), updates, at, cause).await
+        self.apply_memberships_to(Some(page), updates, at, cause, scope).await
     }
 }
 
@@ -433,29 +436,42 @@ async fn stored_state(
     page: Option<&AudiencePage>,
     updates: &[MembershipUpdate],
     users: &[&str],
+    scope: Option<&BTreeSet<String>>,
 ) -> StoreResult<StoredState> {
     // The comparison with the stored state runs where that state is: a
     // user whose memberships and due time are as stored (every user of a
     // settled audience) sends back no row. Sets travel joined by `,`,
     // which segment ids ([a-z0-9_]) never contain.
-    let new_sets: Vec<String> =
-        updates.iter().map(|u| u.segments.iter().map(String::as_str).collect::<Vec<_>>().join(",")).collect();
+    // Scoped, both sides keep the scope's segments only, and a due time
+    // counts as changed only when the new one is earlier.
+    let in_scope = |s: &&String| scope.is_none_or(|scope| scope.contains(*s));
+    let new_sets: Vec<String> = updates
+        .iter()
+        .map(|u| u.segments.iter().filter(in_scope).map(String::as_str).collect::<Vec<_>>().join(","))
+        .collect();
+    let scope: Option<Vec<&str>> = scope.map(|scope| scope.iter().map(String::as_str).collect());
     let new_due: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.next_due).collect();
     // Both sides sorted bytewise (a BTreeSet's order is `COLLATE "C"`).
     let rows = match page.and_then(AudiencePage::key_range) {
         None => {
             sqlx::query(
-                r#"SELECT p.i, ARRAY(SELECT m.segment_id FROM segment_memberships m WHERE m.line_user_id = p.id),
+                r#"SELECT p.i, ARRAY(SELECT m.segment_id FROM segment_memberships m WHERE m.line_user_id = p.id
+                                       AND ($4::text[] IS NULL OR m.segment_id = ANY($4::text[]))),
                           (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id)
                    FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS p (id, segments, due_at, i)
                    WHERE COALESCE((SELECT string_agg(m.segment_id, ',' ORDER BY m.segment_id COLLATE "C")
-                                   FROM segment_memberships m WHERE m.line_user_id = p.id), '') <> p.segments
-                      OR (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id)
-                         IS DISTINCT FROM p.due_at"#,
+                                   FROM segment_memberships m WHERE m.line_user_id = p.id
+                                     AND ($4::text[] IS NULL OR m.segment_id = ANY($4::text[]))), '') <> p.segments
+                      OR CASE WHEN $4::text[] IS NULL
+                              THEN (SELECT s.due_at FROM evaluation_schedule s WHERE s.line_user_id = p.id)
+                                   IS DISTINCT FROM p.due_at
+                              ELSE p.due_at < COALESCE((SELECT s.due_at FROM evaluation_schedule s
+                                                        WHERE s.line_user_id = p.id), 'infinity') END"#,
             )
             .bind(users)
             .bind(&new_sets)
             .bind(&new_due)
+            .bind(&scope)
             .fetch_all(&mut *tx)
             .await?
         }
@@ -466,7 +482,8 @@ async fn stored_state(
         // different, the sets would be compared again here, as sets.)
         Some((after, last)) => {
             sqlx::query(
-                r#"SELECT p.i, ARRAY(SELECT m.segment_id FROM segment_memberships m WHERE m.line_user_id = p.id),
+                r#"SELECT p.i, ARRAY(SELECT m.segment_id FROM segment_memberships m WHERE m.line_user_id = p.id
+                                       AND ($6::text[] IS NULL OR m.segment_id = ANY($6::text[]))),
                           st.due_at
                    FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS p (id, segments, due_at, i)
                    LEFT JOIN (
@@ -474,19 +491,23 @@ async fn stored_state(
                        FROM (SELECT line_user_id, string_agg(segment_id, ',') AS segments
                              FROM (SELECT line_user_id, segment_id FROM segment_memberships
                                    WHERE line_user_id > $4 AND line_user_id <= $5
+                                     AND ($6::text[] IS NULL OR segment_id = ANY($6::text[]))
                                    ORDER BY line_user_id, segment_id COLLATE "C") o
                              GROUP BY line_user_id) s
                        FULL JOIN (SELECT line_user_id, due_at FROM evaluation_schedule
                                   WHERE line_user_id > $4 AND line_user_id <= $5) d
                          ON d.line_user_id = s.line_user_id
                    ) st ON st.line_user_id = p.id
-                   WHERE COALESCE(st.segments, '') <> p.segments OR st.due_at IS DISTINCT FROM p.due_at"#,
+                   WHERE COALESCE(st.segments, '') <> p.segments
+                      OR CASE WHEN $6::text[] IS NULL THEN st.due_at IS DISTINCT FROM p.due_at
+                              ELSE p.due_at < COALESCE(st.due_at, 'infinity') END"#,
             )
             .bind(users)
             .bind(&new_sets)
             .bind(&new_due)
             .bind(after)
             .bind(last)
+            .bind(&scope)
             .fetch_all(&mut *tx)
             .await?
         }
@@ -565,8 +586,14 @@ async fn write_transitions(
     Ok(())
 }
 
-/// The due times that change.
-async fn write_due(tx: &mut PgConnection, updates: &[MembershipUpdate], stored: &StoredState) -> StoreResult<()> {
+/// The due times that change; `scoped`, only those that move earlier (see
+/// `MembershipStore::apply_page_memberships`).
+async fn write_due(
+    tx: &mut PgConnection,
+    updates: &[MembershipUpdate],
+    stored: &StoredState,
+    scoped: bool,
+) -> StoreResult<()> {
     // Only due times that change are written: a recompute of a settled
     // audience then writes nothing at all. A batch may name a user twice;
     // the last update wins, as on SQLite.
@@ -575,13 +602,15 @@ async fn write_due(tx: &mut PgConnection, updates: &[MembershipUpdate], stored: 
     for (user, i) in last {
         // Not sent back: the same as stored.
         let Some((_, current)) = stored.get(&i) else { continue };
+        // Compared at the column's precision (µs).
+        let stored_micros = current.map(|c| c.timestamp_micros());
         match updates[i].next_due {
-            // Compared at the column's precision (µs).
-            Some(due) if current.map(|c| c.timestamp_micros()) != Some(due.timestamp_micros()) => {
+            Some(due) if scoped && stored_micros.is_some_and(|c| c <= due.timestamp_micros()) => {}
+            Some(due) if stored_micros != Some(due.timestamp_micros()) => {
                 due_users.push(user);
                 due_at.push(due);
             }
-            None if current.is_some() => clear.push(user),
+            None if current.is_some() && !scoped => clear.push(user),
             _ => {}
         }
     }

@@ -243,6 +243,31 @@ impl MembershipStore for SqliteStore {
         at: DateTime<Utc>,
         cause: Cause,
     ) -> StoreResult<Vec<Transition>> {
+        self.apply_scoped(updates, at, cause, None).await
+    }
+
+    async fn apply_page_memberships(
+        &self,
+        _page: &AudiencePage,
+        updates: &[MembershipUpdate],
+        at: DateTime<Utc>,
+        cause: Cause,
+        scope: Option<&BTreeSet<String>>,
+    ) -> StoreResult<Vec<Transition>> {
+        self.apply_scoped(updates, at, cause, scope).await
+    }
+}
+
+impl SqliteStore {
+    /// `apply_memberships`, among the segments of `scope` (see
+    /// `MembershipStore::apply_page_memberships`).
+    async fn apply_scoped(
+        &self,
+        updates: &[MembershipUpdate],
+        at: DateTime<Utc>,
+        cause: Cause,
+        scope: Option<&BTreeSet<String>>,
+    ) -> StoreResult<Vec<Transition>> {
         let at_micros = to_micros(at);
         let mut tx = self.writer.begin().await?;
         let mut diffs = Vec::with_capacity(updates.len());
@@ -254,7 +279,7 @@ impl MembershipStore for SqliteStore {
                     .fetch_all(&mut *tx)
                     .await?;
             let current: BTreeSet<String> = current.into_iter().collect();
-            let d = diff(update, &current);
+            let d = diff(update, &current, scope);
             for segment in &d.exited {
                 sqlx::query("DELETE FROM segment_memberships WHERE segment_id = ? AND line_user_id = ?")
                     .bind(segment)
@@ -272,16 +297,22 @@ impl MembershipStore for SqliteStore {
             }
             match update.next_due {
                 Some(due) => {
-                    sqlx::query(
-                        "INSERT INTO evaluation_schedule (line_user_id, due_at) VALUES (?, ?)
-                         ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at
-                         WHERE evaluation_schedule.due_at IS NOT excluded.due_at",
-                    )
-                    .bind(user)
-                    .bind(to_micros(due))
-                    .execute(&mut *tx)
-                    .await?;
+                    // Scoped, the stored due time also speaks for the segments outside the scope.
+                    let sql = match scope {
+                        None => {
+                            "INSERT INTO evaluation_schedule (line_user_id, due_at) VALUES (?, ?)
+                             ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at
+                             WHERE evaluation_schedule.due_at IS NOT excluded.due_at"
+                        }
+                        Some(_) => {
+                            "INSERT INTO evaluation_schedule (line_user_id, due_at) VALUES (?, ?)
+                             ON CONFLICT (line_user_id) DO UPDATE SET due_at = excluded.due_at
+                             WHERE evaluation_schedule.due_at > excluded.due_at"
+                        }
+                    };
+                    sqlx::query(sql).bind(user).bind(to_micros(due)).execute(&mut *tx).await?;
                 }
+                None if scope.is_some() => {}
                 None => {
                     sqlx::query("DELETE FROM evaluation_schedule WHERE line_user_id = ?")
                         .bind(user)
