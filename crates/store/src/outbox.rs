@@ -331,10 +331,7 @@ macro_rules! select_deliveries {
 #[cfg(feature = "test-support")]
 pub(crate) use select_deliveries;
 
-/// One campaign's deliveries counted by state and skip reason, from the
-/// rows themselves (what `campaign_counts`, migration 0025, must equal);
-/// `$campaign` is the placeholder.
-#[cfg(feature = "test-support")]
+/// One campaign's deliveries counted by state and skip reason; `$campaign` is the placeholder.
 macro_rules! count_deliveries {
     ($campaign:literal) => {
         concat!(
@@ -348,8 +345,6 @@ macro_rules! count_deliveries {
         )
     };
 }
-#[cfg(feature = "test-support")]
-pub(crate) use count_deliveries;
 
 macro_rules! deliveries_with_requests {
     () => {
@@ -448,23 +443,6 @@ pub(crate) fn sends_of<'a>(
 pub(crate) fn dequeued(outcome: &ClaimOutcome) -> Vec<i64> {
     let requested = outcome.requests.iter().flat_map(|r| r.delivery_ids.iter().copied());
     requested.chain(outcome.skips.iter().map(|(id, _)| *id)).collect()
-}
-
-/// Counts from `(status, skip_reason, n)` rows; `reason` reads the stored
-/// skip reason (NULL in `deliveries`, '' in `campaign_counts` for none).
-pub(crate) fn counts_of<DB: Dialect>(
-    rows: &[DB::Row],
-    reason: impl Fn(String) -> Option<String>,
-) -> StoreResult<CampaignCounts> {
-    let mut counts = CampaignCounts::default();
-    for row in rows {
-        let row = Row::<DB>(row);
-        let n = count(row.int("n")?);
-        if n > 0 {
-            add_count(&mut counts, &row.string("status")?, row.opt_string("skip_reason")?.and_then(&reason), n)?;
-        }
-    }
-    Ok(counts)
 }
 
 fn add_count(counts: &mut CampaignCounts, status: &str, reason: Option<String>, n: u64) -> StoreResult<()> {
@@ -699,15 +677,13 @@ impl<S: Sql> OutboxReads for S {
     }
 
     async fn campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts> {
-        // Kept by triggers (migration 0025): a few rows, however many deliveries.
-        let rows = stmt::<S::Db>(
-            "SELECT status, skip_reason, CAST(SUM(n) AS BIGINT) AS n FROM campaign_counts
-             WHERE campaign_id = $1 GROUP BY status, skip_reason",
-        )
-        .bind(campaign_id)
-        .fetch_all(self.reader())
-        .await?;
-        counts_of::<S::Db>(&rows, |reason| (!reason.is_empty()).then_some(reason))
+        let rows = stmt::<S::Db>(count_deliveries!("$1")).bind(campaign_id).fetch_all(self.reader()).await?;
+        let mut counts = CampaignCounts::default();
+        for row in &rows {
+            let row = Row::<S::Db>(row);
+            add_count(&mut counts, &row.string("status")?, row.opt_string("skip_reason")?, count(row.int("n")?))?;
+        }
+        Ok(counts)
     }
 }
 

@@ -3,9 +3,7 @@
 
 use crate::StoreResult;
 use crate::events::{StoredEvent, event_of};
-use crate::outbox::{
-    CampaignCounts, Delivery, SharedMessages, count_deliveries, counts_of, delivery_of, select_deliveries,
-};
+use crate::outbox::{Delivery, SharedMessages, delivery_of, select_deliveries};
 use crate::sql::{Sql, Ts, stmt};
 use crate::webhook::{LinkNonce, WebhookEventRow, link_nonce_of, webhook_columns, webhook_event_of};
 use async_trait::async_trait;
@@ -35,10 +33,6 @@ pub trait TestReads: Send + Sync + 'static {
     async fn user_events(&self, line_user_id: &LineUserId) -> StoreResult<Vec<StoredEvent>>;
 
     async fn counts(&self) -> StoreResult<StoreCounts>;
-
-    /// A campaign's deliveries counted from the rows, as `campaign_counts`
-    /// keeps them by triggers (tests compare the two).
-    async fn counted_campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts>;
 
     async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>>;
 
@@ -72,11 +66,6 @@ impl<S: Sql> TestReads for S {
         .bind(line_user_id)
         .all(self.reader(), event_of)
         .await
-    }
-
-    async fn counted_campaign_counts(&self, campaign_id: &str) -> StoreResult<CampaignCounts> {
-        let rows = stmt::<S::Db>(count_deliveries!("$1")).bind(campaign_id).fetch_all(self.reader()).await?;
-        counts_of::<S::Db>(&rows, Some)
     }
 
     async fn counts(&self) -> StoreResult<StoreCounts> {
