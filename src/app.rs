@@ -492,6 +492,7 @@ impl Application {
                     global: resolved.dispatch.global.clone(),
                     public_base_url: config.server.public_base_url.clone(),
                 }),
+                measured: Default::default(),
             };
             // One instance at a time folds the dashboard's old hourly counts.
             let rollup = renkei_dashboard::rollup::Rollup::new(dashboard.store.clone(), dashboard.clock.clone());

@@ -120,11 +120,61 @@ pub async fn campaign_stats(
     tz: Tz,
     period: Period,
 ) -> Result<Value, StoreError> {
+    let mut stats = campaign_counted(store, campaign).await?;
+    with_measured(&mut stats, &campaign_measured(store, campaign, now, tz, period).await?);
+    Ok(stats)
+}
+
+/// The keys of [`campaign_stats`] that [`campaign_measured`] gives: they
+/// read every exposure of the campaign (and its goal events), so they take
+/// time in proportion to its size.
+pub const MEASURED: [&str; 7] = ["exposed", "converted", "conversion_value", "holdout", "lift", "variants", "steps"];
+
+/// Sets `stats`' measured keys from `measured` (the rest of
+/// [`campaign_stats`] is read from kept counts, quick at any size).
+pub fn with_measured(stats: &mut Value, measured: &Value) {
+    for key in MEASURED {
+        stats[key] = measured[key].clone();
+    }
+}
+
+/// [`campaign_stats`] without its measured keys (null), read from kept
+/// counts: quick whatever the campaign's size.
+pub async fn campaign_counted(store: &CampaignsStore, campaign: &Campaign) -> Result<Value, StoreError> {
     let id = &campaign.id;
     let mut counts = store.outbox.campaign_counts(id).await?;
     let paused = store.schedule.paused_campaigns().await?.contains(id);
     let (clicks, clickers) = store.events.campaign_clicks(id).await?;
-    let held_out = counts.skipped.remove(&SkipReason::Holdout).unwrap_or(0);
+    counts.skipped.remove(&SkipReason::Holdout);
+    let skipped_total: u64 = counts.skipped.values().sum();
+    let mut stats = json!({
+        "campaign": id,
+        "state": if paused { "paused" } else { "active" },
+        "sent": counts.sent,
+        "pending": counts.pending + counts.requested,
+        "failed": counts.failed,
+        "skipped": skipped_total,
+        "skipped_by_reason": counts.skipped,
+        "clicked": clicks,
+        "clicked_users": clickers,
+        "line": line_json(store, campaign, counts.sent).await?,
+    });
+    for key in MEASURED {
+        stats[key] = Value::Null;
+    }
+    Ok(stats)
+}
+
+/// The measured keys of [`campaign_stats`]: exposures judged against the
+/// goal, the holdout, the lift, the variants and the steps.
+pub async fn campaign_measured(
+    store: &CampaignsStore,
+    campaign: &Campaign,
+    now: DateTime<Utc>,
+    tz: Tz,
+    period: Period,
+) -> Result<Value, StoreError> {
+    let held_out = store.outbox.campaign_counts(&campaign.id).await?.skipped.remove(&SkipReason::Holdout).unwrap_or(0);
     // A holdout user of a sequence is held out at every step it reaches: count trigger instances.
     let held_out = if campaign.steps.is_empty() || held_out == 0 {
         held_out
@@ -138,7 +188,6 @@ pub async fn campaign_stats(
             .collect();
         instances.len() as u64
     };
-    let skipped_total: u64 = counts.skipped.values().sum();
     let judged = judge(store, campaign, now, tz, period).await?;
     let outcome = judged.as_ref().map(|j| j.outcome);
     let group = |g: Option<GroupOutcome>, users: u64| match g {
@@ -147,22 +196,12 @@ pub async fn campaign_stats(
     };
     let holdout = (campaign.holdout.is_some() || held_out > 0).then(|| group(outcome.map(|o| o.holdout), held_out));
     Ok(json!({
-        "campaign": id,
-        "state": if paused { "paused" } else { "active" },
-        "sent": counts.sent,
-        "pending": counts.pending + counts.requested,
-        "failed": counts.failed,
-        "skipped": skipped_total,
-        "skipped_by_reason": counts.skipped,
-        "clicked": clicks,
-        "clicked_users": clickers,
         "exposed": outcome.map(|o| o.treated.users),
         "converted": outcome.map(|o| o.treated.converted),
         "conversion_value": outcome.map(|o| o.treated.conversion_value),
         "holdout": holdout,
         "lift": outcome.as_ref().and_then(lift),
         "variants": variants_json(store, campaign, judged.as_ref(), period).await?,
-        "line": line_json(store, campaign, counts.sent).await?,
         "steps": steps_json(store, campaign).await?,
     }))
 }

@@ -30,6 +30,7 @@ pub mod auth;
 pub mod chart;
 pub mod i18n;
 pub mod manage;
+pub mod measured;
 mod pages;
 pub mod rollup;
 pub mod series;
@@ -107,6 +108,8 @@ pub struct DashboardState {
     pub settings: Arc<DashboardSettings>,
     /// What a campaign's dry run needs (the scheduler's, as `renkei campaigns dry-run`).
     pub dry_run: Arc<DryRunSetup>,
+    /// Campaign pages' measured numbers, the last ones and those being taken.
+    pub measured: measured::MeasuredCache,
 }
 
 /// The scheduler's dry run, as the dashboard runs it.

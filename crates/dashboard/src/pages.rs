@@ -268,7 +268,16 @@ fn maybe(id: &str, value: &Value, format: impl Fn(u64) -> String) -> Markup {
     }
 }
 
-pub fn campaign(state: &DashboardState, signed: &Signed, campaign: &Campaign, stats: &Value, sends: &Trend) -> Markup {
+/// `measured_at`: when the measured numbers (conversions, lift, variants,
+/// steps) were taken, if they are not fresh.
+pub fn campaign(
+    state: &DashboardState,
+    signed: &Signed,
+    campaign: &Campaign,
+    stats: &Value,
+    measured_at: Option<DateTime<Utc>>,
+    sends: &Trend,
+) -> Markup {
     let lang = state.settings.language;
     let paused = stats["state"] == "paused";
     let path = path_segment(&campaign.id);
@@ -283,6 +292,11 @@ pub fn campaign(state: &DashboardState, signed: &Signed, campaign: &Campaign, st
             form.inline method="post" action={ "/dashboard/campaigns/" (path) "/" (action) } {
                 (csrf(&signed.csrf))
                 button #toggle type="submit" { (lang.t(label)) }
+            }
+        }
+        @if let Some(at) = measured_at {
+            p.note #measured-at data-value=(at.to_rfc3339()) {
+                (lang.t(Msg::MeasuredAsOf)) " " (lang.datetime(at, state.settings.timezone))
             }
         }
         table.figures #funnel {

@@ -4,6 +4,7 @@
 use crate::auth::{self, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 use crate::i18n::Msg;
 use crate::manage::{self, ManageError};
+use crate::measured::Reading;
 use crate::series;
 use crate::trend::{Column, Format, Trend};
 use crate::{DashboardState, pages};
@@ -651,17 +652,33 @@ async fn campaign(
     signed: Signed,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
+    use renkei_api::campaigns::{Period, campaign_counted, campaign_measured, with_measured};
     let campaign = state.campaigns.get(&id).ok_or_else(Failure::not_found)?;
     let now = state.clock.now();
-    let period = renkei_api::campaigns::Period::default();
-    let stats =
-        renkei_api::campaigns::campaign_stats(&state.campaigns_store, campaign, now, state.settings.timezone, period)
-            .await?;
+    // Counts are read fresh; the measured numbers may be the last ones (with their time).
+    let (store, campaigns, tz, key) =
+        (state.campaigns_store.clone(), state.campaigns.clone(), state.settings.timezone, id.clone());
+    let measure = async move {
+        let campaign = campaigns.get(&key).ok_or_else(|| StoreError::Conflict(format!("campaign {key} is gone")))?;
+        campaign_measured(&store, campaign, now, tz, Period::default()).await
+    };
+    let (counted, measured) =
+        tokio::join!(campaign_counted(&state.campaigns_store, campaign), state.measured.read(&id, now, measure));
+    let mut stats = counted?;
+    let measured = measured.map_err(|error| {
+        tracing::warn!(campaign = %id, %error, "dashboard: measuring the campaign failed");
+        Failure::new(StatusCode::SERVICE_UNAVAILABLE, Msg::ErrorUnavailable)
+    })?;
+    let (measured, as_of) = match measured {
+        Reading::Fresh(m) => (m.value, None),
+        Reading::Stale(m) => (m.value, Some(m.at)),
+    };
+    with_measured(&mut stats, &measured);
     let days = Days::of(&state);
     let sent = days.sums(&state, "sent", Some(&id)).await?;
     let sends =
         Trend { id: "sends", dates: days.dates, columns: vec![Days::column("sent", Msg::Sent, sent, Format::Items)] };
-    Ok(pages::campaign(&state, &signed, campaign, &stats, &sends).into_response())
+    Ok(pages::campaign(&state, &signed, campaign, &stats, as_of, &sends).into_response())
 }
 
 async fn set_paused(

@@ -69,7 +69,7 @@ pub use rich_menus::{RichMenuChange, RichMenuStore};
 pub use schedule::{CronFire, FireState, ScheduleStore};
 pub use sqlite::SqliteStore;
 #[cfg(feature = "test-support")]
-pub use test_reads::{StoreCounts, TestReads};
+pub use test_reads::{RECOUNT_CAMPAIGN_COUNTS, StoreCounts, TestReads};
 pub use webhook::{LinkNonce, NewWebhookEvent, NonceUse, WebhookEventRow, WebhookStore};
 
 use async_trait::async_trait;

@@ -266,6 +266,9 @@ async fn a_claim_commits_all_of_its_outcome_or_nothing(store: TestStore) {
     }
     let counts = store.counts().await.expect("counts");
     assert_eq!((counts.deliveries, counts.send_requests), (2, 0));
+    // The refused commits rolled back the kept counts too (migration 0025).
+    let pending = CampaignCounts { pending: 2, ..CampaignCounts::default() };
+    assert_eq!(store.campaign_counts("c").await.expect("counts"), pending);
 
     let claim = store.claim_deliveries(at(2), 10).await.expect("claim");
     let outcome = ClaimOutcome {
@@ -279,6 +282,13 @@ async fn a_claim_commits_all_of_its_outcome_or_nothing(store: TestStore) {
     assert_eq!((two.status, two.request_id, two.requested_at), (DeliveryStatus::Requested, Some(ids[0]), Some(at(3))));
     let one = store.get_delivery(d1).await.expect("get").expect("d1");
     assert_eq!((one.status, one.skip_reason), (DeliveryStatus::Skipped, Some(SkipReason::Unfollowed)));
+    let kept = store.campaign_counts("c").await.expect("counts");
+    let expected = CampaignCounts {
+        requested: 1,
+        skipped: BTreeMap::from([(SkipReason::Unfollowed, 1)]),
+        ..CampaignCounts::default()
+    };
+    assert_eq!((&kept, &store.counted_campaign_counts("c").await.expect("counted")), (&expected, &expected));
     // Requested and skipped deliveries are not claimable any more.
     assert!(store.claim_deliveries(at(9), 10).await.expect("claim").is_empty());
     assert_eq!(store.next_delivery_due().await.expect("next"), None);
@@ -410,7 +420,13 @@ async fn requests_complete_retry_and_fail_with_their_deliveries(store: TestStore
         skipped: BTreeMap::from([(SkipReason::FrequencyCap, 1), (SkipReason::Unfollowed, 1)]),
     };
     assert_eq!(counts, expected);
+    assert_eq!(store.counted_campaign_counts("c").await.expect("counted"), expected, "the rows say the same");
     assert_eq!(store.campaign_counts("none").await.expect("empty"), CampaignCounts::default());
+    // A failed request completed after all (in a batch) moves its delivery from failed to sent.
+    store.complete_requests(&[(p, Some("req-456".into()))], at(5)).await.expect("complete late");
+    let moved = CampaignCounts { sent: 3, failed: 0, ..expected };
+    assert_eq!(store.campaign_counts("c").await.expect("counts"), moved);
+    assert_eq!(store.counted_campaign_counts("c").await.expect("counted"), moved, "the rows say the same");
 }
 
 async fn a_request_lease_is_released_by_retry_and_comes_back_after_expiry(store: TestStore) {

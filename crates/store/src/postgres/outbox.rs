@@ -4,7 +4,8 @@
 
 use crate::outbox::{
     Claim, ClaimLock, ClaimOutcome, NewDelivery, OutboxStore, PendingDelivery, QueueKey, SendFactsRow, SharedMessages,
-    UserSendFacts, counts_by_user, opt_member, opt_user, parse_json, send_facts_of, sends_of, users_by_member,
+    UserSendFacts, add_campaign_counts, claim_moves, count_slot, counts_by_user, opt_member, opt_user, parse_json,
+    send_facts_of, sends_of, users_by_member,
 };
 use crate::requests::{NewRequest, recipients_json, retry_key_conflict};
 use crate::sql::stmt;
@@ -81,6 +82,8 @@ impl ClaimLock for PgClaim {
             .execute(&mut *tx)
             .await?;
         }
+        let slot = held.keys().next().map_or(0, |id| count_slot(*id));
+        add_campaign_counts::<sqlx::Postgres>(&mut *tx, &claim_moves(held, outcome), slot).await?;
         if !outcome.resolved.is_empty() {
             let (ids, users): (Vec<i64>, Vec<&str>) = outcome.resolved.iter().map(|(id, u)| (*id, u.as_str())).unzip();
             sqlx::query(
@@ -202,6 +205,12 @@ impl OutboxStore for PgStore {
                  ON CONFLICT (campaign_id, trigger_key, recipient_key) DO NOTHING
                  RETURNING id, campaign_id, due_at, line_user_id, member_id, CAST(messages AS TEXT) AS m,
                            CAST(context AS TEXT) AS ctx)
+                 -- The campaigns' `created` counters (migration 0025), from the rows this statement added.
+                 , counted AS (
+                 INSERT INTO campaign_counts (campaign_id, status, skip_reason, slot, n)
+                 SELECT campaign_id, 'created', '', (txid_current() % 8)::smallint, COUNT(*) FROM new
+                 GROUP BY campaign_id ORDER BY campaign_id
+                 ON CONFLICT (campaign_id, status, skip_reason, slot) DO UPDATE SET n = campaign_counts.n + excluded.n)
              INSERT INTO delivery_queue (delivery_id, campaign_id, due_at, line_user_id, member_id, payload_of)
              SELECT id, campaign_id, due_at, line_user_id, member_id, MIN(id) OVER (PARTITION BY m, ctx) FROM new",
         )

@@ -4,8 +4,9 @@
 
 use super::{ids_json, json_text, to_micros, users_json};
 use crate::outbox::{
-    Claim, ClaimLock, ClaimOutcome, NewDelivery, OutboxStore, PendingDelivery, QueueKey, SharedMessages, UserSendFacts,
-    counts_by_user, delivery_of, delivery_own_columns, dequeued, send_facts_of, sends_of, users_by_member,
+    Claim, ClaimLock, ClaimOutcome, CountMoves, NewDelivery, OutboxStore, PendingDelivery, QueueKey, SharedMessages,
+    UserSendFacts, add_campaign_counts, claim_moves, counts_by_user, delivery_of, delivery_own_columns, dequeued,
+    send_facts_of, sends_of, users_by_member,
 };
 use crate::requests::{recipients_json, retry_key_conflict};
 use crate::sql::{Row, stmt};
@@ -101,6 +102,7 @@ impl ClaimLock for SqliteClaim {
                 .execute(&mut *tx)
                 .await?;
         }
+        add_campaign_counts::<sqlx::Sqlite>(&mut *tx, &claim_moves(held, outcome), 0).await?;
         Ok(ids)
     }
 }
@@ -115,6 +117,7 @@ impl OutboxStore for SqliteStore {
         let created = to_micros(now);
         let mut tx = self.writer.begin().await?;
         let mut inserted = 0;
+        let mut per_campaign: BTreeMap<String, i64> = BTreeMap::new();
         for chunk in deliveries.chunks(DELIVERY_ROWS_PER_STATEMENT) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO deliveries (campaign_id, trigger_key, recipient_key, line_user_id, member_id, due_at, \
@@ -141,6 +144,9 @@ impl OutboxStore for SqliteStore {
                 continue;
             }
             inserted += new.len() as u64;
+            for (_, campaign, _) in &new {
+                *per_campaign.entry(campaign.clone()).or_default() += 1;
+            }
             let mut queue = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO delivery_queue (delivery_id, campaign_id, due_at) ",
             );
@@ -149,6 +155,9 @@ impl OutboxStore for SqliteStore {
             });
             queue.build().execute(&mut *tx).await?;
         }
+        let moves: CountMoves =
+            per_campaign.iter().map(|(campaign, n)| ((campaign.as_str(), "created", ""), *n)).collect();
+        add_campaign_counts::<sqlx::Sqlite>(&mut *tx, &moves, 0).await?;
         tx.commit().await?;
         Ok(inserted)
     }
