@@ -58,3 +58,7 @@ SELECT s.campaign_id, r.status, COUNT(*) FROM delivery_sends s JOIN send_request
 WHERE r.status IN ('sent', 'failed') GROUP BY 1, 2;
 INSERT INTO campaign_counts (campaign_id, status, n)
 SELECT campaign_id, 'requested', COUNT(*) FROM delivery_sends GROUP BY 1;
+
+-- What a deferred delivery waits for (`quiet_hours`, `quota`; NULL: its own
+-- due time), so the dashboard's deliveries page can say why it waits.
+ALTER TABLE delivery_queue ADD COLUMN waits_for TEXT;

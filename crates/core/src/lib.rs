@@ -21,5 +21,5 @@ pub use event::{FieldError, ItemError, NewEvent, parse_event_batch, required_str
 pub use ids::{EventId, EventType, IdError, LineUserId, LinkMethod, MemberId};
 pub use member::{MemberPatch, merge_attributes};
 pub use retry::RetrySchedule;
-pub use state::{Cause, DeliveryStatus, FireState, SkipReason, TransitionKind};
+pub use state::{Cause, DeferReason, DeliveryStatus, FireState, SkipReason, TransitionKind};
 pub use tally::EventTallier;

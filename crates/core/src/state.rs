@@ -192,6 +192,34 @@ impl SkipReason {
     }
 }
 
+/// Why a due delivery was put back to wait (the planner's defer), kept with
+/// it in the queue so operators see what it waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeferReason {
+    /// The campaign's or the account's quiet hours.
+    QuietHours,
+    /// The month's message quota (the quota guard holds sends).
+    Quota,
+}
+
+impl DeferReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeferReason::QuietHours => "quiet_hours",
+            DeferReason::Quota => "quota",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "quiet_hours" => DeferReason::QuietHours,
+            "quota" => DeferReason::Quota,
+            _ => return None,
+        })
+    }
+}
+
 /// Where a recorded cron fire of a scheduled campaign is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -790,10 +790,8 @@ pub fn deliveries(state: &DashboardState, signed: &Signed, view: DeliveriesView)
         table.list #waiting {
             tr { th { (lang.t(Msg::Campaign)) } th { (lang.t(Msg::Count)) } th { (lang.t(Msg::NextDue)) } th { (lang.t(Msg::Why)) } }
             @for waiting in &view.waiting {
-                @let why = if view.paused.contains(&waiting.campaign_id) { Msg::WhyPaused }
-                    else if waiting.next_due > view.now { Msg::WhyLater }
-                    else if held_by_quota { Msg::WhyQuota } else { Msg::WhyDue };
-                tr data-campaign=(waiting.campaign_id) {
+                @let why = why_waiting(waiting, view.paused.contains(&waiting.campaign_id), view.now, held_by_quota);
+                tr data-campaign=(waiting.campaign_id) data-why=(format!("{why:?}")) {
                     td { a href={ "/dashboard/campaigns/" (path_segment(&waiting.campaign_id)) } { code { (waiting.campaign_id) } } }
                     td.num data-value=(waiting.count) { (lang.items(waiting.count)) }
                     td { (lang.datetime(waiting.next_due, tz)) }
@@ -891,9 +889,40 @@ pub fn operators(
     page(lang, lang.t(Msg::Operators), Some(signed), body)
 }
 
+/// Why deliveries wait: their campaign is paused, the planner put them back
+/// (quiet hours, the quota), they are due later (a delay, a step, a time of
+/// their own), or they are due and wait for the guard or the planner.
+fn why_waiting(waiting: &WaitingDeliveries, paused: bool, now: DateTime<Utc>, held_by_quota: bool) -> Msg {
+    use renkei_core::DeferReason;
+    match waiting.waits_for {
+        _ if paused => Msg::WhyPaused,
+        Some(DeferReason::QuietHours) if waiting.next_due > now => Msg::WhyQuietHours,
+        Some(DeferReason::Quota) => Msg::WhyQuota,
+        _ if waiting.next_due > now => Msg::WhyLater,
+        _ if held_by_quota => Msg::WhyQuota,
+        _ => Msg::WhyDue,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deliveries_say_what_they_wait_for() {
+        use renkei_core::DeferReason::{QuietHours, Quota};
+        let now = Utc::now();
+        let later = now + chrono::Duration::hours(1);
+        let waiting =
+            |waits_for, next_due| WaitingDeliveries { campaign_id: "c".into(), waits_for, count: 1, next_due };
+        assert_eq!(why_waiting(&waiting(Some(QuietHours), later), true, now, false), Msg::WhyPaused);
+        assert_eq!(why_waiting(&waiting(Some(QuietHours), later), false, now, false), Msg::WhyQuietHours);
+        assert_eq!(why_waiting(&waiting(Some(QuietHours), now), false, now, false), Msg::WhyDue, "quiet hours over");
+        assert_eq!(why_waiting(&waiting(Some(Quota), later), false, now, false), Msg::WhyQuota);
+        assert_eq!(why_waiting(&waiting(None, later), false, now, true), Msg::WhyLater);
+        assert_eq!(why_waiting(&waiting(None, now), false, now, true), Msg::WhyQuota);
+        assert_eq!(why_waiting(&waiting(None, now), false, now, false), Msg::WhyDue);
+    }
 
     #[test]
     fn path_segments_are_encoded() {

@@ -11,7 +11,7 @@ use crate::metrics::DispatchMetrics;
 use crate::policy::Decision;
 use chrono::{DateTime, Utc};
 use foldhash::HashSet;
-use renkei_core::SkipReason;
+use renkei_core::{DeferReason, SkipReason};
 use renkei_store::dispatch::{ClaimOutcome, PendingDelivery, QueueKey};
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,7 +118,7 @@ impl Dispatcher {
     ) -> DispatchResult<(ClaimOutcome, u64)> {
         let mut outcome = ClaimOutcome::default();
         if let Some(until) = self.quota.paused_until(now) {
-            outcome.defers = deliveries.iter().map(|d| (d.id, until)).collect();
+            outcome.defers = deliveries.iter().map(|d| (d.id, until, DeferReason::Quota)).collect();
             return Ok((outcome, 0));
         }
         let context = PolicyContext {
@@ -140,7 +140,7 @@ impl Dispatcher {
             }
             match decision {
                 Decision::Skip(reason) => outcome.skips.push((delivery.id, reason)),
-                Decision::Defer(until) => outcome.defers.push((delivery.id, until)),
+                Decision::Defer(until) => outcome.defers.push((delivery.id, until, DeferReason::QuietHours)),
                 // `decide` sends only to a known user.
                 Decision::Send => {
                     if let Some(user) = delivery.line_user_id {
@@ -179,14 +179,15 @@ impl Dispatcher {
             if !held.is_empty() {
                 // Later rounds hold everything until a refresh shows room.
                 let until = self.quota.hold(now);
-                outcome.defers.extend(held.into_iter().map(|id| (id, until)));
+                outcome.defers.extend(held.into_iter().map(|id| (id, until, DeferReason::Quota)));
             }
         }
         let recipients: u64 = outcome.requests.iter().map(|r| r.recipients.len() as u64).sum();
         if recipients > 0 && !self.quota.reserve(recipients, now) {
             let until = self.quota.paused_until(now).unwrap_or(now + chrono::Duration::minutes(1));
             let requests = std::mem::take(&mut outcome.requests);
-            outcome.defers.extend(requests.iter().flat_map(|r| r.delivery_ids.iter().map(|id| (*id, until))));
+            let held = requests.iter().flat_map(|r| r.delivery_ids.iter().map(|id| (*id, until, DeferReason::Quota)));
+            outcome.defers.extend(held);
             return Ok((outcome, 0));
         }
         Ok((outcome, recipients))

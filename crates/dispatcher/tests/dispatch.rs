@@ -113,6 +113,9 @@ async fn quiet_hours_defer_to_their_end_and_never_drop(backend: Backend) {
     assert_eq!(pending.len(), 1);
     let nine_am = t0() + chrono::Duration::hours(21);
     assert_eq!(pending[0].due_at, nine_am, "deferred to 09:00 the next morning");
+    let waiting = h.test.store.waiting_by_campaign().await.unwrap();
+    let why: Vec<_> = waiting.iter().map(|w| (w.campaign_id.as_str(), w.waits_for, w.count)).collect();
+    assert_eq!(why, [("welcome_gold", Some(renkei_core::DeferReason::QuietHours), 1)], "it waits for quiet hours");
     h.clock.set(nine_am);
     h.drain().await;
     assert_eq!(h.accepted_per_user().get(user(1).as_str()), Some(&1));
@@ -213,6 +216,9 @@ async fn the_quota_guard_pauses_before_line_refuses_and_resumes_when_raised(back
     assert!(h.dispatcher.quota_paused());
     let counts = h.test.store.campaign_counts("gold_hello").await.unwrap();
     assert_eq!(counts.pending, 3, "held, not dropped");
+    let waiting = h.test.store.waiting_by_campaign().await.unwrap();
+    let why: Vec<_> = waiting.iter().map(|w| (w.waits_for, w.count)).collect();
+    assert_eq!(why, [(Some(renkei_core::DeferReason::Quota), 3)], "they wait for the quota");
     h.sim.set_quota(Some(100));
     h.quota.refresh(&h.line).await.unwrap();
     h.drain_until_done("gold_hello").await;

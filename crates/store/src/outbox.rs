@@ -24,8 +24,8 @@ use crate::sql::{Dialect, Row, Sql, Ts, stmt, stmt_built};
 use crate::{StoreError, StoreResult, parse_member, parse_user};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use renkei_core::{DeferReason, LineUserId, MemberId};
 pub use renkei_core::{DeliveryStatus, SkipReason};
-use renkei_core::{LineUserId, MemberId};
 use serde::Serialize;
 use serde_json::{Map, Value};
 // foldhash: dispatch hashes every user id of a batch; SipHash cost more than the work around it.
@@ -116,8 +116,8 @@ pub struct ClaimOutcome {
     pub requests: Vec<NewRequest>,
     /// Deliveries a policy refused, with the reason (e.g. `unfollowed`, `frequency_cap`).
     pub skips: Vec<(i64, SkipReason)>,
-    /// Deliveries that wait until a later instant (quiet hours, quota).
-    pub defers: Vec<(i64, DateTime<Utc>)>,
+    /// Deliveries that wait until a later instant, and what for (quiet hours, quota).
+    pub defers: Vec<(i64, DateTime<Utc>, DeferReason)>,
     /// LINE users found through the member's link for deliveries enqueued with a member only.
     pub resolved: Vec<(i64, LineUserId)>,
 }
@@ -408,7 +408,7 @@ fn request_delivery_ids(requests: &[NewRequest]) -> StoreResult<Vec<i64>> {
 fn check_outcome(held: &BTreeMap<i64, String>, outcome: &ClaimOutcome) -> StoreResult<()> {
     let requested = request_delivery_ids(&outcome.requests)?;
     let skipped = outcome.skips.iter().map(|(id, _)| *id);
-    let deferred = outcome.defers.iter().map(|(id, _)| *id);
+    let deferred = outcome.defers.iter().map(|(id, _, _)| *id);
     let resolved = outcome.resolved.iter().map(|(id, _)| *id);
     let mut seen = BTreeSet::new();
     for id in requested.into_iter().chain(skipped).chain(deferred) {

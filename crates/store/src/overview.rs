@@ -10,12 +10,12 @@
 //! deliveries (by partial index, and the queue of what waits). The same SQL
 //! on both backends.
 
-use crate::StoreResult;
 use crate::events::{StoredEvent, event_of};
 use crate::sql::{Dialect, Sql, Ts, stmt};
+use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use renkei_core::{LineUserId, MemberId};
+use renkei_core::{DeferReason, LineUserId, MemberId};
 use serde::Serialize;
 use sqlx::Database;
 
@@ -76,6 +76,8 @@ pub struct HourCount {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WaitingDeliveries {
     pub campaign_id: String,
+    /// What the planner put them back to wait for (none: their own due time).
+    pub waits_for: Option<DeferReason>,
     pub count: u64,
     /// The earliest due time among them (later than now: deferred or delayed).
     pub next_due: DateTime<Utc>,
@@ -196,12 +198,16 @@ impl<S: Sql> OverviewReads for S {
 
     async fn waiting_by_campaign(&self) -> StoreResult<Vec<WaitingDeliveries>> {
         stmt::<S::Db>(
-            "SELECT campaign_id, CAST(COUNT(*) AS BIGINT) AS n, MIN(due_at) AS next_due
-             FROM delivery_queue GROUP BY campaign_id ORDER BY campaign_id",
+            "SELECT campaign_id, waits_for, CAST(COUNT(*) AS BIGINT) AS n, MIN(due_at) AS next_due
+             FROM delivery_queue GROUP BY campaign_id, waits_for ORDER BY campaign_id, COALESCE(waits_for, '')",
         )
         .all(self.reader(), |row| {
             Ok(WaitingDeliveries {
                 campaign_id: row.string("campaign_id")?,
+                waits_for: row
+                    .opt_string("waits_for")?
+                    .map(|w| DeferReason::parse(&w).ok_or_else(|| StoreError::Corrupt(format!("waits_for {w:?}"))))
+                    .transpose()?,
                 count: u64::try_from(row.int("n")?).unwrap_or(0),
                 next_due: row.ts("next_due")?,
             })

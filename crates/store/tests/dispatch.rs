@@ -3,7 +3,7 @@
 //! `RENKEI_TEST_POSTGRES_URL` is set (and always in CI).
 
 use chrono::{DateTime, Utc};
-use renkei_core::{LineUserId, LinkMethod, NewEvent};
+use renkei_core::{DeferReason, LineUserId, LinkMethod, NewEvent};
 use renkei_store::StoreError;
 use renkei_store::dispatch::{
     CampaignCounts, ClaimOutcome, CronFire, DeliveryStatus, FireState, NewDelivery, NewRequest, RequestKind,
@@ -98,7 +98,7 @@ async fn deliveries_are_deduplicated_by_campaign_trigger_and_recipient(store: Te
     // A resolved user is stored with the claim's commit.
     let claim = store.claim_deliveries(at(2), 100).await.expect("claim");
     let outcome = ClaimOutcome {
-        defers: claim.deliveries.iter().map(|d| (d.id, at(9))).collect(),
+        defers: claim.deliveries.iter().map(|d| (d.id, at(9), DeferReason::QuietHours)).collect(),
         resolved: vec![(member_row.id, user(9))],
         ..ClaimOutcome::default()
     };
@@ -129,7 +129,9 @@ async fn claims_respect_due_at_and_come_earliest_first(store: TestStore) {
     assert_eq!((one.len(), one.deliveries[0].line_user_id.clone()), (1, Some(user(1))));
     // Deferred deliveries wait for their new due time.
     let id = one.deliveries[0].id;
-    one.commit(&ClaimOutcome { defers: vec![(id, at(8))], ..ClaimOutcome::default() }, at(6)).await.expect("defer");
+    one.commit(&ClaimOutcome { defers: vec![(id, at(8), DeferReason::Quota)], ..ClaimOutcome::default() }, at(6))
+        .await
+        .expect("defer");
     assert_eq!(store.next_delivery_due().await.expect("next"), Some(at(8)));
     assert!(store.claim_deliveries(at(7), 10).await.expect("not yet").is_empty());
     let due = store.claim_deliveries(at(8), 10).await.expect("due");
@@ -172,7 +174,7 @@ async fn claimed_deliveries_carry_their_own_payload(store: TestStore) {
     }
     let held = claim.deliveries.iter().find(|d| d.line_user_id.is_none()).map(|d| d.id).expect("member-only");
     let outcome = ClaimOutcome {
-        defers: claim.deliveries.iter().map(|d| (d.id, at(3))).collect(),
+        defers: claim.deliveries.iter().map(|d| (d.id, at(3), DeferReason::QuietHours)).collect(),
         resolved: vec![(held, user(12))],
         ..ClaimOutcome::default()
     };
@@ -237,7 +239,7 @@ async fn a_claim_commits_all_of_its_outcome_or_nothing(store: TestStore) {
             "a delivery the claim does not hold",
             ClaimOutcome {
                 requests: requests(&[(d1, 1), (d2, 2)]),
-                defers: vec![(9_999, at(5))],
+                defers: vec![(9_999, at(5), DeferReason::QuietHours)],
                 ..ClaimOutcome::default()
             },
         ),
@@ -485,7 +487,12 @@ async fn sends_are_counted_per_user_campaign_and_window(store: TestStore) {
     // Requested at 2: c1 t1 → 1; at 4: c1 t2 → 1, c2 t1 → 1, c1 t1 → 2.
     let first = store.claim_deliveries(at(1), 10).await.expect("claim");
     let requests = vec![push(find("c1", "t1", 1), 1)];
-    let defers = first.deliveries.iter().filter(|d| d.id != find("c1", "t1", 1)).map(|d| (d.id, at(4))).collect();
+    let defers = first
+        .deliveries
+        .iter()
+        .filter(|d| d.id != find("c1", "t1", 1))
+        .map(|d| (d.id, at(4), DeferReason::QuietHours))
+        .collect();
     first.commit(&ClaimOutcome { requests, defers, ..ClaimOutcome::default() }, at(2)).await.expect("at 2");
     let second = store.claim_deliveries(at(4), 10).await.expect("claim");
     let outcome = ClaimOutcome {

@@ -2,6 +2,7 @@
 //! and roles, sessions and their idle expiry, sign-in failures per subject,
 //! the audit log, and the overview's counts.
 
+use renkei_core::DeferReason;
 use renkei_store::dispatch::{ClaimOutcome, NewDelivery, NewRequest, RequestKind};
 use renkei_store::{AuditEntry, OperatorRole, OverviewCounts, WaitingDeliveries};
 use renkei_test_support::TestStore;
@@ -155,7 +156,7 @@ async fn overview_counts_friends_links_and_deliveries(store: TestStore) {
     };
     let outcome = ClaimOutcome {
         requests: vec![push(ids[0], 1), push(ids[1], 2)],
-        defers: vec![(ids[2], at(9))],
+        defers: vec![(ids[2], at(9), DeferReason::QuietHours)],
         ..ClaimOutcome::default()
     };
     let requests = claim.commit(&outcome, at(4)).await.expect("commit");
@@ -164,8 +165,17 @@ async fn overview_counts_friends_links_and_deliveries(store: TestStore) {
     store.fail_request(requests[1], "400 bad", at(5)).await.expect("fail");
     let counts = store.overview_counts().await.expect("counts");
     assert_eq!((counts.deliveries_pending, counts.deliveries_failed), (2, 1));
+    // One more due later on its own: it waits apart from the one quiet hours put back.
+    let later = NewDelivery {
+        recipient_key: "later".into(),
+        line_user_id: Some(user(9)),
+        due_at: at(20),
+        ..deliveries[0].clone()
+    };
+    store.insert_deliveries(&[later], at(5)).await.expect("insert later");
     let waiting = store.waiting_by_campaign().await.expect("waiting");
-    assert_eq!(waiting, [WaitingDeliveries { campaign_id: "c1".into(), count: 1, next_due: at(9) }]);
+    let waits = |waits_for, next_due| WaitingDeliveries { campaign_id: "c1".into(), waits_for, count: 1, next_due };
+    assert_eq!(waiting, [waits(None, at(20)), waits(Some(DeferReason::QuietHours), at(9))]);
     let failures = store.recent_failures(10).await.expect("failures");
     assert_eq!(failures.len(), 1);
     let failure = &failures[0];
@@ -184,7 +194,7 @@ async fn overview_counts_friends_links_and_deliveries(store: TestStore) {
     assert_eq!(of_user(3).await, [("c1".to_string(), "pending".to_string())]);
     assert_eq!(of_user(1).await, [("c1".to_string(), "requested".to_string())]);
     let stats = store.campaign_counts("c1").await.expect("stats");
-    assert_eq!((stats.pending + stats.requested, stats.failed), (2, 1), "as the stats count");
+    assert_eq!((stats.pending + stats.requested, stats.failed), (3, 1), "as the stats count");
 }
 
 renkei_test_support::on_both_backends!(

@@ -101,9 +101,9 @@ impl ClaimLock for PgClaim {
             let n = outcome.defers.len();
             let (mut ids, mut until, mut campaigns) =
                 (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-            let (mut users, mut members, mut payloads) =
-                (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-            for (id, at) in &outcome.defers {
+            let (mut users, mut members, mut payloads, mut reasons) =
+                (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+            for (id, at, reason) in &outcome.defers {
                 let Some((_, campaign, _, user, member, payload_of)) = self.queued.get(id) else {
                     return Err(StoreError::Conflict(format!("delivery {id} is not held by this claim")));
                 };
@@ -113,12 +113,14 @@ impl ClaimLock for PgClaim {
                 users.push(resolved.get(id).copied().or(user.as_deref()));
                 members.push(member.as_deref());
                 payloads.push(*payload_of);
+                reasons.push(reason.as_str());
             }
             sqlx::query(
                 "WITH s AS (SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
-                                                 $6::bigint[]) AS s (id, until, c, u, m, p)),
-                      q AS (INSERT INTO delivery_queue (delivery_id, campaign_id, due_at, line_user_id, member_id, payload_of)
-                            SELECT id, c, until, u, m, p FROM s)
+                                                 $6::bigint[], $7::text[]) AS s (id, until, c, u, m, p, w)),
+                      q AS (INSERT INTO delivery_queue (delivery_id, campaign_id, due_at, line_user_id, member_id,
+                                                        payload_of, waits_for)
+                            SELECT id, c, until, u, m, p, w FROM s)
                  UPDATE deliveries d SET due_at = s.until FROM s WHERE d.id = s.id",
             )
             .bind(&ids)
@@ -127,6 +129,7 @@ impl ClaimLock for PgClaim {
             .bind(&users)
             .bind(&members)
             .bind(&payloads)
+            .bind(&reasons)
             .execute(&mut *tx)
             .await?;
         }

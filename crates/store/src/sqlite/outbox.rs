@@ -87,13 +87,18 @@ impl ClaimLock for SqliteClaim {
                 .execute(&mut *tx)
                 .await?;
         }
-        for (id, until) in &outcome.defers {
-            for update in [
-                "UPDATE delivery_queue SET due_at = ? WHERE delivery_id = ?",
-                "UPDATE deliveries SET due_at = ? WHERE id = ?",
-            ] {
-                sqlx::query(update).bind(to_micros(*until)).bind(id).execute(&mut *tx).await?;
-            }
+        for (id, until, reason) in &outcome.defers {
+            sqlx::query("UPDATE delivery_queue SET due_at = ?, waits_for = ? WHERE delivery_id = ?")
+                .bind(to_micros(*until))
+                .bind(reason.as_str())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE deliveries SET due_at = ? WHERE id = ?")
+                .bind(to_micros(*until))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
         for (id, user) in &outcome.resolved {
             sqlx::query("UPDATE deliveries SET line_user_id = ? WHERE id = ?")
