@@ -311,7 +311,7 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(value_of(&browser, "#nonces-open").await, "1");
     assert_eq!(value_of(&browser, "#nonces-total").await, "1");
     // Over time: the nonce issued just now is today's; the link made through the API too.
-    assert_eq!(chart_lines(&browser, "#links-chart").await, 5);
+    assert_eq!(chart_lines(&browser, "#links-chart").await, 6);
     let today = newest_date(&browser, "#links-trend").await;
     assert_eq!(value_of(&browser, &format!("#links-trend-nonces-{today}")).await, "1");
     assert_eq!(value_of(&browser, &format!("#links-trend-links-{today}")).await, "1", "{link}");

@@ -759,7 +759,7 @@ pub fn links(
             tr { th { (lang.t(Msg::Total)) } (number("nonces-total", total, lang.items(total))) }
         }
         h2 { (lang.t(Msg::Trend30)) }
-        (trend.lines(lang, "links-chart", Msg::Links, &[0, 1, 2, 3, 4], ""))
+        (trend.lines(lang, "links-chart", Msg::Links, &[0, 1, 2, 3, 4, 5], ""))
         (trend.table(lang))
     };
     page(lang, lang.t(Msg::Links), Some(signed), body)

@@ -626,12 +626,13 @@ async fn links(State(state): State<DashboardState>, signed: Signed) -> Result<Re
     Ok(pages::links(&state, &signed, &counts, &by_method, &nonces, &trend).into_response())
 }
 
-/// Nonces issued, outcomes, links and unlinks per day.
+/// Link tokens and nonces issued, outcomes, links and unlinks per day.
 async fn links_trend(state: &DashboardState) -> Result<Trend, StoreError> {
     let days = Days::of(state);
     let attempts = days.counts(state, "attempt", None).await?;
     let outcome = |key: &str| series::daily_sums(&attempts, Some(key), &days.dates, days.tz);
     let columns = vec![
+        Days::column("tokens", Msg::LinkTokensIssued, days.sums(state, "link_token", None).await?, Format::Items),
         Days::column("nonces", Msg::NoncesIssued, days.sums(state, "nonce", None).await?, Format::Items),
         Days::column("ok", Msg::OutcomeOk, outcome("ok"), Format::Items),
         Days::column("failed", Msg::OutcomeFailed, outcome("failed"), Format::Items),

@@ -59,7 +59,9 @@ pub use outbox::{
     CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, ExposureRow, NewDelivery, OutboxReads, OutboxStore,
     PendingDelivery, QueueKey, SkipReason, UserEventRow, UserSendFacts,
 };
-pub use overview::{FailedRequest, HourCount, OverviewCounts, OverviewReads, UserDelivery, WaitingDeliveries};
+pub use overview::{
+    DashboardTally, FailedRequest, HourCount, OverviewCounts, OverviewReads, UserDelivery, WaitingDeliveries,
+};
 pub use pending::{PendingEvaluations, PendingStore, SavedPending};
 pub use postgres::PgStore;
 pub use relay::{RelayBody, RelayCounts, RelayItem, RelayStore};
@@ -218,6 +220,7 @@ trait_sum! {
         + ChangeFeed
         + OperatorStore
         + OverviewReads
+        + DashboardTally
         + ReplyStore
         + RelayStore
         + BudgetStore

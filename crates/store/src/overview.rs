@@ -83,6 +83,39 @@ pub struct WaitingDeliveries {
     pub next_due: DateTime<Utc>,
 }
 
+/// `at` rounded down to its hour: `dashboard_counts` holds whole UTC hours.
+fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
+    at - chrono::Duration::seconds(at.timestamp().rem_euclid(3600))
+        - chrono::Duration::nanoseconds(i64::from(at.timestamp_subsec_nanos()))
+}
+
+/// Dashboard counts of what no table keeps a row for (link tokens LINE
+/// issued), added by the code that saw it happen; the others are kept by
+/// triggers (migration 0023).
+#[async_trait]
+pub trait DashboardTally: Send + Sync + 'static {
+    /// One more `metric` (with `key`) in the hour of `at`.
+    async fn count_hour(&self, metric: &str, key: &str, at: DateTime<Utc>) -> StoreResult<()>;
+}
+
+#[async_trait]
+impl<S: Sql> DashboardTally for S {
+    async fn count_hour(&self, metric: &str, key: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        stmt::<S::Db>(
+            "INSERT INTO dashboard_counts (metric, hour, key, slot, n) VALUES ($1, $2, $3, $4, 1)
+             ON CONFLICT (metric, hour, key, slot) DO UPDATE SET n = dashboard_counts.n + 1",
+        )
+        .bind(metric)
+        .bind(Ts(hour_of(at)))
+        .bind(key)
+        // Spread over the 8 slots, so concurrent writers rarely wait on one row.
+        .bind(i64::from(at.timestamp_subsec_micros() % 8))
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 pub trait OverviewReads: Send + Sync + 'static {
     async fn overview_counts(&self) -> StoreResult<OverviewCounts>;
@@ -292,10 +325,7 @@ impl<S: Sql> OverviewReads for S {
         key: Option<&str>,
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<HourCount>> {
-        // `since` rounded down to its hour: hours are whole UTC hours.
-        let since = since
-            - chrono::Duration::seconds(since.timestamp().rem_euclid(3600))
-            - chrono::Duration::nanoseconds(i64::from(since.timestamp_subsec_nanos()));
+        let since = hour_of(since);
         let sql = if key.is_some() {
             "SELECT hour, key, CAST(SUM(n) AS BIGINT) AS n FROM dashboard_counts
              WHERE metric = $1 AND hour >= $2 AND key = $3 GROUP BY hour, key ORDER BY hour, key"

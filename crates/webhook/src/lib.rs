@@ -92,13 +92,15 @@ impl fmt::Debug for WebhookConfig {
 renkei_store::store_view! {
     /// What the webhook role reads and writes: its inbox (and link nonces),
     /// the links and follow state it changes, the events it records, the
-    /// segments reply rules ask about and the replies it made.
+    /// segments reply rules ask about, the replies it made and the link
+    /// tokens it asked LINE for (the dashboard's count).
     pub struct WebhookStores {
         inbox: WebhookStore,
         members: MemberStore,
         events: EventStore,
         memberships: MembershipReads,
         replies: ReplyStore,
+        tally: DashboardTally,
     }
 }
 

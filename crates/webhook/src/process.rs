@@ -285,6 +285,10 @@ async fn start_account_link(state: &WebhookState, event: &WebhookEvent, user: &L
         return Ok(());
     };
     let link_token = line.issue_link_token(user).await?;
+    // The ID連携 page's "link tokens issued"; a lost count must not stop the link.
+    if let Err(error) = state.store.tally.count_hour("link_token", "", state.clock.now()).await {
+        tracing::warn!(%error, "could not count the link token for the dashboard");
+    }
     let url = state.config.link_login_url.replace(LINK_TOKEN_PLACEHOLDER, &url_encode(&link_token));
     tracing::info!(line_user_id = %user, "account link started");
     reply(state, event, format!("会員IDとLINEを連携するには、こちらからログインしてください。\n{url}")).await

@@ -337,6 +337,10 @@ async fn account_link_end_to_end_with_single_use_expiring_nonces() {
     let carol = user(3);
     // 1. The user taps "link": LINE issues a link token, the reply carries the login URL.
     let link_token = app.request_link_token(&carol).await;
+    // The dashboard counts each link token LINE issued.
+    let hours = app.store.hourly_counts("link_token", None, chrono::DateTime::UNIX_EPOCH).await.unwrap();
+    assert_eq!(hours.iter().map(|h| h.n).sum::<i64>(), app.sim.link_tokens().len() as i64, "{hours:?}");
+    assert_eq!(app.sim.link_tokens().len(), 1);
     let replies = app.sim.messages_to(carol.as_str());
     let expected_url = LOGIN_URL.replace("{linkToken}", &link_token);
     assert!(replies.iter().any(|m| m["text"].as_str().unwrap().contains(&expected_url)), "{replies:?}");
