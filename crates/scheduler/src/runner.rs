@@ -724,33 +724,50 @@ impl CampaignRunner {
     pub async fn fire(&self, campaign: &Campaign, fire_at: DateTime<Utc>) -> SchedulerResult<u64> {
         let Trigger::Schedule { audience, .. } = &campaign.trigger else { return Ok(0) };
         let trigger_key = format!("schedule:{}", rfc3339(fire_at));
-        let mut after: Option<String> = None;
-        let mut total = 0;
-        loop {
-            let page = self.store.membership_reads.segment_members(audience, after.as_deref(), PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.as_str().to_string());
-            let now = self.clock.now();
-            let records = self.records(&page).await?;
-            let deliveries: Vec<NewDelivery> = page
-                .iter()
-                .map(|user| {
-                    let record = records.get(user);
-                    let instance = Instance {
-                        trigger_key: trigger_key.clone(),
-                        line_user_id: Some(user.clone()),
-                        member_id: record.and_then(|r| r.member_id.clone()),
-                        attributes: record.and_then(|r| r.attributes.as_ref()),
-                        event: None,
-                        due_at: fire_at,
-                        context: json!({"fire_at": rfc3339(fire_at)}),
-                    };
-                    self.delivery(campaign, instance, now, None)
-                })
-                .collect();
-            total += deliveries.len() as u64;
-            self.enqueue(&deliveries, now).await?;
-        }
+        // A page is read and rendered while the one before is written, so
+        // the database and the renderer work at the same time.
+        let (pages, mut rendered) = tokio::sync::mpsc::channel::<(Vec<NewDelivery>, DateTime<Utc>)>(2);
+        let render = async move {
+            let mut after: Option<String> = None;
+            loop {
+                let page = self.store.membership_reads.segment_members(audience, after.as_deref(), PAGE).await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.as_str().to_string());
+                let now = self.clock.now();
+                let records = self.records(&page).await?;
+                let deliveries: Vec<NewDelivery> = page
+                    .iter()
+                    .map(|user| {
+                        let record = records.get(user);
+                        let instance = Instance {
+                            trigger_key: trigger_key.clone(),
+                            line_user_id: Some(user.clone()),
+                            member_id: record.and_then(|r| r.member_id.clone()),
+                            attributes: record.and_then(|r| r.attributes.as_ref()),
+                            event: None,
+                            due_at: fire_at,
+                            context: json!({"fire_at": rfc3339(fire_at)}),
+                        };
+                        self.delivery(campaign, instance, now, None)
+                    })
+                    .collect();
+                if pages.send((deliveries, now)).await.is_err() {
+                    break; // the writer failed: its error is the fire's
+                }
+            }
+            SchedulerResult::Ok(())
+        };
+        let write = async {
+            let mut total = 0;
+            while let Some((deliveries, now)) = rendered.recv().await {
+                total += deliveries.len() as u64;
+                self.enqueue(&deliveries, now).await?;
+            }
+            SchedulerResult::Ok(total)
+        };
+        let (rendering, writing) = tokio::join!(render, write);
+        let total = writing?;
+        rendering?;
         self.store.schedule.set_fire_state(&campaign.id, fire_at, FireState::Done).await?;
         Ok(total)
     }
