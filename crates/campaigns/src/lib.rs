@@ -31,7 +31,7 @@ pub use model::{
 pub use renkei_segments::Diagnostic;
 pub use replies::ReplySet;
 pub use rich_menu::{RichMenuRule, RichMenuRules, is_rich_menu_id};
-pub use set::{CampaignSet, TEMPLATE_EXTENSION};
+pub use set::{CampaignSet, RenderMemo, TEMPLATE_EXTENSION};
 pub use template::{RenderContext, RenderError};
 
 #[cfg(test)]

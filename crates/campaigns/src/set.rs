@@ -4,8 +4,8 @@ use crate::link::LinkKeys;
 use crate::model::{Campaign, Trigger};
 use crate::parse::{MessagePositions, ParsedFile, parse_file};
 use crate::template::{
-    RenderContext, RenderError, context_json, forbidden_constructs, line_col, mentions_track, registry, track_helper,
-    unclosed_block,
+    Reads, RenderContext, RenderError, context_json, forbidden_constructs, line_col, mentions_track, registry,
+    template_reads, track_helper, unclosed_block,
 };
 use chrono::{DateTime, Utc};
 use handlebars::{Context, Handlebars};
@@ -34,6 +34,8 @@ pub struct CampaignSet {
     template_files: BTreeMap<String, PathBuf>,
     /// Campaigns whose templates or alt_text use `track`.
     tracking: BTreeSet<String>,
+    /// Per campaign, what each message (its template and alt_text) reads of the recipient.
+    reads: BTreeMap<String, Vec<Reads>>,
     /// What `track` seals with and `/t/` opens with.
     link_keys: Option<Arc<LinkKeys>>,
 }
@@ -52,6 +54,7 @@ impl Default for CampaignSet {
             alt: registry(false, None),
             template_files: BTreeMap::new(),
             tracking: BTreeSet::new(),
+            reads: BTreeMap::new(),
             link_keys: None,
         }
     }
@@ -237,6 +240,17 @@ impl CampaignSet {
             })
             .map(|(c, _)| c.id.clone())
             .collect();
+        set.reads = parsed
+            .iter()
+            .map(|(c, _)| {
+                let reads = c.messages.iter().map(|m| {
+                    let template = template_sources.get(&m.template).map(|(_, text)| template_reads(text));
+                    let everything = Reads { everything: true, ..Reads::default() };
+                    template.unwrap_or(everything).union(template_reads(&m.alt_text))
+                });
+                (c.id.clone(), reads.collect())
+            })
+            .collect();
         set.campaigns = parsed.into_iter().map(|(c, _)| (c.id.clone(), c)).collect();
         Ok(set)
     }
@@ -322,6 +336,58 @@ impl CampaignSet {
         self.render_step(campaign, None, ctx)
     }
 
+    /// [`CampaignSet::render_step`], shared with the renders in `memo` whose
+    /// recipients' context reads the same (the same variant, and the same
+    /// member data, user, event and time as far as the templates read them):
+    /// a template that reads nothing of the recipient renders once per memo.
+    /// Keep a memo for a batch (a page of a fire): it holds each distinct render.
+    pub fn render_step_shared(
+        &self,
+        campaign: &Campaign,
+        step: Option<usize>,
+        ctx: &RenderContext<'_>,
+        memo: &mut RenderMemo,
+    ) -> Result<Vec<Value>, RenderError> {
+        let Some(key) = self.render_key(campaign, step, ctx) else {
+            return self.render_step(campaign, step, ctx);
+        };
+        if let Some(rendered) = memo.rendered.get(&key) {
+            return rendered.clone();
+        }
+        let rendered = self.render_step(campaign, step, ctx);
+        memo.rendered.insert(key, rendered.clone());
+        rendered
+    }
+
+    /// What a render of `campaign` for `ctx` depends on, as a key (`None`:
+    /// its templates read what cannot be told apart, render each on its own).
+    fn render_key(&self, campaign: &Campaign, step: Option<usize>, ctx: &RenderContext<'_>) -> Option<String> {
+        let step = step.or((!campaign.steps.is_empty()).then_some(0));
+        let (_, range) = campaign.message_range(step, ctx.line_user_id);
+        let per_message = self.reads.get(&campaign.id)?;
+        let reads = range
+            .clone()
+            .map(|i| per_message.get(i).copied())
+            .try_fold(Reads::default(), |all, one| one.filter(|r| !r.everything).map(|r| all.union(r)))?;
+        let mut key = serde_json::to_string(&(&campaign.id, step, range.start)).ok()?;
+        if reads.member {
+            key += &serde_json::to_string(&(ctx.member_id, ctx.member)).ok()?;
+        }
+        if reads.line_user_id || reads.track {
+            key += &serde_json::to_string(&ctx.line_user_id).ok()?;
+        }
+        if reads.track {
+            key += &serde_json::to_string(&ctx.trigger_key).ok()?;
+        }
+        if reads.event {
+            key += &serde_json::to_string(&ctx.event).ok()?;
+        }
+        if reads.now {
+            key += &ctx.now.with_timezone(&ctx.timezone).to_rfc3339();
+        }
+        Some(key)
+    }
+
     /// [`CampaignSet::render`] for one step of a sequence (`None`: a
     /// campaign without steps, or its first step).
     pub fn render_step(
@@ -354,6 +420,12 @@ impl CampaignSet {
         }
         within_limits(messages)
     }
+}
+
+/// Renders kept for [`CampaignSet::render_step_shared`], by what they depend on.
+#[derive(Debug, Default)]
+pub struct RenderMemo {
+    rendered: std::collections::HashMap<String, Result<Vec<Value>, RenderError>>,
 }
 
 /// `messages` checked against LINE's limits (altText ≤ 1,500 characters,

@@ -273,6 +273,96 @@ pub(crate) fn mentions_track(source: &str) -> bool {
     })
 }
 
+/// What of a recipient's context a template reads, so renders that would
+/// come out the same can be shared: a template that reads no member data
+/// renders once for a whole cron fire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Reads {
+    pub member: bool,
+    pub line_user_id: bool,
+    pub event: bool,
+    pub now: bool,
+    /// `track`: its sealed links name the recipient and the trigger instance.
+    pub track: bool,
+    /// Something this reading cannot follow (`this`, `../`, a name not at
+    /// the root): treat every render as its own.
+    pub everything: bool,
+}
+
+impl Reads {
+    pub(crate) fn union(self, other: Reads) -> Reads {
+        Reads {
+            member: self.member || other.member,
+            line_user_id: self.line_user_id || other.line_user_id,
+            event: self.event || other.event,
+            now: self.now || other.now,
+            track: self.track || other.track,
+            everything: self.everything || other.everything,
+        }
+    }
+}
+
+/// Names a tag may use that read nothing of the recipient: the helpers,
+/// Handlebars' own, `else`, and the campaign (the same for every recipient).
+const SHARED_NAMES: [&str; 20] = [
+    "campaign", "yen", "date", "if", "unless", "each", "with", "lookup", "else", "eq", "ne", "gt", "gte", "lt", "lte",
+    "and", "or", "not", "len", "log",
+];
+
+/// What `source` (a Flex template or an alt_text) reads, by its tags' words.
+/// Conservative: whatever it cannot place makes it read `everything`.
+pub(crate) fn template_reads(source: &str) -> Reads {
+    let mut reads = Reads::default();
+    for tag in source.split("{{").skip(1) {
+        let tag = tag.split("}}").next().unwrap_or_default();
+        let tag = tag.trim_start_matches(['{', '~', '#', '/', '^', '&']).trim_end_matches(['}', '~']);
+        if tag.starts_with('!') {
+            continue; // a comment
+        }
+        if tag.starts_with(['>', '*', '{']) || tag.contains("..") {
+            reads.everything = true;
+            continue;
+        }
+        for word in words(tag) {
+            let root = word.trim_start_matches("@root.").split(['.', '/', '[']).next().unwrap_or_default();
+            match root {
+                "" | "true" | "false" | "null" | "undefined" => {}
+                _ if root.starts_with('@') || root.starts_with(|c: char| c.is_ascii_digit() || c == '-') => {}
+                "member" => reads.member = true,
+                "line_user_id" => reads.line_user_id = true,
+                "event" => reads.event = true,
+                "now" => reads.now = true,
+                "track" => reads.track = true,
+                name if SHARED_NAMES.contains(&name) => {}
+                _ => reads.everything = true,
+            }
+        }
+    }
+    reads
+}
+
+/// A tag's words outside string literals: paths, helper names, the values
+/// of `key=value` (not the keys).
+fn words(tag: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = tag;
+    while !rest.is_empty() {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, '(' | ')'));
+        if let Some(quote) = rest.chars().next().filter(|c| matches!(c, '"' | '\'')) {
+            rest = rest[1..].split_once(quote).map_or("", |(_, after)| after);
+            continue;
+        }
+        let end = rest.find(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | '"' | '\'')).unwrap_or(rest.len());
+        let (word, after) = rest.split_at(end);
+        let word = word.split_once('=').map_or(word, |(_, value)| value);
+        if !word.is_empty() {
+            out.push(word);
+        }
+        rest = after;
+    }
+    out
+}
+
 struct Track {
     keys: Option<Arc<LinkKeys>>,
 }
@@ -410,6 +500,25 @@ pub(crate) fn line_col(source: &str, offset: usize) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_read_what_their_tags_name() {
+        let none = template_reads(r#"{"type":"text","text":"週末セール {{campaign.name}} {{! a note }}"}"#);
+        assert_eq!(none, Reads::default(), "nothing of the recipient");
+        let member =
+            template_reads(r#"{"text":"{{member.name}}さん {{yen member.points}} {{#if member.rank}}x{{/if}}"}"#);
+        assert_eq!(member, Reads { member: true, ..Reads::default() });
+        let dated = template_reads(r#"{{date now format="%Y年"}} {{#each event.properties}}{{@index}}{{/each}}"#);
+        assert_eq!(dated, Reads { now: true, event: true, ..Reads::default() });
+        let tracked = template_reads(r#"{"uri":"{{track "https://example.com/member" }}"}"#);
+        assert_eq!(tracked, Reads { track: true, ..Reads::default() }, "words in strings are not read");
+        for unfollowable in
+            ["{{this}}", "{{../member}}", "{{name}}", "{{#each member.items}}{{sku}}{{/each}}", "{{> p}}"]
+        {
+            assert!(template_reads(unfollowable).everything, "{unfollowable}");
+        }
+        assert!(template_reads("{{@root.line_user_id}}").line_user_id);
+    }
 
     #[test]
     fn yen_formats_integers_negatives_and_fractions() {

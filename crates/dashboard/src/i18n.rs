@@ -346,6 +346,7 @@ pub enum Msg {
     RunDryRun,
     DryRunNote,
     MeasuredAsOf,
+    Measuring,
     Decision,
     DecisionSend,
     DecisionSkip,
@@ -541,7 +542,10 @@ fn ja(msg: Msg) -> &'static str {
         DryRun => "ドライラン",
         RunDryRun => "この日時でドライラン",
         DryRunNote => "この日時に配信したら誰に何が届くかを、ポリシーの判定つきで表示します(何も送信・保存しません)。",
-        MeasuredAsOf => "コンバージョン・リフト・バリアント・ステップは次の時点の集計です(最新の集計を実行中):",
+        MeasuredAsOf => "コンバージョン・リフト・バリアント・ステップは次の時点の集計です:",
+        Measuring => {
+            "コンバージョン・リフト・バリアント・ステップを集計中です。しばらくしてから再読み込みしてください。"
+        }
         Decision => "判定",
         DecisionSend => "送信",
         DecisionSkip => "スキップ",
@@ -740,7 +744,8 @@ fn en(msg: Msg) -> &'static str {
         DryRun => "Dry run",
         RunDryRun => "Dry run at this time",
         DryRunNote => "Shows who would get what at that time, with each policy decision (nothing is sent or stored).",
-        MeasuredAsOf => "Conversions, lift, variants and steps are as of (a newer measurement is running):",
+        MeasuredAsOf => "Conversions, lift, variants and steps are as of",
+        Measuring => "Conversions, lift, variants and steps are being measured; reload in a while.",
         Decision => "Decision",
         DecisionSend => "send",
         DecisionSkip => "skip",

@@ -268,14 +268,23 @@ fn maybe(id: &str, value: &Value, format: impl Fn(u64) -> String) -> Markup {
     }
 }
 
-/// `measured_at`: when the measured numbers (conversions, lift, variants,
-/// steps) were taken, if they are not fresh.
+/// How fresh a campaign page's measured numbers (conversions, lift,
+/// variants, steps) are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measurement {
+    Fresh,
+    /// The last measurement, taken then (a newer one is running or due later).
+    AsOf(DateTime<Utc>),
+    /// Not measured yet: the first measurement is running.
+    Pending,
+}
+
 pub fn campaign(
     state: &DashboardState,
     signed: &Signed,
     campaign: &Campaign,
     stats: &Value,
-    measured_at: Option<DateTime<Utc>>,
+    measurement: Measurement,
     sends: &Trend,
 ) -> Markup {
     let lang = state.settings.language;
@@ -294,10 +303,12 @@ pub fn campaign(
                 button #toggle type="submit" { (lang.t(label)) }
             }
         }
-        @if let Some(at) = measured_at {
-            p.note #measured-at data-value=(at.to_rfc3339()) {
+        @match measurement {
+            Measurement::Fresh => {},
+            Measurement::AsOf(at) => p.note #measured-at data-value=(at.to_rfc3339()) {
                 (lang.t(Msg::MeasuredAsOf)) " " (lang.datetime(at, state.settings.timezone))
-            }
+            },
+            Measurement::Pending => p.note #measuring { (lang.t(Msg::Measuring)) },
         }
         table.figures #funnel {
             tr { th { (lang.t(Msg::Eligible)) } (maybe("eligible", &eligible(stats), |n| lang.people(n))) }

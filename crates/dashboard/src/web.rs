@@ -5,6 +5,7 @@ use crate::auth::{self, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 use crate::i18n::Msg;
 use crate::manage::{self, ManageError};
 use crate::measured::Reading;
+use crate::pages::Measurement;
 use crate::series;
 use crate::trend::{Column, Format, Trend};
 use crate::{DashboardState, pages};
@@ -670,16 +671,22 @@ async fn campaign(
         tracing::warn!(campaign = %id, %error, "dashboard: measuring the campaign failed");
         Failure::new(StatusCode::SERVICE_UNAVAILABLE, Msg::ErrorUnavailable)
     })?;
-    let (measured, as_of) = match measured {
-        Reading::Fresh(m) => (m.value, None),
-        Reading::Stale(m) => (m.value, Some(m.at)),
+    let measured_at = match measured {
+        Reading::Fresh(m) => {
+            with_measured(&mut stats, &m.value);
+            Measurement::Fresh
+        }
+        Reading::Stale(m) => {
+            with_measured(&mut stats, &m.value);
+            Measurement::AsOf(m.at)
+        }
+        Reading::Pending => Measurement::Pending,
     };
-    with_measured(&mut stats, &measured);
     let days = Days::of(&state);
     let sent = days.sums(&state, "sent", Some(&id)).await?;
     let sends =
         Trend { id: "sends", dates: days.dates, columns: vec![Days::column("sent", Msg::Sent, sent, Format::Items)] };
-    Ok(pages::campaign(&state, &signed, campaign, &stats, as_of, &sends).into_response())
+    Ok(pages::campaign(&state, &signed, campaign, &stats, measured_at, &sends).into_response())
 }
 
 async fn set_paused(

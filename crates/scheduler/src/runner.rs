@@ -15,7 +15,9 @@
 use crate::SchedulerResult;
 use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
-use renkei_campaigns::{Campaign, CampaignSet, FanoutTarget, RenderContext, RichMenuRules, Trigger, schedule};
+use renkei_campaigns::{
+    Campaign, CampaignSet, FanoutTarget, RenderContext, RenderMemo, RichMenuRules, Trigger, schedule,
+};
 use renkei_core::{Clock, LineUserId, MemberId};
 use renkei_dispatcher::DispatchMetrics;
 use renkei_store::dispatch::{FireState, NewDelivery};
@@ -333,6 +335,7 @@ impl CampaignRunner {
             .collect();
         let users: Vec<LineUserId> = unique(entered.iter().map(|t| t.transition.line_user_id.clone()));
         let records = self.records(&users).await?;
+        let mut memo = RenderMemo::default();
         for t in &entered {
             let segment = &t.transition.segment_id;
             for campaign in self.campaigns.entering(segment) {
@@ -351,7 +354,7 @@ impl CampaignRunner {
                     due_at: now,
                     context,
                 };
-                deliveries.extend(self.deliveries(campaign, instance, now));
+                deliveries.extend(self.deliveries(campaign, instance, now, &mut memo));
             }
         }
         self.enqueue(&deliveries, now).await?;
@@ -478,6 +481,7 @@ impl CampaignRunner {
         let records = self.records(&users).await?;
         let mut unlinked_members: HashMap<MemberId, Option<Map<String, Value>>> = HashMap::new();
         let mut deliveries = Vec::new();
+        let mut memo = RenderMemo::default();
         for event in relevant {
             let member_id = event.member_id.as_deref().and_then(|m| MemberId::parse(m).ok());
             let line_user = event
@@ -531,7 +535,7 @@ impl CampaignRunner {
                     due_at: due,
                     context,
                 };
-                deliveries.extend(self.deliveries(campaign, instance, now));
+                deliveries.extend(self.deliveries(campaign, instance, now, &mut memo));
             }
         }
         self.enqueue(&deliveries, now).await?;
@@ -640,6 +644,7 @@ impl CampaignRunner {
         let records = self.records(&users).await?;
         let now = self.clock.now();
         let mut deliveries = Vec::with_capacity(recipients.len());
+        let mut memo = RenderMemo::default();
         for (line_user_id, member_id) in recipients {
             let record = line_user_id.as_ref().and_then(|u| records.get(u));
             let instance = Instance {
@@ -651,7 +656,7 @@ impl CampaignRunner {
                 due_at: fanout.due_at,
                 context: fanout.context.clone(),
             };
-            deliveries.extend(self.deliveries(fanout.campaign, instance, now));
+            deliveries.extend(self.deliveries(fanout.campaign, instance, now, &mut memo));
         }
         self.enqueue(&deliveries, now).await
     }
@@ -735,6 +740,8 @@ impl CampaignRunner {
                 after = Some(last.as_str().to_string());
                 let now = self.clock.now();
                 let records = self.records(&page).await?;
+                // Recipients whose render would come out the same share one.
+                let mut memo = RenderMemo::default();
                 let deliveries: Vec<NewDelivery> = page
                     .iter()
                     .map(|user| {
@@ -748,7 +755,7 @@ impl CampaignRunner {
                             due_at: fire_at,
                             context: json!({"fire_at": rfc3339(fire_at)}),
                         };
-                        self.delivery(campaign, instance, now, None)
+                        self.delivery(campaign, instance, now, None, &mut memo)
                     })
                     .collect();
                 if pages.send((deliveries, now)).await.is_err() {
@@ -805,9 +812,15 @@ impl CampaignRunner {
     /// when the sequence started). All are enqueued at once, so each step
     /// goes exactly once; what may stop a later step is judged at its send
     /// time (`exit`, `if`, a step removed from the file).
-    fn deliveries(&self, campaign: &Campaign, instance: Instance<'_>, now: DateTime<Utc>) -> Vec<NewDelivery> {
+    fn deliveries(
+        &self,
+        campaign: &Campaign,
+        instance: Instance<'_>,
+        now: DateTime<Utc>,
+        memo: &mut RenderMemo,
+    ) -> Vec<NewDelivery> {
         if campaign.steps.is_empty() {
-            return vec![self.delivery(campaign, instance, now, None)];
+            return vec![self.delivery(campaign, instance, now, None, memo)];
         }
         let times = campaign.step_times(instance.due_at, self.settings.timezone);
         campaign
@@ -821,7 +834,7 @@ impl CampaignRunner {
                 context["started_at"] = Value::String(rfc3339(instance.due_at));
                 let trigger_key = format!("{}/{}", instance.trigger_key, step.id);
                 let one = Instance { trigger_key, due_at: due, context, ..instance.clone() };
-                self.delivery(campaign, one, now, Some(k))
+                self.delivery(campaign, one, now, Some(k), memo)
             })
             .collect()
     }
@@ -835,6 +848,7 @@ impl CampaignRunner {
         instance: Instance<'_>,
         now: DateTime<Utc>,
         step: Option<usize>,
+        memo: &mut RenderMemo,
     ) -> NewDelivery {
         let Instance { trigger_key, line_user_id, member_id, attributes, event, due_at, mut context } = instance;
         let ctx = RenderContext {
@@ -847,7 +861,7 @@ impl CampaignRunner {
             timezone: self.settings.timezone,
             public_base_url: &self.settings.public_base_url,
         };
-        let messages = match self.campaigns.render_step(campaign, step, &ctx) {
+        let messages = match self.campaigns.render_step_shared(campaign, step, &ctx, memo) {
             Ok(messages) => Value::Array(messages),
             Err(error) => {
                 tracing::warn!(campaign = %campaign.id, %error, "rendering failed; the delivery will be skipped");
