@@ -212,3 +212,58 @@ proptest! {
         }
     }
 }
+
+/// Templates that read different parts of the recipient's context (or what
+/// the memo cannot follow), for the shared-render property below.
+const SHARED_CASES: [(&str, &str); 6] = [
+    (
+        r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [{"type": "text", "text": "週末セール {{campaign.name}}"}]}}"#,
+        "セール",
+    ),
+    (
+        r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [{"type": "text", "text": "{{member.name}} {{yen member.points}}"}]}}"#,
+        "{{member.name}}さん",
+    ),
+    (
+        r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [{"type": "button", "action": {"type": "uri", "label": "見る", "uri": "{{track "https://example.com/sale"}}"}}]}}"#,
+        "リンク",
+    ),
+    (
+        r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [{"type": "text", "text": "{{event.type}} {{date now}}"}]}}"#,
+        "{{line_user_id}}",
+    ),
+    (
+        r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [{"type": "text", "text": "{{#with member}}{{name}}{{/with}}"}]}}"#,
+        "x",
+    ),
+    (
+        r#"{"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [{"type": "text", "text": "{{#if member.gold}}gold{{else}}{{campaign.id}}{{/if}}"}]}}"#,
+        "y",
+    ),
+];
+
+proptest! {
+    /// Renders shared through a memo are exactly the renders made one by one,
+    /// whatever the templates read and however the recipients repeat.
+    #[test]
+    fn shared_renders_equal_renders_one_by_one(
+        case in 0..SHARED_CASES.len(),
+        recipients in prop::collection::vec((0u8..4, 0u8..3, any::<bool>(), 0u8..3, 0u8..2), 1..30),
+    ) {
+        let (template_text, alt_text) = SHARED_CASES[case];
+        let set = set_with(template_text, alt_text);
+        let campaign = set.get("c").unwrap();
+        let mut memo = renkei_campaigns::RenderMemo::default();
+        for (name, user, gold, event, minute) in recipients {
+            let member = json!({"name": format!("会員{name}"), "points": u32::from(name) * 1000, "gold": gold});
+            let member = member.as_object().unwrap().clone();
+            let event = json!({"type": format!("purchase{event}"), "properties": {}});
+            let users = ["U7db3d96b0f76480d94a7ded5f234fb96", "U0000000000000000000000000000000a", "U0000000000000000000000000000000b"];
+            let mut ctx = ctx(&member, Some(&event));
+            ctx.line_user_id = Some(users[usize::from(user)]);
+            ctx.now += chrono::Duration::minutes(i64::from(minute));
+            let shared = set.render_step_shared(campaign, None, &ctx, &mut memo);
+            prop_assert_eq!(shared, set.render_step(campaign, None, &ctx));
+        }
+    }
+}
