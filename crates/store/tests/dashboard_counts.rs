@@ -4,12 +4,13 @@
 //! were then, and every flow equals what the counted tables hold.
 
 use chrono::{DateTime, Utc};
-use renkei_core::{Cause, LinkMethod};
+use renkei_core::{Cause, LinkMethod, MemberPatch};
 use renkei_store::dispatch::{ClaimOutcome, NewDelivery, NewRequest, RequestKind};
 use renkei_store::{MembershipUpdate, OverviewCounts, TransitionKind};
 use renkei_test_support::TestStore;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
+use tokio::sync::mpsc;
 
 mod common;
 use common::{at, member, user};
@@ -206,8 +207,75 @@ async fn flows_equal_the_raw_tables(store: TestStore) {
     assert_eq!(store.segment_sizes(&["a", "b"]).await.expect("sizes"), before_fold, "folding keeps the sizes");
 }
 
+/// An import links members in batches (set-based statements on PostgreSQL):
+/// its links of followers, of the blocked and of users never seen, and an
+/// unlink after, leave the level metrics equal to the counts of the rows.
+async fn an_imports_links_are_counted_as_the_rows_hold_them(store: TestStore) {
+    for n in 1..=4 {
+        store.set_following(&user(n), true, at(1)).await.expect("follow");
+    }
+    for n in 5..=6 {
+        store.set_following(&user(n), false, at(1)).await.expect("unfollow");
+    }
+    store.link(&member("m-1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
+    let patch = |id: &str, n: Option<u32>| MemberPatch {
+        member_id: member(id),
+        attributes: json!({"rank": "gold"}).as_object().cloned().expect("object"),
+        line_user_id: n.map(user),
+    };
+    // m-1 keeps its link; m-3 repeats within a batch; m-9 has no LINE user.
+    let batches = vec![
+        vec![patch("m-1", Some(1)), patch("m-2", Some(2)), patch("m-3", Some(3)), patch("m-3", Some(3))],
+        vec![patch("m-4", Some(4)), patch("m-5", Some(5)), patch("m-6", Some(6))],
+        vec![patch("m-7", Some(7)), patch("m-8", Some(8)), patch("m-9", None)],
+    ];
+    let (tx, rx) = mpsc::channel(4);
+    for batch in batches {
+        tx.send(Ok(batch)).await.expect("send");
+    }
+    drop(tx);
+    let outcome = store.import_members(rx, at(2)).await.expect("import");
+    assert_eq!((outcome.created, outcome.linked), (8, 7));
+    store.unlink(&member("m-5"), at(3)).await.expect("unlink").expect("was linked");
+
+    // The overview's levels (sums of the triggers' changes) against the rows.
+    let mut rows = OverviewCounts::default();
+    for n in 1..=9 {
+        let following = store.get_following(&user(n)).await.expect("friendship");
+        let linked = store.get_link_by_line_user(&user(n)).await.expect("link").is_some();
+        // A linked user never seen to follow or unfollow counts as a friend.
+        let friend = following.unwrap_or(linked);
+        rows.following += u64::from(friend);
+        rows.blocked += u64::from(following == Some(false));
+        rows.linked += u64::from(linked);
+        rows.linked_following += u64::from(linked && friend);
+    }
+    let counted = store.overview_counts().await.expect("counts");
+    assert_eq!(
+        (counted.following, counted.blocked, counted.linked, counted.linked_following),
+        (rows.following, rows.blocked, rows.linked, rows.linked_following)
+    );
+    assert_eq!((rows.following, rows.blocked, rows.linked, rows.linked_following), (6, 2, 7, 6));
+    // Links made by method and hour: the API's at 1, the import's at 2.
+    assert_eq!(per_key(&store, "link", None).await, BTreeMap::from([("api".into(), 1), ("import".into(), 7)]));
+    assert_eq!(per_hour(&store, "link").await, BTreeMap::from([(at(1), 1), (at(2), 7)]));
+    let by_method: BTreeMap<String, i64> = store
+        .links_by_method()
+        .await
+        .expect("links")
+        .into_iter()
+        .map(|(method, n)| (method, i64::try_from(n).expect("fits")))
+        .collect();
+    let link = per_key(&store, "link", None).await;
+    let unlink = per_key(&store, "unlink", None).await;
+    let kept: BTreeMap<String, i64> =
+        link.iter().map(|(method, n)| (method.clone(), n - unlink.get(method).copied().unwrap_or(0))).collect();
+    assert_eq!(kept, by_method, "links made less unlinks, by method, are the rows");
+}
+
 renkei_test_support::on_both_backends!(
     renkei_test_support::store =>
     levels_walk_back_to_the_counts_of_each_hour,
     flows_equal_the_raw_tables,
+    an_imports_links_are_counted_as_the_rows_hold_them,
 );

@@ -114,31 +114,47 @@ fn runs_of_distinct_members(patches: &[MemberPatch]) -> Vec<&[MemberPatch]> {
     runs
 }
 
-/// Merges a run of patches (each member once) set-based: one locking read,
-/// one insert, one update, then the links. A few statements per batch
-/// instead of several per member, so an import stays linear.
+/// Merges a run of patches (each member once) set-based: one locking read
+/// (the members, their links and the links of the run's LINE users), the
+/// checks in memory, then one statement that inserts, updates and links. A
+/// few statements per batch instead of several per member, so an import
+/// stays linear.
 async fn upsert_distinct_members(
     conn: &mut PgConnection,
     patches: &[MemberPatch],
     now: DateTime<Utc>,
 ) -> StoreResult<MembersOutcome> {
     let ids: Vec<&str> = patches.iter().map(|p| p.member_id.as_str()).collect();
+    let users: Vec<&str> = patches.iter().filter_map(|p| p.line_user_id.as_ref().map(|u| u.as_str())).collect();
     // FOR UPDATE in key order: two instances merging into one member must not
-    // lose a key, and must not deadlock on each other's batches.
-    let rows: Vec<(String, Json<Value>)> = sqlx::query_as(
-        "SELECT member_id, attributes FROM members WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE",
+    // lose a key, and must not deadlock on each other's batches. A member's
+    // link needs the member (foreign key), so the join finds every link of
+    // the run's members; rows of the second part have no attributes.
+    let rows: Vec<(String, Option<Json<Value>>, Option<String>)> = sqlx::query_as(
+        "WITH locked AS (
+             SELECT m.member_id, m.attributes, l.line_user_id FROM members m
+             LEFT JOIN links l ON l.member_id = m.member_id
+             WHERE m.member_id = ANY($1) ORDER BY m.member_id FOR UPDATE OF m)
+         SELECT member_id, attributes, line_user_id FROM locked
+         UNION ALL SELECT member_id, NULL, line_user_id FROM links WHERE line_user_id = ANY($2)",
     )
     .bind(&ids)
+    .bind(&users)
     .fetch_all(&mut *conn)
     .await?;
     let mut current: HashMap<String, Map<String, Value>> = HashMap::with_capacity(rows.len());
-    for (id, Json(value)) in rows {
-        current.insert(id, parse_object(value, "member attributes")?);
+    let mut links = Links::default();
+    for (id, attributes, line_user_id) in rows {
+        if let Some(user) = line_user_id {
+            links.insert(&id, &user);
+        }
+        if let Some(Json(value)) = attributes {
+            current.insert(id, parse_object(value, "member attributes")?);
+        }
     }
     let mut outcome = MembersOutcome::default();
     // (member id, merged attributes as JSON text) to insert, and to update.
-    let mut created: Vec<(&str, String)> = Vec::new();
-    let mut updated: Vec<(&str, String)> = Vec::new();
+    let (mut created, mut updated): (Rows, Rows) = Default::default();
     for patch in patches {
         let now_current = current.get(patch.member_id.as_str());
         let (next, changed) = merged(now_current, &patch.attributes);
@@ -149,92 +165,80 @@ async fn upsert_distinct_members(
             (Some(_), false) => outcome.unchanged += 1,
         }
     }
+    let new_links = links.check_run(patches)?;
     outcome.created = created.len() as u64;
     outcome.updated = updated.len() as u64;
-    if !created.is_empty() {
-        let (ids, attributes): (Vec<&str>, Vec<String>) = created.into_iter().unzip();
-        // A member another instance created meanwhile is merged into, not overwritten.
-        sqlx::query(
-            "INSERT INTO members (member_id, attributes, created_at, updated_at)
-             SELECT id, a::jsonb, $3, $3 FROM UNNEST($1::text[], $2::text[]) AS s (id, a)
-             ON CONFLICT (member_id) DO UPDATE SET attributes = members.attributes || excluded.attributes,
-             updated_at = excluded.updated_at",
-        )
-        .bind(&ids)
-        .bind(&attributes)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+    outcome.linked = new_links.len() as u64;
+    if created.is_empty() && updated.is_empty() && new_links.is_empty() {
+        return Ok(outcome);
     }
-    if !updated.is_empty() {
-        let (ids, attributes): (Vec<&str>, Vec<String>) = updated.into_iter().unzip();
-        sqlx::query(
-            "UPDATE members m SET attributes = s.a::jsonb, updated_at = $3
-             FROM UNNEST($1::text[], $2::text[]) AS s (id, a) WHERE m.member_id = s.id",
-        )
-        .bind(&ids)
-        .bind(&attributes)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    }
-    outcome.linked = link_run(conn, patches, now).await?;
-    Ok(outcome)
-}
-
-/// Links the run's patches that carry a LINE user (method `import`), with
-/// the checks of [`MembersSql::link_tx`] applied in order, set-based; returns
-/// how many links were created.
-async fn link_run(conn: &mut PgConnection, patches: &[MemberPatch], now: DateTime<Utc>) -> StoreResult<u64> {
-    let wanted: Vec<(&str, &str)> =
-        patches.iter().filter_map(|p| p.line_user_id.as_ref().map(|u| (p.member_id.as_str(), u.as_str()))).collect();
-    if wanted.is_empty() {
-        return Ok(0);
-    }
-    let (members, users): (Vec<&str>, Vec<&str>) = wanted.iter().copied().unzip();
-    let existing: Vec<(String, String)> = sqlx::query_as(
-        "SELECT member_id, line_user_id FROM links WHERE member_id = ANY($1)
-         UNION SELECT member_id, line_user_id FROM links WHERE line_user_id = ANY($2)",
-    )
-    .bind(&members)
-    .bind(&users)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut user_of: HashMap<String, String> = HashMap::with_capacity(existing.len());
-    let mut member_of: HashMap<String, String> = HashMap::with_capacity(existing.len());
-    for (member, user) in existing {
-        member_of.insert(user.clone(), member.clone());
-        user_of.insert(member, user);
-    }
-    let mut new_links: Vec<(&str, &str)> = Vec::new();
-    for (member, user) in wanted {
-        if let Some(current) = user_of.get(member) {
-            if current == user {
-                continue;
-            }
-            return Err(member_already_linked(member, current));
-        }
-        if let Some(other) = member_of.get(user) {
-            return Err(line_user_claimed(user, other));
-        }
-        user_of.insert(member.to_string(), user.to_string());
-        member_of.insert(user.to_string(), member.to_string());
-        new_links.push((member, user));
-    }
-    if new_links.is_empty() {
-        return Ok(0);
-    }
-    let (members, users): (Vec<&str>, Vec<&str>) = new_links.iter().copied().unzip();
+    let (created_ids, created_attributes): (Vec<&str>, Vec<String>) = created.into_iter().unzip();
+    let (updated_ids, updated_attributes): (Vec<&str>, Vec<String>) = updated.into_iter().unzip();
+    let (link_members, link_users): (Vec<&str>, Vec<&str>) = new_links.into_iter().unzip();
+    // One statement: the links' foreign key is checked at its end, when the
+    // members it inserts are there. A member another instance created
+    // meanwhile is merged into, not overwritten.
     sqlx::query(
-        "INSERT INTO links (member_id, line_user_id, method, linked_at)
-         SELECT m, u, $3, $4 FROM UNNEST($1::text[], $2::text[]) AS s (m, u)",
+        "WITH created AS (
+             INSERT INTO members (member_id, attributes, created_at, updated_at)
+             SELECT id, a::jsonb, $5, $5 FROM UNNEST($1::text[], $2::text[]) AS s (id, a)
+             ON CONFLICT (member_id) DO UPDATE SET attributes = members.attributes || excluded.attributes,
+             updated_at = excluded.updated_at),
+         updated AS (
+             UPDATE members m SET attributes = s.a::jsonb, updated_at = $5
+             FROM UNNEST($3::text[], $4::text[]) AS s (id, a) WHERE m.member_id = s.id)
+         INSERT INTO links (member_id, line_user_id, method, linked_at)
+         SELECT m, u, $8, $5 FROM UNNEST($6::text[], $7::text[]) AS s (m, u)",
     )
-    .bind(&members)
-    .bind(&users)
-    .bind(LinkMethod::Import.as_str())
+    .bind(&created_ids)
+    .bind(&created_attributes)
+    .bind(&updated_ids)
+    .bind(&updated_attributes)
     .bind(now)
+    .bind(&link_members)
+    .bind(&link_users)
+    .bind(LinkMethod::Import.as_str())
     .execute(&mut *conn)
     .await
     .map_err(|e| conflict_on_unique(e, "of this batch", "of this batch"))?;
-    Ok(new_links.len() as u64)
+    Ok(outcome)
+}
+
+/// (member id, attributes as JSON text) of members to write.
+type Rows<'a> = Vec<(&'a str, String)>;
+
+/// The links a run may touch, both ways: member → LINE user, LINE user → member.
+#[derive(Default)]
+struct Links {
+    user_of: HashMap<String, String>,
+    member_of: HashMap<String, String>,
+}
+
+impl Links {
+    fn insert(&mut self, member: &str, user: &str) {
+        self.member_of.insert(user.to_string(), member.to_string());
+        self.user_of.insert(member.to_string(), user.to_string());
+    }
+
+    /// The run's patches that carry a LINE user (method `import`), with the
+    /// checks of [`MembersSql::link_tx`] applied in order: the links to create.
+    fn check_run<'a>(&mut self, patches: &'a [MemberPatch]) -> StoreResult<Vec<(&'a str, &'a str)>> {
+        let mut new_links = Vec::new();
+        for patch in patches {
+            let Some(user) = &patch.line_user_id else { continue };
+            let (member, user) = (patch.member_id.as_str(), user.as_str());
+            if let Some(current) = self.user_of.get(member) {
+                if current == user {
+                    continue;
+                }
+                return Err(member_already_linked(member, current));
+            }
+            if let Some(other) = self.member_of.get(user) {
+                return Err(line_user_claimed(user, other));
+            }
+            self.insert(member, user);
+            new_links.push((member, user));
+        }
+        Ok(new_links)
+    }
 }
