@@ -425,8 +425,29 @@ async fn entries_found_by_a_full_recompute_do_not_trigger_and_late_reminders_exp
     assert_eq!((counts.sent, counts.skipped.get(&SkipReason::Expired).copied()), (0, Some(1)));
 }
 
+/// A fire of several pages (written by two writers on PostgreSQL) enqueues
+/// every member once, again after a re-run, and each gets one message.
+async fn a_fire_of_several_pages_enqueues_each_member_once(backend: Backend) {
+    let spec = Spec { segments: &[GOLD], campaigns: &[GOLD_PERSONAL_9AM], ..Spec::default() };
+    let Some(h) = harness(backend, spec).await else { return };
+    let members: Vec<(u32, serde_json::Value)> = (1..=2_345).map(|n| (n, personal_attrs(n, "gold"))).collect();
+    h.add_members(&members).await;
+    assert_eq!(fire(&h, "gold_hello", t0()).await, 2_345);
+    // A fire taken over after a crash writes nothing twice.
+    let campaign = h.campaigns.get("gold_hello").unwrap();
+    assert_eq!(h.runner.fire(campaign, t0()).await.unwrap(), 2_345);
+    let counts = h.test.store.campaign_counts("gold_hello").await.unwrap();
+    assert_eq!((counts.pending, counts.sent), (2_345, 0));
+    assert_eq!(counts, h.test.store.counted_campaign_counts("gold_hello").await.unwrap());
+    h.drain_until_done("gold_hello").await;
+    let accepted = h.accepted_per_user();
+    assert_eq!(accepted.len(), 2_345);
+    assert!(accepted.values().all(|n| *n == 1), "one message each");
+}
+
 renkei_test_support::on_both_backends!(
     multi_thread, renkei_test_support::available =>
+    a_fire_of_several_pages_enqueues_each_member_once,
     personalised_pushes_reach_each_member_once_under_faults_and_never_blocked_users,
     identical_messages_go_by_multicast_once_per_member_under_faults,
     a_lost_response_is_retried_with_the_same_key_and_counted_once,

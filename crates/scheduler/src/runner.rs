@@ -729,12 +729,16 @@ impl CampaignRunner {
     pub async fn fire(&self, campaign: &Campaign, fire_at: DateTime<Utc>) -> SchedulerResult<u64> {
         let Trigger::Schedule { audience, .. } = &campaign.trigger else { return Ok(0) };
         let trigger_key = format!("schedule:{}", rfc3339(fire_at));
-        // A page is read and rendered while the one before is written, so
-        // the database and the renderer work at the same time.
-        let (pages, mut rendered) = tokio::sync::mpsc::channel::<(Vec<NewDelivery>, DateTime<Utc>)>(2);
+        // A page is read and rendered while the ones before are written,
+        // two at a time where the store takes parallel writes, so the
+        // database and the renderer work at the same time (a lone writer
+        // would leave them idle through each commit).
+        let writers = if self.store.outbox.parallel_claims() { 2 } else { 1 };
+        let (pages, rendered): (Vec<_>, Vec<_>) =
+            (0..writers).map(|_| tokio::sync::mpsc::channel::<(Vec<NewDelivery>, DateTime<Utc>)>(1)).unzip();
         let render = async move {
             let mut after: Option<String> = None;
-            loop {
+            for page_number in 0.. {
                 let page = self.store.membership_reads.segment_members(audience, after.as_deref(), PAGE).await?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.as_str().to_string());
@@ -758,22 +762,22 @@ impl CampaignRunner {
                         self.delivery(campaign, instance, now, None, &mut memo)
                     })
                     .collect();
-                if pages.send((deliveries, now)).await.is_err() {
-                    break; // the writer failed: its error is the fire's
+                if pages[page_number % pages.len()].send((deliveries, now)).await.is_err() {
+                    break; // a writer failed: its error is the fire's
                 }
             }
             SchedulerResult::Ok(())
         };
-        let write = async {
+        let writers = rendered.into_iter().map(|mut rendered| async move {
             let mut total = 0;
             while let Some((deliveries, now)) = rendered.recv().await {
                 total += deliveries.len() as u64;
                 self.enqueue(&deliveries, now).await?;
             }
             SchedulerResult::Ok(total)
-        };
-        let (rendering, writing) = tokio::join!(render, write);
-        let total = writing?;
+        });
+        let (rendering, written) = tokio::join!(render, futures::future::try_join_all(writers));
+        let total: u64 = written?.into_iter().sum();
         rendering?;
         self.store.schedule.set_fire_state(&campaign.id, fire_at, FireState::Done).await?;
         Ok(total)
