@@ -27,7 +27,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use renkei_api::{ApiError, ApiState, IngestMetrics, KeyRateLimits};
+use renkei_api::{ApiError, ApiState, EventMerger, IngestMetrics, KeyRateLimits};
 use renkei_campaigns::{CampaignSet, RichMenuRules};
 use renkei_core::{ChangeListener, Clock};
 use renkei_dispatcher::{DispatchMetrics, DispatchSettings, Dispatcher, DispatcherStore, QuotaGuard, RichMenuLinker};
@@ -470,11 +470,19 @@ impl Application {
             router = router.merge(renkei_webhook::public_router(webhook_state.clone()));
         }
         if config.roles.api {
+            let merger = Arc::new(EventMerger::new(store.clone(), changes.clone(), ingest_metrics.clone()));
+            if merger.needed() {
+                background.spawn("event merger", {
+                    let merger = merger.clone();
+                    move |stop| merger.run(stop.cancelled_owned())
+                });
+            }
             let state = ApiState {
                 store: renkei_api::ApiStore::of(&store),
                 clock,
                 changes,
                 metrics: ingest_metrics,
+                merger,
                 engine: roles.engine,
                 campaigns: resolved.campaigns,
                 api_keys: resolved.api_keys,

@@ -2,6 +2,7 @@
 //! own IDs). Bearer auth is [`crate::router`]'s layer.
 
 use crate::error::{ApiError, ErrorCode};
+use crate::merger::EventMerger;
 use crate::metrics::IngestMetrics;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -37,6 +38,8 @@ pub struct IngestState {
     pub metrics: Arc<IngestMetrics>,
     /// Told about every user whose data a request changed, after it is durable.
     pub changes: Arc<dyn ChangeListener>,
+    /// Moves appended events into `events` (and then tells `changes`).
+    pub merger: Arc<EventMerger>,
 }
 
 /// The `/v1` ingestion routes (the caller adds bearer-key auth).
@@ -107,9 +110,13 @@ async fn post_events(
         })
     })
     .await?;
-    let outcome = state.store.events.insert_events(&events, state.clock.now()).await?;
+    let appended = state.store.events.append_events(&events, state.clock.now()).await?;
+    let outcome = appended.outcome;
     if outcome.accepted > 0 {
-        state.changes.users_changed(&users_of(&events));
+        match appended.merged_later {
+            true => state.merger.appended(),
+            false => state.changes.users_changed(&users_of(&events)),
+        }
     }
     IngestMetrics::add(&state.metrics.events_accepted, outcome.accepted);
     IngestMetrics::add(&state.metrics.events_duplicate, outcome.duplicates);

@@ -25,6 +25,7 @@ pub mod head;
 pub mod ingest;
 pub mod limits;
 pub mod member_code;
+pub mod merger;
 pub mod metrics;
 pub mod segments;
 pub mod track;
@@ -34,6 +35,7 @@ pub use campaigns::CampaignsStore;
 pub use error::{ApiError, ErrorCode};
 pub use ingest::{IngestState, IngestStore, json_object, link_json};
 pub use limits::{BodyDeadline, KeyRateLimits, RateLimit};
+pub use merger::EventMerger;
 pub use metrics::IngestMetrics;
 
 use axum::Router;
@@ -60,6 +62,8 @@ pub struct ApiState {
     /// Told about every user whose data a request changed, after it is durable.
     pub changes: Arc<dyn ChangeListener>,
     pub metrics: Arc<IngestMetrics>,
+    /// Moves the events `POST /v1/events` appends into `events` (see [`merger`]).
+    pub merger: Arc<EventMerger>,
     /// Answers the segment reads (it need not be running).
     pub engine: Arc<MembershipEngine>,
     pub campaigns: Arc<CampaignSet>,
@@ -78,6 +82,7 @@ pub fn router(state: ApiState, more_v1: Router) -> Router {
         clock: state.clock.clone(),
         metrics: state.metrics.clone(),
         changes: state.changes.clone(),
+        merger: state.merger.clone(),
     })
     .merge(segments::router(state.engine.clone()))
     .merge(campaigns::router(campaigns::CampaignsApi {

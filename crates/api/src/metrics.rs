@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct IngestMetrics {
     pub events_accepted: AtomicU64,
     pub events_duplicate: AtomicU64,
+    pub events_merged: AtomicU64,
     pub batches_rejected: AtomicU64,
     pub members_upserted: AtomicU64,
     pub links_created: AtomicU64,
@@ -23,6 +24,11 @@ impl IngestMetrics {
         let rows = [
             ("renkei_events_accepted_total", "Events stored.", &self.events_accepted),
             ("renkei_events_duplicate_total", "Events ignored as repeats of a known event_id.", &self.events_duplicate),
+            (
+                "renkei_events_merged_total",
+                "Appended events this instance moved from the inbox into events (PostgreSQL).",
+                &self.events_merged,
+            ),
             ("renkei_batches_rejected_total", "Batches refused whole for invalid items.", &self.batches_rejected),
             ("renkei_members_upserted_total", "Member records created or merged.", &self.members_upserted),
             ("renkei_links_created_total", "ID links created.", &self.links_created),

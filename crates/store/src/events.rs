@@ -2,7 +2,7 @@
 //! `event_id`), and reads by row id (the scheduler tails them) and clicks.
 
 use crate::sql::{Dialect, Row, Sql, Ts, stmt, stmt_built};
-use crate::tallies::{TallyAdd, batch_tallies};
+use crate::tallies::{TallyAdd, batch_tallies, merged_tallies};
 use crate::{ImportReceiver, StoreError, StoreResult, parse_object};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -30,6 +30,38 @@ impl IngestOutcome {
         let accepted = stored.iter().filter(|s| **s).count() as u64;
         Self { accepted, duplicates: stored.len() as u64 - accepted }
     }
+}
+
+/// An event a merge stored: what the change feed and the tallies read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergedEvent {
+    pub event_type: String,
+    pub member_id: Option<String>,
+    pub line_user_id: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    /// Empty unless a tally reads the event's type.
+    pub properties: Map<String, Value>,
+}
+
+/// How [`EventStore::append_events`] kept a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    pub outcome: IngestOutcome,
+    /// The accepted events wait in the inbox for [`EventStore::merge_appended`]
+    /// (PostgreSQL); `false`: they are in `events` already (SQLite).
+    pub merged_later: bool,
+}
+
+/// What one [`EventStore::merge_appended`] moved into `events`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Merged {
+    /// Rows taken out of the inbox.
+    pub taken: u64,
+    /// Of those, events stored (not repeats of an `event_id` stored meanwhile).
+    pub events: u64,
+    /// The users whose events were stored, by every key they carry.
+    pub users: Vec<UserRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -78,6 +110,22 @@ pub trait EventStore: Send + Sync + 'static {
     /// (stored before, or earlier in the same batch) count as duplicates.
     async fn insert_events(&self, events: &[NewEvent], received_at: DateTime<Utc>) -> StoreResult<IngestOutcome>;
 
+    /// Stores a validated batch durably and says which events repeat a known
+    /// `event_id`, as [`insert_events`](Self::insert_events) does; where the
+    /// backend keeps an inbox (PostgreSQL, migration 0027) the events are
+    /// appended to it, and reach `events` at the next
+    /// [`merge_appended`](Self::merge_appended).
+    async fn append_events(&self, events: &[NewEvent], received_at: DateTime<Utc>) -> StoreResult<Appended>;
+
+    /// Moves up to `limit` appended events into `events` (with their totals,
+    /// tallies and change-feed rows) in one transaction; several callers
+    /// take different rows. Nothing where the backend keeps no inbox.
+    async fn merge_appended(&self, limit: u32) -> StoreResult<Merged>;
+
+    /// Whether [`append_events`](Self::append_events) leaves events for a
+    /// merger to move.
+    fn keeps_inbox(&self) -> bool;
+
     /// Streams batches into one transaction: all of them or, on any error, none.
     async fn import_events(
         &self,
@@ -122,6 +170,27 @@ pub trait EventsSql: Sql {
         received_at: DateTime<Utc>,
     ) -> StoreResult<Vec<bool>>;
 
+    /// Whether the backend keeps an inbox ([`EventsSql::append_tx`]).
+    const INBOX: bool = false;
+
+    /// Appends a batch without repeated `event_id`s to the inbox in one
+    /// statement: the `event_id`s it kept (those neither appended before nor
+    /// in `events`).
+    async fn append_tx(&self, _events: &[&NewEvent], _received_at: DateTime<Utc>) -> StoreResult<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// Moves up to `limit` inbox rows that no other transaction holds into
+    /// `events`, in one statement: how many rows it took, and the events it
+    /// stored (with their properties if their type is one of `tallied`).
+    async fn merge_tx(
+        _conn: &mut <Self::Db as Database>::Connection,
+        _limit: u32,
+        _tallied: &[&str],
+    ) -> StoreResult<(u64, Vec<MergedEvent>)> {
+        Ok((0, Vec::new()))
+    }
+
     /// The tallier whose tallies inserts add to (see `tallies.rs`).
     fn tallier(&self) -> Option<Arc<dyn EventTallier>>;
 
@@ -141,13 +210,14 @@ pub trait EventsSql: Sql {
     async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>>;
 }
 
-/// Inserts a batch and adds its tallies, inside the caller's transaction.
+/// Inserts a batch and adds its tallies, inside the caller's transaction:
+/// the outcome, and the users whose events were stored.
 async fn insert_batch_tx<S: EventsSql>(
     store: &S,
     conn: &mut <S::Db as Database>::Connection,
     events: &[NewEvent],
     received_at: DateTime<Utc>,
-) -> StoreResult<IngestOutcome> {
+) -> StoreResult<(IngestOutcome, Vec<UserRef>)> {
     let stored = S::insert_events_tx(conn, events, received_at).await?;
     let changed =
         crate::changes::distinct(events.iter().zip(&stored).filter(|(_, stored)| **stored).flat_map(|(e, _)| {
@@ -160,16 +230,76 @@ async fn insert_batch_tx<S: EventsSql>(
             S::add_tallies_tx(conn, &rows).await?;
         }
     }
-    Ok(IngestOutcome::of(&stored))
+    Ok((IngestOutcome::of(&stored), changed))
+}
+
+/// The event types the tallier reads, each once.
+fn distinct_types(tallier: &dyn EventTallier) -> Vec<&str> {
+    let mut types: Vec<&str> = tallier.tallies().iter().map(|(_, t)| t.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    types
+}
+
+/// A merged event's users, by every key it carries.
+fn merged_users(event: &MergedEvent) -> Vec<StoreResult<UserRef>> {
+    let by_user = event.line_user_id.as_deref().map(|id| crate::parse_user(id).map(UserRef::LineUser));
+    let by_member = event.member_id.as_deref().map(|id| crate::parse_member(id).map(UserRef::Member));
+    by_user.into_iter().chain(by_member).collect()
+}
+
+/// A batch's events without those whose `event_id` came earlier in it.
+fn first_of_each_key(events: &[NewEvent]) -> Vec<&NewEvent> {
+    let mut seen = std::collections::HashSet::new();
+    events.iter().filter(|e| e.event_id.as_ref().is_none_or(|id| seen.insert(id.as_str()))).collect()
 }
 
 #[async_trait]
 impl<S: EventsSql> EventStore for S {
     async fn insert_events(&self, events: &[NewEvent], received_at: DateTime<Utc>) -> StoreResult<IngestOutcome> {
         let mut tx = S::Db::begin(self.writer()).await?;
-        let outcome = insert_batch_tx(self, &mut tx, events, received_at).await?;
+        let (outcome, _) = insert_batch_tx(self, &mut tx, events, received_at).await?;
         S::Db::commit(tx).await?;
         Ok(outcome)
+    }
+
+    async fn append_events(&self, events: &[NewEvent], received_at: DateTime<Utc>) -> StoreResult<Appended> {
+        if !S::INBOX {
+            let outcome = self.insert_events(events, received_at).await?;
+            return Ok(Appended { outcome, merged_later: false });
+        }
+        let kept = self.append_tx(&first_of_each_key(events), received_at).await?;
+        let outcome = IngestOutcome::of(&crate::tallies::stored_of(events, &kept));
+        Ok(Appended { outcome, merged_later: true })
+    }
+
+    async fn merge_appended(&self, limit: u32) -> StoreResult<Merged> {
+        if !S::INBOX {
+            return Ok(Merged::default());
+        }
+        let tallier = self.tallier();
+        let tallied = tallier.as_ref().map(|t| distinct_types(t.as_ref())).unwrap_or_default();
+        let mut tx = S::Db::begin(self.writer()).await?;
+        let (taken, stored) = S::merge_tx(&mut tx, limit, &tallied).await?;
+        if stored.is_empty() {
+            S::Db::commit(tx).await?;
+            return Ok(Merged { taken, ..Merged::default() });
+        }
+        let users = crate::changes::distinct(stored.iter().flat_map(merged_users).collect::<StoreResult<Vec<_>>>()?);
+        let changed_at = stored.iter().map(|e| e.received_at).max().unwrap_or_else(Utc::now);
+        crate::changes::record_changes_tx::<S::Db>(&mut tx, &users, Cause::Event, changed_at).await?;
+        if let Some(tallier) = &tallier {
+            let rows = merged_tallies(tallier.as_ref(), &stored);
+            if !rows.is_empty() {
+                S::add_tallies_tx(&mut tx, &rows).await?;
+            }
+        }
+        S::Db::commit(tx).await?;
+        Ok(Merged { taken, events: stored.len() as u64, users })
+    }
+
+    fn keeps_inbox(&self) -> bool {
+        S::INBOX
     }
 
     async fn import_events(
@@ -181,7 +311,7 @@ impl<S: EventsSql> EventStore for S {
         let mut outcome = IngestOutcome::default();
         while let Some(batch) = batches.recv().await {
             let batch = batch.map_err(StoreError::ImportAborted)?;
-            outcome.add(insert_batch_tx(self, &mut tx, &batch, received_at).await?);
+            outcome.add(insert_batch_tx(self, &mut tx, &batch, received_at).await?.0);
         }
         S::Db::commit(tx).await?;
         Ok(outcome)

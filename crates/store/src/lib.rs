@@ -47,7 +47,7 @@ pub mod webhook;
 
 pub use budget::{BudgetSlot, BudgetStore, BudgetTake};
 pub use changes::{ChangeFeed, UserChanges};
-pub use events::{EventStore, FanoutHit, FanoutQuery, IngestOutcome, StoredEvent};
+pub use events::{Appended, EventStore, FanoutHit, FanoutQuery, IngestOutcome, Merged, StoredEvent};
 pub use leases::{LeaseHolder, LeaseStore};
 pub use members::{Link, LinkOutcome, Member, MemberStore, MembersOutcome};
 pub use membership::{

@@ -6,6 +6,7 @@
 //! What differs per backend (the upsert, the lock, list parameters) is in
 //! `sqlite/tallies.rs` and `postgres/tallies.rs`; the adding up is here.
 
+use crate::events::MergedEvent;
 use crate::membership::properties_of;
 use chrono::{DateTime, Utc};
 use renkei_core::{EventTallier, NewEvent};
@@ -155,6 +156,22 @@ pub(crate) fn batch_tallies(
             event.event_type.as_str(),
             event.occurred_at,
             received_at,
+            &event.properties,
+        );
+    }
+    adder.finish()
+}
+
+/// The tally rows a merge of inbox rows adds (every event stored).
+pub(crate) fn merged_tallies(tallier: &dyn EventTallier, events: &[MergedEvent]) -> Vec<TallyAdd> {
+    let mut adder = Adder::new(tallier, None);
+    for event in events {
+        adder.add(
+            event.line_user_id.as_deref(),
+            event.member_id.as_deref(),
+            &event.event_type,
+            event.occurred_at,
+            event.received_at,
             &event.properties,
         );
     }
