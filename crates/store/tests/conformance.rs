@@ -33,6 +33,83 @@ async fn events_are_idempotent_on_event_id(store: TestStore) {
     assert_eq!(store.counts().await.expect("counts").events, 2);
 }
 
+/// Appends (`POST /v1/events`) say what is a duplicate as inserts do, and
+/// reach `events` once merged (at once where the store keeps no inbox).
+async fn appended_events_merge_once(store: TestStore) {
+    let e = |id: &str, hour: u32| {
+        let at = format!("2026-11-23T{hour:02}:00:00Z");
+        match id {
+            "" => event(json!({"type": "purchase", "member_id": "m1", "occurred_at": at})),
+            id => event(json!({"event_id": id, "type": "purchase", "member_id": "m1", "occurred_at": at})),
+        }
+    };
+    let appended = store.append_events(&[e("a", 1), e("b", 2), e("a", 3), e("", 4)], at(5)).await.expect("append");
+    assert_eq!((appended.outcome.accepted, appended.outcome.duplicates), (3, 1), "a repeat inside the batch");
+    assert_eq!(appended.merged_later, store.keeps_inbox());
+    let again = store.append_events(&[e("b", 2), e("a", 1)], at(6)).await.expect("append again");
+    assert_eq!((again.outcome.accepted, again.outcome.duplicates), (0, 2), "repeats of appended events, merged or not");
+    store.insert_events(&[e("c", 7)], at(7)).await.expect("insert directly");
+    let stored = store.append_events(&[e("c", 7), e("d", 8)], at(8)).await.expect("append");
+    assert_eq!((stored.outcome.accepted, stored.outcome.duplicates), (1, 1), "a repeat of an event stored directly");
+
+    let mut merged = renkei_store::Merged::default();
+    loop {
+        let round = store.merge_appended(2).await.expect("merge");
+        if round.taken == 0 {
+            break;
+        }
+        assert!(round.taken <= 2, "at most the limit");
+        merged.taken += round.taken;
+        merged.events += round.events;
+        merged.users.extend(round.users);
+    }
+    let expected_merged = if store.keeps_inbox() { 4 } else { 0 };
+    assert_eq!((merged.taken, merged.events), (expected_merged, expected_merged));
+    if store.keeps_inbox() {
+        assert!(merged.users.contains(&renkei_core::UserRef::Member(member("m1"))), "{:?}", merged.users);
+    }
+    assert_eq!(store.counts().await.expect("counts").events, 5, "a, b, the one without id, c, d");
+    let again = store.append_events(&[e("d", 8)], at(9)).await.expect("append after merge");
+    assert_eq!(again.outcome.duplicates, 1, "a repeat of a merged event");
+}
+
+/// A merge writes what a direct insert writes beside the event: the running
+/// totals (0010's trigger) and a change-feed row naming the users.
+async fn merged_events_count_and_feed_changes(store: TestStore) {
+    let e = |m: &str, hour: u32| {
+        event(json!({"type": "store_visit", "member_id": m, "occurred_at": format!("2026-11-23T{hour:02}:00:00Z")}))
+    };
+    store.append_events(&[e("m1", 1), e("m2", 2), e("m1", 3)], at(5)).await.expect("append");
+    while store.merge_appended(100).await.expect("merge").taken > 0 {}
+    let now = at(6);
+    let claimed = store.claim_changes("test", now, now + chrono::Duration::minutes(1), 100).await.expect("claim");
+    let users: Vec<_> = claimed.iter().flat_map(|c| c.users.clone()).collect();
+    for m in ["m1", "m2"] {
+        assert!(users.contains(&renkei_core::UserRef::Member(member(m))), "{m} in {users:?}");
+    }
+    if store.keeps_inbox() {
+        let pg = renkei_store::PgStore::connect(&store.url).await.expect("connect");
+        let totals: Vec<(String, i64)> =
+            sqlx::query_as("SELECT member_id, SUM(count)::int8 FROM event_totals GROUP BY 1 ORDER BY 1")
+                .fetch_all(pg.pool())
+                .await
+                .expect("totals");
+        assert_eq!(totals, vec![("m1".to_string(), 2), ("m2".to_string(), 1)]);
+    }
+}
+
+/// An import storing an appended event before its merge: the merge takes
+/// the row and stores nothing (the event is in `events` once).
+async fn a_merge_skips_an_event_stored_meanwhile(store: TestStore) {
+    let e = event(json!({"event_id": "x", "type": "purchase", "member_id": "m1", "occurred_at": "2026-11-23T01:00:00Z"}));
+    store.append_events(std::slice::from_ref(&e), at(2)).await.expect("append");
+    store.insert_events(std::slice::from_ref(&e), at(3)).await.expect("insert");
+    let merged = store.merge_appended(10).await.expect("merge");
+    let expected = if store.keeps_inbox() { (1, 0) } else { (0, 0) };
+    assert_eq!((merged.taken, merged.events), expected);
+    assert_eq!(store.counts().await.expect("counts").events, 1);
+}
+
 async fn events_without_event_id_are_all_kept(store: TestStore) {
     let a = event(json!({"type": "store_visit", "member_id": "m1", "occurred_at": "2026-11-23T10:00:00Z"}));
     let outcome = store.insert_events(&[a.clone(), a], at(3)).await.expect("insert");
@@ -206,6 +283,9 @@ renkei_test_support::on_both_backends!(
     renkei_test_support::store =>
     events_are_idempotent_on_event_id,
     events_without_event_id_are_all_kept,
+    appended_events_merge_once,
+    merged_events_count_and_feed_changes,
+    a_merge_skips_an_event_stored_meanwhile,
     members_merge_and_null_deletes,
     links_are_one_to_one,
     unlink_then_relink,
