@@ -75,6 +75,8 @@ pub struct Application {
     router: Router,
     background: Background,
     dispatcher: Option<Arc<Dispatcher>>,
+    /// The event merger (api role, PostgreSQL).
+    merger: Option<Arc<EventMerger>>,
     server: ServerSettings,
     connections: Arc<ConnectionStats>,
 }
@@ -469,20 +471,22 @@ impl Application {
             // Signed by LINE: no bearer key.
             router = router.merge(renkei_webhook::public_router(webhook_state.clone()));
         }
+        let mut merger = None;
         if config.roles.api {
-            let merger = Arc::new(EventMerger::new(store.clone(), changes.clone(), ingest_metrics.clone()));
-            if merger.needed() {
+            let events_merger = Arc::new(EventMerger::new(store.clone(), changes.clone(), ingest_metrics.clone()));
+            if events_merger.needed() {
                 background.spawn("event merger", {
-                    let merger = merger.clone();
-                    move |stop| merger.run(stop.cancelled_owned())
+                    let events_merger = events_merger.clone();
+                    move |stop| events_merger.run(stop.cancelled_owned())
                 });
+                merger = Some(events_merger.clone());
             }
             let state = ApiState {
                 store: renkei_api::ApiStore::of(&store),
                 clock,
                 changes,
                 metrics: ingest_metrics,
-                merger,
+                merger: events_merger,
                 engine: roles.engine,
                 campaigns: resolved.campaigns,
                 api_keys: resolved.api_keys,
@@ -515,7 +519,7 @@ impl Application {
             .layer(axum::middleware::from_fn(renkei_api::head::limit_head))
             .layer(axum::middleware::from_fn_with_state(server.body_deadline, renkei_api::limits::limit_body_time))
             .layer(tower_http::trace::TraceLayer::new_for_http());
-        Ok(Self { listener, router, background, dispatcher, server, connections })
+        Ok(Self { listener, router, background, dispatcher, merger, server, connections })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -544,7 +548,7 @@ impl Application {
     /// engine stops (its worker by three quarters of the grace) and saves
     /// what is left waiting.
     pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Self { listener, router, mut background, server, connections, .. } = self;
+        let Self { listener, router, mut background, server, connections, merger, .. } = self;
         let stopping = CancellationToken::new();
         tokio::spawn({
             let stopping = stopping.clone();
@@ -564,6 +568,15 @@ impl Application {
             started
         };
         let ((), started) = tokio::join!(serving, stopping_tasks);
+        if let Some(merger) = merger {
+            // Batches answered while stopping are merged while the engine still runs.
+            let merged = tokio::time::timeout_at(started + server.grace * 3 / 4, merger.merge_all()).await;
+            if !matches!(merged, Ok(Ok(_))) {
+                tracing::warn!(
+                    "appended events left in the inbox at stop; another instance or the next start merges them"
+                );
+            }
+        }
         background.stop_engine(started + server.grace).await;
         tracing::info!(took = ?started.elapsed(), "stopped");
         Ok(())

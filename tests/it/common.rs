@@ -103,8 +103,12 @@ impl TestApp {
         spawn_app_on(_store_guard, configure).await
     }
 
+    /// POSTs; a `POST /v1/events` returns once its events are merged
+    /// (PostgreSQL's inbox), as the tests go on to read them.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.send(self.http.post(format!("{}{path}", self.base)).bearer_auth(API_KEY).json(body)).await
+        let answer = self.send(self.http.post(format!("{}{path}", self.base)).bearer_auth(API_KEY).json(body)).await;
+        self.merged_if_events(path).await;
+        answer
     }
 
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
@@ -114,7 +118,15 @@ impl TestApp {
             .bearer_auth(API_KEY)
             .header("content-type", "application/json")
             .body(body);
-        self.send(request).await
+        let answer = self.send(request).await;
+        self.merged_if_events(path).await;
+        answer
+    }
+
+    async fn merged_if_events(&self, path: &str) {
+        if path == "/v1/events" {
+            events_merged(&self.store).await;
+        }
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -131,5 +143,15 @@ impl TestApp {
         let text = response.text().await.expect("body");
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, body)
+    }
+}
+
+/// Waits until the events appended to the store's inbox (PostgreSQL) are
+/// merged into `events`, by the instances' mergers: at most 10 s.
+pub async fn events_merged(store: &Arc<dyn Store>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.appended_waiting().await.expect("inbox") > 0 {
+        assert!(std::time::Instant::now() < deadline, "appended events not merged within 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }

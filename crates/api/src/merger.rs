@@ -97,14 +97,11 @@ impl EventMerger {
     }
 
     /// Runs [`WORKERS`] workers that merge whenever woken or every
-    /// [`SWEEP`], until `stop` resolves; then merges once more, so a stopping
-    /// instance leaves nothing behind when the database lets it.
+    /// [`SWEEP`], until `stop` resolves. (The server merges once more after
+    /// the requests in flight at a stop are answered.)
     pub async fn run(self: Arc<Self>, stop: impl Future<Output = ()> + Send + 'static) {
         let stop = stop.boxed().shared();
         futures::future::join_all((0..WORKERS).map(|worker| self.work(worker, stop.clone()))).await;
-        if let Err(error) = self.merge_all().await {
-            tracing::warn!(%error, "appended events left in the inbox at stop; another instance or the next start merges them");
-        }
     }
 
     async fn work(&self, worker: usize, stop: impl Future<Output = ()>) {

@@ -126,6 +126,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// merger to move.
     fn keeps_inbox(&self) -> bool;
 
+    /// Appended events not yet merged, those a merge is moving included (0
+    /// where the store keeps no inbox).
+    async fn appended_waiting(&self) -> StoreResult<u64>;
+
     /// Streams batches into one transaction: all of them or, on any error, none.
     async fn import_events(
         &self,
@@ -300,6 +304,15 @@ impl<S: EventsSql> EventStore for S {
 
     fn keeps_inbox(&self) -> bool {
         S::INBOX
+    }
+
+    async fn appended_waiting(&self) -> StoreResult<u64> {
+        if !S::INBOX {
+            return Ok(0);
+        }
+        let count =
+            stmt::<S::Db>("SELECT COUNT(*) AS n FROM event_inbox").one(self.reader(), |row| row.int("n")).await?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn import_events(

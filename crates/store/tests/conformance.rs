@@ -101,7 +101,8 @@ async fn merged_events_count_and_feed_changes(store: TestStore) {
 /// An import storing an appended event before its merge: the merge takes
 /// the row and stores nothing (the event is in `events` once).
 async fn a_merge_skips_an_event_stored_meanwhile(store: TestStore) {
-    let e = event(json!({"event_id": "x", "type": "purchase", "member_id": "m1", "occurred_at": "2026-11-23T01:00:00Z"}));
+    let e =
+        event(json!({"event_id": "x", "type": "purchase", "member_id": "m1", "occurred_at": "2026-11-23T01:00:00Z"}));
     store.append_events(std::slice::from_ref(&e), at(2)).await.expect("append");
     store.insert_events(std::slice::from_ref(&e), at(3)).await.expect("insert");
     let merged = store.merge_appended(10).await.expect("merge");
