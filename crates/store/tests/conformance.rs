@@ -153,6 +153,27 @@ async fn links_are_one_to_one(store: TestStore) {
     assert_eq!(store.get_link_by_line_user(&user(1)).await.expect("get").map(|l| l.member_id), Some(member("m1")));
 }
 
+/// Every way of linking leaves the member there (PostgreSQL keeps no
+/// foreign key for it, migration 0028): a link to a member never seen, a
+/// member batch with a LINE user, a streamed import, a relink.
+async fn every_link_has_its_member(store: TestStore) {
+    store.link(&member("via-api"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
+    let with_user = |id: &str, n: u32| MemberPatch { line_user_id: Some(user(n)), ..patch(id, json!({})) };
+    store.upsert_members(&[with_user("via-batch", 2)], at(2)).await.expect("batch");
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(Ok(vec![with_user("via-import", 3)])).await.expect("send");
+    drop(tx);
+    store.import_members(rx, at(3)).await.expect("import");
+    store.unlink(&member("via-api"), at(4)).await.expect("unlink");
+    store.link(&member("relinked"), &user(1), LinkMethod::AccountLink, at(5)).await.expect("relink");
+    for (id, n) in [("via-batch", 2), ("via-import", 3), ("relinked", 1)] {
+        let link = store.get_link_by_line_user(&user(n)).await.expect("link").expect("linked");
+        assert_eq!(link.member_id, member(id));
+        assert!(store.get_member(&member(id)).await.expect("member").is_some(), "{id} has its member");
+    }
+    assert!(store.get_member(&member("via-api")).await.expect("member").is_some(), "an unlinked member stays");
+}
+
 async fn unlink_then_relink(store: TestStore) {
     store.link(&member("m1"), &user(1), LinkMethod::Api, at(1)).await.expect("link");
     let removed = store.unlink(&member("m1"), chrono::Utc::now()).await.expect("unlink").expect("was linked");
@@ -290,6 +311,7 @@ renkei_test_support::on_both_backends!(
     members_merge_and_null_deletes,
     links_are_one_to_one,
     unlink_then_relink,
+    every_link_has_its_member,
     user_events_resolve_through_links,
     following_is_recorded,
     timestamps_keep_microseconds,
