@@ -11,6 +11,7 @@ use renkei_core::{Cause, LineUserId, LinkMethod, MemberId, MemberPatch, UserRef}
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::Database;
+use std::collections::HashMap;
 
 /// How a batch of member updates went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -267,4 +268,98 @@ pub(crate) fn merged(current: Option<&Map<String, Value>>, patch: &Map<String, V
     renkei_core::merge_attributes(&mut next, patch);
     let changed = current != Some(&next);
     (next, changed)
+}
+
+/// Splits patches, in order, into runs in which no member id repeats, so a
+/// run can be written set-based and a repeated member still merges in order.
+pub(crate) fn runs_of_distinct_members(patches: &[MemberPatch]) -> Vec<&[MemberPatch]> {
+    let mut runs = Vec::new();
+    let (mut start, mut seen) = (0, std::collections::HashSet::new());
+    for (i, patch) in patches.iter().enumerate() {
+        if !seen.insert(patch.member_id.as_str()) {
+            runs.push(&patches[start..i]);
+            start = i;
+            seen.clear();
+            seen.insert(patch.member_id.as_str());
+        }
+    }
+    if start < patches.len() {
+        runs.push(&patches[start..]);
+    }
+    runs
+}
+
+/// What a run of patches (each member once) writes, decided in memory from
+/// the members' current attributes and the links the run may touch.
+pub(crate) struct RunPlan<'a> {
+    /// (member id, merged attributes as JSON text) to insert.
+    pub(crate) created: Rows<'a>,
+    /// The same, to update.
+    pub(crate) updated: Rows<'a>,
+    /// (member id, LINE user id) links to create, method `import`.
+    pub(crate) new_links: Vec<(&'a str, &'a str)>,
+    pub(crate) outcome: MembersOutcome,
+}
+
+pub(crate) fn plan_run<'a>(
+    patches: &'a [MemberPatch],
+    current: &HashMap<String, Map<String, Value>>,
+    links: &mut Links,
+) -> StoreResult<RunPlan<'a>> {
+    let mut outcome = MembersOutcome::default();
+    let (mut created, mut updated): (Rows, Rows) = Default::default();
+    for patch in patches {
+        let now_current = current.get(patch.member_id.as_str());
+        let (next, changed) = merged(now_current, &patch.attributes);
+        let row = (patch.member_id.as_str(), Value::Object(next).to_string());
+        match (now_current, changed) {
+            (None, _) => created.push(row),
+            (Some(_), true) => updated.push(row),
+            (Some(_), false) => outcome.unchanged += 1,
+        }
+    }
+    let new_links = links.check_run(patches)?;
+    outcome.created = created.len() as u64;
+    outcome.updated = updated.len() as u64;
+    outcome.linked = new_links.len() as u64;
+    Ok(RunPlan { created, updated, new_links, outcome })
+}
+
+/// (member id, attributes as JSON text) of members to write.
+pub(crate) type Rows<'a> = Vec<(&'a str, String)>;
+
+/// The links a run may touch, both ways: member → LINE user, LINE user → member.
+#[derive(Default)]
+pub(crate) struct Links {
+    user_of: HashMap<String, String>,
+    member_of: HashMap<String, String>,
+}
+
+impl Links {
+    pub(crate) fn insert(&mut self, member: &str, user: &str) {
+        self.member_of.insert(user.to_string(), member.to_string());
+        self.user_of.insert(member.to_string(), user.to_string());
+    }
+
+    /// The run's patches that carry a LINE user (method `import`), with the
+    /// checks of [`MembersSql::link_tx`] applied in order: the links to create.
+    pub(crate) fn check_run<'a>(&mut self, patches: &'a [MemberPatch]) -> StoreResult<Vec<(&'a str, &'a str)>> {
+        let mut new_links = Vec::new();
+        for patch in patches {
+            let Some(user) = &patch.line_user_id else { continue };
+            let (member, user) = (patch.member_id.as_str(), user.as_str());
+            if let Some(current) = self.user_of.get(member) {
+                if current == user {
+                    continue;
+                }
+                return Err(member_already_linked(member, current));
+            }
+            if let Some(other) = self.member_of.get(user) {
+                return Err(line_user_claimed(user, other));
+            }
+            self.insert(member, user);
+            new_links.push((member, user));
+        }
+        Ok(new_links)
+    }
 }

@@ -2,7 +2,8 @@
 //! instances may race, and unique violations of such races as conflicts.
 
 use crate::members::{
-    Link, LinkOutcome, MembersOutcome, MembersSql, line_user_claimed, member_already_linked, merged, parse_link,
+    Link, LinkOutcome, Links, MembersOutcome, MembersSql, RunPlan, line_user_claimed, member_already_linked,
+    parse_link, plan_run, runs_of_distinct_members,
 };
 use crate::{PgStore, StoreError, StoreResult, parse_object};
 use async_trait::async_trait;
@@ -95,25 +96,6 @@ impl MembersSql for PgStore {
     }
 }
 
-/// Splits patches, in order, into runs in which no member id repeats, so a
-/// run can be written set-based and a repeated member still merges in order.
-fn runs_of_distinct_members(patches: &[MemberPatch]) -> Vec<&[MemberPatch]> {
-    let mut runs = Vec::new();
-    let (mut start, mut seen) = (0, std::collections::HashSet::new());
-    for (i, patch) in patches.iter().enumerate() {
-        if !seen.insert(patch.member_id.as_str()) {
-            runs.push(&patches[start..i]);
-            start = i;
-            seen.clear();
-            seen.insert(patch.member_id.as_str());
-        }
-    }
-    if start < patches.len() {
-        runs.push(&patches[start..]);
-    }
-    runs
-}
-
 /// Merges a run of patches (each member once) set-based: one locking read
 /// (the members, their links and the links of the run's LINE users), the
 /// checks in memory, then one statement that inserts, updates and links. A
@@ -152,23 +134,7 @@ async fn upsert_distinct_members(
             current.insert(id, parse_object(value, "member attributes")?);
         }
     }
-    let mut outcome = MembersOutcome::default();
-    // (member id, merged attributes as JSON text) to insert, and to update.
-    let (mut created, mut updated): (Rows, Rows) = Default::default();
-    for patch in patches {
-        let now_current = current.get(patch.member_id.as_str());
-        let (next, changed) = merged(now_current, &patch.attributes);
-        let row = (patch.member_id.as_str(), Value::Object(next).to_string());
-        match (now_current, changed) {
-            (None, _) => created.push(row),
-            (Some(_), true) => updated.push(row),
-            (Some(_), false) => outcome.unchanged += 1,
-        }
-    }
-    let new_links = links.check_run(patches)?;
-    outcome.created = created.len() as u64;
-    outcome.updated = updated.len() as u64;
-    outcome.linked = new_links.len() as u64;
+    let RunPlan { created, updated, new_links, outcome } = plan_run(patches, &current, &mut links)?;
     if created.is_empty() && updated.is_empty() && new_links.is_empty() {
         return Ok(outcome);
     }
@@ -202,43 +168,4 @@ async fn upsert_distinct_members(
     .await
     .map_err(|e| conflict_on_unique(e, "of this batch", "of this batch"))?;
     Ok(outcome)
-}
-
-/// (member id, attributes as JSON text) of members to write.
-type Rows<'a> = Vec<(&'a str, String)>;
-
-/// The links a run may touch, both ways: member → LINE user, LINE user → member.
-#[derive(Default)]
-struct Links {
-    user_of: HashMap<String, String>,
-    member_of: HashMap<String, String>,
-}
-
-impl Links {
-    fn insert(&mut self, member: &str, user: &str) {
-        self.member_of.insert(user.to_string(), member.to_string());
-        self.user_of.insert(member.to_string(), user.to_string());
-    }
-
-    /// The run's patches that carry a LINE user (method `import`), with the
-    /// checks of [`MembersSql::link_tx`] applied in order: the links to create.
-    fn check_run<'a>(&mut self, patches: &'a [MemberPatch]) -> StoreResult<Vec<(&'a str, &'a str)>> {
-        let mut new_links = Vec::new();
-        for patch in patches {
-            let Some(user) = &patch.line_user_id else { continue };
-            let (member, user) = (patch.member_id.as_str(), user.as_str());
-            if let Some(current) = self.user_of.get(member) {
-                if current == user {
-                    continue;
-                }
-                return Err(member_already_linked(member, current));
-            }
-            if let Some(other) = self.member_of.get(user) {
-                return Err(line_user_claimed(user, other));
-            }
-            self.insert(member, user);
-            new_links.push((member, user));
-        }
-        Ok(new_links)
-    }
 }
