@@ -669,6 +669,14 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             "# HELP {name} Stored LINE webhook events not processed yet.\n# TYPE {name} gauge\n{name} {pending}"
         );
     }
+    let unmerged = state.health.events_unmerged.load(Ordering::Relaxed);
+    if unmerged >= 0 {
+        let name = "renkei_events_unmerged";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Events appended by POST /v1/events and not merged into events yet (PostgreSQL; counted up to 1,000,000).\n# TYPE {name} gauge\n{name} {unmerged}"
+        );
+    }
     let rows = [
         ("renkei_http_connections_open", "HTTP connections open now.", state.connections.open()),
         (

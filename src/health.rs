@@ -1,5 +1,5 @@
 //! The database check behind `/healthz` (reachability and whether writes are
-//! blocked) and the pending webhook count on `/metrics`: a background task pings every second and the routes answer
+//! blocked) and the pending webhook and unmerged event counts on `/metrics`: a background task pings every second and the routes answer
 //! from its last result, so they never wait behind a busy database.
 
 use renkei_store::Store;
@@ -27,6 +27,9 @@ pub(crate) struct Health {
     /// Stored LINE webhook events not processed yet (`-1`: unknown, or no webhook role).
     pub(crate) webhook_pending: AtomicI64,
     webhook: bool,
+    /// Events `POST /v1/events` appended and no merger moved yet (`-1`:
+    /// unknown, or a store without an inbox).
+    pub(crate) events_unmerged: AtomicI64,
     /// How long the writer has been held (ms) when writes are blocked, `0`
     /// when they are not, `-1` when unknown.
     writer_held_ms: AtomicI64,
@@ -42,6 +45,7 @@ impl Health {
             ok: AtomicBool::new(false),
             webhook_pending: AtomicI64::new(-1),
             webhook,
+            events_unmerged: AtomicI64::new(-1),
             writer_held_ms: AtomicI64::new(-1),
             writes_blocked: AtomicBool::new(false),
         }
@@ -73,6 +77,13 @@ impl Health {
                 _ => -1,
             };
             self.webhook_pending.store(pending, Ordering::Relaxed);
+        }
+        if self.store.keeps_inbox() {
+            let unmerged = match tokio::time::timeout(PING_TIMEOUT, self.store.appended_waiting()).await {
+                Ok(Ok(unmerged)) => unmerged as i64,
+                _ => -1,
+            };
+            self.events_unmerged.store(unmerged, Ordering::Relaxed);
         }
     }
 

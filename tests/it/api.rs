@@ -40,6 +40,22 @@ async fn events_are_accepted_and_repeats_counted(app: TestApp) {
     let metrics = metrics.as_str().expect("text").to_string();
     assert!(metrics.contains("renkei_events_accepted_total 2"), "{metrics}");
     assert!(metrics.contains("renkei_events_duplicate_total 2"), "{metrics}");
+    // PostgreSQL's inbox: merged by this instance, and the gauge comes down
+    // to 0 at the health prober's next count. SQLite has no inbox, no gauge.
+    if app.store.keeps_inbox() {
+        assert!(metrics.contains("renkei_events_merged_total 2"), "{metrics}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let metrics = app.send(app.http.get(format!("{}/metrics", app.base))).await.1;
+            if metrics.as_str().is_some_and(|m| m.contains("renkei_events_unmerged 0")) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no renkei_events_unmerged 0: {metrics}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    } else {
+        assert!(!metrics.contains("renkei_events_unmerged"), "{metrics}");
+    }
 }
 
 /// Each bad batch gets its 4xx and leaves the store as it was.

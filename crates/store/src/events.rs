@@ -44,6 +44,11 @@ pub struct MergedEvent {
     pub properties: Map<String, Value>,
 }
 
+/// Most unmerged events [`EventStore::appended_waiting`] counts: past that a
+/// count reads a large inbox every time it is asked (each second, for
+/// `/metrics`).
+pub const UNMERGED_COUNTED: u64 = 1_000_000;
+
 /// How [`EventStore::append_events`] kept a batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Appended {
@@ -127,7 +132,7 @@ pub trait EventStore: Send + Sync + 'static {
     fn keeps_inbox(&self) -> bool;
 
     /// Appended events not yet merged, those a merge is moving included (0
-    /// where the store keeps no inbox).
+    /// where the store keeps no inbox), counted up to [`UNMERGED_COUNTED`].
     async fn appended_waiting(&self) -> StoreResult<u64>;
 
     /// Streams batches into one transaction: all of them or, on any error, none.
@@ -310,8 +315,10 @@ impl<S: EventsSql> EventStore for S {
         if !S::INBOX {
             return Ok(0);
         }
-        let count =
-            stmt::<S::Db>("SELECT COUNT(*) AS n FROM event_inbox").one(self.reader(), |row| row.int("n")).await?;
+        let count = stmt::<S::Db>("SELECT COUNT(*) AS n FROM (SELECT 1 FROM event_inbox LIMIT $1) AS waiting")
+            .bind(UNMERGED_COUNTED as i64)
+            .one(self.reader(), |row| row.int("n"))
+            .await?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
