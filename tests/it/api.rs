@@ -246,3 +246,27 @@ renkei_test_support::on_both_backends!(
     events_resolve_through_links,
     the_request_line_headers_and_odd_input_get_json_errors,
 );
+
+/// Events another instance appended to PostgreSQL's inbox and never merged
+/// (it crashed after its 200s) are merged by a running instance's sweep,
+/// without any request to this one.
+#[tokio::test]
+async fn an_instance_merges_what_another_appended_on_postgres() {
+    let Some(app) = crate::common::spawn_app(crate::common::Backend::Postgres).await else { return };
+    let events: Vec<renkei_core::NewEvent> = (0..2_500)
+        .map(|i| {
+            let event = json!({"event_id": format!("left-{i}"), "type": "purchase", "member_id": format!("m{}", i % 50),
+                               "occurred_at": "2026-11-23T10:00:00Z"});
+            renkei_core::parse_event_batch(&[event]).expect("valid").remove(0)
+        })
+        .collect();
+    let appended = app.store.append_events(&events, chrono::Utc::now()).await.expect("append");
+    assert_eq!((appended.outcome.accepted, appended.merged_later), (2_500, true));
+    let started = std::time::Instant::now();
+    crate::common::events_merged(&app.store).await;
+    let took = started.elapsed();
+    assert_eq!(app.store.counts().await.expect("counts").events, 2_500);
+    assert!(took < std::time::Duration::from_secs(3), "merged by the next sweep (every second): took {took:?}");
+    let metrics = app.send(app.http.get(format!("{}/metrics", app.base))).await.1;
+    assert!(metrics.as_str().is_some_and(|m| m.contains("renkei_events_merged_total 2500")), "{metrics}");
+}
