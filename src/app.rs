@@ -660,22 +660,24 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(relay) = &state.relay_metrics {
         relay.render(&mut out);
     }
-    // Counted by the health prober (a partial index); left out when unknown.
-    let pending = state.health.webhook_pending.load(Ordering::Relaxed);
-    if pending >= 0 {
-        let name = "renkei_webhook_events_pending";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Stored LINE webhook events not processed yet.\n# TYPE {name} gauge\n{name} {pending}"
-        );
-    }
-    let unmerged = state.health.events_unmerged.load(Ordering::Relaxed);
-    if unmerged >= 0 {
-        let name = "renkei_events_unmerged";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Events appended by POST /v1/events and not merged into events yet (PostgreSQL; counted up to 1,000,000).\n# TYPE {name} gauge\n{name} {unmerged}"
-        );
+    // Counted by the health prober each second; left out when unknown.
+    let counted = [
+        (
+            "renkei_webhook_events_pending",
+            "Stored LINE webhook events not processed yet.",
+            &state.health.webhook_pending,
+        ),
+        (
+            "renkei_events_unmerged",
+            "Events appended by POST /v1/events and not merged into events yet (PostgreSQL; counted up to 1,000,000).",
+            &state.health.events_unmerged,
+        ),
+    ];
+    for (name, help, count) in counted {
+        let count = count.load(Ordering::Relaxed);
+        if count >= 0 {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {count}");
+        }
     }
     let rows = [
         ("renkei_http_connections_open", "HTTP connections open now.", state.connections.open()),
