@@ -106,9 +106,10 @@ impl EventMerger {
 
     async fn work(&self, worker: usize, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
-        let first = worker == 0;
+        // The first worker always merges; the others while no batch arrives.
+        let may_merge = || worker == 0 || !self.receiving();
         loop {
-            let wait = match self.merge_while(|| first || !self.receiving()).await {
+            let wait = match self.merge_while(may_merge).await {
                 Ok(_) => SWEEP,
                 Err(error) => {
                     tracing::warn!(%error, "merging appended events failed; they stay in the inbox, retrying");
@@ -117,8 +118,8 @@ impl EventMerger {
             };
             tokio::select! {
                 _ = &mut stop => break,
-                _ = self.wakes[worker].notified(), if first || !self.receiving() => {}
-                _ = tokio::time::sleep(if first || !self.receiving() { wait } else { QUIET }) => {}
+                _ = self.wakes[worker].notified(), if may_merge() => {}
+                _ = tokio::time::sleep(if may_merge() { wait } else { QUIET }) => {}
             }
         }
     }

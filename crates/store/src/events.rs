@@ -219,14 +219,13 @@ pub trait EventsSql: Sql {
     async fn events_after(&self, after_id: i64, types: &[String], limit: u32) -> StoreResult<Vec<StoredEvent>>;
 }
 
-/// Inserts a batch and adds its tallies, inside the caller's transaction:
-/// the outcome, and the users whose events were stored.
+/// Inserts a batch and adds its tallies, inside the caller's transaction.
 async fn insert_batch_tx<S: EventsSql>(
     store: &S,
     conn: &mut <S::Db as Database>::Connection,
     events: &[NewEvent],
     received_at: DateTime<Utc>,
-) -> StoreResult<(IngestOutcome, Vec<UserRef>)> {
+) -> StoreResult<IngestOutcome> {
     let stored = S::insert_events_tx(conn, events, received_at).await?;
     let changed =
         crate::changes::distinct(events.iter().zip(&stored).filter(|(_, stored)| **stored).flat_map(|(e, _)| {
@@ -239,7 +238,7 @@ async fn insert_batch_tx<S: EventsSql>(
             S::add_tallies_tx(conn, &rows).await?;
         }
     }
-    Ok((IngestOutcome::of(&stored), changed))
+    Ok(IngestOutcome::of(&stored))
 }
 
 /// The event types the tallier reads, each once.
@@ -267,7 +266,7 @@ fn first_of_each_key(events: &[NewEvent]) -> Vec<&NewEvent> {
 impl<S: EventsSql> EventStore for S {
     async fn insert_events(&self, events: &[NewEvent], received_at: DateTime<Utc>) -> StoreResult<IngestOutcome> {
         let mut tx = S::Db::begin(self.writer()).await?;
-        let (outcome, _) = insert_batch_tx(self, &mut tx, events, received_at).await?;
+        let outcome = insert_batch_tx(self, &mut tx, events, received_at).await?;
         S::Db::commit(tx).await?;
         Ok(outcome)
     }
@@ -331,7 +330,7 @@ impl<S: EventsSql> EventStore for S {
         let mut outcome = IngestOutcome::default();
         while let Some(batch) = batches.recv().await {
             let batch = batch.map_err(StoreError::ImportAborted)?;
-            outcome.add(insert_batch_tx(self, &mut tx, &batch, received_at).await?.0);
+            outcome.add(insert_batch_tx(self, &mut tx, &batch, received_at).await?);
         }
         S::Db::commit(tx).await?;
         Ok(outcome)

@@ -104,16 +104,16 @@ async fn upsert_distinct_members(
     let users: Vec<&str> = patches.iter().filter_map(|p| p.line_user_id.as_ref().map(|u| u.as_str())).collect();
     let mut current = HashMap::with_capacity(ids.len());
     let mut read = QueryBuilder::<Sqlite>::new("SELECT member_id, attributes FROM members WHERE member_id IN (");
-    read.push_values_list(&ids);
+    push_in_list(&mut read, &ids);
     for row in read.build().fetch_all(&mut *conn).await? {
         let text: String = row.try_get("attributes")?;
         current.insert(row.try_get::<String, _>("member_id")?, json_object(&text, "member attributes")?);
     }
     let mut links = Links::default();
     let mut read = QueryBuilder::<Sqlite>::new("SELECT member_id, line_user_id FROM links WHERE member_id IN (");
-    read.push_values_list(&ids);
+    push_in_list(&mut read, &ids);
     read.push(" OR line_user_id IN (");
-    read.push_values_list(&users);
+    push_in_list(&mut read, &users);
     for row in read.build().fetch_all(&mut *conn).await? {
         links.insert(&row.try_get::<String, _>("member_id")?, &row.try_get::<String, _>("line_user_id")?);
     }
@@ -142,20 +142,14 @@ async fn upsert_distinct_members(
     Ok(outcome)
 }
 
-/// `?, ?, …)` for an `IN (` list; `NULL)` for none (matches nothing).
-trait ValuesList {
-    fn push_values_list(&mut self, values: &[&str]);
-}
-
-impl ValuesList for QueryBuilder<Sqlite> {
-    fn push_values_list(&mut self, values: &[&str]) {
-        if values.is_empty() {
-            self.push("NULL");
-        }
-        let mut list = self.separated(", ");
-        for value in values {
-            list.push_bind(value.to_string());
-        }
-        self.push(")");
+/// `?, ?, …)` closing an `IN (` list; `NULL)` for none (matches nothing).
+fn push_in_list(query: &mut QueryBuilder<Sqlite>, values: &[&str]) {
+    if values.is_empty() {
+        query.push("NULL");
     }
+    let mut list = query.separated(", ");
+    for value in values {
+        list.push_bind(value.to_string());
+    }
+    query.push(")");
 }
