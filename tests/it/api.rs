@@ -270,3 +270,45 @@ async fn an_instance_merges_what_another_appended_on_postgres() {
     let metrics = app.send(app.http.get(format!("{}/metrics", app.base))).await.1;
     assert!(metrics.as_str().is_some_and(|m| m.contains("renkei_events_merged_total 2500")), "{metrics}");
 }
+
+/// Behind a burst (batches still arriving, each merge coming back full) the
+/// merger takes one batch per second so that replies keep the machine; once
+/// the batches stop it drains the inbox at full speed (PostgreSQL's inbox).
+#[tokio::test]
+async fn a_burst_is_merged_one_batch_a_second_then_drained_on_postgres() {
+    let Some(store) = renkei_test_support::store::postgres().await.expect("postgres") else { return };
+    let events: Vec<renkei_core::NewEvent> = (0..35_000)
+        .map(|i| {
+            let event = json!({"event_id": format!("burst-{i}"), "type": "purchase", "member_id": format!("m{}", i % 70),
+                               "occurred_at": "2026-11-23T10:00:00Z"});
+            renkei_core::parse_event_batch(&[event]).expect("valid").remove(0)
+        })
+        .collect();
+    store.append_events(&events, chrono::Utc::now()).await.expect("append");
+    let metrics = std::sync::Arc::new(renkei_api::IngestMetrics::default());
+    let merger = std::sync::Arc::new(renkei_api::EventMerger::new(
+        store.store.clone(),
+        std::sync::Arc::new(renkei_core::NoChangeListener),
+        metrics.clone(),
+    ));
+    let merged = || metrics.events_merged.load(std::sync::atomic::Ordering::Relaxed);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(merger.clone().run(async move {
+        let _ = stopped.await;
+    }));
+    // Batches keep arriving for 1.6 s: one merge at once, one a second later.
+    let burst = std::time::Instant::now();
+    while burst.elapsed() < std::time::Duration::from_millis(1_600) {
+        merger.appended();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let during = merged();
+    assert!(
+        (u64::from(renkei_api::merger::MERGE_ROWS)..=2 * u64::from(renkei_api::merger::MERGE_ROWS)).contains(&during),
+        "one or two batches merged during the burst, not {during}"
+    );
+    crate::common::events_merged(&store.store).await;
+    assert_eq!((merged(), store.counts().await.expect("counts").events), (35_000, 35_000));
+    let _ = stop.send(());
+    running.await.expect("merger");
+}

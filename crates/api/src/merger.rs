@@ -20,11 +20,14 @@ pub const MERGE_ROWS: u32 = 10_000;
 /// Merges one instance runs at once when no batch is arriving: one merge is
 /// a serial pipeline (take, insert, commit) that leaves a core idle while it
 /// waits on the database. While batches arrive, only the first worker merges,
-/// so that replying to them keeps most of the machine (2 cores: 80,000
-/// events/s with one worker merging beside, 67,000 with two).
+/// and behind a burst at [`PACE`], so that replying keeps most of the machine.
 pub const WORKERS: usize = 2;
 /// How long after the last append the instance counts as receiving batches.
 const QUIET: Duration = Duration::from_millis(200);
+/// While batches arrive faster than one merge moves them, the first worker
+/// merges one batch per this long (2 cores: replies at 100,000 events/s
+/// need most of the machine; the inbox is drained once the burst ends).
+const PACE: Duration = Duration::from_secs(1);
 /// How often the merger looks at the inbox without being woken.
 pub const SWEEP: Duration = Duration::from_secs(1);
 /// How long the merger waits after a failed merge (the database is away).
@@ -60,7 +63,8 @@ impl EventMerger {
 
     /// Says that a batch was appended: the workers start at once.
     pub fn appended(&self) {
-        self.last_append_ms.store(self.millis_since_start(), Ordering::Relaxed);
+        // At least 1: 0 stands for no append yet.
+        self.last_append_ms.store(self.millis_since_start().max(1), Ordering::Relaxed);
         self.wakes.iter().for_each(Notify::notify_one);
     }
 
@@ -77,23 +81,47 @@ impl EventMerger {
     /// Merges until the inbox is empty (or another merger holds what is
     /// left): the events moved.
     pub async fn merge_all(&self) -> renkei_store::StoreResult<u64> {
-        self.merge_while(|| true).await
-    }
-
-    /// As [`merge_all`](Self::merge_all), checking `go` before each merge.
-    async fn merge_while(&self, go: impl Fn() -> bool) -> renkei_store::StoreResult<u64> {
         let mut moved = 0;
-        while go() {
-            let merged = self.events.merge_appended(MERGE_ROWS).await?;
+        loop {
+            let merged = self.merge_once().await?;
             moved += merged.events;
-            IngestMetrics::add(&self.metrics.events_merged, merged.events);
-            self.changes.users_changed(&merged.users);
-            // Fewer than asked: the inbox was empty but for rows another merger holds.
             if merged.taken < u64::from(MERGE_ROWS) {
-                break;
+                return Ok(moved);
             }
         }
-        Ok(moved)
+    }
+
+    /// One merge of up to [`MERGE_ROWS`], counted and told to the segment engine.
+    async fn merge_once(&self) -> renkei_store::StoreResult<renkei_store::Merged> {
+        let merged = self.events.merge_appended(MERGE_ROWS).await?;
+        IngestMetrics::add(&self.metrics.events_merged, merged.events);
+        self.changes.users_changed(&merged.users);
+        Ok(merged)
+    }
+
+    /// Whether `worker` merges now: the first always, the others while no batch arrives.
+    fn may_merge(&self, worker: usize) -> bool {
+        worker == 0 || !self.receiving()
+    }
+
+    /// Merges while `worker` may; returns how long to wait before the next
+    /// round and whether an append may end that wait.
+    async fn round(&self, worker: usize) -> (Duration, bool) {
+        while self.may_merge(worker) {
+            match self.merge_once().await {
+                Err(error) => {
+                    tracing::warn!(%error, "merging appended events failed; they stay in the inbox, retrying");
+                    return (RETRY, false);
+                }
+                // Fewer than asked: the inbox was empty but for rows another merger holds.
+                Ok(merged) if merged.taken < u64::from(MERGE_ROWS) => return (SWEEP, true),
+                // A full batch while batches arrive: a burst faster than the
+                // merge. Replies come first; one batch per PACE keeps readers moving.
+                Ok(_) if self.receiving() => return (PACE, false),
+                Ok(_) => {}
+            }
+        }
+        (QUIET, false)
     }
 
     /// Runs [`WORKERS`] workers that merge whenever woken or every
@@ -106,20 +134,12 @@ impl EventMerger {
 
     async fn work(&self, worker: usize, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
-        // The first worker always merges; the others while no batch arrives.
-        let may_merge = || worker == 0 || !self.receiving();
         loop {
-            let wait = match self.merge_while(may_merge).await {
-                Ok(_) => SWEEP,
-                Err(error) => {
-                    tracing::warn!(%error, "merging appended events failed; they stay in the inbox, retrying");
-                    RETRY
-                }
-            };
+            let (wait, wakes) = self.round(worker).await;
             tokio::select! {
                 _ = &mut stop => break,
-                _ = self.wakes[worker].notified(), if may_merge() => {}
-                _ = tokio::time::sleep(if may_merge() { wait } else { QUIET }) => {}
+                _ = self.wakes[worker].notified(), if wakes => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
