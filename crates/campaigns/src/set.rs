@@ -336,6 +336,13 @@ impl CampaignSet {
         self.render_step(campaign, None, ctx)
     }
 
+    /// Whether a message of `campaign` (any step or variant) may read the
+    /// member (`member.*`, `member_id`, or what the reading cannot follow):
+    /// renders of one that does not need no member record.
+    pub fn reads_member(&self, campaign_id: &str) -> bool {
+        self.reads.get(campaign_id).is_none_or(|all| all.iter().any(|r| r.member || r.everything))
+    }
+
     /// [`CampaignSet::render_step`], shared with the renders in `memo` whose
     /// recipients' context reads the same (the same variant, and the same
     /// member data, user, event and time as far as the templates read them):
@@ -347,14 +354,14 @@ impl CampaignSet {
         step: Option<usize>,
         ctx: &RenderContext<'_>,
         memo: &mut RenderMemo,
-    ) -> Result<Vec<Value>, RenderError> {
+    ) -> Result<Arc<Value>, RenderError> {
         let Some(key) = self.render_key(campaign, step, ctx) else {
-            return self.render_step(campaign, step, ctx);
+            return self.render_step(campaign, step, ctx).map(|messages| Arc::new(Value::Array(messages)));
         };
         if let Some(rendered) = memo.rendered.get(&key) {
             return rendered.clone();
         }
-        let rendered = self.render_step(campaign, step, ctx);
+        let rendered = self.render_step(campaign, step, ctx).map(|messages| Arc::new(Value::Array(messages)));
         memo.rendered.insert(key, rendered.clone());
         rendered
     }
@@ -425,7 +432,8 @@ impl CampaignSet {
 /// Renders kept for [`CampaignSet::render_step_shared`], by what they depend on.
 #[derive(Debug, Default)]
 pub struct RenderMemo {
-    rendered: std::collections::HashMap<String, Result<Vec<Value>, RenderError>>,
+    /// Each a JSON array, shared by every delivery rendered alike.
+    rendered: std::collections::HashMap<String, Result<Arc<Value>, RenderError>>,
 }
 
 /// `messages` checked against LINE's limits (altText ≤ 1,500 characters,

@@ -263,7 +263,24 @@ proptest! {
             ctx.line_user_id = Some(users[usize::from(user)]);
             ctx.now += chrono::Duration::minutes(i64::from(minute));
             let shared = set.render_step_shared(campaign, None, &ctx, &mut memo);
-            prop_assert_eq!(shared, set.render_step(campaign, None, &ctx));
+            prop_assert_eq!(shared.map(|m| (*m).clone()), set.render_step(campaign, None, &ctx).map(serde_json::Value::Array));
         }
     }
+}
+
+/// A fire loads member records only for campaigns whose messages may read
+/// them: the template or the alt_text, directly or through what the reading
+/// cannot follow (`{{#with member}}`).
+#[test]
+fn campaigns_say_whether_their_messages_read_the_member() {
+    let reads = |case: usize| set_with(SHARED_CASES[case].0, SHARED_CASES[case].1).reads_member("c");
+    assert!(!reads(0), "campaign name only");
+    assert!(reads(1), "member.name in the template");
+    assert!(!reads(2), "a tracked link names the user, not the member");
+    assert!(!reads(3), "event, time and line_user_id");
+    assert!(reads(4), "{{#with member}}");
+    assert!(reads(5), "member.gold in a condition");
+    let alt_only = set_with(SHARED_CASES[0].0, "{{member.name}}さん");
+    assert!(alt_only.reads_member("c"), "member.name in the alt_text");
+    assert!(set_with(SHARED_CASES[0].0, "x").reads_member("unknown"), "an unknown campaign is assumed to");
 }

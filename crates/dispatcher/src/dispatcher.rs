@@ -109,7 +109,8 @@ impl Dispatcher {
     ) -> Self {
         let limiters = Arc::new(Limiters::of_channel(settings.rates, store.budget.clone()));
         let owner = format!("dispatch-{}", Uuid::new_v4().simple());
-        let scan = std::sync::Mutex::new(ScanHint { after: None, last_full: std::time::Instant::now() });
+        let scan =
+            std::sync::Mutex::new(ScanHint { after: None, last_full: std::time::Instant::now(), claimed_untidied: 0 });
         Self {
             store,
             line,

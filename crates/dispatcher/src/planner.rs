@@ -23,10 +23,17 @@ use tokio_util::sync::CancellationToken;
 /// time, waits at most this long more.
 const FULL_SCAN_EVERY: Duration = Duration::from_secs(1);
 
+/// The queue is tidied (`OutboxStore::tidy_queue`) after this many claimed
+/// deliveries: a vacuum of a million claimed rows takes ~0.2 s, a full look
+/// past them 7 ms, and a fire of 1M makes thousands of looks.
+const TIDY_EVERY: u64 = 100_000;
+
 /// Where this process's planners start looking in the queue.
 pub(crate) struct ScanHint {
     pub(crate) after: Option<QueueKey>,
     pub(crate) last_full: std::time::Instant,
+    /// Deliveries claimed since the queue was last tidied.
+    pub(crate) claimed_untidied: u64,
 }
 
 impl Dispatcher {
@@ -102,6 +109,30 @@ impl Dispatcher {
     fn advance_scan(&self, last: Option<QueueKey>) {
         let mut scan = self.scan.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         scan.after = scan.after.max(last);
+    }
+
+    /// Counts claimed deliveries; once [`TIDY_EVERY`] were claimed, tidies
+    /// the queue beside the planners when a claim comes up short. Only then:
+    /// a short claim sends the next one to the start of the queue (past what
+    /// was claimed), and the queue is small, so its vacuum is quick; behind
+    /// a long queue the claims go from their hint and a vacuum would read
+    /// the whole queue (three instances sending 1M: 53–65 % of the multicast
+    /// limit tidying as they claimed, 80 % without).
+    fn tidy_now_and_then(self: &Arc<Self>, claimed: usize) {
+        {
+            let mut scan = self.scan.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            scan.claimed_untidied += claimed as u64;
+            if scan.claimed_untidied < TIDY_EVERY || claimed >= self.settings.batch as usize {
+                return;
+            }
+            scan.claimed_untidied = 0;
+        }
+        let outbox = self.store.outbox.clone();
+        tokio::spawn(async move {
+            if let Err(error) = outbox.tidy_queue().await {
+                tracing::warn!(%error, "tidying the delivery queue failed; vacuum will come");
+            }
+        });
     }
 
     fn reset_scan(&self) {
@@ -202,6 +233,7 @@ impl Dispatcher {
                     0
                 }
             };
+            self.tidy_now_and_then(claimed);
             if claimed > 0 {
                 continue;
             }

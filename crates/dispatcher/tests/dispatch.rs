@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Backend, GOLD, Harness, LINKED, Spec, harness, personal_attrs, t0, user};
+use common::{Backend, GOLD, Harness, LINKED, Spec, harness, member, personal_attrs, t0, user};
 use renkei_core::{Clock, NewEvent, SkipReason};
 use renkei_dispatcher::{DispatchSettings, Dispatcher, DispatcherStore, GlobalPolicy};
 use renkei_line_sim::{Faults, SimConfig};
@@ -68,6 +68,15 @@ async fn identical_messages_go_by_multicast_once_per_member_under_faults(backend
     let members: Vec<(u32, serde_json::Value)> = (1..=1_100).map(|n| (n, personal_attrs(n, "gold"))).collect();
     h.add_members(&members).await;
     assert_eq!(fire(&h, "gold_sale", t0()).await, 1_100);
+    // Its template reads nothing of the member, so the fire read only the
+    // links: each delivery still names its user's member.
+    let deliveries = h.test.store.campaign_deliveries("gold_sale", 0, 2_000).await.unwrap();
+    assert_eq!(deliveries.len(), 1_100);
+    let number_of: std::collections::HashMap<_, _> = (1..=1_100).map(|n| (user(n), n)).collect();
+    for d in &deliveries {
+        let n = d.line_user_id.as_ref().and_then(|u| number_of.get(u)).copied();
+        assert_eq!(d.member_id, n.map(member), "delivery {}", d.id);
+    }
     h.drain_until_done("gold_sale").await;
     let accepted = h.accepted_per_user();
     assert_eq!(accepted.len(), 1_100);

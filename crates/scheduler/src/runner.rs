@@ -729,6 +729,7 @@ impl CampaignRunner {
     pub async fn fire(&self, campaign: &Campaign, fire_at: DateTime<Utc>) -> SchedulerResult<u64> {
         let Trigger::Schedule { audience, .. } = &campaign.trigger else { return Ok(0) };
         let trigger_key = format!("schedule:{}", rfc3339(fire_at));
+        let context = json!({"fire_at": rfc3339(fire_at)});
         // A page is read and rendered while the ones before are written,
         // two at a time where the store takes parallel writes, so the
         // database and the renderer work at the same time (a lone writer
@@ -743,21 +744,22 @@ impl CampaignRunner {
                 let Some(last) = page.last() else { break };
                 after = Some(last.as_str().to_string());
                 let now = self.clock.now();
-                let records = self.records(&page).await?;
+                let members = self.members_of(campaign, &page).await?;
                 // Recipients whose render would come out the same share one.
                 let mut memo = RenderMemo::default();
                 let deliveries: Vec<NewDelivery> = page
                     .iter()
                     .map(|user| {
-                        let record = records.get(user);
+                        let (member_id, attributes) =
+                            members.get(user).map_or((None, None), |(m, a)| (m.clone(), a.as_ref()));
                         let instance = Instance {
                             trigger_key: trigger_key.clone(),
                             line_user_id: Some(user.clone()),
-                            member_id: record.and_then(|r| r.member_id.clone()),
-                            attributes: record.and_then(|r| r.attributes.as_ref()),
+                            member_id,
+                            attributes,
                             event: None,
                             due_at: fire_at,
-                            context: json!({"fire_at": rfc3339(fire_at)}),
+                            context: context.clone(),
                         };
                         self.delivery(campaign, instance, now, None, &mut memo)
                     })
@@ -781,6 +783,21 @@ impl CampaignRunner {
         rendering?;
         self.store.schedule.set_fire_state(&campaign.id, fire_at, FireState::Done).await?;
         Ok(total)
+    }
+
+    /// The linked member of each of `users`, with the attributes when
+    /// `campaign`'s messages read them (else only the links are read).
+    async fn members_of(
+        &self,
+        campaign: &Campaign,
+        users: &[LineUserId],
+    ) -> SchedulerResult<HashMap<LineUserId, Member>> {
+        if self.campaigns.reads_member(&campaign.id) {
+            let records = self.records(users).await?;
+            return Ok(records.into_iter().map(|(user, r)| (user, (r.member_id, r.attributes))).collect());
+        }
+        let facts = self.store.outbox.send_facts(users, &[]).await?;
+        Ok(facts.into_iter().map(|(user, f)| (user, (f.member_id, None))).collect())
     }
 
     async fn records(&self, users: &[LineUserId]) -> SchedulerResult<HashMap<LineUserId, UserRecord>> {
@@ -866,11 +883,11 @@ impl CampaignRunner {
             public_base_url: &self.settings.public_base_url,
         };
         let messages = match self.campaigns.render_step_shared(campaign, step, &ctx, memo) {
-            Ok(messages) => Value::Array(messages),
+            Ok(messages) => messages,
             Err(error) => {
                 tracing::warn!(campaign = %campaign.id, %error, "rendering failed; the delivery will be skipped");
                 context["error"] = Value::String(error.to_string());
-                Value::Array(Vec::new())
+                Arc::new(Value::Array(Vec::new()))
             }
         };
         let user = line_user_id.as_ref().map(|u| u.as_str());
@@ -915,6 +932,9 @@ fn hash_of(key: &str) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault};
     BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(key)
 }
+
+/// A user's linked member and, when read, the member's attributes.
+type Member = (Option<MemberId>, Option<Map<String, Value>>);
 
 /// One trigger instance for one recipient, before it is rendered.
 #[derive(Clone)]

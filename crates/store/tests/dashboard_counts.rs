@@ -152,7 +152,7 @@ async fn flows_equal_the_raw_tables(store: TestStore) {
             line_user_id: Some(user(n)),
             member_id: None,
             due_at: at(3),
-            messages: json!([{"type": "text", "text": "hi"}]),
+            messages: json!([{"type": "text", "text": "hi"}]).into(),
             context: json!({}),
         })
         .collect();

@@ -30,7 +30,7 @@ fn delivery(campaign: &str, trigger: &str, n: u32, due: DateTime<Utc>) -> NewDel
         line_user_id: Some(user(n)),
         member_id: None,
         due_at: due,
-        messages: messages("hello"),
+        messages: messages("hello").into(),
         context: json!({"n": n}),
     }
 }
@@ -143,11 +143,15 @@ async fn claims_respect_due_at_and_come_earliest_first(store: TestStore) {
 /// back resolved after a deferral.
 async fn claimed_deliveries_carry_their_own_payload(store: TestStore) {
     let mut batch = Vec::new();
+    // Three messages, shared as a render memo shares them, in runs of two;
+    // two contexts in runs of three: six distinct payloads, and runs of the
+    // same messages or context (written out once) across other changes.
+    let shared: Vec<std::sync::Arc<serde_json::Value>> =
+        (0..3).map(|k| std::sync::Arc::new(messages(&format!("text {k}")))).collect();
     for n in 1..=12u32 {
         let mut d = delivery("c", "t", n, at(1));
-        // Three messages, two contexts, interleaved: six distinct payloads.
-        d.messages = messages(&format!("text {}", n % 3));
-        d.context = json!({"part": n % 2});
+        d.messages = shared[(n as usize / 2) % 3].clone();
+        d.context = json!({"part": (n / 3) % 2});
         if n == 12 {
             d.recipient_key = "member:m12".to_string();
             d.line_user_id = None;
@@ -158,7 +162,7 @@ async fn claimed_deliveries_carry_their_own_payload(store: TestStore) {
     store.insert_deliveries(&batch, at(1)).await.expect("insert");
     // A second batch repeating a payload of the first.
     let mut later = delivery("c", "t", 13, at(1));
-    later.messages = messages("text 1");
+    later.messages = messages("text 1").into();
     later.context = json!({"part": 1});
     store.insert_deliveries(&[later.clone()], at(1)).await.expect("insert later");
     batch.push(later);
@@ -168,7 +172,7 @@ async fn claimed_deliveries_carry_their_own_payload(store: TestStore) {
     for d in &claim.deliveries {
         let stored = store.get_delivery(d.id).await.expect("get").expect("stored");
         let inserted = batch.iter().find(|n| n.recipient_key == stored.recipient_key).expect("inserted");
-        assert_eq!((&*d.messages, &*d.context), (&inserted.messages, &inserted.context), "delivery {}", d.id);
+        assert_eq!((&*d.messages, &*d.context), (&*inserted.messages, &inserted.context), "delivery {}", d.id);
         assert_eq!((&d.line_user_id, &d.member_id), (&inserted.line_user_id, &inserted.member_id));
         assert_eq!((d.campaign_id.as_str(), d.due_at), ("c", at(1)));
     }
@@ -698,6 +702,28 @@ async fn rich_menu_changes_are_claimed_until_linked(store: TestStore) {
         store.claim_rich_menu_changes(at(7), 10, "b", at(8)).await.expect("b after expiry"),
         vec![change(4, menu("silver"), None)]
     );
+}
+
+/// Tidying the queue (a vacuum of what claims left) while a claim is open
+/// keeps that claim's rows held and the rest claimable, in order. (SQLite's
+/// tidy does nothing, and a second claim there waits for the first.)
+#[tokio::test]
+async fn postgres_a_tidied_queue_keeps_held_and_waiting_deliveries() {
+    let Some(store) = renkei_test_support::postgres().await.expect("postgres store") else { return };
+    let batch: Vec<_> = (1..=30).map(|n| delivery("c", "t", n, at(1))).collect();
+    store.insert_deliveries(&batch, at(1)).await.expect("insert");
+    let first = store.claim_deliveries(at(2), 10).await.expect("first");
+    let skips = first.deliveries.iter().map(|d| (d.id, SkipReason::Unfollowed)).collect();
+    first.commit(&ClaimOutcome { skips, ..ClaimOutcome::default() }, at(2)).await.expect("commit");
+    let held = store.claim_deliveries(at(2), 10).await.expect("held");
+    store.tidy_queue().await.expect("tidy");
+    let rest = store.claim_deliveries(at(2), 100).await.expect("rest");
+    let ids = |claim: &renkei_store::dispatch::Claim| ids_of(&claim.deliveries, |d| d.id);
+    let (held_ids, rest_ids) = (ids(&held), ids(&rest));
+    assert_eq!((held_ids.len(), rest_ids.len()), (10, 10));
+    assert!(held_ids.iter().max() < rest_ids.iter().min(), "{held_ids:?} then {rest_ids:?}");
+    held.release().await.expect("release");
+    assert_eq!(store.claim_deliveries(at(2), 100).await.expect("released").len(), 10);
 }
 
 renkei_test_support::on_both_backends!(

@@ -94,7 +94,7 @@ async fn a_fanout_matches_the_same_sku_within_the_window(store: TestStore) {
         line_user_id,
         member_id: None,
         due_at: restock,
-        messages: json!([]),
+        messages: json!([]).into(),
         context: json!({}),
     };
     let done = [delivery(&u(1), Some(user(1))), delivery("member:m3", None)];

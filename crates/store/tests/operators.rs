@@ -139,7 +139,7 @@ async fn overview_counts_friends_links_and_deliveries(store: TestStore) {
             line_user_id: Some(user(n)),
             member_id: None,
             due_at: at(3),
-            messages: json!([{"type": "text", "text": "hi"}]),
+            messages: json!([{"type": "text", "text": "hi"}]).into(),
             context: json!({}),
         })
         .collect();

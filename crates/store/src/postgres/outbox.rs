@@ -137,6 +137,14 @@ impl ClaimLock for PgClaim {
     }
 }
 
+/// The text before when `value` is the same as its value, else `value` written out.
+fn repeat_or_write(texts: &[Arc<str>], same: bool, value: &serde_json::Value) -> Arc<str> {
+    match texts.last() {
+        Some(text) if same => Arc::clone(text),
+        _ => Arc::from(value.to_string()),
+    }
+}
+
 /// Inserts requests in one statement; returns their ids in the given order.
 async fn pg_insert_requests(
     tx: &mut sqlx::PgConnection,
@@ -187,6 +195,10 @@ impl OutboxStore for PgStore {
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut users, mut members, mut due) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut messages, mut contexts) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        // Deliveries rendered alike share their messages, and a fire's
+        // contexts are alike: each run of the same is written out once.
+        let (mut last_messages, mut last_context): (Option<&Arc<serde_json::Value>>, Option<&serde_json::Value>) =
+            (None, None);
         for d in deliveries {
             campaigns.push(d.campaign_id.as_str());
             triggers.push(d.trigger_key.as_str());
@@ -194,8 +206,11 @@ impl OutboxStore for PgStore {
             users.push(d.line_user_id.as_ref().map(|u| u.as_str()));
             members.push(d.member_id.as_ref().map(|m| m.as_str()));
             due.push(d.due_at);
-            messages.push(d.messages.to_string());
-            contexts.push(d.context.to_string());
+            let same_messages = last_messages.is_some_and(|m| Arc::ptr_eq(m, &d.messages));
+            messages.push(repeat_or_write(&messages, same_messages, &d.messages));
+            let same_context = last_context == Some(&d.context);
+            contexts.push(repeat_or_write(&contexts, same_context, &d.context));
+            (last_messages, last_context) = (Some(&d.messages), Some(&d.context));
         }
         // DO NOTHING also skips repeats inside the same statement; only new rows are queued.
         let inserted = sqlx::query(
@@ -223,8 +238,8 @@ impl OutboxStore for PgStore {
         .bind(&users)
         .bind(&members)
         .bind(&due)
-        .bind(&messages)
-        .bind(&contexts)
+        .bind(messages.iter().map(|m| &**m).collect::<Vec<&str>>())
+        .bind(contexts.iter().map(|c| &**c).collect::<Vec<&str>>())
         .bind(now)
         .execute(&self.pool)
         .await?
@@ -381,6 +396,12 @@ impl OutboxStore for PgStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(send_facts_of(users, rows))
+    }
+
+    async fn tidy_queue(&self) -> StoreResult<()> {
+        // SKIP_LOCKED: another instance's vacuum of it is as good.
+        sqlx::raw_sql("VACUUM (SKIP_LOCKED) delivery_queue").execute(&self.pool).await?;
+        Ok(())
     }
 
     async fn next_delivery_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
