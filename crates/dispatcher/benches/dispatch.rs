@@ -126,6 +126,16 @@ async fn run_campaign(
     let pipelined = std::env::var("RENKEI_BENCH_PIPELINED").is_ok_and(|v| v == "1");
     let token = CancellationToken::new();
     let early = pipelined.then(|| dispatcher.clone().spawn(token.clone()));
+    // Pipelined, the first request is made while the fire still enqueues.
+    let first_made = pipelined.then(|| {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            while metrics.requests_created.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Instant::now()
+        })
+    });
     let fire_at = Utc::now();
     let start = Instant::now();
     let (cpu_before, pg_before) = (cpu_seconds_of("self", false), postgres_cpu_seconds());
@@ -144,7 +154,10 @@ async fn run_campaign(
     let fire_started = start;
     let start = Instant::now();
     let (cpu_before, pg_before) = (cpu_seconds_of("self", false), postgres_cpu_seconds());
-    let mut first_request: Option<Instant> = None;
+    let mut first_request: Option<Instant> = match first_made {
+        Some(task) => Some(task.await?),
+        None => None,
+    };
     // When planning stopped adding requests: well before the last send means LINE's rate set the pace.
     let (mut created, mut last_created) = (0, Instant::now());
     loop {
