@@ -60,7 +60,7 @@ impl Default for DispatchSettings {
             lease: Duration::from_secs(60),
             batch: 500,
             max_in_flight: 64,
-            planners: 3,
+            planners: 2,
             retry: RetrySchedule::default(),
             global: GlobalPolicy::default(),
             poll: Duration::from_millis(200),
