@@ -9,7 +9,7 @@
 //! ```
 //! Env: `RENKEI_BENCH_PUSH_USERS` (default 100000), `RENKEI_BENCH_MULTICAST_USERS`
 //! (default 1000000), `RENKEI_BENCH_POSTGRES_URL` (else SQLite in a temp dir),
-//! `RENKEI_BENCH_BATCH` (deliveries per planning round, default 2000),
+//! `RENKEI_BENCH_BATCH` (deliveries per planning round, default the dispatcher's),
 //! `RENKEI_BENCH_PLANNERS` (default: the dispatcher's), `RENKEI_BENCH_PIPELINED=1` (the
 //! dispatcher runs while the fire enqueues; prints fire to last accepted), `RENKEI_BENCH_KEEP_DATABASE` (a database name on that server: users loaded
 //! once and reused; each run adds its deliveries), `RENKEI_BENCH_POSTMASTER_PID` (a local server's postmaster: prints its CPU too).
@@ -98,7 +98,7 @@ async fn run_campaign(
     let quota = Arc::new(QuotaGuard::new(false, metrics.clone()));
     let defaults = DispatchSettings::default();
     let settings = DispatchSettings {
-        batch: env_u64("RENKEI_BENCH_BATCH", 2_000) as u32,
+        batch: env_u64("RENKEI_BENCH_BATCH", u64::from(defaults.batch)) as u32,
         planners: env_u64("RENKEI_BENCH_PLANNERS", defaults.planners as u64) as usize,
         ..defaults
     };

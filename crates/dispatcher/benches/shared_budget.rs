@@ -13,7 +13,7 @@
 //! ```
 //! Env: `RENKEI_BENCH_INSTANCES` (default 3), `RENKEI_BENCH_PUSH_USERS`
 //! (default 100000), `RENKEI_BENCH_MULTICAST_USERS` (default 1000000),
-//! `RENKEI_BENCH_BATCH` (deliveries and requests claimed per round, default 2000),
+//! `RENKEI_BENCH_BATCH` (deliveries and requests claimed per round, default the dispatcher's),
 //! `RENKEI_BENCH_PLANNERS` (planning tasks per instance, default the dispatcher's).
 
 use renkei_core::{Clock, SystemClock};
@@ -47,7 +47,7 @@ fn campaign_of(kind: &str) -> (&'static str, &'static str) {
 fn settings() -> DispatchSettings {
     let defaults = DispatchSettings::default();
     DispatchSettings {
-        batch: env_number("RENKEI_BENCH_BATCH", 2_000u32),
+        batch: env_number("RENKEI_BENCH_BATCH", defaults.batch),
         planners: env_number("RENKEI_BENCH_PLANNERS", defaults.planners),
         ..defaults
     }

@@ -58,7 +58,7 @@ impl Default for DispatchSettings {
             timezone: chrono_tz::Asia::Tokyo,
             rates: Rates::default(),
             lease: Duration::from_secs(60),
-            batch: 500,
+            batch: 2_000,
             max_in_flight: 64,
             planners: 2,
             retry: RetrySchedule::default(),
