@@ -296,16 +296,17 @@ async fn a_burst_is_merged_one_batch_a_second_then_drained_on_postgres() {
     let running = tokio::spawn(merger.clone().run(async move {
         let _ = stopped.await;
     }));
-    // Batches keep arriving for 1.6 s: one merge at once, one a second later.
+    // Batches keep arriving for 2.5 s: one merge at once, then one a second
+    // (at full speed all 35,000 would be merged well within it).
     let burst = std::time::Instant::now();
-    while burst.elapsed() < std::time::Duration::from_millis(1_600) {
+    while burst.elapsed() < std::time::Duration::from_millis(2_500) {
         merger.appended();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let during = merged();
     assert!(
-        (u64::from(renkei_api::merger::MERGE_ROWS)..=2 * u64::from(renkei_api::merger::MERGE_ROWS)).contains(&during),
-        "one or two batches merged during the burst, not {during}"
+        (u64::from(renkei_api::merger::MERGE_ROWS)..=3 * u64::from(renkei_api::merger::MERGE_ROWS)).contains(&during),
+        "one to three batches merged during the burst, not {during}"
     );
     crate::common::events_merged(&store.store).await;
     assert_eq!((merged(), store.counts().await.expect("counts").events), (35_000, 35_000));
