@@ -105,5 +105,6 @@ fn main() {
             "PostgreSQL: stats of a campaign to {users} users in {:.2} s (median of 3; min {:.2} s, max {:.2} s), peak RSS {:.0} MB; lift {}",
             times[1], times[0], times[2], peak_rss_mb(), last["lift"]
         );
+        test_support::drop_database(&server, &url).await.expect("drop the benchmark's database");
     });
 }

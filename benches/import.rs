@@ -120,6 +120,7 @@ fn main() {
             let store = renkei_store::connect(&url).await.expect("connect");
             store.migrate().await.expect("migrate");
             import(store, &csv, count, "PostgreSQL").await;
+            test_support::drop_database(&server, &url).await.expect("drop the benchmark's database");
         }
         println!("target (the product's performance targets): 1,000,000 linked members into PostgreSQL in ≤ 20 s");
     });

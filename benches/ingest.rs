@@ -197,7 +197,10 @@ async fn copy_baseline(server: &str, events: &[Value], table: &str) -> f64 {
     }
     let rows = copy.finish().await.expect("copy finish");
     assert_eq!(rows as usize, events.len());
-    events.len() as f64 / started.elapsed().as_secs_f64()
+    let rate = events.len() as f64 / started.elapsed().as_secs_f64();
+    drop(conn);
+    test_support::drop_database(server, &url).await.expect("drop the baseline's database");
+    rate
 }
 
 fn main() {
@@ -262,5 +265,6 @@ fn main() {
         println!("ratio PostgreSQL API / COPY into events: {:.2}", pg_rate / copy_rate);
         println!("ratio SQLite API / PostgreSQL COPY: {:.2}", sqlite_rate / copy_rate);
         println!("target (the product's performance targets): ≥ 100,000 events/s into PostgreSQL");
+        test_support::drop_database(&server, &url).await.expect("drop the benchmark's database");
     });
 }

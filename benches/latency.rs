@@ -491,13 +491,6 @@ async fn postgres_store(server: &str) -> Result<(Arc<dyn Store>, String), BoxErr
     Ok((Arc::new(store), url))
 }
 
-async fn drop_database(server: &str, url: &str) -> Result<(), BoxError> {
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(server).await?;
-    let name = url.rsplit('/').next().unwrap_or_default().split('?').next().unwrap_or_default().to_string();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await?;
-    Ok(())
-}
-
 fn main() -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -528,7 +521,7 @@ fn main() -> Result<(), BoxError> {
                 Some(server) => {
                     let (store, url) = postgres_store(server).await?;
                     latency("postgres", store, &url, &params).await?;
-                    drop_database(server, &url).await?;
+                    test_support::drop_database(server, &url).await?;
                 }
                 None => println!("postgres: skipped (set RENKEI_BENCH_POSTGRES_URL)"),
             }
@@ -543,7 +536,7 @@ fn main() -> Result<(), BoxError> {
             if let Some(server) = &server {
                 let (store, url) = postgres_store(server).await?;
                 evaluation_cost("postgres", store, eval_users).await?;
-                drop_database(server, &url).await?;
+                test_support::drop_database(server, &url).await?;
             }
         }
 

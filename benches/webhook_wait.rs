@@ -205,10 +205,7 @@ async fn main() -> Result<(), BoxError> {
             let store: Arc<dyn Store> = Arc::new(PgStore::connect_with(&url, StoreOptions::default()).await?);
             store.migrate().await?;
             run("postgres", store, &url, members, rate).await?;
-            let name = url.rsplit('/').next().unwrap_or_default().to_string();
-            let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await?;
-            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-            sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await?;
+            test_support::drop_database(&server, &url).await?;
         }
         _ => println!("postgres: skipped (set RENKEI_BENCH_POSTGRES_URL)"),
     }

@@ -289,11 +289,6 @@ fn main() {
         if keep {
             return;
         }
-        let name = url.rsplit('/').next().unwrap_or_default().split('?').next().unwrap_or_default().to_string();
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await.expect("server");
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-            .execute(&mut conn)
-            .await
-            .expect("drop the benchmark's database");
+        renkei_test_support::drop_database(&server, &url).await.expect("drop the benchmark's database");
     });
 }

@@ -35,12 +35,30 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod common;
 use common::{BoxError, MULTICAST_CAMPAIGN, PERSONAL, PUSH_CAMPAIGN, SAME, campaign_set, load_users};
 
+/// What a run leaves to clean up: SQLite's directory (gone when dropped),
+/// the PostgreSQL database made for it, or a kept one.
+enum Scratch {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Database { server: String, url: String },
+    Kept,
+}
+
+impl Scratch {
+    async fn clean(self) -> Result<(), BoxError> {
+        if let Scratch::Database { server, url } = self {
+            renkei_test_support::drop_database(&server, &url).await?;
+        }
+        Ok(())
+    }
+}
+
 /// The store to send from, and whether its users are already loaded.
-async fn open_store(users: u64) -> Result<(Arc<dyn Store>, Option<tempfile::TempDir>, &'static str, bool), BoxError> {
+async fn open_store(users: u64) -> Result<(Arc<dyn Store>, Scratch, &'static str, bool), BoxError> {
     match std::env::var("RENKEI_BENCH_POSTGRES_URL") {
         Ok(server) if !server.is_empty() => {
             // RENKEI_BENCH_KEEP_DATABASE=NAME: load the users into that database once and reuse them.
-            let url = match std::env::var("RENKEI_BENCH_KEEP_DATABASE").ok().filter(|n| !n.is_empty()) {
+            let kept = std::env::var("RENKEI_BENCH_KEEP_DATABASE").ok().filter(|n| !n.is_empty());
+            let url = match kept.clone() {
                 Some(name) => {
                     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await?;
                     let exists: bool =
@@ -63,14 +81,15 @@ async fn open_store(users: u64) -> Result<(Arc<dyn Store>, Option<tempfile::Temp
             let pg = renkei_store::PgStore::connect(&url).await?;
             let linked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM links").fetch_one(pg.pool()).await?;
             pg.pool().close().await;
-            Ok((store, None, "postgres", linked >= i64::try_from(users)?))
+            let scratch = if kept.is_some() { Scratch::Kept } else { Scratch::Database { server, url } };
+            Ok((store, scratch, "postgres", linked >= i64::try_from(users)?))
         }
         _ => {
             let dir = tempfile::tempdir()?;
             let url = format!("sqlite://{}", dir.path().join("bench.db").display());
             let store = renkei_store::connect(&url).await?;
             store.migrate().await?;
-            Ok((store, Some(dir), "sqlite", false))
+            Ok((store, Scratch::Dir(dir), "sqlite", false))
         }
     }
 }
@@ -228,7 +247,7 @@ fn main() -> Result<(), BoxError> {
         let multicast_users = if smoke { 2_000 } else { env_u64("RENKEI_BENCH_MULTICAST_USERS", 1_000_000) };
 
         if push_users > 0 {
-            let (store, _dir, backend, loaded) = open_store(push_users).await?;
+            let (store, scratch, backend, loaded) = open_store(push_users).await?;
             println!("personalised push to {push_users} users ({backend}, simulator at 2,000 req/s)");
             if !loaded {
                 let t = Instant::now();
@@ -246,9 +265,10 @@ fn main() -> Result<(), BoxError> {
                 o.rate_limited,
                 rss
             );
+            scratch.clean().await?;
         }
         if multicast_users > 0 {
-            let (store, _dir, backend, loaded) = open_store(multicast_users).await?;
+            let (store, scratch, backend, loaded) = open_store(multicast_users).await?;
             println!("multicast to {multicast_users} users ({backend}, simulator at 200 req/s × 500)");
             if !loaded {
                 let t = Instant::now();
@@ -267,6 +287,7 @@ fn main() -> Result<(), BoxError> {
                 o.rate_limited,
                 rss
             );
+            scratch.clean().await?;
         }
         println!("peak RSS of the whole run (setup, simulator and dispatch in one process): {:.0} MB", peak_rss_mb());
         Ok(())

@@ -207,6 +207,8 @@ async fn run(server: &str, kind: &str, users: u64, instances: usize, limit: f64)
         child.wait()?;
         println!("  instance {}: {}", i + 1, report.trim());
     }
+    drop(store);
+    renkei_test_support::drop_database(server, &database).await?;
     Ok(())
 }
 

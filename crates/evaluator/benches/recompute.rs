@@ -361,11 +361,7 @@ async fn main() -> Result<(), BoxError> {
                 }
                 measure("postgres", Arc::new(store), &config).await?;
                 if kept.is_none() {
-                    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await?;
-                    let name = url.rsplit('/').next().unwrap_or_default().to_string();
-                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .execute(&mut conn)
-                        .await?;
+                    test_support::drop_database(&server, &url).await?;
                 }
             }
             None => println!("postgres: skipped (set RENKEI_BENCH_POSTGRES_URL or RENKEI_TEST_POSTGRES_URL)"),

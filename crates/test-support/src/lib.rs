@@ -12,8 +12,8 @@ pub mod store;
 pub use renkei_store::Backend;
 pub use rng::Rng;
 pub use store::{
-    POSTGRES_URL_VAR, TestStore, available, create_database, postgres, postgres_on, postgres_server_url, postgres_with,
-    sqlite, sqlite_with, store,
+    POSTGRES_URL_VAR, TestStore, available, create_database, drop_database, postgres, postgres_on, postgres_server_url,
+    postgres_with, sqlite, sqlite_with, store,
 };
 
 /// Declares each listed async test fn once per backend, as
