@@ -247,19 +247,24 @@ renkei_test_support::on_both_backends!(
     the_request_line_headers_and_odd_input_get_json_errors,
 );
 
+/// `count` purchases with event ids `<prefix>-<i>`, spread over `members` members.
+fn purchases(prefix: &str, count: u32, members: u32) -> Vec<renkei_core::NewEvent> {
+    (0..count)
+        .map(|i| {
+            let event = json!({"event_id": format!("{prefix}-{i}"), "type": "purchase", "member_id": format!("m{}", i % members),
+                               "occurred_at": "2026-11-23T10:00:00Z"});
+            renkei_core::parse_event_batch(&[event]).expect("valid").remove(0)
+        })
+        .collect()
+}
+
 /// Events another instance appended to PostgreSQL's inbox and never merged
 /// (it crashed after its 200s) are merged by a running instance's sweep,
 /// without any request to this one.
 #[tokio::test]
 async fn an_instance_merges_what_another_appended_on_postgres() {
     let Some(app) = crate::common::spawn_app(crate::common::Backend::Postgres).await else { return };
-    let events: Vec<renkei_core::NewEvent> = (0..2_500)
-        .map(|i| {
-            let event = json!({"event_id": format!("left-{i}"), "type": "purchase", "member_id": format!("m{}", i % 50),
-                               "occurred_at": "2026-11-23T10:00:00Z"});
-            renkei_core::parse_event_batch(&[event]).expect("valid").remove(0)
-        })
-        .collect();
+    let events = purchases("left", 2_500, 50);
     let appended = app.store.append_events(&events, chrono::Utc::now()).await.expect("append");
     assert_eq!((appended.outcome.accepted, appended.merged_later), (2_500, true));
     let started = std::time::Instant::now();
@@ -277,13 +282,7 @@ async fn an_instance_merges_what_another_appended_on_postgres() {
 #[tokio::test]
 async fn a_burst_is_merged_one_batch_a_second_then_drained_on_postgres() {
     let Some(store) = renkei_test_support::store::postgres().await.expect("postgres") else { return };
-    let events: Vec<renkei_core::NewEvent> = (0..35_000)
-        .map(|i| {
-            let event = json!({"event_id": format!("burst-{i}"), "type": "purchase", "member_id": format!("m{}", i % 70),
-                               "occurred_at": "2026-11-23T10:00:00Z"});
-            renkei_core::parse_event_batch(&[event]).expect("valid").remove(0)
-        })
-        .collect();
+    let events = purchases("burst", 35_000, 70);
     store.append_events(&events, chrono::Utc::now()).await.expect("append");
     let metrics = std::sync::Arc::new(renkei_api::IngestMetrics::default());
     let merger = std::sync::Arc::new(renkei_api::EventMerger::new(

@@ -791,7 +791,7 @@ impl CampaignRunner {
         &self,
         campaign: &Campaign,
         users: &[LineUserId],
-    ) -> SchedulerResult<HashMap<LineUserId, Member>> {
+    ) -> SchedulerResult<HashMap<LineUserId, LinkedMember>> {
         if self.campaigns.reads_member(&campaign.id) {
             let records = self.records(users).await?;
             return Ok(records.into_iter().map(|(user, r)| (user, (r.member_id, r.attributes))).collect());
@@ -934,7 +934,7 @@ fn hash_of(key: &str) -> u64 {
 }
 
 /// A user's linked member and, when read, the member's attributes.
-type Member = (Option<MemberId>, Option<Map<String, Value>>);
+type LinkedMember = (Option<MemberId>, Option<Map<String, Value>>);
 
 /// One trigger instance for one recipient, before it is rendered.
 #[derive(Clone)]

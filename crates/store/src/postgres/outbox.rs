@@ -137,7 +137,8 @@ impl ClaimLock for PgClaim {
     }
 }
 
-/// The text before when `value` is the same as its value, else `value` written out.
+/// The last of `texts` when `same` says `value` is the value it was
+/// written from, else `value` written out.
 fn repeat_or_write(texts: &[Arc<str>], same: bool, value: &serde_json::Value) -> Arc<str> {
     match texts.last() {
         Some(text) if same => Arc::clone(text),
