@@ -146,8 +146,13 @@ fn load_statements(events_per_user: i64) -> Vec<(&'static str, String)> {
                                  context, status, created_at)
              SELECT 'later', 'entered:' || i, {USER}, {USER}, $2 + interval '1 day', '[]'::json, '{{}}'::json, 'pending', $2
              FROM generate_series(1, $1) i WHERE i % 20 = 0")),
-        ("queue", "INSERT INTO delivery_queue (delivery_id, campaign_id, due_at, line_user_id, member_id, payload_of)
-             SELECT id, campaign_id, due_at, line_user_id, member_id, id FROM deliveries WHERE campaign_id = 'later' AND $1 > 0 AND $2 IS NOT NULL".to_string()),
+        // Queue pages of 1,000, as a fire enqueues them.
+        ("queue", "INSERT INTO delivery_queue (delivery_id, campaign_id, due_at, delivery_ids, line_user_ids, member_ids,
+                                               payload_ofs, size)
+             SELECT MIN(id), campaign_id, due_at, ARRAY_AGG(id ORDER BY id), ARRAY_AGG(line_user_id ORDER BY id),
+                    ARRAY_AGG(member_id ORDER BY id), ARRAY_AGG(id ORDER BY id), COUNT(*)
+             FROM deliveries WHERE campaign_id = 'later' AND $1 > 0 AND $2 IS NOT NULL
+             GROUP BY campaign_id, due_at, id / 1000".to_string()),
         ("nonces", "INSERT INTO link_nonces (nonce, member_id, created_at, expires_at, used_at, result)
              SELECT 'n' || i, 'm' || i, $2 - make_interval(mins => (i % 43200)::int),
                     $2 - make_interval(mins => (i % 43200)::int) + interval '10 minutes',

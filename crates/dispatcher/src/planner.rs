@@ -24,15 +24,16 @@ use tokio_util::sync::CancellationToken;
 const FULL_SCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// The queue is tidied (`OutboxStore::tidy_queue`) after this many claimed
-/// deliveries: a vacuum of a million claimed rows takes ~0.2 s, a full look
-/// past them 7 ms, and a fire of 1M makes thousands of looks.
+/// queue rows: a vacuum of a million claimed rows takes ~0.2 s, a full look
+/// past them 7 ms. (A fire's page of 1,000 deliveries is one row on
+/// PostgreSQL; a deferred delivery comes back as a row of its own.)
 const TIDY_EVERY: u64 = 100_000;
 
 /// Where this process's planners start looking in the queue.
 pub(crate) struct ScanHint {
     pub(crate) after: Option<QueueKey>,
     pub(crate) last_full: std::time::Instant,
-    /// Deliveries claimed since the queue was last tidied.
+    /// Queue rows claimed since the queue was last tidied.
     pub(crate) claimed_untidied: u64,
 }
 
@@ -57,9 +58,10 @@ impl Dispatcher {
         // Everything before a claim's last row is taken or held, unless a
         // hinted claim came up short (then the next one looks from the start).
         if after.is_none() || claim.len() == self.settings.batch as usize {
-            self.advance_scan(claim.deliveries.last().map(|d| (d.due_at, d.id)));
+            self.advance_scan(claim.last_key());
         }
         let claimed = claim.len();
+        self.count_for_tidy(claim.queue_rows());
         let claimed_at = std::time::Instant::now();
         DispatchMetrics::add(&self.metrics.planning_claim_micros, micros(claimed_at - started));
         let (outcome, reserved) = match self.plan(std::mem::take(&mut claim.deliveries), now).await {
@@ -111,8 +113,13 @@ impl Dispatcher {
         scan.after = scan.after.max(last);
     }
 
-    /// Counts claimed deliveries; once [`TIDY_EVERY`] were claimed, tidies
-    /// the queue beside the planners when a claim comes up short. Only then:
+    fn count_for_tidy(&self, queue_rows: usize) {
+        let mut scan = self.scan.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        scan.claimed_untidied += queue_rows as u64;
+    }
+
+    /// Once [`TIDY_EVERY`] queue rows were claimed, tidies the queue beside
+    /// the planners when a claim comes up short. Only then:
     /// a short claim sends the next one to the start of the queue (past what
     /// was claimed), and the queue is small, so its vacuum is quick; behind
     /// a long queue the claims go from their hint and a vacuum would read
@@ -121,7 +128,6 @@ impl Dispatcher {
     fn tidy_now_and_then(self: &Arc<Self>, claimed: usize) {
         {
             let mut scan = self.scan.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            scan.claimed_untidied += claimed as u64;
             if scan.claimed_untidied < TIDY_EVERY || claimed >= self.settings.batch as usize {
                 return;
             }

@@ -136,17 +136,43 @@ pub struct Claim {
     /// The campaign of each held delivery.
     held: BTreeMap<i64, String>,
     lock: Option<Box<dyn ClaimLock>>,
+    /// The queue key of the last queue row taken (see [`Claim::last_key`]).
+    last_key: Option<QueueKey>,
+    /// How many queue rows the claim took out (see [`Claim::queue_rows`]).
+    queue_rows: usize,
 }
 
 impl Claim {
     pub(crate) fn new(mut deliveries: Vec<PendingDelivery>, lock: Box<dyn ClaimLock>) -> Self {
         deliveries.sort_by_key(|d| (d.due_at, d.id));
         let held = deliveries.iter().map(|d| (d.id, d.campaign_id.clone())).collect();
-        Self { deliveries, held, lock: Some(lock) }
+        let last_key = deliveries.last().map(|d| (d.due_at, d.id));
+        let queue_rows = deliveries.len();
+        Self { deliveries, held, lock: Some(lock), last_key, queue_rows }
+    }
+
+    /// A claim of `queue_rows` queue rows, the last with this key: where
+    /// queue rows are pages (PostgreSQL), the page's key, not its last delivery's.
+    pub(crate) fn of_pages(mut self, queue_rows: usize, last_key: Option<QueueKey>) -> Self {
+        (self.queue_rows, self.last_key) = (queue_rows, last_key);
+        self
     }
 
     pub(crate) fn empty() -> Self {
-        Self { deliveries: Vec::new(), held: BTreeMap::new(), lock: None }
+        Self { deliveries: Vec::new(), held: BTreeMap::new(), lock: None, last_key: None, queue_rows: 0 }
+    }
+
+    /// How many rows the claim took out of the queue: its deliveries, or on
+    /// PostgreSQL its pages. Each leaves an index entry behind until the
+    /// queue is tidied ([`OutboxStore::tidy_queue`]).
+    pub fn queue_rows(&self) -> usize {
+        self.queue_rows
+    }
+
+    /// Where a claim past everything this one took would start
+    /// ([`OutboxStore::claim_deliveries_after`]).
+    pub fn last_key(&self) -> Option<QueueKey> {
+        self.last_key
     }
 
     /// How many deliveries are held (also after they were taken out).

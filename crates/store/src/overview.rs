@@ -187,8 +187,9 @@ impl<S: Sql> OverviewReads for S {
         let (following, blocked) = (level("friends"), level("blocked"));
         let (linked, linked_following) = (level("linked"), level("linked_friends"));
         // As the campaign stats count them: waiting in the queue, or in a request
-        // LINE has not accepted yet; failed is a failed request's deliveries.
-        let waiting = stmt::<S::Db>("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM delivery_queue")
+        // LINE has not accepted yet; failed is a failed request's deliveries. A
+        // queue row holds `size` deliveries (a page of them on PostgreSQL).
+        let waiting = stmt::<S::Db>("SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) AS n FROM delivery_queue")
             .one(self.reader(), |row| count(&row, "n"))
             .await?;
         // Literal statuses: the partial indexes match only a literal.
@@ -231,7 +232,7 @@ impl<S: Sql> OverviewReads for S {
 
     async fn waiting_by_campaign(&self) -> StoreResult<Vec<WaitingDeliveries>> {
         stmt::<S::Db>(
-            "SELECT campaign_id, waits_for, CAST(COUNT(*) AS BIGINT) AS n, MIN(due_at) AS next_due
+            "SELECT campaign_id, waits_for, CAST(SUM(size) AS BIGINT) AS n, MIN(due_at) AS next_due
              FROM delivery_queue GROUP BY campaign_id, waits_for ORDER BY campaign_id, COALESCE(waits_for, '')",
         )
         .all(self.reader(), |row| {

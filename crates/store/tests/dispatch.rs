@@ -189,8 +189,8 @@ async fn claimed_deliveries_carry_their_own_payload(store: TestStore) {
     assert_eq!(*resolved.messages, messages("text 0"));
 }
 
-/// A claim past a queue key sees only what comes after it in queue order
-/// (due time, then id); without one, everything due.
+/// A claim past a queue key (where an earlier claim ended) sees only what
+/// comes after it in queue order (due time, then id); without one, everything due.
 async fn claims_can_start_past_a_queue_key(store: TestStore) {
     let batch = vec![
         delivery("c", "t", 1, at(1)),
@@ -203,12 +203,24 @@ async fn claims_can_start_past_a_queue_key(store: TestStore) {
     let keys: Vec<(DateTime<Utc>, i64)> = all.deliveries.iter().map(|d| (d.due_at, d.id)).collect();
     assert_eq!(keys.len(), 4);
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "queue order: {keys:?}");
+    let end = all.last_key();
     all.release().await.expect("release");
-    let past_second = store.claim_deliveries_after(at(3), 10, Some(keys[1])).await.expect("claim past");
+    let first_two = store.claim_deliveries_after(at(3), 2, None).await.expect("claim two");
+    assert_eq!(ids_of(&first_two.deliveries, |d| d.id), vec![keys[0].1, keys[1].1]);
+    let past_them = first_two.last_key();
+    let skipped = skip_all(&first_two);
+    first_two.commit(&skipped, at(3)).await.expect("commit");
+    let past_second = store.claim_deliveries_after(at(3), 10, past_them).await.expect("claim past");
     assert_eq!(ids_of(&past_second.deliveries, |d| d.id), vec![keys[2].1, keys[3].1]);
     past_second.release().await.expect("release");
-    let past_last = store.claim_deliveries_after(at(3), 10, Some(keys[3])).await.expect("claim past the end");
+    let past_last = store.claim_deliveries_after(at(3), 10, end).await.expect("claim past the end");
     assert!(past_last.is_empty());
+}
+
+/// Skips every delivery a claim holds.
+fn skip_all(claim: &renkei_store::dispatch::Claim) -> ClaimOutcome {
+    let skips = claim.deliveries.iter().map(|d| (d.id, SkipReason::Unfollowed)).collect();
+    ClaimOutcome { skips, ..ClaimOutcome::default() }
 }
 
 async fn a_claim_commits_all_of_its_outcome_or_nothing(store: TestStore) {
@@ -710,11 +722,14 @@ async fn rich_menu_changes_are_claimed_until_linked(store: TestStore) {
 #[tokio::test]
 async fn postgres_a_tidied_queue_keeps_held_and_waiting_deliveries() {
     let Some(store) = renkei_test_support::postgres().await.expect("postgres store") else { return };
-    let batch: Vec<_> = (1..=30).map(|n| delivery("c", "t", n, at(1))).collect();
-    store.insert_deliveries(&batch, at(1)).await.expect("insert");
+    // Three queue pages of ten, one per claim.
+    for page in 0..3 {
+        let batch: Vec<_> = (1..=10).map(|n| delivery("c", "t", page * 10 + n, at(1))).collect();
+        store.insert_deliveries(&batch, at(1)).await.expect("insert");
+    }
     let first = store.claim_deliveries(at(2), 10).await.expect("first");
-    let skips = first.deliveries.iter().map(|d| (d.id, SkipReason::Unfollowed)).collect();
-    first.commit(&ClaimOutcome { skips, ..ClaimOutcome::default() }, at(2)).await.expect("commit");
+    let skipped = skip_all(&first);
+    first.commit(&skipped, at(2)).await.expect("commit");
     let held = store.claim_deliveries(at(2), 10).await.expect("held");
     store.tidy_queue().await.expect("tidy");
     let rest = store.claim_deliveries(at(2), 100).await.expect("rest");
@@ -724,6 +739,34 @@ async fn postgres_a_tidied_queue_keeps_held_and_waiting_deliveries() {
     assert!(held_ids.iter().max() < rest_ids.iter().min(), "{held_ids:?} then {rest_ids:?}");
     held.release().await.expect("release");
     assert_eq!(store.claim_deliveries(at(2), 100).await.expect("released").len(), 10);
+}
+
+/// On PostgreSQL a queue row is a page of deliveries: a claim needing part
+/// of one takes its first deliveries and leaves the rest queued, in order
+/// (held until the claim ends); a claim given back restores the page whole.
+#[tokio::test]
+async fn postgres_a_claim_takes_part_of_a_queue_page() {
+    let Some(store) = renkei_test_support::postgres().await.expect("postgres store") else { return };
+    let batch: Vec<_> = (1..=30).map(|n| delivery("c", "t", n, at(1))).collect();
+    store.insert_deliveries(&batch, at(1)).await.expect("insert");
+    let ids = |claim: &renkei_store::dispatch::Claim| ids_of(&claim.deliveries, |d| d.id);
+    let given_back = store.claim_deliveries(at(2), 7).await.expect("seven");
+    let seven = ids(&given_back);
+    assert_eq!(seven.len(), 7);
+    given_back.release().await.expect("release");
+    let first = store.claim_deliveries(at(2), 10).await.expect("ten");
+    let ten = ids(&first);
+    assert_eq!(ten[..7], seven[..], "the page was whole again");
+    let skipped = skip_all(&first);
+    first.commit(&skipped, at(2)).await.expect("commit");
+    assert_eq!(store.overview_counts().await.expect("overview").deliveries_pending, 20);
+    let rest = store.claim_deliveries(at(2), 100).await.expect("rest");
+    let twenty = ids(&rest);
+    assert_eq!(twenty.len(), 20);
+    assert!(ten.iter().max() < twenty.iter().min(), "{ten:?} then {twenty:?}");
+    let all: BTreeSet<i64> = ten.iter().chain(&twenty).copied().collect();
+    assert_eq!(all.len(), 30, "each delivery once");
+    rest.release().await.expect("release");
 }
 
 renkei_test_support::on_both_backends!(
@@ -790,8 +833,10 @@ async fn postgres_claim_skips_rows_held_elsewhere() {
     use sqlx::Connection;
     let Some(test) = renkei_test_support::postgres().await.expect("postgres store") else { return };
     let store = test.store.clone();
-    let batch: Vec<_> = (1..=6).map(|n| delivery("c", "t", n, at(1))).collect();
-    store.insert_deliveries(&batch, at(1)).await.expect("insert");
+    // A queue page each: the other transaction holds three of them.
+    for n in 1..=6 {
+        store.insert_deliveries(&[delivery("c", "t", n, at(1))], at(1)).await.expect("insert");
+    }
 
     let mut other = sqlx::PgConnection::connect(&test.url).await.expect("connect");
     let mut tx = other.begin().await.expect("begin");
