@@ -740,23 +740,20 @@ impl CampaignRunner {
         let render = async move {
             let mut after: Option<String> = None;
             for page_number in 0.. {
-                let page = self.store.membership_reads.segment_members(audience, after.as_deref(), PAGE).await?;
-                let Some(last) = page.last() else { break };
+                let page = self.audience_page(campaign, audience, after.as_deref()).await?;
+                let Some((last, _)) = page.last() else { break };
                 after = Some(last.as_str().to_string());
                 let now = self.clock.now();
-                let members = self.members_of(campaign, &page).await?;
                 // Recipients whose render would come out the same share one.
                 let mut memo = RenderMemo::default();
                 let deliveries: Vec<NewDelivery> = page
-                    .iter()
-                    .map(|user| {
-                        let (member_id, attributes) =
-                            members.get(user).map_or((None, None), |(m, a)| (m.clone(), a.as_ref()));
+                    .into_iter()
+                    .map(|(user, (member_id, attributes))| {
                         let instance = Instance {
                             trigger_key: trigger_key.clone(),
-                            line_user_id: Some(user.clone()),
+                            line_user_id: Some(user),
                             member_id,
-                            attributes,
+                            attributes: attributes.as_ref(),
                             event: None,
                             due_at: fire_at,
                             context: context.clone(),
@@ -785,19 +782,29 @@ impl CampaignRunner {
         Ok(total)
     }
 
-    /// The linked member of each of `users`, with the attributes when
-    /// `campaign`'s messages read them (else only the links are read).
-    async fn members_of(
+    /// A page of `audience` past `after`, each user with the linked member,
+    /// and the member's attributes when `campaign`'s messages read them
+    /// (else the links are read with the page).
+    async fn audience_page(
         &self,
         campaign: &Campaign,
-        users: &[LineUserId],
-    ) -> SchedulerResult<HashMap<LineUserId, LinkedMember>> {
-        if self.campaigns.reads_member(&campaign.id) {
-            let records = self.records(users).await?;
-            return Ok(records.into_iter().map(|(user, r)| (user, (r.member_id, r.attributes))).collect());
+        audience: &str,
+        after: Option<&str>,
+    ) -> SchedulerResult<Vec<(LineUserId, LinkedMember)>> {
+        let reads = &self.store.membership_reads;
+        if !self.campaigns.reads_member(&campaign.id) {
+            let page = reads.segment_members_linked(audience, after, PAGE).await?;
+            return Ok(page.into_iter().map(|(user, member)| (user, (member, None))).collect());
         }
-        let facts = self.store.outbox.send_facts(users, &[]).await?;
-        Ok(facts.into_iter().map(|(user, f)| (user, (f.member_id, None))).collect())
+        let page = reads.segment_members(audience, after, PAGE).await?;
+        let mut records = self.records(&page).await?;
+        Ok(page
+            .into_iter()
+            .map(|user| {
+                let linked = records.remove(&user).map_or((None, None), |r| (r.member_id, r.attributes));
+                (user, linked)
+            })
+            .collect())
     }
 
     async fn records(&self, users: &[LineUserId]) -> SchedulerResult<HashMap<LineUserId, UserRecord>> {

@@ -574,6 +574,13 @@ pub trait MembershipReads: Send + Sync + 'static {
     async fn segment_stats(&self) -> StoreResult<Vec<SegmentStats>>;
     /// Members of a segment sorted by `line_user_id`, strictly after `after`.
     async fn segment_members(&self, segment_id: &str, after: Option<&str>, limit: u32) -> StoreResult<Vec<LineUserId>>;
+    /// [`segment_members`](Self::segment_members), each with the member linked to it.
+    async fn segment_members_linked(
+        &self,
+        segment_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<(LineUserId, Option<MemberId>)>>;
     /// Transitions with `id > after_id`, oldest first.
     async fn transitions_after(&self, after_id: i64, limit: u32) -> StoreResult<Vec<StoredTransition>>;
 }
@@ -635,6 +642,25 @@ impl<S: Sql + OutboxStore> MembershipReads for S {
         .bind(after.unwrap_or(""))
         .bind(limit)
         .all(self.reader(), |row| row.user("line_user_id"))
+        .await
+    }
+
+    async fn segment_members_linked(
+        &self,
+        segment_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<(LineUserId, Option<MemberId>)>> {
+        // A probe of `links` per member: a join would hash all of `links`.
+        stmt::<S::Db>(
+            "SELECT m.line_user_id, (SELECT l.member_id FROM links l WHERE l.line_user_id = m.line_user_id) AS member_id
+             FROM segment_memberships m WHERE m.segment_id = $1 AND m.line_user_id > $2
+             ORDER BY m.line_user_id LIMIT $3",
+        )
+        .bind(segment_id)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .all(self.reader(), |row| Ok((row.user("line_user_id")?, row.opt_member("member_id")?)))
         .await
     }
 
