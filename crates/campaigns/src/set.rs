@@ -343,6 +343,18 @@ impl CampaignSet {
         self.reads.get(campaign_id).is_none_or(|all| all.iter().any(|r| r.member || r.everything))
     }
 
+    /// Whether every recipient of `campaign` gets the same messages at a
+    /// given time: it has no steps and no variants, and no message reads the
+    /// recipient (member data, LINE user, `track`, the event, or what the
+    /// reading cannot follow). A fire of it renders once per page.
+    pub fn renders_alike(&self, campaign: &Campaign) -> bool {
+        campaign.steps.is_empty()
+            && campaign.variants.is_empty()
+            && self.reads.get(&campaign.id).is_some_and(|all| {
+                all.iter().all(|r| !(r.member || r.line_user_id || r.track || r.event || r.everything))
+            })
+    }
+
     /// [`CampaignSet::render_step`], shared with the renders in `memo` whose
     /// recipients' context reads the same (the same variant, and the same
     /// member data, user, event and time as far as the templates read them):

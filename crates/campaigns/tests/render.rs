@@ -284,3 +284,27 @@ fn campaigns_say_whether_their_messages_read_the_member() {
     assert!(alt_only.reads_member("c"), "member.name in the alt_text");
     assert!(set_with(SHARED_CASES[0].0, "x").reads_member("unknown"), "an unknown campaign is assumed to");
 }
+
+/// A fire renders once per page only for campaigns whose messages read
+/// nothing of the recipient; for them, the render for any recipient is the
+/// render for none.
+#[test]
+fn campaigns_say_whether_they_render_alike_for_everyone() {
+    let alike = |case: usize| {
+        let set = set_with(SHARED_CASES[case].0, SHARED_CASES[case].1);
+        set.renders_alike(set.get("c").unwrap())
+    };
+    assert!(alike(0), "campaign name only");
+    for case in 1..SHARED_CASES.len() {
+        assert!(!alike(case), "case {case} reads the recipient");
+    }
+    let set = set_with(SHARED_CASES[0].0, "{{member.name}}さん");
+    assert!(!set.renders_alike(set.get("c").unwrap()), "member.name in the alt_text");
+
+    let set = set_with(SHARED_CASES[0].0, SHARED_CASES[0].1);
+    let campaign = set.get("c").unwrap();
+    let member = json!({"name": "会員"}).as_object().unwrap().clone();
+    let someone = ctx(&member, None);
+    let no_one = RenderContext { member_id: None, member: None, line_user_id: None, ..ctx(&member, None) };
+    assert_eq!(set.render(campaign, &someone).unwrap(), set.render(campaign, &no_one).unwrap());
+}

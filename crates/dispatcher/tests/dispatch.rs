@@ -68,8 +68,12 @@ async fn identical_messages_go_by_multicast_once_per_member_under_faults(backend
     let members: Vec<(u32, serde_json::Value)> = (1..=1_100).map(|n| (n, personal_attrs(n, "gold"))).collect();
     h.add_members(&members).await;
     assert_eq!(fire(&h, "gold_sale", t0()).await, 1_100);
-    // Its template reads nothing of the member, so the fire read only the
-    // links: each delivery still names its user's member.
+    // Its messages read nothing of the recipient, so the fire rendered once
+    // a page and its audience (two ranges) stayed in the store: each
+    // delivery still names its user's member, and is queued once.
+    let campaign = h.campaigns.get("gold_sale").unwrap();
+    assert_eq!(h.runner.fire(campaign, t0()).await.unwrap(), 0, "a fire again adds nothing");
+    assert_eq!(h.test.store.overview_counts().await.unwrap().deliveries_pending, 1_100);
     let deliveries = h.test.store.campaign_deliveries("gold_sale", 0, 2_000).await.unwrap();
     assert_eq!(deliveries.len(), 1_100);
     let number_of: std::collections::HashMap<_, _> = (1..=1_100).map(|n| (user(n), n)).collect();

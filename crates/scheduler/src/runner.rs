@@ -20,7 +20,7 @@ use renkei_campaigns::{
 };
 use renkei_core::{Clock, LineUserId, MemberId};
 use renkei_dispatcher::DispatchMetrics;
-use renkei_store::dispatch::{FireState, NewDelivery};
+use renkei_store::dispatch::{AlikeFire, FireState, NewDelivery};
 use renkei_store::membership::{Cause, StoredTransition, TransitionKind, UserRecord};
 use renkei_store::{FanoutQuery, StoreResult, StoredEvent};
 use serde_json::{Map, Value, json};
@@ -728,83 +728,100 @@ impl CampaignRunner {
     /// Enqueues one fire of a scheduled campaign for its audience's current members.
     pub async fn fire(&self, campaign: &Campaign, fire_at: DateTime<Utc>) -> SchedulerResult<u64> {
         let Trigger::Schedule { audience, .. } = &campaign.trigger else { return Ok(0) };
-        let trigger_key = format!("schedule:{}", rfc3339(fire_at));
-        let context = json!({"fire_at": rfc3339(fire_at)});
-        // A page is read and rendered while the ones before are written,
-        // two at a time where the store takes parallel writes, so the
-        // database and the renderer work at the same time (a lone writer
-        // would leave them idle through each commit).
+        let fire = ScheduleFire {
+            campaign,
+            audience,
+            trigger_key: format!("schedule:{}", rfc3339(fire_at)),
+            context: json!({"fire_at": rfc3339(fire_at)}),
+            fire_at,
+            alike: self.campaigns.renders_alike(campaign),
+        };
+        // The audience is cut into ranges of a page each (a cheap read of
+        // where each ends), which writers read, render and enqueue: two at a
+        // time where the store takes parallel writes, so the database and
+        // the renderer work at the same time (a lone writer would leave them
+        // idle through each commit).
         let writers = if self.store.outbox.parallel_claims() { 2 } else { 1 };
-        let (pages, rendered): (Vec<_>, Vec<_>) =
-            (0..writers).map(|_| tokio::sync::mpsc::channel::<(Vec<NewDelivery>, DateTime<Utc>)>(1)).unzip();
-        let render = async move {
+        let (ranges, taken): (Vec<_>, Vec<_>) =
+            (0..writers).map(|_| tokio::sync::mpsc::channel::<AudienceRange>(1)).unzip();
+        let cut = async move {
             let mut after: Option<String> = None;
-            for page_number in 0.. {
-                let page = self.audience_page(campaign, audience, after.as_deref()).await?;
-                let Some((last, _)) = page.last() else { break };
-                after = Some(last.as_str().to_string());
-                let now = self.clock.now();
-                // Recipients whose render would come out the same share one.
-                let mut memo = RenderMemo::default();
-                let deliveries: Vec<NewDelivery> = page
-                    .into_iter()
-                    .map(|(user, (member_id, attributes))| {
-                        let instance = Instance {
-                            trigger_key: trigger_key.clone(),
-                            line_user_id: Some(user),
-                            member_id,
-                            attributes: attributes.as_ref(),
-                            event: None,
-                            due_at: fire_at,
-                            context: context.clone(),
-                        };
-                        self.delivery(campaign, instance, now, None, &mut memo)
-                    })
-                    .collect();
-                if pages[page_number % pages.len()].send((deliveries, now)).await.is_err() {
+            for number in 0.. {
+                let end = self.store.membership_reads.segment_page_end(audience, after.as_deref(), PAGE).await?;
+                let through = end.map(|user| user.as_str().to_string());
+                let range = AudienceRange { after: after.clone(), through: through.clone() };
+                if ranges[number % ranges.len()].send(range).await.is_err() {
                     break; // a writer failed: its error is the fire's
+                }
+                match through {
+                    Some(through) => after = Some(through),
+                    None => break,
                 }
             }
             SchedulerResult::Ok(())
         };
-        let writers = rendered.into_iter().map(|mut rendered| async move {
+        let fire = &fire;
+        let writers = taken.into_iter().map(|mut taken| async move {
             let mut total = 0;
-            while let Some((deliveries, now)) = rendered.recv().await {
-                total += deliveries.len() as u64;
-                self.enqueue(&deliveries, now).await?;
+            while let Some(range) = taken.recv().await {
+                total += self.enqueue_range(fire, &range).await?;
             }
             SchedulerResult::Ok(total)
         });
-        let (rendering, written) = tokio::join!(render, futures::future::try_join_all(writers));
+        let (cutting, written) = tokio::join!(cut, futures::future::try_join_all(writers));
         let total: u64 = written?.into_iter().sum();
-        rendering?;
+        cutting?;
         self.store.schedule.set_fire_state(&campaign.id, fire_at, FireState::Done).await?;
         Ok(total)
     }
 
-    /// A page of `audience` past `after`, each user with the linked member,
-    /// and the member's attributes when `campaign`'s messages read them
-    /// (else the links are read with the page).
-    async fn audience_page(
-        &self,
-        campaign: &Campaign,
-        audience: &str,
-        after: Option<&str>,
-    ) -> SchedulerResult<Vec<(LineUserId, LinkedMember)>> {
-        let reads = &self.store.membership_reads;
-        if !self.campaigns.reads_member(&campaign.id) {
-            let page = reads.segment_members_linked(audience, after, PAGE).await?;
-            return Ok(page.into_iter().map(|(user, member)| (user, (member, None))).collect());
+    /// Enqueues `fire` to one range of its audience; returns how many deliveries were new.
+    async fn enqueue_range(&self, fire: &ScheduleFire<'_>, range: &AudienceRange) -> SchedulerResult<u64> {
+        let now = self.clock.now();
+        let (after, through) = (range.after.as_deref(), range.through.as_deref());
+        let mut memo = RenderMemo::default();
+        let instance = |line_user_id: Option<LineUserId>, member_id: Option<MemberId>, attributes| Instance {
+            trigger_key: fire.trigger_key.clone(),
+            line_user_id,
+            member_id,
+            attributes,
+            event: None,
+            due_at: fire.fire_at,
+            context: fire.context.clone(),
+        };
+        if fire.alike {
+            // One render for everyone, and the recipients stay in the store.
+            let rendered = self.delivery(fire.campaign, instance(None, None, None), now, None, &mut memo);
+            let alike = AlikeFire {
+                campaign_id: &fire.campaign.id,
+                trigger_key: &fire.trigger_key,
+                audience: fire.audience,
+                due_at: fire.fire_at,
+                messages: &rendered.messages,
+                context: &rendered.context,
+            };
+            let new = self.store.outbox.insert_audience_range(&alike, after, through, now).await?;
+            self.count_enqueued(new);
+            return Ok(new);
         }
-        let page = reads.segment_members(audience, after, PAGE).await?;
-        let mut records = self.records(&page).await?;
-        Ok(page
+        let recipients = self.store.membership_reads.segment_range_linked(fire.audience, after, through).await?;
+        // Member data is loaded only when the messages read it.
+        let mut records = if self.campaigns.reads_member(&fire.campaign.id) {
+            let users: Vec<LineUserId> = recipients.iter().map(|(user, _)| user.clone()).collect();
+            self.records(&users).await?
+        } else {
+            HashMap::new()
+        };
+        let deliveries: Vec<NewDelivery> = recipients
             .into_iter()
-            .map(|user| {
-                let linked = records.remove(&user).map_or((None, None), |r| (r.member_id, r.attributes));
-                (user, linked)
+            .map(|(user, member_id)| {
+                let record = records.remove(&user);
+                let (member_id, attributes) = record.map_or((member_id, None), |r| (r.member_id, r.attributes));
+                let one = instance(Some(user), member_id, None);
+                self.delivery(fire.campaign, Instance { attributes: attributes.as_ref(), ..one }, now, None, &mut memo)
             })
-            .collect())
+            .collect();
+        self.enqueue(&deliveries, now).await
     }
 
     async fn records(&self, users: &[LineUserId]) -> SchedulerResult<HashMap<LineUserId, UserRecord>> {
@@ -827,11 +844,16 @@ impl CampaignRunner {
             return Ok(0);
         }
         let new = self.store.outbox.insert_deliveries(deliveries, now).await?;
+        self.count_enqueued(new);
+        Ok(new)
+    }
+
+    /// Counts `new` enqueued deliveries, and wakes the dispatcher for them.
+    fn count_enqueued(&self, new: u64) {
         DispatchMetrics::add(&self.metrics.deliveries_enqueued, new);
         if new > 0 {
             self.dispatch_wake.notify_waiters();
         }
-        Ok(new)
     }
 
     /// The deliveries of one trigger instance for one recipient: one, or
@@ -940,8 +962,23 @@ fn hash_of(key: &str) -> u64 {
     BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(key)
 }
 
-/// A user's linked member and, when read, the member's attributes.
-type LinkedMember = (Option<MemberId>, Option<Map<String, Value>>);
+/// One fire of a scheduled campaign.
+struct ScheduleFire<'a> {
+    campaign: &'a Campaign,
+    audience: &'a str,
+    /// `schedule:<fire time>`.
+    trigger_key: String,
+    context: Value,
+    fire_at: DateTime<Utc>,
+    /// Its messages are the same for every recipient (`CampaignSet::renders_alike`).
+    alike: bool,
+}
+
+/// A range of an audience by LINE user id: `(after, through]`, to the end without `through`.
+struct AudienceRange {
+    after: Option<String>,
+    through: Option<String>,
+}
 
 /// One trigger instance for one recipient, before it is rendered.
 #[derive(Clone)]

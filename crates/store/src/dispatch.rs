@@ -2,7 +2,7 @@
 //! the outbox, LINE requests, the scheduler's state and rich menus.
 
 pub use crate::outbox::{
-    CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxReads, OutboxStore,
+    AlikeFire, CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, NewDelivery, OutboxReads, OutboxStore,
     PendingDelivery, QueueKey, SkipReason, UserSendFacts,
 };
 pub use crate::requests::{NewRequest, RequestKind, RequestStatus, RequestStore, SendRequest};

@@ -56,8 +56,8 @@ pub use membership::{
 };
 pub use operators::{AuditEntry, Operator, OperatorRole, OperatorSession, OperatorStore};
 pub use outbox::{
-    CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, ExposureRow, NewDelivery, OutboxReads, OutboxStore,
-    PendingDelivery, QueueKey, SkipReason, UserEventRow, UserSendFacts,
+    AlikeFire, CampaignCounts, Claim, ClaimOutcome, Delivery, DeliveryStatus, ExposureRow, NewDelivery, OutboxReads,
+    OutboxStore, PendingDelivery, QueueKey, SkipReason, UserEventRow, UserSendFacts,
 };
 pub use overview::{
     DashboardTally, FailedRequest, HourCount, OverviewCounts, OverviewReads, UserDelivery, WaitingDeliveries,

@@ -574,16 +574,29 @@ pub trait MembershipReads: Send + Sync + 'static {
     async fn segment_stats(&self) -> StoreResult<Vec<SegmentStats>>;
     /// Members of a segment sorted by `line_user_id`, strictly after `after`.
     async fn segment_members(&self, segment_id: &str, after: Option<&str>, limit: u32) -> StoreResult<Vec<LineUserId>>;
-    /// [`segment_members`](Self::segment_members), each with the member linked to it.
-    async fn segment_members_linked(
+    /// Where a page of `size` members of a segment past `after` (by
+    /// `line_user_id`) ends: its last member, or `None` when fewer are left.
+    async fn segment_page_end(
         &self,
         segment_id: &str,
         after: Option<&str>,
-        limit: u32,
+        size: u32,
+    ) -> StoreResult<Option<LineUserId>>;
+    /// The members of a segment in `(after, through]` by `line_user_id` (to
+    /// the end without `through`), sorted, each with the member linked to it.
+    async fn segment_range_linked(
+        &self,
+        segment_id: &str,
+        after: Option<&str>,
+        through: Option<&str>,
     ) -> StoreResult<Vec<(LineUserId, Option<MemberId>)>>;
     /// Transitions with `id > after_id`, oldest first.
     async fn transitions_after(&self, after_id: i64, limit: u32) -> StoreResult<Vec<StoredTransition>>;
 }
+
+/// Sorts after every LINE user id (each is `U` and 32 hex digits): the
+/// upper bound of a range to the end of a segment.
+pub(crate) const PAST_EVERY_USER: &str = "V";
 
 #[async_trait]
 impl<S: Sql + OutboxStore> MembershipReads for S {
@@ -645,21 +658,38 @@ impl<S: Sql + OutboxStore> MembershipReads for S {
         .await
     }
 
-    async fn segment_members_linked(
+    async fn segment_page_end(
         &self,
         segment_id: &str,
         after: Option<&str>,
-        limit: u32,
+        size: u32,
+    ) -> StoreResult<Option<LineUserId>> {
+        stmt::<S::Db>(
+            "SELECT line_user_id FROM segment_memberships WHERE segment_id = $1 AND line_user_id > $2
+             ORDER BY line_user_id LIMIT 1 OFFSET $3",
+        )
+        .bind(segment_id)
+        .bind(after.unwrap_or(""))
+        .bind(size.saturating_sub(1))
+        .optional(self.reader(), |row| row.user("line_user_id"))
+        .await
+    }
+
+    async fn segment_range_linked(
+        &self,
+        segment_id: &str,
+        after: Option<&str>,
+        through: Option<&str>,
     ) -> StoreResult<Vec<(LineUserId, Option<MemberId>)>> {
         // A probe of `links` per member: a join would hash all of `links`.
         stmt::<S::Db>(
             "SELECT m.line_user_id, (SELECT l.member_id FROM links l WHERE l.line_user_id = m.line_user_id) AS member_id
-             FROM segment_memberships m WHERE m.segment_id = $1 AND m.line_user_id > $2
-             ORDER BY m.line_user_id LIMIT $3",
+             FROM segment_memberships m WHERE m.segment_id = $1 AND m.line_user_id > $2 AND m.line_user_id <= $3
+             ORDER BY m.line_user_id",
         )
         .bind(segment_id)
         .bind(after.unwrap_or(""))
-        .bind(limit)
+        .bind(through.unwrap_or(PAST_EVERY_USER))
         .all(self.reader(), |row| Ok((row.user("line_user_id")?, row.opt_member("member_id")?)))
         .await
     }

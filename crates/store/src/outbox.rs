@@ -55,6 +55,41 @@ pub struct NewDelivery {
     pub context: Value,
 }
 
+/// One page of a fire whose messages are the same for every recipient
+/// (`CampaignSet::renders_alike`): the deliveries of one trigger instance
+/// to the members of `audience` in a range of LINE user ids, each keyed by
+/// its LINE user and with the member linked to it.
+#[derive(Debug, Clone, Copy)]
+pub struct AlikeFire<'a> {
+    pub campaign_id: &'a str,
+    pub trigger_key: &'a str,
+    /// The segment whose members are the recipients.
+    pub audience: &'a str,
+    pub due_at: DateTime<Utc>,
+    pub messages: &'a Value,
+    pub context: &'a Value,
+}
+
+impl AlikeFire<'_> {
+    /// The fire's deliveries to `recipients`, as [`NewDelivery`]s.
+    pub fn deliveries(&self, recipients: Vec<(LineUserId, Option<MemberId>)>) -> Vec<NewDelivery> {
+        let messages = Arc::new(self.messages.clone());
+        recipients
+            .into_iter()
+            .map(|(user, member_id)| NewDelivery {
+                campaign_id: self.campaign_id.to_string(),
+                trigger_key: self.trigger_key.to_string(),
+                recipient_key: user.as_str().to_string(),
+                line_user_id: Some(user),
+                member_id,
+                due_at: self.due_at,
+                messages: Arc::clone(&messages),
+                context: self.context.clone(),
+            })
+            .collect()
+    }
+}
+
 /// A delivery as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Delivery {
@@ -269,6 +304,18 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Inserts deliveries atomically (pending, queued for `due_at`), ignoring any whose
     /// `(campaign_id, trigger_key, recipient_key)` exists. Returns how many were new.
     async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// Inserts `fire`'s deliveries to the members of its audience in
+    /// `(after, through]` by LINE user id (to the end without `through`), as
+    /// [`insert_deliveries`](Self::insert_deliveries) would
+    /// ([`AlikeFire::deliveries`]). Returns how many were new.
+    async fn insert_audience_range(
+        &self,
+        fire: &AlikeFire<'_>,
+        after: Option<&str>,
+        through: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64>;
 
     /// Holds up to `limit` pending deliveries with `due_at <= now` that no
     /// other claim holds, earliest due first, until the claim is committed or

@@ -547,6 +547,62 @@ async fn sends_are_counted_per_user_campaign_and_window(store: TestStore) {
     assert_eq!(store.sent_counts(&[], None, at(1)).await.expect("no users"), counts(&[]));
 }
 
+/// A fire of messages alike for all cuts its audience into ranges (where
+/// each page ends) and inserts each range's deliveries in the store, each
+/// with its user's member (none when unlinked); a range again adds nothing.
+async fn an_alike_fire_enqueues_its_audience_by_ranges(store: TestStore) {
+    let now = at(1);
+    for n in [1, 2, 4, 5] {
+        store.link(&member(&format!("m{n}")), &user(n), LinkMethod::Api, now).await.expect("link");
+    }
+    let update = |n: u32, segments: &[&str]| MembershipUpdate {
+        line_user_id: user(n),
+        segments: segments.iter().map(|s| s.to_string()).collect(),
+        next_due: None,
+    };
+    let updates: Vec<_> = (1..=5).map(|n| update(n, &["gold"])).chain([update(6, &["silver"])]).collect();
+    store.apply_memberships(&updates, now, Cause::Recompute).await.expect("memberships");
+    let mut ends = Vec::new();
+    let mut after: Option<String> = None;
+    while let Some(end) = store.segment_page_end("gold", after.as_deref(), 2).await.expect("end") {
+        after = Some(end.as_str().to_string());
+        ends.push(end);
+    }
+    assert_eq!(ends, [user(2), user(4)], "pages of two end at the 2nd and the 4th");
+    let linked = store.segment_range_linked("gold", Some(user(2).as_str()), Some(user(4).as_str())).await;
+    let linked = linked.expect("range");
+    assert_eq!(linked, [(user(3), None), (user(4), Some(member("m4")))], "(2, 4], with the links");
+
+    let (messages, context) = (messages("sale"), json!({"fire_at": "x"}));
+    let fire = renkei_store::dispatch::AlikeFire {
+        campaign_id: "c",
+        trigger_key: "schedule:x",
+        audience: "gold",
+        due_at: now,
+        messages: &messages,
+        context: &context,
+    };
+    let ranges = [(None, Some(user(2))), (Some(user(2)), Some(user(4))), (Some(user(4)), None)];
+    let mut added = Vec::new();
+    for (after, through) in &ranges {
+        let (after, through) = (after.as_ref().map(|u| u.as_str()), through.as_ref().map(|u| u.as_str()));
+        added.push(store.insert_audience_range(&fire, after, through, now).await.expect("range"));
+    }
+    assert_eq!(added, [2, 2, 1]);
+    let again = store.insert_audience_range(&fire, None, None, now).await.expect("again");
+    assert_eq!(again, 0, "the whole audience again adds nothing");
+    let deliveries = store.campaign_deliveries("c", 0, 10).await.expect("deliveries");
+    let got: Vec<_> = deliveries.iter().map(|d| (d.recipient_key.clone(), d.member_id.clone())).collect();
+    let want: Vec<_> = [(1, Some("m1")), (2, Some("m2")), (3, None), (4, Some("m4")), (5, Some("m5"))]
+        .into_iter()
+        .map(|(n, m)| (user(n).as_str().to_string(), m.map(member)))
+        .collect();
+    assert_eq!(got, want);
+    let claim = store.claim_deliveries(at(2), 10).await.expect("claim");
+    assert_eq!(claim.len(), 5);
+    assert!(claim.deliveries.iter().all(|d| *d.messages == messages && *d.context == context));
+}
+
 async fn send_facts_cover_links_following_and_asked_segments(store: TestStore) {
     let now = at(1);
     for (m, n) in [("m1", 1), ("m2", 2)] {
@@ -782,6 +838,7 @@ renkei_test_support::on_both_backends!(
     a_request_given_back_untried_is_claimable_at_once_with_its_attempt_uncounted,
     sends_are_counted_per_user_campaign_and_window,
     send_facts_cover_links_following_and_asked_segments,
+    an_alike_fire_enqueues_its_audience_by_ranges,
     campaign_enabled_at_keeps_the_first_instant,
     cron_fires_are_recorded_once,
     cursors_are_stored_by_name,

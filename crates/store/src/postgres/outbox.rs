@@ -2,10 +2,11 @@
 //! SKIP LOCKED` so that planners of several instances take disjoint rows;
 //! batches go in as one `UNNEST` statement; sets are bound as arrays.
 
+use crate::membership::PAST_EVERY_USER;
 use crate::outbox::{
-    Claim, ClaimLock, ClaimOutcome, NewDelivery, OutboxStore, PendingDelivery, QueueKey, SendFactsRow, SharedMessages,
-    UserSendFacts, add_campaign_counts, claim_moves, count_slot, counts_by_user, opt_member, opt_user, parse_json,
-    send_facts_of, sends_of, users_by_member,
+    AlikeFire, Claim, ClaimLock, ClaimOutcome, NewDelivery, OutboxStore, PendingDelivery, QueueKey, SendFactsRow,
+    SharedMessages, UserSendFacts, add_campaign_counts, claim_moves, count_slot, counts_by_user, opt_member, opt_user,
+    parse_json, send_facts_of, sends_of, users_by_member,
 };
 use crate::requests::{NewRequest, recipients_json, retry_key_conflict};
 use crate::sql::stmt;
@@ -199,31 +200,22 @@ async fn pg_insert_requests(
         .collect()
 }
 
-/// The enqueue statement, with `$skip` between its rows and what it returns:
-/// nothing, or the clause that skips deliveries that exist (DO NOTHING also
-/// skips repeats inside the statement; only new rows are queued).
-macro_rules! enqueue_sql {
-    ($skip:literal) => {
+/// What an enqueue statement does after its `new` deliveries (the rows it
+/// added): the campaigns' `created` counters (migration 0025), and a queue
+/// page per campaign and due time (migration 0029), each delivery with the
+/// first of those whose messages and context it shares (`$payload_of`, a
+/// window over `new`). Returns how many were added.
+macro_rules! queue_new {
+    ($payload_of:literal) => {
         concat!(
-            "WITH new AS (
-                 INSERT INTO deliveries (campaign_id, trigger_key, recipient_key, line_user_id, member_id, due_at,
-                                         messages, context, status, created_at)
-                 SELECT c, t, r, u, m, d, msg::json, ctx::json, 'pending', $9
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-                             $7::text[], $8::text[]) AS s (c, t, r, u, m, d, msg, ctx) ",
-            $skip,
-            " RETURNING id, campaign_id, due_at, line_user_id, member_id, CAST(messages AS TEXT) AS m,
-                           CAST(context AS TEXT) AS ctx)
-                 -- The campaigns' `created` counters (migration 0025), from the rows this statement added.
-                 , counted AS (
+            "    , counted AS (
                  INSERT INTO campaign_counts (campaign_id, status, skip_reason, slot, n)
                  SELECT campaign_id, 'created', '', (txid_current() % 8)::smallint, COUNT(*) FROM new
                  GROUP BY campaign_id ORDER BY campaign_id
                  ON CONFLICT (campaign_id, status, skip_reason, slot) DO UPDATE SET n = campaign_counts.n + excluded.n)
-                 -- A page per campaign and due time (migration 0029), each delivery with the first
-                 -- of those whose messages and context it shares.
-                 , shared AS (SELECT id, campaign_id, due_at, line_user_id, member_id,
-                                     MIN(id) OVER (PARTITION BY m, ctx) AS payload_of FROM new)
+                 , shared AS (SELECT id, campaign_id, due_at, line_user_id, member_id, ",
+            $payload_of,
+            " AS payload_of FROM new)
                  , queued AS (
                  INSERT INTO delivery_queue (delivery_id, campaign_id, due_at, delivery_ids, line_user_ids, member_ids,
                                              payload_ofs, size)
@@ -235,9 +227,54 @@ macro_rules! enqueue_sql {
     };
 }
 
+/// The enqueue of given deliveries, with `$skip` between its rows and what
+/// it returns: nothing, or the clause that skips deliveries that exist (DO
+/// NOTHING also skips repeats inside the statement; only new rows are queued).
+macro_rules! enqueue_sql {
+    ($skip:literal) => {
+        concat!(
+            "WITH new AS (
+                 INSERT INTO deliveries (campaign_id, trigger_key, recipient_key, line_user_id, member_id, due_at,
+                                         messages, context, status, created_at)
+                 SELECT c, t, r, u, m, d, msg::json, ctx::json, 'pending', $9
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                             $7::text[], $8::text[]) AS s (c, t, r, u, m, d, msg, ctx) ",
+            $skip,
+            " RETURNING id, campaign_id, due_at, line_user_id, member_id, CAST(messages AS TEXT) AS m,
+                           CAST(context AS TEXT) AS ctx)",
+            queue_new!("MIN(id) OVER (PARTITION BY m, ctx)")
+        )
+    };
+}
+
 const ENQUEUE: &str = enqueue_sql!("");
 const ENQUEUE_SKIPPING_EXISTING: &str =
     enqueue_sql!("ON CONFLICT (campaign_id, trigger_key, recipient_key) DO NOTHING");
+
+/// The enqueue of an [`AlikeFire`] to a range of its audience, as
+/// [`enqueue_sql`]: the recipients, their links and the messages stay in
+/// PostgreSQL (`membership.rs`'s `segment_range_linked` reads the same range).
+macro_rules! enqueue_range_sql {
+    ($skip:literal) => {
+        concat!(
+            "WITH page AS (
+                 SELECT m.line_user_id,
+                        (SELECT l.member_id FROM links l WHERE l.line_user_id = m.line_user_id) AS member_id
+                 FROM segment_memberships m WHERE m.segment_id = $1 AND m.line_user_id > $2 AND m.line_user_id <= $3)
+             , new AS (
+                 INSERT INTO deliveries (campaign_id, trigger_key, recipient_key, line_user_id, member_id, due_at,
+                                         messages, context, status, created_at)
+                 SELECT $4, $5, line_user_id, line_user_id, member_id, $6, $7::json, $8::json, 'pending', $9 FROM page ",
+            $skip,
+            " RETURNING id, campaign_id, due_at, line_user_id, member_id)",
+            queue_new!("MIN(id) OVER ()")
+        )
+    };
+}
+
+const ENQUEUE_RANGE: &str = enqueue_range_sql!("");
+const ENQUEUE_RANGE_SKIPPING_EXISTING: &str =
+    enqueue_range_sql!("ON CONFLICT (campaign_id, trigger_key, recipient_key) DO NOTHING");
 
 /// The columns of the deliveries one enqueue statement inserts.
 struct EnqueueRows<'a> {
@@ -324,6 +361,37 @@ impl OutboxStore for PgStore {
             other => other?,
         };
         Ok(inserted)
+    }
+
+    async fn insert_audience_range(
+        &self,
+        fire: &AlikeFire<'_>,
+        after: Option<&str>,
+        through: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let (messages, context) = (fire.messages.to_string(), fire.context.to_string());
+        let insert = |sql: &'static str| {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(fire.audience)
+                .bind(after.unwrap_or(""))
+                .bind(through.unwrap_or(PAST_EVERY_USER))
+                .bind(fire.campaign_id)
+                .bind(fire.trigger_key)
+                .bind(fire.due_at)
+                .bind(&messages)
+                .bind(&context)
+                .bind(now)
+                .fetch_one(&self.pool)
+        };
+        // As in `insert_deliveries`: a plain insert, then one skipping what exists.
+        let inserted = match insert(ENQUEUE_RANGE).await {
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                insert(ENQUEUE_RANGE_SKIPPING_EXISTING).await?
+            }
+            other => other?,
+        };
+        Ok(u64::try_from(inserted).unwrap_or(0))
     }
 
     async fn claim_deliveries_after(

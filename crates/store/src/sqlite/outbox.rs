@@ -4,13 +4,13 @@
 
 use super::{ids_json, json_text, to_micros, users_json};
 use crate::outbox::{
-    Claim, ClaimLock, ClaimOutcome, CountMoves, NewDelivery, OutboxStore, PendingDelivery, QueueKey, SharedMessages,
-    UserSendFacts, add_campaign_counts, claim_moves, counts_by_user, delivery_of, delivery_own_columns, dequeued,
-    send_facts_of, sends_of, users_by_member,
+    AlikeFire, Claim, ClaimLock, ClaimOutcome, CountMoves, NewDelivery, OutboxStore, PendingDelivery, QueueKey,
+    SharedMessages, UserSendFacts, add_campaign_counts, claim_moves, counts_by_user, delivery_of, delivery_own_columns,
+    dequeued, send_facts_of, sends_of, users_by_member,
 };
 use crate::requests::{recipients_json, retry_key_conflict};
 use crate::sql::{Row, stmt};
-use crate::{SqliteStore, StoreError, StoreResult};
+use crate::{MembershipReads, SqliteStore, StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use foldhash::{HashMap, HashMapExt};
@@ -116,6 +116,17 @@ impl ClaimLock for SqliteClaim {
 impl OutboxStore for SqliteStore {
     fn parallel_claims(&self) -> bool {
         false
+    }
+
+    async fn insert_audience_range(
+        &self,
+        fire: &AlikeFire<'_>,
+        after: Option<&str>,
+        through: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let recipients = MembershipReads::segment_range_linked(self, fire.audience, after, through).await?;
+        self.insert_deliveries(&fire.deliveries(recipients), now).await
     }
 
     async fn insert_deliveries(&self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> StoreResult<u64> {
