@@ -100,8 +100,9 @@ pub(crate) struct Inner {
     pub read_tokens: HashMap<String, String>,
     pub webhook_url: Option<String>,
     pub record_requests: bool,
-    /// Per `customAggregationUnits` name, the users its accepted sends reached.
-    pub unit_users: HashMap<String, std::collections::HashSet<String>>,
+    /// Per `customAggregationUnits` name, the users its accepted sends
+    /// reached (foldhash: a 1M-recipient multicast adds each under the lock).
+    pub unit_users: HashMap<String, foldhash::HashSet<String>>,
     pub unit_shares: (f64, f64),
     /// The hour window of statistics-per-unit calls: its start and count.
     pub hourly: Option<(Instant, u32)>,

@@ -725,7 +725,9 @@ impl CampaignRunner {
         Ok(schedule::next_fire(cron, tz, now))
     }
 
-    /// Enqueues one fire of a scheduled campaign for its audience's current members.
+    /// Enqueues one fire of a scheduled campaign for its audience's current
+    /// members; returns how many deliveries were new (none when a fire taken
+    /// over after a crash finds them all enqueued).
     pub async fn fire(&self, campaign: &Campaign, fire_at: DateTime<Utc>) -> SchedulerResult<u64> {
         let Trigger::Schedule { audience, .. } = &campaign.trigger else { return Ok(0) };
         let fire = ScheduleFire {

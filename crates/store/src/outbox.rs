@@ -460,14 +460,6 @@ pub(crate) fn parse_json(text: &str, what: &str) -> StoreResult<Value> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
-pub(crate) fn opt_user(text: Option<String>) -> StoreResult<Option<LineUserId>> {
-    text.as_deref().map(parse_user).transpose()
-}
-
-pub(crate) fn opt_member(text: Option<String>) -> StoreResult<Option<MemberId>> {
-    text.as_deref().map(parse_member).transpose()
-}
-
 /// Checks a batch of requests before anything is written; returns every delivery id.
 fn request_delivery_ids(requests: &[NewRequest]) -> StoreResult<Vec<i64>> {
     let mut ids = Vec::new();

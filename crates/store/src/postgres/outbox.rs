@@ -5,12 +5,12 @@
 use crate::membership::PAST_EVERY_USER;
 use crate::outbox::{
     AlikeFire, Claim, ClaimLock, ClaimOutcome, NewDelivery, OutboxStore, PendingDelivery, QueueKey, SendFactsRow,
-    SharedMessages, UserSendFacts, add_campaign_counts, claim_moves, count_slot, counts_by_user, opt_member, opt_user,
-    parse_json, send_facts_of, sends_of, users_by_member,
+    SharedMessages, UserSendFacts, add_campaign_counts, claim_moves, count_slot, counts_by_user, parse_json,
+    send_facts_of, sends_of, users_by_member,
 };
 use crate::requests::{NewRequest, recipients_json, retry_key_conflict};
 use crate::sql::stmt;
-use crate::{PgStore, StoreError, StoreResult};
+use crate::{PgStore, StoreError, StoreResult, parse_member, parse_user};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use foldhash::{HashMap, HashMapExt};
@@ -22,33 +22,70 @@ use uuid::Uuid;
 /// 1677-09-21: earlier than any due time, and inside PostgreSQL's range.
 const BEFORE_ANY_DUE: DateTime<Utc> = DateTime::from_timestamp_nanos(i64::MIN);
 
-/// A `delivery_queue` row: id, campaign, due, LINE user, member, and the
-/// delivery whose messages and context it shares.
-type QueueRow = (i64, String, DateTime<Utc>, Option<String>, Option<String>, i64);
-
 /// A `delivery_queue` page: its key (first delivery), campaign, due, and
 /// its deliveries' ids, LINE users, members and payload rows.
 type QueuePage = (i64, String, DateTime<Utc>, Vec<i64>, Vec<Option<String>>, Vec<Option<String>>, Vec<i64>);
 
-/// The deliveries of claimed pages, a [`QueueRow`] each.
-fn rows_of_pages(pages: Vec<QueuePage>) -> StoreResult<Vec<QueueRow>> {
-    let mut rows = Vec::with_capacity(pages.iter().map(|page| page.3.len()).sum());
-    for (key, campaign, due, ids, users, members, payloads) in pages {
-        if users.len() != ids.len() || members.len() != ids.len() || payloads.len() != ids.len() {
-            return Err(StoreError::Corrupt(format!("queue page {key}: its arrays differ in length")));
+/// What a claim took out of the queue: its pages, and where each delivery is in them.
+struct ClaimedPages {
+    pages: Vec<QueuePage>,
+    place: HashMap<i64, (usize, usize)>,
+}
+
+/// A claimed delivery as its queue page has it.
+struct QueuedDelivery<'a> {
+    campaign: &'a str,
+    due_at: DateTime<Utc>,
+    user: Option<&'a str>,
+    member: Option<&'a str>,
+    payload_of: i64,
+}
+
+impl ClaimedPages {
+    fn new(pages: Vec<QueuePage>) -> StoreResult<Self> {
+        let mut place = HashMap::with_capacity(pages.iter().map(|page| page.3.len()).sum());
+        for (p, (key, _, _, ids, users, members, payloads)) in pages.iter().enumerate() {
+            if users.len() != ids.len() || members.len() != ids.len() || payloads.len() != ids.len() {
+                return Err(StoreError::Corrupt(format!("queue page {key}: its arrays differ in length")));
+            }
+            place.extend(ids.iter().enumerate().map(|(k, id)| (*id, (p, k))));
         }
-        for (((id, user), member), payload_of) in ids.into_iter().zip(users).zip(members).zip(payloads) {
-            rows.push((id, campaign.clone(), due, user, member, payload_of));
+        Ok(Self { pages, place })
+    }
+
+    fn len(&self) -> usize {
+        self.place.len()
+    }
+
+    /// Every claimed delivery, with its id.
+    fn all(&self) -> impl Iterator<Item = (i64, QueuedDelivery<'_>)> {
+        self.pages
+            .iter()
+            .enumerate()
+            .flat_map(move |(p, page)| page.3.iter().enumerate().map(move |(k, id)| (*id, self.at(p, k))))
+    }
+
+    fn get(&self, id: i64) -> Option<QueuedDelivery<'_>> {
+        self.place.get(&id).map(|(p, k)| self.at(*p, *k))
+    }
+
+    fn at(&self, p: usize, k: usize) -> QueuedDelivery<'_> {
+        let (_, campaign, due_at, _, users, members, payloads) = &self.pages[p];
+        QueuedDelivery {
+            campaign,
+            due_at: *due_at,
+            user: users[k].as_deref(),
+            member: members[k].as_deref(),
+            payload_of: payloads[k],
         }
     }
-    Ok(rows)
 }
 
 /// PostgreSQL's hold on claimed deliveries: the open transaction holding their queue rows' locks.
 struct PgClaim {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    /// The queue rows the claim took out, to put the deferred ones back.
-    queued: HashMap<i64, QueueRow>,
+    /// The queue pages the claim took out, to put the deferred deliveries back.
+    queued: ClaimedPages,
 }
 
 #[async_trait]
@@ -123,15 +160,15 @@ impl ClaimLock for PgClaim {
             let (mut users, mut members, mut payloads, mut reasons) =
                 (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
             for (id, at, reason) in &outcome.defers {
-                let Some((_, campaign, _, user, member, payload_of)) = self.queued.get(id) else {
+                let Some(queued) = self.queued.get(*id) else {
                     return Err(StoreError::Conflict(format!("delivery {id} is not held by this claim")));
                 };
                 ids.push(*id);
                 until.push(*at);
-                campaigns.push(campaign.as_str());
-                users.push(resolved.get(id).copied().or(user.as_deref()));
-                members.push(member.as_deref());
-                payloads.push(*payload_of);
+                campaigns.push(queued.campaign);
+                users.push(resolved.get(id).copied().or(queued.user));
+                members.push(queued.member);
+                payloads.push(queued.payload_of);
                 reasons.push(reason.as_str());
             }
             sqlx::query(
@@ -433,12 +470,13 @@ impl OutboxStore for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         let (queue_rows, last_key) = (pages.len(), pages.last().map(|page| (page.2, page.0)));
-        let rows = rows_of_pages(pages)?;
-        if rows.is_empty() {
+        let queued = ClaimedPages::new(pages)?;
+        if queued.len() == 0 {
             tx.rollback().await?;
             return Ok(Claim::empty());
         }
-        let payload_ids: Vec<i64> = rows.iter().map(|r| r.5).collect::<BTreeSet<_>>().into_iter().collect();
+        let payload_ids: Vec<i64> =
+            queued.all().map(|(_, d)| d.payload_of).collect::<BTreeSet<_>>().into_iter().collect();
         let payload_rows: Vec<(i64, String, String)> = sqlx::query_as(
             "SELECT id, CAST(messages AS TEXT), CAST(context AS TEXT) FROM deliveries WHERE id = ANY($1)",
         )
@@ -451,24 +489,23 @@ impl OutboxStore for PgStore {
             let context = Arc::new(parse_json(&context, "delivery context")?);
             payloads.insert(id, (shared.get(&messages)?, context));
         }
-        let queued: HashMap<i64, QueueRow> = rows.iter().map(|row| (row.0, row.clone())).collect();
-        let deliveries =
-            rows.into_iter()
-                .map(|(id, campaign_id, due_at, user, member, payload_of)| {
-                    let (messages, context) = payloads.get(&payload_of).cloned().ok_or_else(|| {
-                        StoreError::Corrupt(format!("delivery {id}: payload {payload_of} is missing"))
-                    })?;
-                    Ok(PendingDelivery {
-                        id,
-                        campaign_id,
-                        line_user_id: opt_user(user)?,
-                        member_id: opt_member(member)?,
-                        due_at,
-                        messages,
-                        context,
-                    })
+        let deliveries = queued
+            .all()
+            .map(|(id, d)| {
+                let (messages, context) = payloads.get(&d.payload_of).cloned().ok_or_else(|| {
+                    StoreError::Corrupt(format!("delivery {id}: payload {} is missing", d.payload_of))
+                })?;
+                Ok(PendingDelivery {
+                    id,
+                    campaign_id: d.campaign.to_string(),
+                    line_user_id: d.user.map(parse_user).transpose()?,
+                    member_id: d.member.map(parse_member).transpose()?,
+                    due_at: d.due_at,
+                    messages,
+                    context,
                 })
-                .collect::<StoreResult<Vec<_>>>()?;
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
         Ok(Claim::new(deliveries, Box::new(PgClaim { tx, queued })).of_pages(queue_rows, last_key))
     }
 
