@@ -84,11 +84,13 @@ async fn run_instance(kind: &str) -> Result<(), BoxError> {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     let limiters = dispatcher.limiters();
     println!(
-        "{} requests ({} recipients), {} + {} budget takes (push + multicast), CPU {:.1} s, peak RSS {:.0} MB",
+        "{} requests ({} recipients), {} + {} budget takes (push + multicast), {} + {} granted requests unused (late), CPU {:.1} s, peak RSS {:.0} MB",
         load(&metrics.requests_sent),
         load(&metrics.recipients_sent),
         limiters.push.takes(),
         limiters.multicast.takes(),
+        limiters.push.dropped(),
+        limiters.multicast.dropped(),
         cpu_seconds_of("self", false),
         peak_rss_mb()
     );

@@ -107,11 +107,18 @@ pub struct Held {
     next_at_us: i64,
     left: u32,
     interval_us: i64,
+    /// Requests dropped as stale and not yet counted (see [`Held::take_stale`]).
+    stale: u32,
 }
 
 impl Held {
     pub fn new(start_us: i64, tokens: u32, pace: &Pace) -> Self {
-        Self { next_at_us: start_us, left: tokens, interval_us: pace.interval_us }
+        Self { next_at_us: start_us, left: tokens, interval_us: pace.interval_us, stale: 0 }
+    }
+
+    /// How many requests were dropped as stale since the last call.
+    pub fn take_stale(&mut self) -> u32 {
+        std::mem::take(&mut self.stale)
     }
 
     /// Takes the next request: the time it may go (later than `now_us`:
@@ -121,6 +128,7 @@ impl Held {
         let stale_us = now_us - late_us - self.next_at_us;
         if stale_us > 0 {
             let stale = u32::try_from((stale_us + self.interval_us - 1) / self.interval_us).unwrap_or(u32::MAX);
+            self.stale = self.stale.saturating_add(stale.min(self.left));
             self.left = self.left.saturating_sub(stale);
             self.next_at_us += i64::from(stale) * self.interval_us;
         }
@@ -151,6 +159,9 @@ pub struct Limiter {
     epoch: Instant,
     /// Slots taken (on PostgreSQL: round trips to the budget).
     takes: std::sync::atomic::AtomicU64,
+    /// Granted requests that went unused: their time passed by more than
+    /// [`LATE`] before a request was ready to take them.
+    dropped: std::sync::atomic::AtomicU64,
     /// Requests waiting in [`Limiter::until_ready`].
     waiting: std::sync::atomic::AtomicU32,
 }
@@ -184,6 +195,7 @@ impl Limiter {
             held: tokio::sync::Mutex::new(None),
             epoch: Instant::now(),
             takes: std::sync::atomic::AtomicU64::new(0),
+            dropped: std::sync::atomic::AtomicU64::new(0),
             waiting: std::sync::atomic::AtomicU32::new(0),
         }
     }
@@ -191,6 +203,12 @@ impl Limiter {
     /// How many slots this instance has taken (on PostgreSQL, round trips to the store).
     pub fn takes(&self) -> u64 {
         self.takes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many granted requests went unused (late by more than [`LATE`]):
+    /// the share of the channel's rate this instance let pass.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether this endpoint's budget is shared with other instances (taken from the store).
@@ -210,7 +228,10 @@ impl Limiter {
         let mut held = self.held.lock().await;
         loop {
             let now = self.now_us();
-            if let Some(at) = held.as_mut().and_then(|h| h.take(now, micros(LATE))) {
+            let taken = held.as_mut().map(|h| (h.take(now, micros(LATE)), h.take_stale()));
+            let (taken, stale) = taken.unwrap_or((None, 0));
+            self.dropped.fetch_add(u64::from(stale), std::sync::atomic::Ordering::Relaxed);
+            if let Some(at) = taken {
                 if at > now {
                     tokio::time::sleep_until(self.epoch + Duration::from_micros(at.unsigned_abs())).await;
                 }
@@ -322,12 +343,15 @@ mod tests {
         assert_eq!(held.take(990_000, 100_000), Some(1_005_000));
         // At 1,130,000 requests older than 100 ms are gone: 1,010,000..1,025,000 (4 of them).
         assert_eq!(held.take(1_130_000, 100_000), Some(1_030_000));
+        assert_eq!(held.take_stale(), 4, "the four dropped are counted");
+        assert_eq!(held.take_stale(), 0, "once");
         assert_eq!(held.take(1_130_000, 100_000), Some(1_035_000), "late ones go at once");
         assert_eq!(held.take(1_130_000, 100_000), Some(1_040_000));
         assert_eq!(held.take(1_130_000, 100_000), Some(1_045_000));
         assert_eq!(held.take(1_130_000, 100_000), None, "the grant's ten are used or dropped");
         let mut idle = Held::new(0, pace.grant, &pace);
         assert_eq!(idle.take(10_000_000, 100_000), None);
+        assert_eq!(idle.take_stale(), pace.grant, "a grant gone stale whole counts whole");
     }
 
     /// The sends a grant sequence allows in any window stay within the rate
