@@ -107,7 +107,7 @@ impl Dispatcher {
         metrics: Arc<DispatchMetrics>,
         quota: Arc<QuotaGuard>,
     ) -> Self {
-        let limiters = Arc::new(Limiters::of_channel(settings.rates, store.budget.clone()));
+        let limiters = Arc::new(Limiters::of_channel(settings.rates, store.budget.clone()).counted_in(&metrics));
         let owner = format!("dispatch-{}", Uuid::new_v4().simple());
         let scan =
             std::sync::Mutex::new(ScanHint { after: None, last_full: std::time::Instant::now(), claimed_untidied: 0 });

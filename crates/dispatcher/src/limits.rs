@@ -18,6 +18,7 @@
 //! instances together send at most `rate × (t + LATE) + grant` requests in
 //! any `t`: LINE's bucket never empties, zero 429s at nearly the full rate.
 
+use crate::metrics::DispatchMetrics;
 use renkei_store::{BudgetStore, BudgetTake};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -162,6 +163,8 @@ pub struct Limiter {
     /// Granted requests that went unused: their time passed by more than
     /// [`LATE`] before a request was ready to take them.
     dropped: std::sync::atomic::AtomicU64,
+    /// Where the unused grants are counted for `/metrics`, too.
+    metrics: Option<Arc<DispatchMetrics>>,
     /// Requests waiting in [`Limiter::until_ready`].
     waiting: std::sync::atomic::AtomicU32,
 }
@@ -196,6 +199,7 @@ impl Limiter {
             epoch: Instant::now(),
             takes: std::sync::atomic::AtomicU64::new(0),
             dropped: std::sync::atomic::AtomicU64::new(0),
+            metrics: None,
             waiting: std::sync::atomic::AtomicU32::new(0),
         }
     }
@@ -209,6 +213,14 @@ impl Limiter {
     /// the share of the channel's rate this instance let pass.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts granted requests that went unused, here and in the metrics.
+    fn count_unused(&self, stale: u32) {
+        self.dropped.fetch_add(u64::from(stale), std::sync::atomic::Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            DispatchMetrics::add(&metrics.budget_unused, u64::from(stale));
+        }
     }
 
     /// Whether this endpoint's budget is shared with other instances (taken from the store).
@@ -230,7 +242,7 @@ impl Limiter {
             let now = self.now_us();
             let taken = held.as_mut().map(|h| (h.take(now, micros(LATE)), h.take_stale()));
             let (taken, stale) = taken.unwrap_or((None, 0));
-            self.dropped.fetch_add(u64::from(stale), std::sync::atomic::Ordering::Relaxed);
+            self.count_unused(stale);
             if let Some(at) = taken {
                 if at > now {
                     tokio::time::sleep_until(self.epoch + Duration::from_micros(at.unsigned_abs())).await;
@@ -293,6 +305,14 @@ impl Limiters {
     pub fn of_channel(rates: Rates, budget: Arc<dyn BudgetStore>) -> Self {
         let shared = budget.budget_shared().then_some(budget);
         Self::with_budget(rates, shared)
+    }
+
+    /// These limits, counting their unused grants in `metrics` too.
+    pub fn counted_in(mut self, metrics: &Arc<DispatchMetrics>) -> Self {
+        for limiter in [&mut self.push, &mut self.multicast, &mut self.rich_menu_link, &mut self.rich_menu_bulk] {
+            limiter.metrics = Some(metrics.clone());
+        }
+        self
     }
 
     fn with_budget(rates: Rates, budget: Option<Arc<dyn BudgetStore>>) -> Self {
@@ -398,5 +418,22 @@ mod tests {
         }
         // 5 go at once (a grant back from an idle bucket), the other 25 at 10 ms each.
         assert!(start.elapsed() >= Duration::from_millis(240), "{:?}", start.elapsed());
+    }
+
+    /// Unused grants (counted by `Held::take_stale`) are counted per
+    /// limiter and, for limits `counted_in` an instance's metrics, there.
+    #[test]
+    fn unused_grants_are_counted_in_the_limiter_and_the_metrics() {
+        let metrics = Arc::new(DispatchMetrics::default());
+        let limiters = Limiters::new(Rates::default()).counted_in(&metrics);
+        limiters.multicast.count_unused(4);
+        limiters.push.count_unused(3);
+        assert_eq!((limiters.multicast.dropped(), limiters.push.dropped()), (4, 3));
+        let mut out = String::new();
+        metrics.render(&mut out);
+        assert!(out.contains("renkei_line_budget_unused_total 7"), "{out}");
+        let alone = Limiters::new(Rates::default());
+        alone.push.count_unused(2);
+        assert_eq!(alone.push.dropped(), 2, "counted without metrics too");
     }
 }

@@ -16,6 +16,9 @@ pub struct DispatchMetrics {
     pub requests_retried: AtomicU64,
     pub requests_failed: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// Requests of the channel's budget granted to this instance that went
+    /// unused (more than `limits::LATE` late): rate the channel let pass.
+    pub budget_unused: AtomicU64,
     pub rich_menu_links: AtomicU64,
     /// 1 while the monthly-quota guard holds sending.
     pub quota_paused: AtomicU64,
@@ -33,7 +36,7 @@ impl DispatchMetrics {
     }
 
     pub fn render(&self, out: &mut String) {
-        let rows: [(&str, &str, &AtomicU64, &str); 12] = [
+        let rows: [(&str, &str, &AtomicU64, &str); 13] = [
             (
                 "renkei_deliveries_enqueued_total",
                 "counter",
@@ -74,6 +77,12 @@ impl DispatchMetrics {
                 "requests LINE refused permanently",
             ),
             ("renkei_line_rate_limited_total", "counter", &self.rate_limited, "429 rate-limit answers from LINE"),
+            (
+                "renkei_line_budget_unused_total",
+                "counter",
+                &self.budget_unused,
+                "requests of the channel's budget granted here that went unused (over 100 ms late)",
+            ),
             (
                 "renkei_rich_menu_links_total",
                 "counter",
