@@ -114,4 +114,5 @@ async fn three_instances_share_the_channels_limits_and_a_killed_ones_part() {
     for server in &mut servers {
         server.kill();
     }
+    test_support::drop_database(&server, &db_url).await.expect("drop the test's database");
 }

@@ -47,6 +47,7 @@ async fn sigkill_mid_campaign_then_restart_accepts_each_recipient_exactly_once_p
     let dir = tempfile::tempdir().expect("tempdir");
     let url = test_support::create_database(&server).await.expect("create a PostgreSQL database");
     crash_and_resume(dir.path(), &url).await;
+    test_support::drop_database(&server, &url).await.expect("drop the test's database");
 }
 
 pub(crate) fn user(i: usize) -> String {

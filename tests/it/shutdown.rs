@@ -34,6 +34,7 @@ async fn sigterm_during_a_backlog_stops_within_the_grace_and_loses_nothing_postg
     let dir = tempfile::tempdir().expect("tempdir");
     let url = test_support::create_database(&server).await.expect("create a PostgreSQL database");
     sigterm_during_a_backlog(dir.path(), &url).await;
+    test_support::drop_database(&server, &url).await.expect("drop the test's database");
 }
 
 fn user(i: usize) -> String {
