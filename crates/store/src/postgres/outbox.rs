@@ -327,8 +327,8 @@ struct EnqueueRows<'a> {
 
 impl EnqueueRows<'_> {
     /// Runs `sql` (an [`enqueue_sql`]) on these rows; returns how many were new.
-    async fn insert(&self, pool: &sqlx::PgPool, sql: &'static str, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-        let inserted: i64 = sqlx::query_scalar(sql)
+    async fn insert(&self, pool: &sqlx::PgPool, sql: &'static str, now: DateTime<Utc>) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(sql)
             .bind(&self.campaigns)
             .bind(&self.triggers)
             .bind(&self.recipients)
@@ -339,9 +339,27 @@ impl EnqueueRows<'_> {
             .bind(&self.contexts)
             .bind(now)
             .fetch_one(pool)
-            .await?;
-        Ok(u64::try_from(inserted).unwrap_or(0))
+            .await
     }
+}
+
+/// Runs an enqueue statement (`run` binds it) plain, and when it meets an
+/// existing delivery runs it again skipping those; returns how many were new.
+/// Most enqueues are all new (a fire, a transition's deliveries), and a plain
+/// insert costs ~3.5 µs a row less than one that skips what exists (a
+/// speculative insertion: an index probe and a WAL record more per row). A
+/// statement is all or nothing, so the one that met an existing delivery
+/// wrote nothing.
+async fn plain_then_skipping<F, Fut>(run: F, plain: &'static str, skipping: &'static str) -> StoreResult<u64>
+where
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = Result<i64, sqlx::Error>>,
+{
+    let inserted = match run(plain).await {
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => run(skipping).await?,
+        other => other?,
+    };
+    Ok(u64::try_from(inserted).unwrap_or(0))
 }
 
 #[async_trait]
@@ -386,18 +404,7 @@ impl OutboxStore for PgStore {
             messages: messages.iter().map(|m| &**m).collect(),
             contexts: contexts.iter().map(|c| &**c).collect(),
         };
-        // Most enqueues are all new (a fire, a transition's deliveries), and
-        // a plain insert costs ~3.5 µs a row less than one that skips what
-        // exists (a speculative insertion: an index probe and a WAL record
-        // more per row). A statement is all or nothing, so one that hits an
-        // existing delivery is run again skipping those.
-        let inserted = match rows.insert(&self.pool, ENQUEUE, now).await {
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                rows.insert(&self.pool, ENQUEUE_SKIPPING_EXISTING, now).await?
-            }
-            other => other?,
-        };
-        Ok(inserted)
+        plain_then_skipping(|sql| rows.insert(&self.pool, sql, now), ENQUEUE, ENQUEUE_SKIPPING_EXISTING).await
     }
 
     async fn insert_audience_range(
@@ -421,14 +428,7 @@ impl OutboxStore for PgStore {
                 .bind(now)
                 .fetch_one(&self.pool)
         };
-        // As in `insert_deliveries`: a plain insert, then one skipping what exists.
-        let inserted = match insert(ENQUEUE_RANGE).await {
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                insert(ENQUEUE_RANGE_SKIPPING_EXISTING).await?
-            }
-            other => other?,
-        };
-        Ok(u64::try_from(inserted).unwrap_or(0))
+        plain_then_skipping(insert, ENQUEUE_RANGE, ENQUEUE_RANGE_SKIPPING_EXISTING).await
     }
 
     async fn claim_deliveries_after(
